@@ -1,0 +1,87 @@
+"""One exception tree for the whole service.
+
+Errors cross layers as *codes*, never as strings to match on. Each code maps to exactly one wire form in
+:func:`picker.extproc` (an Envoy ``ImmediateResponse`` with status and body ``inference error: <Code> -
+<message>``, as the reference EPP writes it). The ``code`` strings are also the values of the
+``error_code`` label of ``inference_objective_request_error_total``, so they must stay stable.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PickerError(Exception):
+    """Base of every error the picker raises on purpose."""
+
+    code: ClassVar[str] = "Unknown"
+    http_status: ClassVar[int] = 500
+    #: True when retrying the same operation later may succeed (used by watchers/scrapers, not ext_proc).
+    transient: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def wire_body(self) -> str:
+        """The ImmediateResponse body, byte-compatible with the reference EPP."""
+        return f"inference error: {self.code} - {self.message}"
+
+
+class BadRequest(PickerError):
+    """The request cannot be understood (bad JSON, missing model/prompt/messages, wrong types)."""
+
+    code = "BadRequest"
+    http_status = 400
+
+
+class Unauthorized(PickerError):
+    code = "Unauthorized"
+    http_status = 401
+
+
+class Forbidden(PickerError):
+    code = "Forbidden"
+    http_status = 403
+
+
+class NotFound(PickerError):
+    code = "NotFound"
+    http_status = 404
+
+
+class PayloadTooLarge(PickerError):
+    """Request body over the configured cap. Not in the reference table: it buffers without a limit."""
+
+    code = "PayloadTooLarge"
+    http_status = 413
+
+
+class ResourceExhausted(PickerError):
+    """Shed (sheddable request while saturated) or nothing left after the profile's filters."""
+
+    code = "ResourceExhausted"
+    http_status = 429
+
+
+class ServiceUnavailable(PickerError):
+    """No candidate endpoints for this request (empty pool, or the subset hint matched nothing)."""
+
+    code = "ServiceUnavailable"
+    http_status = 503
+    transient = True
+
+
+class Internal(PickerError):
+    code = "Internal"
+    http_status = 500
+
+
+class ConfigError(PickerError):
+    """A configuration document (file, ConfigMap, flags) is invalid. Never reaches the wire."""
+
+    code = "ConfigError"
+
+
+#: Label value used for a response whose upstream status was not 200 (counted, not raised).
+MODEL_SERVER_ERROR = "ModelServerError"

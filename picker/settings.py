@@ -1,0 +1,104 @@
+"""Process settings: ports, pool identity, transport and scrape cadence (flags → one frozen object).
+
+Everything here is fixed for the life of the process. What operators tune at run time (weights,
+thresholds, objectives, rewrites, engine metric names) lives in the scoring document instead
+(:mod:`picker.config`), which is hot-reloaded.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --------------------------------------------------------------------------------- ports
+    #: ext_proc gRPC port (reference default 9002)
+    grpc_port: int = Field(9002, ge=0, le=65535)
+    #: gRPC health port, plaintext (reference default 9003)
+    grpc_health_port: int = Field(9003, ge=0, le=65535)
+    #: HTTP port of /metrics and the admin API (reference default 9090)
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    #: bind address of all servers
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
+    #: also register grpc.health.v1 on the ext_proc port
+    health_checking: bool = False
+
+    # ---------------------------------------------------------------------------------- pool
+    pool_name: str = ""
+    #: "" → env NAMESPACE → "default" (resolved by the CLI)
+    pool_namespace: str = "default"
+    pool_group: str = "inference.networking.k8s.io"
+    #: standalone Kubernetes mode: ``k=v,k2=v2`` pod selector (no InferencePool CRD)
+    endpoint_selector: str = ""
+    endpoint_target_ports: tuple[int, ...] = ()
+    #: fixed pool without Kubernetes: ``host:port[@engine],...``
+    static_endpoints: str = ""
+    disable_endpoint_subset_filter: bool = False
+    ha_enable_leader_election: bool = False
+    kubeconfig: str = ""
+    #: watch the scoring document in this ConfigMap (pool namespace) through the API
+    config_configmap: str = ""
+    config_configmap_key: str = "config.yaml"
+
+    # ----------------------------------------------------------------------------- scraping
+    #: seconds between scrapes of one endpoint (reference 50ms)
+    refresh_metrics_interval: float = Field(0.05, gt=0)
+    #: per-scrape timeout in seconds, independent of the interval (reference 1s)
+    scrape_timeout: float = Field(1.0, gt=0)
+    #: endpoints whose last scrape is older than this are left out of pool gauges (reference 2s)
+    metrics_staleness_threshold: float = Field(2.0, gt=0)
+    #: how many scrapes may be in flight at once
+    scrape_concurrency: int = Field(256, ge=1)
+
+    # ------------------------------------------------------------------------------- config
+    config_file: str = ""
+    config_text: str = ""
+    #: seconds between checks of --config-file for changes (ConfigMap volumes swap a symlink)
+    config_poll_interval: float = Field(1.0, gt=0)
+
+    # ------------------------------------------------------------------------------ security
+    secure_serving: bool = True
+    #: directory with tls.crt / tls.key; empty → self-signed certificate generated at start
+    cert_path: str = ""
+
+    # ------------------------------------------------------------------------------- signals
+    #: Prometheus base URL for the optional DCGM GPU-utilization signal
+    prometheus_url: str = ""
+    #: PromQL override for the GPU signal (must return one series per pod with a ``pod`` label)
+    gpu_query: str = ""
+    gpu_poll_interval: float = Field(5.0, gt=0)
+
+    # ------------------------------------------------------------------------------ process
+    #: ext_proc worker processes sharing the port (SO_REUSEPORT)
+    workers: int = Field(1, ge=1, le=64)
+    #: log verbosity as the reference's -v (2 = default, 4 = debug)
+    verbosity: int = 2
+    log_json: bool = False
+    #: seed for tie-breaks and weighted draws; None = from OS entropy
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _one_pool_source(self) -> Settings:
+        sources = [bool(self.pool_name), bool(self.endpoint_selector), bool(self.static_endpoints)]
+        if sum(sources) > 1 and not (self.pool_name and self.static_endpoints):
+            raise ValueError("set only one of --pool-name, --endpoint-selector, --static-endpoints")
+        if not any(sources):
+            raise ValueError("one of --pool-name, --endpoint-selector or --static-endpoints is required")
+        if self.endpoint_selector and not self.endpoint_target_ports:
+            raise ValueError("--endpoint-selector needs --endpoint-target-ports")
+        if not 0 < len(self.endpoint_target_ports) <= 8 and self.endpoint_target_ports:
+            raise ValueError("--endpoint-target-ports takes 1 to 8 ports")
+        if self.config_file and self.config_text:
+            raise ValueError("--config-file and --config-text are mutually exclusive")
+        return self
+
+    @property
+    def standalone(self) -> bool:
+        """No InferencePool CRD: static endpoints or a plain pod selector."""
+        return bool(self.static_endpoints or self.endpoint_selector)
+
+    @property
+    def effective_pool_name(self) -> str:
+        return self.pool_name or ("static" if self.static_endpoints else "standalone")

@@ -1,0 +1,78 @@
+"""The live scoring configuration, swapped atomically on reload with the last good one kept.
+
+Sources (a watched file, a ConfigMap watched through the API, ``--config-text`` at start) all call
+:meth:`ConfigStore.apply_text`. A document is fully validated *and* its scheduler built before the swap;
+any failure leaves the current config untouched and is reported through the listeners, which log it,
+count ``picker_config_reload_total{result}`` and (for ConfigMaps) post a Kubernetes Event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from picker.config import PickerConfig, load_config_text
+from picker.errors import ConfigError
+from scoring import Scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    source: str
+    ok: bool
+    #: "applied", "unchanged" or "rejected"
+    result: str
+    message: str
+    digest: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveConfig:
+    """A validated config and the scheduler built from it; replaced as a whole, never mutated."""
+
+    config: PickerConfig
+    scheduler: Scheduler
+    source: str
+    digest: str
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ConfigStore:
+    def __init__(self, initial: PickerConfig, *, source: str, text: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._active = ActiveConfig(initial, initial.build_scheduler(), source, _digest(text))
+        self.last_result: ReloadResult | None = None
+        self._listeners: list[Callable[[ReloadResult, ActiveConfig], None]] = []
+
+    @property
+    def active(self) -> ActiveConfig:
+        return self._active
+
+    def add_listener(self, callback: Callable[[ReloadResult, ActiveConfig], None]) -> None:
+        """Called after every reload attempt with its result and the (possibly unchanged) active config."""
+        self._listeners.append(callback)
+
+    def apply_text(self, text: str, *, source: str) -> ReloadResult:
+        digest = _digest(text)
+        if digest == self._active.digest:
+            result = ReloadResult(source, True, "unchanged", "same document", digest, self._clock())
+        else:
+            try:
+                cfg = load_config_text(text)
+                scheduler = cfg.build_scheduler()
+            except ConfigError as exc:
+                result = ReloadResult(source, False, "rejected", exc.message, digest, self._clock())
+            else:
+                self._active = ActiveConfig(cfg, scheduler, source, digest)
+                result = ReloadResult(source, True, "applied", "ok", digest, self._clock())
+        self.last_result = result
+        for cb in tuple(self._listeners):
+            cb(result, self._active)
+        return result

@@ -1,0 +1,350 @@
+"""The datastore: pool membership + last good metrics per endpoint + our own load accounting.
+
+Single writer, many readers, one event loop. Writers are the watchers (membership), the scraper
+(metrics) and the ext_proc streams (load accounting). Readers take :meth:`Datastore.snapshot`, an
+:class:`~scoring.matrix.EndpointMatrix` whose signal columns are read-only copies, so a pick sees one
+consistent view and never locks.
+
+Why columns are kept here and copied on read instead of rebuilding rows: with hundreds of endpoints
+scraped every 50 ms there are thousands of metric updates per second. Each update writes a few floats
+into preallocated arrays (O(1)); a snapshot is only rebuilt when a pick asks for one after a change, and
+then costs a handful of ``ndarray.copy()`` calls. Membership changes (rare) rebuild everything.
+
+Load accounting (the two mutable columns shared with every snapshot):
+
+* ``dispatched[i]`` +1 when we pick endpoint i as primary. When a scrape of i *starts* we remember
+  ``dispatched[i]``; when that scrape lands we subtract the remembered value, because those requests are
+  now visible in the scraped gauges. What remains is exactly "sent since the scrape began".
+* ``inflight[i]`` +1 at pick, −1 when the stream ends (:class:`EndpointLease.release`, idempotent).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from picker.state.endpoints import Endpoint, PoolInfo
+from picker.state.metrics import EndpointMetrics
+from picker.state.objectives import ObjectiveStore, RewriteStore
+from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, engine_code, split_host_port
+
+_FLOAT_COLUMNS = ("waiting", "running", "kv_usage", "gpu_util", "scraped_at", "max_lora", "block_size",
+                  "num_blocks")
+_METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
+
+
+@dataclass(slots=True)
+class EndpointStatus:
+    """Per-endpoint bookkeeping that is not a scoring column (debug output, transitions)."""
+
+    endpoint: Endpoint
+    lora_active: tuple[str, ...] = ()
+    lora_waiting: tuple[str, ...] = ()
+    detected_engine: str | None = None
+    last_error: str | None = None
+    scrapes_ok: int = 0
+    scrapes_failed: int = 0
+    #: dispatched count remembered when the in-progress scrape started (see module doc)
+    scrape_mark: float = 0.0
+
+    @property
+    def engine(self) -> str | None:
+        return self.endpoint.engine or self.detected_engine
+
+
+class EndpointLease:
+    """Releases one in-flight slot on an endpoint when the stream ends. Idempotent."""
+
+    __slots__ = ("_name", "_store", "released")
+
+    def __init__(self, store: Datastore, name: str) -> None:
+        self._store = store
+        self._name = name
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._store._release(self._name)
+
+
+class NullLease:
+    """For picks that are not dispatched (header-only requests still count; explain never does)."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        return None
+
+
+class Datastore:
+    """Pool, endpoints, objectives and rewrites of one EPP. See the module docstring."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._pool: PoolInfo | None = None
+        self.objectives = ObjectiveStore()
+        self.rewrites = RewriteStore()
+        self._status: dict[str, EndpointStatus] = {}
+        self._order: list[str] = []
+        self._index: dict[str, int] = {}
+        self._cols: dict[str, np.ndarray] = {c: np.empty(0) for c in _FLOAT_COLUMNS}
+        self._engine = np.zeros(0, dtype=np.int8)
+        self._dispatched = np.zeros(0)
+        self._inflight = np.zeros(0)
+        self._snapshot: EndpointMatrix | None = None
+        self._lora_cache: tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._gpu_by_pod: Mapping[str, float] = MappingProxyType({})
+        self.membership_version = 0
+
+    # ------------------------------------------------------------------------------------------ pool
+    @property
+    def pool(self) -> PoolInfo | None:
+        return self._pool
+
+    @property
+    def synced(self) -> bool:
+        """True once the pool is known (standalone: at start). Health reports SERVING only then."""
+        return self._pool is not None
+
+    def set_pool(self, pool: PoolInfo | None) -> None:
+        """Set/replace the pool; ``None`` (pool deleted) clears endpoints, objectives and rewrites."""
+        self._pool = pool
+        if pool is None:
+            self.objectives.clear()
+            self.rewrites.clear()
+            self.replace_endpoints(())
+
+    # ------------------------------------------------------------------------------------ membership
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Called (synchronously, on the loop) after every membership change."""
+        self._listeners.append(callback)
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(self._status[n].endpoint for n in self._order)
+
+    def status(self, name: str) -> EndpointStatus | None:
+        return self._status.get(name)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def upsert_endpoint(self, endpoint: Endpoint) -> None:
+        current = self._status.get(endpoint.name)
+        if current is not None:
+            if current.endpoint == endpoint:
+                return
+            if current.endpoint.address == endpoint.address:
+                # labels/engine changed only: keep metrics and load, no re-layout needed
+                current.endpoint = endpoint
+                self._engine[self._index[endpoint.name]] = engine_code(current.engine)
+                self._snapshot = None
+                self._changed()
+                return
+        self._apply(lambda eps: {**eps, endpoint.name: endpoint})
+
+    def remove_endpoint(self, name: str) -> None:
+        if name in self._status:
+            self._apply(lambda eps: {k: v for k, v in eps.items() if k != name})
+
+    def remove_pod(self, pod: str) -> None:
+        """Remove every rank of a pod (pod deleted, unready, or no longer matching the selector)."""
+        if any(s.endpoint.pod == pod for s in self._status.values()):
+            self._apply(lambda eps: {k: v for k, v in eps.items() if v.pod != pod})
+
+    def replace_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        """Resync: exactly these endpoints, keeping metrics and load of the ones that stay."""
+        new = {e.name: e for e in endpoints}
+        if new.keys() == self._status.keys() and all(
+            self._status[k].endpoint == v for k, v in new.items()
+        ):
+            return
+        self._apply(lambda _eps: new)
+
+    def _apply(self, change: Callable[[dict[str, Endpoint]], dict[str, Endpoint]]) -> None:
+        old_eps = {n: s.endpoint for n, s in self._status.items()}
+        new_eps = change(old_eps)
+        old_index, old_cols = self._index, self._cols
+        old_engine, old_disp, old_infl = self._engine, self._dispatched, self._inflight
+        status: dict[str, EndpointStatus] = {}
+        for name, ep in new_eps.items():
+            st = self._status.get(name)
+            if st is None or st.endpoint.address != ep.address:
+                st = EndpointStatus(endpoint=ep)
+            else:
+                st.endpoint = ep
+            status[name] = st
+        order = list(new_eps)
+        n = len(order)
+        cols = {c: np.full(n, NEVER if c == "scraped_at" else math.nan) for c in _FLOAT_COLUMNS}
+        engine = np.zeros(n, dtype=np.int8)
+        disp = np.zeros(n)
+        infl = np.zeros(n)
+        for i, name in enumerate(order):
+            j = old_index.get(name)
+            kept = j is not None and old_eps[name].address == new_eps[name].address
+            if kept and j is not None:
+                for c in _FLOAT_COLUMNS:
+                    cols[c][i] = old_cols[c][j]
+                disp[i] = old_disp[j]
+                infl[i] = old_infl[j]
+            engine[i] = engine_code(status[name].engine)
+            if not kept:
+                gpu = self._gpu_by_pod.get(status[name].endpoint.pod)
+                if gpu is not None:
+                    cols["gpu_util"][i] = gpu
+        self._status = status
+        self._order = order
+        self._index = {name: i for i, name in enumerate(order)}
+        self._cols = cols
+        self._engine = engine
+        self._dispatched = disp
+        self._inflight = infl
+        self._snapshot = None
+        self._lora_cache = None
+        self.membership_version += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        for cb in tuple(self._listeners):
+            cb()
+
+    # --------------------------------------------------------------------------------------- metrics
+    def begin_scrape(self, name: str) -> None:
+        """The scraper is about to request this endpoint's metrics page."""
+        st = self._status.get(name)
+        if st is not None:
+            st.scrape_mark = float(self._dispatched[self._index[name]])
+
+    def record_scrape(self, name: str, metrics: EndpointMetrics, *, at: float | None = None,
+                      engine: str | None = None) -> None:
+        """A scrape landed: store reported fields (unreported ones keep their last value)."""
+        st = self._status.get(name)
+        if st is None:
+            return
+        i = self._index[name]
+        cols = self._cols
+        for f in _METRIC_FIELDS:
+            v = getattr(metrics, f)
+            if not math.isnan(v):
+                cols[f][i] = v
+        cols["scraped_at"][i] = self._clock() if at is None else at
+        if metrics.lora_active is not None or metrics.lora_waiting is not None:
+            active = metrics.lora_active or ()
+            waiting = metrics.lora_waiting or ()
+            if active != st.lora_active or waiting != st.lora_waiting:
+                st.lora_active, st.lora_waiting = active, waiting
+                self._lora_cache = None
+        if engine is not None and engine != st.detected_engine:
+            st.detected_engine = engine
+            self._engine[i] = engine_code(st.engine)
+        d = self._dispatched
+        d[i] = max(0.0, float(d[i]) - st.scrape_mark)
+        st.scrape_mark = 0.0
+        st.scrapes_ok += 1
+        st.last_error = None
+        self._snapshot = None
+
+    def record_scrape_failure(self, name: str, error: str) -> None:
+        """A scrape failed: keep last good values and their age; staleness decides, not deletion."""
+        st = self._status.get(name)
+        if st is not None:
+            st.scrapes_failed += 1
+            st.last_error = error
+            st.scrape_mark = 0.0
+
+    def set_gpu_utilization(self, by_pod: Mapping[str, float] | None) -> None:
+        """GPU utilization (0..1) per pod name from the optional Prometheus source; None = unknown."""
+        self._gpu_by_pod = MappingProxyType(dict(by_pod or {}))
+        col = self._cols["gpu_util"]
+        for i, name in enumerate(self._order):
+            v = self._gpu_by_pod.get(self._status[name].endpoint.pod)
+            col[i] = math.nan if v is None else v
+        self._snapshot = None
+
+    # ----------------------------------------------------------------------------------------- reads
+    def snapshot(self) -> EndpointMatrix:
+        """The current pool as a matrix; cached until the next change."""
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = self._build_snapshot()
+        return snap
+
+    def _lora(self) -> tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]:
+        cache = self._lora_cache
+        if cache is None:
+            vocab: dict[str, int] = {}
+            sts = [self._status[n] for n in self._order]
+            for st in sts:
+                for a in (*st.lora_active, *st.lora_waiting):
+                    vocab.setdefault(a, len(vocab))
+            n = len(sts)
+            active = np.zeros((n, len(vocab)), dtype=np.bool_)
+            waiting = np.zeros((n, len(vocab)), dtype=np.bool_)
+            count = np.zeros(n)
+            for i, st in enumerate(sts):
+                for a in st.lora_active:
+                    active[i, vocab[a]] = True
+                for a in st.lora_waiting:
+                    waiting[i, vocab[a]] = True
+                count[i] = len(st.lora_active) + len(st.lora_waiting)
+            for arr in (active, waiting, count):
+                arr.flags.writeable = False
+            cache = self._lora_cache = (MappingProxyType(vocab), active, waiting, count)
+        return cache
+
+    def _build_snapshot(self) -> EndpointMatrix:
+        def ro(a: np.ndarray) -> np.ndarray:
+            c = a.copy()
+            c.flags.writeable = False
+            return c
+
+        cols = self._cols
+        vocab, active, waiting, count = self._lora()
+        eps = [self._status[n].endpoint for n in self._order]
+        addresses = tuple(e.address for e in eps)
+        return EndpointMatrix(
+            names=tuple(self._order),
+            addresses=addresses,
+            ips=tuple(split_host_port(a)[0] for a in addresses),
+            waiting=ro(cols["waiting"]),
+            running=ro(cols["running"]),
+            kv_usage=ro(cols["kv_usage"]),
+            gpu_util=ro(cols["gpu_util"]),
+            scraped_at=ro(cols["scraped_at"]),
+            dispatched=self._dispatched,
+            inflight=self._inflight,
+            lora_vocab=vocab,
+            lora_active=active,
+            lora_waiting=waiting,
+            lora_count=count,
+            max_lora=ro(cols["max_lora"]),
+            block_size=ro(cols["block_size"]),
+            num_blocks=ro(cols["num_blocks"]),
+            engine=ro(self._engine),
+            engine_names=ENGINE_NAMES,
+            _address_index={a: i for i, a in enumerate(addresses)},
+        )
+
+    # ----------------------------------------------------------------------------------- accounting
+    def acquire(self, name: str) -> EndpointLease:
+        """Count a request dispatched to ``name`` (primary). Release the lease when the stream ends."""
+        i = self._index.get(name)
+        if i is not None:
+            self._dispatched[i] += 1.0
+            self._inflight[i] += 1.0
+        return EndpointLease(self, name)
+
+    def _release(self, name: str) -> None:
+        i = self._index.get(name)
+        if i is not None and self._inflight[i] > 0:
+            self._inflight[i] -= 1.0
+
+    def inflight_total(self) -> float:
+        return float(self._inflight.sum())

@@ -1,0 +1,76 @@
+"""Request and result types shared by every scoring plugin, the service and the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class PickRequest:
+    """What the scheduler needs to know about one request. No prompt text: only derived values.
+
+    ``target_model`` is the model name after rewrites (what the model server will see; LoRA affinity
+    uses it). ``headers`` carries only the few headers plugins read (e.g. ``test-epp-endpoint-selection``
+    for the conformance filter); the service passes lowercase keys. ``prefix_hashes`` is the chained
+    block-hash list of the prompt for prefix-cache scoring (empty until that scorer exists).
+    """
+
+    target_model: str = ""
+    incoming_model: str = ""
+    priority: int = 0
+    request_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    prefix_hashes: tuple[int, ...] = ()
+    prompt_tokens_estimate: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FilterRecord:
+    """One filter's effect: which endpoints it removed and why."""
+
+    filter_name: str
+    filter_type: str
+    removed: tuple[str, ...]
+    reason: str
+    #: True when the filter would have removed everything and returned its input unchanged (fail-open).
+    failed_open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerRecord:
+    """One scorer's raw scores (in [0, 1]) and weight, per candidate endpoint name."""
+
+    scorer_name: str
+    scorer_type: str
+    weight: float
+    scores: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Why a pick came out as it did. Built only when asked (``explain=True``); costs nothing otherwise."""
+
+    profile: str
+    candidates: tuple[str, ...]
+    filters: tuple[FilterRecord, ...]
+    scorers: tuple[ScorerRecord, ...]
+    totals: Mapping[str, float]
+    picker: str
+    chosen: tuple[str, ...]
+    saturation: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PickResult:
+    """Chosen endpoints (row indices into the matrix), primary first, then distinct fallbacks."""
+
+    indices: tuple[int, ...]
+    decision: Decision | None = None
+
+    @property
+    def primary(self) -> int:
+        return self.indices[0]
