@@ -1,0 +1,151 @@
+"""FastAPI app for operators. Nothing here is on the request path; everything is read-only.
+
+``/debug/explain`` runs the real router with ``explain=True``: same parsing, rewrites, objectives,
+admission and scheduling as a live request, but no in-flight accounting and no metrics, so asking why
+does not change the answer. No prompt text is echoed back: the response carries models, scores and
+endpoint names only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from picker.errors import PickerError
+from picker.routing.types import Router, RoutingRequest
+from picker.state.config_store import ConfigStore
+from picker.state.datastore import Datastore
+
+
+def _num(v: float) -> float | None:
+    """JSON has no NaN/Inf: unknown values become null."""
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = "/v1/completions"
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: the request body: a JSON object, or a raw string sent as is
+    body: dict[str, Any] | str = Field(default_factory=dict)
+    #: subset hint entries (ip or ip:port); omit for "no hint"
+    subset: list[str] | None = None
+
+
+def _orjson(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
+
+
+def build_admin_app(
+    *,
+    registry: CollectorRegistry,
+    datastore: Datastore,
+    router: Router,
+    config: ConfigStore,
+    ready: Callable[[], bool],
+    staleness_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def healthz() -> Mapping[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ok = ready()
+        return JSONResponse({"ready": ok, "endpoints": len(datastore)}, status_code=200 if ok else 503)
+
+    @app.get("/debug/endpoints")
+    def endpoints() -> Response:
+        m = datastore.snapshot()
+        now = clock()
+        out = []
+        for i, name in enumerate(m.names):
+            st = datastore.status(name)
+            age = now - float(m.scraped_at[i])
+            row = m.row(i)
+            out.append({
+                "name": name,
+                "address": m.addresses[i],
+                "pod": st.endpoint.pod if st else "",
+                "engine": row.engine,
+                "waiting": _num(row.waiting),
+                "running": _num(row.running),
+                "kv_usage": _num(row.kv_usage),
+                "gpu_util": _num(row.gpu_util),
+                "lora_active": list(row.lora_active),
+                "lora_waiting": list(row.lora_waiting),
+                "max_lora": _num(row.max_lora),
+                "block_size": _num(row.block_size),
+                "num_blocks": _num(row.num_blocks),
+                "metrics_age_s": _num(age),
+                "stale": not age <= staleness_s,
+                "dispatched_since_scrape": row.dispatched,
+                "inflight": row.inflight,
+                "last_error": st.last_error if st else None,
+                "scrapes_ok": st.scrapes_ok if st else 0,
+                "scrapes_failed": st.scrapes_failed if st else 0,
+            })
+        pool = datastore.pool
+        return _orjson({"pool": dataclasses.asdict(pool) if pool else None, "endpoints": out})
+
+    @app.post("/debug/explain")
+    def explain(req: ExplainRequest) -> Response:
+        body = req.body.encode() if isinstance(req.body, str) else orjson.dumps(req.body)
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        rr = RoutingRequest(
+            request_id=headers.get("x-request-id", "explain"),
+            headers=headers,
+            path=req.path,
+            body=body,
+            subset=tuple(req.subset) if req.subset is not None else None,
+        )
+        try:
+            decision = router.route(rr, explain=True)
+        except PickerError as exc:
+            return _orjson({"error": {"code": exc.code, "status": exc.http_status, "message": exc.message,
+                                      "wire_body": exc.wire_body()}}, status=200)
+        record = dataclasses.asdict(decision.decision) if decision.decision is not None else None
+        return _orjson({
+            "endpoints": list(decision.endpoints),
+            "destination": decision.destination,
+            "incoming_model": decision.incoming_model,
+            "target_model": decision.target_model,
+            "priority": decision.priority,
+            "body_rewritten": decision.body is not rr.body,
+            "decision": record,
+        })
+
+    @app.get("/config")
+    def effective_config() -> Response:
+        active = config.active
+        last = config.last_result
+        return _orjson({
+            "source": active.source,
+            "digest": active.digest,
+            "config": active.config.to_dict(),
+            "last_reload": dataclasses.asdict(last) if last is not None else None,
+        })
+
+    @app.exception_handler(ValueError)
+    async def _value_error(_request: Request, exc: ValueError) -> Response:
+        return _orjson({"error": {"code": "BadRequest", "message": str(exc)}}, status=400)
+
+    return app

@@ -1,0 +1,215 @@
+"""Command line: ``picker serve`` (the EPP), ``picker fake-server``, ``picker demo``.
+
+``serve`` accepts the reference EPP's flags with the same names and defaults, in pflag style:
+``--flag=value`` or ``--flag value``; boolean flags also accept ``--flag=false``. Reference flags we do
+not implement are accepted and reported with one warning each (a Deployment written for the reference
+EPP must start unchanged); truly unknown flags are an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from picker.durations import parse_duration
+from picker.settings import Settings
+
+log = logging.getLogger("picker")
+
+_TRUE = {"1", "t", "true", "y", "yes", "on"}
+_FALSE = {"0", "f", "false", "n", "no", "off"}
+
+#: Reference flags accepted for compatibility but without effect here (value-taking ones first).
+IGNORED_VALUE_FLAGS = (
+    "--refresh-prometheus-metrics-interval",
+    "--model-server-metrics-scheme",
+    "--model-server-metrics-path",
+    "--model-server-metrics-port",
+    "--total-queued-requests-metric",
+    "--total-running-requests-metric",
+    "--kv-cache-usage-percentage-metric",
+    "--lora-info-metric",
+    "--cache-info-metric",
+    "--zap-encoder",
+    "--zap-log-level",
+    "--zap-stacktrace-level",
+    "--zap-time-encoding",
+)
+IGNORED_BOOL_FLAGS = (
+    "--model-server-metrics-https-insecure-skip-verify",
+    "--enable-cert-reload",
+    "--metrics-endpoint-auth",
+    "--enable-pprof",
+    "--tracing",
+    "--zap-devel",
+)
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    v = text.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true/false)")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid port list {text!r}") from exc
+    if any(not 0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return ports
+
+
+def _bool_flag(p: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+    p.add_argument(name, nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL",
+                   help=f"{help_text} (default {str(default).lower()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="picker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the endpoint picker (ext_proc, health, metrics/admin)")
+    g = s.add_argument_group("ports")
+    g.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
+    g.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default 9003)")
+    g.add_argument("--metrics-port", type=int, default=9090, help="/metrics + admin API port (default 9090)")
+    g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
+    _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
+    g = s.add_argument_group("pool")
+    g.add_argument("--pool-name", default="", help="InferencePool to serve")
+    g.add_argument("--pool-namespace", default="", help="pool namespace (default: $NAMESPACE, else default)")
+    g.add_argument("--pool-group", default="inference.networking.k8s.io",
+                   help="InferencePool API group (inference.networking.x-k8s.io for v1alpha2)")
+    g.add_argument("--endpoint-selector", default="", help="standalone: pod selector k=v,k2=v2 (no CRD)")
+    g.add_argument("--endpoint-target-ports", type=_ports, default=(), help="standalone: ports, e.g. 8000,8001")
+    g.add_argument("--static-endpoints", default="",
+                   help="fixed pool without Kubernetes: host:port[@engine],... (engine auto-detected)")
+    _bool_flag(g, "--disable-endpoint-subset-filter", False, "ignore the gateway's subset hint")
+    _bool_flag(g, "--ha-enable-leader-election", False, "Lease-based leader election; readiness on leader")
+    g.add_argument("--kubeconfig", default="", help="kubeconfig path outside a cluster (default $KUBECONFIG)")
+    g.add_argument("--config-configmap", default="", help="watch the scoring document in this ConfigMap")
+    g.add_argument("--config-configmap-key", default="config.yaml", help="key in that ConfigMap")
+    g = s.add_argument_group("scraping")
+    g.add_argument("--refresh-metrics-interval", type=_duration, default=0.05,
+                   help="model-server scrape interval per endpoint (default 50ms)")
+    g.add_argument("--scrape-timeout", type=_duration, default=1.0, help="timeout of one scrape (default 1s)")
+    g.add_argument("--metrics-staleness-threshold", type=_duration, default=2.0,
+                   help="pool gauges count endpoints scraped within this (default 2s)")
+    g.add_argument("--scrape-concurrency", type=int, default=256, help="scrapes in flight at once")
+    g.add_argument("--prometheus-url", default="", help="Prometheus for the DCGM GPU-utilization signal")
+    g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
+    g = s.add_argument_group("configuration")
+    g.add_argument("--config-file", default="", help="EndpointPickerConfig YAML (watched, hot-reloaded)")
+    g.add_argument("--config-text", default="", help="EndpointPickerConfig YAML inline")
+    g = s.add_argument_group("security")
+    _bool_flag(g, "--secure-serving", True, "TLS on the ext_proc port (self-signed unless --cert-path)")
+    g.add_argument("--cert-path", default="", help="directory with tls.crt and tls.key")
+    g = s.add_argument_group("process")
+    g.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (SO_REUSEPORT)")
+    g.add_argument("-v", "--v", dest="verbosity", type=int, default=2, help="log level: 2 info, 4 debug")
+    _bool_flag(g, "--log-json", False, "JSON log lines")
+    g.add_argument("--seed", type=int, default=None, help="seed tie-breaks and weighted draws")
+    g = s.add_argument_group("reference flags accepted without effect")
+    for flag in IGNORED_VALUE_FLAGS:
+        g.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), default=None, help=argparse.SUPPRESS)
+    for flag in IGNORED_BOOL_FLAGS:
+        g.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), nargs="?", const="true",
+                       default=None, help=argparse.SUPPRESS)
+
+    f = sub.add_parser("fake-server", help="a model-server stand-in with real metric pages")
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--host", default="127.0.0.1")
+    f.add_argument("--engine", choices=("vllm", "sglang", "tgi", "trtllm"), default="vllm")
+    f.add_argument("--max-running", type=int, default=None, help="concurrent sequences before queueing")
+    f.add_argument("--time-scale", type=float, default=None, help="speed-up of simulated time")
+    f.add_argument("--seed", type=int, default=0)
+
+    d = sub.add_parser("demo", help="fake fleet + the EPP + traffic, printed as a table")
+    d.add_argument("--requests", type=int, default=500)
+    d.add_argument("--concurrency", type=int, default=24)
+    d.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    for key, value in vars(ns).items():
+        if key.startswith("ignored_") and value is not None:
+            log.warning("flag --%s is accepted for compatibility with the reference EPP and has no effect",
+                        key.removeprefix("ignored_").replace("_", "-"))
+    kwargs: dict[str, Any] = {
+        name: getattr(ns, name)
+        for name in (
+            "grpc_port", "grpc_health_port", "metrics_port", "host", "health_checking", "pool_name",
+            "pool_group", "endpoint_selector", "endpoint_target_ports", "static_endpoints",
+            "disable_endpoint_subset_filter", "ha_enable_leader_election", "kubeconfig", "config_configmap",
+            "config_configmap_key", "refresh_metrics_interval", "scrape_timeout",
+            "metrics_staleness_threshold", "scrape_concurrency", "prometheus_url", "gpu_query",
+            "config_file", "config_text", "secure_serving", "cert_path", "workers", "verbosity", "log_json",
+            "seed",
+        )
+    }
+    kwargs["pool_namespace"] = ns.pool_namespace or env.get("NAMESPACE") or "default"
+    if not kwargs["kubeconfig"]:
+        kwargs["kubeconfig"] = env.get("KUBECONFIG", "")
+    return Settings(**kwargs)
+
+
+def _configure_logging(verbosity: int, as_json: bool) -> None:
+    from picker.logs import configure_logging
+
+    configure_logging(verbosity=verbosity, as_json=as_json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Go's flag package (and thus the reference's -v) also accepts "-v=4"; argparse would read "=4".
+    args = [f"--v={a[3:]}" if a.startswith("-v=") else a for a in args]
+    ns = parser.parse_args(args)
+    if ns.command == "serve":
+        _configure_logging(ns.verbosity, ns.log_json)
+        try:
+            settings = settings_from_args(ns)
+        except ValidationError as exc:
+            msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            parser.error(msgs)
+        from picker.app import run_serve
+
+        return run_serve(settings)
+    if ns.command == "fake-server":
+        _configure_logging(2, False)
+        from picker.testing.fake_cli import run_fake_server_cli
+
+        return run_fake_server_cli(ns)
+    if ns.command == "demo":
+        _configure_logging(1, False)
+        from picker.demo import run_demo
+
+        return run_demo(requests=ns.requests, concurrency=ns.concurrency, seed=ns.seed)
+    parser.error(f"unknown command {ns.command}")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The director: from a parsed request to chosen endpoints, in the reference EPP's order.
+
+1. Parse the body (``openai-parser``; ``passthrough-parser`` skips it): the incoming model.
+2. Target model = ``x-gateway-model-name-rewrite`` header or the incoming model; an
+   InferenceModelRewrite rule for the incoming model overrides it (weighted random target).
+3. Priority from the InferenceObjective named by ``x-gateway-inference-objective`` (unknown → 0).
+4. Candidates = the subset hint (IP match, as the reference; port ignored); empty → 503.
+5. Admission: a sheddable request (priority < 0) is rejected with 429 when pool saturation ≥ 1.
+6. Schedule (filters → weighted scorers → picker); nothing left → 429.
+7. Count the request against the primary endpoint (released when the stream ends) and hand back the
+   body: the original bytes unless the model changed.
+
+Everything here is synchronous and allocation-light: it runs once per request on the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from picker.errors import BadRequest, Internal, ResourceExhausted, ServiceUnavailable
+from picker.routing.openai import parse_request, rewrite_model
+from picker.routing.types import RoutingDecision, RoutingRequest
+from picker.state.config_store import ConfigStore
+from picker.state.datastore import Datastore, NullLease
+from scoring import NoEndpointsAvailable
+from scoring.types import PickRequest
+
+HDR_OBJECTIVE = "x-gateway-inference-objective"
+HDR_REWRITE = "x-gateway-model-name-rewrite"
+HDR_TEST_SELECTION = "test-epp-endpoint-selection"
+
+MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
+MSG_NO_PODS = "no pods available in datastore"
+MSG_SHED = "system saturated, sheddable request dropped"
+
+
+def _host_of(entry: str) -> str:
+    """IP of a subset entry: ``10.0.0.1:8000`` → ``10.0.0.1``, ``[::1]:80`` → ``::1``, bare IPs as is."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        return entry[1:].partition("]")[0]
+    if entry.count(":") == 1:
+        return entry.partition(":")[0]
+    return entry
+
+
+class DirectorObserver(Protocol):
+    def scheduled(self, duration_s: float) -> None: ...
+
+    def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None: ...
+
+
+class Director:
+    """Implements :class:`picker.routing.types.Router` on top of the datastore and the active config."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        config: ConfigStore,
+        *,
+        rng: np.random.Generator,
+        clock: Callable[[], float] = time.monotonic,
+        disable_subset_filter: bool = False,
+        observer: DirectorObserver | None = None,
+    ) -> None:
+        self._ds = datastore
+        self._config = config
+        self._rng = rng
+        self._clock = clock
+        self._disable_subset = disable_subset_filter
+        self._observer = observer
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _candidates(self, ips: tuple[str, ...], subset: tuple[str, ...] | None) -> np.ndarray | None:
+        """Boolean mask of endpoints allowed by the subset hint; None = no hint (all endpoints)."""
+        if subset is None or self._disable_subset:
+            return None
+        allowed = {_host_of(entry) for entry in subset}
+        return np.fromiter((ip in allowed for ip in ips), dtype=np.bool_, count=len(ips))
+
+    # ------------------------------------------------------------------------------------- routing
+    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
+        active = self._config.active
+        cfg = active.config
+        headers = request.headers
+        if cfg.parser == "passthrough-parser":
+            info = None
+            incoming = ""
+        else:
+            info = parse_request(request.path, request.body)
+            if info.model is None:
+                raise BadRequest("model not found in request body")
+            incoming = info.model
+        target = headers.get(HDR_REWRITE) or incoming
+        if info is not None:
+            choice = self._ds.rewrites.resolve(incoming, self._rng)
+            if choice is not None:
+                target = choice.target_model
+                if self._observer is not None and not explain:
+                    self._observer.rewrite_decision(choice.rewrite_name, incoming, target)
+        objective = headers.get(HDR_OBJECTIVE, "")
+        priority = self._ds.objectives.priority(objective)
+
+        started = self._clock()
+        m = self._ds.snapshot()
+        mask = self._candidates(m.ips, request.subset)
+        if len(m) == 0 or (mask is not None and not mask.any()):
+            raise ServiceUnavailable(MSG_NO_CANDIDATES)
+        scheduler = active.scheduler
+        saturation: float | None = None
+        if priority < 0:
+            saturation = scheduler.saturation(m, now=started, candidates=mask)
+            if saturation >= 1.0:
+                raise ResourceExhausted(MSG_SHED)
+        selection = headers.get(HDR_TEST_SELECTION)
+        pick_req = PickRequest(
+            target_model=target,
+            incoming_model=incoming,
+            priority=priority,
+            request_id=request.request_id,
+            headers={HDR_TEST_SELECTION: selection} if selection is not None else {},
+            prefix_hashes=info.prefix_hashes if info is not None else (),
+            prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
+        )
+        try:
+            result = scheduler.schedule(m, pick_req, now=started, rng=self._rng, candidates=mask,
+                                        explain=explain)
+        except NoEndpointsAvailable as exc:
+            raise ResourceExhausted(f"failed to find target endpoint: {exc}") from exc
+        if self._observer is not None and not explain:
+            self._observer.scheduled(self._clock() - started)
+        endpoints = tuple(m.addresses[i] for i in result.indices)
+        lease = NullLease() if explain else self._ds.acquire(m.names[result.primary])
+        body = request.body
+        if info is not None and target != incoming:
+            body = rewrite_model(body, target)
+        return RoutingDecision(
+            endpoints=endpoints,
+            incoming_model=incoming,
+            target_model=target,
+            priority=priority,
+            body=body,
+            lease=lease,
+            info=info,
+            decision=result.decision,
+            objective=objective,
+        )
+
+    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
+        """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""
+        m = self._ds.snapshot()
+        if len(m) == 0:
+            raise Internal(MSG_NO_PODS)
+        i = int(self._rng.integers(len(m)))
+        return RoutingDecision(
+            endpoints=(m.addresses[i],),
+            incoming_model="",
+            target_model="",
+            priority=0,
+            body=b"",
+            lease=NullLease(),
+        )

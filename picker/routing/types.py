@@ -1,0 +1,99 @@
+"""The contract between the protocol adapters (ext_proc, admin) and request routing.
+
+``picker.extproc`` speaks Envoy; ``picker.admin`` answers ``/debug/explain``; both hand a
+:class:`RoutingRequest` to a :class:`Router` and get a :class:`RoutingDecision` back (or a
+:class:`picker.errors.PickerError`). The router owns model rewrites, objectives, admission, subset
+filtering and scheduling; it never touches the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scoring.types import Decision
+
+#: OpenAI API families, told apart by the request path suffix (reference ``openai-parser``).
+API_COMPLETIONS = "completions"
+API_CHAT = "chat/completions"
+API_RESPONSES = "responses"
+API_CONVERSATIONS = "conversations"
+API_EMBEDDINGS = "embeddings"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the body parser learned about a request body. No prompt text is kept here."""
+
+    api: str
+    #: the body's ``model`` (the client-facing name); None only for the passthrough parser
+    model: str | None
+    stream: bool = False
+    #: the client asked for a usage chunk (``stream_options.include_usage``)
+    include_usage: bool = False
+    #: ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` if given
+    max_tokens: int | None = None
+    #: rough prompt size in characters (for token estimates; never the text itself)
+    prompt_chars: int = 0
+    #: chained prefix-block hashes of the prompt (filled when prefix scoring is configured)
+    prefix_hashes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRequest:
+    """One request as the router sees it."""
+
+    request_id: str
+    #: lowercase header names → values (the ext_proc adapter reads raw_value or value)
+    headers: Mapping[str, str]
+    path: str
+    #: the request body exactly as received (not copied; a bytes object or memoryview over one)
+    body: bytes
+    #: subset hint from ``envoy.lb.subset_hint``: None = absent, () = present but empty
+    subset: tuple[str, ...] | None = None
+    #: no body (request headers carried end_of_stream)
+    headers_only: bool = False
+
+
+class Lease(Protocol):
+    """In-flight accounting for one routed request. ``release()`` is idempotent."""
+
+    def release(self) -> None: ...
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    """Where to send a request, and what to send."""
+
+    #: ``ip:port`` of the primary endpoint, then distinct fallbacks in score order
+    endpoints: tuple[str, ...]
+    incoming_model: str
+    target_model: str
+    priority: int
+    #: the body to forward: the original object when the model is not rewritten
+    body: bytes
+    lease: Lease
+    info: RequestInfo | None = None
+    #: filled only when the caller asked for an explanation
+    decision: Decision | None = None
+    #: objective name from ``x-gateway-inference-objective`` (for metrics), "" if none
+    objective: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def destination(self) -> str:
+        """The header/metadata value: ``ip:port[,ip:port...]``, primary first, no spaces."""
+        return ",".join(self.endpoints)
+
+
+class Router(Protocol):
+    """Implemented by :class:`picker.routing.director.Director`; faked in protocol tests."""
+
+    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
+        """Pick endpoints for a request with a body. Raises PickerError subclasses."""
+        ...
+
+    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
+        """Pick for a request without a body: a random pool endpoint, no scheduling (reference)."""
+        ...

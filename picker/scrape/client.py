@@ -1,0 +1,70 @@
+"""Fetching ``/metrics`` pages: the only place that talks HTTP to model servers.
+
+The scraper depends on the small :class:`MetricsFetcher` protocol, so tests and benchmarks can swap the
+transport, and a faster one can replace this without touching the scrape loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Protocol
+
+import aiohttp
+
+
+class ScrapeError(Exception):
+    """A scrape failed (connection, timeout, non-200, oversized page). The message is safe to log."""
+
+
+class MetricsFetcher(Protocol):
+    async def fetch(self, url: str, *, timeout_s: float) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpFetcher:
+    """Keep-alive HTTP(S) GETs with a per-request timeout and a page-size cap.
+
+    One connection per host is kept alive (the reference keeps 2 idle per host); TLS is not verified,
+    as in the reference's ``insecureSkipVerify: true`` default, because model servers in a pool usually
+    serve self-signed certificates if any.
+    """
+
+    def __init__(self, *, max_page_bytes: int = 8 << 20, insecure_skip_verify: bool = True) -> None:
+        self._max = max_page_bytes
+        self._insecure = insecure_skip_verify
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = False if self._insecure else ssl.create_default_context()
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=2, ssl=ssl_ctx,
+                                             keepalive_timeout=30, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                                  skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def fetch(self, url: str, *, timeout_s: float) -> bytes:
+        session = self._get_session()
+        try:
+            async with asyncio.timeout(timeout_s), session.get(url, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise ScrapeError(f"HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > self._max:
+                    raise ScrapeError(f"page too large ({resp.content_length} bytes)")
+                body = await resp.content.read(self._max + 1)
+                if len(body) > self._max:
+                    raise ScrapeError(f"page larger than {self._max} bytes")
+                return body
+        except TimeoutError as exc:
+            raise ScrapeError(f"timeout after {timeout_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,197 @@
+"""The scrape loop: every endpoint's ``/metrics`` on its own cadence, concurrently, with a bound.
+
+Why one task per endpoint rather than one sweep per interval: a sweep is only as fast as its slowest
+pod, so one dead pod (1 s timeout) would stall everybody's freshness 20-fold at a 50 ms interval. Here
+each endpoint has its own ticker and timeout; a semaphore bounds how many requests are in the air.
+
+Failures keep the last good values and their age in the datastore (staleness decides what to do with
+them, not the scraper), and are logged once per transition (failing → recovered), never per attempt.
+
+Where the server supports ``name[]=`` filtering (prometheus_client-based servers: vLLM, SGLang), the
+scraper asks only for the families the extractor needs — a 75 KB vLLM page shrinks to ~2 KB. If a
+filtered page comes back without any field the unfiltered one had, filtering is turned off for that
+endpoint (some proxies or older servers ignore or reject the parameter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import quote
+
+from picker.scrape.client import MetricsFetcher, ScrapeError
+from picker.scrape.detect import detect_engine
+from picker.scrape.engines import EngineSpec
+from picker.scrape.extract import Extractor
+from picker.state.datastore import Datastore
+from picker.state.endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+#: engines whose servers implement prometheus_client's ``name[]`` filter
+FILTERING_ENGINES = frozenset({"vllm", "sglang"})
+
+
+class ScrapeObserver(Protocol):
+    def scrape_observed(self, duration_s: float, ok: bool) -> None: ...
+
+
+@dataclass(slots=True)
+class _Target:
+    endpoint: Endpoint
+    failing: bool = False
+    ever_ok: bool = False
+    use_filter: bool = True
+    unfiltered_fields: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Scraper:
+    """Keeps every endpoint's metrics fresh in the datastore. ``run()`` until cancelled."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        fetcher: MetricsFetcher,
+        *,
+        engines: Mapping[str, EngineSpec],
+        default_engine: str = "vllm",
+        interval_s: float = 0.05,
+        timeout_s: float = 1.0,
+        max_concurrency: int = 256,
+        scheme: str = "http",
+        path: str = "/metrics",
+        observer: ScrapeObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if interval_s <= 0 or timeout_s <= 0:
+            raise ValueError("scrape interval and timeout must be positive")
+        self._ds = datastore
+        self._fetcher = fetcher
+        self._interval = interval_s
+        self._timeout = timeout_s
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._scheme = scheme
+        self._path = path
+        self._observer = observer
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - start-time jitter, not security
+        self._targets: dict[str, _Target] = {}
+        self._changed = asyncio.Event()
+        self._extractors: dict[str, Extractor] = {}
+        self._default_engine = default_engine
+        self.set_engines(engines, default_engine)
+
+    def set_engines(self, engines: Mapping[str, EngineSpec], default_engine: str) -> None:
+        """Swap engine metric specs (config reload). Takes effect on each endpoint's next scrape."""
+        if default_engine not in engines:
+            raise ValueError(f"default engine {default_engine!r} has no metric spec")
+        self._extractors = {name: Extractor(spec) for name, spec in engines.items()}
+        self._default_engine = default_engine
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        self._ds.add_listener(self._changed.set)
+        try:
+            while True:
+                self._reconcile()
+                await self._changed.wait()
+                self._changed.clear()
+        finally:
+            tasks = [t.task for t in self._targets.values() if t.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._targets.clear()
+
+    def _reconcile(self) -> None:
+        wanted = {ep.name: ep for ep in self._ds.endpoints()}
+        for name in list(self._targets):
+            target = self._targets[name]
+            ep = wanted.get(name)
+            if ep is None or ep.metrics_address != target.endpoint.metrics_address:
+                if target.task is not None:
+                    target.task.cancel()
+                del self._targets[name]
+            elif ep != target.endpoint:
+                target.endpoint = ep
+        for name, ep in wanted.items():
+            if name not in self._targets:
+                target = _Target(ep)
+                target.task = asyncio.create_task(self._loop(target), name=f"scrape:{name}")
+                self._targets[name] = target
+
+    async def _loop(self, target: _Target) -> None:
+        # Spread first scrapes over one interval so a big pool does not scrape in lockstep.
+        next_t = self._clock() + self._rng.random() * self._interval
+        while True:
+            delay = next_t - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # No catch-up bursts after a slow scrape: the next tick is at least one interval away.
+            next_t = max(next_t + self._interval, self._clock())
+            async with self._sem:
+                await self.scrape_once(target)
+
+    # ------------------------------------------------------------------------------------ one scrape
+    def _engine_for(self, target: _Target) -> str | None:
+        st = self._ds.status(target.endpoint.name)
+        engine = target.endpoint.engine or (st.detected_engine if st is not None else None)
+        return engine if engine in self._extractors else None
+
+    def _url(self, target: _Target, engine: str | None) -> str:
+        base = f"{self._scheme}://{target.endpoint.metrics_address}{self._path}"
+        if engine in FILTERING_ENGINES and target.use_filter and target.ever_ok:
+            names = self._extractors[engine].wanted_families()
+            return base + "?" + "&".join("name[]=" + quote(n, safe="") for n in names)
+        return base
+
+    async def scrape_once(self, target: _Target) -> None:
+        name = target.endpoint.name
+        engine = self._engine_for(target)
+        url = self._url(target, engine)
+        filtered = "?" in url
+        self._ds.begin_scrape(name)
+        started = self._clock()
+        try:
+            page = await self._fetcher.fetch(url, timeout_s=self._timeout)
+        except ScrapeError as exc:
+            self._failed(target, str(exc), started)
+            return
+        detected: str | None = None
+        if engine is None:
+            detected = detect_engine(page)
+            engine = detected if detected in self._extractors else self._default_engine
+        metrics = self._extractors[engine].extract(page)
+        reported = metrics.reported_fields()
+        if reported == 0:
+            if filtered:
+                target.use_filter = False
+            self._failed(target, "no known metric families on the page", started)
+            return
+        if filtered and reported < target.unfiltered_fields:
+            target.use_filter = False
+        elif not filtered:
+            target.unfiltered_fields = max(target.unfiltered_fields, reported)
+        self._ds.record_scrape(name, metrics, engine=detected)
+        if self._observer is not None:
+            self._observer.scrape_observed(self._clock() - started, True)
+        if target.failing:
+            log.info("scrape of %s (%s) recovered", name, target.endpoint.metrics_address)
+        target.failing = False
+        target.ever_ok = True
+
+    def _failed(self, target: _Target, error: str, started: float) -> None:
+        self._ds.record_scrape_failure(target.endpoint.name, error)
+        if self._observer is not None:
+            self._observer.scrape_observed(self._clock() - started, False)
+        if not target.failing:
+            log.warning("scrape of %s (%s) failing: %s; keeping last good values",
+                        target.endpoint.name, target.endpoint.metrics_address, error)
+        target.failing = True
