@@ -1,0 +1,66 @@
+# The picker endpoint picker (EPP) image.
+#
+# Two stages: `build` installs the project and its runtime dependencies into a virtual environment at
+# /opt/venv; the final stage copies only that environment onto the same base image. The result has no
+# compiler, no pip, no pip cache and no source tree, runs as uid/gid 65532 and works with a read-only root
+# filesystem (the only writable path it needs is /tmp, an emptyDir in manifests/base).
+
+# Python 3.11 slim on Debian bookworm, pinned by version tag and by the digest of the multi-architecture
+# image index, so both stages (and every rebuild) start from the same bytes. Bump tag and digest together.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+RUN python -m venv /opt/venv
+
+WORKDIR /src
+# README.md is the package's `readme` in pyproject.toml; the build backend refuses to build without it.
+COPY pyproject.toml requirements.lock README.md ./
+COPY picker/ picker/
+COPY scoring/ scoring/
+
+# The runtime dependencies of pyproject.toml only (no test, lint or bench groups), each at the version
+# pinned in requirements.lock (-c constrains versions without installing everything the lock lists).
+# pip compiles the bytecode here, so nothing needs to be written next to the sources at run time.
+# Then pip itself leaves the environment: nothing installs packages in the running container.
+RUN /opt/venv/bin/pip install --no-cache-dir --constraint requirements.lock . \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
+
+
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="picker" \
+      org.opencontainers.image.description="Endpoint picker (EPP) for the Kubernetes Gateway API Inference Extension" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# The base image's own installers are not needed at run time either; the fixed uid/gid 65532 matches
+# runAsUser/runAsGroup in manifests/base/deployment.yaml and gets a passwd entry so that libraries that
+# look up the current user work.
+RUN python -m pip uninstall --yes pip setuptools wheel \
+ && groupadd --system --gid 65532 picker \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin picker
+
+COPY --from=build /opt/venv /opt/venv
+
+# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only, bytecode was compiled at build time.
+# HOME and TMPDIR: the only writable location is /tmp.
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp
+
+# Numeric, so that Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+USER 65532:65532
+WORKDIR /tmp
+
+# 9002 ext_proc gRPC (TLS by default), 9003 gRPC health (plaintext), 9090 /metrics.
+EXPOSE 9002 9003 9090
+
+ENTRYPOINT ["picker"]
+CMD ["serve"]

@@ -1,0 +1,158 @@
+"""The Dockerfile (it cannot be built here): hadolint, and consistency with the project and the manifests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _stages(text: str) -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    args: dict[str, str] = {}
+    for word, rest in _instructions(text):
+        if word == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        if word == "FROM":
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest)
+            stages.append([("FROM", image)])
+        elif stages:
+            stages[-1].append((word, rest))
+    return stages
+
+
+def _get(stage: list[tuple[str, str]], word: str) -> list[str]:
+    return [rest for w, rest in stage if w == word]
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[list[tuple[str, str]]]:
+    return _stages(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+def test_hadolint_is_clean() -> None:
+    binary = _hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed")
+    result = subprocess.run(
+        [binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_would_catch_a_problem(tmp_path: Path) -> None:
+    binary = _hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\n", encoding="utf-8")
+    result = subprocess.run(
+        [binary, "--no-color", str(bad)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+
+
+def test_multi_stage_from_a_pinned_slim_python(stages: list[list[tuple[str, str]]]) -> None:
+    assert len(stages) >= 2
+    for stage in stages:
+        image = stage[0][1].split()[0]
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", image), image
+    build_names = [s[0][1].split() for s in stages[:-1]]
+    assert all(len(parts) == 3 and parts[1].upper() == "AS" for parts in build_names)
+
+
+def test_build_installs_runtime_deps_pinned_by_the_lock(stages: list[list[tuple[str, str]]]) -> None:
+    runs = " ".join(_get(stages[0], "RUN"))
+    install = re.search(r"pip install ([^&]*)", runs)
+    assert install, runs
+    args = install.group(1)
+    assert re.search(r"(--constraint|-c)\s+requirements\.lock", args), "versions must come from the lock"
+    assert not re.search(r"(--requirement|-r)\s+requirements\.lock", args), (
+        "the lock also lists test/bench tools"
+    )
+    assert "--no-cache-dir" in args
+    assert "--group" not in args, "no dependency groups in the image"
+    assert "[" not in args, "no extras in the image"
+
+
+def test_build_copies_what_the_package_build_needs(stages: list[list[tuple[str, str]]]) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    copied = {src.rstrip("/") for rest in _get(stages[0], "COPY") for src in rest.split()[:-1]}
+    needed = {"pyproject.toml", "requirements.lock", project["project"]["readme"]}
+    needed |= set(project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"])
+    assert needed <= copied, needed - copied
+    ignore = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", ".dockerignore is an allow-list"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    assert copied <= allowed, copied - allowed
+
+
+def test_final_stage_is_minimal_and_non_root(
+    stages: list[list[tuple[str, str]]], builds: dict[str, Any]
+) -> None:
+    final = stages[-1]
+    copies = _get(final, "COPY")
+    assert copies
+    assert all(c.startswith("--from=") for c in copies), "the final stage copies only build output"
+    for run in _get(final, "RUN"):
+        assert not re.search(r"apt-get install|apk add|pip install|gcc|build-essential", run), run
+    (user,) = _get(final, "USER")
+    uid, _, gid = user.partition(":")
+    pod = builds["base"].get("Deployment", "picker")["spec"]["template"]["spec"]
+    assert (int(uid), int(gid)) == (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"])
+    env = " ".join(_get(final, "ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+    assert re.search(r"\bHOME=/tmp\b", env)
+    assert re.search(r"\bTMPDIR=/tmp\b", env)
+
+
+def test_entrypoint_exposed_ports_and_the_deployment_agree(
+    stages: list[list[tuple[str, str]]], builds: dict[str, Any]
+) -> None:
+    final = stages[-1]
+    (entrypoint,) = _get(final, "ENTRYPOINT")
+    (cmd,) = _get(final, "CMD")
+    assert json.loads(entrypoint) == ["picker"]
+    assert json.loads(cmd) == ["serve"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "picker" in project["project"]["scripts"]
+    exposed = {int(p) for rest in _get(final, "EXPOSE") for p in rest.split()}
+    container = builds["base"].get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]
+    assert exposed == {p["containerPort"] for p in container["ports"]} == {9002, 9003, 9090}

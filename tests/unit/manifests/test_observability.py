@@ -1,0 +1,323 @@
+"""ServiceMonitor, PrometheusRule and the Grafana dashboard: shape, and metric names we actually export."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+Doc = dict[str, Any]
+
+#: The metrics the EPP exports: the reference EPP's legacy names (gie-epp.md section 4) and their types.
+#: To be replaced by the names registered in picker.telemetry once every one of them is implemented.
+EXPORTED: dict[str, str] = {
+    "inference_objective_request_total": "counter",
+    "inference_objective_request_error_total": "counter",
+    "inference_objective_request_duration_seconds": "histogram",
+    "inference_objective_normalized_time_per_output_token_seconds": "histogram",
+    "inference_objective_request_sizes": "histogram",
+    "inference_objective_response_sizes": "histogram",
+    "inference_objective_input_tokens": "histogram",
+    "inference_objective_output_tokens": "histogram",
+    "inference_objective_prompt_cached_tokens": "histogram",
+    "inference_objective_running_requests": "gauge",
+    "inference_objective_request_ttft_seconds": "histogram",
+    "inference_objective_request_tpot_seconds": "histogram",
+    "inference_objective_request_predicted_ttft_seconds": "histogram",
+    "inference_objective_request_predicted_tpot_seconds": "histogram",
+    "inference_objective_request_ttft_prediction_duration_seconds": "histogram",
+    "inference_objective_request_tpot_prediction_duration_seconds": "histogram",
+    "inference_objective_request_slo_violation_total": "counter",
+    "inference_objective_inference_request_metric": "gauge",
+    "inference_pool_average_kv_cache_utilization": "gauge",
+    "inference_pool_average_queue_size": "gauge",
+    "inference_pool_average_running_requests": "gauge",
+    "inference_pool_ready_pods": "gauge",
+    "inference_pool_per_pod_queue_size": "gauge",
+    "inference_extension_info": "gauge",
+    "inference_extension_scheduler_e2e_duration_seconds": "histogram",
+    "inference_extension_scheduler_attempts_total": "counter",
+    "inference_extension_plugin_duration_seconds": "histogram",
+    "inference_extension_prefix_indexer_size": "gauge",
+    "inference_extension_prefix_indexer_hit_ratio": "histogram",
+    "inference_extension_prefix_indexer_hit_bytes": "histogram",
+    "inference_extension_model_rewrite_decisions_total": "counter",
+    "inference_extension_flow_control_request_queue_duration_seconds": "histogram",
+    "inference_extension_flow_control_request_enqueue_duration_seconds": "histogram",
+    "inference_extension_flow_control_dispatch_cycle_duration_seconds": "histogram",
+    "inference_extension_flow_control_queue_size": "gauge",
+    "inference_extension_flow_control_queue_bytes": "gauge",
+    "inference_extension_flow_control_pool_saturation": "gauge",
+}
+#: picker's own metrics all carry this prefix.
+OWN_PREFIX = "picker_"
+
+
+def _series_names() -> set[str]:
+    """Names as they appear in the exposition (and so in PromQL)."""
+    out: set[str] = set()
+    for name, kind in EXPORTED.items():
+        if kind == "histogram":
+            out |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
+        elif kind == "counter":
+            out |= {name, name.removesuffix("_total") + "_created"}
+        else:
+            out.add(name)
+    return out
+
+
+SERIES = _series_names()
+
+
+def _unknown(names: set[str]) -> set[str]:
+    return {n for n in names if n not in SERIES and not n.startswith(OWN_PREFIX)}
+
+
+PROM_DURATION = re.compile(
+    r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$"
+)
+
+
+def _seconds(duration: str) -> float:
+    m = PROM_DURATION.match(duration)
+    assert duration
+    assert m, duration
+    units = {1: 365 * 86400, 3: 7 * 86400, 5: 86400, 7: 3600, 9: 60, 11: 1, 13: 0.001}
+    return sum(int(m.group(i + 1)) * f for i, f in units.items() if m.group(i + 1))
+
+
+def _balanced(expr: str) -> bool:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for ch in re.sub(r'"(?:[^"\\]|\\.)*"', "", expr):
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            return False
+    return not stack
+
+
+# ------------------------------------------------------------------------------------------ PromQL helper
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("up", {"up"}),
+        ('sum by (le, model_name) (rate(x_bucket{a="b",c=~"d|e"}[5m])) > 10', {"x_bucket"}),
+        ("a / on(job) group_left(x) b > bool 0.5", {"a", "b"}),
+        ('histogram_quantile(0.99, sum(rate(h_bucket{l="(x)"}[$__rate_interval])))', {"h_bucket"}),
+        ("max_over_time(g[1h:5m]) offset 1d", {"g"}),
+        ("label_values(inference_pool_ready_pods, name)", {"inference_pool_ready_pods", "name"}),
+    ],
+)
+def test_promql_metric_names(promql_names: Callable[[str], set[str]], expr: str, names: set[str]) -> None:
+    assert promql_names(expr) == names
+
+
+def test_unknown_metric_is_caught(promql_names: Callable[[str], set[str]]) -> None:
+    assert _unknown(promql_names("rate(inference_pool_requests_total[5m])")) == {
+        "inference_pool_requests_total"
+    }
+    assert _unknown(promql_names("picker_config_reload_total + inference_pool_ready_pods")) == set()
+
+
+# ------------------------------------------------------------------------------------------ ServiceMonitor
+
+
+def test_servicemonitor_scrapes_the_metrics_port(builds: dict[str, Any]) -> None:
+    (monitor,) = builds["observability"].of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = monitor["spec"]
+    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels"}
+    service = builds["base"].get("Service", "picker")
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert spec["endpoints"]
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels"}
+        assert endpoint["port"] == "http-metrics"
+        assert endpoint["port"] in port_names
+        assert endpoint.get("path", "/metrics").startswith("/")
+        assert endpoint.get("scheme", "http") in {"http", "https"}
+        if "scrapeTimeout" in endpoint:
+            assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
+
+
+# ------------------------------------------------------------------------------------------ PrometheusRule
+
+
+def _rules(builds: dict[str, Any]) -> list[Doc]:
+    (rule,) = builds["observability"].of_kind("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}
+    return [r for g in rule["spec"]["groups"] for r in g["rules"]]
+
+
+def test_prometheusrule_shape(builds: dict[str, Any]) -> None:
+    (rule,) = builds["observability"].of_kind("PrometheusRule")
+    groups = rule["spec"]["groups"]
+    assert groups
+    assert len({g["name"] for g in groups}) == len(groups)
+    alerts = []
+    for group in groups:
+        assert set(group) <= {"name", "interval", "rules"}
+        assert group["rules"]
+        for r in group["rules"]:
+            assert ("alert" in r) != ("record" in r), r
+            assert set(r) <= {"alert", "record", "expr", "for", "labels", "annotations"}, r
+            assert isinstance(r["expr"], str)
+            assert r["expr"].strip()
+            assert _balanced(r["expr"]), r["expr"]
+            if "alert" in r:
+                alerts.append(r["alert"])
+                assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", r["alert"])
+                assert _seconds(r["for"]) > 0
+                assert r["labels"]["severity"] in {"critical", "warning", "info"}
+                assert {"summary", "description"} <= set(r["annotations"])
+    assert len(alerts) == len(set(alerts))
+
+
+def test_rules_use_only_exported_metrics(
+    builds: dict[str, Any], promql_names: Callable[[str], set[str]]
+) -> None:
+    for r in _rules(builds):
+        names = promql_names(r["expr"])
+        assert names, r["expr"]
+        assert _unknown(names) == set(), r.get("alert")
+
+
+# (what, metric names that must appear, threshold pattern)
+REQUIRED_ALERTS = [
+    ("p99 duration > 10 s", {"inference_objective_request_duration_seconds_bucket"}, r"0\.99.*>\s*10\b"),
+    (
+        "error ratio > 5 %",
+        {"inference_objective_request_error_total", "inference_objective_request_total"},
+        r"error_total.*/.*request_total.*>\s*0\.05\b",
+    ),
+    ("mean queue > 50", {"inference_pool_average_queue_size"}, r">\s*50\b"),
+    ("mean KV > 0.9", {"inference_pool_average_kv_cache_utilization"}, r">\s*0\.9\b"),
+    ("no ready endpoints", {"inference_pool_ready_pods"}, r"(==\s*0\b)|(<\s*1\b)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "metrics", "threshold"), REQUIRED_ALERTS, ids=[a[0] for a in REQUIRED_ALERTS]
+)
+def test_required_alert_exists(
+    builds: dict[str, Any],
+    promql_names: Callable[[str], set[str]],
+    what: str,
+    metrics: set[str],
+    threshold: str,
+) -> None:
+    matching = [
+        r
+        for r in _rules(builds)
+        if "alert" in r
+        and metrics <= promql_names(r["expr"])
+        and re.search(threshold, " ".join(r["expr"].split()), re.DOTALL)
+    ]
+    assert len(matching) == 1, what
+
+
+# ------------------------------------------------------------------------------------------ dashboard
+
+
+def _dashboard(builds: dict[str, Any]) -> Doc:
+    configmap = builds["observability"].get("ConfigMap", "picker-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = configmap["data"].values()
+    dashboard: Doc = json.loads(text)
+    return dashboard
+
+
+def _panels(dashboard: Doc) -> list[Doc]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def _exprs(dashboard: Doc) -> list[str]:
+    exprs = [t["expr"] for p in _panels(dashboard) for t in p.get("targets", [])]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            exprs.append(re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", query))
+    return exprs
+
+
+def test_dashboard_shape(builds: dict[str, Any]) -> None:
+    dashboard = _dashboard(builds)
+    assert dashboard["uid"]
+    assert dashboard["title"]
+    assert isinstance(dashboard["schemaVersion"], int)
+    panels = _panels(dashboard)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0
+        assert grid["x"] + grid["w"] <= 24
+        assert grid["h"] > 0
+        if panel["type"] == "row":
+            continue
+        assert panel["title"]
+        assert panel["targets"]
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            assert _balanced(target["expr"]), target["expr"]
+    for name in re.findall(r"\$(\w+)", " ".join(_exprs(dashboard))):
+        assert name.startswith("__") or name in variables, f"undefined dashboard variable ${name}"
+
+
+def test_dashboard_uses_only_exported_metrics(
+    builds: dict[str, Any], promql_names: Callable[[str], set[str]]
+) -> None:
+    for expr in _exprs(_dashboard(builds)):
+        assert _unknown(promql_names(expr)) == set(), expr
+
+
+#: A panel (its title) per topic, and the series it must query.
+REQUIRED_PANELS = {
+    "request rate": {"inference_objective_request_total"},
+    "error rate": {"inference_objective_request_error_total"},
+    "duration p50 / p99": {"inference_objective_request_duration_seconds_bucket"},
+    "queue": {"inference_pool_average_queue_size"},
+    "kv": {"inference_pool_average_kv_cache_utilization"},
+    "ready": {"inference_pool_ready_pods"},
+    "per endpoint": {"inference_pool_per_pod_queue_size"},
+    "scheduler": {"inference_extension_scheduler_e2e_duration_seconds_bucket"},
+    "tokens": {"inference_objective_input_tokens_sum", "inference_objective_output_tokens_sum"},
+}
+
+
+@pytest.mark.parametrize("topic", sorted(REQUIRED_PANELS))
+def test_dashboard_has_the_required_panels(
+    builds: dict[str, Any], promql_names: Callable[[str], set[str]], topic: str
+) -> None:
+    panels = [p for p in _panels(_dashboard(builds)) if p["type"] != "row"]
+    found = [
+        p
+        for p in panels
+        if REQUIRED_PANELS[topic] <= {n for t in p["targets"] for n in promql_names(t["expr"])}
+        and all(word in p["title"].lower() for word in topic.split() if word.isalpha() and len(word) > 3)
+    ]
+    assert found, topic
+
+
+def test_duration_panels_show_p50_and_p99(builds: dict[str, Any]) -> None:
+    for panel in _panels(_dashboard(builds)):
+        if "p50 / p99" in panel["title"]:
+            quantiles = {
+                re.search(r"histogram_quantile\(([0-9.]+)", t["expr"]).group(1) for t in panel["targets"]
+            }
+            assert {"0.5", "0.99"} <= quantiles, panel["title"]
