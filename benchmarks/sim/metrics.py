@@ -1,0 +1,94 @@
+"""From per-request outcomes to the figures a routing comparison is judged on.
+
+Definitions (the same for simulated and live runs, so the live benchmark can reuse them):
+
+* TTFT = first token time - arrival; TPOT = (finish - first token) / (output tokens - 1), over requests with
+  more than one output token; E2E = finish - arrival.
+* ``makespan_s`` = last finish - first arrival; ``output_tok_per_s`` = all output tokens / makespan.
+* Goodput = requests that meet *both* SLOs (TTFT ≤ ``ttft_s`` and TPOT ≤ ``tpot_s``; a one-token answer only
+  needs the TTFT SLO) per second of makespan. Defaults are interactive-chat thresholds: the first token within
+  1 s, then at least 10 tokens/s (faster than people read).
+* ``prefix_hit_rate`` = prompt tokens served from the prefix cache / all prompt tokens (first admission).
+* Load imbalance = max / mean over servers of the work routed to them (prompt + output tokens of the requests
+  each received); 1.0 is perfectly even. ``busy_imbalance`` is the same over engine busy time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from benchmarks.sim.fleet import SimResult
+
+#: Default SLO: first token within 1 s, then at least 10 tokens/s.
+DEFAULT_TTFT_SLO_S = 1.0
+DEFAULT_TPOT_SLO_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """Per-request service-level objective for goodput."""
+
+    ttft_s: float = DEFAULT_TTFT_SLO_S
+    tpot_s: float = DEFAULT_TPOT_SLO_S
+
+
+def _pct(x: NDArray[np.float64], q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def _imbalance(per_server: NDArray[Any]) -> float:
+    mean = float(np.mean(per_server))
+    return float(np.max(per_server)) / mean if mean > 0 else float("nan")
+
+
+def summarize(res: SimResult, slo: Slo = Slo()) -> dict[str, float | int]:
+    """The report row of one run. Keys ending in ``_s`` are seconds."""
+    done = ~np.isnan(res.finish)
+    ttft = (res.first_token - res.arrival)[done]
+    e2e = (res.finish - res.arrival)[done]
+    out = res.output_tokens[done]
+    multi = out > 1
+    tpot = ((res.finish - res.first_token)[done][multi]) / (out[multi] - 1)
+    tpot_all = np.zeros(len(out))
+    tpot_all[multi] = tpot
+    good = (ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)
+    makespan = float(np.max(res.finish[done]) - np.min(res.arrival)) if done.any() else float("nan")
+    n_servers = len(res.server_busy_s)
+    routed_work = np.bincount(
+        res.server, weights=(res.prompt_tokens + res.output_tokens).astype(np.float64), minlength=n_servers
+    )
+    prompt_total = float(res.prompt_tokens.sum())
+    return {
+        "requests": len(res.arrival),
+        "completed": int(done.sum()),
+        "ttft_p50_s": _pct(ttft, 50),
+        "ttft_p90_s": _pct(ttft, 90),
+        "ttft_p99_s": _pct(ttft, 99),
+        "ttft_mean_s": float(np.mean(ttft)) if len(ttft) else float("nan"),
+        "tpot_p50_s": _pct(tpot, 50),
+        "tpot_p90_s": _pct(tpot, 90),
+        "tpot_p99_s": _pct(tpot, 99),
+        "e2e_p50_s": _pct(e2e, 50),
+        "e2e_p99_s": _pct(e2e, 99),
+        "output_tok_per_s": float(out.sum()) / makespan if makespan > 0 else float("nan"),
+        "goodput_rps": float(good.sum()) / makespan if makespan > 0 else float("nan"),
+        "slo_attainment": float(good.mean()) if len(good) else float("nan"),
+        "prefix_hit_rate": float(np.maximum(res.cached_tokens, 0).sum()) / prompt_total
+        if prompt_total
+        else 0.0,
+        "load_imbalance": _imbalance(routed_work),
+        "busy_imbalance": _imbalance(res.server_busy_s),
+        "preemptions": int(res.preemptions.sum()),
+        "lora_loads": int(res.server_lora_loads.sum()),
+        "makespan_s": makespan,
+        "sim_wall_s": res.wall_s,
+        "pick_mean_us": res.picks_s / max(1, len(res.arrival)) * 1e6,
+    }
+
+
+def slo_dict(slo: Slo) -> dict[str, float]:
+    return asdict(slo)

@@ -1,0 +1,119 @@
+"""Routing policies under test: three baselines and the real scoring library.
+
+A policy sees exactly what the service's picker sees: the :class:`scoring.matrix.EndpointMatrix` (scraped
+gauges up to one scrape interval old, plus our own ``dispatched`` / ``inflight`` accounting) and a
+:class:`scoring.types.PickRequest`. It returns one endpoint row. The scoring policies call
+``scoring.Scheduler.schedule`` — the same object the service runs, not a copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from scoring.matrix import EndpointMatrix
+from scoring.types import PickRequest
+
+#: Names every comparison includes, in report order.
+BASELINES = ("round-robin", "random", "least-in-flight")
+SCORING = ("reference-default", "default")
+ALL_POLICIES = BASELINES + SCORING
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class Policy(Protocol):
+    """Chooses one endpoint row for a request."""
+
+    name: str
+
+    def pick(self, m: EndpointMatrix, req: PickRequest, now: float, rng: np.random.Generator) -> int: ...
+
+
+class RoundRobin:
+    """Kubernetes-Service-like rotation: ignores every signal."""
+
+    def __init__(self) -> None:
+        self.name = "round-robin"
+        self._next = 0
+
+    def pick(self, m: EndpointMatrix, req: PickRequest, now: float, rng: np.random.Generator) -> int:  # noqa: ARG002 - Policy signature
+        i = self._next % len(m)
+        self._next = i + 1
+        return i
+
+
+class RandomPick:
+    """Uniform random endpoint (what a kube-proxy in iptables mode does per connection)."""
+
+    def __init__(self) -> None:
+        self.name = "random"
+
+    def pick(self, m: EndpointMatrix, req: PickRequest, now: float, rng: np.random.Generator) -> int:  # noqa: ARG002 - Policy signature
+        return int(rng.integers(len(m)))
+
+
+class LeastInFlight:
+    """Fewest open streams through us (Envoy's least-request without sampling); ties broken at random."""
+
+    def __init__(self) -> None:
+        self.name = "least-in-flight"
+
+    def pick(self, m: EndpointMatrix, req: PickRequest, now: float, rng: np.random.Generator) -> int:  # noqa: ARG002 - Policy signature
+        load = m.inflight
+        best = np.flatnonzero(load == load.min())
+        return int(best[0] if len(best) == 1 else best[rng.integers(len(best))])
+
+
+class ScoringPolicy:
+    """A ``scoring`` scheduler (filters → weighted scorers → picker), called exactly as the service does."""
+
+    def __init__(self, name: str, scheduler: Any) -> None:
+        self.name = name
+        self.scheduler = scheduler
+
+    def pick(self, m: EndpointMatrix, req: PickRequest, now: float, rng: np.random.Generator) -> int:
+        return int(self.scheduler.schedule(m, req, now=now, rng=rng).indices[0])
+
+
+def _scheduler_from_config(path: Path) -> Any:
+    """Build a scheduler from an EndpointPickerConfig YAML with the service's own loader."""
+    try:
+        from picker.config import load_config_file
+    except ImportError as exc:  # the service's config module has not landed yet
+        raise RuntimeError(f"cannot load {path}: picker.config.load_config_file is not available") from exc
+    return load_config_file(path).build_scheduler()
+
+
+def make_policy(name: str, *, lora: bool = False) -> Policy:
+    """A policy by name, or from an EndpointPickerConfig file when ``name`` is a path.
+
+    ``reference-default`` is the reference EPP's default profile (queue 2, kv-cache 2, prefix 3); on LoRA
+    traffic it adds ``lora-affinity-scorer`` with weight 1 (the reference's LoRA guide does the same),
+    loaded from ``configs/reference-default-lora.yaml``. ``default`` is our default profile.
+    """
+    if name == "round-robin":
+        return RoundRobin()
+    if name == "random":
+        return RandomPick()
+    if name == "least-in-flight":
+        return LeastInFlight()
+    if name in SCORING:
+        try:
+            import scoring
+        except ImportError as exc:
+            raise RuntimeError("the scoring package is not importable") from exc
+        missing = [f for f in ("reference_default_scheduler", "default_scheduler") if not hasattr(scoring, f)]
+        if missing:
+            raise RuntimeError(f"scoring does not provide {', '.join(missing)} yet")
+        if name == "reference-default":
+            if lora:
+                return ScoringPolicy(name, _scheduler_from_config(CONFIG_DIR / "reference-default-lora.yaml"))
+            return ScoringPolicy(name, scoring.reference_default_scheduler())
+        return ScoringPolicy(name, scoring.default_scheduler())
+    path = Path(name)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        return ScoringPolicy(path.stem, _scheduler_from_config(path))
+    raise ValueError(f"unknown policy {name!r}: use one of {', '.join(ALL_POLICIES)} or a config YAML path")
