@@ -17,7 +17,7 @@ Units and conventions (all columns are ``float64`` of length N unless noted):
 * ``inflight`` — streams currently open through us to the endpoint (released when a stream ends, for any
   reason). Used by the ``least-in-flight`` baseline and for display; mutated in place like ``dispatched``.
 * LoRA: ``lora_vocab`` maps adapter name → column of the boolean ``lora_active`` / ``lora_waiting``
-  matrices (N × A), so "is adapter X active on each endpoint" is one column gather.
+  matrices (N x A), so "is adapter X active on each endpoint" is one column gather.
   ``lora_count`` = |active| + |waiting| per endpoint, ``max_lora`` = the server's ``max_lora`` (NaN unknown).
 * ``block_size`` / ``num_blocks`` — KV-cache geometry (tokens per block, blocks), NaN unknown.
 * ``engine`` — int8 code into ``engine_names``.
@@ -205,8 +205,8 @@ class EndpointMatrix:
             scraped_at=float(self.scraped_at[i]),
             dispatched=float(self.dispatched[i]),
             inflight=float(self.inflight[i]),
-            lora_active=tuple(inv[j] for j in np.flatnonzero(self.lora_active[i])),
-            lora_waiting=tuple(inv[j] for j in np.flatnonzero(self.lora_waiting[i])),
+            lora_active=tuple(inv[int(j)] for j in np.flatnonzero(self.lora_active[i])),
+            lora_waiting=tuple(inv[int(j)] for j in np.flatnonzero(self.lora_waiting[i])),
             max_lora=float(self.max_lora[i]),
             block_size=float(self.block_size[i]),
             num_blocks=float(self.num_blocks[i]),

@@ -26,7 +26,7 @@ from picker.routing.openai import parse_request, rewrite_model
 from picker.routing.types import RoutingDecision, RoutingRequest
 from picker.state.config_store import ConfigStore
 from picker.state.datastore import Datastore, NullLease
-from scoring import NoEndpointsAvailable
+from scoring import NoEndpointsAvailable, subset_mask
 from scoring.types import PickRequest
 
 HDR_OBJECTIVE = "x-gateway-inference-objective"
@@ -36,16 +36,6 @@ HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 MSG_NO_PODS = "no pods available in datastore"
 MSG_SHED = "system saturated, sheddable request dropped"
-
-
-def _host_of(entry: str) -> str:
-    """IP of a subset entry: ``10.0.0.1:8000`` → ``10.0.0.1``, ``[::1]:80`` → ``::1``, bare IPs as is."""
-    entry = entry.strip()
-    if entry.startswith("["):
-        return entry[1:].partition("]")[0]
-    if entry.count(":") == 1:
-        return entry.partition(":")[0]
-    return entry
 
 
 class DirectorObserver(Protocol):
@@ -74,14 +64,6 @@ class Director:
         self._disable_subset = disable_subset_filter
         self._observer = observer
 
-    # ------------------------------------------------------------------------------------ helpers
-    def _candidates(self, ips: tuple[str, ...], subset: tuple[str, ...] | None) -> np.ndarray | None:
-        """Boolean mask of endpoints allowed by the subset hint; None = no hint (all endpoints)."""
-        if subset is None or self._disable_subset:
-            return None
-        allowed = {_host_of(entry) for entry in subset}
-        return np.fromiter((ip in allowed for ip in ips), dtype=np.bool_, count=len(ips))
-
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
         active = self._config.active
@@ -107,7 +89,8 @@ class Director:
 
         started = self._clock()
         m = self._ds.snapshot()
-        mask = self._candidates(m.ips, request.subset)
+        # Subset hint: IP match (port ignored), as the reference; None = no hint = every endpoint.
+        mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
         if len(m) == 0 or (mask is not None and not mask.any()):
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
         scheduler = active.scheduler
@@ -127,10 +110,11 @@ class Director:
             prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
         )
         try:
-            result = scheduler.schedule(m, pick_req, now=started, rng=self._rng, candidates=mask,
-                                        explain=explain)
+            result = scheduler.schedule(
+                m, pick_req, now=started, rng=self._rng, candidates=mask, explain=explain
+            )
         except NoEndpointsAvailable as exc:
-            raise ResourceExhausted(f"failed to find target endpoint: {exc}") from exc
+            raise ResourceExhausted(str(exc)) from exc
         if self._observer is not None and not explain:
             self._observer.scheduled(self._clock() - started)
         endpoints = tuple(m.addresses[i] for i in result.indices)

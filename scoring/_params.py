@@ -1,0 +1,133 @@
+"""Strict reading of a plugin's ``parameters`` mapping.
+
+``scoring`` may not depend on pydantic, and plugin parameters are few and flat, so a small reader does:
+it rejects unknown keys (a typo such as ``maxNumOfEndpoint`` silently falling back to the default is the
+worst kind of configuration bug), checks types and ranges, and names the plugin and the key in every
+error message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from scoring.errors import ConfigurationError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a Go duration string (``200ms``, ``1m30s``) or a bare non-negative number of seconds.
+
+    Raises ``ValueError`` (bad text or number) or ``TypeError`` (another type) for anything else. The
+    reference writes durations the Go way, so configuration copied from its documentation must load
+    unchanged.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"invalid duration {value!r} (must be a finite number of seconds >= 0)")
+        return float(value)
+    if not isinstance(value, str):
+        raise TypeError(f"invalid duration {value!r}")
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for part in _DURATION_PART.finditer(text):
+        if part.start() != pos:
+            break
+        total += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+        pos = part.end()
+    if not text or pos != len(text):
+        raise ValueError(f"invalid duration {value!r} (use e.g. 200ms, 2s, 1m)")
+    return total
+
+
+class Params:
+    """Typed access to one plugin's parameters; every accessor validates and records the effective value.
+
+    ``effective`` (the value actually used for every known key, defaults included) is what the ``/config``
+    admin endpoint shows, so an operator sees e.g. ``maxNumOfEndpoints: 1`` even when it was omitted.
+    """
+
+    def __init__(
+        self, plugin_name: str, plugin_type: str, raw: Mapping[str, Any] | None, known: Iterable[str]
+    ) -> None:
+        self._where = f"plugin {plugin_name!r} (type {plugin_type!r})"
+        self._raw: Mapping[str, Any] = raw if raw is not None else {}
+        if not isinstance(self._raw, Mapping):
+            raise ConfigurationError(f"{self._where}: parameters must be a mapping, got {raw!r}")
+        known_set = set(known)
+        unknown = sorted(str(k) for k in self._raw if k not in known_set)
+        if unknown:
+            allowed = ", ".join(sorted(known_set)) or "none"
+            raise ConfigurationError(
+                f"{self._where}: unknown parameter(s) {', '.join(unknown)} (allowed: {allowed})"
+            )
+        self.effective: dict[str, Any] = {}
+
+    def _fail(self, key: str, what: str, value: object) -> ConfigurationError:
+        return ConfigurationError(f"{self._where}: parameter {key!r} {what}, got {value!r}")
+
+    def number(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        exclusive_minimum: bool = False,
+    ) -> float:
+        value = self._raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self._fail(key, "must be a finite number", value)
+        if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+            raise self._fail(key, f"must be {'>' if exclusive_minimum else '>='} {minimum:g}", value)
+        if maximum is not None and value > maximum:
+            raise self._fail(key, f"must be <= {maximum:g}", value)
+        self.effective[key] = value
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value = self._raw.get(key, default)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, "must be an integer", value)
+        if minimum is not None and value < minimum:
+            raise self._fail(key, f"must be >= {minimum}", value)
+        self.effective[key] = value
+        return value
+
+    def duration(self, key: str, default: str) -> float:
+        value = self._raw.get(key, default)
+        try:
+            seconds = parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            raise self._fail(key, "must be a duration such as 200ms or 2s", value) from exc
+        self.effective[key] = value
+        return seconds
+
+    def string(self, key: str, default: str, *, choices: Iterable[str] | None = None) -> str:
+        value = self._raw.get(key, default)
+        if not isinstance(value, str):
+            raise self._fail(key, "must be a string", value)
+        if choices is not None:
+            options = tuple(choices)
+            if value not in options:
+                raise self._fail(key, f"must be one of {', '.join(options)}", value)
+        self.effective[key] = value
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._raw.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "must be true or false", value)
+        self.effective[key] = value
+        return value

@@ -1,0 +1,18 @@
+"""Scorers by family: load (queue, running), utilization (KV cache, GPU), affinity (LoRA, prefix).
+
+Formulas and inputs of every scorer: ``README.md`` next to this file.
+"""
+
+from scoring.scorers.affinity import LoraAffinityScorer, PrefixCacheScorer
+from scoring.scorers.load import MinMaxLoadScorer, QueueScorer, RunningRequestsScorer
+from scoring.scorers.utilization import GpuUtilizationScorer, KvCacheUtilizationScorer
+
+__all__ = [
+    "GpuUtilizationScorer",
+    "KvCacheUtilizationScorer",
+    "LoraAffinityScorer",
+    "MinMaxLoadScorer",
+    "PrefixCacheScorer",
+    "QueueScorer",
+    "RunningRequestsScorer",
+]

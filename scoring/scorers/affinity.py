@@ -1,0 +1,115 @@
+"""Affinity scorers: prefer endpoints that already hold what this request needs (adapter, cached prefix).
+
+Family README: ``scoring/scorers/README.md`` ("Affinity").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from scoring._params import Params
+from scoring.errors import ConfigurationError
+from scoring.matrix import F64
+from scoring.plugin import Category, Dependence, Scorer, View
+from scoring.types import PickRequest
+
+#: Reference scores of the LoRA cascade.
+LORA_ACTIVE = 1.0
+LORA_ROOM = 0.8
+LORA_WAITING = 0.6
+
+
+class LoraAffinityScorer(Scorer[F64]):
+    """``lora-affinity-scorer`` — prefer an endpoint where the request's adapter is already loaded.
+
+    Formula (reference cascade, first match wins): 1.0 if ``target_model`` is among the endpoint's active
+    adapters; else 0.8 if the endpoint has room to load one more (``|active| + |waiting| < max_lora``);
+    else 0.6 if the adapter is waiting to load there; else 0.0.
+    Inputs: ``lora_active`` / ``lora_waiting`` (N x A boolean tables indexed through ``lora_vocab``),
+    ``lora_count``, ``max_lora``; the request's ``target_model``. Category: affinity.
+
+    Because the three values decrease down the cascade, the cascade equals
+    ``max(1.0·active, 0.8·room, 0.6·waiting)``: one column gather per table and two element-wise maxima.
+    ``0.8·room`` depends only on the snapshot and is prepared once. Unknown ``max_lora`` (NaN) means no
+    room, as the reference's zero value does; a model no endpoint has ever listed scores 0.8 / 0.0 by room.
+    """
+
+    type_name: ClassVar[str] = "lora-affinity-scorer"
+    category: ClassVar[Category] = Category.AFFINITY
+    dependence: ClassVar[Dependence] = Dependence.REQUEST
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        params = Params(name, self.type_name, parameters, ())
+        super().__init__(name, params.effective)
+
+    def prepare(self, v: View, /) -> F64:
+        room = v.take(v.m.lora_count) < v.take(v.m.max_lora)
+        base = np.where(room, LORA_ROOM, 0.0)
+        base.flags.writeable = False
+        return base
+
+    def score(self, v: View, state: F64, req: PickRequest, _dispatched: F64, /) -> F64:
+        adapter = v.m.lora_vocab.get(req.target_model)
+        if adapter is None:
+            return state
+        waiting = np.where(v.take_adapter(v.m.lora_waiting, adapter), LORA_WAITING, 0.0)
+        scores: F64 = np.maximum(state, waiting)
+        np.maximum(scores, v.take_adapter(v.m.lora_active, adapter), out=scores)
+        return scores
+
+    def request_key(self, req: PickRequest, /) -> Hashable:
+        return req.target_model
+
+
+class PrefixCacheScorer(Scorer[None]):
+    """``prefix-cache-scorer`` — accepted for configuration compatibility; scores 0 everywhere for now.
+
+    Formula: 0 for every endpoint, for now. Inputs: none yet. Category: affinity.
+    The reference formula, to be implemented by the prefix-cache issue: matched consecutive prefix blocks
+    / total prompt blocks, from an approximate per-endpoint index of the chained block hashes in
+    ``PickRequest.prefix_hashes``. Until then a constant 0 changes no pick; the scheduler skips it when
+    summing, and the decision record shows its zeros so the gap is visible.
+    The reference parameters are validated and kept so existing documents load unchanged.
+    """
+
+    type_name: ClassVar[str] = "prefix-cache-scorer"
+    category: ClassVar[Category] = Category.AFFINITY
+    dependence: ClassVar[Dependence] = Dependence.REQUEST
+    constant_zero: ClassVar[bool] = True
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        params = Params(
+            name,
+            self.type_name,
+            parameters,
+            (
+                "autoTune",
+                "blockSizeTokens",
+                "maxPrefixBlocksToMatch",
+                "maxPrefixTokensToMatch",
+                "lruCapacityPerServer",
+                "blockSize",
+            ),
+        )
+        self.auto_tune = params.boolean("autoTune", True)
+        self.block_size_tokens = params.integer("blockSizeTokens", 16, minimum=1)
+        self.max_prefix_blocks = params.integer("maxPrefixBlocksToMatch", 256, minimum=1)
+        self.max_prefix_tokens = params.integer("maxPrefixTokensToMatch", 0, minimum=0)
+        self.lru_capacity_per_server = params.integer("lruCapacityPerServer", 31250, minimum=1)
+        if parameters and "blockSize" in parameters:
+            if "blockSizeTokens" not in parameters:
+                raise ConfigurationError(
+                    f"plugin {name!r} (type {self.type_name!r}): parameter 'blockSize' (characters) is "
+                    "deprecated; set 'blockSizeTokens' instead"
+                )
+            params.integer("blockSize", 64, minimum=1)
+        super().__init__(name, params.effective)
+
+    def prepare(self, _v: View, /) -> None:
+        return None
+
+    def score(self, v: View, _state: None, _req: PickRequest, _dispatched: F64, /) -> F64:
+        return np.zeros(v.n)

@@ -1,0 +1,170 @@
+"""Load scorers: prefer endpoints with less work queued or running, counting what we sent since the scrape.
+
+Family README: ``scoring/scorers/README.md`` ("Load").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from scoring._params import Params
+from scoring.matrix import F64
+from scoring.plugin import Category, Dependence, Scorer, View
+from scoring.scorers._impute import impute
+from scoring.types import PickRequest
+
+#: Upper clamp of a queue/running gauge. Far above any real server, low enough that adding the dispatched
+#: count can never overflow to inf (which would turn max - q into NaN).
+MAX_LOAD = 1e12
+
+
+def weighted_min_max(load: F64, weight: float) -> F64:
+    """``weight * (max - load) / (max - min)`` over the array, ``weight`` everywhere when all are equal.
+
+    Overwrites ``load`` and returns it. This one function defines the arithmetic of the load scorers for
+    the single pick and the batch, so both produce bit-identical totals; the batch's incremental update
+    (:meth:`LoadTrack.bump`) repeats exactly these operations for one element.
+    With weight 1 (the raw score) the result lies in [0, 1] by construction, no clamp needed: ``load`` ≥
+    min so ``max - load`` ≤ ``max - min`` after rounding too, because float subtraction is monotonic.
+    Other weights multiply by ``weight / (max - min)`` (one operation fewer on the hot path; the term
+    may exceed ``weight`` by one rounding step, which no total can notice) unless that factor overflows
+    (a subnormal range), in which case it divides first.
+    """
+    lo = float(load.min())
+    hi = float(load.max())
+    if hi > lo:
+        np.subtract(hi, load, out=load)
+        scale = _scale(weight, hi, lo)
+        if scale is None:
+            load /= hi - lo
+            if weight != 1.0:
+                load *= weight
+        else:
+            load *= scale
+    else:
+        load.fill(weight)
+    return load
+
+
+def _scale(weight: float, hi: float, lo: float) -> float | None:
+    """The factor applied to ``max - load`` in one multiplication, or None to divide by the range."""
+    if weight == 1.0:
+        return None
+    scale = weight / (hi - lo)
+    return scale if math.isfinite(scale) else None
+
+
+def _one(weight: float, hi: float, lo: float, load: float) -> float:
+    """:func:`weighted_min_max` for one element (``hi > lo``), with the same operations in the same order."""
+    scale = _scale(weight, hi, lo)
+    if scale is None:
+        value = (hi - load) / (hi - lo)
+        return value * weight if weight != 1.0 else value
+    return (hi - load) * scale
+
+
+class MinMaxLoadScorer(Scorer[F64]):
+    """Base of the load scorers: ``score = (max(L) - L) / (max(L) - min(L))``, 1.0 when all L are equal.
+
+    ``L = gauge + dispatched`` where ``gauge`` is the scraped value of :attr:`column` and ``dispatched`` is
+    the number of requests we sent to the endpoint since the scrape that produced the gauge (the matrix
+    column of that name; the service resets it when a new scrape lands). The scraped gauge is up to one
+    scrape interval old; without the correction every request of a burst between two scrapes sees the
+    same "least loaded" endpoint and piles onto it. With it, each pick raises the chosen endpoint's L by
+    one and the next pick goes elsewhere.
+
+    min and max are taken over the candidates, as in the reference. Missing gauges (NaN) are replaced by
+    the mean of the known ones among the candidates (0 when none is known, the reference's zero value),
+    then clipped to [0, ``MAX_LOAD``]; the dispatched count is added afterwards so an endpoint with an
+    unknown gauge still accumulates the load we send it.
+    """
+
+    category: ClassVar[Category] = Category.DISTRIBUTION
+    dependence: ClassVar[Dependence] = Dependence.LOAD
+    #: matrix column holding the scraped gauge
+    column: ClassVar[str] = ""
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        params = Params(name, self.type_name, parameters, ())
+        super().__init__(name, params.effective)
+
+    def prepare(self, v: View, /) -> F64:
+        return impute(v.take(getattr(v.m, self.column)), lo=0.0, hi=MAX_LOAD, fallback=0.0)
+
+    def score(self, _v: View, state: F64, _req: PickRequest, dispatched: F64, /) -> F64:
+        return weighted_min_max(state + dispatched, 1.0)
+
+
+class QueueScorer(MinMaxLoadScorer):
+    """``queue-scorer`` — fewer waiting requests is better.
+
+    Formula: ``(max(L) - L) / (max(L) - min(L))`` over the candidates, 1.0 when all equal, with
+    ``L = waiting + dispatched``. Inputs: ``waiting`` (scraped queue length), ``dispatched``.
+    Category: distribution. Reference: same formula on the scraped queue alone.
+    """
+
+    type_name: ClassVar[str] = "queue-scorer"
+    column: ClassVar[str] = "waiting"
+
+
+class RunningRequestsScorer(MinMaxLoadScorer):
+    """``running-requests-size-scorer`` — fewer running requests is better.
+
+    Formula: ``(max(L) - L) / (max(L) - min(L))`` over the candidates, 1.0 when all equal, with
+    ``L = running + dispatched``. Inputs: ``running`` (scraped batch size), ``dispatched``.
+    Category: distribution. Reference: same formula on the scraped running count alone.
+    """
+
+    type_name: ClassVar[str] = "running-requests-size-scorer"
+    column: ClassVar[str] = "running"
+
+
+class LoadTrack:
+    """One load scorer's contribution during a batch, updated in O(1) when a pick leaves min/max alone.
+
+    After a pick only the chosen endpoint's ``dispatched`` grows by one, so only its load changes. Unless
+    that raises the maximum (the endpoint becomes the most loaded) or lifts the minimum (it was the last
+    endpoint at the minimum), every other endpoint's score is unchanged and one element is recomputed with
+    the same operations, in the same order, as :func:`weighted_min_max`. Otherwise the whole column is
+    recomputed by that function. Loads only grow during a batch, so counting the endpoints at the minimum
+    is enough to know when it moves.
+    """
+
+    __slots__ = ("at_min", "base", "contribution", "hi", "lo", "load", "weight")
+
+    def __init__(self, base: F64, dispatched: F64, weight: float) -> None:
+        self.base = base
+        self.weight = weight
+        self.load = base + dispatched
+        self.lo = 0.0
+        self.hi = 0.0
+        self.at_min = 0
+        self.contribution = self._recompute()
+
+    def _recompute(self) -> F64:
+        self.lo = float(self.load.min())
+        self.hi = float(self.load.max())
+        self.at_min = int(np.count_nonzero(self.load == self.lo))
+        return weighted_min_max(self.load.copy(), self.weight)
+
+    def bump(self, position: int, dispatched: float) -> bool:
+        """Set the load of ``position`` from its new dispatched count; True if the column was recomputed."""
+        old = float(self.load[position])
+        new = float(self.base[position]) + dispatched
+        if new == old:
+            return False
+        self.load[position] = new
+        if new > self.hi:
+            self.contribution = self._recompute()
+            return True
+        if old == self.lo:
+            self.at_min -= 1
+            if self.at_min == 0:
+                self.contribution = self._recompute()
+                return True
+        self.contribution[position] = _one(self.weight, self.hi, self.lo, new)
+        return False
