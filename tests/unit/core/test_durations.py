@@ -5,8 +5,18 @@ from picker.durations import format_duration, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("50ms", 0.05), ("2s", 2.0), ("1m", 60.0), ("1m30s", 90.0), ("1.5h", 5400.0), ("250us", 0.00025),
-     ("0", 0.0), ("3", 3.0), ("0.2", 0.2), (5, 5.0)],
+    [
+        ("50ms", 0.05),
+        ("2s", 2.0),
+        ("1m", 60.0),
+        ("1m30s", 90.0),
+        ("1.5h", 5400.0),
+        ("250us", 0.00025),
+        ("0", 0.0),
+        ("3", 3.0),
+        ("0.2", 0.2),
+        (5, 5.0),
+    ],
 )
 def test_parse(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)

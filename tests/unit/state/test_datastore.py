@@ -209,3 +209,20 @@ def test_parse_static_endpoints_rejects(text):
 def test_join_host_port_brackets_ipv6():
     assert join_host_port("::1", 80) == "[::1]:80"
     assert join_host_port("10.0.0.1", 80) == "10.0.0.1:80"
+
+
+def test_metric_updates_are_published_at_most_every_interval_but_membership_at_once():
+    clock = FakeClock()
+    ds = Datastore(clock=clock, min_publish_interval_s=0.005)
+    ds.replace_endpoints([ep(1)])
+    first = ds.snapshot()
+    ds.record_scrape("pod-1-rank-0", EndpointMetrics(waiting=4))
+    assert ds.snapshot() is first, "a metric change within the interval reuses the published snapshot"
+    clock.t += 0.006
+    second = ds.snapshot()
+    assert second is not first and second.waiting[0] == 4
+    ds.upsert_endpoint(ep(2))
+    assert len(ds.snapshot()) == 2, "membership changes are visible immediately"
+    lease = ds.acquire("pod-2-rank-0")
+    assert ds.snapshot().inflight[1] == 1, "load accounting is live, not delayed"
+    lease.release()

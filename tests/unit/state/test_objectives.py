@@ -40,8 +40,13 @@ def test_exact_beats_generic_regardless_of_age():
 def test_oldest_object_wins_ties_then_first_rule():
     s = RewriteStore()
     s.set(ModelRewrite("newer", (rule(["m"], ("from-newer", 0)),), created=20))
-    s.set(ModelRewrite("older", (rule(["x"], ("x1", 0)), rule(["m"], ("from-older-1", 0)),
-                                 rule(["m"], ("from-older-2", 0))), created=10))
+    s.set(
+        ModelRewrite(
+            "older",
+            (rule(["x"], ("x1", 0)), rule(["m"], ("from-older-1", 0)), rule(["m"], ("from-older-2", 0))),
+            created=10,
+        )
+    )
     choice = s.resolve("m", random.Random(0))
     assert choice.rewrite_name == "older" and choice.target_model == "from-older-1"
     s.delete("older")
