@@ -80,8 +80,15 @@ def _ports(text: str) -> tuple[int, ...]:
 
 
 def _bool_flag(p: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
-    p.add_argument(name, nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL",
-                   help=f"{help_text} (default {str(default).lower()})")
+    p.add_argument(
+        name,
+        nargs="?",
+        const=True,
+        default=default,
+        type=parse_bool,
+        metavar="BOOL",
+        help=f"{help_text} (default {str(default).lower()})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,23 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("pool")
     g.add_argument("--pool-name", default="", help="InferencePool to serve")
     g.add_argument("--pool-namespace", default="", help="pool namespace (default: $NAMESPACE, else default)")
-    g.add_argument("--pool-group", default="inference.networking.k8s.io",
-                   help="InferencePool API group (inference.networking.x-k8s.io for v1alpha2)")
+    g.add_argument(
+        "--pool-group",
+        default="inference.networking.k8s.io",
+        help="InferencePool API group (inference.networking.x-k8s.io for v1alpha2)",
+    )
     g.add_argument("--endpoint-selector", default="", help="standalone: pod selector k=v,k2=v2 (no CRD)")
-    g.add_argument("--endpoint-target-ports", type=_ports, default=(), help="standalone: ports, e.g. 8000,8001")
-    g.add_argument("--static-endpoints", default="",
-                   help="fixed pool without Kubernetes: host:port[@engine],... (engine auto-detected)")
+    g.add_argument(
+        "--endpoint-target-ports", type=_ports, default=(), help="standalone: ports, e.g. 8000,8001"
+    )
+    g.add_argument(
+        "--static-endpoints",
+        default="",
+        help="fixed pool without Kubernetes: host:port[@engine],... (engine auto-detected)",
+    )
     _bool_flag(g, "--disable-endpoint-subset-filter", False, "ignore the gateway's subset hint")
     _bool_flag(g, "--ha-enable-leader-election", False, "Lease-based leader election; readiness on leader")
     g.add_argument("--kubeconfig", default="", help="kubeconfig path outside a cluster (default $KUBECONFIG)")
     g.add_argument("--config-configmap", default="", help="watch the scoring document in this ConfigMap")
     g.add_argument("--config-configmap-key", default="config.yaml", help="key in that ConfigMap")
     g = s.add_argument_group("scraping")
-    g.add_argument("--refresh-metrics-interval", type=_duration, default=0.05,
-                   help="model-server scrape interval per endpoint (default 50ms)")
+    g.add_argument(
+        "--refresh-metrics-interval",
+        type=_duration,
+        default=0.05,
+        help="model-server scrape interval per endpoint (default 50ms)",
+    )
     g.add_argument("--scrape-timeout", type=_duration, default=1.0, help="timeout of one scrape (default 1s)")
-    g.add_argument("--metrics-staleness-threshold", type=_duration, default=2.0,
-                   help="pool gauges count endpoints scraped within this (default 2s)")
+    g.add_argument(
+        "--metrics-staleness-threshold",
+        type=_duration,
+        default=2.0,
+        help="pool gauges count endpoints scraped within this (default 2s)",
+    )
     g.add_argument("--scrape-concurrency", type=int, default=256, help="scrapes in flight at once")
     g.add_argument("--prometheus-url", default="", help="Prometheus for the DCGM GPU-utilization signal")
     g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
@@ -131,18 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="seed tie-breaks and weighted draws")
     g = s.add_argument_group("reference flags accepted without effect")
     for flag in IGNORED_VALUE_FLAGS:
-        g.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), default=None, help=argparse.SUPPRESS)
+        g.add_argument(
+            flag, dest="ignored_" + flag[2:].replace("-", "_"), default=None, help=argparse.SUPPRESS
+        )
     for flag in IGNORED_BOOL_FLAGS:
-        g.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"), nargs="?", const="true",
-                       default=None, help=argparse.SUPPRESS)
+        g.add_argument(
+            flag,
+            dest="ignored_" + flag[2:].replace("-", "_"),
+            nargs="?",
+            const="true",
+            default=None,
+            help=argparse.SUPPRESS,
+        )
 
     f = sub.add_parser("fake-server", help="a model-server stand-in with real metric pages")
     f.add_argument("--port", type=int, required=True)
     f.add_argument("--host", default="127.0.0.1")
-    f.add_argument("--engine", choices=("vllm", "sglang", "tgi", "trtllm"), default="vllm")
-    f.add_argument("--max-running", type=int, default=None, help="concurrent sequences before queueing")
-    f.add_argument("--time-scale", type=float, default=None, help="speed-up of simulated time")
+    f.add_argument("--engine", choices=("vllm", "vllm-v0", "sglang", "tgi", "trtllm"), default="vllm")
+    f.add_argument("--model", action="append", default=None, help="served model (repeatable)")
+    f.add_argument("--lora", action="append", default=None, help="served LoRA adapter (repeatable)")
+    f.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per model second")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--max-num-seqs", type=int, default=None, help="sequences per batch before queueing")
+    f.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks of 16 tokens")
+    f.add_argument("--max-lora", type=int, default=None, help="resident LoRA adapters")
+    f.add_argument("--slower", type=float, default=1.0, help="every step this many times slower")
 
     d = sub.add_parser("demo", help="fake fleet + the EPP + traffic, printed as a table")
     d.add_argument("--requests", type=int, default=500)
@@ -155,17 +191,41 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
     env = os.environ if environ is None else environ
     for key, value in vars(ns).items():
         if key.startswith("ignored_") and value is not None:
-            log.warning("flag --%s is accepted for compatibility with the reference EPP and has no effect",
-                        key.removeprefix("ignored_").replace("_", "-"))
+            log.warning(
+                "flag --%s is accepted for compatibility with the reference EPP and has no effect",
+                key.removeprefix("ignored_").replace("_", "-"),
+            )
     kwargs: dict[str, Any] = {
         name: getattr(ns, name)
         for name in (
-            "grpc_port", "grpc_health_port", "metrics_port", "host", "health_checking", "pool_name",
-            "pool_group", "endpoint_selector", "endpoint_target_ports", "static_endpoints",
-            "disable_endpoint_subset_filter", "ha_enable_leader_election", "kubeconfig", "config_configmap",
-            "config_configmap_key", "refresh_metrics_interval", "scrape_timeout",
-            "metrics_staleness_threshold", "scrape_concurrency", "prometheus_url", "gpu_query",
-            "config_file", "config_text", "secure_serving", "cert_path", "workers", "verbosity", "log_json",
+            "grpc_port",
+            "grpc_health_port",
+            "metrics_port",
+            "host",
+            "health_checking",
+            "pool_name",
+            "pool_group",
+            "endpoint_selector",
+            "endpoint_target_ports",
+            "static_endpoints",
+            "disable_endpoint_subset_filter",
+            "ha_enable_leader_election",
+            "kubeconfig",
+            "config_configmap",
+            "config_configmap_key",
+            "refresh_metrics_interval",
+            "scrape_timeout",
+            "metrics_staleness_threshold",
+            "scrape_concurrency",
+            "prometheus_url",
+            "gpu_query",
+            "config_file",
+            "config_text",
+            "secure_serving",
+            "cert_path",
+            "workers",
+            "verbosity",
+            "log_json",
             "seed",
         )
     }

@@ -43,8 +43,11 @@ class ExplainRequest(BaseModel):
 
 
 def _orjson(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 def build_admin_app(
@@ -81,30 +84,42 @@ def build_admin_app(
             st = datastore.status(name)
             age = now - float(m.scraped_at[i])
             row = m.row(i)
-            out.append({
-                "name": name,
-                "address": m.addresses[i],
-                "pod": st.endpoint.pod if st else "",
-                "engine": row.engine,
-                "waiting": _num(row.waiting),
-                "running": _num(row.running),
-                "kv_usage": _num(row.kv_usage),
-                "gpu_util": _num(row.gpu_util),
-                "lora_active": list(row.lora_active),
-                "lora_waiting": list(row.lora_waiting),
-                "max_lora": _num(row.max_lora),
-                "block_size": _num(row.block_size),
-                "num_blocks": _num(row.num_blocks),
-                "metrics_age_s": _num(age),
-                "stale": not age <= staleness_s,
-                "dispatched_since_scrape": row.dispatched,
-                "inflight": row.inflight,
-                "last_error": st.last_error if st else None,
-                "scrapes_ok": st.scrapes_ok if st else 0,
-                "scrapes_failed": st.scrapes_failed if st else 0,
-            })
+            out.append(
+                {
+                    "name": name,
+                    "address": m.addresses[i],
+                    "pod": st.endpoint.pod if st else "",
+                    "engine": row.engine,
+                    "waiting": _num(row.waiting),
+                    "running": _num(row.running),
+                    "kv_usage": _num(row.kv_usage),
+                    "gpu_util": _num(row.gpu_util),
+                    "lora_active": list(row.lora_active),
+                    "lora_waiting": list(row.lora_waiting),
+                    "max_lora": _num(row.max_lora),
+                    "block_size": _num(row.block_size),
+                    "num_blocks": _num(row.num_blocks),
+                    "metrics_age_s": _num(age),
+                    "stale": not age <= staleness_s,
+                    "dispatched_since_scrape": row.dispatched,
+                    "inflight": row.inflight,
+                    "last_error": st.last_error if st else None,
+                    "scrapes_ok": st.scrapes_ok if st else 0,
+                    "scrapes_failed": st.scrapes_failed if st else 0,
+                }
+            )
         pool = datastore.pool
-        return _orjson({"pool": dataclasses.asdict(pool) if pool else None, "endpoints": out})
+        pool_doc = None
+        if pool is not None:
+            pool_doc = {
+                "name": pool.name,
+                "namespace": pool.namespace,
+                "selector": dict(pool.selector),
+                "target_ports": list(pool.target_ports),
+                "app_protocol": pool.app_protocol,
+                "group": pool.group,
+            }
+        return _orjson({"pool": pool_doc, "endpoints": out})
 
     @app.post("/debug/explain")
     def explain(req: ExplainRequest) -> Response:
@@ -120,29 +135,42 @@ def build_admin_app(
         try:
             decision = router.route(rr, explain=True)
         except PickerError as exc:
-            return _orjson({"error": {"code": exc.code, "status": exc.http_status, "message": exc.message,
-                                      "wire_body": exc.wire_body()}}, status=200)
+            return _orjson(
+                {
+                    "error": {
+                        "code": exc.code,
+                        "status": exc.http_status,
+                        "message": exc.message,
+                        "wire_body": exc.wire_body(),
+                    }
+                },
+                status=200,
+            )
         record = dataclasses.asdict(decision.decision) if decision.decision is not None else None
-        return _orjson({
-            "endpoints": list(decision.endpoints),
-            "destination": decision.destination,
-            "incoming_model": decision.incoming_model,
-            "target_model": decision.target_model,
-            "priority": decision.priority,
-            "body_rewritten": decision.body is not rr.body,
-            "decision": record,
-        })
+        return _orjson(
+            {
+                "endpoints": list(decision.endpoints),
+                "destination": decision.destination,
+                "incoming_model": decision.incoming_model,
+                "target_model": decision.target_model,
+                "priority": decision.priority,
+                "body_rewritten": decision.body is not rr.body,
+                "decision": record,
+            }
+        )
 
     @app.get("/config")
     def effective_config() -> Response:
         active = config.active
         last = config.last_result
-        return _orjson({
-            "source": active.source,
-            "digest": active.digest,
-            "config": active.config.to_dict(),
-            "last_reload": dataclasses.asdict(last) if last is not None else None,
-        })
+        return _orjson(
+            {
+                "source": active.source,
+                "digest": active.digest,
+                "config": active.config.to_dict(),
+                "last_reload": dataclasses.asdict(last) if last is not None else None,
+            }
+        )
 
     @app.exception_handler(ValueError)
     async def _value_error(_request: Request, exc: ValueError) -> Response:

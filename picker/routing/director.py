@@ -134,7 +134,7 @@ class Director:
             objective=objective,
         )
 
-    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
+    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol
         """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""
         m = self._ds.snapshot()
         if len(m) == 0:

@@ -110,6 +110,10 @@ class Scraper:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._targets.clear()
 
+    async def close(self) -> None:
+        """Release the HTTP transport (after ``run()`` was cancelled)."""
+        await self._fetcher.close()
+
     def _reconcile(self) -> None:
         wanted = {ep.name: ep for ep in self._ds.endpoints()}
         for name in list(self._targets):
@@ -192,6 +196,10 @@ class Scraper:
         if self._observer is not None:
             self._observer.scrape_observed(self._clock() - started, False)
         if not target.failing:
-            log.warning("scrape of %s (%s) failing: %s; keeping last good values",
-                        target.endpoint.name, target.endpoint.metrics_address, error)
+            log.warning(
+                "scrape of %s (%s) failing: %s; keeping last good values",
+                target.endpoint.name,
+                target.endpoint.metrics_address,
+                error,
+            )
         target.failing = True

@@ -44,8 +44,9 @@ def _digest(text: str) -> str:
 
 
 class ConfigStore:
-    def __init__(self, initial: PickerConfig, *, source: str, text: str = "",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, initial: PickerConfig, *, source: str, text: str = "", clock: Callable[[], float] = time.time
+    ) -> None:
         self._clock = clock
         self._active = ActiveConfig(initial, initial.build_scheduler(), source, _digest(text))
         self.last_result: ReloadResult | None = None

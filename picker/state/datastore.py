@@ -15,7 +15,7 @@ Load accounting (the two mutable columns shared with every snapshot):
 * ``dispatched[i]`` +1 when we pick endpoint i as primary. When a scrape of i *starts* we remember
   ``dispatched[i]``; when that scrape lands we subtract the remembered value, because those requests are
   now visible in the scraped gauges. What remains is exactly "sent since the scrape began".
-* ``inflight[i]`` +1 at pick, −1 when the stream ends (:class:`EndpointLease.release`, idempotent).
+* ``inflight[i]`` +1 at pick, -1 when the stream ends (:class:`EndpointLease.release`, idempotent).
 """
 
 from __future__ import annotations
@@ -33,8 +33,16 @@ from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, engine_code, split_host_port
 
-_FLOAT_COLUMNS = ("waiting", "running", "kv_usage", "gpu_util", "scraped_at", "max_lora", "block_size",
-                  "num_blocks")
+_FLOAT_COLUMNS = (
+    "waiting",
+    "running",
+    "kv_usage",
+    "gpu_util",
+    "scraped_at",
+    "max_lora",
+    "block_size",
+    "num_blocks",
+)
 _METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
 
 
@@ -85,8 +93,14 @@ class NullLease:
 class Datastore:
     """Pool, endpoints, objectives and rewrites of one EPP. See the module docstring."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, min_publish_interval_s: float = 0.0
+    ) -> None:
         self._clock = clock
+        #: metric-only changes are published at most this often (membership changes: at once)
+        self._min_publish = min_publish_interval_s
+        self._dirty = False
+        self._published_at = float("-inf")
         self._pool: PoolInfo | None = None
         self.objectives = ObjectiveStore()
         self.rewrites = RewriteStore()
@@ -161,9 +175,7 @@ class Datastore:
     def replace_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
         """Resync: exactly these endpoints, keeping metrics and load of the ones that stay."""
         new = {e.name: e for e in endpoints}
-        if new.keys() == self._status.keys() and all(
-            self._status[k].endpoint == v for k, v in new.items()
-        ):
+        if new.keys() == self._status.keys() and all(self._status[k].endpoint == v for k, v in new.items()):
             return
         self._apply(lambda _eps: new)
 
@@ -171,7 +183,7 @@ class Datastore:
         old_eps = {n: s.endpoint for n, s in self._status.items()}
         new_eps = change(old_eps)
         old_index, old_cols = self._index, self._cols
-        old_engine, old_disp, old_infl = self._engine, self._dispatched, self._inflight
+        old_disp, old_infl = self._dispatched, self._inflight
         status: dict[str, EndpointStatus] = {}
         for name, ep in new_eps.items():
             st = self._status.get(name)
@@ -222,8 +234,9 @@ class Datastore:
         if st is not None:
             st.scrape_mark = float(self._dispatched[self._index[name]])
 
-    def record_scrape(self, name: str, metrics: EndpointMetrics, *, at: float | None = None,
-                      engine: str | None = None) -> None:
+    def record_scrape(
+        self, name: str, metrics: EndpointMetrics, *, at: float | None = None, engine: str | None = None
+    ) -> None:
         """A scrape landed: store reported fields (unreported ones keep their last value)."""
         st = self._status.get(name)
         if st is None:
@@ -249,7 +262,7 @@ class Datastore:
         st.scrape_mark = 0.0
         st.scrapes_ok += 1
         st.last_error = None
-        self._snapshot = None
+        self._dirty = True
 
     def record_scrape_failure(self, name: str, error: str) -> None:
         """A scrape failed: keep last good values and their age; staleness decides, not deletion."""
@@ -266,14 +279,22 @@ class Datastore:
         for i, name in enumerate(self._order):
             v = self._gpu_by_pod.get(self._status[name].endpoint.pod)
             col[i] = math.nan if v is None else v
-        self._snapshot = None
+        self._dirty = True
 
     # ----------------------------------------------------------------------------------------- reads
     def snapshot(self) -> EndpointMatrix:
-        """The current pool as a matrix; cached until the next change."""
+        """The current pool as a matrix; cached until the next change.
+
+        Metric updates are folded in at most every ``min_publish_interval_s`` (a few milliseconds in the
+        service): with hundreds of endpoints scraped every 50 ms nearly every pick would otherwise pay
+        for a fresh snapshot and the scheduler's per-snapshot preparation. The load columns are shared
+        live arrays, so our own accounting is never delayed.
+        """
         snap = self._snapshot
-        if snap is None:
+        if snap is None or (self._dirty and self._clock() - self._published_at >= self._min_publish):
             snap = self._snapshot = self._build_snapshot()
+            self._dirty = False
+            self._published_at = self._clock()
         return snap
 
     def _lora(self) -> tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]:

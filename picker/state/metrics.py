@@ -33,6 +33,15 @@ class EndpointMetrics:
 
     def reported_fields(self) -> int:
         """How many fields this scrape actually reported (0 = the page had nothing we know)."""
-        n = sum(not math.isnan(v) for v in (self.waiting, self.running, self.kv_usage, self.max_lora,
-                                            self.block_size, self.num_blocks))
+        n = sum(
+            not math.isnan(v)
+            for v in (
+                self.waiting,
+                self.running,
+                self.kv_usage,
+                self.max_lora,
+                self.block_size,
+                self.num_blocks,
+            )
+        )
         return n + (self.lora_active is not None) + (self.lora_waiting is not None)

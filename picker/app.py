@@ -1,0 +1,420 @@
+"""Composition root: builds every object of one ``picker serve`` process once, then runs them.
+
+Nothing imports this module except the CLI (and tests that run the whole service in-process). All
+long-running parts run as named tasks in one ``asyncio.TaskGroup``: if any of them crashes or returns
+unexpectedly, the group cancels the rest and the process exits non-zero, so Kubernetes restarts it
+loudly instead of it limping on with a dead scraper or watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from picker.admin import build_admin_app
+from picker.config import PickerConfig, default_config, load_config_text
+from picker.errors import ConfigError
+from picker.extproc.health import HealthServer, HealthService, HealthState
+from picker.extproc.server import ExtProcServer
+from picker.extproc.tls import TLSConfig
+from picker.reload import ConfigFileWatcher
+from picker.routing.director import Director
+from picker.scrape.client import AiohttpFetcher
+from picker.scrape.engines import EngineSpec, engine_specs
+from picker.scrape.scraper import Scraper
+from picker.settings import Settings
+from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
+from picker.state.datastore import Datastore
+from picker.state.endpoints import PoolInfo, parse_static_endpoints
+from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from picker.telemetry import Telemetry
+
+log = logging.getLogger("picker")
+
+#: appProtocols each request parser can serve (reference §1.12)
+_PARSER_PROTOCOLS: Mapping[str, frozenset[str] | None] = {
+    "openai-parser": frozenset({"http", "kubernetes.io/h2c"}),
+    "vllmgrpc-parser": frozenset({"kubernetes.io/h2c"}),
+    "passthrough-parser": None,
+}
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the app owns SIGTERM/SIGINT for an orderly shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
+    """The config at start: ``--config-file``, ``--config-text`` or the built-in default."""
+    if settings.config_file:
+        text = Path(settings.config_file).read_text(encoding="utf-8")
+        return load_config_text(text), text, f"file:{settings.config_file}"
+    if settings.config_text:
+        return load_config_text(settings.config_text), settings.config_text, "flag:--config-text"
+    return default_config(), "", "default"
+
+
+def engine_specs_for(cfg: PickerConfig) -> Mapping[str, EngineSpec]:
+    overrides = [
+        EngineSpec.from_mapping(c.model_dump(by_alias=True, exclude_none=True)) for c in cfg.engine_configs
+    ]
+    return engine_specs(overrides)
+
+
+def _objectives(cfg: PickerConfig) -> list[Objective]:
+    return [Objective(o.name, o.priority) for o in cfg.objectives]
+
+
+def _rewrites(cfg: PickerConfig) -> list[ModelRewrite]:
+    out = []
+    for order, r in enumerate(cfg.model_rewrites):
+        rules = tuple(
+            RewriteRule(
+                matches=tuple(m.model.value for m in rule.matches),
+                targets=tuple(RewriteTarget(t.model_rewrite, t.weight or 0) for t in rule.targets),
+            )
+            for rule in r.rules
+        )
+        out.append(ModelRewrite(r.name, rules, created=float(order)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Ports actually bound (useful with port 0 in tests)."""
+
+    grpc: int
+    health: int
+    metrics: int
+
+
+class Service:
+    """Everything one EPP process runs. Constructing it starts nothing; :meth:`run` until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config: PickerConfig | None = None,
+        config_text: str = "",
+        config_source: str = "default",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        if config is None:
+            config, config_text, config_source = load_initial_config(settings)
+        self.datastore = Datastore(min_publish_interval_s=0.005)
+        self.config_store = ConfigStore(config, source=config_source, text=config_text)
+        self.telemetry = Telemetry(
+            self.datastore,
+            registry=registry or CollectorRegistry(),
+            pool_name=lambda: self.datastore.pool.name if self.datastore.pool else "",
+            staleness_s=settings.metrics_staleness_threshold,
+            build_ref=os.environ.get("PICKER_BUILD_REF", ""),
+            commit=os.environ.get("PICKER_COMMIT", ""),
+        )
+        self.director = Director(
+            self.datastore,
+            self.config_store,
+            rng=np.random.default_rng(settings.seed),
+            disable_subset_filter=settings.disable_endpoint_subset_filter,
+            observer=self.telemetry,
+        )
+        self._kube: Any = None
+        self.health_service = HealthService(self.health_state)
+        tls = None
+        if settings.secure_serving:
+            tls = TLSConfig(cert_path=Path(settings.cert_path) if settings.cert_path else None)
+        self.extproc = ExtProcServer(
+            self.director,
+            self.telemetry,
+            port=settings.grpc_port,
+            host=settings.host,
+            tls=tls,
+            max_body_bytes=config.max_body_bytes,
+            served_verifier=config.served_verifier_enabled,
+            health=self.health_service if settings.health_checking else None,
+            reuse_port=settings.workers > 1,
+        )
+        self.health_server = HealthServer(
+            self.health_service, port=settings.grpc_health_port, host=settings.host
+        )
+        src = config.metrics_source
+        self.scraper = Scraper(
+            self.datastore,
+            AiohttpFetcher(insecure_skip_verify=src.insecure_skip_verify),
+            engines=engine_specs_for(config),
+            default_engine=config.metrics_extractor.default_engine,
+            interval_s=settings.refresh_metrics_interval,
+            timeout_s=settings.scrape_timeout,
+            max_concurrency=settings.scrape_concurrency,
+            scheme=src.scheme,
+            path=src.path,
+            observer=self.telemetry,
+        )
+        self.file_watcher = (
+            ConfigFileWatcher(
+                settings.config_file, self.config_store, interval_s=settings.config_poll_interval
+            )
+            if settings.config_file
+            else None
+        )
+        if self.file_watcher is not None:
+            self.file_watcher.prime(config_text)
+        self.config_store.add_listener(self.telemetry.config_reloaded)
+        self.config_store.add_listener(self._config_changed)
+        admin = build_admin_app(
+            registry=self.telemetry.registry,
+            datastore=self.datastore,
+            router=self.director,
+            config=self.config_store,
+            ready=self.ready,
+            staleness_s=settings.metrics_staleness_threshold,
+        )
+        self._admin_sock: socket.socket | None = None
+        self.admin_server = _QuietServer(
+            uvicorn.Config(
+                admin,
+                host=settings.host,
+                port=settings.metrics_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        self.ports: Ports | None = None
+        self._stop = asyncio.Event()
+        if config.flow_control_requested:
+            log.warning(
+                "the config asks for flow control, which this EPP does not implement; "
+                "requests are admitted by priority and saturation only"
+            )
+
+    # ------------------------------------------------------------------------------------- health
+    def health_state(self) -> HealthState:
+        pool = self.datastore.pool
+        allowed = _PARSER_PROTOCOLS.get(self.config_store.active.config.parser)
+        protocol_ok = pool is None or allowed is None or pool.app_protocol in allowed
+        kube = self._kube
+        return HealthState(
+            synced=self.datastore.synced,
+            leader=bool(kube is None or kube.is_leader),
+            protocol_ok=protocol_ok,
+            leader_election=self.settings.ha_enable_leader_election,
+        )
+
+    def ready(self) -> bool:
+        s = self.health_state()
+        return s.synced and s.protocol_ok and (s.leader or not s.leader_election)
+
+    # -------------------------------------------------------------------------------- config reload
+    def _uses_config_objectives(self) -> bool:
+        """Objectives/rewrites come from the config document unless the CRD watchers provide them."""
+        return not self.settings.pool_name or bool(self.settings.static_endpoints)
+
+    def _apply_objectives(self, cfg: PickerConfig) -> None:
+        if self._uses_config_objectives():
+            self.datastore.objectives.replace_all(_objectives(cfg))
+            self.datastore.rewrites.replace_all(_rewrites(cfg))
+
+    def _config_changed(self, result: ReloadResult, active: ActiveConfig) -> None:
+        if result.result != "applied":
+            return
+        cfg = active.config
+        try:
+            self.scraper.set_engines(engine_specs_for(cfg), cfg.metrics_extractor.default_engine)
+        except ValueError as exc:  # validated at load; a mismatch here is a bug worth a loud line
+            log.error("engine metric specs not applied: %s", exc)
+        self._apply_objectives(cfg)
+        log.info("scoring config applied from %s (%s)", result.source, result.digest)
+
+    # ------------------------------------------------------------------------------------ sources
+    def _static_pool(self) -> None:
+        s = self.settings
+        endpoints = parse_static_endpoints(s.static_endpoints)
+        self.datastore.set_pool(
+            PoolInfo(
+                name=s.effective_pool_name,
+                namespace=s.pool_namespace,
+                target_ports=tuple(sorted({e.port for e in endpoints})),
+            )
+        )
+        self.datastore.replace_endpoints(endpoints)
+
+    def _kube_sources(self) -> Any:
+        from picker.kube.client import load_api_client
+        from picker.kube.runner import KubeSources
+
+        s = self.settings
+        api = load_api_client(s.kubeconfig or None)
+        return KubeSources(
+            api,
+            self.datastore,
+            self.config_store if s.config_configmap else None,
+            namespace=s.pool_namespace,
+            pool_name=s.pool_name if not s.endpoint_selector else "",
+            pool_group=s.pool_group,
+            endpoint_selector=s.endpoint_selector or None,
+            target_ports=s.endpoint_target_ports,
+            configmap=s.config_configmap or None,
+            configmap_key=s.config_configmap_key,
+            leader_election=s.ha_enable_leader_election,
+        )
+
+    # --------------------------------------------------------------------------------------- run
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down (thread-unsafe: call on the loop, e.g. from a signal handler)."""
+        self._stop.set()
+
+    async def _serve_admin(self) -> None:
+        assert self._admin_sock is not None
+        await self.admin_server.serve(sockets=[self._admin_sock])
+        if not self._stop.is_set():
+            raise RuntimeError("admin server exited unexpectedly")
+
+    def _bind_admin(self) -> int:
+        s = self.settings
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.metrics_port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self._admin_sock = sock
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def start(self) -> Ports:
+        """Bind every port and load the static pool; returns the bound ports."""
+        s = self.settings
+        self._apply_objectives(self.config_store.active.config)
+        if s.static_endpoints:
+            self._static_pool()
+        elif s.pool_name or s.endpoint_selector:
+            self._kube = self._kube_sources()
+        await self.extproc.start()
+        await self.health_server.start()
+        metrics_port = self._bind_admin()
+        self.ports = Ports(self.extproc.bound_port, self.health_server.bound_port, metrics_port)
+        return self.ports
+
+    async def run(self, *, on_started: Callable[[Ports], None] | None = None) -> None:
+        """Start, serve until :meth:`stop` (or a crash), then shut down in order."""
+        ports = await self.start()
+        if on_started is not None:
+            on_started(ports)
+        log.info(
+            "picker serving: ext_proc :%d (%s), health :%d, metrics/admin :%d, pool %s, %d endpoints",
+            ports.grpc,
+            "TLS" if self.settings.secure_serving else "plaintext",
+            ports.health,
+            ports.metrics,
+            self.settings.effective_pool_name,
+            len(self.datastore),
+        )
+        tasks: dict[str, Coroutine[Any, Any, None]] = {
+            "scraper": self.scraper.run(),
+            "admin": self._serve_admin(),
+        }
+        if self.file_watcher is not None:
+            tasks["config-file"] = self.file_watcher.run()
+        if self._kube is not None:
+            tasks["kubernetes"] = self._kube.run()
+        gpu = self._gpu_source()
+        if gpu is not None:
+            tasks["gpu-signal"] = gpu.run()
+        group = asyncio.create_task(self._run_group(tasks), name="picker")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop-signal")
+        try:
+            await asyncio.wait({group, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not group.done():
+                log.info("shutting down")
+                group.cancel()
+            # A crashed task surfaces here (as an ExceptionGroup) after the others were cancelled.
+            with contextlib.suppress(asyncio.CancelledError):
+                await group
+        finally:
+            stopper.cancel()
+            await self._shutdown(gpu)
+
+    @staticmethod
+    async def _run_group(tasks: dict[str, Coroutine[Any, Any, None]]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for name, coro in tasks.items():
+                tg.create_task(coro, name=name)
+        raise RuntimeError("all service tasks ended")
+
+    def _gpu_source(self) -> Any:
+        if not self.settings.prometheus_url:
+            return None
+        from picker.scrape.gpu import GpuUtilizationSource
+
+        s = self.settings
+        return GpuUtilizationSource(
+            self.datastore,
+            url=s.prometheus_url,
+            namespace=s.pool_namespace,
+            query=s.gpu_query or None,
+            interval_s=s.gpu_poll_interval,
+        )
+
+    async def _shutdown(self, gpu: Any) -> None:
+        self.admin_server.should_exit = True
+        # Streams in progress get a grace period: Envoy retries elsewhere if we vanish mid-request.
+        await self.extproc.stop(grace=5.0)
+        await self.health_server.stop(grace=None)
+        if self._kube is not None:
+            await self._kube.close()
+        if gpu is not None:
+            await gpu.close()
+        await self.scraper.close()
+        if self._admin_sock is not None:
+            self._admin_sock.close()
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - optional speed-up
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _main(settings: Settings) -> None:
+    service = Service(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+def run_serve(settings: Settings) -> int:
+    """Entry point of ``picker serve``. Returns the process exit code."""
+    if settings.workers > 1:
+        from picker.workers import run_workers
+
+        return run_workers(settings)
+    _install_uvloop()
+    try:
+        asyncio.run(_main(settings))
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc.message)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
