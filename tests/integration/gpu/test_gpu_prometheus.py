@@ -1,0 +1,162 @@
+"""The GPU signal end to end with the real Prometheus server (Debian's /usr/bin/prometheus).
+
+Prometheus scrapes the fake DCGM exporter (the real exporter page, utilization per pod set by the test)
+every second; the GPU source queries it with the default PromQL and writes the datastore's GPU column.
+Then Prometheus is stopped: the signal must go unknown (NaN) while membership stays untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import shutil
+import socket
+import subprocess
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from picker.scrape.gpu import GpuUtilizationSource
+from picker.state.datastore import Datastore
+from picker.state.endpoints import Endpoint
+from picker.testing.dcgm import FakeDcgmExporter
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+NS = "inference"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def exporter() -> AsyncIterator[FakeDcgmExporter]:
+    exp = FakeDcgmExporter()
+    await exp.start()
+    try:
+        yield exp
+    finally:
+        await exp.stop()
+
+
+class PrometheusServer:
+    def __init__(self, workdir: Path, target: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._workdir = workdir
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "- job_name: dcgm\n"
+            "  honor_labels: true\n"
+            f"  static_configs: [{{targets: ['{target}']}}]\n"
+        )
+        self._log = (workdir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        return (self._workdir / "prometheus.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def prometheus(exporter: FakeDcgmExporter, tmp_path: Path) -> Iterator[PrometheusServer]:
+    if not Path(PROMETHEUS).exists():
+        pytest.skip(
+            f"the Prometheus server binary is not installed ({PROMETHEUS}; Debian package 'prometheus')"
+        )
+    server = PrometheusServer(tmp_path, exporter.target)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _until(check: Callable[[], object], within: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+def gpu_by_endpoint(ds: Datastore) -> dict[str, float]:
+    snap = ds.snapshot()
+    return dict(zip(snap.names, (float(v) for v in snap.gpu_util), strict=True))
+
+
+async def test_dcgm_utilization_reaches_the_datastore_and_goes_unknown_without_prometheus(
+    exporter: FakeDcgmExporter, prometheus: PrometheusServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="picker.scrape.gpu")
+    ds = Datastore()
+    for i, name in enumerate(("vllm-0", "vllm-1", "vllm-2")):
+        ds.upsert_endpoint(
+            Endpoint(name=f"{name}-rank-0", ip=f"10.0.0.{i + 1}", port=8000, pod=name, namespace=NS)
+        )
+    exporter.set_utilization("vllm-0", NS, 50)
+    exporter.set_utilization("vllm-1", NS, [20, 60])  # two GPUs: the pod's mean
+    exporter.set_utilization("vllm-2", "someone-else", 99)  # same pod name, other namespace: not ours
+
+    await _until(prometheus.ready, 30, f"Prometheus ready; its log: {prometheus.log()}")
+    source = GpuUtilizationSource(ds, url=prometheus.url, namespace=NS, interval_s=0.5, timeout_s=1.0)
+    task = asyncio.create_task(source.run())
+    try:
+        await _until(lambda: gpu_by_endpoint(ds)["vllm-0-rank-0"] == pytest.approx(0.5), 20, "first values")
+        values = gpu_by_endpoint(ds)
+        assert values["vllm-1-rank-0"] == pytest.approx(0.4)
+        assert math.isnan(values["vllm-2-rank-0"])
+
+        exporter.set_utilization("vllm-0", NS, 90)
+        await _until(
+            lambda: gpu_by_endpoint(ds)["vllm-0-rank-0"] == pytest.approx(0.9), 20, "a changed value"
+        )
+        assert exporter.scrapes >= 2
+
+        prometheus.stop()
+        await _until(lambda: source.available is False, 10, "Prometheus gone")
+        assert all(math.isnan(v) for v in gpu_by_endpoint(ds).values()), "the signal is unknown, not stale"
+        assert len(ds) == 3, "routing continues on the same endpoints"
+        failed_at = source.polls
+        await _until(lambda: source.polls >= failed_at + 2, 10, "more failed polls")
+        gone = [r for r in caplog.records if "unavailable" in r.getMessage()]  # one line per transition
+        assert len(gone) == 1
+        assert gone[0].levelno == logging.WARNING
+    finally:
+        await source.close()
+        await asyncio.wait_for(task, 5)

@@ -1,0 +1,69 @@
+"""The official ``kubernetes`` client against the HTTP emulator of the API server, on 127.0.0.1.
+
+Every test gets a fresh emulator and an ApiClient built by our own factory from a kubeconfig file that
+points at it, so the client-side path (config loading, urllib3 pool, JSON, chunked watch streams) is the
+production one. Watch timings are shortened (watch timeout, bookmarks, backoff) so a test exercises
+several watch rotations in a second or two; nothing asserts on durations — waits are bounded polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s_client
+
+from picker.kube import load_api_client
+from picker.testing.kube_api import KubeApiEmulator
+
+pytestmark = pytest.mark.integration
+
+NS = "inference"
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[KubeApiEmulator]:
+    emu = KubeApiEmulator(bookmark_interval=0.3)
+    await emu.start()
+    try:
+        yield emu
+    finally:
+        await emu.stop()
+
+
+@pytest.fixture
+def api(emulator: KubeApiEmulator, tmp_path: Path) -> Iterator[k8s_client.ApiClient]:
+    client = load_api_client(emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+Check = Callable[[], object]
+
+
+async def _eventually(check: Check, *, within: float = 10.0, what: str = "") -> None:
+    """Poll ``check`` (truthy, or not raising AssertionError) until it holds; fail after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last: AssertionError | None = None
+    while True:
+        try:
+            if check():
+                return
+            last = None
+        except AssertionError as exc:
+            last = exc
+        if loop.time() > deadline:
+            message = f"condition not met within {within}s: {what or check}"
+            raise AssertionError(message) from last
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Any]:
+    return _eventually
