@@ -136,6 +136,7 @@ class Service:
             observer=self.telemetry,
         )
         self._kube: Any = None
+        self._api_client: Any = None
         self.health_service = HealthService(self.health_state)
         tls = None
         if settings.secure_serving:
@@ -241,7 +242,6 @@ class Service:
         except ValueError as exc:  # validated at load; a mismatch here is a bug worth a loud line
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)
-        log.info("scoring config applied from %s (%s)", result.source, result.digest)
 
     # ------------------------------------------------------------------------------------ sources
     def _static_pool(self) -> None:
@@ -262,6 +262,7 @@ class Service:
 
         s = self.settings
         api = load_api_client(s.kubeconfig or None)
+        self._api_client = api
         return KubeSources(
             api,
             self.datastore,
@@ -379,6 +380,8 @@ class Service:
         await self.health_server.stop(grace=None)
         if self._kube is not None:
             await self._kube.close()
+        if self._api_client is not None:
+            self._api_client.close()
         if gpu is not None:
             await gpu.close()
         await self.scraper.close()

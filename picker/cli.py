@@ -30,7 +30,6 @@ IGNORED_VALUE_FLAGS = (
     "--refresh-prometheus-metrics-interval",
     "--model-server-metrics-scheme",
     "--model-server-metrics-path",
-    "--model-server-metrics-port",
     "--total-queued-requests-metric",
     "--total-running-requests-metric",
     "--kv-cache-usage-percentage-metric",
@@ -139,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pool gauges count endpoints scraped within this (default 2s)",
     )
     g.add_argument("--scrape-concurrency", type=int, default=256, help="scrapes in flight at once")
+    g.add_argument(
+        "--model-server-metrics-port",
+        type=int,
+        default=0,
+        help="scrape this port instead of the serving port (only with one target port)",
+    )
     g.add_argument("--prometheus-url", default="", help="Prometheus for the DCGM GPU-utilization signal")
     g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
     g = s.add_argument_group("configuration")
@@ -187,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def standalone_name_from_pod(pod_name: str) -> str:
+    """Standalone pool name as the reference derives it: the Deployment name, i.e. ``POD_NAME`` without
+    its ReplicaSet hash and pod suffix (``epp-7d9f8-abcde`` → ``epp``); ``standalone`` if unknown."""
+    parts = pod_name.split("-")
+    return "-".join(parts[:-2]) if len(parts) > 2 else "standalone"
+
+
 def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     for key, value in vars(ns).items():
@@ -230,6 +242,8 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
         )
     }
     kwargs["pool_namespace"] = ns.pool_namespace or env.get("NAMESPACE") or "default"
+    if ns.endpoint_selector and not ns.pool_name:
+        kwargs["standalone_name"] = standalone_name_from_pod(env.get("POD_NAME", ""))
     if not kwargs["kubeconfig"]:
         kwargs["kubeconfig"] = env.get("KUBECONFIG", "")
     return Settings(**kwargs)

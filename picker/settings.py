@@ -33,6 +33,8 @@ class Settings(BaseModel):
     #: standalone Kubernetes mode: ``k=v,k2=v2`` pod selector (no InferencePool CRD)
     endpoint_selector: str = ""
     endpoint_target_ports: tuple[int, ...] = ()
+    #: pool name in standalone selector mode (the reference derives it from POD_NAME)
+    standalone_name: str = "standalone"
     #: fixed pool without Kubernetes: ``host:port[@engine],...``
     static_endpoints: str = ""
     disable_endpoint_subset_filter: bool = False
@@ -49,6 +51,8 @@ class Settings(BaseModel):
     scrape_timeout: float = Field(1.0, gt=0)
     #: endpoints whose last scrape is older than this are left out of pool gauges (reference 2s)
     metrics_staleness_threshold: float = Field(2.0, gt=0)
+    #: scrape metrics on this port instead of the serving port (reference flag; one target port only)
+    model_server_metrics_port: int = Field(0, ge=0, le=65535)
     #: how many scrapes may be in flight at once
     scrape_concurrency: int = Field(256, ge=1)
 
@@ -101,4 +105,4 @@ class Settings(BaseModel):
 
     @property
     def effective_pool_name(self) -> str:
-        return self.pool_name or ("static" if self.static_endpoints else "standalone")
+        return self.pool_name or ("static" if self.static_endpoints else self.standalone_name)
