@@ -1,0 +1,215 @@
+"""Pure builders of ``ProcessingResponse`` messages (reference §1.5, §1.6, §1.9, §1.10).
+
+This is the hot path: every function fills messages through attribute paths (``r.x.y.z = v``), which
+the upb runtime does several times faster than nested constructor calls, and replies that never change
+(empty end-of-stream chunks, trailers replies, the response-headers marker) are built once at import.
+Those shared messages are treated as constants: nothing may mutate them after import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+__all__ = [
+    "CONFORMANCE_SERVED_HEADER",
+    "CONTENT_LENGTH_HEADER",
+    "DESTINATION_KEY",
+    "EMPTY_REQUEST_BODY_EOS",
+    "EMPTY_RESPONSE_BODY_EOS",
+    "LB_NAMESPACE",
+    "MAX_CHUNK_BYTES",
+    "REQUEST_TRAILERS_REPLY",
+    "RESPONSE_MARKER_HEADER",
+    "RESPONSE_TRAILERS_REPLY",
+    "SERVED_KEY",
+    "SKIP_RESPONSE_MODE",
+    "SUBSET_KEY",
+    "SUBSET_NAMESPACE",
+    "SYSTEM_HEADERS",
+    "Reply",
+    "immediate_response",
+    "request_body_replies",
+    "request_headers_reply",
+    "response_body_replies",
+    "response_body_reply",
+    "response_headers_reply",
+]
+
+#: A ``ProcessingResponse``. The generated stubs are untyped, so for the type checker a reply is Any.
+Reply: TypeAlias = Any
+ProcessingResponse = pb.ProcessingResponse
+
+#: Largest ``streamed_response`` chunk: below Envoy's 64 KiB per-chunk limit, as the reference uses.
+MAX_CHUNK_BYTES = 62_000
+
+DESTINATION_KEY = "x-gateway-destination-endpoint"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
+LB_NAMESPACE = "envoy.lb"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+#: Written with the reference's capitalisation (Envoy lower-cases header names when applying it).
+CONTENT_LENGTH_HEADER = "Content-Length"
+RESPONSE_MARKER_HEADER = "x-went-into-resp-headers"
+CONFORMANCE_SERVED_HEADER = "x-conformance-test-served-endpoint"
+
+#: Headers never echoed back: input control headers, our output keys, and content-length (reference).
+SYSTEM_HEADERS = frozenset(
+    {
+        "x-gateway-inference-fairness-id",
+        "x-gateway-inference-objective",
+        "x-gateway-model-name-rewrite",
+        SUBSET_KEY,
+        DESTINATION_KEY,
+        SERVED_KEY,
+        "content-length",
+    }
+)
+
+_HeaderValueOption = base_pb2.HeaderValueOption
+_ProcessingMode = processing_mode_pb2.ProcessingMode
+
+#: ``mode_override`` telling the proxy to skip the response phases. Needs ``allow_mode_override: true``
+#: in Envoy's ext_proc filter config; a proxy that ignores it still sends the response, which we handle.
+SKIP_RESPONSE_MODE = _ProcessingMode(
+    response_header_mode=_ProcessingMode.SKIP,
+    response_body_mode=_ProcessingMode.NONE,
+    response_trailer_mode=_ProcessingMode.SKIP,
+)
+
+_MARKER = _HeaderValueOption()
+_MARKER.header.key = RESPONSE_MARKER_HEADER
+_MARKER.header.raw_value = b"true"
+
+
+def _set_headers(target: Any, headers: Iterable[tuple[str, bytes]]) -> None:
+    add = target.add
+    for key, value in headers:
+        header = add().header
+        header.key = key
+        header.raw_value = value
+
+
+def request_headers_reply(
+    destination: str,
+    echo: Iterable[tuple[str, bytes]],
+    content_length: int | None,
+    *,
+    mode_override: Any = None,
+) -> Reply:
+    """The request-headers reply of a routed request (§1.5).
+
+    ``clear_route_cache`` so the proxy re-evaluates routing with the destination header; the destination
+    both as a header and as ``dynamic_metadata["envoy.lb"]`` (the same string); ``Content-Length`` when
+    the forwarded body is non-empty; ``echo`` = the non-system request headers, already filtered.
+    """
+    reply = ProcessingResponse()
+    common = reply.request_headers.response
+    common.clear_route_cache = True
+    set_headers = common.header_mutation.set_headers
+    header = set_headers.add().header
+    header.key = DESTINATION_KEY
+    header.raw_value = destination.encode()
+    if content_length:
+        header = set_headers.add().header
+        header.key = CONTENT_LENGTH_HEADER
+        header.raw_value = str(content_length).encode()
+    _set_headers(set_headers, echo)
+    fields = reply.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
+    fields[DESTINATION_KEY].string_value = destination
+    if mode_override is not None:
+        reply.mode_override.CopyFrom(mode_override)
+    return reply
+
+
+def response_headers_reply(
+    echo: Iterable[tuple[str, bytes]],
+    *,
+    served_endpoint: str | None = None,
+    remove_content_length: bool = False,
+) -> Reply:
+    """The response-headers reply (§1.9): the debug marker, the echoed non-system response headers, and
+    the conformance verifier's header when enabled. No ``clear_route_cache`` on the response path.
+
+    ``remove_content_length`` is set when the body may change length (the model name is rewritten back
+    to a name of a different length); the reference leaves a stale Content-Length in that case.
+    """
+    reply = ProcessingResponse()
+    mutation = reply.response_headers.response.header_mutation
+    set_headers = mutation.set_headers
+    set_headers.append(_MARKER)
+    if served_endpoint is not None:
+        header = set_headers.add().header
+        header.key = CONFORMANCE_SERVED_HEADER
+        header.raw_value = served_endpoint.encode()
+    _set_headers(set_headers, echo)
+    if remove_content_length:
+        mutation.remove_headers.append("content-length")
+    return reply
+
+
+def _request_body_reply(chunk: bytes, end_of_stream: bool) -> Reply:
+    reply = ProcessingResponse()
+    streamed = reply.request_body.response.body_mutation.streamed_response
+    streamed.body = chunk
+    streamed.end_of_stream = end_of_stream
+    return reply
+
+
+def response_body_reply(chunk: bytes, end_of_stream: bool) -> Reply:
+    """One ``streamed_response`` chunk of the response body."""
+    if not chunk and end_of_stream:
+        return EMPTY_RESPONSE_BODY_EOS
+    reply = ProcessingResponse()
+    streamed = reply.response_body.response.body_mutation.streamed_response
+    streamed.body = chunk
+    streamed.end_of_stream = end_of_stream
+    return reply
+
+
+def _chunked(body: bytes, end_of_stream: bool, build: Callable[[bytes, bool], Reply]) -> list[Reply]:
+    size = len(body)
+    if size <= MAX_CHUNK_BYTES:
+        return [build(body, end_of_stream)]
+    return [
+        build(body[at : at + MAX_CHUNK_BYTES], end_of_stream and at + MAX_CHUNK_BYTES >= size)
+        for at in range(0, size, MAX_CHUNK_BYTES)
+    ]
+
+
+def request_body_replies(body: bytes, *, end_of_stream: bool = True) -> list[Reply]:
+    """The forwarded request body as ≤ 62,000-byte chunks; an empty body is one empty chunk (§1.6).
+    ``end_of_stream`` marks the last chunk (False when request trailers follow)."""
+    if not body:
+        return [EMPTY_REQUEST_BODY_EOS if end_of_stream else _request_body_reply(b"", False)]
+    return _chunked(body, end_of_stream, _request_body_reply)
+
+
+def response_body_replies(body: bytes, *, end_of_stream: bool = True) -> list[Reply]:
+    """A buffered response body as ≤ 62,000-byte chunks (same rules as the request body)."""
+    if not body:
+        return [response_body_reply(b"", end_of_stream)]
+    return _chunked(body, end_of_stream, response_body_reply)
+
+
+def immediate_response(status: int, body: str) -> Reply:
+    """An ``ImmediateResponse``: the proxy answers the client itself; no headers, as the reference."""
+    reply = ProcessingResponse()
+    immediate = reply.immediate_response
+    immediate.status.code = status
+    immediate.body = body.encode()
+    return reply
+
+
+EMPTY_REQUEST_BODY_EOS = _request_body_reply(b"", True)
+_empty_response_eos = ProcessingResponse()
+_empty_response_eos.response_body.response.body_mutation.streamed_response.end_of_stream = True
+EMPTY_RESPONSE_BODY_EOS = _empty_response_eos
+REQUEST_TRAILERS_REPLY = ProcessingResponse()
+REQUEST_TRAILERS_REPLY.request_trailers.SetInParent()
+RESPONSE_TRAILERS_REPLY = ProcessingResponse()
+RESPONSE_TRAILERS_REPLY.response_trailers.SetInParent()

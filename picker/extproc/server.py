@@ -1,0 +1,175 @@
+"""The gRPC ext_proc server: ``envoy.service.ext_proc.v3.ExternalProcessor/Process`` on grpc.aio.
+
+Each RPC gets one :class:`~picker.extproc.stream.ExtProcStream`; this module only moves messages
+between gRPC and that state machine and guarantees :meth:`ExtProcStream.close` (lease release, observer
+``stream_closed``) runs exactly once however the RPC ends: normal end, the proxy's half-close, a client
+cancel, an error, or server shutdown (``stop`` cancels the RPCs still running after ``grace``).
+
+Error mapping at this boundary: a :class:`~picker.extproc.stream.StreamAbortError` ends the RPC with
+``INTERNAL`` (our bug) or ``FAILED_PRECONDITION`` (the proxy sent a message in an impossible order);
+bytes that are not a ``ProcessingRequest`` end it with ``INVALID_ARGUMENT``; ImmediateResponses are
+ordinary replies. The server is constructed idle; ``start()`` builds credentials
+(generating the self-signed certificate), binds and serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs installed
+
+from picker.extproc.health import HealthService
+from picker.extproc.observer import StreamObserver
+from picker.extproc.stream import ExtProcStream, StreamAbortError
+from picker.extproc.tls import TLSConfig, server_credentials
+from picker.routing.types import Router, RoutingDecision
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "SERVICE_NAME", "ExtProcServer"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+#: Request body cap (16 MiB). The reference buffers without a limit.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+#: Room for protobuf framing around a body chunk as large as the cap, so an over-cap body reaches our
+#: 413 path instead of gRPC's own message-size error.
+_FRAME_SLACK = 1024 * 1024
+_UNDECODABLE = "message is not a ProcessingRequest"
+
+
+class ExtProcServer:
+    """Serves the Endpoint Picker Protocol. Constructing it starts nothing.
+
+    ``port=0`` binds an ephemeral port (read :attr:`bound_port` after :meth:`start`). ``tls=None`` is
+    plaintext h2c. ``health`` also registers the health service on this port (``--health-checking``).
+    ``reuse_port`` sets ``SO_REUSEPORT`` so several worker processes can share the port; it is off by
+    default so that a second server on a busy port fails loudly instead of silently sharing it.
+    ``skip_response`` enables the ``mode_override`` that skips the response phases (see
+    :mod:`picker.extproc.stream`).
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        observer: StreamObserver,
+        *,
+        port: int,
+        host: str = "0.0.0.0",  # noqa: S104 - the gateway reaches the pod on its pod IP
+        tls: TLSConfig | None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        served_verifier: bool = False,
+        health: HealthService | None = None,
+        reuse_port: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        skip_response: Callable[[RoutingDecision], bool] | None = None,
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        self._router = router
+        self._observer = observer
+        self._address = f"{host}:{port}"
+        self._tls = tls
+        self._max_body = max_body_bytes
+        self._served_verifier = served_verifier
+        self._health = health
+        self._reuse_port = reuse_port
+        self._clock = clock
+        self._skip_response = skip_response
+        self._server: Any = None
+        self._port = 0
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (0 before :meth:`start`)."""
+        return self._port
+
+    async def start(self) -> None:
+        """Bind and start serving. Raises RuntimeError if the address cannot be bound."""
+        if self._server is not None:
+            raise RuntimeError("ext_proc server already started")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+                ("grpc.max_receive_message_length", self._max_body + _FRAME_SLACK),
+            ]
+        )
+        server.add_generic_rpc_handlers((self._rpc_handler(),))
+        if self._health is not None:
+            server.add_generic_rpc_handlers((self._health.rpc_handler(),))
+        if self._tls is None:
+            self._port = server.add_insecure_port(self._address)
+        else:
+            self._port = server.add_secure_port(self._address, server_credentials(self._tls))
+        await server.start()
+        self._server = server
+        logger.info(
+            "ext_proc server listening on %s (port %d, %s)",
+            self._address,
+            self._port,
+            "TLS" if self._tls is not None else "plaintext",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting streams; cancel those still running after ``grace`` seconds (None = now)."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+
+    async def wait(self) -> None:
+        """Block until the server stops (for a long-running task in the app's TaskGroup)."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    def _rpc_handler(self) -> Any:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Process": grpc.stream_stream_rpc_method_handler(
+                    self._process,
+                    request_deserializer=pb.ProcessingRequest.FromString,
+                    response_serializer=pb.ProcessingResponse.SerializeToString,
+                )
+            },
+        )
+
+    async def _process(self, _request_iterator: Any, context: Any) -> None:
+        stream = ExtProcStream(
+            self._router,
+            self._observer,
+            max_body_bytes=self._max_body,
+            served_verifier=self._served_verifier,
+            clock=self._clock,
+            skip_response=self._skip_response,
+        )
+        read = context.read
+        write = context.write
+        eof = grpc.aio.EOF
+        try:
+            while not stream.finished:
+                try:
+                    request = await read()
+                except DecodeError:
+                    logger.warning(
+                        "ext_proc message is not a ProcessingRequest, request_id=%s", stream.request_id
+                    )
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "message is not a ProcessingRequest"
+                    )
+                    return
+                if request is eof:
+                    return
+                try:
+                    replies = stream.handle(request)
+                except StreamAbortError as exc:
+                    code = grpc.StatusCode.INTERNAL if exc.internal else grpc.StatusCode.FAILED_PRECONDITION
+                    await context.abort(code, exc.details)
+                    return
+                for reply in replies:
+                    await write(reply)
+        finally:
+            stream.close()

@@ -1,0 +1,562 @@
+"""The per-stream state machine of the Endpoint Picker Protocol (reference §1.3), without I/O.
+
+One :class:`ExtProcStream` lives for one gRPC stream (= one HTTP exchange). The server feeds it each
+``ProcessingRequest`` and writes whatever replies it returns, in order; :attr:`ExtProcStream.finished`
+tells the server to stop reading and end the RPC; :meth:`ExtProcStream.close` runs exactly once when the
+RPC ends for any reason and releases the routing lease. Keeping the protocol state here and the gRPC
+lifecycle in :mod:`picker.extproc.server` lets each be read (and tested) on its own.
+
+Phases: ``START`` → (request headers) → ``REQUEST_BODY`` → (body end_of_stream, or request trailers) →
+``ROUTED`` → (response headers) → ``RESPONSE_BODY`` → (body end_of_stream, or response trailers) →
+``DONE``. A request whose headers carry end_of_stream goes straight from ``START`` to ``ROUTED``. A
+stream may also start at the response headers (a proxy that skips the request phase; the reference
+accepts it and its hermetic tests use it): the response is processed as usual but not reported to
+``response_complete``, since nothing was routed. Anything else out of order is a protocol violation:
+a body before its headers, a second headers message, response messages while the request body is
+still arriving, any message after the stream is done.
+
+Decisions documented here:
+
+* **Nothing is sent for the request until the body's end_of_stream** (FULL_DUPLEX_STREAMED): then one
+  headers reply and the (possibly rewritten) body in ≤ 62,000-byte chunks. Request trailers also end the
+  body (HTTP requests with trailers); the body chunks then carry end_of_stream=false and an empty
+  trailers reply follows, the way the reference treats response trailers. The reference never routes in
+  that case.
+* **Subset hint**: read from the request-headers and request-body messages; a message carrying the key
+  replaces the value unless it is an empty list and a non-empty one was seen before (so the last
+  non-empty list wins, and an explicit empty list still means "no candidates" when nothing else came). A
+  comma-separated string is accepted as well as a ListValue (lwepp does the same).
+* **Body cap**: more than ``max_body_bytes`` buffered (or a ``content-length`` header above it) → 413
+  ``PayloadTooLarge`` at once; the rest of the body is never read. A buffered (non-streaming) response
+  over the cap is not refused: what was buffered is flushed and the rest is echoed chunk by chunk; usage
+  is then read from the last 64 KiB, as for SSE.
+* **Errors**: a :class:`picker.errors.PickerError` becomes exactly one ``ImmediateResponse`` and the
+  stream ends. A message in an impossible order (a proxy bug) or an unexpected exception (our bug) ends
+  the RPC with a gRPC error instead (:class:`StreamAbortError`), after one log line with the request id: the
+  gateway's failure mode then decides (FailOpen lets the request through), whereas an ImmediateResponse
+  500 would fail the request even under FailOpen.
+* **Response**: SSE (``text/event-stream`` or a request with ``stream: true``) is echoed chunk by chunk
+  with the same end_of_stream flag; ``application/grpc`` is buffered until trailers (or end_of_stream)
+  and never rewritten (the model name inside protobuf bytes must not change length); everything else is
+  buffered to end_of_stream, usage-parsed and returned in chunks. When the model was rewritten, its name
+  is put back in the response and ``content-length`` is removed from the response headers because the
+  body length may change.
+* **Fewer messages**: when ``skip_response(decision)`` says the response is not needed, the
+  request-headers reply carries a ``mode_override`` that skips the response phases (Envoy needs
+  ``allow_mode_override: true``); if the proxy ignores it, the response is handled as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError
+from picker.extproc import messages
+from picker.extproc.observer import StreamObserver
+from picker.extproc.usage import SSEUsageScanner, Usage, usage_from_json
+from picker.routing.openai import ModelRestorer
+from picker.routing.types import Router, RoutingDecision, RoutingRequest
+
+__all__ = ["ExtProcStream", "StreamAbortError"]
+
+logger = logging.getLogger(__name__)
+
+_START: Final = 0
+_REQUEST_BODY: Final = 1
+_ROUTED: Final = 2
+_RESPONSE_BODY: Final = 3
+_DONE: Final = 4
+
+# Response body handling
+_BUFFERED: Final = 0
+_STREAMING: Final = 1
+_GRPC: Final = 2
+
+_REQUEST_PHASE = frozenset({"request_headers", "request_body", "request_trailers"})
+_PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
+_NO_REPLIES: tuple[Any, ...] = ()
+#: Label for failures that are neither a PickerError nor a model-server status (reference "Unknown").
+UNKNOWN_ERROR: Final = "Unknown"
+
+
+class StreamAbortError(Exception):
+    """End the RPC with a gRPC error. ``internal`` = our bug; otherwise the proxy broke the protocol."""
+
+    def __init__(self, details: str, *, internal: bool) -> None:
+        super().__init__(details)
+        self.details = details
+        self.internal = internal
+
+
+class _ProtocolViolationError(Exception):
+    """A message arrived that the protocol does not allow in the current phase."""
+
+
+class ExtProcStream:
+    """Protocol state of one ext_proc stream. Not thread-safe; one instance per RPC."""
+
+    __slots__ = (
+        "_body_chunks",
+        "_body_size",
+        "_clock",
+        "_closed",
+        "_decision",
+        "_echo",
+        "_echoing",
+        "_failed",
+        "_finished",
+        "_headers",
+        "_max_body",
+        "_observer",
+        "_path",
+        "_request_id",
+        "_resp_chunks",
+        "_resp_mode",
+        "_resp_size",
+        "_restorer",
+        "_router",
+        "_scanner",
+        "_served_verifier",
+        "_skip_response",
+        "_started",
+        "_state",
+        "_status_ok",
+        "_subset",
+    )
+
+    def __init__(
+        self,
+        router: Router,
+        observer: StreamObserver,
+        *,
+        max_body_bytes: int,
+        served_verifier: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        skip_response: Callable[[RoutingDecision], bool] | None = None,
+    ) -> None:
+        self._router = router
+        self._observer = observer
+        self._max_body = max_body_bytes
+        self._served_verifier = served_verifier
+        self._clock = clock
+        self._skip_response = skip_response
+        self._state = _START
+        self._finished = False
+        self._failed = False
+        self._closed = False
+        self._request_id = ""
+        self._headers: dict[str, str] = {}
+        self._echo: list[tuple[str, bytes]] = []
+        self._path = ""
+        self._subset: tuple[str, ...] | None = None
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self._started = 0.0
+        self._decision: RoutingDecision | None = None
+        self._restorer: ModelRestorer | None = None
+        self._resp_mode = _BUFFERED
+        #: chunks are echoed as they come (SSE, or a buffered response that outgrew the cap)
+        self._echoing = False
+        self._resp_chunks: list[bytes] = []
+        self._resp_size = 0
+        self._scanner: SSEUsageScanner | None = None
+        self._status_ok = True
+
+    # ------------------------------------------------------------------------------------------ public
+    @property
+    def finished(self) -> bool:
+        """True once nothing more will be answered: the server should end the RPC."""
+        return self._finished
+
+    @property
+    def request_id(self) -> str:
+        """``x-request-id`` (generated when missing); empty before the request headers arrive."""
+        return self._request_id
+
+    @property
+    def decision(self) -> RoutingDecision | None:
+        """The routing decision, once routed."""
+        return self._decision
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def handle(self, request: Any) -> Sequence[Any]:
+        """Consume one ``ProcessingRequest`` and return the replies to write, in order.
+
+        Raises :class:`StreamAbortError` when the RPC must end with a gRPC error.
+        """
+        kind = request.WhichOneof("request")
+        handler = _DISPATCH.get(kind, ExtProcStream._on_unknown)
+        try:
+            if kind in _REQUEST_PHASE and request.HasField("metadata_context"):
+                self._read_subset(request.metadata_context)
+            return handler(self, request)
+        except PickerError as exc:
+            return self._immediate(exc)
+        except _ProtocolViolationError as exc:
+            logger.warning("ext_proc protocol violation, request_id=%s: %s", self._request_id, exc)
+            self._report_failure(UNKNOWN_ERROR)
+            self._finished = True
+            raise StreamAbortError(f"protocol violation: {exc}", internal=False) from exc
+        except Exception as exc:
+            logger.exception("ext_proc stream failed, request_id=%s", self._request_id)
+            self._report_failure(UNKNOWN_ERROR)
+            self._finished = True
+            raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc
+
+    def close(self) -> None:
+        """Release the lease and report the stream closed. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        decision = self._decision
+        if decision is not None:
+            try:
+                decision.lease.release()
+            except Exception:
+                logger.exception("lease release failed, request_id=%s", self._request_id)
+        try:
+            self._observer.stream_closed(decision)
+        except Exception:
+            logger.exception("observer.stream_closed failed, request_id=%s", self._request_id)
+
+    # ------------------------------------------------------------------------------------------ request
+    def _on_unknown(self, request: Any) -> Sequence[Any]:
+        raise _ProtocolViolationError(
+            f"message without a known request field ({request.WhichOneof('request')})"
+        )
+
+    def _on_request_headers(self, request: Any) -> Sequence[Any]:
+        if self._state != _START:
+            raise _ProtocolViolationError("request_headers after the request started")
+        self._started = self._clock()
+        message = request.request_headers
+        headers = self._headers
+        echo = self._echo
+        system = messages.SYSTEM_HEADERS
+        # Envoy sends raw_value (``send_header_raw_value``); older proxies send value.
+        for header in message.headers.headers:
+            original = header.key
+            key = original.lower()
+            raw = header.raw_value or header.value.encode()
+            headers[key] = raw.decode("utf-8", "replace")
+            if key not in system:
+                echo.append((original, raw))
+        request_id = headers.get("x-request-id", "")
+        if not request_id:
+            request_id = str(uuid.uuid4())
+            headers["x-request-id"] = request_id
+            self._echo = echo = [item for item in echo if item[0].lower() != "x-request-id"]
+            echo.append(("x-request-id", request_id.encode()))
+        self._request_id = request_id
+        for name in _PATH_HEADERS:
+            path = headers.get(name)
+            if path:
+                self._path = path
+                break
+        if message.end_of_stream:
+            return self._route_headers_only()
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self._max_body} bytes"
+            )
+        self._state = _REQUEST_BODY
+        return _NO_REPLIES
+
+    def _on_request_body(self, request: Any) -> Sequence[Any]:
+        if self._state != _REQUEST_BODY:
+            raise _ProtocolViolationError(
+                "request_body before request_headers"
+                if self._state == _START
+                else "request_body after the request ended"
+            )
+        message = request.request_body
+        chunk = message.body
+        if chunk:
+            self._body_size += len(chunk)
+            if self._body_size > self._max_body:
+                self._body_chunks = []
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {self._max_body} bytes "
+                    f"({self._body_size} bytes received so far)"
+                )
+            self._body_chunks.append(chunk)
+        if not message.end_of_stream:
+            return _NO_REPLIES
+        return self._route(end_of_stream=True)
+
+    def _on_request_trailers(self, _request: Any) -> Sequence[Any]:
+        if self._state == _START:
+            raise _ProtocolViolationError("request_trailers before request_headers")
+        if self._state != _REQUEST_BODY:
+            return _NO_REPLIES  # the reference ignores request trailers
+        replies = self._route(end_of_stream=False)
+        replies.append(messages.REQUEST_TRAILERS_REPLY)
+        return replies
+
+    def _read_subset(self, metadata: Any) -> None:
+        filter_metadata = metadata.filter_metadata
+        if messages.SUBSET_NAMESPACE not in filter_metadata:
+            return
+        fields = filter_metadata[messages.SUBSET_NAMESPACE].fields
+        if messages.SUBSET_KEY not in fields:
+            return
+        value = fields[messages.SUBSET_KEY]
+        kind = value.WhichOneof("kind")
+        items: tuple[str, ...]
+        if kind == "list_value":
+            items = tuple(
+                v.string_value for v in value.list_value.values if v.WhichOneof("kind") == "string_value"
+            )
+        elif kind == "string_value":
+            items = tuple(part.strip() for part in value.string_value.split(",") if part.strip())
+        else:
+            items = ()
+        if items or self._subset is None:
+            self._subset = items
+
+    def _route(self, *, end_of_stream: bool) -> list[Any]:
+        chunks = self._body_chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._body_chunks = []
+        decision = self._router.route(
+            RoutingRequest(
+                request_id=self._request_id,
+                headers=self._headers,
+                path=self._path,
+                body=body,
+                subset=self._subset,
+            )
+        )
+        self._decision = decision
+        forwarded = decision.body
+        replies = [
+            messages.request_headers_reply(
+                decision.destination, self._echo, len(forwarded), mode_override=self._mode_override(decision)
+            )
+        ]
+        replies.extend(messages.request_body_replies(forwarded, end_of_stream=end_of_stream))
+        self._routed(decision, len(forwarded))
+        return replies
+
+    def _route_headers_only(self) -> Sequence[Any]:
+        decision = self._router.route_headers_only(
+            RoutingRequest(
+                request_id=self._request_id,
+                headers=self._headers,
+                path=self._path,
+                body=b"",
+                subset=self._subset,
+                headers_only=True,
+            )
+        )
+        self._decision = decision
+        reply = messages.request_headers_reply(
+            decision.destination, self._echo, None, mode_override=self._mode_override(decision)
+        )
+        self._routed(decision, 0)
+        return (reply,)
+
+    def _mode_override(self, decision: RoutingDecision) -> Any:
+        if self._skip_response is not None and self._skip_response(decision):
+            return messages.SKIP_RESPONSE_MODE
+        return None
+
+    def _routed(self, decision: RoutingDecision, request_bytes: int) -> None:
+        self._state = _ROUTED
+        self._echo = []
+        restorer = ModelRestorer(decision.target_model, decision.incoming_model)
+        self._restorer = restorer if restorer.active else None
+        self._observer.routed(decision, request_bytes)
+
+    # ------------------------------------------------------------------------------------------ response
+    def _on_response_headers(self, request: Any) -> Sequence[Any]:
+        if self._state == _START:
+            # A response-only stream (a proxy with request_header_mode SKIP; the reference's hermetic
+            # rows 16-19 do this): handled the same, but nothing was routed, so nothing is reported
+            # to response_complete.
+            self._started = self._clock()
+        elif self._state != _ROUTED:
+            raise _ProtocolViolationError(
+                "response_headers before the request ended"
+                if self._state == _REQUEST_BODY
+                else "response_headers twice"
+            )
+        decision = self._decision
+        message = request.response_headers
+        echo: list[tuple[str, bytes]] = []
+        status = b""
+        content_type = b""
+        system = messages.SYSTEM_HEADERS
+        for header in message.headers.headers:
+            original = header.key
+            key = original.lower()
+            raw = header.raw_value or header.value.encode()
+            if key in {":status", "status"}:
+                status = raw
+            elif key == "content-type":
+                content_type = raw.lower()
+            if key not in system:
+                echo.append((original, raw))
+        self._status_ok = status in {b"", b"200"}
+        if not self._status_ok:
+            self._report_failure(MODEL_SERVER_ERROR)
+        if content_type.startswith(b"application/grpc"):
+            self._resp_mode = _GRPC
+        elif b"text/event-stream" in content_type or (
+            decision is not None and decision.info is not None and decision.info.stream
+        ):
+            self._resp_mode = _STREAMING
+            self._echoing = True
+            self._scanner = SSEUsageScanner()
+        served = self._served_endpoint(request) if self._served_verifier else None
+        reply = messages.response_headers_reply(
+            echo,
+            served_endpoint=served,
+            remove_content_length=self._restorer is not None and self._resp_mode != _GRPC,
+        )
+        if message.end_of_stream:
+            self._complete(None)
+        else:
+            self._state = _RESPONSE_BODY
+        return (reply,)
+
+    @staticmethod
+    def _served_endpoint(request: Any) -> str:
+        """The conformance verifier's value, with the reference's ``fail: ...`` strings."""
+        filter_metadata = request.metadata_context.filter_metadata
+        if messages.LB_NAMESPACE not in filter_metadata:
+            return "fail: missing envoy lb metadata"
+        fields = filter_metadata[messages.LB_NAMESPACE].fields
+        if messages.SERVED_KEY not in fields:
+            return "fail: missing destination endpoint served metadata"
+        value = fields[messages.SERVED_KEY]
+        if value.WhichOneof("kind") == "string_value":
+            return str(value.string_value)
+        return "fail: missing destination endpoint served metadata"
+
+    def _on_response_body(self, request: Any) -> Sequence[Any]:
+        if self._state != _RESPONSE_BODY:
+            raise _ProtocolViolationError(
+                "response_body before response_headers"
+                if self._state < _RESPONSE_BODY
+                else "response_body after the response ended"
+            )
+        message = request.response_body
+        chunk = message.body
+        end_of_stream = message.end_of_stream
+        self._resp_size += len(chunk)
+        if self._echoing:
+            # The per-token path of a streamed response: kept short on purpose.
+            if chunk:
+                scanner = self._scanner
+                if scanner is not None:
+                    scanner.feed(chunk)
+                if self._restorer is not None:
+                    chunk = self._restorer(chunk)
+            if end_of_stream:
+                self._complete(self._scanner.finish() if self._scanner is not None else None)
+            return (messages.response_body_reply(chunk, end_of_stream),)
+        if chunk:
+            self._resp_chunks.append(chunk)
+            if self._resp_size > self._max_body:
+                return self._start_passthrough(end_of_stream)
+        if not end_of_stream:
+            return _NO_REPLIES
+        return self._flush_response(end_of_stream=True)
+
+    def _start_passthrough(self, end_of_stream: bool) -> Sequence[Any]:
+        """A buffered response outgrew the cap: flush it and echo the rest chunk by chunk, reading the
+        usage from the tail at the end (as for SSE)."""
+        self._echoing = True
+        body = b"".join(self._resp_chunks)
+        self._resp_chunks = []
+        if self._resp_mode != _GRPC:
+            self._scanner = SSEUsageScanner(json_body=True)
+            self._scanner.feed(body)
+            if self._restorer is not None:
+                body = self._restorer(body)
+        if end_of_stream:
+            self._complete(self._scanner.finish() if self._scanner is not None else None)
+        return messages.response_body_replies(body, end_of_stream=end_of_stream)
+
+    def _flush_response(self, *, end_of_stream: bool) -> list[Any]:
+        chunks = self._resp_chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._resp_chunks = []
+        usage = None
+        if self._resp_mode != _GRPC:
+            usage = usage_from_json(body) if body else None
+            if self._restorer is not None:
+                body = self._restorer(body)
+        self._complete(usage)
+        return messages.response_body_replies(body, end_of_stream=end_of_stream)
+
+    def _on_response_trailers(self, _request: Any) -> Sequence[Any]:
+        if self._state != _RESPONSE_BODY:
+            raise _ProtocolViolationError(
+                "response_trailers before response_headers"
+                if self._state < _RESPONSE_BODY
+                else "response_trailers after the response ended"
+            )
+        if self._echoing:
+            self._complete(self._scanner.finish() if self._scanner is not None else None)
+            return (messages.RESPONSE_TRAILERS_REPLY,)
+        replies = self._flush_response(end_of_stream=False)
+        replies.append(messages.RESPONSE_TRAILERS_REPLY)
+        return replies
+
+    def _complete(self, usage: Usage | None) -> None:
+        decision = self._decision
+        self._state = _DONE
+        self._finished = True
+        if decision is None:
+            return
+        self._observer.response_complete(
+            decision,
+            latency_s=self._clock() - self._started,
+            response_bytes=self._resp_size,
+            usage=usage,
+            status_ok=self._status_ok,
+        )
+
+    # ------------------------------------------------------------------------------------------ errors
+    def _immediate(self, exc: PickerError) -> Sequence[Any]:
+        self._report_failure(exc.code, exc)
+        self._finished = True
+        self._state = _DONE
+        self._body_chunks = []
+        return (messages.immediate_response(exc.http_status, exc.wire_body()),)
+
+    def _report_failure(self, code: str, exc: PickerError | None = None) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        decision = self._decision
+        if decision is not None:
+            incoming, target = decision.incoming_model, decision.target_model
+        else:
+            # The router may attach the models it had resolved before failing (optional attributes).
+            incoming = str(getattr(exc, "incoming_model", "") or "")
+            target = str(getattr(exc, "target_model", "") or "")
+        try:
+            self._observer.failed(code, incoming, target)
+        except Exception:
+            logger.exception("observer.failed raised, request_id=%s", self._request_id)
+
+
+_DISPATCH: dict[str | None, Callable[[ExtProcStream, Any], Sequence[Any]]] = {
+    "request_headers": ExtProcStream._on_request_headers,
+    "request_body": ExtProcStream._on_request_body,
+    "request_trailers": ExtProcStream._on_request_trailers,
+    "response_headers": ExtProcStream._on_response_headers,
+    "response_body": ExtProcStream._on_response_body,
+    "response_trailers": ExtProcStream._on_response_trailers,
+}

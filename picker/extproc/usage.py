@@ -1,0 +1,158 @@
+"""Token usage from model-server responses: whole JSON bodies and Server-Sent Events streams.
+
+Only numbers leave this module; response text is never logged or kept.
+
+* **JSON bodies** (:func:`usage_from_json`): the top-level ``usage`` object sits at the end of every
+  OpenAI-style response (chat, completions, embeddings, responses), so we look for the last ``"usage":``
+  key with ``bytes.rfind`` and decode only that object. A 1 MB embeddings response costs a few
+  microseconds instead of a full parse. Inside a JSON string a quote is always escaped, so an unescaped
+  ``"usage"`` followed by ``:`` can only be a key. Unlike the reference, a body that is not valid JSON as
+  a whole may still yield its usage; it is forwarded unchanged either way.
+* **SSE streams** (:class:`SSEUsageScanner`): the usage is in the last events of every OpenAI-style
+  stream, so chunks are only kept (by reference, the last 64 KiB) and scanned once at the end the same
+  way. That is cheap per streamed token, finds usage split across chunks (the reference misses it),
+  skips ``"usage":null`` (sent on every chunk when ``include_usage`` is on) and ``[DONE]``, and takes
+  the **last** usage, which is right for vLLM's continuous usage stats (a growing total on every chunk;
+  the reference keeps the first) and for the Responses API's ``response.completed`` event.
+* Field names: ``prompt_tokens``/``completion_tokens`` (chat, completions) or ``input_tokens``/
+  ``output_tokens`` (responses, conversations); cached prompt tokens from OpenAI's
+  ``prompt_tokens_details``, the reference's misspelled ``prompt_token_details``, or the Responses API's
+  ``input_tokens_details``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SSE_TAIL_BYTES", "SSEUsageScanner", "Usage", "usage_from_json", "usage_from_mapping"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one response. Zero means "not reported"."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+
+
+def _int(value: object) -> int:
+    # type() rather than isinstance(): bool is an int subclass and must not count
+    return value if type(value) is int and value > 0 else 0
+
+
+_DETAIL_KEYS = ("prompt_tokens_details", "prompt_token_details", "input_tokens_details")
+
+
+def usage_from_mapping(usage: Mapping[str, Any]) -> Usage:
+    """Read a ``usage`` object in either naming scheme."""
+    get = usage.get
+    prompt = _int(get("prompt_tokens")) or _int(get("input_tokens"))
+    completion = _int(get("completion_tokens")) or _int(get("output_tokens"))
+    total = _int(get("total_tokens")) or prompt + completion
+    cached = 0
+    for key in _DETAIL_KEYS:
+        details = get(key)
+        if details.__class__ is dict:
+            cached = _int(details.get("cached_tokens"))
+            if cached:
+                break
+    return Usage(prompt, completion, total, cached)
+
+
+_USAGE_KEY = b'"usage"'
+_WHITESPACE = b" \t\r\n"
+#: A usage object is a few hundred bytes; a bound keeps a pathological body from costing a large decode.
+_MAX_USAGE_OBJECT = 64 * 1024
+_DECODER = json.JSONDecoder()
+
+
+def _skip_ws(data: bytes, pos: int) -> int:
+    n = len(data)
+    while pos < n and data[pos] in _WHITESPACE:
+        pos += 1
+    return pos
+
+
+def _last_usage(data: bytes, *, skip_null: bool) -> Usage | None:
+    """The last ``"usage": {...}`` object in ``data``. ``skip_null``: a ``"usage": null`` keeps looking
+    further back (streams send null on every chunk but the last); otherwise it means "none reported"."""
+    end = len(data)
+    while True:
+        pos = data.rfind(_USAGE_KEY, 0, end)
+        if pos < 0:
+            return None
+        end = pos
+        if pos > 0 and data[pos - 1] == 0x5C:  # an escaped quote: text inside a string, not a key
+            continue
+        value_at = _skip_ws(data, pos + len(_USAGE_KEY))
+        if value_at >= len(data) or data[value_at] != 0x3A:  # ':'
+            continue
+        value_at = _skip_ws(data, value_at + 1)
+        if value_at >= len(data) or data[value_at] != 0x7B:  # '{'
+            if skip_null:
+                continue
+            return None
+        text = data[value_at : value_at + _MAX_USAGE_OBJECT].decode("utf-8", "replace")
+        try:
+            obj, _ = _DECODER.raw_decode(text)
+        except ValueError:
+            if skip_null:
+                continue  # e.g. the object is cut by the start of the kept tail; look further back
+            return None
+        if isinstance(obj, dict):
+            return usage_from_mapping(obj)
+        return None
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """The usage of a complete (non-streamed) JSON response, or None when it has none."""
+    return _last_usage(body, skip_null=False)
+
+
+#: Bytes of a stream's end kept for the usage scan: the final usage event of any OpenAI-style stream
+#: (chat/completions usage chunk, Responses API ``response.completed``) ends well within it.
+SSE_TAIL_BYTES = 64 * 1024
+
+
+class SSEUsageScanner:
+    """Usage of a Server-Sent Events response, read from the stream's tail at the end.
+
+    Every OpenAI-style stream reports usage in its last events (the ``include_usage`` chunk before
+    ``[DONE]``, the cumulative usage of the last chunk with vLLM's continuous stats, the Responses API's
+    ``response.completed``), so :meth:`feed` only keeps references to the last ``SSE_TAIL_BYTES`` of
+    chunks (no copy, no per-chunk parsing: this runs for every streamed token) and :meth:`finish` looks
+    for the last ``"usage": {...}`` object in them once. A usage event split across chunks is found as
+    long as it lies in the tail; ``"usage": null`` entries and escaped text are skipped.
+    """
+
+    __slots__ = ("_chunks", "_json_body", "_size")
+
+    def __init__(self, *, json_body: bool = False) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        #: the tail of one JSON document rather than events: a top-level ``"usage": null`` is final
+        self._json_body = json_body
+
+    def feed(self, chunk: bytes) -> None:
+        """Keep one response chunk (any split: mid-line, mid-event, several events)."""
+        chunks = self._chunks
+        chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(chunks[0]) >= SSE_TAIL_BYTES:
+            self._size -= len(chunks.popleft())
+
+    def finish(self) -> Usage | None:
+        """End of stream: the last usage reported, or None."""
+        chunks = self._chunks
+        if not chunks:
+            return None
+        tail = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = deque()
+        self._size = 0
+        return _last_usage(tail, skip_null=not self._json_body)
