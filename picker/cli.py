@@ -78,7 +78,9 @@ def _ports(text: str) -> tuple[int, ...]:
     return ports
 
 
-def _bool_flag(p: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+def _bool_flag(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help_text: str
+) -> None:
     p.add_argument(
         name,
         nargs="?",
@@ -281,8 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from picker.demo import run_demo
 
         return run_demo(requests=ns.requests, concurrency=ns.concurrency, seed=ns.seed)
-    parser.error(f"unknown command {ns.command}")
-    return 2
+    parser.error(f"unknown command {ns.command}")  # exits
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -729,6 +729,12 @@ def _assemble(
     else:
         defined = _pick_one("parser", [p for p in doc.plugins if p.type in PARSER_TYPES])
         parser = defined.type if defined is not None else DEFAULT_PARSER
+    if parser == "vllmgrpc-parser":
+        # Accepted by the reference for vLLM's gRPC engine API; we only route HTTP (OpenAI) or opaque bodies.
+        raise ConfigError(
+            f"{REFERENCE_KIND}: parser vllmgrpc-parser is not supported by this EPP; "
+            "use openai-parser or passthrough-parser"
+        )
     return base.model_copy(
         update={
             "metrics_source": _service_params(source) if source is not None else MetricsDataSourceParams(),

@@ -127,15 +127,25 @@ SCHEDULER_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.
 class _Decision(Protocol):
     """The fields of a routing decision that metrics need (structural, see picker.routing.types)."""
 
-    incoming_model: str
-    target_model: str
-    priority: int
+    @property
+    def incoming_model(self) -> str: ...
+
+    @property
+    def target_model(self) -> str: ...
+
+    @property
+    def priority(self) -> int: ...
 
 
 class _Usage(Protocol):
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    @property
+    def cached_tokens(self) -> int: ...
 
 
 class _PoolCollector(Collector):
@@ -405,14 +415,17 @@ class Telemetry:
 
     def response_complete(
         self,
-        decision: _Decision,
+        decision: _Decision | None,
         *,
         latency_s: float,
         response_bytes: int,
         usage: _Usage | None,
         status_ok: bool,
     ) -> None:
-        c = self._pair(decision.incoming_model, decision.target_model)
+        if decision is None:  # a response-only stream: token counts with empty model labels (reference)
+            c = self._pair("", "")
+        else:
+            c = self._pair(decision.incoming_model, decision.target_model)
         if latency_s > 0:
             c[1].observe(latency_s)
         c[2].observe(response_bytes)

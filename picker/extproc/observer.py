@@ -30,7 +30,7 @@ class StreamObserver(Protocol):
 
     def response_complete(
         self,
-        decision: RoutingDecision,
+        decision: RoutingDecision | None,
         *,
         latency_s: float,
         response_bytes: int,
@@ -38,6 +38,7 @@ class StreamObserver(Protocol):
         status_ok: bool,
     ) -> None:
         """The response finished (body end_of_stream, trailers, or headers with end_of_stream).
+        ``decision`` is None for a response-only stream (nothing was routed on it).
         ``latency_s`` runs from the request headers to this moment; ``response_bytes`` counts the body
         received from the model server."""
 
@@ -58,7 +59,7 @@ class NullObserver:
 
     def response_complete(
         self,
-        decision: RoutingDecision,
+        decision: RoutingDecision | None,
         *,
         latency_s: float,
         response_bytes: int,

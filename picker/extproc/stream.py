@@ -380,8 +380,7 @@ class ExtProcStream:
     def _on_response_headers(self, request: Any) -> Sequence[Any]:
         if self._state == _START:
             # A response-only stream (a proxy with request_header_mode SKIP; the reference's hermetic
-            # rows 16-19 do this): handled the same, but nothing was routed, so nothing is reported
-            # to response_complete.
+            # rows 16-19 do this): handled the same; response_complete gets decision=None.
             self._started = self._clock()
         elif self._state != _ROUTED:
             raise _ProtocolViolationError(
@@ -517,8 +516,8 @@ class ExtProcStream:
         decision = self._decision
         self._state = _DONE
         self._finished = True
-        if decision is None:
-            return
+        # decision is None on a response-only stream (the reference's rows 16-19): still reported, with
+        # empty model labels, as the reference records its token counts.
         self._observer.response_complete(
             decision,
             latency_s=self._clock() - self._started,
@@ -543,9 +542,9 @@ class ExtProcStream:
         if decision is not None:
             incoming, target = decision.incoming_model, decision.target_model
         else:
-            # The router may attach the models it had resolved before failing (optional attributes).
-            incoming = str(getattr(exc, "incoming_model", "") or "")
-            target = str(getattr(exc, "target_model", "") or "")
+            # The router attaches the models it had resolved before failing.
+            incoming = exc.incoming_model if exc is not None else ""
+            target = exc.target_model if exc is not None else ""
         try:
             self._observer.failed(code, incoming, target)
         except Exception:

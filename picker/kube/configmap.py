@@ -36,9 +36,14 @@ MAX_EVENT_MESSAGE = 1024
 
 
 class ReloadOutcome(Protocol):
-    ok: bool
-    result: str
-    message: str
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def result(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
 
 
 class ConfigSink(Protocol):

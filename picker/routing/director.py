@@ -21,10 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from picker.errors import BadRequest, Internal, ResourceExhausted, ServiceUnavailable
+from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.openai import parse_request, rewrite_model
-from picker.routing.types import RoutingDecision, RoutingRequest
-from picker.state.config_store import ConfigStore
+from picker.routing.types import RequestInfo, RoutingDecision, RoutingRequest
+from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.datastore import Datastore, NullLease
 from scoring import NoEndpointsAvailable, subset_mask
 from scoring.types import PickRequest
@@ -78,6 +78,25 @@ class Director:
                 raise BadRequest("model not found in request body")
             incoming = info.model
         target = headers.get(HDR_REWRITE) or incoming
+        try:
+            return self._route(request, active, info, incoming, target, explain=explain)
+        except PickerError as exc:
+            # the stream labels its error metric with the models resolved so far
+            exc.incoming_model = incoming
+            exc.target_model = target
+            raise
+
+    def _route(
+        self,
+        request: RoutingRequest,
+        active: ActiveConfig,
+        info: RequestInfo | None,
+        incoming: str,
+        target: str,
+        *,
+        explain: bool,
+    ) -> RoutingDecision:
+        headers = request.headers
         if info is not None:
             choice = self._ds.rewrites.resolve(incoming, self._rng)
             if choice is not None:

@@ -117,14 +117,15 @@ class RecordingObserver:
 
     def response_complete(
         self,
-        decision: RoutingDecision,
+        decision: RoutingDecision | None,
         *,
         latency_s: float,
         response_bytes: int,
         usage: Usage | None,
         status_ok: bool,
     ) -> None:
-        self.events.append(("complete", decision.destination, latency_s, response_bytes, status_ok))
+        destination = decision.destination if decision is not None else None
+        self.events.append(("complete", destination, latency_s, response_bytes, status_ok))
         self.usages.append(usage)
 
     def stream_closed(self, decision: RoutingDecision | None) -> None:
