@@ -284,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(requests=ns.requests, concurrency=ns.concurrency, seed=ns.seed)
     parser.error(f"unknown command {ns.command}")  # exits
+    raise AssertionError("unreachable")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ def parse_duration(text: str | float | int) -> float:
             raise ValueError(f"duration must not be negative: {text!r}")
         return float(text)
     if not isinstance(text, str):
-        raise ValueError(f"invalid duration {text!r}")
+        raise ValueError(f"invalid duration {text!r}")  # noqa: TRY004 - callers handle ValueError only
     s = text.strip()
     if s in {"0", "0s"}:
         return 0.0

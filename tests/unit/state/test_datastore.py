@@ -32,7 +32,9 @@ def test_snapshot_reflects_membership_and_metrics():
     ds.record_scrape("pod-2-rank-0", EndpointMetrics(waiting=3, running=1, kv_usage=0.5))
     m2 = ds.snapshot()
     assert m2 is not m
-    assert m2.waiting[1] == 3 and m2.kv_usage[1] == 0.5 and m2.scraped_at[1] == 100.0
+    assert m2.waiting[1] == 3
+    assert m2.kv_usage[1] == 0.5
+    assert m2.scraped_at[1] == 100.0
     assert math.isnan(m2.waiting[0])
     assert ds.snapshot() is m2, "unchanged datastore must reuse the cached snapshot"
 
@@ -65,9 +67,12 @@ def test_failure_keeps_values_and_age():
     clock.t = 105.0
     ds.record_scrape_failure("pod-1-rank-0", "timeout")
     m = ds.snapshot()
-    assert m.waiting[0] == 2 and m.scraped_at[0] == 100.0
+    assert m.waiting[0] == 2
+    assert m.scraped_at[0] == 100.0
     st = ds.status("pod-1-rank-0")
-    assert st is not None and st.last_error == "timeout" and st.scrapes_failed == 1
+    assert st is not None
+    assert st.last_error == "timeout"
+    assert st.scrapes_failed == 1
 
 
 def test_dispatched_counts_only_requests_sent_since_the_scrape_started():
@@ -116,8 +121,10 @@ def test_membership_change_keeps_metrics_and_load_of_survivors():
     ds.replace_endpoints([ep(3), ep(2)])
     m = ds.snapshot()
     assert m.names == ("pod-3-rank-0", "pod-2-rank-0")
-    assert m.waiting[1] == 9 and m.inflight[1] == 1
-    assert math.isnan(m.waiting[0]) and m.inflight[0] == 0
+    assert m.waiting[1] == 9
+    assert m.inflight[1] == 1
+    assert math.isnan(m.waiting[0])
+    assert m.inflight[0] == 0
 
 
 def test_address_change_resets_the_endpoint():
@@ -152,7 +159,9 @@ def test_pool_deleted_clears_everything():
     ds.objectives.set(Objective("critical", 5))
     assert ds.synced
     ds.set_pool(None)
-    assert not ds.synced and len(ds) == 0 and ds.objectives.priority("critical") == 0
+    assert not ds.synced
+    assert len(ds) == 0
+    assert ds.objectives.priority("critical") == 0
 
 
 def test_lora_sets_become_boolean_columns():
@@ -220,7 +229,8 @@ def test_metric_updates_are_published_at_most_every_interval_but_membership_at_o
     assert ds.snapshot() is first, "a metric change within the interval reuses the published snapshot"
     clock.t += 0.006
     second = ds.snapshot()
-    assert second is not first and second.waiting[0] == 4
+    assert second is not first
+    assert second.waiting[0] == 4
     ds.upsert_endpoint(ep(2))
     assert len(ds.snapshot()) == 2, "membership changes are visible immediately"
     lease = ds.acquire("pod-2-rank-0")

@@ -48,7 +48,8 @@ def test_oldest_object_wins_ties_then_first_rule():
         )
     )
     choice = s.resolve("m", random.Random(0))
-    assert choice.rewrite_name == "older" and choice.target_model == "from-older-1"
+    assert choice.rewrite_name == "older"
+    assert choice.target_model == "from-older-1"
     s.delete("older")
     assert s.resolve("m", random.Random(0)).target_model == "from-newer"
 
