@@ -66,6 +66,7 @@ from pydantic.alias_generators import to_camel
 
 from picker.durations import format_duration, parse_duration
 from picker.errors import ConfigError
+from picker.metricspec import parse_spec
 from scoring import ConfigurationError, PluginSpec, ProfileSpec, Registry, Scheduler, build_scheduler
 from scoring.matrix import ENGINE_NAMES
 from scoring.registry import default_specs, reference_default_specs
@@ -104,14 +105,6 @@ _QUANTITY_FACTORS = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_MATCHER = (
-    r"""\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)\s*"""
-    r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^,}\s"'=!~{]*)\s*"""
-)
-_SPEC = re.compile(rf"\s*({_METRIC_NAME})?\s*(?:\{{(.*)\}})?\s*", re.DOTALL)
-_MATCHERS = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*,?\s*", re.DOTALL)
-_MATCHER_ITEM = re.compile(_MATCHER, re.DOTALL)
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
@@ -147,27 +140,11 @@ def parse_quantity(value: object) -> int:
 def check_metric_spec(text: str) -> str:
     """Validate a reference metric spec (``name{label=value,...}``; empty = disabled) and return it.
 
-    Only ``=`` matchers are accepted: the reference silently drops the others, which widens the selection
-    without telling anyone, so here they are an error.
+    The same parser the scraper uses (:mod:`picker.metricspec`), so a spec that loads here can never fail
+    later in the scraper. Only ``=`` matchers are accepted: the reference silently drops the others, which
+    widens the selection without telling anyone, so here they are an error.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"metric spec must be a string, got {text!r}")  # noqa: TRY004 - as parse_quantity
-    if not text.strip():
-        return text
-    spec = _SPEC.fullmatch(text)
-    if spec is None:
-        raise ValueError(f"invalid metric spec {text!r} (expected name{{label=value,...}})")
-    name, body = spec.group(1), spec.group(2)
-    labels: list[str] = []
-    if body is not None and body.strip():
-        if _MATCHERS.fullmatch(body) is None:
-            raise ValueError(f"invalid label matchers in metric spec {text!r} (expected label=value,...)")
-        for matcher in _MATCHER_ITEM.finditer(body):
-            if matcher.group(2) != "=":
-                raise ValueError(f"metric spec {text!r}: only '=' label matchers are supported")
-            labels.append(matcher.group(1))
-    if not name and "__name__" not in labels:
-        raise ValueError(f"metric spec {text!r} has no metric name")
+    parse_spec(text)
     return text
 
 

@@ -6,10 +6,10 @@ The pure part (this package's public surface) turns a ``/metrics`` page into
 
 from __future__ import annotations
 
+from picker.metricspec import MetricSpec, parse_spec
 from picker.scrape.detect import detect_engine
 from picker.scrape.engines import BUILTIN_ENGINES, DEFAULT_ENGINE, EngineSpec, engine_specs
 from picker.scrape.extract import Extractor
-from picker.scrape.spec import MetricSpec, parse_spec
 
 __all__ = [
     "BUILTIN_ENGINES",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from picker.scrape.spec import MetricSpec, is_label_name, parse_spec
+from picker.metricspec import MetricSpec, is_label_name, parse_spec
 
 # Wrong *types* in a config document raise ValueError too (the TRY004 noqa's below): pydantic turns
 # only ValueError into a validation error, and configuration is where these functions are called.

@@ -49,6 +49,8 @@ class _Target:
     use_filter: bool = True
     unfiltered_fields: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: ``scheme://address/path`` for this endpoint, rebuilt when the endpoint changes
+    base_url: str = ""
 
 
 class Scraper:
@@ -94,6 +96,12 @@ class Scraper:
             raise ValueError(f"default engine {default_engine!r} has no metric spec")
         self._extractors = {name: Extractor(spec) for name, spec in engines.items()}
         self._default_engine = default_engine
+        # The ``name[]`` filter per engine, built once: the URL of a scrape is then two concatenations.
+        self._filters = {
+            name: "?" + "&".join("name[]=" + quote(n, safe="") for n in x.wanted_families())
+            for name, x in self._extractors.items()
+            if name in FILTERING_ENGINES
+        }
 
     # ------------------------------------------------------------------------------------- lifecycle
     async def run(self) -> None:
@@ -125,9 +133,10 @@ class Scraper:
                 del self._targets[name]
             elif ep != target.endpoint:
                 target.endpoint = ep
+                target.base_url = self._base_url(ep)
         for name, ep in wanted.items():
             if name not in self._targets:
-                target = _Target(ep)
+                target = _Target(ep, base_url=self._base_url(ep))
                 target.task = asyncio.create_task(self._loop(target), name=f"scrape:{name}")
                 self._targets[name] = target
 
@@ -149,12 +158,15 @@ class Scraper:
         engine = target.endpoint.engine or (st.detected_engine if st is not None else None)
         return engine if engine in self._extractors else None
 
+    def _base_url(self, endpoint: Endpoint) -> str:
+        return f"{self._scheme}://{endpoint.metrics_address}{self._path}"
+
     def _url(self, target: _Target, engine: str | None) -> str:
-        base = f"{self._scheme}://{target.endpoint.metrics_address}{self._path}"
-        if engine in FILTERING_ENGINES and target.use_filter and target.ever_ok:
-            names = self._extractors[engine].wanted_families()
-            return base + "?" + "&".join("name[]=" + quote(n, safe="") for n in names)
-        return base
+        if engine is not None and target.use_filter and target.ever_ok:
+            query = self._filters.get(engine)
+            if query is not None:
+                return (target.base_url or self._base_url(target.endpoint)) + query
+        return target.base_url or self._base_url(target.endpoint)
 
     async def scrape_once(self, target: _Target) -> None:
         name = target.endpoint.name

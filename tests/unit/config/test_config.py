@@ -223,7 +223,10 @@ def test_parser_defaults() -> None:
         load("plugins: [{type: queue-scorer}, {type: passthrough-parser}]\n").parser == "passthrough-parser"
     )
     # a reference to a parser type without a plugins[] entry (auto-instantiated in the reference)
-    assert load("parser: {pluginRef: vllmgrpc-parser}\n").parser == "vllmgrpc-parser"
+    assert load("parser: {pluginRef: passthrough-parser}\n").parser == "passthrough-parser"
+    # known to the reference, not served here: a clear error instead of a silent fallback
+    with pytest.raises(ConfigError, match="vllmgrpc-parser is not supported"):
+        load("parser: {pluginRef: vllmgrpc-parser}\n")
     assert load("plugins: [{name: p, type: passthrough-parser}]\nparser: {pluginRef: p}\n").parser == (
         "passthrough-parser"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from picker.scrape.spec import MetricSpec, parse_spec
+from picker.metricspec import MetricSpec, parse_spec
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,397 @@
+"""A lean keep-alive HTTP/1.1 GET client for ``/metrics`` pages, on asyncio protocols.
+
+Why not aiohttp for plain http: the scraper fetches every endpoint every 50 ms (5,120 GETs/s for 256
+endpoints). aiohttp's client builds a request object, a response object, a stream reader, a timer and
+several tasks' worth of callbacks per GET; ``benchmarks/bench_scrape.py`` measures both (see
+``benchmarks/RESULTS.md``). This client keeps per connection one prebuilt request per URL and a small
+parser fed straight from ``data_received``: one write and one future per GET.
+
+What it implements, and no more: ``GET`` over HTTP/1.1 with keep-alive (at most ``max_idle_per_host``
+idle connections per ``host:port`` are kept), responses delimited by ``Content-Length``, chunked transfer
+coding or connection close; ``Content-Encoding: gzip``/``deflate`` decoding (we ask for ``identity``; some
+servers compress anyway); a page-size cap applied while reading; one timeout covering connect, send and
+the whole response. Redirects are not followed (a 3xx is a failed scrape, as with the aiohttp fetcher).
+A GET on a reused connection that the server had already closed is retried once on a new connection
+(GET is idempotent; the race is a normal part of keep-alive).
+
+``https://`` URLs go to :class:`picker.scrape.client.AiohttpFetcher` (created on first use): TLS
+scraping is rare in pools and not worth a second TLS stack here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import urlsplit
+
+from picker.scrape.client import AiohttpFetcher, ScrapeError
+
+__all__ = ["LeanFetcher"]
+
+_MAX_HEAD: Final = 64 * 1024
+_MAX_URL_CACHE: Final = 8192
+
+
+class _StaleConnectionError(Exception):
+    """A reused keep-alive connection was closed by the server before any byte of the response."""
+
+
+class _Response:
+    __slots__ = ("body", "keep_alive", "status")
+
+    def __init__(self, status: int, body: bytes, keep_alive: bool) -> None:
+        self.status = status
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection; at most one request in flight. Parses the response as bytes arrive."""
+
+    def __init__(self, key: tuple[str, int], max_body: int, on_lost: Callable[[_Connection], None]) -> None:
+        self.key = key
+        self._max_body = max_body
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self._waiter: asyncio.Future[_Response] | None = None
+        self._buf = bytearray()
+        self._got_bytes = False
+        # response state
+        self._status = 0
+        self._keep_alive = True
+        self._length = -1  # Content-Length, -1 = unknown
+        self._chunked = False
+        self._encoding = b""
+        self._head_done = False
+        self._body_start = 0
+        self._chunks: list[bytes] = []
+        self._chunk_total = 0
+
+    # ----------------------------------------------------------------------------------- asyncio protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # create_connection gives a Transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._on_lost(self)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._head_done and self._length < 0 and not self._chunked:
+            # a close-delimited body ends here
+            self._finish(bytes(self._buf[self._body_start :]), keep_alive=False)
+            return
+        if not self._got_bytes and self.reused:
+            waiter.set_exception(_StaleConnectionError())
+            return
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "connection closed by the server"
+        waiter.set_exception(ScrapeError(f"connection lost before the response ended ({reason})"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            # bytes nobody asked for: the connection is out of sync, never reuse it
+            self._abort()
+            return
+        self._got_bytes = True
+        self._buf += data
+        try:
+            self._parse()
+        except ScrapeError as exc:
+            self._fail(exc)
+
+    # ----------------------------------------------------------------------------------- request
+    def request(self, raw: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[_Response]:
+        waiter: asyncio.Future[_Response] = loop.create_future()
+        self._waiter = waiter
+        self._buf.clear()
+        self._got_bytes = False
+        self._head_done = False
+        self._length = -1
+        self._chunked = False
+        self._encoding = b""
+        self._chunks = []
+        self._chunk_total = 0
+        assert self.transport is not None
+        self.transport.write(raw)
+        return waiter
+
+    def close(self) -> None:
+        self._abort()
+
+    # ----------------------------------------------------------------------------------- parsing
+    def _parse(self) -> None:
+        buf = self._buf
+        if not self._head_done:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    raise ScrapeError("malformed response: header section too large")
+                return
+            self._parse_head(bytes(buf[:end]))
+            self._head_done = True
+            self._body_start = end + 4
+        if self._chunked:
+            self._parse_chunks()
+            return
+        if self._length >= 0:
+            if len(buf) - self._body_start >= self._length:
+                start = self._body_start
+                self._finish(bytes(buf[start : start + self._length]), keep_alive=self._keep_alive)
+            return
+        if len(buf) - self._body_start > self._max_body:
+            raise ScrapeError(f"page larger than {self._max_body} bytes")
+
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ScrapeError("malformed response: bad status line")
+        self._status = int(parts[1])
+        keep_alive = parts[0] == b"HTTP/1.1"
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise ScrapeError("malformed response: bad header line")
+            key = name.strip().lower()
+            if key == b"content-length":
+                text = value.strip()
+                if not text.isdigit():
+                    raise ScrapeError("malformed response: bad Content-Length")
+                self._length = int(text)
+                if self._length > self._max_body:
+                    raise ScrapeError(f"page too large ({self._length} bytes)")
+            elif key == b"transfer-encoding":
+                self._chunked = b"chunked" in value.lower()
+            elif key == b"connection":
+                token = value.strip().lower()
+                if token == b"close":
+                    keep_alive = False
+                elif token == b"keep-alive":
+                    keep_alive = True
+            elif key == b"content-encoding":
+                self._encoding = value.strip().lower()
+        if self._chunked:
+            self._length = -1
+        if self._status in (204, 304) or 100 <= self._status < 200:
+            self._length = 0
+        self._keep_alive = keep_alive
+
+    def _parse_chunks(self) -> None:
+        buf = self._buf
+        at = self._body_start
+        while True:
+            line_end = buf.find(b"\r\n", at)
+            if line_end < 0:
+                break
+            size_text = bytes(buf[at:line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise ScrapeError("malformed response: bad chunk size") from None
+            if size == 0:
+                # last chunk; trailers (rare) end with an empty line
+                trailer_end = buf.find(b"\r\n\r\n", line_end)
+                if buf[line_end : line_end + 4] == b"\r\n\r\n" or trailer_end >= 0:
+                    self._finish(b"".join(self._chunks), keep_alive=self._keep_alive)
+                    return
+                break
+            data_start = line_end + 2
+            if len(buf) < data_start + size + 2:
+                break
+            self._chunk_total += size
+            if self._chunk_total > self._max_body:
+                raise ScrapeError(f"page larger than {self._max_body} bytes")
+            self._chunks.append(bytes(buf[data_start : data_start + size]))
+            at = data_start + size + 2
+        # drop what was consumed so a long chunked body is not rescanned from the start
+        if at > self._body_start:
+            del buf[self._body_start : at]
+
+    # ----------------------------------------------------------------------------------- outcome
+    def _finish(self, body: bytes, *, keep_alive: bool) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        self._buf.clear()
+        if self._encoding in (b"gzip", b"x-gzip", b"deflate"):
+            try:
+                body = _decompress(body, self._encoding, self._max_body)
+            except ScrapeError as exc:
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(exc)
+                self._abort()
+                return
+        if not keep_alive:
+            self._abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(_Response(self._status, body, keep_alive))
+
+    def _fail(self, exc: ScrapeError) -> None:
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if encoding != b"deflate" else zlib.MAX_WBITS
+    try:
+        d = zlib.decompressobj(wbits)
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ScrapeError(f"bad {encoding.decode()} body: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise ScrapeError(f"page larger than {limit} bytes")
+    return out
+
+
+class _Target:
+    """A parsed http URL: where to connect and the request bytes to send."""
+
+    __slots__ = ("host", "key", "port", "raw")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ScrapeError(f"unsupported URL {url!r}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise ScrapeError(f"bad port in URL {url!r}") from None
+        self.host = parts.hostname
+        self.port = port
+        self.key = (self.host, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port is not None:
+            host_header += f":{port}"
+        self.raw = (
+            f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nAccept: text/plain\r\n"
+            "Accept-Encoding: identity\r\n\r\n"
+        ).encode("latin-1")
+
+
+class LeanFetcher:
+    """:class:`picker.scrape.client.MetricsFetcher` over keep-alive HTTP/1.1 connections.
+
+    ``max_page_bytes`` caps a page (decoded); ``insecure_skip_verify`` applies to the https fallback;
+    ``max_idle_per_host`` bounds the idle connections kept per ``host:port`` (the scraper has one request
+    in flight per endpoint, so one is used; the reference keeps two).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_page_bytes: int = 8 << 20,
+        insecure_skip_verify: bool = True,
+        max_idle_per_host: int = 2,
+    ) -> None:
+        self._max = max_page_bytes
+        self._insecure = insecure_skip_verify
+        self._max_idle = max_idle_per_host
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+        self._targets: dict[str, _Target] = {}
+        self._https: AiohttpFetcher | None = None
+        self._closed = False
+
+    async def fetch(self, url: str, *, timeout_s: float) -> bytes:
+        """The page at ``url``; raises :class:`ScrapeError` (message safe to log) on any failure."""
+        if url.startswith("https://"):
+            if self._https is None:
+                self._https = AiohttpFetcher(max_page_bytes=self._max, insecure_skip_verify=self._insecure)
+            return await self._https.fetch(url, timeout_s=timeout_s)
+        target = self._targets.get(url)
+        if target is None:
+            target = _Target(url)
+            if len(self._targets) >= _MAX_URL_CACHE:
+                self._targets.clear()
+            self._targets[url] = target
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._get(target)
+        except TimeoutError as exc:
+            raise ScrapeError(f"timeout after {timeout_s:g}s") from exc
+        if response.status != 200:
+            raise ScrapeError(f"HTTP {response.status}")
+        return response.body
+
+    async def _get(self, target: _Target) -> _Response:
+        conn = self._take_idle(target.key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, target)
+            except _StaleConnectionError:
+                pass  # the server closed it while idle: one retry on a new connection
+        conn = await self._connect(target)
+        try:
+            return await self._exchange(conn, target)
+        except _StaleConnectionError as exc:  # pragma: no cover - a new connection is never "reused"
+            raise ScrapeError("connection closed by the server") from exc
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def _connect(self, target: _Target) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _Connection(target.key, self._max, self._forget), target.host, target.port
+            )
+        except OSError as exc:
+            raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
+        return conn
+
+    async def _exchange(self, conn: _Connection, target: _Target) -> _Response:
+        self._busy.add(conn)
+        try:
+            response = await conn.request(target.raw, asyncio.get_running_loop())
+        except BaseException:
+            # cancelled (timeout), failed or stale: the connection's state is unknown, never reuse it
+            conn.close()
+            raise
+        finally:
+            self._busy.discard(conn)
+        if response.keep_alive and not conn.closed and not self._closed:
+            idle = self._idle.setdefault(target.key, [])
+            if len(idle) < self._max_idle:
+                idle.append(conn)
+            else:
+                conn.close()
+        return response
+
+    def _forget(self, conn: _Connection) -> None:
+        """A connection closed (either side): drop it from the pool."""
+        self._busy.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+
+    async def close(self) -> None:
+        """Close every connection (idle and in use) and the https fallback."""
+        self._closed = True
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn.close()
+        self._idle.clear()
+        for conn in list(self._busy):
+            conn.close()
+        self._busy.clear()
+        if self._https is not None:
+            await self._https.close()
+            self._https = None
