@@ -361,7 +361,7 @@ def test_service_plugins_are_exposed() -> None:
         ),
         (
             HEADER + EXTRACTOR.format("[{name: t, kvUsageSpec: 'a{b!=c}'}]"),
-            "only '=' label matchers",
+            "matcher '!=' on label 'b' is not supported, only '='",
         ),
         (
             HEADER + EXTRACTOR.format("[{name: t}, {name: t}]"),
