@@ -62,7 +62,10 @@ class _QuietServer(uvicorn.Server):
 def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
     """The config at start: ``--config-file``, ``--config-text`` or the built-in default."""
     if settings.config_file:
-        text = Path(settings.config_file).read_text(encoding="utf-8")
+        try:
+            text = Path(settings.config_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # a startup error with a clear line, not a traceback
+            raise ConfigError(f"cannot read config file {settings.config_file}: {exc}") from exc
         return load_config_text(text), text, f"file:{settings.config_file}"
     if settings.config_text:
         return load_config_text(settings.config_text), settings.config_text, "flag:--config-text"
@@ -124,7 +127,7 @@ class Service:
             self.datastore,
             registry=registry or CollectorRegistry(),
             pool_name=lambda: self.datastore.pool.name if self.datastore.pool else "",
-            staleness_s=settings.metrics_staleness_threshold,
+            staleness_s=config.staleness_threshold or settings.metrics_staleness_threshold,
             build_ref=os.environ.get("PICKER_BUILD_REF", ""),
             commit=os.environ.get("PICKER_COMMIT", ""),
         )
@@ -185,7 +188,7 @@ class Service:
             router=self.director,
             config=self.config_store,
             ready=self.ready,
-            staleness_s=settings.metrics_staleness_threshold,
+            staleness_s=lambda: self.telemetry.staleness_s,
         )
         self._admin_sock: socket.socket | None = None
         self.admin_server = _QuietServer(
@@ -237,6 +240,7 @@ class Service:
         if result.result != "applied":
             return
         cfg = active.config
+        self.telemetry.staleness_s = cfg.staleness_threshold or self.settings.metrics_staleness_threshold
         try:
             self.scraper.set_engines(engine_specs_for(cfg), cfg.metrics_extractor.default_engine)
         except ValueError as exc:  # validated at load; a mismatch here is a bug worth a loud line
@@ -272,9 +276,14 @@ class Service:
             pool_group=s.pool_group,
             endpoint_selector=s.endpoint_selector or None,
             target_ports=s.endpoint_target_ports,
+            standalone_name=s.standalone_name,
+            metrics_port=s.model_server_metrics_port or None,
             configmap=s.config_configmap or None,
             configmap_key=s.config_configmap_key,
             leader_election=s.ha_enable_leader_election,
+            lease_duration=s.leader_lease_duration,
+            renew_deadline=s.leader_renew_deadline,
+            retry_period=s.leader_retry_period,
         )
 
     # --------------------------------------------------------------------------------------- run

@@ -491,12 +491,15 @@ class PickerSettingsDocument(_Model):
     model_rewrites: tuple[ModelRewriteConfig, ...] = ()
     request: RequestConfig = RequestConfig()
     #: seconds (or a duration such as 2s): endpoints with older metrics are left out of the pool gauges
-    #: and ``inference_pool_ready_pods`` (reference ``--metrics-staleness-threshold``, default 2s)
-    staleness_threshold: float = 2.0
+    #: and ``inference_pool_ready_pods``. Unset → the ``--metrics-staleness-threshold`` flag (default 2s);
+    #: set here, it overrides the flag and follows reloads.
+    staleness_threshold: float | None = None
 
     @field_validator("staleness_threshold", mode="before")
     @classmethod
-    def _duration(cls, v: object) -> float:
+    def _duration(cls, v: object) -> float | None:
+        if v is None:
+            return None
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise ValueError(f"must be a duration such as 2s, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
         seconds = parse_duration(v)
@@ -566,7 +569,8 @@ class PickerConfig(_Model):
         return self.settings.request.max_body_bytes
 
     @property
-    def staleness_threshold(self) -> float:
+    def staleness_threshold(self) -> float | None:
+        """The document's pool-gauge staleness threshold, or None to use the process flag."""
         return self.settings.staleness_threshold
 
     def plugin_specs(self) -> tuple[list[PluginSpec], list[ProfileSpec], str | None]:
@@ -599,7 +603,9 @@ def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[
         "endpointPickerConfig": cfg.endpoint_picker.model_dump(by_alias=True, mode="json", exclude_none=True),
         "pickerConfig": {
             **cfg.settings.model_dump(by_alias=True, mode="json"),
-            "stalenessThreshold": format_duration(cfg.staleness_threshold),
+            "stalenessThreshold": (
+                format_duration(cfg.staleness_threshold) if cfg.staleness_threshold is not None else None
+            ),
         },
         "effective": {
             "scheduler": cfg.build_scheduler(registry).describe(),

@@ -42,6 +42,18 @@ class ExplainRequest(BaseModel):
     subset: list[str] | None = None
 
 
+def _plain(value: Any) -> Any:
+    """A decision record as JSON-ready data. ``dataclasses.asdict`` cannot be used: the record's mappings
+    are read-only ``MappingProxyType`` views, which it tries (and fails) to deep-copy."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _orjson(data: Any, status: int = 200) -> Response:
     return Response(
         orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -57,7 +69,7 @@ def build_admin_app(
     router: Router,
     config: ConfigStore,
     ready: Callable[[], bool],
-    staleness_s: float,
+    staleness_s: Callable[[], float],
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -79,6 +91,7 @@ def build_admin_app(
     def endpoints() -> Response:
         m = datastore.snapshot()
         now = clock()
+        threshold = staleness_s()
         out = []
         for i, name in enumerate(m.names):
             st = datastore.status(name)
@@ -100,7 +113,7 @@ def build_admin_app(
                     "block_size": _num(row.block_size),
                     "num_blocks": _num(row.num_blocks),
                     "metrics_age_s": _num(age),
-                    "stale": not age <= staleness_s,
+                    "stale": not age <= threshold,
                     "dispatched_since_scrape": row.dispatched,
                     "inflight": row.inflight,
                     "last_error": st.last_error if st else None,
@@ -146,7 +159,7 @@ def build_admin_app(
                 },
                 status=200,
             )
-        record = dataclasses.asdict(decision.decision) if decision.decision is not None else None
+        record = _plain(decision.decision) if decision.decision is not None else None
         return _orjson(
             {
                 "endpoints": list(decision.endpoints),

@@ -108,7 +108,7 @@ def test_no_configuration_is_the_default() -> None:
         assert dict(cfg.build_scheduler().weights) == dict(DEFAULT_WEIGHTS)
         assert cfg.parser == "openai-parser"
         assert cfg.max_body_bytes == 16 * 2**20
-        assert cfg.staleness_threshold == 2.0
+        assert cfg.staleness_threshold is None  # the process flag decides
         assert not cfg.flow_control_requested
 
 
