@@ -5,75 +5,58 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+
+from picker.state.datastore import Datastore
+from picker.state.endpoints import Endpoint, PoolInfo
+from picker.state.metrics import EndpointMetrics
+from picker.telemetry import Telemetry
 
 Doc = dict[str, Any]
 
-#: The metrics the EPP exports: the reference EPP's legacy names (gie-epp.md section 4) and their types.
-#: To be replaced by the names registered in picker.telemetry once every one of them is implemented.
-EXPORTED: dict[str, str] = {
-    "inference_objective_request_total": "counter",
-    "inference_objective_request_error_total": "counter",
-    "inference_objective_request_duration_seconds": "histogram",
-    "inference_objective_normalized_time_per_output_token_seconds": "histogram",
-    "inference_objective_request_sizes": "histogram",
-    "inference_objective_response_sizes": "histogram",
-    "inference_objective_input_tokens": "histogram",
-    "inference_objective_output_tokens": "histogram",
-    "inference_objective_prompt_cached_tokens": "histogram",
-    "inference_objective_running_requests": "gauge",
-    "inference_objective_request_ttft_seconds": "histogram",
-    "inference_objective_request_tpot_seconds": "histogram",
-    "inference_objective_request_predicted_ttft_seconds": "histogram",
-    "inference_objective_request_predicted_tpot_seconds": "histogram",
-    "inference_objective_request_ttft_prediction_duration_seconds": "histogram",
-    "inference_objective_request_tpot_prediction_duration_seconds": "histogram",
-    "inference_objective_request_slo_violation_total": "counter",
-    "inference_objective_inference_request_metric": "gauge",
-    "inference_pool_average_kv_cache_utilization": "gauge",
-    "inference_pool_average_queue_size": "gauge",
-    "inference_pool_average_running_requests": "gauge",
-    "inference_pool_ready_pods": "gauge",
-    "inference_pool_per_pod_queue_size": "gauge",
-    "inference_extension_info": "gauge",
-    "inference_extension_scheduler_e2e_duration_seconds": "histogram",
-    "inference_extension_scheduler_attempts_total": "counter",
-    "inference_extension_plugin_duration_seconds": "histogram",
-    "inference_extension_prefix_indexer_size": "gauge",
-    "inference_extension_prefix_indexer_hit_ratio": "histogram",
-    "inference_extension_prefix_indexer_hit_bytes": "histogram",
-    "inference_extension_model_rewrite_decisions_total": "counter",
-    "inference_extension_flow_control_request_queue_duration_seconds": "histogram",
-    "inference_extension_flow_control_request_enqueue_duration_seconds": "histogram",
-    "inference_extension_flow_control_dispatch_cycle_duration_seconds": "histogram",
-    "inference_extension_flow_control_queue_size": "gauge",
-    "inference_extension_flow_control_queue_bytes": "gauge",
-    "inference_extension_flow_control_pool_saturation": "gauge",
-}
-#: picker's own metrics all carry this prefix.
-OWN_PREFIX = "picker_"
+
+@dataclass(frozen=True)
+class _Decision:
+    incoming_model: str = "m"
+    target_model: str = "m-lora"
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class _Usage:
+    prompt_tokens: int = 9
+    completion_tokens: int = 4
+    cached_tokens: int = 2
 
 
 def _series_names() -> set[str]:
-    """Names as they appear in the exposition (and so in PromQL)."""
-    out: set[str] = set()
-    for name, kind in EXPORTED.items():
-        if kind == "histogram":
-            out |= {f"{name}_bucket", f"{name}_sum", f"{name}_count", f"{name}_created"}
-        elif kind == "counter":
-            out |= {name, name.removesuffix("_total") + "_created"}
-        else:
-            out.add(name)
-    return out
+    """Series names as our /metrics exposes them (and so as PromQL sees them), read from
+    ``picker.telemetry.Telemetry`` after one request of every kind has been observed."""
+    datastore = Datastore()
+    datastore.set_pool(PoolInfo(name="pool", namespace="default"))
+    datastore.replace_endpoints([Endpoint(name="pod-0-rank-0", ip="10.0.0.1", port=8000)])
+    datastore.record_scrape("pod-0-rank-0", EndpointMetrics(waiting=1.0, running=2.0, kv_usage=0.5))
+    telemetry = Telemetry(datastore, registry=CollectorRegistry(), pool_name="pool")
+    decision = _Decision()
+    telemetry.routed(decision, 128)
+    telemetry.scheduled(0.001)
+    telemetry.rewrite_decision("rewrite", "m", "m-lora")
+    telemetry.response_complete(decision, latency_s=0.5, response_bytes=64, usage=_Usage(), status_ok=False)
+    telemetry.stream_closed(decision)
+    telemetry.failed("BadRequest", "", "")
+    telemetry.scrape_observed(0.01, ok=False)
+    return {s.name for family in telemetry.registry.collect() for s in family.samples}
 
 
 SERIES = _series_names()
 
 
 def _unknown(names: set[str]) -> set[str]:
-    return {n for n in names if n not in SERIES and not n.startswith(OWN_PREFIX)}
+    return {n for n in names if n not in SERIES}
 
 
 PROM_DURATION = re.compile(
@@ -123,6 +106,7 @@ def test_unknown_metric_is_caught(promql_names: Callable[[str], set[str]]) -> No
         "inference_pool_requests_total"
     }
     assert _unknown(promql_names("picker_config_reload_total + inference_pool_ready_pods")) == set()
+    assert _unknown(promql_names("picker_no_such_metric_total")) == {"picker_no_such_metric_total"}
 
 
 # ------------------------------------------------------------------------------------------ ServiceMonitor
