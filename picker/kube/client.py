@@ -30,6 +30,12 @@ from picker.errors import PickerError
 #: (connect, read) seconds for ordinary requests; watches pass their own read (inactivity) timeout
 DEFAULT_REQUEST_TIMEOUT = (5.0, 30.0)
 
+#: The API classes the package uses, loaded now. ``kubernetes.client`` imports each class lazily on first
+#: attribute access, and ``CoreV1Api`` alone takes about half a second (seconds on a busy node) to
+#: import. Left lazy, that import would happen on the event loop when the first pod watch starts, e.g.
+#: on a leader takeover, stalling health checks and ext_proc streams for that long.
+API_CLASSES = (k8s_client.CoreV1Api, k8s_client.CustomObjectsApi, k8s_client.CoordinationV1Api)
+
 JsonObj = dict[str, Any]
 
 
