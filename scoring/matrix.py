@@ -16,11 +16,20 @@ Units and conventions (all columns are ``float64`` of length N unless noted):
   snapshots (single writer, one event loop), so it is the only one that is not read-only.
 * ``inflight`` — streams currently open through us to the endpoint (released when a stream ends, for any
   reason). Used by the ``least-in-flight`` baseline and for display; mutated in place like ``dispatched``.
+* ``prefill_tokens`` — estimated prompt tokens of the streaming requests we routed to the endpoint whose
+  first response byte has not come back yet: the prefill work queued or running there, in tokens, as far
+  as our own traffic goes. Mutated in place by the owner; see :class:`LoadCharge` for exactly when.
+* ``inflight_tokens`` — estimated prompt tokens of the streams open through us to the endpoint (released
+  when the stream ends): the prompt part of the KV footprint we put there. Mutated in place like ``inflight``.
 * LoRA: ``lora_vocab`` maps adapter name → column of the boolean ``lora_active`` / ``lora_waiting``
   matrices (N x A), so "is adapter X active on each endpoint" is one column gather.
   ``lora_count`` = |active| + |waiting| per endpoint, ``max_lora`` = the server's ``max_lora`` (NaN unknown).
 * ``block_size`` / ``num_blocks`` — KV-cache geometry (tokens per block, blocks), NaN unknown.
 * ``engine`` — int8 code into ``engine_names``.
+
+The four owner-maintained columns (``dispatched``, ``inflight``, ``prefill_tokens``, ``inflight_tokens``)
+are never NaN; they default to zeros, so a matrix built without them (an older caller) scores as if we had
+routed nothing yet.
 
 Missing gauges are NaN. Scorers impute them neutrally (see each scorer's docstring) so an endpoint with a
 missing family is neither rewarded nor punished; the staleness filter and the saturation detector look at
@@ -29,6 +38,7 @@ missing family is neither rewarded nor punished; the staleness filter and the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,6 +46,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from scoring.types import PickRequest
 
 F64 = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -77,12 +89,86 @@ class EndpointRow:
     scraped_at: float = NEVER
     dispatched: float = 0.0
     inflight: float = 0.0
+    prefill_tokens: float = 0.0
+    inflight_tokens: float = 0.0
     lora_active: tuple[str, ...] = ()
     lora_waiting: tuple[str, ...] = ()
     max_lora: float = float("nan")
     block_size: float = float("nan")
     num_blocks: float = float("nan")
     engine: str | None = None
+
+
+#: Upper clamp of one request's prompt-token estimate: far above any context window, low enough that sums of
+#: millions of them stay exact in float64 (integers below 2**53), so adding and later subtracting the same
+#: charge always returns a column to exactly where it was.
+MAX_CHARGE_TOKENS = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class LoadCharge:
+    """What one routed request adds to the owner-maintained columns of its primary endpoint, and when it
+    gives it back. The service (datastore + ext_proc) and the fleet simulator both follow this, so the
+    columns a scorer reads mean the same thing in both.
+
+    ``tokens`` is the request's prompt-size estimate (``PickRequest.prompt_tokens_estimate``: the parser's
+    ``prompt_chars // 4``) clipped to ``[0, MAX_CHARGE_TOKENS]``, non-finite → 0, rounded down to an
+    integer. ``prefill`` is ``tokens`` when the response streams (``PickRequest.stream``) and 0 when it
+    does not. Both are computed ONCE at pick time and remembered with the request, so that what is
+    subtracted later is bit-for-bit what was added.
+
+    ==========================================  ============  ==========  ================  =================
+    event (for the primary endpoint ``i``)      dispatched    inflight    prefill_tokens    inflight_tokens
+    ==========================================  ============  ==========  ================  =================
+    the request is routed to ``i``              ``+ 1``       ``+ 1``     ``+ prefill``     ``+ tokens``
+    a scrape of ``i`` lands                     ``- mark``    —           —                 —
+    first response body byte from ``i``         —             —           ``- prefill``     —
+    the stream ends (any reason)                —             ``- 1``     ``- prefill`` (1) ``- tokens``
+    ==========================================  ============  ==========  ================  =================
+
+    (1) only if the first-byte release has not happened: ``prefill`` is released exactly once, at
+    whichever of "first response body byte" and "stream end" comes first. So a request that fails, is
+    aborted by the client, is rejected with an error status, or is never answered, releases its tokens at
+    stream end; nothing can leak.
+
+    Why the first response *body* byte: for a streaming (SSE) response the engine sends the first chunk
+    when the first token is sampled, i.e. when the prompt's prefill is done; response headers are not a
+    usable signal because a streaming server may send them before the prefill.
+
+    Why a non-streaming request charges no prefill: its first body byte arrives with the whole answer, so
+    the proxy never sees its prefill end. Counting it until completion would make every endpoint serving
+    non-streaming requests look busy with prefill work that finished long ago, and with a mix of both
+    kinds that error is larger than the signal: in the fleet simulator (Azure trace, 20-80 % of requests
+    streaming, loads 0.5-0.9) "count until the end" left our profile's p99 TTFT up to 22 % worse than the
+    reference profile's, while "do not count" kept it between 3 % worse and 13 % better
+    (``benchmarks/results/quality-tuning.md``). The request still counts in ``inflight_tokens`` and,
+    through the scraped gauges, in the queue scorers.
+
+    ``dispatched`` and its scrape mark are documented in ``scoring/README.md`` ("Load estimate"). A
+    request whose primary endpoint leaves the pool is dropped with the endpoint's row.
+    """
+
+    tokens: float
+    prefill: float
+
+    @classmethod
+    def of(cls, prompt_tokens_estimate: float, *, stream: bool = True) -> LoadCharge:
+        """The charge of a request with this prompt-size estimate (clipped, integer, see above)."""
+        t = float(prompt_tokens_estimate)
+        tokens = float(math.floor(min(t, float(MAX_CHARGE_TOKENS)))) if math.isfinite(t) and t > 0.0 else 0.0
+        return cls(tokens, tokens if stream else 0.0)
+
+    @classmethod
+    def for_request(cls, req: PickRequest) -> LoadCharge:
+        """The charge of a scheduled request (its estimate and whether it streams)."""
+        return cls.of(req.prompt_tokens_estimate, stream=req.stream)
+
+    def add(self, m: EndpointMatrix, i: int) -> None:
+        """Routed to row ``i``: the pick-time increments of all four columns (simulator, tests, batch)."""
+        m.dispatched[i] += 1.0
+        m.inflight[i] += 1.0
+        m.prefill_tokens[i] += self.prefill
+        m.inflight_tokens[i] += self.tokens
 
 
 def _ro(a: NDArray[Any]) -> NDArray[Any]:
@@ -92,7 +178,7 @@ def _ro(a: NDArray[Any]) -> NDArray[Any]:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class EndpointMatrix:
-    """An immutable snapshot of the pool (except the two load-accounting columns, see module doc)."""
+    """An immutable snapshot of the pool (except the four load-accounting columns, see module doc)."""
 
     names: tuple[str, ...]
     addresses: tuple[str, ...]
@@ -113,9 +199,19 @@ class EndpointMatrix:
     num_blocks: F64
     engine: NDArray[np.int8]
     engine_names: tuple[str, ...] = ENGINE_NAMES
+    #: owner-maintained token columns (see module doc); omitted by a caller → zeros of the right length
+    prefill_tokens: F64 = field(default_factory=lambda: _UNSET)
+    inflight_tokens: F64 = field(default_factory=lambda: _UNSET)
     _address_index: dict[str, int] = field(default_factory=dict, repr=False)
     #: ip → rows with that ip (several with data-parallel ranks); built on first use, see ``rows_of_ip``
     _ip_index: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # callers that predate the token columns build matrices field by field without them
+        n = len(self.names)
+        for name in ("prefill_tokens", "inflight_tokens"):
+            if getattr(self, name) is _UNSET:
+                object.__setattr__(self, name, np.zeros(n))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -152,6 +248,8 @@ class EndpointMatrix:
             scraped_at=col("scraped_at"),
             dispatched=np.fromiter((r.dispatched for r in rows), dtype=np.float64, count=n),
             inflight=np.fromiter((r.inflight for r in rows), dtype=np.float64, count=n),
+            prefill_tokens=np.fromiter((r.prefill_tokens for r in rows), dtype=np.float64, count=n),
+            inflight_tokens=np.fromiter((r.inflight_tokens for r in rows), dtype=np.float64, count=n),
             lora_vocab=MappingProxyType(vocab),
             lora_active=_ro(active),
             lora_waiting=_ro(waiting_lora),
@@ -205,6 +303,8 @@ class EndpointMatrix:
             scraped_at=float(self.scraped_at[i]),
             dispatched=float(self.dispatched[i]),
             inflight=float(self.inflight[i]),
+            prefill_tokens=float(self.prefill_tokens[i]),
+            inflight_tokens=float(self.inflight_tokens[i]),
             lora_active=tuple(inv[int(j)] for j in np.flatnonzero(self.lora_active[i])),
             lora_waiting=tuple(inv[int(j)] for j in np.flatnonzero(self.lora_waiting[i])),
             max_lora=float(self.max_lora[i]),
@@ -216,9 +316,32 @@ class EndpointMatrix:
     def rows(self) -> list[EndpointRow]:
         return [self.row(i) for i in range(len(self))]
 
-    def with_load(self, dispatched: F64, inflight: F64 | None = None) -> EndpointMatrix:
-        """Same snapshot with other load-accounting arrays (batch picks work on copies)."""
-        return _replace(self, dispatched=dispatched, inflight=self.inflight if inflight is None else inflight)
+    def with_load(
+        self,
+        dispatched: F64,
+        inflight: F64 | None = None,
+        *,
+        prefill_tokens: F64 | None = None,
+        inflight_tokens: F64 | None = None,
+    ) -> EndpointMatrix:
+        """Same snapshot with other load-accounting arrays (batch picks work on copies); a column not
+        given is shared with this matrix."""
+        return _replace(
+            self,
+            dispatched=dispatched,
+            inflight=self.inflight if inflight is None else inflight,
+            prefill_tokens=self.prefill_tokens if prefill_tokens is None else prefill_tokens,
+            inflight_tokens=self.inflight_tokens if inflight_tokens is None else inflight_tokens,
+        )
+
+    def with_load_copies(self) -> EndpointMatrix:
+        """Same snapshot with private copies of all four load-accounting columns (what a batch charges)."""
+        return self.with_load(
+            self.dispatched.copy(),
+            self.inflight.copy(),
+            prefill_tokens=self.prefill_tokens.copy(),
+            inflight_tokens=self.inflight_tokens.copy(),
+        )
 
     def take(self, indices: Sequence[int] | NDArray[np.intp]) -> EndpointMatrix:
         """A sub-matrix of the given rows, in the given order (tests: permutation invariance)."""
@@ -236,6 +359,8 @@ class EndpointMatrix:
             scraped_at=_ro(self.scraped_at[idx]),
             dispatched=self.dispatched[idx].copy(),
             inflight=self.inflight[idx].copy(),
+            prefill_tokens=self.prefill_tokens[idx].copy(),
+            inflight_tokens=self.inflight_tokens[idx].copy(),
             lora_vocab=self.lora_vocab,
             lora_active=_ro(self.lora_active[idx]),
             lora_waiting=_ro(self.lora_waiting[idx]),
@@ -247,6 +372,11 @@ class EndpointMatrix:
             engine_names=self.engine_names,
             _address_index={a: i for i, a in enumerate(addresses)},
         )
+
+
+#: Sentinel default of the token columns; replaced by zeros in ``__post_init__`` (never seen outside).
+_UNSET: F64 = np.zeros(0)
+_UNSET.flags.writeable = False
 
 
 def _replace(m: EndpointMatrix, **changes: Any) -> EndpointMatrix:

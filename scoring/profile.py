@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from scoring.errors import ConfigurationError, NoEndpointsAvailable
-from scoring.matrix import F64, EndpointMatrix
+from scoring.matrix import F64, EndpointMatrix, LoadCharge
 from scoring.plugin import Dependence, Filter, Picker, Plugin, SaturationDetector, Scorer, View
 from scoring.scorers.load import LoadTrack, MinMaxLoadScorer, weighted_min_max
 from scoring.types import Decision, FilterRecord, PickRequest, PickResult, ScorerRecord
@@ -92,7 +92,8 @@ class Scheduler:
     Thread-compatible: the only state it changes is a cache of the last snapshot's prepared scores (one
     entry for the whole pool, one for a subset), each replaced as a whole, so concurrent picks at worst
     prepare the same state twice.
-    It never mutates the matrix; the caller adds 1 to ``m.dispatched[primary]`` after routing.
+    It never mutates the matrix; after routing, the caller charges the primary endpoint
+    (``scoring.matrix.LoadCharge``: ``dispatched`` + 1, the token columns + the prompt estimate).
     """
 
     def __init__(
@@ -232,30 +233,40 @@ class Scheduler:
         rng: np.random.Generator,
         candidates: NDArray[np.bool_] | None = None,
     ) -> list[PickResult]:
-        """Pick for K requests as if one by one, each followed by ``dispatched[primary] += 1``.
+        """Pick for K requests as if one by one, each followed by the owner's accounting of the pick
+        (``LoadCharge.for_request(req).add(m, primary)``: ``dispatched`` and ``inflight`` + 1,
+        ``inflight_tokens`` + the request's prompt-token estimate, ``prefill_tokens`` + the same if it
+        streams).
 
-        Works on a copy of ``m.dispatched`` (``m`` is not modified) and returns exactly what K sequential
-        :meth:`schedule` calls with the same ``rng`` would. When the profile has no request-dependent
-        filter and only min-max load scorers, filters and snapshot terms run once, request terms once per
-        distinct request key, and after each pick only the chosen endpoint's load terms are updated (the
-        whole column only when the pick moves a min or max); otherwise it falls back to sequential picks.
+        Works on copies of the accounting columns (``m`` is not modified) and returns exactly what K
+        sequential :meth:`schedule` calls with the same ``rng`` would. When the profile has no
+        request-dependent filter and only min-max load scorers, filters and snapshot terms run once, request
+        terms once per distinct request key, and after each pick only the chosen endpoint's load terms are
+        updated (the whole column only when the pick moves a min or max); otherwise it falls back to
+        sequential picks.
         """
         if not reqs:
             return []
-        dispatched = np.array(m.dispatched, dtype=np.float64, copy=True)
-        mm = m.with_load(dispatched)
+        mm = m.with_load_copies()
         if not self._batchable:
             results = []
             for req in reqs:
                 result = self.schedule(mm, req, now=now, rng=rng, candidates=candidates)
-                dispatched[result.indices[0]] += 1.0
+                LoadCharge.for_request(req).add(mm, result.indices[0])
                 results.append(result)
             return results
 
         v = self._run_filters(self._candidates(mm, candidates), reqs[0], now, None)
         prepared = self._prepared(mm, v)
-        view_dispatched = v.take(dispatched)
-        tracks = [LoadTrack(prepared.states[i], view_dispatched, w) for i, w in self._load_terms]
+        view_dispatched = v.take(mm.dispatched)
+        scorers = [self.scorers[i].scorer for i, _ in self._load_terms]
+        min_max = [s for s in scorers if isinstance(s, MinMaxLoadScorer)]
+        tracks = [
+            LoadTrack(prepared.states[i], scorer.accounted(v, view_dispatched), w, scorer.floor)
+            for (i, w), scorer in zip(self._load_terms, min_max, strict=True)
+        ]
+        # the full accounting column each track reads (mm's private copies, charged after every pick)
+        columns: list[F64] = [getattr(mm, scorer.accounting) for scorer in min_max]
         totals = _KeyedTotals(v.n, self._sum_tracks(tracks))
         rows = v.rows
         results = []
@@ -265,9 +276,10 @@ class Scheduler:
             positions = self.picker.pick(totals.get(key, static), rng)
             indices = tuple(positions) if rows is None else tuple(int(rows[p]) for p in positions)
             results.append(PickResult(indices))
-            dispatched[indices[0]] += 1.0
+            primary = indices[0]
+            LoadCharge.for_request(req).add(mm, primary)
             if tracks:
-                self._bump(tracks, totals, positions[0], float(dispatched[indices[0]]))
+                self._bump(tracks, totals, positions[0], [float(c[primary]) for c in columns])
         return results
 
     @staticmethod
@@ -278,11 +290,14 @@ class Scheduler:
             return scorers[0].request_key(req)
         return tuple(s.request_key(req) for s in scorers)
 
-    def _bump(self, tracks: Sequence[LoadTrack], totals: _KeyedTotals, position: int, count: float) -> None:
-        """After a pick at ``position`` (its dispatched count is now ``count``): update the load terms."""
+    def _bump(
+        self, tracks: Sequence[LoadTrack], totals: _KeyedTotals, position: int, values: Sequence[float]
+    ) -> None:
+        """After a pick at ``position`` (each track's accounting value there is now ``values[k]``): update
+        the load terms."""
         recomputed = False
-        for track in tracks:
-            recomputed = track.bump(position, count) or recomputed
+        for track, value in zip(tracks, values, strict=True):
+            recomputed = track.bump(position, value) or recomputed
         if recomputed:
             totals.replace_dynamic(self._sum_tracks(tracks))
             return
@@ -404,7 +419,9 @@ class Scheduler:
         for i, weight in self._load_terms:
             scorer = self.scorers[i].scorer
             if isinstance(scorer, MinMaxLoadScorer):
-                term = weighted_min_max(prepared.states[i] + dispatched, weight)
+                term = weighted_min_max(
+                    prepared.states[i] + scorer.accounted(v, dispatched), weight, scorer.floor
+                )
             else:
                 term = np.multiply(scorer.score(v, prepared.states[i], req, dispatched), weight)
             # every term is a new array owned here, so accumulating in place is safe

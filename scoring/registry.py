@@ -33,9 +33,11 @@ from scoring.scorers import (
     GpuUtilizationScorer,
     KvCacheUtilizationScorer,
     LoraAffinityScorer,
+    PrefillQueueScorer,
     PrefixCacheScorer,
     QueueScorer,
     RunningRequestsScorer,
+    TokenLoadScorer,
 )
 
 
@@ -169,6 +171,8 @@ def default_registry() -> Registry:
     r.register(GpuUtilizationScorer.type_name, GpuUtilizationScorer, Kind.SCORER)
     r.register(LoraAffinityScorer.type_name, LoraAffinityScorer, Kind.SCORER)
     r.register(PrefixCacheScorer.type_name, PrefixCacheScorer, Kind.SCORER)
+    r.register(PrefillQueueScorer.type_name, PrefillQueueScorer, Kind.SCORER)
+    r.register(TokenLoadScorer.type_name, TokenLoadScorer, Kind.SCORER)
     r.register(MaxScorePicker.type_name, MaxScorePicker, Kind.PICKER)
     r.register(RandomPicker.type_name, RandomPicker, Kind.PICKER)
     r.register(WeightedRandomPicker.type_name, WeightedRandomPicker, Kind.PICKER)
@@ -203,9 +207,6 @@ def default_registry() -> Registry:
     r.register_unsupported("predicted-latency-producer", latency)
     r.register_unsupported("slo-headroom-tier-filter", latency)
     r.register_unsupported("latency-slo-admitter", latency)
-    r.register_unsupported(
-        "token-load-scorer", "needs per-endpoint in-flight token accounting; use running-requests-size-scorer"
-    )
     r.register_unsupported(
         "prefix-cache-affinity-filter", "needs the prefix-cache index, which is not implemented yet"
     )
@@ -406,21 +407,22 @@ def reference_default_specs() -> tuple[list[PluginSpec], list[ProfileSpec]]:
     return plugins, [profile]
 
 
-#: Our default profile's weights; why each is what it is: ``scoring/README.md``, "Our default profile".
+#: Our default profile's weights; why each is what it is: ``scoring/README.md``, "Our default profile"
+#: (tuned with the fleet simulator on three traces at loads 0.5-1.0: benchmarks/results/quality-tuning.md).
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
     {
-        "queue-scorer": 2.0,
-        "running-requests-size-scorer": 1.0,
+        "prefill-queue-scorer": 2.0,
+        "queue-scorer": 1.0,
         "kv-cache-utilization-scorer": 2.0,
-        "lora-affinity-scorer": 1.0,
+        "lora-affinity-scorer": 2.0,
         "gpu-utilization-scorer": 0.5,
     }
 )
 
 
 def default_specs() -> tuple[list[PluginSpec], list[ProfileSpec]]:
-    """Our default configuration: the reference's load signals plus running requests, LoRA affinity and
-    GPU utilization, all with the dispatched-load estimate, and a max-score picker."""
+    """Our default configuration: pending prefill tokens, the queue with the dispatched-load estimate, KV
+    usage, LoRA affinity and GPU utilization, with a max-score picker (every plugin at its defaults)."""
     plugins = [PluginSpec(t, t) for t in DEFAULT_WEIGHTS]
     plugins.append(PluginSpec("max-score-picker", "max-score-picker"))
     refs: list[tuple[str, float | None]] = list(DEFAULT_WEIGHTS.items())

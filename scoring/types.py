@@ -17,6 +17,9 @@ class PickRequest:
     uses it). ``headers`` carries only the few headers plugins read (e.g. ``test-epp-endpoint-selection``
     for the conformance filter); the service passes lowercase keys. ``prefix_hashes`` is the chained
     block-hash list of the prompt for prefix-cache scoring (empty until that scorer exists).
+    ``prompt_tokens_estimate`` is the prompt's size in tokens as far as the parser can tell (characters / 4)
+    and ``stream`` whether the client asked for a streamed response; together they decide the request's
+    load charge (``scoring.matrix.LoadCharge``).
     """
 
     target_model: str = ""
@@ -26,6 +29,8 @@ class PickRequest:
     headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     prefix_hashes: tuple[int, ...] = ()
     prompt_tokens_estimate: int = 0
+    #: the response streams (SSE), so its first body byte marks the end of prefill; default True
+    stream: bool = True
 
 
 @dataclass(frozen=True, slots=True)

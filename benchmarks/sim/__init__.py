@@ -5,9 +5,12 @@ Public surface (everything else is internal):
 * :mod:`~benchmarks.sim.traces` — :class:`Workload` and the trace loaders;
 * :mod:`~benchmarks.sim.profiles` — named, cited :class:`ServerProfile` s;
 * :mod:`~benchmarks.sim.server` — :class:`SimServer`, one vLLM-like engine;
-* :mod:`~benchmarks.sim.fleet` — :func:`simulate` (a pool + a policy) and :func:`server_capacity_rps`;
+* :mod:`~benchmarks.sim.fleet` — :func:`simulate` (a pool + a policy, with the service's load accounting,
+  ``scoring.matrix.LoadCharge``) and :func:`server_capacity_rps`;
 * :mod:`~benchmarks.sim.policies` — baselines and the real ``scoring`` schedulers;
-* :mod:`~benchmarks.sim.metrics` / :mod:`~benchmarks.sim.report` — figures, tables, plots.
+* :mod:`~benchmarks.sim.metrics` / :mod:`~benchmarks.sim.report` — figures, tables, plots;
+* :mod:`~benchmarks.sim.tuning` — the multi-seed, multi-trace comparison behind the default profile
+  (``python -m benchmarks.sim.tuning``).
 """
 
 from benchmarks.sim.fleet import FleetConfig, SimResult, server_capacity_rps, simulate

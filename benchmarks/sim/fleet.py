@@ -10,11 +10,20 @@ The picker's view is maintained exactly as the service will maintain it:
   dispatched to it since the previous scrape; when it *completes* (``t + scrape_latency_s``) the gauges are
   published, ``scraped_at`` is set, and ``dispatched`` drops by the remembered count (those requests are now
   inside the scraped gauges; newer ones are not);
-* a pick adds 1 to ``dispatched`` and ``inflight`` of the chosen row; a finished request subtracts 1 from
-  ``inflight``.
+* a pick charges the chosen row exactly as the service does (:class:`scoring.matrix.LoadCharge`):
+  ``dispatched`` and ``inflight`` + 1, ``inflight_tokens`` + the request's prompt-token *estimate*, and
+  ``prefill_tokens`` + the same for a streaming request (a non-streaming one charges none: its first body
+  byte is its end); the first token of a stream (its first body byte) releases the ``prefill_tokens``
+  charge; the end of the response releases ``inflight`` and ``inflight_tokens``. Servers record these
+  instants as they compute the steps that produce them; the loop applies each one only once simulated time
+  has passed it, so the picker never learns anything before a proxy could.
 
-Scrape results are published as a new matrix snapshot (new arrays for the scraped columns, the same
-``dispatched`` / ``inflight`` arrays), built lazily at the next pick so a burst of scrapes costs one build.
+The estimate is what the service can know: the prompt's length in characters / 4, not its token count. The
+simulator has only token counts, so it draws ``estimate = round(tokens x exp(sigma x Z))``, Z standard normal,
+``sigma = FleetConfig.prompt_estimate_sigma`` (same draws for every policy of a comparison).
+
+Scrape results are published as a new matrix snapshot (new arrays for the scraped columns, the same four
+accounting arrays), built lazily at the next pick so a burst of scrapes costs one build.
 """
 
 from __future__ import annotations
@@ -31,9 +40,9 @@ from numpy.typing import NDArray
 
 from benchmarks.sim.policies import Policy
 from benchmarks.sim.profiles import ServerProfile
-from benchmarks.sim.server import RequestTable, SimServer, Snapshot
+from benchmarks.sim.server import FIRST_TOKEN, RequestTable, SimServer, Snapshot
 from benchmarks.sim.traces import Workload
-from scoring.matrix import EndpointMatrix, EndpointRow
+from scoring.matrix import EndpointMatrix, EndpointRow, LoadCharge
 from scoring.types import PickRequest
 
 F64 = NDArray[np.float64]
@@ -49,6 +58,17 @@ class FleetConfig:
     scrape_latency_s: float = 0.002  # time from the poll starting to its values being published
     prefix_cache: bool = True
     seed: int = 0
+    #: log-normal spread of the picker's prompt-token estimate around the true count. An assumption, not a
+    #: measurement: chars/4 is a rule of thumb for English text with GPT-style BPE vocabularies, and the
+    #: ratio moves with language, code and markup; 0.25 puts two thirds of the estimates within about
+    #: ±25 % of the truth. 0 = exact counts.
+    prompt_estimate_sigma: float = 0.25
+    #: fraction of requests that stream (SSE); the others charge no prefill tokens (``LoadCharge``)
+    streaming_fraction: float = 1.0
+    #: what-if, not the service's rule: "until-end" charges a non-streaming request's prompt to
+    #: ``prefill_tokens`` as well and releases it when the response ends (the alternative ``LoadCharge``
+    #: rejects; kept to measure why). "none" is the service's rule.
+    nonstreaming_prefill: str = "none"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -77,8 +97,9 @@ class FleetView:
 
     Scrape results are written into private working columns; :meth:`current` publishes them as a new
     matrix whose scraped columns are fresh array objects (the scheduler caches per-snapshot work keyed on
-    the identity of those columns, exactly as it will in the service) while ``dispatched`` and ``inflight``
-    stay the same mutable arrays across snapshots. Several scrapes between two picks cost one publication.
+    the identity of those columns, exactly as it will in the service) while the four accounting columns
+    (``dispatched``, ``inflight``, ``prefill_tokens``, ``inflight_tokens``) stay the same mutable arrays
+    across snapshots. Several scrapes between two picks cost one publication.
     """
 
     def __init__(self, n: int, profile: ServerProfile, adapter_names: tuple[str, ...]) -> None:
@@ -104,6 +125,8 @@ class FleetView:
         self.lora_count = np.zeros(n)
         self.dispatched = np.zeros(n)
         self.inflight = np.zeros(n)
+        self.prefill_tokens = np.zeros(n)
+        self.inflight_tokens = np.zeros(n)
         self._vocab = MappingProxyType({name: j for j, name in enumerate(adapter_names)})
         self._dirty = True
         self._matrix = self._build()
@@ -117,6 +140,8 @@ class FleetView:
             scraped_at=self.scraped_at.copy(),
             dispatched=self.dispatched,
             inflight=self.inflight,
+            prefill_tokens=self.prefill_tokens,
+            inflight_tokens=self.inflight_tokens,
             lora_vocab=self._vocab,
             lora_active=self.lora_active.copy(),
             lora_waiting=self.lora_waiting.copy(),
@@ -145,7 +170,25 @@ class FleetView:
         self._dirty = True
 
 
-def _requests(workload: Workload, model: str) -> list[PickRequest]:
+def prompt_estimates(workload: Workload, cfg: FleetConfig) -> NDArray[np.int64]:
+    """The picker's prompt-token estimate per request (see the module docstring); seeded by ``cfg.seed``."""
+    tokens = workload.prompt_tokens.astype(np.float64)
+    if cfg.prompt_estimate_sigma <= 0:
+        return workload.prompt_tokens.astype(np.int64)
+    noise = np.random.default_rng([cfg.seed, 2]).standard_normal(len(workload))
+    return np.maximum(1, np.rint(tokens * np.exp(cfg.prompt_estimate_sigma * noise))).astype(np.int64)
+
+
+def streaming_flags(workload: Workload, cfg: FleetConfig) -> NDArray[np.bool_]:
+    """Which requests stream (the rest are non-streaming); seeded by ``cfg.seed``."""
+    if cfg.streaming_fraction >= 1.0:
+        return np.ones(len(workload), dtype=np.bool_)
+    return np.random.default_rng([cfg.seed, 3]).random(len(workload)) < cfg.streaming_fraction
+
+
+def _requests(
+    workload: Workload, model: str, estimates: NDArray[np.int64], streaming: NDArray[np.bool_]
+) -> list[PickRequest]:
     names = workload.adapter_names
     out: list[PickRequest] = []
     for k in range(len(workload)):
@@ -157,7 +200,8 @@ def _requests(workload: Workload, model: str) -> list[PickRequest]:
                 incoming_model=target,
                 request_id=str(k),
                 prefix_hashes=workload.units[k],
-                prompt_tokens_estimate=int(workload.prompt_tokens[k]),
+                prompt_tokens_estimate=int(estimates[k]),
+                stream=bool(streaming[k]),
             )
         )
     return out
@@ -175,17 +219,14 @@ def simulate(
     n = cfg.n_servers
     workload = workload.clipped(cfg.profile.context_limit)
     table = RequestTable(workload)
-    finished = np.zeros(n)
-    servers = [
-        SimServer(i, cfg.profile, table, prefix_cache=cfg.prefix_cache, finished=finished) for i in range(n)
-    ]
+    servers = [SimServer(i, cfg.profile, table, prefix_cache=cfg.prefix_cache) for i in range(n)]
     view = FleetView(n, cfg.profile, workload.adapter_names)
     dispatched = view.dispatched
-    inflight = view.inflight
-    routed = np.zeros(n)
     rng = np.random.default_rng(cfg.seed)
     phase_rng = np.random.default_rng([cfg.seed, 1])
-    requests = _requests(workload, cfg.profile.model)
+    streaming = streaming_flags(workload, cfg)
+    requests = _requests(workload, cfg.profile.model, prompt_estimates(workload, cfg), streaming)
+    ledger = _Ledger(view.current(), table, streaming, until_end=cfg.nonstreaming_prefill == "until-end")
     arrivals = table.arrival
     n_req = table.n
     last_arrival = arrivals[-1] if n_req else 0.0
@@ -193,24 +234,24 @@ def simulate(
     latency = cfg.scrape_latency_s
     # (time, kind, server): kind 0 = a poll starts, 1 = it completes. Start one interval before t=0 so the
     # picker has a first page for every server when traffic begins (an EPP that has been running a while).
-    events: list[tuple[float, int, int]] = [
+    scrapes: list[tuple[float, int, int]] = [
         (float(ph) - interval, 0, i) for i, ph in enumerate(phase_rng.uniform(0.0, interval, size=n))
     ]
-    heapq.heapify(events)
+    heapq.heapify(scrapes)
     pending: dict[int, tuple[Snapshot, float]] = {}
     picks_s = 0.0
     k = 0
     report_every = max(1, n_req // 100)
     while k < n_req:
         ta = arrivals[k]
-        if events and events[0][0] < ta:
-            t, kind, i = heapq.heappop(events)
+        if scrapes and scrapes[0][0] < ta:
+            t, kind, i = heapq.heappop(scrapes)
             if kind == 0:
                 servers[i].advance(t)
                 pending[i] = (servers[i].snapshot(), float(dispatched[i]))
-                heapq.heappush(events, (t + latency, 1, i))
+                heapq.heappush(scrapes, (t + latency, 1, i))
                 if t + interval <= last_arrival:
-                    heapq.heappush(events, (t + interval, 0, i))
+                    heapq.heappush(scrapes, (t + interval, 0, i))
             else:
                 snap, seen = pending.pop(i)
                 view.publish(i, snap, t)
@@ -219,13 +260,12 @@ def simulate(
         for srv in servers:
             if srv.busy_until <= ta and (srv.running or srv.n_waiting):
                 srv.advance(ta)
-        np.subtract(routed, finished, out=inflight)
+        ledger.observe(ta)
         p0 = time.perf_counter()
-        i = policy.pick(view.current(), requests[k], ta, rng)
+        req = requests[k]
+        i = policy.pick(view.current(), req, ta, rng)
         picks_s += time.perf_counter() - p0
-        dispatched[i] += 1.0
-        inflight[i] += 1.0
-        routed[i] += 1.0
+        ledger.charge(k, i, req)
         servers[i].enqueue(k, ta)
         k += 1
         if on_progress is not None and k % report_every == 0:
@@ -251,6 +291,56 @@ def simulate(
         wall_s=time.perf_counter() - wall0,
         picks_s=picks_s,
     )
+
+
+class _Ledger:
+    """The service's load accounting (``scoring.matrix.LoadCharge``) driven by what a proxy observes.
+
+    ``m`` is any snapshot of the fleet view (all share the four accounting arrays). Requests are charged
+    at their pick (a non-streaming one charges no prefill tokens); :meth:`observe` applies the first-token
+    and end-of-response events the servers have recorded up to a time, in time order, releasing each
+    charge exactly as the service will: ``prefill_tokens`` at a stream's first token (or its end if no
+    token came), ``inflight`` and ``inflight_tokens`` at the end.
+    """
+
+    __slots__ = ("_charges", "_events", "_m", "_pending", "_server", "_streaming", "_until_end")
+
+    def __init__(
+        self, m: EndpointMatrix, table: RequestTable, streaming: NDArray[np.bool_], *, until_end: bool = False
+    ) -> None:
+        self._m = m
+        self._until_end = until_end
+        self._events = table.events
+        self._server = table.server
+        self._streaming: list[bool] = streaming.tolist()
+        self._charges: list[LoadCharge] = []
+        self._pending = [False] * table.n
+
+    def charge(self, r: int, i: int, req: PickRequest) -> None:
+        """Request ``r`` (the next in arrival order) was routed to row ``i``."""
+        charge = LoadCharge.for_request(req)
+        if self._until_end and not req.stream:
+            charge = LoadCharge(charge.tokens, charge.tokens)  # the what-if rule (FleetConfig)
+        charge.add(self._m, i)
+        self._charges.append(charge)
+        self._pending[r] = True
+
+    def observe(self, until: float) -> None:
+        """Apply every recorded event at or before ``until``."""
+        events = self._events
+        m = self._m
+        while events and events[0][0] <= until:
+            _, kind, r = heapq.heappop(events)
+            if kind == FIRST_TOKEN and not self._streaming[r]:
+                continue  # a non-streaming response shows nothing before its end
+            i = self._server[r]
+            charge = self._charges[r]
+            if self._pending[r]:
+                self._pending[r] = False
+                m.prefill_tokens[i] -= charge.prefill
+            if kind != FIRST_TOKEN:
+                m.inflight[i] -= 1.0
+                m.inflight_tokens[i] -= charge.tokens
 
 
 def server_capacity_rps(
@@ -282,5 +372,5 @@ def server_capacity_rps(
         srv.enqueue(r, 0.0)
     srv.advance(float("inf"))
     done = np.sort(np.asarray(table.finish))
-    lo, hi = done[int(0.1 * (n - 1))], done[int(0.9 * (n - 1))]
+    lo, hi = float(done[int(0.1 * (n - 1))]), float(done[int(0.9 * (n - 1))])
     return (int(0.9 * (n - 1)) - int(0.1 * (n - 1))) / (hi - lo)

@@ -46,6 +46,9 @@ from benchmarks.sim.traces import Workload
 
 _NAN = float("nan")
 _BASE = -1  # adapter index of the base model
+#: kinds of :attr:`RequestTable.events` (first token sorts before the finish of the same instant)
+FIRST_TOKEN = 0
+FINISHED = 1
 
 
 class RequestTable:
@@ -78,6 +81,12 @@ class RequestTable:
         self.s_join: list[int] = [0] * n  # step index of the request's first decode step
         self.epoch: list[int] = [0] * n  # invalidates heap entries of preempted requests
         self.key: list[float] = [0.0] * n  # waiting-queue order (arrival; preempted: negative)
+        # what a proxy in front of the servers can observe, as a heap of (time, kind, request): kind
+        # FIRST_TOKEN when the first token leaves the engine (a streaming response's first body byte),
+        # kind FINISHED when the response ends. A server pushes an event when it computes the step that
+        # produces it, which may be before the event's time; the fleet pops events as simulated time
+        # passes them, so its picker never learns anything early.
+        self.events: list[tuple[float, int, int]] = []
 
 
 class PrefixCache:
@@ -265,6 +274,7 @@ class SimServer:
             self.prefill_completions += 1
             if t.first_token[r] != t.first_token[r]:  # NaN: the first token of this request
                 t.first_token[r] = end
+                heapq.heappush(t.events, (end, FIRST_TOKEN, r))
             if t.gen[r] >= t.output[r]:
                 self._finish(r, end, t.kv_len[r])
             else:
@@ -424,6 +434,7 @@ class SimServer:
     def _finish(self, r: int, now: float, kv_tokens: int) -> None:
         self._release(r, kv_tokens)
         self.t.finish[r] = now
+        heapq.heappush(self.t.events, (now, FINISHED, r))
         self.completed += 1
         self.finished[self.index] += 1
 

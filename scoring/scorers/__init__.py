@@ -1,10 +1,12 @@
-"""Scorers by family: load (queue, running), utilization (KV cache, GPU), affinity (LoRA, prefix).
+"""Scorers by family: load (queue, running), token load (prefill queue, in-flight tokens), utilization (KV
+cache, GPU), affinity (LoRA, prefix).
 
 Formulas and inputs of every scorer: ``README.md`` next to this file.
 """
 
 from scoring.scorers.affinity import LoraAffinityScorer, PrefixCacheScorer
 from scoring.scorers.load import MinMaxLoadScorer, QueueScorer, RunningRequestsScorer
+from scoring.scorers.tokens import PrefillQueueScorer, TokenLoadScorer
 from scoring.scorers.utilization import GpuUtilizationScorer, KvCacheUtilizationScorer
 
 __all__ = [
@@ -12,7 +14,9 @@ __all__ = [
     "KvCacheUtilizationScorer",
     "LoraAffinityScorer",
     "MinMaxLoadScorer",
+    "PrefillQueueScorer",
     "PrefixCacheScorer",
     "QueueScorer",
     "RunningRequestsScorer",
+    "TokenLoadScorer",
 ]

@@ -22,20 +22,26 @@ from scoring.types import PickRequest
 MAX_LOAD = 1e12
 
 
-def weighted_min_max(load: F64, weight: float) -> F64:
-    """``weight * (max - load) / (max - min)`` over the array, ``weight`` everywhere when all are equal.
+def weighted_min_max(load: F64, weight: float, floor: float = 0.0) -> F64:
+    """``weight * (top - load) / (top - min)`` with ``top = max(max, min + floor)``; ``weight`` everywhere
+    when ``top == min`` (all equal, no floor).
+
+    With ``floor = 0`` (the reference's queue and running scorers) ``top`` is the maximum: plain min-max, the
+    best endpoint scores 1 and the worst 0 however small their difference. A positive ``floor`` says "a
+    spread smaller than this is not worth the whole score range": loads within ``floor`` of the minimum
+    score ``1 - (load - min) / floor``, and the scale becomes min-max once the spread exceeds ``floor``.
 
     Overwrites ``load`` and returns it. This one function defines the arithmetic of the load scorers for
     the single pick and the batch, so both produce bit-identical totals; the batch's incremental update
     (:meth:`LoadTrack.bump`) repeats exactly these operations for one element.
     With weight 1 (the raw score) the result lies in [0, 1] by construction, no clamp needed: ``load`` ≥
-    min so ``max - load`` ≤ ``max - min`` after rounding too, because float subtraction is monotonic.
-    Other weights multiply by ``weight / (max - min)`` (one operation fewer on the hot path; the term
+    min so ``top - load`` ≤ ``top - min`` after rounding too, because float subtraction is monotonic.
+    Other weights multiply by ``weight / (top - min)`` (one operation fewer on the hot path; the term
     may exceed ``weight`` by one rounding step, which no total can notice) unless that factor overflows
     (a subnormal range), in which case it divides first.
     """
     lo = float(load.min())
-    hi = float(load.max())
+    hi = _top(float(load.max()), lo, floor)
     if hi > lo:
         np.subtract(hi, load, out=load)
         scale = _scale(weight, hi, lo)
@@ -50,8 +56,13 @@ def weighted_min_max(load: F64, weight: float) -> F64:
     return load
 
 
+def _top(hi: float, lo: float, floor: float) -> float:
+    """The value that scores 0: the maximum, or ``min + floor`` when that is higher (floor 0: the maximum)."""
+    return max(hi, lo + floor) if floor > 0.0 else hi
+
+
 def _scale(weight: float, hi: float, lo: float) -> float | None:
-    """The factor applied to ``max - load`` in one multiplication, or None to divide by the range."""
+    """The factor applied to ``top - load`` in one multiplication, or None to divide by the range."""
     if weight == 1.0:
         return None
     scale = weight / (hi - lo)
@@ -59,7 +70,8 @@ def _scale(weight: float, hi: float, lo: float) -> float | None:
 
 
 def _one(weight: float, hi: float, lo: float, load: float) -> float:
-    """:func:`weighted_min_max` for one element (``hi > lo``), with the same operations in the same order."""
+    """:func:`weighted_min_max` for one element (``hi`` = top > lo), with the same operations in the same
+    order."""
     scale = _scale(weight, hi, lo)
     if scale is None:
         value = (hi - load) / (hi - lo)
@@ -85,18 +97,43 @@ class MinMaxLoadScorer(Scorer[F64]):
 
     category: ClassVar[Category] = Category.DISTRIBUTION
     dependence: ClassVar[Dependence] = Dependence.LOAD
-    #: matrix column holding the scraped gauge
+    #: matrix column holding the scraped gauge; "" = none (the load is the accounting column alone)
     column: ClassVar[str] = ""
+    #: owner-maintained matrix column added to the gauge (``scoring.matrix.LoadCharge`` says when it
+    #: moves); the scheduler's batch replays :meth:`charge` onto a copy of it after every pick
+    accounting: ClassVar[str] = "dispatched"
+    #: spread of L below which the scores do not use the whole [0, 1] range (see ``weighted_min_max``);
+    #: 0 for the reference's scorers
+    floor: float = 0.0
 
     def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         params = Params(name, self.type_name, parameters, ())
         super().__init__(name, params.effective)
 
     def prepare(self, v: View, /) -> F64:
+        if not self.column:
+            out = np.zeros(v.n)
+            out.flags.writeable = False
+            return out
         return impute(v.take(getattr(v.m, self.column)), lo=0.0, hi=MAX_LOAD, fallback=0.0)
 
-    def score(self, _v: View, state: F64, _req: PickRequest, dispatched: F64, /) -> F64:
-        return weighted_min_max(state + dispatched, 1.0)
+    def accounted(self, v: View, dispatched: F64, /) -> F64:
+        """The view's slice of :attr:`accounting` (``dispatched`` is already that slice for its column).
+
+        Not clipped: like ``dispatched``, the accounting columns are finite and ≥ 0 by construction (the
+        owner adds and subtracts the same integers), and min-max keeps any finite load in [0, 1].
+        """
+        if self.accounting == "dispatched":
+            return dispatched
+        column: F64 = getattr(v.m, self.accounting)
+        return v.take(column)
+
+    def charge(self, _req: PickRequest, /) -> float:
+        """What routing ``req`` adds to :attr:`accounting` on its primary endpoint (one request)."""
+        return 1.0
+
+    def score(self, v: View, state: F64, _req: PickRequest, dispatched: F64, /) -> F64:
+        return weighted_min_max(state + self.accounted(v, dispatched), 1.0, self.floor)
 
 
 class QueueScorer(MinMaxLoadScorer):
@@ -126,33 +163,38 @@ class RunningRequestsScorer(MinMaxLoadScorer):
 class LoadTrack:
     """One load scorer's contribution during a batch, updated in O(1) when a pick leaves min/max alone.
 
-    After a pick only the chosen endpoint's ``dispatched`` grows by one, so only its load changes. Unless
-    that raises the maximum (the endpoint becomes the most loaded) or lifts the minimum (it was the last
-    endpoint at the minimum), every other endpoint's score is unchanged and one element is recomputed with
-    the same operations, in the same order, as :func:`weighted_min_max`. Otherwise the whole column is
-    recomputed by that function. Loads only grow during a batch, so counting the endpoints at the minimum
-    is enough to know when it moves.
+    After a pick only the chosen endpoint's accounting value grows (``dispatched`` by one,
+    ``prefill_tokens`` by the request's prompt estimate; see :attr:`MinMaxLoadScorer.accounting`), so only
+    its load changes. Unless that raises the maximum (the endpoint becomes the most loaded) or lifts the
+    minimum (it was the last endpoint at the minimum), every other endpoint's score is unchanged and one
+    element is recomputed with the same operations, in the same order, as :func:`weighted_min_max`.
+    Otherwise the whole column is recomputed by that function. Loads only grow during a batch, so counting
+    the endpoints at the minimum is enough to know when it moves.
     """
 
-    __slots__ = ("at_min", "base", "contribution", "hi", "lo", "load", "weight")
+    __slots__ = ("at_min", "base", "contribution", "floor", "hi", "lo", "load", "top", "weight")
 
-    def __init__(self, base: F64, dispatched: F64, weight: float) -> None:
+    def __init__(self, base: F64, dispatched: F64, weight: float, floor: float = 0.0) -> None:
         self.base = base
         self.weight = weight
+        self.floor = floor
         self.load = base + dispatched
         self.lo = 0.0
         self.hi = 0.0
+        self.top = 0.0
         self.at_min = 0
         self.contribution = self._recompute()
 
     def _recompute(self) -> F64:
         self.lo = float(self.load.min())
         self.hi = float(self.load.max())
+        self.top = _top(self.hi, self.lo, self.floor)
         self.at_min = int(np.count_nonzero(self.load == self.lo))
-        return weighted_min_max(self.load.copy(), self.weight)
+        return weighted_min_max(self.load.copy(), self.weight, self.floor)
 
     def bump(self, position: int, dispatched: float) -> bool:
-        """Set the load of ``position`` from its new dispatched count; True if the column was recomputed."""
+        """Set the load of ``position`` from its new accounting value (``dispatched`` count, or token
+        total); True if the column was recomputed."""
         old = float(self.load[position])
         new = float(self.base[position]) + dispatched
         if new == old:
@@ -166,5 +208,5 @@ class LoadTrack:
             if self.at_min == 0:
                 self.contribution = self._recompute()
                 return True
-        self.contribution[position] = _one(self.weight, self.hi, self.lo, new)
+        self.contribution[position] = _one(self.weight, self.top, self.lo, new)
         return False

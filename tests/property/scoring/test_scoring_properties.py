@@ -24,6 +24,7 @@ from scoring import (
     default_scheduler,
     reference_default_scheduler,
 )
+from scoring.matrix import LoadCharge
 
 NOW = 10.0
 ADAPTERS = ("a", "b", "c")
@@ -179,13 +180,14 @@ def test_filters_never_add_endpoints(
 )
 def test_batch_equals_sequential(m: EndpointMatrix, reqs: list[PickRequest], seed: int, profile: str) -> None:
     s = PROFILES[profile]()
-    copy = m.with_load(m.dispatched.copy())
+    copy = m.with_load_copies()
     rng = np.random.default_rng(seed)
     expected: list[tuple[int, ...]] = []
     try:
         for req in reqs:
             result = s.schedule(copy, req, now=NOW, rng=rng)
-            copy.dispatched[result.primary] += 1
+            # the owner's accounting of a pick (dispatched and inflight + 1, tokens + the estimate)
+            LoadCharge.for_request(req).add(copy, result.primary)
             expected.append(result.indices)
     except NoEndpointsAvailable:
         expected.append(())

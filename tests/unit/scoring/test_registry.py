@@ -170,7 +170,7 @@ def test_our_default_prefers_the_adapter_and_the_idle_gpu() -> None:
     ("plugins", "profiles", "detector", "message"),
     [
         ([spec("no-such-scorer")], [], None, "unknown plugin type 'no-such-scorer'"),
-        ([spec("token-load-scorer")], [], None, "not supported by this picker"),
+        ([spec("prefix-cache-affinity-filter")], [], None, "not supported by this picker"),
         ([spec("latency-scorer")], [], None, "latency predictor"),
         ([PluginSpec("x", "", {})], [], None, "type is required"),
         ([spec("queue-scorer"), spec("queue-scorer")], [], None, "duplicate plugin name 'queue-scorer'"),
@@ -278,6 +278,7 @@ def test_registry_lists_types_by_role() -> None:
     r = default_registry()
     assert set(r.types(Kind.PICKER)) == {"max-score-picker", "random-picker", "weighted-random-picker"}
     assert set(r.types(Kind.SATURATION_DETECTOR)) == {"utilization-detector", "concurrency-detector"}
-    assert "token-load-scorer" not in r.types()
-    assert "token-load-scorer" in r
+    assert "latency-scorer" not in r.types()
+    assert "latency-scorer" in r
+    assert {"prefill-queue-scorer", "token-load-scorer"} <= set(r.types(Kind.SCORER))
     assert "metrics-data-source" in r.types(Kind.SERVICE)

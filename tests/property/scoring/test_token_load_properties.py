@@ -1,0 +1,139 @@
+"""Properties of the token accounting and the token-load scorers for any token columns and prompt sizes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scoring import (
+    EndpointMatrix,
+    EndpointRow,
+    NoEndpointsAvailable,
+    PickRequest,
+    PluginSpec,
+    ProfileSpec,
+    Scheduler,
+    View,
+    build_scheduler,
+    default_scheduler,
+)
+from scoring.matrix import LoadCharge
+from scoring.scorers import PrefillQueueScorer, TokenLoadScorer
+
+NOW = 10.0
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+tokens = st.one_of(st.integers(0, 200_000).map(float), st.sampled_from([0.0, 1e9, 2.0**40]))
+gauge = st.one_of(st.floats(min_value=0, max_value=50), st.sampled_from([math.nan, math.inf, -1.0]))
+estimate = st.one_of(st.integers(-10, 130_000), st.sampled_from([0, 10**12]))
+
+
+@st.composite
+def matrices(draw: st.DrawFn, max_size: int = 12) -> EndpointMatrix:
+    n = draw(st.integers(1, max_size))
+    rows = [
+        EndpointRow(
+            name=f"e{i}",
+            address=f"10.0.0.{i}:8000",
+            waiting=draw(gauge),
+            running=draw(gauge),
+            kv_usage=draw(st.one_of(st.floats(0, 1), st.just(math.nan))),
+            scraped_at=NOW,
+            dispatched=float(draw(st.integers(0, 5))),
+            prefill_tokens=draw(tokens),
+            inflight_tokens=draw(tokens),
+        )
+        for i in range(n)
+    ]
+    return EndpointMatrix.from_rows(rows)
+
+
+requests = st.builds(
+    PickRequest, target_model=st.just("base"), prompt_tokens_estimate=estimate, stream=st.booleans()
+)
+
+
+def token_profile(min_range: float) -> Scheduler:
+    specs = [
+        PluginSpec("queue-scorer", "queue-scorer"),
+        PluginSpec("prefill-queue-scorer", "prefill-queue-scorer", {"minRangeTokens": min_range}),
+        PluginSpec("kv-cache-utilization-scorer", "kv-cache-utilization-scorer"),
+        PluginSpec("pick", "max-score-picker", {"maxNumOfEndpoints": 2}),
+    ]
+    refs: list[tuple[str, float | None]] = [
+        ("queue-scorer", 1.0),
+        ("prefill-queue-scorer", 2.5),
+        ("kv-cache-utilization-scorer", 1.0),
+        ("pick", None),
+    ]
+    return build_scheduler(specs, [ProfileSpec("p", refs)])
+
+
+def with_token_load() -> Scheduler:
+    specs = [PluginSpec("token-load-scorer", "token-load-scorer", {"queueThresholdTokens": 50_000})]
+    specs.append(PluginSpec("queue-scorer", "queue-scorer"))
+    return build_scheduler(specs, [ProfileSpec("p", [("token-load-scorer", 1.0), ("queue-scorer", 1.0)])])
+
+
+PROFILES: dict[str, Any] = {
+    "ours": default_scheduler,
+    "floored": lambda: token_profile(8192.0),
+    "min-max": lambda: token_profile(0.0),
+    "token-load": with_token_load,
+}
+
+
+@SETTINGS
+@given(m=matrices(), req=requests, floor=st.sampled_from([0.0, 1.0, 8192.0, 1e7]))
+def test_token_scorers_score_in_unit_interval(m: EndpointMatrix, req: PickRequest, floor: float) -> None:
+    v = View(m)
+    for scorer in (PrefillQueueScorer("p", {"minRangeTokens": floor}), TokenLoadScorer("t")):
+        out = scorer.score(v, scorer.prepare(v), req, m.dispatched)  # type: ignore[arg-type]
+        assert out.shape == (len(m),)
+        assert np.all((out >= 0.0) & (out <= 1.0)), out
+        if isinstance(scorer, PrefillQueueScorer):
+            assert out.max() == 1.0, "the endpoint with the least pending prefill scores 1"
+
+
+@SETTINGS
+@given(m=matrices(), data=st.data())
+def test_prefill_scores_follow_a_permutation(m: EndpointMatrix, data: st.DataObject) -> None:
+    perm = data.draw(st.permutations(range(len(m))))
+    scorer = PrefillQueueScorer("p")
+    v, pv = View(m), View(m.take(perm))
+    direct = scorer.score(v, scorer.prepare(v), PickRequest(), m.dispatched)
+    permuted = scorer.score(pv, scorer.prepare(pv), PickRequest(), pv.m.dispatched)
+    assert permuted.tolist() == direct[list(perm)].tolist()
+
+
+@SETTINGS
+@given(
+    m=matrices(max_size=16),
+    reqs=st.lists(requests, min_size=1, max_size=40),
+    seed=st.integers(0, 2**32 - 1),
+    profile=st.sampled_from(list(PROFILES)),
+)
+def test_batch_equals_sequential_with_token_charges(
+    m: EndpointMatrix, reqs: list[PickRequest], seed: int, profile: str
+) -> None:
+    s = PROFILES[profile]()
+    copy = m.with_load_copies()
+    rng = np.random.default_rng(seed)
+    expected: list[tuple[int, ...]] = []
+    try:
+        for req in reqs:
+            result = s.schedule(copy, req, now=NOW, rng=rng)
+            LoadCharge.for_request(req).add(copy, result.primary)
+            expected.append(result.indices)
+    except NoEndpointsAvailable:
+        expected.append(())
+    before = (m.dispatched.copy(), m.prefill_tokens.copy(), m.inflight_tokens.copy())
+    got = [r.indices for r in s.schedule_batch(m, reqs, now=NOW, rng=np.random.default_rng(seed))]
+    assert got == expected
+    assert m.dispatched.tolist() == before[0].tolist()
+    assert m.prefill_tokens.tolist() == before[1].tolist()
+    assert m.inflight_tokens.tolist() == before[2].tolist()
