@@ -480,7 +480,9 @@ class FakeServer:
         exchange: HttpExchange,
     ) -> None:
         exchange.start_stream(200, _SSE, (("cache-control", "no-cache"),))
-        exchange.send(stream_start(call, ident))
+        # As vLLM: headers go out at once, but the first event (chat: the role chunk) only comes with the
+        # first token, so the first body byte marks the end of prefill, as the EPP assumes.
+        prelude = stream_start(call, ident)
         sent = 0
         while True:
             produced = handle.output_tokens
@@ -488,17 +490,19 @@ class FakeServer:
                 last = produced - 1
                 finish = handle.finish_reason if handle.done else None
                 exchange.send(
-                    b"".join(
+                    prelude
+                    + b"".join(
                         stream_token(call, ident, request_no, i, finish if i == last else None)
                         for i in range(sent, produced)
                     )
                 )
+                prelude = b""
                 sent = produced
                 await exchange.drain()
             if handle.done:
                 break
             await self._wait(handle, every_token=True)
-        exchange.send(stream_end(call, ident, sent))
+        exchange.send(prelude + stream_end(call, ident, sent))
         exchange.end_stream()
 
 
