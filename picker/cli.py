@@ -3,7 +3,9 @@
 ``serve`` accepts the reference EPP's flags with the same names and defaults, in pflag style:
 ``--flag=value`` or ``--flag value``; boolean flags also accept ``--flag=false``. Reference flags we do
 not implement are accepted and reported with one warning each (a Deployment written for the reference
-EPP must start unchanged); truly unknown flags are an error.
+EPP must start unchanged); truly unknown flags are an error. Three flags of ours are hidden from
+``--help`` because the reference has no equivalent: ``--leader-lease-duration``,
+``--leader-renew-deadline`` and ``--leader-retry-period`` (durations, see :class:`picker.settings.Settings`).
 """
 
 from __future__ import annotations
@@ -92,6 +94,13 @@ def _bool_flag(
     )
 
 
+def _lease_timing_flags(g: argparse._ArgumentGroup) -> None:
+    """Lease timings: not reference flags, so kept out of ``--help`` (documented in picker.settings)."""
+    g.add_argument("--leader-lease-duration", type=_duration, default=15.0, help=argparse.SUPPRESS)
+    g.add_argument("--leader-renew-deadline", type=_duration, default=10.0, help=argparse.SUPPRESS)
+    g.add_argument("--leader-retry-period", type=_duration, default=2.0, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _bool_flag(g, "--disable-endpoint-subset-filter", False, "ignore the gateway's subset hint")
     _bool_flag(g, "--ha-enable-leader-election", False, "Lease-based leader election; readiness on leader")
+    _lease_timing_flags(g)
     g.add_argument("--kubeconfig", default="", help="kubeconfig path outside a cluster (default $KUBECONFIG)")
     g.add_argument("--config-configmap", default="", help="watch the scoring document in this ConfigMap")
     g.add_argument("--config-configmap-key", default="config.yaml", help="key in that ConfigMap")
@@ -224,6 +234,9 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "static_endpoints",
             "disable_endpoint_subset_filter",
             "ha_enable_leader_election",
+            "leader_lease_duration",
+            "leader_renew_deadline",
+            "leader_retry_period",
             "kubeconfig",
             "config_configmap",
             "config_configmap_key",
@@ -231,6 +244,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "scrape_timeout",
             "metrics_staleness_threshold",
             "scrape_concurrency",
+            "model_server_metrics_port",
             "prometheus_url",
             "gpu_query",
             "config_file",

@@ -39,6 +39,15 @@ class Settings(BaseModel):
     static_endpoints: str = ""
     disable_endpoint_subset_filter: bool = False
     ha_enable_leader_election: bool = False
+    #: Lease timings in seconds (client-go's defaults 15 s / 10 s / 2 s). Not reference flags: exposed as
+    #: hidden flags (``--leader-lease-duration``, ``--leader-renew-deadline``, ``--leader-retry-period``)
+    #: for tests and clusters that need a faster failover. A standby takes over at most ``lease_duration``
+    #: after the leader's last renewal; the leader steps down when it could not renew for
+    #: ``renew_deadline``; every replica retries every ``retry_period``. Must hold:
+    #: lease_duration > renew_deadline > 1.2 x retry_period (so two replicas never both lead).
+    leader_lease_duration: float = Field(15.0, gt=0)
+    leader_renew_deadline: float = Field(10.0, gt=0)
+    leader_retry_period: float = Field(2.0, gt=0)
     kubeconfig: str = ""
     #: watch the scoring document in this ConfigMap (pool namespace) through the API
     config_configmap: str = ""
@@ -96,6 +105,11 @@ class Settings(BaseModel):
             raise ValueError("--endpoint-target-ports takes 1 to 8 ports")
         if self.config_file and self.config_text:
             raise ValueError("--config-file and --config-text are mutually exclusive")
+        if not self.leader_lease_duration > self.leader_renew_deadline > self.leader_retry_period * 1.2:
+            raise ValueError(
+                "leader election needs --leader-lease-duration > --leader-renew-deadline > "
+                "1.2 x --leader-retry-period"
+            )
         return self
 
     @property
