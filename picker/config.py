@@ -490,6 +490,17 @@ class PickerSettingsDocument(_Model):
     #: standalone-mode rewrites (with CRDs, InferenceModelRewrite objects are watched instead)
     model_rewrites: tuple[ModelRewriteConfig, ...] = ()
     request: RequestConfig = RequestConfig()
+    #: whether the gateway is asked to skip the response phases of requests that do not need them
+    #: (ext_proc ``mode_override``; the proxy honours it only with ``allow_mode_override: true``).
+    #: ``Always`` (default): every response is processed, so every response-side metric is recorded.
+    #: ``WhenNeeded``: a request's response is skipped unless its model was rewritten (the name must be
+    #: put back), the conformance served-endpoint verifier is configured, or a request-attribute-reporter
+    #: plugin is configured (usage reporting). Skipping saves two to four gRPC messages per request (the
+    #: largest per-request cost of the EPP, see benchmarks/RESULTS.md) but loses, for skipped requests:
+    #: inference_objective_request_duration_seconds, _response_sizes, _input_tokens, _output_tokens,
+    #: _prompt_cached_tokens, _normalized_time_per_output_token_seconds and ModelServerError counts.
+    #: Request counts and sizes, in-flight accounting and scheduling metrics are unaffected.
+    response_processing: Literal["Always", "WhenNeeded"] = "Always"
     #: seconds (or a duration such as 2s): endpoints with older metrics are left out of the pool gauges
     #: and ``inference_pool_ready_pods``. Unset → the ``--metrics-staleness-threshold`` flag (default 2s);
     #: set here, it overrides the flag and follows reloads.
@@ -567,6 +578,17 @@ class PickerConfig(_Model):
     @property
     def max_body_bytes(self) -> int:
         return self.settings.request.max_body_bytes
+
+    @property
+    def may_skip_responses(self) -> bool:
+        """True when a request whose model is not rewritten needs no response processing: the operator
+        chose ``responseProcessing: WhenNeeded`` and no configured feature reads responses (the
+        served-endpoint verifier echoes upstream metadata; request-attribute reporters report usage)."""
+        return (
+            self.settings.response_processing == "WhenNeeded"
+            and not self.served_verifier_enabled
+            and not self.request_attribute_reporters
+        )
 
     @property
     def staleness_threshold(self) -> float | None:

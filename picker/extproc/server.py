@@ -23,6 +23,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs installed
 
+from picker.extproc import wire
 from picker.extproc.health import HealthService
 from picker.extproc.observer import StreamObserver
 from picker.extproc.stream import ExtProcStream, StreamAbortError
@@ -132,7 +133,8 @@ class ExtProcServer:
                 "Process": grpc.stream_stream_rpc_method_handler(
                     self._process,
                     request_deserializer=pb.ProcessingRequest.FromString,
-                    response_serializer=pb.ProcessingResponse.SerializeToString,
+                    # replies are wire bytes (picker.extproc.wire) or, rarely, messages
+                    response_serializer=wire.serialize,
                 )
             },
         )

@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError
-from picker.extproc import messages
+from picker.extproc import messages, wire
 from picker.extproc.observer import StreamObserver
 from picker.extproc.usage import SSEUsageScanner, Usage, usage_from_json
 from picker.routing.openai import ModelRestorer
@@ -298,7 +298,7 @@ class ExtProcStream:
         if self._state != _REQUEST_BODY:
             return _NO_REPLIES  # the reference ignores request trailers
         replies = self._route(end_of_stream=False)
-        replies.append(messages.REQUEST_TRAILERS_REPLY)
+        replies.append(wire.REQUEST_TRAILERS_REPLY)
         return replies
 
     def _read_subset(self, metadata: Any) -> None:
@@ -337,12 +337,12 @@ class ExtProcStream:
         )
         self._decision = decision
         forwarded = decision.body
-        replies = [
-            messages.request_headers_reply(
-                decision.destination, self._echo, len(forwarded), mode_override=self._mode_override(decision)
+        replies: list[Any] = [
+            wire.request_headers_reply(
+                decision.destination, self._echo, len(forwarded), skip_response=self._skips(decision)
             )
         ]
-        replies.extend(messages.request_body_replies(forwarded, end_of_stream=end_of_stream))
+        replies.extend(wire.request_body_replies(forwarded, end_of_stream=end_of_stream))
         self._routed(decision, len(forwarded))
         return replies
 
@@ -358,22 +358,21 @@ class ExtProcStream:
             )
         )
         self._decision = decision
-        reply = messages.request_headers_reply(
-            decision.destination, self._echo, None, mode_override=self._mode_override(decision)
+        reply = wire.request_headers_reply(
+            decision.destination, self._echo, None, skip_response=self._skips(decision)
         )
         self._routed(decision, 0)
         return (reply,)
 
-    def _mode_override(self, decision: RoutingDecision) -> Any:
-        if self._skip_response is not None and self._skip_response(decision):
-            return messages.SKIP_RESPONSE_MODE
-        return None
+    def _skips(self, decision: RoutingDecision) -> bool:
+        return self._skip_response is not None and self._skip_response(decision)
 
     def _routed(self, decision: RoutingDecision, request_bytes: int) -> None:
         self._state = _ROUTED
         self._echo = []
-        restorer = ModelRestorer(decision.target_model, decision.incoming_model)
-        self._restorer = restorer if restorer.active else None
+        if decision.target_model != decision.incoming_model:
+            restorer = ModelRestorer(decision.target_model, decision.incoming_model)
+            self._restorer = restorer if restorer.active else None
         self._observer.routed(decision, request_bytes)
 
     # ------------------------------------------------------------------------------------------ response
@@ -416,7 +415,7 @@ class ExtProcStream:
             self._echoing = True
             self._scanner = SSEUsageScanner()
         served = self._served_endpoint(request) if self._served_verifier else None
-        reply = messages.response_headers_reply(
+        reply = wire.response_headers_reply(
             echo,
             served_endpoint=served,
             remove_content_length=self._restorer is not None and self._resp_mode != _GRPC,
@@ -462,7 +461,7 @@ class ExtProcStream:
                     chunk = self._restorer(chunk)
             if end_of_stream:
                 self._complete(self._scanner.finish() if self._scanner is not None else None)
-            return (messages.response_body_reply(chunk, end_of_stream),)
+            return (wire.response_body_reply(chunk, end_of_stream),)
         if chunk:
             self._resp_chunks.append(chunk)
             if self._resp_size > self._max_body:
@@ -484,7 +483,7 @@ class ExtProcStream:
                 body = self._restorer(body)
         if end_of_stream:
             self._complete(self._scanner.finish() if self._scanner is not None else None)
-        return messages.response_body_replies(body, end_of_stream=end_of_stream)
+        return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
     def _flush_response(self, *, end_of_stream: bool) -> list[Any]:
         chunks = self._resp_chunks
@@ -496,7 +495,7 @@ class ExtProcStream:
             if self._restorer is not None:
                 body = self._restorer(body)
         self._complete(usage)
-        return messages.response_body_replies(body, end_of_stream=end_of_stream)
+        return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
     def _on_response_trailers(self, _request: Any) -> Sequence[Any]:
         if self._state != _RESPONSE_BODY:
@@ -507,9 +506,9 @@ class ExtProcStream:
             )
         if self._echoing:
             self._complete(self._scanner.finish() if self._scanner is not None else None)
-            return (messages.RESPONSE_TRAILERS_REPLY,)
+            return (wire.RESPONSE_TRAILERS_REPLY,)
         replies = self._flush_response(end_of_stream=False)
-        replies.append(messages.RESPONSE_TRAILERS_REPLY)
+        replies.append(wire.RESPONSE_TRAILERS_REPLY)
         return replies
 
     def _complete(self, usage: Usage | None) -> None:

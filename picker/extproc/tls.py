@@ -50,6 +50,9 @@ class TLSConfig:
     reload: bool = False
     #: extra SANs for the self-signed certificate (DNS names or IP addresses)
     extra_names: Sequence[str] = ()
+    #: a certificate and key already in memory, ``(cert_pem, key_pem)``: used instead of generating one.
+    #: ``--workers`` generates the self-signed pair once so every worker presents the same certificate.
+    key_pair: tuple[bytes, bytes] | None = None
 
 
 def generate_self_signed(
@@ -159,7 +162,10 @@ def _stamp(cert_dir: Path) -> tuple[int, ...]:
 def server_credentials(config: TLSConfig) -> grpc.ServerCredentials:
     """gRPC server credentials for ``config`` (generating or loading the key pair now)."""
     if config.cert_path is None:
-        cert, key = generate_self_signed(("localhost", "127.0.0.1", *config.extra_names))
+        if config.key_pair is not None:
+            cert, key = config.key_pair
+        else:
+            cert, key = generate_self_signed(("localhost", "127.0.0.1", *config.extra_names))
         return grpc.ssl_server_credentials([(key, cert)])
     stamp = _stamp(config.cert_path) if config.reload else ()
     cert, key = load_key_pair(config.cert_path)

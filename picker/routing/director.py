@@ -16,17 +16,19 @@ Everything here is synchronous and allocation-light: it runs once per request on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.openai import parse_request, rewrite_model
-from picker.routing.types import RequestInfo, RoutingDecision, RoutingRequest
+from picker.routing.types import Lease, RequestInfo, RoutingDecision, RoutingRequest
 from picker.state.config_store import ActiveConfig, ConfigStore
-from picker.state.datastore import Datastore, NullLease
-from scoring import NoEndpointsAvailable, subset_mask
+from picker.state.datastore import NullLease
+from picker.state.objectives import ObjectiveStore, RewriteStore
+from scoring import EndpointMatrix, NoEndpointsAvailable, subset_mask
 from scoring.types import PickRequest
 
 HDR_OBJECTIVE = "x-gateway-inference-objective"
@@ -36,6 +38,24 @@ HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 MSG_NO_PODS = "no pods available in datastore"
 MSG_SHED = "system saturated, sheddable request dropped"
+
+#: the headers plugins see when the request has none of theirs (shared, so no dict per request)
+_NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class RoutingState(Protocol):
+    """What the director reads and writes: the pool snapshot, objectives, rewrites, load accounting.
+
+    :class:`picker.state.datastore.Datastore` (one process) and :class:`picker.state.shared.SharedView`
+    (a ``--workers`` worker) both provide it.
+    """
+
+    objectives: ObjectiveStore
+    rewrites: RewriteStore
+
+    def snapshot(self) -> EndpointMatrix: ...
+
+    def acquire(self, name: str) -> Lease: ...
 
 
 class DirectorObserver(Protocol):
@@ -49,7 +69,7 @@ class Director:
 
     def __init__(
         self,
-        datastore: Datastore,
+        datastore: RoutingState,
         config: ConfigStore,
         *,
         rng: np.random.Generator,
@@ -124,7 +144,7 @@ class Director:
             incoming_model=incoming,
             priority=priority,
             request_id=request.request_id,
-            headers={HDR_TEST_SELECTION: selection} if selection is not None else {},
+            headers={HDR_TEST_SELECTION: selection} if selection is not None else _NO_PLUGIN_HEADERS,
             prefix_hashes=info.prefix_hashes if info is not None else (),
             prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
         )

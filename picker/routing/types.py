@@ -22,9 +22,13 @@ API_CONVERSATIONS = "conversations"
 API_EMBEDDINGS = "embeddings"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestInfo:
-    """What the body parser learned about a request body. No prompt text is kept here."""
+    """What the body parser learned about a request body. No prompt text is kept here.
+
+    Read-only by convention: not ``frozen`` because a frozen dataclass pays ``object.__setattr__`` per
+    field at construction (about 1 µs more per request, measured), and this is built once per request.
+    """
 
     api: str
     #: the body's ``model`` (the client-facing name); None only for the passthrough parser
@@ -40,9 +44,9 @@ class RequestInfo:
     prefix_hashes: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoutingRequest:
-    """One request as the router sees it."""
+    """One request as the router sees it. Read-only by convention (not ``frozen``, see RequestInfo)."""
 
     request_id: str
     #: lowercase header names → values (the ext_proc adapter reads raw_value or value)

@@ -37,6 +37,8 @@ class ActiveConfig:
     scheduler: Scheduler
     source: str
     digest: str
+    #: the document as applied ("" for the built-in default); ``--workers`` hands it to the workers
+    text: str = ""
 
 
 def _digest(text: str) -> str:
@@ -48,7 +50,7 @@ class ConfigStore:
         self, initial: PickerConfig, *, source: str, text: str = "", clock: Callable[[], float] = time.time
     ) -> None:
         self._clock = clock
-        self._active = ActiveConfig(initial, initial.build_scheduler(), source, _digest(text))
+        self._active = ActiveConfig(initial, initial.build_scheduler(), source, _digest(text), text)
         self.last_result: ReloadResult | None = None
         self._listeners: list[Callable[[ReloadResult, ActiveConfig], None]] = []
 
@@ -71,7 +73,7 @@ class ConfigStore:
             except ConfigError as exc:
                 result = ReloadResult(source, False, "rejected", exc.message, digest, self._clock())
             else:
-                self._active = ActiveConfig(cfg, scheduler, source, digest)
+                self._active = ActiveConfig(cfg, scheduler, source, digest, text)
                 result = ReloadResult(source, True, "applied", "ok", digest, self._clock())
         self.last_result = result
         for cb in tuple(self._listeners):

@@ -413,8 +413,13 @@ class EnvoyClient:
         root_certificates: bytes | None = None,
         server_name: str | None = None,
         timeout: float = 10.0,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """``options`` are gRPC channel arguments, e.g. ``("grpc.use_local_subchannel_pool", 1)`` so that
+        several clients in one process open separate connections (as several Envoy workers do), which
+        ``SO_REUSEPORT`` then spreads over the EPP's worker processes."""
         self._target = target
+        self._options = list(options)
         self._tls = tls
         self._roots = root_certificates
         self._server_name = server_name
@@ -435,7 +440,7 @@ class EnvoyClient:
         if self._channel is not None:
             return
         if not self._tls:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
         else:
             roots = self._roots
             if roots is None:
@@ -446,7 +451,7 @@ class EnvoyClient:
             self._channel = grpc.aio.secure_channel(
                 self._target,
                 grpc.ssl_channel_credentials(root_certificates=roots),
-                options=[("grpc.ssl_target_name_override", name)],
+                options=[("grpc.ssl_target_name_override", name), *self._options],
             )
         self._stub = pb_grpc.ExternalProcessorStub(self._channel)
 

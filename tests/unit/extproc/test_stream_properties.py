@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,6 +76,10 @@ _MESSAGES: list[Any] = [
 ]
 
 
+def as_message(reply: Any) -> Any:
+    return pb.ProcessingResponse.FromString(reply) if isinstance(reply, bytes) else reply
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(range(len(_MESSAGES))), max_size=12), st.booleans(), st.booleans())
 def test_any_sequence_ends_cleanly_and_releases_once(indices: list[int], shed: bool, verifier: bool) -> None:
@@ -88,7 +93,8 @@ def test_any_sequence_ends_cleanly_and_releases_once(indices: list[int], shed: b
         except StreamAbortError as exc:
             aborts.append(exc)
             break
-        assert all(reply.WhichOneof("response") for reply in replies)
+        # replies are wire bytes (picker.extproc.wire) or messages: both must decode to a known reply
+        assert all(as_message(reply).WhichOneof("response") for reply in replies)
         if stream.finished:
             break
     # only protocol violations, never our own bug
