@@ -254,6 +254,11 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     return out
 
 
+def _expire(waiter: asyncio.Future[_Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class _Target:
     """A parsed http URL: where to connect and the request bytes to send."""
 
@@ -317,24 +322,24 @@ class LeanFetcher:
                 self._targets.clear()
             self._targets[url] = target
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._get(target)
+            response = await self._get(target, asyncio.get_running_loop().time() + timeout_s)
         except TimeoutError as exc:
             raise ScrapeError(f"timeout after {timeout_s:g}s") from exc
         if response.status != 200:
             raise ScrapeError(f"HTTP {response.status}")
         return response.body
 
-    async def _get(self, target: _Target) -> _Response:
+    async def _get(self, target: _Target, deadline: float) -> _Response:
         conn = self._take_idle(target.key)
         if conn is not None:
             try:
-                return await self._exchange(conn, target)
+                return await self._exchange(conn, target, deadline)
             except _StaleConnectionError:
                 pass  # the server closed it while idle: one retry on a new connection
-        conn = await self._connect(target)
+        async with asyncio.timeout_at(deadline):  # connecting is rare: the general (costlier) timeout
+            conn = await self._connect(target)
         try:
-            return await self._exchange(conn, target)
+            return await self._exchange(conn, target, deadline)
         except _StaleConnectionError as exc:  # pragma: no cover - a new connection is never "reused"
             raise ScrapeError("connection closed by the server") from exc
 
@@ -357,15 +362,20 @@ class LeanFetcher:
             raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
         return conn
 
-    async def _exchange(self, conn: _Connection, target: _Target) -> _Response:
+    async def _exchange(self, conn: _Connection, target: _Target, deadline: float) -> _Response:
         self._busy.add(conn)
+        loop = asyncio.get_running_loop()
+        waiter = conn.request(target.raw, loop)
+        # a timer failing the one future costs a fraction of asyncio.timeout() (which cancels the task)
+        timer = loop.call_at(deadline, _expire, waiter)
         try:
-            response = await conn.request(target.raw, asyncio.get_running_loop())
+            response = await waiter
         except BaseException:
             # cancelled (timeout), failed or stale: the connection's state is unknown, never reuse it
             conn.close()
             raise
         finally:
+            timer.cancel()
             self._busy.discard(conn)
         if response.keep_alive and not conn.closed and not self._closed:
             idle = self._idle.setdefault(target.key, [])
