@@ -71,6 +71,7 @@ def build_admin_app(
     ready: Callable[[], bool],
     staleness_s: Callable[[], float],
     clock: Callable[[], float] = time.monotonic,
+    workers: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
@@ -184,6 +185,13 @@ def build_admin_app(
                 "last_reload": dataclasses.asdict(last) if last is not None else None,
             }
         )
+
+    if workers is not None:
+
+        @app.get("/debug/workers")
+        def debug_workers() -> Response:
+            """``--workers``: each ext_proc worker process, its picks and its streams in flight."""
+            return _orjson({"workers": workers()})
 
     @app.exception_handler(ValueError)
     async def _value_error(_request: Request, exc: ValueError) -> Response:

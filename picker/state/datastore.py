@@ -12,9 +12,12 @@ then costs a handful of ``ndarray.copy()`` calls. Membership changes (rare) rebu
 
 Load accounting (the two mutable columns shared with every snapshot):
 
-* ``dispatched[i]`` +1 when we pick endpoint i as primary. When a scrape of i *starts* we remember
-  ``dispatched[i]``; when that scrape lands we subtract the remembered value, because those requests are
-  now visible in the scraped gauges. What remains is exactly "sent since the scrape began".
+* ``dispatched[i]`` +1 when we pick endpoint i as primary. When a scrape of i *starts* we remember how
+  many requests we had sent to i in all; when that scrape lands, the requests sent before it started are
+  visible in the scraped gauges, so they leave ``dispatched``. What remains is exactly "sent since the
+  scrape began". The drop is applied when the landed gauges are published into a snapshot, not when they
+  land: gauges and ``dispatched`` always change together, so a pick never sees the drop without the
+  gauges that account for it (between the two, the endpoint would look emptier than it is).
 * ``inflight[i]`` +1 at pick, -1 when the stream ends (:class:`EndpointLease.release`, idempotent).
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -90,6 +93,30 @@ class NullLease:
         return None
 
 
+def lora_columns(
+    per_endpoint: Sequence[tuple[tuple[str, ...], tuple[str, ...]]],
+) -> tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]:
+    """The matrix's LoRA columns from ``(active, waiting)`` adapter names per endpoint, in row order:
+    the adapter vocabulary, the read-only boolean ``active`` / ``waiting`` matrices and ``count``."""
+    vocab: dict[str, int] = {}
+    for active_names, waiting_names in per_endpoint:
+        for a in (*active_names, *waiting_names):
+            vocab.setdefault(a, len(vocab))
+    n = len(per_endpoint)
+    active = np.zeros((n, len(vocab)), dtype=np.bool_)
+    waiting = np.zeros((n, len(vocab)), dtype=np.bool_)
+    count = np.zeros(n)
+    for i, (active_names, waiting_names) in enumerate(per_endpoint):
+        for a in active_names:
+            active[i, vocab[a]] = True
+        for a in waiting_names:
+            waiting[i, vocab[a]] = True
+        count[i] = len(active_names) + len(waiting_names)
+    for arr in (active, waiting, count):
+        arr.flags.writeable = False
+    return MappingProxyType(vocab), active, waiting, count
+
+
 class Datastore:
     """Pool, endpoints, objectives and rewrites of one EPP. See the module docstring."""
 
@@ -107,11 +134,22 @@ class Datastore:
         self._status: dict[str, EndpointStatus] = {}
         self._order: list[str] = []
         self._index: dict[str, int] = {}
-        self._cols: dict[str, np.ndarray] = {c: np.empty(0) for c in _FLOAT_COLUMNS}
+        #: the float columns as rows of one array (one copy publishes them all); ``_cols`` are row views
+        self._colmat = np.empty((len(_FLOAT_COLUMNS), 0))
+        self._cols: dict[str, np.ndarray] = {c: self._colmat[k] for k, c in enumerate(_FLOAT_COLUMNS)}
         self._engine = np.zeros(0, dtype=np.int8)
         self._dispatched = np.zeros(0)
         self._inflight = np.zeros(0)
+        #: requests sent in all at the start of the scrape whose gauges are published (see module doc)
+        self._baseline = np.zeros(0)
+        #: the same for scrapes that landed but are not published yet (NaN: none)
+        self._pending = np.zeros(0)
         self._snapshot: EndpointMatrix | None = None
+        #: names, addresses, ips, address index and engine codes of the published snapshot: they change
+        #: with membership and engine detection only, so metric-only snapshots reuse them
+        self._static: (
+            tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray] | None
+        ) = None
         self._lora_cache: tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._gpu_by_pod: Mapping[str, float] = MappingProxyType({})
@@ -159,6 +197,7 @@ class Datastore:
                 current.endpoint = endpoint
                 self._engine[self._index[endpoint.name]] = engine_code(current.engine)
                 self._snapshot = None
+                self._static = None
                 self._changed()
                 return
         self._apply(lambda eps: {**eps, endpoint.name: endpoint})
@@ -182,8 +221,8 @@ class Datastore:
     def _apply(self, change: Callable[[dict[str, Endpoint]], dict[str, Endpoint]]) -> None:
         old_eps = {n: s.endpoint for n, s in self._status.items()}
         new_eps = change(old_eps)
-        old_index, old_cols = self._index, self._cols
-        old_disp, old_infl = self._dispatched, self._inflight
+        old_index, old_cols = self._index, self._colmat
+        old_load = (self._dispatched, self._inflight, self._baseline, self._pending)
         status: dict[str, EndpointStatus] = {}
         for name, ep in new_eps.items():
             st = self._status.get(name)
@@ -194,18 +233,18 @@ class Datastore:
             status[name] = st
         order = list(new_eps)
         n = len(order)
-        cols = {c: np.full(n, NEVER if c == "scraped_at" else math.nan) for c in _FLOAT_COLUMNS}
+        colmat = np.full((len(_FLOAT_COLUMNS), n), math.nan)
+        colmat[_FLOAT_COLUMNS.index("scraped_at")] = NEVER
+        cols = {c: colmat[k] for k, c in enumerate(_FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
-        disp = np.zeros(n)
-        infl = np.zeros(n)
+        load = (np.zeros(n), np.zeros(n), np.zeros(n), np.full(n, math.nan))
         for i, name in enumerate(order):
             j = old_index.get(name)
             kept = j is not None and old_eps[name].address == new_eps[name].address
             if kept and j is not None:
-                for c in _FLOAT_COLUMNS:
-                    cols[c][i] = old_cols[c][j]
-                disp[i] = old_disp[j]
-                infl[i] = old_infl[j]
+                colmat[:, i] = old_cols[:, j]
+                for new, old in zip(load, old_load, strict=True):
+                    new[i] = old[j]
             engine[i] = engine_code(status[name].engine)
             if not kept:
                 gpu = self._gpu_by_pod.get(status[name].endpoint.pod)
@@ -214,11 +253,12 @@ class Datastore:
         self._status = status
         self._order = order
         self._index = {name: i for i, name in enumerate(order)}
+        self._colmat = colmat
         self._cols = cols
         self._engine = engine
-        self._dispatched = disp
-        self._inflight = infl
+        self._dispatched, self._inflight, self._baseline, self._pending = load
         self._snapshot = None
+        self._static = None
         self._lora_cache = None
         self.membership_version += 1
         self._changed()
@@ -232,7 +272,8 @@ class Datastore:
         """The scraper is about to request this endpoint's metrics page."""
         st = self._status.get(name)
         if st is not None:
-            st.scrape_mark = float(self._dispatched[self._index[name]])
+            i = self._index[name]
+            st.scrape_mark = float(self._dispatched[i] + self._baseline[i])  # sent in all, so far
 
     def record_scrape(
         self, name: str, metrics: EndpointMetrics, *, at: float | None = None, engine: str | None = None
@@ -257,8 +298,8 @@ class Datastore:
         if engine is not None and engine != st.detected_engine:
             st.detected_engine = engine
             self._engine[i] = engine_code(st.engine)
-        d = self._dispatched
-        d[i] = max(0.0, float(d[i]) - st.scrape_mark)
+            self._static = None
+        self._pending[i] = st.scrape_mark  # leaves ``dispatched`` when these gauges are published
         st.scrape_mark = 0.0
         st.scrapes_ok += 1
         st.last_error = None
@@ -292,65 +333,74 @@ class Datastore:
         """
         snap = self._snapshot
         if snap is None or (self._dirty and self._clock() - self._published_at >= self._min_publish):
+            self._apply_landed_scrapes()
             snap = self._snapshot = self._build_snapshot()
             self._dirty = False
             self._published_at = self._clock()
         return snap
 
+    def _apply_landed_scrapes(self) -> None:
+        """Move the baselines of scrapes whose gauges are about to be published (see module doc)."""
+        pending = self._pending
+        landed = ~np.isnan(pending)
+        if landed.any():
+            d, b = self._dispatched, self._baseline
+            d[landed] = np.maximum(d[landed] + b[landed] - pending[landed], 0.0)
+            b[landed] = pending[landed]
+            pending[landed] = math.nan
+
     def _lora(self) -> tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]:
         cache = self._lora_cache
         if cache is None:
-            vocab: dict[str, int] = {}
             sts = [self._status[n] for n in self._order]
-            for st in sts:
-                for a in (*st.lora_active, *st.lora_waiting):
-                    vocab.setdefault(a, len(vocab))
-            n = len(sts)
-            active = np.zeros((n, len(vocab)), dtype=np.bool_)
-            waiting = np.zeros((n, len(vocab)), dtype=np.bool_)
-            count = np.zeros(n)
-            for i, st in enumerate(sts):
-                for a in st.lora_active:
-                    active[i, vocab[a]] = True
-                for a in st.lora_waiting:
-                    waiting[i, vocab[a]] = True
-                count[i] = len(st.lora_active) + len(st.lora_waiting)
-            for arr in (active, waiting, count):
-                arr.flags.writeable = False
-            cache = self._lora_cache = (MappingProxyType(vocab), active, waiting, count)
+            cache = self._lora_cache = lora_columns([(st.lora_active, st.lora_waiting) for st in sts])
         return cache
 
-    def _build_snapshot(self) -> EndpointMatrix:
-        def ro(a: np.ndarray) -> np.ndarray:
-            c = a.copy()
-            c.flags.writeable = False
-            return c
+    def _static_parts(
+        self,
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray]:
+        static = self._static
+        if static is None:
+            addresses = tuple(self._status[n].endpoint.address for n in self._order)
+            engine = self._engine.copy()
+            engine.flags.writeable = False
+            static = self._static = (
+                tuple(self._order),
+                addresses,
+                tuple(split_host_port(a)[0] for a in addresses),
+                {a: i for i, a in enumerate(addresses)},
+                engine,
+            )
+        return static
 
-        cols = self._cols
+    def _build_snapshot(self) -> EndpointMatrix:
+        cols = self._colmat.copy()  # one copy of every float column; its rows are the matrix's columns
+        cols.flags.writeable = False
+        k = _FLOAT_COLUMNS.index
+        names, addresses, ips, address_index, engine = self._static_parts()
         vocab, active, waiting, count = self._lora()
-        eps = [self._status[n].endpoint for n in self._order]
-        addresses = tuple(e.address for e in eps)
         return EndpointMatrix(
-            names=tuple(self._order),
+            names=names,
             addresses=addresses,
-            ips=tuple(split_host_port(a)[0] for a in addresses),
-            waiting=ro(cols["waiting"]),
-            running=ro(cols["running"]),
-            kv_usage=ro(cols["kv_usage"]),
-            gpu_util=ro(cols["gpu_util"]),
-            scraped_at=ro(cols["scraped_at"]),
+            ips=ips,
+            waiting=cols[k("waiting")],
+            running=cols[k("running")],
+            kv_usage=cols[k("kv_usage")],
+            gpu_util=cols[k("gpu_util")],
+            scraped_at=cols[k("scraped_at")],
             dispatched=self._dispatched,
             inflight=self._inflight,
             lora_vocab=vocab,
             lora_active=active,
             lora_waiting=waiting,
             lora_count=count,
-            max_lora=ro(cols["max_lora"]),
-            block_size=ro(cols["block_size"]),
-            num_blocks=ro(cols["num_blocks"]),
-            engine=ro(self._engine),
+            max_lora=cols[k("max_lora")],
+            block_size=cols[k("block_size")],
+            num_blocks=cols[k("num_blocks")],
+            engine=engine,
             engine_names=ENGINE_NAMES,
-            _address_index={a: i for i, a in enumerate(addresses)},
+            # shared by every snapshot of this membership: the matrix treats it as read-only
+            _address_index=address_index,
         )
 
     # ----------------------------------------------------------------------------------- accounting

@@ -24,18 +24,24 @@ class ObjectiveStore:
 
     def __init__(self) -> None:
         self._by_name: dict[str, Objective] = {}
+        #: bumped on every change, so a copy elsewhere (``--workers``) knows when to refresh
+        self.version = 0
 
     def set(self, objective: Objective) -> None:
         self._by_name[objective.name] = objective
+        self.version += 1
 
     def delete(self, name: str) -> None:
         self._by_name.pop(name, None)
+        self.version += 1
 
     def replace_all(self, objectives: Iterable[Objective]) -> None:
         self._by_name = {o.name: o for o in objectives}
+        self.version += 1
 
     def clear(self) -> None:
         self._by_name = {}
+        self.version += 1
 
     def get(self, name: str) -> Objective | None:
         return self._by_name.get(name)
@@ -96,6 +102,8 @@ class RewriteStore:
         self._objects: dict[str, ModelRewrite] = {}
         self._exact: dict[str, tuple[str, RewriteRule]] = {}
         self._generic: tuple[str, RewriteRule] | None = None
+        #: bumped on every change, so a copy elsewhere (``--workers``) knows when to refresh
+        self.version = 0
 
     def set(self, rewrite: ModelRewrite) -> None:
         self._objects[rewrite.name] = rewrite
@@ -130,6 +138,7 @@ class RewriteStore:
                     exact.setdefault(model, (obj.name, rule))
         self._exact = exact
         self._generic = generic
+        self.version += 1
 
     def resolve(self, model: str, rng: UniformSource) -> RewriteChoice | None:
         """The rewrite for ``model``, or None when no rule applies."""

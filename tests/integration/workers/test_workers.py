@@ -1,0 +1,263 @@
+"""``picker serve --workers 2`` as a real process tree: both workers serve streams on one port, in-flight
+totals add up across them, request metrics of both reach /metrics, a killed worker is replaced with its
+streams released, and the workers go away with the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.testing.envoy import (
+    EnvoyClient,
+    HttpRequest,
+    RawStream,
+    response_body,
+    response_headers,
+)
+from picker.testing.fake_server import FakeFleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BODY = b'{"model":"m","prompt":"hello"}'
+SERVING = re.compile(rb"metrics/admin :(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Tree:
+    """The supervisor process, its admin port and the clients talking to its ext_proc port."""
+
+    proc: asyncio.subprocess.Process
+    grpc: str
+    admin: str
+    http: aiohttp.ClientSession
+    clients: list[EnvoyClient] = field(default_factory=list)
+
+    async def get(self, path: str) -> Any:
+        async with self.http.get(self.admin + path) as resp:
+            return await resp.json()
+
+    async def workers(self) -> list[dict[str, Any]]:
+        doc = await self.get("/debug/workers")
+        return list(doc["workers"])
+
+    async def endpoint_inflight(self) -> float:
+        doc = await self.get("/debug/endpoints")
+        return float(sum(row["inflight"] for row in doc["endpoints"]))
+
+    async def request_total(self) -> float:
+        async with self.http.get(self.admin + "/metrics") as resp:
+            text = await resp.text()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "inference_objective_request_total"
+        )
+
+    async def new_client(self) -> EnvoyClient:
+        # its own connection (no shared subchannel), so SO_REUSEPORT may hand it to either worker
+        client = EnvoyClient(self.grpc, timeout=30.0, options=[("grpc.use_local_subchannel_pool", 1)])
+        await client.connect()
+        self.clients.append(client)
+        return client
+
+
+async def eventually(check: Any, what: str, within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        if await check():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def tree() -> AsyncIterator[Tree]:
+    async with FakeFleet.uniform(4, "vllm") as fleet:
+        grpc_port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "picker",
+            "serve",
+            "--workers",
+            "2",
+            "--static-endpoints",
+            ",".join(fleet.addresses),
+            "--secure-serving=false",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--refresh-metrics-interval",
+            "200ms",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        admin_port = 0
+        while not admin_port:
+            line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
+            assert line, "the supervisor exited before serving"
+            m = SERVING.search(line)
+            if m:
+                admin_port = int(m[1])
+        drain = asyncio.create_task(_drain(proc.stderr))
+        http = aiohttp.ClientSession()
+        t = Tree(proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{admin_port}", http)
+
+        async def ready() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(t.admin + "/readyz") as resp:
+                    return resp.status == 200
+            return False
+
+        try:
+            await eventually(ready, "both workers serving", within=90)
+            yield t
+        finally:
+            for client in t.clients:
+                await client.close()
+            await http.close()
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), timeout=30)
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            drain.cancel()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def hold(client: EnvoyClient) -> RawStream:
+    """A stream whose request was routed and whose response has not come back yet."""
+    stream = client.stream()
+    for message in HttpRequest(body=BODY).messages():
+        await stream.send(message)
+    while True:
+        reply = await stream.recv()
+        assert reply is not None, await stream.status()
+        if reply.WhichOneof("response") == "request_body":
+            assert reply.request_body.response.body_mutation.streamed_response.end_of_stream
+            return stream
+
+
+async def finish(stream: RawStream) -> None:
+    await stream.send(response_headers([(":status", "200"), ("content-type", "application/json")]))
+    assert await stream.recv() is not None
+    await stream.send(
+        response_body(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', end_of_stream=True)
+    )
+    assert await stream.recv() is not None
+    await stream.half_close()
+    assert await stream.recv() is None
+
+
+async def hold_on_both_workers(tree: Tree) -> list[RawStream]:
+    """Open connections (one held stream each) until both workers hold at least two streams."""
+    held: list[RawStream] = []
+    for _ in range(64):
+        held.append(await hold(await tree.new_client()))
+        if len(held) >= 4 and all(w["inflight"] >= 2 for w in await tree.workers()):
+            return held
+    raise AssertionError(f"64 connections never reached both workers: {await tree.workers()}")
+
+
+async def test_both_workers_serve_and_in_flight_adds_up(tree: Tree) -> None:
+    held = await hold_on_both_workers(tree)
+    workers = await tree.workers()
+    assert [w["serving"] for w in workers] == [True, True]
+    assert sum(w["inflight"] for w in workers) == len(held)
+    assert await tree.endpoint_inflight() == len(held)
+
+    half = len(held) // 2
+    await asyncio.gather(*(finish(s) for s in held[:half]))
+
+    async def settled(expected: float) -> bool:
+        workers = await tree.workers()
+        return sum(w["inflight"] for w in workers) == expected and await tree.endpoint_inflight() == expected
+
+    await eventually(lambda: settled(len(held) - half), "half of the streams released")
+    await asyncio.gather(*(finish(s) for s in held[half:]))
+    await eventually(lambda: settled(0.0), "every stream released")
+    assert sum(w["picks"] for w in await tree.workers()) == len(held)
+
+    async def counted() -> bool:
+        return await tree.request_total() == len(held)
+
+    await eventually(counted, "both workers' request counts in /metrics")
+
+
+async def test_a_killed_worker_is_replaced_and_the_supervisor_takes_the_workers_along(tree: Tree) -> None:
+    held = await hold_on_both_workers(tree)
+
+    async def counted() -> bool:
+        return await tree.request_total() == len(held)
+
+    # a worker reports its metrics about once a second: let both report before one is killed
+    await eventually(counted, "both workers' request counts in /metrics")
+    before = await tree.workers()
+    victim = before[0]
+    survivor_streams = before[1]["inflight"]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    async def replaced() -> bool:
+        w = (await tree.workers())[0]
+        return w["pid"] != victim["pid"] and w["serving"] and w["inflight"] == 0.0
+
+    await eventually(replaced, "worker 0 restarted with its streams released")
+    assert await tree.endpoint_inflight() == survivor_streams
+    for stream in held:  # the victim's streams were cut: their RPCs failed
+        stream.cancel()
+    assert await tree.request_total() == len(held)  # what the dead worker counted stays counted
+
+    pids = [w["pid"] for w in await tree.workers()]
+    tree.proc.kill()  # SIGKILL: no chance to stop the workers
+    await tree.proc.wait()
+
+    async def gone() -> bool:
+        return not any(_alive(pid) for pid in pids)
+
+    await eventually(gone, "the workers to exit after the supervisor died")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

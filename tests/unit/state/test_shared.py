@@ -1,0 +1,307 @@
+"""The shared-memory datastore of ``--workers``: what the supervisor publishes is what workers pick from,
+and the load accounting adds up across workers (and across processes)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from picker.state.endpoints import Endpoint, PoolInfo, parse_static_endpoints
+from picker.state.metrics import EndpointMetrics
+from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from picker.state.shared import HealthInputs, SharedDatastore, SharedLayout, SharedSegment, SharedView
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def segment() -> Iterator[SharedSegment]:
+    seg = SharedSegment.create(SharedLayout(capacity=64, workers=2, blob_bytes=1 << 16))
+    yield seg
+    seg.close()
+    seg.unlink()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def supervisor(segment: SharedSegment, clock: Clock, addresses: str = "") -> SharedDatastore:
+    ds = SharedDatastore(
+        segment,
+        clock=clock,
+        quarantine_s=5.0,
+        health=lambda: HealthInputs(synced=True),
+        config=lambda: ("kind: PickerConfig\n", "file:/etc/picker.yaml", "d1"),
+    )
+    ds.set_pool(PoolInfo(name="pool", namespace="ns", target_ports=(8000,), app_protocol="http"))
+    ds.replace_endpoints(parse_static_endpoints(addresses or "10.0.0.1:8000,10.0.0.2:8000,10.0.0.3:8000"))
+    return ds
+
+
+def scrape(ds: SharedDatastore, name: str, waiting: float, **kw: object) -> None:
+    ds.begin_scrape(name)
+    ds.record_scrape(name, EndpointMetrics(waiting=waiting, running=1.0, kv_usage=0.5, **kw))  # type: ignore[arg-type]
+
+
+def test_attach_sees_the_creators_layout_and_rejects_foreign_segments(segment: SharedSegment) -> None:
+    other = SharedSegment.attach(segment.name)
+    try:
+        assert other.layout == segment.layout
+        segment.counters[1, 0, 5] = 7.0
+        assert other.counters[1, 0, 5] == 7.0
+    finally:
+        other.close()
+    from multiprocessing import shared_memory
+
+    junk = shared_memory.SharedMemory(create=True, size=4096)
+    try:
+        with pytest.raises(ValueError, match="not a picker segment"):
+            SharedSegment.attach(junk.name)
+    finally:
+        junk.close()
+        junk.unlink()
+
+
+def test_a_worker_snapshot_matches_the_supervisor_snapshot(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    scrape(ds, "10.0.0.1:8000", 3.0, lora_active=("a",), lora_waiting=("b",), max_lora=2.0)
+    scrape(ds, "10.0.0.2:8000", 1.0, block_size=16.0, num_blocks=900.0)
+    ds.record_scrape("10.0.0.3:8000", EndpointMetrics(), engine="sglang")  # reported nothing: no change
+    ds.set_gpu_utilization({})
+    assert ds.publish()
+    view = SharedView(segment, 0)
+    got, want = view.snapshot(), ds.snapshot()
+    assert got.names == want.names
+    assert got.addresses == want.addresses
+    assert got.ips == want.ips
+    for column in ("waiting", "running", "kv_usage", "gpu_util", "scraped_at", "max_lora", "block_size"):
+        np.testing.assert_array_equal(getattr(got, column), getattr(want, column), err_msg=column)
+    np.testing.assert_array_equal(got.engine, want.engine)
+    assert dict(got.lora_vocab) == dict(want.lora_vocab)
+    np.testing.assert_array_equal(got.lora_active, want.lora_active)
+    np.testing.assert_array_equal(got.lora_waiting, want.lora_waiting)
+    assert view.pool == ds.pool
+    assert view.health == HealthInputs(synced=True)
+    assert view.synced
+    assert view.static is not None
+    assert view.static.config_text == "kind: PickerConfig\n"
+    assert view.static.config_source == "file:/etc/picker.yaml"
+
+
+def test_nothing_changed_means_nothing_published_and_the_same_matrix(
+    segment: SharedSegment, clock: Clock
+) -> None:
+    ds = supervisor(segment, clock)
+    assert ds.publish()
+    view = SharedView(segment, 0)
+    first = view.snapshot()
+    assert not ds.publish()
+    assert view.snapshot() is first  # the scheduler's per-snapshot caches stay warm
+    scrape(ds, "10.0.0.1:8000", 9.0)
+    assert ds.publish()
+    second = view.snapshot()
+    assert second is not first
+    assert second.waiting[0] == 9.0
+    assert not second.waiting.flags.writeable
+
+
+def test_in_flight_and_dispatched_count_every_workers_picks(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    w0, w1 = SharedView(segment, 0), SharedView(segment, 1)
+    a = w0.acquire("10.0.0.1:8000")
+    b = w1.acquire("10.0.0.1:8000")
+    c = w1.acquire("10.0.0.2:8000")
+    for view in (w0, w1):
+        m = view.snapshot()
+        assert m.inflight.tolist() == [2.0, 1.0, 0.0]
+        assert m.dispatched.tolist() == [2.0, 1.0, 0.0]
+    a.release()
+    a.release()  # idempotent
+    c.release()
+    m = w0.snapshot()
+    assert m.inflight.tolist() == [1.0, 0.0, 0.0]
+    assert m.dispatched.tolist() == [2.0, 1.0, 0.0]  # dispatched falls only when a scrape lands
+    assert ds.snapshot().inflight.tolist() == [1.0, 0.0, 0.0]
+    assert ds.inflight_total() == 1.0
+    b.release()
+    assert w1.snapshot().inflight.tolist() == [0.0, 0.0, 0.0]
+    stats = ds.worker_stats()
+    assert [s["picks"] for s in stats] == [1.0, 2.0]
+    assert [s["inflight"] for s in stats] == [0.0, 0.0]
+
+
+def test_dispatched_counts_picks_since_the_landed_scrape_began(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    view = SharedView(segment, 0)
+    name = "10.0.0.3:8000"
+    for _ in range(3):
+        view.acquire(name)
+    ds.begin_scrape(name)  # the page fetched now reflects those three
+    view.acquire(name)
+    view.acquire(name)  # sent while the scrape is in flight
+    assert view.snapshot().dispatched[2] == 5.0
+    ds.record_scrape(name, EndpointMetrics(waiting=3.0))
+    ds.publish()
+    assert view.snapshot().dispatched[2] == 2.0
+    assert ds.snapshot().dispatched[2] == 2.0
+    ds.begin_scrape(name)
+    ds.record_scrape_failure(name, "timeout")  # a failed scrape moves nothing
+    ds.publish()
+    assert view.snapshot().dispatched[2] == 2.0
+
+
+def test_membership_changes_keep_slots_and_quarantine_removed_ones(
+    segment: SharedSegment, clock: Clock
+) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    view = SharedView(segment, 0)
+    held = view.acquire("10.0.0.2:8000")
+    slot_removed = ds.slot_of("10.0.0.2:8000")
+    ds.remove_endpoint("10.0.0.2:8000")
+    ds.upsert_endpoint(Endpoint(name="10.0.0.9:8000", ip="10.0.0.9", port=8000))
+    ds.publish()
+    m = view.snapshot()
+    assert m.names == ("10.0.0.1:8000", "10.0.0.3:8000", "10.0.0.9:8000")
+    assert ds.slot_of("10.0.0.9:8000") != slot_removed  # an open stream still counts on the old slot
+    assert m.inflight.tolist() == [0.0, 0.0, 0.0]
+    clock.now += 60
+    ds.publish()
+    ds.upsert_endpoint(Endpoint(name="10.0.0.10:8000", ip="10.0.0.10", port=8000))
+    assert ds.slot_of("10.0.0.10:8000") != slot_removed  # not reused while its stream is open
+    held.release()
+    ds.publish()  # reclaims: quarantine over and nothing in flight
+    ds.upsert_endpoint(Endpoint(name="10.0.0.11:8000", ip="10.0.0.11", port=8000))
+    assert ds.slot_of("10.0.0.11:8000") == slot_removed
+    ds.publish()
+    m = view.snapshot()
+    assert m.names[-1] == "10.0.0.11:8000"
+    assert m.inflight[-1] == 0.0
+    assert m.dispatched[-1] == 0.0
+    assert math.isnan(m.waiting[-1])
+
+
+def test_an_address_change_gets_a_fresh_slot(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock, "10.0.0.1:8000")
+    ds.publish()
+    SharedView(segment, 0).acquire("10.0.0.1:8000")
+    before = ds.slot_of("10.0.0.1:8000")
+    ds.upsert_endpoint(Endpoint(name="10.0.0.1:8000", ip="10.0.0.7", port=8000))
+    assert ds.slot_of("10.0.0.1:8000") != before
+    ds.publish()
+    assert SharedView(segment, 1).snapshot().inflight.tolist() == [0.0]
+
+
+def test_a_dead_workers_streams_are_settled(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    dead, alive = SharedView(segment, 0), SharedView(segment, 1)
+    for _ in range(3):
+        dead.acquire("10.0.0.1:8000")
+    alive.acquire("10.0.0.1:8000")
+    assert ds.settle_worker(0) == 3.0
+    assert alive.snapshot().inflight.tolist() == [1.0, 0.0, 0.0]
+    restarted = SharedView(segment, 0)  # a replacement continues the same row
+    restarted.acquire("10.0.0.2:8000").release()
+    assert alive.snapshot().inflight.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_objectives_rewrites_and_config_reach_the_workers(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.objectives.replace_all([Objective("critical", 10), Objective("batch", -1)])
+    rule = RewriteRule(("small",), (RewriteTarget("small-v1", 90), RewriteTarget("small-v2", 10)))
+    ds.rewrites.replace_all([ModelRewrite("canary", (rule,), created=3.0)])
+    ds.publish()
+    view = SharedView(segment, 1)
+    view.snapshot()
+    assert view.objectives.priority("critical") == 10
+    assert view.objectives.priority("batch") == -1
+    assert view.rewrites.all() == ds.rewrites.all()
+    ds.objectives.delete("batch")
+    assert ds.publish()
+    view.snapshot()
+    assert view.objectives.priority("batch") == 0
+
+
+def test_a_corrupt_blob_is_never_decoded(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    got = segment.read_blob()
+    assert got is not None
+    gen, data = got
+    slot = int(segment.header[7])
+    segment.blob[slot, 0] ^= 0xFF  # a torn or garbled write: the CRC no longer matches
+    assert segment.read_blob() is None
+    segment.blob[slot, 0] ^= 0xFF
+    assert segment.read_blob() == (gen, data)
+
+
+def test_the_supervisor_never_routes(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    with pytest.raises(RuntimeError, match="does not route"):
+        ds.acquire("10.0.0.1:8000")
+    ds.publish()
+    with pytest.raises(KeyError):
+        SharedView(segment, 0).acquire("10.9.9.9:8000")
+    with pytest.raises(ValueError, match="out of range"):
+        SharedView(segment, 2)
+
+
+def test_a_full_segment_fails_loudly(clock: Clock) -> None:
+    seg = SharedSegment.create(SharedLayout(capacity=2, workers=1, blob_bytes=1 << 14))
+    try:
+        ds = supervisor(seg, clock, "10.0.0.1:8000,10.0.0.2:8000")
+        with pytest.raises(RuntimeError, match="segment is full"):
+            ds.upsert_endpoint(Endpoint(name="10.0.0.3:8000", ip="10.0.0.3", port=8000))
+    finally:
+        seg.close()
+        seg.unlink()
+
+
+def test_accounting_across_processes(segment: SharedSegment, clock: Clock) -> None:
+    """Two other processes pick and release on the same segment; the supervisor sees the sums."""
+    ds = supervisor(segment, clock)
+    ds.publish()
+    script = textwrap.dedent(
+        """
+        import sys
+        from picker.state.shared import SharedSegment, SharedView
+        seg = SharedSegment.attach(sys.argv[1], untrack=True)
+        view = SharedView(seg, int(sys.argv[2]))
+        leases = [view.acquire("10.0.0.1:8000") for _ in range(int(sys.argv[3]))]
+        for lease in leases[: int(sys.argv[4])]:
+            lease.release()
+        print(view.snapshot().inflight[0])
+        """
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script, segment.name, str(worker), str(picks), str(released)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        for worker, picks, released in ((0, 5, 2), (1, 4, 4))
+    ]
+    assert float(outputs[0]) == 3.0  # the first process saw only its own
+    assert float(outputs[1]) == 3.0  # the second saw the first's three still open
+    assert ds.snapshot().inflight[0] == 3.0
+    assert ds.snapshot().dispatched[0] == 9.0
+    assert [s["picks"] for s in ds.worker_stats()] == [5.0, 4.0]
