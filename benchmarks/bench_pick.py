@@ -6,7 +6,9 @@
 Workload: a fleet of N endpoints (10, 100, 1,000, 10,000) with seeded, realistic gauges (queues 0-20,
 running 0-64, KV and GPU utilization 0-1 with 10 % of GPU values unknown, 0-2 of 20 LoRA adapters
 loaded, max_lora 4, fresh scrapes). Each pick is for a request naming one of the adapters or the base
-model, and is followed - outside the timed region - by ``dispatched[primary] += 1``, as the service does.
+model with a prompt of 50-8,000 tokens (streamed), and is followed - outside the timed region - by the
+request's load charge on its primary endpoint (``LoadCharge.add``: dispatched, in-flight and token columns),
+as the service does.
 
 Figures (microseconds; each is the median over runs of a per-run statistic):
 
@@ -44,7 +46,9 @@ from typing import Any
 import numpy as np
 
 from scoring import EndpointMatrix, EndpointRow, PickRequest, Scheduler, default_scheduler
+from scoring.matrix import LoadCharge
 from scoring.registry import DEFAULT_WEIGHTS, reference_default_scheduler
+from scoring.scorers.tokens import DEFAULT_MIN_RANGE_TOKENS
 
 SIZES = (10, 100, 1000, 10000)
 ADAPTERS = tuple(f"adapter-{i}" for i in range(20))
@@ -78,7 +82,13 @@ def fleet(n: int, seed: int) -> list[EndpointRow]:
 def requests(count: int, seed: int) -> list[PickRequest]:
     rng = np.random.default_rng(seed)
     names = [*ADAPTERS, "base-model"]
-    return [PickRequest(target_model=names[int(rng.integers(len(names)))]) for _ in range(count)]
+    return [
+        PickRequest(
+            target_model=names[int(rng.integers(len(names)))],
+            prompt_tokens_estimate=int(rng.integers(50, 8001)),
+        )
+        for _ in range(count)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- baseline
@@ -94,11 +104,19 @@ class LoopScheduler:
         return sum(known) / len(known) if known else fallback
 
     def pick(
-        self, rows: Sequence[EndpointRow], dispatched: list[float], target: str, rng: np.random.Generator
+        self,
+        rows: Sequence[EndpointRow],
+        dispatched: list[float],
+        prefill: list[float],
+        target: str,
+        rng: np.random.Generator,
     ) -> int:
         w = self.weights
-        wq, wr = w["queue-scorer"], w["running-requests-size-scorer"]
-        wkv, wl, wg = w["kv-cache-utilization-scorer"], w["lora-affinity-scorer"], w["gpu-utilization-scorer"]
+        wq, wr = w.get("queue-scorer", 0.0), w.get("running-requests-size-scorer", 0.0)
+        wkv, wl = w.get("kv-cache-utilization-scorer", 0.0), w.get("lora-affinity-scorer", 0.0)
+        wg, wp = w.get("gpu-utilization-scorer", 0.0), w.get("prefill-queue-scorer", 0.0)
+        p_lo = min(prefill)
+        p_top = max(*prefill, p_lo + DEFAULT_MIN_RANGE_TOKENS)
         q_fill = self._fill([r.waiting for r in rows], 0.0, MAX_LOAD, 0.0)
         r_fill = self._fill([r.running for r in rows], 0.0, MAX_LOAD, 0.0)
         kv_fill = self._fill([r.kv_usage for r in rows], 0.0, 1.0, 0.0)
@@ -131,6 +149,7 @@ class LoopScheduler:
                 + wkv * (1.0 - min(max(kv, 0.0), 1.0))
                 + wl * lora
                 + wg * (1.0 - min(max(gpu, 0.0), 1.0))
+                + wp * ((p_top - prefill[i]) / (p_top - p_lo) if p_top > p_lo else 1.0)
             )
             if total > best:
                 best = total
@@ -170,6 +189,8 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
     reference = reference_default_scheduler()
     loop = LoopScheduler(dict(DEFAULT_WEIGHTS))
 
+    charges = [LoadCharge.for_request(r) for r in reqs]
+
     def scheduler_p50(s: Scheduler, *, new_snapshot: bool) -> float:
         snapshots = [EndpointMatrix.from_rows(rows) for _ in range(8 if new_snapshot else 1)]
         rng = np.random.default_rng(2)
@@ -178,24 +199,26 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
         def setup(i: int) -> None:
             m = snapshots[i % len(snapshots)]
             if new_snapshot:  # a fresh object each time: what a scrape publishing a new snapshot looks like
-                m = m.with_load(m.dispatched)
+                m = m.with_load(m.dispatched)  # the same (shared) load columns, as the datastore does
                 m = EndpointMatrix(**{k: getattr(m, k) for k in m.__dataclass_fields__})
             state["m"] = m
 
         def body(i: int) -> None:
             m = state["m"]
             primary = s.schedule(m, reqs[i], now=NOW, rng=rng).primary
-            m.dispatched[primary] += 1.0
+            charges[i].add(m, primary)
 
         return statistics.median(_per_call(calls, setup, body))
 
     def loop_p50() -> float:
         rng = np.random.default_rng(2)
         dispatched = [0.0] * n
+        prefill = [0.0] * n
 
         def body(i: int) -> None:
-            primary = loop.pick(rows, dispatched, reqs[i].target_model, rng)
+            primary = loop.pick(rows, dispatched, prefill, reqs[i].target_model, rng)
             dispatched[primary] += 1.0
+            prefill[primary] += charges[i].prefill
 
         return statistics.median(_per_call(loop_calls, lambda _i: None, body))
 
@@ -213,14 +236,17 @@ def agreement(rows: list[EndpointRow], reqs: Sequence[PickRequest]) -> bool:
     s = default_scheduler()
     loop = LoopScheduler(dict(DEFAULT_WEIGHTS))
     dispatched = [0.0] * len(rows)
+    prefill = [0.0] * len(rows)
     rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
     for req in reqs:
         a = s.schedule(m, req, now=NOW, rng=rng_a).primary
-        b = loop.pick(rows, dispatched, req.target_model, rng_b)
+        b = loop.pick(rows, dispatched, prefill, req.target_model, rng_b)
         if a != b:
             return False
-        m.dispatched[a] += 1.0
+        charge = LoadCharge.for_request(req)
+        charge.add(m, a)
         dispatched[b] += 1.0
+        prefill[b] += charge.prefill
     return True
 
 
@@ -237,9 +263,9 @@ def bench_batch(runs: int, calls: int) -> dict[str, float]:
             if batched:
                 s.schedule_batch(m, batches[i], now=NOW, rng=rng)
                 return
-            copy = m.with_load(m.dispatched.copy())
+            copy = m.with_load_copies()
             for req in batches[i]:
-                copy.dispatched[s.schedule(copy, req, now=NOW, rng=rng).primary] += 1.0
+                LoadCharge.for_request(req).add(copy, s.schedule(copy, req, now=NOW, rng=rng).primary)
 
         return statistics.median(_per_call(calls, lambda _i: None, body))
 

@@ -1,0 +1,63 @@
+"""The benchmark tooling itself: the pick baseline must compute what the scheduler computes (else the
+speedup compares different work), and the summary writer must only touch its own block."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench_pick import agreement, fleet, requests
+from benchmarks.harness import percentile
+from benchmarks.run_all import Target, _median, write_block
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_the_python_loop_baseline_picks_what_the_scheduler_picks(n: int) -> None:
+    # 64 picks with prompt-token charges in between: queue, KV, LoRA, GPU and prefill terms all move.
+    assert agreement(fleet(n, seed=n), requests(64, seed=1))
+
+
+def test_the_baseline_disagrees_when_its_formula_is_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import bench_pick
+
+    # With the prefill-queue term dropped, the loop no longer matches: agreement() can fail.
+    monkeypatch.setattr(bench_pick, "DEFAULT_MIN_RANGE_TOKENS", 1.0)
+    assert not agreement(fleet(100, seed=100), requests(64, seed=1))
+
+
+def test_write_block_replaces_only_its_own_block(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# R\n\nintro\n\n<!-- perf:begin -->\nold\n<!-- perf:end -->\n\n## Quality\nkept\n")
+    write_block(path, "<!-- perf:begin -->\nnew\n<!-- perf:end -->\n")
+    text = path.read_text()
+    assert "new" in text
+    assert "old" not in text
+    assert text.startswith("# R\n\nintro")
+    assert text.endswith("## Quality\nkept\n")
+    other = tmp_path / "fresh.md"
+    write_block(other, "<!-- perf:begin -->\nx\n<!-- perf:end -->\n")
+    assert other.read_text().startswith("# Benchmark results")
+    assert "x" in other.read_text()
+
+
+def test_medians_skip_failed_runs_and_work_per_position() -> None:
+    assert _median([3.0, float("nan"), 1.0, 2.0]) == 2.0
+    assert _median([[1.0, 10.0], [3.0, 30.0], [2.0, 20.0]]) == [2.0, 20.0]
+    assert math.isnan(_median(["x", None]))
+
+
+def test_a_target_not_measured_is_not_met() -> None:
+    t = Target("bench_x", "x", ("a",), "<=", 1.0, "ms")
+    assert t.met(0.5)
+    assert not t.met(1.5)
+    assert not t.met(float("nan"))
+
+
+def test_nearest_rank_percentile() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert math.isnan(percentile([], 99))
