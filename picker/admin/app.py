@@ -117,6 +117,10 @@ def build_admin_app(
                     "stale": not age <= threshold,
                     "dispatched_since_scrape": row.dispatched,
                     "inflight": row.inflight,
+                    #: estimated prompt tokens routed here still waiting for their first response byte
+                    "prefill_tokens": row.prefill_tokens,
+                    #: estimated prompt tokens of the streams open through us to this endpoint
+                    "inflight_tokens": row.inflight_tokens,
                     "last_error": st.last_error if st else None,
                     "scrapes_ok": st.scrapes_ok if st else 0,
                     "scrapes_failed": st.scrapes_failed if st else 0,

@@ -59,7 +59,7 @@ from picker.extproc import messages, wire
 from picker.extproc.observer import StreamObserver
 from picker.extproc.usage import SSEUsageScanner, Usage, usage_from_json
 from picker.routing.openai import ModelRestorer
-from picker.routing.types import Router, RoutingDecision, RoutingRequest
+from picker.routing.types import Lease, Router, RoutingDecision, RoutingRequest
 
 __all__ = ["ExtProcStream", "StreamAbortError"]
 
@@ -113,6 +113,7 @@ class ExtProcStream:
         "_max_body",
         "_observer",
         "_path",
+        "_prefill_lease",
         "_request_id",
         "_resp_chunks",
         "_resp_mode",
@@ -157,6 +158,8 @@ class ExtProcStream:
         self._body_size = 0
         self._started = 0.0
         self._decision: RoutingDecision | None = None
+        #: the decision's lease until the first response body byte gives back the prefill charge
+        self._prefill_lease: Lease | None = None
         self._restorer: ModelRestorer | None = None
         self._resp_mode = _BUFFERED
         #: chunks are echoed as they come (SSE, or a buffered response that outgrew the cap)
@@ -365,11 +368,18 @@ class ExtProcStream:
         return (reply,)
 
     def _skips(self, decision: RoutingDecision) -> bool:
-        return self._skip_response is not None and self._skip_response(decision)
+        if self._skip_response is None or not self._skip_response(decision):
+            return False
+        # No response body will be seen, so the end of prefill cannot be: give the prefill charge back
+        # now rather than holding it until the stream ends (which would make the endpoint look busy
+        # with prefill work long finished). The prefill-queue signal is lost for these requests.
+        decision.lease.first_byte()
+        return True
 
     def _routed(self, decision: RoutingDecision, request_bytes: int) -> None:
         self._state = _ROUTED
         self._echo = []
+        self._prefill_lease = decision.lease
         if decision.target_model != decision.incoming_model:
             restorer = ModelRestorer(decision.target_model, decision.incoming_model)
             self._restorer = restorer if restorer.active else None
@@ -451,6 +461,11 @@ class ExtProcStream:
         chunk = message.body
         end_of_stream = message.end_of_stream
         self._resp_size += len(chunk)
+        lease = self._prefill_lease
+        if lease is not None and chunk:
+            # the first response byte: for a streamed response, the first token, so prefill is done
+            self._prefill_lease = None
+            lease.first_byte()
         if self._echoing:
             # The per-token path of a streamed response: kept short on purpose.
             if chunk:

@@ -7,8 +7,9 @@
 4. Candidates = the subset hint (IP match, as the reference; port ignored); empty → 503.
 5. Admission: a sheddable request (priority < 0) is rejected with 429 when pool saturation ≥ 1.
 6. Schedule (filters → weighted scorers → picker); nothing left → 429.
-7. Count the request against the primary endpoint (released when the stream ends) and hand back the
-   body: the original bytes unless the model changed.
+7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
+   endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
+   and hand back the body: the original bytes unless the model changed.
 
 Everything here is synchronous and allocation-light: it runs once per request on the event loop.
 """
@@ -29,6 +30,7 @@ from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.datastore import NullLease
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from scoring import EndpointMatrix, NoEndpointsAvailable, subset_mask
+from scoring.matrix import LoadCharge
 from scoring.types import PickRequest
 
 HDR_OBJECTIVE = "x-gateway-inference-objective"
@@ -55,7 +57,7 @@ class RoutingState(Protocol):
 
     def snapshot(self) -> EndpointMatrix: ...
 
-    def acquire(self, name: str) -> Lease: ...
+    def acquire(self, name: str, charge: LoadCharge = ..., /) -> Lease: ...
 
 
 class DirectorObserver(Protocol):
@@ -147,6 +149,7 @@ class Director:
             headers={HDR_TEST_SELECTION: selection} if selection is not None else _NO_PLUGIN_HEADERS,
             prefix_hashes=info.prefix_hashes if info is not None else (),
             prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
+            stream=info.stream if info is not None else False,
         )
         try:
             result = scheduler.schedule(
@@ -157,7 +160,11 @@ class Director:
         if self._observer is not None and not explain:
             self._observer.scheduled(self._clock() - started)
         endpoints = tuple(m.addresses[i] for i in result.indices)
-        lease = NullLease() if explain else self._ds.acquire(m.names[result.primary])
+        lease = (
+            NullLease()
+            if explain
+            else self._ds.acquire(m.names[result.primary], LoadCharge.for_request(pick_req))
+        )
         body = request.body
         if info is not None and target != incoming:
             body = rewrite_model(body, target)

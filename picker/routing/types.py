@@ -61,7 +61,11 @@ class RoutingRequest:
 
 
 class Lease(Protocol):
-    """In-flight accounting for one routed request. ``release()`` is idempotent."""
+    """In-flight accounting for one routed request (see ``scoring.matrix.LoadCharge``): ``first_byte()``
+    at the first response body byte gives back the prefill part of the charge, ``release()`` at stream
+    end gives back the rest (and the prefill, if no byte came). Both idempotent."""
+
+    def first_byte(self) -> None: ...
 
     def release(self) -> None: ...
 

@@ -19,6 +19,10 @@ Load accounting (the two mutable columns shared with every snapshot):
   land: gauges and ``dispatched`` always change together, so a pick never sees the drop without the
   gauges that account for it (between the two, the endpoint would look emptier than it is).
 * ``inflight[i]`` +1 at pick, -1 when the stream ends (:class:`EndpointLease.release`, idempotent).
+* ``prefill_tokens[i]`` and ``inflight_tokens[i]``: the request's :class:`~scoring.matrix.LoadCharge`
+  (prompt-token estimate) added at pick; the prefill part leaves at the first response body byte
+  (:meth:`EndpointLease.first_byte`) or at stream end, whichever comes first, the rest at stream end.
+  The lease remembers the charge, so exactly what was added is subtracted.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
-from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, engine_code, split_host_port
+from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
 
 _FLOAT_COLUMNS = (
     "waiting",
@@ -46,6 +50,9 @@ _FLOAT_COLUMNS = (
     "block_size",
     "num_blocks",
 )
+#: the charge of a request with no token estimate (header-only requests, callers that count requests only)
+NO_CHARGE = LoadCharge(0.0, 0.0)
+
 _METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
 
 
@@ -69,25 +76,38 @@ class EndpointStatus:
 
 
 class EndpointLease:
-    """Releases one in-flight slot on an endpoint when the stream ends. Idempotent."""
+    """One routed request's load on its primary endpoint: releases the prefill part of its charge at the
+    first response byte and everything else when the stream ends. Both idempotent."""
 
-    __slots__ = ("_name", "_store", "released")
+    __slots__ = ("_charge", "_name", "_store", "prefill_released", "released")
 
-    def __init__(self, store: Datastore, name: str) -> None:
+    def __init__(self, store: Datastore, name: str, charge: LoadCharge) -> None:
         self._store = store
         self._name = name
+        self._charge = charge
+        self.prefill_released = charge.prefill == 0.0
         self.released = False
+
+    def first_byte(self) -> None:
+        """The first response body byte came back: the prompt's prefill is done."""
+        if not self.prefill_released:
+            self.prefill_released = True
+            self._store._release_prefill(self._name, self._charge.prefill)
 
     def release(self) -> None:
         if not self.released:
+            self.first_byte()
             self.released = True
-            self._store._release(self._name)
+            self._store._release(self._name, self._charge.tokens)
 
 
 class NullLease:
     """For picks that are not dispatched (header-only requests still count; explain never does)."""
 
     __slots__ = ()
+
+    def first_byte(self) -> None:
+        return None
 
     def release(self) -> None:
         return None
@@ -140,6 +160,8 @@ class Datastore:
         self._engine = np.zeros(0, dtype=np.int8)
         self._dispatched = np.zeros(0)
         self._inflight = np.zeros(0)
+        self._prefill = np.zeros(0)
+        self._inflight_tokens = np.zeros(0)
         #: requests sent in all at the start of the scrape whose gauges are published (see module doc)
         self._baseline = np.zeros(0)
         #: the same for scrapes that landed but are not published yet (NaN: none)
@@ -222,7 +244,14 @@ class Datastore:
         old_eps = {n: s.endpoint for n, s in self._status.items()}
         new_eps = change(old_eps)
         old_index, old_cols = self._index, self._colmat
-        old_load = (self._dispatched, self._inflight, self._baseline, self._pending)
+        old_load = (
+            self._dispatched,
+            self._inflight,
+            self._prefill,
+            self._inflight_tokens,
+            self._baseline,
+            self._pending,
+        )
         status: dict[str, EndpointStatus] = {}
         for name, ep in new_eps.items():
             st = self._status.get(name)
@@ -237,7 +266,7 @@ class Datastore:
         colmat[_FLOAT_COLUMNS.index("scraped_at")] = NEVER
         cols = {c: colmat[k] for k, c in enumerate(_FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
-        load = (np.zeros(n), np.zeros(n), np.zeros(n), np.full(n, math.nan))
+        load = (np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.full(n, math.nan))
         for i, name in enumerate(order):
             j = old_index.get(name)
             kept = j is not None and old_eps[name].address == new_eps[name].address
@@ -256,7 +285,14 @@ class Datastore:
         self._colmat = colmat
         self._cols = cols
         self._engine = engine
-        self._dispatched, self._inflight, self._baseline, self._pending = load
+        (
+            self._dispatched,
+            self._inflight,
+            self._prefill,
+            self._inflight_tokens,
+            self._baseline,
+            self._pending,
+        ) = load
         self._snapshot = None
         self._static = None
         self._lora_cache = None
@@ -390,6 +426,8 @@ class Datastore:
             scraped_at=cols[k("scraped_at")],
             dispatched=self._dispatched,
             inflight=self._inflight,
+            prefill_tokens=self._prefill,
+            inflight_tokens=self._inflight_tokens,
             lora_vocab=vocab,
             lora_active=active,
             lora_waiting=waiting,
@@ -404,18 +442,29 @@ class Datastore:
         )
 
     # ----------------------------------------------------------------------------------- accounting
-    def acquire(self, name: str) -> EndpointLease:
-        """Count a request dispatched to ``name`` (primary). Release the lease when the stream ends."""
+    def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> EndpointLease:
+        """Count a request dispatched to ``name`` (primary) with its token ``charge``. Call the lease's
+        ``first_byte()`` at the first response body byte and ``release()`` when the stream ends."""
         i = self._index.get(name)
         if i is not None:
             self._dispatched[i] += 1.0
             self._inflight[i] += 1.0
-        return EndpointLease(self, name)
+            self._prefill[i] += charge.prefill
+            self._inflight_tokens[i] += charge.tokens
+        return EndpointLease(self, name, charge)
 
-    def _release(self, name: str) -> None:
+    def _release_prefill(self, name: str, prefill: float) -> None:
         i = self._index.get(name)
-        if i is not None and self._inflight[i] > 0:
-            self._inflight[i] -= 1.0
+        if i is not None:
+            # never below zero: a row re-created by a membership change starts from zero
+            self._prefill[i] = max(0.0, float(self._prefill[i]) - prefill)
+
+    def _release(self, name: str, tokens: float) -> None:
+        i = self._index.get(name)
+        if i is not None:
+            if self._inflight[i] > 0:
+                self._inflight[i] -= 1.0
+            self._inflight_tokens[i] = max(0.0, float(self._inflight_tokens[i]) - tokens)
 
     def inflight_total(self) -> float:
         return float(self._inflight.sum())

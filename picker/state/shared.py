@@ -18,19 +18,23 @@ Segment layout (``multiprocessing.shared_memory``, created by the supervisor, a 
 * a header of 64-bit words (layout, sequence counters, the blob descriptor, the supervisor's pid);
 * float64 **columns** indexed by *slot* (waiting, running, kv_usage, gpu_util, scraped_at, max_lora,
   block_size, num_blocks, engine code, dispatch baseline), written under a sequence lock;
-* float64 **counters** ``[worker, kind, slot]`` with ``kind`` 0 = picks, 1 = releases: monotonic, and each
-  worker writes only its own row (single writer per word: no cross-process atomics are needed);
+* float64 **counters** ``[worker, kind, slot]`` with ``kind`` 0 = picks, 1 = releases, 2/3 = prefill
+  tokens charged/given back, 4/5 = in-flight tokens charged/given back (``scoring.matrix.LoadCharge``):
+  monotonic, and each worker writes only its own row (single writer per word: no cross-process atomics
+  are needed);
 * two **blob** slots holding the rarely changing part as JSON: endpoints (name, address, slot, LoRA
   adapters), pool, health inputs, objectives, rewrites and the config document. The supervisor writes the
   idle slot, then flips the descriptor (slot, length, CRC-32, generation); a reader checks the CRC and the
   sequence word, so it never parses a half-written document whatever the CPU's memory ordering.
 
 Accounting across processes: with ``P`` = the sum over workers of picks of a slot and ``R`` the sum of
-releases, ``inflight = P - R`` and ``dispatched = P - baseline``, where ``baseline`` is ``P`` as it was
+releases, ``inflight = P - R`` (``prefill_tokens`` and ``inflight_tokens`` likewise: charged minus given
+back) and ``dispatched = P - baseline``, where ``baseline`` is ``P`` as it was
 when the scrape that produced the current gauges *started* (the supervisor notes ``P`` at the start of
 each scrape and moves it into ``baseline`` when the scrape lands). That is exactly the single-process
 rule ("requests sent since the scrape began"), computed from counters that only grow. A worker that
-dies is settled by the supervisor (its releases set equal to its picks: its streams died with it) before
+dies is settled by the supervisor (its releases set equal to its picks, and its token give-backs to its
+charges: its streams died with it) before
 a replacement reuses its row.
 
 Slots: an endpoint (name and address) keeps its slot while it is in the pool. A removed endpoint's slot
@@ -58,7 +62,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from picker.state.datastore import Datastore, lora_columns
+from picker.state.datastore import NO_CHARGE, Datastore, lora_columns
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import (
@@ -69,7 +73,7 @@ from picker.state.objectives import (
     RewriteStore,
     RewriteTarget,
 )
-from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, split_host_port
+from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, LoadCharge, split_host_port
 
 __all__ = [
     "COLUMNS",
@@ -82,7 +86,7 @@ __all__ = [
 ]
 
 _MAGIC: Final = 0x3130726B63697070  # "ppicker01" little-endian-ish tag; guards against attaching garbage
-_LAYOUT_VERSION: Final = 1
+_LAYOUT_VERSION: Final = 2
 _HEADER_WORDS: Final = 16
 
 # header word indices
@@ -107,6 +111,11 @@ _COL: Final = {name: i for i, name in enumerate(COLUMNS)}
 _METRIC_COLUMNS: Final = COLUMNS[:8]
 _PICKS: Final = 0
 _RELEASES: Final = 1
+_PREFILL_ADD: Final = 2
+_PREFILL_DONE: Final = 3
+_TOKENS_ADD: Final = 4
+_TOKENS_DONE: Final = 5
+_KINDS: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +143,7 @@ class SharedLayout:
 
     @property
     def blob_offset(self) -> int:
-        return self.counters_offset + self.workers * 2 * self.capacity * 8
+        return self.counters_offset + self.workers * _KINDS * self.capacity * 8
 
     @property
     def size(self) -> int:
@@ -157,7 +166,10 @@ class SharedSegment:
             (len(COLUMNS), layout.capacity), dtype=np.float64, buffer=buf, offset=layout.columns_offset
         )
         self.counters = np.ndarray(
-            (layout.workers, 2, layout.capacity), dtype=np.float64, buffer=buf, offset=layout.counters_offset
+            (layout.workers, _KINDS, layout.capacity),
+            dtype=np.float64,
+            buffer=buf,
+            offset=layout.counters_offset,
         )
         self.blob = np.ndarray((2, layout.blob_bytes), dtype=np.uint8, buffer=buf, offset=layout.blob_offset)
 
@@ -297,9 +309,33 @@ class SharedSegment:
 
     def totals(self, slots: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         """Picks and releases per slot, summed over workers."""
-        c = self.counters[:, :, slots]
+        c = self.counters[:, :_PREFILL_ADD, slots]
         summed = c.sum(axis=0)
         return summed[_PICKS], summed[_RELEASES]
+
+    def load(self, slots: np.ndarray | slice) -> np.ndarray:
+        """Every counter kind per slot, summed over workers: shape ``(kinds, len(slots))``."""
+        summed: np.ndarray = self.counters[:, :, slots].sum(axis=0)
+        return summed
+
+
+def _fill_load(
+    summed: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    dispatched: np.ndarray,
+    inflight: np.ndarray,
+    prefill: np.ndarray,
+    tokens: np.ndarray,
+) -> None:
+    """The four load columns from summed counters (see the module doc), written in place."""
+    np.subtract(summed[_PICKS], summed[_RELEASES], out=inflight)
+    np.subtract(summed[_PICKS], baseline, out=dispatched)
+    np.maximum(dispatched, 0.0, out=dispatched)
+    np.subtract(summed[_PREFILL_ADD], summed[_PREFILL_DONE], out=prefill)
+    np.maximum(prefill, 0.0, out=prefill)
+    np.subtract(summed[_TOKENS_ADD], summed[_TOKENS_DONE], out=tokens)
+    np.maximum(tokens, 0.0, out=tokens)
 
 
 # ============================================================================================ static part
@@ -553,10 +589,14 @@ class SharedDatastore(Datastore):
     def _refresh_load(self) -> None:
         if not len(self._slots):
             return
-        picks, releases = self.segment.totals(self._slots)
-        np.subtract(picks, releases, out=self._inflight)
-        np.subtract(picks, self._slot_baseline[self._slots], out=self._dispatched)
-        np.maximum(self._dispatched, 0.0, out=self._dispatched)
+        _fill_load(
+            self.segment.load(self._slots),
+            self._slot_baseline[self._slots],
+            dispatched=self._dispatched,
+            inflight=self._inflight,
+            prefill=self._prefill,
+            tokens=self._inflight_tokens,
+        )
 
     def snapshot(self) -> EndpointMatrix:
         self._refresh_load()
@@ -566,7 +606,7 @@ class SharedDatastore(Datastore):
         self._refresh_load()
         return float(self._inflight.sum())
 
-    def acquire(self, name: str) -> Any:  # noqa: ARG002 - the Datastore signature
+    def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> Any:  # noqa: ARG002 - the signature
         raise RuntimeError("the supervisor does not route: workers acquire through SharedView")
 
     def worker_stats(self) -> list[dict[str, float]]:
@@ -583,6 +623,8 @@ class SharedDatastore(Datastore):
         row = self.segment.counters[worker]
         open_streams = float((row[_PICKS] - row[_RELEASES]).sum())
         row[_RELEASES] = row[_PICKS]
+        row[_PREFILL_DONE] = row[_PREFILL_ADD]
+        row[_TOKENS_DONE] = row[_TOKENS_ADD]
         return open_streams
 
     # ------------------------------------------------------------------------------- publishing
@@ -649,19 +691,30 @@ class SharedDatastore(Datastore):
 
 # ============================================================================================ worker
 class SharedLease:
-    """One in-flight stream of this worker on one slot. ``release()`` is idempotent."""
+    """One in-flight stream of this worker on one slot, with its token charge. Same contract as
+    :class:`~picker.state.datastore.EndpointLease`: ``first_byte()`` and ``release()``, idempotent."""
 
-    __slots__ = ("_row", "_slot", "released")
+    __slots__ = ("_charge", "_rows", "_slot", "prefill_released", "released")
 
-    def __init__(self, row: np.ndarray, slot: int) -> None:
-        self._row = row
+    def __init__(self, rows: np.ndarray, slot: int, charge: LoadCharge) -> None:
+        self._rows = rows
         self._slot = slot
+        self._charge = charge
+        self.prefill_released = charge.prefill == 0.0
         self.released = False
+
+    def first_byte(self) -> None:
+        if not self.prefill_released:
+            self.prefill_released = True
+            self._rows[_PREFILL_DONE, self._slot] += self._charge.prefill
 
     def release(self) -> None:
         if not self.released:
+            self.first_byte()
             self.released = True
-            self._row[self._slot] += 1.0
+            rows, slot = self._rows, self._slot
+            rows[_TOKENS_DONE, slot] += self._charge.tokens
+            rows[_RELEASES, slot] += 1.0
 
 
 class SharedView:
@@ -678,8 +731,7 @@ class SharedView:
             raise ValueError(f"worker index {worker} out of range for {segment.layout.workers} workers")
         self.segment = segment
         self.worker = worker
-        self._picks_row = segment.counters[worker, _PICKS]
-        self._releases_row = segment.counters[worker, _RELEASES]
+        self._rows = segment.counters[worker]
         self.objectives = ObjectiveStore()
         self.rewrites = RewriteStore()
         self.static: StaticState | None = None
@@ -694,6 +746,8 @@ class SharedView:
         self._matrix: EndpointMatrix | None = None
         self._dispatched = np.zeros(0)
         self._inflight = np.zeros(0)
+        self._prefill = np.zeros(0)
+        self._inflight_tokens = np.zeros(0)
         self._baseline = np.zeros(0)
 
     # ------------------------------------------------------------------------------- static part
@@ -725,6 +779,8 @@ class SharedView:
             self._lora = lora_columns([(r[3], r[4]) for r in rows])
             self._dispatched = np.zeros(len(rows))
             self._inflight = np.zeros(len(rows))
+            self._prefill = np.zeros(len(rows))
+            self._inflight_tokens = np.zeros(len(rows))
             self._seq = -1  # rebuild the matrix for the new rows
         return True
 
@@ -753,10 +809,14 @@ class SharedView:
         if matrix is None or seg.sequence != self._seq:
             matrix = self._matrix = self._build()
         if len(self._slots):
-            picks, releases = seg.totals(self._slot_index)
-            np.subtract(picks, releases, out=self._inflight)
-            np.subtract(picks, self._baseline, out=self._dispatched)
-            np.maximum(self._dispatched, 0.0, out=self._dispatched)
+            _fill_load(
+                seg.load(self._slot_index),
+                self._baseline,
+                dispatched=self._dispatched,
+                inflight=self._inflight,
+                prefill=self._prefill,
+                tokens=self._inflight_tokens,
+            )
         return matrix
 
     def _build(self) -> EndpointMatrix:
@@ -779,6 +839,8 @@ class SharedView:
             scraped_at=cols[_COL["scraped_at"]],
             dispatched=self._dispatched,
             inflight=self._inflight,
+            prefill_tokens=self._prefill,
+            inflight_tokens=self._inflight_tokens,
             lora_vocab=vocab,
             lora_active=active,
             lora_waiting=waiting,
@@ -792,15 +854,18 @@ class SharedView:
         )
 
     # ------------------------------------------------------------------------------- accounting
-    def acquire(self, name: str) -> SharedLease:
-        """Count one stream dispatched to ``name`` (primary) by this worker."""
+    def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> SharedLease:
+        """Count one stream dispatched to ``name`` (primary) by this worker, with its token charge."""
         slot = self._slot_by_name.get(name)
         if slot is None and self.refresh():
             slot = self._slot_by_name.get(name)
         if slot is None:
             raise KeyError(f"endpoint {name!r} is not in this worker's view")
-        self._picks_row[slot] += 1.0
-        return SharedLease(self._releases_row, slot)
+        rows = self._rows
+        rows[_PREFILL_ADD, slot] += charge.prefill
+        rows[_TOKENS_ADD, slot] += charge.tokens
+        rows[_PICKS, slot] += 1.0
+        return SharedLease(rows, slot, charge)
 
     def inflight_total(self) -> float:
         picks, releases = self.segment.totals(slice(None))

@@ -31,6 +31,10 @@ POD_3 = "192.168.1.3:8000"
 @dataclass
 class FakeLease:
     releases: int = 0
+    first_bytes: int = 0
+
+    def first_byte(self) -> None:
+        self.first_bytes += 1
 
     def release(self) -> None:
         self.releases += 1

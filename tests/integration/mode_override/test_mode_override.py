@@ -172,3 +172,23 @@ async def test_a_skipped_stream_stays_in_flight_until_the_proxy_closes_it(
             break
         await asyncio.sleep(0.01)
     assert await svc.inflight() == 0.0
+
+
+async def test_a_skipped_response_gives_its_prefill_charge_back_at_once(
+    start: Callable[[str], Awaitable[Running]],
+) -> None:
+    """No response body will be seen, so the end of prefill cannot be: the prefill part of the charge is
+    not held until the stream ends; the in-flight tokens are."""
+    svc = await start(WHEN_NEEDED)
+    stream = svc.client.stream()
+    body = b'{"model":"m","stream":true,"prompt":"' + b"p" * 2000 + b'"}'
+    for message in HttpRequest(body=body).messages():
+        await stream.send(message)
+    for _ in range(2):
+        assert await stream.recv() is not None
+    async with svc.http.get(f"http://127.0.0.1:{svc.ports.metrics}/debug/endpoints") as resp:
+        rows = (await resp.json())["endpoints"]
+    assert sum(r["prefill_tokens"] for r in rows) == 0.0
+    assert sum(r["inflight_tokens"] for r in rows) == 500.0
+    await stream.half_close()
+    assert await stream.recv() is None

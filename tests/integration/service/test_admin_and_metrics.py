@@ -281,6 +281,8 @@ ENDPOINT_FIELDS = {
     "stale",
     "dispatched_since_scrape",
     "inflight",
+    "prefill_tokens",
+    "inflight_tokens",
     "last_error",
     "scrapes_ok",
     "scrapes_failed",

@@ -123,3 +123,47 @@ async def test_sixty_four_concurrent_streams_spread_evenly_over_eight_equal_endp
         )
         == 64
     )
+
+
+async def _tokens(svc: ServiceHarness, address: str) -> tuple[float, float]:
+    row = (await svc.endpoint_rows())[address]
+    return row["prefill_tokens"], row["inflight_tokens"]
+
+
+async def test_a_streamed_requests_prompt_tokens_count_as_prefill_until_its_first_byte(
+    start_service: StartService,
+) -> None:
+    """The token charge of scoring.matrix.LoadCharge, end to end: prompt chars / 4 at the pick; the
+    prefill part leaves at the first response body byte, the rest when the stream ends."""
+    svc = await start_service(pods=1)
+    prompt = "x" * 4000  # 1,000 estimated tokens
+    stream, _ = await hold(svc.client, HttpRequest(body=completion(prompt, stream=True)))
+    assert await _tokens(svc, P0) == (1000.0, 1000.0)
+
+    await stream.send(response_headers([(":status", "200"), ("content-type", "text/event-stream")]))
+    assert (await stream.recv()).WhichOneof("response") == "response_headers"
+    assert await _tokens(svc, P0) == (1000.0, 1000.0)  # headers are no sign that prefill is done
+    await stream.send(response_body(b'data: {"choices":[{"text":"x"}]}\n\n'))
+    assert (await stream.recv()).WhichOneof("response") == "response_body"
+    assert await _tokens(svc, P0) == (0.0, 1000.0)
+
+    await stream.send(response_body(b"data: [DONE]\n\n", end_of_stream=True))
+    assert (await stream.recv()).WhichOneof("response") == "response_body"
+    await stream.half_close()
+    await _settles(svc, {P0: 0.0}, 0.0)
+    assert await _tokens(svc, P0) == (0.0, 0.0)
+
+
+async def test_a_non_streamed_request_charges_no_prefill_and_a_cancel_gives_everything_back(
+    start_service: StartService,
+) -> None:
+    svc = await start_service(pods=1)
+    plain, _ = await hold(svc.client, HttpRequest(body=completion("y" * 800)))
+    streamed, _ = await hold(svc.client, HttpRequest(body=completion("z" * 400, stream=True)))
+    assert await _tokens(svc, P0) == (100.0, 300.0)
+    streamed.cancel()  # the client left before any byte came back: its prefill leaves with it
+    await _settles(svc, {P0: 1.0}, 1.0)
+    assert await _tokens(svc, P0) == (0.0, 200.0)
+    await finish(plain)
+    await _settles(svc, {P0: 0.0}, 0.0)
+    assert await _tokens(svc, P0) == (0.0, 0.0)

@@ -21,6 +21,10 @@ from picker.testing import envoy
 @dataclass
 class Lease:
     releases: int = 0
+    first_bytes: int = 0
+
+    def first_byte(self) -> None:
+        self.first_bytes += 1
 
     def release(self) -> None:
         self.releases += 1

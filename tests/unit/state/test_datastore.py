@@ -6,6 +6,7 @@ import pytest
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo, join_host_port, parse_static_endpoints
 from picker.state.metrics import EndpointMetrics
+from scoring.matrix import LoadCharge
 
 
 class FakeClock:
@@ -236,3 +237,54 @@ def test_metric_updates_are_published_at_most_every_interval_but_membership_at_o
     lease = ds.acquire("pod-2-rank-0")
     assert ds.snapshot().inflight[1] == 1, "load accounting is live, not delayed"
     lease.release()
+
+
+def test_a_requests_token_charge_is_live_in_the_snapshot_and_given_back_in_two_steps():
+    ds = Datastore(clock=FakeClock())
+    ds.replace_endpoints([ep(1), ep(2)])
+    m = ds.snapshot()
+    a = ds.acquire("pod-1-rank-0", LoadCharge.of(1200))
+    b = ds.acquire("pod-1-rank-0", LoadCharge.of(800, stream=False))
+    # the load columns are live arrays: the same snapshot object sees the charge
+    assert m.prefill_tokens.tolist() == [1200.0, 0.0]
+    assert m.inflight_tokens.tolist() == [2000.0, 0.0]
+    assert (m.inflight.tolist(), m.dispatched.tolist()) == ([2.0, 0.0], [2.0, 0.0])
+    a.first_byte()
+    a.first_byte()
+    assert m.prefill_tokens.tolist() == [0.0, 0.0]
+    assert m.inflight_tokens.tolist() == [2000.0, 0.0]
+    a.release()
+    a.release()
+    b.release()
+    assert (m.prefill_tokens.tolist(), m.inflight_tokens.tolist(), m.inflight.tolist()) == (
+        [0.0, 0.0],
+        [0.0, 0.0],
+        [0.0, 0.0],
+    )
+
+
+def test_a_stream_that_never_answers_gives_its_prefill_back_at_the_end():
+    ds = Datastore(clock=FakeClock())
+    ds.replace_endpoints([ep(1)])
+    lease = ds.acquire("pod-1-rank-0", LoadCharge.of(900))
+    lease.release()
+    m = ds.snapshot()
+    assert (m.prefill_tokens[0], m.inflight_tokens[0], m.inflight[0]) == (0.0, 0.0, 0.0)
+
+
+def test_token_columns_follow_their_endpoint_through_membership_changes():
+    ds = Datastore(clock=FakeClock())
+    ds.replace_endpoints([ep(1), ep(2)])
+    lease = ds.acquire("pod-2-rank-0", LoadCharge.of(400))
+    ds.replace_endpoints([ep(3), ep(2)])  # pod-2 keeps its row content at a new index
+    m = ds.snapshot()
+    assert m.names == ("pod-3-rank-0", "pod-2-rank-0")
+    assert m.prefill_tokens.tolist() == [0.0, 400.0]
+    assert m.inflight_tokens.tolist() == [0.0, 400.0]
+    ds.replace_endpoints([ep(3)])  # pod-2 leaves with its open stream
+    lease.release()  # a release for an endpoint no longer in the pool is a no-op
+    m = ds.snapshot()
+    assert (m.prefill_tokens.tolist(), m.inflight_tokens.tolist()) == ([0.0], [0.0])
+    ds.replace_endpoints([ep(3), ep(2)])  # and it comes back clean
+    m = ds.snapshot()
+    assert (m.prefill_tokens.tolist(), m.inflight_tokens.tolist()) == ([0.0, 0.0], [0.0, 0.0])

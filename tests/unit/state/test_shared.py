@@ -16,6 +16,7 @@ from picker.state.endpoints import Endpoint, PoolInfo, parse_static_endpoints
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.state.shared import HealthInputs, SharedDatastore, SharedLayout, SharedSegment, SharedView
+from scoring.matrix import LoadCharge
 
 
 class Clock:
@@ -305,3 +306,41 @@ def test_accounting_across_processes(segment: SharedSegment, clock: Clock) -> No
     assert ds.snapshot().inflight[0] == 3.0
     assert ds.snapshot().dispatched[0] == 9.0
     assert [s["picks"] for s in ds.worker_stats()] == [5.0, 4.0]
+
+
+def test_token_charges_add_up_across_workers_and_come_back_in_two_steps(
+    segment: SharedSegment, clock: Clock
+) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    w0, w1 = SharedView(segment, 0), SharedView(segment, 1)
+    a = w0.acquire("10.0.0.1:8000", LoadCharge.of(1000))
+    b = w1.acquire("10.0.0.1:8000", LoadCharge.of(300))
+    c = w1.acquire("10.0.0.2:8000", LoadCharge.of(500, stream=False))  # no prefill charge
+    for m in (w0.snapshot(), w1.snapshot(), ds.snapshot()):
+        assert m.prefill_tokens.tolist() == [1300.0, 0.0, 0.0]
+        assert m.inflight_tokens.tolist() == [1300.0, 500.0, 0.0]
+    a.first_byte()
+    a.first_byte()  # idempotent
+    assert w1.snapshot().prefill_tokens.tolist() == [300.0, 0.0, 0.0]
+    assert w1.snapshot().inflight_tokens.tolist() == [1300.0, 500.0, 0.0]
+    a.release()
+    b.release()  # no first byte ever came: the prefill leaves with the stream
+    b.release()
+    m = w0.snapshot()
+    assert m.prefill_tokens.tolist() == [0.0, 0.0, 0.0]
+    assert m.inflight_tokens.tolist() == [0.0, 500.0, 0.0]
+    c.release()
+    assert w0.snapshot().inflight_tokens.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_dead_workers_token_charges_are_settled(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    dead, alive = SharedView(segment, 0), SharedView(segment, 1)
+    dead.acquire("10.0.0.1:8000", LoadCharge.of(700))
+    alive.acquire("10.0.0.1:8000", LoadCharge.of(100))
+    ds.settle_worker(0)
+    m = alive.snapshot()
+    assert m.prefill_tokens.tolist() == [100.0, 0.0, 0.0]
+    assert m.inflight_tokens.tolist() == [100.0, 0.0, 0.0]
