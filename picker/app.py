@@ -130,6 +130,17 @@ def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], bool]
     return skip
 
 
+def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool]]:
+    """``(max body bytes, served-endpoint verifier on)`` of the active config, read by the ext_proc server
+    at the start of every stream so that a reload applies to the next request."""
+
+    def current() -> tuple[int, bool]:
+        cfg = config.active.config
+        return cfg.max_body_bytes, cfg.served_verifier_enabled
+
+    return current
+
+
 @dataclass(frozen=True, slots=True)
 class Ports:
     """Ports actually bound (useful with port 0 in tests)."""
@@ -204,6 +215,7 @@ class Service:
                 health=self.health_service if settings.health_checking else None,
                 reuse_port=settings.workers > 1,
                 skip_response=self._skip_response,
+                stream_config=stream_config_rule(self.config_store),
             )
             if serve_extproc
             else None

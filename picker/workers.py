@@ -62,6 +62,7 @@ from picker.app import (
     load_initial_config,
     skip_response_rule,
     snapshot_interval,
+    stream_config_rule,
 )
 from picker.config import default_config, load_config_text
 from picker.errors import ConfigError
@@ -192,6 +193,7 @@ class _Worker:
             health=HealthService(self._health) if s.health_checking else None,
             reuse_port=True,
             skip_response=skip_response_rule(store),
+            stream_config=stream_config_rule(store),
         )
 
     async def run(self, sock: socket.socket) -> None:

@@ -52,6 +52,12 @@ class ExtProcServer:
     default so that a second server on a busy port fails loudly instead of silently sharing it.
     ``skip_response`` enables the ``mode_override`` that skips the response phases (see
     :mod:`picker.extproc.stream`).
+
+    ``stream_config``, when given, is read at the start of every stream for ``(max_body_bytes,
+    served_verifier)``, so that a reloaded config document applies to the next stream; without it the
+    constructor's values hold. gRPC's per-message receive limit is fixed when the server starts (from
+    ``max_body_bytes``): a larger reloaded cap applies to bodies sent in several messages, as Envoy
+    streams them, while one single message above the starting cap is still refused by gRPC.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class ExtProcServer:
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
         skip_response: Callable[[RoutingDecision], bool] | None = None,
+        stream_config: Callable[[], tuple[int, bool]] | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -81,6 +88,7 @@ class ExtProcServer:
         self._reuse_port = reuse_port
         self._clock = clock
         self._skip_response = skip_response
+        self._stream_config = stream_config
         self._server: Any = None
         self._port = 0
 
@@ -140,11 +148,15 @@ class ExtProcServer:
         )
 
     async def _process(self, _request_iterator: Any, context: Any) -> None:
+        if self._stream_config is None:
+            max_body, served_verifier = self._max_body, self._served_verifier
+        else:
+            max_body, served_verifier = self._stream_config()
         stream = ExtProcStream(
             self._router,
             self._observer,
-            max_body_bytes=self._max_body,
-            served_verifier=self._served_verifier,
+            max_body_bytes=max_body,
+            served_verifier=served_verifier,
             clock=self._clock,
             skip_response=self._skip_response,
         )
