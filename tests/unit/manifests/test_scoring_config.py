@@ -11,10 +11,11 @@ import yaml
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 REQUIRED_PLUGINS = {
+    "prefill-queue-scorer",
     "queue-scorer",
     "kv-cache-utilization-scorer",
     "lora-affinity-scorer",
-    "prefix-cache-scorer",
+    "gpu-utilization-scorer",
     "max-score-picker",
     "utilization-detector",
 }
@@ -106,7 +107,7 @@ def test_every_weight_and_threshold_is_explained_with_its_default(builds: dict[s
             assert text, f"line {i + 1} ({key}) has no comment"
             assert re.search(r"\bdefault\b", text, re.IGNORECASE), f"line {i + 1} ({key}): say the default"
             checked += 1
-    assert checked >= 4 + 4 + 1 + 4  # 4 weights, prefix-cache params, picker param, detector params
+    assert checked >= 5 + 1 + 1 + 4  # 5 weights, prefill-queue param, picker param, detector params
 
 
 def test_document_builds_a_scheduler(builds: dict[str, Any]) -> None:
@@ -143,3 +144,17 @@ def test_document_loads_with_the_picker_config_loader(builds: dict[str, Any]) ->
         pytest.skip("picker.config has no load_config_text yet")
     config = load_config_text(_text(builds))
     assert config is not None
+
+
+def test_the_shipped_profile_is_the_built_in_default(builds: dict[str, Any]) -> None:
+    """Deploying the manifests must give the same routing as running without a document."""
+    registry = pytest.importorskip("scoring.registry")
+    doc = yaml.safe_load(_text(builds))
+    plugins = _plugins(doc)
+    (profile,) = doc["schedulingProfiles"]
+    weights = {
+        plugins[e["pluginRef"]]: e["weight"]
+        for e in profile["plugins"]
+        if plugins[e["pluginRef"]].endswith("-scorer")
+    }
+    assert weights == dict(registry.DEFAULT_WEIGHTS)
