@@ -510,15 +510,12 @@ async def _main(settings: Settings) -> None:
     await service.run(on_started=freeze_startup_objects)
 
 
-def run_serve(settings: Settings) -> int:
-    """Entry point of ``picker serve``. Returns the process exit code."""
-    if settings.workers > 1:
-        from picker.workers import run_workers
-
-        return run_workers(settings)
+def run_main(main: Coroutine[Any, Any, None]) -> int:
+    """Run a serving coroutine on uvloop; returns the process exit code (2: invalid configuration,
+    1: cannot start, e.g. a port in use)."""
     install_uvloop()
     try:
-        asyncio.run(_main(settings))
+        asyncio.run(main)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc.message)
         return 2
@@ -526,3 +523,12 @@ def run_serve(settings: Settings) -> int:
         log.error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def run_serve(settings: Settings) -> int:
+    """Entry point of ``picker serve``. Returns the process exit code."""
+    if settings.workers > 1:
+        from picker.workers import run_workers
+
+        return run_workers(settings)
+    return run_main(_main(settings))

@@ -65,7 +65,6 @@ from picker.app import (
     stream_config_rule,
 )
 from picker.config import default_config, load_config_text
-from picker.errors import ConfigError
 from picker.extproc.health import HealthService, HealthState
 from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig, generate_self_signed
@@ -510,15 +509,6 @@ async def _supervise(settings: Settings) -> None:
 
 def run_workers(settings: Settings) -> int:
     """``picker serve --workers N`` (N > 1). Returns the process exit code."""
-    from picker.app import install_uvloop
+    from picker.app import run_main
 
-    install_uvloop()
-    try:
-        asyncio.run(_supervise(settings))
-    except ConfigError as exc:
-        log.error("invalid configuration: %s", exc.message)
-        return 2
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0
+    return run_main(_supervise(settings))

@@ -50,6 +50,9 @@ _FLOAT_COLUMNS = (
     "block_size",
     "num_blocks",
 )
+#: the per-endpoint accounting arrays that follow their endpoint through membership changes (module doc)
+_LOAD_ATTRS = ("_dispatched", "_inflight", "_prefill", "_inflight_tokens", "_baseline", "_pending")
+
 #: the charge of a request with no token estimate (header-only requests, callers that count requests only)
 NO_CHARGE = LoadCharge(0.0, 0.0)
 
@@ -75,15 +78,15 @@ class EndpointStatus:
         return self.endpoint.engine or self.detected_engine
 
 
-class EndpointLease:
-    """One routed request's load on its primary endpoint: releases the prefill part of its charge at the
-    first response byte and everything else when the stream ends. Both idempotent."""
+class ChargedLease:
+    """One routed request's load on its primary endpoint: the prefill part of its charge is given back at
+    the first response byte (:meth:`first_byte`), everything else when the stream ends (:meth:`release`,
+    which also gives back the prefill if no byte came). Both idempotent, so exactly what was added is
+    subtracted once. Subclasses say where the give-backs go."""
 
-    __slots__ = ("_charge", "_name", "_store", "prefill_released", "released")
+    __slots__ = ("_charge", "prefill_released", "released")
 
-    def __init__(self, store: Datastore, name: str, charge: LoadCharge) -> None:
-        self._store = store
-        self._name = name
+    def __init__(self, charge: LoadCharge) -> None:
         self._charge = charge
         self.prefill_released = charge.prefill == 0.0
         self.released = False
@@ -92,13 +95,37 @@ class EndpointLease:
         """The first response body byte came back: the prompt's prefill is done."""
         if not self.prefill_released:
             self.prefill_released = True
-            self._store._release_prefill(self._name, self._charge.prefill)
+            self._give_back_prefill(self._charge.prefill)
 
     def release(self) -> None:
         if not self.released:
             self.first_byte()
             self.released = True
-            self._store._release(self._name, self._charge.tokens)
+            self._give_back_rest(self._charge.tokens)
+
+    def _give_back_prefill(self, prefill: float) -> None:
+        raise NotImplementedError
+
+    def _give_back_rest(self, tokens: float) -> None:
+        """The in-flight slot and the in-flight tokens."""
+        raise NotImplementedError
+
+
+class EndpointLease(ChargedLease):
+    """A :class:`ChargedLease` on this process's :class:`Datastore` (rows found by endpoint name)."""
+
+    __slots__ = ("_name", "_store")
+
+    def __init__(self, store: Datastore, name: str, charge: LoadCharge) -> None:
+        super().__init__(charge)
+        self._store = store
+        self._name = name
+
+    def _give_back_prefill(self, prefill: float) -> None:
+        self._store._release_prefill(self._name, prefill)
+
+    def _give_back_rest(self, tokens: float) -> None:
+        self._store._release(self._name, tokens)
 
 
 class NullLease:
@@ -244,14 +271,7 @@ class Datastore:
         old_eps = {n: s.endpoint for n, s in self._status.items()}
         new_eps = change(old_eps)
         old_index, old_cols = self._index, self._colmat
-        old_load = (
-            self._dispatched,
-            self._inflight,
-            self._prefill,
-            self._inflight_tokens,
-            self._baseline,
-            self._pending,
-        )
+        old_load = [getattr(self, f) for f in _LOAD_ATTRS]
         status: dict[str, EndpointStatus] = {}
         for name, ep in new_eps.items():
             st = self._status.get(name)
@@ -266,7 +286,7 @@ class Datastore:
         colmat[_FLOAT_COLUMNS.index("scraped_at")] = NEVER
         cols = {c: colmat[k] for k, c in enumerate(_FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
-        load = (np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.full(n, math.nan))
+        load = [np.full(n, math.nan if f == "_pending" else 0.0) for f in _LOAD_ATTRS]
         for i, name in enumerate(order):
             j = old_index.get(name)
             kept = j is not None and old_eps[name].address == new_eps[name].address
@@ -285,14 +305,8 @@ class Datastore:
         self._colmat = colmat
         self._cols = cols
         self._engine = engine
-        (
-            self._dispatched,
-            self._inflight,
-            self._prefill,
-            self._inflight_tokens,
-            self._baseline,
-            self._pending,
-        ) = load
+        for f, arr in zip(_LOAD_ATTRS, load, strict=True):
+            setattr(self, f, arr)
         self._snapshot = None
         self._static = None
         self._lora_cache = None

@@ -62,7 +62,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from picker.state.datastore import NO_CHARGE, Datastore, lora_columns
+from picker.state.datastore import NO_CHARGE, ChargedLease, Datastore, lora_columns
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import (
@@ -690,31 +690,24 @@ class SharedDatastore(Datastore):
 
 
 # ============================================================================================ worker
-class SharedLease:
-    """One in-flight stream of this worker on one slot, with its token charge. Same contract as
-    :class:`~picker.state.datastore.EndpointLease`: ``first_byte()`` and ``release()``, idempotent."""
+class SharedLease(ChargedLease):
+    """A :class:`~picker.state.datastore.ChargedLease` on one slot of this worker's counter rows (only
+    this worker writes them)."""
 
-    __slots__ = ("_charge", "_rows", "_slot", "prefill_released", "released")
+    __slots__ = ("_rows", "_slot")
 
     def __init__(self, rows: np.ndarray, slot: int, charge: LoadCharge) -> None:
+        super().__init__(charge)
         self._rows = rows
         self._slot = slot
-        self._charge = charge
-        self.prefill_released = charge.prefill == 0.0
-        self.released = False
 
-    def first_byte(self) -> None:
-        if not self.prefill_released:
-            self.prefill_released = True
-            self._rows[_PREFILL_DONE, self._slot] += self._charge.prefill
+    def _give_back_prefill(self, prefill: float) -> None:
+        self._rows[_PREFILL_DONE, self._slot] += prefill
 
-    def release(self) -> None:
-        if not self.released:
-            self.first_byte()
-            self.released = True
-            rows, slot = self._rows, self._slot
-            rows[_TOKENS_DONE, slot] += self._charge.tokens
-            rows[_RELEASES, slot] += 1.0
+    def _give_back_rest(self, tokens: float) -> None:
+        rows, slot = self._rows, self._slot
+        rows[_TOKENS_DONE, slot] += tokens
+        rows[_RELEASES, slot] += 1.0  # last: a slot is reclaimed on picks == releases
 
 
 class SharedView:
