@@ -203,6 +203,14 @@ async def _sample_loop(sampler: Callable[[], Any], phase: _Phase) -> None:
         await asyncio.sleep(0.25)
 
 
+def _change(ours: float, baseline: float) -> str:
+    """"23% lower" / "5% higher" / "the same": a relative change said the way a reader expects."""
+    ratio = ours / baseline - 1.0
+    if abs(ratio) < 0.005:
+        return "the same"
+    return f"{abs(ratio):.0%} {'lower' if ratio < 0 else 'higher'}"
+
+
 def _pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -270,10 +278,10 @@ def _report(fleet: list[_Endpoint], picker: _Phase, rr: _Phase, final: dict[str,
     lines.append("")
     if picker.latencies and rr.latencies and p99r > 0 and p50r > 0:
         lines.append(
-            f"  The EPP cut p50 latency by {1 - p50p / p50r:.0%} and p99 by {1 - p99p / p99r:.0%} "
-            "versus round-robin,"
+            f"  Versus round-robin, the EPP's p50 latency is {_change(p50p, p50r)} and its p99 "
+            f"{_change(p99p, p99r)},"
         )
-        lines.append("  by sending less traffic to the slow servers as their queues grew.")
+        lines.append("  from sending less traffic to the slow servers as their queues grew.")
     if picker.pick_ms:
         lines.append(
             f"  EPP answer time as seen by the gateway: p50 {_pct(picker.pick_ms, 0.5):.2f} ms, "
