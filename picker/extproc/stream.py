@@ -44,6 +44,10 @@ Decisions documented here:
 * **Fewer messages**: when ``skip_response(decision)`` says the response is not needed, the
   request-headers reply carries a ``mode_override`` that skips the response phases (Envoy needs
   ``allow_mode_override: true``); if the proxy ignores it, the response is handled as usual.
+* **Load accounting**: the routing lease's ``first_byte()`` runs at the first non-empty response body
+  chunk (the end of the prompt's prefill for a streamed response; ``scoring.matrix.LoadCharge``), or at
+  once when the response phases are skipped (no byte will be seen); :meth:`ExtProcStream.close` releases
+  the rest.
 """
 
 from __future__ import annotations
