@@ -40,7 +40,8 @@ from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
 
-_FLOAT_COLUMNS = (
+#: the float scoring columns the datastore keeps per endpoint (shared memory mirrors them, in this order)
+FLOAT_COLUMNS = (
     "waiting",
     "running",
     "kv_usage",
@@ -182,8 +183,8 @@ class Datastore:
         self._order: list[str] = []
         self._index: dict[str, int] = {}
         #: the float columns as rows of one array (one copy publishes them all); ``_cols`` are row views
-        self._colmat = np.empty((len(_FLOAT_COLUMNS), 0))
-        self._cols: dict[str, np.ndarray] = {c: self._colmat[k] for k, c in enumerate(_FLOAT_COLUMNS)}
+        self._colmat = np.empty((len(FLOAT_COLUMNS), 0))
+        self._cols: dict[str, np.ndarray] = {c: self._colmat[k] for k, c in enumerate(FLOAT_COLUMNS)}
         self._engine = np.zeros(0, dtype=np.int8)
         self._dispatched = np.zeros(0)
         self._inflight = np.zeros(0)
@@ -282,9 +283,9 @@ class Datastore:
             status[name] = st
         order = list(new_eps)
         n = len(order)
-        colmat = np.full((len(_FLOAT_COLUMNS), n), math.nan)
-        colmat[_FLOAT_COLUMNS.index("scraped_at")] = NEVER
-        cols = {c: colmat[k] for k, c in enumerate(_FLOAT_COLUMNS)}
+        colmat = np.full((len(FLOAT_COLUMNS), n), math.nan)
+        colmat[FLOAT_COLUMNS.index("scraped_at")] = NEVER
+        cols = {c: colmat[k] for k, c in enumerate(FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
         load = [np.full(n, math.nan if f == "_pending" else 0.0) for f in _LOAD_ATTRS]
         for i, name in enumerate(order):
@@ -426,7 +427,7 @@ class Datastore:
     def _build_snapshot(self) -> EndpointMatrix:
         cols = self._colmat.copy()  # one copy of every float column; its rows are the matrix's columns
         cols.flags.writeable = False
-        k = _FLOAT_COLUMNS.index
+        k = FLOAT_COLUMNS.index
         names, addresses, ips, address_index, engine = self._static_parts()
         vocab, active, waiting, count = self._lora()
         return EndpointMatrix(

@@ -62,7 +62,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from picker.state.datastore import NO_CHARGE, ChargedLease, Datastore, lora_columns
+from picker.state.datastore import FLOAT_COLUMNS, NO_CHARGE, ChargedLease, Datastore, lora_columns
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import (
@@ -95,20 +95,9 @@ _H_SEQ, _H_BLOB_SEQ, _H_BLOB_SLOT, _H_BLOB_LEN, _H_BLOB_GEN, _H_BLOB_CRC = 5, 6,
 _H_SUPERVISOR_PID = 11
 
 #: float columns in slot order; ``engine`` holds the engine code, ``baseline`` the dispatch baseline
-COLUMNS: Final = (
-    "waiting",
-    "running",
-    "kv_usage",
-    "gpu_util",
-    "scraped_at",
-    "max_lora",
-    "block_size",
-    "num_blocks",
-    "engine",
-    "baseline",
-)
+COLUMNS: Final = (*FLOAT_COLUMNS, "engine", "baseline")
 _COL: Final = {name: i for i, name in enumerate(COLUMNS)}
-_METRIC_COLUMNS: Final = COLUMNS[:8]
+_METRIC_COLUMNS: Final = FLOAT_COLUMNS
 _PICKS: Final = 0
 _RELEASES: Final = 1
 _PREFILL_ADD: Final = 2
