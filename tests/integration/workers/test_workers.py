@@ -31,7 +31,7 @@ from picker.testing.fake_server import FakeFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BODY = b'{"model":"m","prompt":"hello"}'
+BODY = b'{"model":"m","stream":true,"prompt":"' + b"w" * 400 + b'"}'  # a streamed 100-token prompt
 SERVING = re.compile(rb"metrics/admin :(\d+)")
 
 
@@ -63,6 +63,11 @@ class Tree:
     async def endpoint_inflight(self) -> float:
         doc = await self.get("/debug/endpoints")
         return float(sum(row["inflight"] for row in doc["endpoints"]))
+
+    async def endpoint_tokens(self) -> tuple[float, float]:
+        """Summed over endpoints: (prefill_tokens, inflight_tokens)."""
+        rows = (await self.get("/debug/endpoints"))["endpoints"]
+        return float(sum(r["prefill_tokens"] for r in rows)), float(sum(r["inflight_tokens"] for r in rows))
 
     async def request_total(self) -> float:
         async with self.http.get(self.admin + "/metrics") as resp:
@@ -172,10 +177,10 @@ async def hold(client: EnvoyClient) -> RawStream:
 
 
 async def finish(stream: RawStream) -> None:
-    await stream.send(response_headers([(":status", "200"), ("content-type", "application/json")]))
+    await stream.send(response_headers([(":status", "200"), ("content-type", "text/event-stream")]))
     assert await stream.recv() is not None
     await stream.send(
-        response_body(b'{"usage":{"prompt_tokens":1,"completion_tokens":1}}', end_of_stream=True)
+        response_body(b'data: {"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n', end_of_stream=True)
     )
     assert await stream.recv() is not None
     await stream.half_close()
@@ -198,6 +203,8 @@ async def test_both_workers_serve_and_in_flight_adds_up(tree: Tree) -> None:
     assert [w["serving"] for w in workers] == [True, True]
     assert sum(w["inflight"] for w in workers) == len(held)
     assert await tree.endpoint_inflight() == len(held)
+    # every worker's token charges, summed in shared memory: 100 tokens per open stream
+    assert await tree.endpoint_tokens() == (100.0 * len(held), 100.0 * len(held))
 
     half = len(held) // 2
     await asyncio.gather(*(finish(s) for s in held[:half]))
@@ -210,6 +217,7 @@ async def test_both_workers_serve_and_in_flight_adds_up(tree: Tree) -> None:
     await asyncio.gather(*(finish(s) for s in held[half:]))
     await eventually(lambda: settled(0.0), "every stream released")
     assert sum(w["picks"] for w in await tree.workers()) == len(held)
+    assert await tree.endpoint_tokens() == (0.0, 0.0)
 
     async def counted() -> bool:
         return await tree.request_total() == len(held)
