@@ -204,7 +204,7 @@ async def _sample_loop(sampler: Callable[[], Any], phase: _Phase) -> None:
 
 
 def _change(ours: float, baseline: float) -> str:
-    """"23% lower" / "5% higher" / "the same": a relative change said the way a reader expects."""
+    """Say a relative change the way a reader expects: "23% lower", "5% higher" or "the same"."""
     ratio = ours / baseline - 1.0
     if abs(ratio) < 0.005:
         return "the same"
