@@ -10,7 +10,7 @@ scraped every 50 ms there are thousands of metric updates per second. Each updat
 into preallocated arrays (O(1)); a snapshot is only rebuilt when a pick asks for one after a change, and
 then costs a handful of ``ndarray.copy()`` calls. Membership changes (rare) rebuild everything.
 
-Load accounting (the two mutable columns shared with every snapshot):
+Load accounting (the four mutable columns shared with every snapshot):
 
 * ``dispatched[i]`` +1 when we pick endpoint i as primary. When a scrape of i *starts* we remember how
   many requests we had sent to i in all; when that scrape lands, the requests sent before it started are
