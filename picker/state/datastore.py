@@ -165,6 +165,50 @@ def lora_columns(
     return MappingProxyType(vocab), active, waiting, count
 
 
+def snapshot_matrix(
+    *,
+    names: tuple[str, ...],
+    addresses: tuple[str, ...],
+    ips: tuple[str, ...],
+    cols: np.ndarray,
+    load: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    lora: tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray],
+    engine: np.ndarray,
+    address_index: dict[str, int],
+) -> EndpointMatrix:
+    """An :class:`EndpointMatrix` from read-only float rows in :data:`FLOAT_COLUMNS` order (``cols``; more
+    rows after them are ignored), the live load arrays ``(dispatched, inflight, prefill_tokens,
+    inflight_tokens)``, the LoRA columns of :func:`lora_columns`, engine codes and the address index.
+    Used by the datastore and by a ``--workers`` worker's shared view."""
+    k = FLOAT_COLUMNS.index
+    vocab, active, waiting, count = lora
+    dispatched, inflight, prefill, tokens = load
+    return EndpointMatrix(
+        names=names,
+        addresses=addresses,
+        ips=ips,
+        waiting=cols[k("waiting")],
+        running=cols[k("running")],
+        kv_usage=cols[k("kv_usage")],
+        gpu_util=cols[k("gpu_util")],
+        scraped_at=cols[k("scraped_at")],
+        dispatched=dispatched,
+        inflight=inflight,
+        prefill_tokens=prefill,
+        inflight_tokens=tokens,
+        lora_vocab=vocab,
+        lora_active=active,
+        lora_waiting=waiting,
+        lora_count=count,
+        max_lora=cols[k("max_lora")],
+        block_size=cols[k("block_size")],
+        num_blocks=cols[k("num_blocks")],
+        engine=engine,
+        engine_names=ENGINE_NAMES,
+        _address_index=address_index,
+    )
+
+
 class Datastore:
     """Pool, endpoints, objectives and rewrites of one EPP. See the module docstring."""
 
@@ -427,33 +471,17 @@ class Datastore:
     def _build_snapshot(self) -> EndpointMatrix:
         cols = self._colmat.copy()  # one copy of every float column; its rows are the matrix's columns
         cols.flags.writeable = False
-        k = FLOAT_COLUMNS.index
         names, addresses, ips, address_index, engine = self._static_parts()
-        vocab, active, waiting, count = self._lora()
-        return EndpointMatrix(
+        return snapshot_matrix(
             names=names,
             addresses=addresses,
             ips=ips,
-            waiting=cols[k("waiting")],
-            running=cols[k("running")],
-            kv_usage=cols[k("kv_usage")],
-            gpu_util=cols[k("gpu_util")],
-            scraped_at=cols[k("scraped_at")],
-            dispatched=self._dispatched,
-            inflight=self._inflight,
-            prefill_tokens=self._prefill,
-            inflight_tokens=self._inflight_tokens,
-            lora_vocab=vocab,
-            lora_active=active,
-            lora_waiting=waiting,
-            lora_count=count,
-            max_lora=cols[k("max_lora")],
-            block_size=cols[k("block_size")],
-            num_blocks=cols[k("num_blocks")],
+            cols=cols,
+            load=(self._dispatched, self._inflight, self._prefill, self._inflight_tokens),
+            lora=self._lora(),
             engine=engine,
-            engine_names=ENGINE_NAMES,
             # shared by every snapshot of this membership: the matrix treats it as read-only
-            _address_index=address_index,
+            address_index=address_index,
         )
 
     # ----------------------------------------------------------------------------------- accounting

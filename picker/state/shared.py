@@ -62,7 +62,14 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from picker.state.datastore import FLOAT_COLUMNS, NO_CHARGE, ChargedLease, Datastore, lora_columns
+from picker.state.datastore import (
+    FLOAT_COLUMNS,
+    NO_CHARGE,
+    ChargedLease,
+    Datastore,
+    lora_columns,
+    snapshot_matrix,
+)
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import (
@@ -73,7 +80,7 @@ from picker.state.objectives import (
     RewriteStore,
     RewriteTarget,
 )
-from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, LoadCharge, split_host_port
+from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, split_host_port
 
 __all__ = [
     "COLUMNS",
@@ -806,33 +813,18 @@ class SharedView:
         self._seq = seq
         cols.flags.writeable = False
         self._baseline = cols[_COL["baseline"]]
-        vocab, active, waiting, count = self._lora
         engine = cols[_COL["engine"]].astype(np.int8)
         engine.flags.writeable = False
         addresses = self._addresses
-        return EndpointMatrix(
+        return snapshot_matrix(
             names=self._names,
             addresses=addresses,
             ips=self._ips,
-            waiting=cols[_COL["waiting"]],
-            running=cols[_COL["running"]],
-            kv_usage=cols[_COL["kv_usage"]],
-            gpu_util=cols[_COL["gpu_util"]],
-            scraped_at=cols[_COL["scraped_at"]],
-            dispatched=self._dispatched,
-            inflight=self._inflight,
-            prefill_tokens=self._prefill,
-            inflight_tokens=self._inflight_tokens,
-            lora_vocab=vocab,
-            lora_active=active,
-            lora_waiting=waiting,
-            lora_count=count,
-            max_lora=cols[_COL["max_lora"]],
-            block_size=cols[_COL["block_size"]],
-            num_blocks=cols[_COL["num_blocks"]],
+            cols=cols,  # COLUMNS begins with FLOAT_COLUMNS
+            load=(self._dispatched, self._inflight, self._prefill, self._inflight_tokens),
+            lora=self._lora,
             engine=engine,
-            engine_names=ENGINE_NAMES,
-            _address_index={a: i for i, a in enumerate(addresses)},
+            address_index={a: i for i, a in enumerate(addresses)},
         )
 
     # ------------------------------------------------------------------------------- accounting
