@@ -81,12 +81,12 @@ from benchmarks.harness import (
     Child,
     children,
     cpu_seconds,
-    free_port,
     machine_info,
     percentile,
     rss_bytes,
     spawn_json,
 )
+from picker.testing.net import free_port
 
 ENDPOINTS = 16
 LOAD_PROCS = 2

@@ -40,7 +40,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from numpy.typing import NDArray
 from benchmarks.sim.metrics import DEFAULT_TPOT_SLO_S, DEFAULT_TTFT_SLO_S, Slo
 from benchmarks.sim.report import markdown_table
 from benchmarks.sim.traces import Workload, named_trace
+from picker.testing.net import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROUTERS = ("epp", "sglang-router", "vllm-router", "round-robin")
@@ -325,11 +325,6 @@ def markdown_report(doc: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Processes:

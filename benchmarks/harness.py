@@ -17,7 +17,6 @@ import os
 import platform
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -80,14 +79,6 @@ def rss_bytes(pid: int, *, tree: bool = True) -> int:
         except (OSError, IndexError, ValueError):
             continue
     return total
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (fine for benchmarks; tests should bind port 0)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # ------------------------------------------------------------------------------------------------ machine

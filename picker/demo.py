@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from picker.testing.net import free_port
 
 #: name, engine, slowdown factor (1 = fastest); ``slower`` multiplies every engine step's duration
 FLEET: tuple[tuple[str, str, float], ...] = (
@@ -39,13 +40,6 @@ FLEET: tuple[tuple[str, str, float], ...] = (
 )
 TIME_SCALE = 0.5  # fake servers run twice as fast as their model's numbers
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -302,7 +296,7 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
 
     procs = _Processes()
     try:
-        fleet = [_Endpoint(name, engine, slower, _free_port()) for name, engine, slower in FLEET]
+        fleet = [_Endpoint(name, engine, slower, free_port()) for name, engine, slower in FLEET]
         for i, ep in enumerate(fleet):
             procs.start(
                 ep.name,
@@ -320,7 +314,7 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                     str(seed + i),
                 ],
             )
-        grpc_port, health_port, metrics_port = _free_port(), _free_port(), _free_port()
+        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
         static = ",".join(f"{ep.address}@{ep.engine}" for ep in fleet)
         procs.start(
             "epp",

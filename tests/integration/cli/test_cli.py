@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.cli import build_parser, settings_from_args
 from picker.testing.envoy import EnvoyClient, HttpRequest
+from picker.testing.net import free_port
 from tests.integration.cli.conftest import LAUNCHERS, LOCAL, PICKER, Ports, Spawn, run_to_exit, serving_ports
 
 pytestmark = pytest.mark.integration
@@ -238,19 +239,10 @@ ENGINE_MARKERS = {
 DETECTED = {"vllm": "vllm", "sglang": "sglang", "tgi": "tgi", "trtllm": "triton-tensorrt-llm"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_fake_servers_of_each_engine_serve_and_the_epp_detects_their_engines(spawn: Spawn) -> None:
     """``picker fake-server`` per engine, then ``picker serve`` over all four with no engine given and no
     Kubernetes: the engine of each endpoint is detected from its metrics page."""
-    ports = {engine: _free_port() for engine in ENGINE_MARKERS}
+    ports = {engine: free_port() for engine in ENGINE_MARKERS}
     fakes = {
         engine: await spawn([PICKER, "fake-server", "--port", str(port), "--engine", engine])
         for engine, port in ports.items()

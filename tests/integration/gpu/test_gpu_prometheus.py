@@ -11,7 +11,6 @@ import asyncio
 import logging
 import math
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,17 +22,12 @@ from picker.scrape.gpu import GpuUtilizationSource
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
 from picker.testing.dcgm import FakeDcgmExporter
+from picker.testing.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 NS = "inference"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ async def exporter() -> AsyncIterator[FakeDcgmExporter]:
 
 class PrometheusServer:
     def __init__(self, workdir: Path, target: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._workdir = workdir
         config = workdir / "prometheus.yml"

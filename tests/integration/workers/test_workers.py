@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,18 +27,12 @@ from picker.testing.envoy import (
     response_headers,
 )
 from picker.testing.fake_server import FakeFleet
+from picker.testing.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BODY = b'{"model":"m","stream":true,"prompt":"' + b"w" * 400 + b'"}'  # a streamed 100-token prompt
 SERVING = re.compile(rb"metrics/admin :(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
