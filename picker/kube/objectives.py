@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from kubernetes import client as k8s_client
 
@@ -32,7 +32,14 @@ from picker.kube.reflector import (
     WatchEvent,
 )
 from picker.state.datastore import Datastore
-from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from picker.state.objectives import (
+    ModelRewrite,
+    Objective,
+    ObjectiveStore,
+    RewriteRule,
+    RewriteStore,
+    RewriteTarget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,38 +125,46 @@ class _Store(Protocol[T_contra]):
 
 
 class _PoolScopedWatcher(Generic[T]):
-    """Shared machinery: watch a kind, keep the objects that point at our pool, mirror them."""
+    """Shared machinery: watch a kind, keep the objects that point at our pool, mirror them.
+
+    A subclass names the kind (:attr:`resource`), how one object is parsed (:meth:`_parse`) and which
+    datastore store mirrors it (:meth:`_store_for`).
+    """
+
+    resource: ClassVar[Resource]
 
     def __init__(
         self,
         api: k8s_client.ApiClient,
         datastore: Datastore,
-        resource: Resource,
-        store: _Store[T],
-        parse: Callable[[Mapping[str, Any]], T],
         *,
         namespace: str,
         pool_name: str,
-        pool_group: str,
-        watch_timeout_s: float,
-        inactivity_timeout_s: float | None,
-        backoff: Callable[[], Backoff],
+        pool_group: str = POOL_GROUP_V1,
+        watch_timeout_s: float = 290.0,
+        inactivity_timeout_s: float | None = None,
+        backoff: Callable[[], Backoff] = Backoff,
     ) -> None:
         self._ds = datastore
-        self._kind = resource.kind
-        self._store: _Store[T] = store
-        self._parse: Callable[[Mapping[str, Any]], T] = parse
+        self._kind = self.resource.kind
+        self._store: _Store[T] = self._store_for(datastore)
         self._pool_name = pool_name
         self._pool_group = pool_group
         self._matched: dict[str, T] = {}
         self._bad: dict[str, str] = {}
         self._reflector = Reflector(
-            ListWatch(api, resource, namespace),
+            ListWatch(api, self.resource, namespace),
             self._handle,
             watch_timeout_s=watch_timeout_s,
             inactivity_timeout_s=inactivity_timeout_s,
             backoff=backoff(),
         )
+
+    def _store_for(self, datastore: Datastore) -> _Store[T]:
+        raise NotImplementedError
+
+    def _parse(self, obj: Mapping[str, Any]) -> T:
+        raise NotImplementedError
 
     @property
     def matched(self) -> Mapping[str, T]:
@@ -196,58 +211,22 @@ class _PoolScopedWatcher(Generic[T]):
 class ObjectiveWatcher(_PoolScopedWatcher[Objective]):
     """InferenceObjectives of our pool → ``Datastore.objectives`` (priority by object name)."""
 
-    def __init__(
-        self,
-        api: k8s_client.ApiClient,
-        datastore: Datastore,
-        *,
-        namespace: str,
-        pool_name: str,
-        pool_group: str = POOL_GROUP_V1,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
-    ) -> None:
-        super().__init__(
-            api,
-            datastore,
-            INFERENCE_OBJECTIVES,
-            datastore.objectives,
-            parse_objective,
-            namespace=namespace,
-            pool_name=pool_name,
-            pool_group=pool_group,
-            watch_timeout_s=watch_timeout_s,
-            inactivity_timeout_s=inactivity_timeout_s,
-            backoff=backoff,
-        )
+    resource = INFERENCE_OBJECTIVES
+
+    def _store_for(self, datastore: Datastore) -> ObjectiveStore:
+        return datastore.objectives
+
+    def _parse(self, obj: Mapping[str, Any]) -> Objective:
+        return parse_objective(obj)
 
 
 class RewriteWatcher(_PoolScopedWatcher[ModelRewrite]):
     """InferenceModelRewrites of our pool → ``Datastore.rewrites`` (precedence lives in RewriteStore)."""
 
-    def __init__(
-        self,
-        api: k8s_client.ApiClient,
-        datastore: Datastore,
-        *,
-        namespace: str,
-        pool_name: str,
-        pool_group: str = POOL_GROUP_V1,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
-    ) -> None:
-        super().__init__(
-            api,
-            datastore,
-            INFERENCE_MODEL_REWRITES,
-            datastore.rewrites,
-            parse_rewrite,
-            namespace=namespace,
-            pool_name=pool_name,
-            pool_group=pool_group,
-            watch_timeout_s=watch_timeout_s,
-            inactivity_timeout_s=inactivity_timeout_s,
-            backoff=backoff,
-        )
+    resource = INFERENCE_MODEL_REWRITES
+
+    def _store_for(self, datastore: Datastore) -> RewriteStore:
+        return datastore.rewrites
+
+    def _parse(self, obj: Mapping[str, Any]) -> ModelRewrite:
+        return parse_rewrite(obj)
