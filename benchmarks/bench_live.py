@@ -50,9 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from benchmarks.sim.metrics import DEFAULT_TPOT_SLO_S, DEFAULT_TTFT_SLO_S, Slo
+from benchmarks.sim.metrics import DEFAULT_TPOT_SLO_S, DEFAULT_TTFT_SLO_S, Slo, latency_stats
 from benchmarks.sim.report import markdown_table
 from benchmarks.sim.traces import Workload, named_trace
 from picker.testing.net import free_port
@@ -214,10 +213,6 @@ def build_requests(w: Workload, rate_wall: float) -> list[LiveRequest]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _pct(x: NDArray[np.float64], q: float) -> float:
-    return float(np.percentile(x, q)) if len(x) else float("nan")
-
-
 def summarize_live(
     records: Sequence[Record],
     *,
@@ -235,19 +230,12 @@ def summarize_live(
     """
     ok = [r for r in records if r.ok]
     scale = 1.0 / time_scale
-    sent = np.asarray([r.sent_s for r in ok], dtype=np.float64)
-    first = np.asarray([r.first_byte_s for r in ok], dtype=np.float64)
-    end = np.asarray([r.end_s for r in ok], dtype=np.float64)
+    sent = np.asarray([r.sent_s for r in ok], dtype=np.float64) * scale
+    first = np.asarray([r.first_byte_s for r in ok], dtype=np.float64) * scale
+    end = np.asarray([r.end_s for r in ok], dtype=np.float64) * scale
     tokens = np.asarray([r.tokens for r in ok], dtype=np.int64)
-    ttft = (first - sent) * scale
-    e2e = (end - sent) * scale
-    multi = tokens > 1
-    tpot = (end - first)[multi] * scale / (tokens[multi] - 1)
-    tpot_all = np.zeros(len(ok))
-    tpot_all[multi] = tpot
-    good = (ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)
-    all_sent = [r.sent_s for r in records]
-    makespan = (float(np.max(end)) - min(all_sent)) * scale if ok else float("nan")
+    makespan = float(np.max(end)) - min(r.sent_s for r in records) * scale if ok else float("nan")
+    stats, good = latency_stats(sent, first, end, tokens, slo=slo, makespan=makespan)
     work = [float(s.get("prompt_tokens", 0) + s.get("generation_tokens", 0)) for s in fleet_stats]
     queries = sum(float(s.get("prefix_queries", 0)) for s in fleet_stats)
     picks = [r.pick_s for r in records if not math.isnan(r.pick_s)]
@@ -263,17 +251,7 @@ def summarize_live(
         "completed": len(ok),
         "errors": sum(errors.values()),
         "error_kinds": errors,
-        "ttft_p50_s": _pct(ttft, 50),
-        "ttft_p90_s": _pct(ttft, 90),
-        "ttft_p99_s": _pct(ttft, 99),
-        "ttft_mean_s": float(np.mean(ttft)) if len(ttft) else float("nan"),
-        "tpot_p50_s": _pct(tpot, 50),
-        "tpot_p90_s": _pct(tpot, 90),
-        "tpot_p99_s": _pct(tpot, 99),
-        "e2e_p50_s": _pct(e2e, 50),
-        "e2e_p99_s": _pct(e2e, 99),
-        "output_tok_per_s": float(tokens.sum()) / makespan if makespan > 0 else float("nan"),
-        "goodput_rps": float(good.sum()) / makespan if makespan > 0 else float("nan"),
+        **stats,
         "slo_attainment": float(good.sum()) / len(records) if records else float("nan"),
         "prefix_hit_rate": sum(float(s.get("prefix_hits", 0)) for s in fleet_stats) / queries
         if queries

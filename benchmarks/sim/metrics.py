@@ -45,26 +45,27 @@ def _imbalance(per_server: NDArray[Any]) -> float:
     return float(np.max(per_server)) / mean if mean > 0 else float("nan")
 
 
-def summarize(res: SimResult, slo: Slo = Slo()) -> dict[str, float | int]:
-    """The report row of one run. Keys ending in ``_s`` are seconds."""
-    done = ~np.isnan(res.finish)
-    ttft = (res.first_token - res.arrival)[done]
-    e2e = (res.finish - res.arrival)[done]
-    out = res.output_tokens[done]
-    multi = out > 1
-    tpot = ((res.finish - res.first_token)[done][multi]) / (out[multi] - 1)
-    tpot_all = np.zeros(len(out))
+def latency_stats(
+    sent: NDArray[np.float64],
+    first: NDArray[np.float64],
+    end: NDArray[np.float64],
+    tokens: NDArray[Any],
+    *,
+    slo: Slo,
+    makespan: float,
+) -> tuple[dict[str, float], NDArray[np.bool_]]:
+    """The latency and throughput keys of a report row from completed requests (send, first token and
+    end times in seconds, output tokens each), and which of them met the SLO. TPOT is (end - first) /
+    (tokens - 1) over requests of more than one token; a one-token request meets any TPOT SLO. Shared by
+    the simulator and the live benchmark so that both report the same definitions."""
+    ttft = first - sent
+    e2e = end - sent
+    multi = tokens > 1
+    tpot = (end - first)[multi] / (tokens[multi] - 1)
+    tpot_all = np.zeros(len(tokens))
     tpot_all[multi] = tpot
     good = (ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)
-    makespan = float(np.max(res.finish[done]) - np.min(res.arrival)) if done.any() else float("nan")
-    n_servers = len(res.server_busy_s)
-    routed_work = np.bincount(
-        res.server, weights=(res.prompt_tokens + res.output_tokens).astype(np.float64), minlength=n_servers
-    )
-    prompt_total = float(res.prompt_tokens.sum())
-    return {
-        "requests": len(res.arrival),
-        "completed": int(done.sum()),
+    stats = {
         "ttft_p50_s": _pct(ttft, 50),
         "ttft_p90_s": _pct(ttft, 90),
         "ttft_p99_s": _pct(ttft, 99),
@@ -74,8 +75,33 @@ def summarize(res: SimResult, slo: Slo = Slo()) -> dict[str, float | int]:
         "tpot_p99_s": _pct(tpot, 99),
         "e2e_p50_s": _pct(e2e, 50),
         "e2e_p99_s": _pct(e2e, 99),
-        "output_tok_per_s": float(out.sum()) / makespan if makespan > 0 else float("nan"),
+        "output_tok_per_s": float(tokens.sum()) / makespan if makespan > 0 else float("nan"),
         "goodput_rps": float(good.sum()) / makespan if makespan > 0 else float("nan"),
+    }
+    return stats, good
+
+
+def summarize(res: SimResult, slo: Slo = Slo()) -> dict[str, float | int]:
+    """The report row of one run. Keys ending in ``_s`` are seconds."""
+    done = ~np.isnan(res.finish)
+    makespan = float(np.max(res.finish[done]) - np.min(res.arrival)) if done.any() else float("nan")
+    stats, good = latency_stats(
+        res.arrival[done],
+        res.first_token[done],
+        res.finish[done],
+        res.output_tokens[done],
+        slo=slo,
+        makespan=makespan,
+    )
+    n_servers = len(res.server_busy_s)
+    routed_work = np.bincount(
+        res.server, weights=(res.prompt_tokens + res.output_tokens).astype(np.float64), minlength=n_servers
+    )
+    prompt_total = float(res.prompt_tokens.sum())
+    return {
+        "requests": len(res.arrival),
+        "completed": int(done.sum()),
+        **stats,
         "slo_attainment": float(good.mean()) if len(good) else float("nan"),
         "prefix_hit_rate": float(np.maximum(res.cached_tokens, 0).sum()) / prompt_total
         if prompt_total
