@@ -9,7 +9,7 @@ several watch rotations in a second or two; nothing asserts on durations — wai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,6 @@ from picker.testing.kube_api import KubeApiEmulator
 pytestmark = pytest.mark.integration
 
 NS = "inference"
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[KubeApiEmulator]:
-    emu = KubeApiEmulator(bookmark_interval=0.3)
-    await emu.start()
-    try:
-        yield emu
-    finally:
-        await emu.stop()
 
 
 @pytest.fixture

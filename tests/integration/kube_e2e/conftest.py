@@ -172,16 +172,6 @@ async def fake_pods() -> AsyncIterator[FakePods]:
 
 # ------------------------------------------------------------------------------------------ cluster
 @pytest.fixture
-async def emulator() -> AsyncIterator[KubeApiEmulator]:
-    emu = KubeApiEmulator(bookmark_interval=0.3)
-    await emu.start()
-    try:
-        yield emu
-    finally:
-        await emu.stop()
-
-
-@pytest.fixture
 def kubeconfig(emulator: KubeApiEmulator, tmp_path: Path) -> Path:
     return emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
 
