@@ -16,6 +16,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from picker.testing.web import start_app
+
 PAGE = "dcgm-exporter-datadog-fixture.txt"
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 _SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)\{(?P<labels>.*)\} (?P<value>\S+)$")
@@ -97,13 +99,7 @@ class FakeDcgmExporter:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        if not self._port:
-            self._port = int(runner.addresses[0][1])  # port 0: the bound port is known after start
-        self._runner = runner
+        self._runner, self._port = await start_app(app, self._host, self._port)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

@@ -50,6 +50,8 @@ from typing import Any
 
 from aiohttp import web
 
+from picker.testing.web import start_app
+
 JsonObj = dict[str, Any]
 
 
@@ -299,13 +301,7 @@ class KubeApiEmulator:
             return
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        if not self._port:
-            self._port = int(runner.addresses[0][1])  # port 0: the bound port is known after start
-        self._runner = runner
+        self._runner, self._port = await start_app(app, self._host, self._port)
 
     async def stop(self) -> None:
         """Stop listening and drop every connection, as a crashing API server would."""

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from picker.scrape.gpu import GpuUtilizationSource, default_query, utilization_by_pod
+from picker.testing.web import start_app
 
 
 class Sink:
@@ -58,12 +59,9 @@ def test_samples_map_to_pods():
 async def _serve(handler: web.RequestHandler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/api/v1/query", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, port = await start_app(app)
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
