@@ -127,17 +127,7 @@ def build_admin_app(
                 }
             )
         pool = datastore.pool
-        pool_doc = None
-        if pool is not None:
-            pool_doc = {
-                "name": pool.name,
-                "namespace": pool.namespace,
-                "selector": dict(pool.selector),
-                "target_ports": list(pool.target_ports),
-                "app_protocol": pool.app_protocol,
-                "group": pool.group,
-            }
-        return _orjson({"pool": pool_doc, "endpoints": out})
+        return _orjson({"pool": pool.to_doc() if pool is not None else None, "endpoints": out})
 
     @app.post("/debug/explain")
     def explain(req: ExplainRequest) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -25,6 +26,17 @@ class PoolInfo:
     #: ``http`` (default) or ``kubernetes.io/h2c``; health reports NOT_SERVING if the parser can't speak it
     app_protocol: str = "http"
     group: str = "inference.networking.k8s.io"
+
+    def to_doc(self) -> dict[str, Any]:
+        """As JSON-ready data (``/debug/endpoints``, the ``--workers`` shared state)."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "selector": dict(self.selector),
+            "target_ports": list(self.target_ports),
+            "app_protocol": self.app_protocol,
+            "group": self.group,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,19 +361,6 @@ class StaticState:
     config_digest: str
 
 
-def _pool_doc(pool: PoolInfo | None) -> dict[str, Any] | None:
-    if pool is None:
-        return None
-    return {
-        "name": pool.name,
-        "namespace": pool.namespace,
-        "selector": dict(pool.selector),
-        "target_ports": list(pool.target_ports),
-        "app_protocol": pool.app_protocol,
-        "group": pool.group,
-    }
-
-
 def encode_static(
     *,
     pool: PoolInfo | None,
@@ -388,7 +375,7 @@ def encode_static(
     """The JSON blob a :class:`SharedView` decodes with :func:`decode_static`."""
     return orjson.dumps(
         {
-            "pool": _pool_doc(pool),
+            "pool": pool.to_doc() if pool is not None else None,
             "health": [health.synced, health.leader, health.protocol_ok, health.leader_election],
             "endpoints": [[n, a, s, list(la), list(lw)] for n, a, s, la, lw in endpoints],
             "objectives": [[o.name, o.priority] for o in objectives],
