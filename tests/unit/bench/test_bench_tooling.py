@@ -22,7 +22,7 @@ def test_the_python_loop_baseline_picks_what_the_scheduler_picks(n: int) -> None
 def test_the_baseline_disagrees_when_its_formula_is_broken(monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import bench_pick
 
-    # With the prefill-queue term dropped, the loop no longer matches: agreement() can fail.
+    # A loop whose prefill-queue term uses another floor than the scorer must be caught: agreement() can fail.
     monkeypatch.setattr(bench_pick, "DEFAULT_MIN_RANGE_TOKENS", 1.0)
     assert not agreement(fleet(100, seed=100), requests(64, seed=1))
 
