@@ -7,6 +7,7 @@ replays the same totals consumes the same random numbers as sequential picks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -71,6 +72,19 @@ class MaxScorePicker(Picker):
         if tied.size > need:
             tied = rng.choice(tied, size=need, replace=False)
         return _order_by_score(totals, np.concatenate((above, tied)), rng)
+
+    def pick_floats(self, totals: list[float], rng: np.random.Generator, /) -> list[int]:
+        """:meth:`pick` for one endpoint without numpy: the first maximum, or a uniform draw among equal
+        maxima with the same ``rng.integers(count)`` call. NaN totals (which no built-in scorer produces)
+        and several endpoints go through :meth:`pick`, whose NaN order ``max()`` would not reproduce."""
+        if self.max_endpoints != 1 or math.isnan(sum(totals)):
+            return self.pick(np.array(totals, dtype=np.float64), rng)
+        best = max(totals)
+        count = totals.count(best)
+        if count == 1:
+            return [totals.index(best)]
+        tied = [i for i, value in enumerate(totals) if value == best]
+        return [tied[int(rng.integers(count))]]
 
 
 class RandomPicker(Picker):

@@ -170,3 +170,11 @@ class Picker(Plugin):
         its own calls, so that a batch replaying the same totals draws the same numbers.
         """
         raise NotImplementedError
+
+    def pick_floats(self, totals: list[float], rng: np.random.Generator, /) -> list[int]:
+        """:meth:`pick` for a small pool's totals given as Python floats (the scheduler's small-pool path).
+
+        Must return exactly what :meth:`pick` returns for the same values and draw the same random
+        numbers; this default simply converts. A picker overrides it when it can do without numpy.
+        """
+        return self.pick(np.array(totals, dtype=np.float64), rng)

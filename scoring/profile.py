@@ -19,7 +19,7 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from scoring.errors import ConfigurationError, NoEndpointsAvailable
 from scoring.matrix import F64, EndpointMatrix, LoadCharge
 from scoring.plugin import Dependence, Filter, Picker, Plugin, SaturationDetector, Scorer, View
-from scoring.scorers.load import LoadTrack, MinMaxLoadScorer, weighted_min_max
+from scoring.scorers.load import LoadTrack, MinMaxLoadScorer, weighted_min_max, weighted_min_max_floats
 from scoring.types import Decision, FilterRecord, PickRequest, PickResult, ScorerRecord
 
 
@@ -48,6 +48,9 @@ class _Prepared:
     states: tuple[Any, ...]
     snapshot_sum: F64 | None
     statics: dict[Hashable, F64 | None] = field(default_factory=dict)
+    #: the small-pool path's copies as Python floats: the static totals per request key, and under
+    #: :data:`_LOAD_STATES` the load scorers' states
+    floats: dict[Hashable, Any] = field(default_factory=dict)
 
 
 def _columns(m: EndpointMatrix) -> tuple[object, ...]:
@@ -135,6 +138,10 @@ class Scheduler:
             isinstance(self.scorers[i].scorer, MinMaxLoadScorer) for i, _ in self._load_terms
         )
         self._batchable = self._min_max_loads and not any(f.request_dependent for f in self.filters)
+        #: pools up to this size are scored with Python floats (:meth:`_totals_floats`): same operations,
+        #: same order, same bits as the numpy path, several times cheaper below a few dozen endpoints.
+        #: 0 turns it off (tests compare the two paths with it).
+        self.small_pool = SMALL_POOL if self._min_max_loads else 0
         self._request_scorers = tuple(self.scorers[i].scorer for i, _ in self._request_terms)
         # last prepared state for the whole pool, and for a subset (a candidate mask or a filter that
         # removed endpoints); each replaced as a whole
@@ -205,9 +212,12 @@ class Scheduler:
         v = self._run_filters(start, req, now, records)
         prepared = self._prepared(m, v)
         dispatched = v.take(m.dispatched)
+        rows = v.rows
+        if records is None and v.n <= self.small_pool:
+            positions = self.picker.pick_floats(self._totals_floats(v, prepared, req, dispatched), rng)
+            return PickResult(tuple(positions) if rows is None else tuple(int(rows[p]) for p in positions))
         totals = self._totals(v, prepared, req, dispatched)
         positions = self.picker.pick(totals, rng)
-        rows = v.rows
         indices = tuple(positions) if rows is None else tuple(int(rows[p]) for p in positions)
         if records is None:
             return PickResult(indices)
@@ -445,6 +455,34 @@ class Scheduler:
             return dynamic
         return np.add(static, dynamic, out=dynamic)  # dynamic is a new array from _dynamic
 
+    def _totals_floats(self, v: View, prepared: _Prepared, req: PickRequest, dispatched: F64) -> list[float]:
+        """:meth:`_totals` as Python floats for a small pool (min-max load terms only): the static part and
+        the load scorers' states are converted once per snapshot (and request key) and cached; per pick
+        only the accounting columns are read. Same grouping as :meth:`_totals`: static + (Σ load terms in
+        profile order)."""
+        floats = prepared.floats
+        key = self._request_key(self._request_scorers, req)
+        static = floats.get(key, _MISSING)
+        if static is _MISSING:
+            array = self._static(v, prepared, req, dispatched)
+            static = array.tolist() if array is not None else None
+            if len(floats) < _MAX_CACHED_STATICS:
+                floats[key] = static
+        states = floats.get(_LOAD_STATES)
+        if states is None:
+            states = floats[_LOAD_STATES] = [prepared.states[i].tolist() for i, _ in self._load_terms]
+        dynamic: list[float] | None = None
+        for (i, weight), base in zip(self._load_terms, states, strict=True):
+            scorer = cast(MinMaxLoadScorer, self.scorers[i].scorer)  # small_pool is 0 otherwise
+            load = [b + a for b, a in zip(base, scorer.accounted(v, dispatched).tolist(), strict=True)]
+            term = weighted_min_max_floats(load, weight, scorer.floor)
+            dynamic = term if dynamic is None else [x + y for x, y in zip(dynamic, term, strict=True)]
+        if dynamic is None:
+            return static if static is not None else [0.0] * v.n
+        if static is None:
+            return dynamic
+        return [s + d for s, d in zip(static, dynamic, strict=True)]
+
     def _totals(self, v: View, prepared: _Prepared, req: PickRequest, dispatched: F64) -> F64:
         return self._combine(
             v, self._static(v, prepared, req, dispatched), self._dynamic(v, prepared, req, dispatched)
@@ -540,3 +578,8 @@ _NO_REQUEST = PickRequest()
 #: at this many arrays of N floats when requests name ever new models.
 _MAX_CACHED_STATICS = 256
 _MISSING = object()
+#: key of the load scorers' states in ``_Prepared.floats`` (request keys are never this object)
+_LOAD_STATES = object()
+#: default :attr:`Scheduler.small_pool`: where the float path stops being cheaper than numpy (a warm loop
+#: with the default profile: 11 vs 16 µs at 16 endpoints, even at about 28; see ``benchmarks/bench_pick``)
+SMALL_POOL = 24

@@ -56,6 +56,28 @@ def weighted_min_max(load: F64, weight: float, floor: float = 0.0) -> F64:
     return load
 
 
+def weighted_min_max_floats(load: list[float], weight: float, floor: float = 0.0) -> list[float]:
+    """:func:`weighted_min_max` on a list of Python floats, for small pools.
+
+    Why a twin: below a few dozen endpoints the fixed cost of a numpy call (about a microsecond in a warm
+    loop, several inside a busy server whose caches the gRPC stack keeps cold) outweighs the arithmetic,
+    and a pick makes about fifteen of them. The operations and their order are those of
+    :func:`weighted_min_max`, and Python floats are the same IEEE 754 doubles, so the results are the same
+    bits (``tests/property/test_small_pool.py`` checks it against the numpy path).
+    """
+    lo = min(load)
+    hi = _top(max(load), lo, floor)
+    if hi <= lo:
+        return [weight] * len(load)
+    scale = _scale(weight, hi, lo)
+    if scale is None:
+        span = hi - lo
+        if weight != 1.0:
+            return [(hi - x) / span * weight for x in load]
+        return [(hi - x) / span for x in load]
+    return [(hi - x) * scale for x in load]
+
+
 def _top(hi: float, lo: float, floor: float) -> float:
     """The value that scores 0: the maximum, or ``min + floor`` when that is higher (floor 0: the maximum)."""
     return max(hi, lo + floor) if floor > 0.0 else hi
