@@ -64,9 +64,13 @@ import contextlib
 import json
 import math
 import os
+import re
+import resource
 import shlex
+import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -97,6 +101,9 @@ CPU_RATE = 200.0
 #: streams/s per server when comparing 200 KB with 1 KB bodies
 BODY_RATE = 100.0
 SMALL_BODY = 1024
+#: h2load (nghttp2's C HTTP/2 load generator): connections x streams in flight on each
+H2LOAD_CONNECTIONS = 16
+H2LOAD_STREAMS_PER_CONNECTION = 4
 LARGE_BODY = 200 * 1024
 TARGETS = {
     "cpu_ratio_max": 1.25,
@@ -417,6 +424,57 @@ def _load_main() -> int:
     return 0
 
 
+# ================================================================================== h2load
+def _grpc_framed_stream(body_bytes: int) -> bytes:
+    """One full stream's four ``ProcessingRequest`` messages (the same as the Python load's), each with its
+    5-byte gRPC frame header, as one HTTP/2 request body: a client that sends the whole stream at once."""
+    work = _Workload.build(body_bytes)
+    out = bytearray()
+    for message in (*work.request, *work.response):
+        data = message.SerializeToString()
+        out += b"\x00" + struct.pack(">I", len(data)) + data
+    return bytes(out)
+
+
+_H2_FINISHED = re.compile(r"finished in ([\d.]+)m?s, ([\d.]+) req/s")
+_H2_REQUESTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed")
+_H2_DATA = re.compile(r"\((\d+)\) data")
+
+
+def _h2load(target: str, stream_file: Path, count: int) -> dict[str, Any]:
+    """Run ``count`` streams with h2load against ``target`` (closed loop, :data:`H2LOAD_CONNECTIONS` x
+    :data:`H2LOAD_STREAMS_PER_CONNECTION` streams in flight). Returns its figures and its own CPU use (cores,
+    from the child's rusage). A count, not a duration: h2load's byte counts then cover exactly the streams
+    it reports, which is what :meth:`_Run.measure_h2load` checks them against."""
+    args = [
+        "h2load",
+        "-c", str(H2LOAD_CONNECTIONS),
+        "-m", str(H2LOAD_STREAMS_PER_CONNECTION),
+        "-t", "1",
+        "-d", str(stream_file),
+        "-H", "content-type: application/grpc",
+        "-H", "te: trailers",
+    ]  # fmt: skip
+    args += ["-n", str(count), f"http://{target}/{SERVICE}/Process"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60 + count / 100, check=False).stdout
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finished, requests, data = _H2_FINISHED.search(out), _H2_REQUESTS.search(out), _H2_DATA.search(out)
+    if finished is None or requests is None or data is None:
+        raise RuntimeError(f"unexpected h2load output: {out[-400:]!r}")
+    succeeded = int(requests.group(3))
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "streams": succeeded,
+        "failed": int(requests.group(4)),
+        "streams_per_s": float(finished.group(2)),
+        "reply_bytes_per_stream": int(data.group(1)) / succeeded if succeeded else 0.0,
+        "client_cores": cpu / wall if wall > 0 else 0.0,
+    }
+
+
 # ================================================================================== orchestration
 @dataclass
 class _Server:
@@ -617,6 +675,8 @@ class _Run:
         self.bench: _Bench | None = None
         #: raw phase results: phase label -> server -> one result per run
         self.results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        #: h2load maximum-rate results: server -> one result per run
+        self.h2load: dict[str, list[dict[str, Any]]] = {}
 
     def start(self, procs: list[Child], tmp: Path) -> None:
         skip_config = tmp / "skip.yaml"
@@ -676,6 +736,30 @@ class _Run:
             if group:
                 for name, result in self.bench.phase(group, **phase).items():
                     self.results.setdefault(label, {}).setdefault(name, []).append(result)
+
+    def measure_h2load(self, servers: list[str], stream_file: Path, count: int) -> None:
+        """Maximum streams/s with h2load, ``count`` streams per server, one server at a time. Every full
+        stream gets at least its two bodies back; a failed gRPC stream still reads as HTTP 200 to h2load but
+        returns no data, so a run whose reply bytes per stream fall 2 % below a 20-stream probe's is refused
+        (``valid``: false)."""
+        for name in servers:
+            server = self.live.get(name)
+            if server is None:
+                continue
+            probe = _h2load(server.target, stream_file, 20)
+            c0, t0 = cpu_seconds(server.pid), time.monotonic()
+            result = _h2load(server.target, stream_file, count)
+            result["server_cores"] = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+            expected = probe["reply_bytes_per_stream"]
+            result["valid"] = (
+                probe["streams"] == 20
+                and expected >= SMALL_BODY + len(SSE_BODY)
+                and result["reply_bytes_per_stream"] >= 0.98 * expected
+                and result["failed"] == 0
+            )
+            if not result["valid"]:
+                result["streams_per_s"] = float("nan")
+            self.h2load.setdefault(name, []).append(result)
 
     def streams_per_s(self, label: str, server: str) -> float:
         return _median([r["streams_per_s"] for r in self.results.get(label, {}).get(server, [])])
@@ -745,6 +829,16 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
         r.start(procs, Path(tmp))
         for _ in range(plan.runs):
             r.measure("max", ALL, mode="closed", duration=plan.max_s)
+        if shutil.which("h2load"):
+            stream_file = Path(tmp) / "stream.bin"
+            stream_file.write_bytes(_grpc_framed_stream(SMALL_BODY))
+            for _ in range(plan.runs):
+                # about max_s seconds at 1,000 streams/s
+                r.measure_h2load(["floor", "ours", "ours_w2"], stream_file, round(1000 * plan.max_s))
+        else:
+            doc["h2load_missing"] = (
+                "h2load not installed (apt-get install nghttp2-client): workers2_speedup uses the Python load"
+            )
         half = round((r.streams_per_s("max", "ours") or 300.0) / 2.0, 1)
         doc["half_max_rate"] = half
         one_at_a_time: list[tuple[str, float, list[str]]] = [
@@ -779,9 +873,34 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
         for label, per in r.results.items()
     }
     doc["paired"] = _paired(r.results)
+    if r.h2load:
+        doc["h2load"] = _h2load_summary(r.h2load)
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     _headline(doc)
     return doc
+
+
+def _h2load_summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per server: medians over runs; ``workers2_ratio``: the median of per-run ratios (2 workers / 1)."""
+    keys = ("streams_per_s", "client_cores", "server_cores", "reply_bytes_per_stream")
+    out: dict[str, Any] = {
+        name: {
+            **{k: _median([float(r[k]) for r in runs]) for k in keys},
+            "valid": all(r["valid"] for r in runs),
+            "per_run_streams_per_s": [round(r["streams_per_s"], 1) for r in runs],
+        }
+        for name, runs in results.items()
+    }
+    pairs = zip(results.get("ours_w2", []), results.get("ours", []), strict=False)
+    out["workers2_ratio"] = _median(
+        [a["streams_per_s"] / b["streams_per_s"] for a, b in pairs if b["streams_per_s"]]
+    )
+    out["method"] = (
+        f"h2load (C), {H2LOAD_CONNECTIONS} connections x {H2LOAD_STREAMS_PER_CONNECTION} streams in "
+        "flight, one thread; each stream sends its four messages (request headers, 1 KB body, response "
+        "headers, SSE body) at once, gRPC-framed, and reads the four replies"
+    )
+    return out
 
 
 def _paired(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
@@ -857,7 +976,17 @@ def _headline(doc: dict[str, Any]) -> None:
     doc["rss_growth_mb"] = rss.get("growth_per_1m_streams_mb", float("nan"))
     doc["rss_extrapolated"] = rss.get("extrapolated", True)
     doc["workers2_max_streams_per_s"] = get("max", "ours_w2", "streams_per_s")
-    doc["workers2_speedup"] = paired.get("workers2_max_ratio", float("nan"))
+    doc["workers2_speedup_python_load"] = paired.get("workers2_max_ratio", float("nan"))
+    h2 = doc.get("h2load", {})
+    h2_valid = bool(h2) and all(h2.get(n, {}).get("valid", False) for n in ("ours", "ours_w2"))
+    if h2_valid:
+        doc["max_streams_per_s_h2load"] = h2["ours"]["streams_per_s"]
+        doc["workers2_max_streams_per_s_h2load"] = h2["ours_w2"]["streams_per_s"]
+        doc["floor_max_streams_per_s_h2load"] = h2.get("floor", {}).get("streams_per_s", float("nan"))
+    # the target's number: with the C load generator when it ran (the Python one needs about as much CPU as
+    # the server, so on 2 cores it caps any server-side scaling); otherwise the Python load's
+    doc["workers2_speedup_load"] = "h2load" if h2_valid else "python"
+    doc["workers2_speedup"] = h2["workers2_ratio"] if h2_valid else doc["workers2_speedup_python_load"]
     w2_cpu_ratio = paired.get("workers2_cpu_ratio", float("nan"))
     doc["workers2_cpu_us_per_stream"] = get("cpu_w2", "ours_w2")
     doc["workers2_cpu_scaling"] = round(2.0 / w2_cpu_ratio, 3) if w2_cpu_ratio else float("nan")
