@@ -48,9 +48,16 @@ per second, not per stream). Phases, each ``--runs`` times, servers taking turns
   streams; with fewer than 1,000,000 (``--quick``: a 5 s soak) the growth is extrapolated linearly to
   1,000,000 (``rss_extrapolated``), which a few thousand streams cannot resolve well: allocator arenas
   move RSS in steps;
-- ``workers2_speedup`` = max streams/s with ``--workers 2`` / with one worker, measured with the load
-  generators on the same 2 cores (so bounded by them); ``workers2_cpu_scaling`` = 2 x CPU per stream of
-  one worker / of two (side by side), the speedup two free cores would give.
+- ``max_h2load`` (when ``h2load`` is installed: ``apt-get install nghttp2-client``): floor, ours and
+  ours_w2 in turn under nghttp2's C load generator, 16 connections x 4 streams in flight, each stream
+  sending its four messages at once (gRPC-framed) and reading its four replies; about 0.15 core for the
+  generator instead of about as much as the server for the Python one. A run whose reply bytes per stream
+  fall below a 20-stream probe's (a failed gRPC stream is still HTTP 200 to h2load) is refused;
+- ``workers2_speedup`` = max streams/s with ``--workers 2`` / with one worker, under h2load when it ran
+  (``workers2_speedup_python_load``: under the Python generators, which share the 2 cores and cap it);
+  ``workers2_ceiling`` = (cores - h2load's CPU) / one worker's CPU at its maximum: what the machine
+  allows, since one worker is more than one busy thread; ``workers2_cpu_scaling`` = 2 x CPU per stream
+  of one worker / of two (side by side).
 
 Keys of issue 6: ``cpu_us_per_stream``, ``floor_cpu_us_per_stream``, ``max_streams_per_s``,
 ``p99_ms_at_half_max``, ``body200k_added_cpu_us``, ``rss_growth_mb``, ``workers2_speedup``.
@@ -983,6 +990,10 @@ def _headline(doc: dict[str, Any]) -> None:
         doc["max_streams_per_s_h2load"] = h2["ours"]["streams_per_s"]
         doc["workers2_max_streams_per_s_h2load"] = h2["ours_w2"]["streams_per_s"]
         doc["floor_max_streams_per_s_h2load"] = h2.get("floor", {}).get("streams_per_s", float("nan"))
+        one, client = h2["ours"]["server_cores"], h2["ours"]["client_cores"]
+        # one worker is more than one busy thread (gRPC's completion-queue poller and event-engine threads
+        # run beside the event loop), so two cores hold fewer than two workers' worth of it
+        doc["workers2_ceiling"] = round(((os.cpu_count() or 2) - client) / one, 3) if one else float("nan")
     # the target's number: with the C load generator when it ran (the Python one needs about as much CPU as
     # the server, so on 2 cores it caps any server-side scaling); otherwise the Python load's
     doc["workers2_speedup_load"] = "h2load" if h2_valid else "python"

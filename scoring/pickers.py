@@ -83,6 +83,8 @@ class MaxScorePicker(Picker):
         count = totals.count(best)
         if count == 1:
             return [totals.index(best)]
+        if count == len(totals):  # all equal (an idle pool): the draw is the position
+            return [int(rng.integers(count))]
         tied = [i for i, value in enumerate(totals) if value == best]
         return [tied[int(rng.integers(count))]]
 
