@@ -24,7 +24,9 @@ processes, four connections each per server. A stream is what Envoy sends for on
 usage event, each sent after the previous reply (a proxy honouring ``mode_override`` stops after the
 request phase and closes the stream). The 16 endpoints are fake vLLM servers in a third process.
 
-Server CPU = user + system seconds of the server's process tree from ``/proc`` over the window, minus its
+Server CPU = on-CPU time of the server's process tree over the window, in nanoseconds from each thread's
+``/proc/<pid>/task/<tid>/schedstat`` (``benchmarks.harness.CpuMeter``; ``/proc/<pid>/stat``'s 10 ms ticks
+would quantize a quick window's figure in steps of ~33 µs per stream), minus its
 idle rate measured before the phases (for ours that is the scrape loop: 16 endpoints every 50 ms, a cost
 per second, not per stream). Phases, each ``--runs`` times, servers taking turns:
 
@@ -90,8 +92,8 @@ from typing import Any
 from benchmarks.harness import (
     ROOT,
     Child,
+    CpuMeter,
     children,
-    cpu_seconds,
     machine_info,
     percentile,
     rss_bytes,
@@ -561,9 +563,9 @@ class _Bench:
         self.settle = settle
 
     def idle_rate(self, server: _Server, seconds: float) -> float:
-        c0, t0 = cpu_seconds(server.pid), time.monotonic()
+        meter, t0 = CpuMeter(server.pid), time.monotonic()
         time.sleep(seconds)
-        return (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+        return meter.seconds() / (time.monotonic() - t0)
 
     def connect(self, server: _Server) -> None:
         for child in self.loaders:
@@ -598,16 +600,13 @@ class _Bench:
                 }
             )
         time.sleep(max(0.0, start_at - time.time()))
-        c0 = {s.name: cpu_seconds(s.pid) for s in servers}
+        meters = {s.name: CpuMeter(s.pid) for s in servers}
         t0 = time.monotonic()
         time.sleep(duration)
-        c1 = {s.name: cpu_seconds(s.pid) for s in servers}
+        busy = {name: meter.seconds() for name, meter in meters.items()}
         wall = time.monotonic() - t0
         replies = [child.read_json(timeout=duration + 120) for child in self.loaders]
-        return {
-            s.name: self._result(s, [r[s.target] for r in replies], c1[s.name] - c0[s.name], wall)
-            for s in servers
-        }
+        return {s.name: self._result(s, [r[s.target] for r in replies], busy[s.name], wall) for s in servers}
 
     @staticmethod
     def _result(server: _Server, results: list[dict[str, Any]], busy: float, wall: float) -> dict[str, Any]:
@@ -754,9 +753,9 @@ class _Run:
             if server is None:
                 continue
             probe = _h2load(server.target, stream_file, 20)
-            c0, t0 = cpu_seconds(server.pid), time.monotonic()
+            meter, t0 = CpuMeter(server.pid), time.monotonic()
             result = _h2load(server.target, stream_file, count)
-            result["server_cores"] = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+            result["server_cores"] = meter.seconds() / (time.monotonic() - t0)
             expected = probe["reply_bytes_per_stream"]
             result["valid"] = (
                 probe["streams"] == 20

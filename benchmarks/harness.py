@@ -70,6 +70,45 @@ def cpu_seconds(pid: int, *, tree: bool = True) -> float:
     return total / CLOCK_TICKS
 
 
+def thread_cpu_ns(pid: int, *, tree: bool = True) -> dict[tuple[int, int], int]:
+    """On-CPU nanoseconds of every live thread of ``pid`` (and its descendants when ``tree``), keyed by
+    ``(process id, thread id)``, from ``/proc/<pid>/task/<tid>/schedstat``."""
+    out: dict[tuple[int, int], int] = {}
+    for p in descendants(pid) if tree else [pid]:
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                out[(p, int(task.name))] = int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+class CpuMeter:
+    """CPU seconds a process tree uses from construction to each :meth:`seconds` call.
+
+    Why not :func:`cpu_seconds` alone: ``/proc/<pid>/stat`` counts whole clock ticks (10 ms), so a 1.5 s
+    window at 200 streams/s reads in steps of ~33 µs per stream, enough to move a ratio of two such
+    readings by 0.05. The threads' ``schedstat`` counts nanoseconds; it is used unless a thread present at
+    the start is gone at the end (its time would vanish), in which case the tick count is the answer.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._ticks = cpu_seconds(pid)
+        self._threads = thread_cpu_ns(pid)
+
+    def seconds(self) -> float:
+        ticks = cpu_seconds(self.pid)
+        threads = thread_cpu_ns(self.pid)
+        if self._threads and all(key in threads for key in self._threads):
+            return sum(ns - self._threads.get(key, 0) for key, ns in threads.items()) / 1e9
+        return ticks - self._ticks
+
+
 def rss_bytes(pid: int, *, tree: bool = True) -> int:
     """Resident set size of ``pid`` (plus descendants when ``tree``)."""
     total = 0

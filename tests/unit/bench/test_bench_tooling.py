@@ -61,3 +61,55 @@ def test_nearest_rank_percentile() -> None:
     assert percentile(values, 99) == 99.0
     assert percentile(values, 100) == 100.0
     assert math.isnan(percentile([], 99))
+
+
+def _burn(rounds: int) -> int:
+    total = 0
+    for i in range(rounds):
+        total += i * i
+    return total
+
+
+def test_cpu_meter_counts_this_process_cpu_at_thread_resolution() -> None:
+    import os
+    import time
+
+    from benchmarks.harness import CpuMeter
+
+    meter = CpuMeter(os.getpid())
+    start = time.process_time()
+    _burn(400_000)
+    used = time.process_time() - start
+    measured = meter.seconds()
+    # both count the same work; the meter reads schedstat (ns), process_time reads the same clock
+    assert used * 0.5 <= measured <= used * 1.5 + 0.02
+
+
+def test_cpu_meter_falls_back_to_ticks_when_a_thread_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+
+    from benchmarks import harness
+
+    readings = iter([100.0, 107.0])
+    monkeypatch.setattr(harness, "cpu_seconds", lambda _pid: next(readings))
+    gate = threading.Event()
+    worker = threading.Thread(target=gate.wait)
+    worker.start()
+    meter = harness.CpuMeter(os.getpid())
+    gate.set()
+    worker.join()
+    # the thread's schedstat entry vanished with it: the answer is the tick counts' difference
+    assert meter.seconds() == 7.0
+
+
+def test_cpu_meter_uses_thread_times_while_every_thread_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from benchmarks import harness
+
+    readings = iter([100.0, 107.0])
+    monkeypatch.setattr(harness, "cpu_seconds", lambda _pid: next(readings))
+    meter = harness.CpuMeter(os.getpid())
+    _burn(100_000)
+    assert 0.0 < meter.seconds() < 7.0
