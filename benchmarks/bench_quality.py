@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.sim.fleet import FleetConfig, server_capacity_rps, simulate
-from benchmarks.sim.metrics import DEFAULT_TPOT_SLO_S, DEFAULT_TTFT_SLO_S, Slo, slo_dict, summarize
+from benchmarks.sim.metrics import (
+    DEFAULT_TPOT_SLO_S,
+    DEFAULT_TTFT_SLO_S,
+    Slo,
+    slo_dict,
+    slo_misses,
+    summarize,
+)
 from benchmarks.sim.policies import ALL_POLICIES, Policy, make_policy
 from benchmarks.sim.profiles import PROFILES, ServerProfile, get_profile
 from benchmarks.sim.report import markdown_report, plot_sweep
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
         bar = tqdm(total=len(loads) * len(names) * len(workload), unit="req", file=sys.stderr, leave=False)
     sweep: dict[str, dict[str, Any]] = {}
+    misses: dict[str, Any] = {}
     for load in loads:
         w = workload.with_rate(load * cap * args.servers)
         rows: dict[str, Any] = {}
@@ -142,6 +150,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 bar.set_description(f"load {load:.2f} {policy.name}")
             res = simulate(w, policy, cfg, on_progress=bar.update if bar is not None else None)
             rows[policy.name] = summarize(res, slo)
+            if load == args.load:
+                misses[policy.name] = slo_misses(res, slo)
         sweep[f"{load:g}"] = {"offered_rps": load * cap * args.servers, "policies": rows}
     if bar is not None:
         bar.close()
@@ -175,6 +185,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "load": args.load,
         "offered_rps": main["offered_rps"],
         "policies": main["policies"],
+        # at the main load: TTFT-only / TPOT-only / both misses, and misses by arrival time (10 s windows)
+        "slo_misses": misses,
         "unavailable": unavailable,
         "machine": {
             "python": platform.python_version(),

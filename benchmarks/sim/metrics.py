@@ -116,5 +116,41 @@ def summarize(res: SimResult, slo: Slo = Slo()) -> dict[str, float | int]:
     }
 
 
+def slo_misses(res: SimResult, slo: Slo = Slo(), *, window_s: float = 10.0) -> dict[str, Any]:
+    """Which completed requests miss the SLO, and when they arrived.
+
+    Why: goodput alone cannot tell a placement problem (misses spread over the run, on the servers a router
+    overloads) from a capacity problem (misses packed into the minutes when the offered load exceeds what
+    any placement can serve). Returns the shares of completed requests missing only the TTFT SLO, only the
+    TPOT SLO, or both, and for each ``window_s``-second window of arrival times the number of requests that
+    arrived in it and the share of them that missed.
+    """
+    done = ~np.isnan(res.finish)
+    arrival, first, end = res.arrival[done], res.first_token[done], res.finish[done]
+    tokens = res.output_tokens[done]
+    multi = tokens > 1
+    tpot = np.zeros(len(tokens))
+    tpot[multi] = (end - first)[multi] / (tokens[multi] - 1)
+    late = (first - arrival) > slo.ttft_s
+    slow = tpot > slo.tpot_s
+    missed = late | slow
+    n = max(1, len(arrival))
+    start = float(np.min(res.arrival)) if len(res.arrival) else 0.0
+    bins = ((arrival - start) // window_s).astype(np.int64)
+    count = np.bincount(bins, minlength=1)
+    miss = np.bincount(bins, weights=missed.astype(np.float64), minlength=len(count))
+    return {
+        "ttft_only": float((late & ~slow).sum()) / n,
+        "tpot_only": float((slow & ~late).sum()) / n,
+        "both": float((late & slow).sum()) / n,
+        "window_s": window_s,
+        "by_arrival": [
+            {"from_s": round(k * window_s, 3), "requests": int(c), "missed": round(float(m) / c, 4)}
+            for k, (c, m) in enumerate(zip(count, miss, strict=True))
+            if c
+        ],
+    }
+
+
 def slo_dict(slo: Slo) -> dict[str, float]:
     return asdict(slo)

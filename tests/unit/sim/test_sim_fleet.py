@@ -245,3 +245,39 @@ def test_bench_quality_json_has_every_policy(capsys: pytest.CaptureFixture[str])
         assert keys <= set(row)
     assert doc["requests"] == 400
     assert doc["capacity_rps_per_server"] > 0
+
+
+def test_slo_misses_split_by_kind_and_arrival_window() -> None:
+    from benchmarks.sim.fleet import SimResult
+    from benchmarks.sim.metrics import Slo, slo_misses
+
+    # four requests: on time; late first token; slow tokens; both late and slow (SLO 1 s, 0.1 s/token)
+    arrival = np.array([0.0, 5.0, 12.0, 25.0])
+    first = arrival + np.array([0.2, 2.0, 0.5, 3.0])
+    tokens = np.array([11, 11, 11, 11])
+    finish = first + np.array([0.5, 0.5, 5.0, 5.0])  # 0.05 s or 0.5 s per token after the first
+    z = np.zeros(4, dtype=np.int64)
+    res = SimResult(
+        policy="p",
+        arrival=arrival,
+        first_token=first,
+        finish=finish,
+        prompt_tokens=z + 100,
+        output_tokens=tokens,
+        cached_tokens=z,
+        preemptions=z,
+        server=z,
+        server_busy_s=np.ones(1),
+        server_prefill_tokens=np.ones(1, dtype=np.int64),
+        server_decode_tokens=np.ones(1, dtype=np.int64),
+        server_lora_loads=np.zeros(1, dtype=np.int64),
+        wall_s=0.0,
+        picks_s=0.0,
+    )
+    out = slo_misses(res, Slo(1.0, 0.1), window_s=10.0)
+    assert (out["ttft_only"], out["tpot_only"], out["both"]) == (0.25, 0.25, 0.25)
+    assert out["by_arrival"] == [
+        {"from_s": 0.0, "requests": 2, "missed": 0.5},
+        {"from_s": 10.0, "requests": 1, "missed": 1.0},
+        {"from_s": 20.0, "requests": 1, "missed": 1.0},
+    ]
