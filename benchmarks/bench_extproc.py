@@ -47,7 +47,7 @@ per second, not per stream). Phases, each ``--runs`` times, servers taking turns
   code adds for the bigger body beyond what gRPC pays to carry it twice (the target refers to this one;
   ``body200k_added_cpu_us_raw`` = ours(200K) - ours(1K) is reported too);
 - RSS (server process tree) after every phase above (the warm-up) and after ``--rss-streams`` more
-  streams; with fewer than 1,000,000 (``--quick``: a 5 s soak) the growth is extrapolated linearly to
+  streams; with fewer than 1,000,000 (``--quick``: a 3 s soak) the growth is extrapolated linearly to
   1,000,000 (``rss_extrapolated``), which a few thousand streams cannot resolve well: allocator arenas
   move RSS in steps;
 - ``max_h2load`` (when ``h2load`` is installed: ``apt-get install nghttp2-client``): floor, ours and
@@ -666,6 +666,8 @@ class _Plan:
     runs: int
     max_s: float
     rate_s: float
+    #: the half-max-rate phase, whose p99 is a target: long enough for ~1,000 streams in --quick
+    half_s: float
     idle_s: float
     soak_s: float
     rss_streams: int
@@ -812,8 +814,9 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
         runs=runs or (1 if quick else 3),
         max_s=2.0 if quick else 6.0,
         rate_s=1.5 if quick else 6.0,
-        idle_s=1.5 if quick else 5.0,
-        soak_s=5.0 if quick else 20.0,
+        half_s=3.0 if quick else 6.0,
+        idle_s=1.0 if quick else 5.0,
+        soak_s=3.0 if quick else 20.0,
         rss_streams=rss_streams if rss_streams is not None else (0 if quick else 1_000_000),
     )
     doc: dict[str, Any] = {
@@ -824,8 +827,9 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
         "runs": plan.runs,
         "method": (
             f"servers take turns within each run; per run: max {plan.max_s:g} s, each fixed rate "
-            f"{plan.rate_s:g} s; {LOAD_PROCS} load processes x {CHANNELS_PER_PROC} connections; figures are "
-            "medians over runs; ratios are medians of per-run ratios (each run compares servers measured "
+            f"{plan.rate_s:g} s (half max {plan.half_s:g} s); {LOAD_PROCS} load processes x "
+            f"{CHANNELS_PER_PROC} connections; figures are medians over runs; ratios are medians of "
+            "per-run ratios (each run compares servers measured "
             "seconds apart, which cancels slow drifts in the machine's load)"
         ),
     }
@@ -847,10 +851,10 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
             )
         half = round((r.streams_per_s("max", "ours") or 300.0) / 2.0, 1)
         doc["half_max_rate"] = half
-        one_at_a_time: list[tuple[str, float, list[str]]] = [
-            ("100/s", 100.0, ["floor", "ours"]),
-            ("300/s", 300.0, ["floor", "ours"]),
-            ("half_max", half, ALL),
+        one_at_a_time: list[tuple[str, float, float, list[str]]] = [
+            ("100/s", 100.0, plan.rate_s, ["floor", "ours"]),
+            ("300/s", 300.0, plan.rate_s, ["floor", "ours"]),
+            ("half_max", half, plan.half_s, ALL),
         ]
         side_by_side: list[tuple[str, float, int, list[str]]] = [
             ("cpu", CPU_RATE, SMALL_BODY, ["floor", "ours"]),
@@ -861,8 +865,8 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
             ("body_200k", BODY_RATE, LARGE_BODY, ["floor", "ours"]),
         ]
         for _ in range(plan.runs):
-            for label, rate, servers in one_at_a_time:
-                r.measure(label, servers, mode="open", duration=plan.rate_s, rate=rate)
+            for label, rate, seconds, servers in one_at_a_time:
+                r.measure(label, servers, mode="open", duration=seconds, rate=rate)
             for label, rate, body, servers in side_by_side:
                 r.measure(
                     label,

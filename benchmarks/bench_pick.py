@@ -3,7 +3,7 @@
     python -m benchmarks.bench_pick --json          # 1-2 minutes: 7 runs per figure
     python -m benchmarks.bench_pick --quick --json  # under 30 s: 3 shorter runs per figure
 
-Workload: a fleet of N endpoints (10, 100, 1,000, 10,000) with seeded, realistic gauges (queues 0-20,
+Workload: a fleet of N endpoints (10, 16, 100, 1,000, 10,000) with seeded, realistic gauges (queues 0-20,
 running 0-64, KV and GPU utilization 0-1 with 10 % of GPU values unknown, 0-2 of 20 LoRA adapters
 loaded, max_lora 4, fresh scrapes). Each pick is for a request naming one of the adapters or the base
 model with a prompt of 50-8,000 tokens (streamed), and is followed - outside the timed region - by the
@@ -15,6 +15,8 @@ Figures (microseconds; each is the median over runs of a per-run statistic):
 - ``pick_p50_us``: median time of one :meth:`Scheduler.schedule` with our default profile
   (queue + running + KV + LoRA + GPU scorers, max-score picker) on an unchanged snapshot - the steady
   state between two scrapes, where the snapshot's static scores are cached;
+- ``pick_numpy_path_p50_us``: the same with the small-pool path off (``Scheduler.small_pool = 0``): up to
+  24 endpoints the default scores with Python floats, bit-identical and cheaper than numpy calls there;
 - ``pick_new_snapshot_p50_us``: the same when every pick sees a new snapshot (nothing cached);
 - ``pick_reference_p50_us``: the reference default profile (queue 2, KV 2, prefix 3);
 - ``loop_p50_us``: the baseline - our default profile written as a Python loop over endpoint objects
@@ -50,7 +52,7 @@ from scoring.matrix import LoadCharge
 from scoring.registry import DEFAULT_WEIGHTS, reference_default_scheduler
 from scoring.scorers.tokens import DEFAULT_MIN_RANGE_TOKENS
 
-SIZES = (10, 100, 1000, 10000)
+SIZES = (10, 16, 100, 1000, 10000)
 ADAPTERS = tuple(f"adapter-{i}" for i in range(20))
 NOW = 1000.0
 MAX_LOAD = 1e12
@@ -222,12 +224,22 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
 
         return statistics.median(_per_call(loop_calls, lambda _i: None, body))
 
+    numpy_only = default_scheduler()
+    numpy_only.small_pool = 0  # the vectorized path at every size (the default scores small pools as floats)
     pick = _median_of_runs(runs, lambda: scheduler_p50(ours, new_snapshot=False))
+    vectorized = _median_of_runs(runs, lambda: scheduler_p50(numpy_only, new_snapshot=False))
     cold = _median_of_runs(runs, lambda: scheduler_p50(ours, new_snapshot=True))
     ref = _median_of_runs(runs, lambda: scheduler_p50(reference, new_snapshot=False))
     base = _median_of_runs(runs, loop_p50)
     checked = reqs[: 64 if n <= 1000 else 8]  # the loop is slow at 10,000: fewer requests suffice
-    return {"pick": pick, "cold": cold, "reference": ref, "loop": base, "agree": agreement(rows, checked)}
+    return {
+        "pick": pick,
+        "numpy": vectorized,
+        "cold": cold,
+        "reference": ref,
+        "loop": base,
+        "agree": agreement(rows, checked),
+    }
 
 
 def agreement(rows: list[EndpointRow], reqs: Sequence[PickRequest]) -> bool:
@@ -307,6 +319,7 @@ def run(quick: bool, command: str) -> dict[str, Any]:
         "pick_p50_us": column("pick"),
         "loop_p50_us": column("loop"),
         "speedup": {k: round(v["loop"] / v["pick"], 1) for k, v in per_size.items()},
+        "pick_numpy_path_p50_us": column("numpy"),
         "pick_new_snapshot_p50_us": column("cold"),
         "pick_reference_p50_us": column("reference"),
         "loop_agrees": {k: v["agree"] for k, v in per_size.items()},

@@ -131,6 +131,8 @@ TARGETS = (
 #: further figures shown per benchmark (path, label, unit)
 DETAILS: dict[str, tuple[tuple[tuple[str, ...], str, str], ...]] = {
     "bench_pick": (
+        (("pick_p50_us", "16"), "pick p50, 16 endpoints (small-pool path: Python floats)", "µs"),
+        (("pick_numpy_path_p50_us", "16"), "pick p50, 16 endpoints, numpy path", "µs"),
         (("pick_p50_us", "100"), "pick p50, 100 endpoints", "µs"),
         (("pick_new_snapshot_p50_us", "1000"), "pick p50 on a new snapshot, 1,000 endpoints", "µs"),
     ),
