@@ -110,10 +110,10 @@ CPU_RATE = 200.0
 #: streams/s per server when comparing 200 KB with 1 KB bodies
 BODY_RATE = 100.0
 SMALL_BODY = 1024
+LARGE_BODY = 200 * 1024
 #: h2load (nghttp2's C HTTP/2 load generator): connections x streams in flight on each
 H2LOAD_CONNECTIONS = 16
 H2LOAD_STREAMS_PER_CONNECTION = 4
-LARGE_BODY = 200 * 1024
 TARGETS = {
     "cpu_ratio_max": 1.25,
     "body200k_added_cpu_us_max": 500.0,
@@ -448,6 +448,8 @@ def _grpc_framed_stream(body_bytes: int) -> bytes:
 _H2_FINISHED = re.compile(r"finished in ([\d.]+)m?s, ([\d.]+) req/s")
 _H2_REQUESTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed")
 _H2_DATA = re.compile(r"\((\d+)\) data")
+#: the per-run figures the summary takes medians of
+_H2_FIGURES = ("streams_per_s", "client_cores", "server_cores", "reply_bytes_per_stream")
 
 
 def _h2load(target: str, stream_file: Path, count: int) -> dict[str, Any]:
@@ -470,17 +472,21 @@ def _h2load(target: str, stream_file: Path, count: int) -> dict[str, Any]:
     out = subprocess.run(args, capture_output=True, text=True, timeout=60 + count / 100, check=False).stdout
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {**_h2load_figures(out), "client_cores": cpu / wall if wall > 0 else 0.0}
+
+
+def _h2load_figures(out: str) -> dict[str, Any]:
+    """Succeeded and failed streams, streams/s and reply (DATA) bytes per stream from h2load's report."""
     finished, requests, data = _H2_FINISHED.search(out), _H2_REQUESTS.search(out), _H2_DATA.search(out)
     if finished is None or requests is None or data is None:
         raise RuntimeError(f"unexpected h2load output: {out[-400:]!r}")
     succeeded = int(requests.group(3))
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
         "streams": succeeded,
         "failed": int(requests.group(4)),
         "streams_per_s": float(finished.group(2)),
         "reply_bytes_per_stream": int(data.group(1)) / succeeded if succeeded else 0.0,
-        "client_cores": cpu / wall if wall > 0 else 0.0,
     }
 
 
@@ -754,9 +760,15 @@ class _Run:
             server = self.live.get(name)
             if server is None:
                 continue
-            probe = _h2load(server.target, stream_file, 20)
-            meter, t0 = CpuMeter(server.pid), time.monotonic()
-            result = _h2load(server.target, stream_file, count)
+            try:
+                probe = _h2load(server.target, stream_file, 20)
+                meter, t0 = CpuMeter(server.pid), time.monotonic()
+                result = _h2load(server.target, stream_file, count)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:  # reported, the run goes on
+                failed: dict[str, Any] = dict.fromkeys(_H2_FIGURES, float("nan"))
+                failed |= {"valid": False, "error": str(exc)[:300]}
+                self.h2load.setdefault(name, []).append(failed)
+                continue
             result["server_cores"] = meter.seconds() / (time.monotonic() - t0)
             expected = probe["reply_bytes_per_stream"]
             result["valid"] = (
@@ -892,10 +904,9 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
 
 def _h2load_summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per server: medians over runs; ``workers2_ratio``: the median of per-run ratios (2 workers / 1)."""
-    keys = ("streams_per_s", "client_cores", "server_cores", "reply_bytes_per_stream")
     out: dict[str, Any] = {
         name: {
-            **{k: _median([float(r[k]) for r in runs]) for k in keys},
+            **{k: _median([float(r[k]) for r in runs]) for k in _H2_FIGURES},
             "valid": all(r["valid"] for r in runs),
             "per_run_streams_per_s": [round(r["streams_per_s"], 1) for r in runs],
         }

@@ -580,6 +580,7 @@ _MAX_CACHED_STATICS = 256
 _MISSING = object()
 #: key of the load scorers' states in ``_Prepared.floats`` (request keys are never this object)
 _LOAD_STATES = object()
-#: default :attr:`Scheduler.small_pool`: where the float path stops being cheaper than numpy (a warm loop
-#: with the default profile: 11 vs 16 µs at 16 endpoints, even at about 28; see ``benchmarks/bench_pick``)
+#: default :attr:`Scheduler.small_pool`: below it the float path is cheaper than numpy. The float path's cost
+#: grows with the pool, numpy's hardly: for the load terms alone, in a warm loop, they cross between 24 and 32
+#: endpoints; ``benchmarks/bench_pick`` reports whole picks at 16 endpoints both ways.
 SMALL_POOL = 24

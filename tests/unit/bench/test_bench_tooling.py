@@ -113,3 +113,47 @@ def test_cpu_meter_uses_thread_times_while_every_thread_lives(monkeypatch: pytes
     meter = harness.CpuMeter(os.getpid())
     _burn(100_000)
     assert 0.0 < meter.seconds() < 7.0
+
+
+def test_the_h2load_stream_is_one_full_exchange_in_grpc_frames() -> None:
+    import struct
+
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    from benchmarks.bench_extproc import _grpc_framed_stream
+
+    data = _grpc_framed_stream(1024)
+    kinds = []
+    at = 0
+    while at < len(data):
+        compressed, size = data[at], struct.unpack(">I", data[at + 1 : at + 5])[0]
+        assert compressed == 0
+        kinds.append(pb.ProcessingRequest.FromString(data[at + 5 : at + 5 + size]).WhichOneof("request"))
+        at += 5 + size
+    assert at == len(data)
+    assert kinds == ["request_headers", "request_body", "response_headers", "response_body"]
+
+
+@pytest.mark.parametrize(
+    ("finished", "rate"),
+    [("finished in 2.20s, 908.77 req/s", 908.77), ("finished in 35.16ms, 568.83 req/s", 568.83)],
+)
+def test_h2load_report_is_read(finished: str, rate: float) -> None:
+    from benchmarks.bench_extproc import _h2load_figures
+
+    report = (
+        f"{finished}, 2.03MB/s\n"
+        "requests: 2000 total, 2000 started, 2000 done, 1990 succeeded, 10 failed, 0 errored, 0 timeout\n"
+        "status codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx\n"
+        "traffic: 4.47MB (4688289) total, 6.15KB (6300) headers (space savings 96.11%), "
+        "4.31MB (4493420) data\n"
+    )
+    figures = _h2load_figures(report)
+    assert figures == {
+        "streams": 1990,
+        "failed": 10,
+        "streams_per_s": rate,
+        "reply_bytes_per_stream": 4493420 / 1990,
+    }
+    with pytest.raises(RuntimeError, match="unexpected h2load output"):
+        _h2load_figures("h2load: connection refused")
