@@ -45,6 +45,21 @@ def _imbalance(per_server: NDArray[Any]) -> float:
     return float(np.max(per_server)) / mean if mean > 0 else float("nan")
 
 
+def _tpot(first: NDArray[np.float64], end: NDArray[np.float64], tokens: NDArray[Any]) -> NDArray[np.float64]:
+    """Seconds per output token after the first, per request; 0 for one-token answers."""
+    multi = tokens > 1
+    tpot = np.zeros(len(tokens))
+    tpot[multi] = (end - first)[multi] / (tokens[multi] - 1)
+    return tpot
+
+
+def _slo_met(
+    ttft: NDArray[np.float64], tpot: NDArray[np.float64], slo: Slo
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Per request: TTFT within the SLO, TPOT within the SLO (a one-token answer's TPOT of 0 always is)."""
+    return ttft <= slo.ttft_s, tpot <= slo.tpot_s
+
+
 def latency_stats(
     sent: NDArray[np.float64],
     first: NDArray[np.float64],
@@ -60,11 +75,10 @@ def latency_stats(
     the simulator and the live benchmark so that both report the same definitions."""
     ttft = first - sent
     e2e = end - sent
-    multi = tokens > 1
-    tpot = (end - first)[multi] / (tokens[multi] - 1)
-    tpot_all = np.zeros(len(tokens))
-    tpot_all[multi] = tpot
-    good = (ttft <= slo.ttft_s) & (tpot_all <= slo.tpot_s)
+    tpot = _tpot(first, end, tokens)
+    ttft_ok, tpot_ok = _slo_met(ttft, tpot, slo)
+    good = ttft_ok & tpot_ok
+    tpot = tpot[tokens > 1]
     stats = {
         "ttft_p50_s": _pct(ttft, 50),
         "ttft_p90_s": _pct(ttft, 90),
@@ -127,12 +141,8 @@ def slo_misses(res: SimResult, slo: Slo = Slo(), *, window_s: float = 10.0) -> d
     """
     done = ~np.isnan(res.finish)
     arrival, first, end = res.arrival[done], res.first_token[done], res.finish[done]
-    tokens = res.output_tokens[done]
-    multi = tokens > 1
-    tpot = np.zeros(len(tokens))
-    tpot[multi] = (end - first)[multi] / (tokens[multi] - 1)
-    late = (first - arrival) > slo.ttft_s
-    slow = tpot > slo.tpot_s
+    ttft_ok, tpot_ok = _slo_met(first - arrival, _tpot(first, end, res.output_tokens[done]), slo)
+    late, slow = ~ttft_ok, ~tpot_ok
     missed = late | slow
     n = max(1, len(arrival))
     start = float(np.min(res.arrival)) if len(res.arrival) else 0.0
