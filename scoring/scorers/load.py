@@ -63,7 +63,7 @@ def weighted_min_max_floats(load: list[float], weight: float, floor: float = 0.0
     loop, several inside a busy server whose caches the gRPC stack keeps cold) outweighs the arithmetic,
     and a pick makes about fifteen of them. The operations and their order are those of
     :func:`weighted_min_max`, and Python floats are the same IEEE 754 doubles, so the results are the same
-    bits (``tests/property/scoring/test_small_pool_properties.py`` checks it against the numpy path).
+    bits (``tests/property/scoring/test_token_load_properties.py`` checks it against the numpy path).
     """
     lo = min(load)
     hi = _top(max(load), lo, floor)

@@ -20,9 +20,12 @@ from scoring import (
     View,
     build_scheduler,
     default_scheduler,
+    reference_default_scheduler,
 )
 from scoring.matrix import LoadCharge
+from scoring.profile import SMALL_POOL
 from scoring.scorers import PrefillQueueScorer, TokenLoadScorer
+from scoring.scorers.load import weighted_min_max, weighted_min_max_floats
 
 NOW = 10.0
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,20 +60,29 @@ requests = st.builds(
 )
 
 
-def token_profile(min_range: float) -> Scheduler:
+def token_profile(min_range: float, *, endpoints: int = 2, lora_weight: float = 0.0) -> Scheduler:
     specs = [
         PluginSpec("queue-scorer", "queue-scorer"),
         PluginSpec("prefill-queue-scorer", "prefill-queue-scorer", {"minRangeTokens": min_range}),
         PluginSpec("kv-cache-utilization-scorer", "kv-cache-utilization-scorer"),
-        PluginSpec("pick", "max-score-picker", {"maxNumOfEndpoints": 2}),
+        PluginSpec("pick", "max-score-picker", {"maxNumOfEndpoints": endpoints}),
     ]
     refs: list[tuple[str, float | None]] = [
         ("queue-scorer", 1.0),
         ("prefill-queue-scorer", 2.5),
         ("kv-cache-utilization-scorer", 1.0),
-        ("pick", None),
     ]
+    if lora_weight:  # a request term: statics cached per request key
+        specs.append(PluginSpec("lora-affinity-scorer", "lora-affinity-scorer"))
+        refs.append(("lora-affinity-scorer", lora_weight))
+    refs.append(("pick", None))
     return build_scheduler(specs, [ProfileSpec("p", refs)])
+
+
+def loads_only() -> Scheduler:
+    """Load terms and nothing else: no static part at all."""
+    specs = [PluginSpec("queue-scorer", "queue-scorer"), PluginSpec("r", "running-requests-size-scorer")]
+    return build_scheduler(specs, [ProfileSpec("p", [("queue-scorer", 1.0), ("r", 3.0)])])
 
 
 def with_token_load() -> Scheduler:
@@ -137,3 +149,62 @@ def test_batch_equals_sequential_with_token_charges(
     assert m.dispatched.tolist() == before[0].tolist()
     assert m.prefill_tokens.tolist() == before[1].tolist()
     assert m.inflight_tokens.tolist() == before[2].tolist()
+
+
+# ------------------------------------------------------------------ the small-pool path (Python floats)
+#: profiles whose load terms are all min-max scorers, so that pools up to SMALL_POOL take the float path
+SMALL_POOL_PROFILES: dict[str, Any] = {
+    "ours": default_scheduler,
+    "reference": reference_default_scheduler,
+    "floored, one endpoint, a request term": lambda: token_profile(8192.0, endpoints=1, lora_weight=0.7),
+    "min-max, two endpoints": lambda: token_profile(0.0),
+    "loads only": loads_only,
+}
+
+
+def test_the_small_pool_profiles_use_the_float_path() -> None:
+    for name, make in SMALL_POOL_PROFILES.items():
+        assert make().small_pool == SMALL_POOL > 0, name
+
+
+@SETTINGS
+@given(
+    m=matrices(max_size=SMALL_POOL),
+    reqs=st.lists(requests, min_size=1, max_size=25),
+    seed=st.integers(0, 2**32 - 1),
+    profile=st.sampled_from(list(SMALL_POOL_PROFILES)),
+    masked=st.booleans(),
+)
+def test_small_pool_picks_equal_numpy_picks(
+    m: EndpointMatrix, reqs: list[PickRequest], seed: int, profile: str, masked: bool
+) -> None:
+    floats, arrays = SMALL_POOL_PROFILES[profile](), SMALL_POOL_PROFILES[profile]()
+    arrays.small_pool = 0
+    mask = (np.arange(len(m)) % 3 != 1) if masked else None
+    runs: list[tuple[list[tuple[int, ...]], object]] = []
+    for scheduler in (floats, arrays):
+        copy = m.with_load_copies()
+        rng = np.random.default_rng(seed)
+        picks: list[tuple[int, ...]] = []
+        for req in reqs:
+            try:
+                result = scheduler.schedule(copy, req, now=NOW, rng=rng, candidates=mask)
+            except NoEndpointsAvailable:
+                picks.append(())
+                continue
+            LoadCharge.for_request(req).add(copy, result.primary)
+            picks.append(result.indices)
+        runs.append((picks, rng.bit_generator.state))
+    assert runs[0] == runs[1]
+
+
+@SETTINGS
+@given(
+    load=st.lists(st.one_of(st.floats(0, 1e12), st.integers(0, 5).map(float), st.just(-0.0)), min_size=1),
+    weight=st.sampled_from([1.0, 2.0, 0.5, 1e-300, 1e300]),
+    floor=st.sampled_from([0.0, 1.0, 8192.0, 1e7]),
+)
+def test_float_min_max_is_bit_identical(load: list[float], weight: float, floor: float) -> None:
+    expected = weighted_min_max(np.array(load), weight, floor)
+    got = weighted_min_max_floats(list(load), weight, floor)
+    assert np.array(got).tobytes() == expected.tobytes()
