@@ -114,6 +114,8 @@ LARGE_BODY = 200 * 1024
 #: h2load (nghttp2's C HTTP/2 load generator): connections x streams in flight on each
 H2LOAD_CONNECTIONS = 16
 H2LOAD_STREAMS_PER_CONNECTION = 4
+#: streams of the probe whose reply bytes a measured h2load run is checked against
+H2LOAD_PROBE_STREAMS = 20
 TARGETS = {
     "cpu_ratio_max": 1.25,
     "body200k_added_cpu_us_max": 500.0,
@@ -754,14 +756,14 @@ class _Run:
     def measure_h2load(self, servers: list[str], stream_file: Path, count: int) -> None:
         """Maximum streams/s with h2load, ``count`` streams per server, one server at a time. Every full
         stream gets at least its two bodies back; a failed gRPC stream still reads as HTTP 200 to h2load but
-        returns no data, so a run whose reply bytes per stream fall 2 % below a 20-stream probe's is refused
+        returns no data, so a run whose reply bytes per stream fall 2 % below a probe's is refused
         (``valid``: false)."""
         for name in servers:
             server = self.live.get(name)
             if server is None:
                 continue
             try:
-                probe = _h2load(server.target, stream_file, 20)
+                probe = _h2load(server.target, stream_file, H2LOAD_PROBE_STREAMS)
                 meter, t0 = CpuMeter(server.pid), time.monotonic()
                 result = _h2load(server.target, stream_file, count)
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:  # reported, the run goes on
@@ -772,7 +774,7 @@ class _Run:
             result["server_cores"] = meter.seconds() / (time.monotonic() - t0)
             expected = probe["reply_bytes_per_stream"]
             result["valid"] = (
-                probe["streams"] == 20
+                probe["streams"] == H2LOAD_PROBE_STREAMS
                 and expected >= SMALL_BODY + len(SSE_BODY)
                 and result["reply_bytes_per_stream"] >= 0.98 * expected
                 and result["failed"] == 0

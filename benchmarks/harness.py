@@ -102,11 +102,10 @@ class CpuMeter:
         self._threads = thread_cpu_ns(pid)
 
     def seconds(self) -> float:
-        ticks = cpu_seconds(self.pid)
         threads = thread_cpu_ns(self.pid)
         if self._threads and all(key in threads for key in self._threads):
             return sum(ns - self._threads.get(key, 0) for key, ns in threads.items()) / 1e9
-        return ticks - self._ticks
+        return cpu_seconds(self.pid) - self._ticks
 
 
 def rss_bytes(pid: int, *, tree: bool = True) -> int:
