@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scoring.errors import ConfigurationError
-from scoring.pickers import MaxScorePicker, RandomPicker, WeightedRandomPicker
+from scoring.pickers import MaxScorePicker, RandomPicker, WeightedRandomPicker, draw_index
 
 
 def state(rng: np.random.Generator) -> object:
@@ -42,6 +42,22 @@ def test_max_score_breaks_ties_uniformly() -> None:
     counts = Counter(picker.pick(totals, rng)[0] for _ in range(3000))
     assert set(counts) == {1, 2, 4}
     assert all(900 < c < 1100 for c in counts.values())
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 16, 10_007])
+def test_draw_index_is_uniform_in_range_and_takes_one_draw(count: int) -> None:
+    rng, twin = np.random.default_rng(11), np.random.default_rng(11)
+    draws = [draw_index(rng, count) for _ in range(7000)]
+    twin.bit_generator.random_raw(7000)
+    assert state(rng) == state(twin)  # one 64-bit draw each, whatever the count
+    assert all(isinstance(d, int) and 0 <= d < count for d in draws)
+    if count <= 16:
+        counts = Counter(draws)
+        assert set(counts) == set(range(count))
+        expected = 7000 / count
+        assert all(abs(c - expected) < 5 * expected**0.5 for c in counts.values())
+    else:
+        assert min(draws) < count // 10 and max(draws) > count - count // 10
 
 
 def test_max_score_fallbacks_fill_ties_at_the_cut_randomly() -> None:
