@@ -136,12 +136,18 @@ _OPTION_FORMAT = (
 _ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
+#: the fixed bytes of an option whose lengths fit one byte each: tags and length bytes
+_VALUE_FIXED = len(_T_KEY) + 1 + len(_T_RAW_VALUE) + 1
+_OPTION_FIXED = len(_T_OPTION_HEADER) + 1
+
+
 def _option(key: bytes, raw: bytes) -> bytes:
     """One ``set_headers`` entry: ``HeaderValueOption{header: HeaderValue{key, raw_value}}``."""
-    lk, lr = len(key), len(raw)
+    lk = len(key)
+    lr = len(raw)
     if lk and lr:
-        lv = len(_T_KEY) + 1 + lk + len(_T_RAW_VALUE) + 1 + lr
-        lo = len(_T_OPTION_HEADER) + 1 + lv
+        lv = _VALUE_FIXED + lk + lr
+        lo = _OPTION_FIXED + lv
         if lo < 128:  # the usual header: every length fits one byte
             one = _ONE_BYTE
             return _OPTION_FORMAT % (one[lo], one[lv], one[lk], key, one[lr], raw)
@@ -218,29 +224,41 @@ def response_headers_reply(
     return _T_RESPONSE_HEADERS + _len(len(headers)) + headers
 
 
+def _size(n: int) -> int:
+    """The length of ``n``'s varint."""
+    return 1 if n < 0x80 else 2 if n < 0x4000 else len(_varint(n))
+
+
+_N_STREAMED_BODY = len(_T_STREAMED_BODY)
+_N_EOS = len(_EOS)
+_N_STREAMED = len(_T_STREAMED)
+_N_BODY_MUTATION = len(_T_BODY_MUTATION)
+_N_RESPONSE = len(_T_RESPONSE)
+
+
 def _body_reply(tag: bytes, chunk: bytes | memoryview, end_of_stream: bool) -> bytes:
     """``{request,response}_body.response.body_mutation.streamed_response{body, end_of_stream}`` with one
     copy of ``chunk`` (the lengths of the enclosing messages are computed, not built bottom-up)."""
     n = len(chunk)
-    streamed_len = (len(_T_STREAMED_BODY) + len(_len(n)) + n if n else 0) + (
-        len(_EOS) if end_of_stream else 0
+    streamed_len = (_N_STREAMED_BODY + _size(n) + n if n else 0) + (_N_EOS if end_of_stream else 0)
+    mutation_len = _N_STREAMED + _size(streamed_len) + streamed_len
+    common_len = _N_BODY_MUTATION + _size(mutation_len) + mutation_len
+    body_len = _N_RESPONSE + _size(common_len) + common_len
+    return b"".join(
+        (
+            tag,
+            _len(body_len),
+            _T_RESPONSE,
+            _len(common_len),
+            _T_BODY_MUTATION,
+            _len(mutation_len),
+            _T_STREAMED,
+            _len(streamed_len),
+            _T_STREAMED_BODY + _len(n) if n else b"",
+            chunk,
+            _EOS if end_of_stream else b"",
+        )
     )
-    mutation_len = len(_T_STREAMED) + len(_len(streamed_len)) + streamed_len
-    common_len = len(_T_BODY_MUTATION) + len(_len(mutation_len)) + mutation_len
-    body_len = len(_T_RESPONSE) + len(_len(common_len)) + common_len
-    head = (
-        tag
-        + _len(body_len)
-        + _T_RESPONSE
-        + _len(common_len)
-        + _T_BODY_MUTATION
-        + _len(mutation_len)
-        + _T_STREAMED
-        + _len(streamed_len)
-    )
-    if n:
-        head += _T_STREAMED_BODY + _len(n)
-    return b"".join((head, chunk, _EOS)) if end_of_stream else head + chunk
 
 
 def _chunked(tag: bytes, body: bytes, end_of_stream: bool) -> list[bytes]:
