@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 __all__ = ["SSE_TAIL_BYTES", "SSEUsageScanner", "Usage", "usage_from_json", "usage_from_mapping"]
 
 
@@ -80,6 +82,41 @@ def _skip_ws(data: bytes, pos: int) -> int:
     return pos
 
 
+def _object_end(data: bytes, start: int) -> int:
+    """The end of the ``{...}`` object starting at ``start``, by counting braces (strings are not
+    considered: a brace inside one gives a wrong slice, which the decoder then rejects), or -1."""
+    limit = min(len(data), start + _MAX_USAGE_OBJECT)
+    end = start
+    while True:
+        end = data.find(b"}", end + 1, limit)
+        if end < 0:
+            return -1
+        if data.count(b"{", start, end) == data.count(b"}", start, end + 1):
+            return end + 1
+
+
+def _decode_object(data: bytes, start: int) -> Any:
+    """The JSON value starting at ``start`` (a ``{``), or None when it does not decode.
+
+    Fast path: the slice up to the matching brace through orjson. orjson accepts a slice only if it is
+    exactly one JSON value, and a value starting at ``start`` is unique, so a success is the right
+    object whatever the brace count got wrong. Otherwise the standard library's ``raw_decode`` reads
+    the value and ignores what follows it. Why two: inside the server, with cold caches, the fast path
+    costs about half as much.
+    """
+    end = _object_end(data, start)
+    if end > 0:
+        try:
+            return orjson.loads(data[start:end])
+        except orjson.JSONDecodeError:
+            pass
+    text = data[start : start + _MAX_USAGE_OBJECT].decode("utf-8", "replace")
+    try:
+        return _DECODER.raw_decode(text)[0]
+    except ValueError:
+        return None
+
+
 def _last_usage(data: bytes, *, skip_null: bool) -> Usage | None:
     """The last ``"usage": {...}`` object in ``data``. ``skip_null``: a ``"usage": null`` keeps looking
     further back (streams send null on every chunk but the last); otherwise it means "none reported"."""
@@ -99,10 +136,8 @@ def _last_usage(data: bytes, *, skip_null: bool) -> Usage | None:
             if skip_null:
                 continue
             return None
-        text = data[value_at : value_at + _MAX_USAGE_OBJECT].decode("utf-8", "replace")
-        try:
-            obj, _ = _DECODER.raw_decode(text)
-        except ValueError:
+        obj = _decode_object(data, value_at)
+        if obj is None:
             if skip_null:
                 continue  # e.g. the object is cut by the start of the kept tail; look further back
             return None

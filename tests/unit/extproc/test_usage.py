@@ -173,3 +173,22 @@ def test_scanner_keeps_only_a_bounded_tail() -> None:
     assert _scan(chunks) is None
     many = [filler] * 5000 + [early]
     assert _scan(many) == Usage(1, 1, 2, 0)
+
+
+_DETAILS = b'"prompt_tokens_details": {"cached_tokens": 2}'
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        b'{"prompt_tokens": 3, "completion_tokens": 4, ' + _DETAILS + b"}",
+        b'{"prompt_tokens": 3, "completion_tokens": 4, "note": "}{", ' + _DETAILS + b"}",
+        b'{"prompt_tokens": 3, "note": "{{", "completion_tokens": 4, ' + _DETAILS + b"}",
+        b'{"prompt_tokens": 3, "completion_tokens": 4, ' + _DETAILS + b', "x": NaN}',
+    ],
+)
+def test_usage_objects_with_nesting_and_braces_in_strings(usage: bytes) -> None:
+    # the brace count is fooled by the strings (and orjson by NaN): the standard decoder reads those
+    expected = Usage(3, 4, 7, 2)
+    assert usage_from_json(b'{"id": "x", "usage": ' + usage + b"}") == expected
+    assert _scan([b'data: {"choices": [], "usage": ' + usage + b"}\n\ndata: [DONE]\n\n"]) == expected
