@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import add
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -471,17 +472,25 @@ class Scheduler:
         states = floats.get(_LOAD_STATES)
         if states is None:
             states = floats[_LOAD_STATES] = [prepared.states[i].tolist() for i, _ in self._load_terms]
-        dynamic: list[float] | None = None
+        terms: list[list[float]] = []
         for (i, weight), base in zip(self._load_terms, states, strict=True):
             scorer = cast(MinMaxLoadScorer, self.scorers[i].scorer)  # small_pool is 0 otherwise
-            load = [b + a for b, a in zip(base, scorer.accounted(v, dispatched).tolist(), strict=True)]
-            term = weighted_min_max_floats(load, weight, scorer.floor)
-            dynamic = term if dynamic is None else [x + y for x, y in zip(dynamic, term, strict=True)]
+            load = list(map(add, base, scorer.accounted(v, dispatched).tolist()))
+            terms.append(weighted_min_max_floats(load, weight, scorer.floor))
+        # the grouping of _totals, static + (t0 + t1 + ...), in as few passes as the common shapes allow
+        if len(terms) == 2:
+            t0, t1 = terms
+            if static is None:
+                return list(map(add, t0, t1))
+            return [s + (a + b) for s, a, b in zip(static, t0, t1, strict=True)]
+        dynamic: list[float] | None = None
+        for term in terms:
+            dynamic = term if dynamic is None else list(map(add, dynamic, term))
         if dynamic is None:
             return static if static is not None else [0.0] * v.n
         if static is None:
             return dynamic
-        return [s + d for s, d in zip(static, dynamic, strict=True)]
+        return list(map(add, static, dynamic))
 
     def _totals(self, v: View, prepared: _Prepared, req: PickRequest, dispatched: F64) -> F64:
         return self._combine(
