@@ -126,7 +126,7 @@ class Director:
                 if self._observer is not None and not explain:
                     self._observer.rewrite_decision(choice.rewrite_name, incoming, target)
         objective = headers.get(HDR_OBJECTIVE, "")
-        priority = self._ds.objectives.priority(objective)
+        priority = self._ds.objectives.priority(objective) if objective else 0
 
         started = self._clock()
         m = self._ds.snapshot()
@@ -159,7 +159,9 @@ class Director:
             raise ResourceExhausted(str(exc)) from exc
         if self._observer is not None and not explain:
             self._observer.scheduled(self._clock() - started)
-        endpoints = tuple(m.addresses[i] for i in result.indices)
+        indices = result.indices
+        addresses = m.addresses
+        endpoints = (addresses[indices[0]],) if len(indices) == 1 else tuple(addresses[i] for i in indices)
         lease = (
             NullLease()
             if explain
