@@ -118,21 +118,6 @@ _CLEAR = _bool_true(_CLEAR_ROUTE_CACHE)
 _EOS = _bool_true(_STREAMED_EOS)
 
 
-def _pct(data: bytes) -> bytes:
-    return data.replace(b"%", b"%%")
-
-
-#: one option with both fields, every length below 128 (one varint byte each): one formatting operation
-_OPTION_FORMAT = (
-    _pct(_T_SET_HEADERS)
-    + b"%b"
-    + _pct(_T_OPTION_HEADER)
-    + b"%b"
-    + _pct(_T_KEY)
-    + b"%b%b"
-    + _pct(_T_RAW_VALUE)
-    + b"%b%b"
-)
 _ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
@@ -150,7 +135,20 @@ def _option(key: bytes, raw: bytes) -> bytes:
         lo = _OPTION_FIXED + lv
         if lo < 128:  # the usual header: every length fits one byte
             one = _ONE_BYTE
-            return _OPTION_FORMAT % (one[lo], one[lv], one[lk], key, one[lr], raw)
+            return b"".join(
+                (
+                    _T_SET_HEADERS,
+                    one[lo],
+                    _T_OPTION_HEADER,
+                    one[lv],
+                    _T_KEY,
+                    one[lk],
+                    key,
+                    _T_RAW_VALUE,
+                    one[lr],
+                    raw,
+                )
+            )
     value = (_ld(_KEY, key) if key else b"") + (_ld(_RAW_VALUE, raw) if raw else b"")
     return _ld(_SET_HEADERS, _ld(_OPTION_HEADER, value))
 
