@@ -125,7 +125,7 @@ def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], bool]
     """
 
     def skip(decision: RoutingDecision) -> bool:
-        return decision.target_model == decision.incoming_model and config.active.config.may_skip_responses
+        return decision.target_model == decision.incoming_model and config.active.may_skip_responses
 
     return skip
 
@@ -135,8 +135,8 @@ def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool]]:
     at the start of every stream so that a reload applies to the next request."""
 
     def current() -> tuple[int, bool]:
-        cfg = config.active.config
-        return cfg.max_body_bytes, cfg.served_verifier_enabled
+        active = config.active
+        return active.max_body_bytes, active.served_verifier
 
     return current
 

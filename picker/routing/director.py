@@ -89,9 +89,8 @@ class Director:
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
         active = self._config.active
-        cfg = active.config
         headers = request.headers
-        if cfg.parser == "passthrough-parser":
+        if active.parser == "passthrough-parser":
             info = None
             incoming = ""
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from picker.config import PickerConfig, load_config_text
 from picker.errors import ConfigError
@@ -31,7 +31,12 @@ class ReloadResult:
 
 @dataclass(frozen=True, slots=True)
 class ActiveConfig:
-    """A validated config and the scheduler built from it; replaced as a whole, never mutated."""
+    """A validated config and the scheduler built from it; replaced as a whole, never mutated.
+
+    The settings every ext_proc stream reads are copied to plain fields here: read through the config
+    document they cost a chain of model objects per stream (see ``picker.config.PickerConfig`` for their
+    meaning).
+    """
 
     config: PickerConfig
     scheduler: Scheduler
@@ -39,6 +44,17 @@ class ActiveConfig:
     digest: str
     #: the document as applied ("" for the built-in default); ``--workers`` hands it to the workers
     text: str = ""
+    parser: str = field(init=False)
+    max_body_bytes: int = field(init=False)
+    served_verifier: bool = field(init=False)
+    may_skip_responses: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        object.__setattr__(self, "parser", cfg.parser)
+        object.__setattr__(self, "max_body_bytes", cfg.max_body_bytes)
+        object.__setattr__(self, "served_verifier", cfg.served_verifier_enabled)
+        object.__setattr__(self, "may_skip_responses", cfg.may_skip_responses)
 
 
 def _digest(text: str) -> str:
