@@ -38,8 +38,10 @@ check: $(STAMP)  ## static checks: lint, format, types, layers, Dockerfile
 bench: $(BSTAMP)  ## quick benchmark set; rewrites the summary in benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.run_all --quick --write benchmarks/RESULTS.md
 
-bench-quality: $(BSTAMP)  ## full routing-quality sweep with plots under benchmarks/results/
-	$(BIN)/python -m benchmarks.bench_quality --sweep --plots
+bench-quality: $(BSTAMP)  ## full routing-quality sweep with plots under benchmarks/results/, every trace
+	for trace in azure-conv mooncake-conv lora; do \
+		$(BIN)/python -m benchmarks.bench_quality --trace $$trace --sweep --plots || exit 1; \
+	done
 
 lock:  ## refresh requirements.lock from a clean resolve
 	rm -rf /tmp/picker-lock && $(PYTHON) -m venv /tmp/picker-lock
