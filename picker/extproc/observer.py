@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from picker.extproc.usage import Usage
+from picker.extproc.usage import UsageReport
 from picker.routing.types import RoutingDecision
 
 __all__ = ["NullObserver", "StreamObserver"]
@@ -34,13 +34,15 @@ class StreamObserver(Protocol):
         *,
         latency_s: float,
         response_bytes: int,
-        usage: Usage | None,
+        usage: UsageReport | None,
         status_ok: bool,
     ) -> None:
         """The response finished (body end_of_stream, trailers, or headers with end_of_stream).
         ``decision`` is None for a response-only stream (nothing was routed on it).
         ``latency_s`` runs from the request headers to this moment; ``response_bytes`` counts the body
-        received from the model server."""
+        received from the model server. ``usage``: None when the response reported none; for a streamed
+        response a :class:`~picker.extproc.usage.DeferredUsage`, scanned when first read (all counts
+        zero if the stream reported none), so read it later rather than on the stream's path."""
 
     def stream_closed(self, decision: RoutingDecision | None) -> None:
         """Exactly once per stream, for any reason, after the decision's lease was released."""
@@ -63,7 +65,7 @@ class NullObserver:
         *,
         latency_s: float,
         response_bytes: int,
-        usage: Usage | None,
+        usage: UsageReport | None,
         status_ok: bool,
     ) -> None:
         pass

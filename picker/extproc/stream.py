@@ -61,7 +61,7 @@ from typing import Any, Final
 from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError
 from picker.extproc import messages, wire
 from picker.extproc.observer import StreamObserver
-from picker.extproc.usage import SSEUsageScanner, Usage, usage_from_json
+from picker.extproc.usage import SSEUsageScanner, UsageReport, usage_from_json
 from picker.routing.openai import ModelRestorer
 from picker.routing.types import Lease, Router, RoutingDecision, RoutingRequest
 
@@ -479,7 +479,7 @@ class ExtProcStream:
                 if self._restorer is not None:
                     chunk = self._restorer(chunk)
             if end_of_stream:
-                self._complete(self._scanner.finish() if self._scanner is not None else None)
+                self._complete(self._scanner.finish_deferred() if self._scanner is not None else None)
             return (wire.response_body_reply(chunk, end_of_stream),)
         if chunk:
             self._resp_chunks.append(chunk)
@@ -501,7 +501,7 @@ class ExtProcStream:
             if self._restorer is not None:
                 body = self._restorer(body)
         if end_of_stream:
-            self._complete(self._scanner.finish() if self._scanner is not None else None)
+            self._complete(self._scanner.finish_deferred() if self._scanner is not None else None)
         return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
     def _flush_response(self, *, end_of_stream: bool) -> list[Any]:
@@ -524,13 +524,13 @@ class ExtProcStream:
                 else "response_trailers after the response ended"
             )
         if self._echoing:
-            self._complete(self._scanner.finish() if self._scanner is not None else None)
+            self._complete(self._scanner.finish_deferred() if self._scanner is not None else None)
             return (wire.RESPONSE_TRAILERS_REPLY,)
         replies = self._flush_response(end_of_stream=False)
         replies.append(wire.RESPONSE_TRAILERS_REPLY)
         return replies
 
-    def _complete(self, usage: Usage | None) -> None:
+    def _complete(self, usage: UsageReport | None) -> None:
         decision = self._decision
         self._state = _DONE
         self._finished = True

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from picker.errors import Internal, ServiceUnavailable
-from picker.extproc import ExtProcServer, TLSConfig, Usage
+from picker.extproc import ExtProcServer, TLSConfig
+from picker.extproc.usage import UsageReport
 from picker.routing.openai import Parser, parse_request, rewrite_model
 from picker.routing.types import RoutingDecision, RoutingRequest
 from picker.testing.envoy import EnvoyClient
@@ -110,7 +111,7 @@ class FakeRouter:
 @dataclass
 class RecordingObserver:
     events: list[tuple[Any, ...]] = field(default_factory=list)
-    usages: list[Usage | None] = field(default_factory=list)
+    usages: list[UsageReport | None] = field(default_factory=list)
     closed: int = 0
 
     def routed(self, decision: RoutingDecision, request_bytes: int) -> None:
@@ -125,7 +126,7 @@ class RecordingObserver:
         *,
         latency_s: float,
         response_bytes: int,
-        usage: Usage | None,
+        usage: UsageReport | None,
         status_ok: bool,
     ) -> None:
         destination = decision.destination if decision is not None else None

@@ -192,3 +192,29 @@ def test_usage_objects_with_nesting_and_braces_in_strings(usage: bytes) -> None:
     expected = Usage(3, 4, 7, 2)
     assert usage_from_json(b'{"id": "x", "usage": ' + usage + b"}") == expected
     assert _scan([b'data: {"choices": [], "usage": ' + usage + b"}\n\ndata: [DONE]\n\n"]) == expected
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [(DATA / "openai-chat-stream-include-usage.sse").read_bytes()],
+        [b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n', b"data: [DONE]\n\n"],
+        [b'data: {"choices":[],"usage":null}\n\n', b"data: [DONE]\n\n"],
+        [b"data: {not json\n"],
+    ],
+    ids=["openai", "split", "null-only", "junk"],
+)
+def test_deferred_usage_reads_what_the_eager_scan_reads(chunks: list[bytes]) -> None:
+    eager, deferred = SSEUsageScanner(), SSEUsageScanner()
+    for chunk in chunks:
+        eager.feed(chunk)
+        deferred.feed(chunk)
+    expected = eager.finish()
+    report = deferred.finish_deferred()
+    assert report is not None
+    zero = Usage()
+    got = (report.prompt_tokens, report.completion_tokens, report.total_tokens, report.cached_tokens)
+    want = expected or zero
+    assert got == (want.prompt_tokens, want.completion_tokens, want.total_tokens, want.cached_tokens)
+    assert report.resolve() == expected  # scanned once; asking again gives the same
+    assert SSEUsageScanner().finish_deferred() is None  # nothing fed: nothing to report
