@@ -143,6 +143,10 @@ class Scheduler:
         #: same order, same bits as the numpy path, several times cheaper below a few dozen endpoints.
         #: 0 turns it off (tests compare the two paths with it).
         self.small_pool = SMALL_POOL if self._min_max_loads else 0
+        #: the load terms as (scorer, weight) for the float path (all min-max scorers when it runs)
+        self._float_loads = tuple(
+            (cast(MinMaxLoadScorer, self.scorers[i].scorer), w) for i, w in self._load_terms
+        )
         self._request_scorers = tuple(self.scorers[i].scorer for i, _ in self._request_terms)
         # last prepared state for the whole pool, and for a subset (a candidate mask or a filter that
         # removed endpoints); each replaced as a whole
@@ -473,8 +477,7 @@ class Scheduler:
         if states is None:
             states = floats[_LOAD_STATES] = [prepared.states[i].tolist() for i, _ in self._load_terms]
         terms: list[list[float]] = []
-        for (i, weight), base in zip(self._load_terms, states, strict=True):
-            scorer = cast(MinMaxLoadScorer, self.scorers[i].scorer)  # small_pool is 0 otherwise
+        for (scorer, weight), base in zip(self._float_loads, states, strict=True):
             load = list(map(add, base, scorer.accounted(v, dispatched).tolist()))
             terms.append(weighted_min_max_floats(load, weight, scorer.floor))
         # the grouping of _totals, static + (t0 + t1 + ...), in as few passes as the common shapes allow

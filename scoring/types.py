@@ -73,9 +73,11 @@ class Decision:
     saturation: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PickResult:
-    """Chosen endpoints (row indices into the matrix), primary first, then distinct fallbacks."""
+class PickResult(NamedTuple):
+    """Chosen endpoints (row indices into the matrix), primary first, then distinct fallbacks.
+
+    A NamedTuple for the reason given at :class:`PickRequest`: one per pick.
+    """
 
     indices: tuple[int, ...]
     decision: Decision | None = None
