@@ -27,8 +27,9 @@ request phase and closes the stream). The 16 endpoints are fake vLLM servers in 
 Server CPU = on-CPU time of the server's process tree over the window, in nanoseconds from each thread's
 ``/proc/<pid>/task/<tid>/schedstat`` (``benchmarks.harness.CpuMeter``; ``/proc/<pid>/stat``'s 10 ms ticks
 would quantize a quick window's figure in steps of ~33 µs per stream), minus its
-idle rate measured before the phases (for ours that is the scrape loop: 16 endpoints every 50 ms, a cost
-per second, not per stream). Phases, each ``--runs`` times, servers taking turns:
+idle rate measured before the phases, all servers in one shared window (4 s with ``--quick``, 10 s
+otherwise; for ours that is the scrape loop: 16 endpoints every 50 ms, about 350 µs per stream at 200/s,
+so its noise goes straight into the ratio). Phases, each ``--runs`` times, servers taking turns:
 
 - ``max``: closed loop, 8 streams in flight per load process: ``max_streams_per_s``;
 - one server at a time at 100/s, 300/s and 50 % of ours' max: EPP-side latency, i.e. the request phase as
@@ -570,10 +571,14 @@ class _Bench:
         self.loaders = loaders
         self.settle = settle
 
-    def idle_rate(self, server: _Server, seconds: float) -> float:
-        meter, t0 = CpuMeter(server.pid), time.monotonic()
+    def idle_rates(self, servers: list[_Server], seconds: float) -> dict[str, float]:
+        """Cores each server uses with no stream running, measured in one shared window (all are idle at
+        once), so each gets the whole window: the scrape loop's rate is subtracted from every stream of
+        ``ours``, and a short window would make that figure swing from run to run."""
+        meters, t0 = {s.name: CpuMeter(s.pid) for s in servers}, time.monotonic()
         time.sleep(seconds)
-        return meter.seconds() / (time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        return {name: meter.seconds() / elapsed for name, meter in meters.items()}
 
     def connect(self, server: _Server) -> None:
         for child in self.loaders:
@@ -739,8 +744,9 @@ class _Run:
         self.live = {k: s for k, s in servers.items() if k not in self.doc.get("server_errors", {})}
         for server in self.live.values():
             self.bench.connect(server)
+        idle = self.bench.idle_rates(list(self.live.values()), self.plan.idle_s)
         for server in self.live.values():
-            server.idle_cores = self.bench.idle_rate(server, self.plan.idle_s)
+            server.idle_cores = idle[server.name]
         self.doc["idle_cores"] = {k: round(s.idle_cores, 4) for k, s in self.live.items()}
 
     def measure(self, label: str, servers: list[str], *, together: bool = False, **phase: Any) -> None:
@@ -829,7 +835,7 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
         max_s=2.0 if quick else 6.0,
         rate_s=1.5 if quick else 6.0,
         half_s=3.0 if quick else 6.0,
-        idle_s=1.0 if quick else 5.0,
+        idle_s=4.0 if quick else 10.0,
         soak_s=3.0 if quick else 20.0,
         rss_streams=rss_streams if rss_streams is not None else (0 if quick else 1_000_000),
     )
