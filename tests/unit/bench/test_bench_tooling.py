@@ -157,3 +157,25 @@ def test_h2load_report_is_read(finished: str, rate: float) -> None:
     }
     with pytest.raises(RuntimeError, match="unexpected h2load output"):
         _h2load_figures("h2load: connection refused")
+
+
+def test_bench_stream_drives_whole_streams_through_the_service() -> None:
+    from prometheus_client import generate_latest
+
+    from benchmarks.bench_stream import MESSAGES, build_service
+    from benchmarks.bench_stream import run as run_stream
+
+    service = build_service()
+    doc = run_stream(quick=True, repeat=1, counts=(40, 3), service=service)
+    assert set(doc["cold_us"]) == set(MESSAGES)
+    assert all(v > 0 for v in doc["cold_us"].values())
+    assert doc["warm_us_per_stream"] > 0
+    # every stream was routed, completed and closed: nothing left in flight, each one counted
+    assert service.datastore.inflight_total() == 0
+    text = generate_latest(service.telemetry.registry).decode()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("inference_objective_request_total{")
+    )
+    assert total == 40 + 40 + 3  # warm-up, one warm block, one cold block
