@@ -141,8 +141,8 @@ class LoadCharge:
     kinds that error is larger than the signal: in the fleet simulator (Azure trace, 20-80 % of requests
     streaming, loads 0.5-0.9) "count until the end" left our profile's p99 TTFT up to 17 % worse than the
     reference profile's, while "do not count" kept it between 11 % worse and 14 % better, and better than
-    "count until the end" at every streaming share and load (``benchmarks/results/quality-tuning.md``). The request still counts in ``inflight_tokens`` and,
-    through the scraped gauges, in the queue scorers.
+    "count until the end" at every streaming share and load (``benchmarks/results/quality-tuning.md``).
+    The request still counts in ``inflight_tokens`` and, through the scraped gauges, in the queue scorers.
 
     ``dispatched`` and its scrape mark are documented in ``scoring/README.md`` ("Load estimate"). A
     request whose primary endpoint leaves the pool is dropped with the endpoint's row.
