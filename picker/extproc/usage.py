@@ -74,26 +74,27 @@ class DeferredUsage:
             self._tail = b""
         return self._usage
 
+    def _counts(self) -> Usage:
+        return self.resolve() or _NO_USAGE
+
     @property
     def prompt_tokens(self) -> int:
-        usage = self.resolve()
-        return usage.prompt_tokens if usage is not None else 0
+        return self._counts().prompt_tokens
 
     @property
     def completion_tokens(self) -> int:
-        usage = self.resolve()
-        return usage.completion_tokens if usage is not None else 0
+        return self._counts().completion_tokens
 
     @property
     def total_tokens(self) -> int:
-        usage = self.resolve()
-        return usage.total_tokens if usage is not None else 0
+        return self._counts().total_tokens
 
     @property
     def cached_tokens(self) -> int:
-        usage = self.resolve()
-        return usage.cached_tokens if usage is not None else 0
+        return self._counts().cached_tokens
 
+
+_NO_USAGE = Usage()
 
 #: what a finished response reports: a :class:`Usage`, or a :class:`DeferredUsage` read when needed
 UsageReport = Usage | DeferredUsage
