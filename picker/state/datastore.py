@@ -488,9 +488,7 @@ class Datastore:
         )
 
     # ----------------------------------------------------------------------------------- accounting
-    def _counter_views(
-        self,
-    ) -> tuple[memoryview[float], memoryview[float], memoryview[float], memoryview[float]]:
+    def _counter_views(self) -> tuple[memoryview[float], ...]:
         """Memoryviews of the four accounting arrays, for the per-stream updates below.
 
         Why: ``array[i] += x`` goes through numpy's scalar machinery; on a memoryview it is a plain
@@ -500,8 +498,7 @@ class Datastore:
         """
         arrays = (self._dispatched, self._inflight, self._prefill, self._inflight_tokens)
         # float64 arrays: their buffers' items are Python floats (typeshed types ``.data`` as int items)
-        views = [cast("memoryview[float]", a.data) for a in arrays]
-        return views[0], views[1], views[2], views[3]
+        return tuple(cast("memoryview[float]", a.data) for a in arrays)
 
     def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> EndpointLease:
         """Count a request dispatched to ``name`` (primary) with its token ``charge``. Call the lease's
