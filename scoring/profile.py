@@ -143,9 +143,10 @@ class Scheduler:
         #: same order, same bits as the numpy path, several times cheaper below a few dozen endpoints.
         #: 0 turns it off (tests compare the two paths with it).
         self.small_pool = SMALL_POOL if self._min_max_loads else 0
-        #: the load terms as (scorer, weight) for the float path (all min-max scorers when it runs)
+        #: the load terms as (scorer, weight) for the float path; empty when it is off
         self._float_loads = tuple(
-            (cast(MinMaxLoadScorer, self.scorers[i].scorer), w) for i, w in self._load_terms
+            (cast(MinMaxLoadScorer, self.scorers[i].scorer), w)
+            for i, w in (self._load_terms if self._min_max_loads else ())
         )
         self._request_scorers = tuple(self.scorers[i].scorer for i, _ in self._request_terms)
         # last prepared state for the whole pool, and for a subset (a candidate mask or a filter that
