@@ -125,7 +125,7 @@ class Director:
                 if self._observer is not None and not explain:
                     self._observer.rewrite_decision(choice.rewrite_name, incoming, target)
         objective = headers.get(HDR_OBJECTIVE, "")
-        priority = self._ds.objectives.priority(objective) if objective else 0
+        priority = self._ds.objectives.priority(objective)
 
         started = self._clock()
         m = self._ds.snapshot()
