@@ -38,17 +38,21 @@ def descendants(pid: int) -> list[int]:
     while at < len(out):
         current = out[at]
         at += 1
-        try:
-            tasks = list(Path(f"/proc/{current}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
+        for task in _tasks(current):
             try:
                 text = (task / "children").read_text()
             except OSError:
                 continue
             out.extend(int(c) for c in text.split())
     return out
+
+
+def _tasks(pid: int) -> list[Path]:
+    """The ``/proc/<pid>/task/<tid>`` directories of a process; none once it is gone."""
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -75,11 +79,7 @@ def thread_cpu_ns(pid: int, *, tree: bool = True) -> dict[tuple[int, int], int]:
     ``(process id, thread id)``, from ``/proc/<pid>/task/<tid>/schedstat``."""
     out: dict[tuple[int, int], int] = {}
     for p in descendants(pid) if tree else [pid]:
-        try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
+        for task in _tasks(p):
             try:
                 out[(p, int(task.name))] = int((task / "schedstat").read_text().split()[0])
             except (OSError, IndexError, ValueError):
