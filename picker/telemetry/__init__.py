@@ -1,0 +1,50 @@
+"""Our metrics OUT: the reference EPP's metric names, types, labels and buckets, plus ``picker_*`` extras.
+
+The public surface is this package; its modules hold one concern each:
+
+* :mod:`~picker.telemetry.observer` - :class:`Telemetry`, owner of every family and the ext_proc
+  observer hooks (what is measured, label capping);
+* :mod:`~picker.telemetry.fast` - counter / gauge / histogram families on plain Python numbers;
+* :mod:`~picker.telemetry.batch` - stream facts queued on the request path, applied in batches;
+* :mod:`~picker.telemetry.pool` - pool and per-endpoint gauges computed from the datastore at scrape time;
+* :mod:`~picker.telemetry.merge` - ``--workers``: worker exports merged for the supervisor;
+* :mod:`~picker.telemetry.buckets` - the reference's bucket boundaries.
+"""
+
+from picker.telemetry.batch import FLUSH_EVENTS
+from picker.telemetry.buckets import (
+    ALPHA,
+    DURATION_BUCKETS,
+    INPUT_TOKEN_BUCKETS,
+    NTPOT_BUCKETS,
+    OUTPUT_TOKEN_BUCKETS,
+    REQUEST_SIZE_BUCKETS,
+    RESPONSE_SIZE_BUCKETS,
+    SCHEDULER_BUCKETS,
+)
+from picker.telemetry.fast import FastCounter, FastGauge, FastHistogram
+from picker.telemetry.merge import FamilyData, MergedRequestMetrics, export_families
+from picker.telemetry.observer import MAX_MODEL_LABELS, OTHER, Telemetry
+from picker.telemetry.pool import SnapshotSource
+
+__all__ = [
+    "ALPHA",
+    "DURATION_BUCKETS",
+    "FLUSH_EVENTS",
+    "INPUT_TOKEN_BUCKETS",
+    "MAX_MODEL_LABELS",
+    "NTPOT_BUCKETS",
+    "OTHER",
+    "OUTPUT_TOKEN_BUCKETS",
+    "REQUEST_SIZE_BUCKETS",
+    "RESPONSE_SIZE_BUCKETS",
+    "SCHEDULER_BUCKETS",
+    "FamilyData",
+    "FastCounter",
+    "FastGauge",
+    "FastHistogram",
+    "MergedRequestMetrics",
+    "SnapshotSource",
+    "Telemetry",
+    "export_families",
+]

@@ -1,0 +1,117 @@
+"""Pool averages and per-endpoint gauges, computed from the datastore when Prometheus scrapes.
+
+Computed at scrape time by a custom collector, so a removed endpoint leaves no series behind and there is
+no refresher loop to go stale (the reference refreshes pool gauges every 5 s in a goroutine).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from picker.telemetry.buckets import ALPHA
+from scoring.matrix import EndpointMatrix
+
+
+class SnapshotSource(Protocol):
+    """Where the pool gauges come from: a :class:`picker.state.datastore.Datastore` (or a worker's
+    :class:`picker.state.shared.SharedView`, whose pool gauges are never exported)."""
+
+    def snapshot(self) -> EndpointMatrix: ...
+
+
+class PoolGaugeSettings(Protocol):
+    """What the collector reads at each scrape (the :class:`~picker.telemetry.Telemetry` that owns it:
+    the staleness threshold follows configuration reloads, the pool name may be learned late)."""
+
+    datastore: SnapshotSource
+    staleness_s: float
+    clock: Callable[[], float]
+
+    def pool_name(self) -> str: ...
+
+
+class PoolCollector(Collector):
+    """Pool averages and per-endpoint gauges, computed from the datastore when Prometheus scrapes."""
+
+    def __init__(self, telemetry: PoolGaugeSettings) -> None:
+        self._t = telemetry
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        t = self._t
+        ds = t.datastore
+        pool = t.pool_name()
+        m = ds.snapshot()
+        now = t.clock()
+        fresh = (now - m.scraped_at) <= t.staleness_s
+        n_fresh = int(fresh.sum())
+
+        def avg(col: np.ndarray) -> float:
+            vals = col[fresh]
+            vals = vals[~np.isnan(vals)]
+            return float(vals.mean()) if vals.size else 0.0
+
+        specs = (
+            (
+                "inference_pool_average_kv_cache_utilization",
+                "The average kv cache utilization for an inference server pool.",
+                avg(m.kv_usage),
+            ),
+            (
+                "inference_pool_average_queue_size",
+                "The average number of requests pending in the model server queue.",
+                avg(m.waiting),
+            ),
+            (
+                "inference_pool_average_running_requests",
+                "The average number of running requests in the model server.",
+                avg(m.running),
+            ),
+            (
+                "inference_pool_ready_pods",
+                "The number of ready pods in the inference server pool.",
+                float(n_fresh),
+            ),
+        )
+        for name, doc, value in specs:
+            g = GaugeMetricFamily(name, ALPHA + doc, labels=["name"])
+            g.add_metric([pool], value)
+            yield g
+        per_pod = GaugeMetricFamily(
+            "inference_pool_per_pod_queue_size",
+            ALPHA + "The total number of queue for each model server pod under the inference pool",
+            labels=["model_server_pod", "name"],
+        )
+        for i, ep_name in enumerate(m.names):
+            if fresh[i] and not math.isnan(m.waiting[i]):
+                per_pod.add_metric([ep_name, pool], float(m.waiting[i]))
+        yield per_pod
+
+        labels = ["endpoint", "address"]
+        inflight = GaugeMetricFamily(
+            "picker_endpoint_inflight_requests",
+            "Streams currently open through this EPP to the endpoint.",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "picker_endpoint_metrics_age_seconds",
+            "Seconds since the endpoint's last successful scrape (+Inf: never).",
+            labels=labels,
+        )
+        stale = GaugeMetricFamily(
+            "picker_endpoint_stale",
+            "1 when the endpoint's metrics are older than the staleness threshold.",
+            labels=labels,
+        )
+        for i, (ep_name, addr) in enumerate(zip(m.names, m.addresses, strict=True)):
+            inflight.add_metric([ep_name, addr], float(m.inflight[i]))
+            age.add_metric([ep_name, addr], float(now - m.scraped_at[i]))
+            stale.add_metric([ep_name, addr], 0.0 if fresh[i] else 1.0)
+        yield inflight
+        yield age
+        yield stale
