@@ -1,0 +1,121 @@
+"""Our ``PickerConfig`` document (``apiVersion: picker.dev/v1alpha1``, optional): what the reference keeps
+in CRDs (objectives, rewrites, for standalone mode) or lacks (request limits, response processing,
+staleness). A new configuration section goes here, as a field of :class:`PickerSettingsDocument`."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from picker.config.base import StrictModel
+from picker.config.values import parse_quantity
+from picker.durations import parse_duration
+
+PICKER_API_VERSION: Final = "picker.dev/v1alpha1"
+PICKER_KIND: Final = "PickerConfig"
+
+
+class ObjectiveConfig(StrictModel):
+    """An InferenceObjective for standalone mode (no CRDs): name → priority."""
+
+    #: the value clients put in ``x-gateway-inference-objective``
+    name: str = Field(min_length=1)
+    #: higher is more important; negative = sheddable when saturated (unset → 0, as the CRD)
+    priority: int = 0
+
+
+class ModelMatch(StrictModel):
+    #: only ``Exact`` exists in the CRD
+    type: Literal["Exact"] = "Exact"
+    value: str = Field(min_length=1)
+
+
+class RewriteMatch(StrictModel):
+    model: ModelMatch
+
+
+class RewriteTarget(StrictModel):
+    #: model name written into the request body
+    model_rewrite: str = Field(min_length=1)
+    #: relative weight 1..1,000,000; unset/0 everywhere → uniform (CRD semantics)
+    weight: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class RewriteRule(StrictModel):
+    #: OR of exact model matches; empty = matches every model (generic rule)
+    matches: tuple[RewriteMatch, ...] = ()
+    targets: tuple[RewriteTarget, ...] = Field(min_length=1)
+
+
+class ModelRewriteConfig(StrictModel):
+    """An InferenceModelRewrite spec for standalone mode; ``name`` is the object name (metrics label)."""
+
+    name: str = Field(min_length=1)
+    rules: tuple[RewriteRule, ...] = Field(min_length=1)
+
+
+class RequestConfig(StrictModel):
+    """Limits on what the picker accepts from clients."""
+
+    #: largest request body we buffer, bytes (or a quantity such as 16Mi); larger → 413. The reference has
+    #: no limit; 16Mi is well above long-context prompts (~1M tokens of text is ~4 MB) yet bounds memory.
+    max_body_bytes: int = 16 * 2**20
+
+    @field_validator("max_body_bytes", mode="before")
+    @classmethod
+    def _quantity(cls, v: object) -> int:
+        n = parse_quantity(v)
+        if n <= 0:
+            raise ValueError("must be > 0")
+        return n
+
+
+class PickerSettingsDocument(StrictModel):
+    """Our ``PickerConfig`` document (optional second document)."""
+
+    api_version: Literal["picker.dev/v1alpha1"] = PICKER_API_VERSION
+    kind: Literal["PickerConfig"] = PICKER_KIND
+    #: standalone-mode objectives (with CRDs, InferenceObjective objects are watched instead)
+    objectives: tuple[ObjectiveConfig, ...] = ()
+    #: standalone-mode rewrites (with CRDs, InferenceModelRewrite objects are watched instead)
+    model_rewrites: tuple[ModelRewriteConfig, ...] = ()
+    request: RequestConfig = RequestConfig()
+    #: whether the gateway is asked to skip the response phases of requests that do not need them
+    #: (ext_proc ``mode_override``; the proxy honours it only with ``allow_mode_override: true``).
+    #: ``Always`` (default): every response is processed, so every response-side metric is recorded.
+    #: ``WhenNeeded``: a request's response is skipped unless its model was rewritten (the name must be
+    #: put back), the conformance served-endpoint verifier is configured, or a request-attribute-reporter
+    #: plugin is configured (usage reporting). Skipping saves two to four gRPC messages per request (the
+    #: largest per-request cost of the EPP, see benchmarks/RESULTS.md) but loses, for skipped requests:
+    #: inference_objective_request_duration_seconds, _response_sizes, _input_tokens, _output_tokens,
+    #: _prompt_cached_tokens, _normalized_time_per_output_token_seconds and ModelServerError counts.
+    #: Request counts and sizes, in-flight accounting and scheduling metrics are unaffected.
+    response_processing: Literal["Always", "WhenNeeded"] = "Always"
+    #: seconds (or a duration such as 2s): endpoints with older metrics are left out of the pool gauges
+    #: and ``inference_pool_ready_pods``. Unset → the ``--metrics-staleness-threshold`` flag (default 2s);
+    #: set here, it overrides the flag and follows reloads.
+    staleness_threshold: float | None = None
+
+    @field_validator("staleness_threshold", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise ValueError(f"must be a duration such as 2s, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
+        seconds = parse_duration(v)
+        if seconds <= 0:
+            raise ValueError("must be > 0")
+        return seconds
+
+    @model_validator(mode="after")
+    def _unique(self) -> PickerSettingsDocument:
+        for what, names in (
+            ("objectives", [o.name for o in self.objectives]),
+            ("modelRewrites", [r.name for r in self.model_rewrites]),
+        ):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{what}: duplicate name(s) {', '.join(duplicates)}")
+        return self

@@ -1,0 +1,137 @@
+"""The validated result: both documents plus what was derived from them (:class:`PickerConfig`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from picker.config.base import StrictModel
+from picker.config.document import (
+    ModelRewriteConfig,
+    ObjectiveConfig,
+    PickerSettingsDocument,
+)
+from picker.config.plugins import (
+    DEFAULT_PARSER,
+    CoreMetricsExtractorParams,
+    EngineConfig,
+    MetricsDataSourceParams,
+)
+from picker.config.reference import REFERENCE_KIND, EndpointPickerDocument, PluginConfig
+from picker.durations import format_duration
+from picker.errors import ConfigError
+from scoring import ConfigurationError, PluginSpec, ProfileSpec, Registry, Scheduler, build_scheduler
+
+
+class PickerConfig(StrictModel):
+    """A fully validated configuration: both documents plus what was derived from them.
+
+    Build it with :func:`load_config_text`, :func:`load_config_file` or :func:`default_config`; the
+    constructor alone does not validate plugin parameters or build the scheduler.
+    """
+
+    #: the reference document as written
+    endpoint_picker: EndpointPickerDocument
+    #: our document (defaults when absent)
+    settings: PickerSettingsDocument = PickerSettingsDocument()
+    #: the effective ``metrics-data-source`` parameters (defaults when none is configured)
+    metrics_source: MetricsDataSourceParams = MetricsDataSourceParams()
+    #: the effective ``core-metrics-extractor`` parameters
+    metrics_extractor: CoreMetricsExtractorParams = CoreMetricsExtractorParams()
+    #: the parser type in use: ``openai-parser``, ``passthrough-parser`` or ``vllmgrpc-parser``
+    parser: str = DEFAULT_PARSER
+    #: ``destination-endpoint-served-verifier`` configured (conformance: echo the served endpoint)
+    served_verifier_enabled: bool = False
+    #: ``request-attribute-reporter`` plugins, parameters kept as given
+    request_attribute_reporters: tuple[PluginConfig, ...] = ()
+
+    # -------------------------------------------------------------------------------- derived views
+    @property
+    def engine_configs(self) -> tuple[EngineConfig, ...]:
+        return self.metrics_extractor.engine_configs
+
+    @property
+    def feature_gates(self) -> frozenset[str]:
+        return frozenset(self.endpoint_picker.feature_gates)
+
+    @property
+    def flow_control_requested(self) -> bool:
+        """True when the document asks for flow control, which is not implemented (log a warning)."""
+        return "flowControl" in self.feature_gates or self.endpoint_picker.flow_control is not None
+
+    @property
+    def objectives(self) -> tuple[ObjectiveConfig, ...]:
+        return self.settings.objectives
+
+    @property
+    def model_rewrites(self) -> tuple[ModelRewriteConfig, ...]:
+        return self.settings.model_rewrites
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.settings.request.max_body_bytes
+
+    @property
+    def may_skip_responses(self) -> bool:
+        """True when a request whose model is not rewritten needs no response processing: the operator
+        chose ``responseProcessing: WhenNeeded`` and no configured feature reads responses (the
+        served-endpoint verifier echoes upstream metadata; request-attribute reporters report usage)."""
+        return (
+            self.settings.response_processing == "WhenNeeded"
+            and not self.served_verifier_enabled
+            and not self.request_attribute_reporters
+        )
+
+    @property
+    def staleness_threshold(self) -> float | None:
+        """The document's pool-gauge staleness threshold, or None to use the process flag."""
+        return self.settings.staleness_threshold
+
+    def plugin_specs(self) -> tuple[list[PluginSpec], list[ProfileSpec], str | None]:
+        """The scheduling part of the reference document as :mod:`scoring` specs."""
+        doc = self.endpoint_picker
+        plugins = [PluginSpec(p.effective_name, p.type, p.parameters) for p in doc.plugins]
+        profiles = [
+            ProfileSpec(p.name, [(r.plugin_ref, r.weight) for r in p.plugins])
+            for p in doc.scheduling_profiles
+        ]
+        detector = doc.saturation_detector.plugin_ref if doc.saturation_detector is not None else None
+        return plugins, profiles, detector
+
+    def build_scheduler(self, registry: Registry | None = None) -> Scheduler:
+        """A new scheduler for this configuration. Raises ConfigError (same message as scoring's)."""
+        plugins, profiles, detector = self.plugin_specs()
+        try:
+            return build_scheduler(plugins, profiles, saturation_detector=detector, registry=registry)
+        except ConfigurationError as exc:
+            raise ConfigError(f"{REFERENCE_KIND}: {exc}") from exc
+
+    def to_dict(self, registry: Registry | None = None) -> dict[str, Any]:
+        """The effective configuration as plain data (the ``/config`` admin endpoint)."""
+        return config_to_dict(self, registry)
+
+
+def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[str, Any]:
+    """Plain data: both documents as written plus everything in effect after defaulting."""
+    return {
+        "endpointPickerConfig": cfg.endpoint_picker.model_dump(by_alias=True, mode="json", exclude_none=True),
+        "pickerConfig": {
+            **cfg.settings.model_dump(by_alias=True, mode="json"),
+            "stalenessThreshold": (
+                format_duration(cfg.staleness_threshold) if cfg.staleness_threshold is not None else None
+            ),
+        },
+        "effective": {
+            "scheduler": cfg.build_scheduler(registry).describe(),
+            "metricsSource": cfg.metrics_source.model_dump(by_alias=True, mode="json"),
+            "metricsExtractor": cfg.metrics_extractor.model_dump(
+                by_alias=True, mode="json", exclude_none=True
+            ),
+            "parser": cfg.parser,
+            "servedVerifierEnabled": cfg.served_verifier_enabled,
+            "requestAttributeReporters": [
+                p.model_dump(by_alias=True, mode="json") for p in cfg.request_attribute_reporters
+            ],
+            "featureGates": sorted(cfg.feature_gates),
+            "flowControl": {"requested": cfg.flow_control_requested, "implemented": False},
+        },
+    }

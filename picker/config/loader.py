@@ -1,0 +1,229 @@
+"""Loading: YAML text → both documents → cross-checked, defaulted :class:`PickerConfig`.
+
+The scheduler is built once while loading, so an invalid document is rejected before it can be swapped in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from picker.config.base import StrictModel, describe_errors
+from picker.config.document import PICKER_API_VERSION, PICKER_KIND, PickerSettingsDocument
+from picker.config.effective import PickerConfig
+from picker.config.plugins import (
+    CORE_METRICS_EXTRACTOR,
+    DEFAULT_PARSER,
+    METRICS_DATA_SOURCE,
+    PARSER_TYPES,
+    REQUEST_ATTRIBUTE_REPORTER,
+    SERVED_VERIFIER,
+    SERVICE_PARAM_MODELS,
+    CoreMetricsExtractorParams,
+    MetricsDataSourceParams,
+)
+from picker.config.reference import (
+    REFERENCE_API_VERSION,
+    REFERENCE_KIND,
+    EndpointPickerDocument,
+    PluginConfig,
+    ProfilePluginRef,
+    SchedulingProfileConfig,
+)
+from picker.errors import ConfigError
+from scoring import PluginSpec, ProfileSpec, Registry
+from scoring.registry import default_specs, reference_default_specs
+
+
+def _service_params(plugin: PluginConfig) -> StrictModel | None:
+    model = SERVICE_PARAM_MODELS.get(plugin.type)
+    if model is None:
+        return None
+    try:
+        return model.model_validate(plugin.parameters, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise ConfigError(
+            describe_errors(f"{REFERENCE_KIND}: plugin {plugin.effective_name!r} (type {plugin.type!r})", exc)
+        ) from exc
+
+
+def _pick_one(kind: str, plugins: Sequence[PluginConfig]) -> PluginConfig | None:
+    if len(plugins) > 1:
+        names = ", ".join(p.effective_name for p in plugins)
+        raise ConfigError(
+            f"{REFERENCE_KIND}: more than one {kind} plugin ({names}); reference one explicitly"
+        )
+    return plugins[0] if plugins else None
+
+
+def _by_ref(
+    by_name: Mapping[str, PluginConfig], ref: str, allowed: frozenset[str], field: str
+) -> PluginConfig:
+    plugin = by_name.get(ref)
+    if plugin is None and ref in allowed:
+        # the reference auto-instantiates these plugins under their type name, so a reference to the
+        # bare type (``parser: {pluginRef: openai-parser}``) is valid without a plugins[] entry
+        return PluginConfig(type=ref)
+    if plugin is None:
+        raise ConfigError(f"{REFERENCE_KIND}: {field}: pluginRef {ref!r} does not name a plugin")
+    if plugin.type not in allowed:
+        raise ConfigError(
+            f"{REFERENCE_KIND}: {field}: plugin {ref!r} has type {plugin.type!r}, expected "
+            f"{' or '.join(sorted(allowed))}"
+        )
+    return plugin
+
+
+def _data_layer(
+    doc: EndpointPickerDocument, by_name: Mapping[str, PluginConfig]
+) -> tuple[PluginConfig | None, PluginConfig | None]:
+    """The metrics source and extractor plugins in effect (None = built-in defaults)."""
+    if doc.data_layer is not None and doc.data_layer.sources:
+        sources = doc.data_layer.sources
+        if len(sources) > 1:
+            raise ConfigError(f"{REFERENCE_KIND}: dataLayer.sources: only one metrics source is supported")
+        source = _by_ref(
+            by_name, sources[0].plugin_ref, frozenset({METRICS_DATA_SOURCE}), "dataLayer.sources[0]"
+        )
+        extractors = [
+            _by_ref(
+                by_name,
+                e.plugin_ref,
+                frozenset({CORE_METRICS_EXTRACTOR}),
+                f"dataLayer.sources[0].extractors[{i}]",
+            )
+            for i, e in enumerate(sources[0].extractors)
+        ]
+        return source, _pick_one(CORE_METRICS_EXTRACTOR, extractors)
+    plugins = doc.plugins
+    return (
+        _pick_one(METRICS_DATA_SOURCE, [p for p in plugins if p.type == METRICS_DATA_SOURCE]),
+        _pick_one(CORE_METRICS_EXTRACTOR, [p for p in plugins if p.type == CORE_METRICS_EXTRACTOR]),
+    )
+
+
+def _assemble(
+    doc: EndpointPickerDocument, settings: PickerSettingsDocument, registry: Registry | None
+) -> PickerConfig:
+    by_name: dict[str, PluginConfig] = {}
+    for p in doc.plugins:
+        by_name.setdefault(p.effective_name, p)
+    base = PickerConfig(endpoint_picker=doc, settings=settings)
+    base.build_scheduler(registry)  # unknown types, dangling refs, bad scheduling parameters
+    for p in doc.plugins:
+        _service_params(p)
+    source, extractor = _data_layer(doc, by_name)
+    if doc.parser is not None:
+        if not doc.parser.plugin_ref:
+            raise ConfigError(f"{REFERENCE_KIND}: parser.pluginRef must not be empty")
+        parser = _by_ref(by_name, doc.parser.plugin_ref, PARSER_TYPES, "parser").type
+    else:
+        defined = _pick_one("parser", [p for p in doc.plugins if p.type in PARSER_TYPES])
+        parser = defined.type if defined is not None else DEFAULT_PARSER
+    if parser == "vllmgrpc-parser":
+        # Accepted by the reference for vLLM's gRPC engine API; we only route HTTP (OpenAI) or opaque bodies.
+        raise ConfigError(
+            f"{REFERENCE_KIND}: parser vllmgrpc-parser is not supported by this EPP; "
+            "use openai-parser or passthrough-parser"
+        )
+    return base.model_copy(
+        update={
+            "metrics_source": _service_params(source) if source is not None else MetricsDataSourceParams(),
+            "metrics_extractor": (
+                _service_params(extractor) if extractor is not None else CoreMetricsExtractorParams()
+            ),
+            "parser": parser,
+            "served_verifier_enabled": any(p.type == SERVED_VERIFIER for p in doc.plugins),
+            "request_attribute_reporters": tuple(
+                p for p in doc.plugins if p.type == REQUEST_ATTRIBUTE_REPORTER
+            ),
+        }
+    )
+
+
+def _classify(raw: Mapping[str, Any], index: int) -> str:
+    api = raw.get("apiVersion")
+    kind = raw.get("kind")
+    if (api, kind) == (REFERENCE_API_VERSION, REFERENCE_KIND):
+        return REFERENCE_KIND
+    if (api, kind) == (PICKER_API_VERSION, PICKER_KIND):
+        return PICKER_KIND
+    raise ConfigError(
+        f"document {index + 1}: apiVersion/kind {api!r}/{kind!r} is not "
+        f"{REFERENCE_API_VERSION}/{REFERENCE_KIND} nor {PICKER_API_VERSION}/{PICKER_KIND}"
+    )
+
+
+def load_config_text(text: str, *, registry: Registry | None = None) -> PickerConfig:
+    """Parse, default and fully validate a configuration text (one or two YAML documents).
+
+    Raises :class:`~picker.errors.ConfigError` naming the document and field for any problem.
+    """
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}") from exc
+    found: dict[str, Mapping[str, Any]] = {}
+    for i, raw in enumerate(documents):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"document {i + 1}: expected a mapping, got {type(raw).__name__}")
+        kind = _classify(raw, i)
+        if kind in found:
+            raise ConfigError(f"more than one {kind} document")
+        found[kind] = raw
+    if not found:
+        return default_config()
+    try:
+        doc = (
+            EndpointPickerDocument.model_validate(found[REFERENCE_KIND], by_alias=True, by_name=False)
+            if REFERENCE_KIND in found
+            else default_config().endpoint_picker
+        )
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(REFERENCE_KIND, exc)) from exc
+    try:
+        settings = PickerSettingsDocument.model_validate(
+            found.get(PICKER_KIND, {}), by_alias=True, by_name=False
+        )
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(PICKER_KIND, exc)) from exc
+    return _assemble(doc, settings, registry)
+
+
+def load_config_file(path: str | Path, *, registry: Registry | None = None) -> PickerConfig:
+    """:func:`load_config_text` on a file's contents (UTF-8); an unreadable file is a ConfigError too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    return load_config_text(text, registry=registry)
+
+
+def _document(plugins: list[PluginSpec], profiles: list[ProfileSpec]) -> EndpointPickerDocument:
+    return EndpointPickerDocument(
+        api_version=REFERENCE_API_VERSION,
+        kind=REFERENCE_KIND,
+        plugins=tuple(PluginConfig(name=p.name, type=p.type, parameters=dict(p.parameters)) for p in plugins),
+        scheduling_profiles=tuple(
+            SchedulingProfileConfig(
+                name=p.name,
+                plugins=tuple(ProfilePluginRef(plugin_ref=ref, weight=w) for ref, w in p.plugins),
+            )
+            for p in profiles
+        ),
+    )
+
+
+def default_config() -> PickerConfig:
+    """The built-in configuration used when none is given: our default profile
+    (:func:`scoring.default_scheduler`; see ``scoring/README.md``), defaults for everything else."""
+    return _assemble(_document(*default_specs()), PickerSettingsDocument(), None)
+
+
+def reference_default_config() -> PickerConfig:
+    """The reference EPP's built-in configuration (queue 2, KV 2, prefix 3), for strict compatibility."""
+    return _assemble(_document(*reference_default_specs()), PickerSettingsDocument(), None)
