@@ -3,7 +3,9 @@
 # Two stages: `build` installs the project and its runtime dependencies into a virtual environment at
 # /opt/venv; the final stage copies only that environment onto the same base image. The result has no
 # compiler, no pip, no pip cache and no source tree, runs as uid/gid 65532 and works with a read-only root
-# filesystem (the only writable path it needs is /tmp, an emptyDir in manifests/base).
+# filesystem (the only writable path it needs is /tmp, an emptyDir in manifests/base). The test doubles
+# (picker/testing: fake model servers, the Envoy-like client, the Kubernetes API emulator) are left out by
+# .dockerignore, so `picker demo` and `picker fake-server` are not in the image; they run from a checkout.
 
 # Python 3.11 slim on Debian bookworm, pinned by version tag and by the digest of the multi-architecture
 # image index, so both stages (and every rebuild) start from the same bytes. Bump tag and digest together.
@@ -18,24 +20,39 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
-# README.md is the package's `readme` in pyproject.toml; the build backend refuses to build without it.
-COPY pyproject.toml requirements.lock README.md ./
+# The build backend, pinned with hashes, in a throw-away environment; the wheel is built from it without build
+# isolation, so nothing unpinned is fetched to build it. README.md is the package's readme and LICENSE its
+# licence file: the build refuses to run without them.
+COPY requirements-build.lock requirements-image.lock pyproject.toml README.md LICENSE ./
 COPY picker/ picker/
 COPY scoring/ scoring/
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements-build.lock \
+ && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/dist .
 
-# The runtime dependencies of pyproject.toml only (no test, lint or bench groups), each at the version
-# pinned in requirements.lock (-c constrains versions without installing everything the lock lists).
-# pip compiles the bytecode here, so nothing needs to be written next to the sources at run time.
-# Then pip itself leaves the environment: nothing installs packages in the running container.
-RUN /opt/venv/bin/pip install --no-cache-dir --constraint requirements.lock . \
+# The runtime dependencies of pyproject.toml only (no test, lint or bench groups), every file checked against
+# the hashes in requirements-image.lock, which pins the versions of requirements.lock. Then the wheel built
+# above, and `pip check` proves the environment complete. pip compiles the bytecode here, so nothing needs to
+# be written next to the sources at run time. Then pip itself leaves the environment: nothing installs
+# packages in the running container.
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements-image.lock \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/dist/picker-*.whl \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 
 FROM ${PYTHON_IMAGE}
 
+# The source revision and release of the build (docker build --build-arg COMMIT=$(git rev-parse HEAD)
+# --build-arg VERSION=v0.1.0 .). The EPP reports them as inference_extension_info{commit, build_ref}.
+ARG COMMIT=""
+ARG VERSION="0.1.0"
+
 LABEL org.opencontainers.image.title="picker" \
       org.opencontainers.image.description="Endpoint picker (EPP) for the Kubernetes Gateway API Inference Extension" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${COMMIT}" \
+      org.opencontainers.image.version="${VERSION}"
 
 # The base image's own installers are not needed at run time either; the fixed uid/gid 65532 matches
 # runAsUser/runAsGroup in manifests/base/deployment.yaml and gets a passwd entry so that libraries that
@@ -50,6 +67,8 @@ COPY --from=build /opt/venv /opt/venv
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only, bytecode was compiled at build time.
 # HOME and TMPDIR: the only writable location is /tmp.
 ENV PATH="/opt/venv/bin:${PATH}" \
+    PICKER_COMMIT="${COMMIT}" \
+    PICKER_BUILD_REF="${VERSION}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

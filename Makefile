@@ -5,19 +5,28 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.stamp-dev
 BSTAMP := $(VENV)/.stamp-bench
+UV_VERSION := 0.13.9
+# Python 3.11 on Linux, like the image; hashes cover every wheel and sdist of each pinned version (all CPUs).
+UV_COMPILE := /tmp/picker-lock/bin/uv pip compile --python-version 3.11 --python-platform linux \
+	--generate-hashes --no-header --quiet
 
 .PHONY: all demo test check lint typecheck bench bench-quality clean lock
 
 all: test
 
+# The lock's versions as plain constraints: pip treats hashes in a constraints file as a demand to hash-check
+# everything, which an editable install of this checkout cannot satisfy (the image build checks the hashes).
+PINS   := $(VENV)/pins.txt
+
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=25.1"
-	$(PIP) install -c requirements.lock -e . --group test --group lint
+	sed -e '/^[[:space:]]*--hash=/d' -e 's/[[:space:]]*\\$$//' requirements.lock > $(PINS)
+	$(PIP) install -c $(PINS) -e . --group test --group lint
 	touch $@
 
 $(BSTAMP): $(STAMP)
-	$(PIP) install -c requirements.lock -e . --group bench
+	$(PIP) install -c $(PINS) -e . --group bench
 	touch $@
 
 demo: $(STAMP)  ## local fake fleet + the EPP + traffic, printed as a table
@@ -43,11 +52,12 @@ bench-quality: $(BSTAMP)  ## full routing-quality sweep with plots under benchma
 		$(BIN)/python -m benchmarks.bench_quality --trace $$trace --sweep --plots || exit 1; \
 	done
 
-lock:  ## refresh requirements.lock from a clean resolve
+lock:  ## refresh the three locks from one resolve, with hashes for every file on the index (uv resolves)
 	rm -rf /tmp/picker-lock && $(PYTHON) -m venv /tmp/picker-lock
-	/tmp/picker-lock/bin/python -m pip install -q --upgrade "pip>=25.1"
-	/tmp/picker-lock/bin/python -m pip install -q . --group test --group lint --group bench
-	/tmp/picker-lock/bin/python -m pip freeze --exclude picker | sort > requirements.lock
+	/tmp/picker-lock/bin/python -m pip install -q "uv==$(UV_VERSION)"
+	$(UV_COMPILE) pyproject.toml --group test --group lint --group bench -o requirements.lock
+	$(UV_COMPILE) pyproject.toml --constraints requirements.lock -o requirements-image.lock
+	$(UV_COMPILE) --group pyproject.toml:build -o requirements-build.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

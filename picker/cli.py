@@ -11,6 +11,7 @@ EPP must start unchanged); truly unknown flags are an error. Three flags of ours
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -287,6 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from picker.app import run_serve
 
         return run_serve(settings)
+    if ns.command in ("fake-server", "demo") and importlib.util.find_spec("picker.testing") is None:
+        # The container image leaves the test doubles out (see the Dockerfile); say so instead of a traceback.
+        parser.error(
+            f"`picker {ns.command}` needs the test doubles in picker.testing, which this installation leaves "
+            "out (the container image does); run it from a source checkout (make demo)"
+        )
     if ns.command == "fake-server":
         _configure_logging(2, False)
         from picker.testing.fake_cli import run_fake_server_cli

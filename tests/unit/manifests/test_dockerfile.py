@@ -97,24 +97,31 @@ def test_multi_stage_from_a_pinned_slim_python(stages: list[list[tuple[str, str]
     assert all(len(parts) == 3 and parts[1].upper() == "AS" for parts in build_names)
 
 
-def test_build_installs_runtime_deps_pinned_by_the_lock(stages: list[list[tuple[str, str]]]) -> None:
+def test_build_installs_runtime_deps_with_hashes(stages: list[list[tuple[str, str]]]) -> None:
     runs = " ".join(_get(stages[0], "RUN"))
-    install = re.search(r"pip install ([^&]*)", runs)
-    assert install, runs
-    args = install.group(1)
-    assert re.search(r"(--constraint|-c)\s+requirements\.lock", args), "versions must come from the lock"
-    assert not re.search(r"(--requirement|-r)\s+requirements\.lock", args), (
-        "the lock also lists test/bench tools"
-    )
-    assert "--no-cache-dir" in args
-    assert "--group" not in args, "no dependency groups in the image"
-    assert "[" not in args, "no extras in the image"
+    installs = re.findall(r"pip install ([^&]*)", runs)
+    assert installs, runs
+    by_lock = {m.group(1): args for args in installs if (m := re.search(r"-r\s+(\S+\.lock)", args))}
+    assert set(by_lock) == {"requirements-build.lock", "requirements-image.lock"}, by_lock
+    for args in by_lock.values():
+        assert "--require-hashes" in args, args
+        assert "--no-deps" in args, "the lock is complete; nothing may be resolved at build time"
+        assert "--no-cache-dir" in args
+    for args in installs:
+        assert "--group" not in args, "no dependency groups in the image"
+        assert "[" not in args, "no extras in the image"
+        assert "requirements.lock" not in args, "requirements.lock also lists test and bench tools"
+    # The wheel is built by the pinned backend, not by one fetched into an isolated build environment.
+    assert re.search(r"pip wheel [^&]*--no-build-isolation", runs), runs
+    assert "pip check" in runs
 
 
 def test_build_copies_what_the_package_build_needs(stages: list[list[tuple[str, str]]]) -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     copied = {src.rstrip("/") for rest in _get(stages[0], "COPY") for src in rest.split()[:-1]}
-    needed = {"pyproject.toml", "requirements.lock", project["project"]["readme"]}
+    needed = {"pyproject.toml", "requirements-image.lock", "requirements-build.lock"}
+    needed.add(project["project"]["readme"])
+    needed |= set(project["project"]["license-files"])
     needed |= set(project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"])
     assert needed <= copied, needed - copied
     ignore = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
@@ -156,3 +163,24 @@ def test_entrypoint_exposed_ports_and_the_deployment_agree(
     exposed = {int(p) for rest in _get(final, "EXPOSE") for p in rest.split()}
     container = builds["base"].get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]
     assert exposed == {p["containerPort"] for p in container["ports"]} == {9002, 9003, 9090}
+
+
+def test_commit_and_version_build_args_reach_the_info_metric(stages: list[list[tuple[str, str]]]) -> None:
+    final = stages[-1]
+    args = {a.partition("=")[0] for a in _get(final, "ARG")}
+    assert {"COMMIT", "VERSION"} <= args
+    env = " ".join(_get(final, "ENV"))
+    assert 'PICKER_COMMIT="${COMMIT}"' in env
+    assert 'PICKER_BUILD_REF="${VERSION}"' in env
+    labels = " ".join(_get(final, "LABEL"))
+    assert 'org.opencontainers.image.revision="${COMMIT}"' in labels
+    # ...and the composition root reads exactly those variables into inference_extension_info.
+    app = (REPO / "picker" / "app.py").read_text(encoding="utf-8")
+    assert 'environ.get("PICKER_COMMIT"' in app
+    assert 'environ.get("PICKER_BUILD_REF"' in app
+
+
+def test_test_doubles_stay_out_of_the_image() -> None:
+    rules = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "picker/testing/" in rules
+    assert rules.index("picker/testing/") > rules.index("!picker/"), "the exclusion must follow the allow"
