@@ -1,0 +1,76 @@
+{{/*
+Names. The pool is named after the release (as in the upstream inferencepool chart); the EPP and everything
+that belongs to it are "<release>-epp".
+*/}}
+{{- define "picker.poolName" -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "picker.name" -}}
+{{- printf "%s-epp" (.Release.Name | trunc 59 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "picker.selectorLabels" -}}
+app.kubernetes.io/name: picker
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/component: endpoint-picker
+{{- end -}}
+
+{{- define "picker.labels" -}}
+{{ include "picker.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
+{{- end -}}
+
+{{/* The EPP image: registry/repository:tag, the tag defaulting to the chart's appVersion, or a digest. */}}
+{{- define "picker.image" -}}
+{{- $img := .Values.inferenceExtension.image -}}
+{{- if $img.digest -}}
+{{- printf "%s/%s@%s" $img.registry $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $img.registry $img.repository (default .Chart.AppVersion $img.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The InferencePool API group from inferencePool.apiVersion ("group/version"). */}}
+{{- define "picker.poolGroup" -}}
+{{- (split "/" .Values.inferencePool.apiVersion)._0 -}}
+{{- end -}}
+
+{{/* Leader election: on for more than one replica, as in the upstream chart. */}}
+{{- define "picker.leaderElection" -}}
+{{- if gt (int .Values.inferenceExtension.replicas) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* Fail early on values that would deploy something broken. */}}
+{{- define "picker.validate" -}}
+{{- $provider := .Values.provider.name | toString | lower -}}
+{{- if not (has $provider (list "none" "istio" "gke")) -}}
+{{- fail (printf "provider.name must be one of none, istio, gke (got %q)" .Values.provider.name) -}}
+{{- end -}}
+{{- if not (has .Values.inferencePool.apiVersion (list "inference.networking.k8s.io/v1" "inference.networking.x-k8s.io/v1alpha2")) -}}
+{{- fail (printf "inferencePool.apiVersion must be inference.networking.k8s.io/v1 or inference.networking.x-k8s.io/v1alpha2 (got %q)" .Values.inferencePool.apiVersion) -}}
+{{- end -}}
+{{- if not (and .Values.inferencePool.modelServers .Values.inferencePool.modelServers.matchLabels) -}}
+{{- fail "inferencePool.modelServers.matchLabels is required: the labels of the model-server Pods of the pool" -}}
+{{- end -}}
+{{- if not .Values.inferencePool.targetPorts -}}
+{{- fail "inferencePool.targetPorts needs at least one port" -}}
+{{- end -}}
+{{- if gt (len .Values.inferencePool.targetPorts) 8 -}}
+{{- fail "inferencePool.targetPorts takes at most 8 ports" -}}
+{{- end -}}
+{{- if not (has .Values.inferenceExtension.failureMode (list "FailOpen" "FailClose")) -}}
+{{- fail (printf "inferenceExtension.failureMode must be FailOpen or FailClose (got %q)" .Values.inferenceExtension.failureMode) -}}
+{{- end -}}
+{{- $config := .Values.inferenceExtension.pluginsConfigFile -}}
+{{- if and (ne $config "config.yaml") (not (hasKey (.Values.inferenceExtension.pluginsCustomConfig | default dict) $config)) -}}
+{{- fail (printf "inferenceExtension.pluginsConfigFile %q is neither config.yaml nor a key of inferenceExtension.pluginsCustomConfig" $config) -}}
+{{- end -}}
+{{- range $flag, $_ := .Values.inferenceExtension.flags -}}
+{{- if has $flag (list "pool-name" "pool-namespace" "pool-group" "config-file" "grpc-port" "grpc-health-port" "metrics-port" "ha-enable-leader-election") -}}
+{{- fail (printf "inferenceExtension.flags.%s is set by the chart from other values; set those instead" $flag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
