@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import uvicorn
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from picker.admin import build_admin_app
 from picker.config import PickerConfig, default_config, load_config_text
@@ -190,6 +190,9 @@ class Service:
             build_ref=os.environ.get("PICKER_BUILD_REF", ""),
             commit=os.environ.get("PICKER_COMMIT", ""),
         )
+        # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
+        # Prometheus client exports by default; the injected registry has none unless registered here.
+        ProcessCollector(registry=self.telemetry.registry)
         self.director = Director(
             self.datastore,
             self.config_store,

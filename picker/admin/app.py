@@ -75,8 +75,11 @@ def build_admin_app(
 ) -> FastAPI:
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
-    @app.get("/metrics")
-    def metrics() -> Response:
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
+    def metrics(request: Request) -> Response:
+        """HEAD answers like GET without rendering the exposition (probes and load balancers use it)."""
+        if request.method == "HEAD":
+            return Response(media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")

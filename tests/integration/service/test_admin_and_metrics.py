@@ -364,3 +364,17 @@ async def test_no_prompt_text_in_logs_or_debug_output(
         assert "zebra-quokka" not in (record.exc_text or "")
     for out in outputs:
         assert "zebra-quokka" not in out
+
+
+async def test_metrics_export_process_series_and_answer_head(start_service: StartService) -> None:
+    svc = await start_service()
+    text = await svc.metrics()
+    # The standard process collector of prometheus_client, on the injected registry.
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert re.search(rf"^{name} \d", text, re.MULTILINE), name
+    async with svc.http.head(svc.admin + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["content-type"].startswith("text/plain")
+        assert await resp.read() == b""
+    async with svc.http.post(svc.admin + "/metrics") as resp:
+        assert resp.status == 405

@@ -178,9 +178,14 @@ def test_rules_use_only_exported_metrics(
 REQUIRED_ALERTS = [
     ("p99 duration > 10 s", {"inference_objective_request_duration_seconds_bucket"}, r"0\.99.*>\s*10\b"),
     (
-        "error ratio > 5 %",
+        "error ratio > 5 % per model",
         {"inference_objective_request_error_total", "inference_objective_request_total"},
-        r"error_total.*/.*request_total.*>\s*0\.05\b",
+        r"by \(model_name\).*error_total\{model_name!=\"\"\}.*/.*request_total.*>\s*0\.05\b",
+    ),
+    (
+        "error ratio > 5 % before the model is known",
+        {"inference_objective_request_error_total", "inference_objective_request_total"},
+        r"error_total\{model_name=\"\"\}.*/.*request_total.*error_total\{model_name=\"\"\}.*>\s*0\.05\b",
     ),
     ("mean queue > 50", {"inference_pool_average_queue_size"}, r">\s*50\b"),
     ("mean KV > 0.9", {"inference_pool_average_kv_cache_utilization"}, r">\s*0\.9\b"),
