@@ -272,6 +272,11 @@ class Service:
         )
         self.ports: Ports | None = None
         self._stop = asyncio.Event()
+        if config.settings.tenants is not None:
+            log.warning(
+                "the config has a tenants section; this build meters and limits nothing yet "
+                "(picker.tenants is not wired into request routing)"
+            )
         if config.flow_control_requested:
             log.warning(
                 "the config asks for flow control, which this EPP does not implement; "

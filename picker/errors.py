@@ -8,6 +8,7 @@ Errors cross layers as *codes*, never as strings to match on. Each code maps to 
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 
@@ -29,6 +30,10 @@ class PickerError(Exception):
     def wire_body(self) -> str:
         """The ImmediateResponse body, byte-compatible with the reference EPP."""
         return f"inference error: {self.code} - {self.message}"
+
+    def wire_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers of the ImmediateResponse: none, as the reference (tenant refusals add some)."""
+        return ()
 
 
 class BadRequest(PickerError):
@@ -88,3 +93,57 @@ class ConfigError(PickerError):
 
 #: Label value used for a response whose upstream status was not 200 (counted, not raised).
 MODEL_SERVER_ERROR = "ModelServerError"
+
+
+class _OpenAIError:
+    """An error answered with an OpenAI-shaped body ``{"error": {message, type, param, code}}`` and headers.
+
+    Used for tenants' refusals, which the reference does not have: the body is what OpenAI's API answers, so
+    clients and SDKs that handle OpenAI's rate limits (retry after ``retry-after``, read ``x-ratelimit-*``)
+    handle ours. The error metric still counts them under the reference's codes.
+    """
+
+    message: str
+
+    def _init_openai(
+        self, *, reason: str, error_type: str, error_code: str, headers: tuple[tuple[str, str], ...]
+    ) -> None:
+        #: the ``reason`` label of ``picker_tenant_rejections_total``
+        self.reason = reason
+        self.error_type = error_type
+        self.error_code = error_code
+        self._headers = headers
+
+    def wire_body(self) -> str:
+        error = {"message": self.message, "type": self.error_type, "param": None, "code": self.error_code}
+        return json.dumps({"error": error})
+
+    def wire_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("content-type", "application/json"), *self._headers)
+
+
+class TenantRefused(_OpenAIError, ResourceExhausted):
+    """A tenant over one of its limits or budgets, or its share of a full queue: 429."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        error_type: str = "requests",
+        error_code: str = "rate_limit_exceeded",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        ResourceExhausted.__init__(self, message)
+        self._init_openai(reason=reason, error_type=error_type, error_code=error_code, headers=headers)
+
+
+class TenantUnavailable(_OpenAIError, ServiceUnavailable):
+    """A request that cannot be admitted now: its queue wait ran out, or the budget store is down and the
+    configuration says fail closed: 503."""
+
+    def __init__(self, message: str, *, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        ServiceUnavailable.__init__(self, message)
+        self._init_openai(
+            reason=reason, error_type="server_error", error_code="service_unavailable", headers=headers
+        )

@@ -9,6 +9,7 @@ from typing import Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from picker.config.base import StrictModel
+from picker.config.tenants import TenantsConfig
 from picker.config.values import parse_quantity
 from picker.durations import parse_duration
 
@@ -96,6 +97,8 @@ class PickerSettingsDocument(StrictModel):
     #: and ``inference_pool_ready_pods``. Unset → the ``--metrics-staleness-threshold`` flag (default 2s);
     #: set here, it overrides the flag and follows reloads.
     staleness_threshold: float | None = None
+    #: tenant metering, limits and budgets (:mod:`picker.config.tenants`); unset = off
+    tenants: TenantsConfig | None = None
 
     @field_validator("staleness_threshold", mode="before")
     @classmethod

@@ -196,12 +196,15 @@ def response_body_replies(body: bytes, *, end_of_stream: bool = True) -> list[Re
     return _chunked(body, end_of_stream, response_body_reply)
 
 
-def immediate_response(status: int, body: str) -> Reply:
-    """An ``ImmediateResponse``: the proxy answers the client itself; no headers, as the reference."""
+def immediate_response(status: int, body: str, headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    """An ``ImmediateResponse``: the proxy answers the client itself; no headers, as the reference, unless
+    the error carries some (a tenant's 429: ``retry-after``, ``x-ratelimit-*``)."""
     reply = ProcessingResponse()
     immediate = reply.immediate_response
     immediate.status.code = status
     immediate.body = body.encode()
+    if headers:
+        _set_headers(immediate.headers.set_headers, ((k, v.encode()) for k, v in headers))
     return reply
 
 

@@ -550,7 +550,7 @@ class ExtProcStream:
         self._finished = True
         self._state = _DONE
         self._body_chunks = []
-        return (messages.immediate_response(exc.http_status, exc.wire_body()),)
+        return (messages.immediate_response(exc.http_status, exc.wire_body(), exc.wire_headers()),)
 
     def _report_failure(self, code: str, exc: PickerError | None = None) -> None:
         if self._failed:

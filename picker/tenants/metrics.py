@@ -1,0 +1,143 @@
+"""What operators see of tenants: usage counters, window gauges, refusals (bounded labels).
+
+* ``ai_tokens_total{tenant,model,kind="input|output"}`` (counter) and ``ai_cost_total{tenant,model}``
+  (counter, currency units): settled usage, counted where the budget is applied (the process with a
+  :class:`~picker.tenants.backend.MemoryBackend`, the ``--workers`` supervisor, or each replica for Redis).
+* ``ai_tokens_used{tenant,window="minute|hour"}``, ``ai_tokens_limit{tenant,window}`` (gauges, the current
+  window; ``_limit`` only for limited tenants) and ``ai_tokens_reserved{tenant,window}`` (held by requests
+  still running); ``ai_cost_used``/``ai_cost_limit{tenant,window="day|month"}`` likewise. Read from the
+  backend at scrape time (no stale series when an idle tenant's account is dropped). The alert
+  ``TokenBudgetNearLimit`` divides ``ai_tokens_used`` by ``ai_tokens_limit``.
+* ``picker_tenant_rejections_total{tenant,reason}``: refusals, by meter or queue outcome.
+
+Labels: ``tenant`` is bounded by :class:`picker.tenants.identity.TenantIds` (``maxTenants`` + listed +
+``anonymous`` + ``other``); ``model`` comes from request bodies and is capped at :data:`MAX_MODELS`
+values (priced models always count), then ``other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from picker.tenants.backend import AccountView, Settlement
+from picker.tenants.ledger import COST_DAY, COST_MONTH, TOKENS_HOUR, TOKENS_MINUTE, WINDOW_NAMES
+from picker.tenants.policy import NANO
+
+__all__ = ["MAX_MODELS", "TenantMetrics"]
+
+MAX_MODELS: Final = 200
+OTHER: Final = "other"
+_TOKEN_METERS: Final = (TOKENS_MINUTE, TOKENS_HOUR)
+_COST_METERS: Final = (COST_DAY, COST_MONTH)
+
+
+class TenantMetrics:
+    """Counters (a :class:`~picker.tenants.backend.UsageSink`) and the gauge collector, on an injected
+    registry."""
+
+    def __init__(self, registry: CollectorRegistry, accounts: Callable[[], Iterable[AccountView]]) -> None:
+        self.tokens_total = Counter(
+            "ai_tokens_total",
+            "Tokens settled per tenant and model.",
+            ["tenant", "model", "kind"],
+            registry=registry,
+        )
+        self.cost_total = Counter(
+            "ai_cost_total",
+            "Cost settled per tenant and model, in the configured currency.",
+            ["tenant", "model"],
+            registry=registry,
+        )
+        self.rejections_total = Counter(
+            "picker_tenant_rejections_total",
+            "Requests refused for a tenant, by the limit or queue outcome that refused them.",
+            ["tenant", "reason"],
+            registry=registry,
+        )
+        registry.register(_WindowCollector(accounts))
+        self._models: set[str] = set()
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+    def price_models(self, models: Iterable[str]) -> None:
+        """Models with a price are always their own label value."""
+        self._models.update(models)
+
+    def _model(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODELS:
+            return OTHER
+        self._models.add(model)
+        return model
+
+    def settled(self, s: Settlement) -> None:
+        key = (s.tenant, s.model)
+        children = self._children.get(key)
+        if children is None:
+            model = self._model(s.model)
+            children = (
+                self.tokens_total.labels(s.tenant, model, "input"),
+                self.tokens_total.labels(s.tenant, model, "output"),
+                self.cost_total.labels(s.tenant, model),
+            )
+            if len(self._children) < 100_000:
+                self._children[key] = children
+        if s.input_tokens:
+            children[0].inc(s.input_tokens)
+        if s.output_tokens:
+            children[1].inc(s.output_tokens)
+        if s.cost_nano:
+            children[2].inc(s.cost_nano / NANO)
+
+    def rejected(self, tenant: str, reason: str) -> None:
+        self.rejections_total.labels(tenant, reason).inc()
+
+
+class _WindowCollector(Collector):
+    def __init__(self, accounts: Callable[[], Iterable[AccountView]]) -> None:
+        self._accounts = accounts
+
+    def describe(self) -> list[Any]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = self._families()
+        tokens_used, tokens_reserved, tokens_limit, cost_used, cost_limit = families
+        for view in self._accounts():
+            for i in _TOKEN_METERS:
+                labels = [view.tenant, WINDOW_NAMES[i]]
+                tokens_used.add_metric(labels, float(view.used[i]))
+                tokens_reserved.add_metric(labels, float(view.reserved[i]))
+                if view.limits is not None and view.limits[i] is not None:
+                    tokens_limit.add_metric(labels, float(view.limits[i]))  # type: ignore[arg-type]
+            for i in _COST_METERS:
+                labels = [view.tenant, WINDOW_NAMES[i]]
+                cost_used.add_metric(labels, view.used[i] / NANO)
+                limit = view.limits[i] if view.limits is not None else None
+                if limit is not None:
+                    cost_limit.add_metric(labels, limit / NANO)
+        yield from families
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        labels = ["tenant", "window"]
+        return (
+            GaugeMetricFamily(
+                "ai_tokens_used", "Tokens settled in the current window, per tenant.", labels=labels
+            ),
+            GaugeMetricFamily(
+                "ai_tokens_reserved", "Tokens held by a tenant's running requests.", labels=labels
+            ),
+            GaugeMetricFamily("ai_tokens_limit", "A tenant's token limit for the window.", labels=labels),
+            GaugeMetricFamily(
+                "ai_cost_used",
+                "Cost settled in the current window, per tenant (currency units).",
+                labels=labels,
+            ),
+            GaugeMetricFamily("ai_cost_limit", "A tenant's cost budget for the window.", labels=labels),
+        )

@@ -1,0 +1,47 @@
+"""A real tokenizer.json (built here with the tokenizers package, saved, loaded from its path) counts prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from picker.errors import ConfigError
+from picker.routing.openai import parse_request
+from picker.tenants.estimate import TokenEstimator, load_tokenizer
+
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def _save_word_tokenizer(path: Path) -> Path:
+    vocab = {"[UNK]": 0, "user": 1, "hello": 2, "world": 3, "system": 4, "be": 5, "brief": 6}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    target = path / "tokenizer.json"
+    tok.save(str(target))
+    return target
+
+
+def test_a_configured_tokenizer_counts_the_canonical_prompt(tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(str(_save_word_tokenizer(tmp_path)))
+    estimator = TokenEstimator(tokenizers={"m": tokenizer})
+    body = b'{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello world"}]}'
+    info = parse_request("/v1/chat/completions", body)
+
+    def text() -> str:
+        captured: list[str] = []
+        parse_request("/v1/chat/completions", body, prefix_hasher=lambda _m, _s, t: captured.append(t) or ())
+        return captured[0]
+
+    # "system\nbe brief\nuser\nhello world\n" → 6 words
+    assert estimator.input_tokens("m", info.prompt_chars, text) == 6
+    # other models keep the heuristic
+    assert estimator.input_tokens("other", info.prompt_chars, text) == -(-info.prompt_chars // 4)
+
+
+def test_a_missing_or_broken_tokenizer_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_tokenizer(str(tmp_path / "missing.json"))
+    (tmp_path / "junk.json").write_text("{not a tokenizer")
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_tokenizer(str(tmp_path / "junk.json"))
