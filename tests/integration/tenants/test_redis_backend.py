@@ -21,7 +21,8 @@ LIMITS = (1000, None, 10, 3, None, 5_000)
 
 
 def backend(server: RedisServer, *, fail_mode: str = "open", prefix: str = "t:") -> RedisBackend:
-    cfg = RedisConfig(url=server.url, fail_mode=fail_mode, key_prefix=prefix, timeout=0.2)
+    # generous: the suite shares two cores; a slow answer would count as Redis being down
+    cfg = RedisConfig(url=server.url, fail_mode=fail_mode, key_prefix=prefix, timeout=2.0)
     return RedisBackend(cfg, registry=CollectorRegistry())
 
 
@@ -65,6 +66,7 @@ async def test_two_clients_share_one_budget_without_double_spending(redis_server
     try:
         amounts = reservation_vector(100, 0)
         verdicts = await asyncio.gather(*(reserve(x, "shared", amounts) for _ in range(15) for x in (a, b)))
+        assert not any(v.degraded for v in verdicts)
         granted = sum(v.granted for v in verdicts)
         assert granted == 3  # concurrent limit 3 (tokens: 1000 would allow 10)
     finally:
@@ -73,7 +75,7 @@ async def test_two_clients_share_one_budget_without_double_spending(redis_server
 
 
 async def test_expired_reservations_of_a_dead_replica_are_given_back(redis_server: RedisServer) -> None:
-    cfg = RedisConfig(url=redis_server.url, key_prefix="t:", timeout=0.2)
+    cfg = RedisConfig(url=redis_server.url, key_prefix="t:", timeout=2.0)
     dead = RedisBackend(cfg, registry=CollectorRegistry(), reservation_ttl_s=0.2)
     alive = backend(redis_server)
     try:

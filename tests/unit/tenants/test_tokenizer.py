@@ -1,4 +1,4 @@
-"""A real tokenizer.json (built here with the tokenizers package, saved, loaded from its path) counts prompts."""
+"""A real tokenizer.json (built here with the tokenizers package, saved, loaded by path) counts prompts."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def _save_word_tokenizer(path: Path) -> Path:
 def test_a_configured_tokenizer_counts_the_canonical_prompt(tmp_path: Path) -> None:
     tokenizer = load_tokenizer(str(_save_word_tokenizer(tmp_path)))
     estimator = TokenEstimator(tokenizers={"m": tokenizer})
-    body = b'{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello world"}]}'
+    body = (
+        b'{"model":"m","messages":[{"role":"system","content":"be brief"},'
+        b'{"role":"user","content":"hello world"}]}'
+    )
     info = parse_request("/v1/chat/completions", body)
 
     def text() -> str:
