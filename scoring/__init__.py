@@ -8,7 +8,6 @@ snapshot. See ``scoring/README.md``.
 from scoring.errors import ConfigurationError, NoEndpointsAvailable
 from scoring.matrix import EndpointMatrix, EndpointRow
 from scoring.plugin import Category, Dependence, Filter, Picker, SaturationDetector, Scorer, View
-from scoring.profile import Scheduler, WeightedScorer
 from scoring.registry import (
     Kind,
     PluginSpec,
@@ -21,6 +20,7 @@ from scoring.registry import (
     reference_default_scheduler,
     reference_default_specs,
 )
+from scoring.scheduler import Scheduler, WeightedScorer
 from scoring.subset import subset_mask
 from scoring.types import Decision, FilterRecord, PickRequest, PickResult, ScorerRecord
 

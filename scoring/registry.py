@@ -28,7 +28,7 @@ from scoring.filters import (
 )
 from scoring.pickers import MaxScorePicker, RandomPicker, WeightedRandomPicker
 from scoring.plugin import Filter, Picker, Plugin, SaturationDetector, Scorer
-from scoring.profile import Scheduler
+from scoring.scheduler import Scheduler
 from scoring.scorers import (
     GpuUtilizationScorer,
     KvCacheUtilizationScorer,

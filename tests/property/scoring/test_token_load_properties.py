@@ -23,9 +23,9 @@ from scoring import (
     reference_default_scheduler,
 )
 from scoring.matrix import LoadCharge
-from scoring.profile import SMALL_POOL
 from scoring.scorers import PrefillQueueScorer, TokenLoadScorer
 from scoring.scorers.load import weighted_min_max, weighted_min_max_floats
+from scoring.terms import SMALL_POOL
 
 NOW = 10.0
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -241,11 +241,11 @@ def test_small_pool_totals_are_the_numpy_totals_bit_for_bit(
     # picks alone rarely expose a changed summation order: compare the totals themselves
     scheduler = SMALL_POOL_PROFILES[profile]()
     mask = (np.arange(len(m)) % 3 != 1) if masked else None
-    v = scheduler._candidates(m, mask)
+    v = scheduler.candidates_view(m, mask)
     if v.n == 0:
         return
-    prepared = scheduler._prepared(m, v)
+    prepared = scheduler.prepared(m, v)
     dispatched = v.take(m.dispatched)
-    floats = scheduler._totals_floats(v, prepared, req, dispatched)
-    arrays = scheduler._totals(v, prepared, req, dispatched)
+    floats = scheduler.terms.floats(v, prepared, req, dispatched)
+    arrays = scheduler.terms.arrays(v, prepared, req, dispatched)
     assert np.array(floats, dtype=np.float64).tobytes() == arrays.tobytes()
