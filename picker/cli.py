@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from picker.durations import parse_duration
 from picker.settings import Settings
+from scoring.durations import parse_duration
 
 log = logging.getLogger("picker")
 

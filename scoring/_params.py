@@ -9,44 +9,11 @@ error message.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scoring.durations import parse_duration
 from scoring.errors import ConfigurationError
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a Go duration string (``200ms``, ``1m30s``) or a bare non-negative number of seconds.
-
-    Raises ``ValueError`` (bad text or number) or ``TypeError`` (another type) for anything else. The
-    reference writes durations the Go way, so configuration copied from its documentation must load
-    unchanged.
-    """
-    if isinstance(value, bool):
-        raise TypeError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"invalid duration {value!r} (must be a finite number of seconds >= 0)")
-        return float(value)
-    if not isinstance(value, str):
-        raise TypeError(f"invalid duration {value!r}")
-    text = value.strip()
-    if text == "0":
-        return 0.0
-    pos = 0
-    total = 0.0
-    for part in _DURATION_PART.finditer(text):
-        if part.start() != pos:
-            break
-        total += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
-        pos = part.end()
-    if not text or pos != len(text):
-        raise ValueError(f"invalid duration {value!r} (use e.g. 200ms, 2s, 1m)")
-    return total
 
 
 class Params:
@@ -109,7 +76,7 @@ class Params:
         value = self._raw.get(key, default)
         try:
             seconds = parse_duration(value)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise self._fail(key, "must be a duration such as 200ms or 2s", value) from exc
         self.effective[key] = value
         return seconds

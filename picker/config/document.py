@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from picker.config.base import StrictModel
 from picker.config.tenants import TenantsConfig
 from picker.config.values import parse_quantity
-from picker.durations import parse_duration
+from scoring.durations import parse_duration
 
 PICKER_API_VERSION: Final = "picker.dev/v1alpha1"
 PICKER_KIND: Final = "PickerConfig"

@@ -17,9 +17,9 @@ from picker.config.plugins import (
     MetricsDataSourceParams,
 )
 from picker.config.reference import REFERENCE_KIND, EndpointPickerDocument, PluginConfig
-from picker.durations import format_duration
 from picker.errors import ConfigError
 from scoring import ConfigurationError, PluginSpec, ProfileSpec, Registry, Scheduler, build_scheduler
+from scoring.durations import format_duration
 
 
 class PickerConfig(StrictModel):

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from picker.config.base import StrictModel
 from picker.config.values import parse_quantity
-from picker.durations import parse_duration
+from scoring.durations import parse_duration
 
 REFERENCE_API_VERSION: Final = "inference.networking.x-k8s.io/v1alpha1"
 REFERENCE_KIND: Final = "EndpointPickerConfig"

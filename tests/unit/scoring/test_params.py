@@ -1,36 +1,11 @@
-"""Plugin parameter reading: Go durations, strict keys, typed values with the plugin named in errors."""
+"""Plugin parameter reading: strict keys, typed values with the plugin named in errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from scoring._params import Params, parse_duration
+from scoring._params import Params
 from scoring.errors import ConfigurationError
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("200ms", 0.2),
-        ("2s", 2.0),
-        ("1m30s", 90.0),
-        ("1.5h", 5400.0),
-        ("250us", 250e-6),
-        ("0", 0.0),
-        (0.05, 0.05),
-        (3, 3.0),
-    ],
-)
-def test_parse_duration(text: object, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize(
-    "text", ["", "ms", "5", "5 parsecs", "-1s", "1s2", -1, float("nan"), True, None, [1]]
-)
-def test_parse_duration_rejects(text: object) -> None:
-    with pytest.raises((ValueError, TypeError)):
-        parse_duration(text)
 
 
 def test_params_reject_unknown_keys_naming_the_plugin() -> None:
