@@ -33,7 +33,7 @@ from picker.extproc.tls import TLSConfig
 from picker.reload import ConfigFileWatcher
 from picker.routing.director import Director
 from picker.routing.types import RoutingDecision
-from picker.scrape.engines import EngineSpec, engine_specs
+from picker.scrape.engines import engine_specs_for
 from picker.scrape.http import LeanFetcher
 from picker.scrape.scraper import Scraper
 from picker.settings import Settings
@@ -72,13 +72,6 @@ def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
     if settings.config_text:
         return load_config_text(settings.config_text), settings.config_text, "flag:--config-text"
     return default_config(), "", "default"
-
-
-def engine_specs_for(cfg: PickerConfig) -> Mapping[str, EngineSpec]:
-    overrides = [
-        EngineSpec.from_mapping(c.model_dump(by_alias=True, exclude_none=True)) for c in cfg.engine_configs
-    ]
-    return engine_specs(overrides)
 
 
 def _objectives(cfg: PickerConfig) -> list[Objective]:
@@ -230,7 +223,7 @@ class Service:
         self.scraper = Scraper(
             self.datastore,
             LeanFetcher(insecure_skip_verify=src.insecure_skip_verify),
-            engines=engine_specs_for(config),
+            engines=engine_specs_for(config.metrics_extractor),
             default_engine=config.metrics_extractor.default_engine,
             interval_s=settings.refresh_metrics_interval,
             timeout_s=settings.scrape_timeout,
@@ -320,7 +313,8 @@ class Service:
         cfg = active.config
         self.telemetry.staleness_s = cfg.staleness_threshold or self.settings.metrics_staleness_threshold
         try:
-            self.scraper.set_engines(engine_specs_for(cfg), cfg.metrics_extractor.default_engine)
+            extractor = cfg.metrics_extractor
+            self.scraper.set_engines(engine_specs_for(extractor), extractor.default_engine)
         except ValueError as exc:  # validated at load; a mismatch here is a bug worth a loud line
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)

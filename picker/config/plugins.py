@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from picker.config.base import StrictModel
-from picker.config.values import LABEL_NAME, check_metric_spec
+from picker.config.values import check_metric_spec
+from picker.metricspec import is_label_name
 from scoring.matrix import ENGINE_NAMES
 
 METRICS_DATA_SOURCE = "metrics-data-source"
@@ -89,8 +90,22 @@ class EngineConfig(StrictModel):
     @field_validator("cache_block_size_label_name", "cache_num_blocks_label_name")
     @classmethod
     def _label(cls, v: str | None) -> str | None:
-        if v and LABEL_NAME.fullmatch(v) is None:
+        if v and not is_label_name(v):
             raise ValueError(f"{v!r} is not a Prometheus label name")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+    @field_validator("max_batch_total_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: object) -> object:
+        if isinstance(v, bool):  # YAML ``true`` would otherwise count as 1 token
+            raise ValueError("must be a positive integer, got a boolean")  # noqa: TRY004 - pydantic wants ValueError
         return v
 
     @model_validator(mode="after")

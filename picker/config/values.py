@@ -23,7 +23,6 @@ _QUANTITY_FACTORS = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def parse_quantity(value: object) -> int:

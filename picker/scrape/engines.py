@@ -8,44 +8,22 @@ for the reference EPP behaves the same here. See ``picker/scrape/README.md`` for
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
-from picker.metricspec import MetricSpec, is_label_name, parse_spec
+from picker.config import CoreMetricsExtractorParams, EngineConfig, SpecText
+from picker.metricspec import MetricSpec, parse_spec
 
-# Wrong *types* in a config document raise ValueError too (the TRY004 noqa's below): pydantic turns
-# only ValueError into a validation error, and configuration is where these functions are called.
-__all__ = ["BUILTIN_ENGINES", "DEFAULT_ENGINE", "EngineSpec", "Specs", "engine_specs"]
+__all__ = ["BUILTIN_ENGINES", "DEFAULT_ENGINE", "EngineSpec", "Specs", "engine_specs", "engine_specs_for"]
 
 #: Alternatives tried in order; the first one the page reports a usable value for wins. () = disabled.
 Specs = tuple[MetricSpec, ...]
 
 #: The engine assumed for pods without an engine label (reference ``defaultEngine``).
 DEFAULT_ENGINE = "vllm"
-#: Reserved by the reference for "the default engine's mapping"; not usable as an engine name.
-_RESERVED_NAME = "default"
 _DEFAULT_BLOCK_SIZE_LABEL = "block_size"
 _DEFAULT_NUM_BLOCKS_LABEL = "num_gpu_blocks"
-
-# reference engineConfigs key → our field. Spec-valued keys accept a string or a list of strings.
-_SPEC_KEYS = {
-    "queuedRequestsSpec": "queued",
-    "runningRequestsSpec": "running",
-    "kvUsageSpec": "kv_usage",
-    "loraSpec": "lora",
-    "cacheInfoSpec": "cache_info",
-    "cacheBlockSizeSpec": "cache_block_size",
-    "cacheNumBlocksSpec": "cache_num_blocks",
-    "kvTokensSpec": "kv_tokens",
-}
-_LABEL_KEYS = {
-    "cacheBlockSizeLabelName": ("cache_block_size_label", _DEFAULT_BLOCK_SIZE_LABEL),
-    "cacheNumBlocksLabelName": ("cache_num_blocks_label", _DEFAULT_NUM_BLOCKS_LABEL),
-}
-_ALLOWED_KEYS = frozenset({"name", "maxBatchTotalTokens", *_SPEC_KEYS, *_LABEL_KEYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,92 +52,45 @@ class EngineSpec:
     #: TGI: the gauge with the tokens the current batch may occupy
     kv_tokens: Specs = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError("engine name must be a non-empty string")
-        if self.name == _RESERVED_NAME:
-            raise ValueError(f"engine name {_RESERVED_NAME!r} is reserved")
-        for field in (
-            "queued",
-            "running",
-            "kv_usage",
-            "lora",
-            "cache_info",
-            "cache_block_size",
-            "cache_num_blocks",
-            "kv_tokens",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, tuple) or not all(isinstance(s, MetricSpec) for s in value):
-                raise ValueError(f"engine {self.name!r}: {field} must be a tuple of MetricSpec")
-        for field in ("cache_block_size_label", "cache_num_blocks_label"):
-            label = getattr(self, field)
-            if not is_label_name(label):
-                raise ValueError(f"engine {self.name!r}: {field} {label!r} is not a label name")
-        m = self.max_batch_total_tokens
-        if m is not None and (
-            isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m) or m <= 0
-        ):
-            raise ValueError(
-                f"engine {self.name!r}: maxBatchTotalTokens must be a positive number, got {m!r}"
-            )
-
     @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> EngineSpec:
-        """Build from one reference-style ``engineConfigs`` entry (camelCase keys).
+    def from_config(cls, config: EngineConfig) -> EngineSpec:
+        """The mapping of one ``engineConfigs`` entry, already validated by :mod:`picker.config` (spec
+        syntax, label names, the reserved name, token budget), so this only converts.
 
-        Unset spec keys mean "not scraped" (full replacement, as in the reference); unset label names
-        default to ``block_size`` / ``num_gpu_blocks`` (as in the reference). Spec keys take a string
-        or, our extension, a list of strings tried in order. Unknown keys are errors, not ignored,
-        so a typo cannot silently disable a field.
+        Unset spec keys mean "not scraped" (full replacement, as in the reference); unset or empty label
+        names default to ``block_size`` / ``num_gpu_blocks`` (as in the reference); a list of specs is
+        tried in order (ours), empty entries dropped.
         """
-        if not isinstance(params, Mapping):
-            raise ValueError(f"engine config must be a mapping, got {type(params).__name__}")  # noqa: TRY004
-        name = params.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"engine config needs a non-empty string 'name', got {name!r}")
-        unknown = sorted(str(k) for k in params if k not in _ALLOWED_KEYS)
-        if unknown:
-            raise ValueError(f"engine {name!r}: unknown keys {unknown} (allowed: {sorted(_ALLOWED_KEYS)})")
-        kwargs: dict[str, Any] = {"name": name}
-        for key, field in _SPEC_KEYS.items():
-            kwargs[field] = _parse_specs(name, key, params.get(key))
-        for key, (field, default) in _LABEL_KEYS.items():
-            label = params.get(key)
-            if label is None or label == "":
-                label = default
-            if not is_label_name(label):
-                raise ValueError(f"engine {name!r}: {key} must be a label name, got {label!r}")
-            kwargs[field] = label
-        kwargs["max_batch_total_tokens"] = params.get("maxBatchTotalTokens")
-        return cls(**kwargs)
+        c = config
+        return cls(
+            name=c.name,
+            queued=_from_text(c.queued_requests_spec),
+            running=_from_text(c.running_requests_spec),
+            kv_usage=_from_text(c.kv_usage_spec),
+            lora=_from_text(c.lora_spec),
+            cache_info=_from_text(c.cache_info_spec),
+            cache_block_size_label=c.cache_block_size_label_name or _DEFAULT_BLOCK_SIZE_LABEL,
+            cache_num_blocks_label=c.cache_num_blocks_label_name or _DEFAULT_NUM_BLOCKS_LABEL,
+            cache_block_size=_from_text(c.cache_block_size_spec),
+            cache_num_blocks=_from_text(c.cache_num_blocks_spec),
+            max_batch_total_tokens=c.max_batch_total_tokens,
+            kv_tokens=_from_text(c.kv_tokens_spec),
+        )
 
 
-def _parse_specs(engine: str, key: str, raw: object) -> Specs:
-    if raw is None:
+def _from_text(text: SpecText | None) -> Specs:
+    if text is None:
         return ()
-    texts: Sequence[object]
-    if isinstance(raw, str):
-        texts = (raw,)
-    elif isinstance(raw, list | tuple):
-        texts = raw
-    else:
-        raise ValueError(f"engine {engine!r}: {key} must be a string or a list of strings, got {raw!r}")  # noqa: TRY004
-    specs: list[MetricSpec] = []
-    for text in texts:
-        if not isinstance(text, str):
-            raise ValueError(f"engine {engine!r}: {key} entries must be strings, got {text!r}")  # noqa: TRY004
-        try:
-            spec = parse_spec(text)
-        except ValueError as exc:
-            raise ValueError(f"engine {engine!r}: {key}: {exc}") from exc
-        if spec is not None and spec not in specs:
-            specs.append(spec)
-    return tuple(specs)
+    return _specs(*((text,) if isinstance(text, str) else text))
 
 
 def _specs(*texts: str) -> Specs:
-    return tuple(s for s in map(parse_spec, texts) if s is not None)
+    """Parsed specs in order, empty ones ("disabled") and repeats dropped."""
+    out: list[MetricSpec] = []
+    for spec in map(parse_spec, texts):
+        if spec is not None and spec not in out:
+            out.append(spec)
+    return tuple(out)
 
 
 _TRITON_REQ = "nv_trt_llm_request_metrics"
@@ -221,10 +152,13 @@ def engine_specs(overrides: Iterable[EngineSpec] = ()) -> Mapping[str, EngineSpe
     merged = dict(BUILTIN_ENGINES)
     seen: set[str] = set()
     for spec in overrides:
-        if not isinstance(spec, EngineSpec):
-            raise ValueError(f"engine override must be an EngineSpec, got {type(spec).__name__}")  # noqa: TRY004
         if spec.name in seen:
             raise ValueError(f"engine {spec.name!r} is configured twice")
         seen.add(spec.name)
         merged[spec.name] = spec
     return MappingProxyType(merged)
+
+
+def engine_specs_for(extractor: CoreMetricsExtractorParams) -> Mapping[str, EngineSpec]:
+    """The engine table in effect for a validated ``core-metrics-extractor`` configuration."""
+    return engine_specs(EngineSpec.from_config(c) for c in extractor.engine_configs)

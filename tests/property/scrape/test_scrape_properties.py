@@ -10,12 +10,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from picker.config import EngineConfig
 from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor, MetricSpec, detect_engine, parse_spec
 from picker.state.metrics import EndpointMetrics
+
+
+def engine(params: dict[str, Any]) -> EngineSpec:
+    """An ``engineConfigs`` entry as the service builds it: validated by the config, then converted."""
+    return EngineSpec.from_config(EngineConfig.model_validate(params, by_alias=True, by_name=False))
+
 
 PAGES = {
     p.name: p.read_bytes()
@@ -24,7 +32,7 @@ PAGES = {
 EXTRACTORS = [Extractor(spec) for spec in BUILTIN_ENGINES.values()] + [
     Extractor(dataclasses.replace(BUILTIN_ENGINES["tgi"], max_batch_total_tokens=4096)),
     Extractor(
-        EngineSpec.from_mapping(
+        engine(
             {
                 "name": "custom",
                 "queuedRequestsSpec": 'vllm:num_requests_waiting{engine="0"}',

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
+from picker.config import BUILTIN_ENGINES as CONFIG_ENGINES
+from picker.config import CoreMetricsExtractorParams, EngineConfig
 from picker.scrape import BUILTIN_ENGINES, DEFAULT_ENGINE, EngineSpec, MetricSpec, engine_specs, parse_spec
+from picker.scrape.engines import engine_specs_for
+
+
+def engine(params: dict[str, Any]) -> EngineSpec:
+    """An ``engineConfigs`` entry as the service builds it: validated by the config, then converted."""
+    return EngineSpec.from_config(EngineConfig.model_validate(params, by_alias=True, by_name=False))
 
 
 def spec_texts(specs: tuple[MetricSpec, ...]) -> list[str]:
@@ -16,6 +24,8 @@ def spec_texts(specs: tuple[MetricSpec, ...]) -> list[str]:
 
 def test_builtin_names_and_default() -> None:
     assert set(BUILTIN_ENGINES) == {"vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm", "tgi"}
+    # the configuration accepts exactly these as built-in ``defaultEngine`` values
+    assert set(BUILTIN_ENGINES) == CONFIG_ENGINES
     assert DEFAULT_ENGINE == "vllm"
     for name, spec in BUILTIN_ENGINES.items():
         assert spec.name == name
@@ -91,15 +101,15 @@ def test_builtin_cache_labels() -> None:
     assert BUILTIN_ENGINES["tgi"].max_batch_total_tokens is None
 
 
-def test_from_mapping_is_a_full_replacement_with_reference_label_defaults() -> None:
-    spec = EngineSpec.from_mapping({"name": "vllm", "queuedRequestsSpec": "my_queue{pool=a}"})
+def test_an_override_is_a_full_replacement_with_reference_label_defaults() -> None:
+    spec = engine({"name": "vllm", "queuedRequestsSpec": "my_queue{pool=a}"})
     assert spec_texts(spec.queued) == ['my_queue{pool="a"}']
     # nothing inherited from the built-in vllm mapping
     assert spec.running == spec.kv_usage == spec.lora == spec.cache_info == ()
     assert (spec.cache_block_size_label, spec.cache_num_blocks_label) == ("block_size", "num_gpu_blocks")
 
 
-def test_from_mapping_all_keys() -> None:
+def test_every_key_converts() -> None:
     params: dict[str, Any] = {
         "name": "custom",
         "queuedRequestsSpec": "q",
@@ -114,7 +124,7 @@ def test_from_mapping_all_keys() -> None:
         "maxBatchTotalTokens": 16000,
         "kvTokensSpec": "tok",
     }
-    spec = EngineSpec.from_mapping(params)
+    spec = engine(params)
     assert spec.name == "custom"
     assert spec_texts(spec.running) == ['r{a="1"}']
     assert spec_texts(spec.kv_usage) == ["kv_new", "kv_old"]
@@ -126,9 +136,9 @@ def test_from_mapping_all_keys() -> None:
     assert spec_texts(spec.kv_tokens) == ["tok"]
 
 
-def test_from_mapping_accepts_what_the_config_model_dumps() -> None:
-    """Unset keys arrive as None (pydantic ``model_dump``); empty strings disable, as in the reference."""
-    spec = EngineSpec.from_mapping(
+def test_unset_and_empty_values_disable_or_default() -> None:
+    """Null and unset keys use the default; empty strings disable a spec, as in the reference."""
+    spec = engine(
         {
             "name": "x",
             "queuedRequestsSpec": "",
@@ -147,48 +157,32 @@ def test_from_mapping_accepts_what_the_config_model_dumps() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({}, "non-empty string 'name'"),
-        ({"name": ""}, "non-empty string 'name'"),
-        ({"name": 3}, "non-empty string 'name'"),
+        ({}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": "  "}, "must not be blank"),
+        ({"name": 3}, "name"),
         ({"name": "default"}, "reserved"),
-        ({"name": "x", "queuedRequestSpec": "q"}, "unknown keys ['queuedRequestSpec']"),
-        ({"name": "x", "kvUsageSpec": "kv{a!=b}"}, "engine 'x': kvUsageSpec: invalid metric spec"),
-        ({"name": "x", "loraSpec": 5}, "loraSpec must be a string or a list"),
-        ({"name": "x", "loraSpec": ["a", 5]}, "loraSpec entries must be strings"),
-        (
-            {"name": "x", "cacheBlockSizeLabelName": "bad-label"},
-            "cacheBlockSizeLabelName must be a label name",
-        ),
-        ({"name": "x", "maxBatchTotalTokens": 0}, "maxBatchTotalTokens must be a positive number"),
-        ({"name": "x", "maxBatchTotalTokens": "big"}, "maxBatchTotalTokens must be a positive number"),
-        ({"name": "x", "maxBatchTotalTokens": True}, "maxBatchTotalTokens must be a positive number"),
-        ({"name": "x", "maxBatchTotalTokens": float("inf")}, "maxBatchTotalTokens must be a positive number"),
+        ({"name": "x", "queuedRequestSpec": "q"}, "queuedRequestSpec"),
+        ({"name": "x", "kvUsageSpec": "kv{a!=b}"}, "matcher '!=' on label 'a' is not supported"),
+        ({"name": "x", "loraSpec": 5}, "loraSpec"),
+        ({"name": "x", "loraSpec": ["a", 5]}, "loraSpec"),
+        ({"name": "x", "cacheBlockSizeLabelName": "bad-label"}, "not a Prometheus label name"),
+        ({"name": "x", "maxBatchTotalTokens": 0}, "maxBatchTotalTokens"),
+        ({"name": "x", "maxBatchTotalTokens": "big"}, "maxBatchTotalTokens"),
+        ({"name": "x", "maxBatchTotalTokens": True}, "got a boolean"),
+        ({"name": "x", "maxBatchTotalTokens": float("inf")}, "maxBatchTotalTokens"),
+        ({"name": "x", "maxBatchTotalTokens": 1.5}, "maxBatchTotalTokens"),
     ],
 )
-def test_from_mapping_errors(params: dict[str, Any], message: str) -> None:
+def test_the_config_rejects_what_could_not_convert(params: dict[str, Any], message: str) -> None:
+    # every check happens once, in the configuration; EngineSpec.from_config only converts
     with pytest.raises(ValueError, match=re.escape(message)):
-        EngineSpec.from_mapping(params)
-
-
-def test_from_mapping_rejects_non_mappings() -> None:
-    with pytest.raises(ValueError, match="must be a mapping"):
-        EngineSpec.from_mapping(["name", "x"])  # type: ignore[arg-type]
-
-
-def test_engine_spec_constructor_validates() -> None:
-    with pytest.raises(ValueError, match="tuple of MetricSpec"):
-        EngineSpec(name="x", queued=["q"])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="non-empty"):
-        EngineSpec(name=" ")
-    with pytest.raises(ValueError, match="is not a label name"):
-        EngineSpec(name="x", cache_num_blocks_label="num-blocks")
-    with pytest.raises(ValueError, match="reserved"):
-        EngineSpec(name="default")
+        engine(params)
 
 
 def test_engine_specs_overrides_replace_and_add() -> None:
-    vllm = EngineSpec.from_mapping({"name": "vllm", "queuedRequestsSpec": "q"})
-    new = EngineSpec.from_mapping({"name": "my-engine", "runningRequestsSpec": "r"})
+    vllm = engine({"name": "vllm", "queuedRequestsSpec": "q"})
+    new = engine({"name": "my-engine", "runningRequestsSpec": "r"})
     merged = engine_specs([vllm, new])
     assert merged["vllm"] is vllm
     assert merged["my-engine"] is new
@@ -199,9 +193,19 @@ def test_engine_specs_overrides_replace_and_add() -> None:
     assert engine_specs() == BUILTIN_ENGINES
 
 
-def test_engine_specs_rejects_duplicates_and_junk() -> None:
+def test_engine_specs_rejects_duplicates() -> None:
     a = EngineSpec(name="a", queued=(parse_spec("q"),))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="configured twice"):
         engine_specs([a, a])
-    with pytest.raises(ValueError, match="must be an EngineSpec"):
-        engine_specs([{"name": "a"}])  # type: ignore[list-item]
+
+
+def test_engine_specs_for_a_validated_extractor() -> None:
+    extractor = CoreMetricsExtractorParams.model_validate(
+        {"defaultEngine": "mine", "engineConfigs": [{"name": "mine", "queuedRequestsSpec": "q"}]},
+        by_alias=True,
+        by_name=False,
+    )
+    table = engine_specs_for(extractor)
+    assert spec_texts(table["mine"].queued) == ["q"]
+    assert table["vllm"] is BUILTIN_ENGINES["vllm"]
+    assert engine_specs_for(CoreMetricsExtractorParams()) == BUILTIN_ENGINES

@@ -5,11 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from picker.config import EngineConfig
 from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor
 from picker.state.metrics import EndpointMetrics
+
+
+def engine(params: dict[str, Any]) -> EngineSpec:
+    """An ``engineConfigs`` entry as the service builds it: validated by the config, then converted."""
+    return EngineSpec.from_config(EngineConfig.model_validate(params, by_alias=True, by_name=False))
+
 
 Expect = Callable[..., None]
 
@@ -159,7 +167,7 @@ def test_tgi_kv_approximation(max_tokens: float | None, tokens: bytes, kv: float
 
 
 def test_tgi_max_batch_total_tokens_from_engine_configs(expect: Expect) -> None:
-    spec = EngineSpec.from_mapping(
+    spec = engine(
         {
             "name": "tgi",
             "queuedRequestsSpec": "tgi_queue_size",
@@ -285,7 +293,7 @@ def test_cache_config_info_newest_timestamp_wins(expect: Expect) -> None:
 
 
 def test_custom_cache_label_names(expect: Expect) -> None:
-    spec = EngineSpec.from_mapping(
+    spec = engine(
         {
             "name": "e",
             "cacheInfoSpec": "e:info",
@@ -300,7 +308,7 @@ def test_custom_cache_label_names(expect: Expect) -> None:
 
 
 def test_engine_configs_override_with_label_matchers(expect: Expect) -> None:
-    spec = EngineSpec.from_mapping(
+    spec = engine(
         {
             "name": "vllm",
             "queuedRequestsSpec": "my:queue{pool=a}",
@@ -324,7 +332,7 @@ vllm:kv_cache_usage_perc 0.9
 
 
 def test_an_empty_label_matcher_also_matches_series_without_the_label(expect: Expect) -> None:
-    spec = EngineSpec.from_mapping({"name": "e", "queuedRequestsSpec": 'q{shard=""}'})
+    spec = engine({"name": "e", "queuedRequestsSpec": 'q{shard=""}'})
     expect(extract(spec, b'q 1\nq{shard=""} 2\nq{shard="x"} 4\n'), waiting=3.0)
 
 
@@ -385,13 +393,9 @@ def test_escaped_quotes_commas_and_braces_in_labels(expect: Expect) -> None:
         b'vllm:num_requests_waiting{a="line\\nbreak",engine="2"} 5\n'
     )
     expect(extract("vllm", page), waiting=12.0)
-    spec = EngineSpec.from_mapping(
-        {"name": "e", "queuedRequestsSpec": 'vllm:num_requests_waiting{a="x\\"} 99"}'}
-    )
+    spec = engine({"name": "e", "queuedRequestsSpec": 'vllm:num_requests_waiting{a="x\\"} 99"}'})
     expect(extract(spec, page), waiting=3.0)
-    spec = EngineSpec.from_mapping(
-        {"name": "e", "queuedRequestsSpec": 'vllm:num_requests_waiting{a="line\\nbreak"}'}
-    )
+    spec = engine({"name": "e", "queuedRequestsSpec": 'vllm:num_requests_waiting{a="line\\nbreak"}'})
     expect(extract(spec, page), waiting=5.0)
 
 
