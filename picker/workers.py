@@ -10,17 +10,17 @@ Shape:
 
 * The **supervisor** (this process, PID 1 in the container) runs everything but ext_proc: the scrape loop,
   the Kubernetes sources, config reloads, leader election, the admin/metrics server and the health port,
-  all through the ordinary :class:`picker.app.Service` with a
-  :class:`picker.state.shared.SharedDatastore`, which publishes the pool, its metrics, objectives,
-  rewrites and the config document into shared memory every few milliseconds.
+  all through the ordinary :class:`picker.app.Service`, whose :class:`picker.state.datastore.Datastore`
+  holds a :class:`picker.state.publisher.SharedPublisher`: it publishes the pool, its metrics,
+  objectives, rewrites and the config document into shared memory every few milliseconds.
 * Each **worker** (a fresh interpreter, ``multiprocessing`` spawn: no fork after gRPC started) runs an
   :class:`picker.extproc.ExtProcServer` bound with ``SO_REUSEPORT`` to the same port (the kernel spreads
   connections over the workers), a :class:`picker.routing.director.Director` over a
-  :class:`picker.state.shared.SharedView`, and its own request metrics.
+  :class:`picker.state.view.SharedView`, and its own request metrics.
 
-Accounting: every worker counts its picks and releases in its own row of shared counters; in-flight and
-dispatched-since-scrape are sums over the rows (see :mod:`picker.state.shared`), so every worker sees every
-other worker's streams at its next pick.
+Accounting: the counter-row model of :mod:`picker.state.accounting`, as in one process, with its rows in
+shared memory: every worker counts its picks and releases in its own row, the columns a pick reads are
+sums over the rows, so every worker sees every other worker's streams at its next pick.
 
 Metrics: request-path metrics are recorded in each worker and sent to the supervisor about once a second
 over the worker's pipe (:class:`picker.telemetry.MergedRequestMetrics` sums them), so ``/metrics`` lags by
@@ -70,8 +70,12 @@ from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig, generate_self_signed
 from picker.routing.director import Director
 from picker.settings import Settings
+from picker.state.codec import HealthInputs
 from picker.state.config_store import ConfigStore
-from picker.state.shared import HealthInputs, SharedDatastore, SharedLayout, SharedSegment, SharedView
+from picker.state.datastore import Datastore
+from picker.state.publisher import SharedPublisher
+from picker.state.segment import SharedLayout, SharedSegment
+from picker.state.view import SharedView
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 
 __all__ = ["WorkerPool", "run_workers", "worker_main"]
@@ -285,7 +289,7 @@ class WorkerPool:
         self,
         settings: Settings,
         segment: SharedSegment,
-        datastore: SharedDatastore,
+        datastore: Datastore,
         merged: MergedRequestMetrics,
         *,
         key_pair: tuple[bytes, bytes] | None,
@@ -309,18 +313,20 @@ class WorkerPool:
 
     def stats(self) -> list[dict[str, Any]]:
         """``/debug/workers``: per worker index, its pid, whether it serves, picks and open streams."""
-        counts = self.datastore.worker_stats()
-        return [
-            {
-                "index": i,
-                "pid": slot.pid,
-                "alive": slot.process is not None and slot.process.is_alive(),
-                "serving": slot.serving,
-                "picks": counts[i]["picks"],
-                "inflight": counts[i]["inflight"],
-            }
-            for i, slot in enumerate(self._slots)
-        ]
+        out = []
+        for i, slot in enumerate(self._slots):
+            picks, inflight = self.datastore.ledger.row_stats(i)  # worker i writes counter row i
+            out.append(
+                {
+                    "index": i,
+                    "pid": slot.pid,
+                    "alive": slot.process is not None and slot.process.is_alive(),
+                    "serving": slot.serving,
+                    "picks": picks,
+                    "inflight": inflight,
+                }
+            )
+        return out
 
     # ----------------------------------------------------------------------------------- lifecycle
     async def run(self) -> None:
@@ -375,7 +381,7 @@ class WorkerPool:
     def _exited(self, index: int, process: BaseProcess) -> None:
         slot = self._slots[index]
         slot.process, slot.channel, slot.reader = None, None, None
-        released = self.datastore.settle_worker(index)
+        released = self.datastore.ledger.settle_row(index)
         self.merged.retire(index)
         if all(s.process is None for s in self._slots):
             self._none_running.set()
@@ -469,8 +475,9 @@ async def _supervise(settings: Settings) -> None:
         return active.text, active.source, active.digest
 
     try:
-        datastore = SharedDatastore(
-            segment, min_publish_interval_s=interval, health=health, config=active_config
+        datastore = Datastore(
+            min_publish_interval_s=interval,
+            publisher=SharedPublisher(segment, health=health, config=active_config),
         )
         pool_ref: list[WorkerPool] = []
         service = Service(

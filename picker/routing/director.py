@@ -26,8 +26,8 @@ import numpy as np
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.openai import parse_request, rewrite_model
 from picker.routing.types import Lease, RequestInfo, RoutingDecision, RoutingRequest
+from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
-from picker.state.datastore import NullLease
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from scoring import EndpointMatrix, NoEndpointsAvailable, subset_mask
 from scoring.matrix import LoadCharge
@@ -48,7 +48,7 @@ _NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
 class RoutingState(Protocol):
     """What the director reads and writes: the pool snapshot, objectives, rewrites, load accounting.
 
-    :class:`picker.state.datastore.Datastore` (one process) and :class:`picker.state.shared.SharedView`
+    :class:`picker.state.datastore.Datastore` (one process) and :class:`picker.state.view.SharedView`
     (a ``--workers`` worker) both provide it.
     """
 

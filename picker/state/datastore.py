@@ -10,55 +10,50 @@ scraped every 50 ms there are thousands of metric updates per second. Each updat
 into preallocated arrays (O(1)); a snapshot is only rebuilt when a pick asks for one after a change, and
 then costs a handful of ``ndarray.copy()`` calls. Membership changes (rare) rebuild everything.
 
-Load accounting (the four mutable columns shared with every snapshot):
+Load accounting (the four live load columns of every snapshot: ``dispatched``, ``inflight``,
+``prefill_tokens``, ``inflight_tokens``) is the counter-row model of :mod:`picker.state.accounting`, the
+same in one process and with ``--workers``: the datastore gives each endpoint an accounting slot
+(:class:`~picker.state.accounting.LoadLedger`), :meth:`Datastore.acquire` counts a pick in this process's
+counter row and returns the :class:`~picker.state.accounting.Lease` that gives it back, and the scraper's
+:meth:`Datastore.begin_scrape` / :meth:`Datastore.record_scrape` drive "dispatched since the scrape began".
 
-* ``dispatched[i]`` +1 when we pick endpoint i as primary. When a scrape of i *starts* we remember how
-  many requests we had sent to i in all; when that scrape lands, the requests sent before it started are
-  visible in the scraped gauges, so they leave ``dispatched``. What remains is exactly "sent since the
-  scrape began". The drop is applied when the landed gauges are published into a snapshot, not when they
-  land: gauges and ``dispatched`` always change together, so a pick never sees the drop without the
-  gauges that account for it (between the two, the endpoint would look emptier than it is).
-* ``inflight[i]`` +1 at pick, -1 when the stream ends (:class:`EndpointLease.release`, idempotent).
-* ``prefill_tokens[i]`` and ``inflight_tokens[i]``: the request's :class:`~scoring.matrix.LoadCharge`
-  (prompt-token estimate) added at pick; the prefill part leaves at the first response body byte
-  (:meth:`EndpointLease.first_byte`) or at stream end, whichever comes first, the rest at stream end.
-  The lease remembers the charge, so exactly what was added is subtracted.
+With ``--workers`` the supervisor's datastore holds a :class:`~picker.state.publisher.SharedPublisher`:
+its counter rows are then the shared segment's, and every publish also writes the metric columns and, when
+they changed, the endpoints, pool, objectives, rewrites and config into the segment for the workers'
+:class:`~picker.state.view.SharedView`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import cast
 
 import numpy as np
 
+from picker.state.accounting import (
+    DEFAULT_CAPACITY,
+    NO_CHARGE,
+    CounterRows,
+    Lease,
+    LoadColumns,
+    LoadLedger,
+)
+from picker.state.columns import FLOAT_COLUMNS, LoraColumns, lora_columns, snapshot_matrix
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
-from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
+from picker.state.publisher import SharedPublisher, StaticParts
+from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
 
-#: the float scoring columns the datastore keeps per endpoint (shared memory mirrors them, in this order)
-FLOAT_COLUMNS = (
-    "waiting",
-    "running",
-    "kv_usage",
-    "gpu_util",
-    "scraped_at",
-    "max_lora",
-    "block_size",
-    "num_blocks",
-)
-#: the per-endpoint accounting arrays that follow their endpoint through membership changes (module doc)
-_LOAD_ATTRS = ("_dispatched", "_inflight", "_prefill", "_inflight_tokens", "_baseline", "_pending")
-
-#: the charge of a request with no token estimate (header-only requests, callers that count requests only)
-NO_CHARGE = LoadCharge(0.0, 0.0)
+__all__ = ["Datastore", "EndpointStatus"]
 
 _METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
+
+#: names, addresses, ips, address index and engine codes of a published snapshot
+_StaticParts = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray]
 
 
 @dataclass(slots=True)
@@ -66,161 +61,46 @@ class EndpointStatus:
     """Per-endpoint bookkeeping that is not a scoring column (debug output, transitions)."""
 
     endpoint: Endpoint
+    #: the endpoint's place in the load accounting (:class:`~picker.state.accounting.LoadLedger`)
+    slot: int = -1
     lora_active: tuple[str, ...] = ()
     lora_waiting: tuple[str, ...] = ()
     detected_engine: str | None = None
     last_error: str | None = None
     scrapes_ok: int = 0
     scrapes_failed: int = 0
-    #: dispatched count remembered when the in-progress scrape started (see module doc)
-    scrape_mark: float = 0.0
 
     @property
     def engine(self) -> str | None:
         return self.endpoint.engine or self.detected_engine
 
 
-class ChargedLease:
-    """One routed request's load on its primary endpoint: the prefill part of its charge is given back at
-    the first response byte (:meth:`first_byte`), everything else when the stream ends (:meth:`release`,
-    which also gives back the prefill if no byte came). Both idempotent, so exactly what was added is
-    subtracted once. Subclasses say where the give-backs go."""
-
-    __slots__ = ("_charge", "prefill_released", "released")
-
-    def __init__(self, charge: LoadCharge) -> None:
-        self._charge = charge
-        self.prefill_released = charge.prefill == 0.0
-        self.released = False
-
-    def first_byte(self) -> None:
-        """The first response body byte came back: the prompt's prefill is done."""
-        if not self.prefill_released:
-            self.prefill_released = True
-            self._give_back_prefill(self._charge.prefill)
-
-    def release(self) -> None:
-        if not self.released:
-            self.first_byte()
-            self.released = True
-            self._give_back_rest(self._charge.tokens)
-
-    def _give_back_prefill(self, prefill: float) -> None:
-        raise NotImplementedError
-
-    def _give_back_rest(self, tokens: float) -> None:
-        """The in-flight slot and the in-flight tokens."""
-        raise NotImplementedError
-
-
-class EndpointLease(ChargedLease):
-    """A :class:`ChargedLease` on this process's :class:`Datastore` (rows found by endpoint name)."""
-
-    __slots__ = ("_name", "_store")
-
-    def __init__(self, store: Datastore, name: str, charge: LoadCharge) -> None:
-        super().__init__(charge)
-        self._store = store
-        self._name = name
-
-    def _give_back_prefill(self, prefill: float) -> None:
-        self._store._release_prefill(self._name, prefill)
-
-    def _give_back_rest(self, tokens: float) -> None:
-        self._store._release(self._name, tokens)
-
-
-class NullLease:
-    """For picks that are not dispatched (header-only requests still count; explain never does)."""
-
-    __slots__ = ()
-
-    def first_byte(self) -> None:
-        return None
-
-    def release(self) -> None:
-        return None
-
-
-def lora_columns(
-    per_endpoint: Sequence[tuple[tuple[str, ...], tuple[str, ...]]],
-) -> tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]:
-    """The matrix's LoRA columns from ``(active, waiting)`` adapter names per endpoint, in row order:
-    the adapter vocabulary, the read-only boolean ``active`` / ``waiting`` matrices and ``count``."""
-    vocab: dict[str, int] = {}
-    for active_names, waiting_names in per_endpoint:
-        for a in (*active_names, *waiting_names):
-            vocab.setdefault(a, len(vocab))
-    n = len(per_endpoint)
-    active = np.zeros((n, len(vocab)), dtype=np.bool_)
-    waiting = np.zeros((n, len(vocab)), dtype=np.bool_)
-    count = np.zeros(n)
-    for i, (active_names, waiting_names) in enumerate(per_endpoint):
-        for a in active_names:
-            active[i, vocab[a]] = True
-        for a in waiting_names:
-            waiting[i, vocab[a]] = True
-        count[i] = len(active_names) + len(waiting_names)
-    for arr in (active, waiting, count):
-        arr.flags.writeable = False
-    return MappingProxyType(vocab), active, waiting, count
-
-
-def snapshot_matrix(
-    *,
-    names: tuple[str, ...],
-    addresses: tuple[str, ...],
-    ips: tuple[str, ...],
-    cols: np.ndarray,
-    load: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    lora: tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray],
-    engine: np.ndarray,
-    address_index: dict[str, int],
-) -> EndpointMatrix:
-    """An :class:`EndpointMatrix` from read-only float rows in :data:`FLOAT_COLUMNS` order (``cols``; more
-    rows after them are ignored), the live load arrays ``(dispatched, inflight, prefill_tokens,
-    inflight_tokens)``, the LoRA columns of :func:`lora_columns`, engine codes and the address index.
-    Used by the datastore and by a ``--workers`` worker's shared view."""
-    k = FLOAT_COLUMNS.index
-    vocab, active, waiting, count = lora
-    dispatched, inflight, prefill, tokens = load
-    return EndpointMatrix(
-        names=names,
-        addresses=addresses,
-        ips=ips,
-        waiting=cols[k("waiting")],
-        running=cols[k("running")],
-        kv_usage=cols[k("kv_usage")],
-        gpu_util=cols[k("gpu_util")],
-        scraped_at=cols[k("scraped_at")],
-        dispatched=dispatched,
-        inflight=inflight,
-        prefill_tokens=prefill,
-        inflight_tokens=tokens,
-        lora_vocab=vocab,
-        lora_active=active,
-        lora_waiting=waiting,
-        lora_count=count,
-        max_lora=cols[k("max_lora")],
-        block_size=cols[k("block_size")],
-        num_blocks=cols[k("num_blocks")],
-        engine=engine,
-        engine_names=ENGINE_NAMES,
-        _address_index=address_index,
-    )
-
-
 class Datastore:
-    """Pool, endpoints, objectives and rewrites of one EPP. See the module docstring."""
+    """Pool, endpoints, objectives, rewrites and load accounting of one EPP. See the module docstring.
+
+    ``capacity`` bounds the endpoints alive plus those removed recently that still have open streams
+    (:class:`~picker.state.accounting.LoadLedger`); with a ``publisher`` the segment's capacity applies.
+    """
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, min_publish_interval_s: float = 0.0
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        min_publish_interval_s: float = 0.0,
+        capacity: int = DEFAULT_CAPACITY,
+        quarantine_s: float = 10.0,
+        publisher: SharedPublisher | None = None,
     ) -> None:
         self._clock = clock
         #: metric-only changes are published at most this often (membership changes: at once)
         self._min_publish = min_publish_interval_s
         self._dirty = False
         self._published_at = float("-inf")
+        self._publisher = publisher
+        counters = publisher.counters() if publisher is not None else CounterRows.local(capacity)
+        self._counters = counters
+        #: slots, scrape marks and the ``dispatched`` subtraction (public for ``--workers``' row upkeep)
+        self.ledger = LoadLedger(counters, clock=clock, quarantine_s=quarantine_s)
         self._pool: PoolInfo | None = None
         self.objectives = ObjectiveStore()
         self.rewrites = RewriteStore()
@@ -231,22 +111,14 @@ class Datastore:
         self._colmat = np.empty((len(FLOAT_COLUMNS), 0))
         self._cols: dict[str, np.ndarray] = {c: self._colmat[k] for k, c in enumerate(FLOAT_COLUMNS)}
         self._engine = np.zeros(0, dtype=np.int8)
-        self._dispatched = np.zeros(0)
-        self._inflight = np.zeros(0)
-        self._prefill = np.zeros(0)
-        self._inflight_tokens = np.zeros(0)
-        #: requests sent in all at the start of the scrape whose gauges are published (see module doc)
-        self._baseline = np.zeros(0)
-        #: the same for scrapes that landed but are not published yet (NaN: none)
-        self._pending = np.zeros(0)
-        self._counters = self._counter_views()
+        self._slots = np.zeros(0, dtype=np.intp)
+        self._load: LoadColumns = counters.columns(self._slots)
         self._snapshot: EndpointMatrix | None = None
         #: names, addresses, ips, address index and engine codes of the published snapshot: they change
         #: with membership and engine detection only, so metric-only snapshots reuse them
-        self._static: (
-            tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray] | None
-        ) = None
-        self._lora_cache: tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._static: _StaticParts | None = None
+        self._lora_cache: LoraColumns | None = None
+        self._lora_version = 0
         self._listeners: list[Callable[[], None]] = []
         self._gpu_by_pod: Mapping[str, float] = MappingProxyType({})
         self.membership_version = 0
@@ -294,7 +166,7 @@ class Datastore:
                 self._engine[self._index[endpoint.name]] = engine_code(current.engine)
                 self._snapshot = None
                 self._static = None
-                self._changed()
+                self._notify()
                 return
         self._apply(lambda eps: {**eps, endpoint.name: endpoint})
 
@@ -318,7 +190,6 @@ class Datastore:
         old_eps = {n: s.endpoint for n, s in self._status.items()}
         new_eps = change(old_eps)
         old_index, old_cols = self._index, self._colmat
-        old_load = [getattr(self, f) for f in _LOAD_ATTRS]
         status: dict[str, EndpointStatus] = {}
         for name, ep in new_eps.items():
             st = self._status.get(name)
@@ -328,22 +199,23 @@ class Datastore:
                 st.endpoint = ep
             status[name] = st
         order = list(new_eps)
+        # an endpoint keeps its accounting slot while its name and address stay (see accounting)
+        slots = self.ledger.assign([(name, new_eps[name].address) for name in order])
         n = len(order)
         colmat = np.full((len(FLOAT_COLUMNS), n), math.nan)
         colmat[FLOAT_COLUMNS.index("scraped_at")] = NEVER
         cols = {c: colmat[k] for k, c in enumerate(FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
-        load = [np.full(n, math.nan if f == "_pending" else 0.0) for f in _LOAD_ATTRS]
         for i, name in enumerate(order):
+            st = status[name]
+            st.slot = int(slots[i])
             j = old_index.get(name)
             kept = j is not None and old_eps[name].address == new_eps[name].address
             if kept and j is not None:
                 colmat[:, i] = old_cols[:, j]
-                for new, old in zip(load, old_load, strict=True):
-                    new[i] = old[j]
-            engine[i] = engine_code(status[name].engine)
+            engine[i] = engine_code(st.engine)
             if not kept:
-                gpu = self._gpu_by_pod.get(status[name].endpoint.pod)
+                gpu = self._gpu_by_pod.get(st.endpoint.pod)
                 if gpu is not None:
                     cols["gpu_util"][i] = gpu
         self._status = status
@@ -352,16 +224,15 @@ class Datastore:
         self._colmat = colmat
         self._cols = cols
         self._engine = engine
-        for f, arr in zip(_LOAD_ATTRS, load, strict=True):
-            setattr(self, f, arr)
-        self._counters = self._counter_views()
+        self._slots = slots
+        self._load = self._counters.columns(slots)
         self._snapshot = None
         self._static = None
         self._lora_cache = None
         self.membership_version += 1
-        self._changed()
+        self._notify()
 
-    def _changed(self) -> None:
+    def _notify(self) -> None:
         for cb in tuple(self._listeners):
             cb()
 
@@ -370,8 +241,7 @@ class Datastore:
         """The scraper is about to request this endpoint's metrics page."""
         st = self._status.get(name)
         if st is not None:
-            i = self._index[name]
-            st.scrape_mark = float(self._dispatched[i] + self._baseline[i])  # sent in all, so far
+            self.ledger.begin_scrape(st.slot)
 
     def record_scrape(
         self, name: str, metrics: EndpointMetrics, *, at: float | None = None, engine: str | None = None
@@ -393,12 +263,12 @@ class Datastore:
             if active != st.lora_active or waiting != st.lora_waiting:
                 st.lora_active, st.lora_waiting = active, waiting
                 self._lora_cache = None
+                self._lora_version += 1
         if engine is not None and engine != st.detected_engine:
             st.detected_engine = engine
             self._engine[i] = engine_code(st.engine)
             self._static = None
-        self._pending[i] = st.scrape_mark  # leaves ``dispatched`` when these gauges are published
-        st.scrape_mark = 0.0
+        self.ledger.scrape_landed(st.slot)  # leaves ``dispatched`` when these gauges are published
         st.scrapes_ok += 1
         st.last_error = None
         self._dirty = True
@@ -409,7 +279,7 @@ class Datastore:
         if st is not None:
             st.scrapes_failed += 1
             st.last_error = error
-            st.scrape_mark = 0.0
+            self.ledger.scrape_failed(st.slot)
 
     def set_gpu_utilization(self, by_pod: Mapping[str, float] | None) -> None:
         """GPU utilization (0..1) per pod name from the optional Prometheus source; None = unknown."""
@@ -426,37 +296,75 @@ class Datastore:
 
         Metric updates are folded in at most every ``min_publish_interval_s`` (a few milliseconds in the
         service): with hundreds of endpoints scraped every 50 ms nearly every pick would otherwise pay
-        for a fresh snapshot and the scheduler's per-snapshot preparation. The load columns are shared
-        live arrays, so our own accounting is never delayed.
+        for a fresh snapshot and the scheduler's per-snapshot preparation. The load columns are live
+        (see :mod:`picker.state.accounting`), so our own accounting is never delayed.
         """
         snap = self._snapshot
         if snap is None or (self._dirty and self._clock() - self._published_at >= self._min_publish):
-            self._apply_landed_scrapes()
-            snap = self._snapshot = self._build_snapshot()
-            self._dirty = False
-            self._published_at = self._clock()
+            snap = self._publish_snapshot()
+        refresh = self._load.refresh
+        if refresh is not None:
+            refresh()
         return snap
 
-    def _apply_landed_scrapes(self) -> None:
-        """Move the baselines of scrapes whose gauges are about to be published (see module doc)."""
-        pending = self._pending
-        landed = ~np.isnan(pending)
-        if landed.any():
-            d, b = self._dispatched, self._baseline
-            d[landed] = np.maximum(d[landed] + b[landed] - pending[landed], 0.0)
-            b[landed] = pending[landed]
-            pending[landed] = math.nan
+    def publish(self) -> bool:
+        """Publish what changed now, whatever the interval; True if anything was written.
 
-    def _lora(self) -> tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]:
+        The ``--workers`` supervisor calls this every ``min_publish_interval_s``: the metric columns go
+        to the segment with the snapshot, and the endpoints, pool, objectives, rewrites, health inputs
+        and config document when they changed (columns first: the rows a new membership names must be
+        there before it).
+        """
+        wrote = False
+        if self._snapshot is None or self._dirty:
+            self._publish_snapshot()
+            wrote = True
+        publisher = self._publisher
+        if publisher is not None:
+            key = (
+                self.membership_version,
+                self._lora_version,
+                self.objectives.version,
+                self.rewrites.version,
+                self._pool,
+            )
+            wrote = publisher.write_static(key, self._shared_parts) or wrote
+        return wrote
+
+    def _publish_snapshot(self) -> EndpointMatrix:
+        """Fold landed scrapes and metric updates into a new snapshot (and into shared memory)."""
+        owed = self.ledger.landed(self._slots)
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.write_columns(self._slots, self._colmat, self._engine)
+        if owed is not None:
+            # after the gauges that account for them are visible (to a worker too): never before
+            self.ledger.subtract(owed)
+        self._dirty = False
+        self._published_at = self._clock()
+        snap = self._snapshot = self._build_snapshot()
+        return snap
+
+    def _shared_parts(self) -> StaticParts:
+        return StaticParts(
+            pool=self._pool,
+            endpoints=[
+                (n, st.endpoint.address, st.slot, st.lora_active, st.lora_waiting)
+                for n in self._order
+                for st in (self._status[n],)
+            ],
+            objectives=self.objectives.all().values(),
+            rewrites=self.rewrites.all(),
+        )
+
+    def _lora(self) -> LoraColumns:
         cache = self._lora_cache
         if cache is None:
             sts = [self._status[n] for n in self._order]
             cache = self._lora_cache = lora_columns([(st.lora_active, st.lora_waiting) for st in sts])
         return cache
 
-    def _static_parts(
-        self,
-    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray]:
+    def _static_parts(self) -> _StaticParts:
         static = self._static
         if static is None:
             addresses = tuple(self._status[n].endpoint.address for n in self._order)
@@ -480,7 +388,7 @@ class Datastore:
             addresses=addresses,
             ips=ips,
             cols=cols,
-            load=(self._dispatched, self._inflight, self._prefill, self._inflight_tokens),
+            load=self._load.arrays,
             lora=self._lora(),
             engine=engine,
             # shared by every snapshot of this membership: the matrix treats it as read-only
@@ -488,44 +396,12 @@ class Datastore:
         )
 
     # ----------------------------------------------------------------------------------- accounting
-    def _counter_views(self) -> tuple[memoryview[float], ...]:
-        """Memoryviews of the four accounting arrays, for the per-stream updates below.
-
-        Why: ``array[i] += x`` goes through numpy's scalar machinery; on a memoryview it is a plain
-        C double read and write. Inside the server every stream runs with cold caches, where that is
-        about half the cost. The views share the arrays' memory, so the snapshot columns see every update;
-        they are rebuilt whenever membership replaces the arrays.
-        """
-        arrays = (self._dispatched, self._inflight, self._prefill, self._inflight_tokens)
-        # float64 arrays: their buffers' items are Python floats (typeshed types ``.data`` as int items)
-        return tuple(cast("memoryview[float]", a.data) for a in arrays)
-
-    def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> EndpointLease:
+    def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> Lease:
         """Count a request dispatched to ``name`` (primary) with its token ``charge``. Call the lease's
-        ``first_byte()`` at the first response body byte and ``release()`` when the stream ends."""
-        i = self._index.get(name)
-        if i is not None:
-            dispatched, inflight, prefill, tokens = self._counters
-            dispatched[i] += 1.0
-            inflight[i] += 1.0
-            prefill[i] += charge.prefill
-            tokens[i] += charge.tokens
-        return EndpointLease(self, name, charge)
-
-    def _release_prefill(self, name: str, prefill: float) -> None:
-        i = self._index.get(name)
-        if i is not None:
-            # never below zero: a row re-created by a membership change starts from zero
-            column = self._counters[2]
-            column[i] = max(0.0, column[i] - prefill)
-
-    def _release(self, name: str, tokens: float) -> None:
-        i = self._index.get(name)
-        if i is not None:
-            _, inflight, _, column = self._counters
-            if inflight[i] > 0:
-                inflight[i] -= 1.0
-            column[i] = max(0.0, column[i] - tokens)
+        ``first_byte()`` at the first response body byte and ``release()`` when the stream ends.
+        Raises KeyError for a name not in the pool."""
+        return self._counters.acquire(self._status[name].slot, charge)
 
     def inflight_total(self) -> float:
-        return float(self._inflight.sum())
+        """Streams in flight through this EPP (every process with ``--workers``)."""
+        return self.ledger.open_streams()

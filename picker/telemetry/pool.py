@@ -20,7 +20,7 @@ from scoring.matrix import EndpointMatrix
 
 class SnapshotSource(Protocol):
     """Where the pool gauges come from: a :class:`picker.state.datastore.Datastore` (or a worker's
-    :class:`picker.state.shared.SharedView`, whose pool gauges are never exported)."""
+    :class:`picker.state.view.SharedView`, whose pool gauges are never exported)."""
 
     def snapshot(self) -> EndpointMatrix: ...
 

@@ -11,8 +11,8 @@ from picker.app import skip_response_rule
 from picker.config import load_config_text
 from picker.errors import ConfigError
 from picker.routing.types import RoutingDecision
+from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
-from picker.state.datastore import NullLease
 
 EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 OURS = "apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"

@@ -1,5 +1,5 @@
-"""The shared-memory datastore of ``--workers``: what the supervisor publishes is what workers pick from,
-and the load accounting adds up across workers (and across processes)."""
+"""The ``--workers`` state: what the supervisor's datastore publishes is what workers pick from, and the
+load accounting adds up across workers (and across processes)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from picker.state.codec import HealthInputs
+from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo, parse_static_endpoints
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
-from picker.state.shared import HealthInputs, SharedDatastore, SharedLayout, SharedSegment, SharedView
+from picker.state.publisher import SharedPublisher
+from picker.state.segment import SharedLayout, SharedSegment
+from picker.state.view import SharedView
 from scoring.matrix import LoadCharge
 
 
@@ -40,20 +44,25 @@ def clock() -> Clock:
     return Clock()
 
 
-def supervisor(segment: SharedSegment, clock: Clock, addresses: str = "") -> SharedDatastore:
-    ds = SharedDatastore(
+def supervisor(segment: SharedSegment, clock: Clock, addresses: str = "") -> Datastore:
+    publisher = SharedPublisher(
         segment,
-        clock=clock,
-        quarantine_s=5.0,
         health=lambda: HealthInputs(synced=True),
         config=lambda: ("kind: PickerConfig\n", "file:/etc/picker.yaml", "d1"),
     )
+    ds = Datastore(clock=clock, quarantine_s=5.0, publisher=publisher)
     ds.set_pool(PoolInfo(name="pool", namespace="ns", target_ports=(8000,), app_protocol="http"))
     ds.replace_endpoints(parse_static_endpoints(addresses or "10.0.0.1:8000,10.0.0.2:8000,10.0.0.3:8000"))
     return ds
 
 
-def scrape(ds: SharedDatastore, name: str, waiting: float, **kw: object) -> None:
+def slot_of(ds: Datastore, name: str) -> int:
+    st = ds.status(name)
+    assert st is not None
+    return st.slot
+
+
+def scrape(ds: Datastore, name: str, waiting: float, **kw: object) -> None:
     ds.begin_scrape(name)
     ds.record_scrape(name, EndpointMetrics(waiting=waiting, running=1.0, kv_usage=0.5, **kw))  # type: ignore[arg-type]
 
@@ -141,9 +150,7 @@ def test_in_flight_and_dispatched_count_every_workers_picks(segment: SharedSegme
     assert ds.inflight_total() == 1.0
     b.release()
     assert w1.snapshot().inflight.tolist() == [0.0, 0.0, 0.0]
-    stats = ds.worker_stats()
-    assert [s["picks"] for s in stats] == [1.0, 2.0]
-    assert [s["inflight"] for s in stats] == [0.0, 0.0]
+    assert [ds.ledger.row_stats(w) for w in (0, 1)] == [(1.0, 0.0), (2.0, 0.0)]
 
 
 def test_dispatched_counts_picks_since_the_landed_scrape_began(segment: SharedSegment, clock: Clock) -> None:
@@ -174,22 +181,22 @@ def test_membership_changes_keep_slots_and_quarantine_removed_ones(
     ds.publish()
     view = SharedView(segment, 0)
     held = view.acquire("10.0.0.2:8000")
-    slot_removed = ds.slot_of("10.0.0.2:8000")
+    slot_removed = slot_of(ds, "10.0.0.2:8000")
     ds.remove_endpoint("10.0.0.2:8000")
     ds.upsert_endpoint(Endpoint(name="10.0.0.9:8000", ip="10.0.0.9", port=8000))
     ds.publish()
     m = view.snapshot()
     assert m.names == ("10.0.0.1:8000", "10.0.0.3:8000", "10.0.0.9:8000")
-    assert ds.slot_of("10.0.0.9:8000") != slot_removed  # an open stream still counts on the old slot
+    assert slot_of(ds, "10.0.0.9:8000") != slot_removed  # an open stream still counts on the old slot
     assert m.inflight.tolist() == [0.0, 0.0, 0.0]
     clock.now += 60
     ds.publish()
     ds.upsert_endpoint(Endpoint(name="10.0.0.10:8000", ip="10.0.0.10", port=8000))
-    assert ds.slot_of("10.0.0.10:8000") != slot_removed  # not reused while its stream is open
+    assert slot_of(ds, "10.0.0.10:8000") != slot_removed  # not reused while its stream is open
     held.release()
     ds.publish()  # reclaims: quarantine over and nothing in flight
     ds.upsert_endpoint(Endpoint(name="10.0.0.11:8000", ip="10.0.0.11", port=8000))
-    assert ds.slot_of("10.0.0.11:8000") == slot_removed
+    assert slot_of(ds, "10.0.0.11:8000") == slot_removed
     ds.publish()
     m = view.snapshot()
     assert m.names[-1] == "10.0.0.11:8000"
@@ -202,9 +209,9 @@ def test_an_address_change_gets_a_fresh_slot(segment: SharedSegment, clock: Cloc
     ds = supervisor(segment, clock, "10.0.0.1:8000")
     ds.publish()
     SharedView(segment, 0).acquire("10.0.0.1:8000")
-    before = ds.slot_of("10.0.0.1:8000")
+    before = slot_of(ds, "10.0.0.1:8000")
     ds.upsert_endpoint(Endpoint(name="10.0.0.1:8000", ip="10.0.0.7", port=8000))
-    assert ds.slot_of("10.0.0.1:8000") != before
+    assert slot_of(ds, "10.0.0.1:8000") != before
     ds.publish()
     assert SharedView(segment, 1).snapshot().inflight.tolist() == [0.0]
 
@@ -216,7 +223,7 @@ def test_a_dead_workers_streams_are_settled(segment: SharedSegment, clock: Clock
     for _ in range(3):
         dead.acquire("10.0.0.1:8000")
     alive.acquire("10.0.0.1:8000")
-    assert ds.settle_worker(0) == 3.0
+    assert ds.ledger.settle_row(0) == 3.0
     assert alive.snapshot().inflight.tolist() == [1.0, 0.0, 0.0]
     restarted = SharedView(segment, 0)  # a replacement continues the same row
     restarted.acquire("10.0.0.2:8000").release()
@@ -253,10 +260,20 @@ def test_a_corrupt_blob_is_never_decoded(segment: SharedSegment, clock: Clock) -
     assert segment.read_blob() == (gen, data)
 
 
-def test_the_supervisor_never_routes(segment: SharedSegment, clock: Clock) -> None:
+def test_the_supervisors_own_picks_count_in_its_row(segment: SharedSegment, clock: Clock) -> None:
+    """The supervisor routes nothing in service, but its datastore is the same model: a pick there is
+    one more writer row, seen by every worker."""
     ds = supervisor(segment, clock)
-    with pytest.raises(RuntimeError, match="does not route"):
-        ds.acquire("10.0.0.1:8000")
+    ds.publish()
+    lease = ds.acquire("10.0.0.1:8000", LoadCharge.of(50))
+    m = SharedView(segment, 0).snapshot()
+    assert (m.inflight[0], m.dispatched[0], m.inflight_tokens[0]) == (1.0, 1.0, 50.0)
+    lease.release()
+    assert ds.snapshot().inflight.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_worker_rejects_unknown_endpoints_and_indexes(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
     ds.publish()
     with pytest.raises(KeyError):
         SharedView(segment, 0).acquire("10.9.9.9:8000")
@@ -268,7 +285,7 @@ def test_a_full_segment_fails_loudly(clock: Clock) -> None:
     seg = SharedSegment.create(SharedLayout(capacity=2, workers=1, blob_bytes=1 << 14))
     try:
         ds = supervisor(seg, clock, "10.0.0.1:8000,10.0.0.2:8000")
-        with pytest.raises(RuntimeError, match="segment is full"):
+        with pytest.raises(RuntimeError, match="accounting is full"):
             ds.upsert_endpoint(Endpoint(name="10.0.0.3:8000", ip="10.0.0.3", port=8000))
     finally:
         seg.close()
@@ -282,7 +299,8 @@ def test_accounting_across_processes(segment: SharedSegment, clock: Clock) -> No
     script = textwrap.dedent(
         """
         import sys
-        from picker.state.shared import SharedSegment, SharedView
+        from picker.state.segment import SharedSegment
+        from picker.state.view import SharedView
         seg = SharedSegment.attach(sys.argv[1], untrack=True)
         view = SharedView(seg, int(sys.argv[2]))
         leases = [view.acquire("10.0.0.1:8000") for _ in range(int(sys.argv[3]))]
@@ -305,7 +323,7 @@ def test_accounting_across_processes(segment: SharedSegment, clock: Clock) -> No
     assert float(outputs[1]) == 3.0  # the second saw the first's three still open
     assert ds.snapshot().inflight[0] == 3.0
     assert ds.snapshot().dispatched[0] == 9.0
-    assert [s["picks"] for s in ds.worker_stats()] == [5.0, 4.0]
+    assert [ds.ledger.row_stats(w)[0] for w in (0, 1)] == [5.0, 4.0]
 
 
 def test_token_charges_add_up_across_workers_and_come_back_in_two_steps(
@@ -340,7 +358,7 @@ def test_a_dead_workers_token_charges_are_settled(segment: SharedSegment, clock:
     dead, alive = SharedView(segment, 0), SharedView(segment, 1)
     dead.acquire("10.0.0.1:8000", LoadCharge.of(700))
     alive.acquire("10.0.0.1:8000", LoadCharge.of(100))
-    ds.settle_worker(0)
+    ds.ledger.settle_row(0)
     m = alive.snapshot()
     assert m.prefill_tokens.tolist() == [100.0, 0.0, 0.0]
     assert m.inflight_tokens.tolist() == [100.0, 0.0, 0.0]

@@ -10,7 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.extproc.usage import Usage
 from picker.routing.types import RoutingDecision
-from picker.state.datastore import Datastore, NullLease
+from picker.state.accounting import NullLease
+from picker.state.datastore import Datastore
 from picker.telemetry import FLUSH_EVENTS, Telemetry
 
 PAIR = (("model_name", "m"), ("target_model_name", "m"))

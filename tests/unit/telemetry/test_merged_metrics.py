@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.routing.types import RoutingDecision
-from picker.state.datastore import Datastore, NullLease
+from picker.state.accounting import NullLease
+from picker.state.datastore import Datastore
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 
 

@@ -1,0 +1,95 @@
+"""The snapshot's layout, shared by the datastore and a ``--workers`` worker's view: the float columns
+kept per endpoint, the LoRA columns, and the :class:`~scoring.matrix.EndpointMatrix` built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Final
+
+import numpy as np
+
+from scoring.matrix import ENGINE_NAMES, EndpointMatrix
+
+__all__ = ["FLOAT_COLUMNS", "LoraColumns", "lora_columns", "snapshot_matrix"]
+
+#: the float scoring columns kept per endpoint (shared memory mirrors them, in this order)
+FLOAT_COLUMNS: Final = (
+    "waiting",
+    "running",
+    "kv_usage",
+    "gpu_util",
+    "scraped_at",
+    "max_lora",
+    "block_size",
+    "num_blocks",
+)
+
+#: ``(vocabulary, active, waiting, count)``: see :func:`lora_columns`
+LoraColumns = tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]
+
+
+def lora_columns(per_endpoint: Sequence[tuple[tuple[str, ...], tuple[str, ...]]]) -> LoraColumns:
+    """The matrix's LoRA columns from ``(active, waiting)`` adapter names per endpoint, in row order:
+    the adapter vocabulary, the read-only boolean ``active`` / ``waiting`` matrices and ``count``."""
+    vocab: dict[str, int] = {}
+    for active_names, waiting_names in per_endpoint:
+        for a in (*active_names, *waiting_names):
+            vocab.setdefault(a, len(vocab))
+    n = len(per_endpoint)
+    active = np.zeros((n, len(vocab)), dtype=np.bool_)
+    waiting = np.zeros((n, len(vocab)), dtype=np.bool_)
+    count = np.zeros(n)
+    for i, (active_names, waiting_names) in enumerate(per_endpoint):
+        for a in active_names:
+            active[i, vocab[a]] = True
+        for a in waiting_names:
+            waiting[i, vocab[a]] = True
+        count[i] = len(active_names) + len(waiting_names)
+    for arr in (active, waiting, count):
+        arr.flags.writeable = False
+    return MappingProxyType(vocab), active, waiting, count
+
+
+def snapshot_matrix(
+    *,
+    names: tuple[str, ...],
+    addresses: tuple[str, ...],
+    ips: tuple[str, ...],
+    cols: np.ndarray,
+    load: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    lora: LoraColumns,
+    engine: np.ndarray,
+    address_index: dict[str, int],
+) -> EndpointMatrix:
+    """An :class:`EndpointMatrix` from read-only float rows in :data:`FLOAT_COLUMNS` order (``cols``; more
+    rows after them are ignored), the live load columns ``(dispatched, inflight, prefill_tokens,
+    inflight_tokens)`` (:class:`picker.state.accounting.LoadColumns`), the LoRA columns of
+    :func:`lora_columns`, engine codes and the address index."""
+    k = FLOAT_COLUMNS.index
+    vocab, active, waiting, count = lora
+    dispatched, inflight, prefill, tokens = load
+    return EndpointMatrix(
+        names=names,
+        addresses=addresses,
+        ips=ips,
+        waiting=cols[k("waiting")],
+        running=cols[k("running")],
+        kv_usage=cols[k("kv_usage")],
+        gpu_util=cols[k("gpu_util")],
+        scraped_at=cols[k("scraped_at")],
+        dispatched=dispatched,
+        inflight=inflight,
+        prefill_tokens=prefill,
+        inflight_tokens=tokens,
+        lora_vocab=vocab,
+        lora_active=active,
+        lora_waiting=waiting,
+        lora_count=count,
+        max_lora=cols[k("max_lora")],
+        block_size=cols[k("block_size")],
+        num_blocks=cols[k("num_blocks")],
+        engine=engine,
+        engine_names=ENGINE_NAMES,
+        _address_index=address_index,
+    )
