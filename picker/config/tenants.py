@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from picker.config.base import StrictModel as _Model
-from picker.durations import parse_duration
+from scoring.durations import parse_duration
 
 __all__ = [
     "BackendConfig",
