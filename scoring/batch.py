@@ -45,7 +45,7 @@ def schedule_batch(
         results = []
         for req in reqs:
             result = scheduler.schedule(mm, req, now=now, rng=rng, candidates=candidates)
-            LoadCharge.for_request(req).add(mm, result.indices[0])
+            LoadCharge.for_request(req, result.indices[0]).add(mm, result.indices[0])
             results.append(result)
         return results
 
@@ -54,7 +54,7 @@ def schedule_batch(
     prepared = scheduler.prepared(mm, v)
     view_dispatched = v.take(mm.dispatched)
     # every load term is a min-max scorer here (batchable implies it): (scorer, weight) in profile order
-    loads = terms.min_max_terms
+    loads = [(scorer, weight) for _, weight, scorer in terms.float_loads if scorer is not None]
     tracks = [
         LoadTrack(prepared.states[i], scorer.accounted(v, view_dispatched), weight, scorer.floor)
         for (i, _), (scorer, weight) in zip(terms.load_terms, loads, strict=True)
@@ -71,7 +71,7 @@ def schedule_batch(
         indices = tuple(positions) if rows is None else tuple(int(rows[p]) for p in positions)
         results.append(PickResult(indices))
         primary = indices[0]
-        LoadCharge.for_request(req).add(mm, primary)
+        LoadCharge.for_request(req, primary).add(mm, primary)
         if tracks:
             _bump(tracks, totals, positions[0], [float(c[primary]) for c in columns])
     return results

@@ -114,8 +114,9 @@ class LoadCharge:
     ``tokens`` is the request's prompt-size estimate (``PickRequest.prompt_tokens_estimate``: the parser's
     ``prompt_chars // 4``) clipped to ``[0, MAX_CHARGE_TOKENS]``, non-finite → 0, rounded down to an
     integer. ``prefill`` is ``tokens`` when the response streams (``PickRequest.stream``) and 0 when it
-    does not. Both are computed ONCE at pick time and remembered with the request, so that what is
-    subtracted later is bit-for-bit what was added.
+    does not, less the prompt prefix the endpoint is believed to hold already (``PickRequest.prefix``, see
+    :meth:`for_request`): a cache hit is prefill the server skips. Both are computed ONCE at pick time
+    and remembered with the request, so that what is subtracted later is bit-for-bit what was added.
 
     ==========================================  ============  ==========  ================  =================
     event (for the primary endpoint ``i``)      dispatched    inflight    prefill_tokens    inflight_tokens
@@ -159,9 +160,21 @@ class LoadCharge:
         return cls(tokens, tokens if stream else 0.0)
 
     @classmethod
-    def for_request(cls, req: PickRequest) -> LoadCharge:
-        """The charge of a scheduled request (its estimate and whether it streams)."""
-        return cls.of(req.prompt_tokens_estimate, stream=req.stream)
+    def for_request(cls, req: PickRequest, row: int | None = None) -> LoadCharge:
+        """The charge of a scheduled request (its estimate and whether it streams), routed to ``row``.
+
+        With a prefix match (``req.prefix``) and the row it was routed to, the prefill part counts only
+        the prompt tokens the endpoint is not believed to hold already: ``max(0, tokens - matched[row] x
+        block_tokens)``. A cache hit is prefill the server does not do, so it must not make the endpoint
+        look busy (the prefix scorer's load guard and ``prefill-queue-scorer`` read this column).
+        ``tokens`` (the KV footprint) keeps the whole prompt.
+        """
+        charge = cls.of(req.prompt_tokens_estimate, stream=req.stream)
+        match = req.prefix
+        if row is None or match is None or match.matched is None or not charge.prefill:
+            return charge
+        cached = float(match.matched[row]) * match.block_tokens
+        return cls(charge.tokens, max(0.0, charge.prefill - cached))
 
     def add(self, m: EndpointMatrix, i: int) -> None:
         """Routed to row ``i``: the pick-time increments of all four columns (simulator, tests, batch)."""

@@ -110,9 +110,6 @@ class Scorer(Plugin, Generic[StateT]):
 
     category: ClassVar[Category]
     dependence: ClassVar[Dependence]
-    #: True for a scorer that is accepted for compatibility but contributes nothing yet: the scheduler
-    #: skips it when summing (adding 0 changes no total) and the decision record shows its zeros.
-    constant_zero: ClassVar[bool] = False
 
     def prepare(self, v: View, /) -> StateT:
         """Everything derived from the scraped columns alone (imputed gauges, static scores).

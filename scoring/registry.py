@@ -190,8 +190,8 @@ def default_registry() -> Registry:
         "vllmgrpc-parser",
         "destination-endpoint-served-verifier",
         "request-attribute-reporter",
-        # data producers the reference auto-creates; our in-flight accounting and (later) prefix index
-        # live in the service, so naming them is harmless
+        # data producers the reference auto-creates; our in-flight accounting and the prefix index
+        # (scoring.prefix, owned by the service) need no plugin of their own
         "approx-prefix-cache-producer",
         "inflight-load-producer",
         # flow-control policies: accepted and kept, flow control itself is not implemented
@@ -208,7 +208,9 @@ def default_registry() -> Registry:
     r.register_unsupported("slo-headroom-tier-filter", latency)
     r.register_unsupported("latency-slo-admitter", latency)
     r.register_unsupported(
-        "prefix-cache-affinity-filter", "needs the prefix-cache index, which is not implemented yet"
+        "prefix-cache-affinity-filter",
+        "not implemented; prefix-cache-scorer scores prefix affinity, and its load guard replaces the "
+        "filter's threshold",
     )
     return r
 
@@ -431,7 +433,7 @@ def default_specs() -> tuple[list[PluginSpec], list[ProfileSpec]]:
 
 
 def reference_default_scheduler() -> Scheduler:
-    """The reference EPP's default: queue 2, KV 2, prefix 3 (0 for now), max-score, utilization detector."""
+    """The reference EPP's default: queue 2, KV 2, prefix 3, max-score, utilization detector."""
     return build_scheduler(*reference_default_specs())
 
 

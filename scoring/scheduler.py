@@ -73,9 +73,9 @@ class Scheduler:
         #: (:mod:`scoring.batch`); otherwise a batch is K sequential picks
         self.batchable = self.terms.min_max_loads and not any(f.request_dependent for f in self.filters)
         #: pools up to this size are scored as Python floats (:meth:`ProfileTerms.floats`: same operations,
-        #: same order, same bits as the arrays, several times cheaper below a few dozen endpoints); 0 when
-        #: the profile's load terms have no float form. Tests and benchmarks set 0 to compare the two.
-        self.small_pool = SMALL_POOL if self.terms.min_max_loads else 0
+        #: same order, same bits as the arrays, several times cheaper below a few dozen endpoints). Tests
+        #: and benchmarks set 0 to compare the two.
+        self.small_pool = SMALL_POOL
         self._cache = SnapshotCache(self.terms.prepare)
 
     # ------------------------------------------------------------------------------------ introspection

@@ -14,9 +14,10 @@ are bit-identical and tie-breaks and random draws agree.
 Why two representations of one sum: below a few dozen endpoints a numpy call costs more than the
 arithmetic it does, so pools up to :data:`SMALL_POOL` are scored with Python floats (several times
 cheaper there); above, numpy's whole-column operations win. Both are checked against each other bit for
-bit by ``tests/property/scoring/test_token_load_properties.py``. The float path needs every load term
-to be a min-max scorer (:func:`~scoring.scorers.load.weighted_min_max_floats` is its float form); other
-profiles always use the arrays.
+bit by ``tests/property/scoring/test_token_load_properties.py``. A min-max load scorer has a float form
+(:func:`~scoring.scorers.load.weighted_min_max_floats`); another load scorer (the prefix credit with its
+load guard, the token-load scorer) is scored by numpy and its weighted scores converted, the same IEEE
+products in the same order.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from operator import add
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -59,13 +60,13 @@ Term = tuple[int, float]
 class ProfileTerms:
     """The profile's scorers grouped by what their score depends on, and the sum of their terms.
 
-    Terms that cannot change a total (zero weight, a scorer that always scores 0) are left out.
+    Terms that cannot change a total (zero weight) are left out.
     """
 
     __slots__ = (
+        "float_loads",
         "load_terms",
         "min_max_loads",
-        "min_max_terms",
         "request_scorers",
         "request_terms",
         "scorers",
@@ -74,11 +75,7 @@ class ProfileTerms:
 
     def __init__(self, scorers: Sequence[WeightedScorer]) -> None:
         self.scorers = tuple(scorers)
-        live = [
-            (i, ws.weight)
-            for i, ws in enumerate(self.scorers)
-            if ws.weight != 0.0 and not ws.scorer.constant_zero
-        ]
+        live = [(i, ws.weight) for i, ws in enumerate(self.scorers) if ws.weight != 0.0]
 
         def of(dependence: Dependence) -> tuple[Term, ...]:
             return tuple(t for t in live if self.scorers[t[0]].scorer.dependence is dependence)
@@ -86,14 +83,14 @@ class ProfileTerms:
         self.snapshot_terms = of(Dependence.SNAPSHOT)
         self.request_terms = of(Dependence.REQUEST)
         self.load_terms = of(Dependence.LOAD)
-        #: every load term is a min-max scorer: the float path and the batch's O(1) updates apply
+        #: every load term is a min-max scorer: the batch's O(1) updates apply
         self.min_max_loads = all(
             isinstance(self.scorers[i].scorer, MinMaxLoadScorer) for i, _ in self.load_terms
         )
-        #: the load terms as (scorer, weight) when every one is a min-max scorer; empty otherwise
-        self.min_max_terms = tuple(
-            (cast(MinMaxLoadScorer, self.scorers[i].scorer), w)
-            for i, w in (self.load_terms if self.min_max_loads else ())
+        #: the load terms for the float path: (position, weight, the scorer if it is min-max else None)
+        self.float_loads = tuple(
+            (i, w, s if isinstance(s := self.scorers[i].scorer, MinMaxLoadScorer) else None)
+            for i, w in self.load_terms
         )
         self.request_scorers = tuple(self.scorers[i].scorer for i, _ in self.request_terms)
 
@@ -161,9 +158,9 @@ class ProfileTerms:
         return np.add(static, dynamic, out=dynamic)
 
     def floats(self, v: View, prepared: Prepared, req: PickRequest, dispatched: F64) -> list[float]:
-        """:meth:`arrays` as Python floats, bit for bit (only when :attr:`min_max_loads`): the static part
-        and the load scorers' states are converted once per snapshot (and request key) and cached; per pick
-        only the accounting columns are read."""
+        """:meth:`arrays` as Python floats, bit for bit: the static part and the min-max load scorers'
+        states are converted once per snapshot (and request key) and cached; per pick only the accounting
+        columns are read (a load scorer without a float form is scored by numpy and converted)."""
         cached = prepared.floats
         key = self.request_key(req)
         static = cached.get(key, _MISSING)
@@ -174,11 +171,19 @@ class ProfileTerms:
                 cached[key] = static
         states = cached.get(LOAD_STATES)
         if states is None:
-            states = cached[LOAD_STATES] = [prepared.states[i].tolist() for i, _ in self.load_terms]
+            states = cached[LOAD_STATES] = [
+                prepared.states[i].tolist() if minmax is not None else None
+                for i, _, minmax in self.float_loads
+            ]
         terms: list[list[float]] = []
-        for (scorer, weight), base in zip(self.min_max_terms, states, strict=True):
-            load = list(map(add, base, scorer.accounted(v, dispatched).tolist()))
-            terms.append(weighted_min_max_floats(load, weight, scorer.floor))
+        for (i, weight, minmax), base in zip(self.float_loads, states, strict=True):
+            if minmax is None:
+                # no float form: the numpy scores, weighted as arrays() does (the same IEEE products)
+                scores = self.scorers[i].scorer.score(v, prepared.states[i], req, dispatched).tolist()
+                terms.append([x * weight for x in scores])
+                continue
+            load = list(map(add, base, minmax.accounted(v, dispatched).tolist()))
+            terms.append(weighted_min_max_floats(load, weight, minmax.floor))
         # the grouping of arrays(), static + (t0 + t1 + ...), in as few passes as the common shapes allow
         if len(terms) == 2:
             t0, t1 = terms

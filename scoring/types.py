@@ -5,9 +5,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class PrefixMatch(NamedTuple):
+    """A prompt's chained block hashes and how many leading blocks each endpoint is believed to hold.
+
+    Built by the prefix index (``scoring.prefix``) against one matrix before the pick, read by
+    ``prefix-cache-scorer``, and handed back to the index after the pick so the chosen endpoint records
+    the prompt. ``matched`` is aligned with the rows of the matrix it was computed for (read-only) and is
+    None when no endpoint holds even the first block; ``best`` is its maximum. No prompt text: hashes only.
+    """
+
+    hashes: tuple[int, ...]
+    #: leading blocks held, per matrix row (float64, read-only); None = no endpoint holds block 0
+    matched: NDArray[np.float64] | None
+    #: the largest entry of ``matched`` (0 when None)
+    best: int
+    #: tokens per block of the hasher that built ``hashes`` (the scorer's load guard converts with it)
+    block_tokens: int
+
+    @property
+    def total(self) -> int:
+        """Blocks of the prompt (the score's denominator)."""
+        return len(self.hashes)
 
 
 class PickRequest(NamedTuple):
@@ -15,8 +42,9 @@ class PickRequest(NamedTuple):
 
     ``target_model`` is the model name after rewrites (what the model server will see; LoRA affinity
     uses it). ``headers`` carries only the few headers plugins read (e.g. ``test-epp-endpoint-selection``
-    for the conformance filter); the service passes lowercase keys. ``prefix_hashes`` is the chained
-    block-hash list of the prompt for prefix-cache scoring (empty until that scorer exists).
+    for the conformance filter); the service passes lowercase keys. ``prefix`` is the prompt's prefix
+    match against the snapshot being scheduled (None when prefix scoring is off or the prompt is shorter
+    than one block), built by the owner of the prefix index before the pick.
     ``prompt_tokens_estimate`` is the prompt's size in tokens as far as the parser can tell (characters / 4)
     and ``stream`` whether the client asked for a streamed response; together they decide the request's
     load charge (``scoring.matrix.LoadCharge``).
@@ -31,7 +59,7 @@ class PickRequest(NamedTuple):
     priority: int = 0
     request_id: str = ""
     headers: Mapping[str, str] = _EMPTY
-    prefix_hashes: tuple[int, ...] = ()
+    prefix: PrefixMatch | None = None
     prompt_tokens_estimate: int = 0
     #: the response streams (SSE), so its first body byte marks the end of prefill; default True
     stream: bool = True

@@ -199,7 +199,6 @@ def _requests(
                 target_model=target,
                 incoming_model=target,
                 request_id=str(k),
-                prefix_hashes=workload.units[k],
                 prompt_tokens_estimate=int(estimates[k]),
                 stream=bool(streaming[k]),
             )

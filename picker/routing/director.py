@@ -146,7 +146,6 @@ class Director:
             priority=priority,
             request_id=request.request_id,
             headers={HDR_TEST_SELECTION: selection} if selection is not None else _NO_PLUGIN_HEADERS,
-            prefix_hashes=info.prefix_hashes if info is not None else (),
             prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
             stream=info.stream if info is not None else False,
         )
@@ -164,7 +163,7 @@ class Director:
         lease = (
             NullLease()
             if explain
-            else self._ds.acquire(m.names[result.primary], LoadCharge.for_request(pick_req))
+            else self._ds.acquire(m.names[result.primary], LoadCharge.for_request(pick_req, result.primary))
         )
         body = request.body
         if info is not None and target != incoming:

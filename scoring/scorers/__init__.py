@@ -4,8 +4,9 @@ cache, GPU), affinity (LoRA, prefix).
 Formulas and inputs of every scorer: ``README.md`` next to this file.
 """
 
-from scoring.scorers.affinity import LoraAffinityScorer, PrefixCacheScorer
+from scoring.scorers.affinity import LoraAffinityScorer
 from scoring.scorers.load import MinMaxLoadScorer, QueueScorer, RunningRequestsScorer
+from scoring.scorers.prefix import PrefixCacheScorer
 from scoring.scorers.tokens import PrefillQueueScorer, TokenLoadScorer
 from scoring.scorers.utilization import GpuUtilizationScorer, KvCacheUtilizationScorer
 

@@ -1,4 +1,6 @@
-"""Affinity scorers: prefer endpoints that already hold what this request needs (adapter, cached prefix).
+"""Affinity scorers: prefer endpoints that already hold what this request needs (a loaded adapter).
+
+The prefix-cache scorer has its own module (``prefix.py``).
 
 Family README: ``scoring/scorers/README.md`` ("Affinity").
 """
@@ -11,7 +13,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scoring._params import Params
-from scoring.errors import ConfigurationError
 from scoring.matrix import F64
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.types import PickRequest
@@ -62,54 +63,3 @@ class LoraAffinityScorer(Scorer[F64]):
 
     def request_key(self, req: PickRequest, /) -> Hashable:
         return req.target_model
-
-
-class PrefixCacheScorer(Scorer[None]):
-    """``prefix-cache-scorer`` — accepted for configuration compatibility; scores 0 everywhere for now.
-
-    Formula: 0 for every endpoint, for now. Inputs: none yet. Category: affinity.
-    The reference formula, to be implemented by the prefix-cache issue: matched consecutive prefix blocks
-    / total prompt blocks, from an approximate per-endpoint index of the chained block hashes in
-    ``PickRequest.prefix_hashes``. Until then a constant 0 changes no pick; the scheduler skips it when
-    summing, and the decision record shows its zeros so the gap is visible.
-    The reference parameters are validated and kept so existing documents load unchanged.
-    """
-
-    type_name: ClassVar[str] = "prefix-cache-scorer"
-    category: ClassVar[Category] = Category.AFFINITY
-    dependence: ClassVar[Dependence] = Dependence.REQUEST
-    constant_zero: ClassVar[bool] = True
-
-    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
-        params = Params(
-            name,
-            self.type_name,
-            parameters,
-            (
-                "autoTune",
-                "blockSizeTokens",
-                "maxPrefixBlocksToMatch",
-                "maxPrefixTokensToMatch",
-                "lruCapacityPerServer",
-                "blockSize",
-            ),
-        )
-        self.auto_tune = params.boolean("autoTune", True)
-        self.block_size_tokens = params.integer("blockSizeTokens", 16, minimum=1)
-        self.max_prefix_blocks = params.integer("maxPrefixBlocksToMatch", 256, minimum=1)
-        self.max_prefix_tokens = params.integer("maxPrefixTokensToMatch", 0, minimum=0)
-        self.lru_capacity_per_server = params.integer("lruCapacityPerServer", 31250, minimum=1)
-        if parameters and "blockSize" in parameters:
-            if "blockSizeTokens" not in parameters:
-                raise ConfigurationError(
-                    f"plugin {name!r} (type {self.type_name!r}): parameter 'blockSize' (characters) is "
-                    "deprecated; set 'blockSizeTokens' instead"
-                )
-            params.integer("blockSize", 64, minimum=1)
-        super().__init__(name, params.effective)
-
-    def prepare(self, _v: View, /) -> None:
-        return None
-
-    def score(self, v: View, _state: None, _req: PickRequest, _dispatched: F64, /) -> F64:
-        return np.zeros(v.n)

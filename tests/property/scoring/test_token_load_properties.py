@@ -56,7 +56,11 @@ def matrices(draw: st.DrawFn, max_size: int = 12) -> EndpointMatrix:
 
 
 requests = st.builds(
-    PickRequest, target_model=st.just("base"), prompt_tokens_estimate=estimate, stream=st.booleans()
+    PickRequest,
+    target_model=st.just("base"),
+    prompt_tokens_estimate=estimate,
+    stream=st.booleans(),
+    prefix=st.none(),
 )
 
 

@@ -120,18 +120,6 @@ def test_lora_affinity_on_a_subset_view() -> None:
     assert out.tolist() == [0.8, 1.0, 0.0]
 
 
-def test_prefix_scorer_is_zero_and_validates_reference_parameters() -> None:
-    s = PrefixCacheScorer("p", {"blockSizeTokens": 32, "lruCapacityPerServer": 1000, "autoTune": False})
-    assert run(s, matrix(waiting=[1.0, 2.0])) == [0.0, 0.0]
-    assert s.constant_zero
-    assert s.parameters["blockSizeTokens"] == 32
-    assert s.parameters["maxPrefixBlocksToMatch"] == 256
-    with pytest.raises(ConfigurationError, match="blockSize"):
-        PrefixCacheScorer("p", {"blockSize": 64})
-    with pytest.raises(ConfigurationError, match="blockSizeTokens"):
-        PrefixCacheScorer("p", {"blockSizeTokens": 0})
-
-
 @pytest.mark.parametrize(
     ("cls", "category", "dependence"),
     [
@@ -140,7 +128,7 @@ def test_prefix_scorer_is_zero_and_validates_reference_parameters() -> None:
         (KvCacheUtilizationScorer, Category.DISTRIBUTION, Dependence.SNAPSHOT),
         (GpuUtilizationScorer, Category.DISTRIBUTION, Dependence.SNAPSHOT),
         (LoraAffinityScorer, Category.AFFINITY, Dependence.REQUEST),
-        (PrefixCacheScorer, Category.AFFINITY, Dependence.REQUEST),
+        (PrefixCacheScorer, Category.AFFINITY, Dependence.LOAD),
     ],
 )
 def test_scorer_metadata(cls: type[Scorer[object]], category: Category, dependence: Dependence) -> None:

@@ -1,0 +1,192 @@
+"""``approx-prefix-cache-producer``: the hasher, the index and the rules that keep the index honest.
+
+The owner of a pool snapshot (the service's director, the fleet simulator) holds one producer and calls,
+per request: :meth:`ApproxPrefixCache.match` before scheduling (hash the prompt, look it up against the
+snapshot: the result goes into ``PickRequest.prefix``), then :meth:`ApproxPrefixCache.record` with the
+chosen primary endpoint (the reference updates the index for the primary after the pick). The scorer only
+reads the match; nothing in the scheduler writes the index.
+
+Two rules live here rather than in the index:
+
+* **autoTune** (reference parameter, default on): an endpoint's capacity in index blocks is its KV cache
+  size in tokens, ``num_blocks x block_size`` from its metrics page (vLLM ``cache_config_info``
+  ``num_gpu_blocks`` x ``block_size``; SGLang ``num_pages`` x ``page_size``; TensorRT-LLM
+  ``kv_cache_max_blocks`` x ``kv_cache_tokens_per_block``: the scraper maps each engine to the matrix's
+  ``num_blocks`` / ``block_size`` columns), divided by ``blockSizeTokens``. Unknown →
+  ``lruCapacityPerServer``.
+  The reference also takes the *hashing* block size from the first candidate's metrics; we keep the
+  configured ``blockSizeTokens`` for hashing, because a block size that changes with the candidate list
+  makes the same prompt hash differently from one request to the next.
+* **Purge**: an endpoint missing from the snapshot for ``purge_after`` seconds (120 s, the reference's purge
+  period; checked every quarter of it, so forgotten after 120-150 s) is forgotten; one that comes back
+  sooner (a readiness blip) keeps its entries, as its server keeps its cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scoring._params import Params
+from scoring.errors import ConfigurationError
+from scoring.matrix import EndpointMatrix
+from scoring.prefix.hashing import PrefixHasher
+from scoring.prefix.index import DEFAULT_CAPACITY, MAX_CAPACITY, EndpointPrefixStats, PrefixIndex
+from scoring.types import PrefixMatch
+
+#: The reference parameters shared by ``prefix-cache-scorer`` and ``approx-prefix-cache-producer``.
+PREFIX_PARAMETERS = (
+    "autoTune",
+    "blockSizeTokens",
+    "maxPrefixBlocksToMatch",
+    "maxPrefixTokensToMatch",
+    "lruCapacityPerServer",
+    "blockSize",
+)
+#: Seconds an endpoint may be missing from the pool before its entries are forgotten (reference: purge
+#: every 2 minutes).
+PURGE_AFTER_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixConfig:
+    """The reference parameters of the approximate prefix index, validated (``gie-epp.md`` §3.6)."""
+
+    #: tokens per hashed block (reference ``blockSizeTokens``, 16); a block is 4 x this many bytes
+    block_size_tokens: int = 16
+    #: leading blocks hashed and matched (``maxPrefixBlocksToMatch`` 256, or ``maxPrefixTokensToMatch`` /
+    #: ``blockSizeTokens`` when that is set)
+    max_blocks: int = 256
+    #: entries per endpoint when autoTune has no cache size for it (``lruCapacityPerServer`` 31,250)
+    capacity: int = DEFAULT_CAPACITY
+    #: capacity per endpoint from its scraped KV-cache size (``autoTune``, default true)
+    auto_tune: bool = True
+
+    @classmethod
+    def from_params(
+        cls,
+        plugin_name: str,
+        plugin_type: str,
+        parameters: Mapping[str, Any] | None,
+        extra: tuple[str, ...] = (),
+    ) -> tuple[PrefixConfig, Params]:
+        """Validate the reference parameters (plus ``extra`` keys the caller reads itself from the returned
+        :class:`~scoring._params.Params`). ``blockSize`` (characters, deprecated) is accepted only together
+        with ``blockSizeTokens``, which wins, as in the reference."""
+        params = Params(plugin_name, plugin_type, parameters, PREFIX_PARAMETERS + extra)
+        auto_tune = params.boolean("autoTune", True)
+        block_tokens = params.integer("blockSizeTokens", 16, minimum=1)
+        max_blocks = params.integer("maxPrefixBlocksToMatch", 256, minimum=1)
+        max_tokens = params.integer("maxPrefixTokensToMatch", 0, minimum=0)
+        capacity = params.integer("lruCapacityPerServer", DEFAULT_CAPACITY, minimum=1)
+        if block_tokens > 4096:
+            raise ConfigurationError(
+                f"plugin {plugin_name!r} (type {plugin_type!r}): parameter 'blockSizeTokens' must be "
+                f"<= 4096, got {block_tokens}"
+            )
+        if capacity > MAX_CAPACITY:
+            raise ConfigurationError(
+                f"plugin {plugin_name!r} (type {plugin_type!r}): parameter 'lruCapacityPerServer' must be <= "
+                f"{MAX_CAPACITY} (memory per endpoint), got {capacity}"
+            )
+        if parameters and "blockSize" in parameters:
+            if "blockSizeTokens" not in parameters:
+                raise ConfigurationError(
+                    f"plugin {plugin_name!r} (type {plugin_type!r}): parameter 'blockSize' (characters) is "
+                    "deprecated; set 'blockSizeTokens' instead"
+                )
+            params.integer("blockSize", 64, minimum=1)
+        if max_tokens > 0:
+            max_blocks = max(1, max_tokens // block_tokens)
+        if max_blocks > 8192:
+            raise ConfigurationError(
+                f"plugin {plugin_name!r} (type {plugin_type!r}): at most 8192 prefix blocks can be matched, "
+                f"got {max_blocks}"
+            )
+        return cls(block_tokens, max_blocks, capacity, auto_tune), params
+
+
+class ApproxPrefixCache:
+    """Hashes prompts, matches them against a snapshot, and records where they were sent.
+
+    One per process (per ``--workers`` worker: each keeps a replica fed with every worker's records).
+    Not thread-safe: one event loop owns it.
+    """
+
+    def __init__(self, config: PrefixConfig | None = None, *, purge_after: float = PURGE_AFTER_S) -> None:
+        self.config = config if config is not None else PrefixConfig()
+        self.hasher = PrefixHasher(self.config.block_size_tokens, self.config.max_blocks)
+        self.index = PrefixIndex(self.config.capacity)
+        self.purge_after = purge_after
+        self._names: tuple[str, ...] | None = None
+        self._missing_since: dict[str, float] = {}
+        self._next_check = -math.inf
+
+    @property
+    def window(self) -> int:
+        """Leading prompt bytes that can matter (what a parser needs to extract)."""
+        return self.hasher.window
+
+    def hashes(self, model: str, salt: str, data: bytes | bytearray | memoryview) -> tuple[int, ...]:
+        """The prompt's chained block hashes (seeded with the target model and the cache salt)."""
+        return self.hasher.hashes(model, salt, data)
+
+    def match(self, hashes: tuple[int, ...], m: EndpointMatrix, *, now: float) -> PrefixMatch | None:
+        """The match of a hashed prompt against the snapshot ``m`` (None for a prompt without blocks).
+
+        Also the moment the producer notices endpoints leaving the pool (see the module docstring).
+        """
+        self.observe(m, now)
+        if not hashes:
+            return None
+        return self.index.match(hashes, m, self.config.block_size_tokens)
+
+    def record(self, m: EndpointMatrix, row: int, match: PrefixMatch) -> None:
+        """The request was routed to row ``row`` of ``m``: that endpoint now holds the prompt."""
+        hit = 0 if match.matched is None else int(match.matched[row])
+        self.index.record(m.names[row], match.hashes, capacity=self.capacity_of(m, row), hit=hit)
+
+    def record_remote(self, name: str, hashes: tuple[int, ...]) -> None:
+        """Another process routed a prompt to ``name`` (``--workers`` replicas): same update, with the
+        endpoint's last known capacity."""
+        self.index.record(name, hashes)
+
+    def capacity_of(self, m: EndpointMatrix, row: int) -> int:
+        """Index entries for one endpoint: its KV cache in blocks of ``blockSizeTokens`` (autoTune) or the
+        configured ``lruCapacityPerServer``."""
+        cfg = self.config
+        if cfg.auto_tune:
+            blocks = float(m.num_blocks[row])
+            size = float(m.block_size[row])
+            if math.isfinite(blocks) and math.isfinite(size) and blocks > 0 and size > 0:
+                tokens = blocks * size
+                return max(1, min(int(tokens // cfg.block_size_tokens), MAX_CAPACITY))
+        return cfg.capacity
+
+    def observe(self, m: EndpointMatrix, now: float) -> None:
+        """Forget endpoints absent from the pool for ``purge_after`` seconds (checked when the membership
+        changes, and every quarter of that period while some endpoint is missing)."""
+        names = m.names
+        if names is self._names and now < self._next_check:
+            return
+        if names is not self._names and names != self._names:
+            self._names = names
+            present = set(names)
+            for name in tuple(self._missing_since):
+                if name in present:
+                    del self._missing_since[name]
+            for name in self.index.endpoints():
+                if name not in present:
+                    self._missing_since.setdefault(name, now)
+        self._names = names
+        for name, since in tuple(self._missing_since.items()):
+            if now - since >= self.purge_after:
+                self.index.forget(name)
+                del self._missing_since[name]
+        self._next_check = now + self.purge_after / 4 if self._missing_since else math.inf
+
+    def stats(self, name: str) -> EndpointPrefixStats | None:
+        """Read-only per-endpoint cache value (entries, exclusive entries, hit blocks, capacity)."""
+        return self.index.stats(name)

@@ -1,0 +1,108 @@
+"""``prefix-cache-scorer``: prefer endpoints that hold the request's prompt prefix, unless they are busy.
+
+Family README: ``scoring/scorers/README.md`` ("Prefix cache"). The index behind it: ``scoring/prefix``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from scoring.matrix import F64
+from scoring.plugin import Category, Dependence, Scorer, View
+from scoring.prefix.producer import PrefixConfig
+from scoring.scorers._impute import impute
+from scoring.scorers.load import MAX_LOAD
+from scoring.types import PickRequest
+
+#: Default of ``queuedRequestTokens``: prefill tokens assumed per request in an endpoint's scraped queue
+#: (a typical chat prompt; SGLang's least-load policy assumes 1,024 too).
+QUEUED_REQUEST_TOKENS = 1024
+#: Default of ``backlogToleranceTokens``: extra backlog a holder may carry before its credit shrinks.
+BACKLOG_TOLERANCE_TOKENS = 0
+
+
+class PrefixCacheScorer(Scorer[F64]):
+    """``prefix-cache-scorer`` — the reference's prefix affinity, with a load guard (ours, on by default).
+
+    Formula (reference): ``matched_i / total``, where ``total`` is the prompt's number of blocks and
+    ``matched_i`` the leading blocks endpoint *i* is believed to hold (``PickRequest.prefix``, built by
+    ``scoring.prefix.ApproxPrefixCache`` against the same snapshot); 0 everywhere without a match.
+
+    Load guard (``loadGuard: true``): a cache hit at *i* saves ``matched_i x blockSizeTokens`` prompt tokens
+    of prefill, but the request also waits behind *i*'s backlog. The score is the saving left after the
+    extra backlog *i* has over the least-loaded candidate, as a fraction of the prompt::
+
+        backlog_i = max(prefill_tokens_i, waiting_i x queuedRequestTokens)
+        extra_i   = max(0, backlog_i - min_j backlog_j - backlogToleranceTokens)
+        score_i   = clip((matched_i x blockSizeTokens - extra_i) / (total x blockSizeTokens), 0, 1)
+
+    ``prefill_tokens`` is our own accounting of the uncached prompt tokens we sent to *i* that have not
+    produced a first byte yet (exact for our streaming traffic, instant; ``scoring.matrix.LoadCharge``);
+    the scraped queue times an assumed prompt size covers traffic we did not route and non-streaming
+    requests (``max``, not a sum: both estimate the same backlog, and our own requests show in both).
+    With equal backlogs this is the reference's score. A hot prefix's holder keeps its credit while the
+    wait it adds is smaller than the prefill it saves (at equal prefill speed, while it still gives the
+    earlier first token); past that point the credit is gone, the load terms decide, the prefix spreads to
+    another endpoint (which then holds it too) and comes back to the first holder as its backlog drains.
+    Comparing a saving and a wait in one unit (prefill tokens) makes the guard scale with the prompt: a
+    30,000-token shared document tolerates a longer queue than a 200-token system prompt. Without it the
+    reference's additive score lets a full match (weight 3) beat a maximal queue penalty (weight 2) however
+    long the queue grows, so a hot prefix piles onto one pod (``tests/unit/scoring/test_prefix_scorer.py``).
+
+    Inputs: ``PickRequest.prefix``, ``prefill_tokens``, ``waiting`` (mean-imputed when missing).
+    Category: affinity. Dependence: load (the guard reads an accounting column, which moves after every
+    pick), so the scheduler computes it on every pick and never caches it.
+    Parameters: the reference's (``autoTune``, ``blockSizeTokens``, ``maxPrefixBlocksToMatch``,
+    ``maxPrefixTokensToMatch``, ``lruCapacityPerServer``, deprecated ``blockSize``; they configure the
+    index, :class:`~scoring.prefix.producer.PrefixConfig`), and ours: ``loadGuard`` (true),
+    ``queuedRequestTokens`` (1024, ≥ 0), ``backlogToleranceTokens`` (0, ≥ 0).
+    """
+
+    type_name: ClassVar[str] = "prefix-cache-scorer"
+    category: ClassVar[Category] = Category.AFFINITY
+    dependence: ClassVar[Dependence] = Dependence.LOAD
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        config, params = PrefixConfig.from_params(
+            name, self.type_name, parameters, ("loadGuard", "queuedRequestTokens", "backlogToleranceTokens")
+        )
+        #: the index configuration this scorer's parameters describe (the service builds its index from it)
+        self.prefix_config = config
+        self.load_guard = params.boolean("loadGuard", True)
+        self.queued_request_tokens = float(
+            params.integer("queuedRequestTokens", QUEUED_REQUEST_TOKENS, minimum=0)
+        )
+        self.backlog_tolerance = float(
+            params.integer("backlogToleranceTokens", BACKLOG_TOLERANCE_TOKENS, minimum=0)
+        )
+        super().__init__(name, params.effective)
+
+    def prepare(self, v: View, /) -> F64:
+        return impute(v.take(v.m.waiting), lo=0.0, hi=MAX_LOAD, fallback=0.0)
+
+    def score(self, v: View, waiting: F64, req: PickRequest, _dispatched: F64, /) -> F64:
+        match = req.prefix
+        if match is None or match.matched is None:
+            return np.zeros(v.n)
+        if len(match.matched) != len(v.m):
+            raise ValueError(
+                f"prefix match has {len(match.matched)} rows, the matrix {len(v.m)}: it was built against "
+                "another snapshot"
+            )
+        matched = v.take(match.matched)
+        total = float(len(match.hashes))
+        if not self.load_guard:
+            scores: F64 = matched / total
+            return scores
+        block = float(match.block_tokens)
+        backlog = np.maximum(v.take(v.m.prefill_tokens), waiting * self.queued_request_tokens)
+        backlog -= float(backlog.min()) + self.backlog_tolerance
+        np.maximum(backlog, 0.0, out=backlog)
+        credit = matched * block
+        credit -= backlog
+        credit /= total * block
+        np.clip(credit, 0.0, 1.0, out=credit)
+        return credit
