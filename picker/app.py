@@ -42,6 +42,7 @@ from picker.state.datastore import Datastore
 from picker.state.endpoints import PoolInfo, parse_static_endpoints
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.telemetry import Telemetry
+from picker.tenants.service import TenantService
 
 log = logging.getLogger("picker")
 
@@ -186,12 +187,15 @@ class Service:
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
         # Prometheus client exports by default; the injected registry has none unless registered here.
         ProcessCollector(registry=self.telemetry.registry)
+        #: tenant metering and budgets; off until a config with a ``tenants`` section is applied (start)
+        self.tenants = TenantService(self.telemetry.registry)
         self.director = Director(
             self.datastore,
             self.config_store,
             rng=np.random.default_rng(settings.seed),
             disable_subset_filter=settings.disable_endpoint_subset_filter,
             observer=self.telemetry,
+            tenancy=self.tenants.tenancy,
         )
         self._kube: Any = None
         self._api_client: Any = None
@@ -251,6 +255,7 @@ class Service:
             ready=self.ready,
             staleness_s=lambda: self.telemetry.staleness_s,
             workers=debug_workers,
+            tenants=self.tenants.describe,
         )
         self._admin_sock: socket.socket | None = None
         self.admin_server = _QuietServer(
@@ -265,10 +270,15 @@ class Service:
         )
         self.ports: Ports | None = None
         self._stop = asyncio.Event()
-        if config.settings.tenants is not None:
+        if (
+            config.settings.tenants is not None
+            and settings.workers > 1
+            and (config.settings.tenants.backend.type == "memory")
+        ):
             log.warning(
-                "the config has a tenants section; this build meters and limits nothing yet "
-                "(picker.tenants is not wired into request routing)"
+                "tenants with --workers %d and the memory backend: each worker process keeps its own "
+                "budget (limits apply per worker); use backend redis for one shared budget",
+                settings.workers,
             )
         if config.flow_control_requested:
             log.warning(
@@ -318,6 +328,7 @@ class Service:
         except ValueError as exc:  # validated at load; a mismatch here is a bug worth a loud line
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)
+        self.tenants.apply_logged(cfg.settings.tenants)
 
     # ------------------------------------------------------------------------------------ sources
     def _static_pool(self) -> None:
@@ -384,6 +395,7 @@ class Service:
         """Bind every port and load the static pool; returns the bound ports."""
         s = self.settings
         self._apply_objectives(self.config_store.active.config)
+        self.tenants.apply(self.config_store.active.config.settings.tenants)  # ConfigError: exit 2
         if s.static_endpoints:
             self._static_pool()
         elif s.pool_name or s.endpoint_selector:
@@ -422,6 +434,7 @@ class Service:
         }
         if self.file_watcher is not None:
             tasks["config-file"] = self.file_watcher.run()
+        tasks["tenants"] = self.tenants.run()
         if self._kube is not None:
             tasks["kubernetes"] = self._kube.run()
         gpu = self._gpu_source()

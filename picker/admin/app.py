@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 
 from picker.errors import PickerError
-from picker.routing.types import Router, RoutingRequest
+from picker.routing.types import Router, RoutingDecision, RoutingRequest
 from picker.state.config_store import ConfigStore
 from picker.state.datastore import Datastore
 
@@ -72,6 +72,7 @@ def build_admin_app(
     staleness_s: Callable[[], float],
     clock: Callable[[], float] = time.monotonic,
     workers: Callable[[], list[dict[str, Any]]] | None = None,
+    tenants: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
@@ -157,6 +158,8 @@ def build_admin_app(
                 },
                 status=200,
             )
+        # explain never touches a tenant budget, so it never waits for one
+        assert isinstance(decision, RoutingDecision)
         record = _plain(decision.decision) if decision.decision is not None else None
         return _orjson(
             {
@@ -189,6 +192,13 @@ def build_admin_app(
         def debug_workers() -> Response:
             """``--workers``: each ext_proc worker process, its picks and its streams in flight."""
             return _orjson({"workers": workers()})
+
+    if tenants is not None:
+
+        @app.get("/debug/tenants")
+        def debug_tenants() -> Response:
+            """Tenants: per tenant each meter's limit, used, reserved, remaining and seconds to reset."""
+            return _orjson(tenants())
 
     @app.exception_handler(ValueError)
     async def _value_error(_request: Request, exc: ValueError) -> Response:

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped] 
 from picker.extproc import wire
 from picker.extproc.health import HealthService
 from picker.extproc.observer import StreamObserver
-from picker.extproc.stream import ExtProcStream, StreamAbortError
+from picker.extproc.stream import SUSPENDED, ExtProcStream, StreamAbortError
 from picker.extproc.tls import TLSConfig, server_credentials
 from picker.routing.types import Router, RoutingDecision
 
@@ -179,6 +179,8 @@ class ExtProcServer:
                     return
                 try:
                     replies = stream.handle(request)
+                    if replies is SUSPENDED:  # routing waits for a remote tenant budget
+                        replies = await stream.resume()
                 except StreamAbortError as exc:
                     code = grpc.StatusCode.INTERNAL if exc.internal else grpc.StatusCode.FAILED_PRECONDITION
                     await context.abort(code, exc.details)

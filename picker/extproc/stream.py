@@ -44,6 +44,14 @@ Decisions documented here:
 * **Fewer messages**: when ``skip_response(decision)`` says the response is not needed, the
   request-headers reply carries a ``mode_override`` that skips the response phases (Envoy needs
   ``allow_mode_override: true``); if the proxy ignores it, the response is handled as usual.
+* **Tenants**: a routed request may carry a reservation of its tenant's budget
+  (``decision.ticket``, :mod:`picker.tenants`). Its remaining budget goes out as ``x-ratelimit-*``
+  response headers; streamed chunks are counted (the output estimate when no usage comes); the response's
+  usage settles it; :meth:`ExtProcStream.close` releases whatever was not settled (a cancel, a failure).
+  Such a request never skips its response phases. When the reservation needs I/O (Redis, the
+  ``--workers`` supervisor) the router answers a :class:`~picker.routing.types.PendingRoute`:
+  :meth:`ExtProcStream.handle` then returns :data:`SUSPENDED` and the server awaits
+  :meth:`ExtProcStream.resume` for the replies.
 * **Load accounting**: the routing lease's ``first_byte()`` runs at the first non-empty response body
   chunk (the end of the prompt's prefill for a streamed response; ``scoring.matrix.LoadCharge``), or at
   once when the response phases are skipped (no byte will be seen); :meth:`ExtProcStream.close` releases
@@ -63,9 +71,9 @@ from picker.extproc import messages, wire
 from picker.extproc.observer import StreamObserver
 from picker.extproc.usage import SSEUsageScanner, UsageReport, usage_from_json
 from picker.routing.openai import ModelRestorer
-from picker.routing.types import Lease, Router, RoutingDecision, RoutingRequest
+from picker.routing.types import Lease, PendingRoute, Reservation, Router, RoutingDecision, RoutingRequest
 
-__all__ = ["ExtProcStream", "StreamAbortError"]
+__all__ = ["SUSPENDED", "ExtProcStream", "StreamAbortError"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,14 @@ _PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
 _NO_REPLIES: tuple[Any, ...] = ()
 #: Label for failures that are neither a PickerError nor a model-server status (reference "Unknown").
 UNKNOWN_ERROR: Final = "Unknown"
+
+
+class _Suspended(tuple[Any, ...]):
+    __slots__ = ()
+
+
+#: what :meth:`ExtProcStream.handle` returns when routing waits for I/O: no replies yet; await resume()
+SUSPENDED: Final = _Suspended()
 
 
 class StreamAbortError(Exception):
@@ -117,6 +133,7 @@ class ExtProcStream:
         "_max_body",
         "_observer",
         "_path",
+        "_pending",
         "_prefill_lease",
         "_request_id",
         "_resp_chunks",
@@ -131,6 +148,7 @@ class ExtProcStream:
         "_state",
         "_status_ok",
         "_subset",
+        "_ticket",
     )
 
     def __init__(
@@ -172,6 +190,10 @@ class ExtProcStream:
         self._resp_size = 0
         self._scanner: SSEUsageScanner | None = None
         self._status_ok = True
+        #: the tenant's reservation of the routed request (None without tenants)
+        self._ticket: Reservation | None = None
+        #: routing waiting for I/O: (pending route, body end_of_stream, request trailers follow)
+        self._pending: tuple[PendingRoute, bool, bool] | None = None
 
     # ------------------------------------------------------------------------------------------ public
     @property
@@ -217,17 +239,46 @@ class ExtProcStream:
             self._finished = True
             raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc
 
+    async def resume(self) -> Sequence[Any]:
+        """The replies of a request whose routing waited (after :data:`SUSPENDED`). Raises
+        :class:`StreamAbortError` as :meth:`handle` does."""
+        assert self._pending is not None
+        pending, end_of_stream, trailers = self._pending
+        self._pending = None
+        try:
+            decision = await pending.wait()
+            replies = self._routed_replies(decision, end_of_stream)
+            if trailers:
+                replies.append(wire.REQUEST_TRAILERS_REPLY)
+        except PickerError as exc:
+            return self._immediate(exc)
+        except Exception as exc:
+            logger.exception("ext_proc stream failed, request_id=%s", self._request_id)
+            self._report_failure(UNKNOWN_ERROR)
+            self._finished = True
+            raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc
+        return replies
+
     def close(self) -> None:
         """Release the lease and report the stream closed. Idempotent; never raises."""
         if self._closed:
             return
         self._closed = True
+        if self._pending is not None:
+            self._pending[0].cancel()
+            self._pending = None
         decision = self._decision
         if decision is not None:
             try:
                 decision.lease.release()
             except Exception:
                 logger.exception("lease release failed, request_id=%s", self._request_id)
+        ticket = self._ticket
+        if ticket is not None:
+            try:
+                ticket.release()
+            except Exception:
+                logger.exception("tenant release failed, request_id=%s", self._request_id)
         try:
             self._observer.stream_closed(decision)
         except Exception:
@@ -305,6 +356,10 @@ class ExtProcStream:
         if self._state != _REQUEST_BODY:
             return _NO_REPLIES  # the reference ignores request trailers
         replies = self._route(end_of_stream=False)
+        if isinstance(replies, _Suspended):
+            assert self._pending is not None
+            self._pending = (self._pending[0], False, True)
+            return replies
         replies.append(wire.REQUEST_TRAILERS_REPLY)
         return replies
 
@@ -329,7 +384,7 @@ class ExtProcStream:
         if items or self._subset is None:
             self._subset = items
 
-    def _route(self, *, end_of_stream: bool) -> list[Any]:
+    def _route(self, *, end_of_stream: bool) -> list[Any] | _Suspended:
         chunks = self._body_chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body_chunks = []
@@ -342,6 +397,12 @@ class ExtProcStream:
                 subset=self._subset,
             )
         )
+        if isinstance(decision, PendingRoute):
+            self._pending = (decision, end_of_stream, False)
+            return SUSPENDED
+        return self._routed_replies(decision, end_of_stream)
+
+    def _routed_replies(self, decision: RoutingDecision, end_of_stream: bool) -> list[Any]:
         self._decision = decision
         forwarded = decision.body
         replies: list[Any] = [
@@ -372,7 +433,7 @@ class ExtProcStream:
         return (reply,)
 
     def _skips(self, decision: RoutingDecision) -> bool:
-        if self._skip_response is None or not self._skip_response(decision):
+        if self._skip_response is None or decision.ticket is not None or not self._skip_response(decision):
             return False
         # No response body will be seen, so the end of prefill cannot be: give the prefill charge back
         # now rather than holding it until the stream ends (which would make the endpoint look busy
@@ -384,6 +445,10 @@ class ExtProcStream:
         self._state = _ROUTED
         self._echo = []
         self._prefill_lease = decision.lease
+        ticket = decision.ticket
+        if ticket is not None:
+            ticket.sent = True
+            self._ticket = ticket
         if decision.target_model != decision.incoming_model:
             restorer = ModelRestorer(decision.target_model, decision.incoming_model)
             self._restorer = restorer if restorer.active else None
@@ -417,6 +482,8 @@ class ExtProcStream:
                 content_type = raw.lower()
             if key not in system:
                 echo.append((original, raw))
+        if self._ticket is not None:
+            echo.extend(self._ticket.response_headers())
         self._status_ok = status in {b"", b"200"}
         if not self._status_ok:
             self._report_failure(MODEL_SERVER_ERROR)
@@ -476,6 +543,8 @@ class ExtProcStream:
                 scanner = self._scanner
                 if scanner is not None:
                     scanner.feed(chunk)
+                if self._ticket is not None:
+                    self._ticket.chunk(chunk)
                 if self._restorer is not None:
                     chunk = self._restorer(chunk)
             if end_of_stream:
@@ -509,11 +578,12 @@ class ExtProcStream:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._resp_chunks = []
         usage = None
+        raw = body
         if self._resp_mode != _GRPC:
             usage = usage_from_json(body) if body else None
             if self._restorer is not None:
                 body = self._restorer(body)
-        self._complete(usage)
+        self._complete(usage, raw if usage is None and self._resp_mode != _GRPC else None)
         return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
     def _on_response_trailers(self, _request: Any) -> Sequence[Any]:
@@ -530,10 +600,17 @@ class ExtProcStream:
         replies.append(wire.RESPONSE_TRAILERS_REPLY)
         return replies
 
-    def _complete(self, usage: UsageReport | None) -> None:
+    def _complete(self, usage: UsageReport | None, body: bytes | None = None) -> None:
         decision = self._decision
         self._state = _DONE
         self._finished = True
+        ticket = self._ticket
+        if ticket is not None:
+            # settled here, exactly from the usage when there is one; ``body``: a buffered response
+            # without usage, read for its text
+            if self._resp_size:
+                ticket.chunk(b"")
+            ticket.complete(usage, status_ok=self._status_ok, body=body)
         # decision is None on a response-only stream (the reference's rows 16-19): still reported, with
         # empty model labels, as the reference records its token counts.
         self._observer.response_complete(

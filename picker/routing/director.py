@@ -5,7 +5,12 @@
    InferenceModelRewrite rule for the incoming model overrides it (weighted random target).
 3. Priority from the InferenceObjective named by ``x-gateway-inference-objective`` (unknown → 0).
 4. Candidates = the subset hint (IP match, as the reference; port ignored); empty → 503.
-5. Admission: a sheddable request (priority < 0) is rejected with 429 when pool saturation ≥ 1.
+5. Admission: the tenant's budget (``picker.tenants``, when configured): a reservation of the request's
+   estimated tokens, one request and its cost, or 429 over a limit; the reservation travels on the
+   decision (``ticket``) and is settled or released at the stream's end, or here at once when a later
+   step refuses the request. Then a sheddable request (priority < 0) is rejected with 429 when pool
+   saturation ≥ 1. With a remote budget (Redis, ``--workers``) the reservation may need I/O: ``route``
+   then returns a :class:`PendingRoute` that the stream awaits, and everything after it runs then.
 6. Schedule (filters → weighted scorers → picker); nothing left → 429.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
@@ -17,18 +22,19 @@ Everything here is synchronous and allocation-light: it runs once per request on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
-from picker.routing.openai import parse_request, rewrite_model
-from picker.routing.types import Lease, RequestInfo, RoutingDecision, RoutingRequest
+from picker.routing.openai import parse_request, prompt_text, rewrite_model
+from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecision, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.tenants import Tenancy, Ticket
 from scoring import EndpointMatrix, NoEndpointsAvailable, subset_mask
 from scoring.matrix import LoadCharge
 from scoring.types import PickRequest
@@ -66,6 +72,10 @@ class DirectorObserver(Protocol):
     def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None: ...
 
 
+#: what scheduling needs of a parsed request: (request, active config, body info, incoming, target model)
+_Args = tuple[RoutingRequest, ActiveConfig, "RequestInfo | None", str, str]
+
+
 class Director:
     """Implements :class:`picker.routing.types.Router` on top of the datastore and the active config."""
 
@@ -78,6 +88,7 @@ class Director:
         clock: Callable[[], float] = time.monotonic,
         disable_subset_filter: bool = False,
         observer: DirectorObserver | None = None,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self._ds = datastore
         self._config = config
@@ -85,9 +96,10 @@ class Director:
         self._clock = clock
         self._disable_subset = disable_subset_filter
         self._observer = observer
+        self._tenancy = tenancy
 
     # ------------------------------------------------------------------------------------- routing
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
+    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
         active = self._config.active
         headers = request.headers
         if active.parser == "passthrough-parser":
@@ -116,7 +128,7 @@ class Director:
         target: str,
         *,
         explain: bool,
-    ) -> RoutingDecision:
+    ) -> RoutingDecision | PendingRoute:
         headers = request.headers
         if info is not None:
             choice = self._ds.rewrites.resolve(incoming, self._rng)
@@ -124,9 +136,59 @@ class Director:
                 target = choice.target_model
                 if self._observer is not None and not explain:
                     self._observer.rewrite_decision(choice.rewrite_name, incoming, target)
+        tenancy = self._tenancy
+        if tenancy is not None and tenancy.active and not explain:
+            admitted = tenancy.admit(
+                headers,
+                model=target,
+                prompt_chars=info.prompt_chars if info is not None else len(request.body),
+                max_tokens=info.max_tokens if info is not None else None,
+                text=(lambda: _prompt_text(request)) if info is not None else None,
+            )
+            args = (request, active, info, incoming, target)
+            if not isinstance(admitted, Ticket):
+                return PendingRoute(self._after_admission(admitted, args))
+            return self._admitted(admitted, args)
+        return self._schedule(request, active, info, incoming, target, explain=explain)
+
+    async def _after_admission(self, pending: Awaitable[Ticket], args: _Args) -> RoutingDecision:
+        try:
+            ticket = await pending
+        except PickerError as exc:
+            exc.incoming_model = args[3]
+            exc.target_model = args[4]
+            raise
+        return self._admitted(ticket, args)
+
+    def _admitted(self, ticket: Ticket, args: _Args) -> RoutingDecision:
+        """Schedule a request that holds a reservation; a refusal from here on gives it back at once."""
+        request, active, info, incoming, target = args
+        try:
+            decision = self._schedule(request, active, info, incoming, target, explain=False)
+        except PickerError as exc:
+            ticket.release()
+            exc.incoming_model = incoming
+            exc.target_model = target
+            raise
+        except BaseException:
+            ticket.release()
+            raise
+        decision.ticket = ticket
+        return decision
+
+    def _schedule(
+        self,
+        request: RoutingRequest,
+        active: ActiveConfig,
+        info: RequestInfo | None,
+        incoming: str,
+        target: str,
+        *,
+        explain: bool,
+    ) -> RoutingDecision:
+        headers = request.headers
         objective = headers.get(HDR_OBJECTIVE, "")
         priority = self._ds.objectives.priority(objective)
-
         started = self._clock()
         m = self._ds.snapshot()
         # Subset hint: IP match (port ignored), as the reference; None = no hint = every endpoint.
@@ -194,3 +256,8 @@ class Director:
             body=b"",
             lease=NullLease(),
         )
+
+
+def _prompt_text(request: RoutingRequest) -> str:
+    """The prompt's canonical text, for a model with a configured tokenizer (a second parse)."""
+    return prompt_text(request.path, request.body)

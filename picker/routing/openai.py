@@ -63,6 +63,7 @@ __all__ = [
     "api_for_path",
     "parse_passthrough",
     "parse_request",
+    "prompt_text",
     "reverse_rewrite",
     "rewrite_model",
 ]
@@ -369,6 +370,19 @@ def parse_request(path: str, body: bytes, *, prefix_hasher: PrefixHasher | None 
         prompt_chars=prompt_chars,
         prefix_hashes=hashes,
     )
+
+
+def prompt_text(path: str, body: bytes) -> str:
+    """The canonical flattening of a valid request's prompt (what the prefix hasher receives), "" when it
+    has none (token ids, conversations). Used to count tokens with a real tokenizer."""
+    captured: list[str] = []
+
+    def capture(_model: str, _salt: str, text: str) -> tuple[int, ...]:
+        captured.append(text)
+        return ()
+
+    parse_request(path, body, prefix_hasher=capture)
+    return captured[0] if captured else ""
 
 
 def parse_passthrough(path: str, body: bytes) -> RequestInfo:

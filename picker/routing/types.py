@@ -8,9 +8,9 @@ filtering and scheduling; it never touches the wire.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from scoring.types import Decision
 
@@ -88,6 +88,8 @@ class RoutingDecision:
     #: objective name from ``x-gateway-inference-objective`` (for metrics), "" if none
     objective: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
+    ticket: Reservation | None = None
 
     @property
     def destination(self) -> str:
@@ -95,11 +97,44 @@ class RoutingDecision:
         return ",".join(self.endpoints)
 
 
+class Reservation(Protocol):
+    """A tenant's reservation, as the stream drives it (``picker.tenants.meter.Ticket``)."""
+
+    sent: bool
+
+    def response_headers(self) -> list[tuple[str, bytes]]: ...
+
+    def chunk(self, chunk: bytes) -> None: ...
+
+    def complete(self, usage: Any, *, status_ok: bool, body: bytes | None = None) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class PendingRoute:
+    """A routing decision that needs I/O first (a remote tenant budget): the stream awaits :meth:`wait`,
+    which returns the decision or raises the PickerError that refused the request."""
+
+    __slots__ = ("_coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, RoutingDecision]) -> None:
+        self._coro = coro
+
+    async def wait(self) -> RoutingDecision:
+        return await self._coro
+
+    def cancel(self) -> None:
+        """The stream ended before waiting: close the coroutine (nothing was reserved yet, or its
+        reservation is given back by the ticket's own cleanup)."""
+        self._coro.close()
+
+
 class Router(Protocol):
     """Implemented by :class:`picker.routing.director.Director`; faked in protocol tests."""
 
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
-        """Pick endpoints for a request with a body. Raises PickerError subclasses."""
+    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
+        """Pick endpoints for a request with a body (a :class:`PendingRoute` when that needs I/O first).
+        Raises PickerError subclasses."""
         ...
 
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:

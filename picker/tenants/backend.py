@@ -71,11 +71,15 @@ class Settlement:
 
 
 class UsageSink(Protocol):
-    """Where settled usage and refusals are counted (``picker.tenants.metrics``)."""
+    """Where settled usage, refusals and the backend's health are counted (``picker.tenants.metrics``)."""
 
     def settled(self, s: Settlement) -> None: ...
 
     def rejected(self, tenant: str, reason: str) -> None: ...
+
+    def backend_up(self, *, up: bool) -> None: ...
+
+    def backend_failure(self, fail_mode: str) -> None: ...
 
 
 class NullSink:
@@ -85,6 +89,12 @@ class NullSink:
         pass
 
     def rejected(self, tenant: str, reason: str) -> None:
+        pass
+
+    def backend_up(self, *, up: bool) -> None:
+        pass
+
+    def backend_failure(self, fail_mode: str) -> None:
         pass
 
 

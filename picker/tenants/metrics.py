@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,6 +57,19 @@ class TenantMetrics:
             "picker_tenant_rejections_total",
             "Requests refused for a tenant, by the limit or queue outcome that refused them.",
             ["tenant", "reason"],
+            registry=registry,
+        )
+        self.backend_up_gauge = Gauge(
+            "picker_tenant_backend_up",
+            "1 while the tenants' budget store (Redis) answers; 0 while it does not.",
+            registry=registry,
+        )
+        self.backend_up_gauge.set(1)
+        self.backend_failures = Counter(
+            "picker_tenant_backend_failures_total",
+            "Requests admitted (fail_mode=open) or refused (closed) because the tenants' budget store "
+            "did not answer.",
+            ["fail_mode"],
             registry=registry,
         )
         registry.register(_WindowCollector(accounts))
@@ -96,6 +109,12 @@ class TenantMetrics:
 
     def rejected(self, tenant: str, reason: str) -> None:
         self.rejections_total.labels(tenant, reason).inc()
+
+    def backend_up(self, *, up: bool) -> None:
+        self.backend_up_gauge.set(1 if up else 0)
+
+    def backend_failure(self, fail_mode: str) -> None:
+        self.backend_failures.labels(fail_mode).inc()
 
 
 class _WindowCollector(Collector):

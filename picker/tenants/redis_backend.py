@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import NoScriptError, RedisError
 
 from picker.config.tenants import RedisConfig
@@ -152,7 +151,6 @@ class RedisBackend:
         self,
         cfg: RedisConfig,
         *,
-        registry: CollectorRegistry,
         sink: UsageSink | None = None,
         clock: Callable[[], float] = now_wall,
         reservation_ttl_s: float = RESERVATION_TTL_S,
@@ -171,20 +169,7 @@ class RedisBackend:
         self._replica = f"{os.getpid():x}{id(self) & 0xFFFF:x}"
         #: the meters of each tenant as the last script reply showed them
         self._seen: dict[str, tuple[tuple[int, ...], tuple[int, ...], Limits | None, tuple[int, ...]]] = {}
-        self.up_gauge = Gauge(
-            "picker_tenant_backend_up",
-            "1 while the tenants' Redis answers, 0 while it does not.",
-            registry=registry,
-        )
-        self.up_gauge.set(1)
-        self.failures = Counter(
-            "picker_tenant_backend_failures_total",
-            "Requests admitted (fail_mode=open) or refused (closed) because the tenants' Redis did not "
-            "answer.",
-            ["fail_mode"],
-            registry=registry,
-        )
-        self.failures.labels(cfg.fail_mode)
+        self._sink.backend_up(up=True)
 
     # ------------------------------------------------------------------------------------- plumbing
     def set_sink(self, sink: UsageSink) -> None:
@@ -217,7 +202,7 @@ class RedisBackend:
         if up == self._up:
             return
         self._up = up
-        self.up_gauge.set(1 if up else 0)
+        self._sink.backend_up(up=up)
         self._wake.set()
         if up:
             log.warning("tenants: Redis %s answers again; enforcing budgets", self._cfg.url)
@@ -289,7 +274,7 @@ class RedisBackend:
         return self._reserve_script
 
     def _degraded(self, tenant: str) -> Verdict:
-        self.failures.labels(self._cfg.fail_mode).inc()
+        self._sink.backend_failure(self._cfg.fail_mode)
         if self._cfg.fail_mode == "closed":
             raise TenantUnavailable(
                 f"the budget store is unavailable; request for tenant {tenant} refused (failMode closed)",

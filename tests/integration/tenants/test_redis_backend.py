@@ -12,6 +12,7 @@ from picker.config.tenants import RedisConfig
 from picker.errors import TenantUnavailable
 from picker.tenants.backend import MemoryBackend, Settlement, Verdict
 from picker.tenants.ledger import actual_vector, reservation_vector
+from picker.tenants.metrics import TenantMetrics
 from picker.tenants.redis_backend import RedisBackend
 from picker.testing.redis_server import RedisServer
 
@@ -23,7 +24,13 @@ LIMITS = (1000, None, 10, 3, None, 5_000)
 def backend(server: RedisServer, *, fail_mode: str = "open", prefix: str = "t:") -> RedisBackend:
     # generous: the suite shares two cores; a slow answer would count as Redis being down
     cfg = RedisConfig(url=server.url, fail_mode=fail_mode, key_prefix=prefix, timeout=2.0)
-    return RedisBackend(cfg, registry=CollectorRegistry())
+    return RedisBackend(cfg, sink=TenantMetrics(CollectorRegistry(), list))
+
+
+def metrics(b: RedisBackend) -> TenantMetrics:
+    sink = b._sink
+    assert isinstance(sink, TenantMetrics)
+    return sink
 
 
 async def reserve(b: RedisBackend, tenant: str, amounts: tuple[int, ...]) -> Verdict:
@@ -76,7 +83,7 @@ async def test_two_clients_share_one_budget_without_double_spending(redis_server
 
 async def test_expired_reservations_of_a_dead_replica_are_given_back(redis_server: RedisServer) -> None:
     cfg = RedisConfig(url=redis_server.url, key_prefix="t:", timeout=2.0)
-    dead = RedisBackend(cfg, registry=CollectorRegistry(), reservation_ttl_s=0.2)
+    dead = RedisBackend(cfg, reservation_ttl_s=0.2)
     alive = backend(redis_server)
     try:
         for _ in range(3):
@@ -102,7 +109,7 @@ async def test_restart_fails_open_then_recovers_and_replays_settlements(
         down = await reserve(r, "acme", reservation_vector(100, 0))
         assert down.granted
         assert down.degraded
-        assert r.up_gauge._value.get() == 0
+        assert metrics(r).backend_up_gauge._value.get() == 0
         assert "admitting requests without enforcing budgets (failMode open)" in caplog.text
         # usage while down is queued
         r.settle(Settlement("acme", "m", reservation_vector(0, 0), actual_vector(70, 0), 50, 20, 0))
@@ -132,6 +139,6 @@ async def test_fail_closed_refuses_with_503(redis_server: RedisServer) -> None:
         assert caught.value.http_status == 503
         with pytest.raises(TenantUnavailable):
             r.reserve("acme", LIMITS, reservation_vector(1, 0))  # type: ignore[arg-type]
-        assert r.failures.labels("closed")._value.get() == 2
+        assert metrics(r).backend_failures.labels("closed")._value.get() == 2
     finally:
         await r.close()

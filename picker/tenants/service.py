@@ -1,0 +1,177 @@
+"""The tenants feature of one process: applies each config's ``tenants`` section, owns the backend in use.
+
+Built by the composition root with the metrics registry; constructing it opens nothing. Every applied
+config calls :meth:`TenantService.apply`: no section → tenancy off (the director skips it); a section →
+the compiled policy, the estimator's ratios and tokenizers, and the backend it names (a changed Redis
+section makes a new client; the memory backend's accounts survive reloads). :meth:`run` (a task of the
+app's TaskGroup) keeps the Redis backend's writer and probe running and idle accounts swept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry
+
+from picker.config.tenants import RedisConfig, TenantsConfig
+from picker.errors import ConfigError
+from picker.tenants.backend import AccountView, MemoryBackend
+from picker.tenants.estimate import TokenEstimator, Tokenizer, load_tokenizer
+from picker.tenants.ledger import COST, LIMIT_NAMES, METERS, now_wall, window_end
+from picker.tenants.meter import Tenancy
+from picker.tenants.metrics import TenantMetrics
+from picker.tenants.policy import NANO, TenantsPolicy
+from picker.tenants.redis_backend import RedisBackend
+
+__all__ = ["TenantService"]
+
+log = logging.getLogger(__name__)
+
+#: idle accounts of the memory backend are dropped this often
+SWEEP_S: Final = 60.0
+
+
+class TenantService:
+    def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], float] = now_wall) -> None:
+        self._clock = clock
+        self.metrics = TenantMetrics(registry, self.accounts)
+        self.memory = MemoryBackend(self.metrics, clock=clock)
+        self.redis: RedisBackend | None = None
+        self._redis_cfg: RedisConfig | None = None
+        self.tenancy = Tenancy(self.memory, estimator=TokenEstimator(), clock=clock)
+        self.tenancy.on_rejected = self.metrics.rejected
+        self._tokenizers: dict[str, tuple[str, Tokenizer]] = {}
+        self._changed = asyncio.Event()
+        self._retired: list[RedisBackend] = []
+
+    @property
+    def active(self) -> bool:
+        return self.tenancy.active
+
+    def apply(self, cfg: TenantsConfig | None) -> None:
+        """Apply a config's ``tenants`` section (None: off). Raises ConfigError for a tokenizer that cannot
+        be loaded; the previous state is then kept."""
+        if cfg is None:
+            self.tenancy.apply(None)
+            return
+        tokenizers: dict[str, tuple[str, Tokenizer]] = {}
+        for t in cfg.estimation.tokenizers:
+            cached = self._tokenizers.get(t.model)
+            tokenizers[t.model] = (
+                cached
+                if cached is not None and cached[0] == t.path
+                else (
+                    t.path,
+                    load_tokenizer(t.path),
+                )
+            )
+        self._tokenizers = tokenizers
+        est = cfg.estimation
+        self.tenancy.estimator.reconfigure(
+            chars_per_token=est.chars_per_token,
+            models=est.models,
+            tokenizers={m: tok for m, (_p, tok) in tokenizers.items()},
+            learn=est.learn,
+        )
+        self.metrics.price_models(p.model for p in cfg.prices)
+        if cfg.backend.type == "redis":
+            assert cfg.backend.redis is not None
+            if cfg.backend.redis != self._redis_cfg or self.redis is None:
+                if self.redis is not None:
+                    self._retired.append(self.redis)
+                self.redis = RedisBackend(cfg.backend.redis, sink=self.metrics, clock=self._clock)
+                self._redis_cfg = cfg.backend.redis
+                self._changed.set()
+            self.tenancy.backend = self.redis
+        else:
+            if self.redis is not None:
+                self._retired.append(self.redis)
+                self.redis, self._redis_cfg = None, None
+                self._changed.set()
+            self.tenancy.backend = self.memory
+        self.tenancy.apply(TenantsPolicy.from_config(cfg))
+
+    def apply_logged(self, cfg: TenantsConfig | None) -> None:
+        """:meth:`apply` from a config listener: a failure is one error line, the last state kept."""
+        try:
+            self.apply(cfg)
+        except ConfigError as exc:
+            log.error("tenants section not applied: %s", exc.message)
+
+    def describe(self) -> dict[str, Any]:
+        """``/debug/tenants``: per tenant, every meter's limit, used, reserved, remaining and reset time."""
+        policy = self.tenancy.policy
+        if policy is None:
+            return {"enabled": False, "tenants": []}
+        now = self._clock()
+        redis = self.redis if self.tenancy.backend is self.redis else None
+        out = []
+        for view in sorted(self.accounts(), key=lambda v: v.tenant):
+            meters = {}
+            for i, name in enumerate(LIMIT_NAMES):
+                limit = view.limits[i] if view.limits is not None else None
+                scale = NANO if METERS[i] == COST else 1
+                end = window_end(i, view.windows[i])
+                meters[name] = {
+                    "limit": None if limit is None else limit / scale,
+                    "used": view.used[i] / scale,
+                    "reserved": view.reserved[i] / scale,
+                    "remaining": None
+                    if limit is None
+                    else max(0, limit - view.used[i] - view.reserved[i]) / scale,
+                    "resetsInSeconds": None if end == float("inf") else round(end - now, 3),
+                }
+            out.append({"tenant": view.tenant, "limited": view.limits is not None, "meters": meters})
+        return {
+            "enabled": True,
+            "backend": "redis" if redis is not None else "memory",
+            "backendUp": redis.up if redis is not None else True,
+            "currency": policy.currency,
+            "trackedIds": self.tenancy.ids.tracked(),
+            "tenants": out,
+        }
+
+    def accounts(self) -> Iterator[AccountView]:
+        backend = self.tenancy.backend
+        if backend is self.redis and self.redis is not None:
+            return self.redis.accounts()
+        return self.memory.accounts()
+
+    async def run(self) -> None:
+        """Keep the current Redis backend's writer running (restarted when the section changes), close
+        retired clients, sweep idle memory accounts. Until cancelled."""
+        task: asyncio.Task[None] | None = None
+        current: RedisBackend | None = None
+        try:
+            while True:
+                if current is not self.redis:
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                    current = self.redis
+                    task = (
+                        asyncio.create_task(current.run(), name="tenants-redis")
+                        if current is not None
+                        else None
+                    )
+                while self._retired:
+                    await self._retired.pop().close()
+                if task is not None and task.done():
+                    task.result()  # a crashed writer takes the process down loudly
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SWEEP_S):
+                        await self._changed.wait()
+                self.memory.sweep()
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.redis is not None:
+                await self.redis.close()
