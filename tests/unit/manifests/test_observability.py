@@ -15,6 +15,8 @@ from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
 from picker.telemetry import Telemetry
+from picker.tenants import MemoryBackend, Settlement, TenantMetrics
+from picker.tenants.ledger import actual_vector, reservation_vector
 
 Doc = dict[str, Any]
 
@@ -49,6 +51,15 @@ def _series_names() -> set[str]:
     telemetry.stream_closed(decision)
     telemetry.failed("BadRequest", "", "")
     telemetry.scrape_observed(0.01, ok=False)
+    # the tenants' metrics, registered on the same registry by the service, after one limited tenant's
+    # request was settled and one refused
+    backend = MemoryBackend()
+    tenants = TenantMetrics(telemetry.registry, backend.accounts)
+    backend.set_sink(tenants)
+    backend.reserve("t", (10, 10, 10, 10, 10, 10), reservation_vector(1, 1))
+    backend.settle(Settlement("t", "m", reservation_vector(1, 1), actual_vector(1, 1), 1, 1, 1))
+    tenants.rejected("t", "tokens_per_minute")
+    tenants.backend_failure("open")
     return {s.name for family in telemetry.registry.collect() for s in family.samples}
 
 
@@ -190,6 +201,16 @@ REQUIRED_ALERTS = [
     ("mean queue > 50", {"inference_pool_average_queue_size"}, r">\s*50\b"),
     ("mean KV > 0.9", {"inference_pool_average_kv_cache_utilization"}, r">\s*0\.9\b"),
     ("no ready endpoints", {"inference_pool_ready_pods"}, r"(==\s*0\b)|(<\s*1\b)"),
+    (
+        "tokens used > 90 % of the limit",
+        {"ai_tokens_used", "ai_tokens_limit"},
+        r"ai_tokens_used.*/.*ai_tokens_limit.*>\s*0\.9\b",
+    ),
+    (
+        "cost rate 1 h > 1.5 x 24 h",
+        {"ai_cost_total"},
+        r"ai_cost_total\[1h\].*>\s*1\.5 \* .*ai_cost_total\[24h\]",
+    ),
 ]
 
 
@@ -277,6 +298,10 @@ def test_dashboard_uses_only_exported_metrics(
 
 #: A panel (its title) per topic, and the series it must query.
 REQUIRED_PANELS = {
+    "tenant tokens": {"ai_tokens_total"},
+    "tenant cost": {"ai_cost_total"},
+    "tenant rejections": {"picker_tenant_rejections_total"},
+    "tenant remaining budget": {"ai_tokens_used", "ai_tokens_limit"},
     "request rate": {"inference_objective_request_total"},
     "error rate": {"inference_objective_request_error_total"},
     "duration p50 / p99": {"inference_objective_request_duration_seconds_bucket"},
