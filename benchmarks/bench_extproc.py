@@ -699,7 +699,14 @@ class _Run:
         #: h2load maximum-rate results: server -> one result per run
         self.h2load: dict[str, list[dict[str, Any]]] = {}
 
-    def start(self, procs: list[Child], tmp: Path) -> None:
+    def start(
+        self,
+        procs: list[Child],
+        tmp: Path,
+        variants: list[tuple[str, int, Path | None, list[str]]] | None = None,
+    ) -> None:
+        """Start the fleet, the floor and ``variants`` of ours ((name, workers, config file, extra flags);
+        default: ours, ours_skip, ours_w2, ours_noscrape)."""
         skip_config = tmp / "skip.yaml"
         skip_config.write_text(SKIP_CONFIG, encoding="utf-8")
         fleet = spawn_json(["-m", "benchmarks.fleet_proc", "--count", str(ENDPOINTS)], timeout=60)
@@ -710,13 +717,14 @@ class _Run:
         procs.append(null)
         servers: dict[str, _Server] = {"floor": _Server("floor", f"127.0.0.1:{null_port}", null.pid)}
         started: list[tuple[_Server, subprocess.Popen[bytes]]] = []
-        variants: list[tuple[str, int, Path | None, list[str]]] = [
-            ("ours", 1, None, []),
-            ("ours_skip", 1, skip_config, []),
-            ("ours_w2", 2, None, []),
-            # the request path alone: no scrape loop, so no idle CPU to subtract (and no new snapshots)
-            ("ours_noscrape", 1, None, ["--refresh-metrics-interval", "1h"]),
-        ]
+        if variants is None:
+            variants = [
+                ("ours", 1, None, []),
+                ("ours_skip", 1, skip_config, []),
+                ("ours_w2", 2, None, []),
+                # the request path alone: no scrape loop, so no idle CPU to subtract (and no new snapshots)
+                ("ours_noscrape", 1, None, ["--refresh-metrics-interval", "1h"]),
+            ]
         for name, workers, config, extra in variants:
             server, proc = _start_picker(
                 name,
@@ -1071,6 +1079,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rss-streams", type=int, default=None, help="streams of the RSS soak (default 1,000,000)"
     )
+    p.add_argument(
+        "--tenants",
+        action="store_true",
+        help="the cost of tenant metering and a limit instead (benchmarks/bench_tenants.py)",
+    )
     p.add_argument("--serve-null", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1079,6 +1092,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.load:
         return _load_main()
     command = "python -m benchmarks.bench_extproc " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.tenants:
+        from benchmarks import bench_tenants
+
+        doc = bench_tenants.run(args.quick, args.runs, command)
+        print(json.dumps(doc, indent=2) if args.json else bench_tenants.summary(doc))
+        return 0
     doc = run(args.quick, args.runs, args.rss_streams, command)
     print(json.dumps(doc, indent=2) if args.json else _summary(doc))
     return 0

@@ -9,7 +9,12 @@ What it does, all on 127.0.0.1 and in about half a minute:
 3. Sends the same request stream twice — once routed by the EPP (every request goes through the ext_proc
    exchange, exactly as a gateway would run it, then to the endpoint the EPP chose), once round-robin —
    and prints where the requests went, what the EPP saw of each endpoint, and client-side latency.
-4. Stops every process it started, also on Ctrl+C or failure.
+4. Replays the seed's weekend: three teams send their usual traffic (``x-tenant-id``) while a fourth
+   tenant's loop fires requests at twice their rate. The EPP's ``tenants`` section gives the loop a daily
+   cost budget (scaled down to the demo): it is cut at its budget with 429s while the teams keep their
+   latency; the table prints each tenant's requests, refusals, latency and cost, and the loop's cost with
+   and without the limit (without: its refused requests priced as its served ones, a projection).
+5. Stops every process it started, also on Ctrl+C or failure.
 """
 
 from __future__ import annotations
@@ -40,6 +45,25 @@ FLEET: tuple[tuple[str, str, float], ...] = (
 )
 TIME_SCALE = 0.5  # fake servers run twice as fast as their model's numbers
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+#: the tenants of the last phase: three teams and the loop left running over the weekend
+TEAMS = ("team-search", "team-support", "team-docs")
+RUNAWAY = "weekend-loop"
+#: the loop's rate, requests/s (the teams together send about 42/s), its daily budget (demo-sized) and how
+#: many of its requests may run at once (what keeps a tenant from crowding the others out before its
+#: budget is gone)
+RUNAWAY_RATE = 80.0
+RUNAWAY_BUDGET = 0.05
+RUNAWAY_CONCURRENT = 4
+PRICE_INPUT_PER_1M, PRICE_OUTPUT_PER_1M = 3.0, 15.0
+TENANTS_CONFIG = f"""\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+tenants:
+  tenants:
+  - {{id: {RUNAWAY}, limits: {{costPerDay: {RUNAWAY_BUDGET}, concurrent: {RUNAWAY_CONCURRENT}}}}}
+  prices:
+  - {{model: {MODEL}, inputPer1M: {PRICE_INPUT_PER_1M}, outputPer1M: {PRICE_OUTPUT_PER_1M}}}
+"""
 
 
 @dataclass
@@ -64,6 +88,12 @@ class _Endpoint:
 class _Phase:
     label: str
     latencies: list[float] = field(default_factory=list)
+    #: per tenant (the weekend phase): requests sent, latencies of served ones, refusals (over the budget,
+    #: and over the rate or concurrency limit)
+    sent: Counter[str] = field(default_factory=Counter)
+    by_tenant: dict[str, list[float]] = field(default_factory=dict)
+    over_budget: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     shares: Counter[str] = field(default_factory=Counter)
     pick_ms: list[float] = field(default_factory=list)
@@ -188,6 +218,93 @@ async def _run_phase(
         with contextlib.suppress(asyncio.CancelledError):
             await sampling
     return phase
+
+
+def _weekend_workload(n: int, seed: int) -> list[tuple[float, str, bytes]]:
+    """(arrival s, tenant, body): the teams' usual traffic (round-robin over TEAMS) and, over the same
+    span, the loop's identical long requests at RUNAWAY_RATE."""
+    teams = [(at, TEAMS[i % len(TEAMS)], body) for i, (at, body) in enumerate(_workload(n, seed + 1))]
+    span = teams[-1][0] if teams else 0.0
+    prompt = "Summarize this weekend's incident reports and draft the follow-ups. " * 30
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0}).encode()
+    loop = [(k / RUNAWAY_RATE, RUNAWAY, body) for k in range(int(span * RUNAWAY_RATE))]
+    return sorted(teams + loop, key=lambda item: item[0])
+
+
+async def _run_weekend(send: Callable[[str, bytes], Any], workload: list[tuple[float, str, bytes]]) -> _Phase:
+    from picker.testing.gateway import GatewayResult
+
+    phase = _Phase("weekend")
+    start = time.monotonic()
+
+    async def one(at: float, tenant: str, body: bytes) -> None:
+        delay = start + at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        phase.sent[tenant] += 1
+        res: GatewayResult = await send(tenant, body)
+        if res.status == 429 and "insufficient_quota" in res.error:
+            phase.over_budget[tenant] += 1
+        elif res.status == 429:
+            phase.refused[tenant] += 1
+        elif res.error or res.status != 200:
+            phase.errors[res.error.split(" - ")[0][:60] or f"HTTP {res.status}"] += 1
+        else:
+            phase.by_tenant.setdefault(tenant, []).append(res.latency_s)
+
+    await asyncio.gather(*(one(at, tenant, body) for at, tenant, body in workload))
+    phase.wall_s = time.monotonic() - start
+    return phase
+
+
+def _weekend_report(weekend: _Phase, before: _Phase, costs: dict[str, float]) -> str:
+    lines = [
+        "",
+        f"The weekend, replayed: three teams as usual, and a loop left running at {RUNAWAY_RATE:.0f} req/s",
+        (
+            f"(its limits: ${RUNAWAY_BUDGET:.2f} a day, demo-sized, and {RUNAWAY_CONCURRENT} at once; "
+            f"prices ${PRICE_INPUT_PER_1M:g} / ${PRICE_OUTPUT_PER_1M:g} per 1M tokens in / out):"
+        ),
+        "",
+        (
+            f"  {'tenant':<14}{'sent':>5}{'served':>7}{'429 budget':>11}{'429 busy':>9}{'p50':>7}{'p99':>7}"
+            f"{'cost':>9}"
+        ),
+        "  " + "-" * 69,
+    ]
+    for tenant in (*TEAMS, RUNAWAY):
+        lat = weekend.by_tenant.get(tenant, [])
+        cost = "$" + format(costs.get(tenant, 0.0), ".4f")
+        lines.append(
+            f"  {tenant:<14}{weekend.sent[tenant]:>5}{len(lat):>7}{weekend.over_budget[tenant]:>11}"
+            f"{weekend.refused[tenant]:>9}"
+            f"{_pct(lat, 0.5):>6.2f}s{_pct(lat, 0.99):>6.2f}s{cost:>9}"
+        )
+    teams = [x for t in TEAMS for x in weekend.by_tenant.get(t, [])]
+    lines.append("")
+    if teams and before.latencies:
+        lines.append(
+            f"  The teams next to the loop: p50 {_pct(teams, 0.5):.2f}s, p99 {_pct(teams, 0.99):.2f}s "
+            f"(alone, above: p50 {_pct(before.latencies, 0.5):.2f}s, "
+            f"p99 {_pct(before.latencies, 0.99):.2f}s)."
+        )
+    served = len(weekend.by_tenant.get(RUNAWAY, []))
+    sent = weekend.sent[RUNAWAY]
+    spent = costs.get(RUNAWAY, 0.0)
+    if served and sent and weekend.wall_s > 0:
+        projected = spent / served * sent
+        weekend_cost = projected / weekend.wall_s * 60 * 3600
+        lines.append(
+            f"  The loop was cut at its budget: ${spent:.4f} for {served} of its {sent} requests. Without the"
+        )
+        lines.append(
+            f"  limit: ${projected:.4f} (projected from its served requests), ${weekend_cost:,.0f} over a "
+            "60-hour weekend."
+        )
+    for err, count in weekend.errors.most_common(3):
+        lines.append(f"  errors: {count} x {err}")
+    lines.append("")
+    return "\n".join(lines)
 
 
 async def _sample_loop(sampler: Callable[[], Any], phase: _Phase) -> None:
@@ -335,6 +452,8 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 "demo-pool",
                 "--seed",
                 str(seed),
+                "--config-text",
+                TENANTS_CONFIG,
                 "-v",
                 "1",
             ],
@@ -371,8 +490,21 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 )
             finally:
                 await rr_gw.close()
+            await asyncio.sleep(1.0)
+            async with EnvoyClient(f"127.0.0.1:{grpc_port}", timeout=60) as epp:
+                gw = MiniGateway(epp)
+                try:
+                    weekend = await _run_weekend(
+                        lambda t, b: gw.send("/v1/completions", b, headers=[("x-tenant-id", t)]),
+                        _weekend_workload(requests * 2 // 5, seed),
+                    )
+                finally:
+                    await gw.close()
+            status, body = await _http_get(session, f"{admin}/debug/tenants")
+            rows = json.loads(body).get("tenants", []) if status == 200 else []
+            costs = {row["tenant"]: float(row["meters"]["costPerDay"]["used"]) for row in rows}
             procs.check_alive()
-        return _report(fleet, picker, rr, final, requests)
+        return _report(fleet, picker, rr, final, requests) + _weekend_report(weekend, picker, costs)
     finally:
         procs.stop()
 

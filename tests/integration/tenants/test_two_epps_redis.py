@@ -1,0 +1,187 @@
+"""Two EPP processes (``picker serve``) sharing one budget in a real redis-server, and a Redis restart.
+
+Each process is a real ``python -m picker serve`` with the same config file (Redis backend); requests of
+one tenant alternate between them through Envoy-like clients. The model server's answer is played by the
+client (a JSON body whose usage equals the reservation), so the arithmetic is exact: with a 1,000-token
+hour and 101 tokens per request, exactly 9 requests are admitted whichever EPP they reach. Then Redis
+stops: both EPPs fail open (admit, say so in their log and metric) and recover when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
+from picker.testing.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SERVING = re.compile(
+    r"picker serving: ext_proc :(\d+) \((?:TLS|plaintext)\), health :\d+, metrics/admin :(\d+)"
+)
+CONFIG = """\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+tenants:
+  estimation: {{learn: false}}
+  defaultTier: shared
+  tiers: [{{name: shared, limits: {{tokensPerHour: 1000}}}}]
+  backend:
+    type: redis
+    redis: {{url: "{url}", timeout: 2s, failMode: open}}
+"""
+# 4 characters of prompt = 1 token, plus max_tokens 100: 101 tokens reserved and (by the answer) used
+BODY = json.dumps({"model": "m", "prompt": "abcd", "max_tokens": 100}).encode()
+ANSWER = json.dumps(
+    {"object": "text_completion", "usage": {"prompt_tokens": 1, "completion_tokens": 100}}
+).encode()
+
+
+class Epp:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.reader = asyncio.ensure_future(self._read())
+        self.grpc = 0
+        self.admin = 0
+        self.client: EnvoyClient | None = None
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.lines.append(line.decode(errors="replace").rstrip())
+
+    async def serving(self, deadline_s: float = 60.0) -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            for line in self.lines:
+                if m := SERVING.search(line):
+                    self.grpc, self.admin = int(m.group(1)), int(m.group(2))
+                    self.client = EnvoyClient(f"127.0.0.1:{self.grpc}", timeout=30.0)
+                    await self.client.connect()
+                    return
+            if self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError("EPP did not start:\n" + "\n".join(self.lines[-30:]))
+
+    async def request(self, tenant: str = "t") -> ExchangeResult:
+        assert self.client is not None
+        return await self.client.exchange(
+            HttpRequest(body=BODY, headers=[("x-tenant-id", tenant)]),
+            UpstreamResponse(chunks=[ANSWER]),
+        )
+
+    async def debug(self, http: aiohttp.ClientSession) -> dict:  # type: ignore[type-arg]
+        async with http.get(f"http://127.0.0.1:{self.admin}/debug/tenants") as resp:
+            return await resp.json()  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self.reader
+
+
+@pytest.fixture
+async def two_epps(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Epp, Epp]]:
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    redis = RedisServer(tmp_path)
+    redis.start()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=redis.url), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "PICKER_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    epps = []
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "picker", "serve",
+            "--static-endpoints", "127.0.0.1:9",  # never contacted: the client plays the model server
+            "--secure-serving=false", "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0",
+            "--host=127.0.0.1", "--refresh-metrics-interval=1h", f"--config-file={config}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        epps.append(Epp(proc))
+    try:
+        for epp in epps:
+            await epp.serving()
+        yield redis, epps[0], epps[1]
+    finally:
+        for epp in epps:
+            await epp.stop()
+        redis.stop()
+
+
+async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
+    two_epps: tuple[RedisServer, Epp, Epp],
+) -> None:
+    redis, a, b = two_epps
+    left = 3600 - time.time() % 3600  # the budget is per UTC hour: do not straddle its end
+    if left < 45:
+        await asyncio.sleep(left + 0.5)
+    statuses = []
+    for i in range(14):
+        result = await (a if i % 2 == 0 else b).request()
+        statuses.append(result.immediate.status if result.immediate is not None else 200)
+    assert statuses.count(200) == 9, statuses  # 9 x 101 <= 1000 < 10 x 101, across both processes
+    assert set(statuses[9:]) == {429}
+    async with aiohttp.ClientSession() as http:
+        for epp in (a, b):
+            doc = await epp.debug(http)
+            assert doc["backend"] == "redis"
+            assert doc["backendUp"] is True
+
+        # Redis goes away mid-run: both EPPs fail open (admit), and say so
+        redis.stop()
+        degraded = [await epp.request("t2") for epp in (a, b, a, b)]
+        assert all(r.immediate is None for r in degraded)
+        for epp in (a, b):
+            assert any(
+                "admitting requests without enforcing budgets (failMode open)" in line for line in epp.lines
+            )
+
+        # back (empty: no persistence): both reconnect, reload the scripts and enforce again
+        redis.start()
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            docs = [await epp.debug(http) for epp in (a, b)]
+            if all(d["backendUp"] for d in docs):
+                break
+            await asyncio.sleep(0.1)
+        assert all(d["backendUp"] for d in docs), [epp.lines[-5:] for epp in (a, b)]
+        # the usage both counted while Redis was down is written back: 4 x 101 tokens of tenant t2
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            for _ in range(300):
+                used = await client.hget("picker:tenants:{t2}:m", "u1")
+                if used is not None and int(used) == 404:
+                    break
+                await asyncio.sleep(0.05)
+            assert used is not None
+            assert int(used) == 404
+        finally:
+            await client.aclose()
+    # usage queued while Redis was down was replayed: t2 used 4 x 101 of its 1,000 already
+    statuses = []
+    for i in range(8):
+        result = await (a if i % 2 == 0 else b).request("t2")
+        statuses.append(result.immediate.status if result.immediate is not None else 200)
+    assert statuses.count(200) == 5, statuses  # (1000 - 404) // 101 = 5
