@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from picker.tenants.ledger import N_METERS, Account, Denial, Limits, Vector, now_wall, window_end, window_ids
+from picker.tenants.ledger import Account, Denial, Limits, Vector, now_wall, window_end, window_ids
 
 __all__ = [
     "AccountView",
@@ -32,10 +32,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The answer to a reservation: granted (``denial`` None) or refused, with the room left afterwards
-    (``remaining``, per meter; None = unlimited) and the windows it was decided in (for reset times)."""
+    (``remaining``, per meter; None = unlimited) and the windows it was decided in (for reset times).
+
+    A NamedTuple, as the other per-request records: built once per request, a fraction of a frozen
+    dataclass's construction cost."""
 
     denial: Denial | None
     remaining: tuple[int | None, ...]
@@ -53,8 +55,7 @@ class Verdict:
         return window_end(meter, self.windows[meter])
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     """One finished request, as metered: what it reserved, what it used, and the counts behind it."""
 
     tenant: str
@@ -120,6 +121,7 @@ class Backend(Protocol):
 
 
 _UNLIMITED: Limits = (None, None, None, None, None, None)
+_NO_REMAINING: tuple[int | None, ...] = _UNLIMITED
 
 
 class MemoryBackend:
@@ -150,9 +152,9 @@ class MemoryBackend:
         self._limits[tenant] = limits
         if limits is None:
             account.admit(amounts, _UNLIMITED, ids)
-            return Verdict(None, (None,) * N_METERS, ids)
+            return Verdict(None, _NO_REMAINING, ids)
         denial = account.admit(amounts, limits, ids)
-        return Verdict(denial, tuple(account.remaining(limits, ids)), ids)
+        return Verdict(denial, account.remaining(limits, ids), ids)
 
     def settle(self, s: Settlement) -> None:
         account = self._accounts.get(s.tenant)
@@ -166,7 +168,8 @@ class MemoryBackend:
 
     def accounts(self) -> Iterator[AccountView]:
         ids = window_ids(self._clock())
-        for tenant, account in self._accounts.items():
+        # a copy: /metrics and /debug read from the admin server's threads while the loop adds accounts
+        for tenant, account in list(self._accounts.items()):
             account.roll(ids)
             yield AccountView(
                 tenant, tuple(account.used), tuple(account.reserved), self._limits.get(tenant), ids

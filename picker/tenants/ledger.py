@@ -96,8 +96,10 @@ def _window_ids(second: int) -> Vector:
     return (second // 60, second // 3600, second // 60, 0, second // 86400, day.year * 12 + day.month - 1)
 
 
+@functools.lru_cache(maxsize=64)
 def window_end(meter: int, window_id: int) -> float:
-    """Epoch seconds at which ``window_id`` of ``meter`` ends (``inf`` for the concurrency meter)."""
+    """Epoch seconds at which ``window_id`` of ``meter`` ends (``inf`` for the concurrency meter).
+    Memoized: response headers ask for it on every admitted request."""
     span = _SPANS[meter]
     if span:
         return float((window_id + 1) * span)
@@ -184,16 +186,22 @@ class Account:
         used = self.used
         reserved = self.reserved
         for i in range(N_METERS):
-            reserved[i] = max(0, reserved[i] - reserved_amounts[i])
+            left = reserved[i] - reserved_amounts[i]
+            reserved[i] = max(0, left)
             used[i] += actual[i]
 
-    def remaining(self, limits: Limits, ids: Sequence[int]) -> list[int | None]:
+    def remaining(self, limits: Limits, ids: Sequence[int]) -> tuple[int | None, ...]:
         """Room left in every limited meter (never negative); None where there is no limit."""
         self.roll(ids)
-        return [
-            None if limits[i] is None else max(0, limits[i] - self.used[i] - self.reserved[i])  # type: ignore[operator]
-            for i in range(N_METERS)
-        ]
+        used = self.used
+        reserved = self.reserved
+        out: list[int | None] = [None] * N_METERS
+        for i in range(N_METERS):
+            limit = limits[i]
+            if limit is not None:
+                left = limit - used[i] - reserved[i]
+                out[i] = max(0, left)
+        return tuple(out)
 
     def idle(self, ids: Sequence[int]) -> bool:
         """Nothing reserved and nothing used in the current windows: the account can be forgotten."""

@@ -20,6 +20,7 @@ Output reserve = the request's ``max_tokens`` / ``max_completion_tokens`` / ``ma
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -41,8 +42,9 @@ from picker.tenants.ledger import (
     actual_vector,
     now_wall,
     reservation_vector,
+    window_end,
 )
-from picker.tenants.policy import NANO, TenantsPolicy
+from picker.tenants.policy import TenantsPolicy
 
 __all__ = ["Tenancy", "Ticket", "UsageCounts", "format_reset"]
 
@@ -84,7 +86,12 @@ def format_reset(seconds: float) -> str:
     """A duration as OpenAI writes ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``6m0s``, ``1h2m3s``."""
     if seconds < 1:
         return f"{max(0, round(seconds * 1000))}ms"
-    s = round(seconds)
+    return _whole_seconds(round(seconds))
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(s: int) -> str:
+    # memoized: every admitted request of a limited tenant writes one to three of these
     h, rest = divmod(s, 3600)
     m, sec = divmod(rest, 60)
     if h:
@@ -95,8 +102,10 @@ def format_reset(seconds: float) -> str:
 
 
 def _money(nano: int) -> str:
-    text = f"{nano / NANO:.6f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
+    """Nano-units as currency units with up to 6 decimals, trailing zeros dropped (``0.25``, ``100.0``)."""
+    micro = (nano + 500) // 1000
+    units, frac = divmod(micro, 1_000_000)
+    return f"{units}.{f'{frac:06d}'.rstrip('0') or '0'}"
 
 
 def _tightest(remaining: tuple[int | None, ...], limits: Limits, a: int, b: int) -> int | None:
@@ -114,30 +123,42 @@ def _tightest(remaining: tuple[int | None, ...], limits: Limits, a: int, b: int)
     return best
 
 
+_KINDS: Final = tuple(
+    (
+        f"x-ratelimit-limit-{kind}",
+        f"x-ratelimit-remaining-{kind}",
+        f"x-ratelimit-reset-{kind}",
+        a,
+        b,
+        kind == "cost",
+    )
+    for kind, a, b in (
+        ("requests", REQUESTS_MINUTE, REQUESTS_MINUTE),
+        ("tokens", TOKENS_MINUTE, TOKENS_HOUR),
+        ("cost", COST_DAY, COST_MONTH),
+    )
+)
+
+
 def rate_headers(verdict: Verdict, limits: Limits, now: float) -> list[tuple[str, str]]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens,cost}`` for the limited meters (OpenAI's
     names for requests and tokens; cost in currency units). Tokens and cost report the tighter of their
     two windows."""
     out: list[tuple[str, str]] = []
     remaining = verdict.remaining
-    for kind, i in (
-        ("requests", REQUESTS_MINUTE if limits[REQUESTS_MINUTE] is not None else None),
-        ("tokens", _tightest(remaining, limits, TOKENS_MINUTE, TOKENS_HOUR)),
-        ("cost", _tightest(remaining, limits, COST_DAY, COST_MONTH)),
-    ):
+    windows = verdict.windows
+    for limit_key, remaining_key, reset_key, a, b, cost in _KINDS:
+        i = _tightest(remaining, limits, a, b) if limits[a] is None or limits[b] is not None else a
         if i is None:
             continue
         limit = limits[i]
         left = remaining[i]
         assert limit is not None
         assert left is not None
-        if kind == "cost":
-            out.append((f"x-ratelimit-limit-{kind}", _money(limit)))
-            out.append((f"x-ratelimit-remaining-{kind}", _money(left)))
-        else:
-            out.append((f"x-ratelimit-limit-{kind}", str(limit)))
-            out.append((f"x-ratelimit-remaining-{kind}", str(left)))
-        out.append((f"x-ratelimit-reset-{kind}", format_reset(verdict.reset_at(i) - now)))
+        text = _money if cost else str
+        out.append((limit_key, text(limit)))
+        out.append((remaining_key, text(left)))
+        out.append((reset_key, format_reset(window_end(i, windows[i]) - now)))
     return out
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from picker.tenants.backend import AccountView, Settlement
@@ -41,18 +41,11 @@ class TenantMetrics:
     registry."""
 
     def __init__(self, registry: CollectorRegistry, accounts: Callable[[], Iterable[AccountView]]) -> None:
-        self.tokens_total = Counter(
-            "ai_tokens_total",
-            "Tokens settled per tenant and model.",
-            ["tenant", "model", "kind"],
-            registry=registry,
-        )
-        self.cost_total = Counter(
-            "ai_cost_total",
-            "Cost settled per tenant and model, in the configured currency.",
-            ["tenant", "model"],
-            registry=registry,
-        )
+        #: (tenant, model label) -> [input tokens, output tokens, cost in nano-units]: plain integers added
+        #: on the loop, exported by :class:`_UsageCollector` (a settlement costs two dict reads and three
+        #: additions instead of three locked counter increments)
+        self.usage: dict[tuple[str, str], list[int]] = {}
+        registry.register(_UsageCollector(self.usage))
         self.rejections_total = Counter(
             "picker_tenant_rejections_total",
             "Requests refused for a tenant, by the limit or queue outcome that refused them.",
@@ -74,7 +67,8 @@ class TenantMetrics:
         )
         registry.register(_WindowCollector(accounts))
         self._models: set[str] = set()
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        #: (tenant, model as sent) -> its row of ``usage`` (the model label resolved once)
+        self._rows: dict[tuple[str, str], list[int]] = {}
 
     def price_models(self, models: Iterable[str]) -> None:
         """Models with a price are always their own label value."""
@@ -90,22 +84,17 @@ class TenantMetrics:
 
     def settled(self, s: Settlement) -> None:
         key = (s.tenant, s.model)
-        children = self._children.get(key)
-        if children is None:
-            model = self._model(s.model)
-            children = (
-                self.tokens_total.labels(s.tenant, model, "input"),
-                self.tokens_total.labels(s.tenant, model, "output"),
-                self.cost_total.labels(s.tenant, model),
-            )
-            if len(self._children) < 100_000:
-                self._children[key] = children
-        if s.input_tokens:
-            children[0].inc(s.input_tokens)
-        if s.output_tokens:
-            children[1].inc(s.output_tokens)
-        if s.cost_nano:
-            children[2].inc(s.cost_nano / NANO)
+        row = self._rows.get(key)
+        if row is None:
+            label = (s.tenant, self._model(s.model))
+            row = self.usage.get(label)
+            if row is None:
+                row = self.usage[label] = [0, 0, 0]
+            if len(self._rows) < 100_000:
+                self._rows[key] = row
+        row[0] += s.input_tokens
+        row[1] += s.output_tokens
+        row[2] += s.cost_nano
 
     def rejected(self, tenant: str, reason: str) -> None:
         self.rejections_total.labels(tenant, reason).inc()
@@ -115,6 +104,36 @@ class TenantMetrics:
 
     def backend_failure(self, fail_mode: str) -> None:
         self.backend_failures.labels(fail_mode).inc()
+
+
+class _UsageCollector(Collector):
+    def __init__(self, usage: dict[tuple[str, str], list[int]]) -> None:
+        self._usage = usage
+
+    def describe(self) -> list[Any]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        tokens, cost = self._families()
+        for (tenant, model), (inp, out, nano) in list(self._usage.items()):
+            tokens.add_metric([tenant, model, "input"], float(inp))
+            tokens.add_metric([tenant, model, "output"], float(out))
+            cost.add_metric([tenant, model], nano / NANO)
+        yield tokens
+        yield cost
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "ai_tokens", "Tokens settled per tenant and model.", labels=["tenant", "model", "kind"]
+            ),
+            CounterMetricFamily(
+                "ai_cost",
+                "Cost settled per tenant and model, in the configured currency.",
+                labels=["tenant", "model"],
+            ),
+        )
 
 
 class _WindowCollector(Collector):
