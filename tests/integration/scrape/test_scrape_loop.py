@@ -68,7 +68,11 @@ async def test_pages_land_and_later_scrapes_ask_for_the_wanted_families_only() -
         scraper = Scraper(ds, LeanFetcher(), engines=engine_specs(), interval_s=0.02, timeout_s=1.0)
         task = asyncio.create_task(scraper.run())
         try:
-            await eventually(lambda: len(first.lines) >= 3, "three scrapes")
+            # a request line arrives before its response is applied: wait for both
+            await eventually(
+                lambda: len(first.lines) >= 3 and getattr(ds.status("pod-a-rank-0"), "scrapes_ok", 0) >= 3,
+                "three scrapes",
+            )
             assert first.lines[0] == "GET /metrics HTTP/1.1"  # the first page is read whole
             assert all(line.startswith("GET /metrics?name[]=vllm%3A") for line in first.lines[1:])
             status = ds.status("pod-a-rank-0")
