@@ -23,6 +23,7 @@ from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
 from picker.testing.dcgm import FakeDcgmExporter
 from picker.testing.net import free_port
+from picker.testing.tools import tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,10 +90,7 @@ class PrometheusServer:
 
 @pytest.fixture
 def prometheus(exporter: FakeDcgmExporter, tmp_path: Path) -> Iterator[PrometheusServer]:
-    if not Path(PROMETHEUS).exists():
-        pytest.skip(
-            f"the Prometheus server binary is not installed ({PROMETHEUS}; Debian package 'prometheus')"
-        )
+    tool("prometheus", apt="prometheus")  # skips, or fails under PICKER_REQUIRE_TOOLS
     server = PrometheusServer(tmp_path, exporter.target)
     try:
         yield server

@@ -1,4 +1,4 @@
-"""A real redis-server per test (installed by .ci/run; the tests are skipped where it cannot be)."""
+"""A real redis-server per test (installed by .ci/run, which fails when it is missing; skipped elsewhere)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from picker.testing.redis_server import RedisServer
+from picker.testing.tools import tool
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
     server = RedisServer(tmp_path)
     server.start()
     try:
