@@ -51,4 +51,4 @@ def tool(name: str, *, apt: str | None = None, pip: str | None = None) -> str:
         raise ToolMissingError(f"{name} is missing and {REQUIRE_ENV} is set ({hint})")
     import pytest  # only tests call this; the service never imports picker.testing
 
-    pytest.skip(f"{name} is not installed ({hint}; CI sets {REQUIRE_ENV} and fails instead)")
+    raise pytest.skip.Exception(f"{name} is not installed ({hint}; CI sets {REQUIRE_ENV} and fails instead)")
