@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
+from picker.testing.tools import tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,8 +103,7 @@ class Epp:
 
 @pytest.fixture
 async def two_epps(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Epp, Epp]]:
-    if not RedisServer.available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
     redis = RedisServer(tmp_path)
     redis.start()
     config = tmp_path / "config.yaml"

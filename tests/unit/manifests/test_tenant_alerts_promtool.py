@@ -3,7 +3,6 @@ when it should and stays quiet when it should not."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
+from picker.testing.tools import tool
+
 
 def _promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    return binary
+    return tool("promtool", apt="prometheus")
 
 
 @pytest.fixture
