@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from picker.state.datastore import Datastore
 from picker.state.endpoints import PoolInfo, parse_static_endpoints
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.telemetry import Telemetry
+from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
 
 log = logging.getLogger("picker")
@@ -189,6 +191,12 @@ class Service:
         ProcessCollector(registry=self.telemetry.registry)
         #: tenant metering and budgets; off until a config with a ``tenants`` section is applied (start)
         self.tenants = TenantService(self.telemetry.registry)
+        #: flow control (the ``flowControl`` feature gate): fair queues while the pool is saturated
+        self.flow = FlowController(
+            self._saturation,
+            registry=self.telemetry.registry,
+            pool=self.telemetry.pool_name,
+        )
         self.director = Director(
             self.datastore,
             self.config_store,
@@ -196,6 +204,7 @@ class Service:
             disable_subset_filter=settings.disable_endpoint_subset_filter,
             observer=self.telemetry,
             tenancy=self.tenants.tenancy,
+            flow=self.flow,
         )
         self._kube: Any = None
         self._api_client: Any = None
@@ -280,11 +289,7 @@ class Service:
                 "budget (limits apply per worker); use backend redis for one shared budget",
                 settings.workers,
             )
-        if config.flow_control_requested:
-            log.warning(
-                "the config asks for flow control, which this EPP does not implement; "
-                "requests are admitted by priority and saturation only"
-            )
+        self._configure_flow(config)
 
     # ------------------------------------------------------------------------------------- health
     def health_state(self) -> HealthState:
@@ -306,6 +311,18 @@ class Service:
     def skip_response(self, decision: RoutingDecision) -> bool:
         """Whether this request's response phases may be skipped; see :func:`skip_response_rule`."""
         return self._skip_response(decision)
+
+    def _saturation(self) -> float:
+        """The active saturation detector over the whole pool (what flow control dispatches against)."""
+        return self.config_store.active.scheduler.saturation(self.datastore.snapshot(), now=time.monotonic())
+
+    def _configure_flow(self, cfg: PickerConfig) -> None:
+        enabled = "flowControl" in cfg.feature_gates
+        if cfg.endpoint_picker.flow_control is not None and not enabled:
+            log.warning(
+                "the config has a flowControl block but not the flowControl feature gate: not enforced"
+            )
+        self.flow.configure(enabled=enabled, limits=flow_limits(cfg.endpoint_picker.flow_control))
 
     # -------------------------------------------------------------------------------- config reload
     def _uses_config_objectives(self) -> bool:
@@ -329,6 +346,7 @@ class Service:
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)
         self.tenants.apply_logged(cfg.settings.tenants)
+        self._configure_flow(cfg)
 
     # ------------------------------------------------------------------------------------ sources
     def _static_pool(self) -> None:
@@ -435,6 +453,7 @@ class Service:
         if self.file_watcher is not None:
             tasks["config-file"] = self.file_watcher.run()
         tasks["tenants"] = self.tenants.run()
+        tasks["flow-control"] = self.flow.run()
         if self._kube is not None:
             tasks["kubernetes"] = self._kube.run()
         gpu = self._gpu_source()

@@ -71,12 +71,14 @@ from picker.extproc.tls import TLSConfig, generate_self_signed
 from picker.routing.director import Director
 from picker.settings import Settings
 from picker.state.codec import HealthInputs
-from picker.state.config_store import ConfigStore
+from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
 from picker.state.datastore import Datastore
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
 from picker.state.view import SharedView
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
+from picker.tenants.flow import FlowController, flow_limits
+from picker.tenants.service import TenantService
 
 __all__ = ["WorkerPool", "run_workers", "worker_main"]
 
@@ -172,7 +174,9 @@ class _Worker:
                 raise RuntimeError("the supervisor published no state within 30 s")
             await asyncio.sleep(0.01)
 
-    def _server(self, store: ConfigStore, telemetry: Telemetry) -> ExtProcServer:
+    def _server(
+        self, store: ConfigStore, telemetry: Telemetry, tenants: TenantService, flow: FlowController
+    ) -> ExtProcServer:
         s = self.settings
         config = store.active.config
         director = Director(
@@ -181,6 +185,8 @@ class _Worker:
             rng=np.random.default_rng(None if s.seed is None else s.seed + 1 + self.index),
             disable_subset_filter=s.disable_endpoint_subset_filter,
             observer=telemetry,
+            tenancy=tenants.tenancy,
+            flow=flow,
         )
         tls = None
         if s.secure_serving:
@@ -207,7 +213,26 @@ class _Worker:
         config = load_config_text(static.config_text) if static.config_text else default_config()
         store = ConfigStore(config, source=static.config_source, text=static.config_text)
         telemetry = Telemetry(self.view, registry=CollectorRegistry())
-        server = self._server(store, telemetry)
+        # Tenants and flow control per worker: with the memory backend each worker keeps its own budget
+        # (the supervisor warns at start), with Redis they share one; queues are per worker.
+        tenants = TenantService(telemetry.registry)
+        tenants.apply(config.settings.tenants)
+        flow = FlowController(
+            lambda: store.active.scheduler.saturation(self.view.snapshot(), now=time.monotonic()),
+            registry=telemetry.registry,
+        )
+
+        def follow_config(result: ReloadResult, active: ActiveConfig) -> None:
+            if result.result == "applied":
+                tenants.apply_logged(active.config.settings.tenants)
+                flow.configure(
+                    enabled="flowControl" in active.config.feature_gates,
+                    limits=flow_limits(active.config.endpoint_picker.flow_control),
+                )
+
+        follow_config(ReloadResult("start", True, "applied", "", "", 0.0), store.active)
+        store.add_listener(follow_config)
+        server = self._server(store, telemetry, tenants, flow)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -218,6 +243,8 @@ class _Worker:
         tasks = [
             asyncio.create_task(self._listen(channel), name="supervisor"),
             asyncio.create_task(self._follow(store, telemetry, channel), name="follow"),
+            asyncio.create_task(tenants.run(), name="tenants"),
+            asyncio.create_task(flow.run(), name="flow-control"),
         ]
         try:
             await self._stop.wait()

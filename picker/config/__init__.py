@@ -23,7 +23,7 @@ A configuration text holds one or two YAML documents separated by ``---``:
        saturationDetector: {pluginRef: utilization-detector}
        dataLayer:
          sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
-       flowControl: {maxBytes: 10Gi, ...}      # accepted and kept; flow control is not implemented
+       flowControl: {maxBytes: 10Gi, ...}      # enforced with the flowControl gate (picker.tenants.flow)
        parser: {pluginRef: openai-parser}
 
    Scheduling plugins (filters, scorers, pickers, detectors, profile handler) are validated and built by

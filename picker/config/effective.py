@@ -55,7 +55,8 @@ class PickerConfig(StrictModel):
 
     @property
     def flow_control_requested(self) -> bool:
-        """True when the document asks for flow control, which is not implemented (log a warning)."""
+        """True when the document has the ``flowControl`` gate or block (enforced with the gate, as the
+        reference: ``picker.tenants.flow``)."""
         return "flowControl" in self.feature_gates or self.endpoint_picker.flow_control is not None
 
     @property
@@ -132,6 +133,9 @@ def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[
                 p.model_dump(by_alias=True, mode="json") for p in cfg.request_attribute_reporters
             ],
             "featureGates": sorted(cfg.feature_gates),
-            "flowControl": {"requested": cfg.flow_control_requested, "implemented": False},
+            "flowControl": {
+                "requested": cfg.flow_control_requested,
+                "enabled": "flowControl" in cfg.feature_gates,
+            },
         },
     }

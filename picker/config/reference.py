@@ -70,7 +70,8 @@ class DataLayerConfig(StrictModel):
 
 
 class PriorityBandConfig(StrictModel):
-    """A flow-control priority band (kept for display; flow control is not implemented)."""
+    """A flow-control priority band: ``maxRequests``/``maxBytes`` bound its queue (picker.tenants.flow);
+    the fairness policy is round robin between flows and the ordering FCFS, whatever the refs name."""
 
     priority: int | None = None
     #: bytes or quantity; reference default 1G
@@ -88,8 +89,10 @@ class PriorityBandConfig(StrictModel):
 
 
 class FlowControlConfig(StrictModel):
-    """The reference ``flowControl`` block: accepted, validated and kept, but not acted on (see flag
-    :attr:`PickerConfig.flow_control_requested`)."""
+    """The reference ``flowControl`` block, enforced when the ``flowControl`` feature gate is on
+    (:mod:`picker.tenants.flow`): ``maxRequests``/``maxBytes`` bound the queues, ``defaultRequestTTL``
+    the wait (unset: 30 s; 0: until the client goes away); ``usageLimitPolicyPluginRef`` is not
+    supported (the saturation detector's 1.0 is the limit of every band)."""
 
     max_bytes: int | str | None = None
     max_requests: int | str | None = None

@@ -11,6 +11,8 @@
    step refuses the request. Then a sheddable request (priority < 0) is rejected with 429 when pool
    saturation ≥ 1. With a remote budget (Redis, ``--workers``) the reservation may need I/O: ``route``
    then returns a :class:`PendingRoute` that the stream awaits, and everything after it runs then.
+   With the ``flowControl`` feature gate (:mod:`picker.tenants.flow`), a request with priority >= 0 that
+   finds the pool saturated (or others already waiting) waits in its tenant's queue the same way.
 6. Schedule (filters → weighted scorers → picker); nothing left → 429.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
@@ -21,6 +23,7 @@ Everything here is synchronous and allocation-light: it runs once per request on
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -34,7 +37,8 @@ from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecisi
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
-from picker.tenants import Tenancy, Ticket
+from picker.tenants import FAIRNESS_HEADER, Tenancy, Ticket
+from picker.tenants.flow import FlowController
 from scoring import EndpointMatrix, NoEndpointsAvailable, subset_mask
 from scoring.matrix import LoadCharge
 from scoring.types import PickRequest
@@ -46,6 +50,8 @@ HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 MSG_NO_PODS = "no pods available in datastore"
 MSG_SHED = "system saturated, sheddable request dropped"
+#: the reference's flow id of a request without a fairness id (used without a tenants section)
+DEFAULT_FLOW = "default-flow"
 
 #: the headers plugins see when the request has none of theirs (shared, so no dict per request)
 _NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -89,6 +95,7 @@ class Director:
         disable_subset_filter: bool = False,
         observer: DirectorObserver | None = None,
         tenancy: Tenancy | None = None,
+        flow: FlowController | None = None,
     ) -> None:
         self._ds = datastore
         self._config = config
@@ -97,6 +104,7 @@ class Director:
         self._disable_subset = disable_subset_filter
         self._observer = observer
         self._tenancy = tenancy
+        self._flow = flow
 
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
@@ -129,49 +137,105 @@ class Director:
         *,
         explain: bool,
     ) -> RoutingDecision | PendingRoute:
-        headers = request.headers
         if info is not None:
             choice = self._ds.rewrites.resolve(incoming, self._rng)
             if choice is not None:
                 target = choice.target_model
                 if self._observer is not None and not explain:
                     self._observer.rewrite_decision(choice.rewrite_name, incoming, target)
+        if explain:
+            return self._schedule(request, active, info, incoming, target, explain=True)
+        args = (request, active, info, incoming, target)
+        ticket: Ticket | None = None
         tenancy = self._tenancy
-        if tenancy is not None and tenancy.active and not explain:
+        if tenancy is not None and tenancy.active:
             admitted = tenancy.admit(
-                headers,
+                request.headers,
                 model=target,
                 prompt_chars=info.prompt_chars if info is not None else len(request.body),
                 max_tokens=info.max_tokens if info is not None else None,
                 text=(lambda: _prompt_text(request)) if info is not None else None,
             )
-            args = (request, active, info, incoming, target)
             if not isinstance(admitted, Ticket):
-                return PendingRoute(self._after_admission(admitted, args))
-            return self._admitted(admitted, args)
-        return self._schedule(request, active, info, incoming, target, explain=explain)
+                return PendingRoute(self._later(args, None, admitted))
+            ticket = admitted
+        if self._flow is not None and self._flow.enabled:
+            try:
+                waiting = self._enqueue(args, ticket)
+            except PickerError:
+                if ticket is not None:
+                    ticket.release()
+                raise
+            if waiting is not None:
+                return PendingRoute(self._later(args, ticket, None, waiting))
+        if ticket is None:
+            return self._schedule(request, active, info, incoming, target, explain=False)
+        return self._admitted(ticket, args)
 
-    async def _after_admission(self, pending: Awaitable[Ticket], args: _Args) -> RoutingDecision:
+    def _enqueue(self, args: _Args, ticket: Ticket | None) -> tuple[asyncio.Future[None], str, int] | None:
+        """Flow control: None to schedule now, or the queue position to wait on (sheddable requests are
+        not queued: they are shed by saturation as without flow control)."""
+        flow = self._flow
+        assert flow is not None
+        request = args[0]
+        priority = self._ds.objectives.priority(request.headers.get(HDR_OBJECTIVE, ""))
+        if priority < 0:
+            return None
+        if ticket is not None:
+            fairness_id = ticket.tenant
+        elif self._tenancy is not None:
+            fairness_id = self._tenancy.ids.resolve(request.headers)
+        else:
+            fairness_id = request.headers.get(FAIRNESS_HEADER) or DEFAULT_FLOW
+        future = flow.admit(fairness_id, priority, len(request.body))
+        return None if future is None else (future, fairness_id, priority)
+
+    async def _later(
+        self,
+        args: _Args,
+        ticket: Ticket | None,
+        pending: Awaitable[Ticket] | None,
+        waiting: tuple[asyncio.Future[None], str, int] | None = None,
+    ) -> RoutingDecision:
+        """The rest of :meth:`_route` after I/O: a remote reservation, a wait in a flow-control queue."""
         try:
-            ticket = await pending
+            if pending is not None:
+                ticket = await pending
+                if self._flow is not None and self._flow.enabled:
+                    waiting = self._enqueue(args, ticket)
+            if waiting is not None:
+                assert self._flow is not None
+                await self._flow.wait(*waiting)
+                try:
+                    return self._admitted(ticket, args)
+                finally:
+                    self._flow.poke()  # its load is counted now: the next one may go
         except PickerError as exc:
+            if ticket is not None:
+                ticket.release()
             exc.incoming_model = args[3]
             exc.target_model = args[4]
             raise
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
         return self._admitted(ticket, args)
 
-    def _admitted(self, ticket: Ticket, args: _Args) -> RoutingDecision:
-        """Schedule a request that holds a reservation; a refusal from here on gives it back at once."""
+    def _admitted(self, ticket: Ticket | None, args: _Args) -> RoutingDecision:
+        """Schedule a request (holding a reservation or not); a refusal from here on gives it back."""
         request, active, info, incoming, target = args
         try:
             decision = self._schedule(request, active, info, incoming, target, explain=False)
         except PickerError as exc:
-            ticket.release()
+            if ticket is not None:
+                ticket.release()
             exc.incoming_model = incoming
             exc.target_model = target
             raise
         except BaseException:
-            ticket.release()
+            if ticket is not None:
+                ticket.release()
             raise
         decision.ticket = ticket
         return decision

@@ -474,7 +474,7 @@ def test_effective_config_as_plain_data() -> None:
     scheduler = data["effective"]["scheduler"]
     assert [s["weight"] for s in scheduler["profiles"][0]["scorers"]] == [2.0, 2.0, 3.0, 1.0]
     assert scheduler["profiles"][0]["picker"]["parameters"] == {"maxNumOfEndpoints": 2}
-    assert data["effective"]["flowControl"] == {"requested": True, "implemented": False}
+    assert data["effective"]["flowControl"] == {"requested": True, "enabled": True}
     assert data["effective"]["parser"] == "openai-parser"
     assert data["effective"]["metricsSource"] == {
         "scheme": "http",
