@@ -279,16 +279,6 @@ class Service:
         )
         self.ports: Ports | None = None
         self._stop = asyncio.Event()
-        if (
-            config.settings.tenants is not None
-            and settings.workers > 1
-            and (config.settings.tenants.backend.type == "memory")
-        ):
-            log.warning(
-                "tenants with --workers %d and the memory backend: each worker process keeps its own "
-                "budget (limits apply per worker); use backend redis for one shared budget",
-                settings.workers,
-            )
         self._configure_flow(config)
 
     # ------------------------------------------------------------------------------------- health

@@ -78,6 +78,7 @@ from picker.state.segment import SharedLayout, SharedSegment
 from picker.state.view import SharedView
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 from picker.tenants.flow import FlowController, flow_limits
+from picker.tenants.remote import VERDICT, BudgetHost, SupervisorBackend
 from picker.tenants.service import TenantService
 
 __all__ = ["WorkerPool", "run_workers", "worker_main"]
@@ -166,6 +167,8 @@ class _Worker:
         self.view = SharedView(self.segment, index)
         self._key_pair = key_pair
         self._stop = asyncio.Event()
+        #: the supervisor's tenant budget, reached over the pipe (set in run())
+        self.budget = SupervisorBackend(lambda _message: None)
 
     async def _first_state(self) -> None:
         deadline = time.monotonic() + 30.0
@@ -213,9 +216,10 @@ class _Worker:
         config = load_config_text(static.config_text) if static.config_text else default_config()
         store = ConfigStore(config, source=static.config_source, text=static.config_text)
         telemetry = Telemetry(self.view, registry=CollectorRegistry())
-        # Tenants and flow control per worker: with the memory backend each worker keeps its own budget
-        # (the supervisor warns at start), with Redis they share one; queues are per worker.
-        tenants = TenantService(telemetry.registry)
+        # Tenants: the memory backend's budget is the supervisor's, asked over the pipe (one budget for all
+        # workers), Redis is shared as ever. Flow-control queues are per worker.
+        self.budget = SupervisorBackend(channel.send)
+        tenants = TenantService(telemetry.registry, shared=self.budget)
         tenants.apply(config.settings.tenants)
         flow = FlowController(
             lambda: store.active.scheduler.saturation(self.view.snapshot(), now=time.monotonic()),
@@ -271,9 +275,12 @@ class _Worker:
             message = await channel.recv()
             if message is None:
                 log.warning("worker %d: the supervisor is gone, stopping", self.index)
+                self.budget.abandon()
                 self._stop.set()
                 return
-            if message[0] == "stop":
+            if message[0] == VERDICT:
+                self.budget.deliver(message)
+            elif message[0] == "stop":
                 self._stop.set()
                 return
 
@@ -320,8 +327,11 @@ class WorkerPool:
         merged: MergedRequestMetrics,
         *,
         key_pair: tuple[bytes, bytes] | None,
+        budget: BudgetHost | None = None,
     ) -> None:
+        """``budget``: answers the workers' tenant reservations from the supervisor's memory backend."""
         self.settings = settings
+        self.budget = budget
         self.segment = segment
         self.datastore = datastore
         self.merged = merged
@@ -394,6 +404,10 @@ class WorkerPool:
                 self.merged.update(index, [tuple(f) for f in message[1]])
             elif message[0] == "serving":
                 slot.serving = True
+            elif message[0].startswith("tenants.") and self.budget is not None:
+                reply = self.budget.handle(index, message)
+                if reply is not None:
+                    channel.send(reply)
         channel.close()
         slot.serving = False
         # the socket closes when the process exits; wait for the exit itself (kill a process that
@@ -410,6 +424,8 @@ class WorkerPool:
         slot.process, slot.channel, slot.reader = None, None, None
         released = self.datastore.ledger.settle_row(index)
         self.merged.retire(index)
+        if self.budget is not None:
+            self.budget.retire(index)
         if all(s.process is None for s in self._slots):
             self._none_running.set()
         if self._stopping:
@@ -519,7 +535,9 @@ async def _supervise(settings: Settings) -> None:
         )
         merged = MergedRequestMetrics(service.telemetry.request_metrics())
         service.telemetry.registry.register(merged)
-        pool = WorkerPool(settings, segment, datastore, merged, key_pair=key_pair)
+        tenants = service.tenants
+        budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected)
+        pool = WorkerPool(settings, segment, datastore, merged, key_pair=key_pair, budget=budget)
         pool_ref.append(pool)
         service.readiness_checks.append(pool.all_serving)
 

@@ -83,6 +83,8 @@ class TenantMetrics:
         return model
 
     def settled(self, s: Settlement) -> None:
+        if not (s.input_tokens or s.output_tokens or s.cost_nano):
+            return
         key = (s.tenant, s.model)
         row = self._rows.get(key)
         if row is None:

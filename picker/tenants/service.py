@@ -26,6 +26,7 @@ from picker.tenants.meter import Tenancy
 from picker.tenants.metrics import TenantMetrics
 from picker.tenants.policy import NANO, TenantsPolicy
 from picker.tenants.redis_backend import RedisBackend
+from picker.tenants.remote import SupervisorBackend
 
 __all__ = ["TenantService"]
 
@@ -36,14 +37,23 @@ SWEEP_S: Final = 60.0
 
 
 class TenantService:
-    def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], float] = now_wall) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], float] = now_wall,
+        shared: SupervisorBackend | None = None,
+    ) -> None:
+        """``shared``: a ``--workers`` worker's link to the supervisor's budget, used instead of a memory
+        backend of its own (:mod:`picker.tenants.remote`)."""
         self._clock = clock
+        self._shared = shared
         self.metrics = TenantMetrics(registry, self.accounts)
         self.memory = MemoryBackend(self.metrics, clock=clock)
         self.redis: RedisBackend | None = None
         self._redis_cfg: RedisConfig | None = None
         self.tenancy = Tenancy(self.memory, estimator=TokenEstimator(), clock=clock)
-        self.tenancy.on_rejected = self.metrics.rejected
+        self.tenancy.on_rejected = shared.rejected if shared is not None else self.metrics.rejected
         self._tokenizers: dict[str, tuple[str, Tokenizer]] = {}
         self._changed = asyncio.Event()
         self._retired: list[RedisBackend] = []
@@ -92,7 +102,7 @@ class TenantService:
                 self._retired.append(self.redis)
                 self.redis, self._redis_cfg = None, None
                 self._changed.set()
-            self.tenancy.backend = self.memory
+            self.tenancy.backend = self._shared if self._shared is not None else self.memory
         self.tenancy.apply(TenantsPolicy.from_config(cfg))
 
     def apply_logged(self, cfg: TenantsConfig | None) -> None:

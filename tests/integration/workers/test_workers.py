@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -90,8 +91,8 @@ async def eventually(check: Any, what: str, within: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def tree() -> AsyncIterator[Tree]:
+@contextlib.asynccontextmanager
+async def _start_tree(*extra: str) -> AsyncIterator[Tree]:
     async with FakeFleet.uniform(4, "vllm") as fleet:
         grpc_port = free_port()
         proc = await asyncio.create_subprocess_exec(
@@ -114,6 +115,7 @@ async def tree() -> AsyncIterator[Tree]:
             "0",
             "--refresh-metrics-interval",
             "200ms",
+            *extra,
             stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
@@ -149,6 +151,12 @@ async def tree() -> AsyncIterator[Tree]:
                     proc.kill()
                     await proc.wait()
             drain.cancel()
+
+
+@pytest.fixture
+async def tree() -> AsyncIterator[Tree]:
+    async with _start_tree() as t:
+        yield t
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -262,3 +270,73 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+TENANTS = """\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+tenants:
+  defaultTier: t
+  tiers: [{name: t, limits: {concurrent: 3}}]
+"""
+
+
+async def _first_reply_kind(client: EnvoyClient, tenant: str) -> tuple[RawStream, str]:
+    stream = client.stream()
+    for message in HttpRequest(body=BODY, headers=[("x-tenant-id", tenant)]).messages():
+        await stream.send(message)
+    reply = await stream.recv()
+    assert reply is not None, await stream.status()
+    kind = reply.WhichOneof("response")
+    if kind == "request_headers":
+        reply = await stream.recv()  # the body reply
+    return stream, str(kind)
+
+
+async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
+    """The memory backend's budget lives in the supervisor: a concurrency limit of 3 holds across both
+    workers, and a worker that dies gives its tenants' reservations back."""
+    async with _start_tree("--config-text", TENANTS) as t:
+        # one client per worker: connect until a held (tenant-less) stream shows on each worker
+        by_worker: dict[int, EnvoyClient] = {}
+        for _ in range(64):
+            client = await t.new_client()
+            before = {w["index"]: w["inflight"] for w in await t.workers()}
+            stream, kind = await _first_reply_kind(client, "probe")
+            after = {w["index"]: w["inflight"] for w in await t.workers()}
+            (index,) = [i for i in after if after[i] > before[i]]
+            stream.cancel()
+            await eventually(
+                functools.partial(_settled, t, index, before[index]), "the probe's stream released"
+            )
+            by_worker.setdefault(index, client)
+            if len(by_worker) == 2:
+                break
+        assert len(by_worker) == 2, "connections never reached both workers"
+        a, b = by_worker[0], by_worker[1]
+        held = []
+        for _ in range(3):
+            stream, kind = await _first_reply_kind(a, "shared")
+            assert kind == "request_headers"
+            held.append(stream)
+        _stream, kind = await _first_reply_kind(b, "shared")  # the other worker: the same budget
+        assert kind == "immediate_response"
+        doc = await t.get("/debug/tenants")
+        (row,) = [r for r in doc["tenants"] if r["tenant"] == "shared"]
+        assert row["meters"]["concurrent"]["reserved"] == 3
+        for stream in held:
+            await finish(stream)
+        stream, kind = await _first_reply_kind(b, "shared")
+        assert kind == "request_headers"
+        stream.cancel()
+
+        async def released() -> bool:
+            doc = await t.get("/debug/tenants")
+            rows = [r for r in doc["tenants"] if r["tenant"] == "shared"]
+            return bool(rows) and rows[0]["meters"]["concurrent"]["reserved"] == 0
+
+        await eventually(released, "the reservations given back")
+
+
+async def _settled(t: Tree, index: int, inflight: float) -> bool:
+    return any(w["index"] == index and w["inflight"] <= inflight for w in await t.workers())
