@@ -187,6 +187,8 @@ class FlowController:
                 async with asyncio.timeout(ttl):
                     await asyncio.shield(future)
         except TimeoutError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                return  # dispatched in the same loop turn as the bound ran out: go
             self._remove(future, "expired")
             raise TenantUnavailable(
                 f"request timed out in queue: tenant {fairness_id} waited {ttl:g}s at priority {priority}",
