@@ -1,25 +1,17 @@
-"""The default scoring document shipped in the picker-config ConfigMap."""
+"""The default scoring document shipped in the picker-config ConfigMap: loaded by the service's own loader,
+it routes and sheds exactly as the built-in default, and every number in it says its default."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from typing import Any
 
+import numpy as np
 import pytest
-import yaml
 
-API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
-REQUIRED_PLUGINS = {
-    "prefill-queue-scorer",
-    "queue-scorer",
-    "kv-cache-utilization-scorer",
-    "lora-affinity-scorer",
-    "gpu-utilization-scorer",
-    "max-score-picker",
-    "utilization-detector",
-}
-PICKERS = {"max-score-picker", "random-picker", "weighted-random-picker"}
+from picker.config import default_config, load_config_text
+from picker.errors import ConfigError
+from scoring import EndpointMatrix, EndpointRow, PickRequest
 
 
 def _text(builds: dict[str, Any]) -> str:
@@ -28,50 +20,67 @@ def _text(builds: dict[str, Any]) -> str:
     return str(configmap["data"]["config.yaml"])
 
 
-def _plugins(doc: dict[str, Any]) -> dict[str, str]:
-    """name -> type (the name defaults to the type)."""
-    out: dict[str, str] = {}
-    for plugin in doc["plugins"]:
-        name = plugin.get("name", plugin["type"])
-        assert name not in out, f"plugin name {name} twice"
-        out[name] = plugin["type"]
-    return out
+def _fleet(rng: np.random.Generator, n: int) -> EndpointMatrix:
+    """A pool with varied gauges, some unknown, some adapters loaded, some metrics stale."""
+    rows = []
+    for i in range(n):
+        adapters = tuple(f"a{j}" for j in range(4) if rng.random() < 0.3)
+        rows.append(
+            EndpointRow(
+                f"e{i}",
+                f"10.0.0.{i}:8000",
+                waiting=float(rng.integers(0, 12)) if rng.random() > 0.1 else float("nan"),
+                running=float(rng.integers(0, 64)),
+                kv_usage=float(rng.random()),
+                gpu_util=float(rng.random()) if rng.random() > 0.3 else float("nan"),
+                lora_active=adapters,
+                max_lora=4.0,
+                scraped_at=100.0 - float(rng.choice([0.01, 0.05, 0.5])),
+            )
+        )
+    m = EndpointMatrix.from_rows(rows)
+    m.dispatched[:] = rng.integers(0, 3, n)
+    m.prefill_tokens[:] = rng.integers(0, 40_000, n)
+    return m
 
 
-def test_document_is_an_endpoint_picker_config(builds: dict[str, Any]) -> None:
-    doc = yaml.safe_load(_text(builds))
-    assert doc["apiVersion"] == API_VERSION
-    assert doc["kind"] == "EndpointPickerConfig"
-    assert set(doc) <= {
-        "apiVersion",
-        "kind",
-        "featureGates",
-        "plugins",
-        "schedulingProfiles",
-        "saturationDetector",
-        "dataLayer",
-        "flowControl",
-        "parser",
-    }
+def test_the_shipped_document_loads_and_is_the_built_in_default(builds: dict[str, Any]) -> None:
+    """Deploying the manifests must give the same configuration as running without a document."""
+    shipped = load_config_text(_text(builds))
+    assert shipped.to_dict()["effective"] == default_config().to_dict()["effective"]
 
 
-def test_plugins_and_profile_references_resolve(builds: dict[str, Any]) -> None:
-    doc = yaml.safe_load(_text(builds))
-    plugins = _plugins(doc)
-    assert set(plugins.values()) >= REQUIRED_PLUGINS
-    names = [p["name"] for p in doc["schedulingProfiles"]]
-    assert len(names) == len(set(names)) == 1
-    for profile in doc["schedulingProfiles"]:
-        refs = [p["pluginRef"] for p in profile["plugins"]]
-        assert set(refs) <= set(plugins), set(refs) - set(plugins)
-        assert sum(plugins[r] in PICKERS for r in refs) == 1, "exactly one picker per profile"
-        for entry in profile["plugins"]:
-            if plugins[entry["pluginRef"]].endswith("-scorer"):
-                assert isinstance(entry["weight"], int | float), entry
-                assert entry["weight"] > 0, entry
-        scorers = {t for t in plugins.values() if t.endswith("-scorer")}
-        assert scorers <= {plugins[r] for r in refs}, "a defined scorer that no profile uses"
-    assert plugins[doc["saturationDetector"]["pluginRef"]] == "utilization-detector"
+def test_the_shipped_document_routes_and_sheds_like_the_built_in_default(builds: dict[str, Any]) -> None:
+    shipped = load_config_text(_text(builds)).build_scheduler()
+    built_in = default_config().build_scheduler()
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        m = _fleet(rng, int(rng.integers(2, 40)))
+        req = PickRequest(
+            target_model=str(rng.choice(["base", "a0", "a1", "a3"])),
+            prompt_tokens_estimate=int(rng.integers(10, 8000)),
+            stream=True,
+        )
+        picks = [
+            s.schedule(m, req, now=100.0, rng=np.random.default_rng(trial)).indices
+            for s in (shipped, built_in)
+        ]
+        assert picks[0] == picks[1], trial
+        assert shipped.saturation(m, now=100.0) == built_in.saturation(m, now=100.0)
+
+
+def test_a_broken_parameter_in_the_document_is_rejected_by_name(builds: dict[str, Any]) -> None:
+    """A misspelt or out-of-range parameter fails when the document loads, not at the first start in a
+    cluster: the loader names the plugin and the parameter."""
+    text = _text(builds)
+    broken = text.replace("kvCacheUtilThreshold: 0.8", "kvCacheUtilThreshold: 1.5")
+    assert broken != text
+    with pytest.raises(ConfigError, match="kvCacheUtilThreshold"):
+        load_config_text(broken)
+    misspelt = text.replace("queueDepthThreshold:", "queueDepthTreshold:")
+    assert misspelt != text
+    with pytest.raises(ConfigError, match="queueDepthTreshold"):
+        load_config_text(misspelt)
 
 
 def _explanation(lines: list[str], i: int) -> str:
@@ -108,53 +117,3 @@ def test_every_weight_and_threshold_is_explained_with_its_default(builds: dict[s
             assert re.search(r"\bdefault\b", text, re.IGNORECASE), f"line {i + 1} ({key}): say the default"
             checked += 1
     assert checked >= 5 + 1 + 1 + 4  # 5 weights, prefill-queue param, picker param, detector params
-
-
-def test_document_builds_a_scheduler(builds: dict[str, Any]) -> None:
-    """Plugin types, parameter names and values are accepted by the scoring registry (a misspelt or
-    out-of-range parameter fails here, not at the first start in a cluster)."""
-    registry = pytest.importorskip("scoring.registry")
-    doc = yaml.safe_load(_text(builds))
-    plugins = [
-        registry.PluginSpec(p.get("name", p["type"]), p["type"], p.get("parameters", {}))
-        for p in doc["plugins"]
-    ]
-    profiles = [
-        registry.ProfileSpec(p["name"], [(e["pluginRef"], e.get("weight")) for e in p["plugins"]])
-        for p in doc["schedulingProfiles"]
-    ]
-    registry.build_scheduler(plugins, profiles, saturation_detector=doc["saturationDetector"]["pluginRef"])
-    broken = [
-        registry.PluginSpec(p.name, p.type, {**p.parameters, "kvThreshold": 1})
-        if p.type == "utilization-detector"
-        else p
-        for p in plugins
-    ]
-    with pytest.raises(Exception, match="kvThreshold"):
-        registry.build_scheduler(broken, profiles, saturation_detector="utilization-detector")
-
-
-def test_document_loads_with_the_picker_config_loader(builds: dict[str, Any]) -> None:
-    if importlib.util.find_spec("picker.config") is None:
-        pytest.skip("picker.config is not there yet")
-    import picker.config
-
-    load_config_text = getattr(picker.config, "load_config_text", None)
-    if load_config_text is None:
-        pytest.skip("picker.config has no load_config_text yet")
-    config = load_config_text(_text(builds))
-    assert config is not None
-
-
-def test_the_shipped_profile_is_the_built_in_default(builds: dict[str, Any]) -> None:
-    """Deploying the manifests must give the same routing as running without a document."""
-    registry = pytest.importorskip("scoring.registry")
-    doc = yaml.safe_load(_text(builds))
-    plugins = _plugins(doc)
-    (profile,) = doc["schedulingProfiles"]
-    weights = {
-        plugins[e["pluginRef"]]: e["weight"]
-        for e in profile["plugins"]
-        if plugins[e["pluginRef"]].endswith("-scorer")
-    }
-    assert weights == dict(registry.DEFAULT_WEIGHTS)

@@ -147,11 +147,25 @@ def test_parameterless_scorers_reject_parameters(cls: type[Scorer[object]]) -> N
         cls("x", {"weight": 2})
 
 
-@pytest.mark.parametrize("weight", [1.0, 2.0, 0.3])
-def test_weighted_min_max_matches_weight_times_formula(weight: float) -> None:
-    load = np.array([3.0, 0.0, 10.0, 4.5])
-    expected = weight * ((10.0 - load) / 10.0)
-    assert weighted_min_max(load.copy(), weight) == pytest.approx(expected)
+@pytest.mark.parametrize(
+    ("load", "weight", "floor", "expected"),
+    [
+        # the least loaded scores the weight, the most loaded 0, linear in between
+        ([3.0, 0.0, 10.0, 4.5], 1.0, 0.0, [0.7, 1.0, 0.0, 0.55]),
+        ([3.0, 0.0, 10.0, 4.5], 2.0, 0.0, [1.4, 2.0, 0.0, 1.1]),
+        # all equal: nobody is worse, everyone scores the weight
+        ([5.0, 5.0, 5.0], 2.0, 0.0, [2.0, 2.0, 2.0]),
+        # without a floor a spread of one request swings the whole range
+        ([100.0, 101.0], 1.0, 0.0, [1.0, 0.0]),
+        # a spread under the floor only shades the score (4 of 16 tokens: 0.75, not 0)
+        ([100.0, 104.0], 1.0, 16.0, [1.0, 0.75]),
+        ([7.0, 7.0], 1.0, 16.0, [1.0, 1.0]),
+        # past the floor it is plain min-max again
+        ([100.0, 132.0, 116.0], 1.0, 16.0, [1.0, 0.0, 0.5]),
+    ],
+)
+def test_weighted_min_max(load: list[float], weight: float, floor: float, expected: list[float]) -> None:
+    assert weighted_min_max(np.array(load), weight, floor).tolist() == pytest.approx(expected)
 
 
 def test_load_track_incremental_updates_equal_full_recomputation() -> None:

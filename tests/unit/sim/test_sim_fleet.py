@@ -215,8 +215,25 @@ def test_summary_has_the_documented_keys(azure: Workload) -> None:
     assert s["goodput_rps"] <= s["completed"] / s["makespan_s"] + 1e-9
 
 
-def test_named_traces_are_the_three_bundled_workloads() -> None:
-    with pytest.raises(ValueError, match="unknown trace"):
+def test_named_traces_are_the_three_bundled_workloads(azure: Workload) -> None:
+    conv = named_trace("azure-conv")
+    assert len(conv) == len(azure)
+    assert np.array_equal(conv.prompt_tokens, azure.prompt_tokens)
+    assert not conv.has_prefixes
+    assert (conv.adapter == -1).all(), "the conversation trace names no adapter"
+
+    mooncake = named_trace("mooncake-conv")
+    assert len(mooncake) == 12031
+    assert mooncake.has_prefixes
+    assert mooncake.unit_tokens == 512
+
+    lora = named_trace("lora", seed=1)
+    assert (lora.adapter >= 0).all(), "every LoRA request names an adapter"
+    assert len(np.unique(lora.adapter)) == len(load_lora_spec().adapters)
+    assert np.array_equal(lora.adapter, named_trace("lora", seed=1).adapter), "seeded"
+    assert not np.array_equal(lora.adapter, named_trace("lora", seed=2).adapter)
+
+    with pytest.raises(ValueError, match="unknown trace 'nope'; known: azure-conv, mooncake-conv, lora"):
         named_trace("nope")
 
 
