@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-
-helm = pytest.importorskip("helm_python")
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "picker"

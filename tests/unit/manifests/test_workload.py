@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from picker.cli import build_parser, settings_from_args
+
 Doc = dict[str, Any]
 
 EPP_BUILDS = ("base", "examples", "examples/ha")
@@ -210,9 +212,8 @@ def test_config_file_is_a_key_of_the_mounted_configmap(builds: dict[str, Any], b
 
 @pytest.mark.parametrize("build", EPP_BUILDS)
 def test_args_parse_with_the_cli(builds: dict[str, Any], build: str) -> None:
-    cli = pytest.importorskip("picker.cli")
     args = [a.replace("$(NAMESPACE)", "inference") for a in _container(_epp(builds, build))["args"]]
-    settings = cli.settings_from_args(cli.build_parser().parse_args(args), {})
+    settings = settings_from_args(build_parser().parse_args(args), {})
     flags = _flags(_container(_epp(builds, build)))
     assert settings.pool_name == flags["--pool-name"]
     assert settings.pool_namespace == "inference"

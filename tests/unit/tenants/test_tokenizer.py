@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tokenizers
 
 from picker.errors import ConfigError
 from picker.routing.openai import parse_request
 from picker.tenants.estimate import TokenEstimator, load_tokenizer
-
-tokenizers = pytest.importorskip("tokenizers")
 
 
 def _save_word_tokenizer(path: Path) -> Path:
