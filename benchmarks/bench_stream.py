@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_extproc import SMALL_BODY, _Workload
+from benchmarks.extproc.workload import SMALL_BODY, Workload
 from benchmarks.harness import machine_info
 from picker.app import Service, skip_response_rule
 from picker.extproc.stream import ExtProcStream
@@ -60,7 +60,7 @@ def build_service() -> Service:
 
 class _Streams:
     def __init__(self, service: Service) -> None:
-        work = _Workload.build(SMALL_BODY)
+        work = Workload.build(SMALL_BODY)
         self.messages = work.request + work.response
         assert len(self.messages) == len(MESSAGES) - 1, "one message per phase"
         self.service = service

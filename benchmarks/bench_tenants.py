@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_extproc import CPU_RATE, SMALL_BODY, _median, _Plan, _Run, _summarize
+from benchmarks.extproc.run import CPU_RATE, Plan, Run, median, summarize
+from benchmarks.extproc.workload import SMALL_BODY
 from benchmarks.harness import children, machine_info
 from picker.testing.redis_server import RedisServer
 
@@ -50,7 +51,7 @@ REDIS = """\
 
 
 def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
-    plan = _Plan(
+    plan = Plan(
         runs=runs or (1 if quick else 3),
         max_s=0.0,
         rate_s=2.0 if quick else 6.0,
@@ -76,7 +77,7 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
             memory.write_text(TENANTS, encoding="utf-8")
             shared = workdir / "tenants-redis.yaml"
             shared.write_text(TENANTS + REDIS.format(url=redis.url), encoding="utf-8")
-            r = _Run(plan, doc)
+            r = Run(plan, doc)
             r.start(
                 procs,
                 workdir,
@@ -101,14 +102,14 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
                     )
         finally:
             redis.stop()
-    phases = {label: {s: _summarize(res) for s, res in per.items()} for label, per in r.results.items()}
+    phases = {label: {s: summarize(res) for s, res in per.items()} for label, per in r.results.items()}
     doc["phases"] = phases
 
     def per_run(label: str, server: str, key: str = "cpu_us_per_stream") -> list[float]:
         return [x[key] for x in r.results.get(label, {}).get(server, [])]
 
     def ratio(label: str, a: str, b: str) -> float:
-        return _median([x / y for x, y in zip(per_run(label, a), per_run(label, b), strict=False) if y])
+        return median([x / y for x, y in zip(per_run(label, a), per_run(label, b), strict=False) if y])
 
     def p50(server: str) -> float:
         return float(phases.get("100/s", {}).get(server, {}).get("request_p50_ms", float("nan")))

@@ -120,9 +120,9 @@ def test_the_h2load_stream_is_one_full_exchange_in_grpc_frames() -> None:
 
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-    from benchmarks.bench_extproc import _grpc_framed_stream
+    from benchmarks.extproc.h2load import grpc_framed_stream
 
-    data = _grpc_framed_stream(1024)
+    data = grpc_framed_stream(1024)
     kinds = []
     at = 0
     while at < len(data):
@@ -139,7 +139,7 @@ def test_the_h2load_stream_is_one_full_exchange_in_grpc_frames() -> None:
     [("finished in 2.20s, 908.77 req/s", 908.77), ("finished in 35.16ms, 568.83 req/s", 568.83)],
 )
 def test_h2load_report_is_read(finished: str, rate: float) -> None:
-    from benchmarks.bench_extproc import _h2load_figures
+    from benchmarks.extproc.h2load import h2load_figures
 
     report = (
         f"{finished}, 2.03MB/s\n"
@@ -148,7 +148,7 @@ def test_h2load_report_is_read(finished: str, rate: float) -> None:
         "traffic: 4.47MB (4688289) total, 6.15KB (6300) headers (space savings 96.11%), "
         "4.31MB (4493420) data\n"
     )
-    figures = _h2load_figures(report)
+    figures = h2load_figures(report)
     assert figures == {
         "streams": 1990,
         "failed": 10,
@@ -156,7 +156,7 @@ def test_h2load_report_is_read(finished: str, rate: float) -> None:
         "reply_bytes_per_stream": 4493420 / 1990,
     }
     with pytest.raises(RuntimeError, match="unexpected h2load output"):
-        _h2load_figures("h2load: connection refused")
+        h2load_figures("h2load: connection refused")
 
 
 def test_bench_stream_drives_whole_streams_through_the_service() -> None:

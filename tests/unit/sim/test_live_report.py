@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_live
-from benchmarks.bench_live import (
+from benchmarks.live.report import markdown_report, summarize_live
+from benchmarks.live.routers import count_tokens
+from benchmarks.live.workload import (
     LiveConfig,
     Record,
     build_requests,
     capacity_rps,
-    count_tokens,
-    markdown_report,
     prompt_text,
-    summarize_live,
     trace_slice,
 )
 from benchmarks.sim.metrics import Slo

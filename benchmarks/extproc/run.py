@@ -1,0 +1,374 @@
+"""The orchestration: servers started once (the fake fleet, the floor, variants of ours), load processes,
+measured phases taking turns server by server, the RSS soak, per-run results kept for the report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.extproc.h2load import H2_FIGURES, H2LOAD_PROBE_STREAMS, h2load
+from benchmarks.extproc.load import MAX_CONCURRENCY_PER_PROC
+from benchmarks.extproc.workload import SMALL_BODY, SSE_BODY, chat_body
+from benchmarks.harness import ROOT, Child, CpuMeter, percentile, rss_bytes, spawn_json
+from picker.testing.net import free_port
+
+ENDPOINTS = 16
+LOAD_PROCS = 2
+#: streams/s per server in the side-by-side CPU phases (1 KB bodies; servers driven at the same time)
+CPU_RATE = 200.0
+#: streams/s per server when comparing 200 KB with 1 KB bodies
+BODY_RATE = 100.0
+SKIP_CONFIG = """\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+responseProcessing: WhenNeeded
+"""
+
+
+@dataclass
+class Server:
+    name: str
+    target: str
+    pid: int
+    idle_cores: float = 0.0
+    stopper: Callable[[], None] = field(default=lambda: None)
+
+
+def start_picker(
+    name: str,
+    addresses: Sequence[str],
+    logs: Path,
+    *,
+    workers: int = 1,
+    config_file: str | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[Server, subprocess.Popen[bytes]]:
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "picker",
+        "serve",
+        "--static-endpoints",
+        ",".join(addresses),
+        "--secure-serving=false",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(port),
+        "--grpc-health-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--workers",
+        str(workers),
+        "-v",
+        "1",
+    ]
+    if config_file:
+        args += ["--config-file", config_file]
+    args += list(extra)
+    with (logs / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    return Server(name, f"127.0.0.1:{port}", proc.pid), proc
+
+
+def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until one full exchange gets a destination (the pool is loaded and the port is served)."""
+
+    async def probe() -> bool:
+        from picker.testing.envoy import EnvoyClient, HttpRequest, UpstreamResponse
+
+        async with EnvoyClient(target, timeout=2.0) as client:
+            result = await client.exchange(
+                HttpRequest(path="/v1/chat/completions", body=chat_body(SMALL_BODY)),
+                UpstreamResponse(headers=(("content-type", "text/event-stream"),), chunks=(SSE_BODY,)),
+            )
+            return bool(result.destination) and result.immediate is None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {target} exited with {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if asyncio.run(probe()):
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"server {target} not serving after {timeout:g}s")
+
+
+class Bench:
+    def __init__(self, loaders: list[Child], *, settle: float) -> None:
+        self.loaders = loaders
+        self.settle = settle
+
+    def idle_rates(self, servers: list[Server], seconds: float) -> dict[str, float]:
+        """Cores each server uses with no stream running, measured in one shared window (all are idle at
+        once), so each gets the whole window: the scrape loop's rate is subtracted from every stream of
+        ``ours``, and a short window would make that figure swing from run to run."""
+        meters, t0 = {s.name: CpuMeter(s.pid) for s in servers}, time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - t0
+        return {name: meter.seconds() / elapsed for name, meter in meters.items()}
+
+    def connect(self, server: Server) -> None:
+        for child in self.loaders:
+            child.send({"op": "connect", "target": server.target})
+        for child in self.loaders:
+            child.read_json(timeout=120)
+
+    def phase(
+        self,
+        servers: list[Server],
+        *,
+        mode: str,
+        duration: float,
+        rate: float = 0.0,
+        concurrency: int = MAX_CONCURRENCY_PER_PROC,
+        body_bytes: int = SMALL_BODY,
+    ) -> dict[str, dict[str, Any]]:
+        """One measured window; every load process drives every server in ``servers`` at once (the same
+        load each), so servers compared in one phase see the same machine conditions."""
+        start_at = time.time() + self.settle
+        for i, child in enumerate(self.loaders):
+            child.send(
+                {
+                    "targets": [s.target for s in servers],
+                    "mode": mode,
+                    "duration": duration,
+                    "rate": rate / len(self.loaders),
+                    "offset": i / len(self.loaders),
+                    "concurrency": concurrency,
+                    "body_bytes": body_bytes,
+                    "start_at": start_at,
+                }
+            )
+        time.sleep(max(0.0, start_at - time.time()))
+        meters = {s.name: CpuMeter(s.pid) for s in servers}
+        t0 = time.monotonic()
+        time.sleep(duration)
+        busy = {name: meter.seconds() for name, meter in meters.items()}
+        wall = time.monotonic() - t0
+        replies = [child.read_json(timeout=duration + 120) for child in self.loaders]
+        return {s.name: self._result(s, [r[s.target] for r in replies], busy[s.name], wall) for s in servers}
+
+    @staticmethod
+    def _result(server: Server, results: list[dict[str, Any]], busy: float, wall: float) -> dict[str, Any]:
+        ok = sum(r["ok"] for r in results)
+        adjusted = max(0.0, busy - server.idle_cores * wall)
+        request_us = sorted(v for r in results for v in r["request_us"])
+        total_us = sorted(v for r in results for v in r["total_us"])
+        return {
+            "streams": ok,
+            "errors": sum(r["errors"] for r in results),
+            "error_samples": [e for r in results for e in r["error_samples"]][:3],
+            "late_starts": sum(r["late"] for r in results),
+            "streams_per_s": ok / wall,
+            "server_cores": busy / wall,
+            "cpu_us_per_stream": adjusted / ok * 1e6 if ok else float("nan"),
+            "cpu_us_per_stream_raw": busy / ok * 1e6 if ok else float("nan"),
+            "client_cores": sum(r["client_cores"] for r in results),
+            "request_p50_ms": percentile(request_us, 50) / 1000,
+            "request_p99_ms": percentile(request_us, 99) / 1000,
+            "stream_p50_ms": percentile(total_us, 50) / 1000,
+            "stream_p99_ms": percentile(total_us, 99) / 1000,
+        }
+
+
+def median(values: list[float]) -> float:
+    clean = [v for v in values if not math.isnan(v)]
+    return round(statistics.median(clean), 3) if clean else float("nan")
+
+
+SUMMARY_KEYS = (
+    "streams_per_s",
+    "server_cores",
+    "cpu_us_per_stream",
+    "cpu_us_per_stream_raw",
+    "client_cores",
+    "request_p50_ms",
+    "request_p99_ms",
+    "stream_p50_ms",
+    "stream_p99_ms",
+)
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: median([r[k] for r in results]) for k in SUMMARY_KEYS}
+    out["per_run_cpu_us"] = [round(r["cpu_us_per_stream"], 1) for r in results]
+    out["streams"] = sum(r["streams"] for r in results)
+    out["errors"] = sum(r["errors"] for r in results)
+    out["late_starts"] = sum(r["late_starts"] for r in results)
+    samples = [e for r in results for e in r["error_samples"]]
+    if samples:
+        out["error_samples"] = samples[:3]
+    return out
+
+
+@dataclass
+class Plan:
+    runs: int
+    max_s: float
+    rate_s: float
+    #: the half-max-rate phase, whose p99 is a target: long enough for ~1,000 streams in --quick
+    half_s: float
+    idle_s: float
+    soak_s: float
+    rss_streams: int
+
+
+class Run:
+    """One benchmark run: servers started once, phases taking turns server by server, run by run."""
+
+    def __init__(self, plan: Plan, doc: dict[str, Any]) -> None:
+        self.plan = plan
+        self.doc = doc
+        self.live: dict[str, Server] = {}
+        self.bench: Bench | None = None
+        #: raw phase results: phase label -> server -> one result per run
+        self.results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        #: h2load maximum-rate results: server -> one result per run
+        self.h2load: dict[str, list[dict[str, Any]]] = {}
+
+    def start(
+        self,
+        procs: list[Child],
+        tmp: Path,
+        variants: list[tuple[str, int, Path | None, list[str]]] | None = None,
+    ) -> None:
+        """Start the fleet, the floor and ``variants`` of ours ((name, workers, config file, extra flags);
+        default: ours, ours_skip, ours_w2, ours_noscrape)."""
+        skip_config = tmp / "skip.yaml"
+        skip_config.write_text(SKIP_CONFIG, encoding="utf-8")
+        fleet = spawn_json(["-m", "benchmarks.fleet_proc", "--count", str(ENDPOINTS)], timeout=60)
+        procs.append(fleet)
+        addresses = fleet.ready["addresses"]
+        null_port = free_port()
+        null = spawn_json(["-m", "benchmarks.bench_extproc", "--serve-null", str(null_port)], timeout=60)
+        procs.append(null)
+        servers: dict[str, Server] = {"floor": Server("floor", f"127.0.0.1:{null_port}", null.pid)}
+        started: list[tuple[Server, subprocess.Popen[bytes]]] = []
+        if variants is None:
+            variants = [
+                ("ours", 1, None, []),
+                ("ours_skip", 1, skip_config, []),
+                ("ours_w2", 2, None, []),
+                # the request path alone: no scrape loop, so no idle CPU to subtract (and no new snapshots)
+                ("ours_noscrape", 1, None, ["--refresh-metrics-interval", "1h"]),
+            ]
+        for name, workers, config, extra in variants:
+            server, proc = start_picker(
+                name,
+                addresses,
+                tmp,
+                workers=workers,
+                config_file=str(config) if config else None,
+                extra=extra,
+            )
+            servers[name] = server
+            started.append((server, proc))
+            procs.append(Child(proc, {}))
+        for server, proc in started:
+            try:
+                wait_serving(server.target, proc)
+            except (RuntimeError, TimeoutError) as exc:
+                tail = (tmp / f"{server.name}.log").read_text(errors="replace")[-600:]
+                self.doc.setdefault("server_errors", {})[server.name] = f"{exc}: {tail}"
+        loaders = [
+            spawn_json(["-m", "benchmarks.bench_extproc", "--load"], timeout=60, stdin=True)
+            for _ in range(LOAD_PROCS)
+        ]
+        procs.extend(loaders)
+        self.bench = Bench(loaders, settle=0.3)
+        self.live = {k: s for k, s in servers.items() if k not in self.doc.get("server_errors", {})}
+        for server in self.live.values():
+            self.bench.connect(server)
+        idle = self.bench.idle_rates(list(self.live.values()), self.plan.idle_s)
+        for server in self.live.values():
+            server.idle_cores = idle[server.name]
+        self.doc["idle_cores"] = {k: round(s.idle_cores, 4) for k, s in self.live.items()}
+
+    def measure(self, label: str, servers: list[str], *, together: bool = False, **phase: Any) -> None:
+        """One phase on each of ``servers`` (those alive): in turn, or ``together`` in one window."""
+        assert self.bench is not None
+        alive = [self.live[n] for n in servers if n in self.live]
+        groups = [alive] if together else [[s] for s in alive]
+        for group in groups:
+            if group:
+                for name, result in self.bench.phase(group, **phase).items():
+                    self.results.setdefault(label, {}).setdefault(name, []).append(result)
+
+    def measure_h2load(self, servers: list[str], stream_file: Path, count: int) -> None:
+        """Maximum streams/s with h2load, ``count`` streams per server, one server at a time. Every full
+        stream gets at least its two bodies back; a failed gRPC stream still reads as HTTP 200 to h2load but
+        returns no data, so a run whose reply bytes per stream fall 2 % below a probe's is refused
+        (``valid``: false)."""
+        for name in servers:
+            server = self.live.get(name)
+            if server is None:
+                continue
+            try:
+                probe = h2load(server.target, stream_file, H2LOAD_PROBE_STREAMS)
+                meter, t0 = CpuMeter(server.pid), time.monotonic()
+                result = h2load(server.target, stream_file, count)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:  # reported, the run goes on
+                failed: dict[str, Any] = dict.fromkeys(H2_FIGURES, float("nan"))
+                failed |= {"valid": False, "error": str(exc)[:300]}
+                self.h2load.setdefault(name, []).append(failed)
+                continue
+            result["server_cores"] = meter.seconds() / (time.monotonic() - t0)
+            expected = probe["reply_bytes_per_stream"]
+            result["valid"] = (
+                probe["streams"] == H2LOAD_PROBE_STREAMS
+                and expected >= SMALL_BODY + len(SSE_BODY)
+                and result["reply_bytes_per_stream"] >= 0.98 * expected
+                and result["failed"] == 0
+            )
+            if not result["valid"]:
+                result["streams_per_s"] = float("nan")
+            self.h2load.setdefault(name, []).append(result)
+
+    def streams_per_s(self, label: str, server: str) -> float:
+        return median([r["streams_per_s"] for r in self.results.get(label, {}).get(server, [])])
+
+    def soak(self, rate_hint: float) -> None:
+        """RSS of ours after every phase above (the warm-up) and after the soak."""
+        ours = self.live.get("ours")
+        if ours is None or self.bench is None:
+            return
+        before = rss_bytes(ours.pid)
+        target = max(0, self.plan.rss_streams)
+        done = 0
+        t0 = time.monotonic()
+        samples = [(0, before)]
+        while True:
+            seconds = self.plan.soak_s if target == 0 else min(30.0, max(2.0, (target - done) / rate_hint))
+            done += self.bench.phase([ours], mode="closed", duration=seconds)["ours"]["streams"]
+            samples.append((done, rss_bytes(ours.pid)))
+            if target == 0 or done >= target:
+                break
+        after = samples[-1][1]
+        growth = (after - before) / 2**20
+        step = max(1, len(samples) // 20)
+        self.doc["rss"] = {
+            "before_mb": round(before / 2**20, 2),
+            "after_mb": round(after / 2**20, 2),
+            "streams": done,
+            "seconds": round(time.monotonic() - t0, 1),
+            "growth_measured_mb": round(growth, 2),
+            "extrapolated": done < 1_000_000,
+            # a shrinking RSS extrapolates to nonsense: no growth detected reads as 0
+            "growth_per_1m_streams_mb": round(max(0.0, growth) * 1_000_000 / done, 2)
+            if done
+            else float("nan"),
+            "samples_mb": [(n, round(b / 2**20, 2)) for n, b in samples[::step]],
+        }
