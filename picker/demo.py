@@ -15,6 +15,10 @@ What it does, all on 127.0.0.1 and in about half a minute:
    latency; the table prints each tenant's requests, refusals, latency and cost, and the loop's cost with
    and without the limit (without: its refused requests priced as its served ones, a projection).
 5. Stops every process it started, also on Ctrl+C or failure.
+
+Why one module of this size: it is one command's script (start, replay twice, the tenant weekend, the
+tables, stop), each step a function; the process handling it shares with both replays is what keeps every
+child stopped on any exit.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ defaulting rules (``gie-epp.md`` §3.10) and reports every problem as a
 
 There is no module-level registry: :func:`default_registry` builds a new one on every call, so a test or
 an extension can register types without affecting anyone else.
+
+Why one module of this size: the type table, the reference's defaulting rules and the two built-in
+profiles (ours and the reference's) are read together: a default profile is a list of specs that the same
+builder must accept, and its weights are documented next to the rules that apply them.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ Simplifications (documented, not hidden): a prompt's blocks are allocated whole 
 chunk); a unit becomes hittable as soon as its owner is admitted (V1 only after the block is computed); the
 attention cost of a prefill chunk is linear in its context; waiting-queue order is arrival order with
 preempted requests first.
+
+Why one module of this size: one engine step updates the batch counters, the KV blocks, the prefix cache and
+the LoRA slots together; their invariants (blocks held = blocks allocated, pinned units never evicted) only
+hold across all four, so they live in one place.
 """
 
 from __future__ import annotations

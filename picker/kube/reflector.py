@@ -16,6 +16,9 @@ Threading: the blocking list/watch calls run on daemon threads (see :mod:`picker
 watch thread only parses lines and posts them to an ``asyncio.Queue`` with ``call_soon_threadsafe``.
 All state (cache, resourceVersion) and every handler call live on the loop. :meth:`Reflector.close`
 shuts the socket of the open watch down, which unblocks the thread at once.
+
+Why one module of this size: list, watch, relist and backoff share one loop's resourceVersion and cache;
+the stream plumbing that posts watch lines to the loop is the other half of the same thread handoff.
 """
 
 from __future__ import annotations

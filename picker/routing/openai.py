@@ -35,6 +35,10 @@ Validation rules (the reference's, plus type checks it lacks):
 * when present and not null: ``stream`` is a boolean, ``stream_options`` an object whose
   ``include_usage`` is a boolean, ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` a
   non-negative integer, ``cache_salt`` a string.
+
+Why one module of this size: the rules above are one parser's contract (the reference's ``openai-parser``);
+the path → API decision, the per-API validation and the model rewrite (and its reverse in responses) all
+key on it and change together.
 """
 
 from __future__ import annotations

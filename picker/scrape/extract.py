@@ -12,6 +12,10 @@ It never raises on page content: junk, truncation, NaN/Inf, negative counts, dup
 missing ``# TYPE``, CRLF line ends, invalid UTF-8 and label values with escaped quotes / commas /
 braces all degrade to "field unknown" (NaN / None) for the affected field only. Aggregation rules
 and the TGI approximation are documented in ``picker/scrape/README.md``.
+
+Why one module of this size: the compiled pattern, the label decoding and the per-field aggregation rules
+share the pattern's group layout and the page's byte offsets; they change together whenever a field or a
+spec form is added.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ A GET on a reused connection that the server had already closed is retried once 
 
 ``https://`` URLs go to :class:`picker.scrape.client.AiohttpFetcher` (created on first use): TLS
 scraping is rare in pools and not worth a second TLS stack here.
+
+Why one module of this size: the connection protocol, the response parser it feeds from ``data_received``
+and the per-host pool share one connection's state machine (a parser completes the GET's future and decides
+whether the connection is reusable); split, that state would cross module boundaries on every byte.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ request carries to its end:
 
 Output reserve = the request's ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``, else
 ``defaultOutputTokens``.
+
+Why one module of this size: :class:`Tenancy` (admission) and :class:`Ticket` (settlement) are the two ends
+of one reservation and share its arithmetic and its ``x-ratelimit-*`` header rules; apart, the reservation's
+invariants (what was reserved is settled or given back exactly once) would span two files.
 """
 
 from __future__ import annotations
