@@ -8,11 +8,13 @@ snapshot. See ``scoring/README.md``.
 from scoring.errors import ConfigurationError, NoEndpointsAvailable
 from scoring.matrix import EndpointMatrix, EndpointRow
 from scoring.plugin import Category, Dependence, Filter, Picker, SaturationDetector, Scorer, View
+from scoring.profiles import ExternalPolicy, ProfileChoice, Profiles
 from scoring.registry import (
     Kind,
     PluginSpec,
     ProfileSpec,
     Registry,
+    build_profiles,
     build_scheduler,
     default_registry,
     default_scheduler,
@@ -31,6 +33,7 @@ __all__ = [
     "Dependence",
     "EndpointMatrix",
     "EndpointRow",
+    "ExternalPolicy",
     "Filter",
     "FilterRecord",
     "Kind",
@@ -39,7 +42,9 @@ __all__ = [
     "PickResult",
     "Picker",
     "PluginSpec",
+    "ProfileChoice",
     "ProfileSpec",
+    "Profiles",
     "Registry",
     "SaturationDetector",
     "Scheduler",
@@ -47,6 +52,7 @@ __all__ = [
     "ScorerRecord",
     "View",
     "WeightedScorer",
+    "build_profiles",
     "build_scheduler",
     "default_registry",
     "default_scheduler",

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 from scoring.errors import ConfigurationError
 from scoring.filters import (
@@ -32,6 +32,7 @@ from scoring.filters import (
 )
 from scoring.pickers import MaxScorePicker, RandomPicker, WeightedRandomPicker
 from scoring.plugin import Filter, Picker, Plugin, SaturationDetector, Scorer
+from scoring.profiles import ObjectiveProfileHandler, ProfileHandler, Profiles, SingleProfileHandler
 from scoring.scheduler import Scheduler
 from scoring.scorers import (
     GpuUtilizationScorer,
@@ -91,19 +92,6 @@ class PluginType:
     factory: Factory | None
     #: for reference types this picker does not implement: why, shown in the error
     unsupported: str = ""
-
-
-class SingleProfileHandler(Plugin):
-    """``single-profile-handler`` — runs the one profile and returns its result (reference)."""
-
-    type_name: ClassVar[str] = "single-profile-handler"
-
-    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
-        if parameters:
-            raise ConfigurationError(
-                f"plugin {name!r} (type {self.type_name!r}): takes no parameters, got {sorted(parameters)}"
-            )
-        super().__init__(name, {})
 
 
 class Registry:
@@ -186,6 +174,7 @@ def default_registry() -> Registry:
     r.register(UtilizationDetector.type_name, UtilizationDetector, Kind.FILTER, Kind.SATURATION_DETECTOR)
     r.register(ConcurrencyDetector.type_name, ConcurrencyDetector, Kind.FILTER, Kind.SATURATION_DETECTOR)
     r.register(SingleProfileHandler.type_name, SingleProfileHandler, Kind.PROFILE_HANDLER)
+    r.register(ObjectiveProfileHandler.type_name, ObjectiveProfileHandler, Kind.PROFILE_HANDLER)
     for service_type in (
         "metrics-data-source",
         "core-metrics-extractor",
@@ -211,6 +200,12 @@ def default_registry() -> Registry:
     r.register_unsupported("predicted-latency-producer", latency)
     r.register_unsupported("slo-headroom-tier-filter", latency)
     r.register_unsupported("latency-slo-admitter", latency)
+    r.register_unsupported(
+        "pd-profile-handler",
+        "prefill/decode disaggregation is not implemented; objective-profile-handler chooses one profile "
+        "per request",
+    )
+    r.register_unsupported("predicted-latency-profile-handler", latency)
     r.register_unsupported(
         "prefix-cache-affinity-filter",
         "not implemented; prefix-cache-scorer scores prefix affinity, and its load guard replaces the "
@@ -311,18 +306,42 @@ def build_scheduler(
     saturation_detector: str | None = None,
     registry: Registry | None = None,
 ) -> Scheduler:
-    """Build and validate a scheduler from reference-style plugin and profile specs.
+    """Build and validate a configuration with one scheduling profile; returns its scheduler.
+
+    :func:`build_profiles` with the same arguments, for callers that schedule with one profile (the
+    simulator, benchmarks, tests). A configuration with several profiles raises
+    :class:`ConfigurationError` here; build it with :func:`build_profiles`.
+    """
+    built = build_profiles(plugins, profiles, saturation_detector=saturation_detector, registry=registry)
+    if len(built) != 1:
+        raise ConfigurationError(
+            f"expected one scheduling profile, got {len(built)}: {', '.join(built.by_name)} "
+            "(build_profiles builds several)"
+        )
+    return built.default
+
+
+def build_profiles(
+    plugins: Sequence[PluginSpec],
+    profiles: Sequence[ProfileSpec],
+    *,
+    saturation_detector: str | None = None,
+    registry: Registry | None = None,
+) -> Profiles:
+    """Build and validate every scheduling profile and the profile handler from reference-style specs.
 
     Defaulting (reference): plugin name := type; no profiles → one ``default`` profile with all filter,
     scorer and picker plugins; scorer weight := 1; a profile without a picker gets the first picker
     defined in ``plugins`` or else a new ``max-score-picker``; no profile handler →
     ``single-profile-handler``; no saturation detector reference → the plugin named
     ``utilization-detector`` if defined, else a new one with default parameters. Plugins of service
-    types (data layer, parsers, ...) are accepted and skipped.
+    types (data layer, parsers, ...) are accepted and skipped. A plugin referenced by several profiles
+    is one instance shared by them.
 
     Raises :class:`ConfigurationError` for unknown types, duplicate plugin or profile names, profiles
-    without a name, dangling references, several pickers in a profile, several profiles (the
-    single-profile handler needs exactly one), bad weights and bad parameters.
+    without a name, dangling references, several pickers in a profile, several profiles without a
+    handler that chooses between them (``objective-profile-handler``), a handler rule naming no
+    profile, bad weights and bad parameters.
     """
     registry = registry if registry is not None else default_registry()
     built, entries, order = _instantiate(plugins, registry)
@@ -330,7 +349,8 @@ def build_scheduler(
     handlers = [name for name in order if Kind.PROFILE_HANDLER in entries[name].kinds]
     if len(handlers) > 1:
         raise ConfigurationError(f"more than one profile handler: {', '.join(handlers)}")
-    handler = entries[handlers[0]].type_name if handlers else SingleProfileHandler.type_name
+    handler = built[handlers[0]] if handlers else SingleProfileHandler(SingleProfileHandler.type_name)
+    assert isinstance(handler, ProfileHandler)
 
     names: set[str] = set()
     for i, profile in enumerate(profiles):
@@ -342,27 +362,26 @@ def build_scheduler(
         names.add(name)
     if not profiles:
         profiles = [_default_profile(built, entries, order)]
-    if len(profiles) != 1:
-        raise ConfigurationError(
-            f"{handler} needs exactly one scheduling profile, got {len(profiles)}: {', '.join(sorted(names))}"
-        )
-    profile = profiles[0]
-    filters, scorers, picker = _resolve_profile(profile, built, entries, order)
-    if picker is None:
-        picker = next(
-            (p for name in order if isinstance(p := built.get(name), Picker)),
-            MaxScorePicker(MaxScorePicker.type_name),
-        )
-
     detector = _saturation_detector(saturation_detector, built, entries, registry)
-    return Scheduler(
-        profile_name=profile.name,
-        filters=filters,
-        scorers=scorers,
-        picker=picker,
-        saturation_detector=detector,
-        profile_handler=handler,
-    )
+    schedulers: list[Scheduler] = []
+    for profile in profiles:
+        filters, scorers, picker = _resolve_profile(profile, built, entries, order)
+        if picker is None:
+            picker = next(
+                (p for name in order if isinstance(p := built.get(name), Picker)),
+                MaxScorePicker(MaxScorePicker.type_name),
+            )
+        schedulers.append(
+            Scheduler(
+                profile_name=profile.name,
+                filters=filters,
+                scorers=scorers,
+                picker=picker,
+                saturation_detector=detector,
+                profile_handler=handler.type_name,
+            )
+        )
+    return Profiles(schedulers, handler, detector)
 
 
 def _saturation_detector(

@@ -168,6 +168,7 @@ def build_admin_app(
                 "incoming_model": decision.incoming_model,
                 "target_model": decision.target_model,
                 "priority": decision.priority,
+                "profile": {"name": decision.profile, "chosen_by": decision.profile_reason},
                 "body_rewritten": decision.body is not rr.body,
                 "decision": record,
             }

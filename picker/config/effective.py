@@ -18,7 +18,7 @@ from picker.config.plugins import (
 )
 from picker.config.reference import REFERENCE_KIND, EndpointPickerDocument, PluginConfig
 from picker.errors import ConfigError
-from scoring import ConfigurationError, PluginSpec, ProfileSpec, Registry, Scheduler, build_scheduler
+from scoring import ConfigurationError, PluginSpec, Profiles, ProfileSpec, Registry, Scheduler, build_profiles
 from scoring.durations import format_duration
 
 
@@ -98,13 +98,19 @@ class PickerConfig(StrictModel):
         detector = doc.saturation_detector.plugin_ref if doc.saturation_detector is not None else None
         return plugins, profiles, detector
 
-    def build_scheduler(self, registry: Registry | None = None) -> Scheduler:
-        """A new scheduler for this configuration. Raises ConfigError (same message as scoring's)."""
+    def build_profiles(self, registry: Registry | None = None) -> Profiles:
+        """New scheduling profiles and handler for this configuration. Raises ConfigError (same message as
+        scoring's)."""
         plugins, profiles, detector = self.plugin_specs()
         try:
-            return build_scheduler(plugins, profiles, saturation_detector=detector, registry=registry)
+            return build_profiles(plugins, profiles, saturation_detector=detector, registry=registry)
         except ConfigurationError as exc:
             raise ConfigError(f"{REFERENCE_KIND}: {exc}") from exc
+
+    def build_scheduler(self, registry: Registry | None = None) -> Scheduler:
+        """The scheduler of the default profile (the only one unless a profile handler chooses between
+        several), newly built. Raises ConfigError."""
+        return self.build_profiles(registry).default
 
     def to_dict(self, registry: Registry | None = None) -> dict[str, Any]:
         """The effective configuration as plain data (the ``/config`` admin endpoint)."""
@@ -122,7 +128,7 @@ def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[
             ),
         },
         "effective": {
-            "scheduler": cfg.build_scheduler(registry).describe(),
+            "scheduler": cfg.build_profiles(registry).describe(),
             "metricsSource": cfg.metrics_source.model_dump(by_alias=True, mode="json"),
             "metricsExtractor": cfg.metrics_extractor.model_dump(
                 by_alias=True, mode="json", exclude_none=True

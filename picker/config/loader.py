@@ -113,7 +113,7 @@ def _assemble(
     for p in doc.plugins:
         by_name.setdefault(p.effective_name, p)
     base = PickerConfig(endpoint_picker=doc, settings=settings)
-    base.build_scheduler(registry)  # unknown types, dangling refs, bad scheduling parameters
+    base.build_profiles(registry)  # unknown types, dangling refs, bad scheduling parameters
     for p in doc.plugins:
         _service_params(p)
     source, extractor = _data_layer(doc, by_name)

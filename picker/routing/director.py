@@ -13,7 +13,9 @@
    then returns a :class:`PendingRoute` that the stream awaits, and everything after it runs then.
    With the ``flowControl`` feature gate (:mod:`picker.tenants.flow`), a request with priority >= 0 that
    finds the pool saturated (or others already waiting) waits in its tenant's queue the same way.
-6. Schedule (filters → weighted scorers → picker); nothing left → 429.
+6. Schedule with the profile the configuration's profile handler chooses for the request (its
+   objective, priority or a header; ``scoring.profiles``): filters → weighted scorers → picker; nothing
+   left → 429.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
    and hand back the body: the original bytes unless the model changed.
@@ -259,7 +261,8 @@ class Director:
         mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
         if len(m) == 0 or (mask is not None and not mask.any()):
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
-        scheduler = active.scheduler
+        choice = active.profiles.choose(objective, priority, headers)
+        scheduler = choice.scheduler
         saturation: float | None = None
         if priority < 0:
             saturation = scheduler.saturation(m, now=started, candidates=mask)
@@ -304,6 +307,8 @@ class Director:
             info=info,
             decision=result.decision,
             objective=objective,
+            profile=choice.profile,
+            profile_reason=choice.reason,
         )
 
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol

@@ -87,6 +87,10 @@ class RoutingDecision:
     decision: Decision | None = None
     #: objective name from ``x-gateway-inference-objective`` (for metrics), "" if none
     objective: str = ""
+    #: the scheduling profile the request was scored with, and why the handler chose it
+    #: (``scoring.profiles.ProfileChoice``: ``single``, ``header``, ``rule <n>``, ``default``)
+    profile: str = ""
+    profile_reason: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
     ticket: Reservation | None = None

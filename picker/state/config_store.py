@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from picker.config import PickerConfig, load_config_text
 from picker.errors import ConfigError
-from scoring import Scheduler
+from scoring import Profiles, Scheduler
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,7 @@ class ReloadResult:
 
 @dataclass(frozen=True, slots=True)
 class ActiveConfig:
-    """A validated config and the scheduler built from it; replaced as a whole, never mutated.
+    """A validated config and the scheduling profiles built from it; replaced as a whole, never mutated.
 
     The settings every ext_proc stream reads are copied to plain fields here: read through the config
     document they cost a chain of model objects per stream (see ``picker.config.PickerConfig`` for their
@@ -39,11 +39,14 @@ class ActiveConfig:
     """
 
     config: PickerConfig
-    scheduler: Scheduler
+    #: every scheduling profile and the handler choosing one per request
+    profiles: Profiles
     source: str
     digest: str
     #: the document as applied ("" for the built-in default); ``--workers`` hands it to the workers
     text: str = ""
+    #: the default profile's scheduler (the only one with ``single-profile-handler``)
+    scheduler: Scheduler = field(init=False)
     parser: str = field(init=False)
     max_body_bytes: int = field(init=False)
     served_verifier: bool = field(init=False)
@@ -51,6 +54,7 @@ class ActiveConfig:
 
     def __post_init__(self) -> None:
         cfg = self.config
+        object.__setattr__(self, "scheduler", self.profiles.default)
         object.__setattr__(self, "parser", cfg.parser)
         object.__setattr__(self, "max_body_bytes", cfg.max_body_bytes)
         object.__setattr__(self, "served_verifier", cfg.served_verifier_enabled)
@@ -66,7 +70,7 @@ class ConfigStore:
         self, initial: PickerConfig, *, source: str, text: str = "", clock: Callable[[], float] = time.time
     ) -> None:
         self._clock = clock
-        self._active = ActiveConfig(initial, initial.build_scheduler(), source, _digest(text), text)
+        self._active = ActiveConfig(initial, initial.build_profiles(), source, _digest(text), text)
         self.last_result: ReloadResult | None = None
         self._listeners: list[Callable[[ReloadResult, ActiveConfig], None]] = []
 
@@ -85,11 +89,11 @@ class ConfigStore:
         else:
             try:
                 cfg = load_config_text(text)
-                scheduler = cfg.build_scheduler()
+                profiles = cfg.build_profiles()
             except ConfigError as exc:
                 result = ReloadResult(source, False, "rejected", exc.message, digest, self._clock())
             else:
-                self._active = ActiveConfig(cfg, scheduler, source, digest, text)
+                self._active = ActiveConfig(cfg, profiles, source, digest, text)
                 result = ReloadResult(source, True, "applied", "ok", digest, self._clock())
         self.last_result = result
         for cb in tuple(self._listeners):
