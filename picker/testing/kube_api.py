@@ -84,6 +84,11 @@ INFERENCE_OBJECTIVES = ResourceType(
 INFERENCE_MODEL_REWRITES = ResourceType(
     "inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
 )
+DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment")
+STATEFULSETS = ResourceType("apps", "v1", "statefulsets", "StatefulSet")
+HPAS = ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+#: a CRD: not served unless a test lists it (as a cluster without the CRD installed would not)
+LEADER_WORKER_SETS = ResourceType("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet")
 DEFAULT_RESOURCES = (
     PODS,
     CONFIGMAPS,
@@ -93,7 +98,14 @@ DEFAULT_RESOURCES = (
     INFERENCE_POOLS_V1ALPHA2,
     INFERENCE_OBJECTIVES,
     INFERENCE_MODEL_REWRITES,
+    DEPLOYMENTS,
+    STATEFULSETS,
+    HPAS,
 )
+#: resources with a ``scale`` subresource (``spec.replicas`` / ``status.replicas`` / a label selector)
+SCALABLE = frozenset({DEPLOYMENTS, STATEFULSETS, LEADER_WORKER_SETS})
+#: API groups served by the API server itself; every other group is a CRD (no strategic merge patch)
+BUILTIN_GROUPS = frozenset({"", "apps", "autoscaling", "coordination.k8s.io", "events.k8s.io"})
 
 _VERBS = frozenset({"list", "watch", "get", "create", "update", "patch", "delete"})
 
@@ -109,6 +121,7 @@ class RecordedRequest:
     namespace: str | None
     name: str | None
     query: Mapping[str, str]
+    subresource: str | None = None
 
 
 @dataclass(slots=True)
@@ -249,6 +262,15 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _check_patch_type(r: ResourceType, content_type: str) -> None:
+    """Custom resources take JSON merge patches only: a strategic merge patch is a 415, as on a real server"""
+    strategic = content_type.startswith("application/strategic-merge-patch+json")
+    if r.group not in BUILTIN_GROUPS and strategic:
+        raise _StatusError(
+            415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}"
+        )
+
+
 # ------------------------------------------------------------------------------------------- server
 class KubeApiEmulator:
     """In-memory Kubernetes API server over real HTTP. See the module docstring for the semantics.
@@ -283,6 +305,8 @@ class KubeApiEmulator:
         self._faults: list[_Fault] = []
         self._runner: web.AppRunner | None = None
         self.requests: list[RecordedRequest] = []
+        #: called after every stored change as ``(resource, type, object, old)`` (controllers hook in here)
+        self.listeners: list[Callable[[ResourceType, str, JsonObj, JsonObj | None], None]] = []
 
     # ------------------------------------------------------------------------------------- lifecycle
     @property
@@ -449,6 +473,8 @@ class KubeApiEmulator:
         for w in self._watches:
             if w.resource == r and not w.frozen:
                 w.queue.put_nowait(change)
+        for listener in tuple(self.listeners):
+            listener(r, type_, obj, old)
 
     def _create(self, r: ResourceType, ns: str, obj: JsonObj) -> JsonObj:
         meta = obj.setdefault("metadata", {})
@@ -524,7 +550,7 @@ class KubeApiEmulator:
         return last
 
     # -------------------------------------------------------------------------------------- HTTP
-    def _parse_path(self, path: str) -> tuple[ResourceType, str | None, str | None]:
+    def _parse_path(self, path: str) -> tuple[ResourceType, str | None, str | None, str | None]:
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", parts[2:]
@@ -535,12 +561,15 @@ class KubeApiEmulator:
         namespace: str | None = None
         if len(rest) >= 3 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
-        if not rest or len(rest) > 2:
+        if not rest or len(rest) > 3:
             raise _StatusError(404, "NotFound", f"the server could not find the requested resource ({path})")
         r = self._resources.get((group, version, rest[0]))
-        if r is None:
+        if r is None or (
+            len(rest) == 3
+            and (rest[2] not in {"scale", "status"} or (rest[2] == "scale" and r not in SCALABLE))
+        ):
             raise _StatusError(404, "NotFound", f"the server could not find the requested resource ({path})")
-        return r, namespace, rest[1] if len(rest) == 2 else None
+        return r, namespace, rest[1] if len(rest) >= 2 else None, rest[2] if len(rest) == 3 else None
 
     @staticmethod
     def _verb(method: str, name: str | None, query: Mapping[str, str]) -> str:
@@ -562,15 +591,20 @@ class KubeApiEmulator:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
-            r, ns, name = self._parse_path(request.path)
+            r, ns, name, sub = self._parse_path(request.path)
             query = dict(request.query)
             verb = self._verb(request.method, name, query)
             self.requests.append(
-                RecordedRequest(request.method, request.path, verb, r.plural, ns, name, query)
+                RecordedRequest(request.method, request.path, verb, r.plural, ns, name, query, sub)
             )
-            self._raise_fault(verb, r.plural)
+            self._raise_fault(verb, r.plural if sub is None else f"{r.plural}/{sub}")
+            if verb == "patch":
+                _check_patch_type(r, request.headers.get("Content-Type", ""))
             if verb == "watch":
                 return await self._serve_watch(request, r, ns, query)
+            if sub == "scale":
+                assert name is not None
+                return await self._serve_scale(request, verb=verb, r=r, ns=ns or "", name=name)
             return await self._serve(request, verb=verb, r=r, ns=ns, name=name, query=query)
         except _StatusError as exc:
             headers = {} if exc.retry_after is None else {"Retry-After": str(int(exc.retry_after))}
@@ -616,6 +650,67 @@ class KubeApiEmulator:
         if verb == "patch":
             return web.json_response(self._patch(r, ns_key, name, body))
         raise _StatusError(405, "MethodNotAllowed", f"{request.method} is not supported")
+
+    # ------------------------------------------------------------------------------ scale subresource
+    @staticmethod
+    def scale_of(obj: JsonObj) -> JsonObj:
+        """The ``autoscaling/v1`` Scale view of a workload (spec.replicas, status.replicas, selector)."""
+        meta = obj["metadata"]
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        labels = ((spec.get("selector") or {}).get("matchLabels")) or {}
+        selector = status.get("hpaPodSelector") or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+                "creationTimestamp": meta.get("creationTimestamp"),
+            },
+            "spec": {"replicas": int(spec.get("replicas", 1))},
+            "status": {"replicas": int(status.get("replicas", 0)), "selector": selector},
+        }
+
+    async def _serve_scale(
+        self, request: web.Request, *, verb: str, r: ResourceType, ns: str, name: str
+    ) -> web.StreamResponse:
+        obj = self._objects[r].get((ns, name))
+        if obj is None:
+            raise _StatusError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found')
+        if verb == "get":
+            return web.json_response(self.scale_of(obj))
+        if verb not in {"update", "patch"}:
+            raise _StatusError(405, "MethodNotAllowed", f"{request.method} is not supported on scale")
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as exc:
+            raise _StatusError(400, "BadRequest", f"invalid JSON body: {exc}") from exc
+        if not isinstance(body, dict):
+            raise _StatusError(400, "BadRequest", "body must be a JSON object")
+        current = self.scale_of(obj)
+        scale = merge_patch(current, body) if verb == "patch" else body
+        sent_rv = (scale.get("metadata") or {}).get("resourceVersion")
+        if verb == "update" and sent_rv and sent_rv != obj["metadata"]["resourceVersion"]:
+            raise _StatusError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {r.plural} "{name}": '
+                "the object has been modified; please apply your changes to the latest version "
+                "and try again",
+            )
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise _StatusError(
+                422,
+                "Invalid",
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: '
+                "Invalid value: must be greater than or equal to 0",
+            )
+        updated = self._patch(r, ns, name, {"spec": {"replicas": replicas}})
+        return web.json_response(self.scale_of(updated))
 
     def _select(self, r: ResourceType, ns: str | None, query: Mapping[str, str]) -> list[JsonObj]:
         labels = label_matcher(query.get("labelSelector"))

@@ -157,3 +157,96 @@ def config_map(name: str, namespace: str = "default", *, data: Mapping[str, str]
         "metadata": {"name": name, "namespace": namespace},
         "data": dict(data),
     }
+
+
+def _template(labels: Mapping[str, str]) -> JsonObj:
+    return {
+        "metadata": {"labels": dict(labels)},
+        "spec": {"containers": [{"name": "server", "image": "vllm/vllm-openai"}]},
+    }
+
+
+def deployment(
+    name: str, namespace: str = "default", *, labels: Mapping[str, str], replicas: int = 1
+) -> JsonObj:
+    """An ``apps/v1`` Deployment whose pods carry ``labels`` (also its selector)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "template": _template(labels),
+        },
+    }
+
+
+def statefulset(
+    name: str, namespace: str = "default", *, labels: Mapping[str, str], replicas: int = 1
+) -> JsonObj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": dict(labels)},
+            "template": _template(labels),
+        },
+    }
+
+
+def leader_worker_set(
+    name: str, namespace: str = "default", *, labels: Mapping[str, str], replicas: int = 1, size: int = 1
+) -> JsonObj:
+    """A ``leaderworkerset.x-k8s.io/v1`` LeaderWorkerSet (groups of ``size`` pods, the leader serving)."""
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "leaderWorkerTemplate": {
+                "size": size,
+                "leaderTemplate": _template(labels),
+                "workerTemplate": _template(labels),
+            },
+        },
+    }
+
+
+def hpa(
+    name: str,
+    namespace: str = "default",
+    *,
+    target_kind: str,
+    target: str,
+    min_replicas: int,
+    max_replicas: int,
+) -> JsonObj:
+    """An ``autoscaling/v2`` HorizontalPodAutoscaler on a CPU target (the metric is never evaluated here)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1"
+                if target_kind != "LeaderWorkerSet"
+                else "leaderworkerset.x-k8s.io/v1",
+                "kind": target_kind,
+                "name": target,
+            },
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                }
+            ],
+        },
+    }
