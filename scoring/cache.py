@@ -56,6 +56,9 @@ def _columns(m: EndpointMatrix) -> tuple[object, ...]:
         m.lora_waiting,
         m.lora_count,
         m.max_lora,
+        m.ttft_per_1k,
+        m.tpot,
+        m.ntpot,
     )
 
 

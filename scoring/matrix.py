@@ -26,6 +26,12 @@ Units and conventions (all columns are ``float64`` of length N unless noted):
   ``lora_count`` = |active| + |waiting| per endpoint, ``max_lora`` = the server's ``max_lora`` (NaN unknown).
 * ``block_size`` / ``num_blocks`` — KV-cache geometry (tokens per block, blocks), NaN unknown.
 * ``engine`` — int8 code into ``engine_names``.
+* Observed latency (the owner's averages of what the response path measured; NaN = unknown or too old,
+  ``picker/state/latency.py``): ``ttft_per_1k`` — seconds to the first byte of a streamed response per
+  thousand prompt tokens; ``tpot`` — seconds between the chunks of a streamed response; ``ntpot`` — seconds
+  per output token of a non-streamed response.
+* ``health`` — passive health (``picker/state/health.py``): 0 healthy, 1 ejected, 2 probing (half-open).
+  The director reads it (an ejected endpoint is not picked as primary); scorers do not.
 
 The four owner-maintained columns (``dispatched``, ``inflight``, ``prefill_tokens``, ``inflight_tokens``)
 are never NaN; they default to zeros, so a matrix built without them (an older caller) scores as if we had
@@ -97,6 +103,16 @@ class EndpointRow:
     block_size: float = float("nan")
     num_blocks: float = float("nan")
     engine: str | None = None
+    ttft_per_1k: float = float("nan")
+    tpot: float = float("nan")
+    ntpot: float = float("nan")
+    health: float = 0.0
+
+
+#: the optional owner-published columns: name → value of an endpoint without one (see the module doc)
+OPTIONAL_COLUMNS: Mapping[str, float] = MappingProxyType(
+    {"ttft_per_1k": math.nan, "tpot": math.nan, "ntpot": math.nan, "health": 0.0}
+)
 
 
 #: Upper clamp of one request's prompt-token estimate: far above any context window, low enough that sums of
@@ -215,6 +231,11 @@ class EndpointMatrix:
     #: owner-maintained token columns (see module doc); omitted by a caller → zeros of the right length
     prefill_tokens: F64 = field(default_factory=lambda: _UNSET)
     inflight_tokens: F64 = field(default_factory=lambda: _UNSET)
+    #: owner-published latency averages and passive health (see module doc); omitted → NaN / healthy
+    ttft_per_1k: F64 = field(default_factory=lambda: _UNSET)
+    tpot: F64 = field(default_factory=lambda: _UNSET)
+    ntpot: F64 = field(default_factory=lambda: _UNSET)
+    health: F64 = field(default_factory=lambda: _UNSET)
     _address_index: dict[str, int] = field(default_factory=dict, repr=False)
     #: ip → rows with that ip (several with data-parallel ranks); built on first use, see ``rows_of_ip``
     _ip_index: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
@@ -225,6 +246,9 @@ class EndpointMatrix:
         for name in ("prefill_tokens", "inflight_tokens"):
             if getattr(self, name) is _UNSET:
                 object.__setattr__(self, name, np.zeros(n))
+        for name, fill in OPTIONAL_COLUMNS.items():
+            if getattr(self, name) is _UNSET:
+                object.__setattr__(self, name, _ro(np.full(n, fill)))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -275,6 +299,10 @@ class EndpointMatrix:
             block_size=col("block_size"),
             num_blocks=col("num_blocks"),
             engine=_ro(np.fromiter((engine_code(r.engine) for r in rows), dtype=np.int8, count=n)),
+            ttft_per_1k=col("ttft_per_1k"),
+            tpot=col("tpot"),
+            ntpot=col("ntpot"),
+            health=col("health"),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 
@@ -324,6 +352,10 @@ class EndpointMatrix:
             block_size=float(self.block_size[i]),
             num_blocks=float(self.num_blocks[i]),
             engine=self.engine_names[int(self.engine[i])],
+            ttft_per_1k=float(self.ttft_per_1k[i]),
+            tpot=float(self.tpot[i]),
+            ntpot=float(self.ntpot[i]),
+            health=float(self.health[i]),
         )
 
     def rows(self) -> list[EndpointRow]:
@@ -383,6 +415,10 @@ class EndpointMatrix:
             num_blocks=_ro(self.num_blocks[idx]),
             engine=_ro(self.engine[idx]),
             engine_names=self.engine_names,
+            ttft_per_1k=_ro(self.ttft_per_1k[idx]),
+            tpot=_ro(self.tpot[idx]),
+            ntpot=_ro(self.ntpot[idx]),
+            health=_ro(self.health[idx]),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 

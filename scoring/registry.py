@@ -37,6 +37,7 @@ from scoring.scheduler import Scheduler
 from scoring.scorers import (
     GpuUtilizationScorer,
     KvCacheUtilizationScorer,
+    LatencyScorer,
     LoraAffinityScorer,
     PrefillQueueScorer,
     PrefixCacheScorer,
@@ -165,6 +166,7 @@ def default_registry() -> Registry:
     r.register(PrefixCacheScorer.type_name, PrefixCacheScorer, Kind.SCORER)
     r.register(PrefillQueueScorer.type_name, PrefillQueueScorer, Kind.SCORER)
     r.register(TokenLoadScorer.type_name, TokenLoadScorer, Kind.SCORER)
+    r.register(LatencyScorer.type_name, LatencyScorer, Kind.SCORER)
     r.register(MaxScorePicker.type_name, MaxScorePicker, Kind.PICKER)
     r.register(RandomPicker.type_name, RandomPicker, Kind.PICKER)
     r.register(WeightedRandomPicker.type_name, WeightedRandomPicker, Kind.PICKER)
@@ -195,8 +197,10 @@ def default_registry() -> Registry:
         "slo-deadline-ordering-policy",
     ):
         r.register_service(service_type)
-    latency = "needs the latency predictor, which this picker does not have"
-    r.register_unsupported("latency-scorer", latency)
+    latency = (
+        "needs the latency predictor, which this picker does not have (its latency-scorer scores observed "
+        "latency instead)"
+    )
     r.register_unsupported("predicted-latency-producer", latency)
     r.register_unsupported("slo-headroom-tier-filter", latency)
     r.register_unsupported("latency-slo-admitter", latency)

@@ -1,10 +1,11 @@
 """Scorers by family: load (queue, running), token load (prefill queue, in-flight tokens), utilization (KV
-cache, GPU), affinity (LoRA, prefix).
+cache, GPU), affinity (LoRA, prefix), observed latency.
 
 Formulas and inputs of every scorer: ``README.md`` next to this file.
 """
 
 from scoring.scorers.affinity import LoraAffinityScorer
+from scoring.scorers.latency import LatencyScorer
 from scoring.scorers.load import MinMaxLoadScorer, QueueScorer, RunningRequestsScorer
 from scoring.scorers.prefix import PrefixCacheScorer
 from scoring.scorers.tokens import PrefillQueueScorer, TokenLoadScorer
@@ -13,6 +14,7 @@ from scoring.scorers.utilization import GpuUtilizationScorer, KvCacheUtilization
 __all__ = [
     "GpuUtilizationScorer",
     "KvCacheUtilizationScorer",
+    "LatencyScorer",
     "LoraAffinityScorer",
     "MinMaxLoadScorer",
     "PrefillQueueScorer",

@@ -171,7 +171,8 @@ def test_our_default_prefers_the_adapter_and_the_idle_gpu() -> None:
     [
         ([spec("no-such-scorer")], [], None, "unknown plugin type 'no-such-scorer'"),
         ([spec("prefix-cache-affinity-filter")], [], None, "not supported by this picker"),
-        ([spec("latency-scorer")], [], None, "latency predictor"),
+        ([spec("predicted-latency-producer")], [], None, "latency predictor"),
+        ([spec("latency-scorer", scoringStrategy="least")], [], None, "unknown parameter"),
         ([PluginSpec("x", "", {})], [], None, "type is required"),
         ([spec("queue-scorer"), spec("queue-scorer")], [], None, "duplicate plugin name 'queue-scorer'"),
         ([spec("queue-scorer")], [ProfileSpec("", [("queue-scorer", 1.0)])], None, "profile #1 has no name"),
@@ -278,7 +279,8 @@ def test_registry_lists_types_by_role() -> None:
     r = default_registry()
     assert set(r.types(Kind.PICKER)) == {"max-score-picker", "random-picker", "weighted-random-picker"}
     assert set(r.types(Kind.SATURATION_DETECTOR)) == {"utilization-detector", "concurrency-detector"}
-    assert "latency-scorer" not in r.types()
-    assert "latency-scorer" in r
+    assert "predicted-latency-producer" not in r.types()
+    assert "predicted-latency-producer" in r
+    assert "latency-scorer" in r.types(Kind.SCORER)
     assert {"prefill-queue-scorer", "token-load-scorer"} <= set(r.types(Kind.SCORER))
     assert "metrics-data-source" in r.types(Kind.SERVICE)

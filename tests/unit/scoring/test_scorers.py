@@ -13,6 +13,7 @@ from scoring.plugin import Category, Dependence, Scorer
 from scoring.scorers import (
     GpuUtilizationScorer,
     KvCacheUtilizationScorer,
+    LatencyScorer,
     LoraAffinityScorer,
     PrefixCacheScorer,
     QueueScorer,
@@ -181,3 +182,44 @@ def test_load_track_incremental_updates_equal_full_recomputation() -> None:
         recomputed += track.bump(p, float(dispatched[p]))
         assert np.array_equal(track.contribution, weighted_min_max(base + dispatched, 1.7))
     assert 0 < recomputed < 300  # both paths were exercised
+
+
+# ------------------------------------------------------------------------------------ observed latency
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        ({"ttft_per_1k": [0.1, 0.3, 0.1]}, [1.0, 1 / 3, 1.0]),  # ratio to the fastest
+        ({"ttft_per_1k": [0.2, NAN, 0.4]}, [1.0, 2 / 3, 0.5]),  # unknown → mean of known (0.3)
+        ({"ttft_per_1k": [NAN, NAN]}, [1.0, 1.0]),  # no information: no effect
+        (  # the mean over the signals some candidate has
+            {"ttft_per_1k": [0.1, 0.2], "tpot": [0.04, 0.02], "ntpot": [NAN, NAN]},
+            [(1.0 + 0.5) / 2, (0.5 + 1.0) / 2],
+        ),
+        ({"tpot": [0.0, 0.05]}, [1.0, 2e-5]),  # a zero latency is floored at 1 µs
+        ({"ntpot": [math.inf, 0.05]}, [1.0, 1.0]),  # junk is unknown
+    ],
+)
+def test_latency_scorer(columns: dict[str, list[float]], expected: list[float]) -> None:
+    assert run(LatencyScorer("l"), matrix(**columns)) == pytest.approx(expected)
+
+
+def test_latency_scorer_weights_and_view() -> None:
+    m = matrix(ttft_per_1k=[0.1, 0.2, 0.4], tpot=[0.02, 0.02, 0.01])
+    only_ttft = LatencyScorer("l", {"tpotWeight": 0})
+    assert run(only_ttft, m) == pytest.approx([1.0, 0.5, 0.25])
+    heavy_tpot = LatencyScorer("l", {"ttftWeight": 1, "tpotWeight": 3})
+    assert run(heavy_tpot, m) == pytest.approx([(1 + 3 * 0.5) / 4, (0.5 + 3 * 0.5) / 4, (0.25 + 3) / 4])
+    # over a subset of candidates the fastest of the subset scores 1
+    v = View(m, np.array([1, 2]))
+    assert list(only_ttft.prepare(v)) == pytest.approx([1.0, 0.5])
+
+
+def test_latency_scorer_parameters() -> None:
+    s = LatencyScorer("l", {"halfLife": "5s", "maxAge": "2m", "minPromptTokens": 64})
+    assert (s.half_life, s.max_age, s.min_prompt_tokens) == (5.0, 120.0, 64)
+    assert s.parameters["halfLife"] == "5s"
+    assert (LatencyScorer.category, LatencyScorer.dependence) == (Category.DISTRIBUTION, Dependence.SNAPSHOT)
+    with pytest.raises(ConfigurationError, match="'maxAge' must be > 0"):
+        LatencyScorer("l", {"maxAge": 0})
+    with pytest.raises(ConfigurationError, match="ttftWeight"):
+        LatencyScorer("l", {"ttftWeight": -1})
