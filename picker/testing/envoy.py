@@ -494,8 +494,9 @@ class EnvoyClient:
         ``stream_response`` (default: the response is SSE) sends each response chunk only after the
         previous one was echoed, proving the server does not buffer a stream. With
         ``honor_mode_override`` a reply that skips the response phases ends the exchange early, as a
-        proxy with ``allow_mode_override`` would. ``request=None`` drives a response-only stream (a proxy
-        that skips the request phase).
+        proxy with ``allow_mode_override`` would; one that skips only the body and trailers gets the
+        response headers (not ending the stream) and nothing after them. ``request=None`` drives a
+        response-only stream (a proxy that skips the request phase).
         """
         stream = self.stream()
         result = ExchangeResult()
@@ -504,10 +505,14 @@ class EnvoyClient:
         try:
             if request is not None:
                 await self._request_phase(stream, request, result, order)
-            skip = honor_mode_override and result.mode_override is not None
-            if result.code is None and result.immediate is None and response is not None and not skip:
+            mode = result.mode_override if honor_mode_override else None
+            skip_all = mode is not None and mode.response_header_mode == mode.SKIP
+            if result.code is None and result.immediate is None and response is not None and not skip_all:
                 streaming = response.is_sse if stream_response is None else stream_response
-                await self._response_phase(stream, response, streaming, result, order)
+                headers_only = mode is not None and mode.response_body_mode == mode.NONE
+                await self._response_phase(
+                    stream, response, streaming, result, order, headers_only=headers_only
+                )
             if result.code is None:
                 if result.immediate is None:
                     # The server may have ended the RPC already; gRPC then raises one of several
@@ -600,6 +605,8 @@ class EnvoyClient:
         streaming: bool,
         result: ExchangeResult,
         order: _OrderChecker,
+        *,
+        headers_only: bool = False,
     ) -> None:
         served = response.served_endpoint
         if served is None and response.report_served and result.endpoints:
@@ -608,9 +615,14 @@ class EnvoyClient:
         headers.extend(response.headers)
         no_body = not response.chunks and response.trailers is None
         first = response_headers(
-            headers, end_of_stream=no_body, served_endpoint=served if response.report_served else None
+            headers,
+            end_of_stream=no_body and not headers_only,
+            served_endpoint=served if response.report_served else None,
         )
         await self._send_all(stream, [first])
+        if headers_only:  # the body and trailers are not sent to the processor (response_body_mode NONE)
+            await self._read_until(stream, result, order, lambda k, _r: k == "response_headers")
+            return
         if streaming:
             if not await self._read_until(stream, result, order, lambda k, _r: k == "response_headers"):
                 return

@@ -12,6 +12,7 @@ Routes::
     GET  /v1/models                              base models and LoRA adapters, vLLM's shape
     GET  /health (and /v2/health/ready)          200, empty body
     GET  /metrics[?name[]=<sample>...]           the engine's page with live values (fake_pages.py)
+    POST /_fake/control                          {"fault": ..., "slowdown": ...}: misbehave on request
 
 Engines: ``vllm`` (vLLM V1 page), ``vllm-v0`` (V0 page: ``gpu_cache_usage_perc``), ``sglang``, ``tgi``,
 ``trtllm`` (Triton TensorRT-LLM page; aliases ``triton-tensorrt-llm``, ``trtllm-serve``). vLLM and SGLang
@@ -24,8 +25,10 @@ server is visibly slower. ``time_scale`` is wall seconds per model second: 0.1 r
 model's numbers, for tests and demos. A client that disconnects aborts its request, which frees its slot.
 
 Misbehaving on purpose: :attr:`FakeServer.fault` (settable while running) makes a server a bad pod for scraper
-and failover tests, see :class:`Fault`. A stopped server refuses connections; :meth:`FakeServer.start` after
-:meth:`FakeServer.stop` listens on the same port again (a restarted pod), with its load state kept.
+and failover tests, see :class:`Fault`; :meth:`FakeServer.set_slowdown` makes its engine slower than its
+gauges suggest. Both can be changed from another process through ``POST /_fake/control``. A stopped server
+refuses connections; :meth:`FakeServer.start` after :meth:`FakeServer.stop` listens on the same port again (a
+restarted pod), with its load state kept.
 
 In tests, demos and benchmarks::
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import random
 import time
@@ -81,6 +85,7 @@ from picker.testing.fake_openai import (
 from picker.testing.fake_pages import EngineSpec, MetricsPage, PageLibrary, engine_spec
 
 __all__ = [
+    "CONTROL_PATH",
     "DEFAULT_MODEL",
     "ContinuousBatchingModel",
     "FakeFleet",
@@ -96,6 +101,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+#: the fake's own control route (not a model-server route): change its fault or slowdown from outside
+CONTROL_PATH = "/_fake/control"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
@@ -120,6 +127,8 @@ class Fault(enum.Enum):
     METRICS_500 = "metrics-500"
     #: every route answers 500 (a crashed engine behind a live HTTP front)
     ERROR_500 = "error-500"
+    #: completions answer 503 (an engine that lost its GPU or is shutting down); ``/metrics`` still works
+    ERROR_503 = "error-503"
     #: requests are read and never answered (a wedged process); the client's timeout must fire
     HANG = "hang"
     #: every response is delayed by ``fault_delay_s`` wall seconds
@@ -175,6 +184,7 @@ class FakeServer:
             raise ValueError("default_max_tokens and max_tokens_cap must be >= 1")
         if load is None or isinstance(load, LoadParams):
             params = load if load is not None else LoadParams()
+            self._base_params = params
             if lora_adapters and params.max_lora == 0:
                 raise ValueError("LoRA adapters need LoadParams.max_lora >= 1")
             self._model: LoadModel = ContinuousBatchingModel(params, seed=seed)
@@ -182,6 +192,9 @@ class FakeServer:
         else:
             self._model = load
             self._hash_prefixes = True
+            self._base_params = LoadParams()
+        #: current slowdown factor (:meth:`set_slowdown`)
+        self.slowdown = 1.0
         self.models = tuple(models)
         self.lora_adapters = tuple(lora_adapters)
         self.time_scale = time_scale
@@ -326,8 +339,18 @@ class FakeServer:
 
     # ------------------------------------------------------------------------------------------ routes
     def _handle(self, request: HttpRequest, exchange: HttpExchange) -> Coroutine[Any, Any, None] | None:
+        if request.path == CONTROL_PATH:
+            self._control(request, exchange)
+            return None
         fault = self.fault
         if fault is Fault.NONE or fault is Fault.METRICS_GARBAGE or fault is Fault.METRICS_500:
+            return self._route(request, exchange)
+        if fault is Fault.ERROR_503:
+            if request.path in ("/v1/completions", "/v1/chat/completions"):
+                exchange.respond(
+                    503, error_body("engine unavailable (injected)", "ServiceUnavailable", None, 503), _JSON
+                )
+                return None
             return self._route(request, exchange)
         if fault is Fault.HANG:
             exchange.hold()
@@ -338,6 +361,43 @@ class FakeServer:
         else:
             return self._slow(request, exchange)
         return None
+
+    @property
+    def load_params(self) -> LoadParams | None:
+        """The parameters the built-in load model runs with now (slowdown applied); None for another model."""
+        model = self._model
+        return model.params if isinstance(model, ContinuousBatchingModel) else None
+
+    def set_slowdown(self, factor: float) -> None:
+        """From now on the engine runs ``factor`` times slower than its parameters say (every step's
+        duration multiplied; 1 = as built): a pod that got slow for reasons its gauges do not show
+        (thermal throttling, a noisy neighbour). Only for the built-in load model."""
+        if not factor > 0:
+            raise ValueError("the slowdown factor must be > 0")
+        model = self._model
+        if not isinstance(model, ContinuousBatchingModel):
+            raise TypeError("set_slowdown needs the built-in ContinuousBatchingModel")
+        model.params = self._base_params.slower(factor)
+        self.slowdown = factor
+
+    def _control(self, request: HttpRequest, exchange: HttpExchange) -> None:
+        """``POST /_fake/control`` with ``{"fault": "<Fault value>", "slowdown": <factor>}`` (either key):
+        lets a test or the demo change a fake server in another process. Answers the state as JSON."""
+        if request.method != "POST":
+            exchange.respond(405, b'{"detail":"Method Not Allowed"}', _JSON, (("allow", "POST"),))
+            return
+        try:
+            doc = json.loads(request.body or b"{}")
+            if not isinstance(doc, dict):
+                raise TypeError("expected a JSON object")  # noqa: TRY301 - one error path for the caller
+            fault = Fault(doc["fault"]) if "fault" in doc else self.fault
+            if "slowdown" in doc:
+                self.set_slowdown(float(doc["slowdown"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            exchange.respond(400, json.dumps({"error": str(exc)}).encode(), _JSON)
+            return
+        self.fault = fault
+        exchange.respond(200, json.dumps({"fault": fault.value, "slowdown": self.slowdown}).encode(), _JSON)
 
     async def _slow(self, request: HttpRequest, exchange: HttpExchange) -> None:
         await asyncio.sleep(self.fault_delay_s)

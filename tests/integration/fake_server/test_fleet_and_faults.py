@@ -193,3 +193,39 @@ def test_the_fake_runs_on_uvloop_as_the_cli_does() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(scenario()) == [20] * 30
+
+
+async def test_error_503_fails_completions_only_and_control_switches_it(http: aiohttp.ClientSession) -> None:
+    async with FakeServer("vllm", time_scale=0.01) as server:
+        payload = {"model": server.models[0], "prompt": "hello", "max_tokens": 2}
+        control = f"{server.url}/_fake/control"
+        async with http.post(control, json={"fault": "error-503"}) as resp:
+            assert (resp.status, await resp.json()) == (200, {"fault": "error-503", "slowdown": 1.0})
+        assert server.fault is Fault.ERROR_503
+        async with http.post(f"{server.url}/v1/completions", json=payload) as resp:
+            assert resp.status == 503
+        async with http.get(f"{server.url}/metrics") as resp:
+            assert resp.status == 200, "a 503-ing engine still serves its metrics"
+        async with http.post(control, json={"fault": "none"}) as resp:
+            assert resp.status == 200
+        async with http.post(f"{server.url}/v1/completions", json=payload) as resp:
+            assert resp.status == 200
+        for bad in ({"fault": "on-fire"}, {"slowdown": 0}, [1]):
+            async with http.post(control, json=bad) as resp:
+                assert resp.status == 400, bad
+        async with http.get(control) as resp:
+            assert resp.status == 405
+
+
+async def test_slowdown_makes_the_engine_slower_than_its_parameters(http: aiohttp.ClientSession) -> None:
+    async with FakeServer("vllm", time_scale=0.01, load=LoadParams(jitter=0.0)) as server:
+        base = server.load_params
+        assert base is not None
+        async with http.post(f"{server.url}/_fake/control", json={"slowdown": 3}) as resp:
+            assert (await resp.json())["slowdown"] == 3.0
+        slowed = server.load_params
+        assert slowed is not None
+        assert slowed.step_base_s == pytest.approx(3 * base.step_base_s)
+        assert slowed.decode_s_per_seq == pytest.approx(3 * base.decode_s_per_seq)
+        server.set_slowdown(1.0)
+        assert server.load_params == base
