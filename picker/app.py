@@ -29,6 +29,7 @@ from picker.admin import build_admin_app
 from picker.config import PickerConfig, default_config, load_config_text
 from picker.errors import ConfigError
 from picker.extproc.health import HealthServer, HealthService, HealthState
+from picker.extproc.messages import ResponseSkip
 from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig
 from picker.reload import ConfigFileWatcher
@@ -41,10 +42,13 @@ from picker.settings import Settings
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
 from picker.state.datastore import Datastore
 from picker.state.endpoints import PoolInfo, parse_static_endpoints
+from picker.state.health import OutlierPolicy
+from picker.state.latency import LatencySettings
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.telemetry import Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
+from scoring.scorers import LatencyScorer
 
 log = logging.getLogger("picker")
 
@@ -109,19 +113,40 @@ def snapshot_interval(settings: Settings) -> float:
     return min(0.02, settings.refresh_metrics_interval * 0.4)
 
 
-def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], bool]:
+def configure_health(datastore: Datastore, active: ActiveConfig) -> None:
+    """Passive health and the latency averages as the active config says: the ``outlier-detector``
+    plugin's policy (defaults without one) and the first ``latency-scorer``'s ``halfLife`` / ``maxAge``
+    (defaults without one: the averages are kept either way, for ``/debug/endpoints``)."""
+    latency = next(
+        (ws.scorer for ws in active.scheduler.scorers if isinstance(ws.scorer, LatencyScorer)), None
+    )
+    settings = (
+        LatencySettings(half_life_s=latency.half_life, max_age_s=latency.max_age)
+        if latency is not None
+        else LatencySettings()
+    )
+    datastore.configure_health(OutlierPolicy.from_params(active.config.outlier_detection), settings)
+
+
+def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], ResponseSkip]:
     """The "fewer messages" rule: may this request's response phases be skipped (ext_proc
     ``mode_override`` in the request-headers reply)?
 
-    Yes when the active config allows it (``responseProcessing: WhenNeeded`` and no feature that reads
+    Only when the active config allows it (``responseProcessing: WhenNeeded`` and no feature that reads
     responses: see :attr:`picker.config.PickerConfig.may_skip_responses`) and the model was not
-    rewritten (a rewritten model's name must be put back into the response). Read per request, so a
-    config reload applies at once. A proxy without ``allow_mode_override`` ignores the override and
-    sends the response anyway, which is then processed as usual.
+    rewritten (a rewritten model's name must be put back into the response). Then the body and trailers
+    are skipped, and the response headers too unless passive health is on (the ``outlier-detector``,
+    on by default), which needs their ``:status`` and served endpoint: one message instead of two to four
+    either way. Read per request, so a config reload applies at once. A proxy without
+    ``allow_mode_override`` ignores the override and sends the response anyway, which is then processed
+    as usual.
     """
 
-    def skip(decision: RoutingDecision) -> bool:
-        return decision.target_model == decision.incoming_model and config.active.may_skip_responses
+    def skip(decision: RoutingDecision) -> ResponseSkip:
+        active = config.active
+        if decision.target_model != decision.incoming_model or not active.may_skip_responses:
+            return ResponseSkip.NONE
+        return ResponseSkip.BODY if active.needs_response_status else ResponseSkip.ALL
 
     return skip
 
@@ -185,7 +210,9 @@ class Service:
             staleness_s=config.staleness_threshold or settings.metrics_staleness_threshold,
             build_ref=os.environ.get("PICKER_BUILD_REF", ""),
             commit=os.environ.get("PICKER_COMMIT", ""),
+            health=self.datastore.health,
         )
+        configure_health(self.datastore, self.config_store.active)
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
         # Prometheus client exports by default; the injected registry has none unless registered here.
         ProcessCollector(registry=self.telemetry.registry)
@@ -298,7 +325,7 @@ class Service:
         s = self.health_state()
         return s.synced and s.protocol_ok and (s.leader or not s.leader_election)
 
-    def skip_response(self, decision: RoutingDecision) -> bool:
+    def skip_response(self, decision: RoutingDecision) -> ResponseSkip:
         """Whether this request's response phases may be skipped; see :func:`skip_response_rule`."""
         return self._skip_response(decision)
 
@@ -329,6 +356,7 @@ class Service:
             return
         cfg = active.config
         self.telemetry.staleness_s = cfg.staleness_threshold or self.settings.metrics_staleness_threshold
+        configure_health(self.datastore, active)
         try:
             extractor = cfg.metrics_extractor
             self.scraper.set_engines(engine_specs_for(extractor), extractor.default_engine)

@@ -185,6 +185,8 @@ def default_registry() -> Registry:
         "vllmgrpc-parser",
         "destination-endpoint-served-verifier",
         "request-attribute-reporter",
+        # ours: passive health from the response path (validated by picker.config, run by the service)
+        "outlier-detector",
         # data producers the reference auto-creates; our in-flight accounting and the prefix index
         # (scoring.prefix, owned by the service) need no plugin of their own
         "approx-prefix-cache-producer",

@@ -128,6 +128,14 @@ def build_admin_app(
                     "last_error": st.last_error if st else None,
                     "scrapes_ok": st.scrapes_ok if st else 0,
                     "scrapes_failed": st.scrapes_failed if st else 0,
+                    #: passive health (outlier detection): state, runs, ejections, last failure
+                    "health": health.to_doc() if (health := datastore.health_view(name)) else None,
+                    #: observed latency averages the latency-scorer reads (seconds; null = unknown)
+                    "latency": {
+                        "ttft_per_1k_s": _num(float(m.ttft_per_1k[i])),
+                        "tpot_s": _num(float(m.tpot[i])),
+                        "ntpot_s": _num(float(m.ntpot[i])),
+                    },
                 }
             )
         pool = datastore.pool
@@ -171,6 +179,10 @@ def build_admin_app(
                 "profile": {"name": decision.profile, "chosen_by": decision.profile_reason},
                 "body_rewritten": decision.body is not rr.body,
                 "decision": record,
+                #: candidates left out because they must not be primary (ejected, probing), and whether the
+                #: scorer's own choice was one of them (the reason ai_failover_total would count)
+                "avoided": dict(decision.avoided or {}),
+                "failover": decision.failover,
             }
         )
 

@@ -15,6 +15,7 @@ from picker.config.plugins import (
     CoreMetricsExtractorParams,
     EngineConfig,
     MetricsDataSourceParams,
+    OutlierDetectorParams,
 )
 from picker.config.reference import REFERENCE_KIND, EndpointPickerDocument, PluginConfig
 from picker.errors import ConfigError
@@ -43,6 +44,8 @@ class PickerConfig(StrictModel):
     served_verifier_enabled: bool = False
     #: ``request-attribute-reporter`` plugins, parameters kept as given
     request_attribute_reporters: tuple[PluginConfig, ...] = ()
+    #: the effective ``outlier-detector`` parameters (passive health; on with defaults when not configured)
+    outlier_detection: OutlierDetectorParams = OutlierDetectorParams()
 
     # -------------------------------------------------------------------------------- derived views
     @property
@@ -135,6 +138,17 @@ def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[
             ),
             "parser": cfg.parser,
             "servedVerifierEnabled": cfg.served_verifier_enabled,
+            "outlierDetection": {
+                **cfg.outlier_detection.model_dump(by_alias=True, mode="json"),
+                **{
+                    key: format_duration(getattr(cfg.outlier_detection, field))
+                    for key, field in (
+                        ("interval", "interval"),
+                        ("baseEjectionTime", "base_ejection_time"),
+                        ("maxEjectionTime", "max_ejection_time"),
+                    )
+                },
+            },
             "requestAttributeReporters": [
                 p.model_dump(by_alias=True, mode="json") for p in cfg.request_attribute_reporters
             ],

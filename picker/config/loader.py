@@ -19,12 +19,14 @@ from picker.config.plugins import (
     CORE_METRICS_EXTRACTOR,
     DEFAULT_PARSER,
     METRICS_DATA_SOURCE,
+    OUTLIER_DETECTOR,
     PARSER_TYPES,
     REQUEST_ATTRIBUTE_REPORTER,
     SERVED_VERIFIER,
     SERVICE_PARAM_MODELS,
     CoreMetricsExtractorParams,
     MetricsDataSourceParams,
+    OutlierDetectorParams,
 )
 from picker.config.reference import (
     REFERENCE_API_VERSION,
@@ -124,6 +126,11 @@ def _assemble(
     else:
         defined = _pick_one("parser", [p for p in doc.plugins if p.type in PARSER_TYPES])
         parser = defined.type if defined is not None else DEFAULT_PARSER
+    detectors = [p for p in doc.plugins if p.type == OUTLIER_DETECTOR]
+    if len(detectors) > 1:
+        names = ", ".join(p.effective_name for p in detectors)
+        raise ConfigError(f"{REFERENCE_KIND}: more than one {OUTLIER_DETECTOR} plugin ({names}); keep one")
+    detector = detectors[0] if detectors else None
     if parser == "vllmgrpc-parser":
         # Accepted by the reference for vLLM's gRPC engine API; we only route HTTP (OpenAI) or opaque bodies.
         raise ConfigError(
@@ -140,6 +147,9 @@ def _assemble(
             "served_verifier_enabled": any(p.type == SERVED_VERIFIER for p in doc.plugins),
             "request_attribute_reporters": tuple(
                 p for p in doc.plugins if p.type == REQUEST_ATTRIBUTE_REPORTER
+            ),
+            "outlier_detection": (
+                _service_params(detector) if detector is not None else OutlierDetectorParams()
             ),
         }
     )

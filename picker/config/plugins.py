@@ -1,5 +1,6 @@
-"""Parameters of the reference plugin types that configure the service rather than scheduling: the
-metrics source, the metrics extractor (per-engine metric names), parsers and the served verifier."""
+"""Parameters of the plugin types that configure the service rather than scheduling: the metrics source,
+the metrics extractor (per-engine metric names), parsers, the served verifier (reference types) and the
+outlier detector (ours)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from picker.config.base import StrictModel
 from picker.config.values import check_metric_spec
 from picker.metricspec import is_label_name
+from scoring.durations import parse_duration
 from scoring.matrix import ENGINE_NAMES
 
 METRICS_DATA_SOURCE = "metrics-data-source"
@@ -19,6 +21,7 @@ PARSER_TYPES = frozenset({"openai-parser", "passthrough-parser", "vllmgrpc-parse
 DEFAULT_PARSER = "openai-parser"
 SERVED_VERIFIER = "destination-endpoint-served-verifier"
 REQUEST_ATTRIBUTE_REPORTER = "request-attribute-reporter"
+OUTLIER_DETECTOR = "outlier-detector"
 #: Engines with a built-in metric mapping (``picker/scrape``); ``engineConfigs`` may add others.
 BUILTIN_ENGINES = frozenset(ENGINE_NAMES[1:])
 DEFAULT_ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
@@ -146,6 +149,44 @@ class CoreMetricsExtractorParams(StrictModel):
         return self
 
 
+def _positive_duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"must be a duration such as 30s, got {value!r}")  # noqa: TRY004 - pydantic wants ValueError
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be > 0")
+    return seconds
+
+
+class OutlierDetectorParams(StrictModel):
+    """``outlier-detector`` parameters (ours): passive health from the outcomes of routed requests, with
+    Envoy's outlier-detection field names. Active without a plugin entry (every default below); an entry
+    tunes it, ``enabled: false`` switches it off. Semantics and where they differ from Envoy:
+    ``picker/state/health.py``."""
+
+    #: false: no endpoint is ever ejected (every ejected one is reinstated at once on reload)
+    enabled: bool = True
+    #: failures in a row (status >= 500, no response, retried elsewhere) that eject; 0 = rule off
+    consecutive_5xx: int = Field(default=5, ge=0, alias="consecutive5xx")
+    #: percent of one interval's outcomes failed that ejects; 0 = rule off (Envoy's default: off, 85)
+    failure_percentage_threshold: float = Field(default=50.0, ge=0.0, le=100.0)
+    #: outcomes an endpoint needs within one interval for the percentage rule (Envoy: 50)
+    failure_percentage_request_volume: int = Field(default=20, ge=0)
+    #: the percentage window and the ejection multiplier's decay period (duration; Envoy: 10s)
+    interval: float = 10.0
+    #: first ejection's length; the n-th in a row lasts n times this (duration; Envoy: 30s)
+    base_ejection_time: float = 30.0
+    #: cap of the ejection time (duration; Envoy: 300s)
+    max_ejection_time: float = 300.0
+    #: most of the pool ejected at once, percent; one endpoint always may be (Envoy: 10)
+    max_ejection_percent: float = Field(default=50.0, ge=0.0, le=100.0)
+
+    @field_validator("interval", "base_ejection_time", "max_ejection_time", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> float:
+        return _positive_duration(v)
+
+
 class _NoParams(StrictModel):
     """Parameters of plugin types that take none (parsers, served verifier)."""
 
@@ -154,5 +195,6 @@ SERVICE_PARAM_MODELS: Mapping[str, type[StrictModel]] = {
     METRICS_DATA_SOURCE: MetricsDataSourceParams,
     CORE_METRICS_EXTRACTOR: CoreMetricsExtractorParams,
     SERVED_VERIFIER: _NoParams,
+    OUTLIER_DETECTOR: OutlierDetectorParams,
     **dict.fromkeys(PARSER_TYPES, _NoParams),
 }

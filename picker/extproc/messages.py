@@ -8,6 +8,7 @@ Those shared messages are treated as constants: nothing may mutate them after im
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
@@ -27,11 +28,13 @@ __all__ = [
     "RESPONSE_MARKER_HEADER",
     "RESPONSE_TRAILERS_REPLY",
     "SERVED_KEY",
+    "SKIP_RESPONSE_BODY_MODE",
     "SKIP_RESPONSE_MODE",
     "SUBSET_KEY",
     "SUBSET_NAMESPACE",
     "SYSTEM_HEADERS",
     "Reply",
+    "ResponseSkip",
     "immediate_response",
     "request_body_replies",
     "request_headers_reply",
@@ -80,6 +83,25 @@ SKIP_RESPONSE_MODE = _ProcessingMode(
     response_body_mode=_ProcessingMode.NONE,
     response_trailer_mode=_ProcessingMode.SKIP,
 )
+#: ``mode_override`` keeping the response headers but skipping the body and trailers: what passive health
+#: needs (the status) at one message instead of two to four.
+SKIP_RESPONSE_BODY_MODE = _ProcessingMode(
+    response_header_mode=_ProcessingMode.SEND,
+    response_body_mode=_ProcessingMode.NONE,
+    response_trailer_mode=_ProcessingMode.SKIP,
+)
+
+
+class ResponseSkip(enum.IntEnum):
+    """How much of a request's response the proxy is asked to skip (``mode_override``)."""
+
+    #: nothing: every response phase is processed
+    NONE = 0
+    #: every response phase (:data:`SKIP_RESPONSE_MODE`)
+    ALL = 1
+    #: the body and trailers; the headers still come (:data:`SKIP_RESPONSE_BODY_MODE`)
+    BODY = 2
+
 
 _MARKER = _HeaderValueOption()
 _MARKER.header.key = RESPONSE_MARKER_HEADER

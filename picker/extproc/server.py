@@ -73,7 +73,7 @@ class ExtProcServer:
         health: HealthService | None = None,
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        skip_response: Callable[[RoutingDecision], bool] | None = None,
+        skip_response: Callable[[RoutingDecision], int] | None = None,
         stream_config: Callable[[], tuple[int, bool]] | None = None,
     ) -> None:
         if max_body_bytes <= 0:

@@ -56,11 +56,19 @@ Decisions documented here:
   chunk (the end of the prompt's prefill for a streamed response; ``scoring.matrix.LoadCharge``), or at
   once when the response phases are skipped (no byte will be seen); :meth:`ExtProcStream.close` releases
   the rest.
+* **Outcome** (passive health, observed latency): :meth:`ExtProcStream.close` reports to the lease, before
+  releasing it, what the request came to (``picker.state.outcomes.Outcome``): the response status (0
+  when the stream ended after routing without response headers: a connect failure, reset or timeout the
+  gateway did not answer itself), the served endpoint the gateway put in the ``envoy.lb`` metadata of
+  the response headers, and the timing of a complete response (first body byte and the spacing of the
+  chunks of a streamed one; time per output token of a non-streamed one). Nothing is reported when every
+  response phase was skipped by ``mode_override``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -68,10 +76,12 @@ from typing import Any, Final
 
 from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError
 from picker.extproc import messages, wire
+from picker.extproc.messages import ResponseSkip
 from picker.extproc.observer import StreamObserver
 from picker.extproc.usage import SSEUsageScanner, UsageReport, usage_from_json
 from picker.routing.openai import ModelRestorer
 from picker.routing.types import Lease, PendingRoute, Reservation, Router, RoutingDecision, RoutingRequest
+from picker.state.outcomes import Outcome
 
 __all__ = ["SUSPENDED", "ExtProcStream", "StreamAbortError"]
 
@@ -122,6 +132,7 @@ class ExtProcStream:
     __slots__ = (
         "_body_chunks",
         "_body_size",
+        "_chunks",
         "_clock",
         "_closed",
         "_decision",
@@ -129,8 +140,11 @@ class ExtProcStream:
         "_echoing",
         "_failed",
         "_finished",
+        "_first_at",
         "_headers",
+        "_last_at",
         "_max_body",
+        "_ntpot",
         "_observer",
         "_path",
         "_pending",
@@ -139,13 +153,16 @@ class ExtProcStream:
         "_resp_chunks",
         "_resp_mode",
         "_resp_size",
+        "_response_skipped",
         "_restorer",
         "_router",
         "_scanner",
+        "_served",
         "_served_verifier",
         "_skip_response",
         "_started",
         "_state",
+        "_status",
         "_status_ok",
         "_subset",
         "_ticket",
@@ -159,7 +176,7 @@ class ExtProcStream:
         max_body_bytes: int,
         served_verifier: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        skip_response: Callable[[RoutingDecision], bool] | None = None,
+        skip_response: Callable[[RoutingDecision], int] | None = None,
     ) -> None:
         self._router = router
         self._observer = observer
@@ -194,6 +211,16 @@ class ExtProcStream:
         self._ticket: Reservation | None = None
         #: routing waiting for I/O: (pending route, body end_of_stream, request trailers follow)
         self._pending: tuple[PendingRoute, bool, bool] | None = None
+        #: what passive health and the latency averages learn (:meth:`_outcome`): the response status (0:
+        #: no response headers), the served endpoint the gateway reported, response timing (from the
+        #: request headers, ``_started``: the routing itself takes microseconds)
+        self._status = 0
+        self._served: str | None = None
+        self._response_skipped = False
+        self._first_at = 0.0
+        self._last_at = 0.0
+        self._chunks = 0
+        self._ntpot = math.nan
 
     # ------------------------------------------------------------------------------------------ public
     @property
@@ -270,6 +297,8 @@ class ExtProcStream:
         decision = self._decision
         if decision is not None:
             try:
+                if not self._response_skipped:
+                    decision.lease.report(self._outcome(decision))
                 decision.lease.release()
             except Exception:
                 logger.exception("lease release failed, request_id=%s", self._request_id)
@@ -432,14 +461,20 @@ class ExtProcStream:
         self._routed(decision, 0)
         return (reply,)
 
-    def _skips(self, decision: RoutingDecision) -> bool:
-        if self._skip_response is None or decision.ticket is not None or not self._skip_response(decision):
-            return False
+    def _skips(self, decision: RoutingDecision) -> int:
+        if self._skip_response is None or decision.ticket is not None:
+            return ResponseSkip.NONE
+        mode = self._skip_response(decision)
+        if not mode:
+            return ResponseSkip.NONE
         # No response body will be seen, so the end of prefill cannot be: give the prefill charge back
         # now rather than holding it until the stream ends (which would make the endpoint look busy
         # with prefill work long finished). The prefill-queue signal is lost for these requests.
         decision.lease.first_byte()
-        return True
+        # with every response phase skipped nothing will be known about the outcome: report none (a
+        # proxy that ignores the override sends the response anyway, which is then handled as usual)
+        self._response_skipped = mode == ResponseSkip.ALL
+        return mode
 
     def _routed(self, decision: RoutingDecision, request_bytes: int) -> None:
         self._state = _ROUTED
@@ -485,6 +520,11 @@ class ExtProcStream:
         if self._ticket is not None:
             echo.extend(self._ticket.response_headers())
         self._status_ok = status in {b"", b"200"}
+        # no :status (the reference's tests omit it) reads as 200; junk as a server error
+        self._status = int(status) if status.isdigit() else 500 if status else 200
+        self._response_skipped = False
+        if request.HasField("metadata_context"):
+            self._served = self._served_address(request)
         if not self._status_ok:
             self._report_failure(MODEL_SERVER_ERROR)
         if content_type.startswith(b"application/grpc"):
@@ -506,6 +546,18 @@ class ExtProcStream:
         else:
             self._state = _RESPONSE_BODY
         return (reply,)
+
+    @staticmethod
+    def _served_address(request: Any) -> str | None:
+        """The endpoint the gateway reports having served the response, if it does (passive health)."""
+        filter_metadata = request.metadata_context.filter_metadata
+        if messages.LB_NAMESPACE not in filter_metadata:
+            return None
+        fields = filter_metadata[messages.LB_NAMESPACE].fields
+        if messages.SERVED_KEY not in fields:
+            return None
+        value = fields[messages.SERVED_KEY]
+        return str(value.string_value) if value.WhichOneof("kind") == "string_value" else None
 
     @staticmethod
     def _served_endpoint(request: Any) -> str:
@@ -540,6 +592,11 @@ class ExtProcStream:
         if self._echoing:
             # The per-token path of a streamed response: kept short on purpose.
             if chunk:
+                now = self._clock()
+                if not self._chunks:
+                    self._first_at = now
+                self._last_at = now
+                self._chunks += 1
                 scanner = self._scanner
                 if scanner is not None:
                     scanner.feed(chunk)
@@ -604,6 +661,12 @@ class ExtProcStream:
         decision = self._decision
         self._state = _DONE
         self._finished = True
+        latency = self._clock() - self._started
+        if self._resp_mode == _BUFFERED and not self._echoing and usage is not None:
+            tokens = usage.completion_tokens
+            if tokens > 0:
+                # a non-streamed answer: its time per output token is the latency signal it gives
+                self._ntpot = latency / tokens
         ticket = self._ticket
         if ticket is not None:
             # settled here, exactly from the usage when there is one; ``body``: a buffered response
@@ -615,10 +678,29 @@ class ExtProcStream:
         # empty model labels, as the reference records its token counts.
         self._observer.response_complete(
             decision,
-            latency_s=self._clock() - self._started,
+            latency_s=latency,
             response_bytes=self._resp_size,
             usage=usage,
             status_ok=self._status_ok,
+        )
+
+    def _outcome(self, decision: RoutingDecision) -> Outcome:
+        """What the request came to, for passive health and the latency averages (see
+        :mod:`picker.state.outcomes`): status 0 when the stream ended without response headers."""
+        ttfb = tpot = math.nan
+        if self._resp_mode == _STREAMING and self._chunks and self._state == _DONE:
+            ttfb = self._first_at - self._started
+            if self._chunks > 1:
+                tpot = (self._last_at - self._first_at) / (self._chunks - 1)
+        info = decision.info
+        return Outcome(
+            endpoints=decision.endpoints,
+            served=self._served,
+            status=self._status,
+            ttfb_s=ttfb,
+            prompt_tokens=(info.prompt_chars // 4) if info is not None else 0,
+            tpot_s=tpot,
+            ntpot_s=self._ntpot,
         )
 
     # ------------------------------------------------------------------------------------------ errors

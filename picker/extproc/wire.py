@@ -157,6 +157,9 @@ _DESTINATION_KEY = messages.DESTINATION_KEY.encode()
 _LB_NAMESPACE = messages.LB_NAMESPACE.encode()
 _CONTENT_LENGTH = messages.CONTENT_LENGTH_HEADER.encode()
 _SKIP_RESPONSE = _ld(_MODE_OVERRIDE, messages.SKIP_RESPONSE_MODE.SerializeToString())
+_SKIP_RESPONSE_BODY = _ld(_MODE_OVERRIDE, messages.SKIP_RESPONSE_BODY_MODE.SerializeToString())
+#: the ``mode_override`` bytes of each :class:`~picker.extproc.messages.ResponseSkip` value
+_SKIPS = (b"", _SKIP_RESPONSE, _SKIP_RESPONSE_BODY)
 _MARKER = _option(messages.RESPONSE_MARKER_HEADER.encode(), b"true")
 _CONFORMANCE = messages.CONFORMANCE_SERVED_HEADER.encode()
 _REMOVE_CONTENT_LENGTH = _ld(_REMOVE_HEADERS, b"content-length")
@@ -187,10 +190,11 @@ def request_headers_reply(
     echo: Iterable[tuple[str, bytes]],
     content_length: int | None,
     *,
-    skip_response: bool = False,
+    skip_response: int = messages.ResponseSkip.NONE,
 ) -> bytes:
-    """:func:`picker.extproc.messages.request_headers_reply`, as bytes (``skip_response``: with
-    :data:`picker.extproc.messages.SKIP_RESPONSE_MODE` as ``mode_override``)."""
+    """:func:`picker.extproc.messages.request_headers_reply`, as bytes (``skip_response``: a
+    :class:`~picker.extproc.messages.ResponseSkip`, sent as the matching ``mode_override``; ``True`` is
+    ``ALL``)."""
     dest = destination.encode()
     parts = [_option(_DESTINATION_KEY, dest)]
     if content_length:
@@ -200,7 +204,7 @@ def request_headers_reply(
     common = _T_HEADER_MUTATION + _len(len(mutation)) + mutation + _CLEAR
     headers = _T_RESPONSE + _len(len(common)) + common
     out = _T_REQUEST_HEADERS + _len(len(headers)) + headers + _metadata(dest)
-    return out + _SKIP_RESPONSE if skip_response else out
+    return out + _SKIPS[skip_response] if skip_response else out
 
 
 def response_headers_reply(

@@ -15,7 +15,8 @@
    finds the pool saturated (or others already waiting) waits in its tenant's queue the same way.
 6. Schedule with the profile the configuration's profile handler chooses for the request (its
    objective, priority or a header; ``scoring.profiles``): filters → weighted scorers → picker; nothing
-   left → 429.
+   left → 429. Endpoints that must not be primary (ejected by passive health: ``picker.routing.avoid``)
+   are left out while other candidates remain, and fill the fallback places the pick left empty.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
    and hand back the body: the original bytes unless the model changed.
@@ -32,8 +33,10 @@ from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
+from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.openai import parse_request, prompt_text, rewrite_model
 from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecision, RoutingRequest
 from picker.state.accounting import NullLease
@@ -41,9 +44,9 @@ from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from picker.tenants import FAIRNESS_HEADER, Tenancy, Ticket
 from picker.tenants.flow import FlowController
-from scoring import EndpointMatrix, NoEndpointsAvailable, subset_mask
+from scoring import EndpointMatrix, NoEndpointsAvailable, Scheduler, subset_mask
 from scoring.matrix import LoadCharge
-from scoring.types import PickRequest
+from scoring.types import PickRequest, PickResult
 
 HDR_OBJECTIVE = "x-gateway-inference-objective"
 HDR_REWRITE = "x-gateway-model-name-rewrite"
@@ -77,6 +80,9 @@ class RoutingState(Protocol):
 class DirectorObserver(Protocol):
     def scheduled(self, duration_s: float) -> None: ...
 
+    def failover(self, reason: str) -> None:
+        """A request went elsewhere than the scorer's choice (``picker.routing.avoid.FailoverReason``)."""
+
     def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None: ...
 
 
@@ -107,6 +113,7 @@ class Director:
         self._observer = observer
         self._tenancy = tenancy
         self._flow = flow
+        self._avoidance = Avoidance()
 
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
@@ -279,13 +286,13 @@ class Director:
             stream=info.stream if info is not None else False,
         )
         try:
-            result = scheduler.schedule(
-                m, pick_req, now=started, rng=self._rng, candidates=mask, explain=explain
-            )
+            result, avoided, failover = self._pick(m, pick_req, scheduler, mask, started, explain=explain)
         except NoEndpointsAvailable as exc:
             raise ResourceExhausted(str(exc)) from exc
         if self._observer is not None and not explain:
             self._observer.scheduled(self._clock() - started)
+            if failover is not None:
+                self._observer.failover(failover)
         indices = result.indices
         addresses = m.addresses
         endpoints = (addresses[indices[0]],) if len(indices) == 1 else tuple(addresses[i] for i in indices)
@@ -309,14 +316,49 @@ class Director:
             objective=objective,
             profile=choice.profile,
             profile_reason=choice.reason,
+            avoided=avoided,
+            failover=failover,
         )
+
+    def _pick(
+        self,
+        m: EndpointMatrix,
+        req: PickRequest,
+        scheduler: Scheduler,
+        mask: NDArray[np.bool_] | None,
+        now: float,
+        *,
+        explain: bool,
+    ) -> tuple[PickResult, Mapping[str, str] | None, str | None]:
+        """The pick with avoided endpoints (``picker.routing.avoid``) left out while others remain, and
+        put back as last-resort fallbacks. Returns the result, the avoided candidates (name → why; None
+        when none) and the failover reason when the scorer would have chosen an avoided endpoint."""
+        avoided = self._avoidance.avoided(m)
+        split = None if avoided is None else Avoidance.split(mask, avoided)
+        if split is None:
+            result = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=mask, explain=explain)
+            return result, None, None
+        preferred, out = split
+        result = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=preferred, explain=explain)
+        indices = Avoidance.last_resort(m, out, result.indices, scheduler.max_endpoints)
+        # what the scorer would have chosen with every candidate in: an avoided one is a failover
+        try:
+            unconstrained = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=mask).primary
+        except NoEndpointsAvailable:
+            unconstrained = result.primary
+        failover = FailoverReason.EJECTED.value if out[unconstrained] else None
+        names = m.names
+        reasons = MappingProxyType({names[r]: Avoidance.reason(m, r) for r in np.flatnonzero(out).tolist()})
+        return PickResult(indices, result.decision), reasons, failover
 
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol
         """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""
         m = self._ds.snapshot()
         if len(m) == 0:
             raise Internal(MSG_NO_PODS)
-        i = int(self._rng.integers(len(m)))
+        avoided = self._avoidance.avoided(m)
+        rows = np.flatnonzero(~avoided) if avoided is not None and not avoided.all() else None
+        i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
         return RoutingDecision(
             endpoints=(m.addresses[i],),
             incoming_model="",

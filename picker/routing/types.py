@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from picker.state.outcomes import Outcome
 from scoring.types import Decision
 
 #: OpenAI API families, told apart by the request path suffix (reference ``openai-parser``).
@@ -63,9 +64,12 @@ class RoutingRequest:
 class Lease(Protocol):
     """In-flight accounting for one routed request (see ``scoring.matrix.LoadCharge``): ``first_byte()``
     at the first response body byte gives back the prefill part of the charge, ``release()`` at stream
-    end gives back the rest (and the prefill, if no byte came). Both idempotent."""
+    end gives back the rest (and the prefill, if no byte came). Both idempotent. ``report()``, once,
+    before ``release()``: what the request came to (passive health, observed latency)."""
 
     def first_byte(self) -> None: ...
+
+    def report(self, outcome: Outcome, /) -> None: ...
 
     def release(self) -> None: ...
 
@@ -91,6 +95,11 @@ class RoutingDecision:
     #: (``scoring.profiles.ProfileChoice``: ``single``, ``header``, ``rule <n>``, ``default``)
     profile: str = ""
     profile_reason: str = ""
+    #: candidates left out of the pick because they must not be primary: name → why (``/debug/explain``);
+    #: None when there were none
+    avoided: Mapping[str, str] | None = None
+    #: ``ai_failover_total`` reason when the scorer's own choice was avoided, else None
+    failover: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
     ticket: Reservation | None = None

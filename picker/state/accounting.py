@@ -42,6 +42,7 @@ from typing import Final, cast
 
 import numpy as np
 
+from picker.state.outcomes import Outcome, OutcomeWriter
 from scoring.matrix import LoadCharge
 
 __all__ = [
@@ -88,15 +89,26 @@ class Lease:
     prefill if no byte came. Both idempotent, so exactly what was added is subtracted once.
     """
 
-    __slots__ = ("_cells", "_prefill", "_slot", "_tokens", "prefill_released", "released")
+    __slots__ = ("_cells", "_prefill", "_reporter", "_slot", "_tokens", "prefill_released", "released")
 
-    def __init__(self, cells: RowCells, slot: int, charge: LoadCharge) -> None:
+    def __init__(
+        self, cells: RowCells, slot: int, charge: LoadCharge, reporter: OutcomeWriter | None = None
+    ) -> None:
         self._cells = cells
         self._slot = slot
         self._prefill = charge.prefill
         self._tokens = charge.tokens
+        self._reporter = reporter
         self.prefill_released = charge.prefill == 0.0
         self.released = False
+
+    def report(self, outcome: Outcome) -> None:
+        """What the request came to (passive health, latency): call once, before :meth:`release`, so the
+        owner can see the outcome of a probe before the endpoint shows nothing in flight."""
+        reporter = self._reporter
+        if reporter is not None:
+            self._reporter = None
+            reporter.write(outcome)
 
     def first_byte(self) -> None:
         if not self.prefill_released:
@@ -122,6 +134,9 @@ class NullLease:
     __slots__ = ()
 
     def first_byte(self) -> None:
+        return None
+
+    def report(self, outcome: Outcome) -> None:  # noqa: ARG002 - the Lease interface
         return None
 
     def release(self) -> None:
@@ -175,15 +190,18 @@ class CounterRows:
         """One process, one row, in this process's memory."""
         return cls(np.zeros((1, len(KINDS), capacity)), 0)
 
-    def acquire(self, slot: int, charge: LoadCharge = NO_CHARGE) -> Lease:
-        """Count a request dispatched to ``slot`` with its token ``charge``; the lease gives it back."""
+    def acquire(
+        self, slot: int, charge: LoadCharge = NO_CHARGE, reporter: OutcomeWriter | None = None
+    ) -> Lease:
+        """Count a request dispatched to ``slot`` with its token ``charge``; the lease gives it back (and
+        hands the request's outcome to ``reporter``)."""
         cells = self.cells
         dispatched, inflight, prefill, tokens = cells
         dispatched[slot] += 1.0
         inflight[slot] += 1.0
         prefill[slot] += charge.prefill
         tokens[slot] += charge.tokens
-        return Lease(cells, slot, charge)
+        return Lease(cells, slot, charge, reporter)
 
     def columns(self, slots: np.ndarray) -> LoadColumns:
         """The load columns of a matrix over ``slots`` (see :class:`LoadColumns`)."""

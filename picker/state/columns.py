@@ -23,6 +23,11 @@ FLOAT_COLUMNS: Final = (
     "max_lora",
     "block_size",
     "num_blocks",
+    # observed latency averages and passive health (picker/state/latency.py, picker/state/health.py)
+    "ttft_per_1k",
+    "tpot",
+    "ntpot",
+    "health",
 )
 
 #: ``(vocabulary, active, waiting, count)``: see :func:`lora_columns`
@@ -91,5 +96,9 @@ def snapshot_matrix(
         num_blocks=cols[k("num_blocks")],
         engine=engine,
         engine_names=ENGINE_NAMES,
+        ttft_per_1k=cols[k("ttft_per_1k")],
+        tpot=cols[k("tpot")],
+        ntpot=cols[k("ntpot")],
+        health=cols[k("health")],
         _address_index=address_index,
     )

@@ -51,6 +51,8 @@ class ActiveConfig:
     max_body_bytes: int = field(init=False)
     served_verifier: bool = field(init=False)
     may_skip_responses: bool = field(init=False)
+    #: passive health is on, so skipped responses must keep their headers (the status)
+    needs_response_status: bool = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -59,6 +61,7 @@ class ActiveConfig:
         object.__setattr__(self, "max_body_bytes", cfg.max_body_bytes)
         object.__setattr__(self, "served_verifier", cfg.served_verifier_enabled)
         object.__setattr__(self, "may_skip_responses", cfg.may_skip_responses)
+        object.__setattr__(self, "needs_response_status", cfg.outlier_detection.enabled)
 
 
 def _digest(text: str) -> str:

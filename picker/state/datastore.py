@@ -17,6 +17,13 @@ same in one process and with ``--workers``: the datastore gives each endpoint an
 counter row and returns the :class:`~picker.state.accounting.Lease` that gives it back, and the scraper's
 :meth:`Datastore.begin_scrape` / :meth:`Datastore.record_scrape` drive "dispatched since the scrape began".
 
+Passive health and observed latency: every lease reports what its request came to
+(:mod:`picker.state.outcomes`, counter rows like the load's); at each snapshot (and each ``--workers``
+publish) the datastore drains what is new into its :class:`~picker.state.health.OutlierDetector`
+(:attr:`Datastore.health`) and :class:`~picker.state.latency.LatencyTracker` (:attr:`Datastore.latency`)
+and writes their results into the snapshot's ``health`` and latency columns. A change of health is
+published at once (like a membership change); latency with the metrics.
+
 With ``--workers`` the supervisor's datastore holds a :class:`~picker.state.publisher.SharedPublisher`:
 its counter rows are then the shared segment's, and every publish also writes the metric columns and, when
 they changed, the endpoints, pool, objectives, rewrites and config into the segment for the workers'
@@ -43,14 +50,19 @@ from picker.state.accounting import (
 )
 from picker.state.columns import FLOAT_COLUMNS, LoraColumns, lora_columns, snapshot_matrix
 from picker.state.endpoints import Endpoint, PoolInfo
+from picker.state.health import EndpointHealthView, FailureKind, OutlierDetector, OutlierPolicy
+from picker.state.latency import LATENCY_COLUMNS, LatencySettings, LatencySignal, LatencyTracker
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.state.outcomes import FAILURE_INDEX, LATENCY, OK, OutcomeLedger, OutcomeRows, OutcomeWriter
 from picker.state.publisher import SharedPublisher, StaticParts
 from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
 
 __all__ = ["Datastore", "EndpointStatus"]
 
 _METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
+#: the latency columns are rewritten at least this often (seconds), so averages age out (``maxAge``)
+_LATENCY_REFRESH_S = 1.0
 
 #: names, addresses, ips, address index and engine codes of a published snapshot
 _StaticParts = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray]
@@ -101,6 +113,18 @@ class Datastore:
         self._counters = counters
         #: slots, scrape marks and the ``dispatched`` subtraction (public for ``--workers``' row upkeep)
         self.ledger = LoadLedger(counters, clock=clock, quarantine_s=quarantine_s)
+        outcome_rows = publisher.outcomes() if publisher is not None else OutcomeRows.local(counters.capacity)
+        self.outcomes = OutcomeLedger(outcome_rows)
+        self._outcome_writer = OutcomeWriter(outcome_rows, self._slot_of_address)
+        #: passive health of the pool's endpoints (other owners of endpoints may keep their own)
+        self.health = OutlierDetector()
+        #: observed latency averages per endpoint
+        self.latency = LatencyTracker()
+        self._health_version = self.health.version
+        #: a health change waits for no publish interval (see :meth:`snapshot`)
+        self._health_changed = False
+        self._latency_written_at = float("-inf")
+        self._slot_by_address: dict[str, int] = {}
         self._pool: PoolInfo | None = None
         self.objectives = ObjectiveStore()
         self.rewrites = RewriteStore()
@@ -199,11 +223,16 @@ class Datastore:
                 st.endpoint = ep
             status[name] = st
         order = list(new_eps)
+        # outcomes reported so far belong to the endpoints that had the slots until now
+        self._ingest(self._clock())
         # an endpoint keeps its accounting slot while its name and address stay (see accounting)
         slots = self.ledger.assign([(name, new_eps[name].address) for name in order])
+        kept_slots = {self._status[n].slot for n in order if n in self._status}
+        self.outcomes.forget([int(x) for x in slots if int(x) not in kept_slots])
         n = len(order)
         colmat = np.full((len(FLOAT_COLUMNS), n), math.nan)
         colmat[FLOAT_COLUMNS.index("scraped_at")] = NEVER
+        colmat[FLOAT_COLUMNS.index("health")] = 0.0
         cols = {c: colmat[k] for k, c in enumerate(FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
         for i, name in enumerate(order):
@@ -225,7 +254,10 @@ class Datastore:
         self._cols = cols
         self._engine = engine
         self._slots = slots
+        self._slot_by_address = {status[name].endpoint.address: int(slots[i]) for i, name in enumerate(order)}
         self._load = self._counters.columns(slots)
+        self.health.retain(order)
+        self.latency.retain(order)
         self._snapshot = None
         self._static = None
         self._lora_cache = None
@@ -299,8 +331,14 @@ class Datastore:
         for a fresh snapshot and the scheduler's per-snapshot preparation. The load columns are live
         (see :mod:`picker.state.accounting`), so our own accounting is never delayed.
         """
+        now = self._clock()
+        self._ingest(now)
         snap = self._snapshot
-        if snap is None or (self._dirty and self._clock() - self._published_at >= self._min_publish):
+        if (
+            snap is None
+            or self._health_changed
+            or (self._dirty and now - self._published_at >= self._min_publish)
+        ):
             snap = self._publish_snapshot()
         refresh = self._load.refresh
         if refresh is not None:
@@ -316,7 +354,8 @@ class Datastore:
         there before it).
         """
         wrote = False
-        if self._snapshot is None or self._dirty:
+        self._ingest(self._clock())
+        if self._snapshot is None or self._dirty or self._health_changed:
             self._publish_snapshot()
             wrote = True
         publisher = self._publisher
@@ -341,6 +380,7 @@ class Datastore:
             # after the gauges that account for them are visible (to a worker too): never before
             self.ledger.subtract(owed)
         self._dirty = False
+        self._health_changed = False
         self._published_at = self._clock()
         snap = self._snapshot = self._build_snapshot()
         return snap
@@ -395,12 +435,72 @@ class Datastore:
             address_index=address_index,
         )
 
+    # ------------------------------------------------------------------------------- passive health
+    def configure_health(self, policy: OutlierPolicy, latency: LatencySettings) -> None:
+        """The outlier detector's policy and the latency averages' settings (at start and on reload)."""
+        self.health.set_policy(policy)
+        self.latency.settings = latency
+        self._latency_written_at = float("-inf")
+
+    def health_view(self, name: str) -> EndpointHealthView | None:
+        """One endpoint's passive health, for ``/debug/endpoints``."""
+        return self.health.view(name, self._clock())
+
+    def _slot_of_address(self, address: str) -> int | None:
+        return self._slot_by_address.get(address)
+
+    def _ingest(self, now: float) -> None:
+        """Fold new outcomes into health and latency, run the detector's clock, and write their columns.
+
+        Cheap when nothing happened: one read of the rows' report counts and one comparison each for the
+        detector's next due time and the latency columns' age.
+        """
+        outcomes = self.outcomes
+        sampled = False
+        if outcomes.pending():
+            drained = outcomes.drain(self._slots)
+            if drained is not None:
+                sampled = self._observe(*drained, now=now)
+        health = self.health
+        health.sweep(now)
+        if health.version != self._health_version:
+            self._health_version = health.version
+            self._cols["health"][:] = health.states(self._order)
+            self._health_changed = True
+        if sampled or now - self._latency_written_at >= _LATENCY_REFRESH_S:
+            self._latency_written_at = now
+            columns = self.latency.columns(self._order, now)
+            for name, values in zip(LATENCY_COLUMNS, columns, strict=True):
+                self._cols[name][:] = values
+            self._dirty = True
+
+    def _observe(self, positions: np.ndarray, deltas: np.ndarray, *, now: float) -> bool:
+        """Feed drained outcomes (:meth:`OutcomeLedger.drain`) to the detector and the tracker; True if a
+        latency sample came."""
+        order = self._order
+        sampled = False
+        failures = [(kind, FAILURE_INDEX[kind]) for kind in FailureKind]
+        for column, position in enumerate(positions.tolist()):
+            name = order[position]
+            d = deltas[:, column].tolist()
+            failed = {kind: d[index] for kind, index in failures if d[index] > 0}
+            if d[OK] > 0 or failed:
+                total = sum(failed.values())
+                worst = max(failed, key=failed.__getitem__) if failed else None
+                self.health.observe(name, ok=round(d[OK]), failed=round(total), kind=worst, now=now)
+            for signal in LatencySignal:
+                count = d[LATENCY + 2 * signal + 1]
+                if count > 0:
+                    self.latency.observe(name, signal, d[LATENCY + 2 * signal], round(count), now)
+                    sampled = True
+        return sampled
+
     # ----------------------------------------------------------------------------------- accounting
     def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> Lease:
         """Count a request dispatched to ``name`` (primary) with its token ``charge``. Call the lease's
-        ``first_byte()`` at the first response body byte and ``release()`` when the stream ends.
-        Raises KeyError for a name not in the pool."""
-        return self._counters.acquire(self._status[name].slot, charge)
+        ``first_byte()`` at the first response body byte, ``report()`` with what the request came to and
+        ``release()`` when the stream ends. Raises KeyError for a name not in the pool."""
+        return self._counters.acquire(self._status[name].slot, charge, self._outcome_writer)
 
     def inflight_total(self) -> float:
         """Streams in flight through this EPP (every process with ``--workers``)."""

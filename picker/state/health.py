@@ -52,6 +52,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from picker.config import OutlierDetectorParams
+
 
 class Health(enum.IntEnum):
     """An endpoint's passive-health state (the value published in the snapshot's ``health`` column)."""
@@ -115,6 +117,20 @@ class OutlierPolicy:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0.0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+    @classmethod
+    def from_params(cls, params: OutlierDetectorParams) -> OutlierPolicy:
+        """The policy of a validated ``outlier-detector`` plugin (or its defaults)."""
+        return cls(
+            enabled=params.enabled,
+            consecutive_failures=params.consecutive_5xx,
+            failure_percentage=params.failure_percentage_threshold,
+            minimum_requests=params.failure_percentage_request_volume,
+            interval_s=params.interval,
+            base_ejection_s=params.base_ejection_time,
+            max_ejection_s=params.max_ejection_time,
+            max_ejection_percent=params.max_ejection_percent,
+        )
 
     def ejection_time(self, times_ejected: int) -> float:
         """Seconds out for the ``times_ejected``-th ejection in a row (≥ 1)."""
@@ -183,14 +199,16 @@ class OutlierDetector:
 
     policy: OutlierPolicy = field(default_factory=OutlierPolicy)
     version: int = 0
-    ejections_total: dict[EjectionReason, int] = field(
-        default_factory=lambda: dict.fromkeys(EjectionReason, 0)
+    ejections_total: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((r.value for r in EjectionReason), 0)
     )
     ejections_refused: int = 0
     _records: dict[str, _Record] = field(default_factory=dict)
     _next_interval: float | None = None
     #: endpoints currently EJECTED or PROBING
     _out: int = 0
+    #: the earliest time :meth:`sweep` has something to do
+    _next_due: float = -math.inf
 
     # ------------------------------------------------------------------------------------ membership
     def retain(self, names: Iterable[str]) -> None:
@@ -211,6 +229,9 @@ class OutlierDetector:
     # ------------------------------------------------------------------------------------ policy
     def set_policy(self, policy: OutlierPolicy) -> None:
         """A reloaded configuration. Disabling reinstates every endpoint; runs and windows are kept."""
+        if policy.interval_s != self.policy.interval_s:
+            self._next_interval = None
+            self._next_due = -math.inf
         self.policy = policy
         if not policy.enabled and self._out:
             for rec in self._records.values():
@@ -254,21 +275,27 @@ class OutlierDetector:
         """Time-driven transitions: ejections that ran out become PROBING; at every interval boundary the
         failure-percentage rule runs, windows restart and healthy multipliers decay. Cheap when nothing
         is due: call it as often as convenient (the owner calls it at every snapshot)."""
+        if now < self._next_due:
+            return
         if self._out:
             for rec in self._records.values():
                 if rec.state is Health.EJECTED and rec.until <= now:
                     rec.state = Health.PROBING
                     self.version += 1
         nxt = self._next_interval
-        if nxt is None:
-            self._next_interval = now + self.policy.interval_s
-            return
-        if now < nxt:
-            return
         interval = self.policy.interval_s
-        # keep the cadence; after a long pause (no sweeps) start over from now
-        self._next_interval = nxt + interval if now - nxt < interval else now + interval
-        self._interval(now)
+        if nxt is None:
+            nxt = self._next_interval = now + interval
+        elif now >= nxt:
+            # keep the cadence; after a long pause (no sweeps) start over from now
+            nxt = self._next_interval = nxt + interval if now - nxt < interval else now + interval
+            self._interval(now)
+        expiry = math.inf
+        if self._out:
+            expiry = min(
+                (rec.until for rec in self._records.values() if rec.state is Health.EJECTED), default=math.inf
+            )
+        self._next_due = min(nxt, expiry)
 
     def _interval(self, now: float) -> None:
         policy = self.policy
@@ -302,11 +329,12 @@ class OutlierDetector:
         rec.multiplier += 1
         rec.ejected_at = now
         rec.until = now + self.policy.ejection_time(rec.multiplier)
+        self._next_due = min(self._next_due, rec.until)
         rec.reason = reason
         rec.run = 0
         rec.window_ok = rec.window_failed = 0
         rec.ejections += 1
-        self.ejections_total[reason] += 1
+        self.ejections_total[reason.value] += 1
         self.version += 1
 
     def _reinstate(self, rec: _Record) -> None:

@@ -5,15 +5,16 @@ publishes :meth:`LatencyTracker.columns` in every snapshot, where ``latency-scor
 
 Signals (seconds; ``LatencySignal``):
 
-* ``ttft_per_1k`` — prefill speed: time from our routing reply to the first response body byte of a
-  *streamed* response, x 1000 / max(prompt tokens, ``min_prompt_tokens``). A streaming engine sends its
-  first chunk when the first token is sampled, so this is queueing + prefill per thousand prompt tokens;
-  the floor keeps a ten-token prompt from weighing like a thousand-token one.
+* ``ttft_per_1k`` — prefill speed: time from the request (its headers reaching the EPP) to the first
+  response body byte of a *streamed* response, x 1000 / max(prompt tokens, 256) (``picker.state.
+  outcomes``). A streaming engine sends its first chunk when the first token is sampled, so this is
+  queueing + prefill per thousand prompt tokens; the floor keeps a ten-token prompt from weighing like a
+  thousand-token one.
 * ``tpot`` — decode speed: mean time between the non-empty response body chunks of a streamed response,
   (last - first) / (chunks - 1), for responses of at least two chunks. Engines send one chunk per token or
   a few; a proxy may coalesce chunks, which the comparison between endpoints shares.
 * ``ntpot`` — for a non-streamed response (its first byte is the whole answer, so neither of the above is
-  observable): time from routing to the end of the response / completion tokens (the reference's NTPOT),
+  observable): time from the request to the end of the response / completion tokens (the reference's NTPOT),
   when the response reported its usage.
 
 Requests the gateway retried elsewhere are not sampled (their timing includes the failed attempt), nor are
@@ -52,24 +53,17 @@ LATENCY_COLUMNS = ("ttft_per_1k", "tpot", "ntpot")
 
 @dataclass(frozen=True, slots=True)
 class LatencySettings:
-    """How the averages are kept (the ``latency-scorer`` plugin's ``halfLife``, ``maxAge``,
-    ``minPromptTokens``; defaults when no such plugin is configured)."""
+    """How the averages are kept (the ``latency-scorer`` plugin's ``halfLife`` and ``maxAge``; defaults when
+    no such plugin is configured)."""
 
     half_life_s: float = 10.0
     max_age_s: float = 60.0
-    min_prompt_tokens: int = 256
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.half_life_s) and self.half_life_s > 0):
             raise ValueError("half_life_s must be a finite number > 0")
         if not (self.max_age_s > 0):
             raise ValueError("max_age_s must be > 0")
-        if self.min_prompt_tokens < 1:
-            raise ValueError("min_prompt_tokens must be >= 1")
-
-    def ttft_per_1k(self, ttfb_s: float, prompt_tokens: float) -> float:
-        """The ``ttft_per_1k`` sample of one streamed response."""
-        return ttfb_s * 1000.0 / max(float(prompt_tokens), float(self.min_prompt_tokens))
 
 
 @dataclass(slots=True)

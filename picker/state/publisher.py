@@ -18,6 +18,7 @@ from picker.state.accounting import CounterRows
 from picker.state.codec import EndpointEntry, HealthInputs, encode_static
 from picker.state.endpoints import PoolInfo
 from picker.state.objectives import ModelRewrite, Objective
+from picker.state.outcomes import OutcomeRows
 from picker.state.segment import SharedSegment
 
 __all__ = ["SharedPublisher", "StaticParts"]
@@ -58,6 +59,10 @@ class SharedPublisher:
     def counters(self) -> CounterRows:
         """The segment's counter rows, written through the supervisor's row."""
         return CounterRows(self.segment.counters, self.segment.layout.supervisor_row)
+
+    def outcomes(self) -> OutcomeRows:
+        """The segment's outcome rows (the supervisor routes nothing: it only reads them)."""
+        return OutcomeRows(self.segment.outcomes, self.segment.ticks, self.segment.layout.supervisor_row)
 
     def write_columns(self, slots: np.ndarray, floats: np.ndarray, engine: np.ndarray) -> None:
         """The metric columns and engine codes of the endpoints at ``slots``."""

@@ -12,6 +12,8 @@ Layout (``multiprocessing.shared_memory``, created by the supervisor, a few MB):
   the engine code), written by the supervisor under a sequence lock (:meth:`SharedSegment.begin_write`);
 * float64 **counters** ``[row, kind, slot]``: the load accounting's counter rows
   (:mod:`picker.state.accounting`), one row per worker plus the supervisor's (the last);
+* float64 **outcomes** ``[row, kind, slot]`` and their per-row report counts ``ticks[row]``: what routed
+  requests came to (:mod:`picker.state.outcomes`), written by the worker that routed them;
 * two **blob** slots holding the rarely changing part (:mod:`picker.state.codec`). The supervisor writes
   the idle slot, then flips the descriptor (slot, length, CRC-32, generation); a reader checks the CRC and
   the sequence word, so it never decodes a half-written document whatever the CPU's memory ordering.
@@ -36,12 +38,13 @@ import numpy as np
 
 from picker.state.accounting import DEFAULT_CAPACITY, KINDS
 from picker.state.columns import FLOAT_COLUMNS
+from picker.state.outcomes import OUTCOME_KINDS
 from scoring.matrix import NEVER
 
 __all__ = ["COLUMNS", "ENGINE_COLUMN", "SharedLayout", "SharedSegment"]
 
 _MAGIC: Final = 0x3130726B63697070  # "ppicker01" little-endian-ish tag; guards against attaching garbage
-_LAYOUT_VERSION: Final = 3
+_LAYOUT_VERSION: Final = 4
 _HEADER_WORDS: Final = 16
 
 # header word indices
@@ -87,8 +90,16 @@ class SharedLayout:
         return self.columns_offset + len(COLUMNS) * self.capacity * 8
 
     @property
-    def blob_offset(self) -> int:
+    def outcomes_offset(self) -> int:
         return self.counters_offset + self.rows * len(KINDS) * self.capacity * 8
+
+    @property
+    def ticks_offset(self) -> int:
+        return self.outcomes_offset + self.rows * len(OUTCOME_KINDS) * self.capacity * 8
+
+    @property
+    def blob_offset(self) -> int:
+        return self.ticks_offset + self.rows * 8
 
     @property
     def size(self) -> int:
@@ -116,6 +127,13 @@ class SharedSegment:
             buffer=buf,
             offset=layout.counters_offset,
         )
+        self.outcomes = np.ndarray(
+            (layout.rows, len(OUTCOME_KINDS), layout.capacity),
+            dtype=np.float64,
+            buffer=buf,
+            offset=layout.outcomes_offset,
+        )
+        self.ticks = np.ndarray((layout.rows,), dtype=np.float64, buffer=buf, offset=layout.ticks_offset)
         self.blob = np.ndarray((2, layout.blob_bytes), dtype=np.uint8, buffer=buf, offset=layout.blob_offset)
 
     @property
@@ -171,7 +189,7 @@ class SharedSegment:
 
     def close(self) -> None:
         """Drop this process's mapping (views must not be used afterwards)."""
-        del self.header, self.columns, self.counters, self.blob
+        del self.header, self.columns, self.counters, self.outcomes, self.ticks, self.blob
         with contextlib.suppress(BufferError):
             self._shm.close()
 

@@ -16,6 +16,7 @@ from picker.state.codec import HealthInputs, StaticState, decode_static
 from picker.state.columns import LoraColumns, lora_columns, snapshot_matrix
 from picker.state.endpoints import PoolInfo
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.state.outcomes import OutcomeRows, OutcomeWriter
 from picker.state.segment import ENGINE_COLUMN, SharedSegment
 from scoring.matrix import EndpointMatrix, LoadCharge, split_host_port
 
@@ -31,6 +32,8 @@ class SharedView:
         self.segment = segment
         self.worker = worker
         self._counters = CounterRows(segment.counters, worker)
+        self._outcomes = OutcomeWriter(OutcomeRows(segment.outcomes, segment.ticks, worker), self._slot_of)
+        self._slot_by_address: dict[str, int] = {}
         self.objectives = ObjectiveStore()
         self.rewrites = RewriteStore()
         self.static: StaticState | None = None
@@ -66,6 +69,7 @@ class SharedView:
             self._ips = tuple(split_host_port(a)[0] for a in self._addresses)
             self._slots = np.fromiter((r[2] for r in rows), dtype=np.intp, count=len(rows))
             self._slot_by_name = {r[0]: r[2] for r in rows}
+            self._slot_by_address = {r[1]: r[2] for r in rows}
             self._lora = lora_columns([(r[3], r[4]) for r in rows])
             self._load = self._counters.columns(self._slots)
             self._seq = -1  # rebuild the matrix for the new rows
@@ -131,7 +135,10 @@ class SharedView:
             slot = self._slot_by_name.get(name)
         if slot is None:
             raise KeyError(f"endpoint {name!r} is not in this worker's view")
-        return self._counters.acquire(slot, charge)
+        return self._counters.acquire(slot, charge, self._outcomes)
+
+    def _slot_of(self, address: str) -> int | None:
+        return self._slot_by_address.get(address)
 
     def inflight_total(self) -> float:
         """Streams in flight through every process (live and removed endpoints)."""

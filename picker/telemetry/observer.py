@@ -33,7 +33,7 @@ from picker.telemetry.buckets import (
     SCHEDULER_BUCKETS,
 )
 from picker.telemetry.fast import FastCounter, FastFamily, FastGauge, FastHistogram
-from picker.telemetry.pool import PoolCollector, SnapshotSource
+from picker.telemetry.pool import EjectionCounts, HealthCollector, PoolCollector, SnapshotSource
 
 MAX_MODEL_LABELS = 1000
 OTHER = "other"
@@ -122,6 +122,7 @@ class Telemetry:
         commit: str = "",
         build_ref: str = "",
         request_registry: CollectorRegistry | None = None,
+        health: EjectionCounts | None = None,
     ) -> None:
         """``request_registry``: where the request-path metrics (:meth:`request_metrics`) register;
         default the main ``registry``. A ``--workers`` supervisor routes no requests and exports the
@@ -246,7 +247,16 @@ class Telemetry:
             mt,
             registry=rr,
         )
+        self.failover_total = Counter(
+            "ai_failover_total",
+            "Requests routed away from the endpoint the scorer preferred, by reason (ejected: passive "
+            "health ejected it).",
+            ["pool", "reason"],
+            registry=rr,
+        )
         r.register(PoolCollector(self))
+        if health is not None:
+            r.register(HealthCollector(health))
         self._models: set[str] = set()
         self._children: dict[tuple[str, str], _Series] = {}
         self._running: set[int] = set()
@@ -282,6 +292,7 @@ class Telemetry:
             self.scheduler_e2e,
             self.model_rewrite_decisions,
             self.model_server_errors_total,
+            self.failover_total,
         )
 
     # -------------------------------------------------------------------------------------- helpers
@@ -344,6 +355,11 @@ class Telemetry:
 
     def scheduled(self, duration_s: float) -> None:
         self._queue((self._on_scheduled, duration_s))
+
+    def failover(self, reason: str) -> None:
+        """A request went elsewhere than the scorer's choice (``picker.routing.avoid.FailoverReason``: a
+        bounded set, so the label cannot grow without bound)."""
+        self.failover_total.labels(self.pool_name(), reason).inc()
 
     # ------------------------------------------------------------------------------------ batching
     def flush(self) -> None:

@@ -7,11 +7,11 @@ no refresher loop to go stale (the reference refreshes pool gauges every 5 s in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from picker.telemetry.buckets import ALPHA
@@ -108,10 +108,52 @@ class PoolCollector(Collector):
             "1 when the endpoint's metrics are older than the staleness threshold.",
             labels=labels,
         )
+        ejected = GaugeMetricFamily(
+            "picker_endpoint_ejected",
+            "1 while passive health keeps the endpoint from being primary (ejected, or waiting for its "
+            "probe's outcome), else 0.",
+            labels=labels,
+        )
         for i, (ep_name, addr) in enumerate(zip(m.names, m.addresses, strict=True)):
             inflight.add_metric([ep_name, addr], float(m.inflight[i]))
             age.add_metric([ep_name, addr], float(now - m.scraped_at[i]))
             stale.add_metric([ep_name, addr], 0.0 if fresh[i] else 1.0)
+            ejected.add_metric([ep_name, addr], 1.0 if m.health[i] > 0.0 else 0.0)
         yield inflight
         yield age
         yield stale
+        yield ejected
+
+
+class EjectionCounts(Protocol):
+    """What :class:`HealthCollector` reads: :class:`picker.state.health.OutlierDetector`."""
+
+    @property
+    def ejections_total(self) -> Mapping[str, int]: ...
+
+    @property
+    def ejections_refused(self) -> int: ...
+
+
+class HealthCollector(Collector):
+    """Passive-health counters, read from the detector at scrape time (it counts; we only export)."""
+
+    def __init__(self, health: EjectionCounts) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        ejections = CounterMetricFamily(
+            "picker_endpoint_ejections",
+            "Endpoints ejected by passive health, by reason (consecutive_5xx, failure_percentage, "
+            "probe_failed).",
+            labels=["reason"],
+        )
+        for reason, count in self._health.ejections_total.items():
+            ejections.add_metric([str(reason)], float(count))
+        yield ejections
+        refused = CounterMetricFamily(
+            "picker_endpoint_ejections_refused",
+            "Ejections not made because the pool's maxEjectionPercent was reached.",
+        )
+        refused.add_metric([], float(self._health.ejections_refused))
+        yield refused

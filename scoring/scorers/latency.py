@@ -44,8 +44,7 @@ class LatencyScorer(Scorer[F64]):
     them from the first ``latency-scorer`` of the configuration, defaults otherwise): ``halfLife``
     (duration, default 10s: how fast an average follows a change), ``maxAge`` (duration, default 60s: an
     average without a newer sample is unknown again, so an endpoint avoided for being slow is measured
-    afresh), ``minPromptTokens`` (default 256: the prompt size below which ``ttft_per_1k`` counts the
-    prompt as this many tokens).
+    afresh).
     """
 
     type_name: ClassVar[str] = "latency-scorer"
@@ -57,14 +56,13 @@ class LatencyScorer(Scorer[F64]):
             name,
             self.type_name,
             parameters,
-            (*(key for _, key in _SIGNALS), "halfLife", "maxAge", "minPromptTokens"),
+            (*(key for _, key in _SIGNALS), "halfLife", "maxAge"),
         )
         self.signal_weights = tuple(
             (column, params.number(key, 1.0, minimum=0.0)) for column, key in _SIGNALS
         )
         self.half_life = params.duration("halfLife", "10s")
         self.max_age = params.duration("maxAge", "60s")
-        self.min_prompt_tokens = params.integer("minPromptTokens", 256, minimum=1)
         for key, seconds in (("halfLife", self.half_life), ("maxAge", self.max_age)):
             if seconds <= 0:
                 raise ConfigurationError(

@@ -20,6 +20,7 @@ from picker.extproc import ExtProcServer, TLSConfig
 from picker.extproc.usage import UsageReport
 from picker.routing.openai import Parser, parse_request, rewrite_model
 from picker.routing.types import RoutingDecision, RoutingRequest
+from picker.state.outcomes import Outcome
 from picker.testing.envoy import EnvoyClient
 
 pytestmark = pytest.mark.integration
@@ -33,9 +34,14 @@ POD_3 = "192.168.1.3:8000"
 class FakeLease:
     releases: int = 0
     first_bytes: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
 
     def first_byte(self) -> None:
         self.first_bytes += 1
+
+    def report(self, outcome: Outcome) -> None:
+        assert not self.releases, "an outcome is reported before the release"
+        self.outcomes.append(outcome)
 
     def release(self) -> None:
         self.releases += 1

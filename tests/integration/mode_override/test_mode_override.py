@@ -1,5 +1,6 @@
 """ "Fewer messages" through the real service: with ``responseProcessing: WhenNeeded`` the request-headers
-reply asks the proxy to skip the response phases; a proxy that ignores it still gets the full behaviour;
+reply asks the proxy to skip the response phases (all of them with passive health off; the body and
+trailers only with it on, which needs the status); a proxy that ignores it still gets the full behaviour;
 a rewritten model always keeps its response; in-flight accounting ends when the stream ends either way."""
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ ENDPOINTS = ("127.0.0.2:8000", "127.0.0.3:8000")
 WHEN_NEEDED = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
-plugins: [{type: queue-scorer}, {type: max-score-picker}]
+plugins:
+- {type: queue-scorer}
+- {type: max-score-picker}
+- {type: outlier-detector, parameters: {enabled: false}}
 schedulingProfiles: [{name: default, plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]}]
 ---
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig
 responseProcessing: WhenNeeded
 """
+#: the same with passive health on (its default): the response headers are still needed
+WITH_HEALTH = WHEN_NEEDED.replace("- {type: outlier-detector, parameters: {enabled: false}}\n", "")
 BODY = b'{"model":"m","prompt":"hello"}'
 RESPONSE = UpstreamResponse(
     headers=(("content-type", "application/json"),),
@@ -118,6 +124,30 @@ async def test_a_proxy_honouring_the_override_skips_the_response(
     assert await svc.sample("inference_objective_request_duration_seconds_count", model_name="m") == 0.0
     assert await svc.sample("inference_objective_output_tokens_count", model_name="m") == 0.0
     assert await svc.inflight() == 0.0
+
+
+async def test_with_passive_health_only_the_body_is_skipped(
+    start: Callable[[str], Awaitable[Running]],
+) -> None:
+    svc = await start(WITH_HEALTH)
+    result = await svc.client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
+    mode = result.mode_override
+    assert mode is not None
+    assert (mode.response_header_mode, mode.response_body_mode, mode.response_trailer_mode) == (
+        mode.SEND,
+        mode.NONE,
+        mode.SKIP,
+    )
+    assert result.response_set_headers is not None, "the headers still come: the status is known"
+    assert not result.response_body_chunks
+    assert await svc.inflight() == 0.0
+    for _ in range(4):
+        await svc.client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
+    # five 503s from the endpoints picked: passive health saw them through the headers alone
+    async with svc.http.get(f"http://127.0.0.1:{svc.ports.metrics}/debug/endpoints") as resp:
+        rows = (await resp.json())["endpoints"]
+    failures = sum(r["health"]["consecutive_failures"] + r["health"]["ejections"] * 5 for r in rows)
+    assert failures == 5
 
 
 async def test_a_proxy_ignoring_the_override_gets_the_full_behaviour(

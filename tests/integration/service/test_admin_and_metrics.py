@@ -264,6 +264,8 @@ async def test_explain_reports_errors_with_their_wire_form(start_service: StartS
 # ------------------------------------------------------------------------------------------ /debug/endpoints
 
 ENDPOINT_FIELDS = {
+    "health",
+    "latency",
     "name",
     "address",
     "pod",

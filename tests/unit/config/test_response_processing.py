@@ -10,6 +10,7 @@ import pytest
 from picker.app import skip_response_rule
 from picker.config import load_config_text
 from picker.errors import ConfigError
+from picker.extproc.messages import ResponseSkip
 from picker.routing.types import RoutingDecision
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
@@ -50,6 +51,14 @@ def test_when_needed_skips_only_requests_whose_model_was_not_rewritten() -> None
     assert skip(decision("m", "m"))
     assert skip(decision("", ""))  # a header-only request
     assert not skip(decision("m", "m-v2"))  # the name must be put back into the response
+
+
+def test_passive_health_keeps_the_response_headers() -> None:
+    on = skip_response_rule(ConfigStore(load_config_text(document()), source="test"))
+    assert on(decision("m", "m")) == ResponseSkip.BODY
+    off_plugins = "plugins: [{type: queue-scorer}, {type: outlier-detector, parameters: {enabled: false}}]\n"
+    off = skip_response_rule(ConfigStore(load_config_text(document(off_plugins)), source="test"))
+    assert off(decision("m", "m")) == ResponseSkip.ALL
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,13 @@ from picker.testing import envoy
 class Lease:
     releases: int = 0
     first_bytes: int = 0
+    reports: int = 0
 
     def first_byte(self) -> None:
         self.first_bytes += 1
+
+    def report(self, _outcome: object) -> None:
+        self.reports += 1
 
     def release(self) -> None:
         self.releases += 1
@@ -109,6 +113,7 @@ def test_any_sequence_ends_cleanly_and_releases_once(indices: list[int], shed: b
     assert observer.failed_count <= 1
     assert len(router.leases) <= 1
     assert all(lease.releases == 1 for lease in router.leases)
+    assert all(lease.reports <= 1 for lease in router.leases)
 
 
 @pytest.mark.parametrize(

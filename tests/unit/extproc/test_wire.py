@@ -21,14 +21,24 @@ def decoded(data: bytes) -> pb.ProcessingResponse:
     return pb.ProcessingResponse.FromString(data)
 
 
+_MODES = {
+    messages.ResponseSkip.NONE: None,
+    messages.ResponseSkip.ALL: messages.SKIP_RESPONSE_MODE,
+    messages.ResponseSkip.BODY: messages.SKIP_RESPONSE_BODY_MODE,
+}
+
+
 @settings(max_examples=300, deadline=None)
-@given(destinations, echo, st.none() | st.integers(min_value=0, max_value=2**40), st.booleans())
+@given(
+    destinations,
+    echo,
+    st.none() | st.integers(min_value=0, max_value=2**40),
+    st.sampled_from(list(messages.ResponseSkip)),
+)
 def test_request_headers_reply(
-    destination: str, items: list[tuple[str, bytes]], length: int | None, skip: bool
+    destination: str, items: list[tuple[str, bytes]], length: int | None, skip: messages.ResponseSkip
 ) -> None:
-    want = messages.request_headers_reply(
-        destination, items, length, mode_override=messages.SKIP_RESPONSE_MODE if skip else None
-    )
+    want = messages.request_headers_reply(destination, items, length, mode_override=_MODES[skip])
     assert decoded(wire.request_headers_reply(destination, items, length, skip_response=skip)) == want
 
 

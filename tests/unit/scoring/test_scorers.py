@@ -215,8 +215,8 @@ def test_latency_scorer_weights_and_view() -> None:
 
 
 def test_latency_scorer_parameters() -> None:
-    s = LatencyScorer("l", {"halfLife": "5s", "maxAge": "2m", "minPromptTokens": 64})
-    assert (s.half_life, s.max_age, s.min_prompt_tokens) == (5.0, 120.0, 64)
+    s = LatencyScorer("l", {"halfLife": "5s", "maxAge": "2m"})
+    assert (s.half_life, s.max_age) == (5.0, 120.0)
     assert s.parameters["halfLife"] == "5s"
     assert (LatencyScorer.category, LatencyScorer.dependence) == (Category.DISTRIBUTION, Dependence.SNAPSHOT)
     with pytest.raises(ConfigurationError, match="'maxAge' must be > 0"):

@@ -213,3 +213,12 @@ def test_states_column_and_version():
 def test_policy_validation(changes: dict[str, object], message: str):
     with pytest.raises(ValueError, match=message):
         OutlierPolicy(**changes)  # type: ignore[arg-type]
+
+
+def test_sweep_wakes_up_for_an_ejection_made_at_an_interval_boundary():
+    d = detector(consecutive_failures=0, minimum_requests=2, interval_s=10.0, base_ejection_s=5.0)
+    d.observe("a", failed=2, now=1.0)
+    d.sweep(10.0)  # the percentage rule ejects a until 15
+    assert d.state("a") is Health.EJECTED
+    d.sweep(15.0)
+    assert d.state("a") is Health.PROBING

@@ -82,18 +82,11 @@ def test_columns_and_membership():
     assert math.isnan(t.value("a", TTFT, 0.0))
 
 
-def test_ttft_per_1k_uses_the_prompt_floor():
-    s = LatencySettings(min_prompt_tokens=256)
-    assert s.ttft_per_1k(0.5, 2000) == pytest.approx(0.25)
-    assert s.ttft_per_1k(0.5, 10) == pytest.approx(0.5 * 1000 / 256)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"half_life_s": 0.0}, "half_life_s"),
         ({"max_age_s": 0.0}, "max_age_s"),
-        ({"min_prompt_tokens": 0}, "min_prompt"),
     ],
 )
 def test_settings_validation(kwargs: dict[str, float], message: str):

@@ -15,8 +15,11 @@ import pytest
 from picker.state.codec import HealthInputs
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo, parse_static_endpoints
+from picker.state.health import OutlierPolicy
+from picker.state.latency import LatencySettings
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from picker.state.outcomes import Outcome
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
 from picker.state.view import SharedView
@@ -362,3 +365,32 @@ def test_a_dead_workers_token_charges_are_settled(segment: SharedSegment, clock:
     m = alive.snapshot()
     assert m.prefill_tokens.tolist() == [100.0, 0.0, 0.0]
     assert m.inflight_tokens.tolist() == [100.0, 0.0, 0.0]
+
+
+def test_failures_seen_by_any_worker_count_for_the_endpoint(segment: SharedSegment, clock: Clock) -> None:
+    """Passive health across ``--workers``: each worker reports outcomes into its own rows, the supervisor
+    folds them all into one detector when it publishes, and the workers pick from its verdict."""
+    ds = supervisor(segment, clock)
+    ds.configure_health(OutlierPolicy(consecutive_failures=6), LatencySettings())
+    ds.publish()
+    views = [SharedView(segment, 0), SharedView(segment, 1)]
+    target = "10.0.0.2:8000"
+    for view in views:
+        view.snapshot()
+        for _ in range(3):  # three failures each: neither worker alone saw six
+            lease = view.acquire(target, LoadCharge(10.0, 0.0))
+            lease.report(Outcome((target,), None, 503))
+            lease.release()
+    assert ds.publish()
+    for view in views:
+        m = view.snapshot()
+        assert m.health.tolist() == [0.0, 1.0, 0.0]
+    view = ds.health_view(target)
+    assert view is not None
+    assert view.reason == "consecutive_5xx"
+    # the latency a worker measured reaches every worker's snapshot too
+    lease = views[0].acquire("10.0.0.1:8000", LoadCharge(0.0, 0.0))
+    lease.report(Outcome(("10.0.0.1:8000",), None, 200, ttfb_s=0.5, prompt_tokens=1000))
+    lease.release()
+    ds.publish()
+    assert views[1].snapshot().ttft_per_1k[0] == pytest.approx(0.5)

@@ -1,0 +1,176 @@
+"""Endpoints that must not be primary (``picker.routing.avoid``) as the director applies them: ejected
+endpoints are left out while others remain, fill empty fallback places, are used when nothing else is left;
+a probe in flight holds a probing endpoint back; the failover reason says when the scorer's own choice was
+avoided; ``/debug/explain`` names them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pytest
+
+from picker.config import load_config_text
+from picker.routing.avoid import Avoidance, FailoverReason
+from picker.routing.director import Director
+from picker.routing.types import RoutingRequest
+from picker.state.accounting import NullLease
+from picker.state.config_store import ConfigStore
+from picker.state.objectives import ObjectiveStore, RewriteStore
+from scoring import EndpointMatrix, EndpointRow
+from scoring.matrix import LoadCharge
+
+EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+NAMES = ("a", "b", "c", "d")
+
+
+def config(max_endpoints: int) -> ConfigStore:
+    text = (
+        f"{EPP}plugins:\n- {{type: queue-scorer}}\n"
+        f"- {{name: p, type: max-score-picker, parameters: {{maxNumOfEndpoints: {max_endpoints}}}}}\n"
+    )
+    return ConfigStore(load_config_text(text), source="test", text=text)
+
+
+@dataclass
+class State:
+    """A routing state over a fixed matrix: ``waiting`` decides the queue scorer's choice."""
+
+    matrix: EndpointMatrix
+    objectives: ObjectiveStore = field(default_factory=ObjectiveStore)
+    rewrites: RewriteStore = field(default_factory=RewriteStore)
+    acquired: list[str] = field(default_factory=list)
+
+    def snapshot(self) -> EndpointMatrix:
+        return self.matrix
+
+    def acquire(self, name: str, charge: LoadCharge = LoadCharge(0.0, 0.0), /) -> NullLease:  # noqa: B008
+        self.acquired.append(name)
+        return NullLease()
+
+
+@dataclass
+class Observer:
+    failovers: Counter[str] = field(default_factory=Counter)
+
+    def scheduled(self, duration_s: float) -> None:
+        pass
+
+    def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None:
+        pass
+
+    def failover(self, reason: str) -> None:
+        self.failovers[reason] += 1
+
+
+def state(
+    health: list[float], waiting: list[float] | None = None, inflight: list[float] | None = None
+) -> State:
+    waiting = waiting or [0.0, 1.0, 2.0, 3.0]
+    inflight = inflight or [0.0] * len(health)
+    rows = [
+        EndpointRow(name=n, address=f"10.0.0.{i + 1}:8000", waiting=w, scraped_at=0.0, health=h, inflight=f)
+        for i, (n, h, w, f) in enumerate(zip(NAMES, health, waiting, inflight, strict=True))
+    ]
+    return State(EndpointMatrix.from_rows(rows))
+
+
+def director(st: State, max_endpoints: int = 1) -> tuple[Director, Observer]:
+    observer = Observer()
+    d = Director(
+        st, config(max_endpoints), rng=np.random.default_rng(0), clock=lambda: 0.0, observer=observer
+    )
+    return d, observer
+
+
+def request(subset: tuple[str, ...] | None = None) -> RoutingRequest:
+    body = orjson.dumps({"model": "m", "prompt": "hi"})
+    return RoutingRequest("r", {}, "/v1/completions", body, subset=subset)
+
+
+def test_nothing_avoided_costs_nothing_and_changes_nothing() -> None:
+    st = state([0.0, 0.0, 0.0, 0.0])
+    d, obs = director(st, max_endpoints=2)
+    decision = d.route(request())
+    assert decision.endpoints == ("10.0.0.1:8000", "10.0.0.2:8000")
+    assert (decision.avoided, decision.failover, obs.failovers) == (None, None, Counter())
+    assert Avoidance().avoided(st.matrix) is None
+
+
+def test_an_ejected_best_endpoint_is_not_primary_and_counts_a_failover() -> None:
+    st = state([1.0, 0.0, 0.0, 0.0])
+    d, obs = director(st)
+    decision = d.route(request())
+    assert decision.endpoints == ("10.0.0.2:8000",)
+    assert st.acquired == ["b"]
+    assert dict(decision.avoided or {}) == {"a": "ejected"}
+    assert decision.failover == FailoverReason.EJECTED
+    assert obs.failovers == Counter({"ejected": 1})
+
+
+def test_an_ejected_endpoint_the_scorer_did_not_want_is_no_failover() -> None:
+    st = state([0.0, 0.0, 0.0, 1.0])
+    d, obs = director(st)
+    decision = d.route(request())
+    assert decision.endpoints == ("10.0.0.1:8000",)
+    assert decision.failover is None
+    assert obs.failovers == Counter()
+
+
+def test_ejected_endpoints_fill_empty_fallback_places_probing_first() -> None:
+    st = state([1.0, 2.0, 0.0, 1.0], inflight=[0.0, 1.0, 0.0, 0.0])
+    d, _ = director(st, max_endpoints=3)
+    decision = d.route(request())
+    # c is the only one allowed; b (its probe in flight) then a (ejected) are the last resort
+    assert decision.endpoints == ("10.0.0.3:8000", "10.0.0.2:8000", "10.0.0.1:8000")
+    assert dict(decision.avoided or {}) == {"a": "ejected", "b": "probing", "d": "ejected"}
+
+
+def test_a_probing_endpoint_takes_one_probe_at_a_time() -> None:
+    idle = state([2.0, 0.0, 0.0, 0.0])
+    d, obs = director(idle)
+    assert d.route(request()).endpoints == ("10.0.0.1:8000",), "nothing in flight: it may get the probe"
+    assert obs.failovers == Counter()
+    busy = state([2.0, 0.0, 0.0, 0.0], inflight=[1.0, 0.0, 0.0, 0.0])
+    d, obs = director(busy)
+    assert d.route(request()).endpoints == ("10.0.0.2:8000",)
+    assert obs.failovers == Counter({"ejected": 1})
+
+
+def test_when_every_candidate_is_avoided_the_pick_uses_them_anyway() -> None:
+    st = state([1.0, 1.0, 0.0, 0.0])
+    d, obs = director(st)
+    decision = d.route(request(subset=("10.0.0.1", "10.0.0.2")))
+    assert decision.endpoints == ("10.0.0.1:8000",)
+    assert (decision.avoided, decision.failover, obs.failovers) == (None, None, Counter())
+
+
+def test_the_subset_hint_still_bounds_the_pick() -> None:
+    st = state([1.0, 0.0, 0.0, 0.0])
+    d, _ = director(st, max_endpoints=3)
+    decision = d.route(request(subset=("10.0.0.1", "10.0.0.3")))
+    assert decision.endpoints == ("10.0.0.3:8000", "10.0.0.1:8000")
+
+
+def test_explain_names_the_avoided_without_counting() -> None:
+    st = state([1.0, 0.0, 0.0, 0.0])
+    d, obs = director(st)
+    decision = d.route(request(), explain=True)
+    assert dict(decision.avoided or {}) == {"a": "ejected"}
+    assert decision.failover == "ejected"
+    assert decision.decision is not None
+    assert "a" not in decision.decision.candidates
+    assert obs.failovers == Counter()
+    assert st.acquired == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_header_only_requests_avoid_ejected_endpoints(seed: int) -> None:
+    st = state([1.0, 1.0, 0.0, 1.0])
+    d = Director(st, config(1), rng=np.random.default_rng(seed))
+    picks = {
+        d.route_headers_only(RoutingRequest("r", {}, "/", b"", headers_only=True)).endpoints for _ in range(8)
+    }
+    assert picks == {("10.0.0.3:8000",)}
