@@ -11,7 +11,8 @@ Semantics (Envoy's outlier detection, ``arch_overview/upstream/outlier``; differ
 * **What counts as a failure** of an endpoint: an upstream response status ≥ 500 (``:status`` of the
   response headers, including the gateway's own 502/503/504 for a connect failure or a timeout); a stream
   that ends after the request was sent without any response headers (connect failure or reset the gateway
-  did not turn into a response, a timeout); being skipped by the gateway's retry (the served endpoint
+  did not turn into a response, a timeout; only once the gateway is known to send responses at all,
+  ``picker.state.outcomes.OutcomeWriter``); being skipped by the gateway's retry (the served endpoint
   reported in ``x-gateway-destination-endpoint-served`` is a later one of our list, so every endpoint
   before it failed). Anything else is a success, 4xx included (Envoy: only 5xx and local-origin errors).
   Envoy's default mode, where locally originated errors share the 5xx bucket.

@@ -19,7 +19,8 @@ Classification (:func:`classify`; failure kinds in :class:`~picker.state.health.
 * the served endpoint — the one the gateway reports in ``x-gateway-destination-endpoint-served``, else the
   primary — gets the response's verdict: a status >= 500 is a failure (504: ``timeout``, others ``5xx``),
   no response headers at all is a failure (``reset``: connect failure, reset or timeout the gateway did
-  not turn into a response), anything else a success;
+  not turn into a response; counted once the process has seen the gateway send any response, see
+  :class:`OutcomeWriter`), anything else a success;
 * every endpoint of our list before the served one failed first (``retried``): the gateway walked past
   it, as Envoy does on ``retry_on: 5xx,reset,connect-failure``;
 * latency samples (only for a success, and only when the primary served it: a retried request's timing
@@ -161,15 +162,26 @@ class OutcomeRows:
 
 
 class OutcomeWriter:
-    """Writes one process's reports: ``resolve`` maps an endpoint address to its slot (None: unknown)."""
+    """Writes one process's reports: ``resolve`` maps an endpoint address to its slot (None: unknown).
 
-    __slots__ = ("_resolve", "_rows")
+    A stream that ends without response headers counts as a failure only once this process has seen a
+    response come back through the gateway at all (:attr:`responses_seen`): a proxy configured not to send
+    response phases (``response_header_mode: SKIP``), or a test client that only routes, would otherwise
+    look like a fleet where every request fails.
+    """
+
+    __slots__ = ("_resolve", "_rows", "responses_seen")
 
     def __init__(self, rows: OutcomeRows, resolve: Callable[[str], int | None]) -> None:
         self._rows = rows
         self._resolve = resolve
+        self.responses_seen = False
 
     def write(self, outcome: Outcome) -> None:
+        if outcome.status:
+            self.responses_seen = True
+        elif not self.responses_seen:
+            return
         events, sampled = classify(outcome)
         rows = self._rows
         resolve = self._resolve

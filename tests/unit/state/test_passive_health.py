@@ -126,7 +126,7 @@ def test_a_health_change_does_not_wait_for_the_publish_interval() -> None:
     )
     first = ds.snapshot()
     for _ in range(5):
-        request(ds, Outcome((A,), None, 0))
+        request(ds, Outcome((A,), None, 502))
     m = ds.snapshot()
     assert m is not first
     assert m.health.tolist() == [1.0, 0.0]
@@ -175,3 +175,14 @@ def test_disabled_detection_ejects_nothing() -> None:
     for _ in range(10):
         request(ds, Outcome((A,), None, 503))
     assert ds.snapshot().health.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_no_response_counts_only_once_the_gateway_is_known_to_send_responses() -> None:
+    ds, _ = store()
+    for _ in range(10):  # a proxy that never sends response phases: nothing to judge
+        request(ds, Outcome((A,), None, 0))
+    assert ds.snapshot().health.tolist() == [0.0, 0.0, 0.0]
+    request(ds, Outcome((B,), None, 200), name="e2")
+    for _ in range(5):
+        request(ds, Outcome((A,), None, 0))
+    assert ds.snapshot().health.tolist() == [1.0, 0.0, 0.0]
