@@ -119,3 +119,11 @@ def test_a_few_errors_fire_nothing(tmp_path: Path, rule: dict[str, Any]) -> None
         series,
         [("InferenceUnattributedErrorRatioHigh", []), ("InferenceRequestErrorRatioHigh", [])],
     )
+
+
+def test_provider_failover_fires_above_ten_in_five_minutes(tmp_path: Path, rule: dict[str, Any]) -> None:
+    many = _series("ai_failover_total", {"pool": "p", "reason": "ejected"}, 5)  # 25 in 5 minutes
+    fired = [{"exp_labels": {"severity": "warning", "pool": "p", "reason": "ejected"}}]
+    _run(tmp_path, rule, [many], [("ProviderFailover", fired)])
+    few = _series("ai_failover_total", {"pool": "p", "reason": "ejected"}, 1)  # 5 in 5 minutes
+    _run(tmp_path, rule, [few], [("ProviderFailover", [])])

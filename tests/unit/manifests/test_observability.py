@@ -55,6 +55,7 @@ def _series_names() -> set[str]:
     telemetry.stream_closed(decision)
     telemetry.failed("BadRequest", "", "")
     telemetry.scrape_observed(0.01, ok=False)
+    telemetry.failover("ejected")
     # the tenants' metrics, registered on the same registry by the service, after one limited tenant's
     # request was settled and one refused
     backend = MemoryBackend()
@@ -193,6 +194,7 @@ REQUIRED_ALERTS = [
     ("mean queue > 50", {"inference_pool_average_queue_size"}, r">\s*50\b"),
     ("mean KV > 0.9", {"inference_pool_average_kv_cache_utilization"}, r">\s*0\.9\b"),
     ("no ready endpoints", {"inference_pool_ready_pods"}, r"(==\s*0\b)|(<\s*1\b)"),
+    ("failover > 10 in 5 minutes", {"ai_failover_total"}, r"increase\(ai_failover_total\[5m\]\).*>\s*10\b"),
     (
         "tokens used > 90 % of the limit",
         {"ai_tokens_used", "ai_tokens_limit"},
