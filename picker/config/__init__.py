@@ -29,7 +29,9 @@ A configuration text holds one or two YAML documents separated by ``---``:
    Scheduling plugins (filters, scorers, pickers, detectors, profile handler) are validated and built by
    :mod:`scoring`; the others configure the service and are validated here: ``metrics-data-source``,
    ``core-metrics-extractor``, the parsers ``openai-parser`` / ``passthrough-parser`` /
-   ``vllmgrpc-parser``, ``destination-endpoint-served-verifier``, ``request-attribute-reporter``.
+   ``vllmgrpc-parser``, ``destination-endpoint-served-verifier``, ``request-attribute-reporter``, and ours,
+   ``outlier-detector`` (passive health; active with its defaults when absent, ``enabled: false`` turns it
+   off: :class:`~picker.config.plugins.OutlierDetectorParams`).
    ``engineConfigs`` entries take the reference keys plus ours for TGI (``maxBatchTotalTokens``, and
    ``kvTokensSpec``: a gauge of tokens in use, divided by ``maxBatchTotalTokens`` to approximate KV usage).
 
