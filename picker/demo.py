@@ -7,8 +7,11 @@ What it does, all on 127.0.0.1 and in about half a minute:
    slower. Each serves the real ``/metrics`` page of its engine with live values.
 2. Starts the EPP (``picker serve --static-endpoints ...``) as another process, plaintext, on free ports.
 3. Sends the same request stream twice — once routed by the EPP (every request goes through the ext_proc
-   exchange, exactly as a gateway would run it, then to the endpoint the EPP chose), once round-robin —
-   and prints where the requests went, what the EPP saw of each endpoint, and client-side latency.
+   exchange, exactly as a gateway would run it, then to the endpoint the EPP chose, retried once on the
+   EPP's fallback if it fails, as Envoy does), once round-robin (no retries, no health checks) — and
+   prints where the requests went, what the EPP saw of each endpoint, and client-side latency. Half-way
+   through each run one server starts answering 503 (an engine that lost its GPU): the EPP ejects it after
+   five failures and its clients see none of them; round-robin keeps sending it a quarter of the traffic.
 4. Replays the seed's weekend: three teams send their usual traffic (``x-tenant-id``) while a fourth
    tenant's loop fires requests at twice their rate. The EPP's ``tenants`` section gives the loop a daily
    cost budget (scaled down to the demo): it is cut at its budget with 429s while the teams keep their
@@ -34,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,8 @@ FLEET: tuple[tuple[str, str, float], ...] = (
     ("tgi", "tgi", 2.0),
 )
 TIME_SCALE = 0.5  # fake servers run twice as fast as their model's numbers
+#: the server that starts failing half-way through each routing run
+FAILING = "vllm-a"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 #: the tenants of the last phase: three teams and the loop left running over the weekend
 TEAMS = ("team-search", "team-support", "team-docs")
@@ -59,6 +64,28 @@ RUNAWAY_RATE = 80.0
 RUNAWAY_BUDGET = 0.05
 RUNAWAY_CONCURRENT = 4
 PRICE_INPUT_PER_1M, PRICE_OUTPUT_PER_1M = 3.0, 15.0
+#: our default profile (scoring/README.md) with one fallback endpoint, which the gateway retries on
+PROFILE_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: prefill-queue-scorer}
+- {type: queue-scorer}
+- {type: kv-cache-utilization-scorer}
+- {type: lora-affinity-scorer}
+- {type: gpu-utilization-scorer}
+- {name: picker, type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefill-queue-scorer, weight: 2}
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: lora-affinity-scorer, weight: 2}
+  - {pluginRef: gpu-utilization-scorer, weight: 0.5}
+  - {pluginRef: picker}
+---
+"""
 TENANTS_CONFIG = f"""\
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig
@@ -187,18 +214,25 @@ def _workload(n: int, seed: int) -> list[tuple[float, bytes]]:
     return out
 
 
-async def _run_phase(
+async def _run_phase(  # noqa: PLR0917 - one call site per routing policy, all positional by role
     label: str,
     send: Callable[[bytes], Any],
     workload: list[tuple[float, bytes]],
     concurrency: int,
     sampler: Callable[[], Any] | None,
+    fault: Callable[[], Awaitable[Any]] | None = None,
 ) -> _Phase:
+    """Replay ``workload`` through ``send``; ``fault`` runs half-way through (by arrival time)."""
     from picker.testing.gateway import GatewayResult
 
     phase = _Phase(label)
     sem = asyncio.Semaphore(concurrency * 4)
     start = time.monotonic()
+
+    async def inject() -> None:
+        if fault is not None and workload:
+            await asyncio.sleep(max(0.0, start + workload[-1][0] / 2 - time.monotonic()))
+            await fault()
 
     async def one(at: float, body: bytes) -> None:
         delay = start + at - time.monotonic()
@@ -215,7 +249,7 @@ async def _run_phase(
             phase.pick_ms.append(res.pick_s * 1000)
 
     sampling = asyncio.ensure_future(_sample_loop(sampler, phase)) if sampler is not None else None
-    await asyncio.gather(*(one(at, body) for at, body in workload))
+    await asyncio.gather(inject(), *(one(at, body) for at, body in workload))
     phase.wall_s = time.monotonic() - start
     if sampling is not None:
         sampling.cancel()
@@ -388,6 +422,19 @@ def _report(fleet: list[_Endpoint], picker: _Phase, rr: _Phase, final: dict[str,
             f"  {ph.label:<14}{_pct(ph.latencies, 0.5):>8.2f}s{_pct(ph.latencies, 0.9):>8.2f}s"
             f"{_pct(ph.latencies, 0.99):>8.2f}s{errs:>8}"
         )
+    lines.append("")
+    lines.append(
+        f"  Half-way through each run {FAILING} started answering 503. Through the EPP, the gateway retried"
+    )
+    epp_errors = sum(picker.errors.values())
+    lines.append(
+        f"  its first failures on the EPP's fallback and the EPP stopped picking it: {epp_errors} client"
+        " errors."
+    )
+    lines.append(
+        f"  Round-robin (no retries, no health checks) kept sending it a quarter: {sum(rr.errors.values())}"
+        " client errors."
+    )
     p99p, p99r = _pct(picker.latencies, 0.99), _pct(rr.latencies, 0.99)
     p50p, p50r = _pct(picker.latencies, 0.5), _pct(rr.latencies, 0.5)
     lines.append("")
@@ -396,7 +443,10 @@ def _report(fleet: list[_Endpoint], picker: _Phase, rr: _Phase, final: dict[str,
             f"  Versus round-robin, the EPP's p50 latency is {_change(p50p, p50r)} and its p99 "
             f"{_change(p99p, p99r)},"
         )
-        lines.append("  from sending less traffic to the slow servers as their queues grew.")
+        lines.append(
+            "  from sending less traffic to the slow servers as their queues grew (latency of served"
+        )
+        lines.append("  requests; the failing server's fast 503s are not in it).")
     if picker.pick_ms:
         lines.append(
             f"  EPP answer time as seen by the gateway: p50 {_pct(picker.pick_ms, 0.5):.2f} ms, "
@@ -457,7 +507,7 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 "--seed",
                 str(seed),
                 "--config-text",
-                TENANTS_CONFIG,
+                PROFILE_CONFIG + TENANTS_CONFIG,
                 "-v",
                 "1",
             ],
@@ -474,26 +524,48 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 status, body = await _http_get(session, f"{admin}/debug/endpoints")
                 return json.loads(body) if status == 200 else {}
 
+            failing = next(ep for ep in fleet if ep.name == FAILING)
+
+            async def set_fault(fault: str) -> None:
+                url = f"http://{failing.address}/_fake/control"
+                async with session.post(url, json={"fault": fault}) as resp:
+                    await resp.read()
+
+            def fail() -> Awaitable[None]:
+                return set_fault("error-503")
+
             workload = _workload(requests, seed)
             async with EnvoyClient(f"127.0.0.1:{grpc_port}", timeout=60) as epp:
                 gw = MiniGateway(epp)
                 try:
                     picker = await _run_phase(
-                        "picker (EPP)", lambda b: gw.send("/v1/completions", b), workload, concurrency, sample
+                        "picker (EPP)",
+                        lambda b: gw.send("/v1/completions", b),
+                        workload,
+                        concurrency,
+                        sample,
+                        fail,
                     )
                 finally:
                     await gw.close()
             final = await sample()
+            await set_fault("none")
             await asyncio.sleep(2.0)  # let queues drain before the baseline
             counter = iter(range(10**9))
             addresses = [ep.address for ep in fleet]
             rr_gw = MiniGateway(None, route=lambda: addresses[next(counter) % len(addresses)])
             try:
                 rr = await _run_phase(
-                    "round-robin", lambda b: rr_gw.send("/v1/completions", b), workload, concurrency, None
+                    "round-robin",
+                    lambda b: rr_gw.send("/v1/completions", b),
+                    workload,
+                    concurrency,
+                    None,
+                    fail,
                 )
             finally:
                 await rr_gw.close()
+            await set_fault("none")
             await asyncio.sleep(1.0)
             async with EnvoyClient(f"127.0.0.1:{grpc_port}", timeout=60) as epp:
                 gw = MiniGateway(epp)
