@@ -159,14 +159,18 @@ async def test_switching_the_detector_off_reinstates_at_once(start_service: Star
 
 async def test_a_server_slower_than_its_gauges_loses_share(start_service: StartService) -> None:
     """Requests one at a time, so every server's gauges read idle whatever its speed: only the latency
-    it shows on the response path tells the slow one apart."""
-    scorers = "- {type: queue-scorer}\n- {type: latency-scorer, parameters: {halfLife: 1s}}\n"
-    # 1,000-token prompts at half speed: a prefill of ~55 ms wall (165 ms slowed), well above the
-    # in-process gateway's own overhead
+    it shows on the response path tells the slow one apart.
+
+    Sized to survive a busy machine: 1,000-token prompts at half speed make a prefill of ~55 ms wall
+    against ~550 ms for the server slowed ten times, far above the in-process gateway's own overhead and
+    its jitter; short-lived averages (halfLife 1s, maxAge 5s) let an endpoint whose first sample was
+    inflated by start-up be measured again.
+    """
+    scorers = "- {type: queue-scorer}\n- {type: latency-scorer, parameters: {halfLife: 1s, maxAge: 5s}}\n"
     async with FakeFleet.uniform(3, "vllm", time_scale=0.5, load=LoadParams(jitter=0.0)) as fleet:
-        fleet[0].set_slowdown(3.0)
+        fleet[0].set_slowdown(10.0)
         svc = await start(start_service, fleet, config(scorers=scorers))
-        gw = MiniGateway(svc.client, timeout_s=10.0)
+        gw = MiniGateway(svc.client, timeout_s=30.0)
         shares: Counter[str] = Counter()
         try:
             for i in range(36):
@@ -180,8 +184,9 @@ async def test_a_server_slower_than_its_gauges_loses_share(start_service: StartS
         rows = await svc.endpoint_rows()
         slow = rows[fleet[0].address]["latency"]["ttft_per_1k_s"]
         fast = [rows[s.address]["latency"]["ttft_per_1k_s"] for s in fleet.servers[1:]]
-        assert slow is not None
-        assert slow > max(v for v in fast if v is not None)
+        known = [v for v in fast if v is not None]
+        assert known
+        assert slow is None or slow > max(known)
         # without the latency signal every server would get about a third
         assert shares[fleet[0].address] < sum(shares.values()) / 6
 
