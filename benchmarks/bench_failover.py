@@ -30,6 +30,9 @@ The external-endpoint fault (every self-hosted pod saturated, spill-over to an e
 external endpoints in the EPP, which do not exist yet: ``external-saturated`` is listed and reported as not
 run, with the reason, until they do (the hook is :func:`run_fault`).
 
+Why one module of this size: it is one command's script, read top to bottom (configuration, the fleet's
+processes, one fault's run, its summary, the report); its parts are used nowhere else.
+
 Honesty on two shared cores: the fake servers, the EPP, the gateway and the client share the machine with
 whatever else runs; latencies are wall seconds (time scale 1) and include the Python gateway's own
 overhead. ``load_average_1m`` in the output says how busy the machine was.
@@ -57,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_live import Processes, _http_ok, wait_until
+from benchmarks.live.processes import Processes, http_ok, wait_until
 from picker.testing.net import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -245,7 +248,7 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
     events: dict[str, float] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for url in [f"http://{a}/health" for a in fleet.addresses] + [admin + "/readyz"]:
-            await wait_until(partial(_http_ok, session, url), timeout_s=STARTUP_TIMEOUT_S, what=url)
+            await wait_until(partial(http_ok, session, url), timeout_s=STARTUP_TIMEOUT_S, what=url)
         await asyncio.sleep(1.0)  # the first scrapes land
         async with EnvoyClient(f"127.0.0.1:{grpc_port}", timeout=120.0) as epp:
             gw = MiniGateway(epp, timeout_s=120.0, retries=1, upstream_timeout_s=cfg.per_try_timeout_s)

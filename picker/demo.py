@@ -68,22 +68,14 @@ PRICE_INPUT_PER_1M, PRICE_OUTPUT_PER_1M = 3.0, 15.0
 PROFILE_CONFIG = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
-plugins:
-- {type: prefill-queue-scorer}
-- {type: queue-scorer}
-- {type: kv-cache-utilization-scorer}
-- {type: lora-affinity-scorer}
-- {type: gpu-utilization-scorer}
-- {name: picker, type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}
+plugins: [{type: prefill-queue-scorer}, {type: queue-scorer}, {type: kv-cache-utilization-scorer},
+  {type: lora-affinity-scorer}, {type: gpu-utilization-scorer},
+  {name: picker, type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}]
 schedulingProfiles:
 - name: default
-  plugins:
-  - {pluginRef: prefill-queue-scorer, weight: 2}
-  - {pluginRef: queue-scorer, weight: 1}
-  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
-  - {pluginRef: lora-affinity-scorer, weight: 2}
-  - {pluginRef: gpu-utilization-scorer, weight: 0.5}
-  - {pluginRef: picker}
+  plugins: [{pluginRef: prefill-queue-scorer, weight: 2}, {pluginRef: queue-scorer, weight: 1},
+    {pluginRef: kv-cache-utilization-scorer, weight: 2}, {pluginRef: lora-affinity-scorer, weight: 2},
+    {pluginRef: gpu-utilization-scorer, weight: 0.5}, {pluginRef: picker}]
 ---
 """
 TENANTS_CONFIG = f"""\

@@ -40,6 +40,10 @@ routed nothing yet.
 Missing gauges are NaN. Scorers impute them neutrally (see each scorer's docstring) so an endpoint with a
 missing family is neither rewarded nor punished; the staleness filter and the saturation detector look at
 ``scraped_at`` instead.
+
+Why one module of this size: it is the column contract every scorer, filter and owner codes against - the
+row, the matrix and the one charge that moves its accounting columns - and each constructor and accessor
+must list every column; split, a new column would have to be added in several files in step.
 """
 
 from __future__ import annotations

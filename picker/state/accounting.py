@@ -31,6 +31,10 @@ written), not when they land, so a pick never sees the drop without the gauges t
 A row of a worker that died is settled by the supervisor (:meth:`LoadLedger.settle_row`): its streams
 died with it, so its in-flight counts and token charges go to zero. Its ``dispatched`` stays (those
 requests were sent) until scrapes account for them.
+
+Why one module of this size: rows, leases, columns and the ledger read and write the same words of one
+array under one invariant (a closed slot sums to zero; a slot is reused only when nothing is in flight on
+it); split, that invariant would be spread over files that cannot be read alone.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ observer hooks that feed them.
   (:mod:`picker.telemetry.batch`).
 * ``model_name`` comes from client bodies, so its cardinality is capped (:data:`MAX_MODEL_LABELS`); past
   the cap new names are recorded as ``other``. The reference has no cap.
+
+Why one module of this size: the metric families are defined once, in one registration order (the order
+``/metrics``, the golden exposition and the ``--workers`` merge rely on), next to the hooks that feed them;
+most of its length is those definitions' names and help texts.
 """
 
 from __future__ import annotations
