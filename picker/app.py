@@ -115,10 +115,16 @@ def snapshot_interval(settings: Settings) -> float:
 
 def configure_health(datastore: Datastore, active: ActiveConfig) -> None:
     """Passive health and the latency averages as the active config says: the ``outlier-detector``
-    plugin's policy (defaults without one) and the first ``latency-scorer``'s ``halfLife`` / ``maxAge``
-    (defaults without one: the averages are kept either way, for ``/debug/endpoints``)."""
+    plugin's policy (defaults without one) and the first ``latency-scorer``'s ``halfLife`` / ``maxAge`` in
+    any profile (defaults without one: the averages are kept either way, for ``/debug/endpoints``)."""
     latency = next(
-        (ws.scorer for ws in active.scheduler.scorers if isinstance(ws.scorer, LatencyScorer)), None
+        (
+            ws.scorer
+            for scheduler in active.profiles.schedulers
+            for ws in scheduler.scorers
+            if isinstance(ws.scorer, LatencyScorer)
+        ),
+        None,
     )
     settings = (
         LatencySettings(half_life_s=latency.half_life, max_age_s=latency.max_age)
