@@ -137,6 +137,8 @@ async def test_conflicting_writes_are_retried_not_fatal(emulator, electors, even
     emulator.fail("create", plural="leases", status=409, times=2, message="already exists")
     electors("epp-a", leaders)
     await eventually(lambda: leaders.current == {"epp-a"})
+    # both conflicts were answered, and the elector tried again after each
+    assert emulator.count("create", "leases") >= 3
 
 
 def test_timings_are_validated(api):
