@@ -276,6 +276,7 @@ class _StreamCall:
 def _pump_stream(call: _StreamCall, resp: urllib3.BaseHTTPResponse, post: Callable[[object], bool]) -> None:
     """Thread body: split the chunked body into lines, parse JSON, post each event to the loop."""
     buf = b""
+    complete = False
     try:
         for chunk in resp.stream(amt=None, decode_content=True):
             buf += chunk
@@ -285,11 +286,16 @@ def _pump_stream(call: _StreamCall, resp: urllib3.BaseHTTPResponse, post: Callab
                     event = json.loads(line)
                     if not isinstance(event, dict) or not post(event):
                         return
+        complete = True
         post(_End(None))
     except Exception as exc:  # noqa: BLE001 - translated; an abort is a normal end
         post(_End(None if call.aborted else translate(exc)))
     finally:
         call.detach()
+        if not complete:
+            # an abort only shut the socket down for reading: a connection put back in the pool like that
+            # stays open, and the API server keeps serving the watch until it is reused or collected
+            resp.close()
         resp.release_conn()
 
 
