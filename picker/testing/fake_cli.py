@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from picker.testing.fake_load import LoadParams
 from picker.testing.fake_server import DEFAULT_MODEL, run_fake_server
@@ -32,6 +35,19 @@ def run_fake_server_cli(ns: argparse.Namespace) -> int:
         time_scale=ns.time_scale,
         seed=ns.seed,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(coro)
+    asyncio.run(_until_signalled(coro))
     return 0
+
+
+async def _until_signalled(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` until SIGINT or SIGTERM, then let it clean up and return.
+
+    The handlers are installed explicitly: a process started from a non-interactive shell's background job (or
+    by a parent that ignores SIGINT) inherits SIGINT as *ignored*, and Python then installs no
+    KeyboardInterrupt handler, so without this the server could not be stopped with Ctrl-C's signal at all."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
