@@ -54,7 +54,7 @@ class Process:
         while line := await stream.readline():
             self.lines.append(line.decode(errors="replace").rstrip("\n"))
 
-    async def wait_for(self, pattern: re.Pattern[str], deadline_s: float = 30.0) -> re.Match[str]:
+    async def wait_for(self, pattern: re.Pattern[str], deadline_s: float = 90.0) -> re.Match[str]:
         """The first output line matching ``pattern``; fails if the process exits or the deadline passes."""
         end = time.monotonic() + deadline_s
         while True:
@@ -65,7 +65,7 @@ class Process:
                 raise AssertionError(f"no line matching {pattern.pattern!r}; output:\n{self.output}")
             await asyncio.sleep(0.02)
 
-    async def stop(self, sig: int = signal.SIGTERM, deadline_s: float = 20.0) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, deadline_s: float = 60.0) -> int:
         """Send ``sig`` and return the exit code (fails if the process does not exit in time)."""
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
@@ -125,7 +125,7 @@ async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
                 await process.reader
 
 
-async def run_to_exit(spawn: Spawn, argv: Sequence[str], deadline_s: float = 30.0) -> tuple[int, str]:
+async def run_to_exit(spawn: Spawn, argv: Sequence[str], deadline_s: float = 90.0) -> tuple[int, str]:
     """Run a command that is expected to exit by itself; returns (exit code, stderr)."""
     process = await spawn(argv)
     try:
