@@ -75,10 +75,15 @@ def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
             text = Path(settings.config_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:  # a startup error with a clear line, not a traceback
             raise ConfigError(f"cannot read config file {settings.config_file}: {exc}") from exc
-        return load_config_text(text), text, f"file:{settings.config_file}"
+        return (
+            load_config_text(text, model_header=settings.model_header),
+            text,
+            f"file:{settings.config_file}",
+        )
     if settings.config_text:
-        return load_config_text(settings.config_text), settings.config_text, "flag:--config-text"
-    return default_config(), "", "default"
+        config = load_config_text(settings.config_text, model_header=settings.model_header)
+        return config, settings.config_text, "flag:--config-text"
+    return default_config(model_header=settings.model_header), "", "default"
 
 
 def _objectives(cfg: PickerConfig) -> list[Objective]:
@@ -157,13 +162,13 @@ def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], Respo
     return skip
 
 
-def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool]]:
-    """``(max body bytes, served-endpoint verifier on)`` of the active config, read by the ext_proc server
-    at the start of every stream so that a reload applies to the next request."""
+def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool, bool]]:
+    """``(max body bytes, served-endpoint verifier on, header-only mode on)`` of the active config, read by
+    the ext_proc server at the start of every stream so that a reload applies to the next request."""
 
-    def current() -> tuple[int, bool]:
+    def current() -> tuple[int, bool, bool]:
         active = config.active
-        return active.max_body_bytes, active.served_verifier
+        return active.max_body_bytes, active.served_verifier, bool(active.model_header)
 
     return current
 
@@ -204,7 +209,9 @@ class Service:
             if datastore is not None
             else Datastore(min_publish_interval_s=snapshot_interval(settings))
         )
-        self.config_store = ConfigStore(config, source=config_source, text=config_text)
+        self.config_store = ConfigStore(
+            config, source=config_source, text=config_text, model_header=settings.model_header
+        )
         self._skip_response = skip_response_rule(self.config_store)
         #: extra conditions for readiness and gRPC health (the supervisor adds "all workers serving")
         self.readiness_checks: list[Callable[[], bool]] = []

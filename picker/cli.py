@@ -102,6 +102,17 @@ def _lease_timing_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--leader-retry-period", type=_duration, default=2.0, help=argparse.SUPPRESS)
 
 
+def _request_flags(g: Any) -> None:
+    """How requests are read: the subset hint, header-only mode."""
+    _bool_flag(g, "--disable-endpoint-subset-filter", False, "ignore the gateway's subset hint")
+    g.add_argument(
+        "--model-header",
+        default="",
+        help="header-only mode: read the model from this request header (e.g. x-ai-eg-model) and answer "
+        "at the request headers, one ext_proc message per request (proxy: request_body_mode NONE)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="fixed pool without Kubernetes: host:port[@engine],... (engine auto-detected)",
     )
-    _bool_flag(g, "--disable-endpoint-subset-filter", False, "ignore the gateway's subset hint")
+    _request_flags(g)
     _bool_flag(g, "--ha-enable-leader-election", False, "Lease-based leader election; readiness on leader")
     _lease_timing_flags(g)
     g.add_argument("--kubeconfig", default="", help="kubeconfig path outside a cluster (default $KUBECONFIG)")
@@ -234,6 +245,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "endpoint_target_ports",
             "static_endpoints",
             "disable_endpoint_subset_filter",
+            "model_header",
             "ha_enable_leader_election",
             "leader_lease_duration",
             "leader_renew_deadline",

@@ -7,7 +7,9 @@ thresholds, objectives, rewrites, engine metric names) lives in the scoring docu
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from picker.headers import header_name
 
 
 class Settings(BaseModel):
@@ -38,6 +40,9 @@ class Settings(BaseModel):
     #: fixed pool without Kubernetes: ``host:port[@engine],...``
     static_endpoints: str = ""
     disable_endpoint_subset_filter: bool = False
+    #: header-only mode (``--model-header``): the request header carrying the model; "" = off. The
+    #: PickerConfig document's ``request.modelHeader`` overrides it (see ``picker.config.document``).
+    model_header: str = ""
     ha_enable_leader_election: bool = False
     #: Lease timings in seconds (client-go's defaults 15 s / 10 s / 2 s). Not reference flags: exposed as
     #: hidden flags (``--leader-lease-duration``, ``--leader-renew-deadline``, ``--leader-retry-period``)
@@ -91,6 +96,11 @@ class Settings(BaseModel):
     log_json: bool = False
     #: seed for tie-breaks and weighted draws; None = from OS entropy
     seed: int | None = None
+
+    @field_validator("model_header")
+    @classmethod
+    def _model_header(cls, v: str) -> str:
+        return header_name(v) if v else ""
 
     @model_validator(mode="after")
     def _one_pool_source(self) -> Settings:

@@ -213,8 +213,13 @@ class _Worker:
         await self._first_state()
         static = self.view.static
         assert static is not None
-        config = load_config_text(static.config_text) if static.config_text else default_config()
-        store = ConfigStore(config, source=static.config_source, text=static.config_text)
+        header = self.settings.model_header
+        config = (
+            load_config_text(static.config_text, model_header=header)
+            if static.config_text
+            else default_config(model_header=header)
+        )
+        store = ConfigStore(config, source=static.config_source, text=static.config_text, model_header=header)
         telemetry = Telemetry(self.view, registry=CollectorRegistry())
         # Tenants: the memory backend's budget is the supervisor's, asked over the pipe (one budget for all
         # workers), Redis is shared as ever. Flow-control queues are per worker.

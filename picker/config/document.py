@@ -11,10 +11,13 @@ from pydantic import Field, field_validator, model_validator
 from picker.config.base import StrictModel
 from picker.config.tenants import TenantsConfig
 from picker.config.values import parse_quantity
+from picker.headers import header_name
 from scoring.durations import parse_duration
 
 PICKER_API_VERSION: Final = "picker.dev/v1alpha1"
 PICKER_KIND: Final = "PickerConfig"
+#: where header-only mode reads the gateway's prompt-token estimate, unless ``request.promptTokensHeader``
+DEFAULT_PROMPT_TOKENS_HEADER: Final = "x-picker-prompt-tokens"
 
 
 class ObjectiveConfig(StrictModel):
@@ -62,6 +65,32 @@ class RequestConfig(StrictModel):
     #: largest request body we buffer, bytes (or a quantity such as 16Mi); larger → 413. The reference has
     #: no limit; 16Mi is well above long-context prompts (~1M tokens of text is ~4 MB) yet bounds memory.
     max_body_bytes: int = 16 * 2**20
+    #: header-only mode: the request header that carries the model (e.g. ``x-ai-eg-model``, which Envoy AI
+    #: Gateway sets). Set, the EPP routes at the request-headers message and asks the proxy to skip every
+    #: later phase (one ext_proc message per request; the proxy should run with ``request_body_mode:
+    #: NONE``). Unset (null) → the ``--model-header`` flag; ``""`` turns the mode off whatever the flag.
+    #: Plugins that need the body or the response are rejected in this mode (``picker.config.header_only``).
+    model_header: str | None = None
+    #: header-only mode: the header carrying the gateway's estimate of the prompt's tokens (a non-negative
+    #: integer), used for the token accounting the body would otherwise give; absent → 0 tokens, the
+    #: request still counts as one request in flight.
+    prompt_tokens_header: str = DEFAULT_PROMPT_TOKENS_HEADER
+
+    @field_validator("model_header", mode="before")
+    @classmethod
+    def _model_header(cls, v: object) -> str | None:
+        if v is None or v == "":
+            return v  # None (inherit the flag) or "" (off)
+        if not isinstance(v, str):
+            raise ValueError(f"must be a header name, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
+        return header_name(v)
+
+    @field_validator("prompt_tokens_header", mode="before")
+    @classmethod
+    def _tokens_header(cls, v: object) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"must be a header name, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
+        return header_name(v)
 
     @field_validator("max_body_bytes", mode="before")
     @classmethod

@@ -46,6 +46,9 @@ class PickerConfig(StrictModel):
     request_attribute_reporters: tuple[PluginConfig, ...] = ()
     #: the effective ``outlier-detector`` parameters (passive health; on with defaults when not configured)
     outlier_detection: OutlierDetectorParams = OutlierDetectorParams()
+    #: header-only mode: the request header carrying the model (the document's ``request.modelHeader``,
+    #: else the ``--model-header`` flag); "" = off (:mod:`picker.config.header_only`)
+    model_header: str = ""
 
     # -------------------------------------------------------------------------------- derived views
     @property
@@ -84,6 +87,11 @@ class PickerConfig(StrictModel):
             and not self.served_verifier_enabled
             and not self.request_attribute_reporters
         )
+
+    @property
+    def prompt_tokens_header(self) -> str:
+        """Header-only mode: the header carrying the gateway's prompt-token estimate."""
+        return self.settings.request.prompt_tokens_header
 
     @property
     def staleness_threshold(self) -> float | None:
@@ -137,6 +145,7 @@ def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[
                 by_alias=True, mode="json", exclude_none=True
             ),
             "parser": cfg.parser,
+            "modelHeader": cfg.model_header,
             "servedVerifierEnabled": cfg.served_verifier_enabled,
             "outlierDetection": {
                 **cfg.outlier_detection.model_dump(by_alias=True, mode="json"),

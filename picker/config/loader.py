@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from picker.config.base import StrictModel, describe_errors
 from picker.config.document import PICKER_API_VERSION, PICKER_KIND, PickerSettingsDocument
 from picker.config.effective import PickerConfig
+from picker.config.header_only import header_only_default_specs, header_only_problems
 from picker.config.plugins import (
     CORE_METRICS_EXTRACTOR,
     DEFAULT_PARSER,
@@ -109,8 +110,13 @@ def _data_layer(
 
 
 def _assemble(
-    doc: EndpointPickerDocument, settings: PickerSettingsDocument, registry: Registry | None
+    doc: EndpointPickerDocument,
+    settings: PickerSettingsDocument,
+    registry: Registry | None,
+    model_header: str = "",
 ) -> PickerConfig:
+    """Cross-check and default both documents. ``model_header``: the effective header-only mode header
+    ("" = off), whose restrictions (:mod:`picker.config.header_only`) are checked here."""
     by_name: dict[str, PluginConfig] = {}
     for p in doc.plugins:
         by_name.setdefault(p.effective_name, p)
@@ -131,6 +137,19 @@ def _assemble(
         names = ", ".join(p.effective_name for p in detectors)
         raise ConfigError(f"{REFERENCE_KIND}: more than one {OUTLIER_DETECTOR} plugin ({names}); keep one")
     detector = detectors[0] if detectors else None
+    configured = _service_params(detector) if detector is not None else None
+    outlier = configured if isinstance(configured, OutlierDetectorParams) else OutlierDetectorParams()
+    if model_header:
+        problems = header_only_problems(
+            doc, settings, outlier_enabled=outlier.enabled if configured is not None else None
+        )
+        if problems:
+            raise ConfigError(
+                f"header-only mode (model header {model_header}) cannot serve this configuration: "
+                + "; ".join(problems)
+            )
+        # no response is seen, so passive health would never receive an outcome
+        outlier = outlier.model_copy(update={"enabled": False})
     if parser == "vllmgrpc-parser":
         # Accepted by the reference for vLLM's gRPC engine API; we only route HTTP (OpenAI) or opaque bodies.
         raise ConfigError(
@@ -148,9 +167,8 @@ def _assemble(
             "request_attribute_reporters": tuple(
                 p for p in doc.plugins if p.type == REQUEST_ATTRIBUTE_REPORTER
             ),
-            "outlier_detection": (
-                _service_params(detector) if detector is not None else OutlierDetectorParams()
-            ),
+            "outlier_detection": outlier,
+            "model_header": model_header,
         }
     )
 
@@ -168,10 +186,12 @@ def _classify(raw: Mapping[str, Any], index: int) -> str:
     )
 
 
-def load_config_text(text: str, *, registry: Registry | None = None) -> PickerConfig:
+def load_config_text(text: str, *, registry: Registry | None = None, model_header: str = "") -> PickerConfig:
     """Parse, default and fully validate a configuration text (one or two YAML documents).
 
-    Raises :class:`~picker.errors.ConfigError` naming the document and field for any problem.
+    ``model_header`` is the ``--model-header`` flag (header-only mode; "" = off), which the document's
+    ``request.modelHeader`` overrides. Raises :class:`~picker.errors.ConfigError` naming the document and
+    field for any problem.
     """
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -186,31 +206,34 @@ def load_config_text(text: str, *, registry: Registry | None = None) -> PickerCo
             raise ConfigError(f"more than one {kind} document")
         found[kind] = raw
     if not found:
-        return default_config()
-    try:
-        doc = (
-            EndpointPickerDocument.model_validate(found[REFERENCE_KIND], by_alias=True, by_name=False)
-            if REFERENCE_KIND in found
-            else default_config().endpoint_picker
-        )
-    except ValidationError as exc:
-        raise ConfigError(describe_errors(REFERENCE_KIND, exc)) from exc
+        return default_config(model_header=model_header)
     try:
         settings = PickerSettingsDocument.model_validate(
             found.get(PICKER_KIND, {}), by_alias=True, by_name=False
         )
     except ValidationError as exc:
         raise ConfigError(describe_errors(PICKER_KIND, exc)) from exc
-    return _assemble(doc, settings, registry)
+    header = settings.request.model_header if settings.request.model_header is not None else model_header
+    try:
+        doc = (
+            EndpointPickerDocument.model_validate(found[REFERENCE_KIND], by_alias=True, by_name=False)
+            if REFERENCE_KIND in found
+            else _default_document(header_only=bool(header))
+        )
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(REFERENCE_KIND, exc)) from exc
+    return _assemble(doc, settings, registry, header)
 
 
-def load_config_file(path: str | Path, *, registry: Registry | None = None) -> PickerConfig:
+def load_config_file(
+    path: str | Path, *, registry: Registry | None = None, model_header: str = ""
+) -> PickerConfig:
     """:func:`load_config_text` on a file's contents (UTF-8); an unreadable file is a ConfigError too."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    return load_config_text(text, registry=registry)
+    return load_config_text(text, registry=registry, model_header=model_header)
 
 
 def _document(plugins: list[PluginSpec], profiles: list[ProfileSpec]) -> EndpointPickerDocument:
@@ -228,10 +251,18 @@ def _document(plugins: list[PluginSpec], profiles: list[ProfileSpec]) -> Endpoin
     )
 
 
-def default_config() -> PickerConfig:
+def _default_document(*, header_only: bool) -> EndpointPickerDocument:
+    return _document(*(header_only_default_specs() if header_only else default_specs()))
+
+
+def default_config(*, model_header: str = "") -> PickerConfig:
     """The built-in configuration used when none is given: our default profile
-    (:func:`scoring.default_scheduler`; see ``scoring/README.md``), defaults for everything else."""
-    return _assemble(_document(*default_specs()), PickerSettingsDocument(), None)
+    (:func:`scoring.default_scheduler`; see ``scoring/README.md``), defaults for everything else. In
+    header-only mode (``model_header``) the profile without its body-derived scorer
+    (:func:`picker.config.header_only.header_only_default_specs`)."""
+    return _assemble(
+        _default_document(header_only=bool(model_header)), PickerSettingsDocument(), None, model_header
+    )
 
 
 def reference_default_config() -> PickerConfig:

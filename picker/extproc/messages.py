@@ -22,6 +22,7 @@ __all__ = [
     "DESTINATION_KEY",
     "EMPTY_REQUEST_BODY_EOS",
     "EMPTY_RESPONSE_BODY_EOS",
+    "HEADER_ONLY_MODE",
     "LB_NAMESPACE",
     "MAX_CHUNK_BYTES",
     "REQUEST_TRAILERS_REPLY",
@@ -91,6 +92,18 @@ SKIP_RESPONSE_BODY_MODE = _ProcessingMode(
     response_trailer_mode=_ProcessingMode.SKIP,
 )
 
+#: ``mode_override`` of header-only mode: nothing after the request headers (no request body or
+#: trailers, no response phase). The proxy should be configured with ``request_body_mode: NONE`` already
+#: (a body mode cannot be lowered from FULL_DUPLEX_STREAMED by an override); this skips the response
+#: phases of a proxy that processes them, when it allows overrides.
+HEADER_ONLY_MODE = _ProcessingMode(
+    request_body_mode=_ProcessingMode.NONE,
+    request_trailer_mode=_ProcessingMode.SKIP,
+    response_header_mode=_ProcessingMode.SKIP,
+    response_body_mode=_ProcessingMode.NONE,
+    response_trailer_mode=_ProcessingMode.SKIP,
+)
+
 
 class ResponseSkip(enum.IntEnum):
     """How much of a request's response the proxy is asked to skip (``mode_override``)."""
@@ -101,6 +114,8 @@ class ResponseSkip(enum.IntEnum):
     ALL = 1
     #: the body and trailers; the headers still come (:data:`SKIP_RESPONSE_BODY_MODE`)
     BODY = 2
+    #: everything after the request headers (header-only mode, :data:`HEADER_ONLY_MODE`)
+    AFTER_REQUEST_HEADERS = 3
 
 
 _MARKER = _HeaderValueOption()

@@ -54,10 +54,11 @@ class ExtProcServer:
     :mod:`picker.extproc.stream`).
 
     ``stream_config``, when given, is read at the start of every stream for ``(max_body_bytes,
-    served_verifier)``, so that a reloaded config document applies to the next stream; without it the
-    constructor's values hold. gRPC's per-message receive limit is fixed when the server starts (from
-    ``max_body_bytes``): a larger reloaded cap applies to bodies sent in several messages, as Envoy
-    streams them, while one single message above the starting cap is still refused by gRPC.
+    served_verifier, header_only)`` (header-only mode: route at the request headers, see
+    :mod:`picker.extproc.stream`), so that a reloaded config document applies to the next stream;
+    without it the constructor's values hold. gRPC's per-message receive limit is fixed when the server
+    starts (from ``max_body_bytes``): a larger reloaded cap applies to bodies sent in several messages,
+    as Envoy streams them, while one single message above the starting cap is still refused by gRPC.
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class ExtProcServer:
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
         skip_response: Callable[[RoutingDecision], int] | None = None,
-        stream_config: Callable[[], tuple[int, bool]] | None = None,
+        stream_config: Callable[[], tuple[int, bool, bool]] | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -149,9 +150,9 @@ class ExtProcServer:
 
     async def _process(self, _request_iterator: Any, context: Any) -> None:
         if self._stream_config is None:
-            max_body, served_verifier = self._max_body, self._served_verifier
+            max_body, served_verifier, header_only = self._max_body, self._served_verifier, False
         else:
-            max_body, served_verifier = self._stream_config()
+            max_body, served_verifier, header_only = self._stream_config()
         stream = ExtProcStream(
             self._router,
             self._observer,
@@ -159,6 +160,7 @@ class ExtProcServer:
             served_verifier=served_verifier,
             clock=self._clock,
             skip_response=self._skip_response,
+            header_only=header_only,
         )
         read = context.read
         write = context.write

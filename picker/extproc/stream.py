@@ -44,6 +44,11 @@ Decisions documented here:
 * **Fewer messages**: when ``skip_response(decision)`` says the response is not needed, the
   request-headers reply carries a ``mode_override`` that skips the response phases (Envoy needs
   ``allow_mode_override: true``); if the proxy ignores it, the response is handled as usual.
+* **Header-only mode** (``header_only``, :mod:`picker.config.header_only`): the request is routed at
+  the request-headers message (``Router.route_by_header``: the model from a header) and the one reply
+  carries a ``mode_override`` skipping everything after it (:data:`ResponseSkip.AFTER_REQUEST_HEADERS`):
+  one message per request. A proxy that sends the body anyway gets each chunk echoed unchanged (nothing
+  buffered, no cap needed) and its trailers answered; responses it sends anyway are handled as usual.
 * **Tenants**: a routed request may carry a reservation of its tenant's budget
   (``decision.ticket``, :mod:`picker.tenants`). Its remaining budget goes out as ``x-ratelimit-*``
   response headers; streamed chunks are counted (the output estimate when no usage comes); the response's
@@ -141,6 +146,7 @@ class ExtProcStream:
         "_failed",
         "_finished",
         "_first_at",
+        "_header_only",
         "_headers",
         "_last_at",
         "_max_body",
@@ -177,8 +183,10 @@ class ExtProcStream:
         served_verifier: bool = False,
         clock: Callable[[], float] = time.monotonic,
         skip_response: Callable[[RoutingDecision], int] | None = None,
+        header_only: bool = False,
     ) -> None:
         self._router = router
+        self._header_only = header_only
         self._observer = observer
         self._max_body = max_body_bytes
         self._served_verifier = served_verifier
@@ -347,6 +355,8 @@ class ExtProcStream:
             if path:
                 self._path = path
                 break
+        if self._header_only:
+            return self._route_by_header(end_of_stream=message.end_of_stream)
         if message.end_of_stream:
             return self._route_headers_only()
         declared = headers.get("content-length", "")
@@ -358,6 +368,11 @@ class ExtProcStream:
         return _NO_REPLIES
 
     def _on_request_body(self, request: Any) -> Sequence[Any]:
+        if self._state == _ROUTED and self._header_only:
+            # header-only mode with a proxy that sends the body anyway (a body mode the override cannot
+            # lower): forward it unchanged, chunk by chunk, buffering nothing
+            message = request.request_body
+            return (wire.request_body_reply(message.body, message.end_of_stream),)
         if self._state != _REQUEST_BODY:
             raise _ProtocolViolationError(
                 "request_body before request_headers"
@@ -382,6 +397,8 @@ class ExtProcStream:
     def _on_request_trailers(self, _request: Any) -> Sequence[Any]:
         if self._state == _START:
             raise _ProtocolViolationError("request_trailers before request_headers")
+        if self._state == _ROUTED and self._header_only:
+            return (wire.REQUEST_TRAILERS_REPLY,)  # a proxy that sends them despite the override
         if self._state != _REQUEST_BODY:
             return _NO_REPLIES  # the reference ignores request trailers
         replies = self._route(end_of_stream=False)
@@ -431,8 +448,36 @@ class ExtProcStream:
             return SUSPENDED
         return self._routed_replies(decision, end_of_stream)
 
+    def _route_by_header(self, *, end_of_stream: bool) -> Sequence[Any]:
+        """Header-only mode: route now, from the headers, and ask the proxy to skip everything after."""
+        decision = self._router.route_by_header(
+            RoutingRequest(
+                request_id=self._request_id,
+                headers=self._headers,
+                path=self._path,
+                body=b"",
+                subset=self._subset,
+                headers_only=end_of_stream,
+            )
+        )
+        if isinstance(decision, PendingRoute):
+            self._pending = (decision, end_of_stream, False)
+            return SUSPENDED
+        return self._routed_replies(decision, end_of_stream)
+
     def _routed_replies(self, decision: RoutingDecision, end_of_stream: bool) -> list[Any]:
         self._decision = decision
+        if self._header_only:
+            # nothing will be seen after this reply: no first response byte to end prefill (its charge
+            # goes back now), no outcome to report
+            decision.lease.first_byte()
+            self._response_skipped = True
+            reply = wire.request_headers_reply(
+                decision.destination, self._echo, None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS
+            )
+            declared = self._headers.get("content-length", "")
+            self._routed(decision, int(declared) if declared.isdigit() and len(declared) < 16 else 0)
+            return [reply]
         forwarded = decision.body
         replies: list[Any] = [
             wire.request_headers_reply(

@@ -30,6 +30,7 @@ __all__ = [
     "REQUEST_TRAILERS_REPLY",
     "RESPONSE_TRAILERS_REPLY",
     "request_body_replies",
+    "request_body_reply",
     "request_headers_reply",
     "response_body_replies",
     "response_body_reply",
@@ -158,8 +159,9 @@ _LB_NAMESPACE = messages.LB_NAMESPACE.encode()
 _CONTENT_LENGTH = messages.CONTENT_LENGTH_HEADER.encode()
 _SKIP_RESPONSE = _ld(_MODE_OVERRIDE, messages.SKIP_RESPONSE_MODE.SerializeToString())
 _SKIP_RESPONSE_BODY = _ld(_MODE_OVERRIDE, messages.SKIP_RESPONSE_BODY_MODE.SerializeToString())
+_SKIP_AFTER_HEADERS = _ld(_MODE_OVERRIDE, messages.HEADER_ONLY_MODE.SerializeToString())
 #: the ``mode_override`` bytes of each :class:`~picker.extproc.messages.ResponseSkip` value
-_SKIPS = (b"", _SKIP_RESPONSE, _SKIP_RESPONSE_BODY)
+_SKIPS = (b"", _SKIP_RESPONSE, _SKIP_RESPONSE_BODY, _SKIP_AFTER_HEADERS)
 _MARKER = _option(messages.RESPONSE_MARKER_HEADER.encode(), b"true")
 _CONFORMANCE = messages.CONFORMANCE_SERVED_HEADER.encode()
 _REMOVE_CONTENT_LENGTH = _ld(_REMOVE_HEADERS, b"content-length")
@@ -277,6 +279,11 @@ def _chunked(tag: bytes, body: bytes, end_of_stream: bool) -> list[bytes]:
 def request_body_replies(body: bytes, *, end_of_stream: bool = True) -> list[bytes]:
     """:func:`picker.extproc.messages.request_body_replies`, as bytes."""
     return _chunked(_T_REQUEST_BODY, body, end_of_stream)
+
+
+def request_body_reply(chunk: bytes, end_of_stream: bool) -> bytes:
+    """One request body chunk echoed unchanged (header-only mode, when the proxy sends the body anyway)."""
+    return _body_reply(_T_REQUEST_BODY, chunk, end_of_stream)
 
 
 def response_body_reply(chunk: bytes, end_of_stream: bool) -> bytes:

@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.avoid import Avoidance, FailoverReason
+from picker.routing.header_only import header_request_info
 from picker.routing.openai import parse_request, prompt_text, rewrite_model
 from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecision, RoutingRequest
 from picker.state.accounting import NullLease
@@ -350,6 +351,31 @@ class Director:
         names = m.names
         reasons = MappingProxyType({names[r]: Avoidance.reason(m, r) for r in np.flatnonzero(out).tolist()})
         return PickResult(indices, result.decision), reasons, failover
+
+    def route_by_header(self, request: RoutingRequest) -> RoutingDecision | PendingRoute:
+        """Header-only mode (``picker.config.header_only``): the model from the configured header, the
+        prompt-token estimate from its header, then objective, flow control and scheduling as for a body.
+
+        No rewrite is applied (neither InferenceModelRewrites nor ``x-gateway-model-name-rewrite``): the
+        body the server receives is not ours to change, so routing follows the model it names. Tenants are
+        rejected at config load in this mode. A request without a body and without the model header
+        (``GET /v1/models``) routes as a body-less request always does: a random pool endpoint.
+        """
+        active = self._config.active
+        if request.headers_only and not request.headers.get(active.model_header):
+            return self.route_headers_only(request)
+        info = header_request_info(request.headers, active.model_header, active.prompt_tokens_header)
+        model = info.model or ""
+        try:
+            args = (request, active, info, model, model)
+            if self._flow is not None and self._flow.enabled:
+                waiting = self._enqueue(args, None)
+                if waiting is not None:
+                    return PendingRoute(self._later(args, None, None, waiting))
+            return self._schedule(request, active, info, model, model, explain=False)
+        except PickerError as exc:
+            exc.incoming_model = exc.target_model = model
+            raise
 
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol
         """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""

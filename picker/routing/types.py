@@ -39,7 +39,8 @@ class RequestInfo:
     include_usage: bool = False
     #: ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` if given
     max_tokens: int | None = None
-    #: rough prompt size in characters (for token estimates; never the text itself)
+    #: rough prompt size in characters (for token estimates; never the text itself); in header-only mode
+    #: 4 x the gateway's prompt-token header (the estimate everywhere is 4 characters per token)
     prompt_chars: int = 0
     #: chained prefix-block hashes of the prompt (filled when prefix scoring is configured)
     prefix_hashes: tuple[int, ...] = ()
@@ -152,4 +153,9 @@ class Router(Protocol):
 
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
         """Pick for a request without a body: a random pool endpoint, no scheduling (reference)."""
+        ...
+
+    def route_by_header(self, request: RoutingRequest) -> RoutingDecision | PendingRoute:
+        """Header-only mode: pick from the model header and the scraped state (no body). Raises
+        PickerError subclasses (400 for a missing or invalid model header)."""
         ...

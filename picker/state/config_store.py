@@ -53,6 +53,9 @@ class ActiveConfig:
     may_skip_responses: bool = field(init=False)
     #: passive health is on, so skipped responses must keep their headers (the status)
     needs_response_status: bool = field(init=False)
+    #: header-only mode: the request header carrying the model ("" = off) and the prompt-token header
+    model_header: str = field(init=False)
+    prompt_tokens_header: str = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -62,6 +65,8 @@ class ActiveConfig:
         object.__setattr__(self, "served_verifier", cfg.served_verifier_enabled)
         object.__setattr__(self, "may_skip_responses", cfg.may_skip_responses)
         object.__setattr__(self, "needs_response_status", cfg.outlier_detection.enabled)
+        object.__setattr__(self, "model_header", cfg.model_header)
+        object.__setattr__(self, "prompt_tokens_header", cfg.prompt_tokens_header)
 
 
 def _digest(text: str) -> str:
@@ -69,10 +74,20 @@ def _digest(text: str) -> str:
 
 
 class ConfigStore:
+    """``model_header``: the ``--model-header`` flag, with which every reloaded document is loaded (the
+    document's ``request.modelHeader`` overrides it; ``picker.config.header_only``)."""
+
     def __init__(
-        self, initial: PickerConfig, *, source: str, text: str = "", clock: Callable[[], float] = time.time
+        self,
+        initial: PickerConfig,
+        *,
+        source: str,
+        text: str = "",
+        clock: Callable[[], float] = time.time,
+        model_header: str = "",
     ) -> None:
         self._clock = clock
+        self._model_header = model_header
         self._active = ActiveConfig(initial, initial.build_profiles(), source, _digest(text), text)
         self.last_result: ReloadResult | None = None
         self._listeners: list[Callable[[ReloadResult, ActiveConfig], None]] = []
@@ -91,7 +106,7 @@ class ConfigStore:
             result = ReloadResult(source, True, "unchanged", "same document", digest, self._clock())
         else:
             try:
-                cfg = load_config_text(text)
+                cfg = load_config_text(text, model_header=self._model_header)
                 profiles = cfg.build_profiles()
             except ConfigError as exc:
                 result = ReloadResult(source, False, "rejected", exc.message, digest, self._clock())

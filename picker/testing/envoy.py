@@ -1,7 +1,9 @@
 """An Envoy-like ext_proc client: drives whole HTTP exchanges over real gRPC, as Envoy does.
 
 It plays the proxy of the reference setup (``request_body_mode`` and ``response_body_mode``
-``FULL_DUPLEX_STREAMED``, header and trailer modes ``SEND``): request headers (``:method``, ``:path``,
+``FULL_DUPLEX_STREAMED``, header and trailer modes ``SEND``), or, with ``request_body_mode="NONE"``, the
+proxy of header-only mode (request headers only; a ``mode_override`` skipping the response is honoured
+as with ``allow_mode_override: true``): request headers (``:method``, ``:path``,
 ``:authority``, ``:scheme``, ``content-type``, optional ``x-request-id``), then the body in chunks
 without waiting for replies, then it reads the request replies; after that, response headers
 (``:status``) and the response body, and the response replies. Subset-hint metadata can ride on the
@@ -175,8 +177,10 @@ class HttpRequest:
     #: request trailers (the body's last chunk then has end_of_stream=false)
     trailers: Sequence[tuple[str, str]] | None = None
 
-    def messages(self) -> list[Message]:
-        """The request-phase messages in sending order."""
+    def messages(self, *, send_body: bool = True) -> list[Message]:
+        """The request-phase messages in sending order. ``send_body=False``: what a proxy with
+        ``request_body_mode: NONE`` sends, the headers alone (end_of_stream false when the HTTP request has
+        a body or trailers: they go upstream, not to the processor)."""
         header_items: list[tuple[str, str | bytes]] = [
             (":method", self.method),
             (":path", self.path),
@@ -190,6 +194,8 @@ class HttpRequest:
         header_items.extend(self.headers)
         if self.body is None and self.chunks is None:
             return [request_headers(header_items, end_of_stream=self.trailers is None, subset=self.subset)]
+        if not send_body:
+            return [request_headers(header_items, subset=self.subset)]
         out = [request_headers(header_items, subset=self.subset)]
         chunks = list(self.chunks) if self.chunks is not None else _split(self.body or b"", self.chunk_size)
         eos = self.trailers is None
@@ -414,10 +420,20 @@ class EnvoyClient:
         server_name: str | None = None,
         timeout: float = 10.0,
         options: Sequence[tuple[str, Any]] = (),
+        request_body_mode: str = "FULL_DUPLEX_STREAMED",
     ) -> None:
         """``options`` are gRPC channel arguments, e.g. ``("grpc.use_local_subchannel_pool", 1)`` so that
         several clients in one process open separate connections (as several Envoy workers do), which
-        ``SO_REUSEPORT`` then spreads over the EPP's worker processes."""
+        ``SO_REUSEPORT`` then spreads over the EPP's worker processes.
+
+        ``request_body_mode`` is the filter's processing mode for request bodies: ``FULL_DUPLEX_STREAMED``
+        (the reference setup) or ``NONE`` (header-only mode: Envoy sends the request headers, with
+        end_of_stream false when a body follows upstream, and never the body or the request trailers)."""
+        if request_body_mode not in {"FULL_DUPLEX_STREAMED", "NONE"}:
+            raise ValueError(
+                f"request_body_mode must be FULL_DUPLEX_STREAMED or NONE, got {request_body_mode}"
+            )
+        self._send_body = request_body_mode != "NONE"
         self._target = target
         self._options = list(options)
         self._tls = tls
@@ -536,7 +552,7 @@ class EnvoyClient:
         The read must be pending while we write: gRPC Python marks a call failed (and drops replies not
         yet read) when a write hits an RPC the server already ended, e.g. after a 413 mid-body.
         """
-        messages = request.messages()
+        messages = request.messages(send_body=self._send_body)
         if len(messages) == 1:
             await self._send_all(stream, messages)
             await self._read_request_phase(stream, request, result, order)
@@ -582,7 +598,9 @@ class EnvoyClient:
     async def _read_request_phase(
         self, stream: RawStream, request: HttpRequest, result: ExchangeResult, order: _OrderChecker
     ) -> None:
-        headers_only = request.body is None and request.chunks is None and request.trailers is None
+        headers_only = not self._send_body or (
+            request.body is None and request.chunks is None and request.trailers is None
+        )
         if headers_only:
             await self._read_until(stream, result, order, lambda kind, _r: kind == "request_headers")
         elif request.trailers is not None:

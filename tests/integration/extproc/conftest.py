@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from picker.errors import Internal, ServiceUnavailable
+from picker.errors import BadRequest, Internal, ServiceUnavailable
 from picker.extproc import ExtProcServer, TLSConfig
 from picker.extproc.usage import UsageReport
 from picker.routing.openai import Parser, parse_request, rewrite_model
@@ -94,6 +94,25 @@ class FakeRouter:
             endpoints=(self.endpoints[-1],),
             incoming_model="",
             target_model="",
+            priority=0,
+            body=b"",
+            lease=self._lease(),
+        )
+
+    def route_by_header(self, request: RoutingRequest) -> RoutingDecision:
+        """Header-only mode: the model from ``x-ai-eg-model`` (the header the tests configure)."""
+        model = request.headers.get("x-ai-eg-model", "")
+        if not model and request.headers_only:
+            return self.route_headers_only(request)
+        self.requests.append(request)
+        if self.error is not None:
+            raise self.error
+        if not model:
+            raise BadRequest("model not found in header x-ai-eg-model")
+        return RoutingDecision(
+            endpoints=tuple(self.endpoints),
+            incoming_model=model,
+            target_model=model,
             priority=0,
             body=b"",
             lease=self._lease(),

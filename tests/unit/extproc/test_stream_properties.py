@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picker.errors import ResourceExhausted
+from picker.errors import BadRequest, ResourceExhausted
 from picker.extproc import HealthService, HealthState, NullObserver
 from picker.extproc.stream import ExtProcStream, StreamAbortError
 from picker.routing.openai import parse_request
@@ -52,6 +52,18 @@ class Router:
         self.leases.append(lease)
         return RoutingDecision(("10.0.0.1:80",), "", "", 0, b"", lease)
 
+    def route_by_header(self, request: RoutingRequest) -> RoutingDecision:
+        model = request.headers.get("x-model", "")
+        if not model and request.headers_only:
+            return self.route_headers_only(request)
+        if not model:
+            raise BadRequest("model not found in header x-model")
+        if self.shed:
+            raise ResourceExhausted("shed")
+        lease = Lease()
+        self.leases.append(lease)
+        return RoutingDecision(("10.0.0.1:80",), model, model, 0, b"", lease)
+
 
 @dataclass
 class CountingObserver(NullObserver):
@@ -70,6 +82,8 @@ _MESSAGES: list[Any] = [
     envoy.request_headers([(":path", "/v1/completions")]),
     envoy.request_headers([(":path", "/v1/completions"), ("content-length", "99999999")]),
     envoy.request_headers([(":method", "GET")], end_of_stream=True, subset=["10.0.0.1:80"]),
+    envoy.request_headers([(":path", "/v1/completions"), ("x-model", "m")]),
+    envoy.request_headers([(":path", "/v1/completions"), ("x-model", "m")], end_of_stream=True),
     *[envoy.request_body(b, end_of_stream=eos) for b in _BODIES for eos in (False, True)],
     envoy.request_body(b"x" * 300, end_of_stream=False, subset=[]),
     envoy.request_trailers(),
@@ -89,11 +103,17 @@ def as_message(reply: Any) -> Any:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(range(len(_MESSAGES))), max_size=12), st.booleans(), st.booleans())
-def test_any_sequence_ends_cleanly_and_releases_once(indices: list[int], shed: bool, verifier: bool) -> None:
+@given(
+    st.lists(st.sampled_from(range(len(_MESSAGES))), max_size=12), st.booleans(), st.booleans(), st.booleans()
+)
+def test_any_sequence_ends_cleanly_and_releases_once(
+    indices: list[int], shed: bool, verifier: bool, header_only: bool
+) -> None:
     router = Router(shed=shed)
     observer = CountingObserver()
-    stream = ExtProcStream(router, observer, max_body_bytes=256, served_verifier=verifier)
+    stream = ExtProcStream(
+        router, observer, max_body_bytes=256, served_verifier=verifier, header_only=header_only
+    )
     aborts: list[StreamAbortError] = []
     for index in indices:
         try:

@@ -25,6 +25,7 @@ _MODES = {
     messages.ResponseSkip.NONE: None,
     messages.ResponseSkip.ALL: messages.SKIP_RESPONSE_MODE,
     messages.ResponseSkip.BODY: messages.SKIP_RESPONSE_BODY_MODE,
+    messages.ResponseSkip.AFTER_REQUEST_HEADERS: messages.HEADER_ONLY_MODE,
 }
 
 
@@ -74,6 +75,12 @@ def test_a_streamed_response_chunk(chunk: bytes, end_of_stream: bool) -> None:
     assert decoded(wire.response_body_reply(chunk, end_of_stream)) == messages.response_body_reply(
         chunk, end_of_stream
     )
+
+
+@given(st.binary(max_size=2000), st.booleans())
+def test_an_echoed_request_body_chunk(chunk: bytes, end_of_stream: bool) -> None:
+    (want,) = messages.request_body_replies(chunk, end_of_stream=end_of_stream)
+    assert decoded(wire.request_body_reply(chunk, end_of_stream)) == want
 
 
 def test_constants_and_the_serializer() -> None:

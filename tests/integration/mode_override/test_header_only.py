@@ -1,0 +1,224 @@
+"""Header-only mode through the real service and the Envoy-like client configured as Envoy is for it
+(``request_body_mode: NONE``, ``allow_mode_override: true``): one ext_proc message per request, the
+model from a header, the prompt-token estimate from another, clear 400s for bad headers, and a proxy
+that sends the body anyway still gets it forwarded unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.app import Ports, Service
+from picker.config import load_config_text
+from picker.settings import Settings
+from picker.testing.envoy import EnvoyClient, HttpRequest, UpstreamResponse
+
+pytestmark = pytest.mark.integration
+
+ENDPOINTS = ("127.0.0.2:8000", "127.0.0.3:8000")
+HEADER = "x-ai-eg-model"
+CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: queue-scorer}
+- {type: token-load-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}, {pluginRef: token-load-scorer}, {pluginRef: max-score-picker}]
+"""
+BODY = b'{"model":"m","prompt":"hello"}'
+RESPONSE = UpstreamResponse(
+    headers=(("content-type", "application/json"),),
+    chunks=(b'{"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}',),
+)
+
+
+class Running:
+    def __init__(self, service: Service, ports: Ports, http: aiohttp.ClientSession) -> None:
+        self.service = service
+        self.ports = ports
+        self.http = http
+        self.clients: list[EnvoyClient] = []
+
+    async def client(self, request_body_mode: str = "NONE") -> EnvoyClient:
+        client = EnvoyClient(
+            f"127.0.0.1:{self.ports.grpc}", timeout=30.0, request_body_mode=request_body_mode
+        )
+        await client.connect()
+        self.clients.append(client)
+        return client
+
+    async def sample(self, name: str, **labels: str) -> float:
+        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0
+
+    async def endpoints(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/debug/endpoints") as resp:
+            doc: dict[str, Any] = await resp.json()
+        return list(doc["endpoints"])
+
+    async def total(self, column: str) -> float:
+        return float(sum(row[column] for row in await self.endpoints()))
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
+    running: list[tuple[Running, asyncio.Task[None]]] = []
+
+    async def _start(config: str = CONFIG) -> Running:
+        settings = Settings(
+            grpc_port=0,
+            grpc_health_port=0,
+            metrics_port=0,
+            host="127.0.0.1",
+            static_endpoints=",".join(ENDPOINTS),
+            secure_serving=False,
+            refresh_metrics_interval=1.0,
+            model_header=HEADER,
+        )
+        cfg = load_config_text(config, model_header=HEADER)
+        service = Service(settings, config=cfg, config_text=config, config_source="test")
+        started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(service.run(on_started=started.set_result))
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            await task
+        r = Running(service, started.result(), aiohttp.ClientSession())
+        running.append((r, task))
+        return r
+
+    yield _start
+    for r, task in running:
+        for client in r.clients:
+            await client.close()
+        await r.http.close()
+        r.service.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=15)
+
+
+async def test_one_message_per_request(start: Callable[..., Awaitable[Running]]) -> None:
+    svc = await start()
+    client = await svc.client()
+    request = HttpRequest(body=BODY, headers=[(HEADER, "m"), ("x-picker-prompt-tokens", "500")])
+    result = await client.exchange(request, RESPONSE)
+    assert [r.WhichOneof("response") for r in result.replies] == ["request_headers"]
+    assert result.destination in ENDPOINTS
+    assert result.metadata_destination == result.destination
+    assert result.clear_route_cache
+    assert "content-length" not in result.request_set_headers  # the body goes upstream untouched
+    mode = result.mode_override
+    assert mode is not None
+    assert (
+        mode.request_body_mode,
+        mode.request_trailer_mode,
+        mode.response_header_mode,
+        mode.response_body_mode,
+        mode.response_trailer_mode,
+    ) == (mode.NONE, mode.SKIP, mode.SKIP, mode.NONE, mode.SKIP)
+    assert result.immediate is None
+    assert result.code is not None
+    assert result.code.name == "OK"
+    assert await svc.sample("inference_objective_request_total", model_name="m", target_model_name="m") == 1.0
+    # nothing of the response is seen: no response-side metric, no passive-health outcome
+    assert await svc.sample("inference_objective_request_duration_seconds_count", model_name="m") == 0.0
+    assert await svc.total("inflight") == 0.0
+
+
+async def test_in_flight_and_the_token_estimate_last_until_the_proxy_closes_the_stream(
+    start: Callable[..., Awaitable[Running]],
+) -> None:
+    svc = await start()
+    client = await svc.client()
+    stream = client.stream()
+    request = HttpRequest(body=BODY, headers=[(HEADER, "m"), ("x-picker-prompt-tokens", "500")])
+    (message,) = request.messages(send_body=False)
+    assert not message.request_headers.end_of_stream  # a body follows upstream
+    await stream.send(message)
+    reply = await stream.recv()
+    assert reply is not None
+    assert reply.WhichOneof("response") == "request_headers"
+    assert await svc.total("inflight") == 1.0
+    assert await svc.total("inflight_tokens") == 500.0
+    assert await svc.total("prefill_tokens") == 0.0  # no first response byte will be seen
+    await stream.half_close()
+    assert await stream.recv() is None
+    for _ in range(200):
+        if await svc.total("inflight") == 0.0:
+            break
+        await asyncio.sleep(0.01)
+    assert await svc.total("inflight") == 0.0
+    assert await svc.total("inflight_tokens") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ([], b"inference error: BadRequest - model not found in header x-ai-eg-model"),
+        ([(HEADER, "")], b"inference error: BadRequest - model not found in header x-ai-eg-model"),
+        (
+            [(HEADER, "m" * 300)],
+            b"inference error: BadRequest - model name longer than 256 characters in header x-ai-eg-model",
+        ),
+        (
+            [(HEADER, "m"), ("x-picker-prompt-tokens", "-3")],
+            (
+                b"inference error: BadRequest - header x-picker-prompt-tokens must be a non-negative "
+                b"integer (a prompt-token estimate)"
+            ),
+        ),
+    ],
+)
+async def test_a_missing_or_invalid_header_is_a_400(
+    start: Callable[..., Awaitable[Running]], headers: list[tuple[str, str]], message: bytes
+) -> None:
+    svc = await start()
+    client = await svc.client()
+    result = await client.exchange(HttpRequest(body=BODY, headers=headers), RESPONSE)
+    assert result.immediate is not None
+    assert (result.immediate.status, result.immediate.body) == (400, message)
+    assert result.destination is None
+    assert await svc.total("inflight") == 0.0
+
+
+async def test_a_request_without_body_or_model_header_goes_to_a_pool_endpoint(
+    start: Callable[..., Awaitable[Running]],
+) -> None:
+    svc = await start()
+    client = await svc.client()
+    result = await client.exchange(HttpRequest(method="GET", path="/v1/models", body=None), RESPONSE)
+    assert [r.WhichOneof("response") for r in result.replies] == ["request_headers"]
+    assert result.destination in ENDPOINTS
+    assert result.mode_override is not None
+
+
+async def test_a_proxy_that_still_sends_the_body_gets_it_back_unchanged(
+    start: Callable[..., Awaitable[Running]],
+) -> None:
+    """A proxy left on FULL_DUPLEX_STREAMED (which an override cannot lower) and ignoring the override:
+    routed at the headers all the same, each body chunk echoed as it comes, the response handled."""
+    svc = await start()
+    client = await svc.client("FULL_DUPLEX_STREAMED")
+    body = BODY + b" " * 100
+    result = await client.exchange(
+        HttpRequest(body=body, chunk_size=16, headers=[(HEADER, "m")]), RESPONSE, honor_mode_override=False
+    )
+    assert result.destination in ENDPOINTS
+    assert result.request_body == body
+    assert result.request_body_chunks == (len(body) + 15) // 16
+    assert result.response_body == RESPONSE.chunks[0]
+    assert result.code is not None
+    assert result.code.name == "OK"
