@@ -3,6 +3,7 @@
     python -m benchmarks.bench_extproc --json            # ~40 min: 3 runs per phase, 1,000,000-stream soak
     python -m benchmarks.bench_extproc --quick --json    # < 60 s: one short run; RSS extrapolated
     python -m benchmarks.bench_extproc --rss-streams 200000 --json
+    python -m benchmarks.bench_extproc --header-only --json   # ~4 min: header-only mode and both floors
 
 Servers (each its own process, all started once and measured in turn):
 
@@ -15,7 +16,22 @@ Servers (each its own process, all started once and measured in turn):
 - ``ours_skip``: the same with ``responseProcessing: WhenNeeded`` in the PickerConfig document, so the
   request-headers reply carries ``mode_override`` and the proxy skips the response phases;
 - ``ours_w2``: the same as ``ours`` with ``--workers 2``;
-- ``ours_noscrape``: the same as ``ours`` with the scrape loop idle (``--refresh-metrics-interval 1h``).
+- ``ours_noscrape``: the same as ``ours`` with the scrape loop idle (``--refresh-metrics-interval 1h``);
+- ``ours_header``: header-only mode (``--model-header x-ai-eg-model``, its default profile), and
+  ``ours_header_noscrape`` the same with the scrape loop idle.
+
+Header-only mode (issue 18), in the same run: its streams are what Envoy sends with ``request_body_mode:
+NONE`` — the request headers (the same ten plus the model and a prompt-token estimate), one reply, the
+half-close. The **one-message floor** is the null handler driven by the same one-message streams (it
+answers the request headers with an empty headers reply), the **full-stream floor** the null handler
+driven by full streams (phase ``cpu``). Phases: ``max_one`` (closed loop, floor and ours_header in turn),
+``max_h2load_one`` (the same under h2load when installed), ``half_max_one`` (each at half of
+ours_header's max: p50/p99 from writing the request headers to the reply), ``cpu_header_only``
+(ours_header and floor side by side at 400/s each: ``header_only_cpu_ratio``) and
+``cpu_header_only_request_path`` (ours_header_noscrape and floor). ``header_only_cpu_us_per_request`` is
+the worse of the two variants' CPU per request (as ``cpu_ratio``); ``one_message_floor_cpu_us`` the
+floor's in the same windows. ``--header-only`` runs only these phases, the full-stream floor's ``max``
+and ``cpu`` phases (floor alone) and the servers they need.
 
 Load: Envoy-like load generators (``picker.testing.envoy`` messages and streams over real gRPC) in two
 processes, four connections each per server. A stream is what Envoy sends for one request with
@@ -81,12 +97,113 @@ from typing import Any
 from benchmarks.extproc.floor import serve_null
 from benchmarks.extproc.h2load import grpc_framed_stream
 from benchmarks.extproc.load import CHANNELS_PER_PROC, load_main
-from benchmarks.extproc.report import h2load_summary, headline, paired, summary
-from benchmarks.extproc.run import BODY_RATE, CPU_RATE, LOAD_PROCS, Plan, Run, summarize
-from benchmarks.extproc.workload import LARGE_BODY, SMALL_BODY
+from benchmarks.extproc.report import (
+    h2load_summary,
+    header_only_headline,
+    header_only_summary,
+    headline,
+    paired,
+    summary,
+)
+from benchmarks.extproc.run import (
+    BODY_RATE,
+    CPU_RATE,
+    HEADER_CPU_RATE,
+    HEADER_VARIANTS,
+    LOAD_PROCS,
+    Plan,
+    Run,
+    summarize,
+)
+from benchmarks.extproc.workload import HEADER_ONLY, LARGE_BODY, SMALL_BODY
 from benchmarks.harness import children, machine_info
 
 ALL = ["floor", "ours", "ours_skip", "ours_w2"]
+HEADER_SERVERS = ["floor", "ours_header"]
+#: the smallest reply a one-message stream gets: the floor's empty headers reply in its gRPC frame
+ONE_MESSAGE_MIN_REPLY = 7
+
+
+def measure_header_only(r: Run, plan: Plan, tmp: Path) -> None:
+    """The header-only phases (see the module docstring), ``plan.runs`` times each."""
+    for _ in range(plan.runs):
+        r.measure("max_one", HEADER_SERVERS, mode="closed", duration=plan.max_s, shape=HEADER_ONLY)
+    if shutil.which("h2load"):
+        one_file = tmp / "one-message.bin"
+        one_file.write_bytes(grpc_framed_stream(SMALL_BODY, HEADER_ONLY))
+        for _ in range(plan.runs):
+            r.measure_h2load(
+                HEADER_SERVERS,
+                one_file,
+                round(2000 * plan.max_s),
+                min_reply_bytes=ONE_MESSAGE_MIN_REPLY,
+                suffix="_one",
+            )
+    half = round((r.streams_per_s("max_one", "ours_header") or 600.0) / 2.0, 1)
+    r.doc["header_only_half_max_rate"] = half
+    for _ in range(plan.runs):
+        r.measure(
+            "half_max_one", HEADER_SERVERS, mode="open", duration=plan.half_s, rate=half, shape=HEADER_ONLY
+        )
+        for label, servers in (
+            ("cpu_header_only", HEADER_SERVERS),
+            ("cpu_header_only_request_path", ["floor", "ours_header_noscrape"]),
+        ):
+            r.measure(
+                label,
+                servers,
+                together=True,
+                mode="open",
+                duration=plan.rate_s,
+                rate=HEADER_CPU_RATE,
+                shape=HEADER_ONLY,
+            )
+
+
+def run_header_only(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
+    """Header-only mode against both floors, alone (``--header-only``)."""
+    plan = Plan(
+        runs=runs or (1 if quick else 3),
+        max_s=2.0 if quick else 5.0,
+        rate_s=2.0 if quick else 5.0,
+        half_s=3.0 if quick else 5.0,
+        idle_s=4.0 if quick else 10.0,
+        soak_s=0.0,
+        rss_streams=0,
+    )
+    doc: dict[str, Any] = {
+        "benchmark": "bench_extproc",
+        "command": command,
+        "quick": quick,
+        "header_only_run": True,
+        "machine": machine_info(),
+        "runs": plan.runs,
+        "method": (
+            f"servers take turns within each run; max {plan.max_s:g} s, half max {plan.half_s:g} s, "
+            f"side-by-side CPU {plan.rate_s:g} s; {LOAD_PROCS} load processes x {CHANNELS_PER_PROC} "
+            "connections; medians over runs; ratios are medians of per-run ratios"
+        ),
+    }
+    started = time.monotonic()
+    r = Run(plan, doc)
+    with tempfile.TemporaryDirectory(prefix="bench-extproc-") as tmp, children() as procs:
+        r.start(procs, Path(tmp), variants=HEADER_VARIANTS)
+        for _ in range(plan.runs):
+            r.measure("max", ["floor"], mode="closed", duration=plan.max_s)
+        measure_header_only(r, plan, Path(tmp))
+        for _ in range(plan.runs):
+            # the full-stream floor, alone (ours is not started in this run)
+            r.measure("cpu", ["floor"], together=True, mode="open", duration=plan.rate_s, rate=CPU_RATE)
+    doc["phases"] = {
+        label: {server: summarize(results) for server, results in per.items()}
+        for label, per in r.results.items()
+    }
+    doc["paired"] = paired(r.results)
+    if r.h2load:
+        doc["h2load"] = h2load_summary(r.h2load)
+    doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    header_only_headline(doc)
+    return doc
 
 
 def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) -> dict[str, Any]:
@@ -129,6 +246,7 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
             doc["h2load_missing"] = (
                 "h2load not installed (apt-get install nghttp2-client): workers2_speedup uses the Python load"
             )
+        measure_header_only(r, plan, Path(tmp))
         half = round((r.streams_per_s("max", "ours") or 300.0) / 2.0, 1)
         doc["half_max_rate"] = half
         one_at_a_time: list[tuple[str, float, float, list[str]]] = [
@@ -183,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-streams", type=int, default=None, help="streams of the RSS soak (default 1,000,000)"
     )
     p.add_argument(
+        "--header-only",
+        action="store_true",
+        help="only header-only mode against the one-message and full-stream floors (issue 18)",
+    )
+    p.add_argument(
         "--tenants",
         action="store_true",
         help="the cost of tenant metering and a limit instead (benchmarks/bench_tenants.py)",
@@ -200,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
 
         doc = bench_tenants.run(args.quick, args.runs, command)
         print(json.dumps(doc, indent=2) if args.json else bench_tenants.summary(doc))
+        return 0
+    if args.header_only:
+        doc = run_header_only(args.quick, args.runs, command)
+        print(json.dumps(doc, indent=2) if args.json else header_only_summary(doc))
         return 0
     doc = run(args.quick, args.runs, args.rss_streams, command)
     print(json.dumps(doc, indent=2) if args.json else summary(doc))

@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_stream --json            # ~40 s
     python -m benchmarks.bench_stream --quick --json    # ~10 s
+    python -m benchmarks.bench_stream --header-only --json   # header-only mode's one message
+    python -m benchmarks.bench_stream --header-only --profile  # cProfile of its warm loop, top 25
 
 Why this exists: the ext_proc handler of one stream (request headers, 1 KB chat body, response headers,
 one-chunk SSE body, close) costs about 75 µs in a warm loop but about 300 µs of server CPU inside
@@ -21,12 +23,17 @@ the final ``close()``. Reports the median over ``--repeat`` blocks of streams:
 - ``warm_us_per_stream``: streams back to back;
 - ``cold_us_per_stream`` and ``cold_us`` per message (``request_headers``, ``request_body``,
   ``response_headers``, ``response_body``, ``close``): the array summed before each message.
+
+``--header-only``: the same for header-only mode (``--model-header x-ai-eg-model``, its default profile):
+one ``request_headers`` message (with the model and prompt-token headers) and ``close``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import sys
 import time
@@ -34,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.extproc.workload import SMALL_BODY, Workload
+from benchmarks.extproc.workload import FULL, HEADER_ONLY, MODEL_HEADER, SMALL_BODY, Workload
 from benchmarks.harness import machine_info
 from picker.app import Service, skip_response_rule
 from picker.extproc.stream import ExtProcStream
@@ -44,13 +51,16 @@ from picker.state.endpoints import PoolInfo, parse_static_endpoints
 #: bytes summed before each message in the cold measurement (see the module doc)
 EVICT_BYTES = 16 * 1024 * 1024
 MESSAGES = ("request_headers", "request_body", "response_headers", "response_body", "close")
+HEADER_ONLY_MESSAGES = ("request_headers", "close")
 ENDPOINTS = 16
 
 
-def build_service() -> Service:
+def build_service(*, header_only: bool = False) -> Service:
     """``picker serve``'s objects with a static pool of 16 endpoints, nothing started."""
     addresses = ",".join(f"10.0.0.{i}:8000" for i in range(1, ENDPOINTS + 1))
-    settings = Settings(static_endpoints=addresses, secure_serving=False)
+    settings = Settings(
+        static_endpoints=addresses, secure_serving=False, model_header=MODEL_HEADER if header_only else ""
+    )
     service = Service(settings)
     endpoints = parse_static_endpoints(addresses)
     service.datastore.set_pool(PoolInfo(name="bench", namespace="default", target_ports=(8000,)))
@@ -59,10 +69,12 @@ def build_service() -> Service:
 
 
 class _Streams:
-    def __init__(self, service: Service) -> None:
-        work = Workload.build(SMALL_BODY)
+    def __init__(self, service: Service, *, header_only: bool = False) -> None:
+        work = Workload.build(SMALL_BODY, HEADER_ONLY if header_only else FULL)
         self.messages = work.request + work.response
-        assert len(self.messages) == len(MESSAGES) - 1, "one message per phase"
+        self.names = HEADER_ONLY_MESSAGES if header_only else MESSAGES
+        assert len(self.messages) == len(self.names) - 1, "one message per phase"
+        self.header_only = header_only
         self.service = service
         self.skip_response = skip_response_rule(service.config_store)  # as the server wires it
         self.evict = np.ones(EVICT_BYTES // 8)
@@ -73,6 +85,7 @@ class _Streams:
             self.service.telemetry,
             max_body_bytes=16 << 20,
             skip_response=self.skip_response,
+            header_only=self.header_only,
         )
 
     def warm(self, count: int) -> float:
@@ -90,10 +103,10 @@ class _Streams:
         """CPU µs per message (and ``close``), the caches evicted before each."""
         clock = time.thread_time_ns
         evict = self.evict.sum
-        totals = dict.fromkeys(MESSAGES, 0)
+        totals = dict.fromkeys(self.names, 0)
         for _ in range(count):
             stream = self._stream()
-            for name, message in zip(MESSAGES, self.messages, strict=False):
+            for name, message in zip(self.names, self.messages, strict=False):
                 evict()
                 t0 = clock()
                 stream.handle(message)
@@ -106,20 +119,26 @@ class _Streams:
 
 
 def run(
-    *, quick: bool, repeat: int, counts: tuple[int, int] | None = None, service: Service | None = None
+    *,
+    quick: bool,
+    repeat: int,
+    counts: tuple[int, int] | None = None,
+    service: Service | None = None,
+    header_only: bool = False,
 ) -> dict[str, Any]:
     """``counts``: streams per warm and per cold block (default by ``quick``)."""
-    service = service if service is not None else build_service()
-    streams = _Streams(service)
+    service = service if service is not None else build_service(header_only=header_only)
+    streams = _Streams(service, header_only=header_only)
     warm_count, cold_count = counts or ((2000, 300) if quick else (10_000, 1000))
     streams.warm(min(1000, warm_count))  # first picks prepare the snapshot, first metric children appear
     warm = [streams.warm(warm_count) for _ in range(repeat)]
     cold = [streams.cold(cold_count) for _ in range(repeat)]
-    per_message = {name: round(statistics.median(c[name] for c in cold), 1) for name in MESSAGES}
+    per_message = {name: round(statistics.median(c[name] for c in cold), 1) for name in streams.names}
     return {
         "benchmark": "bench_stream",
         "command": "python -m benchmarks.bench_stream " + " ".join(sys.argv[1:]),
         "quick": quick,
+        "header_only": header_only,
         "machine": machine_info(),
         "repeat": repeat,
         "streams_per_block": {"warm": warm_count, "cold": cold_count},
@@ -135,8 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="fewer streams per block (about 10 s)")
     p.add_argument("--repeat", type=int, default=5, help="blocks of streams; figures are medians")
+    p.add_argument("--header-only", action="store_true", help="header-only mode's one-message streams")
+    p.add_argument("--profile", action="store_true", help="cProfile the warm loop instead (top 25)")
     args = p.parse_args(argv)
-    doc = run(quick=args.quick, repeat=max(1, args.repeat))
+    if args.profile:
+        streams = _Streams(build_service(header_only=args.header_only), header_only=args.header_only)
+        streams.warm(1000)
+        profiler = cProfile.Profile()
+        profiler.runcall(streams.warm, 5000 if args.quick else 20000)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        return 0
+    doc = run(quick=args.quick, repeat=max(1, args.repeat), header_only=args.header_only)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extproc.workload import SERVICE, Workload
+from benchmarks.extproc.workload import FULL, SERVICE, Workload
 
 #: h2load: connections x streams in flight on each
 H2LOAD_CONNECTIONS = 16
@@ -19,10 +19,11 @@ H2LOAD_STREAMS_PER_CONNECTION = 4
 H2LOAD_PROBE_STREAMS = 20
 
 
-def grpc_framed_stream(body_bytes: int) -> bytes:
-    """One full stream's four ``ProcessingRequest`` messages (the same as the Python load's), each with its
-    5-byte gRPC frame header, as one HTTP/2 request body: a client that sends the whole stream at once."""
-    work = Workload.build(body_bytes)
+def grpc_framed_stream(body_bytes: int, shape: str = FULL) -> bytes:
+    """One stream's ``ProcessingRequest`` messages (the same as the Python load's: four for a full stream,
+    one for header-only mode), each with its 5-byte gRPC frame header, as one HTTP/2 request body: a
+    client that sends the whole stream at once."""
+    work = Workload.build(body_bytes, shape)
     out = bytearray()
     for message in (*work.request, *work.response):
         data = message.SerializeToString()

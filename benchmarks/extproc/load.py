@@ -10,7 +10,17 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.extproc.workload import SMALL_BODY, SSE_BODY, Workload, chat_body, install_uvloop
+from benchmarks.extproc.workload import (
+    FULL,
+    HEADER_ONLY,
+    MODEL,
+    MODEL_HEADER,
+    SMALL_BODY,
+    SSE_BODY,
+    Workload,
+    chat_body,
+    install_uvloop,
+)
 
 CHANNELS_PER_PROC = 4
 MAX_CONCURRENCY_PER_PROC = 8
@@ -55,12 +65,34 @@ async def one_stream(client: Any, work: Workload, skip_mode: int) -> tuple[float
     return t_request, time.perf_counter() - t0
 
 
+async def one_message(client: Any, work: Workload) -> tuple[float, float]:
+    """Drive one header-only stream like Envoy with ``request_body_mode: NONE``: the request headers, the
+    one reply, then the half-close Envoy sends when the exchange ends (nothing else is processed)."""
+    stream = client.stream()
+    t0 = time.perf_counter()
+    await stream.send(work.request[0])
+    reply = await stream.recv()
+    if reply is None:
+        raise StreamFailedError("stream ended before the request-headers reply")
+    kind = reply.WhichOneof("response")
+    if kind != "request_headers":
+        raise StreamFailedError(f"unexpected {kind} reply to the request headers")
+    t_request = time.perf_counter() - t0
+    await stream.half_close()
+    if await stream.recv() is not None:
+        raise StreamFailedError("reply after the stream ended")
+    code, _details = await stream.status()
+    if code.name != "OK":
+        raise StreamFailedError(f"stream ended with {code.name}")
+    return t_request, time.perf_counter() - t0
+
+
 class LoadProcess:
     """One load-generator process: keeps clients per target, runs commands read from stdin."""
 
     def __init__(self) -> None:
         self.clients: dict[str, list[Any]] = {}
-        self.works: dict[int, Workload] = {}
+        self.works: dict[tuple[int, str], Workload] = {}
 
     async def _clients(self, target: str) -> list[Any]:
         import grpc
@@ -75,7 +107,11 @@ class LoadProcess:
                 await client.connect()
                 # one fully checked exchange per connection (order, destination, echo) before any timing
                 result = await client.exchange(
-                    HttpRequest(path="/v1/chat/completions", body=chat_body(SMALL_BODY)),
+                    HttpRequest(
+                        path="/v1/chat/completions",
+                        body=chat_body(SMALL_BODY),
+                        headers=[(MODEL_HEADER, MODEL)],
+                    ),
                     UpstreamResponse(headers=(("content-type", "text/event-stream"),), chunks=(SSE_BODY,)),
                 )
                 if result.code != grpc.StatusCode.OK or result.immediate is not None:
@@ -84,10 +120,10 @@ class LoadProcess:
             self.clients[target] = clients
         return clients
 
-    def _work(self, body_bytes: int) -> Workload:
-        work = self.works.get(body_bytes)
+    def _work(self, body_bytes: int, shape: str) -> Workload:
+        work = self.works.get((body_bytes, shape))
         if work is None:
-            work = self.works[body_bytes] = Workload.build(body_bytes)
+            work = self.works[body_bytes, shape] = Workload.build(body_bytes, shape)
         return work
 
     async def run(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +136,8 @@ class LoadProcess:
 
         skip_mode = processing_mode_pb2.ProcessingMode.SKIP
         clients = await self._clients(target)
-        work = self._work(cmd["body_bytes"])
+        shape = cmd.get("shape", FULL)
+        work = self._work(cmd["body_bytes"], shape)
         request_s: list[float] = []
         total_s: list[float] = []
         errors: list[str] = []
@@ -114,7 +151,10 @@ class LoadProcess:
             client = clients[pick % len(clients)]
             pick += 1
             try:
-                t_request, t_total = await one_stream(client, work, skip_mode)
+                if shape == HEADER_ONLY:
+                    t_request, t_total = await one_message(client, work)
+                else:
+                    t_request, t_total = await one_stream(client, work, skip_mode)
             except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
                 errors.append(f"{type(exc).__name__}: {exc}" if len(errors) < 5 else "")
                 return

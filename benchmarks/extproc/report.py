@@ -8,9 +8,13 @@ import os
 from typing import Any
 
 from benchmarks.extproc.h2load import H2_FIGURES, H2LOAD_CONNECTIONS, H2LOAD_STREAMS_PER_CONNECTION
-from benchmarks.extproc.run import CPU_RATE, median
+from benchmarks.extproc.run import CPU_RATE, HEADER_CPU_RATE, median
 
 TARGETS = {
+    # header-only mode (issue 18): the Rust routers' full-proxy CPU per 1 KB request measured here
+    "header_only_cpu_us_max": 450.0,
+    "header_only_cpu_ratio_max": 1.25,
+    "header_only_p99_ms_at_half_max_max": 2.0,
     "cpu_ratio_max": 1.25,
     "body200k_added_cpu_us_max": 500.0,
     "p99_ms_at_half_max_max": 5.0,
@@ -67,6 +71,10 @@ def paired(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any
         "workers2_cpu_ratio": ratio("cpu_w2", "ours_w2", "ours"),
         # (ours - floor) with 200 KB bodies minus (ours - floor) with 1 KB bodies, run by run
         "body200k_added_cpu_us": median([b - s for b, s in zip(big, small, strict=False)]),
+        "header_only_cpu_ratio": ratio("cpu_header_only", "ours_header", "floor"),
+        "header_only_cpu_ratio_request_path": ratio(
+            "cpu_header_only_request_path", "ours_header_noscrape", "floor"
+        ),
     }
 
 
@@ -140,6 +148,94 @@ def headline(doc: dict[str, Any]) -> None:
         "rss_growth_lt_20mb_per_1m": doc["rss_growth_mb"] < t["rss_growth_mb_max"],
         "workers2_speedup_ge_1.7x": doc["workers2_speedup"] >= t["workers2_speedup_min"],
     }
+    header_only_headline(doc)
+
+
+def header_only_headline(doc: dict[str, Any]) -> None:
+    """Issue 18's keys: header-only mode against the one-message floor (the null handler driven by the same
+    one-message streams, in the same windows) and the full-stream floor, and its targets."""
+    ph = doc.get("phases", {})
+    paired = doc.get("paired", {})
+
+    def get(label: str, server: str, key: str = "cpu_us_per_stream") -> float:
+        return float(ph.get(label, {}).get(server, {}).get(key, float("nan")))
+
+    with_scrape = get("cpu_header_only", "ours_header")
+    request_path = get("cpu_header_only_request_path", "ours_header_noscrape")
+    both = [v for v in (with_scrape, request_path) if not math.isnan(v)]
+    # the worse of the two, as cpu_ratio: the idle subtraction of the first may err either way
+    doc["header_only_cpu_us_per_request"] = max(both) if both else float("nan")
+    doc["header_only_cpu_us_with_scraping"] = with_scrape
+    doc["header_only_cpu_us_request_path"] = request_path
+    floors = [
+        v
+        for v in (get("cpu_header_only", "floor"), get("cpu_header_only_request_path", "floor"))
+        if not math.isnan(v)
+    ]
+    doc["one_message_floor_cpu_us"] = round(sum(floors) / len(floors), 3) if floors else float("nan")
+    doc["full_stream_floor_cpu_us"] = get("cpu", "floor")
+    ratios = [
+        r
+        for r in (paired.get("header_only_cpu_ratio"), paired.get("header_only_cpu_ratio_request_path"))
+        if r is not None and not math.isnan(r)
+    ]
+    doc["header_only_cpu_ratio"] = max(ratios) if ratios else float("nan")
+    doc["header_only_cpu_ratio_with_scraping"] = paired.get("header_only_cpu_ratio", float("nan"))
+    doc["header_only_cpu_ratio_request_path"] = paired.get("header_only_cpu_ratio_request_path", float("nan"))
+    doc["header_only_max_requests_per_s"] = get("max_one", "ours_header", "streams_per_s")
+    doc["one_message_floor_max_per_s"] = get("max_one", "floor", "streams_per_s")
+    doc["full_stream_floor_max_per_s"] = get("max", "floor", "streams_per_s")
+    h2 = doc.get("h2load", {})
+    for key, name in (
+        ("header_only_max_requests_per_s_h2load", "ours_header_one"),
+        ("one_message_floor_max_per_s_h2load", "floor_one"),
+    ):
+        entry = h2.get(name, {})
+        doc[key] = entry.get("streams_per_s", float("nan")) if entry.get("valid") else float("nan")
+    doc["header_only_p50_ms_at_half_max"] = get("half_max_one", "ours_header", "request_p50_ms")
+    doc["header_only_p99_ms_at_half_max"] = get("half_max_one", "ours_header", "request_p99_ms")
+    doc["one_message_floor_p50_ms_at_half_max"] = get("half_max_one", "floor", "request_p50_ms")
+    doc["one_message_floor_p99_ms_at_half_max"] = get("half_max_one", "floor", "request_p99_ms")
+    t = TARGETS
+    doc.setdefault("targets", {}).update(
+        {
+            "header_only_cpu_le_450us": doc["header_only_cpu_us_per_request"] <= t["header_only_cpu_us_max"],
+            "header_only_cpu_le_1.25x_one_message_floor": doc["header_only_cpu_ratio"]
+            <= t["header_only_cpu_ratio_max"],
+            "header_only_p99_le_2ms_at_half_max": doc["header_only_p99_ms_at_half_max"]
+            <= t["header_only_p99_ms_at_half_max_max"],
+        }
+    )
+
+
+def header_only_summary(doc: dict[str, Any]) -> str:
+    d = doc
+    cpu, scrape, idle = (
+        d["header_only_cpu_us_per_request"],
+        d["header_only_cpu_us_with_scraping"],
+        d["header_only_cpu_us_request_path"],
+    )
+    floor, full = d["one_message_floor_cpu_us"], d["full_stream_floor_cpu_us"]
+    lines = [
+        (
+            f"header-only CPU/request at {HEADER_CPU_RATE:g}/s side by side: {cpu:.0f} µs (scrape loop "
+            f"running {scrape:.0f}, idle {idle:.0f}); one-message floor {floor:.0f} µs (ratio "
+            f"{d['header_only_cpu_ratio']}); full-stream floor {full:.0f} µs"
+        ),
+        (
+            f"max requests/s: header-only {d['header_only_max_requests_per_s']:.0f}, one-message floor "
+            f"{d['one_message_floor_max_per_s']:.0f}, full-stream floor "
+            f"{d['full_stream_floor_max_per_s']:.0f}; h2load: header-only "
+            f"{d['header_only_max_requests_per_s_h2load']}, floor {d['one_message_floor_max_per_s_h2load']}"
+        ),
+        (
+            f"p50/p99 at half max ({d.get('header_only_half_max_rate')}/s): header-only "
+            f"{d['header_only_p50_ms_at_half_max']} / {d['header_only_p99_ms_at_half_max']} ms, floor "
+            f"{d['one_message_floor_p50_ms_at_half_max']} / {d['one_message_floor_p99_ms_at_half_max']} ms"
+        ),
+        "targets: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in d["targets"].items()),
+    ]
+    return "\n".join(lines)
 
 
 def summary(doc: dict[str, Any]) -> str:
@@ -163,6 +259,7 @@ def summary(doc: dict[str, Any]) -> str:
         ),
         f"mode_override saves {d['skip_response_saving_us']} µs/stream ({d['skip_response_saving_pct']} %)",
         f"RSS growth per 1M streams: {d['rss_growth_mb']} MB (extrapolated: {d['rss_extrapolated']})",
+        header_only_summary(d).rsplit("\n", 1)[0],
         "targets: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in d["targets"].items()),
     ]
     return "\n".join(lines)

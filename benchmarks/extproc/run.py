@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.extproc.h2load import H2_FIGURES, H2LOAD_PROBE_STREAMS, h2load
 from benchmarks.extproc.load import MAX_CONCURRENCY_PER_PROC
-from benchmarks.extproc.workload import SMALL_BODY, SSE_BODY, chat_body
+from benchmarks.extproc.workload import FULL, MODEL, MODEL_HEADER, SMALL_BODY, SSE_BODY, chat_body
 from benchmarks.harness import ROOT, Child, CpuMeter, percentile, rss_bytes, spawn_json
 from picker.testing.net import free_port
 
@@ -27,6 +27,14 @@ LOAD_PROCS = 2
 CPU_RATE = 200.0
 #: streams/s per server when comparing 200 KB with 1 KB bodies
 BODY_RATE = 100.0
+#: requests/s per server in the side-by-side CPU phases of header-only mode (one message each: a higher
+#: rate than CPU_RATE, so the scrape loop's idle CPU weighs less per request)
+HEADER_CPU_RATE = 400.0
+#: the variants of ours in header-only mode (default profile for it, the model from MODEL_HEADER)
+HEADER_VARIANTS: list[tuple[str, int, Path | None, list[str]]] = [
+    ("ours_header", 1, None, ["--model-header", MODEL_HEADER]),
+    ("ours_header_noscrape", 1, None, ["--model-header", MODEL_HEADER, "--refresh-metrics-interval", "1h"]),
+]
 SKIP_CONFIG = """\
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig
@@ -90,7 +98,9 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60
 
         async with EnvoyClient(target, timeout=2.0) as client:
             result = await client.exchange(
-                HttpRequest(path="/v1/chat/completions", body=chat_body(SMALL_BODY)),
+                HttpRequest(
+                    path="/v1/chat/completions", body=chat_body(SMALL_BODY), headers=[(MODEL_HEADER, MODEL)]
+                ),
                 UpstreamResponse(headers=(("content-type", "text/event-stream"),), chunks=(SSE_BODY,)),
             )
             return bool(result.destination) and result.immediate is None
@@ -135,9 +145,11 @@ class Bench:
         rate: float = 0.0,
         concurrency: int = MAX_CONCURRENCY_PER_PROC,
         body_bytes: int = SMALL_BODY,
+        shape: str = FULL,
     ) -> dict[str, dict[str, Any]]:
         """One measured window; every load process drives every server in ``servers`` at once (the same
-        load each), so servers compared in one phase see the same machine conditions."""
+        load each), so servers compared in one phase see the same machine conditions. ``shape``: full
+        streams or header-only mode's one message (``benchmarks.extproc.workload``)."""
         start_at = time.time() + self.settle
         for i, child in enumerate(self.loaders):
             child.send(
@@ -149,6 +161,7 @@ class Bench:
                     "offset": i / len(self.loaders),
                     "concurrency": concurrency,
                     "body_bytes": body_bytes,
+                    "shape": shape,
                     "start_at": start_at,
                 }
             )
@@ -246,7 +259,7 @@ class Run:
         variants: list[tuple[str, int, Path | None, list[str]]] | None = None,
     ) -> None:
         """Start the fleet, the floor and ``variants`` of ours ((name, workers, config file, extra flags);
-        default: ours, ours_skip, ours_w2, ours_noscrape)."""
+        default: ours, ours_skip, ours_w2, ours_noscrape and the header-only ones)."""
         skip_config = tmp / "skip.yaml"
         skip_config.write_text(SKIP_CONFIG, encoding="utf-8")
         fleet = spawn_json(["-m", "benchmarks.fleet_proc", "--count", str(ENDPOINTS)], timeout=60)
@@ -264,6 +277,7 @@ class Run:
                 ("ours_w2", 2, None, []),
                 # the request path alone: no scrape loop, so no idle CPU to subtract (and no new snapshots)
                 ("ours_noscrape", 1, None, ["--refresh-metrics-interval", "1h"]),
+                *HEADER_VARIANTS,
             ]
         for name, workers, config, extra in variants:
             server, proc = start_picker(
@@ -307,11 +321,20 @@ class Run:
                 for name, result in self.bench.phase(group, **phase).items():
                     self.results.setdefault(label, {}).setdefault(name, []).append(result)
 
-    def measure_h2load(self, servers: list[str], stream_file: Path, count: int) -> None:
+    def measure_h2load(
+        self,
+        servers: list[str],
+        stream_file: Path,
+        count: int,
+        *,
+        min_reply_bytes: int = SMALL_BODY + len(SSE_BODY),
+        suffix: str = "",
+    ) -> None:
         """Maximum streams/s with h2load, ``count`` streams per server, one server at a time. Every full
-        stream gets at least its two bodies back; a failed gRPC stream still reads as HTTP 200 to h2load but
-        returns no data, so a run whose reply bytes per stream fall 2 % below a probe's is refused
-        (``valid``: false)."""
+        stream gets at least its two bodies back (``min_reply_bytes``; a header-only stream its one reply);
+        a failed gRPC stream still reads as HTTP 200 to h2load but returns no data, so a run whose reply
+        bytes per stream fall 2 % below a probe's is refused (``valid``: false). Results are kept under
+        the server's name plus ``suffix``."""
         for name in servers:
             server = self.live.get(name)
             if server is None:
@@ -323,19 +346,19 @@ class Run:
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:  # reported, the run goes on
                 failed: dict[str, Any] = dict.fromkeys(H2_FIGURES, float("nan"))
                 failed |= {"valid": False, "error": str(exc)[:300]}
-                self.h2load.setdefault(name, []).append(failed)
+                self.h2load.setdefault(name + suffix, []).append(failed)
                 continue
             result["server_cores"] = meter.seconds() / (time.monotonic() - t0)
             expected = probe["reply_bytes_per_stream"]
             result["valid"] = (
                 probe["streams"] == H2LOAD_PROBE_STREAMS
-                and expected >= SMALL_BODY + len(SSE_BODY)
+                and expected >= min_reply_bytes
                 and result["reply_bytes_per_stream"] >= 0.98 * expected
                 and result["failed"] == 0
             )
             if not result["valid"]:
                 result["streams_per_s"] = float("nan")
-            self.h2load.setdefault(name, []).append(result)
+            self.h2load.setdefault(name + suffix, []).append(result)
 
     def streams_per_s(self, label: str, server: str) -> float:
         return median([r["streams_per_s"] for r in self.results.get(label, {}).get(server, [])])

@@ -332,6 +332,8 @@ class ExtProcStream:
             raise _ProtocolViolationError("request_headers after the request started")
         self._started = self._clock()
         message = request.request_headers
+        if self._header_only:
+            return self._on_request_headers_header_only(message)
         headers = self._headers
         echo = self._echo
         system = messages.SYSTEM_HEADERS
@@ -355,8 +357,6 @@ class ExtProcStream:
             if path:
                 self._path = path
                 break
-        if self._header_only:
-            return self._route_by_header(end_of_stream=message.end_of_stream)
         if message.end_of_stream:
             return self._route_headers_only()
         declared = headers.get("content-length", "")
@@ -447,6 +447,27 @@ class ExtProcStream:
             self._pending = (decision, end_of_stream, False)
             return SUSPENDED
         return self._routed_replies(decision, end_of_stream)
+
+    def _on_request_headers_header_only(self, message: Any) -> Sequence[Any]:
+        """Header-only mode: the headers into the map the router reads, and nothing echoed back: the
+        proxy has them, and setting them again would cost an option per header in the reply and a
+        mutation each in the proxy (profiled: the echo was a fifth of this mode's Python per request). A
+        generated ``x-request-id`` is the one header set, as in the reference's body-less branch."""
+        headers = self._headers
+        for header in message.headers.headers:
+            raw = header.raw_value or header.value.encode()
+            headers[header.key.lower()] = raw.decode("utf-8", "replace")
+        request_id = headers.get("x-request-id", "")
+        if not request_id:
+            request_id = headers["x-request-id"] = str(uuid.uuid4())
+            self._echo = [("x-request-id", request_id.encode())]
+        self._request_id = request_id
+        for name in _PATH_HEADERS:
+            path = headers.get(name)
+            if path:
+                self._path = path
+                break
+        return self._route_by_header(end_of_stream=message.end_of_stream)
 
     def _route_by_header(self, *, end_of_stream: bool) -> Sequence[Any]:
         """Header-only mode: route now, from the headers, and ask the proxy to skip everything after."""

@@ -113,13 +113,16 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
 async def test_one_message_per_request(start: Callable[..., Awaitable[Running]]) -> None:
     svc = await start()
     client = await svc.client()
-    request = HttpRequest(body=BODY, headers=[(HEADER, "m"), ("x-picker-prompt-tokens", "500")])
+    request = HttpRequest(
+        body=BODY, request_id="r-1", headers=[(HEADER, "m"), ("x-picker-prompt-tokens", "500")]
+    )
     result = await client.exchange(request, RESPONSE)
     assert [r.WhichOneof("response") for r in result.replies] == ["request_headers"]
     assert result.destination in ENDPOINTS
     assert result.metadata_destination == result.destination
     assert result.clear_route_cache
-    assert "content-length" not in result.request_set_headers  # the body goes upstream untouched
+    # nothing echoed: the proxy has the headers; the body goes upstream untouched (no content-length)
+    assert result.request_set_headers == {"x-gateway-destination-endpoint": result.destination}
     mode = result.mode_override
     assert mode is not None
     assert (
@@ -203,6 +206,9 @@ async def test_a_request_without_body_or_model_header_goes_to_a_pool_endpoint(
     assert [r.WhichOneof("response") for r in result.replies] == ["request_headers"]
     assert result.destination in ENDPOINTS
     assert result.mode_override is not None
+    # the one header set besides the destination: the x-request-id generated for a request without one
+    assert set(result.request_set_headers) == {"x-gateway-destination-endpoint", "x-request-id"}
+    assert len(result.request_set_headers["x-request-id"]) == 36
 
 
 async def test_a_proxy_that_still_sends_the_body_gets_it_back_unchanged(

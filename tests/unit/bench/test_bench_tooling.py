@@ -179,3 +179,71 @@ def test_bench_stream_drives_whole_streams_through_the_service() -> None:
         if line.startswith("inference_objective_request_total{")
     )
     assert total == 40 + 40 + 3  # warm-up, one warm block, one cold block
+
+
+def test_the_header_only_stream_is_the_request_headers_alone() -> None:
+    import struct
+
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    from benchmarks.extproc.h2load import grpc_framed_stream
+    from benchmarks.extproc.workload import HEADER_ONLY, MODEL, MODEL_HEADER
+
+    data = grpc_framed_stream(1024, HEADER_ONLY)
+    size = struct.unpack(">I", data[1:5])[0]
+    assert len(data) == 5 + size
+    message = pb.ProcessingRequest.FromString(data[5:])
+    assert message.WhichOneof("request") == "request_headers"
+    assert not message.request_headers.end_of_stream  # a body follows upstream, not to the EPP
+    headers = {h.key: h.raw_value.decode() for h in message.request_headers.headers.headers}
+    assert headers[MODEL_HEADER] == MODEL
+    assert headers["x-picker-prompt-tokens"].isdigit()
+
+
+def test_bench_stream_header_only_routes_each_request_in_one_message() -> None:
+    from prometheus_client import generate_latest
+
+    from benchmarks.bench_stream import HEADER_ONLY_MESSAGES, build_service
+    from benchmarks.bench_stream import run as run_stream
+
+    service = build_service(header_only=True)
+    doc = run_stream(quick=True, repeat=1, counts=(40, 3), service=service, header_only=True)
+    assert set(doc["cold_us"]) == set(HEADER_ONLY_MESSAGES)
+    assert service.datastore.inflight_total() == 0
+    text = generate_latest(service.telemetry.registry).decode()
+    assert 'inference_objective_request_total{model_name="meta-llama/Llama-3.1-8B-Instruct"' in text
+
+
+def test_the_header_only_headline_and_its_targets() -> None:
+    from benchmarks.extproc.report import header_only_headline
+
+    def phase(cpu: float, rate: float = 0.0, p99: float = 0.0) -> dict[str, float]:
+        return {
+            "cpu_us_per_stream": cpu,
+            "streams_per_s": rate,
+            "request_p50_ms": p99 / 2,
+            "request_p99_ms": p99,
+        }
+
+    doc = {
+        "phases": {
+            "cpu_header_only": {"ours_header": phase(400.0), "floor": phase(350.0)},
+            "cpu_header_only_request_path": {"ours_header_noscrape": phase(420.0), "floor": phase(330.0)},
+            "cpu": {"floor": phase(1300.0)},
+            "max_one": {"ours_header": phase(0, 1200.0), "floor": phase(0, 1400.0)},
+            "max": {"floor": phase(0, 800.0)},
+            "half_max_one": {"ours_header": phase(0, p99=1.5), "floor": phase(0, p99=1.0)},
+        },
+        "paired": {"header_only_cpu_ratio": 1.14, "header_only_cpu_ratio_request_path": 1.27},
+    }
+    header_only_headline(doc)
+    assert doc["header_only_cpu_us_per_request"] == 420.0  # the worse variant
+    assert doc["one_message_floor_cpu_us"] == 340.0
+    assert doc["full_stream_floor_cpu_us"] == 1300.0
+    assert doc["header_only_cpu_ratio"] == 1.27
+    assert doc["header_only_p99_ms_at_half_max"] == 1.5
+    assert doc["targets"] == {
+        "header_only_cpu_le_450us": True,
+        "header_only_cpu_le_1.25x_one_message_floor": False,
+        "header_only_p99_le_2ms_at_half_max": True,
+    }
