@@ -25,7 +25,8 @@ NONE`` — the request headers (the same ten plus the model and a prompt-token e
 half-close. The **one-message floor** is the null handler driven by the same one-message streams (it
 answers the request headers with an empty headers reply), the **full-stream floor** the null handler
 driven by full streams (phase ``cpu``). Phases: ``max_one`` (closed loop, floor and ours_header in turn),
-``max_h2load_one`` (the same under h2load when installed), ``half_max_one`` (each at half of
+the same under h2load when installed (``floor_one`` and ``ours_header_one`` in ``h2load``: requests/s and
+the server's CPU per request at saturation, ``*_cpu_us_at_max_h2load``), ``half_max_one`` (each at half of
 ours_header's max: p50/p99 from writing the request headers to the reply), ``cpu_header_only``
 (ours_header and floor side by side at 400/s each: ``header_only_cpu_ratio``) and
 ``cpu_header_only_request_path`` (ours_header_noscrape and floor). ``header_only_cpu_us_per_request`` is
