@@ -493,8 +493,13 @@ class ExtProcStream:
             # goes back now), no outcome to report
             decision.lease.first_byte()
             self._response_skipped = True
-            reply = wire.request_headers_reply(
-                decision.destination, self._echo, None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS
+            echo = self._echo
+            reply = (
+                wire.request_headers_reply(
+                    decision.destination, echo, None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS
+                )
+                if echo
+                else wire.header_only_reply(decision.destination)
             )
             declared = self._headers.get("content-length", "")
             self._routed(decision, int(declared) if declared.isdigit() and len(declared) < 16 else 0)

@@ -83,6 +83,15 @@ def test_an_echoed_request_body_chunk(chunk: bytes, end_of_stream: bool) -> None
     assert decoded(wire.request_body_reply(chunk, end_of_stream)) == want
 
 
+@given(destinations)
+def test_the_remembered_header_only_reply_is_the_encoded_one(destination: str) -> None:
+    want = wire.request_headers_reply(
+        destination, (), None, skip_response=messages.ResponseSkip.AFTER_REQUEST_HEADERS
+    )
+    assert wire.header_only_reply(destination) == want
+    assert wire.header_only_reply(destination) is wire.header_only_reply(destination)
+
+
 def test_constants_and_the_serializer() -> None:
     assert decoded(wire.EMPTY_REQUEST_BODY_EOS) == messages.EMPTY_REQUEST_BODY_EOS
     assert decoded(wire.EMPTY_RESPONSE_BODY_EOS) == messages.EMPTY_RESPONSE_BODY_EOS
