@@ -14,6 +14,10 @@ Only the block between ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` of the 
 so sections that other benchmarks own (routing quality, live runs) are kept as they are. ``--long`` runs
 ``bench_extproc`` once in full (three runs per phase, a real 1,000,000-stream RSS soak) and rewrites its
 own block, ``<!-- perf-long:begin -->`` ... ``<!-- perf-long:end -->``, instead.
+
+Why one module: most of its length is two tables, the targets and the figures shown per benchmark, which
+are read together with the few functions that run the benchmarks and render them; split, a reader would
+hold the same three pieces from two files.
 """
 
 from __future__ import annotations
