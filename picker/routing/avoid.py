@@ -7,6 +7,8 @@ An endpoint is *avoided* when the snapshot says it should not take traffic first
 * ``probing`` — its ejection time is over and one probe request is already in flight on it (``health``
   column 2 and ``inflight`` > 0): a second request waits for the probe's outcome. A probing endpoint with
   nothing in flight is not avoided: the next pick may send it the probe.
+* ``draining`` — the scaler is about to remove its pod (``health`` column 3, ``picker/scaler``): no new
+  request while another candidate remains, so its streams can end before Kubernetes deletes it.
 
 How the director applies it (:meth:`Avoidance.split`): when some candidates are avoided and some are not,
 the pick runs over the others; the avoided ones fill the fallback places the pick left empty (a gateway
@@ -14,8 +16,8 @@ that retries on the EPP's list still has somewhere to go); when every candidate 
 over all of them (refusing every request helps nobody). The per-pick cost when nothing is avoided is one
 identity comparison with the last snapshot.
 
-Other "not primary" marks (stale metrics, draining, an external endpoint over its limits) belong here as
-further reasons, so there is one rule and one place that explains it.
+Other "not primary" marks (stale metrics, an external endpoint over its limits) belong here as further
+reasons, so there is one rule and one place that explains it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ BoolArray = NDArray[np.bool_]
 #: ``health`` column values (``picker.state.health.Health``; ``picker.routing`` reads the snapshot only)
 _EJECTED = 1.0
 _PROBING = 2.0
+_DRAINING = 3.0
 
 
 class FailoverReason(enum.StrEnum):
@@ -41,6 +44,8 @@ class FailoverReason(enum.StrEnum):
 
     #: the scorer's choice was ejected by passive health (or is waiting for its probe's outcome)
     EJECTED = "ejected"
+    #: the scorer's choice is being drained by the scaler
+    DRAINING = "draining"
 
 
 class Avoidance:
@@ -64,7 +69,9 @@ class Avoidance:
             return None
         health = m.health[watch]
         # read the live in-flight column each time: a probe may have started or ended since the snapshot
-        out = (health == _EJECTED) | ((health == _PROBING) & (m.inflight[watch] > 0.0))
+        out = (
+            (health == _EJECTED) | (health == _DRAINING) | ((health == _PROBING) & (m.inflight[watch] > 0.0))
+        )
         if not out.any():
             return None
         mask = np.zeros(len(m), dtype=np.bool_)
@@ -74,7 +81,8 @@ class Avoidance:
     @staticmethod
     def reason(m: EndpointMatrix, row: int) -> str:
         """How ``/debug/explain`` describes an avoided row."""
-        return "ejected" if float(m.health[row]) == _EJECTED else "probing"
+        state = float(m.health[row])
+        return "ejected" if state == _EJECTED else "draining" if state == _DRAINING else "probing"
 
     @staticmethod
     def split(candidates: BoolArray | None, avoided: BoolArray) -> tuple[BoolArray, BoolArray] | None:
@@ -95,9 +103,10 @@ class Avoidance:
         m: EndpointMatrix, out: BoolArray, chosen: tuple[int, ...], places: int
     ) -> tuple[int, ...]:
         """``chosen`` followed by avoided candidates up to ``places`` endpoints: probing ones first (their
-        wait is nearly over), then ejected ones, each in row order."""
+        wait is nearly over), then ejected ones, then draining ones (about to go), each in row order."""
         if len(chosen) >= places:
             return chosen
         rows = np.flatnonzero(out)
-        order = sorted(rows.tolist(), key=lambda r: (float(m.health[r]) != _PROBING, r))
+        rank = {_PROBING: 0, _EJECTED: 1, _DRAINING: 2}
+        order = sorted(rows.tolist(), key=lambda r: (rank.get(float(m.health[r]), 1), r))
         return chosen + tuple(order[: places - len(chosen)])

@@ -347,7 +347,10 @@ class Director:
             unconstrained = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=mask).primary
         except NoEndpointsAvailable:
             unconstrained = result.primary
-        failover = FailoverReason.EJECTED.value if out[unconstrained] else None
+        failover = None
+        if out[unconstrained]:
+            draining = Avoidance.reason(m, unconstrained) == "draining"
+            failover = (FailoverReason.DRAINING if draining else FailoverReason.EJECTED).value
         names = m.names
         reasons = MappingProxyType({names[r]: Avoidance.reason(m, r) for r in np.flatnonzero(out).tolist()})
         return PickResult(indices, result.decision), reasons, failover

@@ -354,6 +354,10 @@ class LoadLedger:
         self._free.sort(reverse=True)  # pop() hands out the lowest slot: touched pages stay few
 
     # ---------------------------------------------------------------------------------------- scrapes
+    def sent(self, slot: int) -> float:
+        """Requests sent to ``slot`` in all (every writer row), since the slot was handed to its endpoint."""
+        return self._sent(slot)
+
     def _sent(self, slot: int) -> float:
         """Requests sent to ``slot`` in all: every row's dispatched plus what was subtracted."""
         total = self._baseline_cells[slot]

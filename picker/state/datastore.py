@@ -50,7 +50,7 @@ from picker.state.accounting import (
 )
 from picker.state.columns import FLOAT_COLUMNS, LoraColumns, lora_columns, snapshot_matrix
 from picker.state.endpoints import Endpoint, PoolInfo
-from picker.state.health import EndpointHealthView, FailureKind, OutlierDetector, OutlierPolicy
+from picker.state.health import EndpointHealthView, FailureKind, Health, OutlierDetector, OutlierPolicy
 from picker.state.latency import LATENCY_COLUMNS, LatencySettings, LatencySignal, LatencyTracker
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
@@ -63,6 +63,8 @@ __all__ = ["Datastore", "EndpointStatus"]
 _METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
 #: the latency columns are rewritten at least this often (seconds), so averages age out (``maxAge``)
 _LATENCY_REFRESH_S = 1.0
+#: the ``health`` column's value for an endpoint of a pod the scaler drains
+DRAINING = float(Health.DRAINING)
 
 #: names, addresses, ips, address index and engine codes of a published snapshot
 _StaticParts = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, int], np.ndarray]
@@ -123,6 +125,8 @@ class Datastore:
         self._health_version = self.health.version
         #: a health change waits for no publish interval (see :meth:`snapshot`)
         self._health_changed = False
+        #: pods marked draining by the scaler (see :meth:`set_draining`)
+        self._draining: frozenset[str] = frozenset()
         self._latency_written_at = float("-inf")
         self._slot_by_address: dict[str, int] = {}
         self._pool: PoolInfo | None = None
@@ -258,6 +262,8 @@ class Datastore:
         self._load = self._counters.columns(slots)
         self.health.retain(order)
         self.latency.retain(order)
+        if self._draining:
+            self._write_health()
         self._snapshot = None
         self._static = None
         self._lora_cache = None
@@ -442,6 +448,34 @@ class Datastore:
         self.latency.settings = latency
         self._latency_written_at = float("-inf")
 
+    def set_draining(self, pods: frozenset[str]) -> None:
+        """The scaler's draining mark (``picker.scaler``): the endpoints of these pods get no new picks
+        while another candidate remains and stay last-resort fallbacks (``picker.routing.avoid``). Carried
+        in the ``health`` column as :data:`DRAINING`, so ``--workers`` see it with the next publish."""
+        pods = frozenset(pods)
+        if pods != self._draining:
+            self._draining = pods
+            self._write_health()
+
+    @property
+    def draining(self) -> frozenset[str]:
+        return self._draining
+
+    def _write_health(self) -> None:
+        states = self.health.states(self._order)
+        if self._draining:
+            for i, name in enumerate(self._order):
+                endpoint = self._status[name].endpoint
+                if (endpoint.pod or name) in self._draining:
+                    states[i] = DRAINING
+        self._cols["health"][:] = states
+        self._health_changed = True
+
+    def requests_sent(self) -> dict[str, float]:
+        """Requests ever routed to each endpoint while it held its accounting slot (every ``--workers``
+        process included): the scaler's demand is the growth of their sum between two reads."""
+        return {name: self.ledger.sent(self._status[name].slot) for name in self._order}
+
     def health_view(self, name: str) -> EndpointHealthView | None:
         """One endpoint's passive health, for ``/debug/endpoints``."""
         return self.health.view(name, self._clock())
@@ -465,8 +499,7 @@ class Datastore:
         health.sweep(now)
         if health.version != self._health_version:
             self._health_version = health.version
-            self._cols["health"][:] = health.states(self._order)
-            self._health_changed = True
+            self._write_health()
         if sampled or now - self._latency_written_at >= _LATENCY_REFRESH_S:
             self._latency_written_at = now
             columns = self.latency.columns(self._order, now)

@@ -64,6 +64,9 @@ class Health(enum.IntEnum):
     EJECTED = 1
     #: the ejection time is over: eligible as primary for one probe request (while nothing is in flight)
     PROBING = 2
+    #: not a passive-health verdict: the scaler drains the pod (``Datastore.set_draining``); the datastore
+    #: writes it over the detector's state, and the director treats it like an ejection
+    DRAINING = 3
 
 
 class FailureKind(enum.StrEnum):

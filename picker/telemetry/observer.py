@@ -254,7 +254,7 @@ class Telemetry:
         self.failover_total = Counter(
             "ai_failover_total",
             "Requests routed away from the endpoint the scorer preferred, by reason (ejected: passive "
-            "health ejected it).",
+            "health ejected it; draining: the scaler is removing its pod).",
             ["pool", "reason"],
             registry=rr,
         )

@@ -174,3 +174,21 @@ def test_header_only_requests_avoid_ejected_endpoints(seed: int) -> None:
         d.route_headers_only(RoutingRequest("r", {}, "/", b"", headers_only=True)).endpoints for _ in range(8)
     }
     assert picks == {("10.0.0.3:8000",)}
+
+
+def test_a_draining_endpoint_is_not_primary_and_is_the_last_fallback() -> None:
+    # a is the scorer's choice but drains (health 3); b is ejected: both fill fallback places, draining last
+    st = state([3.0, 1.0, 0.0, 0.0])
+    d, obs = director(st, max_endpoints=4)
+    decision = d.route(request())
+    assert decision.endpoints == ("10.0.0.3:8000", "10.0.0.4:8000", "10.0.0.2:8000", "10.0.0.1:8000")
+    assert st.acquired == ["c"]
+    assert dict(decision.avoided or {}) == {"a": "draining", "b": "ejected"}
+    assert decision.failover == FailoverReason.DRAINING
+    assert obs.failovers == Counter({"draining": 1})
+
+
+def test_a_pool_of_draining_endpoints_still_serves() -> None:
+    st = state([3.0, 3.0, 3.0, 3.0])
+    d, _ = director(st)
+    assert d.route(request()).endpoints == ("10.0.0.1:8000",)

@@ -394,3 +394,38 @@ def test_failures_seen_by_any_worker_count_for_the_endpoint(segment: SharedSegme
     lease.release()
     ds.publish()
     assert views[1].snapshot().ttft_per_1k[0] == pytest.approx(0.5)
+
+
+def test_the_scalers_draining_mark_reaches_the_workers(segment: SharedSegment, clock: Clock) -> None:
+    """``Datastore.set_draining`` (the scaler, in the supervisor) marks the pods' endpoints in the ``health``
+    column; every worker sees it with the next publish, and un-draining clears it. Passive health's own
+    verdicts are kept for the other endpoints, and a marked pod's new endpoints are marked too."""
+    ds = supervisor(segment, clock)
+    ds.configure_health(OutlierPolicy(consecutive_failures=1), LatencySettings())
+    ds.publish()
+    view = SharedView(segment, 0)
+    lease = view.acquire("10.0.0.3:8000", LoadCharge(0.0, 0.0))
+    lease.report(Outcome(("10.0.0.3:8000",), None, 503))
+    lease.release()
+    ds.set_draining(frozenset({"10.0.0.1:8000"}))  # static endpoints: the endpoint's name is its pod
+    assert ds.publish()
+    assert view.snapshot().health.tolist() == [3.0, 0.0, 1.0]
+    assert ds.draining == {"10.0.0.1:8000"}
+    ds.set_draining(frozenset())
+    ds.publish()
+    assert view.snapshot().health.tolist() == [0.0, 0.0, 1.0]
+    ds.set_draining(frozenset({"vllm-0"}))
+    ds.replace_endpoints([*ds.endpoints(), Endpoint("vllm-0-rank-0", "10.0.0.9", 8000, pod="vllm-0")])
+    ds.publish()
+    assert view.snapshot().health.tolist() == [0.0, 0.0, 1.0, 3.0]
+
+
+def test_requests_sent_count_every_workers_picks_per_endpoint(segment: SharedSegment, clock: Clock) -> None:
+    ds = supervisor(segment, clock)
+    ds.publish()
+    w0, w1 = SharedView(segment, 0), SharedView(segment, 1)
+    for view, name in ((w0, "10.0.0.1:8000"), (w1, "10.0.0.1:8000"), (w1, "10.0.0.2:8000")):
+        view.acquire(name).release()
+    scrape(ds, "10.0.0.1:8000", 1.0)  # a landed scrape moves dispatched, not what was sent
+    ds.publish()
+    assert ds.requests_sent() == {"10.0.0.1:8000": 2.0, "10.0.0.2:8000": 1.0, "10.0.0.3:8000": 0.0}
