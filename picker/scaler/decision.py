@@ -21,6 +21,8 @@ class Action(StrEnum):
     REMOVE = "remove"
     VERIFIED = "verified"
     VERIFY_FAILED = "verify-failed"
+    #: lower an HPA's ``minReplicas`` without removing a pod (the HPA holds more replicas than our floor)
+    LOWER_FLOOR = "lower-floor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,9 @@ class Observation:
     forecast_rps: float | None = None  #: forecast peak over the next warm-up (None: no forecast)
     #: non-terminating pods of the workload; listed by the controller only while a removal is verified
     existing: frozenset[str] | None = None
+    #: an HPA targets the workload and this is its ``minReplicas``: the scaler moves that floor instead of
+    #: the count (never below 1, an HPA's own minimum)
+    hpa_floor: int | None = None
 
     def pod(self, name: str) -> PodView | None:
         return next((p for p in self.pods if p.name == name), None)

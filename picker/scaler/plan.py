@@ -155,6 +155,8 @@ class Planner:
             demand_rps=obs.demand_rps, ready=obs.ready, saturated=obs.saturated, steady=steady
         )
         bounds = self.schedule.bounds(now)
+        if obs.hpa_floor is not None and bounds.lo < 1:
+            bounds = Bounds(lo=1, hi=max(bounds.hi, 1), window=bounds.window, ahead=bounds.ahead)
         load = self._load(obs)
         need_now = self.need(load)
         need_fc = self.need(obs.forecast_rps)
@@ -180,6 +182,13 @@ class Planner:
         ):
             to = min(bounds.hi, obs.replicas + self.cfg.scale_up.saturation_step)
             return self._scale_up(ctx, to, "saturation")
+        if obs.hpa_floor is not None and obs.replicas > obs.hpa_floor:
+            # the HPA keeps more replicas than our floor: it removes them itself when its metric says so; we
+            # only bring the floor down (no victim, no drain)
+            if obs.hpa_floor > down and self._down_ready(ctx) == "":
+                self._h.last_down = now
+                return ctx.decision(Action.LOWER_FLOOR, "down", "low-demand", max(down, obs.hpa_floor - 1))
+            return ctx.decision(Action.HOLD, "none", "hpa-decides", obs.replicas)
         if obs.replicas > down:
             return self._scale_down(ctx)
         return ctx.decision(Action.HOLD, "none", "steady", obs.replicas)
@@ -196,14 +205,14 @@ class Planner:
             h.last_up = obs.now
         return ctx.decision(Action.SCALE_UP, "up", reason, to)
 
-    def _scale_down(self, ctx: _Ctx) -> Decision:
+    def _down_ready(self, ctx: _Ctx) -> str:
+        """Why a scale-down may not happen now ("" = it may)."""
         h = self._h
         obs = ctx.obs
         cfg = self.cfg.scale_down
         above_max = obs.replicas > ctx.bounds.hi
-        reason = "schedule-max" if above_max else "low-demand"
         assert h.first is not None
-        blocked = (
+        return (
             "saturated"
             if obs.saturated
             else "stale-metrics"
@@ -218,6 +227,12 @@ class Planner:
             if self._used(h.downs, obs.now) >= cfg.max_replicas_per_hour
             else ""
         )
+
+    def _scale_down(self, ctx: _Ctx) -> Decision:
+        h = self._h
+        obs = ctx.obs
+        reason = "schedule-max" if obs.replicas > ctx.bounds.hi else "low-demand"
+        blocked = self._down_ready(ctx)
         if blocked:
             return ctx.decision(Action.HOLD, "down", blocked, obs.replicas)
         self.last_ranking = rank(obs.pods, ordered_removal=self.ordered_removal)
