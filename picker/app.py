@@ -248,6 +248,8 @@ class Service:
         )
         self._kube: Any = None
         self._api_client: Any = None
+        #: the off-peak scaler (``picker.scaler``): built with the Kubernetes sources, idle without a section
+        self._scaler: Any = None
         self.health_service = HealthService(self.health_state)
         tls = None
         if settings.secure_serving:
@@ -305,6 +307,7 @@ class Service:
             staleness_s=lambda: self.telemetry.staleness_s,
             workers=debug_workers,
             tenants=self.tenants.describe,
+            scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
         )
         self._admin_sock: socket.socket | None = None
         self.admin_server = _QuietServer(
@@ -378,6 +381,20 @@ class Service:
         self._apply_objectives(cfg)
         self.tenants.apply_logged(cfg.settings.tenants)
         self._configure_flow(cfg)
+        self._check_scaling(cfg)
+
+    def _check_scaling(self, cfg: PickerConfig) -> None:
+        scaling = cfg.scaling
+        if scaling is not None and self._scaler is None and self.settings.static_endpoints:
+            log.warning(
+                "the config has a scaling section, but scaling needs a Kubernetes pool (--pool-name or "
+                "--endpoint-selector): ignored with --static-endpoints"
+            )
+        elif scaling is not None and scaling.allows_zero:
+            log.warning(
+                "scaling allows zero replicas: requests arriving while no replica exists are answered 503 "
+                "(holding them until one is ready is not available yet)"
+            )
 
     # ------------------------------------------------------------------------------------ sources
     def _static_pool(self) -> None:
@@ -418,6 +435,32 @@ class Service:
             retry_period=s.leader_retry_period,
         )
 
+    def _build_scaler(self, kube: Any) -> Any:
+        """The scaler over this process's datastore, acting on the workload through ``kube``'s API client
+        (``picker.kube.scale``), leading when ``kube`` leads. Idle until a ``scaling`` section is applied."""
+        from picker.kube.configmap import EventRecorder
+        from picker.kube.scale import ScaleTargetClient
+        from picker.scaler.controller import Scaler
+        from picker.scaler.history import PrometheusHistory
+        from picker.scaler.metrics import ScalerMetrics
+        from picker.scaler.signals import DatastoreSignals
+
+        api, namespace = self._api_client, self.settings.pool_namespace
+        recorder = EventRecorder(api, instance=kube.identity)
+        return Scaler(
+            section=lambda: self.config_store.active.config.scaling,
+            actuator_for=lambda t: ScaleTargetClient(
+                api, namespace=t.namespace or namespace, kind=t.kind, name=t.name, recorder=recorder
+            ),
+            pool=DatastoreSignals(
+                self.datastore, self.config_store, staleness_s=lambda: self.telemetry.staleness_s
+            ),
+            marker=self.datastore,
+            history_for=lambda cfg: None if cfg.forecast is None else PrometheusHistory(cfg.forecast),
+            observer=ScalerMetrics(self.telemetry.registry),
+            is_leader=lambda: kube.is_leader,
+        )
+
     # --------------------------------------------------------------------------------------- run
     def stop(self) -> None:
         """Ask :meth:`run` to shut down (thread-unsafe: call on the loop, e.g. from a signal handler)."""
@@ -449,6 +492,8 @@ class Service:
             self._static_pool()
         elif s.pool_name or s.endpoint_selector:
             self._kube = self._kube_sources()
+            self._scaler = self._build_scaler(self._kube)
+        self._check_scaling(self.config_store.active.config)
         if self.extproc is not None:
             await self.extproc.start()
         await self.health_server.start()
@@ -487,6 +532,8 @@ class Service:
         tasks["flow-control"] = self.flow.run()
         if self._kube is not None:
             tasks["kubernetes"] = self._kube.run()
+        if self._scaler is not None:
+            tasks["scaler"] = self._scaler.run()
         gpu = self._gpu_source()
         if gpu is not None:
             tasks["gpu-signal"] = gpu.run()
@@ -533,6 +580,8 @@ class Service:
         if self.extproc is not None:
             await self.extproc.stop(grace=5.0)
         await self.health_server.stop(grace=None)
+        if self._scaler is not None:
+            await self._scaler.close()
         if self._kube is not None:
             await self._kube.close()
         if self._api_client is not None:

@@ -73,6 +73,7 @@ def build_admin_app(
     clock: Callable[[], float] = time.monotonic,
     workers: Callable[[], list[dict[str, Any]]] | None = None,
     tenants: Callable[[], dict[str, Any]] | None = None,
+    scaler: Callable[[], dict[str, Any] | None] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 
@@ -212,6 +213,15 @@ def build_admin_app(
         def debug_tenants() -> Response:
             """Tenants: per tenant each meter's limit, used, reserved, remaining and seconds to reset."""
             return _orjson(tenants())
+
+    if scaler is not None:
+
+        @app.get("/debug/scaler")
+        def debug_scaler() -> Response:
+            """The scaler: the section in force, the last tick (demand, forecast, bounds), the plan (drain in
+            progress, the victim ranking with reasons) and recent decisions; ``enabled: false`` when no
+            scaler runs in this process (no Kubernetes pool)."""
+            return _orjson(scaler() or {"enabled": False})
 
     @app.exception_handler(ValueError)
     async def _value_error(_request: Request, exc: ValueError) -> Response:

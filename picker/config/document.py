@@ -9,6 +9,7 @@ from typing import Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from picker.config.base import StrictModel
+from picker.config.scaling import ScalingConfig
 from picker.config.tenants import TenantsConfig
 from picker.config.values import parse_quantity
 from picker.headers import header_name
@@ -128,6 +129,9 @@ class PickerSettingsDocument(StrictModel):
     staleness_threshold: float | None = None
     #: tenant metering, limits and budgets (:mod:`picker.config.tenants`); unset = off
     tenants: TenantsConfig | None = None
+    #: the off-peak scale-down (and back up) scheduler (:mod:`picker.config.scaling`, ``picker/scaler``);
+    #: unset = off. Runs on the leader in Kubernetes mode; dry run until ``dryRun: false``
+    scaling: ScalingConfig | None = None
 
     @field_validator("staleness_threshold", mode="before")
     @classmethod

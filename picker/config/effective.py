@@ -18,6 +18,7 @@ from picker.config.plugins import (
     OutlierDetectorParams,
 )
 from picker.config.reference import REFERENCE_KIND, EndpointPickerDocument, PluginConfig
+from picker.config.scaling import ScalingConfig
 from picker.errors import ConfigError
 from scoring import ConfigurationError, PluginSpec, Profiles, ProfileSpec, Registry, Scheduler, build_profiles
 from scoring.durations import format_duration
@@ -92,6 +93,11 @@ class PickerConfig(StrictModel):
     def prompt_tokens_header(self) -> str:
         """Header-only mode: the header carrying the gateway's prompt-token estimate."""
         return self.settings.request.prompt_tokens_header
+
+    @property
+    def scaling(self) -> ScalingConfig | None:
+        """The ``scaling`` section, or None when scaling is off."""
+        return self.settings.scaling
 
     @property
     def staleness_threshold(self) -> float | None:
