@@ -44,6 +44,11 @@ EXPECTED_BUILDS: dict[str, dict[tuple[str, str], int]] = {
     "examples": STACK,
     "examples/stack": STACK,
     "examples/ha": STACK,
+    "examples/scaler": {
+        **STACK,
+        ("Role", "picker-scaler"): 1,
+        ("RoleBinding", "picker-scaler"): 1,
+    },
     "observability": {
         ("ServiceMonitor", "picker"): 1,
         ("PrometheusRule", "picker"): 1,

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from picker.scaler.decision import Action, Decision
+from picker.scaler.metrics import ScalerMetrics
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
@@ -65,6 +67,36 @@ def _series_names() -> set[str]:
     backend.settle(Settlement("t", "m", reservation_vector(1, 1), actual_vector(1, 1), 1, 1, 1))
     tenants.rejected("t", "tokens_per_minute")
     tenants.backend_failure("open")
+    # the scaler's metrics, registered by the service in Kubernetes mode, after one tick, one decision, one
+    # drain and one failed API call
+    scaler = ScalerMetrics(telemetry.registry)
+    scaler.tick(
+        current=3,
+        desired=2,
+        ready=3,
+        max_replicas=4,
+        demand_rps=1.0,
+        forecast_rps=2.0,
+        capacity_rps=10.0,
+        saturated=False,
+        held=0,
+        dry_run=False,
+        hpa=False,
+        gpu_hours_saved=0.01,
+    )
+    scaler.decided(
+        Decision(
+            at=0.0,
+            action=Action.DRAIN,
+            direction="down",
+            reason="low-demand",
+            current=3,
+            desired=2,
+            message="m",
+        )
+    )
+    scaler.drained(1.0)
+    scaler.failed("read")
     return {s.name for family in telemetry.registry.collect() for s in family.samples}
 
 
@@ -201,6 +233,16 @@ REQUIRED_ALERTS = [
         r"ai_tokens_used.*/.*ai_tokens_limit.*>\s*0\.9\b",
     ),
     (
+        "scaler stuck: desired != ready",
+        {"picker_scaler_desired_replicas", "picker_scaler_ready_replicas", "picker_scaler_dry_run"},
+        r"picker_scaler_desired_replicas != picker_scaler_ready_replicas",
+    ),
+    (
+        "capacity shortfall: saturated at the maximum",
+        {"picker_scaler_saturated", "picker_scaler_ready_replicas", "picker_scaler_max_replicas"},
+        r"picker_scaler_saturated == 1.*picker_scaler_ready_replicas >= picker_scaler_max_replicas",
+    ),
+    (
         "cost rate 1 h > 1.5 x 24 h",
         {"ai_cost_total"},
         r"ai_cost_total\[1h\].*>\s*1\.5 \* .*ai_cost_total\[24h\]",
@@ -314,6 +356,11 @@ def test_dashboard_uses_only_exported_metrics(
 
 #: A panel (its title) per topic, and the series it must query.
 REQUIRED_PANELS = {
+    "scaler replicas": {"picker_scaler_desired_replicas", "picker_scaler_ready_replicas"},
+    "scaler demand": {"picker_scaler_demand_rps", "picker_scaler_forecast_rps"},
+    "scaler decisions": {"picker_scaler_decisions_total"},
+    "scaler saved": {"picker_scaler_gpu_hours_saved_total"},
+    "scaler drain": {"picker_scaler_drain_duration_seconds_bucket"},
     "tenant tokens": {"ai_tokens_total"},
     "tenant cost": {"ai_cost_total"},
     "tenant rejections": {"picker_tenant_rejections_total"},
