@@ -34,6 +34,7 @@ from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig
 from picker.reload import ConfigFileWatcher
 from picker.routing.director import Director
+from picker.routing.hold import EmptyPoolHold
 from picker.routing.types import RoutingDecision
 from picker.scrape.engines import engine_specs_for
 from picker.scrape.http import LeanFetcher
@@ -237,6 +238,10 @@ class Service:
             registry=self.telemetry.registry,
             pool=self.telemetry.pool_name,
         )
+        #: requests to an empty pool waiting for a first replica (scale from zero; ``picker.routing.hold``)
+        self.hold = EmptyPoolHold(self.datastore.snapshot, wake=self._wake_scaler)
+        #: the same count from each ``--workers`` worker (``held_elsewhere``)
+        self._held_remote: dict[object, int] = {}
         self.director = Director(
             self.datastore,
             self.config_store,
@@ -245,6 +250,7 @@ class Service:
             observer=self.telemetry,
             tenancy=self.tenants.tenancy,
             flow=self.flow,
+            hold=None if settings.static_endpoints else self.hold,  # a static list has nothing to scale
         )
         self._kube: Any = None
         self._api_client: Any = None
@@ -390,11 +396,6 @@ class Service:
                 "the config has a scaling section, but scaling needs a Kubernetes pool (--pool-name or "
                 "--endpoint-selector): ignored with --static-endpoints"
             )
-        elif scaling is not None and scaling.allows_zero:
-            log.warning(
-                "scaling allows zero replicas: requests arriving while no replica exists are answered 503 "
-                "(holding them until one is ready is not available yet)"
-            )
 
     # ------------------------------------------------------------------------------------ sources
     def _static_pool(self) -> None:
@@ -435,6 +436,25 @@ class Service:
             retry_period=s.leader_retry_period,
         )
 
+    def _wake_scaler(self) -> None:
+        if self._scaler is not None:
+            self._scaler.wake()
+
+    def held_elsewhere(self, source: object, count: int) -> None:
+        """Requests held for a first replica in another process (a ``--workers`` worker, ``source``): counted
+        with this process's own, and a new one wakes the scaler."""
+        before = self._held_remote.get(source, 0)
+        if count > 0:
+            self._held_remote[source] = count
+        else:
+            self._held_remote.pop(source, None)
+        if count > before:
+            self._wake_scaler()
+
+    def held_requests(self) -> int:
+        """Requests waiting for a first replica, in every ext_proc process of this EPP."""
+        return self.hold.held + sum(self._held_remote.values())
+
     def _build_scaler(self, kube: Any) -> Any:
         """The scaler over this process's datastore, acting on the workload through ``kube``'s API client
         (``picker.kube.scale``), leading when ``kube`` leads. Idle until a ``scaling`` section is applied."""
@@ -453,7 +473,10 @@ class Service:
                 api, namespace=t.namespace or namespace, kind=t.kind, name=t.name, recorder=recorder
             ),
             pool=DatastoreSignals(
-                self.datastore, self.config_store, staleness_s=lambda: self.telemetry.staleness_s
+                self.datastore,
+                self.config_store,
+                staleness_s=lambda: self.telemetry.staleness_s,
+                held=self.held_requests,
             ),
             marker=self.datastore,
             history_for=lambda cfg: None if cfg.forecast is None else PrometheusHistory(cfg.forecast),
@@ -578,6 +601,7 @@ class Service:
         self.admin_server.should_exit = True
         # Streams in progress get a grace period: Envoy retries elsewhere if we vanish mid-request.
         if self.extproc is not None:
+            self.hold.close()
             await self.extproc.stop(grace=5.0)
         await self.health_server.stop(grace=None)
         if self._scaler is not None:

@@ -48,6 +48,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from picker.extproc.health import HealthService, HealthState
 from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig, generate_self_signed
 from picker.routing.director import Director
+from picker.routing.hold import EmptyPoolHold
 from picker.settings import Settings
 from picker.state.codec import HealthInputs
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
@@ -92,6 +94,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 #: a worker draining on stop gets this long for open streams, then the supervisor kills it
 DRAIN_S = 5.0
+#: worker → supervisor: ``[HELD, n]``, the worker's requests now held for a first replica (scale from zero)
+HELD = "held"
 
 
 # =============================================================================================== channel
@@ -169,6 +173,8 @@ class _Worker:
         self._stop = asyncio.Event()
         #: the supervisor's tenant budget, reached over the pipe (set in run())
         self.budget = SupervisorBackend(lambda _message: None)
+        #: requests waiting for a first replica (set in run())
+        self.hold: EmptyPoolHold | None = None
 
     async def _first_state(self) -> None:
         deadline = time.monotonic() + 30.0
@@ -178,10 +184,17 @@ class _Worker:
             await asyncio.sleep(0.01)
 
     def _server(
-        self, store: ConfigStore, telemetry: Telemetry, tenants: TenantService, flow: FlowController
+        self,
+        store: ConfigStore,
+        telemetry: Telemetry,
+        tenants: TenantService,
+        flow: FlowController,
+        channel: _Channel,
     ) -> ExtProcServer:
         s = self.settings
         config = store.active.config
+        # scale from zero: the supervisor's scaler counts this worker's held requests and wakes on a new one
+        self.hold = EmptyPoolHold(self.view.snapshot, on_change=lambda n: channel.send([HELD, n]))
         director = Director(
             self.view,
             store,
@@ -190,6 +203,7 @@ class _Worker:
             observer=telemetry,
             tenancy=tenants.tenancy,
             flow=flow,
+            hold=None if s.static_endpoints else self.hold,
         )
         tls = None
         if s.secure_serving:
@@ -241,7 +255,7 @@ class _Worker:
 
         follow_config(ReloadResult("start", True, "applied", "", "", 0.0), store.active)
         store.add_listener(follow_config)
-        server = self._server(store, telemetry, tenants, flow)
+        server = self._server(store, telemetry, tenants, flow, channel)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -263,6 +277,8 @@ class _Worker:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.hold is not None:
+                self.hold.close()
             await server.stop(grace=DRAIN_S)
             channel.send(["metrics", export_families(telemetry.request_metrics())])
             await channel.drain()
@@ -333,10 +349,14 @@ class WorkerPool:
         *,
         key_pair: tuple[bytes, bytes] | None,
         budget: BudgetHost | None = None,
+        held: Callable[[object, int], None] | None = None,
     ) -> None:
-        """``budget``: answers the workers' tenant reservations from the supervisor's memory backend."""
+        """``budget``: answers the workers' tenant reservations from the supervisor's memory backend;
+        ``held``: told each worker's count of requests held for a first replica
+        (``Service.held_elsewhere``)."""
         self.settings = settings
         self.budget = budget
+        self._held = held
         self.segment = segment
         self.datastore = datastore
         self.merged = merged
@@ -409,6 +429,8 @@ class WorkerPool:
                 self.merged.update(index, [tuple(f) for f in message[1]])
             elif message[0] == "serving":
                 slot.serving = True
+            elif message[0] == HELD and self._held is not None:
+                self._held(index, int(message[1]))
             elif message[0].startswith("tenants.") and self.budget is not None:
                 reply = self.budget.handle(index, message)
                 if reply is not None:
@@ -428,6 +450,8 @@ class WorkerPool:
         slot = self._slots[index]
         slot.process, slot.channel, slot.reader = None, None, None
         released = self.datastore.ledger.settle_row(index)
+        if self._held is not None:
+            self._held(index, 0)
         self.merged.retire(index)
         if self.budget is not None:
             self.budget.retire(index)
@@ -542,7 +566,8 @@ async def _supervise(settings: Settings) -> None:
         service.telemetry.registry.register(merged)
         tenants = service.tenants
         budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected)
-        pool = WorkerPool(settings, segment, datastore, merged, key_pair=key_pair, budget=budget)
+        held = service.held_elsewhere
+        pool = WorkerPool(settings, segment, datastore, merged, key_pair=key_pair, budget=budget, held=held)
         pool_ref.append(pool)
         service.readiness_checks.append(pool.all_serving)
 

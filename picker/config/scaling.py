@@ -201,8 +201,8 @@ class ScaleToZeroConfig(StrictModel):
     """Requests that arrive while the pool has no replica are held, not answered 503."""
 
     #: longest a request is held waiting for the first replica (then 503 as usual); the proxy's ext_proc
-    #: message timer is extended with ``override_message_timeout`` meanwhile, so Envoy's
-    #: ``max_message_timeout`` must be at least this
+    #: message timer is extended with ``override_message_timeout`` (this + 5 s) meanwhile, so Envoy's
+    #: ``max_message_timeout`` must be at least that (``picker.routing.hold``)
     hold_timeout: float = 120.0
     #: requests held at once per EPP process; more get 503 at once (memory bound)
     max_held_requests: int = Field(default=1000, ge=1, le=100_000)

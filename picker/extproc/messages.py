@@ -37,6 +37,7 @@ __all__ = [
     "Reply",
     "ResponseSkip",
     "immediate_response",
+    "message_timeout_override",
     "request_body_replies",
     "request_headers_reply",
     "response_body_replies",
@@ -242,6 +243,18 @@ def immediate_response(status: int, body: str, headers: Iterable[tuple[str, str]
     immediate.body = body.encode()
     if headers:
         _set_headers(immediate.headers.set_headers, ((k, v.encode()) for k, v in headers))
+    return reply
+
+
+def message_timeout_override(seconds: float) -> Reply:
+    """A reply carrying only ``override_message_timeout``: the proxy restarts the timer of the message it
+    waits on with this duration instead of ``message_timeout``. Envoy honours it only with
+    ``max_message_timeout`` set (0, the default, ignores it), only up to that bound, and only once per
+    message; the proxy sends nothing in return, the real reply follows later."""
+    reply = ProcessingResponse()
+    whole = int(seconds)
+    reply.override_message_timeout.seconds = whole
+    reply.override_message_timeout.nanos = round((seconds - whole) * 1e9)
     return reply
 
 

@@ -181,7 +181,9 @@ class ExtProcServer:
                     return
                 try:
                     replies = stream.handle(request)
-                    if replies is SUSPENDED:  # routing waits for a remote tenant budget
+                    if replies is SUSPENDED:  # routing waits: a remote budget, a queue, a first replica
+                        for reply in stream.waiting_replies():
+                            await write(reply)
                         replies = await stream.resume()
                 except StreamAbortError as exc:
                     code = grpc.StatusCode.INTERNAL if exc.internal else grpc.StatusCode.FAILED_PRECONDITION

@@ -274,6 +274,14 @@ class ExtProcStream:
             self._finished = True
             raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc
 
+    def waiting_replies(self) -> Sequence[Any]:
+        """What to send while a suspended request waits (after :data:`SUSPENDED`, before :meth:`resume`):
+        the ``override_message_timeout`` its wait asks for, when it asks for one (scale from zero holds a
+        request longer than a proxy's ``message_timeout``)."""
+        pending = self._pending
+        extend = pending[0].extend_s if pending is not None else None
+        return () if extend is None else (messages.message_timeout_override(extend),)
+
     async def resume(self) -> Sequence[Any]:
         """The replies of a request whose routing waited (after :data:`SUSPENDED`). Raises
         :class:`StreamAbortError` as :meth:`handle` does."""

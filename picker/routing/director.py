@@ -4,7 +4,9 @@
 2. Target model = ``x-gateway-model-name-rewrite`` header or the incoming model; an
    InferenceModelRewrite rule for the incoming model overrides it (weighted random target).
 3. Priority from the InferenceObjective named by ``x-gateway-inference-objective`` (unknown → 0).
-4. Candidates = the subset hint (IP match, as the reference; port ignored); empty → 503.
+4. Candidates = the subset hint (IP match, as the reference; port ignored); empty → 503. An empty pool
+   while the ``scaling`` section allows zero replicas: the request is held until a first replica is
+   ready (``picker.routing.hold``), then goes on from step 5; 503 after the hold timeout.
 5. Admission: the tenant's budget (``picker.tenants``, when configured): a reservation of the request's
    estimated tokens, one request and its cost, or 429 over a limit; the reservation travels on the
    decision (``ticket``) and is settled or released at the stream's end, or here at once when a later
@@ -21,7 +23,13 @@
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
    and hand back the body: the original bytes unless the model changed.
 
-Everything here is synchronous and allocation-light: it runs once per request on the event loop.
+Everything here is synchronous and allocation-light: it runs once per request on the event loop, except
+the waits a :class:`PendingRoute` carries (a remote budget, a flow-control queue, an empty pool).
+
+Why one module: the steps are one sequence over one request's state (its models, its budget reservation,
+the config in force when it arrived), and every refusal after a reservation must give it back; the pieces
+that stand alone are already elsewhere (``avoid.py``, ``hold.py``, ``openai.py``, the tenants' budget and
+queues, the scheduler itself).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from numpy.typing import NDArray
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.header_only import header_request_info
+from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
 from picker.routing.openai import parse_request, prompt_text, rewrite_model
 from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecision, RoutingRequest
 from picker.state.accounting import NullLease
@@ -56,6 +65,8 @@ HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 MSG_NO_PODS = "no pods available in datastore"
 MSG_SHED = "system saturated, sheddable request dropped"
+MSG_HOLD_FULL = "no model-server replica is running and too many requests already wait for one"
+MSG_HOLD_TIMEOUT = "no model-server replica became ready within the hold timeout ({:g}s)"
 #: the reference's flow id of a request without a fairness id (used without a tenants section)
 DEFAULT_FLOW = "default-flow"
 
@@ -105,7 +116,10 @@ class Director:
         observer: DirectorObserver | None = None,
         tenancy: Tenancy | None = None,
         flow: FlowController | None = None,
+        hold: EmptyPoolHold | None = None,
     ) -> None:
+        """``hold``: requests to an empty pool wait for a first replica while the active config says so
+        (``ActiveConfig.hold_empty_pool``, :mod:`picker.routing.hold`); None refuses them at once."""
         self._ds = datastore
         self._config = config
         self._rng = rng
@@ -114,6 +128,7 @@ class Director:
         self._observer = observer
         self._tenancy = tenancy
         self._flow = flow
+        self._hold = hold
         self._avoidance = Avoidance()
 
     # ------------------------------------------------------------------------------------- routing
@@ -156,6 +171,21 @@ class Director:
         if explain:
             return self._schedule(request, active, info, incoming, target, explain=True)
         args = (request, active, info, incoming, target)
+        return self._hold_if_empty(args) or self._admit(args)
+
+    def _hold_if_empty(self, args: _Args) -> PendingRoute | None:
+        """Scale from zero: the wait for a first replica when the pool is empty and the config holds."""
+        hold = args[1].hold_empty_pool
+        if hold is None or self._hold is None or len(self._ds.snapshot()) > 0:
+            return None
+        if self._hold.full(hold.max_held_requests):
+            raise ServiceUnavailable(MSG_HOLD_FULL)
+        extend = hold.hold_timeout + HOLD_MARGIN_S
+        return PendingRoute(self._held(args, hold.hold_timeout), extend_s=extend)
+
+    def _admit(self, args: _Args) -> RoutingDecision | PendingRoute:
+        """Tenant budget and flow control, then scheduling (now or after a wait)."""
+        request, active, info, incoming, target = args
         ticket: Ticket | None = None
         tenancy = self._tenancy
         if tenancy is not None and tenancy.active:
@@ -181,6 +211,20 @@ class Director:
         if ticket is None:
             return self._schedule(request, active, info, incoming, target, explain=False)
         return self._admitted(ticket, args)
+
+    async def _held(self, args: _Args, hold_s: float) -> RoutingDecision:
+        """Scale from zero: wait for a first replica, then admit and schedule as usual; 503 after
+        ``hold_s`` seconds."""
+        assert self._hold is not None
+        try:
+            if not await self._hold.wait(hold_s):
+                raise ServiceUnavailable(MSG_HOLD_TIMEOUT.format(hold_s))
+            routed = self._admit(args)
+            return await routed.wait() if isinstance(routed, PendingRoute) else routed
+        except PickerError as exc:
+            exc.incoming_model = args[3]
+            exc.target_model = args[4]
+            raise
 
     def _enqueue(self, args: _Args, ticket: Ticket | None) -> tuple[asyncio.Future[None], str, int] | None:
         """Flow control: None to schedule now, or the queue position to wait on (sheddable requests are
@@ -371,6 +415,9 @@ class Director:
         model = info.model or ""
         try:
             args = (request, active, info, model, model)
+            held = self._hold_if_empty(args)
+            if held is not None:
+                return held
             if self._flow is not None and self._flow.enabled:
                 waiting = self._enqueue(args, None)
                 if waiting is not None:

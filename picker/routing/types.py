@@ -126,13 +126,18 @@ class Reservation(Protocol):
 
 
 class PendingRoute:
-    """A routing decision that needs I/O first (a remote tenant budget): the stream awaits :meth:`wait`,
-    which returns the decision or raises the PickerError that refused the request."""
+    """A routing decision that needs I/O first (a remote tenant budget) or a wait (a flow-control queue, a
+    first replica of an empty pool): the stream awaits :meth:`wait`, which returns the decision or raises
+    the PickerError that refused the request.
 
-    __slots__ = ("_coro",)
+    ``extend_s``: the wait may outlast the proxy's per-message timer, so the stream first asks the proxy to
+    restart that timer with this many seconds (``override_message_timeout``); None asks nothing."""
 
-    def __init__(self, coro: Coroutine[Any, Any, RoutingDecision]) -> None:
+    __slots__ = ("_coro", "extend_s")
+
+    def __init__(self, coro: Coroutine[Any, Any, RoutingDecision], *, extend_s: float | None = None) -> None:
         self._coro = coro
+        self.extend_s = extend_s
 
     async def wait(self) -> RoutingDecision:
         return await self._coro

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from picker.config import PickerConfig, load_config_text
+from picker.config.scaling import ScaleToZeroConfig
 from picker.errors import ConfigError
 from scoring import Profiles, Scheduler
 
@@ -56,6 +57,9 @@ class ActiveConfig:
     #: header-only mode: the request header carrying the model ("" = off) and the prompt-token header
     model_header: str = field(init=False)
     prompt_tokens_header: str = field(init=False)
+    #: requests to an empty pool are held while a first replica comes up (``scaling`` allows zero replicas
+    #: and is not a dry run); None otherwise
+    hold_empty_pool: ScaleToZeroConfig | None = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -67,6 +71,10 @@ class ActiveConfig:
         object.__setattr__(self, "needs_response_status", cfg.outlier_detection.enabled)
         object.__setattr__(self, "model_header", cfg.model_header)
         object.__setattr__(self, "prompt_tokens_header", cfg.prompt_tokens_header)
+        scaling = cfg.scaling
+        holds = scaling is not None and scaling.allows_zero and not scaling.dry_run
+        hold = scaling.scale_to_zero if holds and scaling is not None else None
+        object.__setattr__(self, "hold_empty_pool", hold)
 
 
 def _digest(text: str) -> str:

@@ -265,6 +265,9 @@ class ExchangeResult:
     response_body: bytes = b""
     response_body_chunks: int = 0
     response_trailers_replied: bool = False
+    #: ``override_message_timeout`` values (seconds) of replies that carried only that (no message timer
+    #: here: :class:`picker.testing.gateway.MiniGateway` applies Envoy's)
+    timeout_overrides: list[float] = field(default_factory=list)
     #: the gRPC status the RPC ended with: OK unless the server aborted. After an ImmediateResponse the
     #: client stops writing; if it was mid-write, gRPC Python reports CANCELLED or INTERNAL here.
     code: grpc.StatusCode | None = None
@@ -306,14 +309,19 @@ class _OrderChecker:
         self._body_done = {"request_body": False, "response_body": False}
 
     def check(self, reply: Message) -> str:
-        kind: str = reply.WhichOneof("response")
+        kind: str | None = reply.WhichOneof("response")
+        if kind is None and reply.HasField("override_message_timeout"):
+            # "give me longer for the message you wait on": no phase of its own, allowed before any reply
+            if self._ended:
+                raise ProtocolOrderError("override_message_timeout after an immediate_response")
+            return "override_message_timeout"
         if self._ended:
             raise ProtocolOrderError(f"{kind} reply after an immediate_response")
         if kind == "immediate_response":
             self._ended = True
             return kind
         rank = _RANK.get(kind or "")
-        if rank is None:
+        if kind is None or rank is None:
             raise ProtocolOrderError(f"reply without a known response field: {kind}")
         if rank < self._rank:
             raise ProtocolOrderError(f"{kind} reply after a later phase")
@@ -703,6 +711,8 @@ class EnvoyClient:
             result.response_body_chunks += 1
         elif kind == "response_trailers":
             result.response_trailers_replied = True
+        elif kind == "override_message_timeout":
+            result.timeout_overrides.append(reply.override_message_timeout.ToTimedelta().total_seconds())
         elif kind == "immediate_response":
             immediate = reply.immediate_response
             result.immediate = ImmediateReply(

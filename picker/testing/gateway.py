@@ -71,6 +71,8 @@ class GatewayResult:
     attempts: list[str] = field(default_factory=list)
     #: the response came from the gateway itself (no attempt produced one)
     local_reply: bool = False
+    #: ``override_message_timeout`` values the EPP sent (seconds), honoured or not
+    timeout_overrides: list[float] = field(default_factory=list)
     body: bytes = field(default=b"", repr=False)
 
     @property
@@ -107,6 +109,10 @@ class _Replies:
         return reply
 
 
+#: the request phase's message timer fired (:meth:`MiniGateway._timed_reply`)
+_TIMED_OUT: Message = object()
+
+
 def _kind(reply: Message) -> str:
     return str(reply.WhichOneof("response"))
 
@@ -131,12 +137,20 @@ class MiniGateway:
         retries: int = 1,
         upstream_timeout_s: float | None = None,
         local_reply_to_epp: bool = True,
+        message_timeout_s: float | None = None,
+        max_message_timeout_s: float = 0.0,
     ) -> None:
         """``epp`` picks the endpoints; or ``route`` (no EPP) names one, e.g. a round-robin baseline (no
         retries then: there is no list to walk). ``retries``: further attempts on the next endpoints of
         the EPP's list (Envoy ``num_retries``). ``upstream_timeout_s``: per-attempt wait for the response
         headers (None: only the overall ``timeout_s``). ``local_reply_to_epp``: the gateway's own 503/504
-        goes through the EPP's response phase (else the ext_proc stream ends without a response)."""
+        goes through the EPP's response phase (else the ext_proc stream ends without a response).
+
+        ``message_timeout_s``: Envoy's ext_proc ``message_timeout`` on the request phase — no reply within
+        it and the gateway answers 504 itself (``failure_mode_allow: false``; None: no per-message timer).
+        ``max_message_timeout_s``: Envoy's ``max_message_timeout``: a reply carrying only
+        ``override_message_timeout`` restarts the timer with that duration if it is at most this bound,
+        once per message; 0 (Envoy's default) ignores every override."""
         if (epp is None) == (route is None):
             raise ValueError("give exactly one of an EPP client or a fixed route")
         if retries < 0:
@@ -147,6 +161,8 @@ class MiniGateway:
         self._retries = retries
         self._upstream_timeout = upstream_timeout_s
         self._local_reply_to_epp = local_reply_to_epp
+        self._message_timeout = message_timeout_s
+        self._max_message_timeout = max_message_timeout_s
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
@@ -207,8 +223,15 @@ class MiniGateway:
         ]
         await stream.send(request_headers(hdrs))
         await stream.send(request_body(body, end_of_stream=True))
-        first = await replies.next()
+        first = await self._timed_reply(replies, result)
         result.pick_s = time.monotonic() - started
+        if first is _TIMED_OUT:
+            result.status = 504
+            result.local_reply = True
+            result.error = "ext_proc message timeout"
+            result.latency_s = time.monotonic() - started
+            stream.cancel()
+            return
         if first is None or _kind(first) != "request_headers":
             imm = first.immediate_response if first is not None else None
             result.status = int(imm.status.code) if imm is not None else 502
@@ -233,6 +256,27 @@ class MiniGateway:
         with contextlib.suppress(Exception):
             await stream.half_close()
         await replies.task
+
+    async def _timed_reply(self, replies: _Replies, result: GatewayResult) -> Message | None:
+        """The request phase's reply under Envoy's message timer (:data:`_TIMED_OUT` when it fires):
+        ``override_message_timeout`` replies restart it as Envoy does (see ``__init__``)."""
+        loop = asyncio.get_running_loop()
+        timer = self._message_timeout
+        deadline = None if timer is None else loop.time() + timer
+        overridden = False
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reply = await replies.next()
+            except TimeoutError:
+                return _TIMED_OUT
+            if reply is None or reply.WhichOneof("response") is not None:
+                return reply
+            if reply.HasField("override_message_timeout"):
+                override = reply.override_message_timeout.ToTimedelta().total_seconds()
+                result.timeout_overrides.append(override)
+                if deadline is not None and not overridden and 0.001 <= override <= self._max_message_timeout:
+                    deadline, overridden = loop.time() + override, True
 
     async def _attempt(self, url: str, body: bytes) -> aiohttp.ClientResponse:
         """One upstream attempt up to its response headers."""

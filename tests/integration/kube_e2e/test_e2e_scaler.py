@@ -222,3 +222,68 @@ async def test_scale_down_removes_the_chosen_pod_after_its_streams_and_routes_no
         await gateway.close()
     finally:
         controller.close()
+
+
+def scale_to_zero_doc() -> str:
+    return (
+        f"{EPP_DOC}---\napiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
+        "scaling:\n"
+        "  target: {kind: Deployment, name: vllm}\n"
+        "  dryRun: false\n"
+        "  minReplicas: 0\n"
+        "  maxReplicas: 2\n"
+        "  replicaCapacity: {requestsPerSecond: 100}\n"
+        "  warmup: 2s\n"
+        "  interval: 5s\n"  # the held request wakes the scaler: no waiting for the next tick
+        "  scaleToZero: {holdTimeout: 60s}\n"
+    )
+
+
+async def test_a_request_to_an_empty_pool_is_held_while_one_replica_comes_up_then_answered(
+    emulator: KubeApiEmulator, fake_pods: FakePods, start_epp: StartEpp, tmp_path: Path
+) -> None:
+    pod = await fake_pods.add("slot-0")
+    # the model takes 2 s to load: longer than the proxy's 0.5 s message timer
+    controller = WorkloadController(emulator, ips=[pod.ip], warmup_s=2.0)
+    try:
+        create_pool(emulator, fake_pods)
+        emulator.create(deployment("vllm", NS, labels=SEL, replicas=0))
+        config = tmp_path / "config.yaml"
+        config.write_text(scale_to_zero_doc())
+        epp = await start_epp(config_file=str(config))
+        await wait_serving(epp)
+        assert not epp.addresses()
+
+        # Envoy with max_message_timeout: the EPP's override_message_timeout is honoured
+        patient = MiniGateway(epp.client, timeout_s=120, message_timeout_s=0.5, max_message_timeout_s=120.0)
+        # Envoy as configured by default (max_message_timeout 0): the override is ignored
+        strict = MiniGateway(epp.client, timeout_s=120, message_timeout_s=0.5)
+        held = asyncio.create_task(patient.send("/v1/completions", completion(prompt="first", max_tokens=4)))
+        refused = await strict.send("/v1/completions", completion(prompt="second", max_tokens=4))
+        assert refused.status == 504, refused  # the proxy's own timer: the hold needs max_message_timeout
+        assert refused.local_reply
+
+        result = await asyncio.wait_for(held, 60)
+        assert result.status == 200, result
+        assert result.ok
+        assert result.endpoint == pod.address
+        assert result.timeout_overrides == [65.0]  # holdTimeout + the margin, asked once
+
+        # the scaler brought exactly one replica up, because of the held request
+        deployment_now = emulator.get("apps/v1", "Deployment", NS, "vllm")
+        assert deployment_now is not None
+        assert deployment_now["spec"]["replicas"] == 1
+        doc = await epp.admin.json("/debug/scaler")
+        ups = [(d["action"], d["reason"]) for d in doc["decisions"] if d["action"] == "scale-up"]
+        assert ups == [("scale-up", "scale-from-zero")]
+        assert epp.service.held_requests() == 0
+        reasons = {
+            e["reason"]
+            for e in emulator.list_objects("v1", "Event", NS)
+            if e["involvedObject"]["kind"] == "Deployment"
+        }
+        assert "ScaleUp" in reasons
+        await patient.close()
+        await strict.close()
+    finally:
+        controller.close()

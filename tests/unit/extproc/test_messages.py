@@ -134,3 +134,11 @@ def test_system_headers_cover_the_reference_list() -> None:
         "x-gateway-destination-endpoint-served",
         "content-length",
     } == messages.SYSTEM_HEADERS
+
+
+@pytest.mark.parametrize("seconds", [125.0, 0.25, 65.5])
+def test_a_message_timeout_override_carries_only_the_duration(seconds: float) -> None:
+    reply = pb.ProcessingResponse.FromString(messages.message_timeout_override(seconds).SerializeToString())
+    assert reply.WhichOneof("response") is None  # no phase reply: the real one follows
+    assert reply.override_message_timeout.ToTimedelta().total_seconds() == seconds
+    assert not reply.HasField("mode_override")
