@@ -5,7 +5,8 @@ Each tick (:meth:`Scaler.tick`):
 1. the ``scaling`` section in force (hot-reloaded: a new target starts over, other changes keep the
    history); none, or not the leader → any drain in progress is given up (un-drained, mark removed);
 2. read the workload (replicas, readiness, its HPA) and sample the pool (per-pod load, requests sent,
-   saturation, staleness, held requests); demand = requests sent since the previous tick / its length;
+   saturation, staleness, held requests); demand = requests sent since the previous tick / its length
+   (the first tick has none and decides nothing, unless a request is held: then demand counts as 0);
 3. the forecast from the last history read (refreshed every ``forecast.refresh`` in the background: a slow
    Prometheus never delays a tick);
 4. :meth:`picker.scaler.plan.Planner.step`, then carry the decision out — unless ``dryRun``:
@@ -196,7 +197,9 @@ class Scaler:
         demand = self._demand(mono, sample)
         self._pods.update(sample, now)
         if demand is None:
-            return None  # the first sample: demand needs two
+            if sample.held == 0:
+                return None  # the first sample: demand needs two
+            demand = 0.0  # a request held by an empty pool needs a replica now, not one interval later
         fc = self._forecast(cfg, now)
         existing = None
         if planner.removal is not None:

@@ -339,3 +339,16 @@ async def test_wake_runs_a_tick_without_waiting_for_the_interval() -> None:
     finally:
         await rig.scaler.close()
         await asyncio.wait_for(task, timeout=5)
+
+
+async def test_a_held_request_scales_from_zero_at_the_very_first_tick() -> None:
+    """Right after a start (or a new target) there is no previous sample to measure demand with; a held
+    request must not wait an interval for it."""
+    rig = Rig(section(minReplicas=0), replicas=0)
+    rig.actuator.workload = Workload(0, 0)
+    rig.pool.inflight = {}
+    rig.pool.held = 1
+    d = await rig.tick(0.0)
+    assert d is not None
+    assert (d.action, d.reason, d.desired) == (Action.SCALE_UP, "scale-from-zero", 1)
+    assert rig.actuator.calls == [("scale", 1)]
