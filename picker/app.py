@@ -283,7 +283,9 @@ class Service:
         src = config.metrics_source
         self.scraper = Scraper(
             self.datastore,
-            LeanFetcher(insecure_skip_verify=src.insecure_skip_verify),
+            LeanFetcher(
+                max_page_bytes=settings.scrape_max_page_bytes, insecure_skip_verify=src.insecure_skip_verify
+            ),
             engines=engine_specs_for(config.metrics_extractor),
             default_engine=config.metrics_extractor.default_engine,
             interval_s=settings.refresh_metrics_interval,

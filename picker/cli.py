@@ -71,6 +71,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _quantity(text: str) -> int:
+    from picker.config import parse_quantity
+
+    try:
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _ports(text: str) -> tuple[int, ...]:
     try:
         ports = tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
@@ -162,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pool gauges count endpoints scraped within this (default 2s)",
     )
     g.add_argument("--scrape-concurrency", type=int, default=256, help="scrapes in flight at once")
+    g.add_argument(
+        "--scrape-max-page-bytes",
+        type=_quantity,
+        default=8 << 20,
+        help="cap on one /metrics page, bytes or a quantity such as 8Mi (default 8Mi)",
+    )
     g.add_argument(
         "--model-server-metrics-port",
         type=int,
@@ -257,6 +272,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "scrape_timeout",
             "metrics_staleness_threshold",
             "scrape_concurrency",
+            "scrape_max_page_bytes",
             "model_server_metrics_port",
             "prometheus_url",
             "gpu_query",

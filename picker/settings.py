@@ -69,6 +69,9 @@ class Settings(BaseModel):
     model_server_metrics_port: int = Field(0, ge=0, le=65535)
     #: how many scrapes may be in flight at once
     scrape_concurrency: int = Field(256, ge=1)
+    #: cap on one ``/metrics`` page in bytes, on the wire and decoded, enforced while reading (a page
+    #: over it is a failed scrape). Memory for scraping is at most this times ``scrape_concurrency``.
+    scrape_max_page_bytes: int = Field(8 << 20, ge=1024, le=1 << 30)
 
     # ------------------------------------------------------------------------------- config
     config_file: str = ""

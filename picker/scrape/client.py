@@ -60,16 +60,25 @@ class AiohttpFetcher:
                     raise ScrapeError(f"HTTP {resp.status}")
                 if resp.content_length is not None and resp.content_length > self._max:
                     raise ScrapeError(f"page too large ({resp.content_length} bytes)")
-                body = await resp.content.read(self._max + 1)
-                if len(body) > self._max:
-                    raise ScrapeError(f"page larger than {self._max} bytes")
-                return body
+                return await self._read_capped(resp.content)
         except TimeoutError as exc:
             raise ScrapeError(f"timeout after {timeout_s:g}s") from exc
         except aiohttp.ClientError as exc:
             raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _read_capped(self, content: aiohttp.StreamReader) -> bytes:
+        """The whole (decoded) body, refused as soon as it exceeds the cap: read piece by piece, since
+        ``read(n)`` returns whatever is buffered (a partial page) and the reader holds at most one piece."""
+        parts: list[bytes] = []
+        size = 0
+        while piece := await content.readany():
+            size += len(piece)
+            if size > self._max:
+                raise ScrapeError(f"page larger than {self._max} bytes")
+            parts.append(piece)
+        return b"".join(parts)
 
     async def close(self) -> None:
         if self._session is not None:

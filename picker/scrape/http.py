@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from picker.scrape.client import AiohttpFetcher, ScrapeError
@@ -51,8 +51,84 @@ class _Response:
         self.keep_alive = keep_alive
 
 
+class _Body:
+    """A page's bytes as they arrive, decoded (gzip/deflate) on the fly, capped while reading.
+
+    Both the bytes on the wire and the decoded bytes count against ``limit``: a page is refused the moment
+    either would exceed it, whatever the framing, so memory held per scrape never exceeds about ``limit``
+    (plus one socket read). A compressed page is inflated piece by piece with ``max_length``, so a
+    decompression bomb stops at the cap too.
+    """
+
+    __slots__ = ("_decoder", "_encoding", "_limit", "_parts", "_size", "raw_size")
+
+    def __init__(self, limit: int, encoding: bytes) -> None:
+        self._limit = limit
+        self._parts: list[bytes] = []
+        #: bytes received (before decoding)
+        self.raw_size = 0
+        self._size = 0
+        self._decoder: Any = None
+        self._encoding = encoding.decode("latin-1")
+        if encoding in (b"gzip", b"x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == b"deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        self.raw_size += len(data)
+        if self.raw_size > self._limit:
+            raise ScrapeError(f"page larger than {self._limit} bytes")
+        decoder = self._decoder
+        if decoder is None:
+            out = bytes(data)
+        else:
+            try:
+                out = decoder.decompress(data, self._limit - self._size + 1)
+            except zlib.error as exc:
+                raise ScrapeError(f"bad {self._encoding} body: {exc}") from None
+            if decoder.unconsumed_tail:
+                raise ScrapeError(f"page larger than {self._limit} bytes")
+        self._size += len(out)
+        if self._size > self._limit:
+            raise ScrapeError(f"page larger than {self._limit} bytes")
+        if out:
+            self._parts.append(out)
+
+    def finish(self) -> bytes:
+        parts = self._parts
+        self._parts = []
+        if self._decoder is not None:
+            try:
+                tail = self._decoder.flush()
+            except zlib.error as exc:
+                raise ScrapeError(f"bad {self._encoding} body: {exc}") from None
+            if self._size + len(tail) > self._limit:
+                raise ScrapeError(f"page larger than {self._limit} bytes")
+            parts.append(tail)
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+#: a chunk-size line (hex size plus extensions) longer than this is malformed
+_MAX_CHUNK_LINE: Final = 1024
+# chunked framing states
+_SIZE_LINE: Final = 0
+_DATA: Final = 1
+_DATA_END: Final = 2
+_TRAILERS: Final = 3
+
+
 class _Connection(asyncio.Protocol):
-    """One TCP connection; at most one request in flight. Parses the response as bytes arrive."""
+    """One TCP connection; at most one request in flight. Parses the response as bytes arrive.
+
+    Only the header section and an incomplete framing line are ever buffered; body bytes go straight into
+    a capped :class:`_Body` (dropped whole on a rejection), so a server that sends an endless chunk, an
+    endless close-delimited body or a huge declared chunk is refused at the cap, holding at most the cap.
+    """
 
     def __init__(self, key: tuple[str, int], max_body: int, on_lost: Callable[[_Connection], None]) -> None:
         self.key = key
@@ -71,9 +147,10 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._encoding = b""
         self._head_done = False
-        self._body_start = 0
-        self._chunks: list[bytes] = []
-        self._chunk_total = 0
+        self._body: _Body | None = None
+        #: body bytes still expected: of the Content-Length body, or of the current chunk's data
+        self._left = 0
+        self._chunk_state = _SIZE_LINE
 
     # ----------------------------------------------------------------------------------- asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,11 +161,13 @@ class _Connection(asyncio.Protocol):
         self._on_lost(self)
         waiter = self._waiter
         if waiter is None or waiter.done():
+            self._release()
             return
-        if self._head_done and self._length < 0 and not self._chunked:
+        if self._head_done and self._length < 0 and not self._chunked and self._body is not None:
             # a close-delimited body ends here
-            self._finish(bytes(self._buf[self._body_start :]), keep_alive=False)
+            self._finish(keep_alive=False)
             return
+        self._release()
         if not self._got_bytes and self.reused:
             waiter.set_exception(_StaleConnectionError())
             return
@@ -101,9 +180,8 @@ class _Connection(asyncio.Protocol):
             self._abort()
             return
         self._got_bytes = True
-        self._buf += data
         try:
-            self._parse()
+            self._parse(data)
         except ScrapeError as exc:
             self._fail(exc)
 
@@ -117,8 +195,9 @@ class _Connection(asyncio.Protocol):
         self._length = -1
         self._chunked = False
         self._encoding = b""
-        self._chunks = []
-        self._chunk_total = 0
+        self._body = None
+        self._left = 0
+        self._chunk_state = _SIZE_LINE
         assert self.transport is not None
         self.transport.write(raw)
         return waiter
@@ -127,9 +206,10 @@ class _Connection(asyncio.Protocol):
         self._abort()
 
     # ----------------------------------------------------------------------------------- parsing
-    def _parse(self) -> None:
-        buf = self._buf
+    def _parse(self, data: bytes) -> None:
         if not self._head_done:
+            buf = self._buf
+            buf += data
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > _MAX_HEAD:
@@ -137,17 +217,26 @@ class _Connection(asyncio.Protocol):
                 return
             self._parse_head(bytes(buf[:end]))
             self._head_done = True
-            self._body_start = end + 4
+            self._body = _Body(self._max_body, self._encoding)
+            data = bytes(buf[end + 4 :])
+            buf.clear()
+            if self._length == 0:
+                self._finish(keep_alive=self._keep_alive)
+                return
+            self._left = self._length
         if self._chunked:
-            self._parse_chunks()
+            self._parse_chunks(data)
             return
+        body = self._body
+        assert body is not None
         if self._length >= 0:
-            if len(buf) - self._body_start >= self._length:
-                start = self._body_start
-                self._finish(bytes(buf[start : start + self._length]), keep_alive=self._keep_alive)
+            take = data[: self._left]
+            body.feed(take)
+            self._left -= len(take)
+            if self._left == 0:
+                self._finish(keep_alive=self._keep_alive)
             return
-        if len(buf) - self._body_start > self._max_body:
-            raise ScrapeError(f"page larger than {self._max_body} bytes")
+        body.feed(data)  # close-delimited: capped as it arrives
 
     def _parse_head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
@@ -163,7 +252,7 @@ class _Connection(asyncio.Protocol):
             key = name.strip().lower()
             if key == b"content-length":
                 text = value.strip()
-                if not text.isdigit():
+                if not text.isdigit() or len(text) > 19:
                     raise ScrapeError("malformed response: bad Content-Length")
                 self._length = int(text)
                 if self._length > self._max_body:
@@ -182,80 +271,108 @@ class _Connection(asyncio.Protocol):
             self._length = -1
         if self._status in (204, 304) or 100 <= self._status < 200:
             self._length = 0
+            self._chunked = False
         self._keep_alive = keep_alive
 
-    def _parse_chunks(self) -> None:
+    def _parse_chunks(self, data: bytes) -> None:
+        """Chunked framing. Chunk data goes to the body as it arrives (never waiting for a whole chunk),
+        and a declared chunk size beyond what the cap still allows is refused at once."""
+        body = self._body
+        assert body is not None
         buf = self._buf
-        at = self._body_start
-        while True:
-            line_end = buf.find(b"\r\n", at)
-            if line_end < 0:
-                break
-            size_text = bytes(buf[at:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ScrapeError("malformed response: bad chunk size") from None
-            if size == 0:
-                # last chunk; trailers (rare) end with an empty line
-                trailer_end = buf.find(b"\r\n\r\n", line_end)
-                if buf[line_end : line_end + 4] == b"\r\n\r\n" or trailer_end >= 0:
-                    self._finish(b"".join(self._chunks), keep_alive=self._keep_alive)
-                    return
-                break
-            data_start = line_end + 2
-            if len(buf) < data_start + size + 2:
-                break
-            self._chunk_total += size
-            if self._chunk_total > self._max_body:
-                raise ScrapeError(f"page larger than {self._max_body} bytes")
-            self._chunks.append(bytes(buf[data_start : data_start + size]))
-            at = data_start + size + 2
-        # drop what was consumed so a long chunked body is not rescanned from the start
-        if at > self._body_start:
-            del buf[self._body_start : at]
+        at = 0
+        n = len(data)
+        while at < n:
+            if self._chunk_state == _DATA:
+                take = min(self._left, n - at)
+                body.feed(memoryview(data)[at : at + take])
+                at += take
+                self._left -= take
+                if self._left == 0:
+                    self._chunk_state = _DATA_END
+                continue
+            # a framing line: size line, the CRLF after chunk data, or a trailer line
+            end = data.find(b"\n", at)
+            if end < 0:
+                buf += data[at:]
+                limit = _MAX_HEAD if self._chunk_state == _TRAILERS else _MAX_CHUNK_LINE
+                if len(buf) > limit:
+                    raise ScrapeError("malformed response: chunked framing line too long")
+                return
+            buf += data[at : end + 1]
+            at = end + 1
+            line = bytes(buf).rstrip(b"\r\n")
+            buf.clear()
+            if self._line(line, body):
+                return
+
+    def _line(self, line: bytes, body: _Body) -> bool:
+        """One complete framing line; True when the response is finished."""
+        state = self._chunk_state
+        if state == _DATA_END:
+            if line:
+                raise ScrapeError("malformed response: chunk data longer than its size")
+            self._chunk_state = _SIZE_LINE
+            return False
+        if state == _TRAILERS:
+            if line:
+                return False  # a trailer field: ignored
+            self._finish(keep_alive=self._keep_alive)
+            return True
+        if len(line) > _MAX_CHUNK_LINE:
+            raise ScrapeError("malformed response: chunked framing line too long")
+        size_text = line.split(b";", 1)[0].strip()
+        if not size_text or len(size_text) > 16:
+            raise ScrapeError("malformed response: bad chunk size")
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ScrapeError("malformed response: bad chunk size") from None
+        if size == 0:
+            self._chunk_state = _TRAILERS
+            return False
+        if body.raw_size + size > self._max_body:
+            raise ScrapeError(f"page larger than {self._max_body} bytes (a chunk of {size} bytes)")
+        self._left = size
+        self._chunk_state = _DATA
+        return False
 
     # ----------------------------------------------------------------------------------- outcome
-    def _finish(self, body: bytes, *, keep_alive: bool) -> None:
+    def _finish(self, *, keep_alive: bool) -> None:
         waiter = self._waiter
         self._waiter = None
-        self._buf.clear()
-        if self._encoding in (b"gzip", b"x-gzip", b"deflate"):
-            try:
-                body = _decompress(body, self._encoding, self._max_body)
-            except ScrapeError as exc:
-                if waiter is not None and not waiter.done():
-                    waiter.set_exception(exc)
-                self._abort()
-                return
+        body = self._body
+        self._release()
+        try:
+            page = body.finish() if body is not None else b""
+        except ScrapeError as exc:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc.with_traceback(None))
+            self._abort()
+            return
         if not keep_alive:
             self._abort()
         if waiter is not None and not waiter.done():
-            waiter.set_result(_Response(self._status, body, keep_alive))
+            waiter.set_result(_Response(self._status, page, keep_alive))
 
     def _fail(self, exc: ScrapeError) -> None:
         waiter = self._waiter
         self._waiter = None
+        self._release()
         if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+            # without its traceback: the parser's frames would keep the refused bytes alive
+            waiter.set_exception(exc.with_traceback(None))
         self._abort()
+
+    def _release(self) -> None:
+        """Drop every byte held for the current response (it ended, or was refused)."""
+        self._body = None
+        self._buf = bytearray()
 
     def _abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
-
-
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
-    wbits = 16 + zlib.MAX_WBITS if encoding != b"deflate" else zlib.MAX_WBITS
-    try:
-        d = zlib.decompressobj(wbits)
-        out = d.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ScrapeError(f"bad {encoding.decode()} body: {exc}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise ScrapeError(f"page larger than {limit} bytes")
-    return out
 
 
 def _expire(waiter: asyncio.Future[_Response]) -> None:

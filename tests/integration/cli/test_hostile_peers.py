@@ -1,0 +1,85 @@
+"""A real ``picker serve`` process against hostile model servers: its memory stays bounded.
+
+The hostile server (``picker.testing.hostile``) runs in its own process and offers up to 1 GiB per
+response, in the framings that used to exhaust the scraper. The EPP's resident set is sampled while it
+scrapes (every 50 ms) for a few seconds; it must stay under the baseline plus :data:`RSS_BOUND`. Without
+the cap-while-reading it grows by hundreds of MiB a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli.conftest import LOCAL, PICKER, Spawn, serving_ports
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+#: the stated bound: the 8 MiB page cap, the bytes in flight of one socket read, allocator slack
+RSS_BOUND = 96 << 20
+#: what may stay resident once the hostile peer is gone (allocator caches, not pages)
+RETURNED_BOUND = 32 << 20
+SAMPLE_S = 4.0
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.asynccontextmanager
+async def hostile(mode: str, total: int = 1 << 30, chunk: int = 1 << 20) -> AsyncIterator[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "picker.testing.hostile",
+        mode,
+        str(total),
+        str(chunk),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        yield f"127.0.0.1:{int(await asyncio.wait_for(proc.stdout.readline(), 30))}"
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def peak_rss(pid: int, seconds: float) -> int:
+    peak = 0
+    for _ in range(int(seconds / 0.05)):
+        peak = max(peak, rss(pid))
+        await asyncio.sleep(0.05)
+    return peak
+
+
+@pytest.mark.parametrize("mode", ["endless-chunk", "many-chunks", "gzip-bomb", "close-delimited"])
+async def test_memory_stays_bounded_while_a_model_server_sends_an_endless_page(
+    spawn: Spawn, mode: str
+) -> None:
+    async with hostile(mode) as address:
+        process = await spawn(
+            [PICKER, "serve", *LOCAL, "--secure-serving=false", f"--static-endpoints={address}@vllm"]
+        )
+        await serving_ports(process)
+        baseline = rss(process.proc.pid)
+        peak = await peak_rss(process.proc.pid, SAMPLE_S)
+        assert process.proc.returncode is None, process.output
+        assert peak - baseline < RSS_BOUND, (
+            f"{mode}: RSS grew by {(peak - baseline) >> 20} MiB (bound {RSS_BOUND >> 20} MiB)"
+        )
+        assert "page larger than" in process.output or "page too large" in process.output, process.output
+    # the peer is gone: what the refused pages took is given back
+    await asyncio.sleep(1.0)
+    after = rss(process.proc.pid)
+    kept = (after - baseline) >> 20
+    assert after - baseline < RETURNED_BOUND, f"{mode}: {kept} MiB kept after the refusals"
+    assert await process.stop() == 0
