@@ -122,6 +122,37 @@ def _request_flags(g: Any) -> None:
     )
 
 
+def _scraping_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--refresh-metrics-interval",
+        type=_duration,
+        default=0.05,
+        help="model-server scrape interval per endpoint (default 50ms)",
+    )
+    g.add_argument("--scrape-timeout", type=_duration, default=1.0, help="timeout of one scrape (default 1s)")
+    g.add_argument(
+        "--metrics-staleness-threshold",
+        type=_duration,
+        default=2.0,
+        help="pool gauges count endpoints scraped within this (default 2s)",
+    )
+    g.add_argument("--scrape-concurrency", type=int, default=256, help="scrapes in flight at once")
+    g.add_argument(
+        "--scrape-max-page-bytes",
+        type=_quantity,
+        default=8 << 20,
+        help="cap on one /metrics page, bytes or a quantity such as 8Mi (default 8Mi)",
+    )
+    g.add_argument(
+        "--model-server-metrics-port",
+        type=int,
+        default=0,
+        help="scrape this port instead of the serving port (only with one target port)",
+    )
+    g.add_argument("--prometheus-url", default="", help="Prometheus for the DCGM GPU-utilization signal")
+    g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,35 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kubeconfig", default="", help="kubeconfig path outside a cluster (default $KUBECONFIG)")
     g.add_argument("--config-configmap", default="", help="watch the scoring document in this ConfigMap")
     g.add_argument("--config-configmap-key", default="config.yaml", help="key in that ConfigMap")
-    g = s.add_argument_group("scraping")
-    g.add_argument(
-        "--refresh-metrics-interval",
-        type=_duration,
-        default=0.05,
-        help="model-server scrape interval per endpoint (default 50ms)",
-    )
-    g.add_argument("--scrape-timeout", type=_duration, default=1.0, help="timeout of one scrape (default 1s)")
-    g.add_argument(
-        "--metrics-staleness-threshold",
-        type=_duration,
-        default=2.0,
-        help="pool gauges count endpoints scraped within this (default 2s)",
-    )
-    g.add_argument("--scrape-concurrency", type=int, default=256, help="scrapes in flight at once")
-    g.add_argument(
-        "--scrape-max-page-bytes",
-        type=_quantity,
-        default=8 << 20,
-        help="cap on one /metrics page, bytes or a quantity such as 8Mi (default 8Mi)",
-    )
-    g.add_argument(
-        "--model-server-metrics-port",
-        type=int,
-        default=0,
-        help="scrape this port instead of the serving port (only with one target port)",
-    )
-    g.add_argument("--prometheus-url", default="", help="Prometheus for the DCGM GPU-utilization signal")
-    g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
+    _scraping_flags(s.add_argument_group("scraping"))
     g = s.add_argument_group("configuration")
     g.add_argument("--config-file", default="", help="EndpointPickerConfig YAML (watched, hot-reloaded)")
     g.add_argument("--config-text", default="", help="EndpointPickerConfig YAML inline")

@@ -23,6 +23,7 @@ Only numbers leave this module; response text is never logged or kept.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,58 +126,87 @@ def usage_from_mapping(usage: Mapping[str, Any]) -> Usage:
 
 
 _USAGE_KEY = b'"usage"'
-_WHITESPACE = b" \t\r\n"
-#: A usage object is a few hundred bytes; a bound keeps a pathological body from costing a large decode.
-_MAX_USAGE_OBJECT = 64 * 1024
-_DECODER = json.JSONDecoder()
-
-
-def _skip_ws(data: bytes, pos: int) -> int:
-    n = len(data)
-    while pos < n and data[pos] in _WHITESPACE:
-        pos += 1
-    return pos
+_WHITESPACE = re.compile(rb"[ \t\r\n]*+")
+#: A usage object is a few hundred bytes; one larger than this is not read (bounded work per object).
+_MAX_USAGE_OBJECT = 16 * 1024
+#: Nesting allowed inside a usage object (``usage`` → ``*_details`` → value is 2): deeper is not a usage
+#: object, and is never handed to a decoder (a deep document is how decoders are made to recurse).
+_MAX_USAGE_DEPTH = 8
+#: ``"usage": {`` candidates whose object does not decode before the scan gives up: a stream repeating
+#: ``"usage":{{`` must not cost one object scan per repetition. Real streams succeed on the first
+#: candidate that has an object (the last usage is the one wanted).
+_MAX_CANDIDATES = 8
+#: JSON structure that matters for finding an object's end: strings (and their escapes) and brackets
+_STRUCTURE = re.compile(rb'["\\{}\[\]]')
 
 
 def _object_end(data: bytes, start: int) -> int:
-    """The end of the ``{...}`` object starting at ``start``, by counting braces (strings are not
-    considered: a brace inside one gives a wrong slice, which the decoder then rejects), or -1."""
+    """The end of the ``{...}`` object starting at ``start``, or -1 when it is not closed within
+    :data:`_MAX_USAGE_OBJECT` bytes or nests deeper than :data:`_MAX_USAGE_DEPTH`.
+
+    One pass over the structural characters (quotes, backslashes, brackets), string-aware, so the cost is
+    linear in the bytes looked at and never more than the object bound. Brackets are counted, not
+    matched: the decoder validates the slice.
+    """
     limit = min(len(data), start + _MAX_USAGE_OBJECT)
-    end = start
-    while True:
-        end = data.find(b"}", end + 1, limit)
-        if end < 0:
+    depth = 0
+    in_string = False
+    skip = -1  # the position after a backslash inside a string: an escaped character
+    for m in _STRUCTURE.finditer(data, start, limit):
+        at = m.start()
+        if at == skip:
+            continue
+        c = data[at]
+        if in_string:
+            if c == 0x5C:  # backslash
+                skip = at + 1
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x7B, 0x5B):  # { [
+            depth += 1
+            if depth > _MAX_USAGE_DEPTH:
+                return -1
+        elif c in (0x7D, 0x5D):  # } ]
+            depth -= 1
+            if depth == 0:
+                return at + 1
+        else:  # a backslash outside a string: not JSON
             return -1
-        if data.count(b"{", start, end) == data.count(b"}", start, end + 1):
-            return end + 1
+    return -1
 
 
 def _decode_object(data: bytes, start: int) -> Any:
-    """The JSON value starting at ``start`` (a ``{``), or None when it does not decode.
-
-    Fast path: the slice up to the matching brace through orjson. orjson accepts a slice only if it is
-    exactly one JSON value, and a value starting at ``start`` is unique, so a success is the right
-    object whatever the brace count got wrong. Otherwise the standard library's ``raw_decode`` reads
-    the value and ignores what follows it. Why two: inside the server, with cold caches, the fast path
-    costs about half as much.
-    """
+    """The JSON object starting at ``start`` (a ``{``), or None when it is not one, is too large or too
+    deep. orjson accepts the slice only if it is exactly one JSON value, so a success is that object; the
+    standard decoder is tried on the same (bounded, shallow) slice for what orjson refuses but Python
+    servers write (``NaN``)."""
     end = _object_end(data, start)
-    if end > 0:
-        try:
-            return orjson.loads(data[start:end])
-        except orjson.JSONDecodeError:
-            pass
-    text = data[start : start + _MAX_USAGE_OBJECT].decode("utf-8", "replace")
+    if end < 0:
+        return None
+    piece = data[start:end]
     try:
-        return _DECODER.raw_decode(text)[0]
+        return orjson.loads(piece)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(piece.decode("utf-8", "replace"))
     except ValueError:
         return None
 
 
 def _last_usage(data: bytes, *, skip_null: bool) -> Usage | None:
     """The last ``"usage": {...}`` object in ``data``. ``skip_null``: a ``"usage": null`` keeps looking
-    further back (streams send null on every chunk but the last); otherwise it means "none reported"."""
+    further back (streams send null on every chunk but the last); otherwise it means "none reported".
+
+    Linear and bounded: ``rfind`` visits each byte once, whitespace is skipped by one regex match per
+    candidate, and at most :data:`_MAX_CANDIDATES` objects of at most :data:`_MAX_USAGE_OBJECT` bytes are
+    scanned. Never raises: a usage object that does not decode means "no usage".
+    """
     end = len(data)
+    n = len(data)
+    candidates = 0
     while True:
         pos = data.rfind(_USAGE_KEY, 0, end)
         if pos < 0:
@@ -184,17 +214,18 @@ def _last_usage(data: bytes, *, skip_null: bool) -> Usage | None:
         end = pos
         if pos > 0 and data[pos - 1] == 0x5C:  # an escaped quote: text inside a string, not a key
             continue
-        value_at = _skip_ws(data, pos + len(_USAGE_KEY))
-        if value_at >= len(data) or data[value_at] != 0x3A:  # ':'
+        value_at = _WHITESPACE.match(data, pos + len(_USAGE_KEY)).end()  # type: ignore[union-attr]
+        if value_at >= n or data[value_at] != 0x3A:  # ':'
             continue
-        value_at = _skip_ws(data, value_at + 1)
-        if value_at >= len(data) or data[value_at] != 0x7B:  # '{'
+        value_at = _WHITESPACE.match(data, value_at + 1).end()  # type: ignore[union-attr]
+        if value_at >= n or data[value_at] != 0x7B:  # '{'
             if skip_null:
                 continue
             return None
         obj = _decode_object(data, value_at)
         if obj is None:
-            if skip_null:
+            candidates += 1
+            if skip_null and candidates < _MAX_CANDIDATES:
                 continue  # e.g. the object is cut by the start of the kept tail; look further back
             return None
         if isinstance(obj, dict):

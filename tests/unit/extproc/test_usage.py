@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from picker.extproc import usage as usage_module
 from picker.extproc.usage import SSE_TAIL_BYTES, SSEUsageScanner, Usage, usage_from_json, usage_from_mapping
 
 DATA = Path(__file__).parents[2] / "data" / "openai"
@@ -218,3 +221,67 @@ def test_deferred_usage_reads_what_the_eager_scan_reads(chunks: list[bytes]) -> 
     assert got == (want.prompt_tokens, want.completion_tokens, want.total_tokens, want.cached_tokens)
     assert report.resolve() == expected  # scanned once; asking again gives the same
     assert SSEUsageScanner().finish_deferred() is None  # nothing fed: nothing to report
+
+
+# ------------------------------------------------------------------------------------------ hostile bodies
+class _CountingPattern:
+    """Wraps the scanner's structure regex and counts the characters it hands out (a work measure)."""
+
+    def __init__(self, pattern: Any) -> None:
+        self._pattern = pattern
+        self.seen = 0
+
+    def finditer(self, data: bytes, start: int, end: int) -> Iterator[Any]:
+        for m in self._pattern.finditer(data, start, end):
+            self.seen += 1
+            yield m
+
+
+HOSTILE_TAILS = {
+    "repeated-open": b'data: {"x":1}\n\n' + b'"usage":{{' * 6_500,
+    "repeated-open-then-closed": b'"usage":{{' * 3_000 + b"}" * 32_000,
+    "repeated-open-spaced": b'"usage" : { "a" : {' * 3_500,
+    "open-strings": b'"usage":{"' * 6_500,
+    "brackets": b'"usage":{"a":[' * 4_500,
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("tail", HOSTILE_TAILS.values(), ids=HOSTILE_TAILS.keys())
+def test_a_hostile_tail_costs_work_linear_in_its_size(tail: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = _CountingPattern(usage_module._STRUCTURE)
+    monkeypatch.setattr(usage_module, "_STRUCTURE", counter)
+    assert len(tail) > 60_000
+    assert _scan([tail]) is None
+    assert usage_from_json(tail) is None
+    # a bounded number of bounded object scans, whatever the number of repetitions
+    assert counter.seen <= 2 * usage_module._MAX_CANDIDATES * usage_module._MAX_USAGE_OBJECT
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"x","usage":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}",
+        b'{"id":"x","usage":{"prompt_tokens":1,"x":' + b"[" * DEEP + b"]" * DEEP + b"}}",
+        b'{"id":"x","usage":{"prompt_tokens":1,"x":' + b"[" * DEEP,
+    ],
+    ids=["objects", "arrays", "unclosed"],
+)
+def test_a_deeply_nested_usage_object_is_no_usage_never_an_error(body: bytes) -> None:
+    assert usage_from_json(body) is None
+    assert _scan([b"data: " + body + b"\n\ndata: [DONE]\n\n"]) is None
+    scanner = SSEUsageScanner()
+    scanner.feed(b"data: " + body[-SSE_TAIL_BYTES:] + b"\n\n")
+    deferred = scanner.finish_deferred()
+    assert deferred is not None
+    assert (deferred.prompt_tokens, deferred.completion_tokens) == (0, 0)
+
+
+def test_a_usage_object_over_the_object_bound_is_not_read() -> None:
+    padding = b'"pad":"' + b"x" * usage_module._MAX_USAGE_OBJECT + b'",'
+    body = b'{"usage":{' + padding + b'"prompt_tokens":3,"completion_tokens":4}}'
+    assert usage_from_json(body) is None
+    assert usage_from_json(b'{"usage":{"pad":"x","prompt_tokens":3,"completion_tokens":4}}') == Usage(3, 4, 7)

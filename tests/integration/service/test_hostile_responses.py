@@ -1,0 +1,47 @@
+"""Hostile model-server responses through the whole service: a bad usage object is "no usage", never an
+error in the stream, in ``/metrics`` or in a log line at ERROR."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from picker.testing.envoy import HttpRequest, UpstreamResponse
+from tests.integration.service.conftest import StartService, completion, samples
+
+pytestmark = pytest.mark.integration
+
+DEEP = 100_000
+DEEP_USAGE = b'{"id":"x","usage":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}"
+#: deep, and still within the 64 KiB tail an SSE stream keeps for its usage
+SSE_DEEP_USAGE = b'{"usage":' + b'{"a":' * 8_000 + b"1" + b"}" * 8_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "chunks"),
+    [
+        ("application/json", [DEEP_USAGE]),
+        ("text/event-stream", [b"data: " + SSE_DEEP_USAGE + b"\n\n", b"data: [DONE]\n\n"]),
+        ("text/event-stream", [b'"usage":{{' * 3_000 + b"}" * 32_000, b"data: [DONE]\n\n"]),
+    ],
+    ids=["json-deep", "sse-deep", "sse-repeated-keys"],
+)
+async def test_a_hostile_usage_object_is_no_usage(
+    start_service: StartService, caplog: pytest.LogCaptureFixture, content_type: str, chunks: list[bytes]
+) -> None:
+    h = await start_service(pods=1)
+    with caplog.at_level(logging.WARNING):
+        result = await h.exchange(
+            HttpRequest(body=completion(model="m")),
+            UpstreamResponse(headers=(("content-type", content_type),), chunks=chunks),
+        )
+        assert result.code == grpc.StatusCode.OK, result.details
+        assert result.response_body == b"".join(chunks)
+        text = await h.metrics()  # the deferred scan runs here: it must not fail the scrape
+    assert samples(text, "inference_objective_input_tokens_count") in (
+        [],
+        [({"model_name": "m", "target_model_name": "m"}, 0.0)],
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
