@@ -251,6 +251,7 @@ class Service:
             tenancy=self.tenants.tenancy,
             flow=self.flow,
             hold=None if settings.static_endpoints else self.hold,  # a static list has nothing to scale
+            staleness_s=settings.metrics_staleness_threshold,
         )
         self._kube: Any = None
         self._api_client: Any = None

@@ -204,6 +204,7 @@ class _Worker:
             tenancy=tenants.tenancy,
             flow=flow,
             hold=None if s.static_endpoints else self.hold,
+            staleness_s=s.metrics_staleness_threshold,
         )
         tls = None
         if s.secure_serving:

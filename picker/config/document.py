@@ -132,6 +132,12 @@ class PickerSettingsDocument(StrictModel):
     #: the off-peak scale-down (and back up) scheduler (:mod:`picker.config.scaling`, ``picker/scaler``);
     #: unset = off. Runs on the leader in Kubernetes mode; dry run until ``dryRun: false``
     scaling: ScalingConfig | None = None
+    #: ``Avoid`` (default): while at least one candidate endpoint has metrics fresher than the staleness
+    #: threshold above, endpoints with older metrics, or never scraped, are not primary, only last-resort
+    #: fallbacks (a killed or hung model server keeps its last gauges, which look idle); when every
+    #: candidate is stale, requests are routed anyway (``picker.routing.avoid``). ``Allow``: the
+    #: reference's behaviour, stale values are scored as they are.
+    stale_endpoints: Literal["Avoid", "Allow"] = "Avoid"
 
     @field_validator("staleness_threshold", mode="before")
     @classmethod

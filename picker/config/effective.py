@@ -100,6 +100,11 @@ class PickerConfig(StrictModel):
         return self.settings.scaling
 
     @property
+    def avoid_stale_endpoints(self) -> bool:
+        """True when endpoints with stale metrics are left out of picks while fresh ones exist."""
+        return self.settings.stale_endpoints == "Avoid"
+
+    @property
     def staleness_threshold(self) -> float | None:
         """The document's pool-gauge staleness threshold, or None to use the process flag."""
         return self.settings.staleness_threshold

@@ -17,8 +17,9 @@
    finds the pool saturated (or others already waiting) waits in its tenant's queue the same way.
 6. Schedule with the profile the configuration's profile handler chooses for the request (its
    objective, priority or a header; ``scoring.profiles``): filters → weighted scorers → picker; nothing
-   left → 429. Endpoints that must not be primary (ejected by passive health: ``picker.routing.avoid``)
-   are left out while other candidates remain, and fill the fallback places the pick left empty.
+   left → 429. Endpoints that must not be primary (stale metrics, ejected by passive health:
+   ``picker.routing.avoid``) are left out while better candidates remain, and fill the fallback places
+   the pick left empty.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
    and hand back the body: the original bytes unless the model changed.
@@ -44,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
-from picker.routing.avoid import Avoidance, FailoverReason
+from picker.routing.avoid import Avoidance
 from picker.routing.header_only import header_request_info
 from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
 from picker.routing.openai import parse_request, prompt_text, rewrite_model
@@ -117,9 +118,13 @@ class Director:
         tenancy: Tenancy | None = None,
         flow: FlowController | None = None,
         hold: EmptyPoolHold | None = None,
+        staleness_s: float = 2.0,
     ) -> None:
         """``hold``: requests to an empty pool wait for a first replica while the active config says so
-        (``ActiveConfig.hold_empty_pool``, :mod:`picker.routing.hold`); None refuses them at once."""
+        (``ActiveConfig.hold_empty_pool``, :mod:`picker.routing.hold`); None refuses them at once.
+        ``staleness_s``: the process's metrics staleness threshold (``--metrics-staleness-threshold``),
+        used when the config document sets none: with ``staleEndpoints: Avoid`` endpoints with older
+        metrics are avoided (``picker.routing.avoid``)."""
         self._ds = datastore
         self._config = config
         self._rng = rng
@@ -130,6 +135,7 @@ class Director:
         self._flow = flow
         self._hold = hold
         self._avoidance = Avoidance()
+        self._default_staleness = staleness_s
 
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
@@ -378,25 +384,23 @@ class Director:
         """The pick with avoided endpoints (``picker.routing.avoid``) left out while others remain, and
         put back as last-resort fallbacks. Returns the result, the avoided candidates (name → why; None
         when none) and the failover reason when the scorer would have chosen an avoided endpoint."""
-        avoided = self._avoidance.avoided(m)
-        split = None if avoided is None else Avoidance.split(mask, avoided)
-        if split is None:
+        levels = self._avoidance.levels(m, now, self._stale_after())
+        split = None if levels is None else Avoidance.split(mask, levels)
+        if levels is None or split is None:
             result = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=mask, explain=explain)
             return result, None, None
         preferred, out = split
         result = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=preferred, explain=explain)
-        indices = Avoidance.last_resort(m, out, result.indices, scheduler.max_endpoints)
+        indices = Avoidance.last_resort(levels, out, result.indices, scheduler.max_endpoints)
         # what the scorer would have chosen with every candidate in: an avoided one is a failover
         try:
             unconstrained = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=mask).primary
         except NoEndpointsAvailable:
             unconstrained = result.primary
-        failover = None
-        if out[unconstrained]:
-            draining = Avoidance.reason(m, unconstrained) == "draining"
-            failover = (FailoverReason.DRAINING if draining else FailoverReason.EJECTED).value
+        failover = Avoidance.failover_reason(levels, unconstrained).value if out[unconstrained] else None
         names = m.names
-        reasons = MappingProxyType({names[r]: Avoidance.reason(m, r) for r in np.flatnonzero(out).tolist()})
+        rows = np.flatnonzero(out).tolist()
+        reasons = MappingProxyType({names[r]: Avoidance.reason(levels, r) for r in rows})
         return PickResult(indices, result.decision), reasons, failover
 
     def route_by_header(self, request: RoutingRequest) -> RoutingDecision | PendingRoute:
@@ -427,13 +431,19 @@ class Director:
             exc.incoming_model = exc.target_model = model
             raise
 
+    def _stale_after(self) -> float | None:
+        """The staleness threshold that makes an endpoint avoided, or None with ``staleEndpoints: Allow``."""
+        config = self._config.active.config
+        if not config.avoid_stale_endpoints:
+            return None
+        return config.staleness_threshold or self._default_staleness
+
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol
         """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""
         m = self._ds.snapshot()
         if len(m) == 0:
             raise Internal(MSG_NO_PODS)
-        avoided = self._avoidance.avoided(m)
-        rows = np.flatnonzero(~avoided) if avoided is not None and not avoided.all() else None
+        rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), self._stale_after()))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
         return RoutingDecision(
             endpoints=(m.addresses[i],),

@@ -254,7 +254,8 @@ class Telemetry:
         self.failover_total = Counter(
             "ai_failover_total",
             "Requests routed away from the endpoint the scorer preferred, by reason (ejected: passive "
-            "health ejected it; draining: the scaler is removing its pod).",
+            "health ejected it; draining: the scaler is removing its pod; stale: its metrics are stale or "
+            "missing).",
             ["pool", "reason"],
             registry=rr,
         )
