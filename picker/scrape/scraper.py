@@ -5,7 +5,12 @@ pod, so one dead pod (1 s timeout) would stall everybody's freshness 20-fold at 
 each endpoint has its own ticker and timeout; a semaphore bounds how many requests are in the air.
 
 Failures keep the last good values and their age in the datastore (staleness decides what to do with
-them, not the scraper), and are logged once per transition (failing → recovered), never per attempt.
+them, not the scraper), and are logged once per transition (failing → recovered), never per attempt,
+and at most once per :data:`LOG_EVERY_S` per endpoint (a flapping endpoint would log on every scrape).
+
+An endpoint without an engine label has its engine detected from its page; when the page stops matching
+that engine (:data:`REDETECT_AFTER` unfiltered pages in a row without a known family, e.g. a pod reused
+with another server), the engine is detected again instead of failing every scrape forever.
 
 Where the server supports ``name[]=`` filtering (prometheus_client-based servers: vLLM, SGLang), the
 scraper asks only for the families the extractor needs — a 75 KB vLLM page shrinks to ~2 KB. If a
@@ -35,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: engines whose servers implement prometheus_client's ``name[]`` filter
 FILTERING_ENGINES = frozenset({"vllm", "sglang"})
+#: consecutive unfiltered pages without a known family before an auto-detected endpoint's engine is
+#: detected again (a pod reused with another server; a page still starting up is not enough)
+REDETECT_AFTER = 3
+#: at most one failing/recovered log line per endpoint per this many seconds
+LOG_EVERY_S = 30.0
 
 
 class ScrapeObserver(Protocol):
@@ -48,6 +58,11 @@ class _Target:
     ever_ok: bool = False
     use_filter: bool = True
     unfiltered_fields: int = 0
+    #: consecutive unfiltered pages on which the endpoint's engine found no known family
+    unknown_pages: int = 0
+    #: when a state change of this endpoint was last logged, and how many were not since
+    logged_at: float = float("-inf")
+    unlogged: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     #: ``scheme://address/path`` for this endpoint, rebuilt when the endpoint changes
     base_url: str = ""
@@ -186,11 +201,28 @@ class Scraper:
             engine = detected if detected in self._extractors else self._default_engine
         metrics = self._extractors[engine].extract(page)
         reported = metrics.reported_fields()
+        if reported == 0 and not filtered:
+            target.unknown_pages += 1
+            if target.unknown_pages >= REDETECT_AFTER and target.endpoint.engine is None:
+                redetected = detect_engine(page)
+                if redetected is not None and redetected != engine and redetected in self._extractors:
+                    metrics = self._extractors[redetected].extract(page)
+                    reported = metrics.reported_fields()
+                    if reported:
+                        log.info(
+                            "scrape of %s: the page is now %s, not %s; engine re-detected",
+                            target.endpoint.name,
+                            redetected,
+                            engine,
+                        )
+                        detected = engine = redetected
+                        target.unfiltered_fields = 0
         if reported == 0:
             if filtered:
                 target.use_filter = False
             self._failed(target, "no known metric families on the page", started)
             return
+        target.unknown_pages = 0
         if filtered and reported < target.unfiltered_fields:
             target.use_filter = False
         elif not filtered:
@@ -199,7 +231,7 @@ class Scraper:
         if self._observer is not None:
             self._observer.scrape_observed(self._clock() - started, True)
         if target.failing:
-            log.info("scrape of %s (%s) recovered", name, target.endpoint.metrics_address)
+            self._transition(target, logging.INFO, "recovered")
         target.failing = False
         target.ever_ok = True
 
@@ -208,10 +240,26 @@ class Scraper:
         if self._observer is not None:
             self._observer.scrape_observed(self._clock() - started, False)
         if not target.failing:
-            log.warning(
-                "scrape of %s (%s) failing: %s; keeping last good values",
-                target.endpoint.name,
-                target.endpoint.metrics_address,
-                error,
-            )
+            self._transition(target, logging.WARNING, "failing: %s; keeping last good values", error)
         target.failing = True
+
+    def _transition(self, target: _Target, level: int, what: str, *args: object) -> None:
+        """Log a failing/recovered transition, at most once per :data:`LOG_EVERY_S` per endpoint: a
+        flapping endpoint changes state on every scrape (20 lines a second at 50 ms); the next line logged
+        says how many transitions were not."""
+        now = self._clock()
+        if now - target.logged_at < LOG_EVERY_S:
+            target.unlogged += 1
+            return
+        suffix = f" ({target.unlogged} earlier state changes not logged)" if target.unlogged else ""
+        target.logged_at = now
+        target.unlogged = 0
+        message = what % args if args else what
+        log.log(
+            level,
+            "scrape of %s (%s) %s%s",
+            target.endpoint.name,
+            target.endpoint.metrics_address,
+            message,
+            suffix,
+        )

@@ -1,0 +1,104 @@
+"""Model servers that change under the scraper: a pod reused with another engine is re-detected, and an
+endpoint that flaps between failing and working does not flood the log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from picker.scrape.engines import engine_specs
+from picker.scrape.http import LeanFetcher
+from picker.scrape.scraper import Scraper
+from picker.state.datastore import Datastore
+from picker.state.endpoints import Endpoint
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).parents[2] / "data" / "metrics"
+VLLM = (DATA / "vllm-v1-lmswitch-spec-decode.txt").read_bytes()
+SGLANG = (DATA / "sglang-docs-production-metrics.txt").read_bytes()
+
+
+class SwitchingServer:
+    """Answers every request with ``answer(n)`` (n = request number): ``(status, page)``."""
+
+    def __init__(self, answer: Callable[[int], tuple[int, bytes]]) -> None:
+        self.answer = answer
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> SwitchingServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                status, page = self.answer(self.requests)
+                self.requests += 1
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(page)) + page)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def run_until(scraper: Scraper, check: Callable[[], bool], what: str) -> None:
+    task = asyncio.create_task(scraper.run())
+    try:
+        for _ in range(1000):
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await scraper.close()
+
+
+async def test_a_pod_reused_with_another_engine_is_detected_again() -> None:
+    page = {"now": VLLM}
+    async with SwitchingServer(lambda _n: (200, page["now"])) as server:
+        ds = Datastore()
+        ds.replace_endpoints([Endpoint(name="pod-a-rank-0", ip="127.0.0.1", port=server.port, pod="pod-a")])
+        scraper = Scraper(ds, LeanFetcher(), engines=engine_specs(), interval_s=0.01, timeout_s=1.0)
+
+        def engine() -> str | None:
+            status = ds.status("pod-a-rank-0")
+            return status.detected_engine if status is not None else None
+
+        def switched() -> bool:
+            if engine() == "vllm" and page["now"] is VLLM:
+                page["now"] = SGLANG  # the pod now runs SGLang
+            return engine() == "sglang"
+
+        await run_until(scraper, switched, "the SGLang page to be detected")
+        status = ds.status("pod-a-rank-0")
+        assert status is not None
+        assert status.last_error is None or status.scrapes_ok > 0
+
+
+async def test_a_flapping_endpoint_logs_a_bounded_number_of_lines(caplog: pytest.LogCaptureFixture) -> None:
+    async with SwitchingServer(lambda n: (200, VLLM) if n % 2 == 0 else (500, b"down")) as server:
+        ds = Datastore()
+        ds.replace_endpoints([Endpoint(name="pod-a-rank-0", ip="127.0.0.1", port=server.port, pod="pod-a")])
+        scraper = Scraper(ds, LeanFetcher(), engines=engine_specs(), interval_s=0.005, timeout_s=1.0)
+        with caplog.at_level(logging.INFO, logger="picker.scrape.scraper"):
+            await run_until(scraper, lambda: server.requests >= 60, "60 scrapes")
+    lines = [r for r in caplog.records if r.name == "picker.scrape.scraper"]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # ~30 transitions happened
