@@ -166,13 +166,17 @@ class HostileMetricsServer:
 
 
 async def _serve_forever(mode: str, total: int, chunk: int) -> None:
+    import sys
+
     async with HostileMetricsServer(mode, total=total, chunk=chunk) as server:
         print(server.port, flush=True)  # noqa: T201 - the parent reads the port from stdout
-        await asyncio.Event().wait()
+        # serve until stdin closes: the parent ended (even killed), so no server outlives its test
+        await asyncio.to_thread(sys.stdin.buffer.read)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m picker.testing.hostile MODE [TOTAL [CHUNK]]``: serve until killed; prints the port."""
+    """``python -m picker.testing.hostile MODE [TOTAL [CHUNK]]``: prints the port, serves until stdin
+    closes."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv

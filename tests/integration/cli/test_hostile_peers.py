@@ -43,6 +43,7 @@ async def hostile(mode: str, total: int = 1 << 30, chunk: int = 1 << 20) -> Asyn
         mode,
         str(total),
         str(chunk),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     try:

@@ -44,6 +44,7 @@ async def hostile_process(mode: str, total: int, chunk: int = 256 * 1024) -> Asy
         mode,
         str(total),
         str(chunk),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     try:
