@@ -274,6 +274,7 @@ class Service:
                 reuse_port=settings.workers > 1,
                 skip_response=self._skip_response,
                 stream_config=stream_config_rule(self.config_store),
+                keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
             )
             if serve_extproc
             else None

@@ -164,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics-port", type=int, default=9090, help="/metrics + admin API port (default 9090)")
     g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
     _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
+    g.add_argument(
+        "--grpc-keepalive-time",
+        type=_duration,
+        default=30.0,
+        help="ping each ext_proc connection this often (default 30s)",
+    )
+    g.add_argument(
+        "--grpc-keepalive-timeout",
+        type=_duration,
+        default=10.0,
+        help="close a connection whose ping is unanswered this long (default 10s)",
+    )
     g = s.add_argument_group("pool")
     g.add_argument("--pool-name", default="", help="InferencePool to serve")
     g.add_argument("--pool-namespace", default="", help="pool namespace (default: $NAMESPACE, else default)")
@@ -257,6 +269,8 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "metrics_port",
             "host",
             "health_checking",
+            "grpc_keepalive_time",
+            "grpc_keepalive_timeout",
             "pool_name",
             "pool_group",
             "endpoint_selector",

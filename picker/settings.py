@@ -26,6 +26,11 @@ class Settings(BaseModel):
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
     #: also register grpc.health.v1 on the ext_proc port
     health_checking: bool = False
+    #: seconds between the ext_proc server's keepalive pings on each connection, and how long a ping may
+    #: go unanswered before the connection (and its streams) is closed: a frozen proxy is detected in
+    #: time + timeout instead of gRPC's default of two hours
+    grpc_keepalive_time: float = Field(30.0, gt=0, le=7200)
+    grpc_keepalive_timeout: float = Field(10.0, gt=0, le=3600)
 
     # ---------------------------------------------------------------------------------- pool
     pool_name: str = ""

@@ -221,6 +221,7 @@ class _Worker:
             reuse_port=True,
             skip_response=skip_response_rule(store),
             stream_config=stream_config_rule(store),
+            keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
         )
 
     async def run(self, sock: socket.socket) -> None:

@@ -59,6 +59,10 @@ class ExtProcServer:
     without it the constructor's values hold. gRPC's per-message receive limit is fixed when the server
     starts (from ``max_body_bytes``): a larger reloaded cap applies to bodies sent in several messages,
     as Envoy streams them, while one single message above the starting cap is still refused by gRPC.
+
+    ``keepalive_s`` is ``(ping interval, ping timeout)`` in seconds: every connection is pinged at that
+    interval and closed when a ping is not answered within the timeout, which ends its streams (and
+    releases their in-flight counts) when a proxy froze or vanished without closing the TCP connection.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class ExtProcServer:
         clock: Callable[[], float] = time.monotonic,
         skip_response: Callable[[RoutingDecision], int] | None = None,
         stream_config: Callable[[], tuple[int, bool, bool]] | None = None,
+        keepalive_s: tuple[float, float] = (30.0, 10.0),
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -90,6 +95,7 @@ class ExtProcServer:
         self._clock = clock
         self._skip_response = skip_response
         self._stream_config = stream_config
+        self._keepalive = keepalive_s
         self._server: Any = None
         self._port = 0
 
@@ -102,10 +108,23 @@ class ExtProcServer:
         """Bind and start serving. Raises RuntimeError if the address cannot be bound."""
         if self._server is not None:
             raise RuntimeError("ext_proc server already started")
+        ping_every, ping_timeout = self._keepalive
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_receive_message_length", self._max_body + _FRAME_SLACK),
+                # A proxy that freezes (TCP up, nothing moving) would pin its streams, their leases and
+                # in-flight counts until the kernel gives up on the connection (hours). The server pings
+                # every connection, busy or idle, and closes it when a ping goes unanswered.
+                ("grpc.keepalive_time_ms", int(ping_every * 1000)),
+                ("grpc.keepalive_timeout_ms", int(ping_timeout * 1000)),
+                ("grpc.http2.ping_timeout_ms", int(ping_timeout * 1000)),  # newer cores time pings by this
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.http2.min_sent_ping_interval_without_data_ms", int(ping_every * 1000)),
+                # and accepts the proxy's own keepalive pings (Envoy's connection_keepalive) down to 5 s
+                # apart instead of answering them with GOAWAY "too_many_pings" (the default is 5 min)
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
         server.add_generic_rpc_handlers((self._rpc_handler(),))
