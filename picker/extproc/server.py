@@ -28,6 +28,7 @@ from picker.extproc.health import HealthService
 from picker.extproc.observer import StreamObserver
 from picker.extproc.stream import SUSPENDED, ExtProcStream, StreamAbortError
 from picker.extproc.tls import TLSConfig, server_credentials
+from picker.logs import peer_text
 from picker.routing.types import Router, RoutingDecision
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "SERVICE_NAME", "ExtProcServer"]
@@ -190,7 +191,8 @@ class ExtProcServer:
                     request = await read()
                 except DecodeError:
                     logger.warning(
-                        "ext_proc message is not a ProcessingRequest, request_id=%s", stream.request_id
+                        "ext_proc message is not a ProcessingRequest, request_id=%s",
+                        peer_text(stream.request_id),
                     )
                     await context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT, "message is not a ProcessingRequest"

@@ -84,6 +84,7 @@ from picker.extproc import messages, wire
 from picker.extproc.messages import ResponseSkip
 from picker.extproc.observer import StreamObserver
 from picker.extproc.usage import SSEUsageScanner, UsageReport, usage_from_json
+from picker.logs import peer_text
 from picker.routing.openai import ModelRestorer
 from picker.routing.types import Lease, PendingRoute, Reservation, Router, RoutingDecision, RoutingRequest
 from picker.state.outcomes import Outcome
@@ -264,15 +265,17 @@ class ExtProcStream:
         except PickerError as exc:
             return self._immediate(exc)
         except _ProtocolViolationError as exc:
-            logger.warning("ext_proc protocol violation, request_id=%s: %s", self._request_id, exc)
+            logger.warning("ext_proc protocol violation, request_id=%s: %s", peer_text(self._request_id), exc)
             self._report_failure(UNKNOWN_ERROR)
             self._finished = True
             raise StreamAbortError(f"protocol violation: {exc}", internal=False) from exc
         except Exception as exc:
-            logger.exception("ext_proc stream failed, request_id=%s", self._request_id)
+            logger.exception("ext_proc stream failed, request_id=%s", peer_text(self._request_id))
             self._report_failure(UNKNOWN_ERROR)
             self._finished = True
-            raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc
+            raise StreamAbortError(
+                f"internal error (request_id={peer_text(self._request_id)})", internal=True
+            ) from exc
 
     def waiting_replies(self) -> Sequence[Any]:
         """What to send while a suspended request waits (after :data:`SUSPENDED`, before :meth:`resume`):
@@ -317,17 +320,17 @@ class ExtProcStream:
                     decision.lease.report(self._outcome(decision))
                 decision.lease.release()
             except Exception:
-                logger.exception("lease release failed, request_id=%s", self._request_id)
+                logger.exception("lease release failed, request_id=%s", peer_text(self._request_id))
         ticket = self._ticket
         if ticket is not None:
             try:
                 ticket.release()
             except Exception:
-                logger.exception("tenant release failed, request_id=%s", self._request_id)
+                logger.exception("tenant release failed, request_id=%s", peer_text(self._request_id))
         try:
             self._observer.stream_closed(decision)
         except Exception:
-            logger.exception("observer.stream_closed failed, request_id=%s", self._request_id)
+            logger.exception("observer.stream_closed failed, request_id=%s", peer_text(self._request_id))
 
     # ------------------------------------------------------------------------------------------ request
     def _on_unknown(self, request: Any) -> Sequence[Any]:
@@ -804,7 +807,7 @@ class ExtProcStream:
         try:
             self._observer.failed(code, incoming, target)
         except Exception:
-            logger.exception("observer.failed raised, request_id=%s", self._request_id)
+            logger.exception("observer.failed raised, request_id=%s", peer_text(self._request_id))
 
 
 _DISPATCH: dict[str | None, Callable[[ExtProcStream, Any], Sequence[Any]]] = {

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from picker.testing.envoy import EnvoyClient, request_headers
 from tests.integration.cli.conftest import LOCAL, PICKER, Spawn, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -84,3 +87,25 @@ async def test_memory_stays_bounded_while_a_model_server_sends_an_endless_page(
     kept = (after - baseline) >> 20
     assert after - baseline < RETURNED_BOUND, f"{mode}: {kept} MiB kept after the refusals"
     assert await process.stop() == 0
+
+
+FORGED = "2026-01-01 00:00:00,000 ERROR   picker: forged line"
+
+
+async def test_a_request_id_cannot_forge_a_log_line(spawn: Spawn) -> None:
+    process = await spawn(
+        [PICKER, "serve", *LOCAL, "--secure-serving=false", "--static-endpoints=127.0.0.1:1"]
+    )
+    ports = await serving_ports(process)
+    request_id = "abc\n" + FORGED + "\r\x1b[2J" + "x" * 5000
+    async with EnvoyClient(f"127.0.0.1:{ports.grpc}", tls=False) as client:
+        headers = request_headers([(":path", "/v1/completions"), ("x-request-id", request_id)])
+        result = await client.raw([headers, headers])  # a second headers message: a protocol violation
+    assert result.code == grpc.StatusCode.FAILED_PRECONDITION
+    await process.wait_for(re.compile(r"protocol violation, request_id=abc"))
+    assert await process.stop() == 0
+    assert not any(line.startswith(FORGED[:10]) for line in process.lines), process.output
+    line = next(line for line in process.lines if "protocol violation" in line)
+    assert "abc\\x0a2026-01-01" in line
+    assert "\\x1b[2J" in line
+    assert len(line) < 1000  # the 5,000-character tail is elided
