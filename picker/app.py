@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from picker.admin import build_admin_app
 from picker.config import PickerConfig, default_config, load_config_text
-from picker.errors import ConfigError
+from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
 from picker.extproc.messages import ResponseSkip
 from picker.extproc.server import ExtProcServer
@@ -516,15 +516,26 @@ class Service:
         self._apply_objectives(self.config_store.active.config)
         self.tenants.apply(self.config_store.active.config.settings.tenants)  # ConfigError: exit 2
         if s.static_endpoints:
-            self._static_pool()
+            try:
+                self._static_pool()
+            except ValueError as exc:
+                raise StartupError(f"--static-endpoints: {exc}") from exc
         elif s.pool_name or s.endpoint_selector:
-            self._kube = self._kube_sources()
+            try:
+                self._kube = self._kube_sources()
+            except PickerError as exc:
+                raise StartupError(f"--kubeconfig: {exc.message}") from exc
             self._scaler = self._build_scaler(self._kube)
         self._check_scaling(self.config_store.active.config)
         if self.extproc is not None:
-            await self.extproc.start()
-        await self.health_server.start()
-        metrics_port = self._bind_admin()
+            await _bind("--grpc-port", s.host, s.grpc_port, self.extproc.start())
+        await _bind("--grpc-health-port", s.host, s.grpc_health_port, self.health_server.start())
+        try:
+            metrics_port = self._bind_admin()
+        except OSError as exc:
+            raise StartupError(
+                f"--metrics-port: cannot listen on {s.host}:{s.metrics_port}: {exc.strerror or exc}"
+            ) from exc
         grpc_port = self.extproc.bound_port if self.extproc is not None else s.grpc_port
         self.ports = Ports(grpc_port, self.health_server.bound_port, metrics_port)
         return self.ports
@@ -621,6 +632,27 @@ class Service:
             self._admin_sock.close()
 
 
+async def _bind(flag: str, host: str, port: int, start: Coroutine[Any, Any, None]) -> None:
+    """Start a gRPC server; a port that cannot be bound becomes a :class:`StartupError` naming the flag.
+
+    The port is tried with a plain socket first (as gRPC binds it, with ``SO_REUSEADDR``): gRPC itself
+    would log its own multi-line error before saying only "Failed to bind to address".
+    """
+    if port:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                start.close()
+                raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        await start
+    except (RuntimeError, OSError) as exc:
+        raise StartupError(f"{flag}: cannot listen on {host}:{port} (in use or not available)") from exc
+
+
 def install_uvloop() -> None:
     """Run asyncio on uvloop when it is installed (it is a dependency on Linux)."""
     try:
@@ -653,17 +685,20 @@ async def _main(settings: Settings) -> None:
 
 
 def run_main(main: Coroutine[Any, Any, None]) -> int:
-    """Run a serving coroutine on uvloop; returns the process exit code (2: invalid configuration,
-    1: cannot start, e.g. a port in use)."""
+    """Run a serving coroutine on uvloop; returns the process exit code: 0, or 2 for an operator error
+    (invalid configuration, a port in use, no Kubernetes credentials), reported as one log line."""
     install_uvloop()
     try:
         asyncio.run(main)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc.message)
         return 2
+    except PickerError as exc:  # StartupError, the Kubernetes client's configuration error
+        log.error("cannot start: %s", exc.message)
+        return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
-        return 1
+        return 2
     return 0
 
 

@@ -11,15 +11,17 @@ EPP must start unchanged); truly unknown flags are an error. Three flags of ours
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from picker.logs import escape_controls
 from picker.settings import Settings
 from scoring.durations import parse_duration
 
@@ -153,9 +155,24 @@ def _scraping_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with operator errors as one line (``picker serve: error: <flag>: <reason>``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {escape_controls(message)} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    try:
+        return f"picker {importlib.metadata.version('picker')}"
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "picker (version unknown)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="picker", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="picker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("serve", help="run the endpoint picker (ext_proc, health, metrics/admin)")
     g = s.add_argument_group("ports")
@@ -308,7 +325,25 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
         kwargs["standalone_name"] = standalone_name_from_pod(env.get("POD_NAME", ""))
     if not kwargs["kubeconfig"]:
         kwargs["kubeconfig"] = env.get("KUBECONFIG", "")
-    return Settings(**kwargs)
+    settings = Settings(**kwargs)
+    if settings.static_endpoints:
+        from picker.state.endpoints import parse_static_endpoints
+
+        try:
+            parse_static_endpoints(settings.static_endpoints)
+        except ValueError as exc:
+            raise ValueError(f"--static-endpoints: {exc}") from exc
+    return settings
+
+
+def describe_settings_errors(exc: ValidationError) -> str:
+    """Pydantic's errors with each field named as its flag (``--workers: ...``)."""
+    parts = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = err["loc"]
+        parts.append(f"--{str(loc[0]).replace('_', '-')}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 def _configure_logging(verbosity: int, as_json: bool) -> None:
@@ -328,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             settings = settings_from_args(ns)
         except ValidationError as exc:
-            msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-            parser.error(msgs)
+            parser.error(describe_settings_errors(exc))
+        except ValueError as exc:
+            parser.error(str(exc))
         from picker.app import run_serve
 
         return run_serve(settings)

@@ -91,6 +91,13 @@ class ConfigError(PickerError):
     code = "ConfigError"
 
 
+class StartupError(PickerError):
+    """The process cannot start as configured: a port in use, no Kubernetes credentials. The message names
+    the flag, port or file; the command line prints it as one line and exits 2. Never reaches the wire."""
+
+    code = "StartupError"
+
+
 #: Label value used for a response whose upstream status was not 200 (counted, not raised).
 MODEL_SERVER_ERROR = "ModelServerError"
 

@@ -279,3 +279,72 @@ async def test_fake_servers_of_each_engine_serve_and_the_epp_detects_their_engin
     assert await epp.stop() == 0
     codes = await asyncio.gather(*(p.stop(signal.SIGINT) for p in fakes.values()))
     assert codes == [0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------------ operator errors
+
+
+def _busy_port() -> tuple[object, int]:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["--static-endpoints=nonsense"],
+            "--static-endpoints: invalid static endpoint 'nonsense'",
+            id="static-endpoints",
+        ),
+        pytest.param(["--static-endpoints=127.0.0.2:1", "--workers=0"], "--workers: ", id="workers-0"),
+        pytest.param(
+            ["--pool-name=pool", "--kubeconfig=/nonexistent/kubeconfig"],
+            "--kubeconfig: cannot load Kubernetes client configuration from /nonexistent/kubeconfig",
+            id="missing-kubeconfig",
+        ),
+        pytest.param(["--pool-name=pool"], "--kubeconfig: cannot load", id="no-kubeconfig"),
+    ],
+)
+async def test_operator_errors_are_one_line_with_exit_2(spawn: Spawn, argv: list[str], message: str) -> None:
+    # importing the Kubernetes client takes a while on a loaded machine: a generous bound
+    code, output = await run_to_exit(spawn, [PICKER, "serve", *LOCAL, *argv], deadline_s=90.0)
+    assert code == 2, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if message in line]
+    assert len(errors) == 1, output
+    assert len([line for line in output.splitlines() if "error" in line.lower()]) == 1, output
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--grpc-health-port", "--metrics-port"])
+async def test_a_busy_port_names_the_flag(spawn: Spawn, flag: str) -> None:
+    sock, port = _busy_port()
+    try:
+        code, output = await run_to_exit(
+            spawn,
+            [
+                PICKER,
+                "serve",
+                "--static-endpoints=127.0.0.2:1",
+                "--secure-serving=false",
+                *LOCAL,
+                f"{flag}={port}",
+            ],
+        )
+    finally:
+        sock.close()  # type: ignore[attr-defined]
+    assert code == 2, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if str(port) in line]
+    assert len(lines) == 1, output
+    assert f"cannot start: {flag}: cannot listen on 127.0.0.1:{port}: Address already in use" in lines[0]
+
+
+async def test_version(spawn: Spawn) -> None:
+    code, output = await run_to_exit(spawn, [PICKER, "--version"])
+    assert code == 0
+    assert output == "" or output.startswith("picker ")  # printed on stdout
