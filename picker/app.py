@@ -318,6 +318,7 @@ class Service:
             workers=debug_workers,
             tenants=self.tenants.describe,
             scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
+            max_body_bytes=settings.admin_max_body_bytes,
         )
         self._admin_sock: socket.socket | None = None
         self.admin_server = _QuietServer(

@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
     _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
     g.add_argument(
+        "--admin-max-body-bytes",
+        type=_quantity,
+        default=1 << 20,
+        help="cap on an admin API request body, bytes or a quantity (default 1Mi)",
+    )
+    g.add_argument(
         "--grpc-keepalive-time",
         type=_duration,
         default=30.0,
@@ -286,6 +292,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "metrics_port",
             "host",
             "health_checking",
+            "admin_max_body_bytes",
             "grpc_keepalive_time",
             "grpc_keepalive_timeout",
             "pool_name",

@@ -26,6 +26,8 @@ class Settings(BaseModel):
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
     #: also register grpc.health.v1 on the ext_proc port
     health_checking: bool = False
+    #: cap on an admin API request body (``POST /debug/explain``), bytes; larger → 413 while reading
+    admin_max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
     #: seconds between the ext_proc server's keepalive pings on each connection, and how long a ping may
     #: go unanswered before the connection (and its streams) is closed: a frozen proxy is detected in
     #: time + timeout instead of gRPC's default of two hours

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from picker.admin.limits import DEFAULT_ADMIN_MAX_BODY_BYTES, BodyCap
 from picker.errors import PickerError
 from picker.routing.types import Router, RoutingDecision, RoutingRequest
 from picker.state.config_store import ConfigStore
@@ -74,8 +75,11 @@ def build_admin_app(
     workers: Callable[[], list[dict[str, Any]]] | None = None,
     tenants: Callable[[], dict[str, Any]] | None = None,
     scaler: Callable[[], dict[str, Any] | None] | None = None,
+    max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES,
 ) -> FastAPI:
+    """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`)."""
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.add_middleware(BodyCap, limit=max_body_bytes)
 
     @app.api_route("/metrics", methods=["GET", "HEAD"])
     def metrics(request: Request) -> Response:

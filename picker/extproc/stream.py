@@ -299,7 +299,7 @@ class ExtProcStream:
         except PickerError as exc:
             return self._immediate(exc)
         except Exception as exc:
-            logger.exception("ext_proc stream failed, request_id=%s", self._request_id)
+            logger.exception("ext_proc stream failed, request_id=%s", peer_text(self._request_id))
             self._report_failure(UNKNOWN_ERROR)
             self._finished = True
             raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc

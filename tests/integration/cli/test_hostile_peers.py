@@ -109,3 +109,45 @@ async def test_a_request_id_cannot_forge_a_log_line(spawn: Spawn) -> None:
     assert "abc\\x0a2026-01-01" in line
     assert "\\x1b[2J" in line
     assert len(line) < 1000  # the 5,000-character tail is elided
+
+
+async def _post_stream(port: int, total: int, *, declare: bool) -> int:
+    """POST ``total`` bytes to /debug/explain over a raw socket, reading the answer while sending (the
+    server answers and closes mid-body); the HTTP status, or 0 if none came."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = b"POST /debug/explain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % total if declare else b"Transfer-Encoding: chunked\r\n\r\n"
+    body = b'{"body":"' + b"x" * (total - 11) + b'"}' if total < (1 << 20) else b"x" * (1 << 20)
+    answer = asyncio.ensure_future(reader.readline())
+    try:
+        writer.write(head)
+        sent = 0
+        while sent < total and not answer.done():
+            writer.write(body if declare else b"%x\r\n" % len(body) + body + b"\r\n")
+            await writer.drain()
+            sent += len(body)
+        if not declare and not answer.done():
+            writer.write(b"0\r\n\r\n")
+    except ConnectionError:
+        pass  # the server answered and closed while we were still sending
+    try:
+        status = await asyncio.wait_for(answer, 30)
+    except (ConnectionError, TimeoutError):
+        return 0
+    finally:
+        writer.transport.abort()
+    return int(status.split()[1]) if status.startswith(b"HTTP/1.1 ") else 0
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["content-length", "chunked"])
+async def test_an_oversized_admin_body_is_refused_while_reading(spawn: Spawn, declare: bool) -> None:
+    process = await spawn(
+        [PICKER, "serve", *LOCAL, "--secure-serving=false", "--static-endpoints=127.0.0.1:1"]
+    )
+    ports = await serving_ports(process)
+    baseline = rss(process.proc.pid)
+    status = await _post_stream(ports.metrics, 200 << 20, declare=declare)
+    assert status == 413
+    assert rss(process.proc.pid) - baseline < RSS_BOUND
+    assert await _post_stream(ports.metrics, 4096, declare=declare) == 200  # small bodies still work
+    assert await process.stop() == 0
