@@ -260,7 +260,10 @@ class Service:
         self.health_service = HealthService(self.health_state)
         tls = None
         if settings.secure_serving:
-            tls = TLSConfig(cert_path=Path(settings.cert_path) if settings.cert_path else None)
+            tls = TLSConfig(
+                cert_path=Path(settings.cert_path) if settings.cert_path else None,
+                reload=settings.enable_cert_reload,
+            )
         self.extproc = (
             ExtProcServer(
                 self.director,

@@ -47,7 +47,6 @@ IGNORED_VALUE_FLAGS = (
 )
 IGNORED_BOOL_FLAGS = (
     "--model-server-metrics-https-insecure-skip-verify",
-    "--enable-cert-reload",
     "--metrics-endpoint-auth",
     "--enable-pprof",
     "--tracing",
@@ -229,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("security")
     _bool_flag(g, "--secure-serving", True, "TLS on the ext_proc port (self-signed unless --cert-path)")
     g.add_argument("--cert-path", default="", help="directory with tls.crt and tls.key")
+    _bool_flag(g, "--enable-cert-reload", False, "re-read --cert-path files when they change (rotation)")
     g = s.add_argument_group("process")
     g.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (SO_REUSEPORT)")
     g.add_argument("-v", "--v", dest="verbosity", type=int, default=2, help="log level: 2 info, 4 debug")
@@ -321,6 +321,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "config_text",
             "secure_serving",
             "cert_path",
+            "enable_cert_reload",
             "workers",
             "verbosity",
             "log_json",
@@ -333,6 +334,8 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
     if not kwargs["kubeconfig"]:
         kwargs["kubeconfig"] = env.get("KUBECONFIG", "")
     settings = Settings(**kwargs)
+    if settings.enable_cert_reload and not (settings.cert_path and settings.secure_serving):
+        log.warning("--enable-cert-reload has no effect without --cert-path and --secure-serving")
     if settings.static_endpoints:
         from picker.state.endpoints import parse_static_endpoints
 

@@ -90,6 +90,9 @@ class Settings(BaseModel):
     secure_serving: bool = True
     #: directory with tls.crt / tls.key; empty → self-signed certificate generated at start
     cert_path: str = ""
+    #: re-read tls.crt / tls.key when they change (a rotated Secret), checked at each new connection;
+    #: needs ``cert_path`` (the CLI warns otherwise)
+    enable_cert_reload: bool = False
 
     # ------------------------------------------------------------------------------- signals
     #: Prometheus base URL for the optional DCGM GPU-utilization signal

@@ -208,7 +208,11 @@ class _Worker:
         )
         tls = None
         if s.secure_serving:
-            tls = TLSConfig(cert_path=Path(s.cert_path) if s.cert_path else None, key_pair=self._key_pair)
+            tls = TLSConfig(
+                cert_path=Path(s.cert_path) if s.cert_path else None,
+                key_pair=self._key_pair,
+                reload=s.enable_cert_reload,
+            )
         return ExtProcServer(
             director,
             telemetry,

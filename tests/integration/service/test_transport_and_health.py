@@ -118,3 +118,28 @@ async def test_health_and_readyz_follow_the_pool(start_service: StartService) ->
     assert not_ready.status == 503
     assert await not_ready.json() == {"ready": False, "endpoints": 0}
     assert (await svc.get("/healthz")).status == 200  # alive, just not ready
+
+
+async def test_cert_reload_serves_a_rotated_certificate(start_service: StartService, tmp_path: Path) -> None:
+    """``--enable-cert-reload``: a Secret rotation (new files swapped in by renaming, as the kubelet's
+    symlink swap does) is served to the next connection without a restart."""
+    from picker.testing.envoy import fetch_server_certificate
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+
+    def write_pair(name: str) -> bytes:
+        cert, key = generate_self_signed((name, "127.0.0.1"))
+        for filename, data in (("tls.key", key), ("tls.crt", cert)):
+            staged = certs / f".{filename}.new"
+            staged.write_bytes(data)
+            staged.rename(certs / filename)
+        return cert
+
+    first = write_pair("first.example")
+    svc = await start_service(pods=1, secure_serving=True, cert_path=str(certs), enable_cert_reload=True)
+    assert await fetch_server_certificate("127.0.0.1", svc.ports.grpc) == first
+    second = write_pair("second.example")
+    assert await fetch_server_certificate("127.0.0.1", svc.ports.grpc) == second
+    client = await svc.new_client()
+    assert await _routes(client) == P0  # a client that pins the new certificate routes
