@@ -254,6 +254,7 @@ class Service:
             staleness_s=settings.metrics_staleness_threshold,
         )
         self._kube: Any = None
+        self._engine_label = config.metrics_extractor.engine_label_key
         self._api_client: Any = None
         #: the off-peak scaler (``picker.scaler``): built with the Kubernetes sources, idle without a section
         self._scaler: Any = None
@@ -385,6 +386,9 @@ class Service:
         if result.result != "applied":
             return
         cfg = active.config
+        if self._kube is not None and cfg.metrics_extractor.engine_label_key != self._engine_label:
+            self._engine_label = cfg.metrics_extractor.engine_label_key
+            self._kube.engine_label_changed()
         self.telemetry.staleness_s = cfg.staleness_threshold or self.settings.metrics_staleness_threshold
         configure_health(self.datastore, active)
         try:
@@ -439,6 +443,7 @@ class Service:
             configmap=s.config_configmap or None,
             configmap_key=s.config_configmap_key,
             leader_election=s.ha_enable_leader_election,
+            engine_label=lambda: self.config_store.active.config.metrics_extractor.engine_label_key,
             lease_duration=s.leader_lease_duration,
             renew_deadline=s.leader_renew_deadline,
             retry_period=s.leader_retry_period,

@@ -115,9 +115,14 @@ def _active_ports(annotations: Mapping[str, Any], target_ports: tuple[int, ...])
 
 
 def pod_endpoints(
-    pod: Mapping[str, Any], pool: PoolInfo, *, metrics_port: int | None = None
+    pod: Mapping[str, Any],
+    pool: PoolInfo,
+    *,
+    metrics_port: int | None = None,
+    engine_label: str = ENGINE_LABEL,
 ) -> tuple[Endpoint, ...]:
-    """The endpoints a pod contributes to the pool right now (empty when not ready or not selected)."""
+    """The endpoints a pod contributes to the pool right now (empty when not ready or not selected).
+    ``engine_label`` is the label naming the engine (``core-metrics-extractor``'s ``engineLabelKey``)."""
     if not pod_is_ready(pod):
         return ()
     meta = pod.get("metadata") or {}
@@ -127,7 +132,7 @@ def pod_endpoints(
     name = str(meta.get("name") or "")
     ip = str((pod.get("status") or {}).get("podIP"))
     active = _active_ports(meta.get("annotations") or {}, pool.target_ports)
-    engine = labels.get(ENGINE_LABEL) or None
+    engine = labels.get(engine_label) or None
     frozen_labels = MappingProxyType(labels)
     single = metrics_port if metrics_port and len(pool.target_ports) == 1 else None
     return tuple(
@@ -162,6 +167,7 @@ class PodWatcher:
         namespace: str,
         metrics_port: int | None = None,
         on_synced: Callable[[bool], None] | None = None,
+        engine_label: Callable[[], str] = lambda: ENGINE_LABEL,
         watch_timeout_s: float = 290.0,
         inactivity_timeout_s: float | None = None,
         backoff: Callable[[], Backoff] = Backoff,
@@ -171,6 +177,8 @@ class PodWatcher:
         self._namespace = namespace
         self._metrics_port = metrics_port
         self._on_synced = on_synced
+        #: read each time pods are turned into endpoints, so a reloaded ``engineLabelKey`` applies
+        self._engine_label = engine_label
         self._watch_timeout = watch_timeout_s
         self._inactivity = inactivity_timeout_s
         self._backoff = backoff
@@ -217,6 +225,13 @@ class PodWatcher:
                 format_selector(pool.selector),
             )
         self._wake.set()
+
+    def relabel(self) -> None:
+        """The engine label key changed: recompute the loaded pool's endpoints from the cached pods."""
+        reflector, pool = self._reflector, self._active
+        if reflector is not None and reflector.synced and pool is not None:
+            self._by_pod = self._compute(reflector.objects().values(), pool)
+            self._publish(pool)
 
     async def run(self) -> None:
         try:
@@ -277,8 +292,9 @@ class PodWatcher:
 
     def _compute(self, pods: Iterable[Mapping[str, Any]], pool: PoolInfo) -> dict[str, tuple[Endpoint, ...]]:
         out: dict[str, tuple[Endpoint, ...]] = {}
+        label = self._engine_label()
         for pod in pods:
-            eps = pod_endpoints(pod, pool, metrics_port=self._metrics_port)
+            eps = pod_endpoints(pod, pool, metrics_port=self._metrics_port, engine_label=label)
             if eps:
                 out[eps[0].pod] = eps
         return out
@@ -297,7 +313,9 @@ class PodWatcher:
         eps = (
             ()
             if event.type is EventType.DELETED
-            else pod_endpoints(event.obj, target, metrics_port=self._metrics_port)
+            else pod_endpoints(
+                event.obj, target, metrics_port=self._metrics_port, engine_label=self._engine_label()
+            )
         )
         if eps == self._by_pod.get(event.name, ()):
             return

@@ -30,7 +30,7 @@ from kubernetes import client as k8s_client
 from picker.kube.configmap import DEFAULT_KEY, ConfigMapWatcher, ConfigSink, EventRecorder
 from picker.kube.leader import LeaderElector, default_identity, lease_name
 from picker.kube.objectives import ObjectiveWatcher, RewriteWatcher
-from picker.kube.pods import PodWatcher, standalone_pool
+from picker.kube.pods import ENGINE_LABEL, PodWatcher, standalone_pool
 from picker.kube.pool import PoolWatcher, pool_resource
 from picker.kube.reflector import POOL_GROUP_V1, Backoff
 from picker.state.datastore import Datastore
@@ -72,6 +72,7 @@ class _PoolTerm:
         metrics_port: int | None,
         on_synced: Callable[[bool], None] | None,
         watch: Mapping[str, Any],
+        engine_label: Callable[[], str],
     ) -> None:
         self._on_synced = on_synced
         self._standalone = standalone
@@ -81,6 +82,7 @@ class _PoolTerm:
             namespace=namespace,
             metrics_port=metrics_port,
             on_synced=self._synced_changed,
+            engine_label=engine_label,
             **watch,
         )
         self._scoped: list[ObjectiveWatcher | RewriteWatcher] = []
@@ -147,7 +149,10 @@ class KubeSources:
         watch_timeout_s: float = 290.0,
         inactivity_timeout_s: float | None = None,
         backoff: Callable[[], Backoff] = Backoff,
+        engine_label: Callable[[], str] = lambda: ENGINE_LABEL,
     ) -> None:
+        """``engine_label`` gives the pod label naming the engine (``engineLabelKey``), read whenever pods
+        become endpoints; call :meth:`engine_label_changed` after it changes."""
         if bool(pool_name) == bool(endpoint_selector):
             raise ValueError("set exactly one of pool_name and endpoint_selector")
         if configmap and config_store is None:
@@ -173,6 +178,8 @@ class KubeSources:
         self._lease_timings = (lease_duration, renew_deadline, retry_period)
         self._on_leader_change = on_leader_change
         self._on_synced = on_synced
+        self._engine_label = engine_label
+        self._terms: list[_PoolTerm] = []
         self._watch: dict[str, Any] = {
             "watch_timeout_s": watch_timeout_s,
             "inactivity_timeout_s": inactivity_timeout_s,
@@ -190,6 +197,11 @@ class KubeSources:
     def is_leader(self) -> bool:
         """True when this replica may serve: always without leader election, else while it holds the lease."""
         return not self._leader_election or (self._elector is not None and self._elector.is_leader)
+
+    def engine_label_changed(self) -> None:
+        """The engine label key was reloaded: recompute the endpoints of the pods already known."""
+        for term in self._terms:
+            term.pods.relabel()
 
     @property
     def lease_name(self) -> str:
@@ -240,7 +252,8 @@ class KubeSources:
 
     # ------------------------------------------------------------------------------------ internals
     def _term(self) -> _PoolTerm:
-        return _PoolTerm(
+        del self._terms[:-1]  # only the newest term is live
+        term = _PoolTerm(
             self._api,
             self._ds,
             namespace=self._namespace,
@@ -250,7 +263,10 @@ class KubeSources:
             metrics_port=self._metrics_port,
             on_synced=self._on_synced,
             watch=self._watch,
+            engine_label=self._engine_label,
         )
+        self._terms.append(term)
+        return term
 
     def _leader_changed(self, leader: bool) -> None:
         if leader:

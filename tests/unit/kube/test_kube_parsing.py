@@ -232,3 +232,11 @@ def test_timestamps():
     assert parse_timestamp("1970-01-01T00:01:00Z") == 60.0
     assert parse_timestamp("garbage") == 0.0
     assert parse_timestamp(None) == 0.0
+
+
+def test_the_engine_comes_from_the_configured_label_key():
+    labels = {"app": "x", "inference.networking.k8s.io/engine-type": "vllm", "example.com/server": "sglang"}
+    obj = pod("w", labels=labels)
+    assert {e.engine for e in pod_endpoints(obj, POOL)} == {"vllm"}
+    assert {e.engine for e in pod_endpoints(obj, POOL, engine_label="example.com/server")} == {"sglang"}
+    assert {e.engine for e in pod_endpoints(obj, POOL, engine_label="example.com/none")} == {None}
