@@ -116,9 +116,9 @@ class PickerSettingsDocument(StrictModel):
     #: (ext_proc ``mode_override``; the proxy honours it only with ``allow_mode_override: true``).
     #: ``Always`` (default): every response is processed, so every response-side metric is recorded.
     #: ``WhenNeeded``: a request's response is skipped unless its model was rewritten (the name must be
-    #: put back), the conformance served-endpoint verifier is configured, or a request-attribute-reporter
-    #: plugin is configured (usage reporting). Skipping saves two to four gRPC messages per request (the
-    #: largest per-request cost of the EPP, see benchmarks/RESULTS.md) but loses, for skipped requests:
+    #: put back) or the conformance served-endpoint verifier is configured. Skipping saves two to four
+    #: gRPC messages per request (the largest per-request cost of the EPP, see benchmarks/RESULTS.md) but
+    #: loses, for skipped requests:
     #: inference_objective_request_duration_seconds, _response_sizes, _input_tokens, _output_tokens,
     #: _prompt_cached_tokens, _normalized_time_per_output_token_seconds and ModelServerError counts.
     #: Request counts and sizes, in-flight accounting and scheduling metrics are unaffected.

@@ -150,6 +150,15 @@ def _assemble(
             )
         # no response is seen, so passive health would never receive an outcome
         outlier = outlier.model_copy(update={"enabled": False})
+    reporters = [p.effective_name for p in doc.plugins if p.type == REQUEST_ATTRIBUTE_REPORTER]
+    if reporters:
+        # The reference evaluates CEL over the response's usage and returns the value in the response's
+        # dynamic metadata. Not implemented here: accepting it would silently report nothing.
+        raise ConfigError(
+            f"{REFERENCE_KIND}: plugin {reporters[0]!r}: request-attribute-reporter (usage reported in "
+            "the response's dynamic metadata) is not supported by this EPP; remove it (usage is counted "
+            "in inference_objective_input_tokens / _output_tokens)"
+        )
     if parser == "vllmgrpc-parser":
         # Accepted by the reference for vLLM's gRPC engine API; we only route HTTP (OpenAI) or opaque bodies.
         raise ConfigError(

@@ -293,15 +293,20 @@ def test_service_plugins_are_exposed() -> None:
         plugins:
         - type: queue-scorer
         - type: destination-endpoint-served-verifier
-        - name: cost
-          type: request-attribute-reporter
-          parameters: {attribute: x-cost, expression: usage.completion_tokens}
         """)
     assert cfg.served_verifier_enabled
-    assert [(p.effective_name, p.parameters["attribute"]) for p in cfg.request_attribute_reporters] == [
-        ("cost", "x-cost")
-    ]
     assert cfg.build_scheduler().weights == {"queue-scorer": 1.0}
+
+
+def test_the_request_attribute_reporter_is_rejected_with_a_reason() -> None:
+    with pytest.raises(ConfigError, match=r"plugin 'cost': request-attribute-reporter .* is not supported"):
+        load("""\
+            plugins:
+            - type: queue-scorer
+            - name: cost
+              type: request-attribute-reporter
+              parameters: {attribute: x-cost, expression: usage.completion_tokens}
+            """)
 
 
 # ------------------------------------------------------------------------------------ errors
