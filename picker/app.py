@@ -26,7 +26,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from picker.admin import build_admin_app
-from picker.config import PickerConfig, default_config, load_config_text
+from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
 from picker.extproc.messages import ResponseSkip
@@ -72,17 +72,13 @@ class _QuietServer(uvicorn.Server):
 def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
     """The config at start: ``--config-file``, ``--config-text`` or the built-in default."""
     if settings.config_file:
-        try:
-            text = Path(settings.config_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:  # a startup error with a clear line, not a traceback
-            raise ConfigError(f"cannot read config file {settings.config_file}: {exc}") from exc
-        return (
-            load_config_text(text, model_header=settings.model_header),
-            text,
-            f"file:{settings.config_file}",
-        )
+        text = read_config_file(settings.config_file)  # ConfigError: one line at start, exit 2
+        config = load_config_text(text, source=settings.config_file, model_header=settings.model_header)
+        return config, text, f"file:{settings.config_file}"
     if settings.config_text:
-        config = load_config_text(settings.config_text, model_header=settings.model_header)
+        config = load_config_text(
+            settings.config_text, source="--config-text", model_header=settings.model_header
+        )
         return config, settings.config_text, "flag:--config-text"
     return default_config(model_header=settings.model_header), "", "default"
 

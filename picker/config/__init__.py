@@ -80,9 +80,11 @@ from picker.config.effective import (
     config_to_dict,
 )
 from picker.config.loader import (
+    MAX_CONFIG_BYTES,
     default_config,
     load_config_file,
     load_config_text,
+    read_config_file,
     reference_default_config,
 )
 from picker.config.plugins import (
@@ -126,6 +128,7 @@ __all__ = [
     "DEFAULT_ENGINE_LABEL",
     "DEFAULT_PARSER",
     "KNOWN_FEATURE_GATES",
+    "MAX_CONFIG_BYTES",
     "METRICS_DATA_SOURCE",
     "OUTLIER_DETECTOR",
     "PARSER_TYPES",
@@ -164,5 +167,6 @@ __all__ = [
     "load_config_file",
     "load_config_text",
     "parse_quantity",
+    "read_config_file",
     "reference_default_config",
 ]

@@ -24,10 +24,11 @@ DEFAULT_PROMPT_TOKENS_HEADER: Final = "x-picker-prompt-tokens"
 class ObjectiveConfig(StrictModel):
     """An InferenceObjective for standalone mode (no CRDs): name → priority."""
 
-    #: the value clients put in ``x-gateway-inference-objective``
-    name: str = Field(min_length=1)
-    #: higher is more important; negative = sheddable when saturated (unset → 0, as the CRD)
-    priority: int = 0
+    #: the value clients put in ``x-gateway-inference-objective`` (a Kubernetes object name's length)
+    name: str = Field(min_length=1, max_length=253)
+    #: higher is more important; negative = sheddable when saturated (unset → 0, as the CRD); a 32-bit
+    #: integer, as the CRD's ``int32`` field
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
 
 class ModelMatch(StrictModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import ValidationError
@@ -195,17 +195,76 @@ def _classify(raw: Mapping[str, Any], index: int) -> str:
     )
 
 
-def load_config_text(text: str, *, registry: Registry | None = None, model_header: str = "") -> PickerConfig:
+#: Largest configuration text accepted, in bytes (UTF-8): a ConfigMap holds at most 1 MiB, and a document
+#: is a few kilobytes. Parsing 100 MB of YAML took half a minute.
+MAX_CONFIG_BYTES: Final = 1 << 20
+#: Integers in a document must fit in 64 bits (``/config`` serializes them, and no field needs more)
+_MAX_INT: Final = 2**63 - 1
+#: Nesting deeper than this is no configuration (the schema nests about 8 levels)
+_MAX_DEPTH: Final = 64
+
+
+def _check_values(node: object, depth: int = 0) -> None:
+    """Reject what the schema cannot mean but would make later steps fail: nesting deeper than any field
+    and integers beyond 64 bits (an objective priority of 1e23 once made every ``/config`` answer 500)."""
+    if depth > _MAX_DEPTH:
+        raise ConfigError(f"document nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _check_values(key, depth + 1)
+            _check_values(value, depth + 1)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            _check_values(value, depth + 1)
+    elif isinstance(node, int) and not isinstance(node, bool) and not -_MAX_INT - 1 <= node <= _MAX_INT:
+        raise ConfigError(f"integer {str(node)[:24]}… does not fit in 64 bits")
+
+
+def _parse(text: str, source: str) -> list[Any]:
+    """The YAML documents of ``text``. Every failure of the parser (syntax, a recursion limit hit by
+    deep nesting, an integer over Python's digit limit) is a :class:`ConfigError` naming ``source``."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {size} bytes, more than the {MAX_CONFIG_BYTES} bytes a config may have")
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {str(exc).replace('<unicode string>', source)}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"invalid YAML in {source}: nested too deeply") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer over Python's digit limit
+        raise ConfigError(f"invalid YAML in {source}: {str(exc)[:200]}") from exc
+    _check_values(documents)
+    return documents
+
+
+def load_config_text(
+    text: str,
+    *,
+    registry: Registry | None = None,
+    source: str = "the configuration",
+    model_header: str = "",
+) -> PickerConfig:
     """Parse, default and fully validate a configuration text (one or two YAML documents).
 
     ``model_header`` is the ``--model-header`` flag (header-only mode; "" = off), which the document's
     ``request.modelHeader`` overrides. Raises :class:`~picker.errors.ConfigError` naming the document and
-    field for any problem.
+    field for any problem, whatever the input: no other exception leaves this function. ``source`` names
+    the text in messages (a file, a ConfigMap). Texts over :data:`MAX_CONFIG_BYTES` are refused before
+    parsing.
     """
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}") from exc
+        return _load(text, registry, source, model_header)
+    except ConfigError:
+        raise
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(
+            f"{source}: invalid configuration ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+
+
+def _load(text: str, registry: Registry | None, source: str, model_header: str) -> PickerConfig:
+    documents = _parse(text, source)
     found: dict[str, Mapping[str, Any]] = {}
     for i, raw in enumerate(documents):
         if not isinstance(raw, Mapping):
@@ -238,11 +297,31 @@ def load_config_file(
     path: str | Path, *, registry: Registry | None = None, model_header: str = ""
 ) -> PickerConfig:
     """:func:`load_config_text` on a file's contents (UTF-8); an unreadable file is a ConfigError too."""
+    return load_config_text(
+        read_config_file(path), registry=registry, source=str(path), model_header=model_header
+    )
+
+
+def read_config_file(path: str | Path) -> str:
+    """A config file's text: refused (ConfigError) when unreadable, larger than
+    :data:`MAX_CONFIG_BYTES` (read no further than that), not UTF-8, or empty (a truncated file is not
+    "no configuration": only an absent ``--config-file`` means the default)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    return load_config_text(text, registry=registry, model_header=model_header)
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from exc
+    if not text.strip():
+        raise ConfigError(f"config file {path} is empty")
+    return text
 
 
 def _document(plugins: list[PluginSpec], profiles: list[ProfileSpec]) -> EndpointPickerDocument:

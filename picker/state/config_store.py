@@ -8,6 +8,7 @@ count ``picker_config_reload_total{result}`` and (for ConfigMaps) post a Kuberne
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -77,6 +78,10 @@ class ActiveConfig:
         object.__setattr__(self, "hold_empty_pool", hold)
 
 
+#: what :meth:`ConfigStore.load` returns: the validated config and its profiles, or why not
+Loaded = tuple[PickerConfig, Profiles] | ConfigError
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -108,19 +113,51 @@ class ConfigStore:
         """Called after every reload attempt with its result and the (possibly unchanged) active config."""
         self._listeners.append(callback)
 
+    def load(self, text: str, *, source: str) -> Loaded:
+        """Validate ``text`` and build its profiles, without touching the store: safe in a worker thread,
+        so a large document is never parsed on the event loop (see :meth:`apply_text_off_loop`)."""
+        if not text.strip():
+            # a file truncated in place (editors, sync tools) must not replace the operator's config with
+            # the built-in default; only an absent file at start means "default"
+            return ConfigError("empty document; the active configuration is kept")
+        try:
+            cfg = load_config_text(text, source=source, model_header=self._model_header)
+            return cfg, cfg.build_profiles()
+        except ConfigError as exc:
+            return exc
+
     def apply_text(self, text: str, *, source: str) -> ReloadResult:
+        """Validate and swap in ``text`` on the calling thread (see :meth:`apply_text_off_loop`)."""
+        if _digest(text) == self._active.digest:
+            return self.commit(text, source=source, loaded=None)
+        return self.commit(text, source=source, loaded=self.load(text, source=source))
+
+    async def apply_text_off_loop(self, text: str, *, source: str) -> ReloadResult:
+        """:meth:`apply_text` with the parse in a worker thread and the swap on the loop (the single
+        writer): a 1 MiB document must not stall routing and health checks."""
+        if _digest(text) == self._active.digest:
+            return self.commit(text, source=source, loaded=None)
+        loaded = await asyncio.to_thread(self.load, text, source=source)
+        return self.commit(text, source=source, loaded=loaded)
+
+    def reject(self, message: str, *, source: str, digest: str = "") -> ReloadResult:
+        """Count and show a document that could not even be read (not UTF-8, too large, unreadable)."""
+        return self._report(ReloadResult(source, False, "rejected", message, digest, self._clock()))
+
+    def commit(self, text: str, *, source: str, loaded: Loaded | None) -> ReloadResult:
+        """Swap in what :meth:`load` returned for ``text`` (None: the active document, unchanged)."""
         digest = _digest(text)
-        if digest == self._active.digest:
+        if loaded is None or digest == self._active.digest:
             result = ReloadResult(source, True, "unchanged", "same document", digest, self._clock())
+        elif isinstance(loaded, ConfigError):
+            result = ReloadResult(source, False, "rejected", loaded.message, digest, self._clock())
         else:
-            try:
-                cfg = load_config_text(text, model_header=self._model_header)
-                profiles = cfg.build_profiles()
-            except ConfigError as exc:
-                result = ReloadResult(source, False, "rejected", exc.message, digest, self._clock())
-            else:
-                self._active = ActiveConfig(cfg, profiles, source, digest, text)
-                result = ReloadResult(source, True, "applied", "ok", digest, self._clock())
+            cfg, profiles = loaded
+            self._active = ActiveConfig(cfg, profiles, source, digest, text)
+            result = ReloadResult(source, True, "applied", "ok", digest, self._clock())
+        return self._report(result)
+
+    def _report(self, result: ReloadResult) -> ReloadResult:
         self.last_result = result
         for cb in tuple(self._listeners):
             cb(result, self._active)

@@ -88,8 +88,8 @@ class Ports:
     metrics: int
 
 
-async def serving_ports(process: Process) -> Ports:
-    m = await process.wait_for(SERVING)
+async def serving_ports(process: Process, deadline_s: float = 30.0) -> Ports:
+    m = await process.wait_for(SERVING, deadline_s)
     return Ports(int(m[1]), m[2] == "TLS", int(m[3]), int(m[4]))
 
 

@@ -178,6 +178,11 @@ async def test_pool_source_must_be_exactly_one(spawn: Spawn, argv: list[str], me
             id="unknown-plugin",
         ),
         pytest.param(b"\xff\xfe binary", "cannot read config file", id="not-utf8"),
+        pytest.param(b"[" * 100_000, "nested too deeply", id="deep-nesting"),
+        pytest.param(b"a: " + b"9" * 5000 + b"\n", "invalid YAML in", id="huge-integer"),
+        pytest.param(b"", "is empty", id="empty"),
+        pytest.param(b"# " + b"x" * (1 << 20) + b"\n", "larger than 1048576 bytes", id="over-1MiB"),
+        pytest.param(b"a: [1,\n  b: c", "config.yaml", id="yaml-error-names-the-file"),
         pytest.param(None, "cannot read config file", id="missing-file"),
     ],
 )

@@ -73,7 +73,7 @@ async def test_memory_stays_bounded_while_a_model_server_sends_an_endless_page(
         process = await spawn(
             [PICKER, "serve", *LOCAL, "--secure-serving=false", f"--static-endpoints={address}@vllm"]
         )
-        await serving_ports(process)
+        await serving_ports(process, deadline_s=120.0)
         baseline = rss(process.proc.pid)
         peak = await peak_rss(process.proc.pid, SAMPLE_S)
         assert process.proc.returncode is None, process.output
@@ -96,7 +96,7 @@ async def test_a_request_id_cannot_forge_a_log_line(spawn: Spawn) -> None:
     process = await spawn(
         [PICKER, "serve", *LOCAL, "--secure-serving=false", "--static-endpoints=127.0.0.1:1"]
     )
-    ports = await serving_ports(process)
+    ports = await serving_ports(process, deadline_s=120.0)
     request_id = "abc\n" + FORGED + "\r\x1b[2J" + "x" * 5000
     async with EnvoyClient(f"127.0.0.1:{ports.grpc}", tls=False) as client:
         headers = request_headers([(":path", "/v1/completions"), ("x-request-id", request_id)])
@@ -144,7 +144,7 @@ async def test_an_oversized_admin_body_is_refused_while_reading(spawn: Spawn, de
     process = await spawn(
         [PICKER, "serve", *LOCAL, "--secure-serving=false", "--static-endpoints=127.0.0.1:1"]
     )
-    ports = await serving_ports(process)
+    ports = await serving_ports(process, deadline_s=120.0)
     baseline = rss(process.proc.pid)
     status = await _post_stream(ports.metrics, 200 << 20, declare=declare)
     assert status == 413

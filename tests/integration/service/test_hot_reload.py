@@ -129,3 +129,52 @@ async def test_a_reloaded_body_cap_is_enforced(start_service: StartService, tmp_
     result = await svc.exchange(HttpRequest(body=completion("x" * 4096)))
     assert result.immediate is not None
     assert result.immediate.status == 413
+
+
+# ------------------------------------------------------------------------------------------ hostile documents
+
+HUGE_INTEGER = (
+    b"apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\nobjectives:\n- {name: x, priority: %s}\n"
+    % (b"9" * 5000)
+)
+HOSTILE_DOCUMENTS = {
+    "deep-flow-sequence": ("[" * 100_000).encode(),
+    "deep-block-mapping": "".join(" " * i + "a:\n" for i in range(3000)).encode(),
+    "huge-integer": HUGE_INTEGER,
+    "priority-1e23": b"apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\nobjectives:\n"
+    b"- {name: x, priority: 100000000000000000000000}\n",
+    "priority-int32": b"apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\nobjectives:\n"
+    b"- {name: x, priority: 4294967296}\n",
+    "empty": b"",
+    "blank": b"   \n\n",
+    "not-utf8": b"apiVersion: \xff\xfe\n",
+    "over-1MiB": b"# " + b"x" * (1 << 20) + b"\n",
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_DOCUMENTS.values(), ids=HOSTILE_DOCUMENTS.keys())
+async def test_a_hostile_document_is_rejected_counted_and_shown(
+    start_service: StartService, tmp_path: Path, content: bytes
+) -> None:
+    volume = ConfigMapVolume(tmp_path)
+    volume.publish(config_text())
+    svc = await start_service(pods=1, config=None, config_file=str(volume.path), config_poll_interval=0.05)
+    before = await svc.get_json("/config")
+    volume.generation += 1
+    data = tmp_path / f"..2026_01_01_00_00_{volume.generation:02d}"
+    data.mkdir()
+    (data / "config.yaml").write_bytes(content)
+    tmp = tmp_path / "..data_tmp"
+    tmp.symlink_to(data.name)
+    tmp.replace(tmp_path / "..data")
+
+    async def rejected() -> bool:
+        return await _reload_count(svc, "rejected") == 1
+
+    await eventually(rejected, what="the document to be rejected")
+    shown = await svc.get_json("/config")  # still answers (a 1e23 priority once made it 500)
+    assert shown["digest"] == before["digest"]
+    assert shown["last_reload"]["result"] == "rejected"
+    assert "<unicode string>" not in shown["last_reload"]["message"]
+    assert await _reload_count(svc, "applied") == 0
+    assert (await svc.exchange(HttpRequest(body=completion("still routing")))).destination == P0
