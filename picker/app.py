@@ -221,6 +221,8 @@ class Service:
             build_ref=os.environ.get("PICKER_BUILD_REF", ""),
             commit=os.environ.get("PICKER_COMMIT", ""),
             health=self.datastore.health,
+            label_values=settings.metrics_label_max_values,
+            label_length=settings.metrics_label_max_length,
         )
         configure_health(self.datastore, self.config_store.active)
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every

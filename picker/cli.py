@@ -181,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
     _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
     g.add_argument(
+        "--metrics-label-max-values",
+        type=int,
+        default=1000,
+        help="distinct values per request-chosen metric label before 'other' (default 1000)",
+    )
+    g.add_argument(
+        "--metrics-label-max-length",
+        type=int,
+        default=256,
+        help="longest request-chosen metric label value kept; longer is 'other' (default 256)",
+    )
+    g.add_argument(
         "--admin-max-body-bytes",
         type=_quantity,
         default=1 << 20,
@@ -293,6 +305,8 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "host",
             "health_checking",
             "admin_max_body_bytes",
+            "metrics_label_max_values",
+            "metrics_label_max_length",
             "grpc_keepalive_time",
             "grpc_keepalive_timeout",
             "pool_name",

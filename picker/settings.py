@@ -26,6 +26,10 @@ class Settings(BaseModel):
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
     #: also register grpc.health.v1 on the ext_proc port
     health_checking: bool = False
+    #: distinct values and longest value of each metric label chosen by peers (model names from request
+    #: bodies, rewrite names); past either, the value is recorded as ``other`` (:mod:`picker.labels`)
+    metrics_label_max_values: int = Field(1000, ge=1, le=100_000)
+    metrics_label_max_length: int = Field(256, ge=16, le=4096)
     #: cap on an admin API request body (``POST /debug/explain``), bytes; larger → 413 while reading
     admin_max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
     #: seconds between the ext_proc server's keepalive pings on each connection, and how long a ping may

@@ -240,7 +240,12 @@ class _Worker:
             else default_config(model_header=header)
         )
         store = ConfigStore(config, source=static.config_source, text=static.config_text, model_header=header)
-        telemetry = Telemetry(self.view, registry=CollectorRegistry())
+        telemetry = Telemetry(
+            self.view,
+            registry=CollectorRegistry(),
+            label_values=self.settings.metrics_label_max_values,
+            label_length=self.settings.metrics_label_max_length,
+        )
         # Tenants: the memory backend's budget is the supervisor's, asked over the pipe (one budget for all
         # workers), Redis is shared as ever. Flow-control queues are per worker.
         self.budget = SupervisorBackend(channel.send)

@@ -20,11 +20,13 @@ spec form is added.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
 from typing import TypeVar
 
+from picker.labels import MAX_LABEL_LENGTH
 from picker.scrape.engines import EngineSpec, Specs
 from picker.state.metrics import EndpointMetrics
 
@@ -172,12 +174,23 @@ def _label_number(raw: bytes | None, minimum: float) -> float:
     return v if minimum <= v < _INF and v.is_integer() else _NAN
 
 
+#: adapters kept per list (a server holds a handful resident; ``max_lora`` is rarely above 64) and the
+#: longest adapter name kept: a page is written by the model server, and what is kept lives in every
+#: snapshot and in ``/debug/endpoints`` (label bounds, see :mod:`picker.labels`)
+MAX_ADAPTERS = 256
+MAX_ADAPTER_NAME = MAX_LABEL_LENGTH
+#: label blocks longer than this are parsed every time instead of memoized (so the memo stays small)
+_MAX_MEMO_KEY = 4096
+
+
 def _adapters(raw: bytes | None) -> tuple[str, ...]:
-    """A comma-separated adapter list → names, trimmed, empties and repeats dropped, order kept."""
+    """A comma-separated adapter list → names, trimmed, empties and repeats dropped, order kept; names
+    longer than :data:`MAX_ADAPTER_NAME` are dropped and at most :data:`MAX_ADAPTERS` kept."""
     if not raw:
         return ()
-    names = (a.strip() for a in raw.decode("utf-8", "replace").split(","))
-    return tuple(dict.fromkeys(a for a in names if a))
+    names = (a.strip() for a in raw.decode("utf-8", "replace").split(",", MAX_ADAPTERS * 4))
+    kept = dict.fromkeys(a for a in names if a and len(a) <= MAX_ADAPTER_NAME and "," not in a)
+    return tuple(itertools.islice(kept, MAX_ADAPTERS))
 
 
 _LoraState = tuple[tuple[str, ...] | None, tuple[str, ...] | None, float]
@@ -199,6 +212,8 @@ def _lora_from_labels(body: bytes) -> _LoraState:
 
 
 def _remember(memo: dict[bytes, _V], key: bytes, value: _V) -> None:
+    if len(key) > _MAX_MEMO_KEY:
+        return
     if len(memo) >= _MEMO_LIMIT:
         memo.clear()
     memo[key] = value

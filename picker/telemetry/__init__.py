@@ -11,6 +11,7 @@ The public surface is this package; its modules hold one concern each:
 * :mod:`~picker.telemetry.buckets` - the reference's bucket boundaries.
 """
 
+from picker.labels import OTHER
 from picker.telemetry.batch import FLUSH_EVENTS
 from picker.telemetry.buckets import (
     ALPHA,
@@ -24,7 +25,7 @@ from picker.telemetry.buckets import (
 )
 from picker.telemetry.fast import FastCounter, FastGauge, FastHistogram
 from picker.telemetry.merge import FamilyData, MergedRequestMetrics, export_families
-from picker.telemetry.observer import MAX_MODEL_LABELS, OTHER, Telemetry
+from picker.telemetry.observer import MAX_MODEL_LABELS, Telemetry
 from picker.telemetry.pool import SnapshotSource
 
 __all__ = [

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from picker.labels import MAX_LABEL_LENGTH, MAX_LABEL_VALUES, BoundedLabel
 from picker.state.config_store import ActiveConfig, ReloadResult
 from picker.telemetry.batch import FactQueue
 from picker.telemetry.buckets import (
@@ -39,8 +40,7 @@ from picker.telemetry.buckets import (
 from picker.telemetry.fast import FastCounter, FastFamily, FastGauge, FastHistogram
 from picker.telemetry.pool import EjectionCounts, HealthCollector, PoolCollector, SnapshotSource
 
-MAX_MODEL_LABELS = 1000
-OTHER = "other"
+MAX_MODEL_LABELS = MAX_LABEL_VALUES
 
 
 class _Decision(Protocol):
@@ -127,8 +127,12 @@ class Telemetry:
         build_ref: str = "",
         request_registry: CollectorRegistry | None = None,
         health: EjectionCounts | None = None,
+        label_values: int = MAX_MODEL_LABELS,
+        label_length: int = MAX_LABEL_LENGTH,
     ) -> None:
-        """``request_registry``: where the request-path metrics (:meth:`request_metrics`) register;
+        """``label_values`` / ``label_length`` bound the model-name labels (:mod:`picker.labels`).
+
+        ``request_registry``: where the request-path metrics (:meth:`request_metrics`) register;
         default the main ``registry``. A ``--workers`` supervisor routes no requests and exports the
         workers' merged request metrics instead (:class:`MergedRequestMetrics`), so it passes a private
         registry here to keep its own, unused ones out of ``/metrics``."""
@@ -262,7 +266,10 @@ class Telemetry:
         r.register(PoolCollector(self))
         if health is not None:
             r.register(HealthCollector(health))
-        self._models: set[str] = set()
+        #: model names (incoming and target share the vocabulary) and rewrite names, bounded
+        self._models = BoundedLabel(max_values=label_values, max_length=label_length)
+        self._rewrites = BoundedLabel(max_values=label_values, max_length=label_length)
+        self._label_length = label_length
         self._children: dict[tuple[str, str], _Series] = {}
         self._running: set[int] = set()
         #: stream facts not applied yet (see :mod:`picker.telemetry.batch`)
@@ -302,14 +309,13 @@ class Telemetry:
 
     # -------------------------------------------------------------------------------------- helpers
     def _label(self, model: str) -> str:
-        if model in self._models:
-            return model
-        if len(self._models) >= MAX_MODEL_LABELS:
-            return OTHER
-        self._models.add(model)
-        return model
+        return self._models(model)
 
     def _pair(self, incoming: str, target: str) -> _Series:
+        limit = self._label_length
+        if len(incoming) > limit or len(target) > limit:
+            # never a cache key: a long name would be kept alive by the cache
+            incoming, target = self._label(incoming), self._label(target)
         key = (incoming, target)
         c = self._children.get(key)
         if c is None:
@@ -410,7 +416,9 @@ class Telemetry:
 
     # --------------------------------------------------------------------------- other observers
     def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None:
-        self.model_rewrite_decisions.labels(rewrite_name, self._label(model), self._label(target)).inc()
+        self.model_rewrite_decisions.labels(
+            self._rewrites(rewrite_name), self._label(model), self._label(target)
+        ).inc()
 
     def config_reloaded(self, result: ReloadResult, _active: ActiveConfig) -> None:
         self.config_reload_total.labels(result.result).inc()

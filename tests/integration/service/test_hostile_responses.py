@@ -45,3 +45,15 @@ async def test_a_hostile_usage_object_is_no_usage(
         [({"model_name": "m", "target_model_name": "m"}, 0.0)],
     )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_long_model_names_are_bounded_in_metrics(start_service: StartService) -> None:
+    h = await start_service(pods=1)
+    for i in range(11):
+        model = f"{i}" + "m" * (1 << 20)  # one MiB each, distinct
+        result = await h.exchange(HttpRequest(body=completion(model=model)), UpstreamResponse(chunks=[b"{}"]))
+        assert result.code == grpc.StatusCode.OK
+    text = await h.metrics()
+    assert len(text) < 256 * 1024, len(text)
+    models = {labels["model_name"] for labels, _ in samples(text, "inference_objective_request_total")}
+    assert models == {"other"}
