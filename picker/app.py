@@ -170,6 +170,13 @@ def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool, boo
     return current
 
 
+def body_budget(cfg: PickerConfig, settings: Settings) -> int:
+    """Bytes of bodies this process's streams may buffer at once: the config's
+    ``request.maxBufferedBytes``, else ``--max-buffered-body-bytes``, divided among ``--workers``."""
+    total = cfg.settings.request.max_buffered_bytes or settings.max_buffered_body_bytes
+    return max(1, total // settings.workers)
+
+
 @dataclass(frozen=True, slots=True)
 class Ports:
     """Ports actually bound (useful with port 0 in tests)."""
@@ -277,6 +284,7 @@ class Service:
                 skip_response=self._skip_response,
                 stream_config=stream_config_rule(self.config_store),
                 keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
+                max_buffered_bytes=body_budget(config, settings),
             )
             if serve_extproc
             else None
@@ -384,6 +392,8 @@ class Service:
         if result.result != "applied":
             return
         cfg = active.config
+        if self.extproc is not None:
+            self.extproc.body_budget.limit = body_budget(cfg, self.settings)
         if self._kube is not None and cfg.metrics_extractor.engine_label_key != self._engine_label:
             self._engine_label = cfg.metrics_extractor.engine_label_key
             self._kube.engine_label_changed()

@@ -168,18 +168,14 @@ def _version() -> str:
         return "picker (version unknown)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="picker", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    s = sub.add_parser("serve", help="run the endpoint picker (ext_proc, health, metrics/admin)")
-    g = s.add_argument_group("ports")
-    g.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
-    g.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default 9003)")
-    g.add_argument("--metrics-port", type=int, default=9090, help="/metrics + admin API port (default 9090)")
-    g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
-    _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
+def _limit_flags(g: argparse._ArgumentGroup) -> None:
+    """Memory bounds on what peers send (README "Limits")."""
+    g.add_argument(
+        "--max-buffered-body-bytes",
+        type=_quantity,
+        default=256 << 20,
+        help="bodies all streams may buffer at once; over it a request gets 503 (default 256Mi)",
+    )
     g.add_argument(
         "--metrics-label-max-values",
         type=int,
@@ -198,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1 << 20,
         help="cap on an admin API request body, bytes or a quantity (default 1Mi)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="picker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="run the endpoint picker (ext_proc, health, metrics/admin)")
+    g = s.add_argument_group("ports")
+    g.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
+    g.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default 9003)")
+    g.add_argument("--metrics-port", type=int, default=9090, help="/metrics + admin API port (default 9090)")
+    g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
+    _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
     g.add_argument(
         "--grpc-keepalive-time",
         type=_duration,
@@ -234,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config-configmap", default="", help="watch the scoring document in this ConfigMap")
     g.add_argument("--config-configmap-key", default="config.yaml", help="key in that ConfigMap")
     _scraping_flags(s.add_argument_group("scraping"))
+    _limit_flags(s.add_argument_group("limits"))
     g = s.add_argument_group("configuration")
     g.add_argument("--config-file", default="", help="EndpointPickerConfig YAML (watched, hot-reloaded)")
     g.add_argument("--config-text", default="", help="EndpointPickerConfig YAML inline")
@@ -305,6 +316,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "host",
             "health_checking",
             "admin_max_body_bytes",
+            "max_buffered_body_bytes",
             "metrics_label_max_values",
             "metrics_label_max_length",
             "grpc_keepalive_time",

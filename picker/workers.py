@@ -59,6 +59,7 @@ from prometheus_client import CollectorRegistry
 
 from picker.app import (
     Service,
+    body_budget,
     freeze_startup_objects,
     load_initial_config,
     skip_response_rule,
@@ -226,6 +227,7 @@ class _Worker:
             skip_response=skip_response_rule(store),
             stream_config=stream_config_rule(store),
             keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
+            max_buffered_bytes=body_budget(config, s),
         )
 
     async def run(self, sock: socket.socket) -> None:
@@ -267,6 +269,12 @@ class _Worker:
         follow_config(ReloadResult("start", True, "applied", "", "", 0.0), store.active)
         store.add_listener(follow_config)
         server = self._server(store, telemetry, tenants, flow, channel)
+        budget = server.body_budget
+
+        def rebudget(_result: ReloadResult, active: ActiveConfig) -> None:
+            budget.limit = body_budget(active.config, self.settings)
+
+        store.add_listener(rebudget)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)

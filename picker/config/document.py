@@ -66,7 +66,11 @@ class RequestConfig(StrictModel):
 
     #: largest request body we buffer, bytes (or a quantity such as 16Mi); larger → 413. The reference has
     #: no limit; 16Mi is well above long-context prompts (~1M tokens of text is ~4 MB) yet bounds memory.
-    max_body_bytes: int = 16 * 2**20
+    max_body_bytes: int = Field(16 * 2**20, le=2**30)
+    #: all bodies buffered at once by the process (bytes or a quantity); a request that would exceed it
+    #: gets 503 at once. Unset → ``--max-buffered-body-bytes`` (256Mi); with ``--workers N`` each worker
+    #: gets 1/N of it. See :mod:`picker.extproc.budget`.
+    max_buffered_bytes: int | None = Field(None, le=2**40)
     #: header-only mode: the request header that carries the model (e.g. ``x-ai-eg-model``, which Envoy AI
     #: Gateway sets). Set, the EPP routes at the request-headers message and asks the proxy to skip every
     #: later phase (one ext_proc message per request; the proxy should run with ``request_body_mode:
@@ -94,9 +98,11 @@ class RequestConfig(StrictModel):
             raise ValueError(f"must be a header name, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
         return header_name(v)
 
-    @field_validator("max_body_bytes", mode="before")
+    @field_validator("max_body_bytes", "max_buffered_bytes", mode="before")
     @classmethod
-    def _quantity(cls, v: object) -> int:
+    def _quantity(cls, v: object) -> int | None:
+        if v is None:
+            return None
         n = parse_quantity(v)
         if n <= 0:
             raise ValueError("must be > 0")

@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs installed
 
 from picker.extproc import wire
+from picker.extproc.budget import DEFAULT_BODY_BUDGET, BodyBudget
 from picker.extproc.health import HealthService
 from picker.extproc.observer import StreamObserver
 from picker.extproc.stream import SUSPENDED, ExtProcStream, StreamAbortError
@@ -82,6 +83,7 @@ class ExtProcServer:
         skip_response: Callable[[RoutingDecision], int] | None = None,
         stream_config: Callable[[], tuple[int, bool, bool]] | None = None,
         keepalive_s: tuple[float, float] = (30.0, 10.0),
+        max_buffered_bytes: int = DEFAULT_BODY_BUDGET,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -97,6 +99,8 @@ class ExtProcServer:
         self._skip_response = skip_response
         self._stream_config = stream_config
         self._keepalive = keepalive_s
+        #: the budget every stream's buffered bodies draw from; ``limit`` may be changed at any time
+        self.body_budget = BodyBudget(max_buffered_bytes)
         self._server: Any = None
         self._port = 0
 
@@ -181,6 +185,7 @@ class ExtProcServer:
             clock=self._clock,
             skip_response=self._skip_response,
             header_only=header_only,
+            budget=self.body_budget,
         )
         read = context.read
         write = context.write

@@ -79,8 +79,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError
+from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError, ServiceUnavailable
 from picker.extproc import messages, wire
+from picker.extproc.budget import BodyBudget
 from picker.extproc.messages import ResponseSkip
 from picker.extproc.observer import StreamObserver
 from picker.extproc.usage import SSEUsageScanner, UsageReport, usage_from_json
@@ -107,6 +108,8 @@ _GRPC: Final = 2
 _REQUEST_PHASE = frozenset({"request_headers", "request_body", "request_trailers"})
 _PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
 _NO_REPLIES: tuple[Any, ...] = ()
+#: 503 body when the process-wide body budget (:mod:`picker.extproc.budget`) is spent
+MSG_BUDGET: Final = "buffered request bodies exceed the EPP's memory budget; retry later"
 #: Label for failures that are neither a PickerError nor a model-server status (reference "Unknown").
 UNKNOWN_ERROR: Final = "Unknown"
 
@@ -138,6 +141,7 @@ class ExtProcStream:
     __slots__ = (
         "_body_chunks",
         "_body_size",
+        "_budget",
         "_chunks",
         "_clock",
         "_closed",
@@ -149,6 +153,7 @@ class ExtProcStream:
         "_first_at",
         "_header_only",
         "_headers",
+        "_held",
         "_last_at",
         "_max_body",
         "_ntpot",
@@ -185,9 +190,13 @@ class ExtProcStream:
         clock: Callable[[], float] = time.monotonic,
         skip_response: Callable[[RoutingDecision], int] | None = None,
         header_only: bool = False,
+        budget: BodyBudget | None = None,
     ) -> None:
         self._router = router
         self._header_only = header_only
+        #: the process-wide budget of buffered body bytes, and what this stream holds of it
+        self._budget = budget if budget is not None else BodyBudget(1 << 62)
+        self._held = 0
         self._observer = observer
         self._max_body = max_body_bytes
         self._served_verifier = served_verifier
@@ -310,6 +319,7 @@ class ExtProcStream:
         if self._closed:
             return
         self._closed = True
+        self._give_back()
         if self._pending is not None:
             self._pending[0].cancel()
             self._pending = None
@@ -371,10 +381,19 @@ class ExtProcStream:
         if message.end_of_stream:
             return self._route_headers_only()
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body:
-            raise PayloadTooLarge(
-                f"request body of {declared} bytes exceeds the limit of {self._max_body} bytes"
-            )
+        if declared.isdigit():
+            size = int(declared)
+            if size > self._max_body:
+                raise PayloadTooLarge(
+                    f"request body of {declared} bytes exceeds the limit of {self._max_body} bytes"
+                )
+            if size > self._budget.limit:
+                raise PayloadTooLarge(
+                    f"request body of {declared} bytes exceeds the body buffer budget of "
+                    f"{self._budget.limit} bytes"
+                )
+            if size > self._budget.available:
+                raise ServiceUnavailable(MSG_BUDGET)
         self._state = _REQUEST_BODY
         return _NO_REPLIES
 
@@ -400,6 +419,10 @@ class ExtProcStream:
                     f"request body exceeds the limit of {self._max_body} bytes "
                     f"({self._body_size} bytes received so far)"
                 )
+            if not self._budget.take(len(chunk)):
+                self._body_chunks = []
+                raise ServiceUnavailable(MSG_BUDGET)
+            self._held += len(chunk)
             self._body_chunks.append(chunk)
         if not message.end_of_stream:
             return _NO_REPLIES
@@ -445,6 +468,7 @@ class ExtProcStream:
         chunks = self._body_chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body_chunks = []
+        self._give_back()  # handed on: the replies carry it to the proxy
         decision = self._router.route(
             RoutingRequest(
                 request_id=self._request_id,
@@ -691,8 +715,9 @@ class ExtProcStream:
             return (wire.response_body_reply(chunk, end_of_stream),)
         if chunk:
             self._resp_chunks.append(chunk)
-            if self._resp_size > self._max_body:
+            if self._resp_size > self._max_body or not self._budget.take(len(chunk)):
                 return self._start_passthrough(end_of_stream)
+            self._held += len(chunk)
         if not end_of_stream:
             return _NO_REPLIES
         return self._flush_response(end_of_stream=True)
@@ -703,6 +728,7 @@ class ExtProcStream:
         self._echoing = True
         body = b"".join(self._resp_chunks)
         self._resp_chunks = []
+        self._give_back()
         if self._resp_mode != _GRPC:
             self._scanner = SSEUsageScanner(json_body=True)
             self._scanner.feed(body)
@@ -716,6 +742,7 @@ class ExtProcStream:
         chunks = self._resp_chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._resp_chunks = []
+        self._give_back()
         usage = None
         raw = body
         if self._resp_mode != _GRPC:
@@ -791,7 +818,15 @@ class ExtProcStream:
         self._finished = True
         self._state = _DONE
         self._body_chunks = []
+        self._give_back()
         return (messages.immediate_response(exc.http_status, exc.wire_body(), exc.wire_headers()),)
+
+    def _give_back(self) -> None:
+        """Return what this stream holds of the body budget (its buffered bytes were handed on or
+        dropped)."""
+        if self._held:
+            self._budget.give(self._held)
+            self._held = 0
 
     def _report_failure(self, code: str, exc: PickerError | None = None) -> None:
         if self._failed:
