@@ -127,6 +127,7 @@ def usage_from_mapping(usage: Mapping[str, Any]) -> Usage:
 
 _USAGE_KEY = b'"usage"'
 _WHITESPACE = re.compile(rb"[ \t\r\n]*+")
+_WS_BYTES = frozenset(b" \t\r\n")
 #: A usage object is a few hundred bytes; one larger than this is not read (bounded work per object).
 _MAX_USAGE_OBJECT = 16 * 1024
 #: Nesting allowed inside a usage object (``usage`` → ``*_details`` → value is 2): deeper is not a usage
@@ -177,19 +178,48 @@ def _object_end(data: bytes, start: int) -> int:
     return -1
 
 
+#: closing braces tried by the quick count before the exact scan (a usage object nests at most 2 levels)
+_QUICK_BRACES = 3
+
+
+def _quick_end(data: bytes, start: int, limit: int) -> int:
+    """The end of the object at ``start`` by counting braces up to each of the first few ``}`` (strings
+    are not considered; the decoder rejects a wrong slice), or -1. Bounded: a few ``find``/``count``
+    passes over at most :data:`_MAX_USAGE_OBJECT` bytes."""
+    end = start
+    for _ in range(_QUICK_BRACES):
+        end = data.find(b"}", end + 1, limit)
+        if end < 0:
+            return -1
+        if data.count(b"{", start, end) == data.count(b"}", start, end + 1):
+            return end + 1
+    return -1
+
+
 def _decode_object(data: bytes, start: int) -> Any:
     """The JSON object starting at ``start`` (a ``{``), or None when it is not one, is too large or too
-    deep. orjson accepts the slice only if it is exactly one JSON value, so a success is that object; the
-    standard decoder is tried on the same (bounded, shallow) slice for what orjson refuses but Python
-    servers write (``NaN``)."""
+    deep. orjson accepts a slice only if it is exactly one JSON value, so a success is that object.
+
+    Fast path (almost every response): the brace count of :func:`_quick_end` and orjson. Otherwise the
+    exact, string-aware and depth-limited :func:`_object_end`, then the standard decoder on that bounded,
+    shallow slice for what orjson refuses but Python servers write (``NaN``).
+    """
+    limit = min(len(data), start + _MAX_USAGE_OBJECT)
+    quick = _quick_end(data, start, limit)
+    if quick > 0:
+        try:
+            return orjson.loads(data[start:quick])
+        except orjson.JSONDecodeError:
+            pass
     end = _object_end(data, start)
     if end < 0:
         return None
     piece = data[start:end]
-    try:
-        return orjson.loads(piece)
-    except orjson.JSONDecodeError:
-        pass
+    if end != quick:
+        try:
+            return orjson.loads(piece)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(piece.decode("utf-8", "replace"))
     except ValueError:
@@ -214,10 +244,14 @@ def _last_usage(data: bytes, *, skip_null: bool) -> Usage | None:
         end = pos
         if pos > 0 and data[pos - 1] == 0x5C:  # an escaped quote: text inside a string, not a key
             continue
-        value_at = _WHITESPACE.match(data, pos + len(_USAGE_KEY)).end()  # type: ignore[union-attr]
+        value_at = pos + len(_USAGE_KEY)
+        if value_at < n and data[value_at] in _WS_BYTES:
+            value_at = _WHITESPACE.match(data, value_at).end()  # type: ignore[union-attr]
         if value_at >= n or data[value_at] != 0x3A:  # ':'
             continue
-        value_at = _WHITESPACE.match(data, value_at + 1).end()  # type: ignore[union-attr]
+        value_at += 1
+        if value_at < n and data[value_at] in _WS_BYTES:
+            value_at = _WHITESPACE.match(data, value_at).end()  # type: ignore[union-attr]
         if value_at >= n or data[value_at] != 0x7B:  # '{'
             if skip_null:
                 continue
