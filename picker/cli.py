@@ -6,6 +6,9 @@ not implement are accepted and reported with one warning each (a Deployment writ
 EPP must start unchanged); truly unknown flags are an error. Three flags of ours are hidden from
 ``--help`` because the reference has no equivalent: ``--leader-lease-duration``,
 ``--leader-renew-deadline`` and ``--leader-retry-period`` (durations, see :class:`picker.settings.Settings`).
+
+Why one module: it is the whole command line (the flag table, their parsing into one Settings, and the
+one-line operator errors); split, a flag's definition, its conversion and its error would live apart.
 """
 
 from __future__ import annotations

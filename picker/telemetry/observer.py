@@ -12,8 +12,9 @@ observer hooks that feed them.
   the cap new names are recorded as ``other``. The reference has no cap.
 
 Why one module of this size: the metric families are defined once, in one registration order (the order
-``/metrics``, the golden exposition and the ``--workers`` merge rely on), next to the hooks that feed them;
-most of its length is those definitions' names and help texts.
+``/metrics``, the golden exposition and the ``--workers`` merge rely on), next to the hooks that feed them
+(they share the label children cache and the batched facts); most of its length is those definitions'
+names and help texts.
 """
 
 from __future__ import annotations
