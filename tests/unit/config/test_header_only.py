@@ -62,10 +62,6 @@ def test_the_built_in_profile_loses_its_body_derived_scorer() -> None:
         (profile("prefill-queue-scorer"), "prefill-queue-scorer): it counts prompt tokens until the first"),
         (profile("latency-scorer"), "latency-scorer): it scores latency observed on responses"),
         (
-            profile("queue-scorer", extra="- {type: request-attribute-reporter}\n"),
-            "request-attribute-reporter): it reports usage read from responses",
-        ),
-        (
             profile("queue-scorer", extra="- {type: destination-endpoint-served-verifier}\n"),
             "it echoes the served endpoint of the response",
         ),
@@ -93,6 +89,16 @@ def test_what_needs_the_body_or_the_response_is_rejected_with_its_reason(text: s
         load_config_text(text, model_header=HEADER)
     assert "header-only mode (model header x-ai-eg-model) cannot serve this configuration" in str(info.value)
     assert reason in str(info.value)
+
+
+def test_request_attribute_reporter_is_rejected_in_both_modes() -> None:
+    """Not supported at all (it would report nothing); in header-only mode the reason says why the mode
+    could not serve it either."""
+    text = profile("queue-scorer", extra="- {type: request-attribute-reporter}\n")
+    with pytest.raises(ConfigError, match="not supported by this EPP"):
+        load_config_text(text)
+    with pytest.raises(ConfigError, match="it reports usage read from responses"):
+        load_config_text(text, model_header=HEADER)
 
 
 def test_every_problem_is_listed_at_once() -> None:
