@@ -376,6 +376,8 @@ class Service:
             log.warning(
                 "the config has a flowControl block but not the flowControl feature gate: not enforced"
             )
+        for caveat in cfg.flow_control_caveats:
+            log.warning("%s", caveat)
         self.flow.configure(enabled=enabled, limits=flow_limits(cfg.endpoint_picker.flow_control))
 
     # -------------------------------------------------------------------------------- config reload

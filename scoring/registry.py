@@ -191,7 +191,8 @@ def default_registry() -> Registry:
         # (scoring.prefix, owned by the service) need no plugin of their own
         "approx-prefix-cache-producer",
         "inflight-load-producer",
-        # flow-control policies: accepted and kept, flow control itself is not implemented
+        # flow-control policies: picker.tenants.flow implements round robin and FCFS; the others are accepted
+        # and named as not implemented (picker.config PickerConfig.flow_control_caveats)
         "global-strict-fairness-policy",
         "round-robin-fairness-policy",
         "fcfs-ordering-policy",

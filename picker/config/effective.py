@@ -23,6 +23,10 @@ from picker.errors import ConfigError
 from scoring import ConfigurationError, PluginSpec, Profiles, ProfileSpec, Registry, Scheduler, build_profiles
 from scoring.durations import format_duration
 
+#: the flow-control policies :mod:`picker.tenants.flow` implements (see ``PickerConfig.flow_control_caveats``)
+_FAIRNESS = "round-robin-fairness-policy"
+_ORDERING = "fcfs-ordering-policy"
+
 
 class PickerConfig(StrictModel):
     """A fully validated configuration: both documents plus what was derived from them.
@@ -129,6 +133,46 @@ class PickerConfig(StrictModel):
         except ConfigurationError as exc:
             raise ConfigError(f"{REFERENCE_KIND}: {exc}") from exc
 
+    @property
+    def flow_control_caveats(self) -> tuple[str, ...]:
+        """What the ``flowControl`` block asks for that is not implemented, one line each (logged when the
+        config is applied, shown in ``/config``). Flow control serves the flows of a band round robin and a
+        flow's requests first come, first served, against saturation 1.0: a band naming another fairness or
+        ordering policy, or a usage-limit policy, is accepted (reference documents load unchanged) but must
+        not be silently ignored."""
+        fc = self.endpoint_picker.flow_control
+        if fc is None:
+            return ()
+        types = {p.name or p.type: p.type for p in self.endpoint_picker.plugins}
+        bands = [("defaultPriorityBand", fc.default_priority_band)] if fc.default_priority_band else []
+        bands += [(f"priorityBands[{i}]", band) for i, band in enumerate(fc.priority_bands)]
+        caveats: list[str] = []
+        for where, band in bands:
+            assert band is not None
+            for field, ref, implemented, instead in (
+                (
+                    "fairnessPolicyRef",
+                    band.fairness_policy_ref,
+                    _FAIRNESS,
+                    "its flows are served round robin",
+                ),
+                (
+                    "orderingPolicyRef",
+                    band.ordering_policy_ref,
+                    _ORDERING,
+                    "a flow is served first come, first served",
+                ),
+            ):
+                kind = types.get(ref, ref) if ref else implemented
+                if kind != implemented:
+                    caveats.append(f"flowControl.{where}.{field}: {kind!r} is not implemented; {instead}")
+        if fc.usage_limit_policy_plugin_ref:
+            caveats.append(
+                "flowControl.usageLimitPolicyPluginRef: not implemented; every band dispatches until the "
+                "saturation detector reaches 1.0"
+            )
+        return tuple(caveats)
+
     def build_scheduler(self, registry: Registry | None = None) -> Scheduler:
         """The scheduler of the default profile (the only one unless a profile handler chooses between
         several), newly built. Raises ConfigError."""
@@ -176,6 +220,7 @@ def config_to_dict(cfg: PickerConfig, registry: Registry | None = None) -> dict[
             "flowControl": {
                 "requested": cfg.flow_control_requested,
                 "enabled": "flowControl" in cfg.feature_gates,
+                "notImplemented": list(cfg.flow_control_caveats),
             },
         },
     }

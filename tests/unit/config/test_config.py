@@ -479,7 +479,7 @@ def test_effective_config_as_plain_data() -> None:
     scheduler = data["effective"]["scheduler"]
     assert [s["weight"] for s in scheduler["profiles"][0]["scorers"]] == [2.0, 2.0, 3.0, 1.0]
     assert scheduler["profiles"][0]["picker"]["parameters"] == {"maxNumOfEndpoints": 2}
-    assert data["effective"]["flowControl"] == {"requested": True, "enabled": True}
+    assert data["effective"]["flowControl"] == {"requested": True, "enabled": True, "notImplemented": []}
     assert data["effective"]["parser"] == "openai-parser"
     assert data["effective"]["metricsSource"] == {
         "scheme": "http",
@@ -534,3 +534,29 @@ def test_valid_metric_specs(spec: str) -> None:
 def test_invalid_metric_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="spec"):
         check_metric_spec(spec)
+
+
+def test_flow_policies_not_implemented_are_named_not_silently_ignored() -> None:
+    """The reference example names the policies flow control implements: no caveat. A band naming EDF
+    ordering (through a plugin of another name) or global strict fairness, or a usage-limit policy, is
+    accepted but each is named, in ``/config`` too."""
+    assert load_config_text(REFERENCE_EXAMPLE).flow_control_caveats == ()
+    cfg = load(
+        """\
+        featureGates: [flowControl]
+        plugins:
+        - {name: deadline, type: edf-ordering-policy}
+        - {type: global-strict-fairness-policy}
+        flowControl:
+          usageLimitPolicyPluginRef: some-limit
+          defaultPriorityBand: {fairnessPolicyRef: global-strict-fairness-policy}
+          priorityBands:
+          - {priority: 1, orderingPolicyRef: deadline, fairnessPolicyRef: round-robin-fairness-policy}
+        """
+    )
+    caveats = cfg.flow_control_caveats
+    assert len(caveats) == 3
+    assert caveats[0].startswith("flowControl.defaultPriorityBand.fairnessPolicyRef: 'global-strict-fairness")
+    assert caveats[1].startswith("flowControl.priorityBands[0].orderingPolicyRef: 'edf-ordering-policy'")
+    assert "usageLimitPolicyPluginRef" in caveats[2]
+    assert config_to_dict(cfg)["effective"]["flowControl"]["notImplemented"] == list(caveats)
