@@ -781,7 +781,13 @@ class KubeApiEmulator:
                 for ch in [c for c in self._history[r] if c.rv > from_rv]:
                     await send_change(ch)
             if not await self._pump(
-                watch, resp, send_change, send_gone, bookmarks=bookmarks, lifetime=lifetime
+                watch,
+                resp,
+                send_change,
+                send_gone,
+                bookmarks=bookmarks,
+                lifetime=lifetime,
+                gone=lambda: request.transport is None or request.transport.is_closing(),
             ):
                 if request.transport is not None:
                     request.transport.abort()
@@ -802,13 +808,20 @@ class KubeApiEmulator:
         *,
         bookmarks: bool,
         lifetime: float | None,
+        gone: Callable[[], bool],
     ) -> bool:
-        """Stream live changes; True when the stream should end cleanly, False to drop the connection."""
+        """Stream live changes; True when the stream should end cleanly, False to drop the connection.
+
+        ``gone``: the client closed its connection. aiohttp does not cancel a handler when its client goes
+        away, and a quiet watch writes nothing that would fail, so the pump asks every half second; without
+        it a closed watch stays open here (and counted by :meth:`open_watches`) until the next event."""
         loop = asyncio.get_running_loop()
         deadline = None if lifetime is None else loop.time() + lifetime
         interval = self._bookmark_interval if bookmarks else None
         next_bookmark = None if interval is None else loop.time() + interval
         while True:
+            if gone():
+                return False
             now = loop.time()
             if deadline is not None and now >= deadline and not watch.frozen:
                 return True
