@@ -140,6 +140,8 @@ class Director:
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
         active = self._config.active
+        if explain and active.model_header:  # /debug/explain in header-only mode: what a stream would do
+            return self.route_by_header(request, explain=True)
         headers = request.headers
         if active.parser == "passthrough-parser":
             info = None
@@ -403,15 +405,13 @@ class Director:
         reasons = MappingProxyType({names[r]: Avoidance.reason(levels, r) for r in rows})
         return PickResult(indices, result.decision), reasons, failover
 
-    def route_by_header(self, request: RoutingRequest) -> RoutingDecision | PendingRoute:
-        """Header-only mode (``picker.config.header_only``): the model from the configured header, the
-        prompt-token estimate from its header, then objective, flow control and scheduling as for a body.
-
-        No rewrite is applied (neither InferenceModelRewrites nor ``x-gateway-model-name-rewrite``): the
-        body the server receives is not ours to change, so routing follows the model it names. Tenants are
-        rejected at config load in this mode. A request without a body and without the model header
-        (``GET /v1/models``) routes as a body-less request always does: a random pool endpoint.
-        """
+    def route_by_header(
+        self, request: RoutingRequest, *, explain: bool = False
+    ) -> RoutingDecision | PendingRoute:
+        """Header-only mode (``picker.config.header_only``): model and token estimate from headers, then as
+        for a body. No rewrite applies (InferenceModelRewrites, ``x-gateway-model-name-rewrite``): the body
+        the server gets is not ours to change, so routing follows its model. Tenants: rejected at load.
+        Without a body and the model header (``GET /v1/models``): a random pool endpoint, as always."""
         active = self._config.active
         if request.headers_only and not request.headers.get(active.model_header):
             return self.route_headers_only(request)
@@ -419,6 +419,8 @@ class Director:
         model = info.model or ""
         try:
             args = (request, active, info, model, model)
+            if explain:
+                return self._schedule(request, active, info, model, model, explain=True)
             held = self._hold_if_empty(args)
             if held is not None:
                 return held

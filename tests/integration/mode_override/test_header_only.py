@@ -228,3 +228,20 @@ async def test_a_proxy_that_still_sends_the_body_gets_it_back_unchanged(
     assert result.response_body == RESPONSE.chunks[0]
     assert result.code is not None
     assert result.code.name == "OK"
+
+
+async def test_explain_shows_what_a_header_only_stream_would_get(
+    start: Callable[..., Awaitable[Running]],
+) -> None:
+    svc = await start()
+    url = f"http://127.0.0.1:{svc.ports.metrics}/debug/explain"
+    payload = {"path": "/v1/chat/completions", "headers": {"X-AI-EG-Model": "m"}, "body": ""}
+    async with svc.http.post(url, json=payload) as resp:
+        doc = await resp.json()
+    assert doc["destination"] in ENDPOINTS
+    assert doc["target_model"] == "m"
+    async with svc.http.post(url, json={**payload, "headers": {}}) as resp:
+        doc = await resp.json()
+    assert doc["error"]["status"] == 400
+    assert doc["error"]["message"] == "model not found in header x-ai-eg-model"
+    assert await svc.total("inflight") == 0.0  # explaining routes nothing

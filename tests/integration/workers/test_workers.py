@@ -340,3 +340,35 @@ async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
 
 async def _settled(t: Tree, index: int, inflight: float) -> bool:
     return any(w["index"] == index and w["inflight"] <= inflight for w in await t.workers())
+
+
+async def test_header_only_mode_on_both_workers() -> None:
+    """``--model-header`` reaches every worker: each answers at the request headers, one message, and the
+    supervisor's accounting sees the stream until the proxy closes it."""
+    async with _start_tree("--model-header", "x-ai-eg-model") as t:
+        client = EnvoyClient(
+            t.grpc, timeout=30.0, options=[("grpc.use_local_subchannel_pool", 1)], request_body_mode="NONE"
+        )
+        await client.connect()
+        t.clients.append(client)
+        request = HttpRequest(body=BODY, headers=[("x-ai-eg-model", "m"), ("x-picker-prompt-tokens", "100")])
+        for _ in range(4):
+            result = await client.exchange(request)
+            assert [r.WhichOneof("response") for r in result.replies] == ["request_headers"]
+            assert result.mode_override is not None
+        stream = client.stream()
+        (message,) = request.messages(send_body=False)
+        await stream.send(message)
+        assert await stream.recv() is not None
+
+        async def held() -> bool:
+            return await t.endpoint_inflight() == 1.0 and (await t.endpoint_tokens())[1] == 100.0
+
+        await eventually(held, "the open stream counted with its token estimate")
+        await stream.half_close()
+        assert await stream.recv() is None
+
+        async def released() -> bool:
+            return await t.endpoint_inflight() == 0.0
+
+        await eventually(released, "the stream released")
