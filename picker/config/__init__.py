@@ -47,6 +47,7 @@ A configuration text holds one or two YAML documents separated by ``---``:
          - matches: [{model: {type: Exact, value: small-lora}}]
            targets: [{modelRewrite: small-lora-v1, weight: 90}, {modelRewrite: small-lora-v2, weight: 10}]
        request: {maxBodyBytes: 16Mi}                           # bytes or a Kubernetes quantity
+       # request: {modelHeader: x-ai-eg-model}                 # header-only mode (picker.config.header_only)
        stalenessThreshold: 2s                                  # pool gauges / ready-pods freshness
 
 No text (or only blank documents) means the built-in default (:func:`default_config`). Every problem is a
@@ -57,7 +58,8 @@ This package is the public surface; its modules hold one concern each: :mod:`~pi
 (the reference document's schema), :mod:`~picker.config.plugins` (service plugins' parameters),
 :mod:`~picker.config.document` (our document's schema: new sections go there),
 :mod:`~picker.config.effective` (the validated result), :mod:`~picker.config.loader` (parsing, cross-checks,
-defaults), :mod:`~picker.config.values` (quantities, metric specs), :mod:`~picker.config.base` (the strict
+defaults), :mod:`~picker.config.header_only` (what header-only mode may hold),
+:mod:`~picker.config.values` (quantities, metric specs), :mod:`~picker.config.base` (the strict
 model base).
 """
 
