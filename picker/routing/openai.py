@@ -16,7 +16,9 @@ What this module decides, and why:
   validation; only derived values survive in :class:`RequestInfo`.
 * **Body bytes are not re-serialized** unless the model changes (:func:`rewrite_model`): the reference
   always re-serializes (sorted keys, Go escaping), we forward the client's bytes untouched.
-* **No prompt text leaves this module**, except transiently through an optional prefix hasher.
+* **No prompt text is kept**: with prefix scoring on, the first ``prefix_window`` bytes of the canonical
+  prompt (``prompt.py``) go to ``RequestInfo.prefix_input``, which the director hashes and clears before
+  the decision leaves routing.
 
 Validation rules (the reference's, plus type checks it lacks):
 
@@ -50,6 +52,7 @@ from typing import Any
 import orjson
 
 from picker.errors import BadRequest, Internal
+from picker.routing.prompt import UNBOUNDED, hash_input, prompt_source
 from picker.routing.types import (
     API_CHAT,
     API_COMPLETIONS,
@@ -63,7 +66,6 @@ __all__ = [
     "PARSERS",
     "ModelRestorer",
     "Parser",
-    "PrefixHasher",
     "api_for_path",
     "parse_passthrough",
     "parse_request",
@@ -71,10 +73,6 @@ __all__ = [
     "reverse_rewrite",
     "rewrite_model",
 ]
-
-#: ``(model, cache_salt, prompt_text) -> chained block hashes``. Called only when configured; the text is
-#: a canonical flattening of the prompt (see :func:`parse_request`) and must not be stored by the hasher.
-PrefixHasher = Callable[[str, str, str], tuple[int, ...]]
 
 #: A body parser as the director uses it: ``(path, body) -> RequestInfo``, raising BadRequest.
 Parser = Callable[[str, bytes], RequestInfo]
@@ -157,35 +155,21 @@ def _text_len(value: object) -> int:
     return total
 
 
-def _flatten(value: object) -> str:
-    """The text of a string or content-part array, for prefix hashing only."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts: list[str] = []
-        for part in value:
-            text = part.get("text") if isinstance(part, dict) else part
-            if isinstance(text, str):
-                texts.append(text)
-        return "".join(texts)
-    return ""
-
-
 def _is_token_list(value: list[Any]) -> bool:
     return all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
 # --------------------------------------------------------------------------------------- per-API shapes
-# Each validator returns the prompt size in characters and, when ``want_text``, the prompt text.
+# Each validator checks the shape of one API's body and returns the prompt size in characters.
 
 
-def _validate_completions(doc: Mapping[str, Any], want_text: bool) -> tuple[int, str]:
+def _validate_completions(doc: Mapping[str, Any]) -> int:
     prompt = doc.get("prompt")
     missing = "invalid completions request: must have prompt field"
     if isinstance(prompt, str):
         if not prompt:
             raise BadRequest(missing)
-        return len(prompt), prompt if want_text else ""
+        return len(prompt)
     if not isinstance(prompt, list) or not prompt:
         if prompt is None:
             raise BadRequest(missing)
@@ -197,22 +181,21 @@ def _validate_completions(doc: Mapping[str, Any], want_text: bool) -> tuple[int,
     if isinstance(first, str):
         if not all(isinstance(p, str) for p in prompt):
             raise BadRequest("invalid completions request: prompt array must hold only strings")
-        chars = sum(len(p) for p in prompt)
-        return chars, ("".join(prompt) if want_text else "")
+        return sum(len(p) for p in prompt)
     if isinstance(first, list):
         if not all(isinstance(p, list) and p and _is_token_list(p) for p in prompt):
             raise BadRequest("invalid completions request: prompt token arrays must hold only integers")
-        return sum(len(p) for p in prompt) * _CHARS_PER_TOKEN, ""
+        return sum(len(p) for p in prompt) * _CHARS_PER_TOKEN
     if not _is_token_list(prompt):
         raise BadRequest("invalid completions request: prompt token array must hold only integers")
-    return len(prompt) * _CHARS_PER_TOKEN, ""
+    return len(prompt) * _CHARS_PER_TOKEN
 
 
 def _chat_error(i: int, problem: str) -> BadRequest:
     return BadRequest(f"invalid chat completions request: messages[{i}]{problem}")
 
 
-def _validate_chat(doc: Mapping[str, Any], want_text: bool) -> tuple[int, str]:
+def _validate_chat(doc: Mapping[str, Any]) -> int:
     # Agent conversations reach thousands of messages, so the loop is written for speed: exact type
     # checks, no call per message for string content, the index counted by hand.
     messages = doc.get("messages")
@@ -224,7 +207,6 @@ def _validate_chat(doc: Mapping[str, Any], want_text: bool) -> tuple[int, str]:
     seen_prompt_role = False
     # True while we are inside the answers to an assistant turn that requested tool calls.
     tool_answers_allowed = False
-    parts: list[str] = []
     i = -1
     for message in messages:
         i += 1
@@ -257,46 +239,36 @@ def _validate_chat(doc: Mapping[str, Any], want_text: bool) -> tuple[int, str]:
                 )
         else:
             tool_answers_allowed = False
-        if want_text:
-            parts.append(f"{role}\n{_flatten(content)}\n")
-    return chars, ("".join(parts) if want_text else "")
+    return chars
 
 
-def _validate_responses(doc: Mapping[str, Any], want_text: bool) -> tuple[int, str]:
+def _validate_responses(doc: Mapping[str, Any]) -> int:
     value = doc.get("input")
     if isinstance(value, str):
-        return len(value), value if want_text else ""
+        return len(value)
     if not isinstance(value, list):
         raise BadRequest("invalid responses request: must have input field (a string or an array)")
-    chars = 0
-    parts: list[str] = []
-    for item in value:
-        content = item.get("content") if isinstance(item, dict) else item
-        chars += _text_len(content)
-        if want_text:
-            parts.append(_flatten(content))
-    return chars, ("\n".join(parts) if want_text else "")
+    return sum(_text_len(item.get("content") if isinstance(item, dict) else item) for item in value)
 
 
-def _validate_conversations(doc: Mapping[str, Any], _want_text: bool) -> tuple[int, str]:
+def _validate_conversations(doc: Mapping[str, Any]) -> int:
     items = doc.get("items")
     if not isinstance(items, list) or not items:
         raise BadRequest("invalid conversations request: must have items field (a non-empty array)")
-    chars = sum(_text_len(item.get("content")) for item in items if isinstance(item, dict))
-    return chars, ""
+    return sum(_text_len(item.get("content")) for item in items if isinstance(item, dict))
 
 
-def _validate_embeddings(doc: Mapping[str, Any], want_text: bool) -> tuple[int, str]:
+def _validate_embeddings(doc: Mapping[str, Any]) -> int:
     value = doc.get("input")
     if isinstance(value, str) and value:
-        return len(value), value if want_text else ""
+        return len(value)
     if isinstance(value, list) and value:
         if all(isinstance(v, str) for v in value):
-            return sum(len(v) for v in value), ("\n".join(value) if want_text else "")
+            return sum(len(v) for v in value)
         if _is_token_list(value):
-            return len(value) * _CHARS_PER_TOKEN, ""
+            return len(value) * _CHARS_PER_TOKEN
         if all(isinstance(v, list) and _is_token_list(v) for v in value):
-            return sum(len(v) for v in value) * _CHARS_PER_TOKEN, ""
+            return sum(len(v) for v in value) * _CHARS_PER_TOKEN
         raise BadRequest(
             "invalid embeddings request: input must be a string, an array of strings, "
             "an array of token ids or an array of token-id arrays"
@@ -304,7 +276,7 @@ def _validate_embeddings(doc: Mapping[str, Any], want_text: bool) -> tuple[int, 
     raise BadRequest("invalid embeddings request: must have input field (non-empty)")
 
 
-_VALIDATORS: Mapping[str, Callable[[Mapping[str, Any], bool], tuple[int, str]]] = {
+_VALIDATORS: Mapping[str, Callable[[Mapping[str, Any]], int]] = {
     API_COMPLETIONS: _validate_completions,
     API_CHAT: _validate_chat,
     API_RESPONSES: _validate_responses,
@@ -336,21 +308,20 @@ def _max_tokens(doc: Mapping[str, Any]) -> int | None:
     return None
 
 
-def parse_request(path: str, body: bytes, *, prefix_hasher: PrefixHasher | None = None) -> RequestInfo:
+def parse_request(path: str, body: bytes, *, prefix_window: int = 0) -> RequestInfo:
     """Validate an OpenAI-style request body and return what routing needs from it.
 
     Raises :class:`picker.errors.BadRequest` with a reference-compatible message (see the module
-    docstring for the rules). ``prefix_hasher``, when given, receives the model, the ``cache_salt`` and a
-    canonical flattening of the prompt (completions: the prompt string(s); chat: ``role\\ncontent\\n`` per
-    message; responses: the input text; embeddings: the input strings) and its result lands in
-    ``RequestInfo.prefix_hashes``; token-id prompts and conversations are not hashed.
+    docstring for the rules). With ``prefix_window`` > 0 (prefix scoring on), ``RequestInfo.prefix_input``
+    holds the first ``prefix_window`` bytes of the canonical prompt (:mod:`picker.routing.prompt`: what
+    the prefix index hashes) and ``cache_salt`` the request's salt; the director hashes and clears it.
     """
     api = api_for_path(path)
     doc = _load_object(body)
     model = doc.get("model")
     if not isinstance(model, str):
         raise BadRequest("model not found in request body")
-    prompt_chars, text = _VALIDATORS[api](doc, prefix_hasher is not None)
+    prompt_chars = _VALIDATORS[api](doc)
     stream = _optional_bool(doc, "stream")
     options = doc.get("stream_options")
     include_usage = False
@@ -362,9 +333,6 @@ def parse_request(path: str, body: bytes, *, prefix_hasher: PrefixHasher | None 
     salt = doc.get("cache_salt")
     if salt is not None and not isinstance(salt, str):
         raise BadRequest("invalid request: cache_salt must be a string")
-    hashes: tuple[int, ...] = ()
-    if prefix_hasher is not None and text:
-        hashes = prefix_hasher(model, salt or "", text)
     return RequestInfo(
         api=api,
         model=model,
@@ -372,21 +340,23 @@ def parse_request(path: str, body: bytes, *, prefix_hasher: PrefixHasher | None 
         include_usage=include_usage,
         max_tokens=max_tokens,
         prompt_chars=prompt_chars,
-        prefix_hashes=hashes,
+        prefix_input=hash_input(api, doc, prefix_window) if prefix_window > 0 else b"",
+        cache_salt=salt or "",
     )
 
 
 def prompt_text(path: str, body: bytes) -> str:
-    """The canonical flattening of a valid request's prompt (what the prefix hasher receives), "" when it
-    has none (token ids, conversations). Used to count tokens with a real tokenizer."""
-    captured: list[str] = []
+    """The whole canonical prompt text of a request body (:mod:`picker.routing.prompt`), for tokenizers.
 
-    def capture(_model: str, _salt: str, text: str) -> tuple[int, ...]:
-        captured.append(text)
-        return ()
-
-    parse_request(path, body, prefix_hasher=capture)
-    return captured[0] if captured else ""
+    Decodes the body again (the caller has already validated it with :func:`parse_request`); "" for
+    token-id prompts and bodies that are not a JSON object.
+    """
+    try:
+        doc = _load_object(body)
+    except BadRequest:
+        return ""
+    source = prompt_source(api_for_path(path), doc, UNBOUNDED)
+    return source if isinstance(source, str) else ""
 
 
 def parse_passthrough(path: str, body: bytes) -> RequestInfo:

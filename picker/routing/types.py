@@ -25,7 +25,8 @@ API_EMBEDDINGS = "embeddings"
 
 @dataclass(slots=True)
 class RequestInfo:
-    """What the body parser learned about a request body. No prompt text is kept here.
+    """What the body parser learned about a request body. No prompt text is kept here (``prefix_input`` is
+    cleared by the director once hashed).
 
     Read-only by convention: not ``frozen`` because a frozen dataclass pays ``object.__setattr__`` per
     field at construction (about 1 µs more per request, measured), and this is built once per request.
@@ -42,8 +43,12 @@ class RequestInfo:
     #: rough prompt size in characters (for token estimates; never the text itself); in header-only mode
     #: 4 x the gateway's prompt-token header (the estimate everywhere is 4 characters per token)
     prompt_chars: int = 0
-    #: chained prefix-block hashes of the prompt (filled when prefix scoring is configured)
-    prefix_hashes: tuple[int, ...] = ()
+    #: the first bytes of the canonical prompt, to hash for prefix scoring (``picker.routing.prompt``);
+    #: transient: the director hashes it with the target model and clears it, so no prompt text outlives
+    #: routing. Empty when prefix scoring is off.
+    prefix_input: bytes = b""
+    #: the body's ``cache_salt`` ("" when absent): part of the prefix hash seed
+    cache_salt: str = ""
 
 
 @dataclass(slots=True)

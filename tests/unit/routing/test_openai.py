@@ -18,6 +18,7 @@ from picker.routing.openai import (
     api_for_path,
     parse_passthrough,
     parse_request,
+    prompt_text,
     reverse_rewrite,
     rewrite_model,
 )
@@ -280,27 +281,26 @@ def test_null_optional_fields_are_absent_and_empty_model_is_allowed() -> None:
     assert (info.model, info.stream, info.include_usage, info.max_tokens) == ("", False, False, 9)
 
 
-def test_prefix_hasher_sees_model_salt_and_flattened_prompt() -> None:
-    seen: list[tuple[str, str, str]] = []
-
-    def hasher(model: str, salt: str, text: str) -> tuple[int, ...]:
-        seen.append((model, salt, text))
-        return (len(text),)
-
+def test_prefix_input_is_the_bounded_canonical_prompt_and_the_salt() -> None:
     messages = [
         {"role": "system", "content": "s"},
         {"role": "user", "content": [{"type": "text", "text": "u"}]},
     ]
-    info = parse_request(
-        "/v1/chat/completions", _body(model="m", messages=messages, cache_salt="salt"), prefix_hasher=hasher
-    )
-    assert seen == [("m", "salt", "system\ns\nuser\nu\n")]
-    assert info.prefix_hashes == (len("system\ns\nuser\nu\n"),)
-    # token-id prompts have no text to hash
-    assert (
-        parse_request("/v1/completions", _body(model="m", prompt=[1, 2]), prefix_hasher=hasher).prefix_hashes
-        == ()
-    )
+    body = _body(model="m", messages=messages, cache_salt="salt")
+    info = parse_request("/v1/chat/completions", body, prefix_window=4096)
+    assert info.prefix_input == b"system\ns\nuser\nu\n"
+    assert info.cache_salt == "salt"
+    assert parse_request("/v1/chat/completions", body, prefix_window=7).prefix_input == b"system\n"
+    # off by default: nothing is extracted
+    assert parse_request("/v1/chat/completions", body).prefix_input == b""
+
+
+def test_prompt_text_is_the_whole_canonical_prompt() -> None:
+    long = "x" * 50_000
+    body = _body(model="m", messages=[{"role": "user", "content": long}])
+    assert prompt_text("/v1/chat/completions", body) == f"user\n{long}\n"
+    assert prompt_text("/v1/completions", _body(model="m", prompt=[1, 2])) == ""
+    assert prompt_text("/v1/completions", b"not json") == ""
 
 
 def test_passthrough_parser_accepts_anything() -> None:

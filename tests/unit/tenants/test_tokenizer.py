@@ -8,7 +8,7 @@ import pytest
 import tokenizers
 
 from picker.errors import ConfigError
-from picker.routing.openai import parse_request
+from picker.routing.openai import parse_request, prompt_text
 from picker.tenants.estimate import TokenEstimator, load_tokenizer
 
 
@@ -31,9 +31,7 @@ def test_a_configured_tokenizer_counts_the_canonical_prompt(tmp_path: Path) -> N
     info = parse_request("/v1/chat/completions", body)
 
     def text() -> str:
-        captured: list[str] = []
-        parse_request("/v1/chat/completions", body, prefix_hasher=lambda _m, _s, t: captured.append(t) or ())
-        return captured[0]
+        return prompt_text("/v1/chat/completions", body)
 
     # "system\nbe brief\nuser\nhello world\n" → 6 words
     assert estimator.input_tokens("m", info.prompt_chars, text) == 6
