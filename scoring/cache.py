@@ -59,6 +59,8 @@ def _columns(m: EndpointMatrix) -> tuple[object, ...]:
         m.ttft_per_1k,
         m.tpot,
         m.ntpot,
+        m.model_vocab,
+        m.served_models,
     )
 
 

@@ -24,6 +24,9 @@ Units and conventions (all columns are ``float64`` of length N unless noted):
 * LoRA: ``lora_vocab`` maps adapter name → column of the boolean ``lora_active`` / ``lora_waiting``
   matrices (N x A), so "is adapter X active on each endpoint" is one column gather.
   ``lora_count`` = |active| + |waiting| per endpoint, ``max_lora`` = the server's ``max_lora`` (NaN unknown).
+* Served models: ``model_vocab`` maps a model name → column of the boolean ``served_models`` matrix
+  (N x M): the names an endpoint's metrics page labels its series with (vLLM and SGLang's ``model_name``),
+  i.e. its base model(s). A row with no name set is "not reported" (TGI, Triton, an old page).
 * ``block_size`` / ``num_blocks`` — KV-cache geometry (tokens per block, blocks), NaN unknown.
 * ``engine`` — int8 code into ``engine_names``.
 * Observed latency (the owner's averages of what the response path measured; NaN = unknown or too old,
@@ -111,6 +114,8 @@ class EndpointRow:
     tpot: float = float("nan")
     ntpot: float = float("nan")
     health: float = 0.0
+    #: model names the endpoint serves (its metrics page's ``model_name`` labels); () = not reported
+    models: tuple[str, ...] = ()
 
 
 #: the optional owner-published columns: name → value of an endpoint without one (see the module doc)
@@ -240,6 +245,9 @@ class EndpointMatrix:
     tpot: F64 = field(default_factory=lambda: _UNSET)
     ntpot: F64 = field(default_factory=lambda: _UNSET)
     health: F64 = field(default_factory=lambda: _UNSET)
+    #: served model names → column of ``served_models`` (see module doc); omitted → none reported
+    model_vocab: Mapping[str, int] = field(default_factory=lambda: _NO_MODELS)
+    served_models: BoolArray = field(default_factory=lambda: _UNSET_BOOL)
     _address_index: dict[str, int] = field(default_factory=dict, repr=False)
     #: ip → rows with that ip (several with data-parallel ranks); built on first use, see ``rows_of_ip``
     _ip_index: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
@@ -253,6 +261,8 @@ class EndpointMatrix:
         for name, fill in OPTIONAL_COLUMNS.items():
             if getattr(self, name) is _UNSET:
                 object.__setattr__(self, name, _ro(np.full(n, fill)))
+        if self.served_models is _UNSET_BOOL:
+            object.__setattr__(self, "served_models", _ro(np.zeros((n, 0), dtype=np.bool_)))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -263,9 +273,16 @@ class EndpointMatrix:
         rows = list(rows)
         n = len(rows)
         vocab: dict[str, int] = {}
+        model_vocab: dict[str, int] = {}
         for r in rows:
             for a in (*r.lora_active, *r.lora_waiting):
                 vocab.setdefault(a, len(vocab))
+            for name in r.models:
+                model_vocab.setdefault(name, len(model_vocab))
+        served = np.zeros((n, len(model_vocab)), dtype=np.bool_)
+        for i, r in enumerate(rows):
+            for name in r.models:
+                served[i, model_vocab[name]] = True
         active = np.zeros((n, len(vocab)), dtype=np.bool_)
         waiting_lora = np.zeros((n, len(vocab)), dtype=np.bool_)
         for i, r in enumerate(rows):
@@ -307,6 +324,8 @@ class EndpointMatrix:
             tpot=col("tpot"),
             ntpot=col("ntpot"),
             health=col("health"),
+            model_vocab=MappingProxyType(model_vocab),
+            served_models=_ro(served),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 
@@ -338,6 +357,7 @@ class EndpointMatrix:
     def row(self, i: int) -> EndpointRow:
         """Row ``i`` back as an :class:`EndpointRow` (debug output, tests)."""
         inv = {v: k for k, v in self.lora_vocab.items()}
+        models = {v: k for k, v in self.model_vocab.items()}
         return EndpointRow(
             name=self.names[i],
             address=self.addresses[i],
@@ -360,6 +380,7 @@ class EndpointMatrix:
             tpot=float(self.tpot[i]),
             ntpot=float(self.ntpot[i]),
             health=float(self.health[i]),
+            models=tuple(models[int(j)] for j in np.flatnonzero(self.served_models[i])),
         )
 
     def rows(self) -> list[EndpointRow]:
@@ -423,6 +444,8 @@ class EndpointMatrix:
             tpot=_ro(self.tpot[idx]),
             ntpot=_ro(self.ntpot[idx]),
             health=_ro(self.health[idx]),
+            model_vocab=self.model_vocab,
+            served_models=_ro(self.served_models[idx]),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 
@@ -430,6 +453,10 @@ class EndpointMatrix:
 #: Sentinel default of the token columns; replaced by zeros in ``__post_init__`` (never seen outside).
 _UNSET: F64 = np.zeros(0)
 _UNSET.flags.writeable = False
+#: Sentinel default of ``served_models`` (replaced by an N x 0 table) and the empty model vocabulary.
+_UNSET_BOOL: BoolArray = np.zeros((0, 0), dtype=np.bool_)
+_UNSET_BOOL.flags.writeable = False
+_NO_MODELS: Mapping[str, int] = MappingProxyType({})
 
 
 def _replace(m: EndpointMatrix, **changes: Any) -> EndpointMatrix:

@@ -194,6 +194,8 @@ def _adapters(raw: bytes | None) -> tuple[str, ...]:
 
 
 _LoraState = tuple[tuple[str, ...] | None, tuple[str, ...] | None, float]
+#: served model names kept per endpoint (one base model per server in practice; a few with aliases)
+MAX_MODEL_NAMES = 16
 _NO_LORA: _LoraState = (None, None, _NAN)
 #: Entries per memo before it is emptied: far above the distinct info-gauge label blocks of a fleet
 #: (one per engine config and adapter set), far below anything that matters for memory.
@@ -300,6 +302,7 @@ class Extractor:
         "_lora",
         "_lora_memo",
         "_max_batch_tokens",
+        "_model_memo",
         "_queued",
         "_running",
         "_wanted",
@@ -321,6 +324,7 @@ class Extractor:
         self._max_batch_tokens = spec.max_batch_total_tokens
         self._lora_memo: dict[bytes, _LoraState] = {}
         self._cache_memo: dict[bytes, tuple[float, float]] = {}
+        self._model_memo: dict[bytes, str] = {}
         names: dict[str, None] = {}
         for group in (
             spec.queued,
@@ -402,7 +406,26 @@ class Extractor:
             max_lora=max_lora,
             block_size=block_size,
             num_blocks=num_blocks,
+            models=self._models(pg),
         )
+
+    def _models(self, pg: _Page) -> tuple[str, ...] | None:
+        """The ``model_name`` label values of the queue and running series (vLLM and SGLang label every
+        series with the served model name); None when no series carries one. At most
+        :data:`MAX_MODEL_NAMES` names, so a page with thousands of series cannot grow the snapshot."""
+        names: dict[str, None] = {}
+        memo = self._model_memo
+        for sels in (self._queued, self._running):
+            for sel in sels:
+                for body, _, _ in pg.series(sel):
+                    name = memo.get(body)
+                    if name is None:
+                        raw = _label_value(body, b"model_name")
+                        name = raw.decode("utf-8", "replace") if raw else ""
+                        _remember(memo, body, name)
+                    if name and len(names) < MAX_MODEL_NAMES:
+                        names[name] = None
+        return tuple(names) if names else None
 
     def _lora_state(self, pg: _Page) -> _LoraState:
         """The series with the largest value (its creation time: the newest) describes the adapters."""

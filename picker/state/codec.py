@@ -1,6 +1,7 @@
 """The rarely changing part of the ``--workers`` shared state, as one JSON document.
 
-The supervisor encodes the endpoints (name, address, accounting slot, LoRA adapters), the pool, the health
+The supervisor encodes the endpoints (name, address, accounting slot, LoRA adapters, served models), the
+pool, the health
 inputs, objectives, rewrites and the config document into a blob of the shared segment
 (:meth:`picker.state.segment.SharedSegment.write_blob`); a worker decodes it into a :class:`StaticState`.
 JSON rather than pickle: a worker never unpickles what another process wrote.
@@ -19,8 +20,8 @@ from picker.state.objectives import ModelRewrite, Objective, RewriteRule, Rewrit
 
 __all__ = ["EndpointEntry", "HealthInputs", "StaticState", "decode_static", "encode_static"]
 
-#: one endpoint of the shared state: (name, address, slot, lora_active, lora_waiting)
-EndpointEntry = tuple[str, str, int, tuple[str, ...], tuple[str, ...]]
+#: one endpoint of the shared state: (name, address, slot, lora_active, lora_waiting, served models)
+EndpointEntry = tuple[str, str, int, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class StaticState:
     generation: int
     pool: PoolInfo | None
     health: HealthInputs
-    #: rows of the matrix: (name, address, slot, lora_active, lora_waiting)
+    #: rows of the matrix: (name, address, slot, lora_active, lora_waiting, served models)
     endpoints: tuple[EndpointEntry, ...]
     objectives: tuple[Objective, ...]
     rewrites: tuple[ModelRewrite, ...]
@@ -65,7 +66,7 @@ def encode_static(
         {
             "pool": pool.to_doc() if pool is not None else None,
             "health": [health.synced, health.leader, health.protocol_ok, health.leader_election],
-            "endpoints": [[n, a, s, list(la), list(lw)] for n, a, s, la, lw in endpoints],
+            "endpoints": [[n, a, s, list(la), list(lw), list(ms)] for n, a, s, la, lw, ms in endpoints],
             "objectives": [[o.name, o.priority] for o in objectives],
             "rewrites": [
                 {
@@ -104,7 +105,9 @@ def decode_static(generation: int, data: bytes) -> StaticState:
         generation=generation,
         pool=pool,
         health=HealthInputs(bool(synced), bool(leader), bool(protocol_ok), bool(leader_election)),
-        endpoints=tuple((n, a, int(s), tuple(la), tuple(lw)) for n, a, s, la, lw in doc["endpoints"]),
+        endpoints=tuple(
+            (n, a, int(s), tuple(la), tuple(lw), tuple(ms)) for n, a, s, la, lw, ms in doc["endpoints"]
+        ),
         objectives=tuple(Objective(n, int(p)) for n, p in doc["objectives"]),
         rewrites=tuple(
             ModelRewrite(

@@ -30,30 +30,39 @@ FLOAT_COLUMNS: Final = (
     "health",
 )
 
-#: ``(vocabulary, active, waiting, count)``: see :func:`lora_columns`
-LoraColumns = tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray]
+#: ``(vocabulary, active, waiting, count, model vocabulary, served)``: see :func:`lora_columns`
+LoraColumns = tuple[Mapping[str, int], np.ndarray, np.ndarray, np.ndarray, Mapping[str, int], np.ndarray]
 
 
-def lora_columns(per_endpoint: Sequence[tuple[tuple[str, ...], tuple[str, ...]]]) -> LoraColumns:
-    """The matrix's LoRA columns from ``(active, waiting)`` adapter names per endpoint, in row order:
-    the adapter vocabulary, the read-only boolean ``active`` / ``waiting`` matrices and ``count``."""
+def lora_columns(
+    per_endpoint: Sequence[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]],
+) -> LoraColumns:
+    """The matrix's model columns from ``(active, waiting, served)`` names per endpoint, in row order: the
+    adapter vocabulary, the read-only boolean ``active`` / ``waiting`` matrices, ``count``, and the served
+    model vocabulary with its boolean table (:class:`~scoring.matrix.EndpointMatrix`)."""
     vocab: dict[str, int] = {}
-    for active_names, waiting_names in per_endpoint:
+    models: dict[str, int] = {}
+    for active_names, waiting_names, served_names in per_endpoint:
         for a in (*active_names, *waiting_names):
             vocab.setdefault(a, len(vocab))
+        for s in served_names:
+            models.setdefault(s, len(models))
     n = len(per_endpoint)
     active = np.zeros((n, len(vocab)), dtype=np.bool_)
     waiting = np.zeros((n, len(vocab)), dtype=np.bool_)
+    served = np.zeros((n, len(models)), dtype=np.bool_)
     count = np.zeros(n)
-    for i, (active_names, waiting_names) in enumerate(per_endpoint):
+    for i, (active_names, waiting_names, served_names) in enumerate(per_endpoint):
         for a in active_names:
             active[i, vocab[a]] = True
         for a in waiting_names:
             waiting[i, vocab[a]] = True
+        for s in served_names:
+            served[i, models[s]] = True
         count[i] = len(active_names) + len(waiting_names)
-    for arr in (active, waiting, count):
+    for arr in (active, waiting, count, served):
         arr.flags.writeable = False
-    return MappingProxyType(vocab), active, waiting, count
+    return MappingProxyType(vocab), active, waiting, count, MappingProxyType(models), served
 
 
 def snapshot_matrix(
@@ -72,7 +81,7 @@ def snapshot_matrix(
     inflight_tokens)`` (:class:`picker.state.accounting.LoadColumns`), the LoRA columns of
     :func:`lora_columns`, engine codes and the address index."""
     k = FLOAT_COLUMNS.index
-    vocab, active, waiting, count = lora
+    vocab, active, waiting, count, model_vocab, served = lora
     dispatched, inflight, prefill, tokens = load
     return EndpointMatrix(
         names=names,
@@ -91,6 +100,8 @@ def snapshot_matrix(
         lora_active=active,
         lora_waiting=waiting,
         lora_count=count,
+        model_vocab=model_vocab,
+        served_models=served,
         max_lora=cols[k("max_lora")],
         block_size=cols[k("block_size")],
         num_blocks=cols[k("num_blocks")],

@@ -79,6 +79,8 @@ class EndpointStatus:
     slot: int = -1
     lora_active: tuple[str, ...] = ()
     lora_waiting: tuple[str, ...] = ()
+    #: model names its pages label their series with (empty: not reported)
+    models: tuple[str, ...] = ()
     detected_engine: str | None = None
     last_error: str | None = None
     scrapes_ok: int = 0
@@ -302,6 +304,10 @@ class Datastore:
                 st.lora_active, st.lora_waiting = active, waiting
                 self._lora_cache = None
                 self._lora_version += 1
+        if metrics.models is not None and metrics.models != st.models:
+            st.models = metrics.models
+            self._lora_cache = None
+            self._lora_version += 1
         if engine is not None and engine != st.detected_engine:
             st.detected_engine = engine
             self._engine[i] = engine_code(st.engine)
@@ -395,7 +401,7 @@ class Datastore:
         return StaticParts(
             pool=self._pool,
             endpoints=[
-                (n, st.endpoint.address, st.slot, st.lora_active, st.lora_waiting)
+                (n, st.endpoint.address, st.slot, st.lora_active, st.lora_waiting, st.models)
                 for n in self._order
                 for st in (self._status[n],)
             ],
@@ -407,7 +413,9 @@ class Datastore:
         cache = self._lora_cache
         if cache is None:
             sts = [self._status[n] for n in self._order]
-            cache = self._lora_cache = lora_columns([(st.lora_active, st.lora_waiting) for st in sts])
+            cache = self._lora_cache = lora_columns(
+                [(st.lora_active, st.lora_waiting, st.models) for st in sts]
+            )
         return cache
 
     def _static_parts(self) -> _StaticParts:

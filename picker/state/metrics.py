@@ -30,6 +30,9 @@ class EndpointMetrics:
     #: KV block size in tokens and number of GPU KV blocks
     block_size: float = NAN
     num_blocks: float = NAN
+    #: model names the server serves, from the ``model_name`` label of its series (vLLM, SGLang); None =
+    #: the page does not say (LoRA affinity treats a request for a served name as its base model)
+    models: tuple[str, ...] | None = None
 
     def reported_fields(self) -> int:
         """How many fields this scrape actually reported (0 = the page had nothing we know)."""

@@ -70,7 +70,7 @@ class SharedView:
             self._slots = np.fromiter((r[2] for r in rows), dtype=np.intp, count=len(rows))
             self._slot_by_name = {r[0]: r[2] for r in rows}
             self._slot_by_address = {r[1]: r[2] for r in rows}
-            self._lora = lora_columns([(r[3], r[4]) for r in rows])
+            self._lora = lora_columns([(r[3], r[4], r[5]) for r in rows])
             self._load = self._counters.columns(self._slots)
             self._seq = -1  # rebuild the matrix for the new rows
         return True

@@ -113,6 +113,42 @@ def test_lora_affinity_unknown_adapter_scores_by_room_only() -> None:
     assert scores == [0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0.8]
 
 
+def mixed_engine_matrix() -> EndpointMatrix:
+    rows = [
+        EndpointRow("vllm-room", "10.0.0.1:8000", models=("base",), lora_active=("a",), max_lora=4.0),
+        EndpointRow("vllm-full", "10.0.0.2:8000", models=("base",), lora_active=("a", "b"), max_lora=2.0),
+        EndpointRow("sglang", "10.0.0.3:8000", models=("base",)),
+        EndpointRow("tgi", "10.0.0.4:8000"),  # reports no model names
+        EndpointRow("other-base", "10.0.0.5:8000", models=("other",), max_lora=4.0),
+    ]
+    return EndpointMatrix.from_rows(rows)
+
+
+def test_lora_affinity_is_neutral_for_a_pods_base_model() -> None:
+    s = LoraAffinityScorer("lora")
+    m = mixed_engine_matrix()
+    # the base model: every pod serving it, or not saying what it serves, scores 1.0 (neutral)
+    assert run(s, m, PickRequest(target_model="base")) == [1.0, 1.0, 1.0, 1.0, 0.8]
+    # an adapter: the reference cascade, unchanged
+    assert run(s, m, PickRequest(target_model="a")) == [1.0, 1.0, 0.0, 0.0, 0.8]
+    assert run(s, m, PickRequest(target_model="new-adapter")) == [0.8, 0.0, 0.0, 0.0, 0.8]
+    sub = View(m, np.array([4, 2]))
+    assert s.score(
+        sub, s.prepare(sub), PickRequest(target_model="base"), sub.take(m.dispatched)
+    ).tolist() == [
+        0.8,
+        1.0,
+    ]
+
+
+def test_served_models_survive_row_round_trips() -> None:
+    m = mixed_engine_matrix()
+    assert m.row(0).models == ("base",)
+    assert m.row(3).models == ()
+    assert m.take([4, 3]).row(0).models == ("other",)
+    assert dict(m.model_vocab) == {"base": 0, "other": 1}
+
+
 def test_lora_affinity_on_a_subset_view() -> None:
     m = lora_matrix()
     v = View(m, np.array([6, 0, 3]))

@@ -145,12 +145,18 @@ def oracle(text: str, spec: EngineSpec) -> EndpointMetrics:
         block_size = newest(spec.cache_block_size)
     if math.isnan(num_blocks):
         num_blocks = newest(spec.cache_num_blocks)
+    served: dict[str, None] = {}
+    for ms in (*spec.queued, *spec.running):
+        for s in matching(ms):
+            if s.labels.get("model_name") and len(served) < 16:
+                served[s.labels["model_name"]] = None
     return EndpointMetrics(
         waiting=first(spec.queued, sum),
         running=first(spec.running, sum),
         kv_usage=kv,
         block_size=block_size,
         num_blocks=num_blocks,
+        models=tuple(served) or None,
         **lora,
     )
 

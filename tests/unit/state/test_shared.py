@@ -91,7 +91,7 @@ def test_attach_sees_the_creators_layout_and_rejects_foreign_segments(segment: S
 
 def test_a_worker_snapshot_matches_the_supervisor_snapshot(segment: SharedSegment, clock: Clock) -> None:
     ds = supervisor(segment, clock)
-    scrape(ds, "10.0.0.1:8000", 3.0, lora_active=("a",), lora_waiting=("b",), max_lora=2.0)
+    scrape(ds, "10.0.0.1:8000", 3.0, lora_active=("a",), lora_waiting=("b",), max_lora=2.0, models=("m",))
     scrape(ds, "10.0.0.2:8000", 1.0, block_size=16.0, num_blocks=900.0)
     ds.record_scrape("10.0.0.3:8000", EndpointMetrics(), engine="sglang")  # reported nothing: no change
     ds.set_gpu_utilization({})
@@ -107,6 +107,8 @@ def test_a_worker_snapshot_matches_the_supervisor_snapshot(segment: SharedSegmen
     assert dict(got.lora_vocab) == dict(want.lora_vocab)
     np.testing.assert_array_equal(got.lora_active, want.lora_active)
     np.testing.assert_array_equal(got.lora_waiting, want.lora_waiting)
+    assert dict(got.model_vocab) == dict(want.model_vocab) == {"m": 0}
+    np.testing.assert_array_equal(got.served_models, want.served_models)
     assert view.pool == ds.pool
     assert view.health == HealthInputs(synced=True)
     assert view.synced
