@@ -46,6 +46,7 @@ from picker.state.endpoints import PoolInfo, parse_static_endpoints
 from picker.state.health import OutlierPolicy
 from picker.state.latency import LatencySettings
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from picker.state.prefix import PrefixCacheState
 from picker.telemetry import Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
@@ -201,10 +202,12 @@ class Service:
         serve_extproc: bool = True,
         request_registry: CollectorRegistry | None = None,
         debug_workers: Callable[[], list[dict[str, Any]]] | None = None,
+        prefix: PrefixCacheState | None = None,
     ) -> None:
-        """The last four are for the ``--workers`` supervisor (:mod:`picker.workers`): its datastore
+        """The last five are for the ``--workers`` supervisor (:mod:`picker.workers`): its datastore
         publishes to shared memory, it serves no ext_proc itself, keeps its own (unused) request-path
-        metrics out of ``/metrics`` and answers ``/debug/workers``."""
+        metrics out of ``/metrics``, answers ``/debug/workers`` and holds the replica of the prefix index
+        its workers' records reach."""
         self.settings = settings
         if config is None:
             config, config_text, config_source = load_initial_config(settings)
@@ -216,6 +219,9 @@ class Service:
         self.config_store = ConfigStore(
             config, source=config_source, text=config_text, model_header=settings.model_header
         )
+        #: the approximate prefix index (used when the profile has a prefix-cache-scorer)
+        self.prefix = prefix if prefix is not None else PrefixCacheState()
+        self.prefix.for_profiles(self.config_store.active.profiles)
         self._skip_response = skip_response_rule(self.config_store)
         #: extra conditions for readiness and gRPC health (the supervisor adds "all workers serving")
         self.readiness_checks: list[Callable[[], bool]] = []
@@ -230,6 +236,7 @@ class Service:
             health=self.datastore.health,
             label_values=settings.metrics_label_max_values,
             label_length=settings.metrics_label_max_length,
+            prefix_size=self.prefix.size,
         )
         configure_health(self.datastore, self.config_store.active)
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
@@ -257,6 +264,7 @@ class Service:
             flow=self.flow,
             hold=None if settings.static_endpoints else self.hold,  # a static list has nothing to scale
             staleness_s=settings.metrics_staleness_threshold,
+            prefix=self.prefix,
         )
         self._kube: Any = None
         self._engine_label = config.metrics_extractor.engine_label_key
@@ -329,6 +337,7 @@ class Service:
             tenants=self.tenants.describe,
             scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
             max_body_bytes=settings.admin_max_body_bytes,
+            prefix=self.prefix,
         )
         self._admin_sock: socket.socket | None = None
         self.admin_server = _QuietServer(

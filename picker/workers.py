@@ -22,6 +22,9 @@ Accounting: the counter-row model of :mod:`picker.state.accounting`, as in one p
 shared memory: every worker counts its picks and releases in its own row, the columns a pick reads are
 sums over the rows, so every worker sees every other worker's streams at its next pick.
 
+Prefix index: a replica per process (:mod:`picker.state.prefix`); a worker's records go to the
+supervisor every 50 ms (``["prefix", records]``), which applies them and forwards them to the others.
+
 Metrics: request-path metrics are recorded in each worker and sent to the supervisor about once a second
 over the worker's pipe (:class:`picker.telemetry.MergedRequestMetrics` sums them), so ``/metrics`` lags by
 up to a second. Pool gauges, scrape and config metrics come from the supervisor as usual.
@@ -76,6 +79,7 @@ from picker.settings import Settings
 from picker.state.codec import HealthInputs
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
 from picker.state.datastore import Datastore
+from picker.state.prefix import PrefixCacheState
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
 from picker.state.view import SharedView
@@ -170,6 +174,8 @@ class _Worker:
         self.index = index
         self.segment = SharedSegment.attach(segment_name)
         self.view = SharedView(self.segment, index)
+        #: this worker's replica of the prefix index; its own records are queued for the supervisor
+        self.prefix = PrefixCacheState(replicate=True)
         self._key_pair = key_pair
         self._stop = asyncio.Event()
         #: the supervisor's tenant budget, reached over the pipe (set in run())
@@ -206,6 +212,7 @@ class _Worker:
             flow=flow,
             hold=None if s.static_endpoints else self.hold,
             staleness_s=s.metrics_staleness_threshold,
+            prefix=self.prefix,
         )
         tls = None
         if s.secure_serving:
@@ -283,7 +290,7 @@ class _Worker:
         channel.send(["serving", os.getpid()])
         log.info("worker %d serving ext_proc on port %d (pid %d)", self.index, server.bound_port, os.getpid())
         tasks = [
-            asyncio.create_task(self._listen(channel), name="supervisor"),
+            asyncio.create_task(self._listen(channel, store), name="supervisor"),
             asyncio.create_task(self._follow(store, telemetry, channel), name="follow"),
             asyncio.create_task(tenants.run(), name="tenants"),
             asyncio.create_task(flow.run(), name="flow-control"),
@@ -309,8 +316,8 @@ class _Worker:
         h = self.view.health
         return HealthState(h.synced, h.leader, h.protocol_ok, h.leader_election)
 
-    async def _listen(self, channel: _Channel) -> None:
-        """Stop on a stop message, or when the supervisor is gone (however it died)."""
+    async def _listen(self, channel: _Channel, store: ConfigStore) -> None:
+        """Budget verdicts, other workers' prefix records; stop on "stop" or when the supervisor is gone."""
         while True:
             message = await channel.recv()
             if message is None:
@@ -320,12 +327,15 @@ class _Worker:
                 return
             if message[0] == VERDICT:
                 self.budget.deliver(message)
+            elif message[0] == "prefix" and len(message) == 2:
+                now = time.monotonic()
+                self.prefix.receive(message[1], store.active.profiles, self.view.snapshot(), now)
             elif message[0] == "stop":
                 self._stop.set()
                 return
 
     async def _follow(self, store: ConfigStore, telemetry: Telemetry, channel: _Channel) -> None:
-        """Apply config documents the supervisor publishes; send metric snapshots."""
+        """Apply config documents the supervisor publishes; send prefix records and metric snapshots."""
         next_metrics = time.monotonic()
         while True:
             self.view.refresh()
@@ -334,6 +344,8 @@ class _Worker:
                 result = store.apply_text(static.config_text, source=static.config_source)
                 if not result.ok:  # the supervisor applied it, so this is a bug worth a loud line
                     log.error("worker %d could not apply the config: %s", self.index, result.message)
+            if (records := self.prefix.outgoing()) is not None:
+                channel.send(["prefix", records])
             now = time.monotonic()
             if now >= next_metrics:
                 next_metrics = now + METRICS_INTERVAL_S
@@ -369,10 +381,12 @@ class WorkerPool:
         key_pair: tuple[bytes, bytes] | None,
         budget: BudgetHost | None = None,
         held: Callable[[object, int], None] | None = None,
+        prefix: Callable[[object], object] | None = None,
     ) -> None:
         """``budget``: answers the workers' tenant reservations from the supervisor's memory backend;
         ``held``: told each worker's count of requests held for a first replica
-        (``Service.held_elsewhere``)."""
+        (``Service.held_elsewhere``); ``prefix``: applies a batch of a worker's prefix records to the
+        supervisor's replica."""
         self.settings = settings
         self.budget = budget
         self._held = held
@@ -380,6 +394,7 @@ class WorkerPool:
         self.datastore = datastore
         self.merged = merged
         self._key_pair = key_pair
+        self._prefix = prefix
         self._slots = [_Slot() for _ in range(settings.workers)]
         self._restarts: deque[float] = deque()
         self._ctx = multiprocessing.get_context("spawn")
@@ -446,6 +461,11 @@ class WorkerPool:
         while (message := await channel.recv()) is not None:
             if message[0] == "metrics":
                 self.merged.update(index, [tuple(f) for f in message[1]])
+            elif message[0] == "prefix" and len(message) == 2:  # to every other worker, and applied here
+                for other in (s for i, s in enumerate(self._slots) if i != index and s.channel is not None):
+                    other.channel.send(message)  # type: ignore[union-attr]
+                if self._prefix is not None:
+                    self._prefix(message[1])
             elif message[0] == "serving":
                 slot.serving = True
             elif message[0] == HELD and self._held is not None:
@@ -586,7 +606,21 @@ async def _supervise(settings: Settings) -> None:
         tenants = service.tenants
         budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected)
         held = service.held_elsewhere
-        pool = WorkerPool(settings, segment, datastore, merged, key_pair=key_pair, budget=budget, held=held)
+        store, prefix = service.config_store, service.prefix
+
+        def share_prefix(payload: object) -> None:
+            prefix.receive(payload, store.active.profiles, datastore.snapshot(), time.monotonic())
+
+        pool = WorkerPool(
+            settings,
+            segment,
+            datastore,
+            merged,
+            key_pair=key_pair,
+            budget=budget,
+            held=held,
+            prefix=share_prefix,
+        )
         pool_ref.append(pool)
         service.readiness_checks.append(pool.all_serving)
 

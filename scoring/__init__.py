@@ -24,7 +24,15 @@ from scoring.registry import (
 )
 from scoring.scheduler import Scheduler, WeightedScorer
 from scoring.subset import subset_mask
-from scoring.types import Decision, FilterRecord, PickRequest, PickResult, ScorerRecord
+from scoring.types import (
+    Decision,
+    FilterRecord,
+    PickRequest,
+    PickResult,
+    PrefixMatch,
+    PrefixRecord,
+    ScorerRecord,
+)
 
 __all__ = [
     "Category",
@@ -42,6 +50,8 @@ __all__ = [
     "PickResult",
     "Picker",
     "PluginSpec",
+    "PrefixMatch",
+    "PrefixRecord",
     "ProfileChoice",
     "ProfileSpec",
     "Profiles",

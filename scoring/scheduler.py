@@ -31,7 +31,7 @@ from scoring.errors import ConfigurationError, NoEndpointsAvailable
 from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Filter, Picker, Plugin, SaturationDetector, Scorer, View
 from scoring.terms import SMALL_POOL, ProfileTerms, WeightedScorer
-from scoring.types import Decision, FilterRecord, PickRequest, PickResult, ScorerRecord
+from scoring.types import Decision, FilterRecord, PickRequest, PickResult, PrefixRecord, ScorerRecord
 
 __all__ = ["SMALL_POOL", "Scheduler", "WeightedScorer"]
 
@@ -283,4 +283,18 @@ class Scheduler:
             picker=self.picker.name,
             chosen=tuple(v.m.names[i] for i in indices),
             saturation=self.saturation_detector.saturation(start, now),
+            prefix=_prefix_record(start, req),
         )
+
+
+def _prefix_record(start: View, req: PickRequest) -> PrefixRecord | None:
+    """Matched blocks per candidate (for the decision record), from the request's prefix match."""
+    match = req.prefix
+    if match is None:
+        return None
+    names = start.names()
+    if match.matched is None:
+        blocks = dict.fromkeys(names, 0)
+    else:
+        blocks = {name: int(b) for name, b in zip(names, start.take(match.matched).tolist(), strict=True)}
+    return PrefixRecord(match.total, match.block_tokens, MappingProxyType(blocks))

@@ -88,6 +88,16 @@ class ScorerRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixRecord:
+    """The prefix match behind a decision: leading blocks each candidate holds, out of the prompt's."""
+
+    total_blocks: int
+    block_tokens: int
+    #: candidate name -> leading blocks of the prompt it is believed to hold (0 for none)
+    matched_blocks: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """Why a pick came out as it did. Built only when asked (``explain=True``); costs nothing otherwise."""
 
@@ -99,6 +109,8 @@ class Decision:
     picker: str
     chosen: tuple[str, ...]
     saturation: float | None = None
+    #: the request's prefix match (None without one: prefix scoring off, or a prompt under one block)
+    prefix: PrefixRecord | None = None
 
 
 class PickResult(NamedTuple):

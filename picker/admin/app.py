@@ -25,6 +25,7 @@ from picker.errors import PickerError
 from picker.routing.types import Router, RoutingDecision, RoutingRequest
 from picker.state.config_store import ConfigStore
 from picker.state.datastore import Datastore
+from picker.state.prefix import PrefixCacheState
 
 
 def _num(v: float) -> float | None:
@@ -76,6 +77,7 @@ def build_admin_app(
     tenants: Callable[[], dict[str, Any]] | None = None,
     scaler: Callable[[], dict[str, Any] | None] | None = None,
     max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES,
+    prefix: PrefixCacheState | None = None,
 ) -> FastAPI:
     """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`)."""
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -119,6 +121,8 @@ def build_admin_app(
                     "gpu_util": _num(row.gpu_util),
                     "lora_active": list(row.lora_active),
                     "lora_waiting": list(row.lora_waiting),
+                    #: model names its pages report it serves (LoRA affinity treats them as base models)
+                    "models": list(row.models),
                     "max_lora": _num(row.max_lora),
                     "block_size": _num(row.block_size),
                     "num_blocks": _num(row.num_blocks),
@@ -130,6 +134,8 @@ def build_admin_app(
                     "prefill_tokens": row.prefill_tokens,
                     #: estimated prompt tokens of the streams open through us to this endpoint
                     "inflight_tokens": row.inflight_tokens,
+                    #: blocks the approximate prefix index lists for this endpoint
+                    "prefix_entries": prefix.entries(name) if prefix is not None else 0,
                     "last_error": st.last_error if st else None,
                     "scrapes_ok": st.scrapes_ok if st else 0,
                     "scrapes_failed": st.scrapes_failed if st else 0,
@@ -201,6 +207,28 @@ def build_admin_app(
                 "digest": active.digest,
                 "config": active.config.to_dict(),
                 "last_reload": dataclasses.asdict(last) if last is not None else None,
+            }
+        )
+
+    @app.get("/debug/prefix")
+    def debug_prefix() -> Response:
+        """The prefix index per endpoint: entries, entries no other endpoint holds (what the pool loses
+        if it goes), blocks that matched it when chosen, capacity. Walks every entry: not for polling."""
+        cache = prefix.cache if prefix is not None else None
+        if cache is None:
+            return _orjson({"enabled": False, "size": 0, "endpoints": []})
+        out = []
+        for name in sorted(cache.index.endpoints()):
+            st = cache.stats(name)
+            if st is not None:
+                out.append({"name": name, **st._asdict()})
+        return _orjson(
+            {
+                "enabled": True,
+                "size": len(cache.index),
+                "block_size_tokens": cache.config.block_size_tokens,
+                "max_blocks": cache.config.max_blocks,
+                "endpoints": out,
             }
         )
 

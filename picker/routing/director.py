@@ -20,6 +20,10 @@
    left → 429. Endpoints that must not be primary (stale metrics, ejected by passive health:
    ``picker.routing.avoid``) are left out while better candidates remain, and fill the fallback places
    the pick left empty.
+   When a profile of the configuration has a prefix scorer, the prompt's block hashes (seeded with the
+   *target* model) are matched against the snapshot first (``PickRequest.prefix``), and the chosen primary
+   records the prompt right after the pick (the reference's PreRequest index update); ``/debug/explain``
+   matches but records nothing.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
    and hand back the body: the original bytes unless the model changed.
@@ -28,9 +32,9 @@ Everything here is synchronous and allocation-light: it runs once per request on
 the waits a :class:`PendingRoute` carries (a remote budget, a flow-control queue, an empty pool).
 
 Why one module: the steps are one sequence over one request's state (its models, its budget reservation,
-the config in force when it arrived), and every refusal after a reservation must give it back; the pieces
-that stand alone are already elsewhere (``avoid.py``, ``hold.py``, ``openai.py``, the tenants' budget and
-queues, the scheduler itself).
+the config in force when it arrived, its prefix match), and every refusal after a reservation must give it
+back; the pieces that stand alone are already elsewhere (``avoid.py``, ``hold.py``, ``openai.py``, the
+tenants' budget and queues, the scheduler itself).
 """
 
 from __future__ import annotations
@@ -53,11 +57,13 @@ from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecisi
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.state.prefix import PrefixCacheState
 from picker.tenants import FAIRNESS_HEADER, Tenancy, Ticket
 from picker.tenants.flow import FlowController
 from scoring import EndpointMatrix, NoEndpointsAvailable, Scheduler, subset_mask
 from scoring.matrix import LoadCharge
-from scoring.types import PickRequest, PickResult
+from scoring.prefix import CHARS_PER_TOKEN
+from scoring.types import PickRequest, PickResult, PrefixMatch
 
 HDR_OBJECTIVE = "x-gateway-inference-objective"
 HDR_REWRITE = "x-gateway-model-name-rewrite"
@@ -98,6 +104,8 @@ class DirectorObserver(Protocol):
 
     def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None: ...
 
+    def prefix_matched(self, matched_bytes: int, total_bytes: int) -> None: ...
+
 
 #: what scheduling needs of a parsed request: (request, active config, body info, incoming, target model)
 _Args = tuple[RoutingRequest, ActiveConfig, "RequestInfo | None", str, str]
@@ -119,6 +127,7 @@ class Director:
         flow: FlowController | None = None,
         hold: EmptyPoolHold | None = None,
         staleness_s: float = 2.0,
+        prefix: PrefixCacheState | None = None,
     ) -> None:
         """``hold``: requests to an empty pool wait for a first replica while the active config says so
         (``ActiveConfig.hold_empty_pool``, :mod:`picker.routing.hold`); None refuses them at once.
@@ -136,6 +145,8 @@ class Director:
         self._hold = hold
         self._avoidance = Avoidance()
         self._default_staleness = staleness_s
+        #: the prefix index (None: prefix scoring never runs, whatever the profile)
+        self._prefix = prefix
 
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
@@ -147,7 +158,8 @@ class Director:
             info = None
             incoming = ""
         else:
-            info = parse_request(request.path, request.body)
+            cache = self._prefix.for_profiles(active.profiles) if self._prefix is not None else None
+            info = parse_request(request.path, request.body, prefix_window=cache.window if cache else 0)
             if info.model is None:
                 raise BadRequest("model not found in request body")
             incoming = info.model
@@ -329,6 +341,9 @@ class Director:
             if saturation >= 1.0:
                 raise ResourceExhausted(MSG_SHED)
         selection = headers.get(HDR_TEST_SELECTION)
+        prefix = None
+        if info is not None and info.prefix_input:
+            prefix = self._match_prefix(info, active, target, m, started)
         pick_req = PickRequest(
             target_model=target,
             incoming_model=incoming,
@@ -337,6 +352,7 @@ class Director:
             headers={HDR_TEST_SELECTION: selection} if selection is not None else _NO_PLUGIN_HEADERS,
             prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
             stream=info.stream if info is not None else False,
+            prefix=prefix,
         )
         try:
             result, avoided, failover = self._pick(m, pick_req, scheduler, mask, started, explain=explain)
@@ -346,6 +362,8 @@ class Director:
             self._observer.scheduled(self._clock() - started)
             if failover is not None:
                 self._observer.failover(failover)
+        if prefix is not None and not explain:
+            self._record_prefix(m, result.primary, prefix)
         indices = result.indices
         addresses = m.addresses
         endpoints = (addresses[indices[0]],) if len(indices) == 1 else tuple(addresses[i] for i in indices)
@@ -439,6 +457,26 @@ class Director:
         if not config.avoid_stale_endpoints:
             return None
         return config.staleness_threshold or self._default_staleness
+
+    def _match_prefix(
+        self, info: RequestInfo, active: ActiveConfig, target: str, m: EndpointMatrix, now: float
+    ) -> PrefixMatch | None:
+        """Hash the prompt window the parser extracted (then drop it) and match it against ``m``."""
+        data = info.prefix_input
+        info.prefix_input = b""  # no prompt text outlives routing
+        cache = self._prefix.for_profiles(active.profiles) if self._prefix is not None else None
+        if cache is None:
+            return None
+        return cache.match(cache.hashes(target, info.cache_salt, data), m, now=now)
+
+    def _record_prefix(self, m: EndpointMatrix, row: int, prefix: PrefixMatch) -> None:
+        """The primary now holds the prompt (index update after the pick, reference) + hit metrics."""
+        assert self._prefix is not None
+        self._prefix.record(m, row, prefix)
+        if self._observer is not None:
+            block_bytes = prefix.block_tokens * CHARS_PER_TOKEN
+            matched = 0 if prefix.matched is None else int(prefix.matched[row])
+            self._observer.prefix_matched(matched * block_bytes, prefix.total * block_bytes)
 
     def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol
         """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""

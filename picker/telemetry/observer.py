@@ -40,6 +40,13 @@ from picker.telemetry.buckets import (
 )
 from picker.telemetry.fast import FastCounter, FastFamily, FastGauge, FastHistogram
 from picker.telemetry.pool import EjectionCounts, HealthCollector, PoolCollector, SnapshotSource
+from picker.telemetry.prefix import (
+    HIT_BYTES_HELP,
+    HIT_RATIO_HELP,
+    PREFIX_BYTES_BUCKETS,
+    PREFIX_RATIO_BUCKETS,
+    PrefixSizeCollector,
+)
 
 MAX_MODEL_LABELS = MAX_LABEL_VALUES
 
@@ -130,13 +137,15 @@ class Telemetry:
         health: EjectionCounts | None = None,
         label_values: int = MAX_MODEL_LABELS,
         label_length: int = MAX_LABEL_LENGTH,
+        prefix_size: Callable[[], int] | None = None,
     ) -> None:
         """``label_values`` / ``label_length`` bound the model-name labels (:mod:`picker.labels`).
 
         ``request_registry``: where the request-path metrics (:meth:`request_metrics`) register;
         default the main ``registry``. A ``--workers`` supervisor routes no requests and exports the
         workers' merged request metrics instead (:class:`MergedRequestMetrics`), so it passes a private
-        registry here to keep its own, unused ones out of ``/metrics``."""
+        registry here to keep its own, unused ones out of ``/metrics``. ``prefix_size``: entries of the
+        process's prefix index (``inference_extension_prefix_indexer_size``; 0 without one)."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.datastore = datastore
         self.staleness_s = staleness_s
@@ -223,6 +232,19 @@ class Telemetry:
             buckets=SCHEDULER_BUCKETS,
             registry=rr,
         )
+        self.prefix_hit_ratio = FastHistogram(
+            "inference_extension_prefix_indexer_hit_ratio",
+            HIT_RATIO_HELP,
+            buckets=PREFIX_RATIO_BUCKETS,
+            registry=rr,
+        )
+        self.prefix_hit_bytes = FastHistogram(
+            "inference_extension_prefix_indexer_hit_bytes",
+            HIT_BYTES_HELP,
+            buckets=PREFIX_BYTES_BUCKETS,
+            registry=rr,
+        )
+        r.register(PrefixSizeCollector(prefix_size if prefix_size is not None else (lambda: 0)))
         self.model_rewrite_decisions = Counter(
             "inference_extension_model_rewrite_decisions_total",
             ALPHA + "Total number of model rewrite decisions.",
@@ -281,6 +303,7 @@ class Telemetry:
         self._on_complete = self._apply_complete
         self._on_closed = self._apply_closed
         self._on_scheduled = self._apply_scheduled
+        self._on_prefix = self._apply_prefix
         for family in self.request_metrics():
             if isinstance(family, FastFamily):
                 family.before_collect = self.flush
@@ -303,6 +326,8 @@ class Telemetry:
             self.prompt_cached_tokens,
             self.running_requests,
             self.scheduler_e2e,
+            self.prefix_hit_ratio,
+            self.prefix_hit_bytes,
             self.model_rewrite_decisions,
             self.model_server_errors_total,
             self.failover_total,
@@ -373,6 +398,10 @@ class Telemetry:
         bounded set, so the label cannot grow without bound)."""
         self.failover_total.labels(self.pool_name(), reason).inc()
 
+    def prefix_matched(self, matched_bytes: int, total_bytes: int) -> None:
+        """A routed request's prompt (``total_bytes`` > 0) matched ``matched_bytes`` at its endpoint."""
+        self._queue((self._on_prefix, matched_bytes, total_bytes))
+
     # ------------------------------------------------------------------------------------ batching
     def flush(self) -> None:
         """Apply every queued stream fact. Safe from any thread; run before each request-path family is
@@ -414,6 +443,10 @@ class Telemetry:
 
     def _apply_scheduled(self, duration_s: float) -> None:
         self.scheduler_e2e.observe(duration_s)
+
+    def _apply_prefix(self, matched_bytes: int, total_bytes: int) -> None:
+        self.prefix_hit_ratio.observe(matched_bytes / total_bytes)
+        self.prefix_hit_bytes.observe(matched_bytes)
 
     # --------------------------------------------------------------------------- other observers
     def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None:

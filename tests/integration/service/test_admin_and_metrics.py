@@ -285,6 +285,8 @@ ENDPOINT_FIELDS = {
     "inflight",
     "prefill_tokens",
     "inflight_tokens",
+    "prefix_entries",
+    "models",
     "last_error",
     "scrapes_ok",
     "scrapes_failed",

@@ -198,3 +198,24 @@ def test_the_guard_reads_the_scraped_queue_too() -> None:
     # SYSTEM is about 1,800 tokens: credit gone after about two queued requests of 1,024 tokens
     assert spread_at is not None
     assert 1 <= spread_at <= 3
+
+
+def test_the_decision_record_lists_matched_blocks_per_candidate() -> None:
+    rng = np.random.default_rng(0)
+    m = matrix(3, waiting=[0.0] * 3, kv_usage=[0.1] * 3)
+    cache = ApproxPrefixCache()
+    hashes = cache.hashes("model", "", SYSTEM)
+    first = cache.match(hashes, m, now=0.0)
+    assert first is not None
+    cache.record(m, 1, first)
+    match = cache.match(hashes, m, now=0.0)
+    scheduler = reference_profile(load_guard=True)
+    result = scheduler.schedule(  # type: ignore[attr-defined]
+        m, PickRequest(target_model="model", prefix=match), now=0.0, rng=rng, explain=True
+    )
+    record = result.decision.prefix
+    assert record.total_blocks == len(hashes)
+    assert record.block_tokens == 16
+    assert dict(record.matched_blocks) == {"e0": 0, "e1": len(hashes), "e2": 0}
+    plain = scheduler.schedule(m, PickRequest(), now=0.0, rng=rng, explain=True)  # type: ignore[attr-defined]
+    assert plain.decision.prefix is None

@@ -1,0 +1,160 @@
+"""``--workers 2`` with prefix scoring: a conversation's next turn finds its prefix on the other worker.
+
+Each worker keeps a replica of the prefix index; records travel worker → supervisor → other workers. A
+turn routed by one worker and the next turn routed by the other must land on the same endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from picker.testing.envoy import HttpRequest
+from picker.testing.fake_server import FakeFleet
+from picker.testing.net import free_port
+from tests.integration.workers.test_workers import SERVING, Tree, _drain, eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: queue-scorer}
+- {type: kv-cache-utilization-scorer}
+- {type: prefix-cache-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: max-score-picker}
+"""
+
+
+@pytest.fixture
+async def prefix_tree() -> AsyncIterator[Tree]:
+    async with FakeFleet.uniform(4, "vllm") as fleet:
+        grpc_port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "picker",
+            "serve",
+            "--workers",
+            "2",
+            "--static-endpoints",
+            ",".join(fleet.addresses),
+            "--config-text",
+            CONFIG,
+            "--secure-serving=false",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--refresh-metrics-interval",
+            "200ms",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        admin_port = 0
+        while not admin_port:
+            line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
+            assert line, "the supervisor exited before serving"
+            m = SERVING.search(line)
+            if m:
+                admin_port = int(m[1])
+        drain = asyncio.create_task(_drain(proc.stderr))
+        http = aiohttp.ClientSession()
+        t = Tree(proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{admin_port}", http)
+
+        async def ready() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(t.admin + "/readyz") as resp:
+                    return resp.status == 200
+            return False
+
+        try:
+            await eventually(ready, "both workers serving", within=90)
+            yield t
+        finally:
+            for client in t.clients:
+                await client.close()
+            await http.close()
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), timeout=30)
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            drain.cancel()
+
+
+def turn(conversation: int, n: int) -> HttpRequest:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": f"[{conversation}] You help with orders and returns. " * 12}
+    ]
+    for t in range(n):
+        messages.append({"role": "user", "content": f"question {t} of conversation {conversation}"})
+        if t < n - 1:
+            messages.append({"role": "assistant", "content": f"answer {t}"})
+    body = orjson.dumps({"model": "m", "messages": messages, "stream": True})
+    return HttpRequest(path="/v1/chat/completions", body=body)
+
+
+async def on_worker(tree: Tree, request: HttpRequest, wanted: int | None) -> tuple[int, str]:
+    """Route ``request`` over new connections until one lands on worker ``wanted`` (None: any); returns
+    the worker and the destination. A connection is pinned to one worker; its picks count tells which."""
+    for _ in range(64):
+        client = await tree.new_client()
+        before = [w["picks"] for w in await tree.workers()]
+        if wanted is not None:
+            # probe the connection with a request that does not touch the conversation
+            probe = HttpRequest(body=b'{"model":"m","prompt":"ping"}')
+            await client.exchange(probe)
+            after = [w["picks"] for w in await tree.workers()]
+            worker = next(i for i, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
+            if worker != wanted:
+                continue
+        result = await client.exchange(request)
+        assert result.destination is not None
+        after = [w["picks"] for w in await tree.workers()]
+        worker = next(i for i, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
+        return worker, result.destination
+    raise AssertionError(f"64 connections never reached worker {wanted}")
+
+
+async def test_the_next_turn_finds_its_prefix_on_the_other_worker(prefix_tree: Tree) -> None:
+    tree = prefix_tree
+    for conversation in range(4):
+        before = int((await tree.get("/debug/prefix"))["size"])
+        worker, home = await on_worker(tree, turn(conversation, 1), None)
+
+        async def replicated(before: int = before) -> bool:
+            return int((await tree.get("/debug/prefix"))["size"]) > before
+
+        await eventually(replicated, "the record at the supervisor")
+        # the supervisor forwarded the record before applying it; give the other worker's loop a moment
+        await asyncio.sleep(0.3)
+        other, destination = await on_worker(tree, turn(conversation, 2), 1 - worker)
+        assert other == 1 - worker
+        assert destination == home, conversation
+    doc = await tree.get("/debug/prefix")
+    assert sum(e["hit_blocks"] for e in doc["endpoints"]) > 0
+    rows = (await tree.get("/debug/endpoints"))["endpoints"]
+    assert sum(r["prefix_entries"] for r in rows) == doc["size"]
