@@ -127,6 +127,12 @@ class Scorer(Plugin, Generic[StateT]):
         """Requests with equal keys get equal scores (lets a batch score each distinct request once)."""
         return None
 
+    def skips(self, _req: PickRequest, /) -> bool:
+        """True when this load scorer scores 0 on every endpoint for ``req``: the scheduler then leaves its
+        term out of the total (adding 0.0 changes no float), saving the per-pick work. The prefix scorer
+        skips requests without a match."""
+        return False
+
 
 class Filter(Plugin):
     """Removes endpoints from a view. Never adds one: the result is a mask over the view it was given."""

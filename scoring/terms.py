@@ -143,6 +143,8 @@ class ProfileTerms:
         dynamic: F64 | None = None
         for i, weight in self.load_terms:
             scorer = self.scorers[i].scorer
+            if scorer.skips(req):
+                continue
             if isinstance(scorer, MinMaxLoadScorer):
                 term = weighted_min_max(
                     prepared.states[i] + scorer.accounted(v, dispatched), weight, scorer.floor
@@ -178,8 +180,11 @@ class ProfileTerms:
         terms: list[list[float]] = []
         for (i, weight, minmax), base in zip(self.float_loads, states, strict=True):
             if minmax is None:
+                scorer = self.scorers[i].scorer
+                if scorer.skips(req):
+                    continue
                 # no float form: the numpy scores, weighted as arrays() does (the same IEEE products)
-                scores = self.scorers[i].scorer.score(v, prepared.states[i], req, dispatched).tolist()
+                scores = scorer.score(v, prepared.states[i], req, dispatched).tolist()
                 terms.append([x * weight for x in scores])
                 continue
             load = list(map(add, base, minmax.accounted(v, dispatched).tolist()))

@@ -80,6 +80,10 @@ class PrefixCacheScorer(Scorer[F64]):
         )
         super().__init__(name, params.effective)
 
+    def skips(self, req: PickRequest, /) -> bool:
+        match = req.prefix
+        return match is None or match.matched is None
+
     def prepare(self, v: View, /) -> F64:
         return impute(v.take(v.m.waiting), lo=0.0, hi=MAX_LOAD, fallback=0.0)
 
