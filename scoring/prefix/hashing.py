@@ -13,10 +13,17 @@ bytes appended to the block. The chain has the same property (each hash depends 
 and every byte before it), and it saves building a 72-byte buffer per block: at the default 256 blocks
 the chain costs about 40 µs (``benchmarks/bench_pick.py``), of a 150 µs budget for the whole prefix
 scorer. Hash values are private to one EPP, so nothing outside can tell the difference.
+
+**Repeated windows.** A prompt at least one window long hashes only its first window, and that window
+often repeats exactly: every later turn of a conversation whose history passed 16 KB, every request
+behind a shared system prompt of 16 KB or more. Such chains are memoized under a 128-bit fingerprint of
+the window (xxh3, about a microsecond for 16 KB) and the seed, in a small LRU (:data:`MEMO_ENTRIES`
+chains); a fingerprint collision would need 2^64 distinct windows.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Final
 
 import xxhash
@@ -26,7 +33,11 @@ CHARS_PER_TOKEN: Final = 4
 #: Distinct (model, salt) seeds remembered; requests name few models, a hostile client could name many.
 _MAX_SEEDS: Final = 4096
 
+#: memoized chains of full windows (each about 11 KB of Python ints at 256 blocks: about 6 MB in all)
+MEMO_ENTRIES: Final = 512
+
 _xxh64 = xxhash.xxh64_intdigest
+_xxh128 = xxhash.xxh3_128_intdigest
 
 
 class PrefixHasher:
@@ -37,7 +48,7 @@ class PrefixHasher:
     model server caches nothing shorter than a block either; reference behaviour).
     """
 
-    __slots__ = ("_seeds", "block_bytes", "block_size_tokens", "max_blocks", "window")
+    __slots__ = ("_memo", "_seeds", "block_bytes", "block_size_tokens", "max_blocks", "window")
 
     def __init__(self, block_size_tokens: int = 16, max_blocks: int = 256) -> None:
         if block_size_tokens < 1 or max_blocks < 1:
@@ -47,6 +58,7 @@ class PrefixHasher:
         self.max_blocks = max_blocks
         self.window = self.block_bytes * max_blocks
         self._seeds: dict[tuple[str, str], int] = {}
+        self._memo: OrderedDict[tuple[int, int], tuple[int, ...]] = OrderedDict()
 
     def seed(self, model: str, salt: str = "") -> int:
         """The chain's starting value: xxHash64 of the model name, then of the salt seeded with it."""
@@ -73,10 +85,24 @@ class PrefixHasher:
         end = min(size, self.window)
         view = memoryview(data)
         h = self.seed(model, salt)
+        key = None
+        if end == self.window:
+            key = (h, _xxh128(view[:end]))
+            memo = self._memo
+            cached = memo.get(key)
+            if cached is not None:
+                memo.move_to_end(key)
+                return cached
         out: list[int] = []
         append = out.append
         hash64 = _xxh64
         for start in range(0, end, step):
             h = hash64(view[start : start + step], h)
             append(h)
-        return tuple(out)
+        chain = tuple(out)
+        if key is not None:
+            memo = self._memo
+            memo[key] = chain
+            if len(memo) > MEMO_ENTRIES:
+                memo.popitem(last=False)
+        return chain

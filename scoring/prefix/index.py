@@ -8,10 +8,12 @@ still list, or computed one another router sent it).
 
 Structures (one event loop, no locks):
 
-* ``_lru[slot]`` — a dict used as an ordered set of the endpoint's hashes, least recent first. A prompt is
-  added tail-first so that its *first* block is the most recent: the LRU then evicts a prompt from its
-  end, as a model server's prefix cache does, and never drops a block while a later block of the same
-  prompt stays.
+* ``_lru[slot]`` — an ``OrderedDict`` used as an ordered set of the endpoint's hashes, least recent first.
+  A prompt is added tail-first so that its *first* block is the most recent: the LRU then evicts a prompt
+  from its end, as a model server's prefix cache does, and never drops a block while a later block of the
+  same prompt stays. An ``OrderedDict`` rather than a dict for its C-level ``move_to_end``: touching the
+  256 blocks of a prompt held already costs about 11 µs against 36 µs for a dict's pop and re-insert
+  (about 50 bytes more per entry).
 * ``_holders`` — hash → the endpoints holding it: ``~slot`` (a negative int) when one endpoint does, a
   bitmask of slots (a positive int) when several do. One canonical encoding per set, so equal sets compare
   equal.
@@ -33,9 +35,9 @@ per endpoint slot. ``tests/unit/scoring/test_prefix_index.py`` measures it with 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from itertools import islice, repeat
+from itertools import islice
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -50,11 +52,11 @@ DEFAULT_CAPACITY: Final = 31_250
 #: Upper bound of any endpoint's capacity, whatever a metrics page claims (autoTune): 2**20 blocks of 16
 #: tokens = 16M tokens, above any single server's KV cache today; bounds memory per endpoint.
 MAX_CAPACITY: Final = 1 << 20
-#: Upper bound of the bytes one unshared entry costs: its int key (40), a slot in the endpoint's dict and
-#: one in the reverse map (24-byte entries plus index, 2-4x over-allocated after growth: 60-120 each), a
-#: slot int (up to 32). Measured 150-280 at various capacities, about 200 at the default (6.4 MB per full
-#: endpoint).
-BYTES_PER_ENTRY: Final = 320
+#: Upper bound of the bytes one unshared entry costs: its int key (40), a slot in the endpoint's
+#: OrderedDict (its dict entry and index, 2-4x over-allocated after growth, plus the linked-list node:
+#: about 100-170) and one in the reverse map (60-120), a slot int (up to 32). Measured 176-356 at capacities
+#: from 1,000 to 60,000, about 270 at the default (8.4 MB per full endpoint; bound 12.5 MB).
+BYTES_PER_ENTRY: Final = 400
 
 
 class EndpointPrefixStats(NamedTuple):
@@ -90,7 +92,8 @@ class PrefixIndex:
         self._slots: dict[str, int] = {}
         self._names: list[str | None] = []
         self._free: list[int] = []
-        self._lru: list[dict[int, None]] = []
+        #: per slot: the endpoint's hashes, least recent first
+        self._lru: list[OrderedDict[int, None]] = []
         self._capacity: list[int] = []
         self._hits: list[int] = []
         self._holders: dict[int, int] = {}
@@ -231,28 +234,35 @@ class PrefixIndex:
         lru = self._lru[slot]
         before = len(lru)
         held = _held_prefix(lru, hashes)
+        # every hash to the recent end, the prompt's tail first so that its head is the most recent: the
+        # new tail is inserted (reversed), then the held head moved after it (one C-level move per hash:
+        # OrderedDict, where a plain dict needs a pop and an insertion)
         if held < len(hashes):
-            self._add_holder(slot, hashes[held:] if held else hashes)
-        # move every hash to the recent end, the prompt's tail first so that its head is the most recent
-        _drain(map(lru.pop, hashes, repeat(None)))
-        lru.update(dict.fromkeys(reversed(hashes)))
+            new = hashes[held:] if held else hashes
+            self._add_holder(slot, new)
+            lru.update(dict.fromkeys(reversed(new)))
+        if held:
+            _drain(map(lru.move_to_end, reversed(hashes[:held])))
         excess = len(lru) - self._capacity[slot]
         if excess > 0:
             self._evict(slot, excess)
         self._size += len(lru) - before
 
-    def _add_holder(self, slot: int, hashes: Iterable[int]) -> None:
+    def _add_holder(self, slot: int, hashes: Sequence[int]) -> None:
+        """Add ``slot`` to the holders of ``hashes``. Most of them are usually new to the whole index (a
+        new prompt's tail), so they are stored in one C-level update; the few already held elsewhere (a
+        shared prefix) are merged one by one."""
         holders = self._holders
-        get = holders.get
-        enc = ~slot
+        shared = holders.keys() & hashes
+        if not shared:
+            holders.update(dict.fromkeys(hashes, ~slot))
+            return
+        old = [(h, holders[h]) for h in shared]
+        holders.update(dict.fromkeys(hashes, ~slot))
         bit = 1 << slot
-        for h in hashes:
-            v = get(h)
-            if v is None:
-                holders[h] = enc
-            elif v < 0:
-                if v != enc:
-                    holders[h] = (1 << ~v) | bit
+        for h, v in old:
+            if v < 0:
+                holders[h] = v if v == ~slot else (1 << ~v) | bit
             else:
                 holders[h] = v | bit
 
@@ -262,11 +272,17 @@ class PrefixIndex:
         _drain(map(lru.__delitem__, victims))
         self._drop_holder(slot, victims)
 
-    def _drop_holder(self, slot: int, hashes: Iterable[int]) -> None:
+    def _drop_holder(self, slot: int, hashes: Sequence[int]) -> None:
+        """Remove ``slot`` from the holders of ``hashes`` (all of which it holds). Hashes only this slot
+        holds (the usual case for an evicted tail) are deleted in one C-level pass."""
         holders = self._holders
+        values = list(map(holders.__getitem__, hashes))
+        enc = ~slot
+        if values.count(enc) == len(values):
+            _drain(map(holders.__delitem__, hashes))
+            return
         keep = ~(1 << slot)
-        for h in hashes:
-            v = holders[h]
+        for h, v in zip(hashes, values, strict=True):
             if v < 0:
                 del holders[h]
             else:
@@ -279,9 +295,9 @@ class PrefixIndex:
         if slot is None:
             return
         lru = self._lru[slot]
-        self._drop_holder(slot, lru)
+        self._drop_holder(slot, list(lru))
         self._size -= len(lru)
-        self._lru[slot] = {}
+        self._lru[slot] = OrderedDict()
         self._names[slot] = None
         self._hits[slot] = 0
         heapq.heappush(self._free, slot)
@@ -308,7 +324,7 @@ class PrefixIndex:
         else:
             slot = len(self._names)
             self._names.append(name)
-            self._lru.append({})
+            self._lru.append(OrderedDict())
             self._capacity.append(self.default_capacity)
             self._hits.append(0)
         self._slots[name] = slot
@@ -316,7 +332,7 @@ class PrefixIndex:
         return slot
 
 
-def _held_prefix(lru: dict[int, None], hashes: Sequence[int]) -> int:
+def _held_prefix(lru: OrderedDict[int, None], hashes: Sequence[int]) -> int:
     """How many leading ``hashes`` the endpoint lists (binary search; its lists are prefix-closed)."""
     if hashes[0] not in lru:
         return 0

@@ -78,3 +78,16 @@ def test_invalid_sizes_are_rejected() -> None:
         PrefixHasher(0, 256)
     with pytest.raises(ValueError, match=">= 1"):
         PrefixHasher(16, 0)
+
+
+def test_a_repeated_full_window_reuses_its_chain_and_the_memo_is_bounded() -> None:
+    from scoring.prefix.hashing import MEMO_ENTRIES
+
+    h = PrefixHasher(block_size_tokens=1, max_blocks=4)  # a 16-byte window
+    first = h.hashes("m", "", b"0123456789abcdefTAIL-1")
+    again = h.hashes("m", "", b"0123456789abcdefTAIL-2")  # same window, other tail
+    assert again is first
+    assert h.hashes("other", "", b"0123456789abcdef") != first  # the seed is part of the key
+    for i in range(MEMO_ENTRIES + 5):
+        h.hashes("m", "", f"{i:016d}".encode())
+    assert len(h._memo) == MEMO_ENTRIES
