@@ -31,13 +31,20 @@ class PrefixCacheScorer(Scorer[F64]):
     ``matched_i`` the leading blocks endpoint *i* is believed to hold (``PickRequest.prefix``, built by
     ``scoring.prefix.ApproxPrefixCache`` against the same snapshot); 0 everywhere without a match.
 
-    Load guard (``loadGuard: true``): a cache hit at *i* saves ``matched_i x blockSizeTokens`` prompt tokens
-    of prefill, but the request also waits behind *i*'s backlog. The score is the saving left after the
-    extra backlog *i* has over the least-loaded candidate, as a fraction of the prompt::
+    Load guard (``loadGuard: true``): a cache hit at *i* saves ``saving_i`` prompt tokens of prefill, but
+    the request also waits behind *i*'s backlog. The reference score is kept in the proportion of the
+    saving that is left after the extra backlog *i* has over the least-loaded candidate::
 
         backlog_i = max(prefill_tokens_i, waiting_i x queuedRequestTokens)
         extra_i   = max(0, backlog_i - min_j backlog_j - backlogToleranceTokens)
-        score_i   = clip((matched_i x blockSizeTokens - extra_i) / (total x blockSizeTokens), 0, 1)
+        saving_i  = matched_i x blockSizeTokens, or the prompt's estimated tokens when all ``total`` blocks
+                    matched and the prompt is longer than the hashed window (the index sees only the
+                    first ``maxPrefixBlocksToMatch`` blocks; a full match there is, in a conversation,
+                    the whole history)
+        score_i   = (matched_i / total) x clip(1 - extra_i / saving_i, 0, 1)
+
+    For a prompt within the window that is ``(matched_i x b - extra_i) / (total x b)``: the saving left,
+    as a fraction of the prompt.
 
     ``prefill_tokens`` is our own accounting of the uncached prompt tokens we sent to *i* that have not
     produced a first byte yet (exact for our streaming traffic, instant; ``scoring.matrix.LoadCharge``);
@@ -52,7 +59,8 @@ class PrefixCacheScorer(Scorer[F64]):
     reference's additive score lets a full match (weight 3) beat a maximal queue penalty (weight 2) however
     long the queue grows, so a hot prefix piles onto one pod (``tests/unit/scoring/test_prefix_scorer.py``).
 
-    Inputs: ``PickRequest.prefix``, ``prefill_tokens``, ``waiting`` (mean-imputed when missing).
+    Inputs: ``PickRequest.prefix``, ``PickRequest.prompt_tokens_estimate``, ``prefill_tokens``, ``waiting``
+    (mean-imputed when missing).
     Category: affinity. Dependence: load (the guard reads an accounting column, which moves after every
     pick), so the scheduler computes it on every pick and never caches it.
     Parameters: the reference's (``autoTune``, ``blockSizeTokens``, ``maxPrefixBlocksToMatch``,
@@ -105,8 +113,16 @@ class PrefixCacheScorer(Scorer[F64]):
         backlog = np.maximum(v.take(v.m.prefill_tokens), waiting * self.queued_request_tokens)
         backlog -= float(backlog.min()) + self.backlog_tolerance
         np.maximum(backlog, 0.0, out=backlog)
-        credit = matched * block
-        credit -= backlog
-        credit /= total * block
-        np.clip(credit, 0.0, 1.0, out=credit)
-        return credit
+        # the prefill a hit saves: the matched blocks, or the whole prompt when its whole window matched
+        saving = matched * block
+        window = total * block
+        prompt = float(req.prompt_tokens_estimate)
+        if prompt > window:
+            np.copyto(saving, prompt, where=matched >= total)
+        np.maximum(saving, block, out=saving)  # rows that match nothing score 0 below whatever this is
+        backlog /= saving
+        np.subtract(1.0, backlog, out=backlog)
+        np.clip(backlog, 0.0, 1.0, out=backlog)
+        backlog *= matched
+        backlog /= total
+        return backlog

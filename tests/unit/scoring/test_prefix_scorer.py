@@ -219,3 +219,14 @@ def test_the_decision_record_lists_matched_blocks_per_candidate() -> None:
     assert dict(record.matched_blocks) == {"e0": 0, "e1": len(hashes), "e2": 0}
     plain = scheduler.schedule(m, PickRequest(), now=0.0, rng=rng, explain=True)  # type: ignore[attr-defined]
     assert plain.decision.prefix is None
+
+
+def test_a_whole_window_match_of_a_longer_prompt_saves_the_whole_prompt() -> None:
+    s = PrefixCacheScorer("p", {"queuedRequestTokens": 0})
+    # 4 blocks of 16 tokens hashed (64 tokens), the prompt is 10,000 tokens: a full window match at e0
+    m = matrix(3, waiting=[0.0] * 3, prefill_tokens=[5_000.0, 0.0, 0.0])
+    req = PickRequest(prefix=prefix([4.0, 4.0, 2.0], 4), prompt_tokens_estimate=10_000)
+    # e0 waits 5,000 tokens to save 10,000: half its credit left; e1 the whole; e2 saved 32 tokens, no wait
+    assert score(s, m, req) == pytest.approx([0.5, 1.0, 0.5])
+    # without the guard: the reference's fractions
+    assert score(PrefixCacheScorer("p", {"loadGuard": False}), m, req) == [1.0, 1.0, 0.5]
