@@ -93,9 +93,13 @@ class PrefixCacheScorer(Scorer[F64]):
         return match is None or match.matched is None
 
     def prepare(self, v: View, /) -> F64:
-        return impute(v.take(v.m.waiting), lo=0.0, hi=MAX_LOAD, fallback=0.0)
+        """The scraped queue in prefill tokens (mean-imputed when missing), once per snapshot."""
+        queued = impute(v.take(v.m.waiting), lo=0.0, hi=MAX_LOAD, fallback=0.0)
+        tokens: F64 = queued * self.queued_request_tokens
+        tokens.flags.writeable = False
+        return tokens
 
-    def score(self, v: View, waiting: F64, req: PickRequest, _dispatched: F64, /) -> F64:
+    def score(self, v: View, queued: F64, req: PickRequest, _dispatched: F64, /) -> F64:
         match = req.prefix
         if match is None or match.matched is None:
             return np.zeros(v.n)
@@ -109,20 +113,38 @@ class PrefixCacheScorer(Scorer[F64]):
         if not self.load_guard:
             scores: F64 = matched / total
             return scores
-        block = float(match.block_tokens)
-        backlog = np.maximum(v.take(v.m.prefill_tokens), waiting * self.queued_request_tokens)
-        backlog -= float(backlog.min()) + self.backlog_tolerance
-        np.maximum(backlog, 0.0, out=backlog)
-        # the prefill a hit saves: the matched blocks, or the whole prompt when its whole window matched
-        saving = matched * block
-        window = total * block
-        prompt = float(req.prompt_tokens_estimate)
-        if prompt > window:
-            np.copyto(saving, prompt, where=matched >= total)
-        np.maximum(saving, block, out=saving)  # rows that match nothing score 0 below whatever this is
-        backlog /= saving
-        np.subtract(1.0, backlog, out=backlog)
-        np.clip(backlog, 0.0, 1.0, out=backlog)
-        backlog *= matched
-        backlog /= total
-        return backlog
+        backlog = np.maximum(v.take(v.m.prefill_tokens), queued)
+        floor = float(backlog.min()) + self.backlog_tolerance
+        holders = np.flatnonzero(matched)
+        if len(holders) * 4 < v.n:
+            # few holders (a conversation's one or two endpoints): the guard on their rows only
+            out = np.zeros(v.n)
+            out[holders] = _guarded(
+                matched[holders],
+                backlog[holders],
+                floor=floor,
+                total=total,
+                block=match.block_tokens,
+                req=req,
+            )
+            return out
+        return _guarded(matched, backlog, floor=floor, total=total, block=match.block_tokens, req=req)
+
+
+def _guarded(matched: F64, backlog: F64, *, floor: float, total: float, block: int, req: PickRequest) -> F64:
+    """``(matched / total) x clip(1 - extra / saving, 0, 1)`` (see :class:`PrefixCacheScorer`), computed in
+    ``backlog``'s buffer, which must be the caller's own."""
+    backlog -= floor
+    np.maximum(backlog, 0.0, out=backlog)
+    # the prefill a hit saves: the matched blocks, or the whole prompt when its whole window matched
+    saving = matched * float(block)
+    prompt = float(req.prompt_tokens_estimate)
+    if prompt > total * block:
+        np.copyto(saving, prompt, where=matched >= total)
+    np.maximum(saving, block, out=saving)  # rows that match nothing score 0 below, whatever this is
+    backlog /= saving
+    np.subtract(1.0, backlog, out=backlog)
+    np.maximum(backlog, 0.0, out=backlog)  # <= 1 already: the extra backlog is >= 0
+    backlog *= matched
+    backlog /= total
+    return backlog
