@@ -42,7 +42,7 @@ END = "<!-- perf:end -->"
 LONG_BEGIN = "<!-- perf-long:begin -->"
 LONG_END = "<!-- perf-long:end -->"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PERF = ("bench_pick", "bench_extract", "bench_scrape", "bench_extproc")
+PERF = ("bench_pick", "bench_prefix", "bench_extract", "bench_scrape", "bench_extproc")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,11 @@ TARGETS = (
     ),
     Target("bench_pick", "pick p50, 10,000 endpoints", ("pick_p50_us", "10000"), "<=", 300.0, "µs"),
     Target("bench_pick", "batch of 64 over 1,000 endpoints", ("batch64_1000_us",), "<=", 1000.0, "µs"),
+    *(
+        Target("bench_prefix", f"prefix scoring adds, 200 KB, 1,000 endpoints: {w}", path, "<=", 150.0, "µs")
+        for w in ("conversation", "shared_prefix", "fresh")
+        for path in [("workloads", w, "added_us")]
+    ),
     Target(
         "bench_extract",
         "extraction speedup over prometheus_client (slowest vLLM page)",
@@ -165,6 +170,11 @@ DETAILS: dict[str, tuple[tuple[tuple[str, ...], str, str], ...]] = {
         (("pick_numpy_path_p50_us", "16"), "pick p50, 16 endpoints, numpy path", "µs"),
         (("pick_p50_us", "100"), "pick p50, 100 endpoints", "µs"),
         (("pick_new_snapshot_p50_us", "1000"), "pick p50 on a new snapshot, 1,000 endpoints", "µs"),
+    ),
+    "bench_prefix": tuple(
+        (("workloads", w, k), f"{w}: request CPU {k.split('_')[0]} the prefix scorer", "µs")
+        for w in ("conversation", "shared_prefix", "fresh")
+        for k in ("with_us", "without_us")
     ),
     "bench_scrape": (
         (("refresh_p99_ms",), "p99 refresh interval (lean client)", "ms"),

@@ -1,0 +1,256 @@
+"""What prefix scoring adds to one request's CPU, at 1,000 endpoints, for a 200 KB chat prompt.
+
+    python -m benchmarks.bench_prefix --json          # about a minute
+    python -m benchmarks.bench_prefix --quick --json  # about 20 s
+
+Each request runs the director's routing steps as the service does, twice, on the same snapshot of 1,000
+endpoints and the same 200 KB chat body:
+
+* **with**: parse with the prefix window (the first 16 KB of the canonical prompt), hash it (256 blocks of
+  64 bytes, the default limit), match it against the snapshot, schedule with the reference default
+  profile (queue 2, KV 2, prefix 3, load guard on), record the prompt for the primary, charge the load;
+* **without**: parse without the window, schedule with the same profile minus the prefix scorer (queue 2,
+  KV 2), charge the load.
+
+``added_us`` = with - without, the medians of the per-request CPU time of this thread
+(``time.thread_time_ns``: other processes on a shared machine do not inflate it, though they still cool
+the caches). Three workloads:
+
+* ``conversation``: the next turn of one of 500 conversations whose history (system prompt and turns)
+  already fills the 16 KB window and is recorded on one endpoint: every block matches there;
+* ``shared_prefix``: a 20 KB system prompt that every one of the 1,000 endpoints holds, then a question:
+  the lookup resolves a 1,000-endpoint holder set;
+* ``fresh``: a prompt nobody has seen, on an index whose endpoints are full (capacity 1,024 entries each,
+  pre-filled), so each record also evicts 256 entries: the worst case for the index update.
+
+The target (issue 13): ``added_us`` <= 150 µs for every workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from picker.routing.openai import parse_request
+from scoring import EndpointMatrix, PickRequest, PluginSpec, ProfileSpec, Scheduler, build_scheduler
+from scoring.matrix import LoadCharge
+from scoring.prefix import ApproxPrefixCache, PrefixConfig
+
+ENDPOINTS = 1000
+PROMPT_BYTES = 200_000
+TARGET_US = 150.0
+NOW = 1000.0
+PATH = "/v1/chat/completions"
+WORDS = ("route", "token", "cache", "queue", "batch", "model", "prefix", "decode", "gateway", "pool")
+
+
+def _text(seed: int, size: int) -> str:
+    """Deterministic words, different for every seed from the first word on."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(WORDS), size=size // 6 + 1)
+    return f"<{seed}> " + " ".join(WORDS[int(i)] for i in picks)[:size]
+
+
+def _body(messages: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps({"model": "m", "messages": messages, "stream": True, "max_tokens": 256})
+
+
+def conversation(c: int, turn: int) -> bytes:
+    """Turn ``turn`` of conversation ``c``: a 2 KB system prompt, then 8 KB turns up to about 200 KB."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": _text(c, 2_000)}]
+    for t in range(turn):
+        messages.append({"role": "user", "content": _text(c * 1000 + t, 4_000)})
+        messages.append({"role": "assistant", "content": _text(c * 1000 + 500 + t, 4_000)})
+    rest = max(1_000, PROMPT_BYTES - len(messages) * 4_000)
+    messages.append({"role": "user", "content": _text(c * 1000 + 999, rest)})
+    return _body(messages)
+
+
+def shared(k: int, system: str) -> bytes:
+    return _body(
+        [{"role": "system", "content": system}, {"role": "user", "content": _text(10**6 + k, PROMPT_BYTES)}]
+    )
+
+
+def fresh(k: int) -> bytes:
+    return _body([{"role": "user", "content": _text(2 * 10**6 + k, PROMPT_BYTES)}])
+
+
+def profile(with_prefix: bool) -> Scheduler:
+    plugins = [PluginSpec("queue-scorer", "queue-scorer"), PluginSpec("kv", "kv-cache-utilization-scorer")]
+    refs: list[tuple[str, float | None]] = [("queue-scorer", 2.0), ("kv", 2.0)]
+    if with_prefix:
+        plugins.append(PluginSpec("prefix", "prefix-cache-scorer"))
+        refs.append(("prefix", 3.0))
+    return build_scheduler(plugins, [ProfileSpec("default", refs)])
+
+
+def pool() -> EndpointMatrix:
+    from benchmarks.bench_pick import fleet
+
+    return EndpointMatrix.from_rows(fleet(ENDPOINTS, seed=ENDPOINTS))
+
+
+@dataclass
+class Router:
+    """The director's steps for one request, with or without prefix scoring."""
+
+    m: EndpointMatrix
+    scheduler: Scheduler
+    cache: ApproxPrefixCache | None
+    rng: np.random.Generator
+
+    def route(self, body: bytes) -> int:
+        cache = self.cache
+        info = parse_request(PATH, body, prefix_window=cache.window if cache is not None else 0)
+        match = None
+        if cache is not None:
+            data = info.prefix_input
+            info.prefix_input = b""
+            match = cache.match(cache.hashes("m", info.cache_salt, data), self.m, now=NOW)
+        req = PickRequest(
+            target_model="m", prompt_tokens_estimate=info.prompt_chars // 4, stream=info.stream, prefix=match
+        )
+        row = self.scheduler.schedule(self.m, req, now=NOW, rng=self.rng).primary
+        if cache is not None and match is not None:
+            cache.record(self.m, row, match)
+        LoadCharge.for_request(req, row).add(self.m, row)
+        return row
+
+
+def _cpu_us(
+    calls: int, body: Callable[[int], bytes], route: Callable[[bytes], int], after: Callable[[], None]
+) -> list[float]:
+    """Per-call CPU time (µs) of this thread for ``route(body(i))``; ``after()`` runs untimed after each."""
+    times = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(calls):
+            data = body(i)
+            t0 = time.thread_time_ns()
+            route(data)
+            times.append((time.thread_time_ns() - t0) / 1000.0)
+            after()
+    finally:
+        if gc_was:
+            gc.enable()
+    return times
+
+
+def _release(m: EndpointMatrix) -> None:
+    """The requests routed so far have completed: their load is given back. Called after every timed
+    request, so each one meets the same idle pool (and a conversation's holder is not busy with the
+    previous request of the run, which would make the load guard send it elsewhere)."""
+    for column in (m.dispatched, m.inflight, m.prefill_tokens, m.inflight_tokens):
+        column[:] = 0.0
+
+
+def measure(workload: str, runs: int, calls: int) -> dict[str, float]:
+    m = pool()
+    rng = np.random.default_rng(7)
+    plain = Router(m, profile(False), None, rng)
+    capacity = 1024 if workload == "fresh" else 31_250
+    with_prefix = Router(m, profile(True), ApproxPrefixCache(PrefixConfig(capacity=capacity)), rng)
+    cache = with_prefix.cache
+    assert cache is not None
+    system = _text(99, 20_000)
+    if workload == "conversation":
+        for c in range(500):  # every conversation's history recorded on the endpoint its first turn went to
+            with_prefix.route(conversation(c, 24))
+
+        def make(i: int) -> bytes:
+            return conversation(i % 500, 25)
+
+    elif workload == "shared_prefix":
+        probe = cache.match(cache.hashes("m", "", b"system\n" + system.encode()), m, now=NOW)
+        assert probe is not None
+        for row in range(ENDPOINTS):  # every endpoint holds the system prompt
+            cache.record(m, row, probe)
+
+        def make(i: int) -> bytes:
+            return shared(i, system)
+
+    else:
+        for k in range(4 * ENDPOINTS):  # fill every endpoint to its capacity: records evict from now on
+            with_prefix.route(fresh(10**6 + k))
+
+        def make(i: int) -> bytes:
+            return fresh(i)
+
+    _release(m)
+    with_runs, without_runs = [], []
+    for r in range(runs):
+        bodies = [make(r * calls + i) for i in range(calls)]
+        after = lambda: _release(m)  # noqa: E731 - a one-line callback
+        with_runs.append(statistics.median(_cpu_us(calls, bodies.__getitem__, with_prefix.route, after)))
+        without_runs.append(statistics.median(_cpu_us(calls, bodies.__getitem__, plain.route, after)))
+    with_us, without_us = statistics.median(with_runs), statistics.median(without_runs)
+    return {
+        "with_us": round(with_us, 1),
+        "without_us": round(without_us, 1),
+        "added_us": round(with_us - without_us, 1),
+        "index_entries": len(cache.index),
+    }
+
+
+def run(quick: bool, command: str) -> dict[str, Any]:
+    runs, calls = (3, 60) if quick else (7, 150)
+    load = round(os.getloadavg()[0], 2)
+    started = time.perf_counter()
+    results = {w: measure(w, runs, calls) for w in ("conversation", "shared_prefix", "fresh")}
+    return {
+        "benchmark": "bench_prefix",
+        "command": command,
+        "endpoints": ENDPOINTS,
+        "prompt_bytes": PROMPT_BYTES,
+        "runs": runs,
+        "calls_per_run": calls,
+        "workloads": results,
+        "target_added_us": TARGET_US,
+        "targets_met": {w: r["added_us"] <= TARGET_US for w, r in results.items()},
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_1m_at_start": load,
+            "note": "shared machine: other processes ran test suites during the run",
+        },
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_prefix", description=(__doc__ or "").split("\n")[0]
+    )
+    p.add_argument("--quick", action="store_true", help="3 shorter runs per figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    command = "python -m benchmarks.bench_prefix " + shlex.join(sys.argv[1:] if argv is None else argv)
+    doc = run(args.quick, command)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for w, r in doc["workloads"].items():
+            with_us, without_us, added = r["with_us"], r["without_us"], r["added_us"]
+            print(f"{w:>14}: with {with_us:>7} µs, without {without_us:>7} µs, added {added} µs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
