@@ -12,6 +12,8 @@ What it does, all on 127.0.0.1 and in about half a minute:
    prints where the requests went, what the EPP saw of each endpoint, and client-side latency. Half-way
    through each run one server starts answering 503 (an engine that lost its GPU): the EPP ejects it after
    five failures and its clients see none of them; round-robin keeps sending it a quarter of the traffic.
+   Multi-turn chats ride along (each turn resends the history; the two runs' chats share no text): the
+   share of their prompt tokens the servers found cached shows what prefix affinity keeps.
 4. Replays the seed's weekend: three teams send their usual traffic (``x-tenant-id``) while a fourth
    tenant's loop fires requests at twice their rate. The EPP's ``tenants`` section gives the loop a daily
    cost budget (scaled down to the demo): it is cut at its budget with 429s while the teams keep their
@@ -28,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picker.testing.net import free_port
+from picker.testing.traffic import completions
 
 #: name, engine, slowdown factor (1 = fastest); ``slower`` multiplies every engine step's duration
 FLEET: tuple[tuple[str, str, float], ...] = (
@@ -64,18 +67,22 @@ RUNAWAY_RATE = 80.0
 RUNAWAY_BUDGET = 0.05
 RUNAWAY_CONCURRENT = 4
 PRICE_INPUT_PER_1M, PRICE_OUTPUT_PER_1M = 3.0, 15.0
-#: our default profile (scoring/README.md) with one fallback endpoint, which the gateway retries on
+#: multi-turn chats in each run: conversations, turns each
+CHATS, TURNS = 16, 6
+#: our default profile (scoring/README.md) plus prefix-cache-scorer at the reference's weight, with one
+#: fallback endpoint, which the gateway retries on
 PROFILE_CONFIG = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
 plugins: [{type: prefill-queue-scorer}, {type: queue-scorer}, {type: kv-cache-utilization-scorer},
-  {type: lora-affinity-scorer}, {type: gpu-utilization-scorer},
+  {type: lora-affinity-scorer}, {type: gpu-utilization-scorer}, {type: prefix-cache-scorer},
   {name: picker, type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}]
 schedulingProfiles:
 - name: default
   plugins: [{pluginRef: prefill-queue-scorer, weight: 2}, {pluginRef: queue-scorer, weight: 1},
     {pluginRef: kv-cache-utilization-scorer, weight: 2}, {pluginRef: lora-affinity-scorer, weight: 2},
-    {pluginRef: gpu-utilization-scorer, weight: 0.5}, {pluginRef: picker}]
+    {pluginRef: gpu-utilization-scorer, weight: 0.5}, {pluginRef: prefix-cache-scorer, weight: 3},
+    {pluginRef: picker}]
 ---
 """
 TENANTS_CONFIG = f"""\
@@ -122,6 +129,9 @@ class _Phase:
     pick_ms: list[float] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    #: the chats' latencies, and the share of their prompt tokens the servers found cached
+    chat: list[float] = field(default_factory=list)
+    hit_rate: float = float("nan")
 
 
 class _Processes:
@@ -189,32 +199,17 @@ async def _wait_ready(session: Any, urls: Sequence[str], procs: _Processes, time
             await asyncio.sleep(0.1)
 
 
-def _workload(n: int, seed: int) -> list[tuple[float, bytes]]:
-    """(arrival offset s, request body) pairs: Poisson arrivals, chat-like prompt and output lengths."""
-    rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not security
-    t = 0.0
-    rate = 42.0  # requests/s: about 85 % of this fleet's capacity at TIME_SCALE
-    out = []
-    words = ("route", "token", "cache", "queue", "batch", "model", "prefix", "decode", "gateway", "pool")
-    for i in range(n):
-        t += rng.expovariate(rate)
-        prompt_words = int(min(1500, rng.lognormvariate(5.0, 0.8)))
-        max_tokens = int(min(256, max(8, rng.lognormvariate(3.8, 0.6))))
-        prompt = f"request {i}: " + " ".join(rng.choice(words) for _ in range(prompt_words))
-        body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
-        out.append((t, body.encode()))
-    return out
-
-
 async def _run_phase(  # noqa: PLR0917 - one call site per routing policy, all positional by role
     label: str,
-    send: Callable[[bytes], Any],
-    workload: list[tuple[float, bytes]],
+    send: Callable[[str, bytes], Any],
+    workload: list[tuple[float, str, bytes]],
     concurrency: int,
     sampler: Callable[[], Any] | None,
     fault: Callable[[], Awaitable[Any]] | None = None,
+    meter: Any = None,
 ) -> _Phase:
-    """Replay ``workload`` through ``send``; ``fault`` runs half-way through (by arrival time)."""
+    """Replay ``workload`` through ``send``; ``fault`` runs half-way through (by arrival time); ``meter``
+    (a :class:`picker.testing.conversations.ChatMeter`) measures the chats' prefix-cache hit rate."""
     from picker.testing.gateway import GatewayResult
 
     phase = _Phase(label)
@@ -226,23 +221,28 @@ async def _run_phase(  # noqa: PLR0917 - one call site per routing policy, all p
             await asyncio.sleep(max(0.0, start + workload[-1][0] / 2 - time.monotonic()))
             await fault()
 
-    async def one(at: float, body: bytes) -> None:
+    async def one(at: float, path: str, body: bytes) -> None:
         delay = start + at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         async with sem:
-            res: GatewayResult = await send(body)
+            res: GatewayResult = await send(path, body)
         if res.error or res.status != 200:
             phase.errors[res.error.split(" - ")[0][:60] or f"HTTP {res.status}"] += 1
             return
         phase.latencies.append(res.latency_s)
+        if path.endswith("/chat/completions"):
+            phase.chat.append(res.latency_s)
         phase.shares[res.endpoint] += 1
         if res.pick_s:
             phase.pick_ms.append(res.pick_s * 1000)
 
     sampling = asyncio.ensure_future(_sample_loop(sampler, phase)) if sampler is not None else None
-    await asyncio.gather(inject(), *(one(at, body) for at, body in workload))
+    if meter is not None:
+        await meter.start()
+    await asyncio.gather(inject(), *(one(at, path, body) for at, path, body in workload))
     phase.wall_s = time.monotonic() - start
+    phase.hit_rate = await meter.rate() if meter is not None else phase.hit_rate
     if sampling is not None:
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -253,7 +253,10 @@ async def _run_phase(  # noqa: PLR0917 - one call site per routing policy, all p
 def _weekend_workload(n: int, seed: int) -> list[tuple[float, str, bytes]]:
     """(arrival s, tenant, body): the teams' usual traffic (round-robin over TEAMS) and, over the same
     span, the loop's identical long requests at RUNAWAY_RATE."""
-    teams = [(at, TEAMS[i % len(TEAMS)], body) for i, (at, body) in enumerate(_workload(n, seed + 1))]
+    teams = [
+        (at, TEAMS[i % len(TEAMS)], body)
+        for i, (at, body) in enumerate(completions(n, seed + 1, model=MODEL))
+    ]
     span = teams[-1][0] if teams else 0.0
     prompt = "Summarize this weekend's incident reports and draft the follow-ups. " * 30
     body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0}).encode()
@@ -427,6 +430,14 @@ def _report(fleet: list[_Endpoint], picker: _Phase, rr: _Phase, final: dict[str,
         f"  Round-robin (no retries, no health checks) kept sending it a quarter: {sum(rr.errors.values())}"
         " client errors."
     )
+    lines.append(
+        f"  {CHATS} multi-turn chats ({TURNS} turns each): the servers found {picker.hit_rate:.0%} of their"
+        f" prompt tokens cached with"
+    )
+    lines.append(
+        f"  the EPP, {rr.hit_rate:.0%} round-robin; chat p50 {_pct(picker.chat, 0.5):.2f}s vs "
+        f"{_pct(rr.chat, 0.5):.2f}s, p90 {_pct(picker.chat, 0.9):.2f}s vs {_pct(rr.chat, 0.9):.2f}s."
+    )
     p99p, p99r = _pct(picker.latencies, 0.99), _pct(rr.latencies, 0.99)
     p50p, p50r = _pct(picker.latencies, 0.5), _pct(rr.latencies, 0.5)
     lines.append("")
@@ -456,6 +467,7 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
 
     from picker.testing.envoy import EnvoyClient
     from picker.testing.gateway import MiniGateway
+    from picker.testing.traffic import ChatMeter, with_chats
 
     procs = _Processes()
     try:
@@ -526,34 +538,26 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
             def fail() -> Awaitable[None]:
                 return set_fault("error-503")
 
-            workload = _workload(requests, seed)
+            addresses = [ep.address for ep in fleet]
+            base = [(at, "/v1/completions", body) for at, body in completions(requests, seed, model=MODEL)]
+            # the two runs' chats share no text: round-robin finds nothing the EPP's run cached
+            runs = {salt: with_chats(base, CHATS, TURNS, seed=seed, salt=salt, model=MODEL) for salt in "ab"}
+            meters = {salt: ChatMeter(session, addresses, w) for salt, w in runs.items()}
             async with EnvoyClient(f"127.0.0.1:{grpc_port}", timeout=60) as epp:
                 gw = MiniGateway(epp)
                 try:
                     picker = await _run_phase(
-                        "picker (EPP)",
-                        lambda b: gw.send("/v1/completions", b),
-                        workload,
-                        concurrency,
-                        sample,
-                        fail,
+                        "picker (EPP)", gw.send, runs["a"], concurrency, sample, fail, meters["a"]
                     )
                 finally:
                     await gw.close()
             final = await sample()
             await set_fault("none")
             await asyncio.sleep(2.0)  # let queues drain before the baseline
-            counter = iter(range(10**9))
-            addresses = [ep.address for ep in fleet]
-            rr_gw = MiniGateway(None, route=lambda: addresses[next(counter) % len(addresses)])
+            rr_gw = MiniGateway(None, route=itertools.cycle(addresses).__next__)
             try:
                 rr = await _run_phase(
-                    "round-robin",
-                    lambda b: rr_gw.send("/v1/completions", b),
-                    workload,
-                    concurrency,
-                    None,
-                    fail,
+                    "round-robin", rr_gw.send, runs["b"], concurrency, None, fail, meters["b"]
                 )
             finally:
                 await rr_gw.close()
@@ -572,7 +576,8 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
             rows = json.loads(body).get("tenants", []) if status == 200 else []
             costs = {row["tenant"]: float(row["meters"]["costPerDay"]["used"]) for row in rows}
             procs.check_alive()
-        return _report(fleet, picker, rr, final, requests) + _weekend_report(weekend, picker, costs)
+        report = _report(fleet, picker, rr, final, requests + CHATS * TURNS)
+        return report + _weekend_report(weekend, picker, costs)
     finally:
         procs.stop()
 

@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import parse_qs
 
+import orjson
+
 from picker.testing.fake_http import HttpExchange, HttpRequest, HttpServer
 from picker.testing.fake_load import (
     FINISH_LENGTH,
@@ -204,9 +206,9 @@ class FakeServer:
         #: current misbehaviour; may be changed at any time
         self.fault = fault
         self.fault_delay_s = fault_delay_s
-        #: requests answered, by route ("metrics", "completions", "chat", "models", "health", "other")
+        #: requests answered by route: metrics, completions, chat, models, health, stats, other
         self.served: dict[str, int] = dict.fromkeys(
-            ("metrics", "completions", "chat", "models", "health", "other"), 0
+            ("metrics", "completions", "chat", "models", "health", "stats", "other"), 0
         )
         self._rng = random.Random(seed)  # noqa: S311 - response ids for a fake, not security
         self._pages = pages
@@ -420,6 +422,9 @@ class FakeServer:
         elif path == "/v1/models":
             if self._only(request, exchange, "GET", "models"):
                 exchange.respond(200, self._models_body(), _JSON)
+        elif path == "/debug/stats":
+            if self._only(request, exchange, "GET", "stats"):
+                exchange.respond(200, self._stats_body(), _JSON)
         else:
             self.served["other"] += 1
             exchange.respond(404, b'{"detail":"Not Found"}', _JSON)
@@ -438,6 +443,18 @@ class FakeServer:
         snap = self._model.snapshot()
         return models_body(
             entries, owned_by=self.spec.owned_by, created=self._created, max_model_len=snap.max_model_len
+        )
+
+    def _stats_body(self) -> bytes:
+        """``GET /debug/stats`` (ours, for benchmarks and the demo): the load model's cumulative prompt and
+        prefix-cache counters, whatever the engine's page exports (TGI's has no prefix-cache family)."""
+        snap = self._model.snapshot()
+        return orjson.dumps(
+            {
+                "prefix_queries": snap.prefix_queries_total,
+                "prefix_hits": snap.prefix_hits_total,
+                "prompt_tokens": snap.prompt_tokens_total,
+            }
         )
 
     def _metrics(self, request: HttpRequest, exchange: HttpExchange) -> None:
