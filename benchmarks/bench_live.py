@@ -10,9 +10,11 @@ same slice of a request trace replayed open-loop at the same rate through each r
 
 * ``epp`` — ``python -m picker serve --static-endpoints ...`` (our default profile), driven through
   :class:`picker.testing.gateway.MiniGateway`: the ext_proc exchange, then the real HTTP request to the
-  endpoint the EPP named, the response streamed back through the EPP, as Envoy does;
+  endpoint the EPP named, the response streamed back through the EPP, as Envoy does; ``epp-prefix`` is our
+  default profile plus ``prefix-cache-scorer`` at weight 3 (load guard on), ``epp-reference`` the
+  reference's built-in profile (queue 2, KV 2, prefix 3) — both with our prefix index;
 * ``sglang-router`` — ``python -m sglang_router.launch_router --policy cache_aware`` as an HTTP proxy;
-* ``vllm-router`` — ``vllm-router --policy power_of_two`` as an HTTP proxy;
+* ``vllm-router-cache-aware`` / ``vllm-router`` — ``vllm-router --policy cache_aware`` / ``power_of_two``;
 * ``round-robin`` — the same MiniGateway forwarding without an EPP, rotating over the servers.
 
 Each router gets a freshly started fleet (empty queues, cold prefix caches) so no run inherits another's
@@ -58,7 +60,15 @@ from benchmarks.live.workload import (
 from benchmarks.sim.metrics import DEFAULT_TPOT_SLO_S, DEFAULT_TTFT_SLO_S, Slo
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ROUTERS = ("epp", "sglang-router", "vllm-router", "round-robin")
+ROUTERS = (
+    "epp",
+    "epp-prefix",
+    "epp-reference",
+    "sglang-router",
+    "vllm-router-cache-aware",
+    "vllm-router",
+    "round-robin",
+)
 
 
 QUICK = {"duration_s": 7.0, "drain_s": 5.0}

@@ -118,8 +118,8 @@ async def run_router(
                 await wait_until(partial(http_ok, check, url), timeout_s=STARTUP_TIMEOUT_S, what=url)
             if name == "round-robin":
                 records = await _run_round_robin(cfg, requests, fleet.addresses, total_s)
-            elif name == "epp":
-                records = await _run_epp(cfg, requests, procs, fleet.addresses, check, total_s)
+            elif name in EPP_CONFIGS:
+                records = await _run_epp(cfg, requests, procs, fleet.addresses, check, total_s, name)
             else:
                 records = await _run_peer(name, cfg, requests, procs, fleet.addresses, check, session)
     finally:
@@ -169,14 +169,64 @@ async def _ready(procs: Processes, name: str, session: Any, url: str) -> bool:
 
 
 def _peer_argv(name: str, port: int, addresses: Sequence[str]) -> list[str]:
+    """The peers as their documentation runs them against HTTP workers (no tokenizer: character trees),
+    with the cache-aware thresholds at their defaults (cache 0.3, balance 64 / 1.5)."""
     urls = [f"http://{a}" for a in addresses]
     common = ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, "--log-level", "error"]
     if name == "sglang-router":
         return [sys.executable, "-m", "sglang_router.launch_router", *common, "--policy", "cache_aware"]
+    exe = str(Path(sys.executable).with_name("vllm-router"))
     if name == "vllm-router":
-        exe = Path(sys.executable).with_name("vllm-router")
-        return [str(exe), *common, "--policy", "power_of_two"]
+        return [exe, *common, "--policy", "power_of_two"]
+    if name == "vllm-router-cache-aware":
+        return [exe, *common, "--policy", "cache_aware"]
     raise ValueError(f"unknown router {name!r}")
+
+
+#: EPP runs: router name -> the scoring document it serves ("" = the built-in default profile)
+EPP_CONFIGS = {
+    "epp": "",
+    # our default profile plus the prefix-cache scorer at the reference's weight, load guard on
+    "epp-prefix": """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: prefill-queue-scorer}
+- {type: queue-scorer}
+- {type: kv-cache-utilization-scorer}
+- {type: lora-affinity-scorer}
+- {type: gpu-utilization-scorer}
+- {type: prefix-cache-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefill-queue-scorer, weight: 2}
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: lora-affinity-scorer, weight: 2}
+  - {pluginRef: gpu-utilization-scorer, weight: 0.5}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: max-score-picker}
+""",
+    # the reference EPP's built-in profile: queue 2, KV 2, prefix 3
+    "epp-reference": """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: queue-scorer}
+- {type: kv-cache-utilization-scorer}
+- {type: prefix-cache-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: max-score-picker}
+""",
+}
 
 
 async def _run_epp(  # noqa: PLR0917 - one call site, all positional by role
@@ -186,6 +236,7 @@ async def _run_epp(  # noqa: PLR0917 - one call site, all positional by role
     addresses: Sequence[str],
     check: Any,
     timeout_s: float,
+    name: str = "epp",
 ) -> list[Record]:
     from picker.testing.envoy import EnvoyClient
     from picker.testing.gateway import MiniGateway
@@ -212,6 +263,8 @@ async def _run_epp(  # noqa: PLR0917 - one call site, all positional by role
         "--seed",
         str(cfg.seed),
     ]
+    if EPP_CONFIGS[name]:
+        argv += ["--config-text", EPP_CONFIGS[name]]
     await procs.start("epp", argv)
     admin = f"http://127.0.0.1:{admin_port}"
     try:
