@@ -203,7 +203,12 @@ class Admin:
             return resp.status, await resp.read()
 
     async def readyz(self) -> int:
-        status, _ = await self._get("/readyz")
+        """The status of ``/readyz``; 0 when no answer came within the client's timeout (a supervisor busy
+        starting its workers on a loaded machine answers late: for a poll that is "not ready yet")."""
+        try:
+            status, _ = await self._get("/readyz")
+        except TimeoutError:
+            return 0
         return status
 
     async def json(self, path: str) -> Any:
