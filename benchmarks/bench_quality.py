@@ -1,9 +1,17 @@
 """Routing-quality benchmark: every policy replays the same trace on the same simulated fleet.
 
+    python -m benchmarks.bench_quality --trace mooncake-conv --capacity --quick --json   # capacity at SLO
+    python -m benchmarks.bench_quality --trace-file my.jsonl --capacity --config my-epp-config.yaml
     python -m benchmarks.bench_quality --trace azure-conv --load 0.9 --json
     python -m benchmarks.bench_quality --trace mooncake-conv --quick
-    python -m benchmarks.bench_quality --trace-file my.jsonl --config my-epp-config.yaml
-    python -m benchmarks.bench_quality --sweep --plots            # what `make bench-quality` runs
+    python -m benchmarks.bench_quality --sweep --plots            # the load sweep of `make bench-quality`
+
+``--capacity`` measures the routing yardstick, capacity at SLO (:mod:`benchmarks.sim.capacity`): per
+policy the highest offered rate at which 90 % of requests meet the SLO, found by bisection, and prints
+``{"capacity": {policy: {"capacity_rps", "vs_round_robin", "prefix_hit_rate",
+"ttft_p99_s_at_rr_capacity"}}}`` with ``--json`` (every evaluated rate is under ``"evaluations"``). Its
+policies: round-robin, least-in-flight, SGLang's cache-aware router, the reference profile, ours and the
+oracle (``--policies`` to choose). Without ``--capacity``, the fixed-load comparison below.
 
 Load is offered traffic as a fraction of fleet capacity; capacity is measured, per trace and profile, by
 :func:`benchmarks.sim.fleet.server_capacity_rps` (one server, never starved, prefix cache and LoRA off) times
@@ -25,6 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.sim import capacity as cap_search
+from benchmarks.sim.capacity_report import (
+    capacity_section,
+    evaluations_section,
+    markdown_capacity,
+    plot_attainment,
+)
 from benchmarks.sim.fleet import FleetConfig, server_capacity_rps, simulate
 from benchmarks.sim.metrics import (
     DEFAULT_TPOT_SLO_S,
@@ -34,15 +49,17 @@ from benchmarks.sim.metrics import (
     slo_misses,
     summarize,
 )
-from benchmarks.sim.policies import ALL_POLICIES, Policy, make_policy
+from benchmarks.sim.policies import ALL_POLICIES, CAPACITY_POLICIES, Policy, make_policy
 from benchmarks.sim.profiles import PROFILES, ServerProfile, get_profile
 from benchmarks.sim.report import markdown_report, plot_sweep
-from benchmarks.sim.traces import Workload, load_trace_file, named_trace
+from benchmarks.sim.traces import TRACE_NAMES, Workload, load_trace_file, named_trace
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SWEEP_LOADS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
 QUICK_SWEEP_LOADS = (0.7, 0.9, 1.1)
 QUICK_REQUESTS = 6000
+#: --capacity --quick: requests per replay (each capacity search runs about eight replays per policy)
+QUICK_CAPACITY_REQUESTS = 2000
 CAPACITY_DEFINITION = (
     "requests/s one server completes on this trace's length mix with its queue never empty, prefix cache "
     "and LoRA effects off; fleet capacity = that x servers"
@@ -51,7 +68,7 @@ CAPACITY_DEFINITION = (
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_quality", description=__doc__.split("\n")[0])
-    p.add_argument("--trace", choices=("azure-conv", "mooncake-conv", "lora"), default="azure-conv")
+    p.add_argument("--trace", choices=TRACE_NAMES, default="azure-conv")
     p.add_argument("--trace-file", type=Path, help="an Azure CSV or Mooncake JSONL file (format detected)")
     p.add_argument("--load", type=float, default=0.9, help="offered load, fraction of fleet capacity")
     p.add_argument("--sweep", action="store_true", help=f"also run loads {', '.join(map(str, SWEEP_LOADS))}")
@@ -66,16 +83,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FIELD=VALUE",
         help="override a profile field, e.g. max_lora=2 or lora_load_s=0.2 (repeatable)",
     )
-    p.add_argument("--policies", type=str, default=",".join(ALL_POLICIES), help="comma-separated names")
+    p.add_argument(
+        "--policies",
+        type=str,
+        default=None,
+        help=f"comma-separated names (default: {','.join(ALL_POLICIES)}; with --capacity "
+        f"{','.join(CAPACITY_POLICIES)})",
+    )
+    p.add_argument("--capacity", action="store_true", help="measure capacity at SLO per policy (bisection)")
     p.add_argument("--config", type=Path, action="append", default=[], help="EndpointPickerConfig YAML")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS} requests; a 3-point sweep")
     p.add_argument("--json", action="store_true", help="print the result document as JSON")
-    p.add_argument("--plots", action="store_true", help="write PNG plots (needs --sweep)")
+    p.add_argument("--plots", action="store_true", help="write PNG plots (the load sweep needs --sweep)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where JSON/Markdown/PNG files go")
     p.add_argument("--no-write", action="store_true", help="do not write result files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slo-ttft", type=float, default=DEFAULT_TTFT_SLO_S, help="TTFT SLO for goodput (s)")
     p.add_argument("--slo-tpot", type=float, default=DEFAULT_TPOT_SLO_S, help="TPOT SLO for goodput (s)")
+    p.add_argument(
+        "--slo-ttft-per-token",
+        type=float,
+        default=0.0,
+        help="length-scaled TTFT SLO: max(--slo-ttft, this x prompt tokens) (s per token; 0 = off)",
+    )
     p.add_argument("--scrape-interval", type=float, default=0.05, help="metrics poll interval (s)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -95,7 +125,8 @@ def _profile(args: argparse.Namespace) -> ServerProfile:
 
 def _workload(args: argparse.Namespace) -> Workload:
     w = load_trace_file(args.trace_file) if args.trace_file else named_trace(args.trace, seed=args.seed)
-    n = min(args.requests, QUICK_REQUESTS) if args.quick else args.requests
+    quick = QUICK_CAPACITY_REQUESTS if args.capacity else QUICK_REQUESTS
+    n = min(args.requests, quick) if args.quick else args.requests
     return w.head(n) if len(w) > n else w
 
 
@@ -112,8 +143,71 @@ def _loads(args: argparse.Namespace) -> list[float]:
 
 
 def _policy_names(args: argparse.Namespace) -> list[str]:
-    names = [x.strip() for x in args.policies.split(",") if x.strip()]
+    default = CAPACITY_POLICIES if args.capacity else ALL_POLICIES
+    given = args.policies if args.policies is not None else ",".join(default)
+    names = [x.strip() for x in given.split(",") if x.strip()]
     return names + [str(c) for c in args.config]
+
+
+def _machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def run_capacity(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Capacity at SLO per policy (round-robin first) on one trace and seed: the result document."""
+    wall0 = time.perf_counter()
+    profile = _profile(args)
+    workload = _workload(args)
+    is_lora = bool(workload.adapter_names)
+    slo = Slo(args.slo_ttft, args.slo_tpot, args.slo_ttft_per_token)
+    cfg = FleetConfig(profile, n_servers=args.servers, scrape_interval_s=args.scrape_interval, seed=args.seed)
+    names = _policy_names(args)
+    unavailable: dict[str, str] = {}
+    available: list[str] = []
+    for name in dict.fromkeys(["round-robin", *names]):
+        try:
+            make_policy(name, lora=is_lora, seed=args.seed, slo=slo)
+        except RuntimeError as exc:
+            unavailable[name] = str(exc)
+        else:
+            available.append(name)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        # the number of replays a search needs is not known in advance: count them
+        bar = tqdm(unit="replay", file=sys.stderr, leave=False)
+
+    def on_eval(name: str, e: cap_search.Evaluation) -> None:
+        if bar is not None:
+            bar.set_description(f"{name}: {e.rate_rps:.2f} req/s, {e.attainment:.1%} met")
+            bar.update(1)
+
+    def make(name: str) -> Policy:
+        return make_policy(name, lora=is_lora, seed=args.seed, slo=slo)
+
+    comparison = cap_search.compare(workload, available, make, cfg, slo, on_eval=on_eval)
+    if bar is not None:
+        bar.close()
+    return {
+        "benchmark": "bench_quality.capacity",
+        "command": command,
+        "trace": str(args.trace_file) if args.trace_file else args.trace,
+        "profile": profile.name,
+        "servers": args.servers,
+        "requests": len(workload),
+        "seed": args.seed,
+        "scrape_interval_s": args.scrape_interval,
+        "slo": slo_dict(slo),
+        "target_attainment": cap_search.TARGET_ATTAINMENT,
+        "rel_tol": cap_search.REL_TOL,
+        "nominal_capacity_rps": comparison.nominal_rps,
+        "capacity": capacity_section(comparison),
+        "evaluations": evaluations_section(comparison),
+        "unavailable": unavailable,
+        "machine": _machine(),
+        "wall_s": time.perf_counter() - wall0,
+    }
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -140,7 +234,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         for name in names:
             try:
-                policy: Policy = make_policy(name, lora=is_lora)
+                policy: Policy = make_policy(name, lora=is_lora, seed=args.seed)
             except RuntimeError as exc:
                 unavailable[name] = str(exc)
                 if bar is not None:
@@ -188,11 +282,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         # at the main load: TTFT-only / TPOT-only / both misses, and misses by arrival time (10 s windows)
         "slo_misses": misses,
         "unavailable": unavailable,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "machine": _machine(),
         "wall_s": time.perf_counter() - wall0,
     }
     if len(sweep) > 1:
@@ -200,9 +290,28 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return doc
 
 
+def _main_capacity(args: argparse.Namespace, command: str) -> int:
+    doc = run_capacity(args, command)
+    stem = f"capacity-{Path(doc['trace']).stem if args.trace_file else args.trace}" + (
+        "-quick" if args.quick else ""
+    )
+    if not args.no_write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        (args.out / f"{stem}.md").write_text(markdown_capacity(doc) + "\n", encoding="utf-8")
+        if args.plots:
+            plot_attainment(doc, args.out / f"{stem}.png")
+    print(json.dumps(doc, indent=2) if args.json else markdown_capacity(doc))
+    for name, reason in doc["unavailable"].items():
+        print(f"warning: policy {name} skipped: {reason}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     command = "python -m benchmarks.bench_quality " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.capacity:
+        return _main_capacity(args, command)
     doc = run(args, command)
     stem = f"quality-{Path(doc['trace']).stem if args.trace_file else args.trace}" + (
         "-quick" if args.quick else ""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ class FleetConfig:
     #: ``prefill_tokens`` as well and releases it when the response ends (the alternative ``LoadCharge``
     #: rejects; kept to measure why). "none" is the service's rule.
     nonstreaming_prefill: str = "none"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SimContext:
+    """What a policy that is more than a picker may see (``bind``): baselines that need request text
+    (SGLang's tree) or the servers' true state (the oracle). The service's picker never gets this."""
+
+    workload: Workload  # as replayed: clipped to the profile's context limit
+    servers: tuple[SimServer, ...]
+    table: RequestTable
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -226,6 +237,9 @@ def simulate(
     streaming = streaming_flags(workload, cfg)
     requests = _requests(workload, cfg.profile.model, prompt_estimates(workload, cfg), streaming)
     ledger = _Ledger(view.current(), table, streaming, until_end=cfg.nonstreaming_prefill == "until-end")
+    bind = getattr(policy, "bind", None)
+    if bind is not None:
+        bind(SimContext(workload, tuple(servers), table))
     arrivals = table.arrival
     n_req = table.n
     last_arrival = arrivals[-1] if n_req else 0.0
@@ -246,11 +260,13 @@ def simulate(
         if scrapes and scrapes[0][0] < ta:
             t, kind, i = heapq.heappop(scrapes)
             if kind == 0:
-                servers[i].advance(t)
-                pending[i] = (servers[i].snapshot(), float(dispatched[i]))
+                srv = servers[i]
+                srv.advance(t)
+                pending[i] = (srv.snapshot(), float(dispatched[i]))
                 heapq.heappush(scrapes, (t + latency, 1, i))
-                if t + interval <= last_arrival:
-                    heapq.heappush(scrapes, (t + interval, 0, i))
+                nxt = _next_poll(srv, t, ta, interval)
+                if nxt <= last_arrival:
+                    heapq.heappush(scrapes, (nxt, 0, i))
             else:
                 snap, seen = pending.pop(i)
                 view.publish(i, snap, t)
@@ -290,6 +306,15 @@ def simulate(
         wall_s=time.perf_counter() - wall0,
         picks_s=picks_s,
     )
+
+
+def _next_poll(srv: SimServer, t: float, next_arrival: float, interval: float) -> float:
+    """When the poll after the one at ``t`` starts: ``t + interval``, except that a server idle until the
+    next arrival shows every poll the same page, so only the last two before the arrival matter (what they
+    publish, ``scraped_at``): skipping the rest makes idle gaps cheap and changes nothing the picker sees."""
+    if srv.has_work():
+        return t + interval
+    return t + max(1, math.ceil((next_arrival - t) / interval) - 2) * interval
 
 
 class _Ledger:

@@ -1,25 +1,38 @@
-"""Routing policies under test: three baselines and the real scoring library.
+"""Routing policies under test: baselines, peers' policies, an oracle, and the real scoring library.
 
 A policy sees exactly what the service's picker sees: the :class:`scoring.matrix.EndpointMatrix` (scraped
 gauges up to one scrape interval old, plus our own ``dispatched`` / ``inflight`` accounting) and a
 :class:`scoring.types.PickRequest`. It returns one endpoint row. The scoring policies call
 ``scoring.Scheduler.schedule`` — the same object the service runs, not a copy.
+
+Two policies see more, through an optional ``bind(ctx)`` the simulator calls before the first pick
+(:class:`benchmarks.sim.fleet.SimContext`): SGLang's ``cache_aware``
+(:mod:`benchmarks.sim.cache_aware`) needs the request text, as the real router reads the body; the
+oracle (:mod:`benchmarks.sim.oracle`) reads the servers' true state, which nothing real can.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from scoring.matrix import EndpointMatrix
 from scoring.types import PickRequest
 
+if TYPE_CHECKING:
+    from benchmarks.sim.metrics import Slo
+
 #: Names every comparison includes, in report order.
 BASELINES = ("round-robin", "random", "least-in-flight")
+PEERS = ("sglang-cache-aware",)
 SCORING = ("reference-default", "default")
+ORACLE = ("oracle",)
 ALL_POLICIES = BASELINES + SCORING
+#: the capacity-at-SLO comparison (issue 13 §3), in report order
+CAPACITY_POLICIES = ("round-robin", "least-in-flight", *PEERS, *SCORING, *ORACLE)
+KNOWN_POLICIES = BASELINES + PEERS + SCORING + ORACLE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -87,19 +100,26 @@ def _scheduler_from_config(path: Path) -> Any:
     return load_config_file(path).build_scheduler()
 
 
-def make_policy(name: str, *, lora: bool = False) -> Policy:
+def make_policy(name: str, *, lora: bool = False, seed: int = 0, slo: Slo | None = None) -> Policy:
     """A policy by name, or from an EndpointPickerConfig file when ``name`` is a path.
 
     ``reference-default`` is the reference EPP's default profile (queue 2, kv-cache 2, prefix 3); on LoRA
     traffic it adds ``lora-affinity-scorer`` with weight 1 (the reference's LoRA guide does the same),
     loaded from ``configs/reference-default-lora.yaml``. ``default`` is our default profile.
+    ``sglang-cache-aware`` is SGLang router's ``cache_aware`` with its defaults (``seed`` fixes the order
+    in which its tree lists workers), ``oracle`` the true-state ceiling (it aims at ``slo``).
     """
-    if name == "round-robin":
-        return RoundRobin()
-    if name == "random":
-        return RandomPick()
-    if name == "least-in-flight":
-        return LeastInFlight()
+    simple = {"round-robin": RoundRobin, "random": RandomPick, "least-in-flight": LeastInFlight}
+    if name in simple:
+        return simple[name]()
+    if name == "sglang-cache-aware":
+        from benchmarks.sim.cache_aware import SglangCacheAware
+
+        return SglangCacheAware(seed=seed)
+    if name == "oracle":
+        from benchmarks.sim.oracle import Oracle
+
+        return Oracle(slo)
     if name in SCORING:
         try:
             import scoring
@@ -116,4 +136,4 @@ def make_policy(name: str, *, lora: bool = False) -> Policy:
     path = Path(name)
     if path.suffix in {".yaml", ".yml"} and path.exists():
         return ScoringPolicy(path.stem, _scheduler_from_config(path))
-    raise ValueError(f"unknown policy {name!r}: use one of {', '.join(ALL_POLICIES)} or a config YAML path")
+    raise ValueError(f"unknown policy {name!r}: use one of {', '.join(KNOWN_POLICIES)} or a config YAML path")

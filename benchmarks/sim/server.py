@@ -85,6 +85,7 @@ class RequestTable:
         self.s_join: list[int] = [0] * n  # step index of the request's first decode step
         self.epoch: list[int] = [0] * n  # invalidates heap entries of preempted requests
         self.key: list[float] = [0.0] * n  # waiting-queue order (arrival; preempted: negative)
+        self.wait_est: list[int] = [0] * n  # prefill tokens booked in SimServer.waiting_uncached
         # what a proxy in front of the servers can observe, as a heap of (time, kind, request): kind
         # FIRST_TOKEN when the first token leaves the engine (a streaming response's first body byte),
         # kind FINISHED when the response ends. A server pushes an event when it computes the step that
@@ -137,6 +138,8 @@ class SimServer:
         self.step = 0
         self.queues: dict[int, deque[int]] = {}
         self.n_waiting = 0
+        self.waiting_tokens = 0  # prompt (+ generated, after a preemption) tokens of the waiting requests
+        self.waiting_uncached = 0  # the same less the prefix each had resident when it joined the queue
         self.running: dict[int, None] = {}  # admission order (LIFO preemption)
         self.prefilling: dict[int, None] = {}
         self.n_decode = 0
@@ -145,6 +148,7 @@ class SimServer:
         self.heap: list[tuple[int, int, int]] = []
         self.used = 0  # blocks held by running requests (private + pinned units)
         self.cache: PrefixCache | None = PrefixCache() if prefix_cache and table.unit_tokens else None
+        self.queued: dict[int, int] = {}  # cache key -> waiting requests whose prompt has that unit
         self.lora_loaded: dict[int, None] = {}
         self.lora_running: dict[int, int] = {}
         self.preempt_seq = 0
@@ -180,6 +184,9 @@ class SimServer:
         if not self.running and not self.n_waiting:
             self.busy_until = max(self.busy_until, now)
         self.n_waiting += 1
+        self.waiting_tokens += t.prompt[r]
+        self._queue_estimate(r, t.prompt[r])
+        self._book_queued(r, 1)
 
     def advance(self, until: float) -> None:
         """Run every step that starts at or before ``until``."""
@@ -188,6 +195,77 @@ class SimServer:
 
     def has_work(self) -> bool:
         return bool(self.running or self.n_waiting)
+
+    def _leave_queue(self, r: int, kv_len: int) -> None:
+        """Request ``r`` (``kv_len`` tokens to prefill before its hits) left the waiting queue: admitted."""
+        self.n_waiting -= 1
+        self.waiting_tokens -= kv_len
+        self.waiting_uncached -= self.t.wait_est[r]
+        self._book_queued(r, -1)
+
+    def _queue_estimate(self, r: int, tokens: int) -> None:
+        """Book the prefill work request ``r`` brings to the queue: ``tokens`` less what is resident now
+        (its actual hit is decided at admission; this is the estimate ``pending_prefill_tokens`` sums)."""
+        est = tokens - min(tokens - 1, self.resident_prefix_tokens(r))
+        self.t.wait_est[r] = est
+        self.waiting_uncached += est
+
+    def pending_prefill_tokens(self) -> int:
+        """Tokens still to prefill before a request arriving now could start: the waiting requests' prompts
+        less the prefix each found resident when it queued, and what the prefilling ones have left."""
+        pf_rem = self.t.pf_rem
+        return self.waiting_uncached + sum(pf_rem[r] for r in self.prefilling)
+
+    def context_tokens(self) -> int:
+        """KV tokens every request here will attend to once admitted: the decoding requests' contexts, the
+        prefilling ones' whole prompts and the waiting ones' (what a decode step will read soon)."""
+        kv_len = self.t.kv_len
+        return self.sum_ctx + sum(kv_len[r] for r in self.prefilling) + self.waiting_tokens
+
+    def _unit_keys(self, r: int) -> list[int]:
+        """Cache keys of the prefix units covering request ``r``'s prompt (as ``_admit`` computes them)."""
+        t = self.t
+        ut = t.unit_tokens
+        prompt = t.prompt[r]
+        bs = self.bs
+        keys = []
+        for i, u in enumerate(t.units[r]):
+            first = i * ut
+            if first >= prompt:
+                break
+            keys.append((u << 6) | -(-min(ut, prompt - first) // bs))
+        return keys
+
+    def _book_queued(self, r: int, delta: int) -> None:
+        """Count (+1) or uncount (-1) request ``r``'s units as on their way into this server's cache."""
+        if self.cache is None:
+            return
+        queued = self.queued
+        for key in self._unit_keys(r):
+            c = queued.get(key, 0) + delta
+            if c:
+                queued[key] = c
+            else:
+                del queued[key]
+
+    def resident_prefix_tokens(self, r: int, *, queued: bool = False) -> int:
+        """Leading prompt tokens of request ``r`` whose units are in this server's prefix cache right now
+        (what admission would find if it happened now); with ``queued``, also units that requests waiting
+        here will bring in when they are admitted (what it will find if it queues behind them)."""
+        cache = self.cache
+        if cache is None:
+            return 0
+        ref = cache.ref
+        coming = self.queued if queued else {}
+        t = self.t
+        ut = t.unit_tokens
+        prompt = t.prompt[r]
+        hit = 0
+        for i, key in enumerate(self._unit_keys(r)):
+            if key not in ref and key not in coming:
+                break
+            hit += min(ut, prompt - i * ut)
+        return hit
 
     def snapshot(self) -> Snapshot:
         """The current ``/metrics`` values (state as of the last scheduled step, as vLLM reports it)."""
@@ -360,9 +438,8 @@ class SimServer:
         if need > self.num_blocks - self.used:
             return False
         # commit
-        q = self.queues[t.adapter[r]]
-        q.popleft()
-        self.n_waiting -= 1
+        self.queues[t.adapter[r]].popleft()
+        self._leave_queue(r, kv_len)
         if cache is not None:
             for key in keys:
                 ref = cache.ref.get(key)
@@ -461,3 +538,6 @@ class SimServer:
         self.preemptions += 1
         self.queues[t.adapter[r]].appendleft(r)
         self.n_waiting += 1
+        self.waiting_tokens += t.prompt[r] + t.gen[r]
+        self._queue_estimate(r, t.prompt[r] + t.gen[r])
+        self._book_queued(r, 1)

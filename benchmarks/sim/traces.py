@@ -251,12 +251,25 @@ def lora_workload(spec: LoraSpec, lengths: Workload, *, seed: int = 0, name: str
     )
 
 
+#: prefix of the names of the reference's ``shared_prefix`` benchmark shapes
+#: (:mod:`benchmarks.sim.shared_prefix`)
+SHARED_PREFIX = "shared-prefix-"
+SHARED_PREFIX_SHAPES = ("short-q-many-sys", "long-q-many-sys", "short-q-few-sys-chat", "long-q-few-sys-chat")
+#: every workload :func:`named_trace` knows
+TRACE_NAMES = ("azure-conv", "mooncake-conv", "lora", *(SHARED_PREFIX + s for s in SHARED_PREFIX_SHAPES))
+
+
 def named_trace(name: str, *, seed: int = 0) -> Workload:
-    """The three bundled workloads: ``azure-conv``, ``mooncake-conv``, ``lora``."""
+    """A bundled workload: ``azure-conv``, ``mooncake-conv``, ``lora``, or ``shared-prefix-<shape>`` (the
+    reference's four prefix-cache benchmark shapes, generated; ``seed`` draws them, as it draws ``lora``)."""
     if name == "azure-conv":
         return load_azure_csv(AZURE_CONV)
     if name == "mooncake-conv":
         return load_mooncake_jsonl(MOONCAKE_CONV)
     if name == "lora":
         return lora_workload(load_lora_spec(GIE_MULTILORA), load_azure_csv(AZURE_CONV), seed=seed)
-    raise ValueError(f"unknown trace {name!r}; known: azure-conv, mooncake-conv, lora")
+    if name.startswith(SHARED_PREFIX) and name.removeprefix(SHARED_PREFIX) in SHARED_PREFIX_SHAPES:
+        from benchmarks.sim.shared_prefix import workload
+
+        return replace(workload(name.removeprefix(SHARED_PREFIX), seed=seed), name=name)
+    raise ValueError(f"unknown trace {name!r}; known: {', '.join(TRACE_NAMES)}")

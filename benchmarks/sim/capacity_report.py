@@ -1,0 +1,160 @@
+"""Capacity-at-SLO outputs: the JSON section, Markdown tables and PNG plots.
+
+One run (one trace, one seed; ``bench_quality --capacity``) gives :func:`capacity_section` (the issue's
+``{"capacity": {policy: {...}}}`` figures) and :func:`evaluations_section` (every rate the search tried);
+:func:`plot_attainment` draws attainment against offered rate with each policy's capacity marked. The
+multi-seed sweep (:mod:`benchmarks.sim.capacity_sweep`) aggregates runs with :func:`geomean` and draws
+:func:`plot_capacity_bars`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.sim.capacity import Comparison
+
+
+def capacity_section(c: Comparison) -> dict[str, dict[str, float | None]]:
+    """``{policy: {capacity_rps, vs_round_robin, prefix_hit_rate, ttft_p99_s_at_rr_capacity}}``."""
+    return {name: {k: _round(v) for k, v in row.items()} for name, row in c.rows().items()}
+
+
+def evaluations_section(c: Comparison) -> dict[str, list[dict[str, float]]]:
+    """Every evaluation per policy, in the order the search ran them."""
+    return {
+        name: [
+            {
+                "rate_rps": _round(e.rate_rps),
+                "slo_attainment": _round(e.attainment),
+                "ttft_p99_s": _round(e.summary["ttft_p99_s"]),
+                "tpot_p99_s": _round(e.summary["tpot_p99_s"]),
+                "prefix_hit_rate": _round(e.summary["prefix_hit_rate"]),
+            }
+            for e in res.evaluations
+        ]
+        for name, res in c.results.items()
+    }
+
+
+def _round(x: float | None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.5g}")
+
+
+def _cell(x: Any, fmt: str, scale: float = 1.0) -> str:
+    if x is None:
+        return "n/a"
+    return fmt.format(float(x) * scale)
+
+
+def markdown_capacity(doc: Mapping[str, Any]) -> str:
+    """A run's table: capacity, ratio to round-robin, hit rate at capacity, p99 TTFT at RR's capacity."""
+    slo = doc["slo"]
+    ttft = f"TTFT ≤ {slo['ttft_s']} s" + (
+        f" (or {slo['ttft_per_token_s'] * 1e3:g} ms per prompt token if longer)"
+        if slo.get("ttft_per_token_s")
+        else ""
+    )
+    out = [
+        f"# Capacity at SLO — `{doc['trace']}`, {doc['servers']} x `{doc['profile']}`, seed {doc['seed']}",
+        "",
+        f"Command: `{doc['command']}`  ",
+        (
+            f"Capacity = the highest offered rate (the trace's {doc['requests']} requests, arrivals "
+            f"time-scaled) at which ≥ {doc['target_attainment']:.0%} of requests meet {ttft} and TPOT ≤ "
+            f"{slo['tpot_s']} s, by bisection to within {doc['rel_tol']:.0%}. Simulator wall time "
+            f"{doc['wall_s']:.0f} s."
+        ),
+        "",
+        (
+            "| policy | capacity (req/s) | vs round-robin | prefix hit at capacity "
+            "| p99 TTFT at RR's capacity | runs |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    evals = doc.get("evaluations", {})
+    for name, row in doc["capacity"].items():
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    _cell(row["capacity_rps"], "{:.2f}"),
+                    _cell(row["vs_round_robin"], "{:.2f}x"),
+                    _cell(row["prefix_hit_rate"], "{:.1f} %", 100.0),
+                    _cell(row["ttft_p99_s_at_rr_capacity"], "{:.2f} s"),
+                    str(len(evals.get(name, ()))),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(out)
+
+
+def plot_attainment(doc: Mapping[str, Any], path: Path) -> Path:
+    """SLO attainment against offered rate per policy (every evaluation), capacities marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
+    for name, evs in doc["evaluations"].items():
+        pts = sorted((e["rate_rps"], e["slo_attainment"]) for e in evs)
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+        cap = doc["capacity"][name]["capacity_rps"]
+        if cap:
+            ax.axvline(cap, color=line.get_color(), linewidth=0.6, linestyle=":")
+    ax.axhline(doc["target_attainment"], color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("offered rate (req/s)")
+    ax.set_ylabel("share of requests meeting the SLO")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{doc['trace']} — {doc['servers']} x {doc['profile']}, seed {doc['seed']}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def geomean(xs: Sequence[float]) -> float:
+    """Geometric mean of positive values (NaN if any is missing or not positive)."""
+    if not xs or any(not (x > 0) for x in xs):
+        return math.nan
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def plot_capacity_bars(
+    table: Mapping[str, Mapping[str, float]], policies: Sequence[str], path: Path, *, title: str
+) -> Path:
+    """Grouped bars: per workload (``table`` key), each policy's capacity relative to round-robin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(table)
+    width = 0.8 / max(1, len(policies))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(workloads)), 4), dpi=80)
+    for j, name in enumerate(policies):
+        ys = [table[w].get(name, math.nan) for w in workloads]
+        xs = [i + (j - (len(policies) - 1) / 2) * width for i in range(len(workloads))]
+        ax.bar(xs, ys, width=width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(workloads)))
+    ax.set_xticklabels(workloads, rotation=15, fontsize=7, ha="right")
+    ax.set_ylabel("capacity at SLO / round-robin's")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

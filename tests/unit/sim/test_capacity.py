@@ -1,0 +1,168 @@
+"""Capacity at SLO: the bisection, the comparison, and the ``bench_quality --capacity`` document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_quality
+from benchmarks.sim.capacity import Evaluation, compare, find_capacity
+from benchmarks.sim.fleet import FleetConfig
+from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, summarize
+from benchmarks.sim.policies import make_policy
+from benchmarks.sim.profiles import LLAMA3_8B_H100
+from benchmarks.sim.traces import Workload
+
+
+def step_curve(knee: float, calls: list[float]) -> object:
+    """Attainment 1.0 up to ``knee`` req/s, 0.5 above (records every rate asked)."""
+
+    def evaluate(rate: float) -> Evaluation:
+        calls.append(rate)
+        return Evaluation(rate, 1.0 if rate <= knee else 0.5, {"prefix_hit_rate": 0.0, "ttft_p99_s": 0.1})
+
+    return evaluate
+
+
+@pytest.mark.parametrize(("knee", "start"), [(7.3, 1.0), (7.3, 100.0), (7.3, 7.3), (0.9, 2.0)])
+def test_bisection_lands_within_two_percent_below_the_knee(knee: float, start: float) -> None:
+    calls: list[float] = []
+    res = find_capacity(step_curve(knee, calls), start)  # type: ignore[arg-type]
+    assert res.found
+    assert knee / 1.02 <= res.capacity_rps <= knee
+    # the search brackets then bisects: the rate just above the capacity was measured to fail
+    above = min(r for r in calls if r > res.capacity_rps)
+    assert above / res.capacity_rps <= 1.02
+    assert [e.rate_rps for e in res.evaluations] == calls
+    assert res.at_capacity is not None
+    assert res.at_capacity.attainment == 1.0
+
+
+def test_tighter_tolerance_costs_more_evaluations_and_gets_closer() -> None:
+    loose: list[float] = []
+    tight: list[float] = []
+    a = find_capacity(step_curve(5.0, loose), 1.0, rel_tol=0.1)  # type: ignore[arg-type]
+    b = find_capacity(step_curve(5.0, tight), 1.0, rel_tol=0.005)  # type: ignore[arg-type]
+    assert len(tight) > len(loose)
+    assert a.capacity_rps <= b.capacity_rps <= 5.0
+    assert b.capacity_rps >= 5.0 / 1.005
+
+
+def test_a_policy_that_never_meets_the_slo_has_no_capacity() -> None:
+    def never(rate: float) -> Evaluation:
+        return Evaluation(rate, 0.2, {"prefix_hit_rate": 0.0, "ttft_p99_s": 9.0})
+
+    res = find_capacity(never, 10.0, max_evals=6)
+    assert not res.found
+    assert res.capacity_rps == 0.0
+    assert res.at_capacity is None
+    assert len(res.evaluations) == 6
+    assert min(e.rate_rps for e in res.evaluations) < 10.0 / 1.5**4
+
+
+def test_bad_search_arguments_are_refused() -> None:
+    calls: list[float] = []
+    with pytest.raises(ValueError, match="positive"):
+        find_capacity(step_curve(1.0, calls), 0.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rel_tol"):
+        find_capacity(step_curve(1.0, calls), 1.0, rel_tol=0.0)  # type: ignore[arg-type]
+
+
+def small_workload(n: int = 400, seed: int = 1) -> Workload:
+    """Short requests sharing a few 64-token system prompts (quick to simulate, prefix-sensitive)."""
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 8, n)
+    units = tuple((*range(g * 100, g * 100 + 16), 10_000 + i, 10_000 + n + i) for i, g in enumerate(groups))
+    return Workload(
+        name="small",
+        arrival_s=np.cumsum(rng.exponential(1.0, n)),
+        prompt_tokens=np.full(n, 18 * 64 - 10),
+        output_tokens=rng.integers(20, 200, n),
+        units=units,
+        unit_tokens=64,
+        adapter=np.full(n, -1, dtype=np.int64),
+    )
+
+
+def test_compare_measures_every_policy_against_round_robin_at_its_capacity() -> None:
+    cfg = FleetConfig(LLAMA3_8B_H100, n_servers=4)
+    c = compare(small_workload(200), ["least-in-flight", "oracle"], make_policy, cfg)
+    assert list(c.results) == ["round-robin", "least-in-flight", "oracle"]
+    rows = c.rows()
+    base = c.results["round-robin"].capacity_rps
+    assert base > 0
+    assert rows["round-robin"]["vs_round_robin"] == 1.0
+    for name in ("least-in-flight", "oracle"):
+        # every other policy started at round-robin's capacity: p99 TTFT there is known for all
+        assert c.results[name].at(base) is not None
+        assert rows[name]["ttft_p99_s_at_rr_capacity"] is not None
+        assert rows[name]["vs_round_robin"] == pytest.approx(c.results[name].capacity_rps / base)
+        assert 0.0 <= rows[name]["prefix_hit_rate"] <= 1.0  # type: ignore[operator]
+
+
+def test_long_prompt_slo_scales_the_ttft_objective_with_the_prompt() -> None:
+    slo = LONG_PROMPT_SLO
+    bounds = slo.ttft_bound(np.asarray([100, 10_000, 30_000]))
+    assert np.allclose(bounds, [1.0, 1.0, 3.0])
+    assert Slo().ttft_bound(np.asarray([30_000])) == 1.0
+
+
+def test_attainment_uses_the_length_scaled_objective(tmp_path: Path) -> None:
+    # one 30,000-token prompt alone on an idle server: about 1.2 s to its first token
+    w = Workload(
+        name="long",
+        arrival_s=np.zeros(1),
+        prompt_tokens=np.asarray([30_000]),
+        output_tokens=np.asarray([10]),
+        units=((),),
+        unit_tokens=0,
+        adapter=np.full(1, -1, dtype=np.int64),
+    )
+    from benchmarks.sim.fleet import simulate
+
+    res = simulate(w, make_policy("round-robin"), FleetConfig(LLAMA3_8B_H100, n_servers=1))
+    ttft = float(res.first_token[0] - res.arrival[0])
+    assert 1.0 < ttft < 3.0
+    assert summarize(res, Slo())["slo_attainment"] == 0.0
+    assert summarize(res, LONG_PROMPT_SLO)["slo_attainment"] == 1.0
+
+
+def test_bench_quality_capacity_prints_the_documented_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.jsonl"
+    w = small_workload(150)
+    with trace.open("w") as fh:
+        for t, p, o, u in zip(w.arrival_s, w.prompt_tokens, w.output_tokens, w.units, strict=True):
+            rec = {"timestamp": int(t * 1000), "input_length": int(p), "output_length": int(o), "hash_ids": u}
+            fh.write(json.dumps(rec) + "\n")
+    argv = [
+        "--trace-file",
+        str(trace),
+        "--capacity",
+        "--json",
+        "--servers",
+        "4",
+        "--policies",
+        "round-robin,least-in-flight,sglang-cache-aware,oracle",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+        "--plots",
+    ]
+    assert bench_quality.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["capacity"]) == {"round-robin", "least-in-flight", "sglang-cache-aware", "oracle"}
+    for row in doc["capacity"].values():
+        assert set(row) == {"capacity_rps", "vs_round_robin", "prefix_hit_rate", "ttft_p99_s_at_rr_capacity"}
+        assert row["capacity_rps"] > 0
+    assert doc["capacity"]["round-robin"]["vs_round_robin"] == 1.0
+    assert doc["slo"] == {"ttft_s": 1.0, "tpot_s": 0.1, "ttft_per_token_s": 0.0}
+    assert all(len(v) >= 3 for v in doc["evaluations"].values())
+    out = tmp_path / "out"
+    assert (out / "capacity-t.json").exists()
+    assert (out / "capacity-t.md").read_text().count("| oracle |") == 1
+    assert (out / "capacity-t.png").stat().st_size > 1000
