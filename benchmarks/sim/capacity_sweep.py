@@ -1,0 +1,301 @@
+"""Capacity at SLO on every bundled workload and several seeds, and the issue's targets met or not.
+
+    python -m benchmarks.sim.capacity_sweep --workers 2            # seeds 0-2, every workload
+    python -m benchmarks.sim.capacity_sweep --quick                # 1 seed, shorter traces
+
+For each workload and seed :func:`benchmarks.sim.capacity.compare` measures every policy of
+``CAPACITY_POLICIES`` (16 servers of ``llama3-8b-h100``); per policy the report gives the geometric mean
+over seeds of its capacity ratio to round-robin (and to the others the targets name), with the range over
+seeds. Writes ``benchmarks/results/capacity-sweep{-quick}.{json,md,png}``.
+
+Workloads: the Mooncake conversation trace under the issue's SLO and under the length-scaled one
+(:data:`benchmarks.sim.metrics.LONG_PROMPT_SLO`: the fixed 1 s objective is out of reach for 12.5 % of its
+prompts even on an idle fleet), the four ``shared_prefix`` shapes, the Azure conversation trace and the
+multi-LoRA workload. The seed moves scrape phases, tie-breaks, prompt-size estimates, SGLang's tenant
+order, and the generated workloads themselves (``shared_prefix``, LoRA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.sim.capacity import Comparison, compare
+from benchmarks.sim.capacity_report import capacity_section, evaluations_section, geomean, plot_capacity_bars
+from benchmarks.sim.fleet import FleetConfig
+from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict
+from benchmarks.sim.policies import CAPACITY_POLICIES, make_policy
+from benchmarks.sim.profiles import LLAMA3_8B_H100
+from benchmarks.sim.traces import SHARED_PREFIX, SHARED_PREFIX_SHAPES, named_trace
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+OURS = "default"
+#: the issue's objective: TTFT <= 1 s and TPOT <= 0.1 s for every request
+STRICT_SLO = Slo()
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One workload of the sweep: a bundled trace, how many of its requests, and the SLO."""
+
+    label: str
+    trace: str
+    requests: int
+    quick_requests: int
+    slo: Slo = STRICT_SLO
+
+
+CASES: tuple[Case, ...] = (
+    Case("mooncake-conv", "mooncake-conv", 6000, 2000),
+    Case("mooncake-conv (long-prompt SLO)", "mooncake-conv", 6000, 2000, LONG_PROMPT_SLO),
+    *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 3000, 1500) for s in SHARED_PREFIX_SHAPES[:2]),
+    *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 8000, 2500) for s in SHARED_PREFIX_SHAPES[2:]),
+    Case("azure-conv", "azure-conv", 10000, 3000),
+    Case("lora", "lora", 10000, 3000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    case: Case
+    seed: int
+    quick: bool
+    policies: tuple[str, ...]
+
+
+def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
+    """One workload and seed, every policy (in a worker process)."""
+    t0 = time.perf_counter()
+    w = named_trace(job.case.trace, seed=job.seed)
+    n = job.case.quick_requests if job.quick else job.case.requests
+    w = w.head(n) if len(w) > n else w
+    lora = bool(w.adapter_names)
+    cfg = FleetConfig(LLAMA3_8B_H100, n_servers=16, seed=job.seed)
+    slo = job.case.slo
+
+    def make(name: str) -> Any:
+        return make_policy(name, lora=lora, seed=job.seed, slo=slo)
+
+    c: Comparison = compare(w, job.policies, make, cfg, slo)
+    return job, {
+        "requests": len(w),
+        "nominal_capacity_rps": c.nominal_rps,
+        "capacity": capacity_section(c),
+        "evaluations": evaluations_section(c),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ report
+Runs = Mapping[str, Mapping[int, Mapping[str, Any]]]  # case label -> seed -> run document
+
+
+def ratios(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -> list[float]:
+    """Per seed: ``policy``'s capacity / ``other``'s (seeds where both are positive)."""
+    out = []
+    for run in runs.values():
+        a = run["capacity"].get(policy, {}).get("capacity_rps")
+        b = run["capacity"].get(other, {}).get("capacity_rps")
+        if a and b:
+            out.append(a / b)
+    return out
+
+
+def _fmt_ratio(xs: Sequence[float], n_seeds: int) -> str:
+    if not xs:
+        return "n/a"
+    cell = f"{geomean(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]"
+    return cell if len(xs) == n_seeds else cell + f" ({len(xs)} of {n_seeds} seeds)"
+
+
+def capacity_table(results: Runs, policies: Sequence[str]) -> str:
+    """Per workload: mean capacity (req/s) per policy, then each policy's ratio to round-robin."""
+    head = ["workload", *(f"{p} (req/s; vs RR)" for p in policies)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in results.items():
+        cells = [label]
+        for p in policies:
+            caps = [r["capacity"][p]["capacity_rps"] for r in runs.values() if p in r["capacity"]]
+            mean = sum(caps) / len(caps) if caps else math.nan
+            cells.append(f"{mean:.1f}; {_fmt_ratio(ratios(runs, p, 'round-robin'), len(runs))}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hit_table(results: Runs, policies: Sequence[str]) -> str:
+    """Mean prefix hit rate at each policy's own capacity."""
+    head = ["workload", *policies]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in results.items():
+        cells = [label]
+        for p in policies:
+            hs = [r["capacity"][p]["prefix_hit_rate"] for r in runs.values() if p in r["capacity"]]
+            hs = [h for h in hs if h is not None]
+            cells.append(f"{100 * sum(hs) / len(hs):.1f} %" if hs else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _hit_ratio(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -> list[float]:
+    out = []
+    for run in runs.values():
+        a = run["capacity"].get(policy, {}).get("prefix_hit_rate")
+        b = run["capacity"].get(other, {}).get("prefix_hit_rate")
+        if a is not None and b:
+            out.append(a / b)
+    return out
+
+
+def targets(results: Runs) -> list[dict[str, Any]]:
+    """The issue's targets (16 servers, geometric mean over seeds), each with its measured value."""
+    rows: list[dict[str, Any]] = []
+
+    def add(label: str, case: str, xs: list[float], goal: float) -> None:
+        if case not in results:
+            return
+        g = geomean(xs) if xs else math.nan
+        rows.append(
+            {
+                "target": label,
+                "workload": case,
+                "measured": g,
+                "range": [min(xs), max(xs)] if xs else None,
+                "seeds": len(xs),
+                "goal": goal,
+                "met": bool(xs) and g >= goal,
+            }
+        )
+
+    for case in ("mooncake-conv", "mooncake-conv (long-prompt SLO)"):
+        if case in results:
+            runs = results[case]
+            add("capacity vs round-robin", case, ratios(runs, OURS, "round-robin"), 1.6)
+            add("capacity vs SGLang cache-aware", case, ratios(runs, OURS, "sglang-cache-aware"), 1.1)
+            add("prefix hit rate vs the oracle's", case, _hit_ratio(runs, OURS, "oracle"), 0.9)
+    for s in SHARED_PREFIX_SHAPES:
+        case = SHARED_PREFIX + s
+        if case in results:
+            add("capacity vs round-robin", case, ratios(results[case], OURS, "round-robin"), 1.5)
+    if "azure-conv" in results:
+        add("capacity vs round-robin", "azure-conv", ratios(results["azure-conv"], OURS, "round-robin"), 1.05)
+    for case, runs in results.items():
+        if any("reference-default" in r["capacity"] and OURS in r["capacity"] for r in runs.values()):
+            add("capacity vs the reference profile", case, ratios(runs, OURS, "reference-default"), 1.0)
+    return rows
+
+
+def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| workload | target | measured (geomean [range]) | goal | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        measured = "n/a (no capacity)" if not r["seeds"] else f"{r['measured']:.2f}x"
+        if r["range"]:
+            measured += f" [{r['range'][0]:.2f}-{r['range'][1]:.2f}]"
+        met = "met" if r["met"] else "**not met**"
+        lines.append(f"| {r['workload']} | {r['target']} | {measured} | ≥ {r['goal']}x | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.sim.capacity_sweep", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--quick", action="store_true", help="seed 0 only, shorter traces")
+    p.add_argument("--seeds", type=str, default=None, help="comma-separated (default 0,1,2; --quick: 0)")
+    p.add_argument("--workloads", type=str, default=None, help="comma-separated case labels (default: all)")
+    p.add_argument("--policies", type=str, default=",".join(CAPACITY_POLICIES))
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one workload and seed each)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    wanted = [w.strip() for w in args.workloads.split(",")] if args.workloads else None
+    cases = [c for c in CASES if wanted is None or c.label in wanted]
+    if wanted and len(cases) != len(wanted):
+        known = ", ".join(c.label for c in CASES)
+        raise SystemExit(f"unknown workload in {args.workloads!r}; known: {known}")
+    policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
+    jobs = [Job(c, s, args.quick, policies) for c in cases for s in seeds]
+    wall0 = time.perf_counter()
+    results: dict[str, dict[int, dict[str, Any]]] = {c.label: {} for c in cases}
+    with ProcessPoolExecutor(args.workers) as pool:
+        for job, run in pool.map(run_job, jobs):
+            results[job.case.label][job.seed] = run
+            print(f"{job.case.label} seed {job.seed}: {run['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    command = "python -m benchmarks.sim.capacity_sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
+    rows = targets(results)
+    shown = [p for p in CAPACITY_POLICIES if p in policies] + [
+        p for p in policies if p not in CAPACITY_POLICIES
+    ]
+    text = "\n".join(
+        [
+            "# Capacity at SLO — every workload, seeds " + ", ".join(map(str, seeds)),
+            "",
+            f"Command: `{command}`  ",
+            (
+                "16 x `llama3-8b-h100`; capacity = the highest offered rate (the trace's arrivals "
+                "time-scaled) at which ≥ 90 % of requests meet TTFT ≤ 1 s and TPOT ≤ 0.1 s (long-prompt "
+                "SLO: TTFT ≤ max(1 s, 0.1 ms x prompt tokens)), by bisection to within 2 %. Ratios: "
+                "geometric mean over seeds [min-max]. "
+                f"Wall time {time.perf_counter() - wall0:.0f} s with {args.workers} worker(s) on "
+                f"{os.cpu_count()} CPUs (shared machine)."
+            ),
+            "",
+            "## Targets",
+            "",
+            targets_table(rows),
+            "",
+            "## Capacity per policy",
+            "",
+            capacity_table(results, shown),
+            "",
+            "## Prefix hit rate at each policy's capacity",
+            "",
+            hit_table(results, shown),
+        ]
+    )
+    doc = {
+        "benchmark": "sim.capacity_sweep",
+        "command": command,
+        "seeds": seeds,
+        "profile": LLAMA3_8B_H100.name,
+        "servers": 16,
+        "workloads": {
+            c.label: {
+                "trace": c.trace,
+                "slo": slo_dict(c.slo),
+                "runs": {str(s): results[c.label][s] for s in seeds},
+            }
+            for c in cases
+        },
+        "targets": rows,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+    }
+    print(text)
+    if not args.no_write:
+        stem = "capacity-sweep-quick" if args.quick else "capacity-sweep"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{stem}.md").write_text(text + "\n", encoding="utf-8")
+        (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        table = {
+            label: {p: geomean(ratios(runs, p, "round-robin")) for p in shown}
+            for label, runs in results.items()
+        }
+        plot_capacity_bars(
+            table, shown, args.out / f"{stem}.png", title="capacity at SLO / round-robin's (16 servers)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
