@@ -1,4 +1,4 @@
-"""Command line: ``picker serve`` (the EPP), ``picker fake-server``, ``picker demo``.
+"""Command line: ``picker serve`` (the EPP), ``picker fake-server``, ``picker demo``, ``picker tune``.
 
 ``serve`` accepts the reference EPP's flags with the same names and defaults, in pflag style:
 ``--flag=value`` or ``--flag value``; boolean flags also accept ``--flag=false``. Reference flags we do
@@ -14,12 +14,14 @@ one-line operator errors); split, a flag's definition, its conversion and its er
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -288,11 +290,65 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-lora", type=int, default=None, help="resident LoRA adapters")
     f.add_argument("--slower", type=float, default=1.0, help="every step this many times slower")
 
+    _demo_parser(sub)
+    _tune_parser(sub)
+    return parser
+
+
+def _demo_parser(sub: Any) -> None:
     d = sub.add_parser("demo", help="fake fleet + the EPP + traffic, printed as a table")
     d.add_argument("--requests", type=int, default=500)
     d.add_argument("--concurrency", type=int, default=24)
     d.add_argument("--seed", type=int, default=7)
-    return parser
+
+
+def _tune_parser(sub: Any) -> None:
+    """``picker tune`` flags; the work is done by the fleet simulator (``benchmarks/sim/tune.py``)."""
+    t = sub.add_parser(
+        "tune",
+        help="tune scorer weights for your traffic in the fleet simulator (from a source checkout)",
+        description="Search scorer weights and parameters that maximise capacity at SLO on a trace, in the "
+        "fleet simulator; tuned on the first half of the trace, checked on the second; writes a ready "
+        "EndpointPickerConfig. Runs from a checkout of the repository (the simulator is not in the image).",
+    )
+    t.add_argument("--trace", type=Path, required=True, help="Azure trace CSV or Mooncake JSONL (detected)")
+    t.add_argument("--out", type=Path, required=True, help="where to write the tuned configuration (YAML)")
+    t.add_argument("--config", type=Path, help="the current configuration (default: the built-in profile)")
+    t.add_argument("--servers", type=int, default=16, help="model servers in the pool (default 16)")
+    t.add_argument(
+        "--profile", default="llama3-8b-h100", help="simulated server profile (default llama3-8b-h100)"
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of the search and the simulation (default 0)")
+    t.add_argument("--trials", type=int, default=16, help="configurations to try (default 16)")
+    t.add_argument("--requests", type=int, default=4000, help="use at most this many requests (default 4000)")
+    t.add_argument("--slo-ttft", type=float, default=1.0, help="TTFT objective in s (default 1)")
+    t.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT objective in s (default 0.1)")
+    t.add_argument(
+        "--slo-ttft-per-token",
+        type=float,
+        default=0.0,
+        help="length-scaled TTFT: max(--slo-ttft, this x prompt tokens), s per token (default 0: off)",
+    )
+    t.add_argument("--time-limit", type=float, default=0.0, help="stop searching after this many s (0: off)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_tune(ns: argparse.Namespace) -> int:
+    # The simulator lives in the source tree (benchmarks/sim), not in the service's packages; imported by
+    # name so that the service never depends on it.
+    try:
+        tune = importlib.import_module("benchmarks.sim.tune")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("benchmarks"):
+            raise
+        sys.stderr.write(
+            "picker tune runs the fleet simulator, which is part of the source tree (benchmarks/sim), not "
+            "of the installed package or the image: run it from a checkout of the repository.\n"
+        )
+        return 2
+    result: int = tune.run(ns)
+    return result
 
 
 def standalone_name_from_pod(pod_name: str) -> str:
@@ -419,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from picker.testing.fake_cli import run_fake_server_cli
 
         return run_fake_server_cli(ns)
+    if ns.command == "tune":
+        return _run_tune(ns)
     if ns.command == "demo":
         _configure_logging(1, False)
         from picker.demo import run_demo

@@ -91,6 +91,13 @@ class ScoringPolicy:
         return int(self.scheduler.schedule(m, req, now=now, rng=rng).indices[0])
 
 
+def policy_from_config_text(text: str, name: str) -> ScoringPolicy:
+    """A scoring policy from an EndpointPickerConfig text, through the service's own loader."""
+    from picker.config import load_config_text
+
+    return ScoringPolicy(name, load_config_text(text).build_scheduler())
+
+
 def _scheduler_from_config(path: Path) -> Any:
     """Build a scheduler from an EndpointPickerConfig YAML with the service's own loader."""
     try:

@@ -77,6 +77,13 @@ class Workload:
         """The first ``n`` requests (a contiguous slice keeps the trace's burst structure)."""
         return self._take(slice(0, n))
 
+    def part(self, start: int, stop: int) -> Workload:
+        """Requests ``start`` to ``stop - 1``, arrivals re-based to start at 0."""
+        w = self._take(slice(start, stop))
+        if not len(w):
+            raise ValueError(f"{self.name}: requests {start}..{stop} are empty")
+        return replace(w, arrival_s=w.arrival_s - w.arrival_s[0])
+
     def _take(self, idx: slice) -> Workload:
         return replace(
             self,
