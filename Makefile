@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 UV_COMPILE := /tmp/picker-lock/bin/uv pip compile --python-version 3.11 --python-platform linux \
 	--generate-hashes --no-header --quiet
 
-.PHONY: all demo test check lint typecheck bench bench-quality clean lock
+.PHONY: all demo test check lint typecheck bench bench-quality bench-capacity clean lock
 
 all: test
 
@@ -51,6 +51,9 @@ bench-quality: $(BSTAMP)  ## full routing-quality sweep with plots under benchma
 	for trace in azure-conv mooncake-conv lora; do \
 		$(BIN)/python -m benchmarks.bench_quality --trace $$trace --sweep --plots || exit 1; \
 	done
+
+bench-capacity: $(BSTAMP)  ## capacity at SLO per policy, every workload, seeds 0-2 (the routing yardstick; an hour or more)
+	$(BIN)/python -m benchmarks.sim.capacity_sweep --workers 2
 
 lock:  ## refresh the three locks from one resolve, with hashes for every file on the index (uv resolves)
 	rm -rf /tmp/picker-lock && $(PYTHON) -m venv /tmp/picker-lock

@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from benchmarks.sim.policies import Policy
+from benchmarks.sim.prefix import Picking
 from benchmarks.sim.profiles import ServerProfile
 from benchmarks.sim.server import FIRST_TOKEN, RequestTable, SimServer, Snapshot
 from benchmarks.sim.traces import Workload
@@ -237,9 +238,7 @@ def simulate(
     streaming = streaming_flags(workload, cfg)
     requests = _requests(workload, cfg.profile.model, prompt_estimates(workload, cfg), streaming)
     ledger = _Ledger(view.current(), table, streaming, until_end=cfg.nonstreaming_prefill == "until-end")
-    bind = getattr(policy, "bind", None)
-    if bind is not None:
-        bind(SimContext(workload, tuple(servers), table))
+    picking = Picking(policy, SimContext(workload, tuple(servers), table), requests)
     arrivals = table.arrival
     n_req = table.n
     last_arrival = arrivals[-1] if n_req else 0.0
@@ -277,8 +276,7 @@ def simulate(
                 srv.advance(ta)
         ledger.observe(ta)
         p0 = time.perf_counter()
-        req = requests[k]
-        i = policy.pick(view.current(), req, ta, rng)
+        i, req = picking.pick(view.current(), k, ta, rng)
         picks_s += time.perf_counter() - p0
         ledger.charge(k, i, req)
         servers[i].enqueue(k, ta)
@@ -341,8 +339,9 @@ class _Ledger:
         self._pending = [False] * table.n
 
     def charge(self, r: int, i: int, req: PickRequest) -> None:
-        """Request ``r`` (the next in arrival order) was routed to row ``i``."""
-        charge = LoadCharge.for_request(req)
+        """Request ``r`` (the next in arrival order) was routed to row ``i``; its prefix match, if any, is
+        credited as the service does (pending prefill = the uncached part)."""
+        charge = LoadCharge.for_request(req, i)
         if self._until_end and not req.stream:
             charge = LoadCharge(charge.tokens, charge.tokens)  # the what-if rule (FleetConfig)
         charge.add(self._m, i)

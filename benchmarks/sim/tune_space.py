@@ -22,8 +22,17 @@ import yaml
 REFERENCE_API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 PREFIX_SCORER = "prefix-cache-scorer"
 #: numeric scorer parameters the search moves: type -> parameter -> (low, high, the plugin's default)
+#: (all integers; a low of 0 means "off" is one of the values tried)
 TUNABLE_PARAMETERS: Mapping[str, Mapping[str, tuple[float, float, float]]] = {
     "prefill-queue-scorer": {"minRangeTokens": (1024.0, 65536.0, 16384.0)},
+    "prefix-cache-scorer": {
+        # how many leading tokens the index compares (x blockSizeTokens 16): longer shared prefixes are
+        # told apart, at a hashing cost per request
+        "maxPrefixBlocksToMatch": (64.0, 2048.0, 256.0),
+        # the load guard: prefill tokens assumed per scraped queued request, backlog tolerated for free
+        "queuedRequestTokens": (128.0, 8192.0, 1024.0),
+        "backlogToleranceTokens": (0.0, 65536.0, 0.0),
+    },
 }
 #: scorers whose inputs the simulator produces (the others keep their weights: tuning them here would fit
 #: noise): GPU utilization has no exporter in the simulator, LoRA affinity needs adapters, which the
@@ -217,7 +226,8 @@ def _current(s: Setting, k: Knob, defaults: Mapping[tuple[str, str], float]) -> 
 
 
 def _set(s: Setting, k: Knob, value: float) -> Setting:
-    value = float(_num(value))  # what is evaluated is exactly what gets written
+    # what is evaluated is exactly what gets written: weights to 3 digits, parameters to integers
+    value = float(_num(value)) if k.param is None else float(round(value))
     if k.param is None:
         w = dict(s.weights)
         w[k.plugin] = value
@@ -250,8 +260,11 @@ def random_candidates(
                             start * math.exp(rng.uniform(-math.log(SPREAD), math.log(SPREAD))), 0.0, k.high
                         )
                     )
+            elif k.low <= 0 and rng.random() < 0.25:
+                v = 0.0
             else:
-                v = float(math.exp(rng.uniform(math.log(k.low), math.log(k.high))))
+                low = k.low if k.low > 0 else k.high / 64
+                v = float(math.exp(rng.uniform(math.log(low), math.log(k.high))))
             s = _set(s, k, v)
         if any(w > 0 for _, w in s.weights):
             out.append(s)
@@ -265,8 +278,10 @@ def neighbours(s: Setting, ks: Sequence[Knob], defaults: Mapping[tuple[str, str]
         cur = _current(s, k, defaults)
         if k.param is None:
             values = [cur * 0.5, min(cur * 2.0, k.high), 0.0] if cur > 0 else [1.0, 3.0]
-        else:
+        elif cur > 0:
             values = [max(k.low, cur * 0.5), min(k.high, cur * 2.0)]
+        else:
+            values = [k.high / 16, k.high / 4]
         for v in values:
             if v != cur:
                 t = _set(s, k, v)

@@ -132,3 +132,37 @@ def test_server_bookkeeping_for_the_oracle_returns_to_zero() -> None:
     assert srv.queued == {}
     assert srv.pending_prefill_tokens() == 0
     assert srv.resident_prefix_tokens(1) == int(w.prompt_tokens[1]), "what ran stays cached"
+
+
+# ------------------------------------------------------------------------------------------------ EPP index
+def test_prompts_hash_to_shared_leading_blocks_exactly_where_their_units_agree() -> None:
+    from benchmarks.sim.prefix import prompt_hashes
+    from scoring.prefix import PrefixConfig
+
+    w = prefix_workload(50, rate=1.0, seed=4, groups=2)
+    hashes = prompt_hashes(w, ["m"] * len(w), PrefixConfig())
+    same = [k for k in range(1, len(w)) if w.units[k][:32] == w.units[0][:32]]
+    other = [k for k in range(1, len(w)) if w.units[k][:32] != w.units[0][:32]]
+    assert same
+    assert other
+    shared_blocks = 32 * 64 * 4 // 64  # 32 units of 64 tokens, 4 characters a token, 64-character blocks
+    for k in same:
+        assert hashes[k][:shared_blocks] == hashes[0][:shared_blocks]
+        assert hashes[k][shared_blocks] != hashes[0][shared_blocks]
+    for k in other:
+        assert hashes[k][0] != hashes[0][0]
+    assert prompt_hashes(w, ["other-model"] * len(w), PrefixConfig())[0][0] != hashes[0][0], "seeded by model"
+
+
+def test_a_profile_with_the_prefix_scorer_routes_on_the_real_index() -> None:
+    from benchmarks.sim.policies import make_policy
+    from benchmarks.sim.prefix import prefix_config_of
+
+    assert prefix_config_of(make_policy("default")) is None
+    ref = make_policy("reference-default")  # queue 2, KV 2, prefix 3
+    assert prefix_config_of(ref) is not None
+    w = prefix_workload(600, rate=20.0, seed=2, groups=40)
+    cfg = FleetConfig(LLAMA3_8B_H100.with_overrides(num_blocks=2000), n_servers=4)
+    with_prefix = summarize(simulate(w, ref, cfg))
+    rr = summarize(simulate(w, RoundRobin(), cfg))
+    assert with_prefix["prefix_hit_rate"] > rr["prefix_hit_rate"] + 0.2
