@@ -28,11 +28,14 @@ if TYPE_CHECKING:
 BASELINES = ("round-robin", "random", "least-in-flight")
 PEERS = ("sglang-cache-aware",)
 SCORING = ("reference-default", "default")
+#: our default profile plus ``prefix-cache-scorer`` at weight 3 (``configs/default-prefix.yaml``): what
+#: ``make demo`` and ``bench_live``'s ``epp-prefix`` serve
+PREFIX_PROFILES = ("default-prefix",)
 ORACLE = ("oracle",)
 ALL_POLICIES = BASELINES + SCORING
 #: the capacity-at-SLO comparison (issue 13 §3), in report order
-CAPACITY_POLICIES = ("round-robin", "least-in-flight", *PEERS, *SCORING, *ORACLE)
-KNOWN_POLICIES = BASELINES + PEERS + SCORING + ORACLE
+CAPACITY_POLICIES = ("round-robin", "least-in-flight", *PEERS, *SCORING, *PREFIX_PROFILES, *ORACLE)
+KNOWN_POLICIES = BASELINES + PEERS + SCORING + PREFIX_PROFILES + ORACLE
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -112,7 +115,8 @@ def make_policy(name: str, *, lora: bool = False, seed: int = 0, slo: Slo | None
 
     ``reference-default`` is the reference EPP's default profile (queue 2, kv-cache 2, prefix 3); on LoRA
     traffic it adds ``lora-affinity-scorer`` with weight 1 (the reference's LoRA guide does the same),
-    loaded from ``configs/reference-default-lora.yaml``. ``default`` is our default profile.
+    loaded from ``configs/reference-default-lora.yaml``. ``default`` is our default profile,
+    ``default-prefix`` the same plus ``prefix-cache-scorer`` at weight 3 (``configs/default-prefix.yaml``).
     ``sglang-cache-aware`` is SGLang router's ``cache_aware`` with its defaults (``seed`` fixes the order
     in which its tree lists workers), ``oracle`` the true-state ceiling (it aims at ``slo``).
     """
@@ -140,6 +144,8 @@ def make_policy(name: str, *, lora: bool = False, seed: int = 0, slo: Slo | None
                 return ScoringPolicy(name, _scheduler_from_config(CONFIG_DIR / "reference-default-lora.yaml"))
             return ScoringPolicy(name, scoring.reference_default_scheduler())
         return ScoringPolicy(name, scoring.default_scheduler())
+    if name in PREFIX_PROFILES:
+        return ScoringPolicy(name, _scheduler_from_config(CONFIG_DIR / f"{name}.yaml"))
     path = Path(name)
     if path.suffix in {".yaml", ".yml"} and path.exists():
         return ScoringPolicy(path.stem, _scheduler_from_config(path))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_quality
+from benchmarks.sim import capacity_sweep
 from benchmarks.sim.capacity import Evaluation, compare, find_capacity
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, summarize
-from benchmarks.sim.policies import make_policy
+from benchmarks.sim.policies import ScoringPolicy, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.traces import Workload
 
@@ -166,3 +167,41 @@ def test_bench_quality_capacity_prints_the_documented_document(
     assert (out / "capacity-t.json").exists()
     assert (out / "capacity-t.md").read_text().count("| oracle |") == 1
     assert (out / "capacity-t.png").stat().st_size > 1000
+
+
+def test_default_prefix_is_our_default_profile_plus_the_prefix_scorer() -> None:
+    def weights(name: str) -> dict[str, float]:
+        policy = make_policy(name)
+        assert isinstance(policy, ScoringPolicy)
+        return {w.scorer.name: w.weight for w in policy.scheduler.scorers}
+
+    ours, prefixed = weights("default"), weights("default-prefix")
+    assert prefixed.pop("prefix-cache-scorer") == 3.0
+    assert prefixed == ours
+
+
+def test_sweep_targets_are_evaluated_for_each_of_our_profiles_that_ran() -> None:
+    def run(caps: dict[str, float]) -> dict[str, object]:
+        return {"capacity": {p: {"capacity_rps": c, "prefix_hit_rate": 0.5} for p, c in caps.items()}}
+
+    both = {"round-robin": 10.0, "reference-default": 20.0, "default": 11.0, "default-prefix": 24.0}
+    results = {
+        "azure-conv": {0: run(both)},
+        "mooncake-conv": {0: run({"round-robin": 10.0, "default": 16.5})},
+    }
+    rows = capacity_sweep.targets(results)
+    got = {(r["policy"], r["workload"], r["target"]): (round(r["measured"], 3), r["met"]) for r in rows}
+    assert got[("default", "azure-conv", "capacity vs round-robin")] == (1.1, True)
+    assert got[("default-prefix", "azure-conv", "capacity vs round-robin")] == (2.4, True)
+    assert got[("default", "azure-conv", "capacity vs the reference profile")] == (0.55, False)
+    assert got[("default", "mooncake-conv", "capacity vs round-robin")] == (1.65, True)
+    # default-prefix did not run on mooncake-conv: no capacity there, so not met
+    row = next(r for r in rows if r["policy"] == "default-prefix" and r["workload"] == "mooncake-conv")
+    assert row["seeds"] == 0
+    assert not row["met"]
+    table = capacity_sweep.targets_table(rows)
+    lines = {
+        line.split(" | ", 1)[1] for line in table.splitlines()[2:] if line.startswith("| default-prefix")
+    }
+    assert "azure-conv | capacity vs the reference profile | 1.20x [1.20-1.20] | ≥ 1.0x | met |" in lines
+    assert "mooncake-conv | capacity vs round-robin | n/a (no capacity) | ≥ 1.6x | **not met** |" in lines
