@@ -512,7 +512,7 @@ class Service:
             ),
             marker=self.datastore,
             history_for=lambda cfg: None if cfg.forecast is None else PrometheusHistory(cfg.forecast),
-            observer=ScalerMetrics(self.telemetry.registry),
+            observer=ScalerMetrics(self.telemetry.registry, held=self.held_requests),
             is_leader=lambda: kube.is_leader,
         )
 

@@ -7,6 +7,8 @@ the section removed or on a standby they keep their last values, except ``picker
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from picker.scaler.decision import Decision
@@ -16,7 +18,10 @@ DRAIN_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class ScalerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, held: Callable[[], int] | None = None) -> None:
+        """``held``: the live count of requests held for a first replica; read at every scrape (a hold
+        often ends before the next tick), else the count of the last tick."""
+
         def gauge(name: str, text: str) -> Gauge:
             return Gauge(name, text, registry=registry)
 
@@ -35,6 +40,9 @@ class ScalerMetrics:
             "picker_scaler_saturated", "1 while the saturation detector says the pool is full."
         )
         self.held = gauge("picker_scaler_held_requests", "Requests held waiting for a first replica.")
+        self._live_held = held is not None
+        if held is not None:
+            self.held.set_function(held)
         self.hpa = gauge("picker_scaler_hpa", "1 when an HPA targets the workload (its bounds are moved).")
         self.gpu_hours_saved = Counter(
             "picker_scaler_gpu_hours_saved",
@@ -87,7 +95,8 @@ class ScalerMetrics:
         self.forecast.set(float("nan") if forecast_rps is None else forecast_rps)
         self.capacity.set(capacity_rps)
         self.saturated.set(1 if saturated else 0)
-        self.held.set(held)
+        if not self._live_held:
+            self.held.set(held)
         if gpu_hours_saved > 0:
             self.gpu_hours_saved.inc(gpu_hours_saved)
 

@@ -259,7 +259,16 @@ async def test_a_request_to_an_empty_pool_is_held_while_one_replica_comes_up_the
         # Envoy as configured by default (max_message_timeout 0): the override is ignored
         strict = MiniGateway(epp.client, timeout_s=120, message_timeout_s=0.5)
         held = asyncio.create_task(patient.send("/v1/completions", completion(prompt="first", max_tokens=4)))
-        refused = await strict.send("/v1/completions", completion(prompt="second", max_tokens=4))
+        second = asyncio.create_task(
+            strict.send("/v1/completions", completion(prompt="second", max_tokens=4))
+        )
+
+        # operators see it held (the gauge is read live, not at the scaler's tick); the replica takes 2 s
+        async def held_now() -> bool:
+            return await epp.admin.metric("picker_scaler_held_requests") >= 1
+
+        await eventually(held_now, within=30, what="picker_scaler_held_requests >= 1 while held")
+        refused = await second
         assert refused.status == 504, refused  # the proxy's own timer: the hold needs max_message_timeout
         assert refused.local_reply
 

@@ -352,3 +352,45 @@ async def test_a_held_request_scales_from_zero_at_the_very_first_tick() -> None:
     assert d is not None
     assert (d.action, d.reason, d.desired) == (Action.SCALE_UP, "scale-from-zero", 1)
     assert rig.actuator.calls == [("scale", 1)]
+
+
+def test_the_held_requests_gauge_is_read_live_when_a_source_is_given() -> None:
+    held = [0]
+    registry = CollectorRegistry()
+    metrics = ScalerMetrics(registry, held=lambda: held[0])
+    held[0] = 3  # no tick since: the scrape still sees it
+    assert registry.get_sample_value("picker_scaler_held_requests") == 3
+    metrics.tick(
+        current=0,
+        desired=1,
+        ready=0,
+        max_replicas=2,
+        demand_rps=0.0,
+        forecast_rps=None,
+        capacity_rps=10.0,
+        saturated=False,
+        held=7,  # the tick's sample does not override the live count
+        dry_run=False,
+        hpa=False,
+        gpu_hours_saved=0.0,
+    )
+    held[0] = 0
+    assert registry.get_sample_value("picker_scaler_held_requests") == 0
+    # without a source, the last tick's count
+    fallback = CollectorRegistry()
+    tick_only = ScalerMetrics(fallback)
+    tick_only.tick(
+        current=0,
+        desired=1,
+        ready=0,
+        max_replicas=2,
+        demand_rps=0.0,
+        forecast_rps=None,
+        capacity_rps=10.0,
+        saturated=False,
+        held=7,
+        dry_run=False,
+        hpa=False,
+        gpu_hours_saved=0.0,
+    )
+    assert fallback.get_sample_value("picker_scaler_held_requests") == 7
