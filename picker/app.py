@@ -26,6 +26,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from picker.admin import build_admin_app
+from picker.admin.auth import MetricsAuth
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
@@ -326,6 +327,9 @@ class Service:
             self.file_watcher.prime(config_text)
         self.config_store.add_listener(self.telemetry.config_reloaded)
         self.config_store.add_listener(self._config_changed)
+        #: ``--metrics-endpoint-auth``: TokenReview + SubjectAccessReview through the API client that
+        #: :meth:`start` loads (the reviewer asks for it per review, so nothing is read here)
+        self.metrics_auth = MetricsAuth(self._reviewer()) if settings.metrics_auth else None
         admin = build_admin_app(
             registry=self.telemetry.registry,
             datastore=self.datastore,
@@ -338,6 +342,7 @@ class Service:
             scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
             max_body_bytes=settings.admin_max_body_bytes,
             prefix=self.prefix,
+            metrics_auth=self.metrics_auth,
         )
         self._admin_sock: socket.socket | None = None
         self.admin_server = _QuietServer(
@@ -516,6 +521,35 @@ class Service:
             is_leader=lambda: kube.is_leader,
         )
 
+    def _reviewer(self) -> Any:
+        from picker.kube.review import AccessReviewer
+
+        def api() -> Any:
+            if self._api_client is None:  # start() loads it before the admin port listens
+                raise RuntimeError("the Kubernetes API client is not loaded")
+            return self._api_client
+
+        return AccessReviewer(api)
+
+    def _log_metrics_auth(self, port: int) -> None:
+        s = self.settings
+        if s.metrics_auth:
+            log.info(
+                "metrics endpoint auth on: /metrics on :%d answers bearer tokens whose user may "
+                "`get /metrics` (TokenReview + SubjectAccessReview)",
+                port,
+            )
+        elif s.metrics_endpoint_auth is None:
+            log.warning(
+                "metrics endpoint auth off: --static-endpoints has no Kubernetes API to review tokens, so "
+                "/metrics on :%d is open (--metrics-endpoint-auth=true with --kubeconfig turns it on)",
+                port,
+            )
+        else:
+            log.info(
+                "metrics endpoint auth off (--metrics-endpoint-auth=false): /metrics on :%d is open", port
+            )
+
     # --------------------------------------------------------------------------------------- run
     def stop(self) -> None:
         """Ask :meth:`run` to shut down (thread-unsafe: call on the loop, e.g. from a signal handler)."""
@@ -555,6 +589,10 @@ class Service:
                 raise StartupError(f"--kubeconfig: {exc.message}") from exc
             self._scaler = self._build_scaler(self._kube)
         self._check_scaling(self.config_store.active.config)
+        if self.metrics_auth is not None and self._api_client is None:
+            from picker.kube.client import load_api_client
+
+            self._api_client = load_api_client(s.kubeconfig or None)
         if self.extproc is not None:
             await _bind("--grpc-port", s.host, s.grpc_port, self.extproc.start())
         await _bind("--grpc-health-port", s.host, s.grpc_health_port, self.health_server.start())
@@ -588,6 +626,7 @@ class Service:
             self.settings.effective_pool_name,
             len(self.datastore),
         )
+        self._log_metrics_auth(ports.metrics)
         tasks: dict[str, Coroutine[Any, Any, None]] = {
             "scraper": self.scraper.run(),
             "admin": self._serve_admin(),

@@ -52,7 +52,6 @@ IGNORED_VALUE_FLAGS = (
 )
 IGNORED_BOOL_FLAGS = (
     "--model-server-metrics-https-insecure-skip-verify",
-    "--metrics-endpoint-auth",
     "--enable-pprof",
     "--tracing",
     "--zap-devel",
@@ -201,6 +200,22 @@ def _limit_flags(g: argparse._ArgumentGroup) -> None:
     )
 
 
+def _security_flags(g: argparse._ArgumentGroup) -> None:
+    _bool_flag(g, "--secure-serving", True, "TLS on the ext_proc port (self-signed unless --cert-path)")
+    g.add_argument("--cert-path", default="", help="directory with tls.crt and tls.key")
+    _bool_flag(g, "--enable-cert-reload", False, "re-read --cert-path files when they change (rotation)")
+    g.add_argument(
+        "--metrics-endpoint-auth",
+        nargs="?",
+        const=True,
+        default=None,
+        type=parse_bool,
+        metavar="BOOL",
+        help="/metrics needs a bearer token passing TokenReview + SubjectAccessReview (default true; "
+        "off with --static-endpoints unless set)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="picker", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -253,10 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("configuration")
     g.add_argument("--config-file", default="", help="EndpointPickerConfig YAML (watched, hot-reloaded)")
     g.add_argument("--config-text", default="", help="EndpointPickerConfig YAML inline")
-    g = s.add_argument_group("security")
-    _bool_flag(g, "--secure-serving", True, "TLS on the ext_proc port (self-signed unless --cert-path)")
-    g.add_argument("--cert-path", default="", help="directory with tls.crt and tls.key")
-    _bool_flag(g, "--enable-cert-reload", False, "re-read --cert-path files when they change (rotation)")
+    _security_flags(s.add_argument_group("security"))
     g = s.add_argument_group("process")
     g.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (SO_REUSEPORT)")
     g.add_argument("-v", "--v", dest="verbosity", type=int, default=2, help="log level: 2 info, 4 debug")
@@ -407,6 +419,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "secure_serving",
             "cert_path",
             "enable_cert_reload",
+            "metrics_endpoint_auth",
             "workers",
             "verbosity",
             "log_json",

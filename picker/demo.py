@@ -498,6 +498,8 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 "--static-endpoints",
                 static,
                 "--secure-serving=false",
+                # a local fleet without an API server: /metrics is read without a token
+                "--metrics-endpoint-auth=false",
                 "--host",
                 "127.0.0.1",
                 "--grpc-port",

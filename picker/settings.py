@@ -100,6 +100,13 @@ class Settings(BaseModel):
     #: re-read tls.crt / tls.key when they change (a rotated Secret), checked at each new connection;
     #: needs ``cert_path`` (the CLI warns otherwise)
     enable_cert_reload: bool = False
+    #: ``--metrics-endpoint-auth``: ``/metrics`` answers only bearer tokens the API server authenticates
+    #: (TokenReview) whose user RBAC allows ``get`` on the non-resource URL ``/metrics``
+    #: (SubjectAccessReview), as the reference does by default. None (flag not given) means on when the EPP
+    #: talks to Kubernetes (``--pool-name`` or ``--endpoint-selector``) and off with ``--static-endpoints``,
+    #: which has no API server to ask (said once in the log at start); ``True`` with static endpoints uses
+    #: ``--kubeconfig`` (or the in-cluster account) for the reviews only. See :attr:`metrics_auth`.
+    metrics_endpoint_auth: bool | None = None
 
     # ------------------------------------------------------------------------------- signals
     #: Prometheus base URL for the optional DCGM GPU-utilization signal
@@ -146,6 +153,18 @@ class Settings(BaseModel):
     def standalone(self) -> bool:
         """No InferencePool CRD: static endpoints or a plain pod selector."""
         return bool(self.static_endpoints or self.endpoint_selector)
+
+    @property
+    def kubernetes_mode(self) -> bool:
+        """Endpoints come from the API server (an InferencePool or a pod selector)."""
+        return not self.static_endpoints and bool(self.pool_name or self.endpoint_selector)
+
+    @property
+    def metrics_auth(self) -> bool:
+        """Whether ``/metrics`` is guarded (see :attr:`metrics_endpoint_auth`)."""
+        if self.metrics_endpoint_auth is None:
+            return self.kubernetes_mode
+        return self.metrics_endpoint_auth
 
     @property
     def effective_pool_name(self) -> str:

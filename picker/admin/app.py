@@ -16,10 +16,12 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
+from picker.admin.auth import MetricsAuth
 from picker.admin.limits import DEFAULT_ADMIN_MAX_BODY_BYTES, BodyCap
 from picker.errors import PickerError
 from picker.routing.types import Router, RoutingDecision, RoutingRequest
@@ -78,17 +80,27 @@ def build_admin_app(
     scaler: Callable[[], dict[str, Any] | None] | None = None,
     max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES,
     prefix: PrefixCacheState | None = None,
+    metrics_auth: MetricsAuth | None = None,
 ) -> FastAPI:
-    """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`)."""
+    """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`);
+    ``metrics_auth`` guards ``/metrics`` (``--metrics-endpoint-auth``), ``None`` serves it openly."""
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(BodyCap, limit=max_body_bytes)
 
     @app.api_route("/metrics", methods=["GET", "HEAD"])
-    def metrics(request: Request) -> Response:
-        """HEAD answers like GET without rendering the exposition (probes and load balancers use it)."""
+    async def metrics(request: Request) -> Response:
+        """HEAD answers like GET without rendering the exposition (probes and load balancers use it).
+        Rendering runs on a worker thread, as it did when this was a sync route: it takes milliseconds
+        for a large pool, which the event loop (and the ext_proc streams on it) must not wait for."""
+        if metrics_auth is not None:
+            outcome = await metrics_auth.check(request.headers.get("authorization"))
+            if not outcome.ok:
+                headers = {"WWW-Authenticate": "Bearer"} if outcome.status == 401 else None
+                return PlainTextResponse(outcome.message + "\n", status_code=outcome.status, headers=headers)
         if request.method == "HEAD":
             return Response(media_type=CONTENT_TYPE_LATEST)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        page = await run_in_threadpool(generate_latest, registry)
+        return Response(page, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> Mapping[str, str]:

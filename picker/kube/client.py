@@ -34,7 +34,13 @@ DEFAULT_REQUEST_TIMEOUT = (5.0, 30.0)
 #: attribute access, and ``CoreV1Api`` alone takes about half a second (seconds on a busy node) to
 #: import. Left lazy, that import would happen on the event loop when the first pod watch starts, e.g.
 #: on a leader takeover, stalling health checks and ext_proc streams for that long.
-API_CLASSES = (k8s_client.CoreV1Api, k8s_client.CustomObjectsApi, k8s_client.CoordinationV1Api)
+API_CLASSES = (
+    k8s_client.CoreV1Api,
+    k8s_client.CustomObjectsApi,
+    k8s_client.CoordinationV1Api,
+    k8s_client.AuthenticationV1Api,
+    k8s_client.AuthorizationV1Api,
+)
 
 JsonObj = dict[str, Any]
 

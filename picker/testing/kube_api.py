@@ -21,7 +21,10 @@ What this emulator implements, as the real API server does:
 * get, create (409 ``AlreadyExists``), update with optimistic concurrency (409 ``Conflict`` on a stale
   ``metadata.resourceVersion``), JSON merge patch, delete (objects with finalizers get a
   ``deletionTimestamp`` instead);
-* Status error bodies with ``code``/``reason``, and ``Retry-After`` on injected 429/5xx.
+* Status error bodies with ``code``/``reason``, and ``Retry-After`` on injected 429/5xx;
+* ``create`` of ``tokenreviews`` and ``subjectaccessreviews`` answered from :attr:`KubeApiEmulator.access`
+  (tokens → users, RBAC-like grants on non-resource URLs: :mod:`picker.testing.kube_auth`); nothing is
+  stored, as on the real server.
 
 Fault injection for tests: :meth:`KubeApiEmulator.fail` (next N requests of a verb answer an error),
 :meth:`compact` (history dropped → resuming watches get 410), :meth:`expire_watches` (every open watch
@@ -29,9 +32,9 @@ gets 410 now), :meth:`freeze_watches` (open streams go silent without closing, l
 connection), :meth:`stop`/:meth:`start` (API-server restart on the same port; the stored objects persist,
 as they do in etcd).
 
-Deliberate simplifications: no authentication, no admission/defaulting/validation beyond what is listed,
-a client-provided ``metadata.creationTimestamp`` is kept (tests use it to order objects), pagination
-(``limit``/``continue``) is ignored, and there is a single version per resource.
+Deliberate simplifications: callers are not authenticated, no admission/defaulting/validation beyond what
+is listed, a client-provided ``metadata.creationTimestamp`` is kept (tests use it to order objects),
+pagination (``limit``/``continue``) is ignored, and there is a single version per resource.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import Any
 
 from aiohttp import web
 
+from picker.testing.kube_auth import ACCESS_REVIEW_PATH, TOKEN_REVIEW_PATH, AccessPolicy
 from picker.testing.web import start_app
 
 JsonObj = dict[str, Any]
@@ -305,6 +309,8 @@ class KubeApiEmulator:
         self._faults: list[_Fault] = []
         self._runner: web.AppRunner | None = None
         self.requests: list[RecordedRequest] = []
+        #: the authenticator and authorizer behind TokenReview and SubjectAccessReview
+        self.access = AccessPolicy()
         #: called after every stored change as ``(resource, type, object, old)`` (controllers hook in here)
         self.listeners: list[Callable[[ResourceType, str, JsonObj, JsonObj | None], None]] = []
 
@@ -589,8 +595,29 @@ class KubeApiEmulator:
                 reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
                 raise _StatusError(f.status, reasons.get(f.status, "InternalError"), f.message, f.retry_after)
 
+    async def _serve_review(self, request: web.Request, plural: str) -> web.StreamResponse:
+        """``create`` of a TokenReview or SubjectAccessReview: answered, never stored."""
+        self.requests.append(RecordedRequest(request.method, request.path, "create", plural, None, None, {}))
+        if request.method != "POST":
+            raise _StatusError(405, "MethodNotAllowed", f"{request.method} is not supported on {plural}")
+        self._raise_fault("create", plural)
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as exc:
+            raise _StatusError(400, "BadRequest", f"invalid JSON body: {exc}") from exc
+        if not isinstance(body, dict):
+            raise _StatusError(400, "BadRequest", "body must be a JSON object")
+        review = (
+            self.access.token_review(body)
+            if plural == "tokenreviews"
+            else self.access.subject_access_review(body)
+        )
+        return web.json_response(review, status=201)
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
+            if request.path in {TOKEN_REVIEW_PATH, ACCESS_REVIEW_PATH}:
+                return await self._serve_review(request, request.path.rsplit("/", 1)[1])
             r, ns, name, sub = self._parse_path(request.path)
             query = dict(request.query)
             verb = self._verb(request.method, name, query)

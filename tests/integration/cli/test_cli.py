@@ -97,6 +97,7 @@ async def test_reference_flags_with_their_defaults_are_accepted(spawn: Spawn) ->
         "--model-server-metrics-port=0",
         "--config-file=",
         "--config-text=",
+        "--metrics-endpoint-auth=false",
         "-v=2",
     ]
     ignored = {
@@ -104,7 +105,6 @@ async def test_reference_flags_with_their_defaults_are_accepted(spawn: Spawn) ->
         "--model-server-metrics-scheme": "http",
         "--model-server-metrics-path": "/metrics",
         "--model-server-metrics-https-insecure-skip-verify": "true",
-        "--metrics-endpoint-auth": "true",
         "--enable-pprof": "true",
         "--tracing": "true",
         "--zap-encoder": "json",

@@ -171,8 +171,16 @@ async def fake_pods() -> AsyncIterator[FakePods]:
 
 
 # ------------------------------------------------------------------------------------------ cluster
+#: the bearer token the tests scrape /metrics with (--metrics-endpoint-auth is on in Kubernetes mode), and
+#: the user it authenticates as: a Prometheus ServiceAccount bound to a ClusterRole allowing get /metrics
+SCRAPER_TOKEN = "prometheus-sa-token"
+SCRAPER_USER = "system:serviceaccount:monitoring:prometheus"
+
+
 @pytest.fixture
 def kubeconfig(emulator: KubeApiEmulator, tmp_path: Path) -> Path:
+    emulator.access.add_token(SCRAPER_TOKEN, SCRAPER_USER, groups=["system:serviceaccounts"])
+    emulator.access.grant(users=[SCRAPER_USER], paths=["/metrics"], verbs=["get"])
     return emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
 
 
@@ -190,16 +198,18 @@ async def health_check(port: int, service: str = "") -> int:
 
 
 class Admin:
-    """The EPP's HTTP admin port: ``/readyz``, ``/metrics``, ``/config``, ``/debug/endpoints``."""
+    """The EPP's HTTP admin port: ``/readyz``, ``/metrics``, ``/config``, ``/debug/endpoints``. Requests
+    carry the scraper's bearer token, as Prometheus' do."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str = SCRAPER_TOKEN) -> None:
         self.base = f"http://127.0.0.1:{port}"
+        self._headers = {"Authorization": f"Bearer {token}"}
         self._session: aiohttp.ClientSession | None = None
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        async with self._session.get(self.base + path) as resp:
+        async with self._session.get(self.base + path, headers=self._headers) as resp:
             return resp.status, await resp.read()
 
     async def readyz(self) -> int:

@@ -479,6 +479,8 @@ def test_upstream_value_keys_are_accepted(chart: Any) -> None:
         "inferenceExtension.resources",
         "inferenceExtension.monitoring.interval",
         "inferenceExtension.monitoring.prometheus.enabled",
+        "inferenceExtension.monitoring.prometheus.auth.enabled",
+        "inferenceExtension.monitoring.prometheus.auth.secretName",
         "inferenceExtension.monitoring.gke.enabled",
         "inferenceExtension.tracing.enabled",
         "inferenceExtension.tracing.otelExporterEndpoint",
@@ -502,3 +504,37 @@ def test_upstream_value_keys_are_accepted(chart: Any) -> None:
             assert isinstance(node, dict), f"values.yaml: {path} is not under a mapping"
             assert part in node, f"values.yaml lacks {path}"
             node = node[part]
+
+
+def test_metrics_auth_rbac_and_scrape_credentials(
+    render: Callable[..., list[Doc]], crd_validator: Any
+) -> None:
+    """On by default as upstream: the EPP may create both reviews (cluster-scoped), a reader ClusterRole
+    allows get /metrics, and the ServiceMonitor scrapes with the reader account's token Secret."""
+    docs = render({"inferenceExtension": {"monitoring": {"prometheus": {"enabled": True}}}})
+    _validate_all(docs, crd_validator)
+    assert _flags(_container(docs))["--metrics-endpoint-auth"] == "true"
+    reviews = _one(docs, "ClusterRole", "inference-llama-epp-metrics-auth")
+    assert reviews["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    ]
+    (subject,) = _one(docs, "ClusterRoleBinding", "inference-llama-epp-metrics-auth")["subjects"]
+    assert (subject["name"], subject["namespace"]) == ("llama-epp", "inference")
+    reader = _one(docs, "ClusterRole", "inference-llama-epp-metrics-reader")
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    secret = _one(docs, "Secret")
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    binding = _one(docs, "ClusterRoleBinding", "inference-llama-epp-metrics-reader")
+    assert binding["subjects"][0]["name"] == account
+    (endpoint,) = _one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"]["credentials"] == {"name": secret["metadata"]["name"], "key": "token"}
+
+    off = render(
+        {"inferenceExtension": {"monitoring": {"prometheus": {"enabled": True, "auth": {"enabled": False}}}}}
+    )
+    assert _flags(_container(off))["--metrics-endpoint-auth"] == "false"
+    assert not [d for d in off if d["kind"].startswith("Cluster") or d["kind"] == "Secret"]
+    (endpoint,) = _one(off, "ServiceMonitor")["spec"]["endpoints"]
+    assert "authorization" not in endpoint

@@ -49,6 +49,13 @@ EXPECTED_BUILDS: dict[str, dict[tuple[str, str], int]] = {
         ("Role", "picker-scaler"): 1,
         ("RoleBinding", "picker-scaler"): 1,
     },
+    "examples/metrics-auth": {
+        **STACK,
+        ("ClusterRole", "picker-metrics-auth"): 1,
+        ("ClusterRoleBinding", "picker-metrics-auth"): 1,
+        ("ClusterRole", "picker-metrics-reader"): 1,
+        ("ClusterRoleBinding", "picker-metrics-reader"): 1,
+    },
     "observability": {
         ("ServiceMonitor", "picker"): 1,
         ("PrometheusRule", "picker"): 1,
@@ -89,10 +96,34 @@ def test_the_leader_election_component_is_used_by_the_ha_example_only(
     component = (MANIFESTS / "components/leader-election/kustomization.yaml").resolve()
     users = {name for name, b in builds.items() if component in referenced_files(b.root)}
     assert users == {"examples/ha"}
-    epp = ("base", "examples", "examples/stack", "examples/ha")
+    epp = ("base", "examples", "examples/stack", "examples/ha", "examples/metrics-auth")
     replicas = {name: builds[name].get("Deployment", "picker")["spec"].get("replicas", 1) for name in epp}
     assert replicas["examples/ha"] > 1
     assert replicas["examples"] == replicas["examples/stack"] == replicas["base"] == 1
+    assert replicas["examples/metrics-auth"] == 1
+
+
+def test_metrics_auth_component_turns_the_flag_on_and_grants_the_reviews(builds: dict[str, Any]) -> None:
+    """Only the metrics-auth build has cluster-scoped RBAC: create on both review resources for the EPP's
+    ServiceAccount, and get on /metrics for the scraper; its EPP runs --metrics-endpoint-auth=true."""
+    flag = "--metrics-endpoint-auth"
+    for name in ("base", "examples", "examples/ha"):
+        args = builds[name].get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"{flag}=false" in args
+        assert f"{flag}=true" not in args
+    b = builds["examples/metrics-auth"]
+    args = b.get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith(flag)] == [f"{flag}=true"]
+    assert b.get("ClusterRole", "picker-metrics-auth")["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    ]
+    (subject,) = b.get("ClusterRoleBinding", "picker-metrics-auth")["subjects"]
+    account = b.get("ServiceAccount", "picker")
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", account["metadata"]["name"])
+    assert b.get("ClusterRole", "picker-metrics-reader")["rules"] == [
+        {"nonResourceURLs": ["/metrics"], "verbs": ["get"]}
+    ]
 
 
 def test_overlays_are_not_nested_inside_their_bases() -> None:

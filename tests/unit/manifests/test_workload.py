@@ -13,7 +13,7 @@ from picker.cli import build_parser, settings_from_args
 
 Doc = dict[str, Any]
 
-EPP_BUILDS = ("base", "examples", "examples/ha")
+EPP_BUILDS = ("base", "examples", "examples/ha", "examples/metrics-auth")
 
 #: Flags `picker serve` accepts: the reference EPP's (gie-epp.md section 3.11) plus picker's own.
 #: Kept here until the test can ask the CLI; test_args_parse_with_the_cli cross-checks with picker.cli.

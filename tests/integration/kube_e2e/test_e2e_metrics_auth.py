@@ -1,0 +1,108 @@
+"""``--metrics-endpoint-auth`` end to end: the EPP's real HTTP server asks the API-server emulator
+(TokenReview, then SubjectAccessReview through the official client) before serving ``/metrics``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+
+from picker.testing.kube_api import KubeApiEmulator
+from tests.integration.kube_e2e.conftest import SCRAPER_TOKEN, SCRAPER_USER, StartEpp
+
+pytestmark = pytest.mark.integration
+
+
+async def _get(port: int, path: str = "/metrics", token: str | None = None, method: str = "GET") -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.request(method, f"http://127.0.0.1:{port}{path}", headers=headers) as resp,
+    ):
+        return resp.status, await resp.text(), dict(resp.headers)
+
+
+async def test_metrics_answers_only_allowed_tokens(start_epp: StartEpp, emulator: KubeApiEmulator) -> None:
+    emulator.access.add_token("bob-token", "bob")
+    epp = await start_epp()
+    port = epp.ports.metrics
+
+    status, body, headers = await _get(port)
+    assert (status, body.strip(), headers.get("WWW-Authenticate")) == (401, "Unauthorized", "Bearer")
+    assert emulator.count("create", "tokenreviews") == 0  # no token, no review
+    status, body, _ = await _get(port, token="not-a-token")
+    assert (status, body.strip()) == (401, "Unauthorized")
+    status, body, _ = await _get(port, token="bob-token")
+    assert (status, body.strip()) == (403, "Authorization denied for user bob")
+    status, body, headers = await _get(port, token=SCRAPER_TOKEN)
+    assert status == 200
+    assert "inference_pool_ready_pods" in body, body[:300]
+    assert headers["Content-Type"].startswith("text/plain")
+    assert (await _get(port, token="bob-token", method="HEAD"))[0] == 403
+    assert (await _get(port, token=SCRAPER_TOKEN, method="HEAD"))[0] == 200
+    # probes and the kubelet never carry tokens: health stays open
+    assert (await _get(port, "/healthz"))[0] == 200
+    assert (await _get(port, "/readyz"))[0] in {200, 503}
+
+    # What the EPP asked: the token as sent, then a non-resource review for the user the server named.
+    reviews = [r for r in emulator.requests if r.plural in {"tokenreviews", "subjectaccessreviews"}]
+    assert [r.plural for r in reviews] == [
+        "tokenreviews",  # not-a-token: unauthenticated, so no access review
+        "tokenreviews",  # bob
+        "subjectaccessreviews",
+        "tokenreviews",  # the scraper
+        "subjectaccessreviews",
+    ]  # and the two HEAD requests were answered from the cache
+
+
+async def test_reviews_are_cached_per_token(start_epp: StartEpp, emulator: KubeApiEmulator) -> None:
+    epp = await start_epp()
+    for _ in range(10):
+        assert (await _get(epp.ports.metrics, token=SCRAPER_TOKEN))[0] == 200
+    assert emulator.count("create", "tokenreviews") == 1
+    assert emulator.count("create", "subjectaccessreviews") == 1
+    assert epp.service.metrics_auth is not None
+    assert len(epp.service.metrics_auth) == 1
+
+
+async def test_failed_reviews_answer_errors_and_are_retried(
+    start_epp: StartEpp, emulator: KubeApiEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    epp = await start_epp()
+    port = epp.ports.metrics
+    # The EPP's ServiceAccount lacks `create tokenreviews` (the metrics-auth component not applied).
+    emulator.fail("create", plural="tokenreviews", status=403, message="tokenreviews is forbidden")
+    status, body, _ = await _get(port, token=SCRAPER_TOKEN)
+    assert (status, body.strip()) == (401, "Authentication failed")
+    emulator.fail("create", plural="subjectaccessreviews", status=403, message="forbidden")
+    status, body, _ = await _get(port, token=SCRAPER_TOKEN)
+    assert (status, body.strip()) == (500, f"Authorization for user {SCRAPER_USER} failed")
+    assert (await _get(port, token=SCRAPER_TOKEN))[0] == 200  # fixed: nothing stale was cached
+    assert "TokenReview failed: 403" in caplog.text
+    assert SCRAPER_TOKEN not in caplog.text
+
+
+async def test_auth_can_be_turned_off(start_epp: StartEpp, emulator: KubeApiEmulator) -> None:
+    epp = await start_epp(metrics_endpoint_auth=False)
+    status, body, _ = await _get(epp.ports.metrics)
+    assert status == 200
+    assert "inference_pool_ready_pods" in body
+    assert emulator.count("create", "tokenreviews") == 0
+
+
+async def test_static_endpoints_leave_metrics_open_unless_asked(
+    start_epp: StartEpp, emulator: KubeApiEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="picker")
+    static = {"pool_name": "", "static_endpoints": "127.0.0.2:8000"}
+    open_epp = await start_epp(**static)
+    assert (await _get(open_epp.ports.metrics))[0] == 200
+    assert "metrics endpoint auth off: --static-endpoints has no Kubernetes API" in caplog.text
+    # Asked for explicitly, it uses --kubeconfig for the reviews alone.
+    guarded = await start_epp(**static, metrics_endpoint_auth=True)
+    assert (await _get(guarded.ports.metrics))[0] == 401
+    assert (await _get(guarded.ports.metrics, token=SCRAPER_TOKEN))[0] == 200
+    assert emulator.count("list", "pods") == 0  # nothing but the reviews went to the API server
