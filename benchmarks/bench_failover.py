@@ -234,6 +234,9 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             str(health_port),
             "--metrics-port",
             str(admin_port),
+            # the admin API is not used here: an ephemeral port, so runs side by side never collide
+            "--admin-port",
+            "0",
             "--pool-name",
             "bench-failover",
             "--seed",

@@ -16,17 +16,17 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import uvicorn
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from picker.admin import build_admin_app
+from picker.admin import build_admin_app, build_metrics_app
 from picker.admin.auth import MetricsAuth
+from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
@@ -61,14 +61,6 @@ _PARSER_PROTOCOLS: Mapping[str, frozenset[str] | None] = {
     "vllmgrpc-parser": frozenset({"kubernetes.io/h2c"}),
     "passthrough-parser": None,
 }
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the app owns SIGTERM/SIGINT for an orderly shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
@@ -186,6 +178,7 @@ class Ports:
     grpc: int
     health: int
     metrics: int
+    admin: int
 
 
 class Service:
@@ -330,30 +323,34 @@ class Service:
         #: ``--metrics-endpoint-auth``: TokenReview + SubjectAccessReview through the API client that
         #: :meth:`start` loads (the reviewer asks for it per review, so nothing is read here)
         self.metrics_auth = MetricsAuth(self._reviewer()) if settings.metrics_auth else None
-        admin = build_admin_app(
-            registry=self.telemetry.registry,
-            datastore=self.datastore,
-            router=self.director,
-            config=self.config_store,
-            ready=self.ready,
-            staleness_s=lambda: self.telemetry.staleness_s,
-            workers=debug_workers,
-            tenants=self.tenants.describe,
-            scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
-            max_body_bytes=settings.admin_max_body_bytes,
-            prefix=self.prefix,
-            metrics_auth=self.metrics_auth,
+        #: /metrics, /healthz, /readyz: the port the Service exposes
+        self.metrics_server = HttpServer(
+            build_metrics_app(
+                registry=self.telemetry.registry,
+                ready=self.ready,
+                endpoints=lambda: len(self.datastore),
+                metrics_auth=self.metrics_auth,
+            ),
+            host=settings.host,
+            port=settings.metrics_port,
+            name="metrics",
         )
-        self._admin_sock: socket.socket | None = None
-        self.admin_server = _QuietServer(
-            uvicorn.Config(
-                admin,
-                host=settings.host,
-                port=settings.metrics_port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-            )
+        #: /config, /debug/*: its own port, on loopback unless --admin-bind says otherwise
+        self.admin_server = HttpServer(
+            build_admin_app(
+                datastore=self.datastore,
+                router=self.director,
+                config=self.config_store,
+                staleness_s=lambda: self.telemetry.staleness_s,
+                workers=debug_workers,
+                tenants=self.tenants.describe,
+                scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
+                max_body_bytes=settings.admin_max_body_bytes,
+                prefix=self.prefix,
+            ),
+            host=settings.admin_bind,
+            port=settings.admin_port,
+            name="admin",
         )
         self.ports: Ports | None = None
         self._stop = asyncio.Event()
@@ -555,23 +552,6 @@ class Service:
         """Ask :meth:`run` to shut down (thread-unsafe: call on the loop, e.g. from a signal handler)."""
         self._stop.set()
 
-    async def _serve_admin(self) -> None:
-        assert self._admin_sock is not None
-        await self.admin_server.serve(sockets=[self._admin_sock])
-        if not self._stop.is_set():
-            raise RuntimeError("admin server exited unexpectedly")
-
-    def _bind_admin(self) -> int:
-        s = self.settings
-        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.host, s.metrics_port))
-        sock.listen(512)
-        sock.setblocking(False)
-        self._admin_sock = sock
-        port: int = sock.getsockname()[1]
-        return port
-
     async def start(self) -> Ports:
         """Bind every port and load the static pool; returns the bound ports."""
         s = self.settings
@@ -596,14 +576,10 @@ class Service:
         if self.extproc is not None:
             await _bind("--grpc-port", s.host, s.grpc_port, self.extproc.start())
         await _bind("--grpc-health-port", s.host, s.grpc_health_port, self.health_server.start())
-        try:
-            metrics_port = self._bind_admin()
-        except OSError as exc:
-            raise StartupError(
-                f"--metrics-port: cannot listen on {s.host}:{s.metrics_port}: {exc.strerror or exc}"
-            ) from exc
+        metrics_port = _listen("--metrics-port", s.host, s.metrics_port, self.metrics_server)
+        admin_port = _listen("--admin-port", s.admin_bind, s.admin_port, self.admin_server)
         grpc_port = self.extproc.bound_port if self.extproc is not None else s.grpc_port
-        self.ports = Ports(grpc_port, self.health_server.bound_port, metrics_port)
+        self.ports = Ports(grpc_port, self.health_server.bound_port, metrics_port, admin_port)
         return self.ports
 
     async def run(
@@ -614,22 +590,29 @@ class Service:
     ) -> None:
         """Start, serve until :meth:`stop` (or a crash), then shut down in order. ``extra_tasks`` join
         the task group (the ``--workers`` supervisor adds its publisher and worker pool)."""
-        ports = await self.start()
+        try:
+            ports = await self.start()
+        except BaseException:  # a port in use, a bad kubeconfig: release what did start, then fail
+            await self._shutdown(None)
+            raise
         if on_started is not None:
             on_started(ports)
         log.info(
-            "picker serving: ext_proc :%d (%s), health :%d, metrics/admin :%d, pool %s, %d endpoints",
+            "picker serving: ext_proc :%d (%s), health :%d, metrics :%d, admin %s:%d, pool %s, %d endpoints",
             ports.grpc,
             "TLS" if self.settings.secure_serving else "plaintext",
             ports.health,
             ports.metrics,
+            self.settings.admin_bind,
+            ports.admin,
             self.settings.effective_pool_name,
             len(self.datastore),
         )
         self._log_metrics_auth(ports.metrics)
         tasks: dict[str, Coroutine[Any, Any, None]] = {
             "scraper": self.scraper.run(),
-            "admin": self._serve_admin(),
+            "metrics": self.metrics_server.serve(stopping=self._stop.is_set),
+            "admin": self.admin_server.serve(stopping=self._stop.is_set),
         }
         if self.file_watcher is not None:
             tasks["config-file"] = self.file_watcher.run()
@@ -680,7 +663,8 @@ class Service:
         )
 
     async def _shutdown(self, gpu: Any) -> None:
-        self.admin_server.should_exit = True
+        self.metrics_server.stop()
+        self.admin_server.stop()
         # Streams in progress get a grace period: Envoy retries elsewhere if we vanish mid-request.
         if self.extproc is not None:
             self.hold.close()
@@ -695,8 +679,8 @@ class Service:
         if gpu is not None:
             await gpu.close()
         await self.scraper.close()
-        if self._admin_sock is not None:
-            self._admin_sock.close()
+        self.metrics_server.close()
+        self.admin_server.close()
 
 
 async def _bind(flag: str, host: str, port: int, start: Coroutine[Any, Any, None]) -> None:
@@ -718,6 +702,15 @@ async def _bind(flag: str, host: str, port: int, start: Coroutine[Any, Any, None
         await start
     except (RuntimeError, OSError) as exc:
         raise StartupError(f"{flag}: cannot listen on {host}:{port} (in use or not available)") from exc
+
+
+def _listen(flag: str, host: str, port: int, server: HttpServer) -> int:
+    """Bind an HTTP server's socket; a port that cannot be bound becomes a :class:`StartupError` naming
+    the flag. Returns the port bound."""
+    try:
+        return server.bind()
+    except OSError as exc:
+        raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def install_uvloop() -> None:

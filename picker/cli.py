@@ -200,6 +200,19 @@ def _limit_flags(g: argparse._ArgumentGroup) -> None:
     )
 
 
+def _admin_flags(g: argparse._ArgumentGroup) -> None:
+    """The admin API's port: ours, not the reference's (which has none)."""
+    g.add_argument(
+        "--admin-port",
+        type=int,
+        default=9091,
+        help="/config, /debug/* and POST /debug/explain (default 9091)",
+    )
+    g.add_argument(
+        "--admin-bind", default="127.0.0.1", help="admin API bind address (default 127.0.0.1: Pod-local only)"
+    )
+
+
 def _security_flags(g: argparse._ArgumentGroup) -> None:
     _bool_flag(g, "--secure-serving", True, "TLS on the ext_proc port (self-signed unless --cert-path)")
     g.add_argument("--cert-path", default="", help="directory with tls.crt and tls.key")
@@ -225,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("ports")
     g.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
     g.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default 9003)")
-    g.add_argument("--metrics-port", type=int, default=9090, help="/metrics + admin API port (default 9090)")
+    g.add_argument(
+        "--metrics-port", type=int, default=9090, help="/metrics, /healthz, /readyz (default 9090)"
+    )
     g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")  # noqa: S104
+    _admin_flags(g)
     _bool_flag(g, "--health-checking", False, "also serve grpc.health.v1 on the ext_proc port")
     g.add_argument(
         "--grpc-keepalive-time",
@@ -384,6 +400,8 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "grpc_port",
             "grpc_health_port",
             "metrics_port",
+            "admin_port",
+            "admin_bind",
             "host",
             "health_checking",
             "admin_max_body_bytes",

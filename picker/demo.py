@@ -489,7 +489,7 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                     str(seed + i),
                 ],
             )
-        grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+        grpc_port, health_port, metrics_port, admin_port = free_port(), free_port(), free_port(), free_port()
         static = ",".join(f"{ep.address}@{ep.engine}" for ep in fleet)
         procs.start(
             "epp",
@@ -498,16 +498,13 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 "--static-endpoints",
                 static,
                 "--secure-serving=false",
-                # a local fleet without an API server: /metrics is read without a token
-                "--metrics-endpoint-auth=false",
+                "--metrics-endpoint-auth=false",  # a local fleet: no API server to review tokens
                 "--host",
                 "127.0.0.1",
-                "--grpc-port",
-                str(grpc_port),
-                "--grpc-health-port",
-                str(health_port),
-                "--metrics-port",
-                str(metrics_port),
+                f"--grpc-port={grpc_port}",
+                f"--grpc-health-port={health_port}",
+                f"--metrics-port={metrics_port}",
+                f"--admin-port={admin_port}",
                 "--pool-name",
                 "demo-pool",
                 "--seed",
@@ -518,10 +515,12 @@ async def _demo(requests: int, concurrency: int, seed: int) -> str:
                 "1",
             ],
         )
-        admin = f"http://127.0.0.1:{metrics_port}"
+        admin = f"http://127.0.0.1:{admin_port}"  # /debug/*; /readyz is on the metrics port
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             await _wait_ready(
-                session, [f"http://{ep.address}/health" for ep in fleet] + [f"{admin}/readyz"], procs
+                session,
+                [f"http://{ep.address}/health" for ep in fleet] + [f"http://127.0.0.1:{metrics_port}/readyz"],
+                procs,
             )
             # first scrapes land within a few intervals of readiness
             await asyncio.sleep(0.5)

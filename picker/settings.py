@@ -20,10 +20,17 @@ class Settings(BaseModel):
     grpc_port: int = Field(9002, ge=0, le=65535)
     #: gRPC health port, plaintext (reference default 9003)
     grpc_health_port: int = Field(9003, ge=0, le=65535)
-    #: HTTP port of /metrics and the admin API (reference default 9090)
+    #: HTTP port of /metrics, /healthz and /readyz (reference default 9090)
     metrics_port: int = Field(9090, ge=0, le=65535)
-    #: bind address of all servers
+    #: bind address of the ext_proc, health and metrics servers
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
+    #: HTTP port of the admin API (/config, /debug/*, POST /debug/explain); not a reference flag (the
+    #: reference has no admin API). Its own port so that the metrics port, which the Service exposes, shows
+    #: scrapers nothing but metrics.
+    admin_port: int = Field(9091, ge=0, le=65535)
+    #: bind address of the admin API: loopback by default, so only someone on the Pod (kubectl
+    #: port-forward / exec) reaches it; 0.0.0.0 opens it to the network (restrict it with a NetworkPolicy)
+    admin_bind: str = "127.0.0.1"
     #: also register grpc.health.v1 on the ext_proc port
     health_checking: bool = False
     #: distinct values and longest value of each metric label chosen by peers (model names from request
@@ -140,6 +147,8 @@ class Settings(BaseModel):
             raise ValueError("--endpoint-selector needs --endpoint-target-ports")
         if not 0 < len(self.endpoint_target_ports) <= 8 and self.endpoint_target_ports:
             raise ValueError("--endpoint-target-ports takes 1 to 8 ports")
+        if self.admin_port and self.admin_port == self.metrics_port:
+            raise ValueError("--admin-port must differ from --metrics-port")
         if self.config_file and self.config_text:
             raise ValueError("--config-file and --config-text are mutually exclusive")
         if not self.leader_lease_duration > self.leader_renew_deadline > self.leader_retry_period * 1.2:

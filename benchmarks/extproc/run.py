@@ -77,6 +77,8 @@ def start_picker(
         "0",
         "--metrics-port",
         "0",
+        "--admin-port",
+        "0",
         "--workers",
         str(workers),
         "-v",

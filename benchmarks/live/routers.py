@@ -258,6 +258,9 @@ async def _run_epp(  # noqa: PLR0917 - one call site, all positional by role
         str(health_port),
         "--metrics-port",
         str(admin_port),
+        # the admin API is not used here: an ephemeral port, so runs side by side never collide
+        "--admin-port",
+        "0",
         "--pool-name",
         "bench-live",
         "--seed",

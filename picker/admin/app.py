@@ -1,4 +1,11 @@
-"""FastAPI app for operators. Nothing here is on the request path; everything is read-only.
+"""The admin API: ``/config``, ``/debug/*`` and ``POST /debug/explain``, for operators. Nothing here is on
+the request path; everything is read-only.
+
+It listens on its own port (``--admin-port``, 9091), bound to ``127.0.0.1`` by default (``--admin-bind``):
+what it shows (every endpoint's state, the effective configuration, tenants' budgets, what the router would
+do with any request) is for someone on the Pod (``kubectl port-forward``, ``kubectl exec``), not for the
+network, and the Service does not expose it. ``/metrics`` and the probes' ``/healthz``/``/readyz`` are on
+the metrics port (:mod:`picker.admin.metrics`).
 
 ``/debug/explain`` runs the real router with ``explain=True``: same parsing, rewrites, objectives,
 admission and scheduling as a live request, but no in-flight accounting and no metrics, so asking why
@@ -16,12 +23,8 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
-from picker.admin.auth import MetricsAuth
 from picker.admin.limits import DEFAULT_ADMIN_MAX_BODY_BYTES, BodyCap
 from picker.errors import PickerError
 from picker.routing.types import Router, RoutingDecision, RoutingRequest
@@ -68,11 +71,9 @@ def _orjson(data: Any, status: int = 200) -> Response:
 
 def build_admin_app(
     *,
-    registry: CollectorRegistry,
     datastore: Datastore,
     router: Router,
     config: ConfigStore,
-    ready: Callable[[], bool],
     staleness_s: Callable[[], float],
     clock: Callable[[], float] = time.monotonic,
     workers: Callable[[], list[dict[str, Any]]] | None = None,
@@ -80,36 +81,10 @@ def build_admin_app(
     scaler: Callable[[], dict[str, Any] | None] | None = None,
     max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES,
     prefix: PrefixCacheState | None = None,
-    metrics_auth: MetricsAuth | None = None,
 ) -> FastAPI:
-    """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`);
-    ``metrics_auth`` guards ``/metrics`` (``--metrics-endpoint-auth``), ``None`` serves it openly."""
+    """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`)."""
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(BodyCap, limit=max_body_bytes)
-
-    @app.api_route("/metrics", methods=["GET", "HEAD"])
-    async def metrics(request: Request) -> Response:
-        """HEAD answers like GET without rendering the exposition (probes and load balancers use it).
-        Rendering runs on a worker thread, as it did when this was a sync route: it takes milliseconds
-        for a large pool, which the event loop (and the ext_proc streams on it) must not wait for."""
-        if metrics_auth is not None:
-            outcome = await metrics_auth.check(request.headers.get("authorization"))
-            if not outcome.ok:
-                headers = {"WWW-Authenticate": "Bearer"} if outcome.status == 401 else None
-                return PlainTextResponse(outcome.message + "\n", status_code=outcome.status, headers=headers)
-        if request.method == "HEAD":
-            return Response(media_type=CONTENT_TYPE_LATEST)
-        page = await run_in_threadpool(generate_latest, registry)
-        return Response(page, media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    def healthz() -> Mapping[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    def readyz() -> Response:
-        ok = ready()
-        return JSONResponse({"ready": ok, "endpoints": len(datastore)}, status_code=200 if ok else 503)
 
     @app.get("/debug/endpoints")
     def endpoints() -> Response:

@@ -172,6 +172,7 @@ class FuzzRig:
             grpc_port=0,
             grpc_health_port=0,
             metrics_port=0,
+            admin_port=0,
             host="127.0.0.1",
             static_endpoints=f"{self._metrics.address}@vllm",
             secure_serving=False,

@@ -21,9 +21,9 @@ PICKER = str(BIN / "picker")
 #: both ways the issue names to start the CLI
 LAUNCHERS = {"console-script": [PICKER], "python-m": [sys.executable, "-m", "picker"]}
 #: ports 0 (ephemeral), loopback, plaintext: what every serving test passes unless it tests these flags
-LOCAL = ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--host=127.0.0.1"]
+LOCAL = ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--admin-port=0", "--host=127.0.0.1"]
 SERVING = re.compile(
-    r"picker serving: ext_proc :(\d+) \((TLS|plaintext)\), health :(\d+), metrics/admin :(\d+)"
+    r"picker serving: ext_proc :(\d+) \((TLS|plaintext)\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)"
 )
 
 
@@ -86,11 +86,12 @@ class Ports:
     tls: bool
     health: int
     metrics: int
+    admin: int
 
 
 async def serving_ports(process: Process, deadline_s: float = 30.0) -> Ports:
     m = await process.wait_for(SERVING, deadline_s)
-    return Ports(int(m[1]), m[2] == "TLS", int(m[3]), int(m[4]))
+    return Ports(int(m[1]), m[2] == "TLS", int(m[3]), int(m[4]), int(m[5]))
 
 
 Spawn = Callable[[Sequence[str]], Awaitable[Process]]

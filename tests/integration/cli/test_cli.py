@@ -68,7 +68,7 @@ async def test_serve_with_static_endpoints_runs_without_kubernetes_and_stops_on_
     assert await _health(ports.health) == SERVING_STATUS
     assert await _health(ports.grpc, "envoy.service.ext_proc.v3.ExternalProcessor") == SERVING_STATUS
     assert await _route(ports) in {"127.0.0.2:1", "127.0.0.3:2"}
-    doc = await _get_json(ports.metrics, "/debug/endpoints")
+    doc = await _get_json(ports.admin, "/debug/endpoints")
     assert isinstance(doc, dict)
     engines = {row["address"]: row["engine"] for row in doc["endpoints"]}
     assert engines["127.0.0.3:2"] == "sglang"
@@ -217,6 +217,11 @@ async def test_invalid_config_file_is_a_startup_error(
         ([], "grpc_port", 9002),
         ([], "grpc_health_port", 9003),
         ([], "metrics_port", 9090),
+        ([], "admin_port", 9091),
+        ([], "admin_bind", "127.0.0.1"),
+        (["--admin-bind=0.0.0.0", "--admin-port=7000"], "admin_port", 7000),
+        ([], "metrics_endpoint_auth", None),
+        (["--metrics-endpoint-auth"], "metrics_endpoint_auth", True),
         ([], "refresh_metrics_interval", 0.05),
         ([], "metrics_staleness_threshold", 2.0),
         ([], "pool_group", "inference.networking.k8s.io"),
@@ -270,7 +275,7 @@ async def test_fake_servers_of_each_engine_serve_and_the_epp_detects_their_engin
     epp_ports = await serving_ports(epp)
     deadline = asyncio.get_running_loop().time() + 20
     while True:
-        doc = await _get_json(epp_ports.metrics, "/debug/endpoints")
+        doc = await _get_json(epp_ports.admin, "/debug/endpoints")
         assert isinstance(doc, dict)
         rows = {row["address"]: row for row in doc["endpoints"]}
         if all(row["scrapes_ok"] > 0 for row in rows.values()):

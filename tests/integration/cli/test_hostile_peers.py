@@ -165,8 +165,8 @@ async def test_an_oversized_admin_body_is_refused_while_reading(spawn: Spawn, de
     )
     ports = await serving_ports(process, deadline_s=120.0)
     baseline = rss(process.proc.pid)
-    assert await _refused(ports.metrics, declare=declare) == 413
-    await _post_stream(ports.metrics, 200 << 20, declare=declare)  # 200 MiB offered: refused (or reset)
+    assert await _refused(ports.admin, declare=declare) == 413
+    await _post_stream(ports.admin, 200 << 20, declare=declare)  # 200 MiB offered: refused (or reset)
     assert rss(process.proc.pid) - baseline < RSS_BOUND
-    assert await _post_stream(ports.metrics, 4096, declare=declare) == 200  # small bodies still work
+    assert await _post_stream(ports.admin, 4096, declare=declare) == 200  # small bodies still work
     assert await process.stop() == 0

@@ -198,18 +198,23 @@ async def health_check(port: int, service: str = "") -> int:
 
 
 class Admin:
-    """The EPP's HTTP admin port: ``/readyz``, ``/metrics``, ``/config``, ``/debug/endpoints``. Requests
-    carry the scraper's bearer token, as Prometheus' do."""
+    """The EPP's HTTP ports: ``/readyz`` and ``/metrics`` on the metrics port (with the scraper's bearer
+    token, as Prometheus sends it), ``/config`` and ``/debug/endpoints`` on the admin port."""
 
-    def __init__(self, port: int, token: str = SCRAPER_TOKEN) -> None:
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, metrics_port: int, admin_port: int, token: str = SCRAPER_TOKEN) -> None:
+        self.metrics_base = f"http://127.0.0.1:{metrics_port}"
+        self.admin_base = f"http://127.0.0.1:{admin_port}"
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session: aiohttp.ClientSession | None = None
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        async with self._session.get(self.base + path, headers=self._headers) as resp:
+        if path in {"/metrics", "/readyz", "/healthz"}:
+            url, headers = self.metrics_base + path, self._headers
+        else:
+            url, headers = self.admin_base + path, {}
+        async with self._session.get(url, headers=headers) as resp:
             return resp.status, await resp.read()
 
     async def readyz(self) -> int:
@@ -256,7 +261,7 @@ class Epp:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
         self.client = EnvoyClient(f"127.0.0.1:{ports.grpc}", timeout=10.0)
-        self.admin = Admin(ports.metrics)
+        self.admin = Admin(ports.metrics, ports.admin)
         self._requests = 0
 
     async def send(
@@ -323,6 +328,7 @@ async def start_epp(kubeconfig: Path) -> AsyncIterator[StartEpp]:
             "grpc_port": 0,
             "grpc_health_port": 0,
             "metrics_port": 0,
+            "admin_port": 0,
             "host": "127.0.0.1",
             "secure_serving": False,
             "seed": 7,

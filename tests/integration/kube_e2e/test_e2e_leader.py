@@ -47,7 +47,7 @@ LEASE_FLAGS = ("--leader-lease-duration=4s", "--leader-renew-deadline=3s", "--le
 #: has a server behind it here, so successful scrapes prove --model-server-metrics-port took effect
 SERVING_PORT = 8000
 
-_PORTS = re.compile(r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics/admin :(\d+)")
+_PORTS = re.compile(r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)")
 _ACQUIRED = re.compile(r"leader election: (\S+) acquired lease")
 
 
@@ -118,6 +118,7 @@ async def launch(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Callable[...
             "--grpc-port=0",
             "--grpc-health-port=0",
             "--metrics-port=0",
+            "--admin-port=0",
             "--host=127.0.0.1",
             "--secure-serving=false",
             "--ha-enable-leader-election",

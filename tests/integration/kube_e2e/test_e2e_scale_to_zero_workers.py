@@ -34,7 +34,7 @@ from tests.integration.kube_e2e.test_e2e_scaler import scale_to_zero_doc
 
 pytestmark = pytest.mark.integration
 
-_PORTS = re.compile(r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics/admin :(\d+)")
+_PORTS = re.compile(r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)")
 
 
 async def test_a_worker_holds_the_request_while_the_supervisors_scaler_brings_a_replica_up(
@@ -64,6 +64,7 @@ async def test_a_worker_holds_the_request_while_the_supervisors_scaler_brings_a_
                 "--grpc-port=0",
                 "--grpc-health-port=0",
                 "--metrics-port=0",
+                "--admin-port=0",
                 "--host=127.0.0.1",
                 "--secure-serving=false",
                 stdin=asyncio.subprocess.DEVNULL,

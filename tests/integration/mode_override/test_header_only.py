@@ -66,7 +66,7 @@ class Running:
         return 0.0
 
     async def endpoints(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/debug/endpoints") as resp:
+        async with self.http.get(f"http://127.0.0.1:{self.ports.admin}/debug/endpoints") as resp:
             doc: dict[str, Any] = await resp.json()
         return list(doc["endpoints"])
 
@@ -83,6 +83,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
             grpc_port=0,
             grpc_health_port=0,
             metrics_port=0,
+            admin_port=0,
             host="127.0.0.1",
             static_endpoints=",".join(ENDPOINTS),
             secure_serving=False,
@@ -234,7 +235,7 @@ async def test_explain_shows_what_a_header_only_stream_would_get(
     start: Callable[..., Awaitable[Running]],
 ) -> None:
     svc = await start()
-    url = f"http://127.0.0.1:{svc.ports.metrics}/debug/explain"
+    url = f"http://127.0.0.1:{svc.ports.admin}/debug/explain"
     payload = {"path": "/v1/chat/completions", "headers": {"X-AI-EG-Model": "m"}, "body": ""}
     async with svc.http.post(url, json=payload) as resp:
         doc = await resp.json()

@@ -63,7 +63,7 @@ class Running:
         return 0.0
 
     async def inflight(self) -> float:
-        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/debug/endpoints") as resp:
+        async with self.http.get(f"http://127.0.0.1:{self.ports.admin}/debug/endpoints") as resp:
             doc: dict[str, Any] = await resp.json()
         return float(sum(row["inflight"] for row in doc["endpoints"]))
 
@@ -77,6 +77,7 @@ async def start() -> AsyncIterator[Callable[[str], Awaitable[Running]]]:
             grpc_port=0,
             grpc_health_port=0,
             metrics_port=0,
+            admin_port=0,
             host="127.0.0.1",
             static_endpoints=",".join(ENDPOINTS),
             secure_serving=False,
@@ -144,7 +145,7 @@ async def test_with_passive_health_only_the_body_is_skipped(
     for _ in range(4):
         await svc.client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
     # five 503s from the endpoints picked: passive health saw them through the headers alone
-    async with svc.http.get(f"http://127.0.0.1:{svc.ports.metrics}/debug/endpoints") as resp:
+    async with svc.http.get(f"http://127.0.0.1:{svc.ports.admin}/debug/endpoints") as resp:
         rows = (await resp.json())["endpoints"]
     failures = sum(r["health"]["consecutive_failures"] + r["health"]["ejections"] * 5 for r in rows)
     assert failures == 5
@@ -216,7 +217,7 @@ async def test_a_skipped_response_gives_its_prefill_charge_back_at_once(
         await stream.send(message)
     for _ in range(2):
         assert await stream.recv() is not None
-    async with svc.http.get(f"http://127.0.0.1:{svc.ports.metrics}/debug/endpoints") as resp:
+    async with svc.http.get(f"http://127.0.0.1:{svc.ports.admin}/debug/endpoints") as resp:
         rows = (await resp.json())["endpoints"]
     assert sum(r["prefill_tokens"] for r in rows) == 0.0
     assert sum(r["inflight_tokens"] for r in rows) == 500.0

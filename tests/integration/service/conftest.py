@@ -241,7 +241,18 @@ class ServiceHarness:
 
     @property
     def admin(self) -> str:
+        """The admin API (``/config``, ``/debug/*``): its own port, on loopback."""
+        return f"http://127.0.0.1:{self.ports.admin}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics port: ``/metrics``, ``/healthz``, ``/readyz``."""
         return f"http://127.0.0.1:{self.ports.metrics}"
+
+    def url(self, path: str) -> str:
+        """``path`` on the port that serves it."""
+        on_metrics_port = path.partition("?")[0] in {"/metrics", "/healthz", "/readyz"}
+        return (self.metrics_url if on_metrics_port else self.admin) + path
 
     @property
     def grpc_target(self) -> str:
@@ -290,21 +301,21 @@ class ServiceHarness:
         return await self.client.exchange(request, response, **kw)
 
     async def get(self, path: str) -> aiohttp.ClientResponse:
-        async with self.http.get(self.admin + path) as resp:
+        async with self.http.get(self.url(path)) as resp:
             await resp.read()
             return resp
 
     async def get_json(self, path: str) -> Any:
-        async with self.http.get(self.admin + path) as resp:
+        async with self.http.get(self.url(path)) as resp:
             assert resp.status == 200, (path, resp.status, await resp.text())
             return await resp.json()
 
     async def post_json(self, path: str, payload: Any) -> tuple[int, Any]:
-        async with self.http.post(self.admin + path, json=payload) as resp:
+        async with self.http.post(self.url(path), json=payload) as resp:
             return resp.status, await resp.json()
 
     async def metrics(self) -> str:
-        async with self.http.get(self.admin + "/metrics") as resp:
+        async with self.http.get(self.metrics_url + "/metrics") as resp:
             assert resp.status == 200
             return await resp.text()
 
@@ -339,6 +350,7 @@ async def start_service() -> AsyncIterator[StartService]:
             "grpc_port": 0,
             "grpc_health_port": 0,
             "metrics_port": 0,
+            "admin_port": 0,
             "host": "127.0.0.1",
             "static_endpoints": ",".join(static),
             "secure_serving": False,

@@ -10,6 +10,7 @@ import re
 import orjson
 import pytest
 
+from picker.errors import StartupError
 from picker.testing.envoy import HttpRequest, UpstreamResponse
 from tests.integration.service.conftest import (
     P0,
@@ -376,9 +377,43 @@ async def test_metrics_export_process_series_and_answer_head(start_service: Star
     # The standard process collector of prometheus_client, on the injected registry.
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
         assert re.search(rf"^{name} \d", text, re.MULTILINE), name
-    async with svc.http.head(svc.admin + "/metrics") as resp:
+    async with svc.http.head(svc.metrics_url + "/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["content-type"].startswith("text/plain")
         assert await resp.read() == b""
-    async with svc.http.post(svc.admin + "/metrics") as resp:
+    async with svc.http.post(svc.metrics_url + "/metrics") as resp:
         assert resp.status == 405
+
+
+async def test_admin_api_has_its_own_loopback_port_and_the_metrics_port_shows_only_metrics(
+    start_service: StartService,
+) -> None:
+    """The metrics port (exposed by the Service) answers /metrics and the probes only; /config, /debug/*
+    and POST /debug/explain live on the admin port, bound to 127.0.0.1 by default."""
+    svc = await start_service()
+    assert svc.ports.admin != svc.ports.metrics
+    sock_host = svc.service.admin_server.bound_host
+    assert sock_host == "127.0.0.1"
+    for path in ("/config", "/debug/endpoints", "/debug/tenants", "/openapi.json"):
+        async with svc.http.get(svc.metrics_url + path) as resp:
+            assert resp.status == 404, path
+        async with svc.http.get(svc.admin + path) as resp:
+            assert resp.status == 200, path
+    async with svc.http.post(svc.metrics_url + "/debug/explain", json={"body": {"model": "m"}}) as resp:
+        assert resp.status == 404
+    status, doc = await svc.post_json("/debug/explain", {"body": {"model": "m", "prompt": "x"}})
+    assert status == 200
+    assert doc["destination"]
+    for path in ("/metrics", "/healthz", "/readyz"):
+        async with svc.http.get(svc.admin + path) as resp:
+            assert resp.status == 404, path
+        async with svc.http.get(svc.metrics_url + path) as resp:
+            assert resp.status in {200, 503}, path
+
+
+async def test_admin_port_in_use_fails_start_with_a_clear_error(start_service: StartService) -> None:
+    first = await start_service()
+    with pytest.raises(
+        StartupError, match=r"--admin-port: cannot listen on 127\.0\.0\.1:\d+: Address already in use"
+    ):
+        await start_service(admin_port=first.ports.admin)

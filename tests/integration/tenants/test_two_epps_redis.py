@@ -29,7 +29,7 @@ from picker.testing.tools import tool
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SERVING = re.compile(
-    r"picker serving: ext_proc :(\d+) \((?:TLS|plaintext)\), health :\d+, metrics/admin :(\d+)"
+    r"picker serving: ext_proc :(\d+) \((?:TLS|plaintext)\), health :\d+, metrics :\d+, admin [^ ]+:(\d+)"
 )
 CONFIG = """\
 apiVersion: picker.dev/v1alpha1
@@ -116,7 +116,7 @@ async def two_epps(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Epp, Epp]
             sys.executable, "-m", "picker", "serve",
             "--static-endpoints", "127.0.0.1:9",  # never contacted: the client plays the model server
             "--secure-serving=false", "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0",
-            "--host=127.0.0.1", "--refresh-metrics-interval=1h", f"--config-file={config}",
+            "--admin-port=0", "--host=127.0.0.1", "--refresh-metrics-interval=1h", f"--config-file={config}",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         epps.append(Epp(proc))

@@ -33,15 +33,16 @@ from picker.testing.net import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BODY = b'{"model":"m","stream":true,"prompt":"' + b"w" * 400 + b'"}'  # a streamed 100-token prompt
-SERVING = re.compile(rb"metrics/admin :(\d+)")
+SERVING = re.compile(rb"metrics :(\d+), admin [^ ]+:(\d+)")
 
 
 @dataclass
 class Tree:
-    """The supervisor process, its admin port and the clients talking to its ext_proc port."""
+    """The supervisor process, its metrics and admin ports and the clients talking to its ext_proc port."""
 
     proc: asyncio.subprocess.Process
     grpc: str
+    metrics: str
     admin: str
     http: aiohttp.ClientSession
     clients: list[EnvoyClient] = field(default_factory=list)
@@ -64,7 +65,7 @@ class Tree:
         return float(sum(r["prefill_tokens"] for r in rows)), float(sum(r["inflight_tokens"] for r in rows))
 
     async def request_total(self) -> float:
-        async with self.http.get(self.admin + "/metrics") as resp:
+        async with self.http.get(self.metrics + "/metrics") as resp:
             text = await resp.text()
         return sum(
             s.value
@@ -113,26 +114,34 @@ async def _start_tree(*extra: str) -> AsyncIterator[Tree]:
             "0",
             "--metrics-port",
             "0",
+            "--admin-port",
+            "0",
             "--refresh-metrics-interval",
             "200ms",
             *extra,
             stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
-        admin_port = 0
+        metrics_port = admin_port = 0
         while not admin_port:
             line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
             assert line, "the supervisor exited before serving"
             m = SERVING.search(line)
             if m:
-                admin_port = int(m[1])
+                metrics_port, admin_port = int(m[1]), int(m[2])
         drain = asyncio.create_task(_drain(proc.stderr))
         http = aiohttp.ClientSession()
-        t = Tree(proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{admin_port}", http)
+        t = Tree(
+            proc,
+            f"127.0.0.1:{grpc_port}",
+            f"http://127.0.0.1:{metrics_port}",
+            f"http://127.0.0.1:{admin_port}",
+            http,
+        )
 
         async def ready() -> bool:
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(t.admin + "/readyz") as resp:
+                async with http.get(t.metrics + "/readyz") as resp:
                     return resp.status == 200
             return False
 

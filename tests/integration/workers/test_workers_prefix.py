@@ -66,25 +66,33 @@ async def prefix_tree() -> AsyncIterator[Tree]:
             "0",
             "--metrics-port",
             "0",
+            "--admin-port",
+            "0",
             "--refresh-metrics-interval",
             "200ms",
             stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
-        admin_port = 0
+        metrics_port = admin_port = 0
         while not admin_port:
             line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
             assert line, "the supervisor exited before serving"
             m = SERVING.search(line)
             if m:
-                admin_port = int(m[1])
+                metrics_port, admin_port = int(m[1]), int(m[2])
         drain = asyncio.create_task(_drain(proc.stderr))
         http = aiohttp.ClientSession()
-        t = Tree(proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{admin_port}", http)
+        t = Tree(
+            proc,
+            f"127.0.0.1:{grpc_port}",
+            f"http://127.0.0.1:{metrics_port}",
+            f"http://127.0.0.1:{admin_port}",
+            http,
+        )
 
         async def ready() -> bool:
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(t.admin + "/readyz") as resp:
+                async with http.get(t.metrics + "/readyz") as resp:
                     return resp.status == 200
             return False
 

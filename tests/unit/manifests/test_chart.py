@@ -273,6 +273,8 @@ def test_deployment_args_parse_with_the_cli(render: Callable[..., list[Doc]]) ->
     assert settings.verbosity == 3
     assert settings.refresh_metrics_interval == pytest.approx(0.1)
     assert settings.ha_enable_leader_election is False
+    assert (settings.admin_bind, settings.admin_port) == ("127.0.0.1", 9091)  # not exposed
+    assert settings.metrics_auth is True  # upstream's default
     env = {e["name"] for e in container["env"]}
     assert {"NAMESPACE", "POD_NAME"} <= env
 

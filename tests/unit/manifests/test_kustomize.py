@@ -49,12 +49,13 @@ EXPECTED_BUILDS: dict[str, dict[tuple[str, str], int]] = {
         ("Role", "picker-scaler"): 1,
         ("RoleBinding", "picker-scaler"): 1,
     },
-    "examples/metrics-auth": {
+    "examples/secure": {
         **STACK,
         ("ClusterRole", "picker-metrics-auth"): 1,
         ("ClusterRoleBinding", "picker-metrics-auth"): 1,
         ("ClusterRole", "picker-metrics-reader"): 1,
         ("ClusterRoleBinding", "picker-metrics-reader"): 1,
+        ("NetworkPolicy", "picker"): 1,
     },
     "observability": {
         ("ServiceMonitor", "picker"): 1,
@@ -96,11 +97,11 @@ def test_the_leader_election_component_is_used_by_the_ha_example_only(
     component = (MANIFESTS / "components/leader-election/kustomization.yaml").resolve()
     users = {name for name, b in builds.items() if component in referenced_files(b.root)}
     assert users == {"examples/ha"}
-    epp = ("base", "examples", "examples/stack", "examples/ha", "examples/metrics-auth")
+    epp = ("base", "examples", "examples/stack", "examples/ha", "examples/secure")
     replicas = {name: builds[name].get("Deployment", "picker")["spec"].get("replicas", 1) for name in epp}
     assert replicas["examples/ha"] > 1
     assert replicas["examples"] == replicas["examples/stack"] == replicas["base"] == 1
-    assert replicas["examples/metrics-auth"] == 1
+    assert replicas["examples/secure"] == 1
 
 
 def test_metrics_auth_component_turns_the_flag_on_and_grants_the_reviews(builds: dict[str, Any]) -> None:
@@ -111,7 +112,7 @@ def test_metrics_auth_component_turns_the_flag_on_and_grants_the_reviews(builds:
         args = builds[name].get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert f"{flag}=false" in args
         assert f"{flag}=true" not in args
-    b = builds["examples/metrics-auth"]
+    b = builds["examples/secure"]
     args = b.get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith(flag)] == [f"{flag}=true"]
     assert b.get("ClusterRole", "picker-metrics-auth")["rules"] == [
@@ -171,3 +172,22 @@ def test_a_failing_build_is_an_error_with_kustomizes_message(
     with pytest.raises(Exception, match=message) as info:
         kustomize(tmp_path / "k")
     assert type(info.value).__name__ == "KustomizeError"
+
+
+def test_network_policy_admits_only_the_service_ports(builds: dict[str, Any]) -> None:
+    """The NetworkPolicy selects the EPP's Pods and lets in ext_proc and /metrics only, by the container
+    ports' names; the admin port is not among the container ports at all (it listens on loopback)."""
+    b = builds["examples/secure"]
+    policy = b.get("NetworkPolicy", "picker")
+    deployment = b.get("Deployment", "picker")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {"grpc-ext-proc", "http-metrics"}
+    assert all(rule["from"] for rule in policy["spec"]["ingress"]), "every rule names its peers"
+    container_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert allowed <= container_ports
+    assert not any(
+        p["containerPort"] == 9091 for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    )

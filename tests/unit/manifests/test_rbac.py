@@ -25,7 +25,7 @@ EXPECTED = {
     ("", "events", "create"),
 }
 
-EPP_BUILDS = ("base", "examples", "examples/ha", "examples/metrics-auth")
+EPP_BUILDS = ("base", "examples", "examples/ha", "examples/secure")
 
 
 def rbac_problems(rules: list[Doc]) -> list[str]:
@@ -78,7 +78,7 @@ def test_rbac_check_rejects_broader_rules(builds: dict[str, Any], extra_rule: Do
 def test_no_cluster_scoped_rights(builds: dict[str, Any], build: str) -> None:
     """Cluster-scoped RBAC only with the metrics-auth component (tokenreviews, subjectaccessreviews)."""
     cluster = [d for d in builds[build].resources if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    if build != "examples/metrics-auth":
+    if build != "examples/secure":
         assert cluster == []
     roles = [d for d in cluster if d["kind"] == "ClusterRole"]
     granted = {

@@ -13,7 +13,7 @@ from picker.cli import build_parser, settings_from_args
 
 Doc = dict[str, Any]
 
-EPP_BUILDS = ("base", "examples", "examples/ha", "examples/metrics-auth")
+EPP_BUILDS = ("base", "examples", "examples/ha", "examples/secure")
 
 #: Flags `picker serve` accepts: the reference EPP's (gie-epp.md section 3.11) plus picker's own.
 #: Kept here until the test can ask the CLI; test_args_parse_with_the_cli cross-checks with picker.cli.
@@ -218,6 +218,9 @@ def test_args_parse_with_the_cli(builds: dict[str, Any], build: str) -> None:
     assert settings.pool_name == flags["--pool-name"]
     assert settings.pool_namespace == "inference"
     assert settings.ha_enable_leader_election is (LEADER_ELECTION in flags)
+    # the admin API (/config, /debug/*) stays on the Pod's loopback in every build
+    assert (settings.admin_bind, settings.admin_port) == ("127.0.0.1", 9091)
+    assert settings.metrics_auth is (build == "examples/secure")
 
 
 @pytest.mark.parametrize("build", EPP_BUILDS)
