@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from picker.admin.auth import MetricsAuth
+from picker.telemetry.exposition import render
 
 
 def build_metrics_app(
@@ -40,7 +41,7 @@ def build_metrics_app(
                 return PlainTextResponse(outcome.message + "\n", status_code=outcome.status, headers=headers)
         if request.method == "HEAD":
             return Response(media_type=CONTENT_TYPE_LATEST)
-        page = await run_in_threadpool(generate_latest, registry)
+        page = await run_in_threadpool(render, registry)  # without *_created (picker.telemetry.exposition)
         return Response(page, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")

@@ -8,6 +8,7 @@ The public surface is this package; its modules hold one concern each:
 * :mod:`~picker.telemetry.batch` - stream facts queued on the request path, applied in batches;
 * :mod:`~picker.telemetry.pool` - pool and per-endpoint gauges computed from the datastore at scrape time;
 * :mod:`~picker.telemetry.merge` - ``--workers``: worker exports merged for the supervisor;
+* :mod:`~picker.telemetry.exposition` - what ``/metrics`` renders (no ``*_created`` series);
 * :mod:`~picker.telemetry.buckets` - the reference's bucket boundaries.
 """
 
