@@ -43,7 +43,16 @@ EXPECTED_BUILDS: dict[str, dict[tuple[str, str], int]] = {
     },
     "examples": STACK,
     "examples/stack": STACK,
-    "examples/ha": STACK,
+    "examples/ha": {
+        **STACK,
+        ("Role", "picker-leader-election"): 1,
+        ("RoleBinding", "picker-leader-election"): 1,
+    },
+    "examples/configmap-watch": {
+        **STACK,
+        ("Role", "picker-configmap-watch"): 1,
+        ("RoleBinding", "picker-configmap-watch"): 1,
+    },
     "examples/scaler": {
         **STACK,
         ("Role", "picker-scaler"): 1,
@@ -97,7 +106,7 @@ def test_the_leader_election_component_is_used_by_the_ha_example_only(
     component = (MANIFESTS / "components/leader-election/kustomization.yaml").resolve()
     users = {name for name, b in builds.items() if component in referenced_files(b.root)}
     assert users == {"examples/ha"}
-    epp = ("base", "examples", "examples/stack", "examples/ha", "examples/secure")
+    epp = ("base", "examples", "examples/stack", "examples/ha", "examples/secure", "examples/configmap-watch")
     replicas = {name: builds[name].get("Deployment", "picker")["spec"].get("replicas", 1) for name in epp}
     assert replicas["examples/ha"] > 1
     assert replicas["examples"] == replicas["examples/stack"] == replicas["base"] == 1

@@ -1,4 +1,5 @@
-"""Least-privilege RBAC for the EPP: exactly the rules it needs, namespaced, no wildcards."""
+"""Least-privilege RBAC for the EPP: exactly the rules each build needs, namespaced, no wildcards; the rights
+only some configurations need come with the component that turns them on."""
 
 from __future__ import annotations
 
@@ -9,26 +10,50 @@ import pytest
 Doc = dict[str, Any]
 
 X_K8S = "inference.networking.x-k8s.io"
-READ = ("get", "list", "watch")
+WATCH = ("list", "watch")
+Grant = tuple[str, str, str, tuple[str, ...]]
 
-#: (apiGroup, resource, verb) the EPP may use, and nothing else.
-EXPECTED = {
-    *(("", "pods", v) for v in READ),
-    *(("inference.networking.k8s.io", "inferencepools", v) for v in READ),
+#: (apiGroup, resource, verb, resourceNames) of the base Role: list + watch of what the EPP watches
+BASE: set[Grant] = {
+    *(("", "pods", v, ()) for v in WATCH),
+    *(("inference.networking.k8s.io", "inferencepools", v, ()) for v in WATCH),
     *(
-        (X_K8S, r, v)
+        (X_K8S, r, v, ())
         for r in ("inferencepools", "inferenceobjectives", "inferencemodelrewrites")
-        for v in READ
+        for v in WATCH
     ),
-    *(("", "configmaps", v) for v in READ),
-    *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
-    ("", "events", "create"),
 }
+#: the Roles the components add, by Role name
+COMPONENT_ROLES: dict[str, set[Grant]] = {
+    "picker-leader-election": {("coordination.k8s.io", "leases", v, ()) for v in ("get", "create", "update")},
+    "picker-configmap-watch": {
+        *(("", "configmaps", v, ("picker-config",)) for v in WATCH),
+        ("", "events", "create", ()),
+    },
+}
+#: which extra Roles each build has
+EXTRA_ROLES = {
+    "base": set(),
+    "examples": set(),
+    "examples/ha": {"picker-leader-election"},
+    "examples/secure": set(),
+    "examples/configmap-watch": {"picker-configmap-watch"},
+}
+EPP_BUILDS = tuple(EXTRA_ROLES)
+EXPECTED = BASE
 
-EPP_BUILDS = ("base", "examples", "examples/ha", "examples/secure")
+
+def grants(rules: list[Doc]) -> set[Grant]:
+    return {
+        (g, r, v, tuple(rule.get("resourceNames", ())))
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
-def rbac_problems(rules: list[Doc]) -> list[str]:
+def rbac_problems(rules: list[Doc], expected: set[Grant] = BASE) -> list[str]:
     problems = []
     for rule in rules:
         problems.extend(
@@ -38,16 +63,10 @@ def rbac_problems(rules: list[Doc]) -> list[str]:
         )
         if "nonResourceURLs" in rule:
             problems.append(f"nonResourceURLs in a Role: {rule}")
-    granted = {
-        (g, r, v)
-        for rule in rules
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-        for v in rule["verbs"]
-    }
-    if extra := granted - EXPECTED:
+    granted = grants(rules)
+    if extra := granted - expected:
         problems.append(f"broader than needed: {sorted(extra)}")
-    if missing := EXPECTED - granted:
+    if missing := expected - granted:
         problems.append(f"missing: {sorted(missing)}")
     return problems
 
@@ -56,6 +75,31 @@ def rbac_problems(rules: list[Doc]) -> list[str]:
 def test_role_grants_exactly_what_the_epp_needs(builds: dict[str, Any], build: str) -> None:
     role = builds[build].get("Role", "picker")
     assert rbac_problems(role["rules"]) == []
+
+
+@pytest.mark.parametrize("build", EPP_BUILDS)
+def test_component_roles_only_where_their_component_is(builds: dict[str, Any], build: str) -> None:
+    b = builds[build]
+    roles = {d["metadata"]["name"]: d for d in b.resources if d["kind"] == "Role"}
+    assert set(roles) == {"picker", *EXTRA_ROLES[build]}
+    for name in EXTRA_ROLES[build]:
+        assert rbac_problems(roles[name]["rules"], COMPONENT_ROLES[name]) == [], name
+        binding = b.get("RoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+        assert [s["name"] for s in binding["subjects"]] == ["picker"]
+
+
+def test_configmap_watch_build_reads_the_configmap_it_grants(builds: dict[str, Any]) -> None:
+    """The one ConfigMap the Role names is the one the EPP is told to watch, and it exists in the build."""
+    b = builds["examples/configmap-watch"]
+    args = b.get("Deployment", "picker")["spec"]["template"]["spec"]["containers"][0]["args"]
+    (flag,) = [a for a in args if a.startswith("--config-configmap=")]
+    assert not [a for a in args if a.startswith("--config-file=")]
+    (names,) = {
+        g[3] for g in grants(b.get("Role", "picker-configmap-watch")["rules"]) if g[1] == "configmaps"
+    }
+    assert names == (flag.partition("=")[2],)
+    b.get("ConfigMap", names[0])
 
 
 @pytest.mark.parametrize(
