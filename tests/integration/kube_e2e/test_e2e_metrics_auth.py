@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import subprocess
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
-from tests.integration.kube_e2e.conftest import SCRAPER_TOKEN, SCRAPER_USER, StartEpp
+from picker.testing.net import free_port
+from picker.testing.tools import tool
+from tests.integration.kube_e2e.conftest import SCRAPER_TOKEN, SCRAPER_USER, StartEpp, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +113,62 @@ async def test_static_endpoints_leave_metrics_open_unless_asked(
     assert (await _get(guarded.ports.metrics))[0] == 401
     assert (await _get(guarded.ports.metrics, token=SCRAPER_TOKEN))[0] == 200
     assert emulator.count("list", "pods") == 0  # nothing but the reviews went to the API server
+
+
+def _prometheus_up(url: str) -> dict[str, float]:
+    """``up`` per job from the Prometheus HTTP API (blocking; called on a worker thread)."""
+    with urllib.request.urlopen(f"{url}/api/v1/query?query=up", timeout=2) as r:
+        doc = json.loads(r.read())
+    return {s["metric"]["job"]: float(s["value"][1]) for s in doc["data"]["result"]}
+
+
+@pytest.mark.slow
+async def test_a_real_prometheus_scrapes_with_its_token_and_is_refused_without(
+    start_epp: StartEpp, tmp_path: Path
+) -> None:
+    """Debian's Prometheus scrapes the EPP twice: with the scraper's bearer token (``authorization`` in
+    the scrape config, as a ServiceMonitor renders it) the target is up, without it down (401)."""
+    binary = tool("prometheus", apt="prometheus")  # skips, or fails under PICKER_REQUIRE_TOOLS
+    epp = await start_epp()
+    target = f"127.0.0.1:{epp.ports.metrics}"
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"- job_name: with-token\n  authorization: {{credentials: {SCRAPER_TOKEN}}}\n"
+        f"  static_configs: [{{targets: ['{target}']}}]\n"
+        f"- job_name: without-token\n  static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a child that runs alongside the test, stopped below
+        [
+            str(binary),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        async def both_scraped() -> bool:
+            try:
+                up = await asyncio.to_thread(_prometheus_up, url)
+            except OSError:
+                return False
+            return set(up) == {"with-token", "without-token"} and up == {
+                "with-token": 1.0,
+                "without-token": 0.0,
+            }
+
+        await eventually(both_scraped, within=60, what="Prometheus: up with the token, down without")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
