@@ -78,7 +78,8 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 USER 65532:65532
 WORKDIR /tmp
 
-# 9002 ext_proc gRPC (TLS by default), 9003 gRPC health (plaintext), 9090 /metrics.
+# 9002 ext_proc gRPC (TLS by default), 9003 gRPC health (plaintext), 9090 /metrics. The admin API
+# (/config, /debug/*) listens on 127.0.0.1:9091 inside the container and is not exposed.
 EXPOSE 9002 9003 9090
 
 ENTRYPOINT ["picker"]
