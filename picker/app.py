@@ -48,6 +48,7 @@ from picker.state.health import OutlierPolicy
 from picker.state.latency import LatencySettings
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.state.prefix import PrefixCacheState
+from picker.state.prices import PriceBook
 from picker.telemetry import Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
@@ -418,6 +419,7 @@ class Service:
         except ValueError as exc:  # validated at load; a mismatch here is a bug worth a loud line
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)
+        self.datastore.set_prices(PriceBook.from_config(cfg.settings.endpoint_prices))
         self.tenants.apply_logged(cfg.settings.tenants)
         self._configure_flow(cfg)
         self._check_scaling(cfg)
@@ -556,6 +558,8 @@ class Service:
         """Bind every port and load the static pool; returns the bound ports."""
         s = self.settings
         self._apply_objectives(self.config_store.active.config)
+        initial = self.config_store.active.config
+        self.datastore.set_prices(PriceBook.from_config(initial.settings.endpoint_prices))
         self.tenants.apply(self.config_store.active.config.settings.tenants)  # ConfigError: exit 2
         if s.static_endpoints:
             try:

@@ -61,6 +61,9 @@ def _columns(m: EndpointMatrix) -> tuple[object, ...]:
         m.ntpot,
         m.model_vocab,
         m.served_models,
+        m.price_in,
+        m.price_out,
+        m.signals,
     )
 
 

@@ -35,6 +35,12 @@ Units and conventions (all columns are ``float64`` of length N unless noted):
   per output token of a non-streamed response.
 * ``health`` — passive health (``picker/state/health.py``): 0 healthy, 1 ejected, 2 probing (half-open).
   The director reads it (an ejected endpoint is not picked as primary); scorers do not.
+* ``price_in`` / ``price_out`` — what serving a token costs at the endpoint, in currency units per million
+  input / output tokens (a pod label or annotation, or the config by engine or pool; an external
+  endpoint's own price); NaN = unknown. Read by ``cost-scorer``.
+* ``signals`` — the operator's own per-endpoint signals, each a column keyed by its source (a PromQL query
+  evaluated by the owner, see ``scoring.scorers.signal.signal_key``); NaN = no value (absent or stale
+  series). Read by ``prometheus-scorer``. A key the owner does not publish is simply missing.
 
 The four owner-maintained columns (``dispatched``, ``inflight``, ``prefill_tokens``, ``inflight_tokens``)
 are never NaN; they default to zeros, so a matrix built without them (an older caller) scores as if we had
@@ -116,13 +122,25 @@ class EndpointRow:
     health: float = 0.0
     #: model names the endpoint serves (its metrics page's ``model_name`` labels); () = not reported
     models: tuple[str, ...] = ()
+    price_in: float = float("nan")
+    price_out: float = float("nan")
+    signals: Mapping[str, float] = field(default_factory=lambda: _NO_SIGNAL_VALUES)
 
 
 #: the optional owner-published columns: name → value of an endpoint without one (see the module doc)
 OPTIONAL_COLUMNS: Mapping[str, float] = MappingProxyType(
-    {"ttft_per_1k": math.nan, "tpot": math.nan, "ntpot": math.nan, "health": 0.0}
+    {
+        "ttft_per_1k": math.nan,
+        "tpot": math.nan,
+        "ntpot": math.nan,
+        "health": 0.0,
+        "price_in": math.nan,
+        "price_out": math.nan,
+    }
 )
 
+_NO_SIGNAL_VALUES: Mapping[str, float] = MappingProxyType({})
+_NO_SIGNALS: Mapping[str, NDArray[np.float64]] = MappingProxyType({})
 
 #: Upper clamp of one request's prompt-token estimate: far above any context window, low enough that sums of
 #: millions of them stay exact in float64 (integers below 2**53), so adding and later subtracting the same
@@ -248,6 +266,11 @@ class EndpointMatrix:
     #: served model names → column of ``served_models`` (see module doc); omitted → none reported
     model_vocab: Mapping[str, int] = field(default_factory=lambda: _NO_MODELS)
     served_models: BoolArray = field(default_factory=lambda: _UNSET_BOOL)
+    #: prices per million tokens (see module doc); omitted → NaN (unknown, an OPTIONAL_COLUMNS entry)
+    price_in: F64 = field(default_factory=lambda: _UNSET)
+    price_out: F64 = field(default_factory=lambda: _UNSET)
+    #: the operator's signals by key (see module doc), read-only columns; omitted → none
+    signals: Mapping[str, F64] = field(default_factory=lambda: _NO_SIGNALS)
     _address_index: dict[str, int] = field(default_factory=dict, repr=False)
     #: ip → rows with that ip (several with data-parallel ranks); built on first use, see ``rows_of_ip``
     _ip_index: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
@@ -295,6 +318,11 @@ class EndpointMatrix:
             return _ro(np.fromiter((getattr(r, attr) for r in rows), dtype=np.float64, count=n))
 
         addresses = tuple(r.address for r in rows)
+        keys = sorted({k for r in rows for k in r.signals})
+        signals = {
+            k: _ro(np.fromiter((r.signals.get(k, math.nan) for r in rows), dtype=np.float64, count=n))
+            for k in keys
+        }
         return cls(
             names=tuple(r.name for r in rows),
             addresses=addresses,
@@ -326,6 +354,9 @@ class EndpointMatrix:
             health=col("health"),
             model_vocab=MappingProxyType(model_vocab),
             served_models=_ro(served),
+            price_in=col("price_in"),
+            price_out=col("price_out"),
+            signals=MappingProxyType(signals) if signals else _NO_SIGNALS,
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 
@@ -381,6 +412,11 @@ class EndpointMatrix:
             ntpot=float(self.ntpot[i]),
             health=float(self.health[i]),
             models=tuple(models[int(j)] for j in np.flatnonzero(self.served_models[i])),
+            price_in=float(self.price_in[i]),
+            price_out=float(self.price_out[i]),
+            signals=MappingProxyType(
+                {k: float(c[i]) for k, c in self.signals.items() if math.isfinite(float(c[i]))}
+            ),
         )
 
     def rows(self) -> list[EndpointRow]:
@@ -446,6 +482,9 @@ class EndpointMatrix:
             health=_ro(self.health[idx]),
             model_vocab=self.model_vocab,
             served_models=_ro(self.served_models[idx]),
+            price_in=_ro(self.price_in[idx]),
+            price_out=_ro(self.price_out[idx]),
+            signals=MappingProxyType({k: _ro(c[idx]) for k, c in self.signals.items()}),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 

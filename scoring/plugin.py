@@ -110,6 +110,9 @@ class Scorer(Plugin, Generic[StateT]):
 
     category: ClassVar[Category]
     dependence: ClassVar[Dependence]
+    #: the weight when the profile's reference gives none (None: the reference's default, 1); a scorer
+    #: with a ``weight`` parameter sets it
+    default_weight: float | None = None
 
     def prepare(self, v: View, /) -> StateT:
         """Everything derived from the scraped columns alone (imputed gauges, static scores).

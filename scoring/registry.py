@@ -35,6 +35,7 @@ from scoring.plugin import Filter, Picker, Plugin, SaturationDetector, Scorer
 from scoring.profiles import ObjectiveProfileHandler, ProfileHandler, Profiles, SingleProfileHandler
 from scoring.scheduler import Scheduler
 from scoring.scorers import (
+    CostScorer,
     GpuUtilizationScorer,
     KvCacheUtilizationScorer,
     LatencyScorer,
@@ -167,6 +168,7 @@ def default_registry() -> Registry:
     r.register(PrefillQueueScorer.type_name, PrefillQueueScorer, Kind.SCORER)
     r.register(TokenLoadScorer.type_name, TokenLoadScorer, Kind.SCORER)
     r.register(LatencyScorer.type_name, LatencyScorer, Kind.SCORER)
+    r.register(CostScorer.type_name, CostScorer, Kind.SCORER)
     r.register(MaxScorePicker.type_name, MaxScorePicker, Kind.PICKER)
     r.register(RandomPicker.type_name, RandomPicker, Kind.PICKER)
     r.register(WeightedRandomPicker.type_name, WeightedRandomPicker, Kind.PICKER)
@@ -267,9 +269,15 @@ def _resolve_profile(
         seen.add(ref)
         plugin = built.get(ref)
         if isinstance(plugin, Scorer):
-            w = 1.0 if weight is None else weight
+            own = plugin.default_weight
+            w = (1.0 if own is None else own) if weight is None else weight
             if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
                 raise ConfigurationError(f"{where}: weight of {ref!r} must be a number >= 0, got {weight!r}")
+            if own is not None and weight is not None and float(weight) != own:
+                raise ConfigurationError(
+                    f"{where}: weight of {ref!r} is given twice with different values ({weight!r} in the "
+                    f"profile, {own:g} in the plugin's parameters); keep one"
+                )
             scorers.append((plugin, float(w)))
         elif isinstance(plugin, Picker):
             if picker is not None:
@@ -338,8 +346,9 @@ def build_profiles(
     """Build and validate every scheduling profile and the profile handler from reference-style specs.
 
     Defaulting (reference): plugin name := type; no profiles → one ``default`` profile with all filter,
-    scorer and picker plugins; scorer weight := 1; a profile without a picker gets the first picker
-    defined in ``plugins`` or else a new ``max-score-picker``; no profile handler →
+    scorer and picker plugins; scorer weight := 1 (or the scorer's own ``weight`` parameter, for those
+    that have one); a profile without a picker gets the first picker defined in ``plugins`` or else a
+    new ``max-score-picker``; no profile handler →
     ``single-profile-handler``; no saturation detector reference → the plugin named
     ``utilization-detector`` if defined, else a new one with default parameters. Plugins of service
     types (data layer, parsers, ...) are accepted and skipped. A plugin referenced by several profiles

@@ -63,6 +63,9 @@ class PickRequest(NamedTuple):
     prompt_tokens_estimate: int = 0
     #: the response streams (SSE), so its first body byte marks the end of prefill; default True
     stream: bool = True
+    #: output tokens the request may generate (its ``max_tokens`` or equivalent); 0 = not given. Read by
+    #: ``cost-scorer`` (with the prompt estimate, it weighs input against output prices)
+    output_tokens_estimate: int = 0
 
 
 @dataclass(frozen=True, slots=True)

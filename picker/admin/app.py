@@ -123,6 +123,14 @@ def build_admin_app(
                     "inflight_tokens": row.inflight_tokens,
                     #: blocks the approximate prefix index lists for this endpoint
                     "prefix_entries": prefix.entries(name) if prefix is not None else 0,
+                    #: currency units per million tokens (NaN → null: unknown) and where each came from
+                    "price": {
+                        "input_per_1m": _num(row.price_in),
+                        "output_per_1m": _num(row.price_out),
+                        "sources": list(st.priced.sources)
+                        if st is not None and st.priced is not None
+                        else None,
+                    },
                     "last_error": st.last_error if st else None,
                     "scrapes_ok": st.scrapes_ok if st else 0,
                     "scrapes_failed": st.scrapes_failed if st else 0,

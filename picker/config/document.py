@@ -9,6 +9,7 @@ from typing import Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from picker.config.base import StrictModel
+from picker.config.costs import EndpointPricesConfig
 from picker.config.scaling import ScalingConfig
 from picker.config.tenants import TenantsConfig
 from picker.config.values import parse_quantity
@@ -145,6 +146,9 @@ class PickerSettingsDocument(StrictModel):
     #: candidate is stale, requests are routed anyway (``picker.routing.avoid``). ``Allow``: the
     #: reference's behaviour, stale values are scored as they are.
     stale_endpoints: Literal["Avoid", "Allow"] = "Avoid"
+    #: what serving costs on the pool's endpoints, for ``cost-scorer`` (:mod:`picker.config.costs`); a
+    #: pod's own ``picker.dev/price-*-per-1m`` label or annotation wins; unset = only those
+    endpoint_prices: EndpointPricesConfig | None = None
 
     @field_validator("staleness_threshold", mode="before")
     @classmethod

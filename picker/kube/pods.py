@@ -4,7 +4,8 @@ Rules (reference §3.2): a pod is an endpoint only when it has a pod IP, conditi
 ``deletionTimestamp``; it gets one endpoint per pool target port, named ``<pod>-rank-<i>`` where ``i`` is
 the port's index in ``targetPorts`` (stable when the annotation below changes); the annotation
 ``inference.networking.k8s.io/active-ports: "8000,8001"`` restricts which of those ports are active; the
-label ``inference.networking.k8s.io/engine-type`` names the engine (else the scraper auto-detects).
+label ``inference.networking.k8s.io/engine-type`` names the engine (else the scraper auto-detects); the
+``picker.dev/*`` annotations are kept on the endpoint (its prices, ``picker.state.prices``).
 
 The watch carries the pool's label selector, so the API server filters for us and reports a pod whose
 labels stop matching as ``DELETED``. When the selector changes the watch is restarted with the new one;
@@ -35,6 +36,8 @@ from picker.state.endpoints import Endpoint, PoolInfo
 log = logging.getLogger(__name__)
 
 ACTIVE_PORTS_ANNOTATION = "inference.networking.k8s.io/active-ports"
+#: annotations kept on an endpoint (``picker.state.prices`` reads the price ones); others are not kept
+OWN_ANNOTATION_PREFIX = "picker.dev/"
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
 MAX_TARGET_PORTS = 8
 
@@ -131,9 +134,13 @@ def pod_endpoints(
         return ()
     name = str(meta.get("name") or "")
     ip = str((pod.get("status") or {}).get("podIP"))
-    active = _active_ports(meta.get("annotations") or {}, pool.target_ports)
+    annotations = meta.get("annotations") or {}
+    active = _active_ports(annotations, pool.target_ports)
     engine = labels.get(engine_label) or None
     frozen_labels = MappingProxyType(labels)
+    own = MappingProxyType(
+        {str(k): str(v) for k, v in annotations.items() if str(k).startswith(OWN_ANNOTATION_PREFIX)}
+    )
     single = metrics_port if metrics_port and len(pool.target_ports) == 1 else None
     return tuple(
         Endpoint(
@@ -145,6 +152,7 @@ def pod_endpoints(
             engine=engine,
             labels=frozen_labels,
             metrics_port=single,
+            annotations=own,
         )
         for i, port in enumerate(pool.target_ports)
         if port in active

@@ -353,6 +353,7 @@ class Director:
             prompt_tokens_estimate=(info.prompt_chars // 4) if info is not None else 0,
             stream=info.stream if info is not None else False,
             prefix=prefix,
+            output_tokens_estimate=(info.max_tokens or 0) if info is not None else 0,
         )
         try:
             result, avoided, failover = self._pick(m, pick_req, scheduler, mask, started, explain=explain)

@@ -28,6 +28,9 @@ FLOAT_COLUMNS: Final = (
     "tpot",
     "ntpot",
     "health",
+    # currency units per million input / output tokens (picker/state/prices.py)
+    "price_in",
+    "price_out",
 )
 
 #: ``(vocabulary, active, waiting, count, model vocabulary, served)``: see :func:`lora_columns`
@@ -105,6 +108,8 @@ def snapshot_matrix(
         max_lora=cols[k("max_lora")],
         block_size=cols[k("block_size")],
         num_blocks=cols[k("num_blocks")],
+        price_in=cols[k("price_in")],
+        price_out=cols[k("price_out")],
         engine=engine,
         engine_names=ENGINE_NAMES,
         ttft_per_1k=cols[k("ttft_per_1k")],

@@ -55,6 +55,7 @@ from picker.state.latency import LATENCY_COLUMNS, LatencySettings, LatencySignal
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from picker.state.outcomes import FAILURE_INDEX, LATENCY, OK, OutcomeLedger, OutcomeRows, OutcomeWriter
+from picker.state.prices import NO_PRICES, PriceBook, Priced
 from picker.state.publisher import SharedPublisher, StaticParts
 from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
 
@@ -85,6 +86,8 @@ class EndpointStatus:
     last_error: str | None = None
     scrapes_ok: int = 0
     scrapes_failed: int = 0
+    #: the prices in the ``price_in`` / ``price_out`` columns and where they came from
+    priced: Priced | None = None
 
     @property
     def engine(self) -> str | None:
@@ -151,6 +154,7 @@ class Datastore:
         self._lora_version = 0
         self._listeners: list[Callable[[], None]] = []
         self._gpu_by_pod: Mapping[str, float] = MappingProxyType({})
+        self._prices: PriceBook = NO_PRICES
         self.membership_version = 0
 
     # ------------------------------------------------------------------------------------------ pool
@@ -193,7 +197,9 @@ class Datastore:
             if current.endpoint.address == endpoint.address:
                 # labels/engine changed only: keep metrics and load, no re-layout needed
                 current.endpoint = endpoint
-                self._engine[self._index[endpoint.name]] = engine_code(current.engine)
+                i = self._index[endpoint.name]
+                self._engine[i] = engine_code(current.engine)
+                self._price_row(i, current)
                 self._snapshot = None
                 self._static = None
                 self._notify()
@@ -249,6 +255,9 @@ class Datastore:
             if kept and j is not None:
                 colmat[:, i] = old_cols[:, j]
             engine[i] = engine_code(st.engine)
+            st.priced = priced = self._prices.price(st.endpoint, st.engine)
+            cols["price_in"][i] = priced.input
+            cols["price_out"][i] = priced.output
             if not kept:
                 gpu = self._gpu_by_pod.get(st.endpoint.pod)
                 if gpu is not None:
@@ -311,6 +320,7 @@ class Datastore:
         if engine is not None and engine != st.detected_engine:
             st.detected_engine = engine
             self._engine[i] = engine_code(st.engine)
+            self._price_row(i, st)  # an engine's price may apply now
             self._static = None
         self.ledger.scrape_landed(st.slot)  # leaves ``dispatched`` when these gauges are published
         st.scrapes_ok += 1
@@ -333,6 +343,23 @@ class Datastore:
             v = self._gpu_by_pod.get(self._status[name].endpoint.pod)
             col[i] = math.nan if v is None else v
         self._dirty = True
+
+    def set_prices(self, book: PriceBook) -> None:
+        """The config's ``endpointPrices`` (``picker.state.prices``): every endpoint's price columns again."""
+        self._prices = book
+        for i, name in enumerate(self._order):
+            self._price_row(i, self._status[name])
+        self._dirty = True
+
+    def _price_row(self, i: int, st: EndpointStatus) -> None:
+        st.priced = priced = self._prices.price(st.endpoint, st.engine)
+        self._cols["price_in"][i] = priced.input
+        self._cols["price_out"][i] = priced.output
+        self._dirty = True
+
+    @property
+    def currency(self) -> str:
+        return self._prices.currency
 
     # ----------------------------------------------------------------------------------------- reads
     def snapshot(self) -> EndpointMatrix:

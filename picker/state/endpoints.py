@@ -54,6 +54,8 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)
     #: where /metrics is served (defaults to the serving port)
     metrics_port: int | None = None
+    #: the pod's annotations this EPP reads (``picker.dev/*``: prices), not all of them
+    annotations: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)
 
     @property
     def address(self) -> str:

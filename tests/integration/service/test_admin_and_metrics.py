@@ -288,6 +288,7 @@ ENDPOINT_FIELDS = {
     "inflight_tokens",
     "prefix_entries",
     "models",
+    "price",
     "last_error",
     "scrapes_ok",
     "scrapes_failed",
@@ -326,6 +327,7 @@ async def test_debug_endpoints(start_service: StartService) -> None:
     assert rows[P2]["metrics_age_s"] is None  # never scraped
     assert rows[P2]["waiting"] is None
     assert rows[P2]["last_error"]  # why the scrape failed
+    assert rows[P0]["price"] == {"input_per_1m": None, "output_per_1m": None, "sources": ["none", "none"]}
 
 
 # ------------------------------------------------------------------------------------------ prompt privacy

@@ -35,6 +35,9 @@ gauge = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf, -3.0, 1e300]),
 )
 fraction = st.one_of(st.floats(min_value=0, max_value=1), st.sampled_from([math.nan, 1.5, -0.2, math.inf]))
+price = st.one_of(st.floats(min_value=0, max_value=20), st.sampled_from([math.nan, -1.0, math.inf, 1e300]))
+#: parameters of the scorers that cannot be built without some (every other type takes its defaults)
+PARAMETERS: dict[str, dict[str, Any]] = {}
 
 
 @st.composite
@@ -52,6 +55,8 @@ def rows(draw: st.DrawFn, index: int) -> EndpointRow:
         lora_active=tuple(draw(st.sets(st.sampled_from(ADAPTERS)))),
         lora_waiting=tuple(draw(st.sets(st.sampled_from(ADAPTERS), max_size=1))),
         max_lora=draw(st.sampled_from([math.nan, 0.0, 1.0, 2.0, 4.0])),
+        price_in=draw(price),
+        price_out=draw(price),
     )
 
 
@@ -64,6 +69,8 @@ def matrices(draw: st.DrawFn, min_size: int = 1, max_size: int = 12) -> Endpoint
 requests = st.builds(
     PickRequest,
     target_model=st.sampled_from([*ADAPTERS, "base"]),
+    prompt_tokens_estimate=st.integers(0, 100_000),
+    output_tokens_estimate=st.integers(0, 10_000),
     headers=st.sampled_from([{}, {"test-epp-endpoint-selection": "10.0.1.1,10.0.2.2:8000"}]),
     prefix=st.none(),  # matches are tied to one matrix: tests/property/scoring/test_prefix_index.py
 )
@@ -79,7 +86,7 @@ def all_filters_profile() -> Scheduler:
         "lora-capacity-filter",
     ]
     scorers = list(registry.types(Kind.SCORER))
-    plugins = [PluginSpec(t, t) for t in [*filters, *scorers]]
+    plugins = [PluginSpec(t, t, PARAMETERS.get(t, {})) for t in [*filters, *scorers]]
     plugins.append(PluginSpec("pick", "max-score-picker", {"maxNumOfEndpoints": 2}))
     refs: list[tuple[str, float | None]] = [(t, None) for t in filters]
     refs += [(t, 1.5) for t in scorers]
@@ -100,7 +107,7 @@ def test_every_scorer_scores_in_unit_interval(m: EndpointMatrix, req: PickReques
     registry = default_registry()
     v = View(m)
     for type_name in registry.types(Kind.SCORER):
-        scorer = registry.create(PluginSpec(type_name, type_name))
+        scorer = registry.create(PluginSpec(type_name, type_name, PARAMETERS.get(type_name, {})))
         assert hasattr(scorer, "score")
         scores = scorer.score(v, scorer.prepare(v), req, m.dispatched)
         assert scores.shape == (len(m),)

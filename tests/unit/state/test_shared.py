@@ -20,6 +20,7 @@ from picker.state.latency import LatencySettings
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.state.outcomes import Outcome
+from picker.state.prices import PriceBook
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
 from picker.state.view import SharedView
@@ -95,13 +96,25 @@ def test_a_worker_snapshot_matches_the_supervisor_snapshot(segment: SharedSegmen
     scrape(ds, "10.0.0.2:8000", 1.0, block_size=16.0, num_blocks=900.0)
     ds.record_scrape("10.0.0.3:8000", EndpointMetrics(), engine="sglang")  # reported nothing: no change
     ds.set_gpu_utilization({})
+    ds.set_prices(PriceBook(default=(0.1, 0.4), engines={"sglang": (0.05, 0.2)}))
     assert ds.publish()
     view = SharedView(segment, 0)
     got, want = view.snapshot(), ds.snapshot()
     assert got.names == want.names
     assert got.addresses == want.addresses
     assert got.ips == want.ips
-    for column in ("waiting", "running", "kv_usage", "gpu_util", "scraped_at", "max_lora", "block_size"):
+    assert got.price_in.tolist() == [0.1, 0.1, 0.05]
+    for column in (
+        "waiting",
+        "running",
+        "kv_usage",
+        "gpu_util",
+        "scraped_at",
+        "max_lora",
+        "block_size",
+        "price_in",
+        "price_out",
+    ):
         np.testing.assert_array_equal(getattr(got, column), getattr(want, column), err_msg=column)
     np.testing.assert_array_equal(got.engine, want.engine)
     assert dict(got.lora_vocab) == dict(want.lora_vocab)
