@@ -16,7 +16,8 @@ phase one fault is injected into server 0 for ``--fault`` seconds, then removed:
 * ``slow`` — its engine runs three times slower than its parameters (its gauges show only what follows
   from that), once with the default profile and once with ``latency-scorer`` added (weight 1).
 
-Per fault: client-visible errors (before, during, after); requests that reached the bad server after the
+Per fault: client-visible errors (before, during, after; streams that were in flight on the killed server
+and broke off are counted apart, as no router can save them); requests that reached the bad server after the
 fault began (any attempt, primary or retry), the share of requests reaching it after its first five
 failures (the consecutive-failure threshold) while the fault lasts, and how many seconds after the onset
 it stopped being sent traffic (the first moment after which fewer than 1 % of the fault window's requests
@@ -357,9 +358,15 @@ def summarize(
         if len(failed_attempts) >= EJECTION_FAILURES
         else []
     )
+    # a response that was streaming from the bad server when it was killed breaks off: no router or retry
+    # can save it (the client has part of it); counted apart from the errors of requests sent after
+    broken = [
+        r for r in windows["before"] if not r.ok and r.endpoint == bad and r.error.startswith("response")
+    ]
     row: dict[str, Any] = {
         "requests": len(records),
-        "errors": {name: sum(not r.ok for r in rs) for name, rs in windows.items()},
+        "errors": {name: sum(not r.ok for r in rs if r not in broken) for name, rs in windows.items()},
+        "broken_in_flight_at_fault": len(broken),
         "error_kinds": _error_kinds(records),
         "retried": sum(len(r.attempts) > 1 for r in records),
         "reached_bad_after_fault": len(reached),
@@ -435,7 +442,8 @@ def markdown_report(doc: dict[str, Any]) -> str:
         ),
         "",
         (
-            "| fault | errors before/during/after | reached bad after onset | share after first failures | "
+            "| fault | errors before/during/after (+ broken in flight) | reached bad after onset | "
+            "share after first failures | "
             "stopped after | p99 TTFT before/during/after (s) | EPP failovers | targets |"
         ),
         "|---|---|---|---|---|---|---|---|",
@@ -457,8 +465,10 @@ def markdown_report(doc: dict[str, Any]) -> str:
             s = row["slow_share"]
             extra = f"share {s['before']:.2f} → {s['fault_20_30s']:.2f}" if s["before"] is not None else ""
             targets = f"{targets} ({extra})"
+        broken = row.get("broken_in_flight_at_fault", 0)
         lines.append(
-            f"| {name} | {e['before']}/{e['during']}/{e['after']} | {row['reached_bad_after_fault']} | "
+            f"| {name} | {e['before']}/{e['during']}/{e['after']}{f' (+{broken})' if broken else ''} | "
+            f"{row['reached_bad_after_fault']} | "
             f"{'—' if share is None else f'{share:.1%}'} | {'—' if stop is None else f'{stop:.1f} s'} | "
             f"{p99} | {failovers:.0f} | {targets} |"
         )
