@@ -348,6 +348,7 @@ class Service:
                 scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
                 max_body_bytes=settings.admin_max_body_bytes,
                 prefix=self.prefix,
+                external=self.director.external.stats,
             ),
             host=settings.admin_bind,
             port=settings.admin_port,

@@ -74,6 +74,7 @@ from picker.extproc.health import HealthService, HealthState
 from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig, generate_self_signed
 from picker.routing.director import Director
+from picker.routing.external import ExternalCapacity
 from picker.routing.hold import EmptyPoolHold
 from picker.settings import Settings
 from picker.state.codec import HealthInputs
@@ -213,6 +214,8 @@ class _Worker:
             hold=None if s.static_endpoints else self.hold,
             staleness_s=s.metrics_staleness_threshold,
             prefix=self.prefix,
+            # each worker holds 1/N of every external endpoint's limits (picker/routing/external.py)
+            external=ExternalCapacity(share=1.0 / s.workers),
         )
         tls = None
         if s.secure_serving:

@@ -81,6 +81,7 @@ def build_admin_app(
     scaler: Callable[[], dict[str, Any] | None] | None = None,
     max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES,
     prefix: PrefixCacheState | None = None,
+    external: Callable[[], list[Mapping[str, Any]]] | None = None,
 ) -> FastAPI:
     """The admin API; request bodies over ``max_body_bytes`` get 413 while being read (:mod:`.limits`)."""
     app = FastAPI(title="picker admin", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -249,6 +250,13 @@ def build_admin_app(
             progress, the victim ranking with reasons) and recent decisions; ``enabled: false`` when no
             scaler runs in this process (no Kubernetes pool)."""
             return _orjson(scaler() or {"enabled": False})
+
+    if external is not None:
+
+        @app.get("/debug/external")
+        def debug_external() -> Response:
+            """External endpoints: limits, what is used and reserved in the current windows, requests sent."""
+            return _orjson({"external": external()})
 
     @app.exception_handler(ValueError)
     async def _value_error(_request: Request, exc: ValueError) -> Response:

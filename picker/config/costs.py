@@ -13,11 +13,15 @@ pool that takes the overflow.
       priority: 0                        # lower is tried first
       price: {inputPer1M: 0.15, outputPer1M: 0.60}
       limits: {requestsPerMinute: 600, tokensPerMinute: 200000, concurrent: 32, costPerDay: 50}
-    spillover: {saturationThreshold: 1.0}
+    spillover: {saturationThreshold: 1.0, objectives: [bulk-offload]}
 
 A pod's own price comes first: the label or annotation ``picker.dev/price-input-per-1m`` and
 ``picker.dev/price-output-per-1m`` (annotations win over labels). Then the engine's entry, then
 ``default``; nothing → unknown (the ``cost-scorer`` treats it as the mean of the known prices).
+
+External endpoints are not pool members: not scraped, their load is our own accounting, and the director
+sends them a request only when the pool is saturated, unhealthy or empty, or when the request's objective
+is listed in ``spillover.objectives`` (``picker.routing.external``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "ExternalEndpointConfig",
     "SpilloverConfig",
     "TokenPriceConfig",
+    "check_external",
     "parse_address",
 ]
 
@@ -135,7 +140,29 @@ class ExternalEndpointConfig(_Model):
 
 
 class SpilloverConfig(_Model):
-    """When requests go to external endpoints."""
+    """When requests go to external endpoints (``picker.routing.external``)."""
 
-    #: the pool counts as saturated (requests of priority >= 0 spill) at this saturation-detector value
+    #: the pool counts as saturated (requests of priority >= 0 spill) at this value of the profile's
+    #: saturation detector (1.0: the detector's own "saturated")
     saturation_threshold: float = Field(default=1.0, gt=0, le=10, allow_inf_nan=False)
+    #: InferenceObjective names whose requests ask for external capacity first (the pool stays their
+    #: fallback); the objective's name comes from ``x-gateway-inference-objective``
+    objectives: tuple[str, ...] = Field(default=(), max_length=64)
+    #: output tokens reserved against ``tokensPerMinute`` / ``tokensPerHour`` for a request that sets no
+    #: ``max_tokens`` (the reservation is what keeps a limit from being passed: see the README)
+    default_output_tokens: int = Field(default=1024, ge=1, le=10_000_000)
+    #: requests below this priority never spill (sheddable ones are shed as before)
+    min_priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+
+
+def check_external(endpoints: tuple[ExternalEndpointConfig, ...]) -> None:
+    """Names and addresses unique, at most :data:`MAX_EXTERNAL_ENDPOINTS`; ValueError otherwise."""
+    if len(endpoints) > MAX_EXTERNAL_ENDPOINTS:
+        raise ValueError(f"at most {MAX_EXTERNAL_ENDPOINTS} external endpoints, got {len(endpoints)}")
+    for what, values in (
+        ("name", [e.name for e in endpoints]),
+        ("address", [e.address for e in endpoints]),
+    ):
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"externalEndpoints: duplicate {what}(s) {', '.join(duplicates)}")

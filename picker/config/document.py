@@ -9,7 +9,12 @@ from typing import Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from picker.config.base import StrictModel
-from picker.config.costs import EndpointPricesConfig
+from picker.config.costs import (
+    EndpointPricesConfig,
+    ExternalEndpointConfig,
+    SpilloverConfig,
+    check_external,
+)
 from picker.config.scaling import ScalingConfig
 from picker.config.tenants import TenantsConfig
 from picker.config.values import parse_quantity
@@ -149,6 +154,11 @@ class PickerSettingsDocument(StrictModel):
     #: what serving costs on the pool's endpoints, for ``cost-scorer`` (:mod:`picker.config.costs`); a
     #: pod's own ``picker.dev/price-*-per-1m`` label or annotation wins; unset = only those
     endpoint_prices: EndpointPricesConfig | None = None
+    #: capacity outside the pool (e.g. a Service forwarding to a managed API), used when the pool is
+    #: saturated or unhealthy or when the objective asks (:mod:`picker.config.costs`); none by default
+    external_endpoints: tuple[ExternalEndpointConfig, ...] = ()
+    #: when requests go to ``externalEndpoints``
+    spillover: SpilloverConfig = SpilloverConfig()
 
     @field_validator("staleness_threshold", mode="before")
     @classmethod
@@ -171,4 +181,5 @@ class PickerSettingsDocument(StrictModel):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"{what}: duplicate name(s) {', '.join(duplicates)}")
+        check_external(self.external_endpoints)
         return self

@@ -73,12 +73,19 @@ class FailoverReason(enum.StrEnum):
     ``ai_failover_total``. A bounded set; add a member for a new reason (saturated, over limits, out of
     budget), never a free-form string."""
 
-    #: the scorer's choice was ejected by passive health (or is waiting for its probe's outcome)
+    #: the scorer's choice was ejected by passive health (or is waiting for its probe's outcome); also a
+    #: request sent to an external endpoint because every pool candidate was
     EJECTED = "ejected"
     #: the scorer's choice is being drained by the scaler
     DRAINING = "draining"
     #: the scorer's choice had stale metrics, or none (``staleEndpoints: Avoid``)
     STALE = "stale"
+    #: sent to an external endpoint because the pool was saturated (``picker.routing.external``)
+    SATURATED = "saturated"
+    #: sent to an external endpoint because the pool had no candidate for it
+    UNAVAILABLE = "unavailable"
+    #: the request asked for an external endpoint (its objective) and every one was over its limits
+    OVER_LIMITS = "over_limits"
 
 
 class Avoidance:

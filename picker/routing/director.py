@@ -28,13 +28,18 @@
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
    and hand back the body: the original bytes unless the model changed.
 
+   With ``externalEndpoints`` configured (``picker.routing.external``), a request whose objective asks
+   for them, or that finds the pool saturated, entirely ejected or empty, is sent to an external endpoint
+   first (its limits permitting), the pool's pick following as the gateway's fallback list. An empty
+   pool that the scaler's hold covers (step 4) holds the request rather than spilling it.
+
 Everything here is synchronous and allocation-light: it runs once per request on the event loop, except
 the waits a :class:`PendingRoute` carries (a remote budget, a flow-control queue, an empty pool).
 
 Why one module: the steps are one sequence over one request's state (its models, its budget reservation,
-the config in force when it arrived, its prefix match), and every refusal after a reservation must give it
-back; the pieces that stand alone are already elsewhere (``avoid.py``, ``hold.py``, ``openai.py``, the
-tenants' budget and queues, the scheduler itself).
+the config in force when it arrived, its prefix match), and every refusal after a reservation (a tenant's,
+an external endpoint's) must give it back; the pieces that stand alone are already elsewhere (``avoid.py``,
+``hold.py``, ``external.py``, ``openai.py``, the tenants' budget and queues, the scheduler itself).
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
-from picker.routing.avoid import Avoidance
+from picker.routing.avoid import Avoidance, FailoverReason
+from picker.routing.external import ExternalCapacity, ExternalTicket, JointReservation
 from picker.routing.header_only import header_request_info
 from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
 from picker.routing.openai import parse_request, prompt_text, rewrite_model
@@ -128,6 +134,7 @@ class Director:
         hold: EmptyPoolHold | None = None,
         staleness_s: float = 2.0,
         prefix: PrefixCacheState | None = None,
+        external: ExternalCapacity | None = None,
     ) -> None:
         """``hold``: requests to an empty pool wait for a first replica while the active config says so
         (``ActiveConfig.hold_empty_pool``, :mod:`picker.routing.hold`); None refuses them at once.
@@ -147,6 +154,8 @@ class Director:
         self._default_staleness = staleness_s
         #: the prefix index (None: prefix scoring never runs, whatever the profile)
         self._prefix = prefix
+        #: the config's external endpoints and their budgets (``picker.routing.external``)
+        self.external = external if external is not None else ExternalCapacity()
 
     # ------------------------------------------------------------------------------------- routing
     def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
@@ -311,7 +320,11 @@ class Director:
             if ticket is not None:
                 ticket.release()
             raise
-        decision.ticket = ticket
+        if ticket is not None:
+            spilled = decision.ticket
+            decision.ticket = (
+                ticket if not isinstance(spilled, ExternalTicket) else JointReservation(ticket, spilled)
+            )
         return decision
 
     def _schedule(
@@ -331,12 +344,21 @@ class Director:
         m = self._ds.snapshot()
         # Subset hint: IP match (port ignored), as the reference; None = no hint = every endpoint.
         mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
-        if len(m) == 0 or (mask is not None and not mask.any()):
+        empty = len(m) == 0 or (mask is not None and not mask.any())
+        settings = active.config.settings
+        external = (
+            self.external
+            if not explain and self.external.sync(settings.external_endpoints, settings.spillover)
+            else None
+        )
+        if external is not None and priority < external.spill.min_priority:
+            external = None
+        if empty and external is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
         choice = active.profiles.choose(objective, priority, headers)
         scheduler = choice.scheduler
         saturation: float | None = None
-        if priority < 0:
+        if priority < 0 and not empty:
             saturation = scheduler.saturation(m, now=started, candidates=mask)
             if saturation >= 1.0:
                 raise ResourceExhausted(MSG_SHED)
@@ -355,28 +377,35 @@ class Director:
             prefix=prefix,
             output_tokens_estimate=(info.max_tokens or 0) if info is not None else 0,
         )
-        try:
-            result, avoided, failover = self._pick(m, pick_req, scheduler, mask, started, explain=explain)
-        except NoEndpointsAvailable as exc:
-            raise ResourceExhausted(str(exc)) from exc
+        body = request.body
+        if info is not None and target != incoming:
+            body = rewrite_model(body, target)  # before an external reservation: nothing after may raise
+        result, avoided, spill, failover = self._place(
+            m, pick_req, scheduler, mask, started, external, objective, saturation, explain=explain
+        )
+        if spill is None and result is None:
+            raise ServiceUnavailable(MSG_NO_CANDIDATES)
         if self._observer is not None and not explain:
             self._observer.scheduled(self._clock() - started)
             if failover is not None:
                 self._observer.failover(failover)
-        if prefix is not None and not explain:
+        if prefix is not None and not explain and spill is None and result is not None:
+            # the pool's primary serves it (a spilled request's prefix goes to the external endpoint)
             self._record_prefix(m, result.primary, prefix)
-        indices = result.indices
         addresses = m.addresses
-        endpoints = (addresses[indices[0]],) if len(indices) == 1 else tuple(addresses[i] for i in indices)
-        lease = (
-            NullLease()
-            if explain
-            else self._ds.acquire(m.names[result.primary], LoadCharge.for_request(pick_req, result.primary))
-        )
-        body = request.body
-        if info is not None and target != incoming:
-            body = rewrite_model(body, target)
-        return RoutingDecision(
+        pool = () if result is None else tuple(addresses[i] for i in result.indices)
+        lease: Lease
+        if spill is not None:
+            # the pool's pick is the fallback list (a gateway retries there); nothing is charged to it
+            first = spill.endpoint.address
+            endpoints = (first, *(a for a in pool if a != first))
+            lease = NullLease()
+        else:
+            assert result is not None
+            endpoints = pool
+            charge = LoadCharge.for_request(pick_req, result.primary)
+            lease = NullLease() if explain else self._ds.acquire(m.names[result.primary], charge)
+        decision = RoutingDecision(
             endpoints=endpoints,
             incoming_model=incoming,
             target_model=target,
@@ -384,12 +413,65 @@ class Director:
             body=body,
             lease=lease,
             info=info,
-            decision=result.decision,
+            decision=None if result is None else result.decision,
             objective=objective,
             profile=choice.profile,
             profile_reason=choice.reason,
             avoided=avoided,
             failover=failover,
+        )
+        if spill is not None:
+            decision.external = spill.endpoint.name
+            decision.ticket = spill
+        return decision
+
+    def _place(  # noqa: PLR0917 - the pick's inputs, computed once by _schedule
+        self,
+        m: EndpointMatrix,
+        req: PickRequest,
+        scheduler: Scheduler,
+        mask: NDArray[np.bool_] | None,
+        now: float,
+        external: ExternalCapacity | None,
+        objective: str,
+        saturation: float | None,
+        *,
+        explain: bool,
+    ) -> tuple[PickResult | None, Mapping[str, str] | None, ExternalTicket | None, str | None]:
+        """The pool's pick (None for an empty pool), the avoided candidates, the external reservation (or
+        None) and the ``ai_failover_total`` reason (or None)."""
+        empty = len(m) == 0 or (mask is not None and not mask.any())
+        spill: ExternalTicket | None = None
+        failover: str | None = None
+        if external is not None:
+            spill, failover = external.choose(
+                m,
+                mask,
+                scheduler,
+                req,
+                levels=lambda: self._avoidance.levels(m, now, self._stale_after()),
+                objective=objective,
+                saturation=saturation,
+                empty=empty,
+                now=self._clock,
+            )
+        if empty:
+            return None, None, spill, failover
+        try:
+            result, avoided, pool_failover = self._pick(m, req, scheduler, mask, now, explain=explain)
+        except NoEndpointsAvailable as exc:
+            if external is not None and spill is None and failover is None:
+                # the filters left nothing: the pool has no candidate for this request
+                spill = external.reserve(req.prompt_tokens_estimate, req.output_tokens_estimate or None)
+                failover = FailoverReason.UNAVAILABLE.value if spill is not None else None
+            if spill is None:
+                raise ResourceExhausted(str(exc)) from exc
+            return None, None, spill, failover
+        return (
+            result,
+            avoided,
+            spill,
+            failover if spill is not None or failover is not None else pool_failover,
         )
 
     def _pick(

@@ -106,6 +106,8 @@ class RoutingDecision:
     avoided: Mapping[str, str] | None = None
     #: ``ai_failover_total`` reason when the scorer's own choice was avoided, else None
     failover: str | None = None
+    #: the external endpoint (``picker.routing.external``) the request was sent to first, "" if none
+    external: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
     ticket: Reservation | None = None

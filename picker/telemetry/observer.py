@@ -282,7 +282,8 @@ class Telemetry:
             "ai_failover_total",
             "Requests routed away from the endpoint the scorer preferred, by reason (ejected: passive "
             "health ejected it; draining: the scaler is removing its pod; stale: its metrics are stale or "
-            "missing).",
+            "missing; saturated, unavailable: the pool was, so it went to an external endpoint; "
+            "over_limits: the external endpoint it asked for was over its limits).",
             ["pool", "reason"],
             registry=rr,
         )

@@ -34,3 +34,12 @@ def test_the_endpoint_prices_example() -> None:
     book = PriceBook.from_config(cfg.settings.endpoint_prices)
     assert book.default == (0.30, 1.20)
     assert dict(book.engines) == {"sglang": (0.20, 0.80)}
+
+
+def test_the_external_endpoints_example() -> None:
+    settings = load_config_text(_block("### External endpoints")).settings
+    (managed,) = settings.external_endpoints
+    assert (managed.name, managed.address, managed.priority) == ("managed-api", "10.96.12.7:8080", 0)
+    assert managed.limits is not None
+    assert (managed.limits.requests_per_minute, managed.limits.tokens_per_minute) == (600, 200000)
+    assert settings.spillover.objectives == ("bulk-offload",)

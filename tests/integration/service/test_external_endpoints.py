@@ -1,0 +1,118 @@
+"""External endpoints through the whole service: fake model servers as the pool (scraped live) and one
+more fake server as the external endpoint (never scraped), the Envoy-like gateway sending each request
+where the EPP says and retrying once on its fallback.
+
+* a request whose objective asks goes external, is settled with the usage in its response, and once the
+  endpoint's requests-per-minute are used the next one stays in the pool (``over_limits``);
+* with the pool saturated (every pool server holding a request, ``concurrency-detector`` at 1), new
+  requests spill to the external endpoint within its limit, counted as ``saturated`` failovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import orjson
+import pytest
+
+from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet
+from picker.testing.gateway import GatewayResult, MiniGateway
+from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample
+
+pytestmark = pytest.mark.integration
+
+EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+OBJECTIVE = "x-gateway-inference-objective"
+
+
+def config(external: str, rpm: int) -> str:
+    return (
+        f"{EPP}plugins:\n- {{type: queue-scorer}}\n"
+        "- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}\n"
+        "- {type: concurrency-detector, parameters: {maxConcurrency: 1}}\n"
+        "saturationDetector: {pluginRef: concurrency-detector}\n"
+        "---\napiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
+        "objectives: [{name: offload, priority: 0}, {name: chat, priority: 1}]\n"
+        "externalEndpoints:\n"
+        f"- {{name: managed, address: '{external}', price: {{inputPer1M: 3, outputPer1M: 15}}, "
+        f"limits: {{requestsPerMinute: {rpm}, tokensPerMinute: 100000}}}}\n"
+        "spillover: {objectives: [offload]}\n"
+    )
+
+
+def body(max_tokens: int = 4) -> bytes:
+    return orjson.dumps({"model": DEFAULT_MODEL, "prompt": "hello there", "max_tokens": max_tokens})
+
+
+async def start(start_service: StartService, fleet: FakeFleet, pool: list[str], text: str) -> ServiceHarness:
+    svc = await start_service(
+        endpoints=[f"{a}@vllm" for a in pool], config=text, refresh_metrics_interval=0.05
+    )
+
+    async def scraped() -> bool:
+        return all(r["scrapes_ok"] > 0 for r in (await svc.endpoint_rows()).values())
+
+    await eventually(scraped, what="every pool server scraped")
+    return svc
+
+
+async def test_an_objective_asks_for_the_external_endpoint_within_its_limit(
+    start_service: StartService,
+) -> None:
+    async with FakeFleet.uniform(3, "vllm", time_scale=0.01) as fleet:
+        pool, external = fleet.addresses[:2], fleet.addresses[2]
+        svc = await start(start_service, fleet, pool, config(external, rpm=2))
+        gw = MiniGateway(svc.client, timeout_s=10.0)
+        try:
+            sent = [
+                await gw.send("/v1/completions", body(), headers=[(OBJECTIVE, "offload")]) for _ in range(3)
+            ]
+            chat = await gw.send("/v1/completions", body(), headers=[(OBJECTIVE, "chat")])
+        finally:
+            await gw.close()
+        assert all(r.ok for r in [*sent, chat]), [r.error for r in [*sent, chat] if not r.ok]
+        assert [r.endpoint for r in sent[:2]] == [external, external]
+        assert sent[2].endpoint in pool, "the minute's two requests are used: the third stays in the pool"
+        assert chat.endpoint in pool
+        (stats,) = (await svc.get_json("/debug/external"))["external"]
+        assert stats["dispatched"] == 2
+        assert stats["used"]["requestsPerMinute"] == 2
+        assert stats["reserved"] == dict.fromkeys(stats["reserved"], 0), "every reservation settled"
+        # settled with the usage the fake server reported (prompt + 4 completion tokens each)
+        assert 2 * 4 < stats["used"]["tokensPerMinute"] < 2 * (4 + 4 * 16)
+        text = await svc.metrics()
+        pool_name = svc.service.settings.effective_pool_name
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="over_limits") == 1.0
+
+
+async def test_a_saturated_pool_spills_and_the_limit_holds(start_service: StartService) -> None:
+    async with FakeFleet.uniform(3, "vllm", time_scale=0.01) as fleet:
+        pool, external = fleet.addresses[:2], fleet.addresses[2]
+        svc = await start(start_service, fleet, pool, config(external, rpm=3))
+        for server in fleet.servers[:2]:
+            server.set_slowdown(2000.0)  # the pool's requests stay in flight until the test ends
+        gw = MiniGateway(svc.client, timeout_s=60.0, upstream_timeout_s=60.0)
+        held: list[asyncio.Task[GatewayResult]] = [
+            asyncio.create_task(gw.send("/v1/completions", body(64))) for _ in range(2)
+        ]
+        try:
+
+            async def pool_full() -> bool:
+                return sum((await svc.inflight()).values()) >= 2
+
+            await eventually(pool_full, what="a request in flight on each pool server")
+            spilled = [await gw.send("/v1/completions", body()) for _ in range(4)]
+        finally:
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+            await gw.close()
+        where = Counter(r.endpoint for r in spilled)
+        assert where[external] == 3, where
+        assert all(r.ok for r in spilled[:3])
+        (stats,) = (await svc.get_json("/debug/external"))["external"]
+        assert stats["used"]["requestsPerMinute"] == 3
+        text = await svc.metrics()
+        pool_name = svc.service.settings.effective_pool_name
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") == 3.0
