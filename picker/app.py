@@ -52,7 +52,7 @@ from picker.state.prices import PriceBook
 from picker.telemetry import Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
-from scoring.scorers import LatencyScorer
+from scoring.scorers import LatencyScorer, PrometheusScorer
 
 log = logging.getLogger("picker")
 
@@ -249,6 +249,14 @@ class Service:
         self.hold = EmptyPoolHold(self.datastore.snapshot, wake=self._wake_scaler)
         #: the same count from each ``--workers`` worker (``held_elsewhere``)
         self._held_remote: dict[object, int] = {}
+        #: the operator's Prometheus signals (prometheus-scorer), with --prometheus-url (imported only then)
+        self.signals: Any = None
+        if settings.prometheus_url:
+            from picker.scrape.signals import PrometheusSignals
+
+            self.signals = PrometheusSignals(
+                self.datastore, url=settings.prometheus_url, namespace=settings.pool_namespace
+            )
         self.director = Director(
             self.datastore,
             self.config_store,
@@ -421,6 +429,7 @@ class Service:
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)
         self.datastore.set_prices(PriceBook.from_config(cfg.settings.endpoint_prices))
+        self._configure_signals(active)
         self.tenants.apply_logged(cfg.settings.tenants)
         self._configure_flow(cfg)
         self._check_scaling(cfg)
@@ -561,6 +570,7 @@ class Service:
         self._apply_objectives(self.config_store.active.config)
         initial = self.config_store.active.config
         self.datastore.set_prices(PriceBook.from_config(initial.settings.endpoint_prices))
+        self._configure_signals(self.config_store.active)
         self.tenants.apply(self.config_store.active.config.settings.tenants)  # ConfigError: exit 2
         if s.static_endpoints:
             try:
@@ -630,6 +640,8 @@ class Service:
         gpu = self._gpu_source()
         if gpu is not None:
             tasks["gpu-signal"] = gpu.run()
+        if self.signals is not None:
+            tasks["prometheus-signals"] = self.signals.run()
         for name, factory in (extra_tasks or {}).items():
             tasks[name] = factory()
         group = asyncio.create_task(self._run_group(tasks), name="picker")
@@ -667,6 +679,31 @@ class Service:
             interval_s=s.gpu_poll_interval,
         )
 
+    def _configure_signals(self, active: ActiveConfig) -> None:
+        """The ``prometheus-scorer`` queries of the active config (picker/scrape/signals.py)."""
+        scorers = [
+            ws.scorer
+            for p in active.profiles.by_name.values()
+            for ws in p.scorers
+            if isinstance(ws.scorer, PrometheusScorer)
+        ]
+        queries = {s.key for s in scorers}
+        if self.signals is not None:
+            self.signals.configure_from(scorers)
+            if queries and self.settings.workers > 1:
+                log.warning(
+                    "prometheus-scorer with --workers %d: the workers do not see its values yet, so it "
+                    "scores every endpoint alike there",
+                    self.settings.workers,
+                )
+        elif queries:
+            log.warning(
+                "prometheus-scorer configured without --prometheus-url: its %d quer%s cannot be evaluated "
+                "and it scores every endpoint alike",
+                len(queries),
+                "y" if len(queries) == 1 else "ies",
+            )
+
     async def _shutdown(self, gpu: Any) -> None:
         self.metrics_server.stop()
         self.admin_server.stop()
@@ -683,6 +720,8 @@ class Service:
             self._api_client.close()
         if gpu is not None:
             await gpu.close()
+        if self.signals is not None:
+            await self.signals.close()
         await self.scraper.close()
         self.metrics_server.close()
         self.admin_server.close()

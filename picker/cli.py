@@ -154,7 +154,11 @@ def _scraping_flags(g: argparse._ArgumentGroup) -> None:
         default=0,
         help="scrape this port instead of the serving port (only with one target port)",
     )
-    g.add_argument("--prometheus-url", default="", help="Prometheus for the DCGM GPU-utilization signal")
+    g.add_argument(
+        "--prometheus-url",
+        default="",
+        help="Prometheus for the DCGM GPU-utilization signal and the prometheus-scorer queries",
+    )
     g.add_argument("--gpu-query", default="", help="PromQL override for the GPU signal")
 
 

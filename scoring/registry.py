@@ -42,6 +42,7 @@ from scoring.scorers import (
     LoraAffinityScorer,
     PrefillQueueScorer,
     PrefixCacheScorer,
+    PrometheusScorer,
     QueueScorer,
     RunningRequestsScorer,
     TokenLoadScorer,
@@ -169,6 +170,7 @@ def default_registry() -> Registry:
     r.register(TokenLoadScorer.type_name, TokenLoadScorer, Kind.SCORER)
     r.register(LatencyScorer.type_name, LatencyScorer, Kind.SCORER)
     r.register(CostScorer.type_name, CostScorer, Kind.SCORER)
+    r.register(PrometheusScorer.type_name, PrometheusScorer, Kind.SCORER)
     r.register(MaxScorePicker.type_name, MaxScorePicker, Kind.PICKER)
     r.register(RandomPicker.type_name, RandomPicker, Kind.PICKER)
     r.register(WeightedRandomPicker.type_name, WeightedRandomPicker, Kind.PICKER)

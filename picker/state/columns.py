@@ -68,6 +68,9 @@ def lora_columns(
     return MappingProxyType(vocab), active, waiting, count, MappingProxyType(models), served
 
 
+_NO_SIGNALS: Mapping[str, np.ndarray] = MappingProxyType({})
+
+
 def snapshot_matrix(
     *,
     names: tuple[str, ...],
@@ -78,6 +81,7 @@ def snapshot_matrix(
     lora: LoraColumns,
     engine: np.ndarray,
     address_index: dict[str, int],
+    signals: Mapping[str, np.ndarray] | None = None,
 ) -> EndpointMatrix:
     """An :class:`EndpointMatrix` from read-only float rows in :data:`FLOAT_COLUMNS` order (``cols``; more
     rows after them are ignored), the live load columns ``(dispatched, inflight, prefill_tokens,
@@ -116,5 +120,6 @@ def snapshot_matrix(
         tpot=cols[k("tpot")],
         ntpot=cols[k("ntpot")],
         health=cols[k("health")],
+        signals=signals or _NO_SIGNALS,
         _address_index=address_index,
     )

@@ -57,6 +57,7 @@ from picker.state.objectives import ObjectiveStore, RewriteStore
 from picker.state.outcomes import FAILURE_INDEX, LATENCY, OK, OutcomeLedger, OutcomeRows, OutcomeWriter
 from picker.state.prices import NO_PRICES, PriceBook, Priced
 from picker.state.publisher import SharedPublisher, StaticParts
+from picker.state.signals import SignalStore
 from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
 
 __all__ = ["Datastore", "EndpointStatus"]
@@ -155,6 +156,8 @@ class Datastore:
         self._listeners: list[Callable[[], None]] = []
         self._gpu_by_pod: Mapping[str, float] = MappingProxyType({})
         self._prices: PriceBook = NO_PRICES
+        #: the operator's Prometheus signals (``prometheus-scorer``; one process only, see set_signal)
+        self.signals = SignalStore()
         self.membership_version = 0
 
     # ------------------------------------------------------------------------------------------ pool
@@ -344,6 +347,11 @@ class Datastore:
             col[i] = math.nan if v is None else v
         self._dirty = True
 
+    def set_signal(self, key: str, by_pod: Mapping[str, float] | None) -> None:
+        """One Prometheus signal's fresh values per pod name (None: gone); picker/state/signals.py."""
+        self.signals.set(key, by_pod)
+        self._dirty = True
+
     def set_prices(self, book: PriceBook) -> None:
         """The config's ``endpointPrices`` (``picker.state.prices``): every endpoint's price columns again."""
         self._prices = book
@@ -474,7 +482,14 @@ class Datastore:
             engine=engine,
             # shared by every snapshot of this membership: the matrix treats it as read-only
             address_index=address_index,
+            signals=self.signals.columns(self._pods(), self.membership_version)
+            if self.signals.version
+            else None,
         )
+
+    def _pods(self) -> list[str]:
+        """The names signals are matched on: the pod, or the address of a static endpoint (no pod)."""
+        return [st.endpoint.pod or st.endpoint.address for n in self._order for st in (self._status[n],)]
 
     # ------------------------------------------------------------------------------- passive health
     def configure_health(self, policy: OutlierPolicy, latency: LatencySettings) -> None:

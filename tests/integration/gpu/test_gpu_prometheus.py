@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import shutil
-import subprocess
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -22,12 +19,11 @@ from picker.scrape.gpu import GpuUtilizationSource
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
 from picker.testing.dcgm import FakeDcgmExporter
-from picker.testing.net import free_port
+from picker.testing.prometheus_server import PrometheusServer
 from picker.testing.tools import tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 NS = "inference"
 
 
@@ -41,57 +37,13 @@ async def exporter() -> AsyncIterator[FakeDcgmExporter]:
         await exp.stop()
 
 
-class PrometheusServer:
-    def __init__(self, workdir: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._workdir = workdir
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "- job_name: dcgm\n"
-            "  honor_labels: true\n"
-            f"  static_configs: [{{targets: ['{target}']}}]\n"
-        )
-        self._log = (workdir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def log(self) -> str:
-        return (self._workdir / "prometheus.log").read_text(errors="replace")
-
-
 @pytest.fixture
 def prometheus(exporter: FakeDcgmExporter, tmp_path: Path) -> Iterator[PrometheusServer]:
     tool("prometheus", apt="prometheus")  # skips, or fails under PICKER_REQUIRE_TOOLS
-    server = PrometheusServer(tmp_path, exporter.target)
+    server = PrometheusServer(
+        tmp_path,
+        f"- job_name: dcgm\n  honor_labels: true\n  static_configs: [{{targets: ['{exporter.target}']}}]\n",
+    ).start()
     try:
         yield server
     finally:

@@ -25,6 +25,7 @@ from scoring import (
     reference_default_scheduler,
 )
 from scoring.matrix import LoadCharge
+from scoring.scorers.signal import signal_key
 
 NOW = 10.0
 ADAPTERS = ("a", "b", "c")
@@ -37,7 +38,8 @@ gauge = st.one_of(
 fraction = st.one_of(st.floats(min_value=0, max_value=1), st.sampled_from([math.nan, 1.5, -0.2, math.inf]))
 price = st.one_of(st.floats(min_value=0, max_value=20), st.sampled_from([math.nan, -1.0, math.inf, 1e300]))
 #: parameters of the scorers that cannot be built without some (every other type takes its defaults)
-PARAMETERS: dict[str, dict[str, Any]] = {}
+PARAMETERS: dict[str, dict[str, Any]] = {"prometheus-scorer": {"query": "q"}}
+SIGNAL = signal_key("q", "pod")
 
 
 @st.composite
@@ -57,6 +59,7 @@ def rows(draw: st.DrawFn, index: int) -> EndpointRow:
         max_lora=draw(st.sampled_from([math.nan, 0.0, 1.0, 2.0, 4.0])),
         price_in=draw(price),
         price_out=draw(price),
+        signals=draw(st.sampled_from([{}, {SIGNAL: draw(gauge)}])),
     )
 
 

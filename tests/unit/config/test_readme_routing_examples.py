@@ -43,3 +43,9 @@ def test_the_external_endpoints_example() -> None:
     assert managed.limits is not None
     assert (managed.limits.requests_per_minute, managed.limits.tokens_per_minute) == (600, 200000)
     assert settings.spillover.objectives == ("bulk-offload",)
+
+
+def test_the_prometheus_scorer_example() -> None:
+    profiles = load_config_text(_block("### The operator's Prometheus signals")).build_profiles()
+    weights = {ws.scorer.name: ws.weight for ws in profiles.default.scorers}
+    assert weights == {"queue-depth": 0.4, "p95": 0.3, "errors": 0.2}
