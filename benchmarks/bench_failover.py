@@ -14,29 +14,29 @@ phase one fault is injected into server 0 for ``--fault`` seconds, then removed:
 * ``killed`` — the server's process is killed (connections refused), and started again at the end;
 * ``error-503`` — it answers every completion with 503 (``/_fake/control``), its metrics still served;
 * ``slow`` — its engine runs three times slower than its parameters (its gauges show only what follows
-  from that), once with the default profile and once with ``latency-scorer`` added (weight 1).
+  from that), once with the default profile and once with ``latency-scorer`` added (weight 1);
+* ``saturated`` — every pool server runs 8x slower (``saturate_slowdown``), nowhere else to go (the
+  baseline of the next); ``external-saturated`` — the same with a fifth fake server configured as an
+  external endpoint (a price ten times the pool's, requests- and tokens-per-minute limits).
 
-Per fault: client-visible errors (before, during, after; streams that were in flight on the killed server
-and broke off are counted apart, as no router can save them); requests that reached the bad server after the
-fault began (any attempt, primary or retry), the share of requests reaching it after its first five
-failures (the consecutive-failure threshold) while the fault lasts, and how many seconds after the onset
-it stopped being sent traffic (the first moment after which fewer than 1 % of the fault window's requests
-reached it); p50/p99 time to first token before, during and after; for ``slow`` the server's share of
-primary picks before and in the last ten seconds of the first 30 s of the fault. The EPP's own
-``ai_failover_total`` and ejection counters are read from its ``/metrics``. Targets (issue 14 §5): zero
-client-visible errors for ``killed`` and ``error-503``; under 1 % of requests to the bad server after its
-first failures; the slow server's share down by at least half within 30 s.
-
-The external-endpoint fault (every self-hosted pod saturated, spill-over to an external endpoint) needs
-external endpoints in the EPP, which do not exist yet: ``external-saturated`` is listed and reported as not
-run, with the reason, until they do (the hook is :func:`run_fault`).
+Per fault: client-visible errors (before, during, after; streams in flight on the killed server that broke
+off are counted apart: no router can save them); requests that reached the bad server after the onset (any
+attempt), the share reaching it after its first five failures (the consecutive-failure threshold), and
+when it stopped being sent traffic (the first moment after which fewer than 1 % of the fault window's
+requests reached it); p50/p99 TTFT before, during and after; for ``slow`` its share of primary picks before
+and 20-30 s into the fault; for ``external-saturated`` the share sent to the external endpoint first, its
+cost (the EPP's accounting, ``/debug/external``) against the same tokens at the pool's price, and its peak
+requests and tokens per minute (polled every second) against the limits. The EPP's ``ai_failover_total``
+and ejection counters come from its ``/metrics``. Targets (issue 14 §5): zero client-visible errors for
+``killed`` and ``error-503``; under 1 % to the bad server after its first failures; the slow server's
+share down by half within 30 s; the external endpoint used only while the pool is saturated, within its
+limits.
 
 Why one module of this size: it is one command's script, read top to bottom (configuration, the fleet's
 processes, one fault's run, its summary, the report); its parts are used nowhere else.
 
-Honesty on two shared cores: the fake servers, the EPP, the gateway and the client share the machine with
-whatever else runs; latencies are wall seconds (time scale 1) and include the Python gateway's own
-overhead. ``load_average_1m`` in the output says how busy the machine was.
+Honesty on two shared cores: everything shares the machine with whatever else runs; latencies are wall
+seconds (time scale 1) with the Python gateway's overhead; ``load_average_1m`` says how busy it was.
 """
 
 from __future__ import annotations
@@ -61,13 +61,14 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.live.external import external_document, external_markdown, external_summary, poll_external
 from benchmarks.live.processes import Processes, http_ok, wait_until
 from picker.testing.net import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PATH = "/v1/completions"
-FAULTS = ("killed", "error-503", "slow", "slow+latency-scorer", "external-saturated")
+FAULTS = ("killed", "error-503", "slow", "slow+latency-scorer", "saturated", "external-saturated")
 #: the consecutive-failure threshold of the outlier detector's defaults
 EJECTION_FAILURES = 5
 STARTUP_TIMEOUT_S = 40.0
@@ -95,10 +96,19 @@ schedulingProfiles:
 """
 
 
-def epp_config(latency_scorer: bool) -> str:
-    return _PROFILE.format(
+def epp_config(latency_scorer: bool, external: str | None = None, cfg: FailoverConfig | None = None) -> str:
+    text = _PROFILE.format(
         extra_plugin="- {type: latency-scorer}\n" if latency_scorer else "",
         extra_ref="  - {pluginRef: latency-scorer, weight: 1}\n" if latency_scorer else "",
+    )
+    if external is None or cfg is None:
+        return text
+    return text + external_document(
+        external,
+        price=cfg.external_price,
+        pool_price=cfg.pool_price,
+        rpm=cfg.external_rpm,
+        tpm=cfg.external_tpm,
     )
 
 
@@ -117,6 +127,13 @@ class FailoverConfig:
     #: the gateway's per-attempt wait for response headers (Envoy ``per_try_timeout``)
     per_try_timeout_s: float = 10.0
     slowdown: float = 3.0
+    #: ``external-saturated``: how much slower every pool server runs during the fault
+    saturate_slowdown: float = 8.0
+    #: ``external-saturated``: the external endpoint's limits and the prices
+    external_rpm: int = 150
+    external_tpm: int = 60000
+    external_price: tuple[float, float] = (3.0, 15.0)
+    pool_price: tuple[float, float] = (0.3, 1.2)
     seed: int = 0
 
 
@@ -206,16 +223,16 @@ async def _metric_values(session: Any, admin: str) -> dict[str, float]:
 async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[str, Any]:
     """One fresh fleet and EPP, steady load, ``fault`` on server 0 between ``before_s`` and
     ``before_s + fault_s``. A fault that cannot run yet returns ``{"skipped": reason}``."""
-    if fault == "external-saturated":
-        return {"skipped": "external endpoints are not implemented in the EPP yet (issue 14 §3)"}
     import aiohttp
 
     from picker.testing.envoy import EnvoyClient
     from picker.testing.gateway import MiniGateway
 
-    fleet = Fleet(procs, cfg.servers, cfg.seed)
-    for i in range(cfg.servers):
+    spill = fault == "external-saturated"
+    fleet = Fleet(procs, cfg.servers + spill, cfg.seed)
+    for i in range(len(fleet.ports)):
         await fleet.start(i)
+    pool, external = fleet.addresses[: cfg.servers], fleet.addresses[-1] if spill else None
     grpc_port, health_port, admin_port = free_port(), free_port(), free_port()
     await procs.start(
         "epp",
@@ -225,7 +242,7 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             "picker",
             "serve",
             "--static-endpoints",
-            ",".join(f"{a}@vllm" for a in fleet.addresses),
+            ",".join(f"{a}@vllm" for a in pool),
             "--secure-serving=false",
             "--host",
             "127.0.0.1",
@@ -243,13 +260,15 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             "--seed",
             str(cfg.seed),
             "--config-text",
-            epp_config(latency_scorer=fault == "slow+latency-scorer"),
+            epp_config(latency_scorer=fault == "slow+latency-scorer", external=external, cfg=cfg),
         ],
     )
     admin = f"http://127.0.0.1:{admin_port}"
-    bad = fleet.addresses[0]
+    bad = external if external is not None else fleet.addresses[0]
     records: list[Record] = []
     events: dict[str, float] = {}
+    peaks: dict[str, int] = {}
+    final: list[dict[str, Any]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for url in [f"http://{a}/health" for a in fleet.addresses] + [admin + "/readyz"]:
             await wait_until(partial(http_ok, session, url), timeout_s=STARTUP_TIMEOUT_S, what=url)
@@ -259,15 +278,42 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             try:
                 t0 = time.monotonic()
                 injector = asyncio.ensure_future(_inject(fault, cfg, fleet, session, t0=t0, events=events))
+                poller = asyncio.ensure_future(poll_external(session, admin, peaks)) if spill else None
                 records = await _replay(gw, workload(cfg), t0)
                 await injector
+                if poller is not None:
+                    poller.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await poller
             finally:
                 await gw.close()
         counters = await _metric_values(session, admin)
+        if spill:
+            async with session.get(admin + "/debug/external") as resp:
+                final = (await resp.json())["external"]
     await procs.stop("epp")
-    for i in range(cfg.servers):
+    for i in range(len(fleet.ports)):
         await fleet.kill(i)
-    return summarize(fault, cfg, records, bad, counters=counters, events=events)
+    row = summarize(fault, cfg, records, bad, counters=counters, events=events)
+    if spill:
+        row["external"] = external_summary(
+            records,
+            bad,
+            window=row["fault_window_s"],
+            peaks=peaks,
+            final=final[0],
+            prices=(cfg.external_price, cfg.pool_price),
+            limits=(cfg.external_rpm, cfg.external_tpm),
+        )
+        row["targets"] = {
+            "within_rpm": peaks.get("requestsPerMinute", 0) <= cfg.external_rpm,
+            "within_tpm": peaks.get("tokensPerMinute", 0) <= cfg.external_tpm,
+            # every request sent there was a "saturated" failover (also while the queues drain, after)
+            "none_before_fault": row["external"]["share"]["before"] == 0.0,
+            "every_spill_while_saturated": counters.get("ai_failover_total{saturated}", 0.0)
+            == row["external"]["sent"],
+        }
+    return row
 
 
 async def _inject(
@@ -280,6 +326,9 @@ async def _inject(
         await fleet.kill(0)
     elif fault == "error-503":
         await _control(session, bad, {"fault": "error-503"})
+    elif fault in ("saturated", "external-saturated"):
+        for address in fleet.addresses[: cfg.servers]:
+            await _control(session, address, {"slowdown": cfg.saturate_slowdown})
     else:
         await _control(session, bad, {"slowdown": cfg.slowdown})
     await asyncio.sleep(max(0.0, t0 + cfg.before_s + cfg.fault_s - time.monotonic()))
@@ -288,6 +337,9 @@ async def _inject(
         await fleet.start(0)
     elif fault == "error-503":
         await _control(session, bad, {"fault": "none"})
+    elif fault in ("saturated", "external-saturated"):
+        for address in fleet.addresses[: cfg.servers]:
+            await _control(session, address, {"slowdown": 1.0})
     else:
         await _control(session, bad, {"slowdown": 1.0})
 
@@ -424,6 +476,8 @@ def _targets(fault: str, row: dict[str, Any]) -> dict[str, bool | None]:
             "zero_client_errors": row["errors"]["during"] == 0 and row["errors"]["after"] == 0,
             "under_1pct_after_first_failures": None if share is None else share < 0.01,
         }
+    if not fault.startswith("slow"):
+        return {}  # external-saturated: set by run_fault from the external endpoint's numbers
     drop = row["slow_share"]["drop"]
     return {"share_down_half_within_30s": None if drop is None else drop >= 0.5}
 
@@ -466,12 +520,16 @@ def markdown_report(doc: dict[str, Any]) -> str:
             extra = f"share {s['before']:.2f} → {s['fault_20_30s']:.2f}" if s["before"] is not None else ""
             targets = f"{targets} ({extra})"
         broken = row.get("broken_in_flight_at_fault", 0)
+        reached = "see below" if "external" in row else row["reached_bad_after_fault"]
         lines.append(
             f"| {name} | {e['before']}/{e['during']}/{e['after']}{f' (+{broken})' if broken else ''} | "
-            f"{row['reached_bad_after_fault']} | "
+            f"{reached} | "
             f"{'—' if share is None else f'{share:.1%}'} | {'—' if stop is None else f'{stop:.1f} s'} | "
             f"{p99} | {failovers:.0f} | {targets} |"
         )
+    for name, row in doc["faults"].items():
+        if "external" in row:
+            lines += external_markdown(name, row)
     return "\n".join(lines)
 
 
@@ -532,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_write:
             args.out.mkdir(parents=True, exist_ok=True)
             stem = "failover-quick" if args.quick else "failover"
+            if faults != list(FAULTS):
+                stem = f"{stem}-{'-'.join(faults)}"  # a subset never overwrites the full run's report
             (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
             (args.out / f"{stem}.md").write_text(markdown_report(doc) + "\n", encoding="utf-8")
         print(json.dumps(doc, indent=2) if args.json else markdown_report(doc))

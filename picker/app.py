@@ -429,6 +429,7 @@ class Service:
             log.error("engine metric specs not applied: %s", exc)
         self._apply_objectives(cfg)
         self.datastore.set_prices(PriceBook.from_config(cfg.settings.endpoint_prices))
+        self.director.external.sync(cfg.settings.external_endpoints, cfg.settings.spillover)
         self._configure_signals(active)
         self.tenants.apply_logged(cfg.settings.tenants)
         self._configure_flow(cfg)
@@ -570,6 +571,7 @@ class Service:
         self._apply_objectives(self.config_store.active.config)
         initial = self.config_store.active.config
         self.datastore.set_prices(PriceBook.from_config(initial.settings.endpoint_prices))
+        self.director.external.sync(initial.settings.external_endpoints, initial.settings.spillover)
         self._configure_signals(self.config_store.active)
         self.tenants.apply(self.config_store.active.config.settings.tenants)  # ConfigError: exit 2
         if s.static_endpoints:

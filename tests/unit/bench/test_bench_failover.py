@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.bench_failover import FailoverConfig, Record, summarize
+from benchmarks.live.external import external_summary
 
 BAD, GOOD = "127.0.0.1:1", "127.0.0.1:2"
 CFG = FailoverConfig(before_s=10.0, fault_s=10.0, after_s=10.0)
@@ -49,3 +50,27 @@ def test_a_slow_fault_share_drop() -> None:
     assert share["before"] == pytest.approx(0.25)
     assert share["fault_20_30s"] == pytest.approx(0.05)
     assert row["targets"] == {"share_down_half_within_30s": True}
+
+
+def test_the_external_endpoints_summary() -> None:
+    ext = "127.0.0.1:9"
+    records = [rec(t * 0.5, GOOD) for t in range(20)]  # before: none external
+    records += [rec(10.0 + t * 0.5, ext if t % 2 else GOOD) for t in range(20)]  # during: half
+    records += [rec(20.0 + t * 0.5, GOOD) for t in range(20)]
+    final = {"used": {"tokensPerHour": 4000, "costPerDay": 2_000_000_000}, "dispatched": 10}
+    peaks = {"requestsPerMinute": 10, "tokensPerMinute": 4000, "tokensPerHour": 3000}
+    got = external_summary(
+        records,
+        ext,
+        window=(10.0, 20.0),
+        peaks=peaks,
+        final=final,
+        prices=((3.0, 15.0), (0.3, 1.2)),
+        limits=(150, 60000),
+    )
+    assert got["share"] == {"before": 0.0, "during": 0.5, "after": 0.0}
+    assert (got["sent"], got["served"], got["tokens_accounted"]) == (10, 10, 4000)
+    assert got["cost"] == 2.0
+    # the same tokens at the pool's price: (0.3 + 1.2) / (3 + 15) of it
+    assert got["cost_at_pool_price"] == pytest.approx(2.0 * 1.5 / 18.0)
+    assert got["peak_per_minute"] == {"requestsPerMinute": 10, "tokensPerMinute": 4000}
