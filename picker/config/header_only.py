@@ -16,7 +16,9 @@ load, with the reason**, rather than accepted and left doing nothing. Rejected:
   receive an outcome;
 * ``modelRewrites`` (the model is rewritten in the body, which this mode does not forward) and
   ``responseProcessing: Always`` written out (every response is skipped);
-* a ``tenants`` section (token budgets are reserved from the body and settled from the response's usage).
+* a ``tenants`` section (token budgets are reserved from the body and settled from the response's usage);
+* ``externalEndpoints`` (their token limits are reserved from the body's ``max_tokens`` and settled from
+  the response's usage, and their concurrency limit needs the response's end).
 
 Accepted: every count- and gauge-based scorer, filter, picker, profile handler and saturation detector;
 ``token-load-scorer`` (it reads the gateway's prompt-token estimate header; without it every request
@@ -82,6 +84,11 @@ def header_only_problems(
         problems.append(
             "tenants: budgets are reserved from the request body and settled from the response's usage, "
             f"and {_NEEDS} either"
+        )
+    if settings.external_endpoints:
+        problems.append(
+            "externalEndpoints: their token limits are reserved from the request body and settled from the "
+            f"response's usage, and their concurrency limit needs the response's end; {_NEEDS} either"
         )
     return problems
 

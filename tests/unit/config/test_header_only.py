@@ -81,6 +81,13 @@ def test_the_built_in_profile_loses_its_body_derived_scorer() -> None:
             f"{profile('queue-scorer')}---\n{OURS}tenants: {{header: x-user}}\n",
             "tenants: budgets are reserved from the request body",
         ),
+        (
+            (
+                f"{profile('queue-scorer')}---\n{OURS}externalEndpoints:\n"
+                "- {name: api, address: '10.96.0.1:80', price: {inputPer1M: 1, outputPer1M: 2}}\n"
+            ),
+            "externalEndpoints: their token limits are reserved from the request body",
+        ),
     ],
 )
 def test_what_needs_the_body_or_the_response_is_rejected_with_its_reason(text: str, reason: str) -> None:
