@@ -49,7 +49,7 @@ from picker.state.latency import LatencySettings
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
 from picker.state.prefix import PrefixCacheState
 from picker.state.prices import PriceBook
-from picker.telemetry import Telemetry
+from picker.telemetry import ExternalCollector, Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
 from scoring.scorers import LatencyScorer, PrometheusScorer
@@ -356,12 +356,17 @@ class Service:
                 scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
                 max_body_bytes=settings.admin_max_body_bytes,
                 prefix=self.prefix,
-                external=self.director.external.stats,
+                # with --workers the budgets live in the workers: the supervisor's would read as unused
+                external=self.director.external.stats if settings.workers == 1 else None,
             ),
             host=settings.admin_bind,
             port=settings.admin_port,
             name="admin",
         )
+        if settings.workers == 1:
+            self.telemetry.registry.register(
+                ExternalCollector(self.director.external.stats, self.telemetry.pool_name)
+            )
         self.ports: Ports | None = None
         self._stop = asyncio.Event()
         self._configure_flow(config)

@@ -7,6 +7,7 @@ The public surface is this package; its modules hold one concern each:
 * :mod:`~picker.telemetry.fast` - counter / gauge / histogram families on plain Python numbers;
 * :mod:`~picker.telemetry.batch` - stream facts queued on the request path, applied in batches;
 * :mod:`~picker.telemetry.pool` - pool and per-endpoint gauges computed from the datastore at scrape time;
+* :mod:`~picker.telemetry.external` - external endpoints' requests, window usage and limits at scrape time;
 * :mod:`~picker.telemetry.merge` - ``--workers``: worker exports merged for the supervisor;
 * :mod:`~picker.telemetry.exposition` - what ``/metrics`` renders (no ``*_created`` series);
 * :mod:`~picker.telemetry.buckets` - the reference's bucket boundaries.
@@ -24,6 +25,7 @@ from picker.telemetry.buckets import (
     RESPONSE_SIZE_BUCKETS,
     SCHEDULER_BUCKETS,
 )
+from picker.telemetry.external import ExternalCollector
 from picker.telemetry.fast import FastCounter, FastGauge, FastHistogram
 from picker.telemetry.merge import FamilyData, MergedRequestMetrics, export_families
 from picker.telemetry.observer import MAX_MODEL_LABELS, Telemetry
@@ -41,6 +43,7 @@ __all__ = [
     "REQUEST_SIZE_BUCKETS",
     "RESPONSE_SIZE_BUCKETS",
     "SCHEDULER_BUCKETS",
+    "ExternalCollector",
     "FamilyData",
     "FastCounter",
     "FastGauge",

@@ -84,6 +84,10 @@ async def test_an_objective_asks_for_the_external_endpoint_within_its_limit(
         text = await svc.metrics()
         pool_name = svc.service.settings.effective_pool_name
         assert sample(text, "ai_failover_total", pool=pool_name, reason="over_limits") == 1.0
+        ext = {"pool": pool_name, "endpoint": "managed"}
+        assert sample(text, "picker_external_requests_total", **ext) == 2.0
+        assert sample(text, "picker_external_limit", **ext, meter="requestsPerMinute") == 2.0
+        assert sample(text, "picker_external_window_usage", **ext, meter="requestsPerMinute") == 2.0
 
 
 async def test_a_saturated_pool_spills_and_the_limit_holds(start_service: StartService) -> None:
