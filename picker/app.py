@@ -697,12 +697,6 @@ class Service:
         queries = {s.key for s in scorers}
         if self.signals is not None:
             self.signals.configure_from(scorers)
-            if queries and self.settings.workers > 1:
-                log.warning(
-                    "prometheus-scorer with --workers %d: the workers do not see its values yet, so it "
-                    "scores every endpoint alike there",
-                    self.settings.workers,
-                )
         elif queries:
             log.warning(
                 "prometheus-scorer configured without --prometheus-url: its %d quer%s cannot be evaluated "

@@ -1,15 +1,15 @@
 """The rarely changing part of the ``--workers`` shared state, as one JSON document.
 
 The supervisor encodes the endpoints (name, address, accounting slot, LoRA adapters, served models), the
-pool, the health
-inputs, objectives, rewrites and the config document into a blob of the shared segment
+pool, the health inputs, objectives, rewrites, the Prometheus signals (new values every ``refreshInterval``)
+and the config document into a blob of the shared segment
 (:meth:`picker.state.segment.SharedSegment.write_blob`); a worker decodes it into a :class:`StaticState`.
 JSON rather than pickle: a worker never unpickles what another process wrote.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -45,6 +45,8 @@ class StaticState:
     endpoints: tuple[EndpointEntry, ...]
     objectives: tuple[Objective, ...]
     rewrites: tuple[ModelRewrite, ...]
+    #: the operator's Prometheus signals: key → endpoint name → value (``picker.state.signals``)
+    signals: Mapping[str, Mapping[str, float]]
     config_text: str
     config_source: str
     config_digest: str
@@ -58,6 +60,7 @@ def encode_static(
     objectives: Iterable[Objective],
     rewrites: Iterable[ModelRewrite],
     config_text: str,
+    signals: Mapping[str, Mapping[str, float]] = MappingProxyType({}),
     config_source: str,
     config_digest: str,
 ) -> bytes:
@@ -79,6 +82,7 @@ def encode_static(
                 for r in rewrites
             ],
             "config": [config_text, config_source, config_digest],
+            "signals": {k: dict(v) for k, v in signals.items()},
         }
     )
 
@@ -119,6 +123,12 @@ def decode_static(generation: int, data: bytes) -> StaticState:
                 created=float(r["created"]),
             )
             for r in doc["rewrites"]
+        ),
+        signals=MappingProxyType(
+            {
+                str(k): MappingProxyType({str(n): float(x) for n, x in v.items()})
+                for k, v in doc["signals"].items()
+            }
         ),
         config_text=text,
         config_source=source,

@@ -413,6 +413,7 @@ class Datastore:
                 self.objectives.version,
                 self.rewrites.version,
                 self._pool,
+                self.signals.version,
             )
             wrote = publisher.write_static(key, self._shared_parts) or wrote
         return wrote
@@ -442,6 +443,7 @@ class Datastore:
             ],
             objectives=self.objectives.all().values(),
             rewrites=self.rewrites.all(),
+            signals=self.signals.by_name(self._order, self._pods()),
         )
 
     def _lora(self) -> LoraColumns:

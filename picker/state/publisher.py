@@ -9,7 +9,8 @@ into the segment and, when the rarely changing part changed, a new blob. Workers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +32,8 @@ class StaticParts(NamedTuple):
     endpoints: Iterable[EndpointEntry]
     objectives: Iterable[Objective]
     rewrites: Iterable[ModelRewrite]
+    #: the operator's Prometheus signals by key, each by endpoint name (``picker.state.signals``)
+    signals: Mapping[str, Mapping[str, float]] = MappingProxyType({})
 
 
 def _no_config() -> tuple[str, str, str]:
@@ -83,6 +86,7 @@ class SharedPublisher:
             endpoints=p.endpoints,
             objectives=p.objectives,
             rewrites=p.rewrites,
+            signals=p.signals,
             config_text=text,
             config_source=source,
             config_digest=digest,

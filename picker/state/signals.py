@@ -56,3 +56,10 @@ class SignalStore:
 
     def values(self, key: str) -> Mapping[str, float] | None:
         return self._by_key.get(key)
+
+    def by_name(self, names: Sequence[str], pods: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Every signal by endpoint name (what a ``--workers`` worker gets: it knows names, not pods)."""
+        return {
+            key: {n: values[p] for n, p in zip(names, pods, strict=True) if p in values}
+            for key, values in self._by_key.items()
+        }

@@ -9,6 +9,8 @@ columns refreshed from every process's counter rows, so the scheduler's per-snap
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from picker.state.accounting import NO_CHARGE, CounterRows, Lease, LoadColumns
@@ -62,6 +64,8 @@ class SharedView:
             self.objectives.replace_all(state.objectives)
         if old is None or old.rewrites != state.rewrites:
             self.rewrites.replace_all(state.rewrites)
+        if old is None or old.signals != state.signals or old.endpoints != state.endpoints:
+            self._seq = -1  # rebuild the matrix with the new signal columns
         if old is None or old.endpoints != state.endpoints:
             rows = state.endpoints
             self._names = tuple(r[0] for r in rows)
@@ -125,7 +129,20 @@ class SharedView:
             lora=self._lora,
             engine=engine,
             address_index={a: i for i, a in enumerate(addresses)},
+            signals=self._signals(),
         )
+
+    def _signals(self) -> dict[str, np.ndarray] | None:
+        """The published signals as columns over this view's rows (NaN where an endpoint has none)."""
+        signals = self.static.signals if self.static is not None else None
+        if not signals:
+            return None
+        out: dict[str, np.ndarray] = {}
+        for key, values in signals.items():
+            col = np.fromiter((values.get(n, math.nan) for n in self._names), dtype=np.float64)
+            col.flags.writeable = False
+            out[key] = col
+        return out
 
     # ------------------------------------------------------------------------------- accounting
     def acquire(self, name: str, charge: LoadCharge = NO_CHARGE) -> Lease:

@@ -97,9 +97,16 @@ def test_a_worker_snapshot_matches_the_supervisor_snapshot(segment: SharedSegmen
     ds.record_scrape("10.0.0.3:8000", EndpointMetrics(), engine="sglang")  # reported nothing: no change
     ds.set_gpu_utilization({})
     ds.set_prices(PriceBook(default=(0.1, 0.4), engines={"sglang": (0.05, 0.2)}))
+    ds.set_signal("p95", {"10.0.0.1:8000": 2.0, "10.0.0.3:8000": 5.0})  # static endpoints: by address
     assert ds.publish()
     view = SharedView(segment, 0)
     got, want = view.snapshot(), ds.snapshot()
+    np.testing.assert_array_equal(got.signals["p95"], want.signals["p95"])
+    assert np.isnan(got.signals["p95"][1])
+    ds.set_signal("p95", {"10.0.0.2:8000": 1.0})
+    assert ds.publish()
+    assert view.snapshot().signals["p95"].tolist()[1] == 1.0, "a new reading reaches the worker"
+    got = view.snapshot()
     assert got.names == want.names
     assert got.addresses == want.addresses
     assert got.ips == want.ips
