@@ -86,20 +86,16 @@ def test_cpu_meter_counts_this_process_cpu_at_thread_resolution() -> None:
 
 
 def test_cpu_meter_falls_back_to_ticks_when_a_thread_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-    import threading
-
     from benchmarks import harness
 
     readings = iter([100.0, 107.0])
     monkeypatch.setattr(harness, "cpu_seconds", lambda _pid: next(readings))
-    gate = threading.Event()
-    worker = threading.Thread(target=gate.wait)
-    worker.start()
-    meter = harness.CpuMeter(os.getpid())
-    gate.set()
-    worker.join()
-    # the thread's schedstat entry vanished with it: the answer is the tick counts' difference
+    # the threads as /proc lists them: a real thread's id can be reused by a new thread on a busy machine
+    # (ids wrap around), so the two listings are given rather than read
+    listings = iter([{(1, 1): 5_000_000, (1, 2): 1_000_000}, {(1, 1): 6_000_000}])
+    monkeypatch.setattr(harness, "thread_cpu_ns", lambda _pid: next(listings))
+    meter = harness.CpuMeter(1)
+    # thread 2's schedstat entry vanished with it: the answer is the tick counts' difference
     assert meter.seconds() == 7.0
 
 
