@@ -233,7 +233,7 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
     for i in range(len(fleet.ports)):
         await fleet.start(i)
     pool, external = fleet.addresses[: cfg.servers], fleet.addresses[-1] if spill else None
-    grpc_port, health_port, admin_port = free_port(), free_port(), free_port()
+    grpc_port, health_port, admin_port, debug_port = free_port(), free_port(), free_port(), free_port()
     await procs.start(
         "epp",
         [
@@ -252,9 +252,8 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             str(health_port),
             "--metrics-port",
             str(admin_port),
-            # the admin API is not used here: an ephemeral port, so runs side by side never collide
-            "--admin-port",
-            "0",
+            "--admin-port",  # /debug/external for the external-endpoint fault
+            str(debug_port),
             "--pool-name",
             "bench-failover",
             "--seed",
@@ -263,7 +262,7 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             epp_config(latency_scorer=fault == "slow+latency-scorer", external=external, cfg=cfg),
         ],
     )
-    admin = f"http://127.0.0.1:{admin_port}"
+    admin, debug = f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{debug_port}"
     bad = external if external is not None else fleet.addresses[0]
     records: list[Record] = []
     events: dict[str, float] = {}
@@ -278,18 +277,17 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             try:
                 t0 = time.monotonic()
                 injector = asyncio.ensure_future(_inject(fault, cfg, fleet, session, t0=t0, events=events))
-                poller = asyncio.ensure_future(poll_external(session, admin, peaks)) if spill else None
+                poller = asyncio.ensure_future(poll_external(session, debug, peaks)) if spill else None
                 records = await _replay(gw, workload(cfg), t0)
                 await injector
                 if poller is not None:
                     poller.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await poller
+                    await asyncio.gather(poller, return_exceptions=True)
             finally:
                 await gw.close()
         counters = await _metric_values(session, admin)
         if spill:
-            async with session.get(admin + "/debug/external") as resp:
+            async with session.get(debug + "/debug/external") as resp:
                 final = (await resp.json())["external"]
     await procs.stop("epp")
     for i in range(len(fleet.ports)):
@@ -308,7 +306,6 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
         row["targets"] = {
             "within_rpm": peaks.get("requestsPerMinute", 0) <= cfg.external_rpm,
             "within_tpm": peaks.get("tokensPerMinute", 0) <= cfg.external_tpm,
-            # every request sent there was a "saturated" failover (also while the queues drain, after)
             "none_before_fault": row["external"]["share"]["before"] == 0.0,
             "every_spill_while_saturated": counters.get("ai_failover_total{saturated}", 0.0)
             == row["external"]["sent"],
