@@ -264,6 +264,13 @@ def report_text(r: Mapping[str, Any], out: Path) -> str:
         f"tuned:   {new['setting']}"
         + ("" if r["changed"] else "  (no candidate beat the current configuration)"),
     ]
+    if cur["tune_rps"] <= 0 and new["tune_rps"] <= 0:
+        lines.append(
+            "warning: no configuration met the objective for 90 % of requests even at the lowest rate tried, "
+            "so there was nothing to tune: the SLO is out of reach on this trace (prompts too long to "
+            "prefill within --slo-ttft on an idle server?); loosen it, e.g. --slo-ttft-per-token to scale "
+            "the TTFT objective with the prompt"
+        )
     if r["span_s"] < MIN_SPAN_S:
         lines.append(
             f"warning: at that rate the tuning half lasts only {r['span_s']:.0f} s, so capacity measures how "

@@ -177,3 +177,33 @@ def test_outside_a_source_checkout_tune_says_where_it_runs(
     monkeypatch.setattr(cli.importlib, "import_module", missing)
     assert cli.main(["tune", "--trace", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o.yaml")]) == 2
     assert "checkout of the repository" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("current", "tuned", "warned"), [(0.0, 0.0, True), (4.0, 4.5, False), (0.0, 1.5, False)]
+)
+def test_the_report_warns_when_no_configuration_has_a_capacity(
+    current: float, tuned: float, warned: bool
+) -> None:
+    from benchmarks.sim.tune import MIN_SPAN_S, report_text
+
+    def side(rps: float) -> dict[str, object]:
+        return {"tune_rps": rps, "held_out_rps": rps, "setting": "queue-scorer 1"}
+
+    r = {
+        "requests": 2000,
+        "servers": 16,
+        "profile": "llama3-8b-h100",
+        "seed": 0,
+        "candidates": 9,
+        "replays": 168,
+        "wall_s": 1.0,
+        "current": side(current),
+        "tuned": side(tuned),
+        "changed": tuned != current,
+        "span_s": MIN_SPAN_S,
+        "stopped_early": False,
+    }
+    text = report_text(r, Path("tuned.yaml"))
+    assert ("the SLO is out of reach on this trace" in text) is warned
+    assert text.endswith("wrote tuned.yaml")
