@@ -239,6 +239,7 @@ class Service:
         ProcessCollector(registry=self.telemetry.registry)
         #: tenant metering and budgets; off until a config with a ``tenants`` section is applied (start)
         self.tenants = TenantService(self.telemetry.registry)
+        self.config_store.add_check(lambda cfg: self.tenants.prepare(cfg.settings.tenants))
         #: flow control (the ``flowControl`` feature gate): fair queues while the pool is saturated
         self.flow = FlowController(
             self._saturation,

@@ -104,6 +104,7 @@ class ConfigStore:
         self._active = ActiveConfig(initial, initial.build_profiles(), source, _digest(text), text)
         self.last_result: ReloadResult | None = None
         self._listeners: list[Callable[[ReloadResult, ActiveConfig], None]] = []
+        self._checks: list[Callable[[PickerConfig], None]] = []
 
     @property
     def active(self) -> ActiveConfig:
@@ -112,6 +113,13 @@ class ConfigStore:
     def add_listener(self, callback: Callable[[ReloadResult, ActiveConfig], None]) -> None:
         """Called after every reload attempt with its result and the (possibly unchanged) active config."""
         self._listeners.append(callback)
+
+    def add_check(self, check: Callable[[PickerConfig], None]) -> None:
+        """Run ``check`` on every document that validated, before it may become active; a ConfigError it
+        raises rejects the document with that reason. For what only the owner of a section can verify
+        (a tokenizer file that must load, say), so a bad reload is rejected whole rather than applied
+        in part. Called from :meth:`load`, possibly in a worker thread: a check may do blocking I/O."""
+        self._checks.append(check)
 
     def load(self, text: str, *, source: str) -> Loaded:
         """Validate ``text`` and build its profiles, without touching the store: safe in a worker thread,
@@ -122,9 +130,12 @@ class ConfigStore:
             return ConfigError("empty document; the active configuration is kept")
         try:
             cfg = load_config_text(text, source=source, model_header=self._model_header)
-            return cfg, cfg.build_profiles()
+            profiles = cfg.build_profiles()
+            for check in tuple(self._checks):
+                check(cfg)
         except ConfigError as exc:
             return exc
+        return cfg, profiles
 
     def apply_text(self, text: str, *, source: str) -> ReloadResult:
         """Validate and swap in ``text`` on the calling thread (see :meth:`apply_text_off_loop`)."""

@@ -55,12 +55,25 @@ class TenantService:
         self.tenancy = Tenancy(self.memory, estimator=TokenEstimator(), clock=clock)
         self.tenancy.on_rejected = shared.rejected if shared is not None else self.metrics.rejected
         self._tokenizers: dict[str, tuple[str, Tokenizer]] = {}
+        #: path → tokenizer loaded by :meth:`prepare` for a document not applied yet
+        self._prepared: dict[str, Tokenizer] = {}
         self._changed = asyncio.Event()
         self._retired: list[RedisBackend] = []
 
     @property
     def active(self) -> bool:
         return self.tenancy.active
+
+    def prepare(self, cfg: TenantsConfig | None) -> None:
+        """Load the tokenizers ``cfg`` names that are not loaded yet, so that a document naming a file
+        that is not a tokenizer is rejected before it becomes active (a ``ConfigStore`` check; blocking
+        I/O, run off the event loop on reload). :meth:`apply` then takes them from here."""
+        if cfg is None:
+            return
+        for t in cfg.estimation.tokenizers:
+            cached = self._tokenizers.get(t.model)
+            if (cached is None or cached[0] != t.path) and t.path not in self._prepared:
+                self._prepared[t.path] = load_tokenizer(t.path)
 
     def apply(self, cfg: TenantsConfig | None) -> None:
         """Apply a config's ``tenants`` section (None: off). Raises ConfigError for a tokenizer that cannot
@@ -76,10 +89,11 @@ class TenantService:
                 if cached is not None and cached[0] == t.path
                 else (
                     t.path,
-                    load_tokenizer(t.path),
+                    self._prepared[t.path] if t.path in self._prepared else load_tokenizer(t.path),
                 )
             )
         self._tokenizers = tokenizers
+        self._prepared.clear()
         est = cfg.estimation
         self.tenancy.estimator.reconfigure(
             chars_per_token=est.chars_per_token,

@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 import tokenizers
+from prometheus_client import CollectorRegistry
 
+from picker.config import default_config
 from picker.errors import ConfigError
 from picker.routing.openai import parse_request, prompt_text
+from picker.state.config_store import ConfigStore
 from picker.tenants.estimate import TokenEstimator, load_tokenizer
+from picker.tenants.service import TenantService
 
 
 def _save_word_tokenizer(path: Path) -> Path:
@@ -45,3 +49,33 @@ def test_a_missing_or_broken_tokenizer_file_is_a_config_error(tmp_path: Path) ->
     (tmp_path / "junk.json").write_text("{not a tokenizer")
     with pytest.raises(ConfigError, match="cannot load"):
         load_tokenizer(str(tmp_path / "junk.json"))
+
+
+def _document(path: Path) -> str:
+    return (
+        "apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\ntenants:\n  estimation:\n"
+        f"    tokenizers: [{{model: m, path: '{path}'}}]\n"
+    )
+
+
+def test_a_reload_naming_a_broken_tokenizer_is_rejected_whole(tmp_path: Path) -> None:
+    """The tokenizer is loaded while the document is validated (a ConfigStore check), so a file that is not
+    a tokenizer rejects the whole reload with the reason, the active document stays, and the tenant
+    service never sees a half-applied section; a good file is then loaded once and used."""
+    store = ConfigStore(default_config(), source="test")
+    service = TenantService(CollectorRegistry())
+    store.add_check(lambda cfg: service.prepare(cfg.settings.tenants))
+    store.add_listener(lambda result, active: service.apply(active.config.settings.tenants))
+
+    (tmp_path / "junk.json").write_text("{not a tokenizer")
+    result = store.apply_text(_document(tmp_path / "junk.json"), source="file")
+    assert (result.ok, result.result) == (False, "rejected")
+    assert "cannot load" in result.message
+    assert "junk.json" in result.message
+    assert store.active.config.settings.tenants is None
+    assert not service.active
+
+    good = _save_word_tokenizer(tmp_path)
+    assert store.apply_text(_document(good), source="file").result == "applied"
+    assert service.active
+    assert service.tenancy.estimator.input_tokens("m", 99, lambda: "hello world") == 2
