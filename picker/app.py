@@ -244,6 +244,7 @@ class Service:
         self.flow = FlowController(
             self._saturation,
             registry=self.telemetry.registry,
+            queue_registry=request_registry,
             pool=self.telemetry.pool_name,
         )
         #: requests to an empty pool waiting for a first replica (scale from zero; ``picker.routing.hold``)

@@ -266,6 +266,7 @@ class _Worker:
         flow = FlowController(
             lambda: store.active.scheduler.saturation(self.view.snapshot(), now=time.monotonic()),
             registry=telemetry.registry,
+            pool=lambda: self.view.pool.name if self.view.pool else "",
         )
 
         def follow_config(result: ReloadResult, active: ActiveConfig) -> None:
@@ -294,7 +295,10 @@ class _Worker:
         log.info("worker %d serving ext_proc on port %d (pid %d)", self.index, server.bound_port, os.getpid())
         tasks = [
             asyncio.create_task(self._listen(channel, store), name="supervisor"),
-            asyncio.create_task(self._follow(store, telemetry, channel), name="follow"),
+            asyncio.create_task(
+                self._follow(store, (*telemetry.request_metrics(), *flow.request_metrics()), channel),
+                name="follow",
+            ),
             asyncio.create_task(tenants.run(), name="tenants"),
             asyncio.create_task(flow.run(), name="flow-control"),
         ]
@@ -337,8 +341,9 @@ class _Worker:
                 self._stop.set()
                 return
 
-    async def _follow(self, store: ConfigStore, telemetry: Telemetry, channel: _Channel) -> None:
-        """Apply config documents the supervisor publishes; send prefix records and metric snapshots."""
+    async def _follow(self, store: ConfigStore, shipped: tuple[Any, ...], channel: _Channel) -> None:
+        """Apply config documents the supervisor publishes; send prefix records and snapshots of the
+        ``shipped`` metrics."""
         next_metrics = time.monotonic()
         while True:
             self.view.refresh()
@@ -352,7 +357,7 @@ class _Worker:
             now = time.monotonic()
             if now >= next_metrics:
                 next_metrics = now + METRICS_INTERVAL_S
-                channel.send(["metrics", export_families(telemetry.request_metrics())])
+                channel.send(["metrics", export_families(shipped)])
                 await channel.drain()
             await asyncio.sleep(0.05)
 
@@ -604,7 +609,7 @@ async def _supervise(settings: Settings) -> None:
             request_registry=CollectorRegistry(),
             debug_workers=lambda: pool_ref[0].stats() if pool_ref else [],
         )
-        merged = MergedRequestMetrics(service.telemetry.request_metrics())
+        merged = MergedRequestMetrics((*service.telemetry.request_metrics(), *service.flow.request_metrics()))
         service.telemetry.registry.register(merged)
         tenants = service.tenants
         budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected)

@@ -117,6 +117,7 @@ class FlowController:
         saturation: Callable[[], float],
         *,
         registry: CollectorRegistry | None = None,
+        queue_registry: CollectorRegistry | None = None,
         pool: Callable[[], str] = lambda: "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -135,15 +136,26 @@ class FlowController:
         self._band_bytes: dict[int, int] = {}
         self._scheduled = False
         self._duration: Any = None
+        self._queues = _QueueCollector(self)
         if registry is not None:
+            # the queues' own metrics may go elsewhere (``queue_registry``): a --workers supervisor queues
+            # nothing itself and exports the sum of its workers' instead (picker.telemetry.merge)
+            own = queue_registry if queue_registry is not None else registry
             self._duration = Histogram(
                 "inference_extension_flow_control_request_queue_duration_seconds",
                 _ALPHA + "Distribution of the total time requests spend in the flow control queue.",
                 ["fairness_id", "priority", "outcome", "inference_pool"],
                 buckets=_QUEUE_BUCKETS,
-                registry=registry,
+                registry=own,
             )
-            registry.register(_QueueCollector(self))
+            own.register(self._queues)
+            registry.register(_SaturationCollector(self))
+
+    def request_metrics(self) -> tuple[Any, ...]:
+        """The metrics of this process's queues (the queue-time histogram, queue sizes and bytes): what a
+        ``--workers`` worker ships to the supervisor, which sums them over workers. The pool's saturation
+        is not among them: it is one value, which the supervisor exports itself."""
+        return () if self._duration is None else (self._duration, self._queues)
 
     def configure(self, *, enabled: bool, limits: FlowLimits) -> None:
         self.enabled = enabled
@@ -318,16 +330,13 @@ class _QueueCollector(Collector):
         return list(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        size, size_bytes, saturation = self._families()
+        size, size_bytes = self._families()
         pool = self._flow._pool()
         for fid, priority, count, nbytes in self._flow.flows():
             size.add_metric([fid, str(priority), pool], float(count))
             size_bytes.add_metric([fid, str(priority), pool], float(nbytes))
-        if self._flow.enabled:
-            saturation.add_metric([pool], self._flow.saturation())
         yield size
         yield size_bytes
-        yield saturation
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -343,9 +352,26 @@ class _QueueCollector(Collector):
                 _ALPHA + "Current number of bytes associated with requests actively managed by the queue.",
                 labels=labels,
             ),
-            GaugeMetricFamily(
-                "inference_extension_flow_control_pool_saturation",
-                _ALPHA + "Current saturation level for an inference pool.",
-                labels=["inference_pool"],
-            ),
+        )
+
+
+class _SaturationCollector(Collector):
+    def __init__(self, flow: FlowController) -> None:
+        self._flow = flow
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        if self._flow.enabled:
+            family.add_metric([self._flow._pool()], self._flow.saturation())
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "inference_extension_flow_control_pool_saturation",
+            _ALPHA + "Current saturation level for an inference pool.",
+            labels=["inference_pool"],
         )

@@ -381,3 +381,65 @@ async def test_header_only_mode_on_both_workers() -> None:
             return await t.endpoint_inflight() == 0.0
 
         await eventually(released, "the stream released")
+
+
+FLOW = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- {type: queue-scorer}
+- {name: picker, type: max-score-picker}
+- {name: detector, type: concurrency-detector, parameters: {maxConcurrency: 1}}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}, {pluginRef: picker}]
+saturationDetector: {pluginRef: detector}
+flowControl: {defaultRequestTTL: 60s}
+"""
+
+
+async def _samples(t: Tree, name: str) -> list[tuple[dict[str, str], float]]:
+    async with t.http.get(t.metrics + "/metrics") as resp:
+        text = await resp.text()
+    return [
+        (dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+async def test_flow_control_metrics_of_the_workers_are_the_supervisors() -> None:
+    """Requests queue in the workers; the supervisor's /metrics shows their queue and its queue-time
+    histogram (summed over workers), and the pool's saturation once."""
+    async with _start_tree("--config-text", FLOW) as t:
+        held = [await hold(await t.new_client()) for _ in range(4)]  # one per endpoint: saturated
+
+        async def four_in_flight() -> bool:
+            return await t.endpoint_inflight() == 4
+
+        await eventually(four_in_flight, "four streams in flight")
+        queued = (await t.new_client()).stream()
+        for message in HttpRequest(body=BODY).messages():
+            await queued.send(message)
+
+        async def one_queued() -> bool:
+            rows = await _samples(t, "inference_extension_flow_control_queue_size")
+            return [v for _labels, v in rows] == [1.0]
+
+        await eventually(one_queued, "the fifth request in a worker's queue, on the supervisor's /metrics")
+        saturation = await _samples(t, "inference_extension_flow_control_pool_saturation")
+        assert len(saturation) == 1
+        assert saturation[0][1] >= 1.0
+        await finish(held[0])
+
+        async def dispatched() -> bool:
+            rows = await _samples(t, "inference_extension_flow_control_request_queue_duration_seconds_count")
+            return [(labels["outcome"], v) for labels, v in rows] == [("dispatched", 1.0)]
+
+        await eventually(dispatched, "its queue time, counted once")
+        assert await _samples(t, "inference_extension_flow_control_queue_size") == []
+        queued.cancel()
+        for stream in held[1:]:
+            await finish(stream)
