@@ -236,7 +236,11 @@ class Director:
                     ticket.release()
                 raise
             if waiting is not None:
-                return PendingRoute(self._later(args, ticket, None, waiting))
+                # the queue may hold it up to the TTL: ask the proxy's message timer to wait as long (the
+                # margin lets our own 503 at the TTL arrive first); no TTL: the operator's timer decides
+                ttl = self._flow.limits.ttl_s
+                extend = ttl + HOLD_MARGIN_S if ttl is not None else None
+                return PendingRoute(self._later(args, ticket, None, waiting), extend_s=extend)
         if ticket is None:
             return self._schedule(request, active, info, incoming, target, explain=False)
         return self._admitted(ticket, args)

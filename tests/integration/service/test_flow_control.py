@@ -49,12 +49,16 @@ class Held:
         self.stream: RawStream = client.stream()
         self.status = 0  # 200 routed, else the ImmediateResponse status
         self.body = b""
+        #: the proxy message timers this stream asked for (``override_message_timeout``), in seconds
+        self.timers: list[float] = []
         self.task = asyncio.ensure_future(self._run(request(tenant)))
 
     async def _run(self, req: HttpRequest) -> None:
         for message in req.messages():
             await self.stream.send(message)
         while (reply := await self.stream.recv()) is not None:
+            if reply.HasField("override_message_timeout"):
+                self.timers.append(reply.override_message_timeout.ToTimedelta().total_seconds())
             kind = reply.WhichOneof("response")
             if kind == "immediate_response":
                 self.status = int(reply.immediate_response.status.code)
@@ -194,3 +198,25 @@ async def test_a_full_queue_pushes_out_the_longest_flow_not_the_newcomer(start_s
     assert refused.status == 429
     for x in (*running, *flood, newcomer):
         x.stream.cancel()
+
+
+async def test_a_queued_request_asks_the_proxy_to_wait_as_long_as_the_queue_may_hold_it(
+    start_service: StartService,
+) -> None:
+    """Envoy fails a request whose ext_proc reply takes longer than ``message_timeout``: a queued request's
+    stream first asks for ``override_message_timeout`` = TTL + 5 s; one routed at once asks nothing."""
+    h = await start(start_service, ttl="20s")
+    running = await fill(h)
+    assert [x.timers for x in running] == [[], []]
+    (waiting,) = await enqueue(h, [("a", 1)])
+    await until(lambda: _true(bool(waiting.timers)), "the timer override")
+    assert waiting.timers == [25.0]
+    await finish(running[0].stream)
+    await waiting.task
+    assert waiting.status == 200
+    for x in (running[1], waiting):
+        x.stream.cancel()
+
+
+async def _true(value: bool) -> bool:
+    return value
