@@ -349,7 +349,8 @@ class _Worker:
             self.view.refresh()
             static = self.view.static
             if static is not None and static.config_text and static.config_digest != store.active.digest:
-                result = store.apply_text(static.config_text, source=static.config_source)
+                # parsed in a thread: a 1 MiB document must not stall this worker's streams
+                result = await store.apply_text_off_loop(static.config_text, source=static.config_source)
                 if not result.ok:  # the supervisor applied it, so this is a bug worth a loud line
                     log.error("worker %d could not apply the config: %s", self.index, result.message)
             if (records := self.prefix.outgoing()) is not None:

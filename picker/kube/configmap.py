@@ -1,10 +1,11 @@
 """The scoring document from a ConfigMap watched through the API (``--config-configmap NAME``).
 
-Every version of the ConfigMap's key (``config.yaml`` by default) goes to ``ConfigStore.apply_text``,
-which validates, builds and swaps atomically, keeping the last good config on failure and telling its
-listeners (log, ``picker_config_reload_total``). What this module adds is the cluster-facing side: a
-rejected document also becomes a ``Warning`` Event on the ConfigMap (reason ``ConfigRejected``), so
-``kubectl describe configmap`` shows why the edit did not take effect.
+Every version of the ConfigMap's key (``config.yaml`` by default) goes to
+``ConfigStore.apply_text_off_loop``, which parses, validates and builds in a worker thread (a document of
+up to 1 MiB must not stall routing and health checks) and swaps atomically on the loop, keeping the last
+good config on failure and telling its listeners (log, ``picker_config_reload_total``). What this module
+adds is the cluster-facing side: a rejected document also becomes a ``Warning`` Event on the ConfigMap
+(reason ``ConfigRejected``), so ``kubectl describe configmap`` shows why the edit did not take effect.
 
 Why through the API and not only the mounted file: a mounted ConfigMap reaches the pod after the
 kubelet's sync period (up to a minute or more); a watch delivers the edit within one event. The
@@ -49,7 +50,7 @@ class ReloadOutcome(Protocol):
 class ConfigSink(Protocol):
     """The one method of :class:`picker.state.config_store.ConfigStore` this watcher needs."""
 
-    def apply_text(self, text: str, *, source: str) -> ReloadOutcome: ...
+    async def apply_text_off_loop(self, text: str, *, source: str) -> ReloadOutcome: ...
 
 
 class EventRecorder:
@@ -157,7 +158,7 @@ class ConfigMapWatcher:
 
     @property
     def source(self) -> str:
-        """The ``source`` string passed to ``apply_text`` (``configmap/<ns>/<name>``)."""
+        """The ``source`` string passed to ``apply_text_off_loop`` (``configmap/<ns>/<name>``)."""
         return self._source
 
     async def run(self) -> None:
@@ -194,7 +195,7 @@ class ConfigMapWatcher:
             log.warning("%s; keeping the active configuration", message)
             await self._recorder.post(event.obj, type_="Warning", reason=REJECTED_REASON, message=message)
             return
-        outcome = self._sink.apply_text(text, source=self._source)
+        outcome = await self._sink.apply_text_off_loop(text, source=self._source)
         if outcome.ok:
             level = logging.DEBUG if outcome.result == "unchanged" else logging.INFO
             log.log(level, "config %s: %s", self._source, outcome.result)

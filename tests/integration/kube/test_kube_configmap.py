@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,6 +85,24 @@ async def test_an_edit_swaps_the_config_live(emulator, store, eventually):
     assert store.last_result is not None
     assert store.last_result.result == "applied"
     assert rejections(emulator) == []
+
+
+async def test_a_document_is_parsed_off_the_event_loop(emulator, store, eventually, monkeypatch):
+    """A ConfigMap may hold 1 MiB of YAML: parsing it on the loop once stalled routing and health checks
+    for seconds, so the parse runs in a worker thread and only the swap on the loop."""
+    loop_thread = threading.get_ident()
+    parsed_on: list[int] = []
+    load = store.load
+
+    def recording_load(text: str, *, source: str) -> object:
+        parsed_on.append(threading.get_ident())
+        return load(text, source=source)
+
+    monkeypatch.setattr(store, "load", recording_load)
+    emulator.patch("v1", "ConfigMap", NS, CM, {"data": {"config.yaml": document(4, 1)}})
+    await eventually(lambda: weights(store)["queue-scorer"] == 4)
+    assert parsed_on, "the document was not parsed through ConfigStore.load"
+    assert loop_thread not in parsed_on
 
 
 async def test_a_bad_document_is_rejected_the_old_kept_and_an_event_posted(
