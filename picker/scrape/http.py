@@ -25,12 +25,11 @@ whether the connection is reusable); split, that state would cross module bounda
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
-from picker.scrape.client import AiohttpFetcher, ScrapeError
+from picker.scrape.client import AiohttpFetcher, CappedBody, ScrapeError
 
 __all__ = ["LeanFetcher"]
 
@@ -51,68 +50,6 @@ class _Response:
         self.keep_alive = keep_alive
 
 
-class _Body:
-    """A page's bytes as they arrive, decoded (gzip/deflate) on the fly, capped while reading.
-
-    Both the bytes on the wire and the decoded bytes count against ``limit``: a page is refused the moment
-    either would exceed it, whatever the framing, so memory held per scrape never exceeds about ``limit``
-    (plus one socket read). A compressed page is inflated piece by piece with ``max_length``, so a
-    decompression bomb stops at the cap too.
-    """
-
-    __slots__ = ("_decoder", "_encoding", "_limit", "_parts", "_size", "raw_size")
-
-    def __init__(self, limit: int, encoding: bytes) -> None:
-        self._limit = limit
-        self._parts: list[bytes] = []
-        #: bytes received (before decoding)
-        self.raw_size = 0
-        self._size = 0
-        self._decoder: Any = None
-        self._encoding = encoding.decode("latin-1")
-        if encoding in (b"gzip", b"x-gzip"):
-            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == b"deflate":
-            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
-
-    def feed(self, data: bytes | memoryview) -> None:
-        if not data:
-            return
-        self.raw_size += len(data)
-        if self.raw_size > self._limit:
-            raise ScrapeError(f"page larger than {self._limit} bytes")
-        decoder = self._decoder
-        if decoder is None:
-            out = bytes(data)
-        else:
-            try:
-                out = decoder.decompress(data, self._limit - self._size + 1)
-            except zlib.error as exc:
-                raise ScrapeError(f"bad {self._encoding} body: {exc}") from None
-            if decoder.unconsumed_tail:
-                raise ScrapeError(f"page larger than {self._limit} bytes")
-        self._size += len(out)
-        if self._size > self._limit:
-            raise ScrapeError(f"page larger than {self._limit} bytes")
-        if out:
-            self._parts.append(out)
-
-    def finish(self) -> bytes:
-        parts = self._parts
-        self._parts = []
-        if self._decoder is not None:
-            try:
-                tail = self._decoder.flush()
-            except zlib.error as exc:
-                raise ScrapeError(f"bad {self._encoding} body: {exc}") from None
-            if self._size + len(tail) > self._limit:
-                raise ScrapeError(f"page larger than {self._limit} bytes")
-            parts.append(tail)
-        if not parts:
-            return b""
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 #: a chunk-size line (hex size plus extensions) longer than this is malformed
 _MAX_CHUNK_LINE: Final = 1024
 # chunked framing states
@@ -126,7 +63,7 @@ class _Connection(asyncio.Protocol):
     """One TCP connection; at most one request in flight. Parses the response as bytes arrive.
 
     Only the header section and an incomplete framing line are ever buffered; body bytes go straight into
-    a capped :class:`_Body` (dropped whole on a rejection), so a server that sends an endless chunk, an
+    a capped :class:`CappedBody` (dropped whole on a rejection), so a server that sends an endless chunk, an
     endless close-delimited body or a huge declared chunk is refused at the cap, holding at most the cap.
     """
 
@@ -147,7 +84,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._encoding = b""
         self._head_done = False
-        self._body: _Body | None = None
+        self._body: CappedBody | None = None
         #: body bytes still expected: of the Content-Length body, or of the current chunk's data
         self._left = 0
         self._chunk_state = _SIZE_LINE
@@ -217,7 +154,7 @@ class _Connection(asyncio.Protocol):
                 return
             self._parse_head(bytes(buf[:end]))
             self._head_done = True
-            self._body = _Body(self._max_body, self._encoding)
+            self._body = CappedBody(self._max_body, self._encoding)
             data = bytes(buf[end + 4 :])
             buf.clear()
             if self._length == 0:
@@ -306,7 +243,7 @@ class _Connection(asyncio.Protocol):
             if self._line(line, body):
                 return
 
-    def _line(self, line: bytes, body: _Body) -> bool:
+    def _line(self, line: bytes, body: CappedBody) -> bool:
         """One complete framing line; True when the response is finished."""
         state = self._chunk_state
         if state == _DATA_END:

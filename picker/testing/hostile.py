@@ -13,16 +13,22 @@ Behaviours (``mode``):
 * ``close-delimited``: no length, no chunking: ``total`` bytes then close.
 * ``endless-size-line``: a chunk-size line of hex digits that never ends.
 * ``page``: ``body`` as an ordinary Content-Length page (the fuzz test sets random pages).
+
+With ``ssl`` (a server context; :func:`self_signed_context` makes one) every behaviour is served over
+TLS, for the ``https`` scrape path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
+import tempfile
 import zlib
+from pathlib import Path
 from typing import Final
 
-__all__ = ["MODES", "HostileMetricsServer"]
+__all__ = ["MODES", "HostileMetricsServer", "self_signed_context"]
 
 MODES: Final = (
     "endless-chunk",
@@ -33,6 +39,19 @@ MODES: Final = (
     "page",
 )
 _PIECE: Final = 256 * 1024
+
+
+def self_signed_context(host: str = "127.0.0.1") -> ssl_module.SSLContext:
+    """A TLS server context with a fresh self-signed certificate for ``host``."""
+    from picker.extproc.tls import generate_self_signed
+
+    cert, key = generate_self_signed((host,))
+    ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cert.pem").write_bytes(cert)
+        (Path(tmp) / "key.pem").write_bytes(key)
+        ctx.load_cert_chain(Path(tmp) / "cert.pem", Path(tmp) / "key.pem")
+    return ctx
 
 
 class HostileMetricsServer:
@@ -50,12 +69,14 @@ class HostileMetricsServer:
         total: int = 64 << 20,
         chunk: int = 1 << 20,
         body: bytes = b"",
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
         self.mode = mode
         self.body = body
         self._host = host
+        self._ssl = ssl
         self._total = total
         self._chunk = chunk
         self._server: asyncio.Server | None = None
@@ -68,8 +89,13 @@ class HostileMetricsServer:
     def address(self) -> str:
         return f"{self._host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The page's URL (``https://`` when serving TLS)."""
+        return f"{'https' if self._ssl is not None else 'http'}://{self.address}/metrics"
+
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, 0)
+        self._server = await asyncio.start_server(self._serve, self._host, 0, ssl=self._ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -95,16 +121,22 @@ class HostileMetricsServer:
                 self.requests += 1
                 if not await self._answer(writer):
                     return
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):  # OSError: TLS too
             return
         finally:
             self._writers.discard(writer)
             writer.transport.abort()
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if writer.transport.is_closing():  # the peer hung up: stop (a TLS transport would log each write)
+            raise ConnectionResetError("the peer closed the connection")
         writer.write(data)
         await writer.drain()
         self.sent += len(data)
+        # drain() does not yield while the buffer is below its high-water mark: without this, a gzip bomb
+        # (kilobytes per megabyte compressed) keeps the loop busy after its peer hung up, and every new
+        # connection waits for it to finish
+        await asyncio.sleep(0)
 
     async def _answer(self, writer: asyncio.StreamWriter) -> bool:
         """Write one response; True to keep the connection for another request."""
@@ -161,30 +193,32 @@ class HostileMetricsServer:
             if out:
                 await self._write(writer, b"%x\r\n" % len(out) + out + b"\r\n")
         tail = comp.flush()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await self._write(writer, b"%x\r\n" % len(tail) + tail + b"\r\n0\r\n\r\n")
 
 
-async def _serve_forever(mode: str, total: int, chunk: int) -> None:
+async def _serve_forever(mode: str, total: int, chunk: int, tls: bool) -> None:
     import sys
 
-    async with HostileMetricsServer(mode, total=total, chunk=chunk) as server:
+    context = self_signed_context() if tls else None
+    async with HostileMetricsServer(mode, total=total, chunk=chunk, ssl=context) as server:
         print(server.port, flush=True)  # noqa: T201 - the parent reads the port from stdout
         # serve until stdin closes: the parent ended (even killed), so no server outlives its test
         await asyncio.to_thread(sys.stdin.buffer.read)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m picker.testing.hostile MODE [TOTAL [CHUNK]]``: prints the port, serves until stdin
-    closes."""
+    """``python -m picker.testing.hostile MODE [TOTAL [CHUNK [tls]]]``: prints the port, serves until
+    stdin closes."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     mode = args[0] if args else "endless-chunk"
     total = int(args[1]) if len(args) > 1 else 64 << 20
     chunk = int(args[2]) if len(args) > 2 else 1 << 20
+    tls = len(args) > 3 and args[3] == "tls"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(mode, total, chunk))
+        asyncio.run(_serve_forever(mode, total, chunk, tls))
 
 
 if __name__ == "__main__":
