@@ -135,6 +135,16 @@ class _ProtocolViolationError(Exception):
     """A message arrived that the protocol does not allow in the current phase."""
 
 
+def declared_length(value: str) -> int | None:
+    """A ``content-length`` value as a number, or None when it is none: ASCII digits only (``str.isdigit``
+    also accepts ``¹`` and other Unicode digits, some of which ``int`` refuses) and at most 18 of them
+    (``int`` refuses more than 4,300 digits, and no body comes near 10**18 bytes). A peer's header must
+    never raise here: a raise ended the stream with an error logged."""
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
 class ExtProcStream:
     """Protocol state of one ext_proc stream. Not thread-safe; one instance per RPC."""
 
@@ -380,16 +390,15 @@ class ExtProcStream:
                 break
         if message.end_of_stream:
             return self._route_headers_only()
-        declared = headers.get("content-length", "")
-        if declared.isdigit():
-            size = int(declared)
+        size = declared_length(headers.get("content-length", ""))
+        if size is not None:
             if size > self._max_body:
                 raise PayloadTooLarge(
-                    f"request body of {declared} bytes exceeds the limit of {self._max_body} bytes"
+                    f"request body of {size} bytes exceeds the limit of {self._max_body} bytes"
                 )
             if size > self._budget.limit:
                 raise PayloadTooLarge(
-                    f"request body of {declared} bytes exceeds the body buffer budget of "
+                    f"request body of {size} bytes exceeds the body buffer budget of "
                     f"{self._budget.limit} bytes"
                 )
             if size > self._budget.available:
@@ -536,8 +545,7 @@ class ExtProcStream:
                 if echo
                 else wire.header_only_reply(decision.destination)
             )
-            declared = self._headers.get("content-length", "")
-            self._routed(decision, int(declared) if declared.isdigit() and len(declared) < 16 else 0)
+            self._routed(decision, declared_length(self._headers.get("content-length", "")) or 0)
             return [reply]
         forwarded = decision.body
         replies: list[Any] = [

@@ -64,3 +64,10 @@ async def test_a_buffered_response_over_the_budget_is_passed_through(start_servi
     result = await svc.exchange(HttpRequest(body=completion("r")), UpstreamResponse(chunks=chunks))
     assert result.response_body == body
     assert svc.service.extproc.body_budget.used == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", ["¹", "9" * 5000])
+async def test_a_content_length_that_is_no_number_is_ignored(start_service: StartService, value: str) -> None:
+    svc = await start_service(pods=1)
+    result = await svc.exchange(HttpRequest(body=completion("x"), headers=[("content-length", value)]))
+    assert result.destination == P0
