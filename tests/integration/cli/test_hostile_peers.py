@@ -1,4 +1,4 @@
-"""A real ``picker serve`` process against hostile model servers: its memory stays bounded.
+"""A real ``picker serve`` process against hostile model servers and clients: its memory stays bounded.
 
 The hostile server (``picker.testing.hostile``) runs in its own process and offers up to 1 GiB per
 response, in the framings that used to exhaust the scraper. The EPP's resident set is sampled while it
@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from picker.testing.envoy import EnvoyClient, request_headers
+from picker.testing.envoy import EnvoyClient, request_body, request_headers
 from tests.integration.cli.conftest import LOCAL, PICKER, Spawn, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -169,4 +169,69 @@ async def test_an_oversized_admin_body_is_refused_while_reading(spawn: Spawn, de
     await _post_stream(ports.admin, 200 << 20, declare=declare)  # 200 MiB offered: refused (or reset)
     assert rss(process.proc.pid) - baseline < RSS_BOUND
     assert await _post_stream(ports.admin, 4096, declare=declare) == 200  # small bodies still work
+    assert await process.stop() == 0
+
+
+#: --max-buffered-body-bytes for the body test, and what the process may grow by beyond it (gRPC's own
+#: buffers of the messages in flight, allocator slack)
+BODY_BUDGET = 16 << 20
+BODY_SLACK = 80 << 20
+
+
+async def test_memory_stays_bounded_while_clients_send_unfinished_bodies(spawn: Spawn) -> None:
+    """48 streams each offer 4 MiB of a body that never ends (192 MiB in all): the process-wide budget
+    refuses what does not fit at once, so the resident set grows by at most the budget plus slack."""
+    process = await spawn(
+        [
+            PICKER,
+            "serve",
+            *LOCAL,
+            "--secure-serving=false",
+            "--static-endpoints=127.0.0.1:1",
+            f"--max-buffered-body-bytes={BODY_BUDGET}",
+        ]
+    )
+    ports = await serving_ports(process, deadline_s=120.0)
+    baseline = rss(process.proc.pid)
+    chunk = request_body(b"x" * (1 << 20), end_of_stream=False)
+    headers = request_headers([(":method", "POST"), (":path", "/v1/completions")])
+    peak = baseline
+    refused = 0
+    async with EnvoyClient(f"127.0.0.1:{ports.grpc}", tls=False) as client:
+        streams = []
+        for _ in range(48):
+            stream = client.stream()
+            streams.append(stream)
+            try:
+                await stream.send(headers)
+                for _ in range(4):
+                    await stream.send(chunk)
+            except grpc.aio.AioRpcError:  # answered and closed while we were still sending: refused
+                pass
+            peak = max(peak, rss(process.proc.pid))
+        # four streams fill the budget; every other one is answered 503 at once (a bounded wait on that)
+        replies = [asyncio.create_task(stream.recv()) for stream in streams]
+        pending = set(replies)
+        deadline = asyncio.get_running_loop().time() + 120
+        while len(pending) > 4 and asyncio.get_running_loop().time() < deadline:
+            _, pending = await asyncio.wait(pending, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+            peak = max(peak, rss(process.proc.pid))
+        # a stream whose send failed was answered and closed already (its reply may be lost with it)
+        buffered = len(pending)
+        for task in replies:
+            reply = task.result() if task.done() and not task.exception() else None
+            if reply is not None:
+                assert reply.HasField("immediate_response"), reply
+                assert reply.immediate_response.status.code == 503
+                refused += 1
+        for task in pending:
+            task.cancel()
+        for stream in streams:
+            stream.cancel()
+    assert buffered == 4, f"{buffered} of 48 unfinished bodies still buffered, expected the 4 that fit"
+    assert refused > 0
+    assert peak - baseline < BODY_BUDGET + BODY_SLACK, (
+        f"RSS grew by {(peak - baseline) >> 20} MiB (bound {(BODY_BUDGET + BODY_SLACK) >> 20} MiB)"
+    )
+    assert process.proc.returncode is None, process.output
     assert await process.stop() == 0
