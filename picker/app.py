@@ -30,13 +30,13 @@ from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
-from picker.extproc.messages import ResponseSkip
+from picker.extproc.protocol import ResponseSkip
 from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig
 from picker.reload import ConfigFileWatcher
 from picker.routing.director import Director
 from picker.routing.hold import EmptyPoolHold
-from picker.routing.types import RoutingDecision
+from picker.routing.types import Dispatch
 from picker.scrape.engines import engine_specs_for
 from picker.scrape.http import LeanFetcher
 from picker.scrape.scraper import Scraper
@@ -131,7 +131,7 @@ def configure_health(datastore: Datastore, active: ActiveConfig) -> None:
     datastore.configure_health(OutlierPolicy.from_params(active.config.outlier_detection), settings)
 
 
-def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], ResponseSkip]:
+def skip_response_rule(config: ConfigStore) -> Callable[[Dispatch], ResponseSkip]:
     """The "fewer messages" rule: may this request's response phases be skipped (ext_proc
     ``mode_override`` in the request-headers reply)?
 
@@ -145,9 +145,9 @@ def skip_response_rule(config: ConfigStore) -> Callable[[RoutingDecision], Respo
     as usual.
     """
 
-    def skip(decision: RoutingDecision) -> ResponseSkip:
+    def skip(dispatch: Dispatch) -> ResponseSkip:
         active = config.active
-        if decision.target_model != decision.incoming_model or not active.may_skip_responses:
+        if dispatch.restore is not None or not active.may_skip_responses:
             return ResponseSkip.NONE
         return ResponseSkip.BODY if active.needs_response_status else ResponseSkip.ALL
 
@@ -390,9 +390,9 @@ class Service:
         s = self.health_state()
         return s.synced and s.protocol_ok and (s.leader or not s.leader_election)
 
-    def skip_response(self, decision: RoutingDecision) -> ResponseSkip:
+    def skip_response(self, dispatch: Dispatch) -> ResponseSkip:
         """Whether this request's response phases may be skipped; see :func:`skip_response_rule`."""
-        return self._skip_response(decision)
+        return self._skip_response(dispatch)
 
     def _saturation(self) -> float:
         """The active saturation detector over the whole pool (what flow control dispatches against)."""

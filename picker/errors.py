@@ -23,9 +23,6 @@ class PickerError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        #: models resolved before the failure, for the error metric's labels ("" = unknown)
-        self.incoming_model = ""
-        self.target_model = ""
 
     def wire_body(self) -> str:
         """The ImmediateResponse body, byte-compatible with the reference EPP."""

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from picker.admin.limits import DEFAULT_ADMIN_MAX_BODY_BYTES, BodyCap
 from picker.errors import PickerError
-from picker.routing.types import Router, RoutingDecision, RoutingRequest
+from picker.routing.types import Explainer, RoutingRequest
 from picker.state.config_store import ConfigStore
 from picker.state.datastore import Datastore
 from picker.state.prefix import PrefixCacheState
@@ -72,7 +72,7 @@ def _orjson(data: Any, status: int = 200) -> Response:
 def build_admin_app(
     *,
     datastore: Datastore,
-    router: Router,
+    router: Explainer,
     config: ConfigStore,
     staleness_s: Callable[[], float],
     clock: Callable[[], float] = time.monotonic,
@@ -160,7 +160,7 @@ def build_admin_app(
             subset=tuple(req.subset) if req.subset is not None else None,
         )
         try:
-            decision = router.route(rr, explain=True)
+            dispatch = router.explain(rr)
         except PickerError as exc:
             return _orjson(
                 {
@@ -173,23 +173,21 @@ def build_admin_app(
                 },
                 status=200,
             )
-        # explain never touches a tenant budget, so it never waits for one
-        assert isinstance(decision, RoutingDecision)
-        record = _plain(decision.decision) if decision.decision is not None else None
+        record = _plain(dispatch.decision) if dispatch.decision is not None else None
         return _orjson(
             {
-                "endpoints": list(decision.endpoints),
-                "destination": decision.destination,
-                "incoming_model": decision.incoming_model,
-                "target_model": decision.target_model,
-                "priority": decision.priority,
-                "profile": {"name": decision.profile, "chosen_by": decision.profile_reason},
-                "body_rewritten": decision.body is not rr.body,
+                "endpoints": list(dispatch.endpoints),
+                "destination": dispatch.destination,
+                "incoming_model": dispatch.incoming_model,
+                "target_model": dispatch.target_model,
+                "priority": dispatch.priority,
+                "profile": {"name": dispatch.profile, "chosen_by": dispatch.profile_reason},
+                "body_rewritten": dispatch.body is not rr.body,
                 "decision": record,
                 #: candidates left out because they must not be primary (ejected, probing), and whether the
                 #: scorer's own choice was one of them (the reason ai_failover_total would count)
-                "avoided": dict(decision.avoided or {}),
-                "failover": decision.failover,
+                "avoided": dict(dispatch.avoided or {}),
+                "failover": dispatch.failover,
             }
         )
 

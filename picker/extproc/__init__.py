@@ -1,8 +1,9 @@
-"""The Envoy ext_proc adapter (L3): gRPC server, per-stream state machine, reply builders, health, TLS.
+"""The Envoy ext_proc adapter (L3): gRPC server, per-stream state machine, wire encoding, health, TLS.
 
 The only package that imports ``grpc`` and the Envoy stubs. It turns ``ProcessingRequest`` streams into
-:class:`picker.routing.types.RoutingRequest` calls on a :class:`~picker.routing.types.Router` and reports
-outcomes to a :class:`StreamObserver`; it owns no routing or metrics logic itself.
+:class:`picker.routing.types.RoutingRequest` calls on a :class:`~picker.routing.types.Router`, holds the
+one :class:`~picker.routing.types.Dispatch` each routed request gets, and reports outcomes to a
+:class:`StreamObserver`; it owns no routing or metrics logic itself. See ``README.md`` here.
 """
 
 from picker.extproc.health import HealthServer, HealthService, HealthState

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from picker.extproc.usage import UsageReport
-from picker.routing.types import RoutingDecision
+from picker.routing.types import Dispatch
 
 __all__ = ["NullObserver", "StreamObserver"]
 
@@ -19,7 +19,7 @@ class StreamObserver(Protocol):
     """Outcome hooks of one ext_proc stream. Order: ``routed`` → ``response_complete`` →
     ``stream_closed``, with ``failed`` at most once anywhere before ``stream_closed``."""
 
-    def routed(self, decision: RoutingDecision, request_bytes: int) -> None:
+    def routed(self, dispatch: Dispatch, request_bytes: int) -> None:
         """The request was routed; its replies are built and written right after this call returns.
         ``request_bytes`` = size of the forwarded body (after a model rewrite)."""
 
@@ -30,7 +30,7 @@ class StreamObserver(Protocol):
 
     def response_complete(
         self,
-        decision: RoutingDecision | None,
+        dispatch: Dispatch | None,
         *,
         latency_s: float,
         response_bytes: int,
@@ -38,14 +38,14 @@ class StreamObserver(Protocol):
         status_ok: bool,
     ) -> None:
         """The response finished (body end_of_stream, trailers, or headers with end_of_stream).
-        ``decision`` is None for a response-only stream (nothing was routed on it).
+        ``dispatch`` is None for a response-only stream (nothing was routed on it).
         ``latency_s`` runs from the request headers to this moment; ``response_bytes`` counts the body
         received from the model server. ``usage``: None when the response reported none; for a streamed
         response a :class:`~picker.extproc.usage.DeferredUsage`, scanned when first read (all counts
         zero if the stream reported none), so read it later rather than on the stream's path."""
 
-    def stream_closed(self, decision: RoutingDecision | None) -> None:
-        """Exactly once per stream, for any reason, after the decision's lease was released."""
+    def stream_closed(self, dispatch: Dispatch | None) -> None:
+        """Exactly once per stream, for any reason, after the dispatch's lease was released."""
 
 
 class NullObserver:
@@ -53,7 +53,7 @@ class NullObserver:
 
     __slots__ = ()
 
-    def routed(self, decision: RoutingDecision, request_bytes: int) -> None:
+    def routed(self, dispatch: Dispatch, request_bytes: int) -> None:
         pass
 
     def failed(self, error_code: str, incoming_model: str, target_model: str) -> None:
@@ -61,7 +61,7 @@ class NullObserver:
 
     def response_complete(
         self,
-        decision: RoutingDecision | None,
+        dispatch: Dispatch | None,
         *,
         latency_s: float,
         response_bytes: int,
@@ -70,5 +70,5 @@ class NullObserver:
     ) -> None:
         pass
 
-    def stream_closed(self, decision: RoutingDecision | None) -> None:
+    def stream_closed(self, dispatch: Dispatch | None) -> None:
         pass

@@ -27,10 +27,11 @@ from picker.extproc import wire
 from picker.extproc.budget import DEFAULT_BODY_BUDGET, BodyBudget
 from picker.extproc.health import HealthService
 from picker.extproc.observer import StreamObserver
+from picker.extproc.protocol import ResponseSkip
 from picker.extproc.stream import SUSPENDED, ExtProcStream, StreamAbortError
 from picker.extproc.tls import TLSConfig, server_credentials
 from picker.logs import peer_text
-from picker.routing.types import Router, RoutingDecision
+from picker.routing.types import Dispatch, Router
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "SERVICE_NAME", "ExtProcServer"]
 
@@ -80,7 +81,7 @@ class ExtProcServer:
         health: HealthService | None = None,
         reuse_port: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        skip_response: Callable[[RoutingDecision], int] | None = None,
+        skip_response: Callable[[Dispatch], ResponseSkip] | None = None,
         stream_config: Callable[[], tuple[int, bool, bool]] | None = None,
         keepalive_s: tuple[float, float] = (30.0, 10.0),
         max_buffered_bytes: int = DEFAULT_BODY_BUDGET,

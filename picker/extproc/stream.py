@@ -1,19 +1,24 @@
 """The per-stream state machine of the Endpoint Picker Protocol (reference §1.3), without I/O.
 
 One :class:`ExtProcStream` lives for one gRPC stream (= one HTTP exchange). The server feeds it each
-``ProcessingRequest`` and writes whatever replies it returns, in order; :attr:`ExtProcStream.finished`
-tells the server to stop reading and end the RPC; :meth:`ExtProcStream.close` runs exactly once when the
-RPC ends for any reason and releases the routing lease. Keeping the protocol state here and the gRPC
-lifecycle in :mod:`picker.extproc.server` lets each be read (and tested) on its own.
+``ProcessingRequest`` (:meth:`ExtProcStream.handle`, the entry point, next to its table of handlers) and
+writes whatever replies it returns, in order; :attr:`ExtProcStream.finished` tells the server to stop
+reading and end the RPC; :meth:`ExtProcStream.close` runs exactly once when the RPC ends for any reason
+and releases the routing lease. Keeping the protocol state here and the gRPC lifecycle in
+:mod:`picker.extproc.server` lets each be read (and tested) on its own.
 
-Phases: ``START`` → (request headers) → ``REQUEST_BODY`` → (body end_of_stream, or request trailers) →
-``ROUTED`` → (response headers) → ``RESPONSE_BODY`` → (body end_of_stream, or response trailers) →
-``DONE``. A request whose headers carry end_of_stream goes straight from ``START`` to ``ROUTED``. A
-stream may also start at the response headers (a proxy that skips the request phase; the reference
-accepts it and its hermetic tests use it): the response is processed as usual but not reported to
-``response_complete``, since nothing was routed. Anything else out of order is a protocol violation:
-a body before its headers, a second headers message, response messages while the request body is
-still arriving, any message after the stream is done.
+Per request the stream holds one :class:`~picker.routing.types.Dispatch` (where the request went, its
+lease, what to put back in the response, its metric labels); routing is asked in two steps
+(``resolve``, then ``route``), so a routing failure is labelled with the models resolved before it.
+
+:class:`Phase`: ``START`` → (request headers) → ``REQUEST_BODY`` → (body end_of_stream, or request
+trailers) → ``ROUTED`` → (response headers) → ``RESPONSE_BODY`` → (body end_of_stream, or response
+trailers) → ``DONE``. A request whose headers carry end_of_stream goes straight from ``START`` to
+``ROUTED``. A stream may also start at the response headers (a proxy that skips the request phase; the
+reference accepts it and its hermetic tests use it): the response is processed as usual but reported to
+``response_complete`` without a dispatch, since nothing was routed. Anything else out of order is a
+protocol violation: a body before its headers, a second headers message, response messages while the
+request body is still arriving, any message after the stream is done.
 
 Decisions documented here:
 
@@ -41,23 +46,25 @@ Decisions documented here:
   buffered to end_of_stream, usage-parsed and returned in chunks. When the model was rewritten, its name
   is put back in the response and ``content-length`` is removed from the response headers because the
   body length may change.
-* **Fewer messages**: when ``skip_response(decision)`` says the response is not needed, the
-  request-headers reply carries a ``mode_override`` that skips the response phases (Envoy needs
-  ``allow_mode_override: true``); if the proxy ignores it, the response is handled as usual.
+* **Fewer messages**: when ``skip_response(dispatch)`` says (part of) the response is not needed, the
+  request-headers reply carries a ``mode_override`` that skips every response phase or only the body and
+  trailers (:class:`~picker.extproc.protocol.ResponseSkip`; Envoy needs ``allow_mode_override: true``);
+  if the proxy ignores it, the response is handled as usual.
 * **Header-only mode** (``header_only``, :mod:`picker.config.header_only`): the request is routed at
-  the request-headers message (``Router.route_by_header``: the model from a header) and the one reply
-  carries a ``mode_override`` skipping everything after it (:data:`ResponseSkip.AFTER_REQUEST_HEADERS`):
-  one message per request. A proxy that sends the body anyway gets each chunk echoed unchanged (nothing
-  buffered, no cap needed) and its trailers answered; responses it sends anyway are handled as usual.
+  the request-headers message (``Router.resolve_by_header``: the model from a header, then ``route``) and
+  the one reply carries a ``mode_override`` skipping everything after it
+  (:attr:`~picker.extproc.protocol.ResponseSkip.AFTER_REQUEST_HEADERS`): one message per request. A proxy
+  that sends the body anyway gets each chunk echoed unchanged (nothing buffered, no cap needed) and its
+  trailers answered; responses it sends anyway are handled as usual.
 * **Tenants**: a routed request may carry a reservation of its tenant's budget
-  (``decision.ticket``, :mod:`picker.tenants`). Its remaining budget goes out as ``x-ratelimit-*``
+  (``dispatch.ticket``, :mod:`picker.tenants`). Its remaining budget goes out as ``x-ratelimit-*``
   response headers; streamed chunks are counted (the output estimate when no usage comes); the response's
   usage settles it; :meth:`ExtProcStream.close` releases whatever was not settled (a cancel, a failure).
   Such a request never skips its response phases. When the reservation needs I/O (Redis, the
   ``--workers`` supervisor) the router answers a :class:`~picker.routing.types.PendingRoute`:
   :meth:`ExtProcStream.handle` then returns :data:`SUSPENDED` and the server awaits
   :meth:`ExtProcStream.resume` for the replies.
-* **Load accounting**: the routing lease's ``first_byte()`` runs at the first non-empty response body
+* **Load accounting**: the dispatch's lease's ``first_byte()`` runs at the first non-empty response body
   chunk (the end of the prompt's prefill for a streamed response; ``scoring.matrix.LoadCharge``), or at
   once when the response phases are skipped (no byte will be seen); :meth:`ExtProcStream.close` releases
   the rest.
@@ -76,34 +83,49 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from enum import IntEnum
+from typing import Any, ClassVar, Final
 
 from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError, ServiceUnavailable
-from picker.extproc import messages, wire
+from picker.extproc import wire
 from picker.extproc.budget import BodyBudget
-from picker.extproc.messages import ResponseSkip
 from picker.extproc.observer import StreamObserver
+from picker.extproc.protocol import (
+    LB_NAMESPACE,
+    SERVED_KEY,
+    SUBSET_KEY,
+    SUBSET_NAMESPACE,
+    SYSTEM_HEADERS,
+    ResponseSkip,
+)
 from picker.extproc.usage import SSEUsageScanner, UsageReport, usage_from_json
 from picker.logs import peer_text
-from picker.routing.openai import ModelRestorer
-from picker.routing.types import Lease, PendingRoute, Reservation, Router, RoutingDecision, RoutingRequest
+from picker.routing.types import Dispatch, PendingRoute, Resolved, Router, RoutingRequest
 from picker.state.outcomes import Outcome
 
-__all__ = ["SUSPENDED", "ExtProcStream", "StreamAbortError"]
+__all__ = ["SUSPENDED", "UNKNOWN_ERROR", "ExtProcStream", "Phase", "StreamAbortError"]
 
 logger = logging.getLogger(__name__)
 
-_START: Final = 0
-_REQUEST_BODY: Final = 1
-_ROUTED: Final = 2
-_RESPONSE_BODY: Final = 3
-_DONE: Final = 4
 
-# Response body handling
-_BUFFERED: Final = 0
-_STREAMING: Final = 1
-_GRPC: Final = 2
+class Phase(IntEnum):
+    """Where a stream is in the protocol (see the module doc); ordered as the messages come."""
+
+    START = 0
+    REQUEST_BODY = 1
+    ROUTED = 2
+    RESPONSE_BODY = 3
+    DONE = 4
+
+
+class _Body(IntEnum):
+    """How the response body is handled (see the module doc)."""
+
+    BUFFERED = 0  # collected to the end, usage-parsed, returned in chunks
+    STREAMING = 1  # SSE: echoed chunk by chunk
+    GRPC = 2  # collected to trailers, never rewritten
+
 
 _REQUEST_PHASE = frozenset({"request_headers", "request_body", "request_trailers"})
 _PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
@@ -112,6 +134,7 @@ _NO_REPLIES: tuple[Any, ...] = ()
 MSG_BUDGET: Final = "buffered request bodies exceed the EPP's memory budget; retry later"
 #: Label for failures that are neither a PickerError nor a model-server status (reference "Unknown").
 UNKNOWN_ERROR: Final = "Unknown"
+_NO_TIMING: Final = (math.nan, math.nan, math.nan)
 
 
 class _Suspended(tuple[Any, ...]):
@@ -155,39 +178,36 @@ class ExtProcStream:
         "_chunks",
         "_clock",
         "_closed",
-        "_decision",
+        "_dispatch",
         "_echo",
         "_echoing",
         "_failed",
-        "_finished",
         "_first_at",
         "_header_only",
         "_headers",
         "_held",
         "_last_at",
         "_max_body",
-        "_ntpot",
         "_observer",
         "_path",
         "_pending",
-        "_prefill_lease",
+        "_phase",
         "_request_id",
         "_resp_chunks",
         "_resp_mode",
         "_resp_size",
         "_response_skipped",
-        "_restorer",
+        "_restore",
         "_router",
         "_scanner",
         "_served",
         "_served_verifier",
         "_skip_response",
         "_started",
-        "_state",
         "_status",
         "_status_ok",
         "_subset",
-        "_ticket",
+        "_timing",
     )
 
     def __init__(
@@ -198,7 +218,7 @@ class ExtProcStream:
         max_body_bytes: int,
         served_verifier: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        skip_response: Callable[[RoutingDecision], int] | None = None,
+        skip_response: Callable[[Dispatch], ResponseSkip] | None = None,
         header_only: bool = False,
         budget: BodyBudget | None = None,
     ) -> None:
@@ -212,8 +232,8 @@ class ExtProcStream:
         self._served_verifier = served_verifier
         self._clock = clock
         self._skip_response = skip_response
-        self._state = _START
-        self._finished = False
+        self._phase = Phase.START
+        #: a failure was reported (at most one per stream)
         self._failed = False
         self._closed = False
         self._request_id = ""
@@ -224,21 +244,19 @@ class ExtProcStream:
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._started = 0.0
-        self._decision: RoutingDecision | None = None
-        #: the decision's lease until the first response body byte gives back the prefill charge
-        self._prefill_lease: Lease | None = None
-        self._restorer: ModelRestorer | None = None
-        self._resp_mode = _BUFFERED
+        #: the routed request: set once routing succeeded, never replaced
+        self._dispatch: Dispatch | None = None
+        self._resp_mode = _Body.BUFFERED
         #: chunks are echoed as they come (SSE, or a buffered response that outgrew the cap)
         self._echoing = False
+        #: what response bodies pass through: the dispatch's model restorer, unless the body is gRPC
+        self._restore: Callable[[bytes], bytes] | None = None
         self._resp_chunks: list[bytes] = []
         self._resp_size = 0
         self._scanner: SSEUsageScanner | None = None
         self._status_ok = True
-        #: the tenant's reservation of the routed request (None without tenants)
-        self._ticket: Reservation | None = None
-        #: routing waiting for I/O: (pending route, body end_of_stream, request trailers follow)
-        self._pending: tuple[PendingRoute, bool, bool] | None = None
+        #: routing waiting for I/O: (pending route, what it resolved, body end_of_stream, trailers follow)
+        self._pending: tuple[PendingRoute, Resolved, bool, bool] | None = None
         #: what passive health and the latency averages learn (:meth:`_outcome`): the response status (0:
         #: no response headers), the served endpoint the gateway reported, response timing (from the
         #: request headers, ``_started``: the routing itself takes microseconds)
@@ -248,13 +266,19 @@ class ExtProcStream:
         self._first_at = 0.0
         self._last_at = 0.0
         self._chunks = 0
-        self._ntpot = math.nan
+        #: (time to first byte, time per output token of a streamed response, of a non-streamed one), set
+        #: when the response completes (NaN: not measured)
+        self._timing = _NO_TIMING
 
     # ------------------------------------------------------------------------------------------ public
     @property
     def finished(self) -> bool:
         """True once nothing more will be answered: the server should end the RPC."""
-        return self._finished
+        return self._phase == Phase.DONE
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
 
     @property
     def request_id(self) -> str:
@@ -262,39 +286,13 @@ class ExtProcStream:
         return self._request_id
 
     @property
-    def decision(self) -> RoutingDecision | None:
-        """The routing decision, once routed."""
-        return self._decision
+    def dispatch(self) -> Dispatch | None:
+        """The routed request, once routed."""
+        return self._dispatch
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def handle(self, request: Any) -> Sequence[Any]:
-        """Consume one ``ProcessingRequest`` and return the replies to write, in order.
-
-        Raises :class:`StreamAbortError` when the RPC must end with a gRPC error.
-        """
-        kind = request.WhichOneof("request")
-        handler = _DISPATCH.get(kind, ExtProcStream._on_unknown)
-        try:
-            if kind in _REQUEST_PHASE and request.HasField("metadata_context"):
-                self._read_subset(request.metadata_context)
-            return handler(self, request)
-        except PickerError as exc:
-            return self._immediate(exc)
-        except _ProtocolViolationError as exc:
-            logger.warning("ext_proc protocol violation, request_id=%s: %s", peer_text(self._request_id), exc)
-            self._report_failure(UNKNOWN_ERROR)
-            self._finished = True
-            raise StreamAbortError(f"protocol violation: {exc}", internal=False) from exc
-        except Exception as exc:
-            logger.exception("ext_proc stream failed, request_id=%s", peer_text(self._request_id))
-            self._report_failure(UNKNOWN_ERROR)
-            self._finished = True
-            raise StreamAbortError(
-                f"internal error (request_id={peer_text(self._request_id)})", internal=True
-            ) from exc
 
     def waiting_replies(self) -> Sequence[Any]:
         """What to send while a suspended request waits (after :data:`SUSPENDED`, before :meth:`resume`):
@@ -302,17 +300,21 @@ class ExtProcStream:
         request longer than a proxy's ``message_timeout``)."""
         pending = self._pending
         extend = pending[0].extend_s if pending is not None else None
-        return () if extend is None else (messages.message_timeout_override(extend),)
+        return () if extend is None else (wire.message_timeout_override(extend),)
 
     async def resume(self) -> Sequence[Any]:
         """The replies of a request whose routing waited (after :data:`SUSPENDED`). Raises
         :class:`StreamAbortError` as :meth:`handle` does."""
         assert self._pending is not None
-        pending, end_of_stream, trailers = self._pending
+        pending, resolved, end_of_stream, trailers = self._pending
         self._pending = None
         try:
-            decision = await pending.wait()
-            replies = self._routed_replies(decision, end_of_stream)
+            try:
+                dispatch = await pending.wait()
+            except PickerError as exc:
+                self._report_failure(exc.code, resolved)  # labelled with the models it resolved
+                raise
+            replies = self._routed_replies(dispatch, end_of_stream)
             if trailers:
                 replies.append(wire.REQUEST_TRAILERS_REPLY)
         except PickerError as exc:
@@ -320,12 +322,13 @@ class ExtProcStream:
         except Exception as exc:
             logger.exception("ext_proc stream failed, request_id=%s", peer_text(self._request_id))
             self._report_failure(UNKNOWN_ERROR)
-            self._finished = True
+            self._phase = Phase.DONE
             raise StreamAbortError(f"internal error (request_id={self._request_id})", internal=True) from exc
         return replies
 
     def close(self) -> None:
-        """Release the lease and report the stream closed. Idempotent; never raises."""
+        """Release the lease and the tenant's reservation, report the stream closed. Idempotent; never
+        raises."""
         if self._closed:
             return
         self._closed = True
@@ -333,22 +336,22 @@ class ExtProcStream:
         if self._pending is not None:
             self._pending[0].cancel()
             self._pending = None
-        decision = self._decision
-        if decision is not None:
+        dispatch = self._dispatch
+        if dispatch is not None:
             try:
                 if not self._response_skipped:
-                    decision.lease.report(self._outcome(decision))
-                decision.lease.release()
+                    dispatch.lease.report(self._outcome(dispatch))
+                dispatch.lease.release()
             except Exception:
                 logger.exception("lease release failed, request_id=%s", peer_text(self._request_id))
-        ticket = self._ticket
-        if ticket is not None:
-            try:
-                ticket.release()
-            except Exception:
-                logger.exception("tenant release failed, request_id=%s", peer_text(self._request_id))
+            ticket = dispatch.ticket
+            if ticket is not None:
+                try:
+                    ticket.release()
+                except Exception:
+                    logger.exception("tenant release failed, request_id=%s", peer_text(self._request_id))
         try:
-            self._observer.stream_closed(decision)
+            self._observer.stream_closed(dispatch)
         except Exception:
             logger.exception("observer.stream_closed failed, request_id=%s", peer_text(self._request_id))
 
@@ -359,7 +362,7 @@ class ExtProcStream:
         )
 
     def _on_request_headers(self, request: Any) -> Sequence[Any]:
-        if self._state != _START:
+        if self._phase != Phase.START:
             raise _ProtocolViolationError("request_headers after the request started")
         self._started = self._clock()
         message = request.request_headers
@@ -367,7 +370,7 @@ class ExtProcStream:
             return self._on_request_headers_header_only(message)
         headers = self._headers
         echo = self._echo
-        system = messages.SYSTEM_HEADERS
+        system = SYSTEM_HEADERS
         # Envoy sends raw_value (``send_header_raw_value``); older proxies send value.
         for header in message.headers.headers:
             original = header.key
@@ -403,19 +406,19 @@ class ExtProcStream:
                 )
             if size > self._budget.available:
                 raise ServiceUnavailable(MSG_BUDGET)
-        self._state = _REQUEST_BODY
+        self._phase = Phase.REQUEST_BODY
         return _NO_REPLIES
 
     def _on_request_body(self, request: Any) -> Sequence[Any]:
-        if self._state == _ROUTED and self._header_only:
+        if self._phase == Phase.ROUTED and self._header_only:
             # header-only mode with a proxy that sends the body anyway (a body mode the override cannot
             # lower): forward it unchanged, chunk by chunk, buffering nothing
             message = request.request_body
             return (wire.request_body_reply(message.body, message.end_of_stream),)
-        if self._state != _REQUEST_BODY:
+        if self._phase != Phase.REQUEST_BODY:
             raise _ProtocolViolationError(
                 "request_body before request_headers"
-                if self._state == _START
+                if self._phase == Phase.START
                 else "request_body after the request ended"
             )
         message = request.request_body
@@ -438,28 +441,29 @@ class ExtProcStream:
         return self._route(end_of_stream=True)
 
     def _on_request_trailers(self, _request: Any) -> Sequence[Any]:
-        if self._state == _START:
+        if self._phase == Phase.START:
             raise _ProtocolViolationError("request_trailers before request_headers")
-        if self._state == _ROUTED and self._header_only:
+        if self._phase == Phase.ROUTED and self._header_only:
             return (wire.REQUEST_TRAILERS_REPLY,)  # a proxy that sends them despite the override
-        if self._state != _REQUEST_BODY:
+        if self._phase != Phase.REQUEST_BODY:
             return _NO_REPLIES  # the reference ignores request trailers
         replies = self._route(end_of_stream=False)
         if isinstance(replies, _Suspended):
             assert self._pending is not None
-            self._pending = (self._pending[0], False, True)
+            pending, resolved, _, _ = self._pending
+            self._pending = (pending, resolved, False, True)
             return replies
         replies.append(wire.REQUEST_TRAILERS_REPLY)
         return replies
 
     def _read_subset(self, metadata: Any) -> None:
         filter_metadata = metadata.filter_metadata
-        if messages.SUBSET_NAMESPACE not in filter_metadata:
+        if SUBSET_NAMESPACE not in filter_metadata:
             return
-        fields = filter_metadata[messages.SUBSET_NAMESPACE].fields
-        if messages.SUBSET_KEY not in fields:
+        fields = filter_metadata[SUBSET_NAMESPACE].fields
+        if SUBSET_KEY not in fields:
             return
-        value = fields[messages.SUBSET_KEY]
+        value = fields[SUBSET_KEY]
         kind = value.WhichOneof("kind")
         items: tuple[str, ...]
         if kind == "list_value":
@@ -478,19 +482,24 @@ class ExtProcStream:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body_chunks = []
         self._give_back()  # handed on: the replies carry it to the proxy
-        decision = self._router.route(
-            RoutingRequest(
-                request_id=self._request_id,
-                headers=self._headers,
-                path=self._path,
-                body=body,
-                subset=self._subset,
-            )
+        request = RoutingRequest(
+            request_id=self._request_id,
+            headers=self._headers,
+            path=self._path,
+            body=body,
+            subset=self._subset,
         )
-        if isinstance(decision, PendingRoute):
-            self._pending = (decision, end_of_stream, False)
+        router = self._router
+        resolved = router.resolve(request)
+        try:
+            dispatch = router.route(request, resolved)
+        except PickerError as exc:
+            self._report_failure(exc.code, resolved)  # labelled with the models it resolved
+            raise
+        if isinstance(dispatch, PendingRoute):
+            self._pending = (dispatch, resolved, end_of_stream, False)
             return SUSPENDED
-        return self._routed_replies(decision, end_of_stream)
+        return self._routed_replies(dispatch, end_of_stream)
 
     def _on_request_headers_header_only(self, message: Any) -> Sequence[Any]:
         """Header-only mode: the headers into the map the router reads, and nothing echoed back: the
@@ -514,51 +523,58 @@ class ExtProcStream:
         return self._route_by_header(end_of_stream=message.end_of_stream)
 
     def _route_by_header(self, *, end_of_stream: bool) -> Sequence[Any]:
-        """Header-only mode: route now, from the headers, and ask the proxy to skip everything after."""
-        decision = self._router.route_by_header(
-            RoutingRequest(
-                request_id=self._request_id,
-                headers=self._headers,
-                path=self._path,
-                body=b"",
-                subset=self._subset,
-                headers_only=end_of_stream,
-            )
+        """Header-only mode: route now, from the headers, and ask the proxy to skip everything after. A
+        request without a body and without the model header routes as any body-less request."""
+        request = RoutingRequest(
+            request_id=self._request_id,
+            headers=self._headers,
+            path=self._path,
+            body=b"",
+            subset=self._subset,
+            headers_only=end_of_stream,
         )
-        if isinstance(decision, PendingRoute):
-            self._pending = (decision, end_of_stream, False)
+        router = self._router
+        resolved = router.resolve_by_header(request)
+        if resolved is None:
+            return self._routed_replies(router.route_headers_only(request), end_of_stream)
+        try:
+            dispatch = router.route(request, resolved)
+        except PickerError as exc:
+            self._report_failure(exc.code, resolved)  # labelled with the model it named
+            raise
+        if isinstance(dispatch, PendingRoute):
+            self._pending = (dispatch, resolved, end_of_stream, False)
             return SUSPENDED
-        return self._routed_replies(decision, end_of_stream)
+        return self._routed_replies(dispatch, end_of_stream)
 
-    def _routed_replies(self, decision: RoutingDecision, end_of_stream: bool) -> list[Any]:
-        self._decision = decision
+    def _routed_replies(self, dispatch: Dispatch, end_of_stream: bool) -> list[Any]:
         if self._header_only:
             # nothing will be seen after this reply: no first response byte to end prefill (its charge
             # goes back now), no outcome to report
-            decision.lease.first_byte()
+            dispatch.lease.first_byte()
             self._response_skipped = True
             echo = self._echo
             reply = (
                 wire.request_headers_reply(
-                    decision.destination, echo, None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS
+                    dispatch.destination, echo, None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS
                 )
                 if echo
-                else wire.header_only_reply(decision.destination)
+                else wire.header_only_reply(dispatch.destination)
             )
-            self._routed(decision, declared_length(self._headers.get("content-length", "")) or 0)
+            self._routed(dispatch, declared_length(self._headers.get("content-length", "")) or 0)
             return [reply]
-        forwarded = decision.body
+        forwarded = dispatch.body
         replies: list[Any] = [
             wire.request_headers_reply(
-                decision.destination, self._echo, len(forwarded), skip_response=self._skips(decision)
+                dispatch.destination, self._echo, len(forwarded), skip_response=self._skips(dispatch)
             )
         ]
         replies.extend(wire.request_body_replies(forwarded, end_of_stream=end_of_stream))
-        self._routed(decision, len(forwarded))
+        self._routed(dispatch, len(forwarded))
         return replies
 
     def _route_headers_only(self) -> Sequence[Any]:
-        decision = self._router.route_headers_only(
+        dispatch = self._router.route_headers_only(
             RoutingRequest(
                 request_id=self._request_id,
                 headers=self._headers,
@@ -568,59 +584,53 @@ class ExtProcStream:
                 headers_only=True,
             )
         )
-        self._decision = decision
         reply = wire.request_headers_reply(
-            decision.destination, self._echo, None, skip_response=self._skips(decision)
+            dispatch.destination, self._echo, None, skip_response=self._skips(dispatch)
         )
-        self._routed(decision, 0)
+        self._routed(dispatch, 0)
         return (reply,)
 
-    def _skips(self, decision: RoutingDecision) -> int:
-        if self._skip_response is None or decision.ticket is not None:
+    def _skips(self, dispatch: Dispatch) -> ResponseSkip:
+        if self._skip_response is None or dispatch.ticket is not None:
             return ResponseSkip.NONE
-        mode = self._skip_response(decision)
+        mode = self._skip_response(dispatch)
         if not mode:
             return ResponseSkip.NONE
         # No response body will be seen, so the end of prefill cannot be: give the prefill charge back
         # now rather than holding it until the stream ends (which would make the endpoint look busy
         # with prefill work long finished). The prefill-queue signal is lost for these requests.
-        decision.lease.first_byte()
+        dispatch.lease.first_byte()
         # with every response phase skipped nothing will be known about the outcome: report none (a
         # proxy that ignores the override sends the response anyway, which is then handled as usual)
         self._response_skipped = mode == ResponseSkip.ALL
         return mode
 
-    def _routed(self, decision: RoutingDecision, request_bytes: int) -> None:
-        self._state = _ROUTED
+    def _routed(self, dispatch: Dispatch, request_bytes: int) -> None:
+        if dispatch.ticket is not None:
+            dispatch.ticket.sent = True
+        self._dispatch = dispatch
+        self._phase = Phase.ROUTED
         self._echo = []
-        self._prefill_lease = decision.lease
-        ticket = decision.ticket
-        if ticket is not None:
-            ticket.sent = True
-            self._ticket = ticket
-        if decision.target_model != decision.incoming_model:
-            restorer = ModelRestorer(decision.target_model, decision.incoming_model)
-            self._restorer = restorer if restorer.active else None
-        self._observer.routed(decision, request_bytes)
+        self._observer.routed(dispatch, request_bytes)
 
     # ------------------------------------------------------------------------------------------ response
     def _on_response_headers(self, request: Any) -> Sequence[Any]:
-        if self._state == _START:
+        if self._phase == Phase.START:
             # A response-only stream (a proxy with request_header_mode SKIP; the reference's hermetic
-            # rows 16-19 do this): handled the same; response_complete gets decision=None.
+            # rows 16-19 do this): handled the same; response_complete gets dispatch=None.
             self._started = self._clock()
-        elif self._state != _ROUTED:
+        elif self._phase != Phase.ROUTED:
             raise _ProtocolViolationError(
                 "response_headers before the request ended"
-                if self._state == _REQUEST_BODY
+                if self._phase == Phase.REQUEST_BODY
                 else "response_headers twice"
             )
-        decision = self._decision
+        dispatch = self._dispatch
         message = request.response_headers
         echo: list[tuple[str, bytes]] = []
         status = b""
         content_type = b""
-        system = messages.SYSTEM_HEADERS
+        system = SYSTEM_HEADERS
         for header in message.headers.headers:
             original = header.key
             key = original.lower()
@@ -631,8 +641,8 @@ class ExtProcStream:
                 content_type = raw.lower()
             if key not in system:
                 echo.append((original, raw))
-        if self._ticket is not None:
-            echo.extend(self._ticket.response_headers())
+        if dispatch is not None and dispatch.ticket is not None:
+            echo.extend(dispatch.ticket.response_headers())
         self._status_ok = status in {b"", b"200"}
         # no :status (the reference's tests omit it) reads as 200; junk as a server error
         self._status = int(status) if status.isdigit() else 500 if status else 200
@@ -642,67 +652,65 @@ class ExtProcStream:
         if not self._status_ok:
             self._report_failure(MODEL_SERVER_ERROR)
         if content_type.startswith(b"application/grpc"):
-            self._resp_mode = _GRPC
-        elif b"text/event-stream" in content_type or (
-            decision is not None and decision.info is not None and decision.info.stream
-        ):
-            self._resp_mode = _STREAMING
-            self._echoing = True
-            self._scanner = SSEUsageScanner()
+            self._resp_mode = _Body.GRPC
+        else:
+            if b"text/event-stream" in content_type or (dispatch is not None and dispatch.streamed):
+                self._resp_mode = _Body.STREAMING
+                self._echoing = True
+                self._scanner = SSEUsageScanner()
+            if dispatch is not None:
+                self._restore = dispatch.restore
         served = self._served_endpoint(request) if self._served_verifier else None
         reply = wire.response_headers_reply(
-            echo,
-            served_endpoint=served,
-            remove_content_length=self._restorer is not None and self._resp_mode != _GRPC,
+            echo, served_endpoint=served, remove_content_length=self._restore is not None
         )
         if message.end_of_stream:
             self._complete(None)
         else:
-            self._state = _RESPONSE_BODY
+            self._phase = Phase.RESPONSE_BODY
         return (reply,)
 
     @staticmethod
     def _served_address(request: Any) -> str | None:
         """The endpoint the gateway reports having served the response, if it does (passive health)."""
         filter_metadata = request.metadata_context.filter_metadata
-        if messages.LB_NAMESPACE not in filter_metadata:
+        if LB_NAMESPACE not in filter_metadata:
             return None
-        fields = filter_metadata[messages.LB_NAMESPACE].fields
-        if messages.SERVED_KEY not in fields:
+        fields = filter_metadata[LB_NAMESPACE].fields
+        if SERVED_KEY not in fields:
             return None
-        value = fields[messages.SERVED_KEY]
+        value = fields[SERVED_KEY]
         return str(value.string_value) if value.WhichOneof("kind") == "string_value" else None
 
     @staticmethod
     def _served_endpoint(request: Any) -> str:
         """The conformance verifier's value, with the reference's ``fail: ...`` strings."""
         filter_metadata = request.metadata_context.filter_metadata
-        if messages.LB_NAMESPACE not in filter_metadata:
+        if LB_NAMESPACE not in filter_metadata:
             return "fail: missing envoy lb metadata"
-        fields = filter_metadata[messages.LB_NAMESPACE].fields
-        if messages.SERVED_KEY not in fields:
+        fields = filter_metadata[LB_NAMESPACE].fields
+        if SERVED_KEY not in fields:
             return "fail: missing destination endpoint served metadata"
-        value = fields[messages.SERVED_KEY]
+        value = fields[SERVED_KEY]
         if value.WhichOneof("kind") == "string_value":
             return str(value.string_value)
         return "fail: missing destination endpoint served metadata"
 
     def _on_response_body(self, request: Any) -> Sequence[Any]:
-        if self._state != _RESPONSE_BODY:
+        if self._phase != Phase.RESPONSE_BODY:
             raise _ProtocolViolationError(
                 "response_body before response_headers"
-                if self._state < _RESPONSE_BODY
+                if self._phase < Phase.RESPONSE_BODY
                 else "response_body after the response ended"
             )
         message = request.response_body
         chunk = message.body
         end_of_stream = message.end_of_stream
-        self._resp_size += len(chunk)
-        lease = self._prefill_lease
-        if lease is not None and chunk:
-            # the first response byte: for a streamed response, the first token, so prefill is done
-            self._prefill_lease = None
-            lease.first_byte()
+        if chunk:
+            if not self._resp_size and self._dispatch is not None:
+                # the first response byte: for a streamed response, the first token, so prefill is done
+                self._dispatch.lease.first_byte()
+            self._resp_size += len(chunk)
         if self._echoing:
             # The per-token path of a streamed response: kept short on purpose.
             if chunk:
@@ -714,10 +722,12 @@ class ExtProcStream:
                 scanner = self._scanner
                 if scanner is not None:
                     scanner.feed(chunk)
-                if self._ticket is not None:
-                    self._ticket.chunk(chunk)
-                if self._restorer is not None:
-                    chunk = self._restorer(chunk)
+                dispatch = self._dispatch
+                if dispatch is not None and dispatch.ticket is not None:
+                    dispatch.ticket.chunk(chunk)
+                restore = self._restore
+                if restore is not None:
+                    chunk = restore(chunk)
             if end_of_stream:
                 self._complete(self._scanner.finish_deferred() if self._scanner is not None else None)
             return (wire.response_body_reply(chunk, end_of_stream),)
@@ -737,11 +747,11 @@ class ExtProcStream:
         body = b"".join(self._resp_chunks)
         self._resp_chunks = []
         self._give_back()
-        if self._resp_mode != _GRPC:
+        if self._resp_mode != _Body.GRPC:
             self._scanner = SSEUsageScanner(json_body=True)
             self._scanner.feed(body)
-            if self._restorer is not None:
-                body = self._restorer(body)
+            if self._restore is not None:
+                body = self._restore(body)
         if end_of_stream:
             self._complete(self._scanner.finish_deferred() if self._scanner is not None else None)
         return wire.response_body_replies(body, end_of_stream=end_of_stream)
@@ -753,18 +763,18 @@ class ExtProcStream:
         self._give_back()
         usage = None
         raw = body
-        if self._resp_mode != _GRPC:
+        if self._resp_mode != _Body.GRPC:
             usage = usage_from_json(body) if body else None
-            if self._restorer is not None:
-                body = self._restorer(body)
-        self._complete(usage, raw if usage is None and self._resp_mode != _GRPC else None)
+            if self._restore is not None:
+                body = self._restore(body)
+        self._complete(usage, raw if usage is None and self._resp_mode != _Body.GRPC else None)
         return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
     def _on_response_trailers(self, _request: Any) -> Sequence[Any]:
-        if self._state != _RESPONSE_BODY:
+        if self._phase != Phase.RESPONSE_BODY:
             raise _ProtocolViolationError(
                 "response_trailers before response_headers"
-                if self._state < _RESPONSE_BODY
+                if self._phase < Phase.RESPONSE_BODY
                 else "response_trailers after the response ended"
             )
         if self._echoing:
@@ -775,59 +785,59 @@ class ExtProcStream:
         return replies
 
     def _complete(self, usage: UsageReport | None, body: bytes | None = None) -> None:
-        decision = self._decision
-        self._state = _DONE
-        self._finished = True
+        self._phase = Phase.DONE
+        dispatch = self._dispatch
         latency = self._clock() - self._started
-        if self._resp_mode == _BUFFERED and not self._echoing and usage is not None:
+        if self._resp_mode == _Body.STREAMING:
+            if self._chunks:
+                first, chunks = self._first_at, self._chunks
+                tpot = (self._last_at - first) / (chunks - 1) if chunks > 1 else math.nan
+                self._timing = (first - self._started, tpot, math.nan)
+        elif self._resp_mode == _Body.BUFFERED and not self._echoing and usage is not None:
             tokens = usage.completion_tokens
             if tokens > 0:
                 # a non-streamed answer: its time per output token is the latency signal it gives
-                self._ntpot = latency / tokens
-        ticket = self._ticket
+                self._timing = (math.nan, math.nan, latency / tokens)
+        ticket = dispatch.ticket if dispatch is not None else None
         if ticket is not None:
             # settled here, exactly from the usage when there is one; ``body``: a buffered response
             # without usage, read for its text
             if self._resp_size:
                 ticket.chunk(b"")
             ticket.complete(usage, status_ok=self._status_ok, body=body)
-        # decision is None on a response-only stream (the reference's rows 16-19): still reported, with
+        # dispatch is None on a response-only stream (the reference's rows 16-19): still reported, with
         # empty model labels, as the reference records its token counts.
         self._observer.response_complete(
-            decision,
+            dispatch,
             latency_s=latency,
             response_bytes=self._resp_size,
             usage=usage,
             status_ok=self._status_ok,
         )
 
-    def _outcome(self, decision: RoutingDecision) -> Outcome:
+    def _outcome(self, dispatch: Dispatch) -> Outcome:
         """What the request came to, for passive health and the latency averages (see
-        :mod:`picker.state.outcomes`): status 0 when the stream ended without response headers."""
-        ttfb = tpot = math.nan
-        if self._resp_mode == _STREAMING and self._chunks and self._state == _DONE:
-            ttfb = self._first_at - self._started
-            if self._chunks > 1:
-                tpot = (self._last_at - self._first_at) / (self._chunks - 1)
-        info = decision.info
+        :mod:`picker.state.outcomes`): status 0 when the stream ended without response headers; timing
+        only of a complete response."""
+        ttfb, tpot, ntpot = self._timing
+        info = dispatch.info
         return Outcome(
-            endpoints=decision.endpoints,
+            endpoints=dispatch.endpoints,
             served=self._served,
             status=self._status,
             ttfb_s=ttfb,
             prompt_tokens=(info.prompt_chars // 4) if info is not None else 0,
             tpot_s=tpot,
-            ntpot_s=self._ntpot,
+            ntpot_s=ntpot,
         )
 
     # ------------------------------------------------------------------------------------------ errors
     def _immediate(self, exc: PickerError) -> Sequence[Any]:
-        self._report_failure(exc.code, exc)
-        self._finished = True
-        self._state = _DONE
+        self._report_failure(exc.code)
+        self._phase = Phase.DONE
         self._body_chunks = []
         self._give_back()
-        return (messages.immediate_response(exc.http_status, exc.wire_body(), exc.wire_headers()),)
+        return (wire.immediate_response(exc.http_status, exc.wire_body(), exc.wire_headers()),)
 
     def _give_back(self) -> None:
         """Return what this stream holds of the body budget (its buffered bytes were handed on or
@@ -836,28 +846,53 @@ class ExtProcStream:
             self._budget.give(self._held)
             self._held = 0
 
-    def _report_failure(self, code: str, exc: PickerError | None = None) -> None:
+    def _report_failure(self, code: str, labels: Resolved | None = None) -> None:
+        """Count the stream's failure once, labelled with its dispatch's models, or with what routing
+        resolved before it failed, or with none."""
         if self._failed:
             return
         self._failed = True
-        decision = self._decision
-        if decision is not None:
-            incoming, target = decision.incoming_model, decision.target_model
-        else:
-            # The router attaches the models it had resolved before failing.
-            incoming = exc.incoming_model if exc is not None else ""
-            target = exc.target_model if exc is not None else ""
+        source: Dispatch | Resolved | None = self._dispatch or labels
+        incoming = source.incoming_model if source is not None else ""
+        target = source.target_model if source is not None else ""
         try:
             self._observer.failed(code, incoming, target)
         except Exception:
             logger.exception("observer.failed raised, request_id=%s", peer_text(self._request_id))
 
+    # ------------------------------------------------------------------------------------------ entry
+    #: ``ProcessingRequest.request`` (a oneof) → its handler; anything else is a protocol violation
+    _HANDLERS: ClassVar[Mapping[str | None, Callable[[ExtProcStream, Any], Sequence[Any]]]] = {
+        "request_headers": _on_request_headers,
+        "request_body": _on_request_body,
+        "request_trailers": _on_request_trailers,
+        "response_headers": _on_response_headers,
+        "response_body": _on_response_body,
+        "response_trailers": _on_response_trailers,
+    }
 
-_DISPATCH: dict[str | None, Callable[[ExtProcStream, Any], Sequence[Any]]] = {
-    "request_headers": ExtProcStream._on_request_headers,
-    "request_body": ExtProcStream._on_request_body,
-    "request_trailers": ExtProcStream._on_request_trailers,
-    "response_headers": ExtProcStream._on_response_headers,
-    "response_body": ExtProcStream._on_response_body,
-    "response_trailers": ExtProcStream._on_response_trailers,
-}
+    def handle(self, request: Any) -> Sequence[Any]:
+        """Consume one ``ProcessingRequest`` and return the replies to write, in order (the entry point).
+
+        Raises :class:`StreamAbortError` when the RPC must end with a gRPC error.
+        """
+        kind = request.WhichOneof("request")
+        handler = self._HANDLERS.get(kind, ExtProcStream._on_unknown)
+        try:
+            if kind in _REQUEST_PHASE and request.HasField("metadata_context"):
+                self._read_subset(request.metadata_context)
+            return handler(self, request)
+        except PickerError as exc:
+            return self._immediate(exc)
+        except _ProtocolViolationError as exc:
+            logger.warning("ext_proc protocol violation, request_id=%s: %s", peer_text(self._request_id), exc)
+            self._report_failure(UNKNOWN_ERROR)
+            self._phase = Phase.DONE
+            raise StreamAbortError(f"protocol violation: {exc}", internal=False) from exc
+        except Exception as exc:
+            logger.exception("ext_proc stream failed, request_id=%s", peer_text(self._request_id))
+            self._report_failure(UNKNOWN_ERROR)
+            self._phase = Phase.DONE
+            raise StreamAbortError(
+                f"internal error (request_id={peer_text(self._request_id)})", internal=True
+            ) from exc

@@ -1,16 +1,17 @@
-"""The replies every stream sends, encoded straight to protobuf wire bytes.
+"""Every reply the EPP sends (reference §1.5, §1.6, §1.9, §1.10), encoded straight to protobuf wire bytes.
 
 Why: building a reply through the protobuf API costs a C call and a wrapper object per field on the
 path (``reply.request_headers.response.header_mutation.set_headers.add().header.key = ...``): about 40
 for a request-headers reply echoing ten headers, plus the serialization. Measured inside the server (not
-in a warm microbenchmark, where it looks cheap), the reply builders of :mod:`picker.extproc.messages`
-were about 6 % of the server's CPU per stream; the same replies as byte concatenations cost a fraction.
-The gRPC servicer writes ``bytes`` as they are (see :func:`serialize`).
+in a warm microbenchmark, where it looks cheap), builders written that way were about 6 % of the server's
+CPU per stream; the same replies as byte concatenations cost a fraction. The gRPC servicer writes
+``bytes`` as they are (see :func:`serialize`).
 
-The encoding is plain protobuf: every field here is length-delimited (wire type 2) except the two booleans
-(varint), and field numbers are read from the generated descriptors at import rather than written down.
-:mod:`picker.extproc.messages` stays the readable reference: ``tests/unit/extproc/test_wire.py`` checks,
-for generated inputs, that each function here decodes to exactly the message built there.
+The encoding is plain protobuf: every field here is length-delimited (wire type 2) except the booleans and
+the status code (varints), and field numbers are read from the generated descriptors at import rather than
+written down. The readable builders of the same replies, through the protobuf API, live in
+:mod:`picker.testing.replies`: ``tests/unit/extproc/test_wire.py`` checks, for generated inputs, that each
+function here decodes to exactly the message built there.
 """
 
 from __future__ import annotations
@@ -20,17 +21,32 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]  # no stubs installed
 
-from picker.extproc import messages
+from picker.extproc.protocol import (
+    CONFORMANCE_SERVED_HEADER,
+    CONTENT_LENGTH_HEADER,
+    DESTINATION_KEY,
+    LB_NAMESPACE,
+    MAX_CHUNK_BYTES,
+    RESPONSE_MARKER_HEADER,
+    ResponseSkip,
+)
 
 __all__ = [
     "EMPTY_REQUEST_BODY_EOS",
     "EMPTY_RESPONSE_BODY_EOS",
+    "HEADER_ONLY_MODE",
     "REQUEST_TRAILERS_REPLY",
     "RESPONSE_TRAILERS_REPLY",
+    "SKIP_RESPONSE_BODY_MODE",
+    "SKIP_RESPONSE_MODE",
     "header_only_reply",
+    "immediate_response",
+    "message_timeout_override",
     "request_body_replies",
     "request_body_reply",
     "request_headers_reply",
@@ -39,8 +55,6 @@ __all__ = [
     "response_headers_reply",
     "serialize",
 ]
-
-MAX_CHUNK_BYTES: Final = messages.MAX_CHUNK_BYTES
 
 
 def _num(descriptor: Any, name: str) -> int:
@@ -55,6 +69,13 @@ _REQUEST_BODY = _num(_PR, "request_body")
 _RESPONSE_BODY = _num(_PR, "response_body")
 _DYNAMIC_METADATA = _num(_PR, "dynamic_metadata")
 _MODE_OVERRIDE = _num(_PR, "mode_override")
+_IMMEDIATE = _num(_PR, "immediate_response")
+_REQUEST_TRAILERS = _num(_PR, "request_trailers")
+_RESPONSE_TRAILERS = _num(_PR, "response_trailers")
+_IMMEDIATE_STATUS = _num(pb.ImmediateResponse.DESCRIPTOR, "status")
+_IMMEDIATE_HEADERS = _num(pb.ImmediateResponse.DESCRIPTOR, "headers")
+_IMMEDIATE_BODY = _num(pb.ImmediateResponse.DESCRIPTOR, "body")
+_STATUS_CODE = _num(http_status_pb2.HttpStatus.DESCRIPTOR, "code")
 _RESPONSE = _num(pb.HeadersResponse.DESCRIPTOR, "response")
 if _num(pb.BodyResponse.DESCRIPTOR, "response") != _RESPONSE:  # pragma: no cover - a changed proto
     raise ImportError("HeadersResponse.response and BodyResponse.response have different numbers")
@@ -156,16 +177,47 @@ def _option(key: bytes, raw: bytes) -> bytes:
     return _ld(_SET_HEADERS, _ld(_OPTION_HEADER, value))
 
 
-_DESTINATION_KEY = messages.DESTINATION_KEY.encode()
-_LB_NAMESPACE = messages.LB_NAMESPACE.encode()
-_CONTENT_LENGTH = messages.CONTENT_LENGTH_HEADER.encode()
-_SKIP_RESPONSE = _ld(_MODE_OVERRIDE, messages.SKIP_RESPONSE_MODE.SerializeToString())
-_SKIP_RESPONSE_BODY = _ld(_MODE_OVERRIDE, messages.SKIP_RESPONSE_BODY_MODE.SerializeToString())
-_SKIP_AFTER_HEADERS = _ld(_MODE_OVERRIDE, messages.HEADER_ONLY_MODE.SerializeToString())
-#: the ``mode_override`` bytes of each :class:`~picker.extproc.messages.ResponseSkip` value
-_SKIPS = (b"", _SKIP_RESPONSE, _SKIP_RESPONSE_BODY, _SKIP_AFTER_HEADERS)
-_MARKER = _option(messages.RESPONSE_MARKER_HEADER.encode(), b"true")
-_CONFORMANCE = messages.CONFORMANCE_SERVED_HEADER.encode()
+_ProcessingMode = processing_mode_pb2.ProcessingMode
+
+#: ``mode_override`` telling the proxy to skip the response phases (:attr:`ResponseSkip.ALL`). Needs
+#: ``allow_mode_override: true`` in Envoy's ext_proc filter config; a proxy that ignores it still sends the
+#: response, which we handle.
+SKIP_RESPONSE_MODE: Final = _ProcessingMode(
+    response_header_mode=_ProcessingMode.SKIP,
+    response_body_mode=_ProcessingMode.NONE,
+    response_trailer_mode=_ProcessingMode.SKIP,
+).SerializeToString()
+#: ``mode_override`` keeping the response headers but skipping the body and trailers
+#: (:attr:`ResponseSkip.BODY`): what passive health needs (the status) at one message instead of two to four.
+SKIP_RESPONSE_BODY_MODE: Final = _ProcessingMode(
+    response_header_mode=_ProcessingMode.SEND,
+    response_body_mode=_ProcessingMode.NONE,
+    response_trailer_mode=_ProcessingMode.SKIP,
+).SerializeToString()
+#: ``mode_override`` of header-only mode (:attr:`ResponseSkip.AFTER_REQUEST_HEADERS`): nothing after the
+#: request headers (no request body or trailers, no response phase). The proxy should be configured with
+#: ``request_body_mode: NONE`` already (a body mode cannot be lowered from FULL_DUPLEX_STREAMED by an
+#: override); this skips the response phases of a proxy that processes them, when it allows overrides.
+HEADER_ONLY_MODE: Final = _ProcessingMode(
+    request_body_mode=_ProcessingMode.NONE,
+    request_trailer_mode=_ProcessingMode.SKIP,
+    response_header_mode=_ProcessingMode.SKIP,
+    response_body_mode=_ProcessingMode.NONE,
+    response_trailer_mode=_ProcessingMode.SKIP,
+).SerializeToString()
+
+_DESTINATION_KEY = DESTINATION_KEY.encode()
+_LB_NAMESPACE = LB_NAMESPACE.encode()
+_CONTENT_LENGTH = CONTENT_LENGTH_HEADER.encode()
+#: the ``mode_override`` field of each :class:`~picker.extproc.protocol.ResponseSkip` value
+_SKIPS = (
+    b"",
+    _ld(_MODE_OVERRIDE, SKIP_RESPONSE_MODE),
+    _ld(_MODE_OVERRIDE, SKIP_RESPONSE_BODY_MODE),
+    _ld(_MODE_OVERRIDE, HEADER_ONLY_MODE),
+)
+_MARKER = _option(RESPONSE_MARKER_HEADER.encode(), b"true")
+_CONFORMANCE = CONFORMANCE_SERVED_HEADER.encode()
 _REMOVE_CONTENT_LENGTH = _ld(_REMOVE_HEADERS, b"content-length")
 # dynamic_metadata = {"envoy.lb": {"x-gateway-destination-endpoint": <destination>}}: only the destination
 # and the lengths around it vary
@@ -178,8 +230,7 @@ _T_DYNAMIC_METADATA = _tag(_DYNAMIC_METADATA)
 
 
 def _metadata(destination: bytes) -> bytes:
-    """``dynamic_metadata`` naming the destination, as :func:`picker.extproc.messages.request_headers_reply`
-    sets it."""
+    """``dynamic_metadata = {"envoy.lb": {"x-gateway-destination-endpoint": destination}}``."""
     value = _T_STRING_VALUE + _len(len(destination)) + destination
     entry = _INNER_KEY + _len(len(value)) + value
     struct = _T_FIELDS + _len(len(entry)) + entry
@@ -194,11 +245,16 @@ def request_headers_reply(
     echo: Iterable[tuple[str, bytes]],
     content_length: int | None,
     *,
-    skip_response: int = messages.ResponseSkip.NONE,
+    skip_response: ResponseSkip = ResponseSkip.NONE,
 ) -> bytes:
-    """:func:`picker.extproc.messages.request_headers_reply`, as bytes (``skip_response``: a
-    :class:`~picker.extproc.messages.ResponseSkip`, sent as the matching ``mode_override``; ``True`` is
-    ``ALL``)."""
+    """The request-headers reply of a routed request (§1.5).
+
+    ``clear_route_cache`` so the proxy re-evaluates routing with the destination header; the destination
+    both as a header and as ``dynamic_metadata["envoy.lb"]`` (the same string); ``Content-Length`` when
+    the forwarded body is non-empty; ``echo`` = the non-system request headers, already filtered;
+    ``skip_response``: a :class:`~picker.extproc.protocol.ResponseSkip`, sent as the matching
+    ``mode_override`` (:data:`SKIP_RESPONSE_MODE`, :data:`SKIP_RESPONSE_BODY_MODE`).
+    """
     dest = destination.encode()
     parts = [_option(_DESTINATION_KEY, dest)]
     if content_length:
@@ -214,13 +270,11 @@ def request_headers_reply(
 @functools.lru_cache(maxsize=4096)
 def header_only_reply(destination: str) -> bytes:
     """Header-only mode's reply when nothing is echoed: :func:`request_headers_reply` with no headers, no
-    content length and :attr:`~picker.extproc.messages.ResponseSkip.AFTER_REQUEST_HEADERS`. It depends on
+    content length and :attr:`~picker.extproc.protocol.ResponseSkip.AFTER_REQUEST_HEADERS`. It depends on
     the destination alone, of which a pool has few (each endpoint, and each primary-fallback pair), so it
     is encoded once per destination and remembered (bounded): a lookup instead of about 40 µs of encoding
     with the cold caches every request meets in the server (``bench_stream --header-only``)."""
-    return request_headers_reply(
-        destination, (), None, skip_response=messages.ResponseSkip.AFTER_REQUEST_HEADERS
-    )
+    return request_headers_reply(destination, (), None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS)
 
 
 def response_headers_reply(
@@ -229,7 +283,12 @@ def response_headers_reply(
     served_endpoint: str | None = None,
     remove_content_length: bool = False,
 ) -> bytes:
-    """:func:`picker.extproc.messages.response_headers_reply`, as bytes."""
+    """The response-headers reply (§1.9): the debug marker, the conformance verifier's header when
+    enabled, the echoed non-system response headers. No ``clear_route_cache`` on the response path.
+
+    ``remove_content_length`` is set when the body may change length (the model name is rewritten back
+    to a name of a different length); the reference leaves a stale Content-Length in that case.
+    """
     parts = [_MARKER]
     if served_endpoint is not None:
         parts.append(_option(_CONFORMANCE, served_endpoint.encode()))
@@ -291,7 +350,8 @@ def _chunked(tag: bytes, body: bytes, end_of_stream: bool) -> list[bytes]:
 
 
 def request_body_replies(body: bytes, *, end_of_stream: bool = True) -> list[bytes]:
-    """:func:`picker.extproc.messages.request_body_replies`, as bytes."""
+    """The forwarded request body as ≤ 62,000-byte chunks; an empty body is one empty chunk (§1.6).
+    ``end_of_stream`` marks the last chunk (False when request trailers follow)."""
     return _chunked(_T_REQUEST_BODY, body, end_of_stream)
 
 
@@ -301,19 +361,49 @@ def request_body_reply(chunk: bytes, end_of_stream: bool) -> bytes:
 
 
 def response_body_reply(chunk: bytes, end_of_stream: bool) -> bytes:
-    """:func:`picker.extproc.messages.response_body_reply`, as bytes."""
+    """One ``streamed_response`` chunk of the response body."""
     return _body_reply(_T_RESPONSE_BODY, chunk, end_of_stream)
 
 
 def response_body_replies(body: bytes, *, end_of_stream: bool = True) -> list[bytes]:
-    """:func:`picker.extproc.messages.response_body_replies`, as bytes."""
+    """A buffered response body as ≤ 62,000-byte chunks (same rules as the request body)."""
     return _chunked(_T_RESPONSE_BODY, body, end_of_stream)
 
 
 EMPTY_REQUEST_BODY_EOS = _body_reply(_T_REQUEST_BODY, b"", True)
 EMPTY_RESPONSE_BODY_EOS = _body_reply(_T_RESPONSE_BODY, b"", True)
-REQUEST_TRAILERS_REPLY: bytes = messages.REQUEST_TRAILERS_REPLY.SerializeToString()
-RESPONSE_TRAILERS_REPLY: bytes = messages.RESPONSE_TRAILERS_REPLY.SerializeToString()
+#: the empty replies to request / response trailers: ``request_trailers {}`` (an empty message, present)
+REQUEST_TRAILERS_REPLY: Final = _ld(_REQUEST_TRAILERS, b"")
+RESPONSE_TRAILERS_REPLY: Final = _ld(_RESPONSE_TRAILERS, b"")
+
+
+def immediate_response(status: int, body: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """An ``ImmediateResponse``: the proxy answers the client itself with ``status`` and ``body``; no
+    headers, as the reference, unless the error carries some (a tenant's 429: ``retry-after``, ...)."""
+    payload = _varint(_STATUS_CODE << 3) + _varint(status)
+    parts = [_ld(_IMMEDIATE_STATUS, payload)]
+    mutation = b"".join(_option(key.encode(), value.encode()) for key, value in headers)
+    if mutation:
+        parts.append(_ld(_IMMEDIATE_HEADERS, mutation))
+    encoded = body.encode()
+    if encoded:
+        parts.append(_ld(_IMMEDIATE_BODY, encoded))
+    return _ld(_IMMEDIATE, b"".join(parts))
+
+
+def message_timeout_override(seconds: float) -> bytes:
+    """A reply carrying only ``override_message_timeout``: the proxy restarts the timer of the message it
+    waits on with this duration instead of ``message_timeout``. Envoy honours it only with
+    ``max_message_timeout`` set (0, the default, ignores it), only up to that bound, and only once per
+    message; the proxy sends nothing in return, the real reply follows later. Rare (a request held for a
+    first replica), so built through the protobuf API."""
+    reply = pb.ProcessingResponse()
+    whole = int(seconds)
+    reply.override_message_timeout.seconds = whole
+    reply.override_message_timeout.nanos = round((seconds - whole) * 1e9)
+    encoded: bytes = reply.SerializeToString()
+    return encoded
+
 
 _serialize_message = pb.ProcessingResponse.SerializeToString
 

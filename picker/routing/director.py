@@ -9,7 +9,7 @@
    ready (``picker.routing.hold``), then goes on from step 5; 503 after the hold timeout.
 5. Admission: the tenant's budget (``picker.tenants``, when configured): a reservation of the request's
    estimated tokens, one request and its cost, or 429 over a limit; the reservation travels on the
-   decision (``ticket``) and is settled or released at the stream's end, or here at once when a later
+   dispatch (``ticket``) and is settled or released at the stream's end, or here at once when a later
    step refuses the request. Then a sheddable request (priority < 0) is rejected with 429 when pool
    saturation ≥ 1. With a remote budget (Redis, ``--workers``) the reservation may need I/O: ``route``
    then returns a :class:`PendingRoute` that the stream awaits, and everything after it runs then.
@@ -26,7 +26,12 @@
    matches but records nothing.
 7. Count the request and its prompt-token charge (``scoring.matrix.LoadCharge``) against the primary
    endpoint - the prefill part is given back at the first response byte, the rest when the stream ends -
-   and hand back the body: the original bytes unless the model changed.
+   and hand back one :class:`~picker.routing.types.Dispatch`: endpoints, the body (the original bytes
+   unless the model changed), the lease, the restorer of the client's model name, the tenant's
+   reservation, the metric labels.
+
+Steps 1-3 are :meth:`Director.resolve` and 4-7 :meth:`Director.route`: the stream keeps what ``resolve``
+returned, so a failure in ``route`` is labelled with the models it resolved (the target after a rewrite).
 
    With ``externalEndpoints`` configured (``picker.routing.external``), a request whose objective asks
    for them, or that finds the pool saturated, entirely ejected or empty, is sent to an external endpoint
@@ -58,8 +63,8 @@ from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.external import ExternalCapacity, ExternalTicket, JointReservation
 from picker.routing.header_only import header_request_info
 from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
-from picker.routing.openai import parse_request, prompt_text, rewrite_model
-from picker.routing.types import Lease, PendingRoute, RequestInfo, RoutingDecision, RoutingRequest
+from picker.routing.openai import ModelRestorer, parse_request, prompt_text, rewrite_model
+from picker.routing.types import Dispatch, Lease, PendingRoute, RequestInfo, Resolved, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
@@ -113,12 +118,9 @@ class DirectorObserver(Protocol):
     def prefix_matched(self, matched_bytes: int, total_bytes: int) -> None: ...
 
 
-#: what scheduling needs of a parsed request: (request, active config, body info, incoming, target model)
-_Args = tuple[RoutingRequest, ActiveConfig, "RequestInfo | None", str, str]
-
-
 class Director:
-    """Implements :class:`picker.routing.types.Router` on top of the datastore and the active config."""
+    """Implements :class:`picker.routing.types.Router` and :class:`~picker.routing.types.Explainer` on top
+    of the datastore and the active config."""
 
     def __init__(
         self,
@@ -158,11 +160,10 @@ class Director:
         self.external = external if external is not None else ExternalCapacity()
 
     # ------------------------------------------------------------------------------------- routing
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
-        active = self._config.active
-        if explain and active.model_header:  # /debug/explain in header-only mode: what a stream would do
-            return self.route_by_header(request, explain=True)
+    def resolve(self, request: RoutingRequest, *, explain: bool = False) -> Resolved:
+        """Steps 1-3: parse, rewrite, objective. Raises BadRequest for a body the parser rejects."""
         headers = request.headers
+        active = self._config.active
         if active.parser == "passthrough-parser":
             info = None
             incoming = ""
@@ -173,64 +174,50 @@ class Director:
                 raise BadRequest("model not found in request body")
             incoming = info.model
         target = headers.get(HDR_REWRITE) or incoming
-        try:
-            return self._route(request, active, info, incoming, target, explain=explain)
-        except PickerError as exc:
-            # the stream labels its error metric with the models resolved so far
-            exc.incoming_model = incoming
-            exc.target_model = target
-            raise
-
-    def _route(
-        self,
-        request: RoutingRequest,
-        active: ActiveConfig,
-        info: RequestInfo | None,
-        incoming: str,
-        target: str,
-        *,
-        explain: bool,
-    ) -> RoutingDecision | PendingRoute:
         if info is not None:
             choice = self._ds.rewrites.resolve(incoming, self._rng)
             if choice is not None:
                 target = choice.target_model
                 if self._observer is not None and not explain:
                     self._observer.rewrite_decision(choice.rewrite_name, incoming, target)
-        if explain:
-            return self._schedule(request, active, info, incoming, target, explain=True)
-        args = (request, active, info, incoming, target)
-        return self._hold_if_empty(args) or self._admit(args)
+        objective = headers.get(HDR_OBJECTIVE, "")
+        return Resolved(incoming, target, self._ds.objectives.priority(objective), objective, info)
 
-    def _hold_if_empty(self, args: _Args) -> PendingRoute | None:
+    def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
+        """Steps 4-7: the tenant's admission, flow control, candidates, shedding, scheduling, accounting.
+        A :class:`PendingRoute` when admission, a flow-control queue or an empty pool's first replica
+        needs waiting first."""
+        return self._hold_if_empty(request, resolved) or self._admit(request, resolved)
+
+    def _hold_if_empty(self, request: RoutingRequest, resolved: Resolved) -> PendingRoute | None:
         """Scale from zero: the wait for a first replica when the pool is empty and the config holds."""
-        hold = args[1].hold_empty_pool
+        hold = self._config.active.hold_empty_pool
         if hold is None or self._hold is None or len(self._ds.snapshot()) > 0:
             return None
         if self._hold.full(hold.max_held_requests):
             raise ServiceUnavailable(MSG_HOLD_FULL)
         extend = hold.hold_timeout + HOLD_MARGIN_S
-        return PendingRoute(self._held(args, hold.hold_timeout), extend_s=extend)
+        return PendingRoute(self._held(request, resolved, hold.hold_timeout), extend_s=extend)
 
-    def _admit(self, args: _Args) -> RoutingDecision | PendingRoute:
+    def _admit(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
         """Tenant budget and flow control, then scheduling (now or after a wait)."""
-        request, active, info, incoming, target = args
         ticket: Ticket | None = None
         tenancy = self._tenancy
         if tenancy is not None and tenancy.active:
+            info = resolved.info
             admitted = tenancy.admit(
                 request.headers,
-                model=target,
+                model=resolved.target_model,
                 prompt_chars=info.prompt_chars if info is not None else len(request.body),
                 max_tokens=info.max_tokens if info is not None else None,
                 text=(lambda: _prompt_text(request)) if info is not None else None,
             )
             if not isinstance(admitted, Ticket):
-                return PendingRoute(self._later(args, None, admitted))
+                return PendingRoute(self._later(request, resolved, None, admitted))
             ticket = admitted
         if self._flow is not None and self._flow.enabled:
             try:
-                waiting = self._enqueue(args, ticket)
+                waiting = self._enqueue(request, resolved, ticket)
             except PickerError:
                 if ticket is not None:
                     ticket.release()
@@ -240,32 +227,39 @@ class Director:
                 # margin lets our own 503 at the TTL arrive first); no TTL: the operator's timer decides
                 ttl = self._flow.limits.ttl_s
                 extend = ttl + HOLD_MARGIN_S if ttl is not None else None
-                return PendingRoute(self._later(args, ticket, None, waiting), extend_s=extend)
+                return PendingRoute(self._later(request, resolved, ticket, None, waiting), extend_s=extend)
         if ticket is None:
-            return self._schedule(request, active, info, incoming, target, explain=False)
-        return self._admitted(ticket, args)
+            return self._schedule(request, resolved, explain=False)
+        return self._admitted(ticket, request, resolved)
 
-    async def _held(self, args: _Args, hold_s: float) -> RoutingDecision:
+    async def _held(self, request: RoutingRequest, resolved: Resolved, hold_s: float) -> Dispatch:
         """Scale from zero: wait for a first replica, then admit and schedule as usual; 503 after
         ``hold_s`` seconds."""
         assert self._hold is not None
-        try:
-            if not await self._hold.wait(hold_s):
-                raise ServiceUnavailable(MSG_HOLD_TIMEOUT.format(hold_s))
-            routed = self._admit(args)
-            return await routed.wait() if isinstance(routed, PendingRoute) else routed
-        except PickerError as exc:
-            exc.incoming_model = args[3]
-            exc.target_model = args[4]
-            raise
+        if not await self._hold.wait(hold_s):
+            raise ServiceUnavailable(MSG_HOLD_TIMEOUT.format(hold_s))
+        routed = self._admit(request, resolved)
+        return await routed.wait() if isinstance(routed, PendingRoute) else routed
 
-    def _enqueue(self, args: _Args, ticket: Ticket | None) -> tuple[asyncio.Future[None], str, int] | None:
+    def explain(self, request: RoutingRequest) -> Dispatch:
+        """:class:`picker.routing.types.Explainer`: the decision with its per-scorer record; nothing is
+        counted, no metric moves, no tenant budget or queue is touched (a rewrite rule's weighted draw
+        still uses the shared generator)."""
+        if self._config.active.model_header:  # header-only mode: what a stream would do
+            resolved = self.resolve_by_header(request)
+            if resolved is None:
+                return self.route_headers_only(request)
+            return self._schedule(request, resolved, explain=True)
+        return self._schedule(request, self.resolve(request, explain=True), explain=True)
+
+    def _enqueue(
+        self, request: RoutingRequest, resolved: Resolved, ticket: Ticket | None
+    ) -> tuple[asyncio.Future[None], str, int] | None:
         """Flow control: None to schedule now, or the queue position to wait on (sheddable requests are
         not queued: they are shed by saturation as without flow control)."""
         flow = self._flow
         assert flow is not None
-        request = args[0]
-        priority = self._ds.objectives.priority(request.headers.get(HDR_OBJECTIVE, ""))
+        priority = resolved.priority
         if priority < 0:
             return None
         if ticket is not None:
@@ -279,76 +273,54 @@ class Director:
 
     async def _later(
         self,
-        args: _Args,
+        request: RoutingRequest,
+        resolved: Resolved,
         ticket: Ticket | None,
         pending: Awaitable[Ticket] | None,
         waiting: tuple[asyncio.Future[None], str, int] | None = None,
-    ) -> RoutingDecision:
-        """The rest of :meth:`_route` after I/O: a remote reservation, a wait in a flow-control queue."""
+    ) -> Dispatch:
+        """The rest of :meth:`route` after I/O: a remote reservation, a wait in a flow-control queue."""
         try:
             if pending is not None:
                 ticket = await pending
                 if self._flow is not None and self._flow.enabled:
-                    waiting = self._enqueue(args, ticket)
+                    waiting = self._enqueue(request, resolved, ticket)
             if waiting is not None:
                 assert self._flow is not None
                 await self._flow.wait(*waiting)
                 try:
-                    return self._admitted(ticket, args)
+                    return self._admitted(ticket, request, resolved)
                 finally:
                     self._flow.poke()  # its load is counted now: the next one may go
-        except PickerError as exc:
-            if ticket is not None:
-                ticket.release()
-            exc.incoming_model = args[3]
-            exc.target_model = args[4]
-            raise
         except BaseException:
             if ticket is not None:
                 ticket.release()
             raise
-        return self._admitted(ticket, args)
+        return self._admitted(ticket, request, resolved)
 
-    def _admitted(self, ticket: Ticket | None, args: _Args) -> RoutingDecision:
+    def _admitted(self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved) -> Dispatch:
         """Schedule a request (holding a reservation or not); a refusal from here on gives it back."""
-        request, active, info, incoming, target = args
         try:
-            decision = self._schedule(request, active, info, incoming, target, explain=False)
-        except PickerError as exc:
-            if ticket is not None:
-                ticket.release()
-            exc.incoming_model = incoming
-            exc.target_model = target
-            raise
+            dispatch = self._schedule(request, resolved, explain=False)
         except BaseException:
             if ticket is not None:
                 ticket.release()
             raise
         if ticket is not None:
-            spilled = decision.ticket
-            decision.ticket = (
+            spilled = dispatch.ticket
+            dispatch.ticket = (
                 ticket if not isinstance(spilled, ExternalTicket) else JointReservation(ticket, spilled)
             )
-        return decision
+        return dispatch
 
-    def _schedule(
-        self,
-        request: RoutingRequest,
-        active: ActiveConfig,
-        info: RequestInfo | None,
-        incoming: str,
-        target: str,
-        *,
-        explain: bool,
-    ) -> RoutingDecision:
-        headers = request.headers
-        objective = headers.get(HDR_OBJECTIVE, "")
-        priority = self._ds.objectives.priority(objective)
+    def _schedule(self, request: RoutingRequest, resolved: Resolved, *, explain: bool) -> Dispatch:
+        incoming, target, priority, objective, info = resolved
         started = self._clock()
         m = self._ds.snapshot()
         # Subset hint: IP match (port ignored), as the reference; None = no hint = every endpoint.
         mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
         empty = len(m) == 0 or (mask is not None and not mask.any())
+        active = self._config.active
         settings = active.config.settings
         external = (
             self.external
@@ -359,6 +331,7 @@ class Director:
             external = None
         if empty and external is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
+        headers = request.headers
         choice = active.profiles.choose(objective, priority, headers)
         scheduler = choice.scheduler
         saturation: float | None = None
@@ -382,8 +355,10 @@ class Director:
             output_tokens_estimate=(info.max_tokens or 0) if info is not None else 0,
         )
         body = request.body
+        restore = None
         if info is not None and target != incoming:
             body = rewrite_model(body, target)  # before an external reservation: nothing after may raise
+            restore = ModelRestorer(target, incoming)
         result, avoided, spill, failover = self._place(
             m, pick_req, scheduler, mask, started, external, objective, saturation, explain=explain
         )
@@ -409,25 +384,26 @@ class Director:
             endpoints = pool
             charge = LoadCharge.for_request(pick_req, result.primary)
             lease = NullLease() if explain else self._ds.acquire(m.names[result.primary], charge)
-        decision = RoutingDecision(
+        dispatch = Dispatch(
             endpoints=endpoints,
+            body=body,
+            lease=lease,
+            restore=restore,
             incoming_model=incoming,
             target_model=target,
             priority=priority,
-            body=body,
-            lease=lease,
+            objective=objective,
             info=info,
             decision=None if result is None else result.decision,
-            objective=objective,
             profile=choice.profile,
             profile_reason=choice.reason,
             avoided=avoided,
             failover=failover,
         )
         if spill is not None:
-            decision.external = spill.endpoint.name
-            decision.ticket = spill
-        return decision
+            dispatch.external = spill.endpoint.name
+            dispatch.ticket = spill
+        return dispatch
 
     def _place(  # noqa: PLR0917 - the pick's inputs, computed once by _schedule
         self,
@@ -510,33 +486,23 @@ class Director:
         reasons = MappingProxyType({names[r]: Avoidance.reason(levels, r) for r in rows})
         return PickResult(indices, result.decision), reasons, failover
 
-    def route_by_header(
-        self, request: RoutingRequest, *, explain: bool = False
-    ) -> RoutingDecision | PendingRoute:
-        """Header-only mode (``picker.config.header_only``): model and token estimate from headers, then as
-        for a body. No rewrite applies (InferenceModelRewrites, ``x-gateway-model-name-rewrite``): the body
-        the server gets is not ours to change, so routing follows its model. Tenants: rejected at load.
-        Without a body and the model header (``GET /v1/models``): a random pool endpoint, as always."""
+    def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
+        """Header-only mode (``picker.config.header_only``): steps 1-3 from the headers, the model from the
+        configured header and the prompt-token estimate from its header; :meth:`route` does the rest as
+        for a body. None for a request without a body and without the model header (``GET /v1/models``):
+        it routes as a body-less request always does (:meth:`route_headers_only`).
+
+        No rewrite is applied (neither InferenceModelRewrites nor ``x-gateway-model-name-rewrite``): the
+        body the server receives is not ours to change, so routing follows the model it names. Tenants are
+        rejected at config load in this mode. Raises BadRequest for a missing or invalid model header.
+        """
         active = self._config.active
         if request.headers_only and not request.headers.get(active.model_header):
-            return self.route_headers_only(request)
+            return None
         info = header_request_info(request.headers, active.model_header, active.prompt_tokens_header)
         model = info.model or ""
-        try:
-            args = (request, active, info, model, model)
-            if explain:
-                return self._schedule(request, active, info, model, model, explain=True)
-            held = self._hold_if_empty(args)
-            if held is not None:
-                return held
-            if self._flow is not None and self._flow.enabled:
-                waiting = self._enqueue(args, None)
-                if waiting is not None:
-                    return PendingRoute(self._later(args, None, None, waiting))
-            return self._schedule(request, active, info, model, model, explain=False)
-        except PickerError as exc:
-            exc.incoming_model = exc.target_model = model
-            raise
+        objective = request.headers.get(HDR_OBJECTIVE, "")
+        return Resolved(model, model, self._ds.objectives.priority(objective), objective, info)
 
     def _stale_after(self) -> float | None:
         """The staleness threshold that makes an endpoint avoided, or None with ``staleEndpoints: Allow``."""
@@ -565,20 +531,21 @@ class Director:
             matched = 0 if prefix.matched is None else int(prefix.matched[row])
             self._observer.prefix_matched(matched * block_bytes, prefix.total * block_bytes)
 
-    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:  # noqa: ARG002 - Router protocol
+    def route_headers_only(self, request: RoutingRequest) -> Dispatch:  # noqa: ARG002 - Router protocol
         """A request without a body: a uniformly random pool endpoint, no scheduling (reference)."""
         m = self._ds.snapshot()
         if len(m) == 0:
             raise Internal(MSG_NO_PODS)
         rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), self._stale_after()))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
-        return RoutingDecision(
+        return Dispatch(
             endpoints=(m.addresses[i],),
+            body=b"",
+            lease=NullLease(),
+            restore=None,
             incoming_model="",
             target_model="",
             priority=0,
-            body=b"",
-            lease=NullLease(),
         )
 
 

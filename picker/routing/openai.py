@@ -63,7 +63,6 @@ from picker.routing.types import (
 )
 
 __all__ = [
-    "PARSERS",
     "ModelRestorer",
     "Parser",
     "api_for_path",
@@ -362,10 +361,6 @@ def prompt_text(path: str, body: bytes) -> str:
 def parse_passthrough(path: str, body: bytes) -> RequestInfo:
     """The reference ``passthrough-parser``: no parsing, no model, the body is opaque bytes."""
     return RequestInfo(api=api_for_path(path), model=None, prompt_chars=len(body))
-
-
-#: Parser names as the reference EndpointPickerConfig spells them.
-PARSERS: Mapping[str, Parser] = {"openai-parser": parse_request, "passthrough-parser": parse_passthrough}
 
 
 # --------------------------------------------------------------------------------------- model rewrites

@@ -1,16 +1,19 @@
 """The contract between the protocol adapters (ext_proc, admin) and request routing.
 
 ``picker.extproc`` speaks Envoy; ``picker.admin`` answers ``/debug/explain``; both hand a
-:class:`RoutingRequest` to a :class:`Router` and get a :class:`RoutingDecision` back (or a
-:class:`picker.errors.PickerError`). The router owns model rewrites, objectives, admission, subset
-filtering and scheduling; it never touches the wire.
+:class:`RoutingRequest` to routing and get one :class:`Dispatch` back (or a
+:class:`picker.errors.PickerError`). Routing is two steps so that a failure can be labelled with what
+was resolved before it: :meth:`Router.resolve` (parse, rewrite, objective: a :class:`Resolved`, the
+metric labels) and :meth:`Router.route` (candidates, admission, scheduling, accounting). The router owns
+model rewrites, objectives, admission, subset filtering and scheduling; it never touches the wire.
+Exceptions carry no request state: the caller labels a failure with the :class:`Resolved` it holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 from picker.state.outcomes import Outcome
 from scoring.types import Decision
@@ -80,42 +83,21 @@ class Lease(Protocol):
     def release(self) -> None: ...
 
 
-@dataclass(slots=True)
-class RoutingDecision:
-    """Where to send a request, and what to send."""
+class Resolved(NamedTuple):
+    """A request understood (:meth:`Router.resolve`): what the client asked for, what it will get after
+    rewrites, and how urgent it is. These are the metric labels of everything that follows, including a
+    routing failure, so the stream keeps them until the request is routed."""
 
-    #: ``ip:port`` of the primary endpoint, then distinct fallbacks in score order
-    endpoints: tuple[str, ...]
+    #: the body's ``model`` (the client-facing name); "" for the passthrough parser
     incoming_model: str
+    #: the model the request is sent as: a rewrite header or rule's target, else ``incoming_model``
     target_model: str
+    #: from the InferenceObjective named by ``x-gateway-inference-objective`` (unknown: 0)
     priority: int
-    #: the body to forward: the original object when the model is not rewritten
-    body: bytes
-    lease: Lease
-    info: RequestInfo | None = None
-    #: filled only when the caller asked for an explanation
-    decision: Decision | None = None
-    #: objective name from ``x-gateway-inference-objective`` (for metrics), "" if none
-    objective: str = ""
-    #: the scheduling profile the request was scored with, and why the handler chose it
-    #: (``scoring.profiles.ProfileChoice``: ``single``, ``header``, ``rule <n>``, ``default``)
-    profile: str = ""
-    profile_reason: str = ""
-    #: candidates left out of the pick because they must not be primary: name → why (``/debug/explain``);
-    #: None when there were none
-    avoided: Mapping[str, str] | None = None
-    #: ``ai_failover_total`` reason when the scorer's own choice was avoided, else None
-    failover: str | None = None
-    #: the external endpoint (``picker.routing.external``) the request was sent to first, "" if none
-    external: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
-    #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
-    ticket: Reservation | None = None
-
-    @property
-    def destination(self) -> str:
-        """The header/metadata value: ``ip:port[,ip:port...]``, primary first, no spaces."""
-        return ",".join(self.endpoints)
+    #: the objective's name (for metrics), "" if none
+    objective: str
+    #: what the body parser learned; None for the passthrough parser
+    info: RequestInfo | None
 
 
 class Reservation(Protocol):
@@ -132,21 +114,69 @@ class Reservation(Protocol):
     def release(self) -> None: ...
 
 
+@dataclass(slots=True, eq=False)
+class Dispatch:
+    """One routed request, from the pick to the end of its stream: where it goes, what is forwarded, the
+    load and the tenant budget it holds, what to put back in the response, and its metric labels. The
+    one object the ext_proc stream keeps per request (:meth:`Router.route`)."""
+
+    #: ``ip:port`` of the primary endpoint, then distinct fallbacks in score order
+    endpoints: tuple[str, ...]
+    #: the body to forward: the original object when the model is not rewritten
+    body: bytes
+    #: the primary endpoint's load, given back at the first response byte and at stream end
+    lease: Lease
+    #: puts the client's model name back into response bytes; None when the model was not rewritten
+    restore: Callable[[bytes], bytes] | None
+    incoming_model: str
+    target_model: str
+    priority: int
+    #: objective name from ``x-gateway-inference-objective`` (for metrics), "" if none
+    objective: str = ""
+    info: RequestInfo | None = None
+    #: filled only by :meth:`Explainer.explain`
+    decision: Decision | None = None
+    #: the scheduling profile the request was scored with, and why the handler chose it
+    #: (``scoring.profiles.ProfileChoice``: ``single``, ``header``, ``rule <n>``, ``default``)
+    profile: str = ""
+    profile_reason: str = ""
+    #: candidates left out of the pick because they must not be primary: name → why (``/debug/explain``);
+    #: None when there were none
+    avoided: Mapping[str, str] | None = None
+    #: ``ai_failover_total`` reason when the scorer's own choice was avoided, else None
+    failover: str | None = None
+    #: the external endpoint (``picker.routing.external``) the request was sent to first, "" if none
+    external: str = ""
+    #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
+    ticket: Reservation | None = None
+
+    @property
+    def destination(self) -> str:
+        """The header/metadata value: ``ip:port[,ip:port...]``, primary first, no spaces."""
+        return ",".join(self.endpoints)
+
+    @property
+    def streamed(self) -> bool:
+        """The client asked for a streamed (SSE) response."""
+        info = self.info
+        return info is not None and info.stream
+
+
 class PendingRoute:
-    """A routing decision that needs I/O first (a remote tenant budget) or a wait (a flow-control queue, a
-    first replica of an empty pool): the stream awaits :meth:`wait`, which returns the decision or raises
-    the PickerError that refused the request.
+    """A dispatch that needs I/O first (a remote tenant budget) or a wait (a flow-control queue, a first
+    replica of an empty pool): the stream awaits :meth:`wait`, which returns the dispatch or raises the
+    PickerError that refused the request.
 
     ``extend_s``: the wait may outlast the proxy's per-message timer, so the stream first asks the proxy to
     restart that timer with this many seconds (``override_message_timeout``); None asks nothing."""
 
     __slots__ = ("_coro", "extend_s")
 
-    def __init__(self, coro: Coroutine[Any, Any, RoutingDecision], *, extend_s: float | None = None) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Dispatch], *, extend_s: float | None = None) -> None:
         self._coro = coro
         self.extend_s = extend_s
 
-    async def wait(self) -> RoutingDecision:
+    async def wait(self) -> Dispatch:
         return await self._coro
 
     def cancel(self) -> None:
@@ -156,18 +186,33 @@ class PendingRoute:
 
 
 class Router(Protocol):
-    """Implemented by :class:`picker.routing.director.Director`; faked in protocol tests."""
+    """What the ext_proc stream asks of routing. Implemented by :class:`picker.routing.director.Director`;
+    faked in protocol tests. Every step raises :class:`picker.errors.PickerError` subclasses."""
 
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision | PendingRoute:
-        """Pick endpoints for a request with a body (a :class:`PendingRoute` when that needs I/O first).
-        Raises PickerError subclasses."""
+    def resolve(self, request: RoutingRequest) -> Resolved:
+        """Parse the body, apply rewrites, look up the objective (reference order, steps 1-3)."""
         ...
 
-    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
+    def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
+        """Candidates, admission, scheduling; count the request against its primary endpoint (a
+        :class:`PendingRoute` when admission needs I/O first)."""
+        ...
+
+    def route_headers_only(self, request: RoutingRequest) -> Dispatch:
         """Pick for a request without a body: a random pool endpoint, no scheduling (reference)."""
         ...
 
-    def route_by_header(self, request: RoutingRequest) -> RoutingDecision | PendingRoute:
-        """Header-only mode: pick from the model header and the scraped state (no body). Raises
-        PickerError subclasses (400 for a missing or invalid model header)."""
+    def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
+        """Header-only mode: what the headers say in place of a body (the model from a header), for
+        :meth:`route`; None for a body-less request without the model header (``route_headers_only``).
+        Raises PickerError subclasses (400 for a missing or invalid model header)."""
+        ...
+
+
+class Explainer(Protocol):
+    """What ``/debug/explain`` asks of routing: the decision a request would get, with no side effects."""
+
+    def explain(self, request: RoutingRequest) -> Dispatch:
+        """Resolve and route with the per-scorer record (``Dispatch.decision``); nothing is counted and no
+        tenant budget is touched."""
         ...

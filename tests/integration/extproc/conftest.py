@@ -18,8 +18,8 @@ import pytest
 from picker.errors import BadRequest, Internal, ServiceUnavailable
 from picker.extproc import ExtProcServer, TLSConfig
 from picker.extproc.usage import UsageReport
-from picker.routing.openai import Parser, parse_request, rewrite_model
-from picker.routing.types import RoutingDecision, RoutingRequest
+from picker.routing.openai import ModelRestorer, Parser, parse_request, rewrite_model
+from picker.routing.types import Dispatch, Resolved, RoutingRequest
 from picker.state.outcomes import Outcome
 from picker.testing.envoy import EnvoyClient
 
@@ -55,68 +55,70 @@ class FakeRouter:
         max_endpoints: int = 1,
         parser: Parser = parse_request,
         error: Exception | None = None,
+        route_error: Exception | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.max_endpoints = max_endpoints
         self.parser = parser
+        #: raised by ``resolve`` (before any model is known) / by ``route`` (after)
         self.error = error
+        self.route_error = route_error
         self.requests: list[RoutingRequest] = []
         self.leases: list[FakeLease] = []
 
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
+    def resolve(self, request: RoutingRequest) -> Resolved:
         self.requests.append(request)
         if self.error is not None:
             raise self.error
         info = self.parser(request.path, request.body)
         incoming = info.model or ""
         target = request.headers.get("x-gateway-model-name-rewrite") or incoming
-        body = (
-            request.body if info.model is None or target == incoming else rewrite_model(request.body, target)
-        )
+        return Resolved(incoming, target, 0, "", info)
+
+    def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch:
+        if self.route_error is not None:
+            raise self.route_error
+        incoming, target, _, _, info = resolved
+        rewritten = info is not None and info.model is not None and target != incoming
         candidates = self._candidates(request.subset)
-        return RoutingDecision(
+        return Dispatch(
             endpoints=candidates[: self.max_endpoints],
+            body=rewrite_model(request.body, target) if rewritten else request.body,
+            lease=self._lease(),
+            restore=ModelRestorer(target, incoming) if rewritten else None,
             incoming_model=incoming,
             target_model=target,
             priority=0,
-            body=body,
-            lease=self._lease(),
             info=info,
         )
 
-    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
+    def route_headers_only(self, request: RoutingRequest) -> Dispatch:
         self.requests.append(request)
         if self.error is not None:
             raise self.error
         if not self.endpoints:
             raise Internal("no pods available in datastore")
-        return RoutingDecision(
+        return Dispatch(
             endpoints=(self.endpoints[-1],),
+            body=b"",
+            lease=self._lease(),
+            restore=None,
             incoming_model="",
             target_model="",
             priority=0,
-            body=b"",
-            lease=self._lease(),
         )
 
-    def route_by_header(self, request: RoutingRequest) -> RoutingDecision:
+    def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
         """Header-only mode: the model from ``x-ai-eg-model`` (the header the tests configure)."""
         model = request.headers.get("x-ai-eg-model", "")
         if not model and request.headers_only:
-            return self.route_headers_only(request)
+            return None
         self.requests.append(request)
         if self.error is not None:
             raise self.error
         if not model:
             raise BadRequest("model not found in header x-ai-eg-model")
-        return RoutingDecision(
-            endpoints=tuple(self.endpoints),
-            incoming_model=model,
-            target_model=model,
-            priority=0,
-            body=b"",
-            lease=self._lease(),
-        )
+        return Resolved(model, model, 0, "", None)
 
     def _lease(self) -> FakeLease:
         lease = FakeLease()
@@ -139,15 +141,15 @@ class RecordingObserver:
     usages: list[UsageReport | None] = field(default_factory=list)
     closed: int = 0
 
-    def routed(self, decision: RoutingDecision, request_bytes: int) -> None:
-        self.events.append(("routed", decision.destination, request_bytes))
+    def routed(self, dispatch: Dispatch, request_bytes: int) -> None:
+        self.events.append(("routed", dispatch.destination, request_bytes))
 
     def failed(self, error_code: str, incoming_model: str, target_model: str) -> None:
         self.events.append(("failed", error_code, incoming_model, target_model))
 
     def response_complete(
         self,
-        decision: RoutingDecision | None,
+        decision: Dispatch | None,
         *,
         latency_s: float,
         response_bytes: int,
@@ -158,7 +160,7 @@ class RecordingObserver:
         self.events.append(("complete", destination, latency_s, response_bytes, status_ok))
         self.usages.append(usage)
 
-    def stream_closed(self, decision: RoutingDecision | None) -> None:
+    def stream_closed(self, decision: Dispatch | None) -> None:
         self.closed += 1
         self.events.append(("closed", decision.destination if decision else None))
 

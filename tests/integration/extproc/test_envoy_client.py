@@ -9,7 +9,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from picker.extproc import messages
+from picker.testing import replies as messages
 from picker.testing.envoy import EnvoyClient, HttpRequest, ProtocolOrderError, UpstreamResponse
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import math
 import orjson
 import pytest
 
-from picker.extproc.messages import ResponseSkip
+from picker.extproc.protocol import ResponseSkip
 from picker.state.outcomes import Outcome
 from picker.testing.envoy import HttpRequest, UpstreamResponse
 from tests.integration.extproc.conftest import POD_1, POD_2, FakeRouter, Harness, StartHarness, StepClock

@@ -61,13 +61,18 @@ async def test_every_error_class_maps_to_one_immediate_response(
     assert h.observer.events == [("failed", error.code, "", ""), ("closed", None)]
 
 
-async def test_router_error_carrying_models_labels_the_failure(start: StartHarness) -> None:
-    error = errors.ResourceExhausted("shed")
-    error.incoming_model = "a"  # type: ignore[attr-defined]
-    error.target_model = "b"  # type: ignore[attr-defined]
-    h = await start(FakeRouter(error=error))
-    await h.client.exchange(chat())
-    assert h.observer.events[0] == ("failed", "ResourceExhausted", "a", "b")
+async def test_a_routing_failure_is_labelled_with_the_models_resolved_before_it(start: StartHarness) -> None:
+    """The error carries no models: the stream labels it with what ``resolve`` returned (the target after
+    the rewrite header), and the one failure is counted once."""
+    h = await start(FakeRouter(route_error=errors.ResourceExhausted("shed")))
+    result = await h.client.exchange(chat(headers=[("x-gateway-model-name-rewrite", "served-model")]))
+    assert result.immediate is not None
+    assert result.immediate.status == 429
+    await h.observer.wait_closed(1)
+    assert h.observer.events == [
+        ("failed", "ResourceExhausted", "client-model", "served-model"),
+        ("closed", None),
+    ]
 
 
 async def test_unexpected_router_exception_is_a_grpc_error_logged_with_request_id(

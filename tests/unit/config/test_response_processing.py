@@ -10,8 +10,9 @@ import pytest
 from picker.app import skip_response_rule
 from picker.config import load_config_text
 from picker.errors import ConfigError
-from picker.extproc.messages import ResponseSkip
-from picker.routing.types import RoutingDecision
+from picker.extproc.protocol import ResponseSkip
+from picker.routing.openai import ModelRestorer
+from picker.routing.types import Dispatch
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
 
@@ -28,14 +29,16 @@ def document(
     return text
 
 
-def decision(incoming: str, target: str) -> RoutingDecision:
-    return RoutingDecision(
+def decision(incoming: str, target: str) -> Dispatch:
+    """A dispatch as the director makes it: a rewritten model comes with its name restorer."""
+    return Dispatch(
         endpoints=("10.0.0.1:8000",),
         incoming_model=incoming,
         target_model=target,
         priority=0,
         body=b"",
         lease=NullLease(),
+        restore=ModelRestorer(target, incoming) if target != incoming else None,
     )
 
 

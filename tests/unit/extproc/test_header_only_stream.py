@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from picker.extproc import NullObserver
 from picker.extproc.stream import SUSPENDED, ExtProcStream
-from picker.routing.types import PendingRoute, RoutingDecision, RoutingRequest
+from picker.routing.types import Dispatch, PendingRoute, Resolved, RoutingRequest
 from picker.testing import envoy
 
 HEADERS = [(":path", "/v1/chat/completions"), ("x-ai-eg-model", "m"), ("x-request-id", "r")]
@@ -40,24 +40,27 @@ class WaitingRouter:
     lease: Lease = field(default_factory=Lease)
     seen: list[RoutingRequest] = field(default_factory=list)
 
-    def _decision(self) -> RoutingDecision:
-        return RoutingDecision(("10.0.0.1:8000",), "m", "m", 0, b"", self.lease)
+    def _decision(self) -> Dispatch:
+        return Dispatch(("10.0.0.1:8000",), b"", self.lease, None, "m", "m", 0)
 
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
+    def resolve(self, request: RoutingRequest) -> Resolved:
         raise AssertionError("header-only mode never routes on a body")
 
-    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
-        raise AssertionError("the model header is there")
-
-    def route_by_header(self, request: RoutingRequest) -> RoutingDecision | PendingRoute:
+    def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
         self.seen.append(request)
+        return Resolved("m", "m", 0, "", None)
+
+    def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
         if not self.wait:
             return self._decision()
 
-        async def later() -> RoutingDecision:
+        async def later() -> Dispatch:
             return self._decision()
 
         return PendingRoute(later())
+
+    def route_headers_only(self, request: RoutingRequest) -> Dispatch:
+        raise AssertionError("the model header is there")
 
 
 def decode(reply: bytes) -> pb.ProcessingResponse:

@@ -14,7 +14,7 @@ from picker.errors import BadRequest, ResourceExhausted
 from picker.extproc import HealthService, HealthState, NullObserver
 from picker.extproc.stream import ExtProcStream, StreamAbortError
 from picker.routing.openai import parse_request
-from picker.routing.types import RoutingDecision, RoutingRequest
+from picker.routing.types import Dispatch, Resolved, RoutingRequest
 from picker.testing import envoy
 
 
@@ -39,30 +39,29 @@ class Router:
     leases: list[Lease] = field(default_factory=list)
     shed: bool = False
 
-    def route(self, request: RoutingRequest, *, explain: bool = False) -> RoutingDecision:
+    def resolve(self, request: RoutingRequest) -> Resolved:
         info = parse_request(request.path, request.body)
+        return Resolved(info.model or "", "t", 0, "", info)
+
+    def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch:
         if self.shed:
             raise ResourceExhausted("shed")
         lease = Lease()
         self.leases.append(lease)
-        return RoutingDecision(("10.0.0.1:80",), info.model or "", "t", 0, request.body, lease, info)
+        return Dispatch(("10.0.0.1:80",), request.body, lease, None, resolved.incoming_model, "t", 0)
 
-    def route_headers_only(self, request: RoutingRequest) -> RoutingDecision:
+    def route_headers_only(self, request: RoutingRequest) -> Dispatch:
         lease = Lease()
         self.leases.append(lease)
-        return RoutingDecision(("10.0.0.1:80",), "", "", 0, b"", lease)
+        return Dispatch(("10.0.0.1:80",), b"", lease, None, "", "", 0)
 
-    def route_by_header(self, request: RoutingRequest) -> RoutingDecision:
+    def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
         model = request.headers.get("x-model", "")
         if not model and request.headers_only:
-            return self.route_headers_only(request)
+            return None
         if not model:
             raise BadRequest("model not found in header x-model")
-        if self.shed:
-            raise ResourceExhausted("shed")
-        lease = Lease()
-        self.leases.append(lease)
-        return RoutingDecision(("10.0.0.1:80",), model, model, 0, b"", lease)
+        return Resolved(model, model, 0, "", None)
 
 
 @dataclass
@@ -73,7 +72,7 @@ class CountingObserver(NullObserver):
     def failed(self, error_code: str, incoming_model: str, target_model: str) -> None:
         self.failed_count += 1
 
-    def stream_closed(self, decision: RoutingDecision | None) -> None:
+    def stream_closed(self, decision: Dispatch | None) -> None:
         self.closed += 1
 
 

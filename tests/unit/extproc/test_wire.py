@@ -1,4 +1,5 @@
-"""The hand-encoded replies decode to exactly the messages the reference builders make, for any input."""
+"""The hand-encoded replies decode to exactly the messages the readable builders make, for any input
+(``picker.testing.replies``, through the protobuf API, is the oracle)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picker.extproc import messages, wire
+from picker.extproc import wire
+from picker.extproc.protocol import ResponseSkip
+from picker.testing import replies as messages
 
 header_names = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=0, max_size=40
@@ -22,10 +25,10 @@ def decoded(data: bytes) -> pb.ProcessingResponse:
 
 
 _MODES = {
-    messages.ResponseSkip.NONE: None,
-    messages.ResponseSkip.ALL: messages.SKIP_RESPONSE_MODE,
-    messages.ResponseSkip.BODY: messages.SKIP_RESPONSE_BODY_MODE,
-    messages.ResponseSkip.AFTER_REQUEST_HEADERS: messages.HEADER_ONLY_MODE,
+    ResponseSkip.NONE: None,
+    ResponseSkip.ALL: messages.SKIP_RESPONSE_MODE,
+    ResponseSkip.BODY: messages.SKIP_RESPONSE_BODY_MODE,
+    ResponseSkip.AFTER_REQUEST_HEADERS: messages.HEADER_ONLY_MODE,
 }
 
 
@@ -34,10 +37,10 @@ _MODES = {
     destinations,
     echo,
     st.none() | st.integers(min_value=0, max_value=2**40),
-    st.sampled_from(list(messages.ResponseSkip)),
+    st.sampled_from(list(ResponseSkip)),
 )
 def test_request_headers_reply(
-    destination: str, items: list[tuple[str, bytes]], length: int | None, skip: messages.ResponseSkip
+    destination: str, items: list[tuple[str, bytes]], length: int | None, skip: ResponseSkip
 ) -> None:
     want = messages.request_headers_reply(destination, items, length, mode_override=_MODES[skip])
     assert decoded(wire.request_headers_reply(destination, items, length, skip_response=skip)) == want
@@ -85,9 +88,7 @@ def test_an_echoed_request_body_chunk(chunk: bytes, end_of_stream: bool) -> None
 
 @given(destinations)
 def test_the_remembered_header_only_reply_is_the_encoded_one(destination: str) -> None:
-    want = wire.request_headers_reply(
-        destination, (), None, skip_response=messages.ResponseSkip.AFTER_REQUEST_HEADERS
-    )
+    want = wire.request_headers_reply(destination, (), None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS)
     assert wire.header_only_reply(destination) == want
     assert wire.header_only_reply(destination) is wire.header_only_reply(destination)
 
@@ -97,7 +98,27 @@ def test_constants_and_the_serializer() -> None:
     assert decoded(wire.EMPTY_RESPONSE_BODY_EOS) == messages.EMPTY_RESPONSE_BODY_EOS
     assert decoded(wire.REQUEST_TRAILERS_REPLY) == messages.REQUEST_TRAILERS_REPLY
     assert decoded(wire.RESPONSE_TRAILERS_REPLY) == messages.RESPONSE_TRAILERS_REPLY
+    assert messages.SKIP_RESPONSE_MODE.SerializeToString() == wire.SKIP_RESPONSE_MODE
+    assert messages.SKIP_RESPONSE_BODY_MODE.SerializeToString() == wire.SKIP_RESPONSE_BODY_MODE
     immediate = messages.immediate_response(429, "inference error: ResourceExhausted - x")
     assert wire.serialize(immediate) == immediate.SerializeToString()
     data = wire.response_body_reply(b"x", True)
     assert wire.serialize(data) is data
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([400, 401, 403, 404, 413, 429, 500, 503]),
+    st.text(max_size=300),
+    st.lists(st.tuples(header_names, st.text(max_size=60)), max_size=5),
+)
+def test_an_immediate_response(status: int, body: str, headers: list[tuple[str, str]]) -> None:
+    assert decoded(wire.immediate_response(status, body, headers)) == messages.immediate_response(
+        status, body, headers
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(min_value=0.0, max_value=3600.0, allow_nan=False))
+def test_message_timeout_override(seconds: float) -> None:
+    assert decoded(wire.message_timeout_override(seconds)) == messages.message_timeout_override(seconds)

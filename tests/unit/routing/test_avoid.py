@@ -15,7 +15,7 @@ import pytest
 from picker.config import load_config_text
 from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.director import Director
-from picker.routing.types import RoutingRequest
+from picker.routing.types import Dispatch, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
@@ -106,10 +106,17 @@ def request(subset: tuple[str, ...] | None = None) -> RoutingRequest:
     return RoutingRequest("r", {}, "/v1/completions", body, subset=subset)
 
 
+def route(d: Director, req: RoutingRequest) -> Dispatch:
+    """Resolve and route as the ext_proc stream does (no tenants, no flow control: never pending)."""
+    dispatch = d.route(req, d.resolve(req))
+    assert isinstance(dispatch, Dispatch)
+    return dispatch
+
+
 def test_nothing_avoided_costs_nothing_and_changes_nothing() -> None:
     st = state([0.0, 0.0, 0.0, 0.0])
     d, obs = director(st, max_endpoints=2)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.1:8000", "10.0.0.2:8000")
     assert (decision.avoided, decision.failover, obs.failovers) == (None, None, Counter())
     assert Avoidance().levels(st.matrix, 0.0, STALE_S) is None
@@ -118,7 +125,7 @@ def test_nothing_avoided_costs_nothing_and_changes_nothing() -> None:
 def test_an_ejected_best_endpoint_is_not_primary_and_counts_a_failover() -> None:
     st = state([1.0, 0.0, 0.0, 0.0])
     d, obs = director(st)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.2:8000",)
     assert st.acquired == ["b"]
     assert dict(decision.avoided or {}) == {"a": "ejected"}
@@ -129,7 +136,7 @@ def test_an_ejected_best_endpoint_is_not_primary_and_counts_a_failover() -> None
 def test_an_ejected_endpoint_the_scorer_did_not_want_is_no_failover() -> None:
     st = state([0.0, 0.0, 0.0, 1.0])
     d, obs = director(st)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.1:8000",)
     assert decision.failover is None
     assert obs.failovers == Counter()
@@ -138,7 +145,7 @@ def test_an_ejected_endpoint_the_scorer_did_not_want_is_no_failover() -> None:
 def test_ejected_endpoints_fill_empty_fallback_places_probing_first() -> None:
     st = state([1.0, 2.0, 0.0, 1.0], inflight=[0.0, 1.0, 0.0, 0.0])
     d, _ = director(st, max_endpoints=3)
-    decision = d.route(request())
+    decision = route(d, request())
     # c is the only one allowed; b (its probe in flight) then a (ejected) are the last resort
     assert decision.endpoints == ("10.0.0.3:8000", "10.0.0.2:8000", "10.0.0.1:8000")
     assert dict(decision.avoided or {}) == {"a": "ejected", "b": "probing", "d": "ejected"}
@@ -147,18 +154,18 @@ def test_ejected_endpoints_fill_empty_fallback_places_probing_first() -> None:
 def test_a_probing_endpoint_takes_one_probe_at_a_time() -> None:
     idle = state([2.0, 0.0, 0.0, 0.0])
     d, obs = director(idle)
-    assert d.route(request()).endpoints == ("10.0.0.1:8000",), "nothing in flight: it may get the probe"
+    assert route(d, request()).endpoints == ("10.0.0.1:8000",), "nothing in flight: it may get the probe"
     assert obs.failovers == Counter()
     busy = state([2.0, 0.0, 0.0, 0.0], inflight=[1.0, 0.0, 0.0, 0.0])
     d, obs = director(busy)
-    assert d.route(request()).endpoints == ("10.0.0.2:8000",)
+    assert route(d, request()).endpoints == ("10.0.0.2:8000",)
     assert obs.failovers == Counter({"ejected": 1})
 
 
 def test_when_every_candidate_is_avoided_the_pick_uses_them_anyway() -> None:
     st = state([1.0, 1.0, 0.0, 0.0])
     d, obs = director(st)
-    decision = d.route(request(subset=("10.0.0.1", "10.0.0.2")))
+    decision = route(d, request(subset=("10.0.0.1", "10.0.0.2")))
     assert decision.endpoints == ("10.0.0.1:8000",)
     assert (decision.avoided, decision.failover, obs.failovers) == (None, None, Counter())
 
@@ -166,14 +173,14 @@ def test_when_every_candidate_is_avoided_the_pick_uses_them_anyway() -> None:
 def test_the_subset_hint_still_bounds_the_pick() -> None:
     st = state([1.0, 0.0, 0.0, 0.0])
     d, _ = director(st, max_endpoints=3)
-    decision = d.route(request(subset=("10.0.0.1", "10.0.0.3")))
+    decision = route(d, request(subset=("10.0.0.1", "10.0.0.3")))
     assert decision.endpoints == ("10.0.0.3:8000", "10.0.0.1:8000")
 
 
 def test_explain_names_the_avoided_without_counting() -> None:
     st = state([1.0, 0.0, 0.0, 0.0])
     d, obs = director(st)
-    decision = d.route(request(), explain=True)
+    decision = d.explain(request())
     assert dict(decision.avoided or {}) == {"a": "ejected"}
     assert decision.failover == "ejected"
     assert decision.decision is not None
@@ -203,7 +210,7 @@ OLD = NOW - 5.0
 def test_a_stale_best_endpoint_is_not_primary_and_counts_a_failover(scraped_at: float) -> None:
     st = state([0.0] * 4, scraped_at=[scraped_at, FRESH, FRESH, FRESH])
     d, obs = director(st, now=NOW)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.2:8000",)
     assert st.acquired == ["b"]
     assert dict(decision.avoided or {}) == {"a": "stale"}
@@ -214,14 +221,14 @@ def test_a_stale_best_endpoint_is_not_primary_and_counts_a_failover(scraped_at: 
 def test_a_stale_endpoint_stays_a_last_resort_fallback() -> None:
     st = state([0.0] * 4, scraped_at=[OLD, FRESH, NEVER, NEVER])
     d, _ = director(st, max_endpoints=3, now=NOW)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.2:8000", "10.0.0.1:8000", "10.0.0.3:8000")
 
 
 def test_when_every_endpoint_is_stale_the_pick_uses_them_all() -> None:
     st = state([0.0] * 4, scraped_at=[OLD, OLD, NEVER, OLD])
     d, obs = director(st, max_endpoints=2, now=NOW)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.1:8000", "10.0.0.2:8000")
     assert (decision.avoided, decision.failover, obs.failovers) == (None, None, Counter())
 
@@ -230,7 +237,7 @@ def test_with_every_endpoint_stale_an_ejected_one_is_still_avoided() -> None:
     # scraping down everywhere must not switch passive health off
     st = state([1.0, 0.0, 0.0, 0.0], scraped_at=[OLD] * 4)
     d, obs = director(st, max_endpoints=4, now=NOW)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints[0] == "10.0.0.2:8000"
     assert decision.endpoints[-1] == "10.0.0.1:8000"
     assert dict(decision.avoided or {}) == {"a": "ejected"}
@@ -241,7 +248,7 @@ def test_fallbacks_come_least_avoided_first() -> None:
     # a ejected, b probing with its probe in flight, c stale, d fresh
     st = state([1.0, 2.0, 0.0, 0.0], inflight=[0.0, 1.0, 0.0, 0.0], scraped_at=[FRESH, FRESH, OLD, FRESH])
     d, _ = director(st, max_endpoints=4, now=NOW)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.4:8000", "10.0.0.3:8000", "10.0.0.2:8000", "10.0.0.1:8000")
     assert dict(decision.avoided or {}) == {"a": "ejected", "b": "probing", "c": "stale"}
 
@@ -249,7 +256,7 @@ def test_fallbacks_come_least_avoided_first() -> None:
 def test_stale_endpoints_allow_scores_stale_values_as_the_reference() -> None:
     st = state([0.0] * 4, scraped_at=[NEVER, FRESH, FRESH, FRESH])
     d, obs = director(st, now=NOW, extra="staleEndpoints: Allow\n")
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.1:8000",)
     assert (decision.avoided, obs.failovers) == (None, Counter())
 
@@ -257,16 +264,16 @@ def test_stale_endpoints_allow_scores_stale_values_as_the_reference() -> None:
 def test_the_documents_threshold_overrides_the_flag() -> None:
     st = state([0.0] * 4, scraped_at=[OLD, FRESH, FRESH, FRESH])
     d, _ = director(st, now=NOW, extra="stalenessThreshold: 10s\n")
-    assert d.route(request()).endpoints == ("10.0.0.1:8000",)
+    assert route(d, request()).endpoints == ("10.0.0.1:8000",)
 
 
 def test_an_endpoint_goes_stale_as_time_passes_on_one_snapshot() -> None:
     clock = [NOW]
     st = state([0.0] * 4, scraped_at=[FRESH, NOW, NOW, NOW])
     d = Director(st, config(1), rng=np.random.default_rng(0), clock=lambda: clock[0], staleness_s=STALE_S)
-    assert d.route(request()).endpoints == ("10.0.0.1:8000",)
+    assert route(d, request()).endpoints == ("10.0.0.1:8000",)
     clock[0] = NOW + 1.8  # a is 2.3 s old, the others 1.8 s
-    assert d.route(request()).endpoints == ("10.0.0.2:8000",)
+    assert route(d, request()).endpoints == ("10.0.0.2:8000",)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -283,7 +290,7 @@ def test_a_draining_endpoint_is_not_primary_and_is_the_last_fallback() -> None:
     # a is the scorer's choice but drains (health 3); b is ejected: both fill fallback places, draining last
     st = state([3.0, 1.0, 0.0, 0.0])
     d, obs = director(st, max_endpoints=4)
-    decision = d.route(request())
+    decision = route(d, request())
     assert decision.endpoints == ("10.0.0.3:8000", "10.0.0.4:8000", "10.0.0.2:8000", "10.0.0.1:8000")
     assert st.acquired == ["c"]
     assert dict(decision.avoided or {}) == {"a": "draining", "b": "ejected"}
@@ -294,4 +301,4 @@ def test_a_draining_endpoint_is_not_primary_and_is_the_last_fallback() -> None:
 def test_a_pool_of_draining_endpoints_still_serves() -> None:
     st = state([3.0, 3.0, 3.0, 3.0])
     d, _ = director(st)
-    assert d.route(request()).endpoints == ("10.0.0.1:8000",)
+    assert route(d, request()).endpoints == ("10.0.0.1:8000",)

@@ -16,7 +16,7 @@ from picker.errors import ResourceExhausted, ServiceUnavailable
 from picker.extproc.usage import Usage
 from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity, ExternalTicket, JointReservation
-from picker.routing.types import RoutingDecision, RoutingRequest
+from picker.routing.types import Dispatch, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
 from picker.state.objectives import Objective, ObjectiveStore, RewriteStore
@@ -118,9 +118,10 @@ def request(objective: str = "", max_tokens: int | None = 100, chars: int = 400)
     return RoutingRequest("r", headers, "/v1/completions", orjson.dumps(body))
 
 
-def route(d: Director, req: RoutingRequest | None = None) -> RoutingDecision:
-    decision = d.route(req or request())
-    assert isinstance(decision, RoutingDecision), "no I/O expected"
+def route(d: Director, req: RoutingRequest | None = None) -> Dispatch:
+    req = req or request()
+    decision = d.route(req, d.resolve(req))
+    assert isinstance(decision, Dispatch), "no I/O expected"
     return decision
 
 
@@ -211,7 +212,7 @@ def test_an_empty_pool_without_external_endpoints_is_still_503() -> None:
     text = f"{EPP}plugins:\n- {{type: queue-scorer}}\n"
     d = Director(st, store(text), rng=np.random.default_rng(0), clock=lambda: 0.0)
     with pytest.raises(ServiceUnavailable):
-        d.route(request())
+        route(d, request())
 
 
 def test_an_objective_that_asks_goes_external_first_without_a_failover() -> None:
@@ -237,7 +238,7 @@ def test_sheddable_requests_are_shed_not_spilled() -> None:
     st = pool(waiting=10.0)
     d, obs, _ = director(st)
     with pytest.raises(ResourceExhausted):
-        d.route(request("sheddable"))
+        route(d, request("sheddable"))
     assert obs.failovers == Counter()
     assert d.external.stats()[0]["dispatched"] == 0
 
@@ -253,8 +254,8 @@ def test_the_saturation_threshold_is_the_configs() -> None:
 def test_explain_never_reserves() -> None:
     st = pool(waiting=10.0)
     d, _, _ = director(st)
-    decision = d.route(request(), explain=True)
-    assert isinstance(decision, RoutingDecision)
+    decision = d.explain(request())
+    assert isinstance(decision, Dispatch)
     assert decision.endpoints == POOL
     assert route(d).external == "managed"
     assert d.external.stats()[0]["dispatched"] == 1

@@ -16,7 +16,7 @@ from picker.config import load_config_text
 from picker.errors import ServiceUnavailable
 from picker.routing.director import Director
 from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
-from picker.routing.types import PendingRoute, RoutingDecision, RoutingRequest
+from picker.routing.types import Dispatch, PendingRoute, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
@@ -87,6 +87,11 @@ def rig(store: ConfigStore) -> Rig:
     return Rig(pool, hold, d, wakes, counts)
 
 
+def route(d: Director, req: RoutingRequest) -> Dispatch | PendingRoute:
+    """Resolve and route, as the ext_proc stream does."""
+    return d.route(req, d.resolve(req))
+
+
 async def until(predicate: object, what: str) -> None:
     for _ in range(2000):  # bounded: 2000 loop turns of 5 ms at most
         if predicate():  # type: ignore[operator]
@@ -97,7 +102,7 @@ async def until(predicate: object, what: str) -> None:
 
 async def test_a_request_to_an_empty_pool_is_held_until_a_replica_is_ready_then_routed() -> None:
     r = rig(config(hold="30s"))
-    routed = r.director.route(request())
+    routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
     assert routed.extend_s == pytest.approx(30.0 + HOLD_MARGIN_S)
     task = asyncio.ensure_future(routed.wait())
@@ -106,7 +111,7 @@ async def test_a_request_to_an_empty_pool_is_held_until_a_replica_is_ready_then_
     assert not task.done()
     r.pool.replica_ready()
     decision = await asyncio.wait_for(task, 10)
-    assert isinstance(decision, RoutingDecision)
+    assert isinstance(decision, Dispatch)
     assert decision.endpoints == ("10.0.0.1:8000",)
     assert r.pool.acquired == ["a"]
     assert r.hold.held == 0
@@ -115,11 +120,10 @@ async def test_a_request_to_an_empty_pool_is_held_until_a_replica_is_ready_then_
 
 async def test_a_held_request_gets_503_after_the_hold_timeout() -> None:
     r = rig(config(hold="1s"))
-    routed = r.director.route(request())
+    routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
-    with pytest.raises(ServiceUnavailable, match=r"within the hold timeout \(1s\)") as err:
+    with pytest.raises(ServiceUnavailable, match=r"within the hold timeout \(1s\)"):
         await asyncio.wait_for(routed.wait(), 30)
-    assert err.value.incoming_model == "m"
     assert r.hold.held == 0
     assert r.pool.acquired == []
 
@@ -128,12 +132,12 @@ async def test_beyond_max_held_requests_the_next_one_is_refused_at_once() -> Non
     r = rig(config(hold="30s", max_held=2))
     waits = []
     for _ in range(2):
-        routed = r.director.route(request())
+        routed = route(r.director, request())
         assert isinstance(routed, PendingRoute)
         waits.append(asyncio.ensure_future(routed.wait()))
     await until(lambda: r.hold.held == 2, "two requests held")
     with pytest.raises(ServiceUnavailable, match="too many requests already wait"):
-        r.director.route(request())
+        route(r.director, request())
     r.pool.replica_ready()
     decisions = await asyncio.wait_for(asyncio.gather(*waits), 10)
     assert [d.endpoints for d in decisions] == [("10.0.0.1:8000",)] * 2
@@ -141,7 +145,7 @@ async def test_beyond_max_held_requests_the_next_one_is_refused_at_once() -> Non
 
 async def test_a_cancelled_held_request_is_no_longer_counted() -> None:
     r = rig(config(hold="30s"))
-    routed = r.director.route(request())
+    routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
     task = asyncio.ensure_future(routed.wait())
     await until(lambda: r.hold.held == 1, "the request held")
@@ -153,7 +157,7 @@ async def test_a_cancelled_held_request_is_no_longer_counted() -> None:
 
 async def test_closing_the_hold_lets_waiting_requests_go_now() -> None:
     r = rig(config(hold="30s"))
-    routed = r.director.route(request())
+    routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
     task = asyncio.ensure_future(routed.wait())
     await until(lambda: r.hold.held == 1, "the request held")
@@ -176,22 +180,24 @@ async def test_closing_the_hold_lets_waiting_requests_go_now() -> None:
 def test_without_scale_to_zero_an_empty_pool_is_refused_at_once(store: object, why: str) -> None:
     r = rig(store())  # type: ignore[operator]
     with pytest.raises(ServiceUnavailable):
-        r.director.route(request())
+        route(r.director, request())
     assert r.wakes == [], why
 
 
 def test_a_pool_with_endpoints_is_routed_at_once_without_holding() -> None:
     r = rig(config())
     r.pool.replica_ready()
-    decision = r.director.route(request())
-    assert isinstance(decision, RoutingDecision)
+    decision = route(r.director, request())
+    assert isinstance(decision, Dispatch)
     assert r.wakes == []
 
 
 async def test_header_only_mode_holds_too() -> None:
     r = rig(config(hold="30s", extra="request: {modelHeader: x-model}\n"))
     req = RoutingRequest("r", {"x-model": "m"}, "/v1/completions", b"", headers_only=False)
-    routed = r.director.route_by_header(req)
+    resolved = r.director.resolve_by_header(req)
+    assert resolved is not None
+    routed = r.director.route(req, resolved)
     assert isinstance(routed, PendingRoute)
     task = asyncio.ensure_future(routed.wait())
     await until(lambda: r.hold.held == 1, "the request held")

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from picker.errors import BadRequest
 from picker.routing.openai import (
-    PARSERS,
     ModelRestorer,
     api_for_path,
     parse_passthrough,
@@ -306,8 +305,6 @@ def test_prompt_text_is_the_whole_canonical_prompt() -> None:
 def test_passthrough_parser_accepts_anything() -> None:
     info = parse_passthrough("/v1/chat/completions", b"passthrough-parser")
     assert (info.api, info.model, info.prompt_chars) == (API_CHAT, None, 18)
-    assert PARSERS["passthrough-parser"] is parse_passthrough
-    assert PARSERS["openai-parser"] is parse_request
 
 
 def test_rewrite_model_keeps_everything_else() -> None:

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.extproc.usage import Usage
-from picker.routing.types import RoutingDecision
+from picker.routing.types import Dispatch
 from picker.state.accounting import NullLease
 from picker.state.datastore import Datastore
 from picker.telemetry import FLUSH_EVENTS, Telemetry
@@ -18,14 +18,15 @@ PAIR = (("model_name", "m"), ("target_model_name", "m"))
 TOTAL = (("model_name", "m"), ("priority", "0"), ("target_model_name", "m"))
 
 
-def decision() -> RoutingDecision:
-    return RoutingDecision(
+def decision() -> Dispatch:
+    return Dispatch(
         endpoints=("10.0.0.1:8000",),
         incoming_model="m",
         target_model="m",
         priority=0,
         body=b"",
         lease=NullLease(),
+        restore=None,
     )
 
 
@@ -37,7 +38,7 @@ def scrape(t: Telemetry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     return out
 
 
-def stream(t: Telemetry, *, close: bool = True) -> RoutingDecision:
+def stream(t: Telemetry, *, close: bool = True) -> Dispatch:
     d = decision()
     t.scheduled(0.0002)
     t.routed(d, 1000)

@@ -6,20 +6,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.routing.types import RoutingDecision
+from picker.routing.types import Dispatch
 from picker.state.accounting import NullLease
 from picker.state.datastore import Datastore
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 
 
-def decision(model: str = "m") -> RoutingDecision:
-    return RoutingDecision(
+def decision(model: str = "m") -> Dispatch:
+    return Dispatch(
         endpoints=("10.0.0.1:8000",),
         incoming_model=model,
         target_model=model,
         priority=0,
         body=b"",
         lease=NullLease(),
+        restore=None,
     )
 
 

@@ -1,14 +1,11 @@
-"""Pure builders of ``ProcessingResponse`` messages (reference §1.5, §1.6, §1.9, §1.10).
-
-This is the hot path: every function fills messages through attribute paths (``r.x.y.z = v``), which
-the upb runtime does several times faster than nested constructor calls, and replies that never change
-(empty end-of-stream chunks, trailers replies, the response-headers marker) are built once at import.
-Those shared messages are treated as constants: nothing may mutate them after import.
+"""Readable builders of every ``ProcessingResponse`` the EPP sends (reference §1.5, §1.6, §1.9, §1.10),
+through the protobuf API: the oracle :mod:`picker.extproc.wire` is checked against
+(``tests/unit/extproc/test_wire.py``) and a source of replies for testing the Envoy-like client. Not used
+by the service: the stream sends the same replies as wire bytes, built several times cheaper.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
@@ -16,26 +13,24 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from picker.extproc.protocol import (
+    CONFORMANCE_SERVED_HEADER,
+    CONTENT_LENGTH_HEADER,
+    DESTINATION_KEY,
+    LB_NAMESPACE,
+    MAX_CHUNK_BYTES,
+    RESPONSE_MARKER_HEADER,
+)
+
 __all__ = [
-    "CONFORMANCE_SERVED_HEADER",
-    "CONTENT_LENGTH_HEADER",
-    "DESTINATION_KEY",
     "EMPTY_REQUEST_BODY_EOS",
     "EMPTY_RESPONSE_BODY_EOS",
     "HEADER_ONLY_MODE",
-    "LB_NAMESPACE",
-    "MAX_CHUNK_BYTES",
     "REQUEST_TRAILERS_REPLY",
-    "RESPONSE_MARKER_HEADER",
     "RESPONSE_TRAILERS_REPLY",
-    "SERVED_KEY",
     "SKIP_RESPONSE_BODY_MODE",
     "SKIP_RESPONSE_MODE",
-    "SUBSET_KEY",
-    "SUBSET_NAMESPACE",
-    "SYSTEM_HEADERS",
     "Reply",
-    "ResponseSkip",
     "immediate_response",
     "message_timeout_override",
     "request_body_replies",
@@ -48,32 +43,6 @@ __all__ = [
 #: A ``ProcessingResponse``. The generated stubs are untyped, so for the type checker a reply is Any.
 Reply: TypeAlias = Any
 ProcessingResponse = pb.ProcessingResponse
-
-#: Largest ``streamed_response`` chunk: below Envoy's 64 KiB per-chunk limit, as the reference uses.
-MAX_CHUNK_BYTES = 62_000
-
-DESTINATION_KEY = "x-gateway-destination-endpoint"
-SERVED_KEY = "x-gateway-destination-endpoint-served"
-LB_NAMESPACE = "envoy.lb"
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
-#: Written with the reference's capitalisation (Envoy lower-cases header names when applying it).
-CONTENT_LENGTH_HEADER = "Content-Length"
-RESPONSE_MARKER_HEADER = "x-went-into-resp-headers"
-CONFORMANCE_SERVED_HEADER = "x-conformance-test-served-endpoint"
-
-#: Headers never echoed back: input control headers, our output keys, and content-length (reference).
-SYSTEM_HEADERS = frozenset(
-    {
-        "x-gateway-inference-fairness-id",
-        "x-gateway-inference-objective",
-        "x-gateway-model-name-rewrite",
-        SUBSET_KEY,
-        DESTINATION_KEY,
-        SERVED_KEY,
-        "content-length",
-    }
-)
 
 _HeaderValueOption = base_pb2.HeaderValueOption
 _ProcessingMode = processing_mode_pb2.ProcessingMode
@@ -104,20 +73,6 @@ HEADER_ONLY_MODE = _ProcessingMode(
     response_body_mode=_ProcessingMode.NONE,
     response_trailer_mode=_ProcessingMode.SKIP,
 )
-
-
-class ResponseSkip(enum.IntEnum):
-    """How much of a request's response the proxy is asked to skip (``mode_override``)."""
-
-    #: nothing: every response phase is processed
-    NONE = 0
-    #: every response phase (:data:`SKIP_RESPONSE_MODE`)
-    ALL = 1
-    #: the body and trailers; the headers still come (:data:`SKIP_RESPONSE_BODY_MODE`)
-    BODY = 2
-    #: everything after the request headers (header-only mode, :data:`HEADER_ONLY_MODE`)
-    AFTER_REQUEST_HEADERS = 3
-
 
 _MARKER = _HeaderValueOption()
 _MARKER.header.key = RESPONSE_MARKER_HEADER

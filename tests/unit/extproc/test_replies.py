@@ -1,11 +1,13 @@
-"""Reply builders: exact message shapes, chunking boundaries, shared constants stay untouched."""
+"""The readable reply builders (``picker.testing.replies``, the oracle the wire encoder is checked against):
+exact message shapes as the reference sends them, chunking boundaries, shared constants stay untouched."""
 
 from __future__ import annotations
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from picker.extproc import messages
+from picker.extproc import protocol
+from picker.testing import replies as messages
 
 
 def _streamed(reply: pb.ProcessingResponse, phase: str) -> tuple[bytes, bool]:
@@ -133,7 +135,7 @@ def test_system_headers_cover_the_reference_list() -> None:
         "x-gateway-destination-endpoint",
         "x-gateway-destination-endpoint-served",
         "content-length",
-    } == messages.SYSTEM_HEADERS
+    } == protocol.SYSTEM_HEADERS
 
 
 @pytest.mark.parametrize("seconds", [125.0, 0.25, 65.5])
