@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs installed
+from google.protobuf.message import DecodeError
 
 from picker.extproc import wire
 from picker.extproc.budget import DEFAULT_BODY_BUDGET, BodyBudget

@@ -85,7 +85,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final, TypeAlias
+
+from envoy.config.core.v3.base_pb2 import Metadata
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest
 
 from picker.errors import MODEL_SERVER_ERROR, PayloadTooLarge, PickerError, ServiceUnavailable
 from picker.extproc import wire
@@ -129,7 +132,9 @@ class _Body(IntEnum):
 
 _REQUEST_PHASE = frozenset({"request_headers", "request_body", "request_trailers"})
 _PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
-_NO_REPLIES: tuple[Any, ...] = ()
+#: what a message is answered with: wire-encoded ``ProcessingResponse``s (:mod:`picker.extproc.wire`)
+Replies: TypeAlias = Sequence[bytes]
+_NO_REPLIES: tuple[bytes, ...] = ()
 #: 503 body when the process-wide body budget (:mod:`picker.extproc.budget`) is spent
 MSG_BUDGET: Final = "buffered request bodies exceed the EPP's memory budget; retry later"
 #: Label for failures that are neither a PickerError nor a model-server status (reference "Unknown").
@@ -137,7 +142,7 @@ UNKNOWN_ERROR: Final = "Unknown"
 _NO_TIMING: Final = (math.nan, math.nan, math.nan)
 
 
-class _Suspended(tuple[Any, ...]):
+class _Suspended(tuple[bytes, ...]):
     __slots__ = ()
 
 
@@ -294,7 +299,7 @@ class ExtProcStream:
     def closed(self) -> bool:
         return self._closed
 
-    def waiting_replies(self) -> Sequence[Any]:
+    def waiting_replies(self) -> Replies:
         """What to send while a suspended request waits (after :data:`SUSPENDED`, before :meth:`resume`):
         the ``override_message_timeout`` its wait asks for, when it asks for one (scale from zero holds a
         request longer than a proxy's ``message_timeout``)."""
@@ -302,7 +307,7 @@ class ExtProcStream:
         extend = pending[0].extend_s if pending is not None else None
         return () if extend is None else (wire.message_timeout_override(extend),)
 
-    async def resume(self) -> Sequence[Any]:
+    async def resume(self) -> Replies:
         """The replies of a request whose routing waited (after :data:`SUSPENDED`). Raises
         :class:`StreamAbortError` as :meth:`handle` does."""
         assert self._pending is not None
@@ -356,12 +361,12 @@ class ExtProcStream:
             logger.exception("observer.stream_closed failed, request_id=%s", peer_text(self._request_id))
 
     # ------------------------------------------------------------------------------------------ request
-    def _on_unknown(self, request: Any) -> Sequence[Any]:
+    def _on_unknown(self, request: ProcessingRequest) -> Replies:
         raise _ProtocolViolationError(
             f"message without a known request field ({request.WhichOneof('request')})"
         )
 
-    def _on_request_headers(self, request: Any) -> Sequence[Any]:
+    def _on_request_headers(self, request: ProcessingRequest) -> Replies:
         if self._phase != Phase.START:
             raise _ProtocolViolationError("request_headers after the request started")
         self._started = self._clock()
@@ -409,7 +414,7 @@ class ExtProcStream:
         self._phase = Phase.REQUEST_BODY
         return _NO_REPLIES
 
-    def _on_request_body(self, request: Any) -> Sequence[Any]:
+    def _on_request_body(self, request: ProcessingRequest) -> Replies:
         if self._phase == Phase.ROUTED and self._header_only:
             # header-only mode with a proxy that sends the body anyway (a body mode the override cannot
             # lower): forward it unchanged, chunk by chunk, buffering nothing
@@ -440,7 +445,7 @@ class ExtProcStream:
             return _NO_REPLIES
         return self._route(end_of_stream=True)
 
-    def _on_request_trailers(self, _request: Any) -> Sequence[Any]:
+    def _on_request_trailers(self, _request: ProcessingRequest) -> Replies:
         if self._phase == Phase.START:
             raise _ProtocolViolationError("request_trailers before request_headers")
         if self._phase == Phase.ROUTED and self._header_only:
@@ -456,7 +461,7 @@ class ExtProcStream:
         replies.append(wire.REQUEST_TRAILERS_REPLY)
         return replies
 
-    def _read_subset(self, metadata: Any) -> None:
+    def _read_subset(self, metadata: Metadata) -> None:
         filter_metadata = metadata.filter_metadata
         if SUBSET_NAMESPACE not in filter_metadata:
             return
@@ -477,7 +482,7 @@ class ExtProcStream:
         if items or self._subset is None:
             self._subset = items
 
-    def _route(self, *, end_of_stream: bool) -> list[Any] | _Suspended:
+    def _route(self, *, end_of_stream: bool) -> list[bytes] | _Suspended:
         chunks = self._body_chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body_chunks = []
@@ -501,7 +506,7 @@ class ExtProcStream:
             return SUSPENDED
         return self._routed_replies(dispatch, end_of_stream)
 
-    def _on_request_headers_header_only(self, message: Any) -> Sequence[Any]:
+    def _on_request_headers_header_only(self, message: HttpHeaders) -> Replies:
         """Header-only mode: the headers into the map the router reads, and nothing echoed back: the
         proxy has them, and setting them again would cost an option per header in the reply and a
         mutation each in the proxy (profiled: the echo was a fifth of this mode's Python per request). A
@@ -522,7 +527,7 @@ class ExtProcStream:
                 break
         return self._route_by_header(end_of_stream=message.end_of_stream)
 
-    def _route_by_header(self, *, end_of_stream: bool) -> Sequence[Any]:
+    def _route_by_header(self, *, end_of_stream: bool) -> Replies:
         """Header-only mode: route now, from the headers, and ask the proxy to skip everything after. A
         request without a body and without the model header routes as any body-less request."""
         request = RoutingRequest(
@@ -547,7 +552,7 @@ class ExtProcStream:
             return SUSPENDED
         return self._routed_replies(dispatch, end_of_stream)
 
-    def _routed_replies(self, dispatch: Dispatch, end_of_stream: bool) -> list[Any]:
+    def _routed_replies(self, dispatch: Dispatch, end_of_stream: bool) -> list[bytes]:
         if self._header_only:
             # nothing will be seen after this reply: no first response byte to end prefill (its charge
             # goes back now), no outcome to report
@@ -564,7 +569,7 @@ class ExtProcStream:
             self._routed(dispatch, declared_length(self._headers.get("content-length", "")) or 0)
             return [reply]
         forwarded = dispatch.body
-        replies: list[Any] = [
+        replies: list[bytes] = [
             wire.request_headers_reply(
                 dispatch.destination, self._echo, len(forwarded), skip_response=self._skips(dispatch)
             )
@@ -573,7 +578,7 @@ class ExtProcStream:
         self._routed(dispatch, len(forwarded))
         return replies
 
-    def _route_headers_only(self) -> Sequence[Any]:
+    def _route_headers_only(self) -> Replies:
         dispatch = self._router.route_headers_only(
             RoutingRequest(
                 request_id=self._request_id,
@@ -614,7 +619,7 @@ class ExtProcStream:
         self._observer.routed(dispatch, request_bytes)
 
     # ------------------------------------------------------------------------------------------ response
-    def _on_response_headers(self, request: Any) -> Sequence[Any]:
+    def _on_response_headers(self, request: ProcessingRequest) -> Replies:
         if self._phase == Phase.START:
             # A response-only stream (a proxy with request_header_mode SKIP; the reference's hermetic
             # rows 16-19 do this): handled the same; response_complete gets dispatch=None.
@@ -671,7 +676,7 @@ class ExtProcStream:
         return (reply,)
 
     @staticmethod
-    def _served_address(request: Any) -> str | None:
+    def _served_address(request: ProcessingRequest) -> str | None:
         """The endpoint the gateway reports having served the response, if it does (passive health)."""
         filter_metadata = request.metadata_context.filter_metadata
         if LB_NAMESPACE not in filter_metadata:
@@ -683,7 +688,7 @@ class ExtProcStream:
         return str(value.string_value) if value.WhichOneof("kind") == "string_value" else None
 
     @staticmethod
-    def _served_endpoint(request: Any) -> str:
+    def _served_endpoint(request: ProcessingRequest) -> str:
         """The conformance verifier's value, with the reference's ``fail: ...`` strings."""
         filter_metadata = request.metadata_context.filter_metadata
         if LB_NAMESPACE not in filter_metadata:
@@ -696,7 +701,7 @@ class ExtProcStream:
             return str(value.string_value)
         return "fail: missing destination endpoint served metadata"
 
-    def _on_response_body(self, request: Any) -> Sequence[Any]:
+    def _on_response_body(self, request: ProcessingRequest) -> Replies:
         if self._phase != Phase.RESPONSE_BODY:
             raise _ProtocolViolationError(
                 "response_body before response_headers"
@@ -740,7 +745,7 @@ class ExtProcStream:
             return _NO_REPLIES
         return self._flush_response(end_of_stream=True)
 
-    def _start_passthrough(self, end_of_stream: bool) -> Sequence[Any]:
+    def _start_passthrough(self, end_of_stream: bool) -> Replies:
         """A buffered response outgrew the cap: flush it and echo the rest chunk by chunk, reading the
         usage from the tail at the end (as for SSE)."""
         self._echoing = True
@@ -756,7 +761,7 @@ class ExtProcStream:
             self._complete(self._scanner.finish_deferred() if self._scanner is not None else None)
         return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
-    def _flush_response(self, *, end_of_stream: bool) -> list[Any]:
+    def _flush_response(self, *, end_of_stream: bool) -> list[bytes]:
         chunks = self._resp_chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._resp_chunks = []
@@ -770,7 +775,7 @@ class ExtProcStream:
         self._complete(usage, raw if usage is None and self._resp_mode != _Body.GRPC else None)
         return wire.response_body_replies(body, end_of_stream=end_of_stream)
 
-    def _on_response_trailers(self, _request: Any) -> Sequence[Any]:
+    def _on_response_trailers(self, _request: ProcessingRequest) -> Replies:
         if self._phase != Phase.RESPONSE_BODY:
             raise _ProtocolViolationError(
                 "response_trailers before response_headers"
@@ -832,7 +837,7 @@ class ExtProcStream:
         )
 
     # ------------------------------------------------------------------------------------------ errors
-    def _immediate(self, exc: PickerError) -> Sequence[Any]:
+    def _immediate(self, exc: PickerError) -> Replies:
         self._report_failure(exc.code)
         self._phase = Phase.DONE
         self._body_chunks = []
@@ -862,7 +867,7 @@ class ExtProcStream:
 
     # ------------------------------------------------------------------------------------------ entry
     #: ``ProcessingRequest.request`` (a oneof) → its handler; anything else is a protocol violation
-    _HANDLERS: ClassVar[Mapping[str | None, Callable[[ExtProcStream, Any], Sequence[Any]]]] = {
+    _HANDLERS: ClassVar[Mapping[str | None, Callable[[ExtProcStream, ProcessingRequest], Replies]]] = {
         "request_headers": _on_request_headers,
         "request_body": _on_request_body,
         "request_trailers": _on_request_trailers,
@@ -871,7 +876,7 @@ class ExtProcStream:
         "response_trailers": _on_response_trailers,
     }
 
-    def handle(self, request: Any) -> Sequence[Any]:
+    def handle(self, request: ProcessingRequest) -> Replies:
         """Consume one ``ProcessingRequest`` and return the replies to write, in order (the entry point).
 
         Raises :class:`StreamAbortError` when the RPC must end with a gRPC error.

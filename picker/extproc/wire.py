@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2  # type: ignore[import-untyped]  # no stubs installed
+from google.protobuf import struct_pb2
+from google.protobuf.descriptor import Descriptor
 
 from picker.extproc.protocol import (
     CONFORMANCE_SERVED_HEADER,
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 
-def _num(descriptor: Any, name: str) -> int:
+def _num(descriptor: Descriptor, name: str) -> int:
     number: int = descriptor.fields_by_name[name].number
     return number
 
@@ -408,10 +409,8 @@ def message_timeout_override(seconds: float) -> bytes:
 _serialize_message = pb.ProcessingResponse.SerializeToString
 
 
-def serialize(reply: Any) -> bytes:
+def serialize(reply: bytes | pb.ProcessingResponse) -> bytes:
     """The gRPC response serializer: wire bytes pass through, messages are serialized."""
-    if reply.__class__ is bytes:
-        data: bytes = reply
-        return data
-    encoded: bytes = _serialize_message(reply)
-    return encoded
+    if isinstance(reply, bytes):
+        return reply
+    return _serialize_message(reply)

@@ -172,7 +172,7 @@ class PendingRoute:
 
     __slots__ = ("_coro", "extend_s")
 
-    def __init__(self, coro: Coroutine[Any, Any, Dispatch], *, extend_s: float | None = None) -> None:
+    def __init__(self, coro: Coroutine[object, object, Dispatch], *, extend_s: float | None = None) -> None:
         self._coro = coro
         self.extend_s = extend_s
 

@@ -7,11 +7,13 @@ by the service: the stream sends the same replies as wire bytes, built several t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from picker.extproc.protocol import (
     CONFORMANCE_SERVED_HEADER,
@@ -40,8 +42,8 @@ __all__ = [
     "response_headers_reply",
 ]
 
-#: A ``ProcessingResponse``. The generated stubs are untyped, so for the type checker a reply is Any.
-Reply: TypeAlias = Any
+#: A ``ProcessingResponse`` (typed by the stubs in ``typings/``).
+Reply: TypeAlias = pb.ProcessingResponse
 ProcessingResponse = pb.ProcessingResponse
 
 _HeaderValueOption = base_pb2.HeaderValueOption
@@ -79,7 +81,9 @@ _MARKER.header.key = RESPONSE_MARKER_HEADER
 _MARKER.header.raw_value = b"true"
 
 
-def _set_headers(target: Any, headers: Iterable[tuple[str, bytes]]) -> None:
+def _set_headers(
+    target: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption], headers: Iterable[tuple[str, bytes]]
+) -> None:
     add = target.add
     for key, value in headers:
         header = add().header
@@ -92,7 +96,7 @@ def request_headers_reply(
     echo: Iterable[tuple[str, bytes]],
     content_length: int | None,
     *,
-    mode_override: Any = None,
+    mode_override: processing_mode_pb2.ProcessingMode | None = None,
 ) -> Reply:
     """The request-headers reply of a routed request (§1.5).
 
@@ -194,7 +198,7 @@ def immediate_response(status: int, body: str, headers: Iterable[tuple[str, str]
     the error carries some (a tenant's 429: ``retry-after``, ``x-ratelimit-*``)."""
     reply = ProcessingResponse()
     immediate = reply.immediate_response
-    immediate.status.code = status
+    immediate.status.code = http_status_pb2.StatusCode.ValueType(status)
     immediate.body = body.encode()
     if headers:
         _set_headers(immediate.headers.set_headers, ((k, v.encode()) for k, v in headers))
