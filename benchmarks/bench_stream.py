@@ -43,10 +43,11 @@ import numpy as np
 
 from benchmarks.extproc.workload import FULL, HEADER_ONLY, MODEL_HEADER, SMALL_BODY, Workload
 from benchmarks.harness import machine_info
-from picker.app import Service, skip_response_rule
 from picker.extproc.stream import ExtProcStream
+from picker.service import Service
 from picker.settings import Settings
 from picker.state.endpoints import PoolInfo, parse_static_endpoints
+from picker.wiring import skip_response_rule
 
 #: bytes summed before each message in the cold measurement (see the module doc)
 EVICT_BYTES = 16 * 1024 * 1024
@@ -61,7 +62,7 @@ def build_service(*, header_only: bool = False) -> Service:
     settings = Settings(
         static_endpoints=addresses, secure_serving=False, model_header=MODEL_HEADER if header_only else ""
     )
-    service = Service(settings)
+    service = Service.load(settings)
     endpoints = parse_static_endpoints(addresses)
     service.datastore.set_pool(PoolInfo(name="bench", namespace="default", target_ports=(8000,)))
     service.datastore.replace_endpoints(endpoints)

@@ -10,7 +10,7 @@ Shape:
 
 * The **supervisor** (this process, PID 1 in the container) runs everything but ext_proc: the scrape loop,
   the Kubernetes sources, config reloads, leader election, the admin/metrics server and the health port,
-  all through the ordinary :class:`picker.app.Service`, whose :class:`picker.state.datastore.Datastore`
+  all through the ordinary :class:`picker.service.Service`, whose :class:`picker.state.datastore.Datastore`
   holds a :class:`picker.state.publisher.SharedPublisher`: it publishes the pool, its metrics,
   objectives, rewrites and the config document into shared memory every few milliseconds.
 * Each **worker** (a fresh interpreter, ``multiprocessing`` spawn: no fork after gRPC started) runs an
@@ -38,6 +38,10 @@ and the gRPC health port) requires every worker to be serving.
 The port: ``--grpc-port 0`` picks a free port, reserved by a socket the supervisor keeps bound with
 ``SO_REUSEPORT`` (never listening, so it takes no connections); a fixed port is reserved the same way, so a
 port held by an unrelated process fails at start.
+
+Why one module: the supervisor's pool and the worker's loop are the two ends of one pipe protocol (every
+message one side sends, the other reads here), and the start-up (port reservation, shared segment, key
+pair) hands its parts to both; split, neither half reads without the other open.
 """
 
 from __future__ import annotations
@@ -60,15 +64,6 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
-from picker.app import (
-    Service,
-    body_budget,
-    freeze_startup_objects,
-    load_initial_config,
-    skip_response_rule,
-    snapshot_interval,
-    stream_config_rule,
-)
 from picker.config import default_config, load_config_text
 from picker.extproc.health import HealthService, HealthState
 from picker.extproc.server import ExtProcServer
@@ -76,6 +71,7 @@ from picker.extproc.tls import TLSConfig, generate_self_signed
 from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity
 from picker.routing.hold import EmptyPoolHold
+from picker.service import Service
 from picker.settings import Settings
 from picker.state.codec import HealthInputs
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
@@ -88,6 +84,17 @@ from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.remote import VERDICT, BudgetHost, SupervisorBackend
 from picker.tenants.service import TenantService
+from picker.wiring import (
+    BuildInfo,
+    body_budget,
+    freeze_startup_objects,
+    install_uvloop,
+    load_initial_config,
+    run_main,
+    skip_response_rule,
+    snapshot_interval,
+    stream_config_rule,
+)
 
 __all__ = ["WorkerPool", "run_workers", "worker_main"]
 
@@ -155,7 +162,6 @@ def worker_main(
     key_pair: tuple[bytes, bytes] | None,
 ) -> None:
     """Entry point of a worker process (spawned by :class:`WorkerPool`)."""
-    from picker.app import install_uvloop
     from picker.logs import configure_logging
 
     configure_logging(verbosity=settings.verbosity, as_json=settings.log_json)
@@ -602,9 +608,10 @@ async def _supervise(settings: Settings) -> None:
         pool_ref: list[WorkerPool] = []
         service = Service(
             settings,
-            config=config,
+            config,
             config_text=text,
             config_source=source,
+            build=BuildInfo.from_environment(),
             datastore=datastore,
             serve_extproc=False,
             request_registry=CollectorRegistry(),
@@ -653,6 +660,4 @@ async def _supervise(settings: Settings) -> None:
 
 def run_workers(settings: Settings) -> int:
     """``picker serve --workers N`` (N > 1). Returns the process exit code."""
-    from picker.app import run_main
-
     return run_main(_supervise(settings))

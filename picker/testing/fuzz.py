@@ -1,6 +1,6 @@
 """Fuzzing the whole service: random ext_proc message sequences, random bodies and random metric pages.
 
-:class:`FuzzRig` runs a real :class:`picker.app.Service` on its own event loop in a background thread (so
+:class:`FuzzRig` runs a real :class:`picker.service.Service` on its own event loop in a background thread (so
 a hypothesis test, which is synchronous, can drive it), one hostile model server whose ``/metrics`` page
 each example replaces, and an Envoy-like client. :func:`exchanges` is the hypothesis strategy of what a
 proxy may send. ``tests/property/service/test_fuzz_service.py`` runs a bounded number of examples in
@@ -164,7 +164,7 @@ class FuzzRig:
         self.call(self._start())
 
     async def _start(self) -> None:
-        from picker.app import Service
+        from picker.service import Service
         from picker.settings import Settings
 
         await self._metrics.start()
@@ -181,7 +181,7 @@ class FuzzRig:
             scrape_timeout=0.5,
             max_buffered_body_bytes=1 << 20,
         )
-        self._service = Service(settings)
+        self._service = Service.load(settings)
         started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._service.run(on_started=started.set_result))
         ports = await started

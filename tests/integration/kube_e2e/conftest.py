@@ -1,6 +1,6 @@
 """The whole EPP against the Kubernetes API-server emulator, driven like Envoy drives it.
 
-Every test runs the production wiring: ``picker.app.Service`` (in-process) or ``picker serve`` (child
+Every test runs the production wiring: ``picker.service.Service`` (in-process) or ``picker serve`` (child
 processes, when two replicas are needed) with a kubeconfig pointing at a fresh
 :class:`~picker.testing.kube_api.KubeApiEmulator`, so pool, pods, objectives, rewrites, the scoring
 ConfigMap and the Lease all travel through the official ``kubernetes`` client and real HTTP watches.
@@ -34,7 +34,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.app import Ports, Service
+from picker.service import Ports, Service
 from picker.settings import Settings
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest
 from picker.testing.fake_load import LoadHandle, LoadRejectedError, LoadRequest, LoadSnapshot
@@ -292,7 +292,7 @@ class Epp:
 
 
 class InProcessEpp(Epp):
-    """``picker.app.Service`` on this event loop (its datastore is there to look at, never to write)."""
+    """``picker.service.Service`` on this event loop (its datastore is there to look at, never to write)."""
 
     def __init__(self, service: Service, task: asyncio.Task[None], ports: Ports) -> None:
         super().__init__(ports)
@@ -334,7 +334,7 @@ async def start_epp(kubeconfig: Path) -> AsyncIterator[StartEpp]:
             "seed": 7,
             **overrides,
         }
-        service = Service(Settings(**settings))
+        service = Service.load(Settings(**settings))
         bound: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(service.run(on_started=bound.set_result), name="epp")
         waiting: set[asyncio.Future[Any]] = {bound, task}

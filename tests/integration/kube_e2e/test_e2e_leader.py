@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from picker.app import Ports
+from picker.service import Ports
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool
 from tests.integration.kube_e2e.conftest import (

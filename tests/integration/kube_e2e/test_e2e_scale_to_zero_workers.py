@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from picker.app import Ports
+from picker.service import Ports
 from picker.testing.gateway import MiniGateway
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.app import Ports, Service
 from picker.config import load_config_text
+from picker.service import Ports, Service
 from picker.settings import Settings
 from picker.testing.envoy import EnvoyClient, HttpRequest, UpstreamResponse
 
@@ -91,7 +91,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
             model_header=HEADER,
         )
         cfg = load_config_text(config, model_header=HEADER)
-        service = Service(settings, config=cfg, config_text=config, config_source="test")
+        service = Service(settings, cfg, config_text=config, config_source="test")
         started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(service.run(on_started=started.set_result))
         await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,4 +1,4 @@
-"""The whole EPP in-process (``picker.app.Service``) driven over real gRPC and HTTP on 127.0.0.1.
+"""The whole EPP in-process (``picker.service.Service``) driven over real gRPC and HTTP on 127.0.0.1.
 
 Unlike ``tests/integration/extproc`` (protocol layer, fake router), everything here is the production
 wiring: the Director, the datastore, the scoring profile built from a config document, telemetry, the
@@ -27,8 +27,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.app import Ports, Service
 from picker.config import load_config_text
+from picker.service import Ports, Service
 from picker.settings import Settings
 from picker.state.metrics import EndpointMetrics
 from picker.testing.envoy import (
@@ -363,9 +363,9 @@ async def start_service() -> AsyncIterator[StartService]:
         }
         s = Settings(**options)
         if config is not None and not s.config_file:
-            service = Service(s, config=load_config_text(config), config_text=config, config_source="test")
+            service = Service(s, load_config_text(config), config_text=config, config_source="test")
         else:
-            service = Service(s)
+            service = Service.load(s)
         started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(service.run(on_started=started.set_result))
         await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)

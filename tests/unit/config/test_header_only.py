@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from picker.app import stream_config_rule
 from picker.config import default_config, load_config_text
 from picker.errors import ConfigError
 from picker.settings import Settings
 from picker.state.config_store import ConfigStore
+from picker.wiring import stream_config_rule
 
 EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 OURS = "apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"

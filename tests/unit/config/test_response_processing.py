@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 
-from picker.app import skip_response_rule
 from picker.config import load_config_text
 from picker.errors import ConfigError
 from picker.extproc.protocol import ResponseSkip
@@ -15,6 +14,7 @@ from picker.routing.openai import ModelRestorer
 from picker.routing.types import Dispatch
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
+from picker.wiring import skip_response_rule
 
 EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 OURS = "apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"

@@ -14,8 +14,6 @@ REASON = "Why one module"
 #: meets the rules again fails the test, so the list cannot go stale.
 EXEMPT = {
     "picker/extproc/stream.py": "the per-stream state machine, being reshaped around one Dispatch (issue 11)",
-    "picker/app.py": "the composition root, losing the --workers wiring to its own module (issue 11)",
-    "picker/workers.py": "the --workers supervisor, being split from the composition root (issue 11)",
     "picker/state/datastore.py": "being reduced to one accounting model (issue 11)",
 }
 

@@ -1,0 +1,224 @@
+"""What the composition roots share: the config a process starts with, the rules the ext_proc server reads
+per request from the active config, and the process-level set-up (uvloop, the start-up freeze, exit codes).
+
+Used by :mod:`picker.service` (one process) and :mod:`picker.workers` (the ``--workers`` supervisor and
+its workers), so neither imports the other's wiring, and nothing imports :mod:`picker.app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from picker.admin.server import HttpServer
+from picker.config import PickerConfig, default_config, load_config_text, read_config_file
+from picker.errors import ConfigError, PickerError, StartupError
+from picker.extproc.protocol import ResponseSkip
+from picker.routing.types import Dispatch
+from picker.settings import Settings
+from picker.state.config_store import ActiveConfig, ConfigStore
+from picker.state.datastore import Datastore
+from picker.state.health import OutlierPolicy
+from picker.state.latency import LatencySettings
+from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from scoring.scorers import LatencyScorer
+
+log = logging.getLogger("picker")
+
+
+def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
+    """The config at start: ``--config-file``, ``--config-text`` or the built-in default."""
+    if settings.config_file:
+        text = read_config_file(settings.config_file)  # ConfigError: one line at start, exit 2
+        config = load_config_text(text, source=settings.config_file, model_header=settings.model_header)
+        return config, text, f"file:{settings.config_file}"
+    if settings.config_text:
+        config = load_config_text(
+            settings.config_text, source="--config-text", model_header=settings.model_header
+        )
+        return config, settings.config_text, "flag:--config-text"
+    return default_config(model_header=settings.model_header), "", "default"
+
+
+def config_objectives(cfg: PickerConfig) -> list[Objective]:
+    return [Objective(o.name, o.priority) for o in cfg.objectives]
+
+
+def config_rewrites(cfg: PickerConfig) -> list[ModelRewrite]:
+    out = []
+    for order, r in enumerate(cfg.model_rewrites):
+        rules = tuple(
+            RewriteRule(
+                matches=tuple(m.model.value for m in rule.matches),
+                targets=tuple(RewriteTarget(t.model_rewrite, t.weight or 0) for t in rule.targets),
+            )
+            for rule in r.rules
+        )
+        out.append(ModelRewrite(r.name, rules, created=float(order)))
+    return out
+
+
+def snapshot_interval(settings: Settings) -> float:
+    """How often landed scrapes are folded into a new snapshot: 20 ms, or less with faster scraping.
+
+    Every new snapshot costs a rebuild plus the scheduler's per-snapshot preparation (measured in
+    process for 16 endpoints: about 11 µs and 50 µs, against about 30 µs for a pick on a known snapshot),
+    and with 16 endpoints scraped every 50 ms a scrape lands every 3 ms: at the former 5 ms interval
+    nearly every request at 200 requests/s paid for a new snapshot. Gauges are 0-50 ms
+    old when they land anyway; publishing them within 20 ms keeps them fresh on that scale, and our own
+    accounting (``dispatched``, ``inflight``) is live regardless. The interval never exceeds 40 % of the
+    scrape period, so faster scraping still reaches the picks.
+    """
+    return min(0.02, settings.refresh_metrics_interval * 0.4)
+
+
+def configure_health(datastore: Datastore, active: ActiveConfig) -> None:
+    """Passive health and the latency averages as the active config says: the ``outlier-detector``
+    plugin's policy (defaults without one) and the first ``latency-scorer``'s ``halfLife`` / ``maxAge`` in
+    any profile (defaults without one: the averages are kept either way, for ``/debug/endpoints``)."""
+    latency = next(
+        (
+            ws.scorer
+            for scheduler in active.profiles.schedulers
+            for ws in scheduler.scorers
+            if isinstance(ws.scorer, LatencyScorer)
+        ),
+        None,
+    )
+    settings = (
+        LatencySettings(half_life_s=latency.half_life, max_age_s=latency.max_age)
+        if latency is not None
+        else LatencySettings()
+    )
+    datastore.configure_health(OutlierPolicy.from_params(active.config.outlier_detection), settings)
+
+
+def skip_response_rule(config: ConfigStore) -> Callable[[Dispatch], ResponseSkip]:
+    """The "fewer messages" rule: may this request's response phases be skipped (ext_proc
+    ``mode_override`` in the request-headers reply)?
+
+    Only when the active config allows it (``responseProcessing: WhenNeeded`` and no feature that reads
+    responses: see :attr:`picker.config.PickerConfig.may_skip_responses`) and the model was not
+    rewritten (a rewritten model's name must be put back into the response). Then the body and trailers
+    are skipped, and the response headers too unless passive health is on (the ``outlier-detector``,
+    on by default), which needs their ``:status`` and served endpoint: one message instead of two to four
+    either way. Read per request, so a config reload applies at once. A proxy without
+    ``allow_mode_override`` ignores the override and sends the response anyway, which is then processed
+    as usual.
+    """
+
+    def skip(dispatch: Dispatch) -> ResponseSkip:
+        active = config.active
+        if dispatch.restore is not None or not active.may_skip_responses:
+            return ResponseSkip.NONE
+        return ResponseSkip.BODY if active.needs_response_status else ResponseSkip.ALL
+
+    return skip
+
+
+def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool, bool]]:
+    """``(max body bytes, served-endpoint verifier on, header-only mode on)`` of the active config, read by
+    the ext_proc server at the start of every stream so that a reload applies to the next request."""
+
+    def current() -> tuple[int, bool, bool]:
+        active = config.active
+        return active.max_body_bytes, active.served_verifier, bool(active.model_header)
+
+    return current
+
+
+def body_budget(cfg: PickerConfig, settings: Settings) -> int:
+    """Bytes of bodies this process's streams may buffer at once: the config's
+    ``request.maxBufferedBytes``, else ``--max-buffered-body-bytes``, divided among ``--workers``."""
+    total = cfg.settings.request.max_buffered_bytes or settings.max_buffered_body_bytes
+    return max(1, total // settings.workers)
+
+
+def install_uvloop() -> None:
+    """Run asyncio on uvloop when it is installed (it is a dependency on Linux)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - optional speed-up
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def freeze_startup_objects(_ports: object = None) -> None:
+    """Exempt everything built at start (modules, config, scheduler, pages) from garbage collection.
+
+    Called once by the process entry points when serving starts, never by library code. Why: the cyclic
+    collector's full passes walk every tracked object, and after start-up that is a few hundred thousand
+    (grpc, numpy, pydantic, FastAPI, prometheus_client...) that will never be garbage. Under load each
+    stream promotes a few survivors, so full passes keep coming; measured on the ext_proc path with
+    ``benchmarks/bench_extproc.py``-style load, freezing cut the server's CPU per stream by about 10 %.
+    Objects are still freed by reference counting; only cycles among frozen objects are never found.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def run_main(main: Coroutine[Any, Any, None]) -> int:
+    """Run a serving coroutine on uvloop; returns the process exit code: 0, or 2 for an operator error
+    (invalid configuration, a port in use, no Kubernetes credentials), reported as one log line."""
+    install_uvloop()
+    try:
+        asyncio.run(main)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc.message)
+        return 2
+    except PickerError as exc:  # StartupError, the Kubernetes client's configuration error
+        log.error("cannot start: %s", exc.message)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInfo:
+    """What this build is (``inference_extension_info``): the image sets ``PICKER_BUILD_REF`` and
+    ``PICKER_COMMIT``."""
+
+    ref: str = ""
+    commit: str = ""
+
+    @classmethod
+    def from_environment(cls) -> BuildInfo:
+        return cls(ref=os.environ.get("PICKER_BUILD_REF", ""), commit=os.environ.get("PICKER_COMMIT", ""))
+
+
+async def bind_server(flag: str, host: str, port: int, start: Coroutine[Any, Any, None]) -> None:
+    """Start a gRPC server; a port that cannot be bound becomes a :class:`StartupError` naming the flag.
+
+    The port is tried with a plain socket first (as gRPC binds it, with ``SO_REUSEADDR``): gRPC itself
+    would log its own multi-line error before saying only "Failed to bind to address".
+    """
+    if port:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                start.close()
+                raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        await start
+    except (RuntimeError, OSError) as exc:
+        raise StartupError(f"{flag}: cannot listen on {host}:{port} (in use or not available)") from exc
+
+
+def listen_server(flag: str, host: str, port: int, server: HttpServer) -> int:
+    """Bind an HTTP server's socket; a port that cannot be bound becomes a :class:`StartupError` naming
+    the flag. Returns the port bound."""
+    try:
+        return server.bind()
+    except OSError as exc:
+        raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
