@@ -1,11 +1,9 @@
-"""Everything one ``picker serve`` process runs (:class:`Service`): built once from the settings and a
-config, then run until stopped.
+"""Everything one ``picker serve`` process runs (:class:`Service`), built once and run until stopped.
 
 :meth:`Service.load` reads what a process starts from (the config file or flag, the build identity from
-the environment) and builds the service; the constructor itself reads no file and no environment and
-starts nothing. All long-running parts run as named tasks in one ``asyncio.TaskGroup``: if any of them
-crashes or returns unexpectedly, the group cancels the rest and the process exits non-zero, so Kubernetes
-restarts it loudly instead of it limping on with a dead scraper or watcher.
+the environment); the constructor reads no file and no environment and starts nothing. Long-running parts
+are named tasks in one ``asyncio.TaskGroup``: if one crashes or returns, the group cancels the rest and the
+process exits non-zero, so Kubernetes restarts it loudly instead of it limping on with a dead scraper.
 
 Why one module: the service is the composition of every part (datastore, config, telemetry, tenants,
 flow control, director, servers, scraper, sources, scaler) and their start and shutdown order; split, the

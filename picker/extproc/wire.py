@@ -12,6 +12,9 @@ the status code (varints), and field numbers are read from the generated descrip
 written down. The readable builders of the same replies, through the protobuf API, live in
 :mod:`picker.testing.replies`: ``tests/unit/extproc/test_wire.py`` checks, for generated inputs, that each
 function here decodes to exactly the message built there.
+
+Why one module: every reply is built from the same tag, length and header-option encoders and the field
+numbers read once at import; split, the parts would share those private helpers across modules.
 """
 
 from __future__ import annotations

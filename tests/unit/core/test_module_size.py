@@ -13,7 +13,8 @@ REASON = "Why one module"
 #: Modules being reshaped right now, with why they may exceed the rules until then. An entry whose module
 #: meets the rules again fails the test, so the list cannot go stale.
 EXEMPT = {
-    "picker/extproc/stream.py": "the per-stream state machine, being reshaped around one Dispatch (issue 11)",
+    "picker/workers.py": "the --workers supervisor, over 600 lines since the hardening; its pipe protocol "
+    "is next to leave it (issue 11)",
     "picker/state/datastore.py": "being reduced to one accounting model (issue 11)",
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from picker.extproc.stream import declared_length
+from picker.extproc.request_body import declared_length
 
 
 @pytest.mark.parametrize(
