@@ -164,5 +164,11 @@ async def test_the_next_turn_finds_its_prefix_on_the_other_worker(prefix_tree: T
         assert destination == home, conversation
     doc = await tree.get("/debug/prefix")
     assert sum(e["hit_blocks"] for e in doc["endpoints"]) > 0
-    rows = (await tree.get("/debug/endpoints"))["endpoints"]
-    assert sum(r["prefix_entries"] for r in rows) == doc["size"]
+
+    async def entries_add_up() -> bool:
+        # two reads: a record still being replicated may land between them, so wait for them to agree
+        size = int((await tree.get("/debug/prefix"))["size"])
+        rows = (await tree.get("/debug/endpoints"))["endpoints"]
+        return sum(r["prefix_entries"] for r in rows) == size
+
+    await eventually(entries_add_up, "the endpoints' prefix entries adding up to the index size")

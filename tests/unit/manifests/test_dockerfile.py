@@ -169,8 +169,8 @@ def test_commit_and_version_build_args_reach_the_info_metric(stages: list[list[t
     assert 'PICKER_BUILD_REF="${VERSION}"' in env
     labels = " ".join(_get(final, "LABEL"))
     assert 'org.opencontainers.image.revision="${COMMIT}"' in labels
-    # ...and the composition root reads exactly those variables into inference_extension_info.
-    app = (REPO / "picker" / "app.py").read_text(encoding="utf-8")
+    # ...and the start-up wiring reads exactly those variables into inference_extension_info.
+    app = (REPO / "picker" / "wiring.py").read_text(encoding="utf-8")
     assert 'environ.get("PICKER_COMMIT"' in app
     assert 'environ.get("PICKER_BUILD_REF"' in app
 
