@@ -3,6 +3,8 @@ the cost-scorer in a profile chosen for batch traffic, prices in /debug/endpoint
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.integration.service.conftest import (
@@ -63,7 +65,12 @@ async def test_batch_traffic_goes_to_the_cheapest_endpoint_and_the_rest_to_the_s
     cheaper_vllm = PRICES.replace("]", ", {engine: vllm, inputPer1M: 0.01, outputPer1M: 0.02}]")
     result = svc.service.config_store.apply_text(CONFIG + PICKER_DOCUMENT + cheaper_vllm, source="test")
     assert result.ok, result.message
-    rows = await svc.endpoint_rows()
+    # the new prices reach the pick with the datastore's next snapshot (published within its interval)
+    for _ in range(400):  # bounded: 400 turns of 5 ms at most
+        rows = await svc.endpoint_rows()
+        if rows[pod(0)]["price"]["input_per_1m"] == 0.01:
+            break
+        await asyncio.sleep(0.005)
     assert rows[pod(0)]["price"]["input_per_1m"] == 0.01
     cheap = await svc.exchange(req_llm("summarize this", "sql-lora-sheddable", "m"))
     assert cheap.destination in {pod(0), pod(2)}
