@@ -29,6 +29,7 @@ from picker.testing.envoy import (
 )
 from picker.testing.fake_server import FakeFleet
 from picker.testing.net import free_port
+from tests.integration.service.test_flow_control import CONFIG as FLOW_CONTROL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -383,20 +384,7 @@ async def test_header_only_mode_on_both_workers() -> None:
         await eventually(released, "the stream released")
 
 
-FLOW = """\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-featureGates: [flowControl]
-plugins:
-- {type: queue-scorer}
-- {name: picker, type: max-score-picker}
-- {name: detector, type: concurrency-detector, parameters: {maxConcurrency: 1}}
-schedulingProfiles:
-- name: default
-  plugins: [{pluginRef: queue-scorer}, {pluginRef: picker}]
-saturationDetector: {pluginRef: detector}
-flowControl: {defaultRequestTTL: 60s}
-"""
+FLOW = FLOW_CONTROL % ("60s", 100)  # the concurrency detector at one request per endpoint
 
 
 async def _samples(t: Tree, name: str) -> list[tuple[dict[str, str], float]]:

@@ -7,20 +7,14 @@ turn routed by one worker and the next turn routed by the other must land on the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from picker.testing.envoy import HttpRequest
-from picker.testing.fake_server import FakeFleet
-from picker.testing.net import free_port
-from tests.integration.workers.test_workers import SERVING, Tree, _drain, eventually
+from tests.integration.workers.test_workers import Tree, _start_tree, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,73 +38,8 @@ schedulingProfiles:
 
 @pytest.fixture
 async def prefix_tree() -> AsyncIterator[Tree]:
-    async with FakeFleet.uniform(4, "vllm") as fleet:
-        grpc_port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "picker",
-            "serve",
-            "--workers",
-            "2",
-            "--static-endpoints",
-            ",".join(fleet.addresses),
-            "--config-text",
-            CONFIG,
-            "--secure-serving=false",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--refresh-metrics-interval",
-            "200ms",
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        metrics_port = admin_port = 0
-        while not admin_port:
-            line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
-            assert line, "the supervisor exited before serving"
-            m = SERVING.search(line)
-            if m:
-                metrics_port, admin_port = int(m[1]), int(m[2])
-        drain = asyncio.create_task(_drain(proc.stderr))
-        http = aiohttp.ClientSession()
-        t = Tree(
-            proc,
-            f"127.0.0.1:{grpc_port}",
-            f"http://127.0.0.1:{metrics_port}",
-            f"http://127.0.0.1:{admin_port}",
-            http,
-        )
-
-        async def ready() -> bool:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(t.metrics + "/readyz") as resp:
-                    return resp.status == 200
-            return False
-
-        try:
-            await eventually(ready, "both workers serving", within=90)
-            yield t
-        finally:
-            for client in t.clients:
-                await client.close()
-            await http.close()
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), timeout=30)
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            drain.cancel()
+    async with _start_tree("--config-text", CONFIG) as t:
+        yield t
 
 
 def turn(conversation: int, n: int) -> HttpRequest:
