@@ -12,8 +12,9 @@ Values given to :meth:`BoundedLabel.pin` (configured names: priced models, objec
 themselves and do not use up the budget. Cheap on the hot path: a set lookup for a known value.
 
 Use one instance per label (or per group of labels sharing a vocabulary, as ``model_name`` and
-``target_model_name`` do). ``picker.telemetry`` uses it for model names; ``picker.tenants`` can use it for
-tenant ids.
+``target_model_name`` do). Users: ``picker.telemetry`` (model and rewrite names), ``picker.tenants.metrics``
+(tenant ids and their ``model`` label), ``picker.tenants.flow`` (flow-control fairness ids). Objective
+names are never a label (``scoring.profiles`` keeps none longer than an object name past the request).
 """
 
 from __future__ import annotations

@@ -143,7 +143,11 @@ class Service:
         # Prometheus client exports by default; the injected registry has none unless registered here.
         ProcessCollector(registry=self.telemetry.registry)
         #: tenant metering and budgets; off until a config with a ``tenants`` section is applied (start)
-        self.tenants = TenantService(self.telemetry.registry)
+        self.tenants = TenantService(
+            self.telemetry.registry,
+            label_values=settings.metrics_label_max_values,
+            label_length=settings.metrics_label_max_length,
+        )
         self.config_store.add_check(lambda cfg: self.tenants.prepare(cfg.settings.tenants))
         #: flow control (the ``flowControl`` feature gate): fair queues while the pool is saturated
         self.flow = FlowController(
@@ -151,6 +155,8 @@ class Service:
             registry=self.telemetry.registry,
             queue_registry=request_registry,
             pool=self.telemetry.pool_name,
+            label_values=settings.metrics_label_max_values,
+            label_length=settings.metrics_label_max_length,
         )
         #: requests to an empty pool waiting for a first replica (scale from zero; ``picker.routing.hold``)
         self.hold = EmptyPoolHold(self.datastore.snapshot, wake=self._wake_scaler)

@@ -267,12 +267,18 @@ class _Worker:
         # Tenants: the memory backend's budget is the supervisor's, asked over the pipe (one budget for all
         # workers), Redis is shared as ever. Flow-control queues are per worker.
         self.budget = SupervisorBackend(channel.send)
-        tenants = TenantService(telemetry.registry, shared=self.budget)
+        label_values = self.settings.metrics_label_max_values
+        label_length = self.settings.metrics_label_max_length
+        tenants = TenantService(
+            telemetry.registry, shared=self.budget, label_values=label_values, label_length=label_length
+        )
         tenants.apply(config.settings.tenants)
         flow = FlowController(
             lambda: store.active.scheduler.saturation(self.view.snapshot(), now=time.monotonic()),
             registry=telemetry.registry,
             pool=lambda: self.view.pool.name if self.view.pool else "",
+            label_values=label_values,
+            label_length=label_length,
         )
 
         def follow_config(result: ReloadResult, active: ActiveConfig) -> None:

@@ -28,7 +28,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -137,6 +137,11 @@ class _Rule:
 
 
 _RULE_KEYS = frozenset({"profile", "objective", "minPriority", "maxPriority", "external"})
+#: the longest objective name: a Kubernetes object name (253 characters)
+MAX_OBJECTIVE_NAME: Final = 253
+_MEMO_ENTRIES: Final = 4096
+#: priorities are the CRD's int32
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 class ObjectiveProfileHandler(ProfileHandler):
@@ -192,13 +197,20 @@ class ObjectiveProfileHandler(ProfileHandler):
         if not isinstance(profile, str) or not profile:
             raise ConfigurationError(f"{at}: 'profile' (a scheduling profile name) is required")
         objective = rule.get("objective")
-        if objective is not None and (not isinstance(objective, str) or not objective):
-            raise ConfigurationError(f"{at}: 'objective' must be an objective name, got {objective!r}")
+        if objective is not None and (
+            not isinstance(objective, str) or not objective or len(objective) > MAX_OBJECTIVE_NAME
+        ):
+            raise ConfigurationError(
+                f"{at}: 'objective' must be an objective name (1 to {MAX_OBJECTIVE_NAME} characters), "
+                f"got {str(objective)[:64]!r}"
+            )
         bounds: list[int | None] = []
         for key in ("minPriority", "maxPriority"):
             value = rule.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigurationError(f"{at}: {key!r} must be an integer, got {value!r}")
+            if value is not None and not _INT32[0] <= value <= _INT32[1]:
+                raise ConfigurationError(f"{at}: {key!r} must be a 32-bit integer (a priority), got {value}")
             bounds.append(value)
         lo, hi = bounds
         if lo is not None and hi is not None and lo > hi:
@@ -242,7 +254,10 @@ class ObjectiveProfileHandler(ProfileHandler):
             if rule.matches(objective, priority):
                 out = (rule.profile, f"rule {i}", rule.external)
                 break
-        if len(self._memo) < 4096:  # objectives and priorities come from a bounded store, but bound anyway
+        # The objective is the request's header, chosen by a peer: the memo keeps at most 4096 of them and
+        # none longer than a Kubernetes object name (no InferenceObjective can have a longer name), so a
+        # flood of long distinct names costs nothing after the request.
+        if len(self._memo) < _MEMO_ENTRIES and len(objective) <= MAX_OBJECTIVE_NAME:
             self._memo[key] = out
         return out
 

@@ -26,7 +26,9 @@ reference) gets 503 ``request timed out in queue``. A client that goes away leav
 
 Metrics (the reference's names, ``inference_extension_flow_control_*``): ``queue_size`` and
 ``queue_bytes`` gauges per flow, ``request_queue_duration_seconds`` by outcome (dispatched, rejected,
-evicted, expired, cancelled), ``pool_saturation``.
+evicted, expired, cancelled), ``pool_saturation``. The ``fairness_id`` label is peer-chosen (without a
+tenants section, the raw header), so it is bounded like every such label (:mod:`picker.labels`:
+``--metrics-label-max-values`` ids of at most ``--metrics-label-max-length`` characters, then ``other``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from picker.errors import TenantRefused, TenantUnavailable
+from picker.labels import MAX_LABEL_LENGTH, MAX_LABEL_VALUES, BoundedLabel
 
 __all__ = ["DEFAULT_TTL_S", "TICK_S", "Band", "FlowController", "FlowLimits", "flow_limits"]
 
@@ -120,8 +123,13 @@ class FlowController:
         queue_registry: CollectorRegistry | None = None,
         pool: Callable[[], str] = lambda: "",
         clock: Callable[[], float] = time.monotonic,
+        label_values: int = MAX_LABEL_VALUES,
+        label_length: int = MAX_LABEL_LENGTH,
     ) -> None:
+        """``label_values`` / ``label_length`` bound the ``fairness_id`` metric label: without a tenants
+        section it is the raw ``x-gateway-inference-fairness-id`` header (:mod:`picker.labels`)."""
         self._saturation = saturation
+        self.fairness_label = BoundedLabel(max_values=label_values, max_length=label_length)
         self._clock = clock
         self._pool = pool
         self.limits = FlowLimits()
@@ -271,9 +279,9 @@ class FlowController:
         self._band_count[priority] -= 1
         self._band_bytes[priority] -= item.size
         if self._duration is not None:
-            self._duration.labels(item.flow[0], str(priority), outcome, self._pool()).observe(
-                self._clock() - item.enqueued
-            )
+            self._duration.labels(
+                self.fairness_label(item.flow[0]), str(priority), outcome, self._pool()
+            ).observe(self._clock() - item.enqueued)
 
     # ---------------------------------------------------------------------------------------- dispatch
     def poke(self) -> None:
@@ -332,9 +340,16 @@ class _QueueCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         size, size_bytes = self._families()
         pool = self._flow._pool()
+        label = self._flow.fairness_label
+        # flows whose ids share a label (``other``) are summed: one series per label set
+        rows: dict[tuple[str, str], list[float]] = {}
         for fid, priority, count, nbytes in self._flow.flows():
-            size.add_metric([fid, str(priority), pool], float(count))
-            size_bytes.add_metric([fid, str(priority), pool], float(nbytes))
+            row = rows.setdefault((label(fid), str(priority)), [0.0, 0.0])
+            row[0] += count
+            row[1] += nbytes
+        for (name, band), (waiting, queued_bytes) in rows.items():
+            size.add_metric([name, band, pool], waiting)
+            size_bytes.add_metric([name, band, pool], queued_bytes)
         yield size
         yield size_bytes
 

@@ -10,9 +10,13 @@
   ``TokenBudgetNearLimit`` divides ``ai_tokens_used`` by ``ai_tokens_limit``.
 * ``picker_tenant_rejections_total{tenant,reason}``: refusals, by meter or queue outcome.
 
-Labels: ``tenant`` is bounded by :class:`picker.tenants.identity.TenantIds` (``maxTenants`` + listed +
-``anonymous`` + ``other``); ``model`` comes from request bodies and is capped at :data:`MAX_MODELS`
-values (priced models always count), then ``other``.
+Labels (:class:`picker.labels.BoundedLabel`, the bound of every peer-chosen label): ``tenant`` comes from
+a header. :class:`picker.tenants.identity.TenantIds` bounds the ids *tracked at once* (``maxTenants``),
+but forgets idle ones to make room, so over the life of the process the ids seen are unbounded while a
+counter's series live forever: the label is bounded again here, to ``--metrics-label-max-values`` ids of
+at most ``--metrics-label-max-length`` characters (listed ids and ``anonymous`` always count), then
+``other``; budgets stay per id. ``model`` comes from request bodies: at most :data:`MAX_MODELS` values of
+at most ``--metrics-label-max-length`` characters (priced models always count), then ``other``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from picker.labels import MAX_LABEL_LENGTH, MAX_LABEL_VALUES, BoundedLabel
 from picker.tenants.backend import AccountView, Settlement
 from picker.tenants.ledger import COST_DAY, COST_MONTH, TOKENS_HOUR, TOKENS_MINUTE, WINDOW_NAMES
 from picker.tenants.policy import NANO
@@ -40,7 +45,16 @@ class TenantMetrics:
     """Counters (a :class:`~picker.tenants.backend.UsageSink`) and the gauge collector, on an injected
     registry."""
 
-    def __init__(self, registry: CollectorRegistry, accounts: Callable[[], Iterable[AccountView]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        accounts: Callable[[], Iterable[AccountView]],
+        *,
+        label_values: int = MAX_LABEL_VALUES,
+        label_length: int = MAX_LABEL_LENGTH,
+    ) -> None:
+        """``label_values`` / ``label_length``: the bound of the ``tenant`` label (and the length of the
+        ``model`` label), the process's ``--metrics-label-max-*`` flags."""
         #: (tenant, model label) -> [input tokens, output tokens, cost in nano-units]: plain integers added
         #: on the loop, exported by :class:`_UsageCollector` (a settlement costs two dict reads and three
         #: additions instead of three locked counter increments)
@@ -65,41 +79,33 @@ class TenantMetrics:
             ["fail_mode"],
             registry=registry,
         )
-        registry.register(_WindowCollector(accounts))
-        self._models: set[str] = set()
-        #: (tenant, model as sent) -> its row of ``usage`` (the model label resolved once)
-        self._rows: dict[tuple[str, str], list[int]] = {}
+        self._tenants = BoundedLabel(max_values=label_values, max_length=label_length, pinned=(OTHER,))
+        registry.register(_WindowCollector(accounts, self._tenants))
+        self._models = BoundedLabel(max_values=MAX_MODELS, max_length=label_length)
 
     def price_models(self, models: Iterable[str]) -> None:
         """Models with a price are always their own label value."""
-        self._models.update(models)
+        self._models.pin(models)
 
-    def _model(self, model: str) -> str:
-        if model in self._models:
-            return model
-        if len(self._models) >= MAX_MODELS:
-            return OTHER
-        self._models.add(model)
-        return model
+    def pin_tenants(self, tenants: Iterable[str]) -> None:
+        """Ids that are always their own label value (listed tenants, the anonymous id)."""
+        self._tenants.pin(tenants)
 
     def settled(self, s: Settlement) -> None:
         if not (s.input_tokens or s.output_tokens or s.cost_nano):
             return
-        key = (s.tenant, s.model)
-        row = self._rows.get(key)
+        # two set lookups for known values; keyed by the labels, never by what a peer sent (a 1 MiB model
+        # name must not be kept alive as a cache key)
+        label = (self._tenants(s.tenant), self._models(s.model))
+        row = self.usage.get(label)
         if row is None:
-            label = (s.tenant, self._model(s.model))
-            row = self.usage.get(label)
-            if row is None:
-                row = self.usage[label] = [0, 0, 0]
-            if len(self._rows) < 100_000:
-                self._rows[key] = row
+            row = self.usage[label] = [0, 0, 0]
         row[0] += s.input_tokens
         row[1] += s.output_tokens
         row[2] += s.cost_nano
 
     def rejected(self, tenant: str, reason: str) -> None:
-        self.rejections_total.labels(tenant, reason).inc()
+        self.rejections_total.labels(self._tenants(tenant), reason).inc()
 
     def backend_up(self, *, up: bool) -> None:
         self.backend_up_gauge.set(1 if up else 0)
@@ -139,8 +145,12 @@ class _UsageCollector(Collector):
 
 
 class _WindowCollector(Collector):
-    def __init__(self, accounts: Callable[[], Iterable[AccountView]]) -> None:
+    """The window gauges, read from the accounts at scrape time. Accounts whose ids share a label
+    (``other``) are summed into one series; a limit is exported only for a label that is one tenant's own."""
+
+    def __init__(self, accounts: Callable[[], Iterable[AccountView]], label: BoundedLabel) -> None:
         self._accounts = accounts
+        self._label = label
 
     def describe(self) -> list[Any]:
         return list(self._families())
@@ -148,17 +158,29 @@ class _WindowCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = self._families()
         tokens_used, tokens_reserved, tokens_limit, cost_used, cost_limit = families
+        #: label -> [used per meter, reserved per meter, limits or None, accounts summed]
+        rows: dict[str, list[Any]] = {}
         for view in self._accounts():
+            name = self._label(view.tenant)
+            row = rows.get(name)
+            if row is None:
+                rows[name] = [list(view.used), list(view.reserved), view.limits, 1]
+                continue
+            row[0] = [a + b for a, b in zip(row[0], view.used, strict=True)]
+            row[1] = [a + b for a, b in zip(row[1], view.reserved, strict=True)]
+            row[3] += 1
+        for name, (used, reserved, own_limits, count) in rows.items():
+            limits = own_limits if count == 1 else None  # several tenants' limits do not add up to one
             for i in _TOKEN_METERS:
-                labels = [view.tenant, WINDOW_NAMES[i]]
-                tokens_used.add_metric(labels, float(view.used[i]))
-                tokens_reserved.add_metric(labels, float(view.reserved[i]))
-                if view.limits is not None and view.limits[i] is not None:
-                    tokens_limit.add_metric(labels, float(view.limits[i]))  # type: ignore[arg-type]
+                labels = [name, WINDOW_NAMES[i]]
+                tokens_used.add_metric(labels, float(used[i]))
+                tokens_reserved.add_metric(labels, float(reserved[i]))
+                if limits is not None and limits[i] is not None:
+                    tokens_limit.add_metric(labels, float(limits[i]))
             for i in _COST_METERS:
-                labels = [view.tenant, WINDOW_NAMES[i]]
-                cost_used.add_metric(labels, view.used[i] / NANO)
-                limit = view.limits[i] if view.limits is not None else None
+                labels = [name, WINDOW_NAMES[i]]
+                cost_used.add_metric(labels, used[i] / NANO)
+                limit = limits[i] if limits is not None else None
                 if limit is not None:
                     cost_limit.add_metric(labels, limit / NANO)
         yield from families

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from picker.config.tenants import RedisConfig, TenantsConfig
 from picker.errors import ConfigError
+from picker.labels import MAX_LABEL_LENGTH, MAX_LABEL_VALUES
 from picker.tenants.backend import AccountView, MemoryBackend
 from picker.tenants.estimate import TokenEstimator, Tokenizer, load_tokenizer
 from picker.tenants.ledger import COST, LIMIT_NAMES, METERS, now_wall, window_end
@@ -43,12 +44,17 @@ class TenantService:
         *,
         clock: Callable[[], float] = now_wall,
         shared: SupervisorBackend | None = None,
+        label_values: int = MAX_LABEL_VALUES,
+        label_length: int = MAX_LABEL_LENGTH,
     ) -> None:
         """``shared``: a ``--workers`` worker's link to the supervisor's budget, used instead of a memory
-        backend of its own (:mod:`picker.tenants.remote`)."""
+        backend of its own (:mod:`picker.tenants.remote`). ``label_values`` / ``label_length``: the bound
+        of the ``tenant`` metric label (``--metrics-label-max-*``, :mod:`picker.labels`)."""
         self._clock = clock
         self._shared = shared
-        self.metrics = TenantMetrics(registry, self.accounts)
+        self.metrics = TenantMetrics(
+            registry, self.accounts, label_values=label_values, label_length=label_length
+        )
         self.memory = MemoryBackend(self.metrics, clock=clock)
         self.redis: RedisBackend | None = None
         self._redis_cfg: RedisConfig | None = None
@@ -102,6 +108,7 @@ class TenantService:
             learn=est.learn,
         )
         self.metrics.price_models(p.model for p in cfg.prices)
+        self.metrics.pin_tenants([cfg.anonymous, *(t.id for t in cfg.tenants)])
         if cfg.backend.type == "redis":
             assert cfg.backend.redis is not None
             if cfg.backend.redis != self._redis_cfg or self.redis is None:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from picker.testing.envoy import HttpRequest, UpstreamResponse
-from tests.integration.service.conftest import StartService, completion, samples
+from tests.integration.service.conftest import StartService, completion, config_text, samples
 
 pytestmark = pytest.mark.integration
 
@@ -57,3 +57,32 @@ async def test_long_model_names_are_bounded_in_metrics(start_service: StartServi
     assert len(text) < 256 * 1024, len(text)
     models = {labels["model_name"] for labels, _ in samples(text, "inference_objective_request_total")}
     assert models == {"other"}
+
+
+async def test_peer_chosen_headers_are_bounded_in_metrics(start_service: StartService) -> None:
+    """Tenant ids, fairness ids and objective names come from request headers: a tenant id is a label
+    bounded like the model name (picker.labels), the others never reach /metrics as they were sent."""
+    h = await start_service(
+        pods=1,
+        config=config_text(picker_extra="tenants: {maxIdLength: 256}\n"),
+        metrics_label_max_values=2,
+        metrics_label_max_length=32,
+    )
+    usage = UpstreamResponse(
+        headers=(("content-type", "application/json"),),
+        chunks=[b'{"usage":{"prompt_tokens":3,"completion_tokens":2}}'],
+    )
+    tenants = [f"a{i}" for i in range(6)] + ["L" * 200]
+    for tenant in tenants:
+        headers = [
+            ("x-tenant-id", tenant),
+            ("x-gateway-inference-fairness-id", "f" * 100_000),
+            ("x-gateway-inference-objective", "o" * 100_000),
+        ]
+        result = await h.exchange(HttpRequest(body=completion(model="m"), headers=headers), usage)
+        assert result.code == grpc.StatusCode.OK, result.details
+    text = await h.metrics()
+    labels = {labels["tenant"] for labels, _ in samples(text, "ai_tokens_total")}
+    assert labels == {"a0", "a1", "other"}
+    for sent in ("L" * 200, "f" * 1000, "o" * 1000):
+        assert sent not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -150,6 +152,8 @@ def test_a_plugin_shared_by_profiles_is_one_instance() -> None:
         ({"rules": [{"profile": "cost", "priority": 3}]}, "unknown key"),
         ({"rules": [{"profile": "cost", "minPriority": "high"}]}, "minPriority"),
         ({"rules": [{"profile": "cost", "minPriority": 5, "maxPriority": 1}]}, "matches nothing"),
+        ({"rules": [{"profile": "cost", "maxPriority": 2**31}]}, "32-bit integer"),
+        ({"rules": [{"profile": "cost", "objective": "o" * 254}]}, "1 to 253 characters"),
         ({"rules": [{"profile": "cost", "external": "Sometimes"}]}, "'external' must be one of"),
         ({"rules": "cost"}, "must be a list"),
         ({"header": "two words"}, "header name"),
@@ -180,3 +184,22 @@ def test_handler_alone_with_one_profile_and_no_rules() -> None:
     p = build_profiles([*PLUGINS, handler()], [COST])
     assert p.choose("critical", 100).profile == "cost"
     assert isinstance(p.handler, ObjectiveProfileHandler)
+
+
+def test_long_objective_names_from_requests_are_not_kept() -> None:
+    """The objective is a request header: the handler's memo must not keep what a peer sent (64 distinct
+    1 MiB names once stayed resident as memo keys)."""
+    handler = ObjectiveProfileHandler("h", {"rules": [{"objective": "x", "profile": "cost"}]})
+    assert handler.choose("x", 0, None)[0] == "cost"
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(64):
+            assert handler.choose(f"{i}" + "o" * (1 << 20), 0, None)[1] == "default"
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 1 << 20, f"{(after - before) >> 20} MiB kept"
+    assert handler.choose("x", 0, None)[0] == "cost"

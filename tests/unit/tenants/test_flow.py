@@ -81,3 +81,32 @@ async def test_band_bounds_evict_the_longest_flow_or_refuse_its_own_request() ->
     with pytest.raises(TenantRefused, match="queue full"):
         flow.admit("flood", 0, 1)
     assert sorted((f, n) for f, _p, n, _b in flow.flows()) == [("flood", 2), ("newcomer", 1)]
+
+
+async def test_fairness_id_labels_are_bounded_in_number_and_length() -> None:
+    """Without a tenants section the fairness id is the raw header: its label is bounded (picker.labels)."""
+    pool = Pool()
+    registry = CollectorRegistry()
+    flow = FlowController(pool.saturation, registry=registry, label_values=2, label_length=16)
+    flow.configure(enabled=True, limits=FlowLimits(ttl_s=None))
+    waiting: dict[str, list[asyncio.Future[None]]] = {}
+    names = ["a", "b", "c", "d", "x" * 100_000]
+    for name in names:
+        fut = flow.admit(name, 0, 10)
+        assert fut is not None
+        waiting[name] = [fut]
+    sizes = {
+        s.labels["fairness_id"]: s.value
+        for f in registry.collect()
+        if f.name == "inference_extension_flow_control_queue_size"
+        for s in f.samples
+    }
+    assert sizes == {"a": 1, "b": 1, "other": 3}
+    await drain(flow, pool, waiting)
+    ids = {
+        s.labels["fairness_id"]
+        for f in registry.collect()
+        if f.name == "inference_extension_flow_control_request_queue_duration_seconds"
+        for s in f.samples
+    }
+    assert ids == {"a", "b", "other"}

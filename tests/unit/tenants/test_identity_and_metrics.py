@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from picker.config import load_config_text
 from picker.errors import ConfigError
 from picker.tenants import MemoryBackend, Settlement, TenantIds, TenantMetrics
+from picker.tenants.backend import AccountView
 from picker.tenants.identity import IDLE_S, OTHER
 from picker.tenants.ledger import actual_vector, reservation_vector
 from picker.tenants.metrics import MAX_MODELS
@@ -97,6 +98,52 @@ def test_model_labels_are_capped() -> None:
     models = {s.labels["model"] for f in registry.collect() if f.name == "ai_tokens" for s in f.samples}
     assert len(models) == MAX_MODELS + 1
     assert OTHER in models
+
+
+def test_tenant_and_model_labels_are_bounded_in_number_and_length() -> None:
+    """Ids churn (idle ones are forgotten to make room), so the ids seen over the process's life are not
+    bounded by ``maxTenants``; counter series live forever: the label is bounded again (picker.labels)."""
+    registry = CollectorRegistry()
+    metrics = TenantMetrics(registry, list, label_values=3, label_length=16)
+    metrics.pin_tenants(["listed", "anonymous"])
+    huge_model = "m" * (1 << 20)
+    for i in range(10):
+        metrics.settled(Settlement(f"t{i}", "short", reservation_vector(1, 0), actual_vector(1, 0), 1, 0, 0))
+        metrics.settled(
+            Settlement("listed", huge_model, reservation_vector(1, 0), actual_vector(1, 0), 1, 0, 0)
+        )
+        metrics.rejected(f"t{i}" * 20, "tokens_per_minute")
+    metrics.settled(Settlement("anonymous", "short", reservation_vector(1, 0), actual_vector(1, 0), 1, 0, 0))
+    samples = [s for f in registry.collect() for s in f.samples]
+    tokens = [s.labels for s in samples if s.name == "ai_tokens_total"]
+    assert {labels["tenant"] for labels in tokens} == {"t0", "t1", "t2", OTHER, "listed", "anonymous"}
+    assert {labels["model"] for labels in tokens} == {"short", OTHER}
+    assert all(len(s.labels.get(k, "")) <= 16 for s in samples for k in ("tenant", "model"))
+    value = registry.get_sample_value
+    assert value("ai_tokens_total", {"tenant": OTHER, "model": "short", "kind": "input"}) == 7
+    assert value("ai_tokens_total", {"tenant": "listed", "model": OTHER, "kind": "input"}) == 10
+    assert value("picker_tenant_rejections_total", {"tenant": OTHER, "reason": "tokens_per_minute"}) == 10
+
+
+def test_window_gauges_share_the_tenant_label_bound() -> None:
+    """Accounts whose ids collapse to ``other`` are summed into one series (no duplicate series, no limit
+    that belongs to no one)."""
+    registry = CollectorRegistry()
+    zeros = (0,) * 6
+    limits = (1000, None, None, None, None, None)
+
+    def view(tenant: str, used: int) -> AccountView:
+        return AccountView(tenant, (used, *zeros[1:]), zeros, limits, zeros)
+
+    accounts = [view("a", 1), view("b", 2), view("c", 3), view("L" * 200, 4)]
+    TenantMetrics(registry, lambda: accounts, label_values=2, label_length=16)
+    value = registry.get_sample_value
+    assert value("ai_tokens_used", {"tenant": "a", "window": "minute"}) == 1
+    assert value("ai_tokens_limit", {"tenant": "a", "window": "minute"}) == 1000
+    assert value("ai_tokens_used", {"tenant": OTHER, "window": "minute"}) == 7
+    assert value("ai_tokens_limit", {"tenant": OTHER, "window": "minute"}) is None
+    tenants = {s.labels["tenant"] for f in registry.collect() for s in f.samples if "tenant" in s.labels}
+    assert tenants == {"a", "b", OTHER}
 
 
 @pytest.mark.parametrize(
