@@ -71,9 +71,9 @@ class Settings(BaseModel):
     #: after the leader's last renewal; the leader steps down when it could not renew for
     #: ``renew_deadline``; every replica retries every ``retry_period``. Must hold:
     #: lease_duration > renew_deadline > 1.2 x retry_period (so two replicas never both lead).
-    leader_lease_duration: float = Field(15.0, gt=0)
-    leader_renew_deadline: float = Field(10.0, gt=0)
-    leader_retry_period: float = Field(2.0, gt=0)
+    leader_lease_duration: float = Field(15.0, gt=0, le=3600)
+    leader_renew_deadline: float = Field(10.0, gt=0, le=3600)
+    leader_retry_period: float = Field(2.0, gt=0, le=3600)
     kubeconfig: str = ""
     #: watch the scoring document in this ConfigMap (pool namespace) through the API
     config_configmap: str = ""
@@ -81,15 +81,15 @@ class Settings(BaseModel):
 
     # ----------------------------------------------------------------------------- scraping
     #: seconds between scrapes of one endpoint (reference 50ms)
-    refresh_metrics_interval: float = Field(0.05, gt=0)
+    refresh_metrics_interval: float = Field(0.05, gt=0, le=3600)
     #: per-scrape timeout in seconds, independent of the interval (reference 1s)
-    scrape_timeout: float = Field(1.0, gt=0)
+    scrape_timeout: float = Field(1.0, gt=0, le=600)
     #: endpoints whose last scrape is older than this are left out of pool gauges (reference 2s)
-    metrics_staleness_threshold: float = Field(2.0, gt=0)
+    metrics_staleness_threshold: float = Field(2.0, gt=0, le=3600)
     #: scrape metrics on this port instead of the serving port (reference flag; one target port only)
     model_server_metrics_port: int = Field(0, ge=0, le=65535)
     #: how many scrapes may be in flight at once
-    scrape_concurrency: int = Field(256, ge=1)
+    scrape_concurrency: int = Field(256, ge=1, le=100_000)
     #: cap on one ``/metrics`` page in bytes, on the wire and decoded, enforced while reading (a page
     #: over it is a failed scrape). Memory for scraping is at most this times ``scrape_concurrency``.
     scrape_max_page_bytes: int = Field(8 << 20, ge=1024, le=1 << 30)
@@ -98,7 +98,7 @@ class Settings(BaseModel):
     config_file: str = ""
     config_text: str = ""
     #: seconds between checks of --config-file for changes (ConfigMap volumes swap a symlink)
-    config_poll_interval: float = Field(1.0, gt=0)
+    config_poll_interval: float = Field(1.0, gt=0, le=3600)
 
     # ------------------------------------------------------------------------------ security
     secure_serving: bool = True
@@ -120,7 +120,7 @@ class Settings(BaseModel):
     prometheus_url: str = ""
     #: PromQL override for the GPU signal (must return one series per pod with a ``pod`` label)
     gpu_query: str = ""
-    gpu_poll_interval: float = Field(5.0, gt=0)
+    gpu_poll_interval: float = Field(5.0, gt=0, le=3600)
 
     # ------------------------------------------------------------------------------ process
     #: ext_proc worker processes sharing the port (SO_REUSEPORT)

@@ -12,8 +12,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from scoring.durations import parse_duration
+from scoring.durations import format_duration, parse_duration
 from scoring.errors import ConfigurationError
+
+#: the largest integer parameter unless a plugin says otherwise: the reference's parameters are Go ints,
+#: and no count, size or threshold means anything beyond 32 bits
+INT_MAX = 2**31 - 1
+#: the longest duration parameter unless a plugin says otherwise (thresholds, half-lives: seconds to
+#: minutes in practice; a day is already no limit)
+DURATION_MAX = 86_400.0
 
 
 class Params:
@@ -61,7 +68,7 @@ class Params:
         self.effective[key] = value
         return float(value)
 
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int = INT_MAX) -> int:
         value = self._raw.get(key, default)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -69,15 +76,19 @@ class Params:
             raise self._fail(key, "must be an integer", value)
         if minimum is not None and value < minimum:
             raise self._fail(key, f"must be >= {minimum}", value)
+        if value > maximum:
+            raise self._fail(key, f"must be <= {maximum}", value)
         self.effective[key] = value
         return value
 
-    def duration(self, key: str, default: str) -> float:
+    def duration(self, key: str, default: str, *, maximum: float = DURATION_MAX) -> float:
         value = self._raw.get(key, default)
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
             raise self._fail(key, "must be a duration such as 200ms or 2s", value) from exc
+        if seconds > maximum:
+            raise self._fail(key, f"must be at most {format_duration(maximum)}", value)
         self.effective[key] = value
         return seconds
 

@@ -80,7 +80,7 @@ class UtilizationDetector(Filter, SaturationDetector):
             "kvCacheUtilThreshold", 0.8, minimum=0.0, exclusive_minimum=True, maximum=1.0
         )
         self.staleness = params.duration("metricsStalenessThreshold", "200ms")
-        self.headroom = params.number("headroom", 0.0, minimum=0.0)
+        self.headroom = params.number("headroom", 0.0, minimum=0.0, maximum=100.0)
         self.fail_open = True
         Filter.__init__(self, name, params.effective)
 
@@ -146,7 +146,7 @@ class ConcurrencyDetector(Filter, SaturationDetector):
             )
         self.max_concurrency = float(params.integer("maxConcurrency", 100, minimum=1))
         params.integer("maxTokenConcurrency", 1_000_000, minimum=1)
-        self.headroom = params.number("headroom", 0.0, minimum=0.0)
+        self.headroom = params.number("headroom", 0.0, minimum=0.0, maximum=100.0)
         self.fail_open = True
         Filter.__init__(self, name, params.effective)
 

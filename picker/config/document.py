@@ -25,6 +25,8 @@ PICKER_API_VERSION: Final = "picker.dev/v1alpha1"
 PICKER_KIND: Final = "PickerConfig"
 #: where header-only mode reads the gateway's prompt-token estimate, unless ``request.promptTokensHeader``
 DEFAULT_PROMPT_TOKENS_HEADER: Final = "x-picker-prompt-tokens"
+#: the longest staleness threshold (an hour-old metric is no load signal)
+MAX_STALENESS_S: Final = 3600.0
 
 
 class ObjectiveConfig(StrictModel):
@@ -136,9 +138,9 @@ class PickerSettingsDocument(StrictModel):
     #: _prompt_cached_tokens, _normalized_time_per_output_token_seconds and ModelServerError counts.
     #: Request counts and sizes, in-flight accounting and scheduling metrics are unaffected.
     response_processing: Literal["Always", "WhenNeeded"] = "Always"
-    #: seconds (or a duration such as 2s): endpoints with older metrics are left out of the pool gauges
-    #: and ``inference_pool_ready_pods``. Unset → the ``--metrics-staleness-threshold`` flag (default 2s);
-    #: set here, it overrides the flag and follows reloads.
+    #: seconds (or a duration such as 2s; at most 1h): endpoints with older metrics are left out of the
+    #: pool gauges and ``inference_pool_ready_pods``. Unset → the ``--metrics-staleness-threshold`` flag
+    #: (default 2s); set here, it overrides the flag and follows reloads.
     staleness_threshold: float | None = None
     #: tenant metering, limits and budgets (:mod:`picker.config.tenants`); unset = off
     tenants: TenantsConfig | None = None
@@ -168,8 +170,8 @@ class PickerSettingsDocument(StrictModel):
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise ValueError(f"must be a duration such as 2s, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
         seconds = parse_duration(v)
-        if seconds <= 0:
-            raise ValueError("must be > 0")
+        if not 0 < seconds <= MAX_STALENESS_S:
+            raise ValueError(f"must be > 0 and at most {MAX_STALENESS_S:g}s")
         return seconds
 
     @model_validator(mode="after")

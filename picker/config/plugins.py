@@ -67,7 +67,7 @@ class EngineConfig(StrictModel):
     cache_block_size_spec: SpecText | None = None
     cache_num_blocks_spec: SpecText | None = None
     #: ours (TGI): the server's ``--max-batch-total-tokens``, tokens; needed by ``kvTokensSpec``
-    max_batch_total_tokens: int | None = Field(default=None, gt=0)
+    max_batch_total_tokens: int | None = Field(default=None, gt=0, le=2**31 - 1)
     #: ours (TGI): gauge of tokens in the current batch; KV usage ≈ value / maxBatchTotalTokens
     kv_tokens_spec: SpecText | None = None
 
@@ -149,12 +149,12 @@ class CoreMetricsExtractorParams(StrictModel):
         return self
 
 
-def _positive_duration(value: object) -> float:
+def _positive_duration(value: object, *, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"must be a duration such as 30s, got {value!r}")  # noqa: TRY004 - pydantic wants ValueError
     seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be > 0")
+    if not 0 < seconds <= maximum:
+        raise ValueError(f"must be > 0 and at most {maximum:g}s")
     return seconds
 
 
@@ -167,24 +167,29 @@ class OutlierDetectorParams(StrictModel):
     #: false: no endpoint is ever ejected (every ejected one is reinstated at once on reload)
     enabled: bool = True
     #: failures in a row (status >= 500, no response, retried elsewhere) that eject; 0 = rule off
-    consecutive_5xx: int = Field(default=5, ge=0, alias="consecutive5xx")
+    consecutive_5xx: int = Field(default=5, ge=0, le=1_000_000, alias="consecutive5xx")
     #: percent of one interval's outcomes failed that ejects; 0 = rule off (Envoy's default: off, 85)
     failure_percentage_threshold: float = Field(default=50.0, ge=0.0, le=100.0)
     #: outcomes an endpoint needs within one interval for the percentage rule (Envoy: 50)
-    failure_percentage_request_volume: int = Field(default=20, ge=0)
-    #: the percentage window and the ejection multiplier's decay period (duration; Envoy: 10s)
+    failure_percentage_request_volume: int = Field(default=20, ge=0, le=1_000_000)
+    #: the percentage window and the ejection multiplier's decay period (duration, at most 1h; Envoy: 10s)
     interval: float = 10.0
-    #: first ejection's length; the n-th in a row lasts n times this (duration; Envoy: 30s)
+    #: first ejection's length; the n-th in a row lasts n times this (duration, at most 1d; Envoy: 30s)
     base_ejection_time: float = 30.0
-    #: cap of the ejection time (duration; Envoy: 300s)
+    #: cap of the ejection time (duration, at most 1d; Envoy: 300s)
     max_ejection_time: float = 300.0
     #: most of the pool ejected at once, percent; one endpoint always may be (Envoy: 10)
     max_ejection_percent: float = Field(default=50.0, ge=0.0, le=100.0)
 
-    @field_validator("interval", "base_ejection_time", "max_ejection_time", mode="before")
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v: object) -> float:
+        return _positive_duration(v, maximum=3600.0)
+
+    @field_validator("base_ejection_time", "max_ejection_time", mode="before")
     @classmethod
     def _duration(cls, v: object) -> float:
-        return _positive_duration(v)
+        return _positive_duration(v, maximum=86_400.0)
 
 
 class _NoParams(StrictModel):

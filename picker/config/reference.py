@@ -17,6 +17,17 @@ REFERENCE_KIND: Final = "EndpointPickerConfig"
 
 #: Feature gates the reference defines; ``dataLayer`` is a legacy no-op it still accepts.
 KNOWN_FEATURE_GATES = frozenset({"flowControl", "enableLegacyMetrics", "dataLayer"})
+#: flow-control bounds: queued bytes (1Ti), queued requests and the longest wait in a queue
+MAX_QUEUED_BYTES: Final = 1 << 40
+MAX_QUEUED_REQUESTS: Final = 10**9
+MAX_REQUEST_TTL_S: Final = 86_400.0
+
+
+def _bounded_quantity(value: object, maximum: int) -> int:
+    n = parse_quantity(value)
+    if n > maximum:
+        raise ValueError(f"must be at most {maximum}, got {n}")
+    return n
 
 
 class PluginConfig(StrictModel):
@@ -39,8 +50,8 @@ class ProfilePluginRef(StrictModel):
 
     #: name of a plugin defined in ``plugins``
     plugin_ref: str
-    #: scorer weight (not normalized); unset = 1 (reference). Ignored for filters and pickers.
-    weight: float | None = None
+    #: scorer weight (not normalized), 0..1,000,000; unset = 1 (reference). Ignored for filters and pickers.
+    weight: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)
 
 
 class SchedulingProfileConfig(StrictModel):
@@ -73,10 +84,11 @@ class PriorityBandConfig(StrictModel):
     """A flow-control priority band: ``maxRequests``/``maxBytes`` bound its queue (picker.tenants.flow);
     the fairness policy is round robin between flows and the ordering FCFS, whatever the refs name."""
 
-    priority: int | None = None
-    #: bytes or quantity; reference default 1G
+    #: an InferenceObjective priority (the CRD's int32)
+    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    #: bytes or quantity, at most 1Ti; reference default 1G
     max_bytes: int | str | None = None
-    max_requests: int | None = Field(default=None, ge=0)
+    max_requests: int | None = Field(default=None, ge=0, le=MAX_QUEUED_REQUESTS)
     fairness_policy_ref: str | None = None
     ordering_policy_ref: str | None = None
 
@@ -84,7 +96,7 @@ class PriorityBandConfig(StrictModel):
     @classmethod
     def _quantity(cls, v: int | str | None) -> int | str | None:
         if v is not None:
-            parse_quantity(v)
+            _bounded_quantity(v, MAX_QUEUED_BYTES)
         return v
 
 
@@ -102,18 +114,25 @@ class FlowControlConfig(StrictModel):
     priority_bands: tuple[PriorityBandConfig, ...] = ()
     usage_limit_policy_plugin_ref: str | None = None
 
-    @field_validator("max_bytes", "max_requests")
+    @field_validator("max_bytes")
     @classmethod
-    def _quantity(cls, v: int | str | None) -> int | str | None:
+    def _bytes(cls, v: int | str | None) -> int | str | None:
         if v is not None:
-            parse_quantity(v)
+            _bounded_quantity(v, MAX_QUEUED_BYTES)
+        return v
+
+    @field_validator("max_requests")
+    @classmethod
+    def _requests(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            _bounded_quantity(v, MAX_QUEUED_REQUESTS)
         return v
 
     @field_validator("default_request_ttl")
     @classmethod
     def _duration(cls, v: str | float | None) -> str | float | None:
-        if v is not None:
-            parse_duration(v)
+        if v is not None and parse_duration(v) > MAX_REQUEST_TTL_S:
+            raise ValueError(f"must be at most {MAX_REQUEST_TTL_S:g}s (a day)")
         return v
 
 

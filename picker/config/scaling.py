@@ -40,12 +40,18 @@ _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 DEFAULT_FORECAST_QUERY = "sum(rate(inference_objective_request_total[5m]))"
 
 
-def _seconds(v: object, *, minimum: float = 0.0, what: str = "duration") -> float:
+#: the longest duration of any field unless it says otherwise (every delay and period here is minutes)
+_DAY = 86_400.0
+
+
+def _seconds(v: object, *, minimum: float = 0.0, maximum: float = _DAY, what: str = "duration") -> float:
     if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise ValueError(f"must be a {what} such as 30s or 5m, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
     seconds = parse_duration(v)
     if not math.isfinite(seconds) or seconds < minimum:
         raise ValueError(f"must be at least {minimum:g}s")
+    if seconds > maximum:
+        raise ValueError(f"must be at most {maximum:g}s")
     return seconds
 
 
@@ -92,7 +98,7 @@ class ScaleUpConfig(StrictModel):
     @field_validator("backlog_clear", mode="before")
     @classmethod
     def _duration(cls, v: object) -> float:
-        return _seconds(v, minimum=1.0)
+        return _seconds(v, minimum=1.0, maximum=3600.0)
 
 
 class ScaleDownConfig(StrictModel):
@@ -142,7 +148,7 @@ class ScheduleWindow(StrictModel):
     @field_validator("duration", mode="before")
     @classmethod
     def _duration(cls, v: object) -> float:
-        return _seconds(v, minimum=60.0)
+        return _seconds(v, minimum=60.0, maximum=7 * _DAY)
 
     @field_validator("time_zone")
     @classmethod
@@ -191,10 +197,15 @@ class ForecastConfig(StrictModel):
             raise ValueError(f"{v!r} is not an http(s) URL")
         return v.rstrip("/")
 
-    @field_validator("step", "refresh", "timeout", mode="before")
+    @field_validator("step", "refresh", mode="before")
     @classmethod
     def _duration(cls, v: object) -> float:
         return _seconds(v, minimum=1.0)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: object) -> float:
+        return _seconds(v, minimum=1.0, maximum=300.0)
 
 
 class ScaleToZeroConfig(StrictModel):

@@ -50,6 +50,13 @@ __all__ = [
 #: what a tenant id may contain: it becomes a metric label value, a log field and a Redis key part
 TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*")
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+#: Range of every count and amount: the ledger keeps costs in nano-units in 64-bit integers (9.2e18), so
+#: limits and prices must leave room for a window's sums; beyond these no budget means anything.
+MAX_TOKENS = 10**15
+MAX_REQUESTS = 10**9
+MAX_COST = 1e9
+#: price per million tokens
+MAX_PRICE = 1e6
 
 
 class LimitsConfig(_Model):
@@ -57,17 +64,17 @@ class LimitsConfig(_Model):
     an hour, a day start on the boundary (the ``x-ratelimit-reset-*`` headers say when)."""
 
     #: input + output tokens per UTC minute
-    tokens_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     #: input + output tokens per UTC hour (the seed's example: 500000)
-    tokens_per_hour: int | None = Field(default=None, ge=0)
+    tokens_per_hour: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     #: requests per UTC minute
-    requests_per_minute: int | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(default=None, ge=0, le=MAX_REQUESTS)
     #: requests open at once
-    concurrent: int | None = Field(default=None, ge=0)
+    concurrent: int | None = Field(default=None, ge=0, le=MAX_REQUESTS)
     #: cost per UTC day, currency units (the seed's example: 100)
-    cost_per_day: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cost_per_day: float | None = Field(default=None, ge=0, le=MAX_COST, allow_inf_nan=False)
     #: cost per UTC calendar month, currency units
-    cost_per_month: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cost_per_month: float | None = Field(default=None, ge=0, le=MAX_COST, allow_inf_nan=False)
 
     def merged(self, override: LimitsConfig | None) -> LimitsConfig:
         """These limits with every field ``override`` sets replacing ours."""
@@ -93,11 +100,11 @@ class PriceConfig(_Model):
     """The price of one model (the body's ``model``, or the rewritten target), per million tokens."""
 
     model: str = Field(min_length=1)
-    input_per1_m: float = Field(ge=0, allow_inf_nan=False, alias="inputPer1M")
-    output_per1_m: float = Field(ge=0, allow_inf_nan=False, alias="outputPer1M")
+    input_per1_m: float = Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, alias="inputPer1M")
+    output_per1_m: float = Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, alias="outputPer1M")
     #: cached prompt tokens (``prompt_tokens_details.cached_tokens``); unset = the input price
     cached_input_per1_m: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False, alias="cachedInputPer1M"
+        default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False, alias="cachedInputPer1M"
     )
 
 
@@ -189,7 +196,7 @@ class TenantsConfig(_Model):
     #: longer ids are not trusted and count as ``other``
     max_id_length: int = Field(default=64, ge=8, le=256)
     #: output tokens reserved for a request without ``max_tokens``/``max_completion_tokens``
-    default_output_tokens: int = Field(default=1024, ge=0)
+    default_output_tokens: int = Field(default=1024, ge=0, le=10_000_000)
     #: the tier of ids that are not listed and name no tier; unset = metered only
     default_tier: str | None = None
     tiers: tuple[TierConfig, ...] = ()

@@ -59,7 +59,7 @@ class LatencyScorer(Scorer[F64]):
             (*(key for _, key in _SIGNALS), "halfLife", "maxAge"),
         )
         self.signal_weights = tuple(
-            (column, params.number(key, 1.0, minimum=0.0)) for column, key in _SIGNALS
+            (column, params.number(key, 1.0, minimum=0.0, maximum=1e6)) for column, key in _SIGNALS
         )
         self.half_life = params.duration("halfLife", "10s")
         self.max_age = params.duration("maxAge", "60s")

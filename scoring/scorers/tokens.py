@@ -67,7 +67,7 @@ class PrefillQueueScorer(MinMaxLoadScorer):
 
     def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         params = Params(name, self.type_name, parameters, ("minRangeTokens",))
-        self.floor = params.number("minRangeTokens", DEFAULT_MIN_RANGE_TOKENS, minimum=0.0)
+        self.floor = params.number("minRangeTokens", DEFAULT_MIN_RANGE_TOKENS, minimum=0.0, maximum=1e9)
         Scorer.__init__(self, name, params.effective)
 
     def charge(self, req: PickRequest, /) -> float:
