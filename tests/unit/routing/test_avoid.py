@@ -6,7 +6,6 @@ failover reason says when the scorer's own choice was avoided; ``/debug/explain`
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -16,11 +15,9 @@ from picker.config import load_config_text
 from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.director import Director
 from picker.routing.types import Dispatch, RoutingRequest
-from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
-from picker.state.objectives import ObjectiveStore, RewriteStore
 from scoring import EndpointMatrix, EndpointRow
-from scoring.matrix import LoadCharge
+from tests.unit.routing.doubles import Observer, State
 
 EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 PICKER = "apiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
@@ -37,37 +34,6 @@ def config(max_endpoints: int, extra: str = "") -> ConfigStore:
     if extra:
         text += f"---\n{PICKER}{extra}"
     return ConfigStore(load_config_text(text), source="test", text=text)
-
-
-@dataclass
-class State:
-    """A routing state over a fixed matrix: ``waiting`` decides the queue scorer's choice."""
-
-    matrix: EndpointMatrix
-    objectives: ObjectiveStore = field(default_factory=ObjectiveStore)
-    rewrites: RewriteStore = field(default_factory=RewriteStore)
-    acquired: list[str] = field(default_factory=list)
-
-    def snapshot(self) -> EndpointMatrix:
-        return self.matrix
-
-    def acquire(self, name: str, charge: LoadCharge = LoadCharge(0.0, 0.0), /) -> NullLease:  # noqa: B008
-        self.acquired.append(name)
-        return NullLease()
-
-
-@dataclass
-class Observer:
-    failovers: Counter[str] = field(default_factory=Counter)
-
-    def scheduled(self, duration_s: float) -> None:
-        pass
-
-    def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None:
-        pass
-
-    def failover(self, reason: str) -> None:
-        self.failovers[reason] += 1
 
 
 def state(

@@ -5,7 +5,6 @@ as the fallback list; ``ai_failover_total`` reasons; limits never passed."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -19,9 +18,9 @@ from picker.routing.external import ExternalCapacity, ExternalTicket, JointReser
 from picker.routing.types import Dispatch, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
-from picker.state.objectives import Objective, ObjectiveStore, RewriteStore
+from picker.state.objectives import Objective
 from scoring import EndpointMatrix, EndpointRow
-from scoring.matrix import LoadCharge
+from tests.unit.routing.doubles import Observer, State
 
 EPP = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 POOL = ("10.0.0.1:8000", "10.0.0.2:8000")
@@ -46,35 +45,6 @@ def picker_doc(limits: str = "{requestsPerMinute: 3}", extra: str = "", backup: 
 
 def store(text: str) -> ConfigStore:
     return ConfigStore(load_config_text(text), source="test", text=text)
-
-
-@dataclass
-class State:
-    matrix: EndpointMatrix
-    objectives: ObjectiveStore = field(default_factory=ObjectiveStore)
-    rewrites: RewriteStore = field(default_factory=RewriteStore)
-    acquired: list[str] = field(default_factory=list)
-
-    def snapshot(self) -> EndpointMatrix:
-        return self.matrix
-
-    def acquire(self, name: str, charge: LoadCharge = LoadCharge(0.0, 0.0), /) -> NullLease:  # noqa: B008
-        self.acquired.append(name)
-        return NullLease()
-
-
-@dataclass
-class Observer:
-    failovers: Counter[str] = field(default_factory=Counter)
-
-    def scheduled(self, duration_s: float) -> None:
-        pass
-
-    def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None:
-        pass
-
-    def failover(self, reason: str) -> None:
-        self.failovers[reason] += 1
 
 
 def pool(waiting: float, health: float = 0.0, n: int = 2) -> State:
