@@ -13,27 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
+from benchmarks.live.routers import EPP_CONFIGS
 from picker.testing.envoy import HttpRequest
 from tests.integration.workers.test_workers import Tree, _start_tree, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CONFIG = """\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- {type: queue-scorer}
-- {type: kv-cache-utilization-scorer}
-- {type: prefix-cache-scorer}
-- {type: max-score-picker}
-schedulingProfiles:
-- name: default
-  plugins:
-  - {pluginRef: queue-scorer, weight: 2}
-  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
-  - {pluginRef: prefix-cache-scorer, weight: 3}
-  - {pluginRef: max-score-picker}
-"""
+CONFIG = EPP_CONFIGS["epp-reference"]  # the reference profile: queue 2, KV 2, prefix 3
 
 
 @pytest.fixture
