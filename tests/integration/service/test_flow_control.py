@@ -209,14 +209,14 @@ async def test_a_queued_request_asks_the_proxy_to_wait_as_long_as_the_queue_may_
     running = await fill(h)
     assert [x.timers for x in running] == [[], []]
     (waiting,) = await enqueue(h, [("a", 1)])
-    await until(lambda: _true(bool(waiting.timers)), "the timer override")
+
+    async def asked() -> bool:
+        return bool(waiting.timers)
+
+    await until(asked, "the timer override")
     assert waiting.timers == [25.0]
     await finish(running[0].stream)
     await waiting.task
     assert waiting.status == 200
     for x in (running[1], waiting):
         x.stream.cancel()
-
-
-async def _true(value: bool) -> bool:
-    return value
