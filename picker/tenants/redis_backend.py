@@ -56,7 +56,9 @@ RESERVATION_TTL_S: Final = 900.0
 # Shared by both scripts: load the meters (rolled to the current windows) and drop expired reservations.
 _LOAD: Final = """
 local m, h, z = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[1])
+local A = {}
+for x in string.gmatch(ARGV[1], '[^,]+') do A[#A + 1] = x end
+local now = tonumber(A[1])
 local w, u, r = {}, {}, {}
 local raw = redis.call('HMGET', m, 'w0','u0','r0','w1','u1','r1','w2','u2','r2',
                                    'w3','u3','r3','w4','u4','r4','w5','u5','r5')
@@ -64,7 +66,7 @@ for i = 1, 6 do
   w[i] = tonumber(raw[3*i-2]) or -1
   u[i] = tonumber(raw[3*i-1]) or 0
   r[i] = tonumber(raw[3*i]) or 0
-  local id = tonumber(ARGV[1 + i])
+  local id = tonumber(A[1 + i])
   if w[i] ~= id then w[i] = id; u[i] = 0 end
 end
 local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
@@ -90,44 +92,44 @@ local function save(ttl)
 end
 local function state(code, meter)
   local out = {code, meter}
-  for i = 1, 6 do table.insert(out, u[i]) end
-  for i = 1, 6 do table.insert(out, r[i]) end
-  return out
+  for i = 1, 6 do out[#out + 1] = string.format('%d', u[i]) end
+  for i = 1, 6 do out[#out + 1] = string.format('%d', r[i]) end
+  return table.concat(out, ',')
 end
 """
 
-#: KEYS m h z; ARGV now, ids[6], amounts[6], limits[6] (-1 = none), hold id, hold expiry, ttl
+#: KEYS m h z; ARGV[1] = "now,ids[6],amounts[6],limits[6] (-1 = none),hold id,hold expiry,ttl"
 _RESERVE: Final = (
     _LOAD
     + """
 local a, limit = {}, {}
 for i = 1, 6 do
-  a[i] = tonumber(ARGV[7 + i])
-  limit[i] = tonumber(ARGV[13 + i])
+  a[i] = tonumber(A[7 + i])
+  limit[i] = tonumber(A[13 + i])
 end
 for i = 1, 6 do
   if limit[i] >= 0 and u[i] + r[i] + a[i] > limit[i] then
-    save(tonumber(ARGV[22]))
+    save(tonumber(A[22]))
     return state(0, i - 1)
   end
 end
 local amounts = {}
 for i = 1, 6 do r[i] = r[i] + a[i]; amounts[i] = a[i] end
-redis.call('HSET', h, ARGV[20], table.concat(amounts, ','))
-redis.call('ZADD', z, tonumber(ARGV[21]), ARGV[20])
-redis.call('EXPIRE', h, tonumber(ARGV[22]))
-redis.call('EXPIRE', z, tonumber(ARGV[22]))
-save(tonumber(ARGV[22]))
+redis.call('HSET', h, A[20], table.concat(amounts, ','))
+redis.call('ZADD', z, tonumber(A[21]), A[20])
+redis.call('EXPIRE', h, tonumber(A[22]))
+redis.call('EXPIRE', z, tonumber(A[22]))
+save(tonumber(A[22]))
 return state(1, -1)
 """
 )
 
-#: KEYS m h z; ARGV now, ids[6], actual[6], hold id ("" = nothing held), ttl
+#: KEYS m h z; ARGV[1] = "now,ids[6],actual[6],hold id (- = nothing held),ttl"
 _SETTLE: Final = (
     _LOAD
     + """
-local hold = ARGV[14]
-if hold ~= '' then
+local hold = A[14]
+if hold ~= '-' then
   local amounts = redis.call('HGET', h, hold)
   if amounts then
     local i = 1
@@ -136,8 +138,8 @@ if hold ~= '' then
     redis.call('ZREM', z, hold)
   end
 end
-for i = 1, 6 do u[i] = u[i] + tonumber(ARGV[7 + i]) end
-save(tonumber(ARGV[15]))
+for i = 1, 6 do u[i] = u[i] + tonumber(A[7 + i]) end
+save(tonumber(A[15]))
 return state(1, -1)
 """
 )
@@ -219,13 +221,17 @@ class RedisBackend:
         return self._up
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> list[int]:
+        """One script call. The arguments travel as one comma-joined string and the reply comes back as
+        one (the scripts split and join): on the client that is one argument to encode and one bulk
+        string to parse instead of 28 and 14, about a third of the call's CPU in redis-py."""
         client = self._connect()
+        packed = [",".join(map(str, args))]
         async with asyncio.timeout(self._cfg.timeout * 2):
             try:
-                reply = await script(keys=keys, args=args, client=client)
+                reply = await script(keys=keys, args=packed, client=client)
             except NoScriptError:  # pragma: no cover - redis-py's Script reloads on NOSCRIPT itself
-                reply = await script(keys=keys, args=args, client=client)
-        return [int(x) for x in reply]
+                reply = await script(keys=keys, args=packed, client=client)
+        return [int(x) for x in reply.split(b",")]
 
     # ------------------------------------------------------------------------------------- backend
     def reserve(self, tenant: str, limits: Limits | None, amounts: Vector) -> Verdict | Any:
@@ -328,7 +334,7 @@ class RedisBackend:
                 continue
             s = self._pending[0]
             now = self._clock()
-            args: list[Any] = [now, *window_ids(now), *s.actual, s.hold, ACCOUNT_TTL_S]
+            args: list[Any] = [now, *window_ids(now), *s.actual, s.hold or "-", ACCOUNT_TTL_S]
             try:
                 self._connect()
                 reply = await self._call(self._settle_script, self._keys(s.tenant), args)

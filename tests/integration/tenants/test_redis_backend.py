@@ -67,6 +67,42 @@ async def test_redis_and_memory_backends_agree_on_every_decision(redis_server: R
         await r.close()
 
 
+async def test_meters_stay_exact_up_to_2_to_the_53(redis_server: RedisServer) -> None:
+    """The scripts take their arguments and answer as one comma-joined string: amounts past the 14
+    significant digits Lua's default number formatting keeps (a cost meter in nano-units reaches them
+    at about $100,000) must come back exactly, in the remaining-budget figures and the meters."""
+    b = backend(redis_server)
+    big = 2**53 - 12_345  # the largest integers a Lua number holds exactly
+    limits = (None, None, None, None, None, big + 7)
+    try:
+        v = b.reserve("rich", limits, (1, 0, 1, 1, 0, 1_234_567_890_123_456))  # type: ignore[arg-type]
+        verdict = v if isinstance(v, Verdict) else await v
+        assert verdict.granted
+        assert verdict.remaining[5] == big + 7 - 1_234_567_890_123_456
+        v = b.reserve("rich", limits, (1, 0, 1, 1, 0, big + 8))  # type: ignore[arg-type]
+        refused = v if isinstance(v, Verdict) else await v
+        assert not refused.granted
+        assert refused.denial is not None
+        assert refused.denial.in_use == 1_234_567_890_123_456  # exact, not 1.2345678901235e+15
+        # settled: the amount moves from reserved to used, and comes back exactly from there too
+        amounts = (1, 0, 1, 1, 0, 1_234_567_890_123_456)
+        writer = asyncio.create_task(b.run())
+        try:
+            b.settle(Settlement("rich", "m", amounts, amounts, 1, 1, 1, hold=verdict.hold))
+            for _ in range(400):
+                if not b.pending():
+                    break
+                await asyncio.sleep(0.005)
+        finally:
+            writer.cancel()
+        v = b.reserve("rich", limits, (1, 0, 1, 1, 0, big + 8))  # type: ignore[arg-type]
+        again = v if isinstance(v, Verdict) else await v
+        assert again.denial is not None
+        assert again.denial.in_use == 1_234_567_890_123_456
+    finally:
+        await b.close()
+
+
 async def test_two_clients_share_one_budget_without_double_spending(redis_server: RedisServer) -> None:
     """Two backends (as two EPP replicas) race for the last room: exactly the limit is granted."""
     a, b = backend(redis_server), backend(redis_server)
