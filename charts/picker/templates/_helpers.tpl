@@ -69,7 +69,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{- fail (printf "inferenceExtension.pluginsConfigFile %q is neither config.yaml nor a key of inferenceExtension.pluginsCustomConfig" $config) -}}
 {{- end -}}
 {{- range $flag, $_ := .Values.inferenceExtension.flags -}}
-{{- if has $flag (list "pool-name" "pool-namespace" "pool-group" "config-file" "grpc-port" "grpc-health-port" "metrics-port" "metrics-endpoint-auth" "ha-enable-leader-election") -}}
+{{- if has $flag (list "pool-name" "pool-namespace" "pool-group" "config-file" "grpc-port" "grpc-health-port" "metrics-port" "metrics-endpoint-auth" "ha-enable-leader-election" "tracing" "model-header") -}}
 {{- fail (printf "inferenceExtension.flags.%s is set by the chart from other values; set those instead" $flag) -}}
 {{- end -}}
 {{- end -}}

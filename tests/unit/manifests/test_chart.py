@@ -368,6 +368,45 @@ def test_tracing_sets_the_standard_otel_variables(render: Callable[..., list[Doc
     assert _flags(_container(render()))["--tracing"] == "false"
 
 
+def test_model_header_turns_on_header_only_mode_with_a_document_the_mode_accepts(
+    render: Callable[..., list[Doc]], crd_validator: Any
+) -> None:
+    from picker import cli
+    from picker.config import load_config_text
+    from picker.errors import ConfigError
+
+    assert "--model-header" not in _flags(_container(render()))
+    docs = render({"inferenceExtension": {"modelHeader": "x-ai-eg-model"}})
+    _validate_all(docs, crd_validator)
+    container = _container(docs)
+    assert _flags(container)["--model-header"] == "x-ai-eg-model"
+    args = [a.replace("$(NAMESPACE)", "inference") for a in container["args"]]
+    settings = cli.settings_from_args(cli.build_parser().parse_args(args), {})
+    assert settings.model_header == "x-ai-eg-model"
+    # the default document has prefill-queue-scorer, which the mode rejects at load: the chart mounts the
+    # header-only one under the same key, and the EPP loads it in that mode
+    mounted = _one(docs, "ConfigMap")["data"]["config.yaml"]
+    default = _one(render(), "ConfigMap")["data"]["config.yaml"]
+    with pytest.raises(ConfigError, match="prefill-queue-scorer"):
+        load_config_text(default, model_header="x-ai-eg-model")
+    config = load_config_text(mounted, model_header="x-ai-eg-model")
+    _plugins, (profile,), _detector = config.plugin_specs()
+    weights = dict(profile.plugins)
+    assert "prefill-queue-scorer" not in weights
+    assert weights["queue-scorer"] == 3
+    # a custom document is mounted as written (the operator's choice, checked by the EPP at load)
+    custom = render(
+        {
+            "inferenceExtension": {
+                "modelHeader": "x-ai-eg-model",
+                "pluginsConfigFile": "custom.yaml",
+                "pluginsCustomConfig": {"custom.yaml": mounted},
+            }
+        }
+    )
+    assert _flags(_container(custom))["--config-file"] == "/config/custom.yaml"
+
+
 def test_image_defaults_to_the_app_version_and_takes_a_digest(
     chart: Any, render: Callable[..., list[Doc]]
 ) -> None:
@@ -411,6 +450,8 @@ def test_several_target_ports(render: Callable[..., list[Doc]], crd_validator: A
         ({"inferencePool": {"targetPorts": []}}, "at least one port"),
         ({"inferenceExtension": {"failureMode": "Open"}}, "failureMode"),
         ({"inferenceExtension": {"flags": {"pool-name": "other"}}}, "set by the chart"),
+        ({"inferenceExtension": {"flags": {"model-header": "x-model"}}}, "set by the chart"),
+        ({"inferenceExtension": {"flags": {"tracing": True}}}, "set by the chart"),
         ({"inferenceExtension": {"pluginsConfigFile": "missing.yaml"}}, "pluginsConfigFile"),
     ],
 )
@@ -484,6 +525,7 @@ def test_upstream_value_keys_are_accepted(chart: Any) -> None:
         "inferenceExtension.monitoring.prometheus.auth.enabled",
         "inferenceExtension.monitoring.prometheus.auth.secretName",
         "inferenceExtension.monitoring.gke.enabled",
+        "inferenceExtension.modelHeader",
         "inferenceExtension.tracing.enabled",
         "inferenceExtension.tracing.otelExporterEndpoint",
         "inferenceExtension.tracing.sampling.sampler",
