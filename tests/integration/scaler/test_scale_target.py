@@ -4,7 +4,7 @@ workload controllers: scale subresource, pod-deletion-cost ordering, warm-up, HP
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,37 +15,12 @@ from picker.kube import load_api_client
 from picker.kube.client import KubeNotFoundError
 from picker.kube.configmap import EventRecorder
 from picker.kube.scale import DELETION_COST_ANNOTATION, VICTIM_DELETION_COST, ScaleTargetClient
-from picker.testing.kube_api import DEFAULT_RESOURCES, LEADER_WORKER_SETS, KubeApiEmulator
+from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment, hpa, leader_worker_set, statefulset
 from picker.testing.kube_workloads import WorkloadController
+from tests.integration.scaler.conftest import LABELS, NS
 
 pytestmark = pytest.mark.integration
-
-NS = "inference"
-LABELS = {"app": "vllm"}
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[tuple[KubeApiEmulator, WorkloadController]]:
-    emu = KubeApiEmulator(bookmark_interval=0.3, resources=(*DEFAULT_RESOURCES, LEADER_WORKER_SETS))
-    await emu.start()
-    ctl = WorkloadController(emu, warmup_s=0.3)
-    try:
-        yield emu, ctl
-    finally:
-        ctl.close()
-        await emu.stop()
-
-
-@pytest.fixture
-def api(
-    cluster: tuple[KubeApiEmulator, WorkloadController], tmp_path: Path
-) -> Iterator[k8s_client.ApiClient]:
-    client = load_api_client(cluster[0].write_kubeconfig(tmp_path / "kubeconfig", namespace=NS))
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 async def until(check: Callable[[], Any], within: float = 10.0) -> None:

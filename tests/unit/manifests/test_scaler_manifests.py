@@ -10,16 +10,19 @@ from tests.unit.manifests.test_rbac import EXPECTED as BASE_RULES
 from tests.unit.manifests.test_rbac import rbac_problems
 
 #: (apiGroup, resource, verb) of ScaleTargetClient's calls: read the target, patch its scale subresource,
-#: list and patch HPAs, annotate pods
+#: list and patch HPAs, annotate pods, post Events (that each is sent, and nothing else:
+#: tests/integration/scaler/test_scaler_rbac.py)
 SCALER_RULES = {
     ("apps", "deployments", "get"),
     ("apps", "statefulsets", "get"),
-    *(("apps", f"{r}/scale", v) for r in ("deployments", "statefulsets") for v in ("get", "patch")),
+    ("apps", "deployments/scale", "patch"),
+    ("apps", "statefulsets/scale", "patch"),
     ("leaderworkerset.x-k8s.io", "leaderworkersets", "get"),
-    *(("leaderworkerset.x-k8s.io", "leaderworkersets/scale", v) for v in ("get", "patch")),
+    ("leaderworkerset.x-k8s.io", "leaderworkersets/scale", "patch"),
     ("autoscaling", "horizontalpodautoscalers", "list"),
     ("autoscaling", "horizontalpodautoscalers", "patch"),
     ("", "pods", "patch"),
+    ("", "events", "create"),
 }
 
 
