@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 
 from picker.admin import build_admin_app, build_metrics_app
 from picker.admin.auth import MetricsAuth
@@ -46,7 +46,7 @@ from picker.state.datastore import Datastore
 from picker.state.endpoints import PoolInfo, parse_static_endpoints
 from picker.state.prefix import PrefixCacheState
 from picker.state.prices import PriceBook
-from picker.telemetry import ExternalCollector, Telemetry
+from picker.telemetry import ExternalCollector, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
 from picker.wiring import (
@@ -141,7 +141,8 @@ class Service:
         configure_health(self.datastore, self.config_store.active)
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
         # Prometheus client exports by default; the injected registry has none unless registered here.
-        ProcessCollector(registry=self.telemetry.registry)
+        # /proc is read at the first scrape, not here.
+        ProcessMetrics(self.telemetry.registry)
         #: tenant metering and budgets; off until a config with a ``tenants`` section is applied (start)
         self.tenants = TenantService(
             self.telemetry.registry,

@@ -10,6 +10,7 @@ The public surface is this package; its modules hold one concern each:
 * :mod:`~picker.telemetry.external` - external endpoints' requests, window usage and limits at scrape time;
 * :mod:`~picker.telemetry.merge` - ``--workers``: worker exports merged for the supervisor;
 * :mod:`~picker.telemetry.exposition` - what ``/metrics`` renders (no ``*_created`` series);
+* :mod:`~picker.telemetry.process` - the standard ``process_*`` series, ``/proc`` read when collected;
 * :mod:`~picker.telemetry.buckets` - the reference's bucket boundaries.
 """
 
@@ -30,6 +31,7 @@ from picker.telemetry.fast import FastCounter, FastGauge, FastHistogram
 from picker.telemetry.merge import FamilyData, MergedRequestMetrics, export_families
 from picker.telemetry.observer import MAX_MODEL_LABELS, Telemetry
 from picker.telemetry.pool import SnapshotSource
+from picker.telemetry.process import ProcessMetrics
 
 __all__ = [
     "ALPHA",
@@ -49,6 +51,7 @@ __all__ = [
     "FastGauge",
     "FastHistogram",
     "MergedRequestMetrics",
+    "ProcessMetrics",
     "SnapshotSource",
     "Telemetry",
     "export_families",
