@@ -6,8 +6,9 @@ characters per token. ``r`` starts from the configuration (``estimation.charsPer
 4.0, English text on BPE vocabularies) and, with ``estimation.learn`` (default), follows what responses
 report: after each response with usage, ``r <- r + 0.1 * (chars / prompt_tokens - r)`` (an exponential
 average over about the last ten responses of that model). The ratio absorbs the chat template's tokens,
-which the character count does not see. At most :data:`MAX_MODELS` models are learned; more use the start
-value.
+which the character count does not see. At most :data:`MAX_MODELS` models are learned, each named in at
+most :data:`MAX_MODEL_NAME` characters (the name comes from the request body: a learned ratio must not
+keep a client's 1 MiB model string alive); others use the start value.
 
 **Input, tokenizer** (``estimation.tokenizers``): the model's Hugging Face ``tokenizer.json`` is loaded
 from a local path with the ``tokenizers`` package (an optional dependency: ``pip install
@@ -31,9 +32,19 @@ import orjson
 
 from picker.errors import ConfigError
 
-__all__ = ["MAX_MODELS", "TokenEstimator", "Tokenizer", "count_events", "load_tokenizer", "text_chars"]
+__all__ = [
+    "MAX_MODELS",
+    "MAX_MODEL_NAME",
+    "TokenEstimator",
+    "Tokenizer",
+    "count_events",
+    "load_tokenizer",
+    "text_chars",
+]
 
 MAX_MODELS: Final = 256
+#: the longest model name whose ratio is learned (the bound of a metric label value, picker.labels)
+MAX_MODEL_NAME: Final = 256
 _ALPHA: Final = 0.1
 _MIN_RATIO: Final = 0.5
 _MAX_RATIO: Final = 32.0
@@ -125,7 +136,7 @@ class TokenEstimator:
         ratios = self._ratios
         current = ratios.get(model)
         if current is None:
-            if len(ratios) >= MAX_MODELS:
+            if len(ratios) >= MAX_MODELS or len(model) > MAX_MODEL_NAME:
                 return
             current = self._default
         sample = min(_MAX_RATIO, max(_MIN_RATIO, prompt_chars / prompt_tokens))

@@ -97,6 +97,46 @@ async def serving_ports(process: Process, deadline_s: float = 30.0) -> Ports:
 Spawn = Callable[[Sequence[str]], Awaitable[Process]]
 
 
+def rss(pid: int) -> int:
+    """The resident set of process ``pid`` in bytes (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class PeakRss:
+    """The largest resident set of process ``pid`` while the context is open: sampled every
+    ``interval_s`` in the background, at entry and at exit (so what stays resident is always seen)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> int:
+        self.peak = max(self.peak, rss(self.pid))
+        return self.peak
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)
+
+    async def __aenter__(self) -> PeakRss:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+
+
 @pytest.fixture
 async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
     """Start a CLI process (killed at teardown if a test left it running)."""

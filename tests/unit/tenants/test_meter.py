@@ -11,6 +11,7 @@ from picker.config.tenants import TenantsConfig
 from picker.errors import TenantRefused
 from picker.extproc.usage import SSEUsageScanner, usage_from_json
 from picker.tenants import MemoryBackend, Settlement, Tenancy, Ticket
+from picker.tenants.estimate import MAX_MODEL_NAME, TokenEstimator
 from picker.tenants.ledger import TOKENS_MINUTE
 from picker.tenants.meter import format_reset
 from picker.tenants.policy import NANO, TenantsPolicy
@@ -292,6 +293,17 @@ def test_learned_ratio_follows_reported_prompt_tokens(tenancy: Tenancy) -> None:
     assert tenancy.estimator.ratio("cjk") == pytest.approx(1.5, rel=0.01)
     assert admit(tenancy, "acme", model="cjk", chars=300, max_tokens=1).input_tokens in (200, 201)
     assert tenancy.estimator.ratio("m") == 4.0
+
+
+def test_ratios_are_not_learned_for_models_a_client_named_too_long() -> None:
+    """The model comes from the request body: a learned ratio keyed by a 1 MiB name would keep it alive
+    (the label flood test of a real process found 128 such names resident)."""
+    estimator = TokenEstimator()
+    long = "m" * (MAX_MODEL_NAME + 1)
+    estimator.observe(long, 300, 200)
+    estimator.observe("m" * MAX_MODEL_NAME, 300, 200)
+    assert estimator.ratio(long) == 4.0
+    assert estimator.ratio("m" * MAX_MODEL_NAME) == pytest.approx(4.0 + 0.1 * (1.5 - 4.0))
 
 
 def test_format_reset() -> None:
