@@ -27,7 +27,11 @@ supervisor every 50 ms (``["prefix", records]``), which applies them and forward
 
 Metrics: request-path metrics are recorded in each worker and sent to the supervisor about once a second
 over the worker's pipe (:class:`picker.telemetry.MergedRequestMetrics` sums them), so ``/metrics`` lags by
-up to a second. Pool gauges, scrape and config metrics come from the supervisor as usual.
+up to a second. Pool gauges, scrape and config metrics come from the supervisor as usual. Tenant metrics:
+with the memory backend the budget is the supervisor's and so are its counts; with Redis each worker
+sends, with its snapshot, the tenants' usage and backend failures it counted since the last one (added
+up by the supervisor) and the meters its Redis replies showed (the newest kept, never added: they are one
+shared state), ``picker.tenants.remote``. A worker killed outright loses up to a second of those counts.
 
 Lifecycle: a worker exits when its pipe to the supervisor closes (the supervisor died, however), and
 drains for 5 s on SIGTERM/SIGINT or a stop message. The supervisor restarts a worker that dies (its open
@@ -82,7 +86,7 @@ from picker.state.segment import SharedLayout, SharedSegment
 from picker.state.view import SharedView
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 from picker.tenants.flow import FlowController, flow_limits
-from picker.tenants.remote import VERDICT, BudgetHost, SupervisorBackend
+from picker.tenants.remote import USAGE, VERDICT, BudgetHost, SupervisorBackend
 from picker.tenants.service import TenantService
 from picker.wiring import (
     BuildInfo,
@@ -308,7 +312,9 @@ class _Worker:
         tasks = [
             asyncio.create_task(self._listen(channel, store), name="supervisor"),
             asyncio.create_task(
-                self._follow(store, (*telemetry.request_metrics(), *flow.request_metrics()), channel),
+                self._follow(
+                    store, (*telemetry.request_metrics(), *flow.request_metrics()), tenants, channel
+                ),
                 name="follow",
             ),
             asyncio.create_task(tenants.run(), name="tenants"),
@@ -326,6 +332,8 @@ class _Worker:
                 self.hold.close()
             await server.stop(grace=DRAIN_S)
             channel.send(["metrics", export_families(telemetry.request_metrics())])
+            if (usage := tenants.export()) is not None:
+                channel.send([USAGE, *usage])
             await channel.drain()
             channel.close()
             del self.view
@@ -353,9 +361,11 @@ class _Worker:
                 self._stop.set()
                 return
 
-    async def _follow(self, store: ConfigStore, shipped: tuple[Any, ...], channel: _Channel) -> None:
-        """Apply config documents the supervisor publishes; send prefix records and snapshots of the
-        ``shipped`` metrics."""
+    async def _follow(
+        self, store: ConfigStore, shipped: tuple[Any, ...], tenants: TenantService, channel: _Channel
+    ) -> None:
+        """Apply config documents the supervisor publishes; send prefix records, snapshots of the
+        ``shipped`` metrics and what the tenants' Redis backend counted."""
         next_metrics = time.monotonic()
         while True:
             self.view.refresh()
@@ -371,6 +381,8 @@ class _Worker:
             if now >= next_metrics:
                 next_metrics = now + METRICS_INTERVAL_S
                 channel.send(["metrics", export_families(shipped)])
+                if (usage := tenants.export()) is not None:
+                    channel.send([USAGE, *usage])
                 await channel.drain()
             await asyncio.sleep(0.05)
 
@@ -626,7 +638,7 @@ async def _supervise(settings: Settings) -> None:
         merged = MergedRequestMetrics((*service.telemetry.request_metrics(), *service.flow.request_metrics()))
         service.telemetry.registry.register(merged)
         tenants = service.tenants
-        budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected)
+        budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected, relay=tenants)
         held = service.held_elsewhere
         store, prefix = service.config_store, service.prefix
 

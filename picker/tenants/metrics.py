@@ -79,6 +79,8 @@ class TenantMetrics:
             ["fail_mode"],
             registry=registry,
         )
+        #: backend failures counted since :meth:`take_counts`, by fail mode (what a worker passes on)
+        self._failures_untaken: dict[str, int] = {}
         self._tenants = BoundedLabel(max_values=label_values, max_length=label_length, pinned=(OTHER,))
         registry.register(_WindowCollector(accounts, self._tenants))
         self._models = BoundedLabel(max_values=MAX_MODELS, max_length=label_length)
@@ -96,13 +98,16 @@ class TenantMetrics:
             return
         # two set lookups for known values; keyed by the labels, never by what a peer sent (a 1 MiB model
         # name must not be kept alive as a cache key)
-        label = (self._tenants(s.tenant), self._models(s.model))
+        self._add(s.tenant, s.model, s.input_tokens, s.output_tokens, s.cost_nano)
+
+    def _add(self, tenant: str, model: str, inp: int, out: int, nano: int) -> None:
+        label = (self._tenants(tenant), self._models(model))
         row = self.usage.get(label)
         if row is None:
             row = self.usage[label] = [0, 0, 0]
-        row[0] += s.input_tokens
-        row[1] += s.output_tokens
-        row[2] += s.cost_nano
+        row[0] += inp
+        row[1] += out
+        row[2] += nano
 
     def rejected(self, tenant: str, reason: str) -> None:
         self.rejections_total.labels(self._tenants(tenant), reason).inc()
@@ -112,6 +117,23 @@ class TenantMetrics:
 
     def backend_failure(self, fail_mode: str) -> None:
         self.backend_failures.labels(fail_mode).inc()
+        self._failures_untaken[fail_mode] = self._failures_untaken.get(fail_mode, 0) + 1
+
+    def take_counts(self) -> tuple[list[list[Any]], dict[str, int]]:
+        """The usage rows ``[tenant, model, input, output, cost nano]`` and backend failures counted since
+        the last call, moved out of this process: a ``--workers`` worker passes them to the supervisor,
+        whose ``/metrics`` is the only one (:meth:`add_counts`); the worker's own counters restart at 0."""
+        rows = [[tenant, model, *values] for (tenant, model), values in self.usage.items()]
+        self.usage.clear()
+        failures, self._failures_untaken = self._failures_untaken, {}
+        return rows, failures
+
+    def add_counts(self, rows: Iterable[list[Any]], failures: dict[str, int]) -> None:
+        """Another process's :meth:`take_counts`, added to this one's counters (labels bounded again)."""
+        for tenant, model, inp, out, nano in rows:
+            self._add(str(tenant), str(model), int(inp), int(out), int(nano))
+        for fail_mode, count in failures.items():
+            self.backend_failures.labels(fail_mode).inc(int(count))
 
 
 class _UsageCollector(Collector):

@@ -10,7 +10,8 @@ Keys (``keyPrefix``, default ``picker:tenants:``; ``{tenant}`` hash-tags keep on
 Redis Cluster slot):
 
 * ``<prefix>{<tenant>}:m`` - a hash of the six meters: ``w<i>`` window id, ``u<i>`` used, ``r<i>``
-  reserved. Expires 40 days after its last change (longer than the monthly window).
+  reserved, and ``v``, a version every script's change increments (so the replies of several processes can
+  be put in order). Expires 40 days after its last change (longer than the monthly window).
 * ``<prefix>{<tenant>}:h`` + ``:z`` - the open reservations: amounts by reservation id, and the id's expiry
   time (``reservationTtl`` after admission, 15 min). A replica that dies with streams open cannot leak
   their reservations: every admission first releases expired ones. A settlement subtracts its reservation
@@ -22,6 +23,10 @@ admits requests unchecked (their usage is still counted locally and queued, up t
 change of state logs one line saying which, and ``picker_tenant_backend_up`` /
 ``picker_tenant_backend_failures_total{fail_mode}`` count it. While down, a probe pings every
 :data:`PROBE_S`; redis-py reconnects, and scripts are reloaded if the server lost them (a restart).
+
+Why one module: the Lua scripts and the client code that packs their arguments and reads their replies
+share one positional layout (a field added to a reply, like the version, is read three places below);
+split, neither half can be read or changed without the other open.
 """
 
 from __future__ import annotations
@@ -42,13 +47,24 @@ from redis.exceptions import NoScriptError, RedisError
 from picker.config.tenants import RedisConfig
 from picker.errors import ConfigError, TenantUnavailable
 from picker.tenants.backend import AccountView, NullSink, Settlement, UsageSink, Verdict
-from picker.tenants.ledger import N_METERS, Denial, Limits, Vector, now_wall, window_end, window_ids
+from picker.tenants.ledger import (
+    COST_MONTH,
+    N_METERS,
+    Denial,
+    Limits,
+    Vector,
+    now_wall,
+    window_end,
+    window_ids,
+)
 
 __all__ = ["MAX_PENDING", "PROBE_S", "RedisBackend"]
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING: Final = 10_000
+#: tenants whose last seen meters are kept (``/debug/tenants`` and the window gauges)
+MAX_SEEN: Final = 100_000
 PROBE_S: Final = 1.0
 ACCOUNT_TTL_S: Final = 40 * 86400
 RESERVATION_TTL_S: Final = 900.0
@@ -79,6 +95,7 @@ for _, hold in ipairs(expired) do
   end
   redis.call('ZREM', z, hold)
 end
+local version = 0
 local function save(ttl)
   local args = {}
   for i = 1, 6 do
@@ -88,12 +105,14 @@ local function save(ttl)
     table.insert(args, 'r'..k); table.insert(args, r[i])
   end
   redis.call('HSET', m, unpack(args))
+  version = redis.call('HINCRBY', m, 'v', 1)
   redis.call('EXPIRE', m, ttl)
 end
 local function state(code, meter)
   local out = {code, meter}
   for i = 1, 6 do out[#out + 1] = string.format('%d', u[i]) end
   for i = 1, 6 do out[#out + 1] = string.format('%d', r[i]) end
+  out[#out + 1] = string.format('%d', version)
   return table.concat(out, ',')
 end
 """
@@ -145,6 +164,10 @@ return state(1, -1)
 )
 
 
+#: used, reserved, limits, window ids, and the version of the account the script reply showed
+_Seen = tuple[tuple[int, ...], tuple[int, ...], Limits | None, tuple[int, ...], int]
+
+
 class RedisBackend:
     """The :class:`picker.tenants.backend.Backend` of several replicas. :meth:`run` keeps the writer and
     the probe going; constructing it opens no connection."""
@@ -170,7 +193,9 @@ class RedisBackend:
         self._ids = itertools.count()
         self._replica = f"{os.getpid():x}{id(self) & 0xFFFF:x}"
         #: the meters of each tenant as the last script reply showed them
-        self._seen: dict[str, tuple[tuple[int, ...], tuple[int, ...], Limits | None, tuple[int, ...]]] = {}
+        self._seen: dict[str, _Seen] = {}
+        #: tenants whose entry in ``_seen`` changed since :meth:`take_changed`
+        self._changed: set[str] = set()
         self._sink.backend_up(up=True)
 
     # ------------------------------------------------------------------------------------- plumbing
@@ -261,7 +286,7 @@ class RedisBackend:
         granted, meter = reply[0], reply[1]
         used = tuple(reply[2:8])
         reserved = tuple(reply[8:14])
-        self._remember(tenant, used, reserved, limits, ids)
+        self._remember(tenant, used, reserved, limits, ids, version=reply[14])
         remaining = tuple(
             None if limits is None or limits[i] is None else max(0, limits[i] - used[i] - reserved[i])  # type: ignore[operator]
             for i in range(N_METERS)
@@ -310,16 +335,44 @@ class RedisBackend:
         reserved: tuple[int, ...],
         limits: Limits | None,
         ids: Vector,
+        *,
+        version: int,
     ) -> None:
-        if tenant in self._seen or len(self._seen) < 100_000:
-            self._seen[tenant] = (used, reserved, limits, ids)
+        if tenant in self._seen or len(self._seen) < MAX_SEEN:
+            self._seen[tenant] = (used, reserved, limits, ids, version)
+            self._changed.add(tenant)
 
     def accounts(self) -> Iterator[AccountView]:
         """Each tenant's meters as the last script reply showed them (Redis is not read at scrape time)."""
         ids = window_ids(self._clock())
-        for tenant, (used, reserved, limits, seen_ids) in self._seen.items():
+        for tenant, (used, reserved, limits, seen_ids, _version) in self._seen.items():
             current = tuple(u if seen_ids[i] == ids[i] else 0 for i, u in enumerate(used))
             yield AccountView(tenant, current, reserved, limits, ids)
+
+    def take_changed(self) -> list[list[Any]]:
+        """The meters of every tenant whose script reply changed them since the last call, as plain data
+        for :meth:`observe` in another process: ``[tenant, used, reserved, limits, windows, version]``."""
+        out = []
+        for tenant in self._changed:
+            seen = self._seen.get(tenant)
+            if seen is not None:
+                used, reserved, limits, ids, version = seen
+                plain_limits = None if limits is None else list(limits)
+                out.append([tenant, list(used), list(reserved), plain_limits, list(ids), version])
+        self._changed.clear()
+        return out
+
+    def observe(self, views: list[list[Any]]) -> None:
+        """Meters another process's replies showed (a ``--workers`` worker's :meth:`take_changed`), kept
+        where they are newer than what this backend saw. Redis holds one state per tenant and every reply
+        shows all of it, so the newest reply of any process is the whole truth and nothing is added up.
+        Newest: the later month, then the higher version (the account's change count in Redis; it
+        restarts when an idle account expires, 40 days on, by when the month has changed)."""
+        for tenant, used, reserved, limits, ids, version in views:
+            seen = self._seen.get(tenant)
+            if seen is None or (seen[3][COST_MONTH], seen[4]) <= (ids[COST_MONTH], version):
+                lim = None if limits is None else tuple(limits)
+                self._remember(tenant, tuple(used), tuple(reserved), lim, tuple(ids), version=int(version))
 
     # ------------------------------------------------------------------------------------- tasks
     async def run(self) -> None:
@@ -344,7 +397,12 @@ class RedisBackend:
             self._pending.popleft()
             seen = self._seen.get(s.tenant)
             self._remember(
-                s.tenant, tuple(reply[2:8]), tuple(reply[8:14]), seen[2] if seen else None, window_ids(now)
+                s.tenant,
+                tuple(reply[2:8]),
+                tuple(reply[8:14]),
+                seen[2] if seen else None,
+                window_ids(now),
+                version=reply[14],
             )
 
     async def _probe(self) -> None:

@@ -12,9 +12,13 @@ six meters of one tenant atomically, which the supervisor's single event loop gi
   :class:`~picker.tenants.backend.MemoryBackend` (whose sink counts the usage metrics, so ``/metrics`` and
   ``/debug/tenants`` of the supervisor show every worker's tenants) with ``["tenants.verdict", id, ...]``,
   and remembers each worker's open reservations: when a worker dies they are given back.
+* With the Redis backend the workers talk to Redis themselves; about once a second each sends
+  ``["tenants.usage", rows, failures, up, meters]`` (``TenantService.export``): what it counted since the
+  last one and the meters its script replies showed, which the supervisor's ``TenantService.merge_worker``
+  adds to (counters) or keeps the newest of (meters) for its ``/metrics`` and ``/debug/tenants``.
 
-Messages are JSON lists (the workers' channel); integers and None only, no peer text but tenant ids,
-which the worker already bounded.
+Messages are JSON lists (the workers' channel); integers and None only, no peer text but tenant ids and
+model labels, which the worker already bounded.
 """
 
 from __future__ import annotations
@@ -22,17 +26,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from picker.tenants.backend import AccountView, MemoryBackend, Settlement, Verdict
 from picker.tenants.ledger import Denial, Limits, Vector, actual_vector
 
-__all__ = ["REJECTED", "RESERVE", "SETTLE", "VERDICT", "BudgetHost", "SupervisorBackend"]
+__all__ = [
+    "REJECTED",
+    "RESERVE",
+    "SETTLE",
+    "USAGE",
+    "VERDICT",
+    "BudgetHost",
+    "SupervisorBackend",
+    "WorkerRelay",
+]
 
 RESERVE = "tenants.reserve"
 VERDICT = "tenants.verdict"
 SETTLE = "tenants.settle"
 REJECTED = "tenants.rejected"
+USAGE = "tenants.usage"
 _ZERO: Vector = (0, 0, 0, 0, 0, 0)
 
 
@@ -104,12 +118,27 @@ class SupervisorBackend:
                 )
 
 
-class BudgetHost:
-    """The supervisor's side: reservations and settlements of every worker against one memory backend."""
+class WorkerRelay(Protocol):
+    """Where the supervisor takes the workers' Redis-backend counts (``TenantService``)."""
 
-    def __init__(self, backend: Callable[[], MemoryBackend], rejected: Callable[[str, str], None]) -> None:
+    def merge_worker(self, worker: int, export: list[Any]) -> None: ...
+
+    def retire_worker(self, worker: int) -> None: ...
+
+
+class BudgetHost:
+    """The supervisor's side: reservations and settlements of every worker against one memory backend,
+    and the workers' Redis-backend counts passed to ``relay``."""
+
+    def __init__(
+        self,
+        backend: Callable[[], MemoryBackend],
+        rejected: Callable[[str, str], None],
+        relay: WorkerRelay | None = None,
+    ) -> None:
         self._backend = backend
         self._rejected = rejected
+        self._relay = relay
         self._holds: dict[int, dict[str, tuple[str, Vector]]] = {}
         self._ids = itertools.count(1)
 
@@ -139,10 +168,14 @@ class BudgetHost:
             return None
         if kind == REJECTED:
             self._rejected(message[1], message[2])
+        elif kind == USAGE and self._relay is not None:
+            self._relay.merge_worker(worker, message[1:])
         return None
 
     def retire(self, worker: int) -> int:
         """The worker is gone: give back every reservation it still held (its streams died with it)."""
+        if self._relay is not None:
+            self._relay.retire_worker(worker)
         holds = self._holds.pop(worker, {})
         backend = self._backend()
         for tenant, reserved in holds.values():

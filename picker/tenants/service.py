@@ -65,6 +65,8 @@ class TenantService:
         self._prepared: dict[str, Tokenizer] = {}
         self._changed = asyncio.Event()
         self._retired: list[RedisBackend] = []
+        #: ``--workers`` supervisor: whether each worker's Redis backend answers (:meth:`merge_worker`)
+        self._workers_up: dict[int, bool] = {}
 
     @property
     def active(self) -> bool:
@@ -114,6 +116,7 @@ class TenantService:
             if cfg.backend.redis != self._redis_cfg or self.redis is None:
                 if self.redis is not None:
                     self._retired.append(self.redis)
+                self._workers_up.clear()
                 self.redis = RedisBackend(cfg.backend.redis, sink=self.metrics, clock=self._clock)
                 self._redis_cfg = cfg.backend.redis
                 self._changed.set()
@@ -122,6 +125,7 @@ class TenantService:
             if self.redis is not None:
                 self._retired.append(self.redis)
                 self.redis, self._redis_cfg = None, None
+                self._workers_up.clear()
                 self._changed.set()
             self.tenancy.backend = self._shared if self._shared is not None else self.memory
         self.tenancy.apply(TenantsPolicy.from_config(cfg))
@@ -160,11 +164,42 @@ class TenantService:
         return {
             "enabled": True,
             "backend": "redis" if redis is not None else "memory",
-            "backendUp": redis.up if redis is not None else True,
+            "backendUp": redis.up and all(self._workers_up.values()) if redis is not None else True,
             "currency": policy.currency,
             "trackedIds": self.tenancy.ids.tracked(),
             "tenants": out,
         }
+
+    # ------------------------------------------------------------------------ --workers and Redis
+    # A worker's Redis backend counts into the worker's TenantMetrics, which no /metrics serves; the
+    # supervisor's is the one. What each worker counted is a per-process counter: passed on as increments
+    # and added up. The meters live once in Redis: each reply shows a tenant's whole state, so the supervisor
+    # keeps the newest reply any worker saw and adds nothing up (two workers must not double a gauge).
+
+    def export(self) -> list[Any] | None:
+        """A worker's message for the supervisor's :meth:`merge_worker` (about once a second), or None
+        when there is nothing to pass on: ``[usage rows, failures, backend up, changed meters]``."""
+        rows, failures = self.metrics.take_counts()
+        redis = self.redis if self.tenancy.backend is self.redis else None
+        if redis is None and not rows and not failures:
+            return None
+        views = redis.take_changed() if redis is not None else []
+        return [rows, failures, redis.up if redis is not None else True, views]
+
+    def merge_worker(self, worker: int, export: list[Any]) -> None:
+        """The supervisor's side of :meth:`export`: counts added, the backend up only while every worker
+        says so, the newest meters kept."""
+        rows, failures, up, views = export
+        self.metrics.add_counts(rows, failures)
+        if self.redis is not None and self.tenancy.backend is self.redis:  # else: sent before a reload
+            self._workers_up[worker] = bool(up)
+            self.metrics.backend_up(up=all(self._workers_up.values()))
+            self.redis.observe(views)
+
+    def retire_worker(self, worker: int) -> None:
+        """The worker is gone: its backend state no longer counts (its counts stay added)."""
+        if self._workers_up.pop(worker, None) is not None:
+            self.metrics.backend_up(up=all(self._workers_up.values()))
 
     def accounts(self) -> Iterator[AccountView]:
         backend = self.tenancy.backend

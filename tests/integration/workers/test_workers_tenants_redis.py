@@ -1,0 +1,137 @@
+"""``--workers 2`` with the tenants' Redis backend: the supervisor's ``/metrics`` shows the tenants right.
+
+Each worker talks to a real ``redis-server`` itself. What a worker counts (tokens, cost, refusals, backend
+failures) is a per-process counter: the supervisor adds the workers' counts up. The window gauges
+(``ai_tokens_used``, ``ai_tokens_limit``, ``ai_cost_*``) are one state shared in Redis: the supervisor shows
+it once (the newest reply either worker saw), never the sum of the two workers' views of it. The model
+server's answer is played by the client (usage = the reservation), so every number is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from picker.testing.envoy import HttpRequest, UpstreamResponse
+from picker.testing.redis_server import RedisServer
+from picker.testing.tools import tool
+from tests.integration.workers.test_workers import Tree, _samples, _start_tree, eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CONFIG = """\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+tenants:
+  estimation: {{learn: false}}
+  defaultTier: shared
+  tiers: [{{name: shared, limits: {{tokensPerHour: 100000, costPerDay: 50}}}}]
+  prices: [{{model: m, inputPer1M: 1000, outputPer1M: 2000}}]
+  backend:
+    type: redis
+    redis: {{url: "{url}", timeout: 2s, failMode: open}}
+"""
+# 4 characters of prompt = 1 token, plus max_tokens 100: 101 tokens reserved and (by the answer) used
+BODY = json.dumps({"model": "m", "prompt": "abcd", "max_tokens": 100}).encode()
+TOO_LARGE = json.dumps({"model": "m", "prompt": "abcd", "max_tokens": 200_000}).encode()
+ANSWER = UpstreamResponse(
+    chunks=[
+        json.dumps(
+            {"object": "text_completion", "usage": {"prompt_tokens": 1, "completion_tokens": 100}}
+        ).encode()
+    ]
+)
+COST = (1 * 1000 + 100 * 2000) / 1e6  # per request, currency units
+
+
+@pytest.fixture
+async def redis_tree(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Tree]]:
+    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        async with _start_tree("--config-text", CONFIG.format(url=redis.url)) as t:
+            yield redis, t
+    finally:
+        redis.stop()
+
+
+async def _status(t: Tree, tenant: str, body: bytes = BODY) -> int:
+    """One exchange on a new connection (so that either worker may take it): 200 or the refusal's status."""
+    client = await t.new_client()
+    result = await client.exchange(HttpRequest(body=body, headers=[("x-tenant-id", tenant)]), ANSWER)
+    return result.immediate.status if result.immediate is not None else 200
+
+
+async def _value(t: Tree, name: str, **labels: str) -> list[float]:
+    return [v for got, v in await _samples(t, name) if all(got.get(k) == x for k, x in labels.items())]
+
+
+async def test_tenant_metrics_of_redis_workers_are_counted_once(
+    redis_tree: tuple[RedisServer, Tree],
+) -> None:
+    redis, t = redis_tree
+    left = 3600 - time.time() % 3600  # the hour's and day's windows: do not straddle their end
+    if left < 30:
+        await asyncio.sleep(left + 0.5)
+    sent = 0
+    while sent < 64:
+        assert await _status(t, "acme") == 200
+        sent += 1
+        if sent >= 6 and all(w["picks"] >= 2 for w in await t.workers()):
+            break
+    assert all(w["picks"] >= 2 for w in await t.workers()), await t.workers()
+    assert [await _status(t, "huge", TOO_LARGE) for _ in range(2)] == [429, 429]
+
+    async def counted() -> bool:
+        return await _value(t, "ai_tokens_total", tenant="acme", kind="output") == [100.0 * sent]
+
+    await eventually(counted, "both workers' tokens on the supervisor's /metrics")
+    assert await _value(t, "ai_tokens_total", tenant="acme", model="m", kind="input") == [1.0 * sent]
+    (cost,) = await _value(t, "ai_cost_total", tenant="acme", model="m")
+    assert cost == pytest.approx(COST * sent)
+    assert await _value(t, "picker_tenant_rejections_total", tenant="huge") == [2.0]
+
+    async def shared_state() -> bool:
+        return await _value(t, "ai_tokens_used", tenant="acme", window="hour") == [101.0 * sent]
+
+    await eventually(shared_state, "the tokens used in Redis, once")
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        assert int(await client.hget("picker:tenants:{acme}:m", "u1")) == 101 * sent
+    finally:
+        await client.aclose()
+    assert await _value(t, "ai_tokens_limit", tenant="acme", window="hour") == [100000.0]
+    assert await _value(t, "ai_tokens_reserved", tenant="acme", window="hour") == [0.0]
+    (used,) = await _value(t, "ai_cost_used", tenant="acme", window="day")
+    assert used == pytest.approx(COST * sent)
+    assert await _value(t, "ai_cost_limit", tenant="acme", window="day") == [50.0]
+    assert await _value(t, "picker_tenant_backend_up") == [1.0]
+    doc = await t.get("/debug/tenants")
+    (row,) = [r for r in doc["tenants"] if r["tenant"] == "acme"]
+    assert row["meters"]["tokensPerHour"]["used"] == 101 * sent
+    assert doc["backend"] == "redis"
+
+    # Redis goes away: the workers admit unchecked (failMode open), each failure counted once
+    redis.stop()
+    for _ in range(4):
+        assert await _status(t, "acme") == 200
+
+    async def down() -> bool:
+        failures = await _value(t, "picker_tenant_backend_failures_total", fail_mode="open")
+        return failures == [4.0] and await _value(t, "picker_tenant_backend_up") == [0.0]
+
+    await eventually(down, "the failures and the backend down on the supervisor's /metrics")
+    assert (await t.get("/debug/tenants"))["backendUp"] is False
+    redis.start()
+
+    async def up() -> bool:
+        return await _value(t, "picker_tenant_backend_up") == [1.0]
+
+    await eventually(up, "every worker's backend up again")
