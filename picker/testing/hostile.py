@@ -11,6 +11,7 @@ Behaviours (``mode``):
   chunks, say).
 * ``gzip-bomb``: a chunked, gzip-encoded page that inflates to ``total`` bytes (megabytes on the wire).
 * ``close-delimited``: no length, no chunking: ``total`` bytes then close.
+* ``content-length``: ``Content-Length: total``, then that many bytes (a page declared far over the cap).
 * ``endless-size-line``: a chunk-size line of hex digits that never ends.
 * ``page``: ``body`` as an ordinary Content-Length page (the fuzz test sets random pages).
 
@@ -35,6 +36,7 @@ MODES: Final = (
     "many-chunks",
     "gzip-bomb",
     "close-delimited",
+    "content-length",
     "endless-size-line",
     "page",
 )
@@ -145,6 +147,11 @@ class HostileMetricsServer:
             head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
             await self._write(writer, head % len(self.body) + self.body)
             return True
+        if mode == "content-length":
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+            await self._write(writer, head % self._total)
+            await self._stream(writer, b"", b"")
+            return False
         if mode == "close-delimited":
             await self._write(writer, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
             await self._stream(writer, b"", b"")

@@ -57,7 +57,9 @@ async def peak_rss(pid: int, seconds: float) -> int:
     return peak
 
 
-@pytest.mark.parametrize("mode", ["endless-chunk", "many-chunks", "gzip-bomb", "close-delimited"])
+@pytest.mark.parametrize(
+    "mode", ["endless-chunk", "many-chunks", "gzip-bomb", "close-delimited", "content-length"]
+)
 async def test_memory_stays_bounded_while_a_model_server_sends_an_endless_page(
     spawn: Spawn, mode: str
 ) -> None:
