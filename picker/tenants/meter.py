@@ -157,8 +157,8 @@ def rate_headers(verdict: Verdict, limits: Limits, now: float) -> list[tuple[str
             continue
         limit = limits[i]
         left = remaining[i]
-        assert limit is not None
-        assert left is not None
+        if limit is None or left is None:  # a fail-open verdict (the budget store did not answer)
+            continue
         text = _money if cost else str
         out.append((limit_key, text(limit)))
         out.append((remaining_key, text(left)))

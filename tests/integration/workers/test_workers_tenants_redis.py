@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 import redis.asyncio as aioredis
 
@@ -66,6 +67,7 @@ async def _status(t: Tree, tenant: str, body: bytes = BODY) -> int:
     """One exchange on a new connection (so that either worker may take it): 200 or the refusal's status."""
     client = await t.new_client()
     result = await client.exchange(HttpRequest(body=body, headers=[("x-tenant-id", tenant)]), ANSWER)
+    assert result.code == grpc.StatusCode.OK, result.details  # the stream itself never fails
     return result.immediate.status if result.immediate is not None else 200
 
 

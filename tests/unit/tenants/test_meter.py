@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,8 +12,9 @@ from picker.config.tenants import TenantsConfig
 from picker.errors import TenantRefused
 from picker.extproc.usage import SSEUsageScanner, usage_from_json
 from picker.tenants import MemoryBackend, Settlement, Tenancy, Ticket
+from picker.tenants.backend import AccountView, Verdict
 from picker.tenants.estimate import MAX_MODEL_NAME, TokenEstimator
-from picker.tenants.ledger import TOKENS_MINUTE
+from picker.tenants.ledger import TOKENS_MINUTE, window_ids
 from picker.tenants.meter import format_reset
 from picker.tenants.policy import NANO, TenantsPolicy
 
@@ -293,6 +295,34 @@ def test_learned_ratio_follows_reported_prompt_tokens(tenancy: Tenancy) -> None:
     assert tenancy.estimator.ratio("cjk") == pytest.approx(1.5, rel=0.01)
     assert admit(tenancy, "acme", model="cjk", chars=300, max_tokens=1).input_tokens in (200, 201)
     assert tenancy.estimator.ratio("m") == 4.0
+
+
+class UnknownBudget:
+    """The Redis backend while Redis does not answer, with ``failMode: open``: admitted, budget unknown."""
+
+    def __init__(self, clock: WallClock) -> None:
+        self._clock = clock
+
+    def reserve(self, tenant: str, limits: object, amounts: object) -> Verdict:
+        return Verdict(None, (None,) * 6, window_ids(self._clock()), degraded=True)
+
+    def settle(self, s: Settlement) -> None:
+        pass
+
+    def accounts(self) -> Iterator[AccountView]:
+        return iter(())
+
+
+def test_a_request_admitted_while_the_budget_is_unknown_gets_no_remaining_headers(
+    policy: TenantsPolicy, clock: WallClock
+) -> None:
+    """A limited tenant's response carries x-ratelimit-* headers from its verdict; a fail-open verdict has
+    no remaining budget to report (it once failed the stream in its response phase)."""
+    t = Tenancy(UnknownBudget(clock), clock=clock)
+    t.apply(policy)
+    ticket = admit(t, "someone")  # the default tier: tokens and requests per minute
+    assert ticket.limits is not None
+    assert ticket.response_headers() == []
 
 
 def test_ratios_are_not_learned_for_models_a_client_named_too_long() -> None:
