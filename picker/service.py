@@ -35,6 +35,7 @@ from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig
 from picker.reload import ConfigFileWatcher
 from picker.routing.director import Director
+from picker.routing.external import ExternalCapacity
 from picker.routing.hold import EmptyPoolHold
 from picker.routing.types import Dispatch
 from picker.scrape.engines import engine_specs_for
@@ -125,6 +126,8 @@ class Service:
         self._skip_response = skip_response_rule(self.config_store)
         #: extra conditions for readiness and gRPC health (the supervisor adds "all workers serving")
         self.readiness_checks: list[Callable[[], bool]] = []
+        #: the config's external endpoints: budgets and passive health (``picker.routing.external``)
+        self.external = ExternalCapacity()
         self.telemetry = Telemetry(
             self.datastore,
             registry=registry or CollectorRegistry(),
@@ -133,12 +136,12 @@ class Service:
             staleness_s=config.staleness_threshold or settings.metrics_staleness_threshold,
             build_ref=build.ref,
             commit=build.commit,
-            health=self.datastore.health,
+            health=(self.datastore.health, self.external.health),
             label_values=settings.metrics_label_max_values,
             label_length=settings.metrics_label_max_length,
             prefix_size=self.prefix.size,
         )
-        configure_health(self.datastore, self.config_store.active)
+        configure_health(self.datastore, self.config_store.active, self.external)
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
         # Prometheus client exports by default; the injected registry has none unless registered here.
         # /proc is read at the first scrape, not here.
@@ -182,6 +185,7 @@ class Service:
             hold=None if settings.static_endpoints else self.hold,  # a static list has nothing to scale
             staleness_s=settings.metrics_staleness_threshold,
             prefix=self.prefix,
+            external=self.external,
         )
         self._kube: Any = None
         self._engine_label = config.metrics_extractor.engine_label_key
@@ -349,7 +353,7 @@ class Service:
             self._engine_label = cfg.metrics_extractor.engine_label_key
             self._kube.engine_label_changed()
         self.telemetry.staleness_s = cfg.staleness_threshold or self.settings.metrics_staleness_threshold
-        configure_health(self.datastore, active)
+        configure_health(self.datastore, active, self.external)
         try:
             extractor = cfg.metrics_extractor
             self.scraper.set_engines(engine_specs_for(extractor), extractor.default_engine)

@@ -20,6 +20,7 @@ from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.protocol import ResponseSkip
+from picker.routing.external import ExternalCapacity
 from picker.routing.types import Dispatch
 from picker.settings import Settings
 from picker.state.config_store import ActiveConfig, ConfigStore
@@ -78,10 +79,13 @@ def snapshot_interval(settings: Settings) -> float:
     return min(0.02, settings.refresh_metrics_interval * 0.4)
 
 
-def configure_health(datastore: Datastore, active: ActiveConfig) -> None:
+def configure_health(
+    datastore: Datastore, active: ActiveConfig, external: ExternalCapacity | None = None
+) -> None:
     """Passive health and the latency averages as the active config says: the ``outlier-detector``
-    plugin's policy (defaults without one) and the first ``latency-scorer``'s ``halfLife`` / ``maxAge`` in
-    any profile (defaults without one: the averages are kept either way, for ``/debug/endpoints``)."""
+    plugin's policy (defaults without one; the external endpoints' detector too) and the first
+    ``latency-scorer``'s ``halfLife`` / ``maxAge`` in any profile (defaults without one: the averages are
+    kept either way, for ``/debug/endpoints``)."""
     latency = next(
         (
             ws.scorer
@@ -96,7 +100,10 @@ def configure_health(datastore: Datastore, active: ActiveConfig) -> None:
         if latency is not None
         else LatencySettings()
     )
-    datastore.configure_health(OutlierPolicy.from_params(active.config.outlier_detection), settings)
+    policy = OutlierPolicy.from_params(active.config.outlier_detection)
+    datastore.configure_health(policy, settings)
+    if external is not None:
+        external.set_health_policy(policy)
 
 
 def skip_response_rule(config: ConfigStore) -> Callable[[Dispatch], ResponseSkip]:

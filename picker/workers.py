@@ -80,6 +80,7 @@ from picker.settings import Settings
 from picker.state.codec import HealthInputs
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
 from picker.state.datastore import Datastore
+from picker.state.health import OutlierPolicy
 from picker.state.prefix import PrefixCacheState
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
@@ -213,6 +214,14 @@ class _Worker:
         config = store.active.config
         # scale from zero: the supervisor's scaler counts this worker's held requests and wakes on a new one
         self.hold = EmptyPoolHold(self.view.snapshot, on_change=lambda n: channel.send([HELD, n]))
+        # each worker holds 1/N of every external endpoint's limits (picker/routing/external.py)
+        external = ExternalCapacity(share=1.0 / s.workers)
+        external.set_health_policy(OutlierPolicy.from_params(config.outlier_detection))
+        store.add_listener(
+            lambda _r, active: external.set_health_policy(
+                OutlierPolicy.from_params(active.config.outlier_detection)
+            )
+        )
         director = Director(
             self.view,
             store,
@@ -224,8 +233,7 @@ class _Worker:
             hold=None if s.static_endpoints else self.hold,
             staleness_s=s.metrics_staleness_threshold,
             prefix=self.prefix,
-            # each worker holds 1/N of every external endpoint's limits (picker/routing/external.py)
-            external=ExternalCapacity(share=1.0 / s.workers),
+            external=external,
         )
         tls = None
         if s.secure_serving:

@@ -188,6 +188,9 @@ def build_admin_app(
                 #: scorer's own choice was one of them (the reason ai_failover_total would count)
                 "avoided": dict(dispatch.avoided or {}),
                 "failover": dispatch.failover,
+                #: whether it would go to an external endpoint first, and why or why not (the pool
+                #: saturated, unhealthy or empty, its objective asked; each endpoint's limits and health)
+                "spill": dispatch.spill,
             }
         )
 

@@ -440,6 +440,8 @@ class ExtProcStream:
         self._response_skipped = False
         if request.HasField("metadata_context"):
             self._served = served_address(request.metadata_context)
+            if self._served is not None and dispatch is not None and dispatch.ticket is not None:
+                dispatch.ticket.served_by(self._served)
         if not self._status_ok:
             self._report_failure(MODEL_SERVER_ERROR)
         body = self._body = ResponseBody(

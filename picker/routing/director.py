@@ -60,10 +60,11 @@ from numpy.typing import NDArray
 
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.avoid import Avoidance, FailoverReason
-from picker.routing.external import ExternalCapacity, ExternalTicket, JointReservation
-from picker.routing.header_only import header_request_info
+from picker.routing.external import ExternalCapacity, ExternalLease, ExternalTicket, JointReservation
+from picker.routing.header_only import HDR_OBJECTIVE, body_less_dispatch, resolve_headers
 from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
 from picker.routing.openai import ModelRestorer, parse_request, prompt_text, rewrite_model
+from picker.routing.spill import NO_SPILL, SpillDecision, decide, explain_spill_off
 from picker.routing.types import Dispatch, Lease, PendingRoute, RequestInfo, Resolved, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
@@ -74,9 +75,9 @@ from picker.tenants.flow import FlowController
 from scoring import EndpointMatrix, NoEndpointsAvailable, Scheduler, subset_mask
 from scoring.matrix import LoadCharge
 from scoring.prefix import CHARS_PER_TOKEN
+from scoring.profiles import ProfileChoice
 from scoring.types import PickRequest, PickResult, PrefixMatch
 
-HDR_OBJECTIVE = "x-gateway-inference-objective"
 HDR_REWRITE = "x-gateway-model-name-rewrite"
 HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 
@@ -216,6 +217,9 @@ class Director:
                 return PendingRoute(self._later(request, resolved, None, admitted))
             ticket = admitted
         if self._flow is not None and self._flow.enabled:
+            spilled = self._spill_first(request, resolved, ticket)
+            if spilled is not None:
+                return spilled
             try:
                 waiting = self._enqueue(request, resolved, ticket)
             except PickerError:
@@ -228,9 +232,7 @@ class Director:
                 ttl = self._flow.limits.ttl_s
                 extend = ttl + HOLD_MARGIN_S if ttl is not None else None
                 return PendingRoute(self._later(request, resolved, ticket, None, waiting), extend_s=extend)
-        if ticket is None:
-            return self._schedule(request, resolved, explain=False)
-        return self._admitted(ticket, request, resolved)
+        return self._scheduled(ticket, request, resolved)
 
     async def _held(self, request: RoutingRequest, resolved: Resolved, hold_s: float) -> Dispatch:
         """Scale from zero: wait for a first replica, then admit and schedule as usual; 503 after
@@ -249,8 +251,11 @@ class Director:
             resolved = self.resolve_by_header(request)
             if resolved is None:
                 return self.route_headers_only(request)
-            return self._schedule(request, resolved, explain=True)
-        return self._schedule(request, self.resolve(request, explain=True), explain=True)
+        else:
+            resolved = self.resolve(request, explain=True)
+        dispatch = self._schedule(request, resolved, explain=True)
+        assert dispatch is not None  # an explained schedule never declines
+        return dispatch
 
     def _enqueue(
         self, request: RoutingRequest, resolved: Resolved, ticket: Ticket | None
@@ -271,6 +276,21 @@ class Director:
         future = flow.admit(fairness_id, priority, len(request.body))
         return None if future is None else (future, fairness_id, priority)
 
+    def _spill_first(
+        self, request: RoutingRequest, resolved: Resolved, ticket: Ticket | None
+    ) -> Dispatch | None:
+        """Flow control would queue the request (the pool is saturated, or others wait): an external
+        endpoint that takes it serves it now, the queue is for requests none takes. Sheddable requests
+        are never queued (shed or spilled by :meth:`_schedule` as without flow control)."""
+        assert self._flow is not None
+        settings = self._config.active.config.settings
+        external = self.external
+        if resolved.priority < 0 or not external.sync(settings.external_endpoints, settings.spillover):
+            return None
+        if resolved.priority < external.spill.min_priority or not self._flow.would_queue():
+            return None
+        return self._admitted(ticket, request, resolved, pressed=True)
+
     async def _later(
         self,
         request: RoutingRequest,
@@ -284,37 +304,53 @@ class Director:
             if pending is not None:
                 ticket = await pending
                 if self._flow is not None and self._flow.enabled:
+                    spilled = self._spill_first(request, resolved, ticket)
+                    if spilled is not None:
+                        return spilled
                     waiting = self._enqueue(request, resolved, ticket)
             if waiting is not None:
                 assert self._flow is not None
                 await self._flow.wait(*waiting)
                 try:
-                    return self._admitted(ticket, request, resolved)
+                    return self._scheduled(ticket, request, resolved)
                 finally:
                     self._flow.poke()  # its load is counted now: the next one may go
         except BaseException:
             if ticket is not None:
                 ticket.release()
             raise
-        return self._admitted(ticket, request, resolved)
+        return self._scheduled(ticket, request, resolved)
 
-    def _admitted(self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved) -> Dispatch:
-        """Schedule a request (holding a reservation or not); a refusal from here on gives it back."""
+    def _scheduled(self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved) -> Dispatch:
+        dispatch = self._admitted(ticket, request, resolved)
+        assert dispatch is not None  # only a pressed schedule may decline
+        return dispatch
+
+    def _admitted(
+        self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved, *, pressed: bool = False
+    ) -> Dispatch | None:
+        """Schedule a request (holding a reservation or not); a refusal from here on gives it back. None:
+        a pressed schedule no external endpoint took (the caller queues it, reservation and all)."""
         try:
-            dispatch = self._schedule(request, resolved, explain=False)
+            dispatch = self._schedule(request, resolved, explain=False, pressed=pressed)
         except BaseException:
             if ticket is not None:
                 ticket.release()
             raise
-        if ticket is not None:
+        if dispatch is not None and ticket is not None:
             spilled = dispatch.ticket
             dispatch.ticket = (
                 ticket if not isinstance(spilled, ExternalTicket) else JointReservation(ticket, spilled)
             )
         return dispatch
 
-    def _schedule(self, request: RoutingRequest, resolved: Resolved, *, explain: bool) -> Dispatch:
-        incoming, target, priority, objective, info = resolved
+    def _schedule(
+        self, request: RoutingRequest, resolved: Resolved, *, explain: bool, pressed: bool = False
+    ) -> Dispatch | None:
+        """Steps 4-7 after admission. ``pressed``: flow control would queue the request, so it goes to an
+        external endpoint now if one takes it; else None comes back (nothing reserved or consumed: the
+        caller queues it). Returns a Dispatch otherwise."""
+        _, _, priority, objective, info = resolved
         started = self._clock()
         m = self._ds.snapshot()
         # Subset hint: IP match (port ignored), as the reference; None = no hint = every endpoint.
@@ -322,24 +358,80 @@ class Director:
         empty = len(m) == 0 or (mask is not None and not mask.any())
         active = self._config.active
         settings = active.config.settings
-        external = (
-            self.external
-            if not explain and self.external.sync(settings.external_endpoints, settings.spillover)
-            else None
-        )
-        if external is not None and priority < external.spill.min_priority:
-            external = None
+        external: ExternalCapacity | None = None
+        if self.external.sync(settings.external_endpoints, settings.spillover):
+            external = self.external if priority >= self.external.spill.min_priority else None
         if empty and external is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
         headers = request.headers
         choice = active.profiles.choose(objective, priority, headers)
         scheduler = choice.scheduler
         saturation: float | None = None
+        shed = False
         if priority < 0 and not empty:
             saturation = scheduler.saturation(m, now=started, candidates=mask)
             if saturation >= 1.0:
-                raise ResourceExhausted(MSG_SHED)
-        selection = headers.get(HDR_TEST_SELECTION)
+                if external is None:
+                    raise ResourceExhausted(MSG_SHED)
+                shed = True  # unless an external endpoint takes it
+        spill = NO_SPILL
+        if external is not None:
+            if explain and self._flow is not None and self._flow.enabled and priority >= 0:
+                pressed = self._flow.would_queue()
+            check = external.wants(
+                m,
+                mask,
+                scheduler,
+                levels=lambda: self._avoidance.levels(m, started, self._stale_after()),
+                objective=objective,
+                saturation=saturation,
+                empty=empty,
+                now=self._clock,
+                pressed=pressed or shed,
+            )
+            estimate = (info.prompt_chars // 4) if info is not None else 0
+            max_tokens = (info.max_tokens or None) if info is not None else None
+            spill = decide(
+                external,
+                check,
+                estimate,
+                max_tokens,
+                objective=objective,
+                pressed=pressed,
+                shed=shed,
+                explain=explain,
+            )
+        elif explain:
+            spill = SpillDecision(None, None, None, explain_spill_off(self.external, priority))
+        if spill.first is None and shed:
+            raise ResourceExhausted(MSG_SHED)
+        if spill.first is None and pressed and not explain:
+            return None
+        try:
+            return self._finish(request, resolved, m, mask, choice, started, spill, external, explain=explain)
+        except BaseException:
+            if spill.ticket is not None:
+                spill.ticket.release()
+            raise
+
+    def _finish(  # noqa: PLR0917 - the pick's inputs, computed once by _schedule
+        self,
+        request: RoutingRequest,
+        resolved: Resolved,
+        m: EndpointMatrix,
+        mask: NDArray[np.bool_] | None,
+        choice: ProfileChoice,
+        started: float,
+        spill: SpillDecision,
+        external: ExternalCapacity | None,
+        *,
+        explain: bool,
+    ) -> Dispatch:
+        """The pool's pick (the primary, or the fallback list of a request sent external first), the
+        accounting and the Dispatch."""
+        incoming, target, priority, objective, info = resolved
+        active = self._config.active
+        selection = request.headers.get(HDR_TEST_SELECTION)
         prefix = None
         if info is not None and info.prefix_input:
             prefix = self._match_prefix(info, active, target, m, started)
@@ -357,28 +449,44 @@ class Director:
         body = request.body
         restore = None
         if info is not None and target != incoming:
-            body = rewrite_model(body, target)  # before an external reservation: nothing after may raise
+            body = rewrite_model(body, target)
             restore = ModelRestorer(target, incoming)
-        result, avoided, spill, failover = self._place(
-            m, pick_req, scheduler, mask, started, external, objective, saturation, explain=explain
-        )
-        if spill is None and result is None:
+        result: PickResult | None = None
+        avoided: Mapping[str, str] | None = None
+        ticket, first, failover, _ = spill
+        if len(m) and (mask is None or mask.any()):
+            try:
+                result, avoided, pool_failover = self._pick(
+                    m, pick_req, choice.scheduler, mask, started, explain=explain
+                )
+            except NoEndpointsAvailable as exc:
+                # the filters left nothing: the pool has no candidate for this request
+                if first is None and external is not None and failover is None and not explain:
+                    ticket = external.reserve(
+                        pick_req.prompt_tokens_estimate, pick_req.output_tokens_estimate or None
+                    )
+                    if ticket is not None:
+                        first, failover = ticket.endpoint.address, FailoverReason.UNAVAILABLE.value
+                if first is None:
+                    raise ResourceExhausted(str(exc)) from exc
+            else:
+                failover = pool_failover if first is None and failover is None else failover
+        if first is None and result is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
         if self._observer is not None and not explain:
             self._observer.scheduled(self._clock() - started)
             if failover is not None:
                 self._observer.failover(failover)
-        if prefix is not None and not explain and spill is None and result is not None:
+        if prefix is not None and not explain and first is None and result is not None:
             # the pool's primary serves it (a spilled request's prefix goes to the external endpoint)
             self._record_prefix(m, result.primary, prefix)
         addresses = m.addresses
         pool = () if result is None else tuple(addresses[i] for i in result.indices)
         lease: Lease
-        if spill is not None:
+        if first is not None:
             # the pool's pick is the fallback list (a gateway retries there); nothing is charged to it
-            first = spill.endpoint.address
             endpoints = (first, *(a for a in pool if a != first))
-            lease = NullLease()
+            lease = NullLease() if ticket is None else ExternalLease(ticket)
         else:
             assert result is not None
             endpoints = pool
@@ -399,60 +507,12 @@ class Director:
             profile_reason=choice.reason,
             avoided=avoided,
             failover=failover,
+            spill=spill.doc,
         )
-        if spill is not None:
-            dispatch.external = spill.endpoint.name
-            dispatch.ticket = spill
+        if ticket is not None:
+            dispatch.external = ticket.endpoint.name
+            dispatch.ticket = ticket
         return dispatch
-
-    def _place(  # noqa: PLR0917 - the pick's inputs, computed once by _schedule
-        self,
-        m: EndpointMatrix,
-        req: PickRequest,
-        scheduler: Scheduler,
-        mask: NDArray[np.bool_] | None,
-        now: float,
-        external: ExternalCapacity | None,
-        objective: str,
-        saturation: float | None,
-        *,
-        explain: bool,
-    ) -> tuple[PickResult | None, Mapping[str, str] | None, ExternalTicket | None, str | None]:
-        """The pool's pick (None for an empty pool), the avoided candidates, the external reservation (or
-        None) and the ``ai_failover_total`` reason (or None)."""
-        empty = len(m) == 0 or (mask is not None and not mask.any())
-        spill: ExternalTicket | None = None
-        failover: str | None = None
-        if external is not None:
-            spill, failover = external.choose(
-                m,
-                mask,
-                scheduler,
-                req,
-                levels=lambda: self._avoidance.levels(m, now, self._stale_after()),
-                objective=objective,
-                saturation=saturation,
-                empty=empty,
-                now=self._clock,
-            )
-        if empty:
-            return None, None, spill, failover
-        try:
-            result, avoided, pool_failover = self._pick(m, req, scheduler, mask, now, explain=explain)
-        except NoEndpointsAvailable as exc:
-            if external is not None and spill is None and failover is None:
-                # the filters left nothing: the pool has no candidate for this request
-                spill = external.reserve(req.prompt_tokens_estimate, req.output_tokens_estimate or None)
-                failover = FailoverReason.UNAVAILABLE.value if spill is not None else None
-            if spill is None:
-                raise ResourceExhausted(str(exc)) from exc
-            return None, None, spill, failover
-        return (
-            result,
-            avoided,
-            spill,
-            failover if spill is not None or failover is not None else pool_failover,
-        )
 
     def _pick(
         self,
@@ -487,22 +547,9 @@ class Director:
         return PickResult(indices, result.decision), reasons, failover
 
     def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
-        """Header-only mode (``picker.config.header_only``): steps 1-3 from the headers, the model from the
-        configured header and the prompt-token estimate from its header; :meth:`route` does the rest as
-        for a body. None for a request without a body and without the model header (``GET /v1/models``):
-        it routes as a body-less request always does (:meth:`route_headers_only`).
-
-        No rewrite is applied (neither InferenceModelRewrites nor ``x-gateway-model-name-rewrite``): the
-        body the server receives is not ours to change, so routing follows the model it names. Tenants are
-        rejected at config load in this mode. Raises BadRequest for a missing or invalid model header.
-        """
+        """Header-only mode: steps 1-3 from the headers (``header_only.resolve_headers``)."""
         active = self._config.active
-        if request.headers_only and not request.headers.get(active.model_header):
-            return None
-        info = header_request_info(request.headers, active.model_header, active.prompt_tokens_header)
-        model = info.model or ""
-        objective = request.headers.get(HDR_OBJECTIVE, "")
-        return Resolved(model, model, self._ds.objectives.priority(objective), objective, info)
+        return resolve_headers(request, active.model_header, active.prompt_tokens_header, self._ds.objectives)
 
     def _stale_after(self) -> float | None:
         """The staleness threshold that makes an endpoint avoided, or None with ``staleEndpoints: Allow``."""
@@ -538,15 +585,7 @@ class Director:
             raise Internal(MSG_NO_PODS)
         rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), self._stale_after()))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
-        return Dispatch(
-            endpoints=(m.addresses[i],),
-            body=b"",
-            lease=NullLease(),
-            restore=None,
-            incoming_model="",
-            target_model="",
-            priority=0,
-        )
+        return body_less_dispatch(m.addresses[i])
 
 
 def _prompt_text(request: RoutingRequest) -> str:

@@ -28,20 +28,46 @@ without ``max_tokens``). At the end the reservation is settled with the response
 with the whole reservation when the response reported none or the stream broke off (we cannot know what
 the provider counted, so we assume the most). With ``--workers N`` every worker gets ``1/N`` of each limit
 (rounded down): the sum cannot pass the limit, at the price of one worker refusing while another has room.
+
+**Settled from the endpoint that served.** The gateway tries the external endpoint first and, when it
+fails (5xx, reset, connect failure, timeout), retries on the pool's fallback. When the gateway reports the
+served endpoint (``x-gateway-destination-endpoint-served``, :meth:`ExternalTicket.served_by`, told at the
+response headers) and it is not the external one, the reservation is settled at once as one request with
+no tokens and no cost: the attempt reached (or tried to reach) the provider, which may count it against
+its requests per minute, but produced no completion to bill. Without that report nothing tells the two
+apart and the reservation is settled as if the external endpoint served (never under-counted).
+
+**Passive health.** External endpoints get the pool's outlier detection (:mod:`picker.state.health`,
+the same ``outlier-detector`` plugin settings, hot-reloaded), in a detector of their own: every spilled
+request's outcome (through :class:`ExternalLease`) counts for its external endpoint, classified as for a
+pool endpoint (:func:`picker.state.outcomes.classify`: a 5xx or gateway timeout answered by it, a stream
+without response headers, or the gateway retrying past it to the pool's fallback are failures). An
+ejected endpoint takes no request; when its ejection time is over it takes exactly one probe (while
+nothing else is open on it), whose outcome reinstates or re-ejects it. ``maxEjectionPercent`` applies to
+the external endpoints as a group (one may always be ejected). When every external endpoint is ejected
+the request stays in the pool (an objective that asked counts ``ejected``).
+
+Why one module: the endpoints' order, their budgets, their health and the tickets that settle them are one
+decision made per request over the same accounts (a ticket settles the account its endpoint was chosen
+by; health gates the same order the limits do); ``/debug/explain``'s wording of it is apart
+(``spill.py``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from picker.config.costs import ExternalEndpointConfig, SpilloverConfig
 from picker.routing.avoid import FailoverReason, Level
+from picker.state.health import FailureKind, Health, OutlierDetector, OutlierPolicy
+from picker.state.outcomes import FAILURE_INDEX, OK, Outcome, classify
 from picker.tenants.ledger import (
     CONCURRENT,
     LIMIT_NAMES,
@@ -57,9 +83,11 @@ from picker.tenants.policy import compile_limits
 from scoring import EndpointMatrix, Scheduler
 from scoring.types import PickRequest
 
-__all__ = ["ExternalCapacity", "ExternalEndpoint", "ExternalTicket", "JointReservation"]
+__all__ = ["ExternalCapacity", "ExternalEndpoint", "ExternalLease", "ExternalTicket", "JointReservation"]
 
 _UNLIMITED: Final[Limits] = (None, None, None, None, None, None)
+#: outcome kind index -> failure kind (``picker.state.outcomes``)
+_FAILURE_KINDS: Final = {index: kind for kind, index in FAILURE_INDEX.items()}
 
 
 class _Usage(Protocol):
@@ -97,7 +125,18 @@ class ExternalTicket:
     """One request's reservation on an external endpoint (the stream drives it as it drives a tenant's
     ticket: ``picker.routing.types.Reservation``). Not thread-safe (one stream)."""
 
-    __slots__ = ("_account", "_clock", "amounts", "done", "endpoint", "input_tokens", "output_tokens", "sent")
+    __slots__ = (
+        "_account",
+        "_clock",
+        "_observe",
+        "amounts",
+        "done",
+        "endpoint",
+        "input_tokens",
+        "output_tokens",
+        "sent",
+        "served_elsewhere",
+    )
 
     def __init__(
         self,
@@ -108,21 +147,34 @@ class ExternalTicket:
         input_tokens: int,
         output_tokens: int,
         clock: Callable[[], float],
+        observe: Callable[[str, Outcome], None] | None = None,
     ) -> None:
         self._account = account
         self._clock = clock
+        self._observe = observe
         self.endpoint = endpoint
         self.amounts = amounts
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.sent = False
         self.done = False
+        #: the gateway reported another endpoint (the pool's fallback) as the one that served
+        self.served_elsewhere = False
 
     def response_headers(self) -> list[tuple[str, bytes]]:
         return []
 
     def chunk(self, chunk: bytes) -> None:
         pass
+
+    def served_by(self, address: str) -> None:
+        """The gateway's served endpoint, at the response headers: another one than ours (its retry landed
+        on the pool's fallback) settles now as one request without tokens or cost (module docstring)."""
+        if self.done or address == self.endpoint.address:
+            return
+        self.served_elsewhere = True
+        self.sent = True
+        self._settle(0, 0)
 
     def complete(self, usage: _Usage | None, *, status_ok: bool, body: bytes | None = None) -> None:  # noqa: ARG002 - Reservation protocol
         """Settle with the response's usage; without one, with the whole reservation."""
@@ -149,9 +201,36 @@ class ExternalTicket:
             self.done = True
             self._account.settle(self.amounts, actual_vector(0, 0, counted=False), window_ids(self._clock()))
 
+    def report(self, outcome: Outcome) -> None:
+        """What the request came to, for the external endpoints' passive health (:class:`ExternalLease`)."""
+        observe = self._observe
+        if observe is not None:
+            self._observe = None
+            observe(self.endpoint.address, outcome)
+
     def _settle(self, tokens: int, cost_nano: int) -> None:
         self.done = True
         self._account.settle(self.amounts, actual_vector(tokens, cost_nano), window_ids(self._clock()))
+
+
+class ExternalLease:
+    """The lease of a request sent to an external endpoint first (``Dispatch.lease``): it holds nothing of
+    the pool's load (the pool's endpoints are only its fallback list); its outcome goes to the external
+    endpoints' passive health through the ticket."""
+
+    __slots__ = ("_ticket",)
+
+    def __init__(self, ticket: ExternalTicket) -> None:
+        self._ticket = ticket
+
+    def first_byte(self) -> None:
+        pass
+
+    def report(self, outcome: Outcome, /) -> None:
+        self._ticket.report(outcome)
+
+    def release(self) -> None:
+        pass
 
 
 class _Reservation(Protocol):
@@ -160,6 +239,8 @@ class _Reservation(Protocol):
     def response_headers(self) -> list[tuple[str, bytes]]: ...
 
     def chunk(self, chunk: bytes) -> None: ...
+
+    def served_by(self, address: str) -> None: ...
 
     def complete(self, usage: Any, *, status_ok: bool, body: bytes | None = None) -> None: ...
 
@@ -190,6 +271,12 @@ class JointReservation:
     def chunk(self, chunk: bytes) -> None:
         self.tenant.chunk(chunk)
 
+    def served_by(self, address: str) -> None:
+        try:
+            self.tenant.served_by(address)
+        finally:
+            self.external.served_by(address)
+
     def complete(self, usage: Any, *, status_ok: bool, body: bytes | None = None) -> None:
         try:
             self.tenant.complete(usage, status_ok=status_ok, body=body)
@@ -203,26 +290,56 @@ class JointReservation:
             self.external.release()
 
 
-class ExternalCapacity:
-    """The external endpoints of the active config and their budgets (see the module docstring).
+class SpillCheck(NamedTuple):
+    """Whether a request should go to an external endpoint first, before any reservation
+    (:meth:`ExternalCapacity.wants`)."""
 
-    Accounts are kept by endpoint name across config reloads (a reload cannot reset a minute's count).
-    One per process; the director calls :meth:`sync` with the active settings on each request, which is
-    an identity comparison unless the config changed.
+    #: go external first (the objective asks, or the pool cannot take it well)
+    wanted: bool
+    #: the request's objective is listed in ``spillover.objectives``
+    asked: bool
+    #: why the pool cannot take it (``ai_failover_total`` reason); None when it can, or when asked
+    reason: FailoverReason | None
+    #: the saturation the check read (None when it did not need to)
+    saturation: float | None
+
+
+class ExternalCapacity:
+    """The external endpoints of the active config, their budgets and their passive health (see the
+    module docstring).
+
+    Accounts and health records are kept by endpoint name across config reloads (a reload cannot reset a
+    minute's count or reinstate an ejected endpoint). One per process; the director calls :meth:`sync`
+    with the active settings on each request, which is an identity comparison unless the config changed.
+    ``clock``: wall time for the limits' windows; ``monotonic``: the outlier detector's clock.
     """
 
-    def __init__(self, *, share: float = 1.0, clock: Callable[[], float] = now_wall) -> None:
+    def __init__(
+        self,
+        *,
+        share: float = 1.0,
+        clock: Callable[[], float] = now_wall,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share must be in (0, 1], got {share}")
         self._share = share
         self._clock = clock
+        self._monotonic = monotonic
         self._source: tuple[ExternalEndpointConfig, ...] | None = None
         self.endpoints: tuple[ExternalEndpoint, ...] = ()
         self.spill = SpilloverConfig()
         self._objectives: frozenset[str] = frozenset()
         self._accounts: dict[str, Account] = {}
+        self._by_address: dict[str, str] = {}
         #: requests sent per endpoint name since start (``/debug``, the benchmark)
         self.dispatched: dict[str, int] = {}
+        #: passive health of the external endpoints (``outlier-detector`` settings: :meth:`set_health_policy`)
+        self.health = OutlierDetector()
+        #: a response came back through the gateway from an external endpoint (see
+        #: ``picker.state.outcomes.OutcomeWriter``: before that, a stream without response headers is no
+        #: evidence against the endpoint)
+        self._responses_seen = False
 
     @property
     def active(self) -> bool:
@@ -246,7 +363,46 @@ class ExternalCapacity:
                 for e in endpoints
             )
             self._accounts = {e.name: self._accounts.get(e.name) or Account() for e in self.endpoints}
+            self._by_address = {e.address: e.name for e in self.endpoints}
+            self.health.retain(self._accounts)
         return bool(self.endpoints)
+
+    def set_health_policy(self, policy: OutlierPolicy) -> None:
+        """The ``outlier-detector`` plugin's policy, as for the pool (at start and on reload)."""
+        self.health.set_policy(policy)
+
+    # ------------------------------------------------------------------------------------ the decision
+    def wants(
+        self,
+        m: EndpointMatrix,
+        mask: NDArray[np.bool_] | None,
+        scheduler: Scheduler,
+        *,
+        levels: Callable[[], NDArray[np.uint8] | None],
+        objective: str,
+        saturation: float | None,
+        empty: bool,
+        now: Callable[[], float],
+        pressed: bool = False,
+    ) -> SpillCheck:
+        """Should the request go external first: its objective asks, or the pool is empty, every candidate
+        ejected, probing or draining (``levels``: ``picker.routing.avoid``; stale metrics alone are no
+        reason, the scraper is the likelier fault) or saturated (the profile's detector at
+        ``spillover.saturationThreshold``; ``pressed``: flow control would queue the request, which is the
+        pool being saturated too). Reserves nothing."""
+        if self.asks(objective):
+            return SpillCheck(True, True, None, saturation)
+        if empty:
+            return SpillCheck(True, False, FailoverReason.UNAVAILABLE, saturation)
+        lv = levels()
+        candidates = None if lv is None else (lv if mask is None else lv[mask])
+        if candidates is not None and candidates.size and (candidates >= Level.PROBING).all():
+            return SpillCheck(True, False, FailoverReason.EJECTED, saturation)
+        if saturation is None:
+            saturation = scheduler.saturation(m, now=now(), candidates=mask)
+        if pressed or saturation >= self.spill.saturation_threshold:
+            return SpillCheck(True, False, FailoverReason.SATURATED, saturation)
+        return SpillCheck(False, False, None, saturation)
 
     def choose(
         self,
@@ -260,45 +416,43 @@ class ExternalCapacity:
         saturation: float | None,
         empty: bool,
         now: Callable[[], float],
+        pressed: bool = False,
     ) -> tuple[ExternalTicket | None, str | None]:
-        """``(reservation on an external endpoint or None, ai_failover_total reason or None)``: the request
-        goes external when its objective asks, or when the pool is empty, every candidate ejected, probing
-        or draining (``levels``: ``picker.routing.avoid``; stale metrics alone are no reason, the scraper
-        is the likelier fault) or saturated (the profile's detector at ``spillover.saturationThreshold``)."""
-        asked = self.asks(objective)
-        reason: FailoverReason | None = None
-        if not asked:
-            if empty:
-                reason = FailoverReason.UNAVAILABLE
-            else:
-                lv = levels()
-                candidates = None if lv is None else (lv if mask is None else lv[mask])
-                if candidates is not None and candidates.size and (candidates >= Level.PROBING).all():
-                    reason = FailoverReason.EJECTED
-                else:
-                    if saturation is None:
-                        saturation = scheduler.saturation(m, now=now(), candidates=mask)
-                    if saturation >= self.spill.saturation_threshold:
-                        reason = FailoverReason.SATURATED
-            if reason is None:
-                return None, None
+        """``(reservation on an external endpoint or None, ai_failover_total reason or None)``:
+        :meth:`wants`, then :meth:`reserve` when it does."""
+        check = self.wants(
+            m,
+            mask,
+            scheduler,
+            levels=levels,
+            objective=objective,
+            saturation=saturation,
+            empty=empty,
+            now=now,
+            pressed=pressed,
+        )
+        if not check.wanted:
+            return None, None
         ticket = self.reserve(req.prompt_tokens_estimate, req.output_tokens_estimate or None)
         if ticket is None:
-            return None, FailoverReason.OVER_LIMITS.value if asked else None
-        return ticket, None if reason is None else reason.value
+            return None, self.refusal().value if check.asked else None
+        return ticket, None if check.reason is None else check.reason.value
 
     def asks(self, objective: str) -> bool:
         """The request's objective asks for external capacity first."""
         return bool(objective) and objective in self._objectives
 
-    def reserve(self, input_tokens: int, max_tokens: int | None) -> ExternalTicket | None:
-        """A reservation on the first external endpoint (priority, then cost, then open requests) whose
-        limits admit the request, or None when none does."""
-        output_tokens = self.spill.default_output_tokens if max_tokens is None else max(0, max_tokens)
-        input_tokens = max(0, input_tokens)
-        ids = window_ids(self._clock())
+    def refusal(self) -> FailoverReason:
+        """Why no external endpoint took a request that asked for one: every one ejected (or probing with
+        its probe in flight), else their limits."""
+        if all(not self._healthy_for(e) for e in self.endpoints):
+            return FailoverReason.EJECTED
+        return FailoverReason.OVER_LIMITS
+
+    # ------------------------------------------------------------------------------------ budgets
+    def _order(self, input_tokens: int, output_tokens: int) -> list[ExternalEndpoint]:
         accounts = self._accounts
-        order = sorted(
+        return sorted(
             self.endpoints,
             key=lambda e: (
                 e.priority,
@@ -306,10 +460,31 @@ class ExternalCapacity:
                 accounts[e.name].reserved[CONCURRENT],
             ),
         )
+
+    def _healthy_for(self, e: ExternalEndpoint) -> bool:
+        """Passive health lets ``e`` take a request now: healthy, or probing with nothing open on it
+        (exactly one probe)."""
+        state = self.health.state(e.name)
+        if state is Health.HEALTHY:
+            return True
+        return state is Health.PROBING and self._accounts[e.name].reserved[CONCURRENT] == 0
+
+    def _outputs(self, input_tokens: int, max_tokens: int | None) -> tuple[int, int]:
+        output_tokens = self.spill.default_output_tokens if max_tokens is None else max(0, max_tokens)
+        return max(0, input_tokens), output_tokens
+
+    def reserve(self, input_tokens: int, max_tokens: int | None) -> ExternalTicket | None:
+        """A reservation on the first external endpoint (priority, then cost, then open requests) that
+        passive health lets take a request and whose limits admit it, or None when none does."""
+        input_tokens, output_tokens = self._outputs(input_tokens, max_tokens)
+        ids = window_ids(self._clock())
+        self.health.sweep(self._monotonic())
         tokens = input_tokens + output_tokens
-        for e in order:
+        for e in self._order(input_tokens, output_tokens):
+            if not self._healthy_for(e):
+                continue
             amounts = reservation_vector(tokens, e.cost_nano(input_tokens, output_tokens))
-            account = accounts[e.name]
+            account = self._accounts[e.name]
             if account.admit(amounts, e.limits, ids) is None:
                 self.dispatched[e.name] = self.dispatched.get(e.name, 0) + 1
                 return ExternalTicket(
@@ -319,16 +494,82 @@ class ExternalCapacity:
                     input_tokens=input_tokens,
                     output_tokens=output_tokens,
                     clock=self._clock,
+                    observe=self.observe,
                 )
         return None
 
-    def stats(self) -> list[Mapping[str, Any]]:
-        """Per endpoint: address, priority, limits, what is used and reserved in the current windows."""
+    def preview(self, input_tokens: int, max_tokens: int | None) -> tuple[str | None, list[dict[str, Any]]]:
+        """What :meth:`reserve` would do, reserving nothing (``/debug/explain``): the endpoint that would
+        take the request (or None), and for each endpoint in the order tried, its verdict."""
+        input_tokens, output_tokens = self._outputs(input_tokens, max_tokens)
         ids = window_ids(self._clock())
+        now = self._monotonic()
+        self.health.sweep(now)
+        tokens = input_tokens + output_tokens
+        chosen: str | None = None
+        rows: list[dict[str, Any]] = []
+        for e in self._order(input_tokens, output_tokens):
+            cost = e.cost_nano(input_tokens, output_tokens)
+            verdict = self._verdict(e, reservation_vector(tokens, cost), ids, now)
+            if verdict == "admits" and chosen is None:
+                chosen = e.name
+            elif verdict == "admits":
+                verdict = "admits (not tried: an earlier endpoint takes it)"
+            rows.append({"name": e.name, "address": e.address, "priority": e.priority, "verdict": verdict})
+        return chosen, rows
+
+    def _verdict(self, e: ExternalEndpoint, amounts: Vector, ids: Vector, now: float) -> str:
+        if not self._healthy_for(e):
+            view = self.health.view(e.name, now)
+            if view is not None and view.state is Health.EJECTED:
+                return (
+                    f"ejected by passive health ({view.reason}; {view.ejected_for_s:.1f} s until its probe)"
+                )
+            return "probing: its one probe request is in flight"
+        room = self._accounts[e.name].remaining(e.limits, ids)
+        for i, left in enumerate(room):
+            limit = e.limits[i]
+            if left is not None and limit is not None and amounts[i] > left:
+                return f"over {LIMIT_NAMES[i]}: {limit - left} in use + {amounts[i]} asked > limit {limit}"
+        return "admits"
+
+    # ------------------------------------------------------------------------------------ health
+    def observe(self, address: str, outcome: Outcome) -> None:
+        """One spilled request's outcome, for the passive health of the external endpoint at ``address``
+        (classified as for a pool endpoint: ``picker.state.outcomes.classify``)."""
+        if outcome.status:
+            self._responses_seen = True
+        elif not self._responses_seen:
+            return
+        name = self._by_address.get(address)
+        if name is None:
+            return  # removed by a reload while the request ran
+        ok = failed = 0
+        kind: FailureKind | None = None
+        events, _ = classify(outcome)
+        for where, k in events:
+            if where != address:
+                continue
+            if k == OK:
+                ok += 1
+            else:
+                failed += 1
+                kind = _FAILURE_KINDS[k]
+        now = self._monotonic()
+        self.health.sweep(now)
+        self.health.observe(name, ok=ok, failed=failed, kind=kind, now=now)
+
+    def stats(self) -> list[Mapping[str, Any]]:
+        """Per endpoint: address, priority, limits, what is used and reserved in the current windows,
+        passive health."""
+        ids = window_ids(self._clock())
+        now = self._monotonic()
+        self.health.sweep(now)
         out: list[Mapping[str, Any]] = []
         for e in self.endpoints:
             account = self._accounts[e.name]
             account.roll(ids)
+            view = self.health.view(e.name, now)
             out.append(
                 {
                     "name": e.name,
@@ -339,6 +580,7 @@ class ExternalCapacity:
                     "used": dict(zip(LIMIT_NAMES, account.used, strict=True)),
                     "reserved": dict(zip(LIMIT_NAMES, account.reserved, strict=True)),
                     "dispatched": self.dispatched.get(e.name, 0),
+                    "health": view.to_doc() if view is not None else None,
                 }
             )
         return out

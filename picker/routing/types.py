@@ -109,6 +109,12 @@ class Reservation(Protocol):
 
     def chunk(self, chunk: bytes) -> None: ...
 
+    def served_by(self, address: str) -> None:
+        """The gateway reported the endpoint that served the response (``x-gateway-destination-endpoint-
+        served``), at the response headers: a reservation on another endpoint than the one that served
+        settles from the one that did (``picker.routing.external``)."""
+        ...
+
     def complete(self, usage: Any, *, status_ok: bool, body: bytes | None = None) -> None: ...
 
     def release(self) -> None: ...
@@ -149,6 +155,9 @@ class Dispatch:
     external: str = ""
     #: the tenant's reservation (``picker.tenants.Ticket``) when tenants are configured, else None
     ticket: Reservation | None = None
+    #: filled only by :meth:`Explainer.explain`: whether the request would go to an external endpoint
+    #: first, and why or why not (``picker.routing.spill``); None for a live request
+    spill: Mapping[str, Any] | None = None
 
     @property
     def destination(self) -> str:

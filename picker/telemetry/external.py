@@ -22,7 +22,9 @@ METERS = ("requestsPerMinute", "tokensPerMinute", "tokensPerHour", "concurrent",
 class ExternalCollector(Collector):
     """``picker_external_requests_total{pool,endpoint}``, ``picker_external_window_usage{pool,endpoint,
     meter}`` (used + reserved in the meter's current window; costs in currency units) and
-    ``picker_external_limit{pool,endpoint,meter}`` (the limits this process holds)."""
+    ``picker_external_limit{pool,endpoint,meter}`` (the limits this process holds) and
+    ``picker_external_ejected{pool,endpoint}`` (1 while passive health keeps it from taking requests:
+    ejected, or probing; its ejections count in ``picker_endpoint_ejections_total``)."""
 
     def __init__(self, stats: Callable[[], list[Mapping[str, Any]]], pool: Callable[[], str]) -> None:
         self._stats = stats
@@ -49,9 +51,18 @@ class ExternalCollector(Collector):
             "The limits of an external endpoint this process holds (1/N each with --workers N).",
             labels=["pool", "endpoint", "meter"],
         )
+        ejected = GaugeMetricFamily(
+            "picker_external_ejected",
+            "1 while passive health keeps an external endpoint from taking requests (ejected, or waiting for "
+            "its probe's outcome), else 0.",
+            labels=["pool", "endpoint"],
+        )
         for row in rows:
             name = str(row["name"])
             sent.add_metric([pool, name], float(row["dispatched"]))
+            health = row.get("health")
+            out = health is not None and health["state"] != "healthy"
+            ejected.add_metric([pool, name], 1.0 if out else 0.0)
             for meter in METERS:
                 scale = 1e-9 if meter.startswith("cost") else 1.0
                 used = float(row["used"].get(meter, 0)) + float(row["reserved"].get(meter, 0))
@@ -61,3 +72,4 @@ class ExternalCollector(Collector):
         yield sent
         yield usage
         yield limit
+        yield ejected

@@ -134,7 +134,7 @@ class Telemetry:
         commit: str = "",
         build_ref: str = "",
         request_registry: CollectorRegistry | None = None,
-        health: EjectionCounts | None = None,
+        health: EjectionCounts | tuple[EjectionCounts, ...] | None = None,
         label_values: int = MAX_MODEL_LABELS,
         label_length: int = MAX_LABEL_LENGTH,
         prefix_size: Callable[[], int] | None = None,
@@ -145,7 +145,9 @@ class Telemetry:
         default the main ``registry``. A ``--workers`` supervisor routes no requests and exports the
         workers' merged request metrics instead (:class:`MergedRequestMetrics`), so it passes a private
         registry here to keep its own, unused ones out of ``/metrics``. ``prefix_size``: entries of the
-        process's prefix index (``inference_extension_prefix_indexer_size``; 0 without one)."""
+        process's prefix index (``inference_extension_prefix_indexer_size``; 0 without one). ``health``:
+        the passive-health detector(s) whose ejections ``picker_endpoint_ejections_total`` counts (the
+        pool's, and the external endpoints' of ``picker.routing.external``)."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.datastore = datastore
         self.staleness_s = staleness_s
@@ -289,7 +291,7 @@ class Telemetry:
         )
         r.register(PoolCollector(self))
         if health is not None:
-            r.register(HealthCollector(health))
+            r.register(HealthCollector(*(health if isinstance(health, tuple) else (health,))))
         #: model names (incoming and target share the vocabulary) and rewrite names, bounded
         self._models = BoundedLabel(max_values=label_values, max_length=label_length)
         self._rewrites = BoundedLabel(max_values=label_values, max_length=label_length)

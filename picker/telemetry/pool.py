@@ -136,9 +136,10 @@ class EjectionCounts(Protocol):
 
 
 class HealthCollector(Collector):
-    """Passive-health counters, read from the detector at scrape time (it counts; we only export)."""
+    """Passive-health counters, read from the detectors at scrape time (they count; we only export): the
+    pool's and, when given, the external endpoints' (``picker.routing.external``), summed."""
 
-    def __init__(self, health: EjectionCounts) -> None:
+    def __init__(self, *health: EjectionCounts) -> None:
         self._health = health
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -148,12 +149,16 @@ class HealthCollector(Collector):
             "probe_failed).",
             labels=["reason"],
         )
-        for reason, count in self._health.ejections_total.items():
-            ejections.add_metric([str(reason)], float(count))
+        totals: dict[str, int] = {}
+        for detector in self._health:
+            for reason, count in detector.ejections_total.items():
+                totals[str(reason)] = totals.get(str(reason), 0) + count
+        for reason, count in totals.items():
+            ejections.add_metric([reason], float(count))
         yield ejections
         refused = CounterMetricFamily(
             "picker_endpoint_ejections_refused",
             "Ejections not made because the pool's maxEjectionPercent was reached.",
         )
-        refused.add_metric([], float(self._health.ejections_refused))
+        refused.add_metric([], float(sum(d.ejections_refused for d in self._health)))
         yield refused

@@ -174,6 +174,10 @@ class FlowController:
         return self._count
 
     # ---------------------------------------------------------------------------------------- admission
+    def would_queue(self) -> bool:
+        """:meth:`admit` would queue a request now (others wait, or the pool is saturated)."""
+        return bool(self._count) or self._saturation() >= 1.0
+
     def admit(self, fairness_id: str, priority: int, size: int) -> asyncio.Future[None] | None:
         """None: go ahead now. Else a future that completes when the request may be scheduled, or raises
         429 (pushed out of a full queue) or 503 (waited its bound); :meth:`wait` awaits it with the bound.

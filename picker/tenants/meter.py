@@ -348,6 +348,9 @@ class Ticket:
         return headers
 
     # ------------------------------------------------------------------------------------ response
+    def served_by(self, address: str) -> None:
+        """Whoever served, the tenant's request was served (its usage settles it): nothing to do."""
+
     def chunk(self, chunk: bytes) -> None:
         """A streamed response chunk: count its token-bearing events."""
         self.first_byte = True

@@ -5,7 +5,9 @@ where the EPP says and retrying once on its fallback.
 * a request whose objective asks goes external, is settled with the usage in its response, and once the
   endpoint's requests-per-minute are used the next one stays in the pool (``over_limits``);
 * with the pool saturated (every pool server holding a request, ``concurrency-detector`` at 1), new
-  requests spill to the external endpoint within its limit, counted as ``saturated`` failovers.
+  requests spill to the external endpoint within its limit, counted as ``saturated`` failovers;
+* an external endpoint answering 503 is retried past by the gateway (the client sees the pool's answer),
+  settled as requests without tokens, and ejected by passive health.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet
+from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet, Fault
 from picker.testing.gateway import GatewayResult, MiniGateway
 from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample
 
@@ -120,3 +122,54 @@ async def test_a_saturated_pool_spills_and_the_limit_holds(start_service: StartS
         text = await svc.metrics()
         pool_name = svc.service.settings.effective_pool_name
         assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") == 3.0
+
+
+async def test_a_failing_external_endpoint_is_ejected_and_settled_from_the_pool_that_served(
+    start_service: StartService,
+) -> None:
+    """The external endpoint answers 503: the gateway's retry lands on the pool's fallback, the client
+    sees no error, the external reservation is settled as requests without tokens, and after five failures
+    passive health ejects it (``/debug/external``, ``picker_external_ejected``, the ejection counter): the
+    next requests that ask for it go to the pool without trying it."""
+    async with FakeFleet.uniform(3, "vllm", time_scale=0.01) as fleet:
+        pool, external = fleet.addresses[:2], fleet.addresses[2]
+        svc = await start(start_service, fleet, pool, config(external, rpm=100))
+        fleet.servers[2].fault = Fault.ERROR_503
+        gw = MiniGateway(svc.client, timeout_s=10.0)
+
+        async def ejected() -> bool:
+            (stats,) = (await svc.get_json("/debug/external"))["external"]
+            return bool(stats["health"]["state"] == "ejected")
+
+        try:
+            sent = [
+                await gw.send("/v1/completions", body(), headers=[(OBJECTIVE, "offload")]) for _ in range(5)
+            ]
+            await eventually(ejected, what="the external endpoint ejected after its fifth failure")
+            sent += [
+                await gw.send("/v1/completions", body(), headers=[(OBJECTIVE, "offload")]) for _ in range(3)
+            ]
+        finally:
+            await gw.close()
+        assert all(r.ok for r in sent), [r.error for r in sent if not r.ok]
+        assert all(r.endpoint in pool for r in sent), "every request served by the pool's fallback"
+        (stats,) = (await svc.get_json("/debug/external"))["external"]
+        assert stats["health"]["reason"] == "consecutive_5xx"
+        assert stats["health"]["last_failure"] == "retried"
+        assert stats["dispatched"] == 5, "ejected after its fifth failure: the rest never tried it"
+        assert stats["used"]["requestsPerMinute"] == 5
+        assert stats["used"]["tokensPerMinute"] == 0, "the pool's usage is not charged to it"
+        assert stats["reserved"] == dict.fromkeys(stats["reserved"], 0)
+        text = await svc.metrics()
+        pool_name = svc.service.settings.effective_pool_name
+        assert sample(text, "picker_external_ejected", pool=pool_name, endpoint="managed") == 1.0
+        assert sample(text, "picker_endpoint_ejections_total", reason="consecutive_5xx") == 1.0
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="ejected") == 3.0
+        explained = await svc.post_json(
+            "/debug/explain",
+            {"path": "/v1/completions", "body": orjson.loads(body()), "headers": {OBJECTIVE: "offload"}},
+        )
+        assert explained[0] == 200
+        spill = explained[1]["spill"]
+        assert spill["would_spill"] is False
+        assert spill["endpoints"][0]["verdict"].startswith("ejected by passive health (consecutive_5xx")

@@ -14,9 +14,8 @@ from picker.config import load_config_text
 from picker.errors import ResourceExhausted, ServiceUnavailable
 from picker.extproc.usage import Usage
 from picker.routing.director import Director
-from picker.routing.external import ExternalCapacity, ExternalTicket, JointReservation
+from picker.routing.external import ExternalCapacity, ExternalLease, ExternalTicket, JointReservation
 from picker.routing.types import Dispatch, RoutingRequest
-from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
 from picker.state.objectives import Objective
 from scoring import EndpointMatrix, EndpointRow
@@ -113,7 +112,7 @@ def test_a_saturated_pool_spills_with_the_pool_as_fallback() -> None:
     assert decision.endpoints == (MANAGED, *POOL)
     assert decision.external == "managed"
     assert isinstance(decision.ticket, ExternalTicket)
-    assert isinstance(decision.lease, NullLease)
+    assert isinstance(decision.lease, ExternalLease), "its outcome goes to the external endpoints' health"
     assert st.acquired == [], "nothing charged to the pool"
     assert decision.failover == "saturated"
     assert obs.failovers == Counter({"saturated": 1})
@@ -221,14 +220,51 @@ def test_the_saturation_threshold_is_the_configs() -> None:
     assert route(d).external == ""
 
 
-def test_explain_never_reserves() -> None:
+def test_explain_shows_the_spill_and_never_reserves() -> None:
     st = pool(waiting=10.0)
-    d, _, _ = director(st)
+    text = picker_doc(limits="{requestsPerMinute: 1}", backup="{requestsPerMinute: 0}")
+    d, _, _ = director(st, text)
     decision = d.explain(request())
-    assert isinstance(decision, Dispatch)
-    assert decision.endpoints == POOL
-    assert route(d).external == "managed"
-    assert d.external.stats()[0]["dispatched"] == 1
+    assert decision.endpoints == (MANAGED, *POOL), "as a live request would go"
+    assert decision.failover == "saturated"
+    assert decision.spill is not None
+    assert decision.spill["would_spill"] is True
+    assert decision.spill["endpoint"] == "managed"
+    assert decision.spill["why"].startswith("the pool is saturated: the saturation detector reads")
+    verdicts = {e["name"]: e["verdict"] for e in decision.spill["endpoints"]}
+    assert verdicts == {"managed": "admits", "backup": "over requestsPerMinute: 0 in use + 1 asked > limit 0"}
+    assert d.external.stats()[0]["dispatched"] == 0, "explain reserved nothing"
+    assert route(d).external == "managed", "the one request of the minute is still there"
+    again = d.explain(request())
+    assert again.endpoints == POOL
+    assert again.spill is not None
+    assert again.spill["would_spill"] is False
+    assert again.spill["why"].endswith("but no external endpoint takes it: the request stays in the pool")
+    assert again.spill["endpoints"][0]["verdict"] == "over requestsPerMinute: 1 in use + 1 asked > limit 1"
+
+
+def test_explain_says_why_not() -> None:
+    d, _, _ = director(pool(waiting=0.0))
+    idle = d.explain(request())
+    assert idle.spill is not None
+    assert idle.spill["would_spill"] is False
+    assert idle.spill["why"].startswith("the pool can take it: the saturation detector reads")
+    asked = d.explain(request("offload"))
+    assert asked.spill is not None
+    assert asked.spill["why"].startswith("the objective 'offload' is in spillover.objectives")
+    assert asked.endpoints[0] == MANAGED
+    sheddable = d.explain(request("sheddable"))
+    assert sheddable.spill == {
+        "would_spill": False,
+        "endpoint": None,
+        "why": "priority -1 is below spillover.minPriority 0",
+        "endpoints": [],
+    }
+    st = pool(waiting=0.0)
+    plain = Director(st, store(f"{EPP}plugins:\n- {{type: queue-scorer}}\n"), rng=np.random.default_rng(0))
+    none = plain.explain(request())
+    assert none.spill is not None
+    assert none.spill["why"] == "no externalEndpoints configured"
 
 
 # ------------------------------------------------------------------------------------------ budgets
