@@ -274,17 +274,14 @@ class Service:
                 scaler=lambda: self._scaler.debug() if self._scaler is not None else None,
                 max_body_bytes=settings.admin_max_body_bytes,
                 prefix=self.prefix,
-                # with --workers the budgets live in the workers: the supervisor's would read as unused
-                external=self.director.external.stats if settings.workers == 1 else None,
+                # with --workers the budgets are the supervisor's too (picker.routing.external_remote)
+                external=self.external.stats,
             ),
             host=settings.admin_bind,
             port=settings.admin_port,
             name="admin",
         )
-        if settings.workers == 1:
-            self.telemetry.registry.register(
-                ExternalCollector(self.director.external.stats, self.telemetry.pool_name)
-            )
+        self.telemetry.registry.register(ExternalCollector(self.external.stats, self.telemetry.pool_name))
         self.ports: Ports | None = None
         self._stop = asyncio.Event()
         self._configure_flow(config)

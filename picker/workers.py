@@ -74,13 +74,13 @@ from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig, generate_self_signed
 from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity
+from picker.routing.external_remote import GRANT, ExternalClient, ExternalHost
 from picker.routing.hold import EmptyPoolHold
 from picker.service import Service
 from picker.settings import Settings
 from picker.state.codec import HealthInputs
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
 from picker.state.datastore import Datastore
-from picker.state.health import OutlierPolicy
 from picker.state.prefix import PrefixCacheState
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
@@ -192,6 +192,8 @@ class _Worker:
         self._stop = asyncio.Event()
         #: the supervisor's tenant budget, reached over the pipe (set in run())
         self.budget = SupervisorBackend(lambda _message: None)
+        #: the supervisor's external endpoints' budgets, reached over the pipe (set in run())
+        self.external = ExternalClient(lambda _message: None)
         #: requests waiting for a first replica (set in run())
         self.hold: EmptyPoolHold | None = None
 
@@ -214,14 +216,8 @@ class _Worker:
         config = store.active.config
         # scale from zero: the supervisor's scaler counts this worker's held requests and wakes on a new one
         self.hold = EmptyPoolHold(self.view.snapshot, on_change=lambda n: channel.send([HELD, n]))
-        # each worker holds 1/N of every external endpoint's limits (picker/routing/external.py)
-        external = ExternalCapacity(share=1.0 / s.workers)
-        external.set_health_policy(OutlierPolicy.from_params(config.outlier_detection))
-        store.add_listener(
-            lambda _r, active: external.set_health_policy(
-                OutlierPolicy.from_params(active.config.outlier_detection)
-            )
-        )
+        # external endpoints' budgets and health are the supervisor's, asked over the pipe (exact limits)
+        external = ExternalCapacity(remote=self.external)
         director = Director(
             self.view,
             store,
@@ -279,6 +275,7 @@ class _Worker:
         # Tenants: the memory backend's budget is the supervisor's, asked over the pipe (one budget for all
         # workers), Redis is shared as ever. Flow-control queues are per worker.
         self.budget = SupervisorBackend(channel.send)
+        self.external = ExternalClient(channel.send)
         label_values = self.settings.metrics_label_max_values
         label_length = self.settings.metrics_label_max_length
         tenants = TenantService(
@@ -358,10 +355,13 @@ class _Worker:
             if message is None:
                 log.warning("worker %d: the supervisor is gone, stopping", self.index)
                 self.budget.abandon()
+                self.external.abandon()
                 self._stop.set()
                 return
             if message[0] == VERDICT:
                 self.budget.deliver(message)
+            elif message[0] == GRANT:
+                self.external.deliver(message)
             elif message[0] == "prefix" and len(message) == 2:
                 now = time.monotonic()
                 self.prefix.receive(message[1], store.active.profiles, self.view.snapshot(), now)
@@ -421,6 +421,7 @@ class WorkerPool:
         *,
         key_pair: tuple[bytes, bytes] | None,
         budget: BudgetHost | None = None,
+        external: ExternalHost | None = None,
         held: Callable[[object, int], None] | None = None,
         prefix: Callable[[object], object] | None = None,
     ) -> None:
@@ -430,6 +431,8 @@ class WorkerPool:
         supervisor's replica."""
         self.settings = settings
         self.budget = budget
+        #: answers the workers' external-endpoint reservations from the supervisor's budgets
+        self.external = external
         self._held = held
         self.segment = segment
         self.datastore = datastore
@@ -515,6 +518,10 @@ class WorkerPool:
                 reply = self.budget.handle(index, message)
                 if reply is not None:
                     channel.send(reply)
+            elif message[0].startswith("external.") and self.external is not None:
+                reply = self.external.handle(index, message)
+                if reply is not None:
+                    channel.send(reply)
         channel.close()
         slot.serving = False
         # the socket closes when the process exits; wait for the exit itself (kill a process that
@@ -535,6 +542,8 @@ class WorkerPool:
         self.merged.retire(index)
         if self.budget is not None:
             self.budget.retire(index)
+        if self.external is not None:
+            self.external.retire(index)
         if all(s.process is None for s in self._slots):
             self._none_running.set()
         if self._stopping:
@@ -660,6 +669,7 @@ async def _supervise(settings: Settings) -> None:
             merged,
             key_pair=key_pair,
             budget=budget,
+            external=ExternalHost(service.external),
             held=held,
             prefix=share_prefix,
         )

@@ -153,6 +153,10 @@ class SpilloverConfig(_Model):
     default_output_tokens: int = Field(default=1024, ge=1, le=10_000_000)
     #: requests below this priority never spill (sheddable ones are shed as before)
     min_priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    #: EPP replicas serving at once that share the external endpoints' limits: each holds 1/replicas of
+    #: every limit (rounded down), so together they never pass it (budgets are per replica; ``--workers``
+    #: of one replica share its budget exactly). With leader election only the leader serves: leave 1.
+    replicas: int = Field(default=1, ge=1, le=1000)
 
 
 def check_external(endpoints: tuple[ExternalEndpointConfig, ...]) -> None:

@@ -61,10 +61,11 @@ from numpy.typing import NDArray
 from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
 from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.external import ExternalCapacity, ExternalLease, ExternalTicket, JointReservation
+from picker.routing.external_remote import RemoteTicket, give_back
 from picker.routing.header_only import HDR_OBJECTIVE, body_less_dispatch, resolve_headers
 from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
 from picker.routing.openai import ModelRestorer, parse_request, prompt_text, rewrite_model
-from picker.routing.spill import NO_SPILL, SpillDecision, decide, explain_spill_off
+from picker.routing.spill import NO_SPILL, RemoteAsk, SpillDecision, decide, explain_spill_off
 from picker.routing.types import Dispatch, Lease, PendingRoute, RequestInfo, Resolved, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
@@ -254,7 +255,7 @@ class Director:
         else:
             resolved = self.resolve(request, explain=True)
         dispatch = self._schedule(request, resolved, explain=True)
-        assert dispatch is not None  # an explained schedule never declines
+        assert isinstance(dispatch, Dispatch)  # an explained schedule neither declines nor asks
         return dispatch
 
     def _enqueue(
@@ -278,7 +279,7 @@ class Director:
 
     def _spill_first(
         self, request: RoutingRequest, resolved: Resolved, ticket: Ticket | None
-    ) -> Dispatch | None:
+    ) -> Dispatch | PendingRoute | None:
         """Flow control would queue the request (the pool is saturated, or others wait): an external
         endpoint that takes it serves it now, the queue is for requests none takes. Sheddable requests
         are never queued (shed or spilled by :meth:`_schedule` as without flow control)."""
@@ -306,50 +307,103 @@ class Director:
                 if self._flow is not None and self._flow.enabled:
                     spilled = self._spill_first(request, resolved, ticket)
                     if spilled is not None:
-                        return spilled
+                        return await _arrived(spilled)
                     waiting = self._enqueue(request, resolved, ticket)
             if waiting is not None:
                 assert self._flow is not None
                 await self._flow.wait(*waiting)
                 try:
-                    return self._scheduled(ticket, request, resolved)
+                    return await _arrived(self._scheduled(ticket, request, resolved))
                 finally:
                     self._flow.poke()  # its load is counted now: the next one may go
+            return await _arrived(self._scheduled(ticket, request, resolved))
         except BaseException:
             if ticket is not None:
                 ticket.release()
             raise
-        return self._scheduled(ticket, request, resolved)
 
-    def _scheduled(self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved) -> Dispatch:
-        dispatch = self._admitted(ticket, request, resolved)
-        assert dispatch is not None  # only a pressed schedule may decline
-        return dispatch
+    async def _asked(
+        self,
+        ticket: Ticket | None,
+        request: RoutingRequest,
+        resolved: Resolved,
+        ask: RemoteAsk,
+        *,
+        pressed: bool,
+    ) -> Dispatch:
+        """A ``--workers`` worker's request that wants an external endpoint, once the supervisor answered:
+        sent there, or (none took it) queued when flow control pressed, else scheduled in the pool."""
+        try:
+            decided = ask.decided(await ask.future)
+            if decided.first is None and pressed:
+                waiting = self._enqueue(request, resolved, ticket)
+                if waiting is not None:
+                    return await self._later(request, resolved, ticket, None, waiting)
+                pressed = False  # the pool took a turn while we asked: no queue
+            routed = self._admitted(ticket, request, resolved, pressed=pressed, decided=decided)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
+        assert isinstance(routed, Dispatch)  # decided: nothing more to ask, nothing to decline
+        return routed
+
+    def _scheduled(
+        self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved
+    ) -> Dispatch | PendingRoute:
+        routed = self._admitted(ticket, request, resolved)
+        assert routed is not None  # only a pressed schedule may decline
+        return routed
 
     def _admitted(
-        self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved, *, pressed: bool = False
-    ) -> Dispatch | None:
+        self,
+        ticket: Ticket | None,
+        request: RoutingRequest,
+        resolved: Resolved,
+        *,
+        pressed: bool = False,
+        decided: SpillDecision | None = None,
+    ) -> Dispatch | PendingRoute | None:
         """Schedule a request (holding a reservation or not); a refusal from here on gives it back. None:
-        a pressed schedule no external endpoint took (the caller queues it, reservation and all)."""
+        a pressed schedule no external endpoint took (the caller queues it, reservation and all). A
+        PendingRoute: a worker asks the supervisor for an external endpoint first (:meth:`_asked`)."""
         try:
-            dispatch = self._schedule(request, resolved, explain=False, pressed=pressed)
+            routed = self._schedule(request, resolved, explain=False, pressed=pressed, decided=decided)
         except BaseException:
             if ticket is not None:
                 ticket.release()
+            if decided is not None and decided.ticket is not None:
+                decided.ticket.release()
             raise
-        if dispatch is not None and ticket is not None:
-            spilled = dispatch.ticket
-            dispatch.ticket = (
-                ticket if not isinstance(spilled, ExternalTicket) else JointReservation(ticket, spilled)
+        if isinstance(routed, RemoteAsk):
+            queue_ttl = self._flow.limits.ttl_s if pressed and self._flow is not None else None
+            return PendingRoute(
+                self._asked(ticket, request, resolved, routed, pressed=pressed),
+                extend_s=None if queue_ttl is None else queue_ttl + HOLD_MARGIN_S,
+                on_cancel=lambda: give_back(routed.future),
             )
-        return dispatch
+        if routed is not None and ticket is not None:
+            spilled = routed.ticket
+            routed.ticket = (
+                ticket
+                if not isinstance(spilled, (ExternalTicket, RemoteTicket))
+                else JointReservation(ticket, spilled)
+            )
+        return routed
 
     def _schedule(
-        self, request: RoutingRequest, resolved: Resolved, *, explain: bool, pressed: bool = False
-    ) -> Dispatch | None:
+        self,
+        request: RoutingRequest,
+        resolved: Resolved,
+        *,
+        explain: bool,
+        pressed: bool = False,
+        decided: SpillDecision | None = None,
+    ) -> Dispatch | RemoteAsk | None:
         """Steps 4-7 after admission. ``pressed``: flow control would queue the request, so it goes to an
         external endpoint now if one takes it; else None comes back (nothing reserved or consumed: the
-        caller queues it). Returns a Dispatch otherwise."""
+        caller queues it). A RemoteAsk: the supervisor is asked for an external endpoint; ``decided``:
+        its answer, when this runs again with it. Returns a Dispatch otherwise."""
         _, _, priority, objective, info = resolved
         started = self._clock()
         m = self._ds.snapshot()
@@ -375,7 +429,9 @@ class Director:
                     raise ResourceExhausted(MSG_SHED)
                 shed = True  # unless an external endpoint takes it
         spill = NO_SPILL
-        if external is not None:
+        if decided is not None:
+            spill = decided
+        elif external is not None:
             if explain and self._flow is not None and self._flow.enabled and priority >= 0:
                 pressed = self._flow.would_queue()
             check = external.wants(
@@ -391,7 +447,7 @@ class Director:
             )
             estimate = (info.prompt_chars // 4) if info is not None else 0
             max_tokens = (info.max_tokens or None) if info is not None else None
-            spill = decide(
+            decision = decide(
                 external,
                 check,
                 estimate,
@@ -401,6 +457,9 @@ class Director:
                 shed=shed,
                 explain=explain,
             )
+            if isinstance(decision, RemoteAsk):
+                return decision
+            spill = decision
         elif explain:
             spill = SpillDecision(None, None, None, explain_spill_off(self.external, priority))
         if spill.first is None and shed:
@@ -461,7 +520,13 @@ class Director:
                 )
             except NoEndpointsAvailable as exc:
                 # the filters left nothing: the pool has no candidate for this request
-                if first is None and external is not None and failover is None and not explain:
+                if (
+                    first is None
+                    and external is not None
+                    and external.remote is None
+                    and failover is None
+                    and not explain
+                ):
                     ticket = external.reserve(
                         pick_req.prompt_tokens_estimate, pick_req.output_tokens_estimate or None
                     )
@@ -586,6 +651,10 @@ class Director:
         rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), self._stale_after()))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
         return body_less_dispatch(m.addresses[i])
+
+
+async def _arrived(routed: Dispatch | PendingRoute) -> Dispatch:
+    return await routed.wait() if isinstance(routed, PendingRoute) else routed
 
 
 def _prompt_text(request: RoutingRequest) -> str:

@@ -26,16 +26,10 @@ can never be passed, and the token and cost meters only by what responses use be
 (a prompt estimate below the real count, or an answer longer than ``defaultOutputTokens`` from a request
 without ``max_tokens``). At the end the reservation is settled with the response's ``usage`` (exact), or
 with the whole reservation when the response reported none or the stream broke off (we cannot know what
-the provider counted, so we assume the most). With ``--workers N`` every worker gets ``1/N`` of each limit
-(rounded down): the sum cannot pass the limit, at the price of one worker refusing while another has room.
-
-**Settled from the endpoint that served.** The gateway tries the external endpoint first and, when it
-fails (5xx, reset, connect failure, timeout), retries on the pool's fallback. When the gateway reports the
-served endpoint (``x-gateway-destination-endpoint-served``, :meth:`ExternalTicket.served_by`, told at the
-response headers) and it is not the external one, the reservation is settled at once as one request with
-no tokens and no cost: the attempt reached (or tried to reach) the provider, which may count it against
-its requests per minute, but produced no completion to bill. Without that report nothing tells the two
-apart and the reservation is settled as if the external endpoint served (never under-counted).
+the provider counted, so we assume the most). With ``--workers N`` the budgets are the supervisor's
+(``picker.routing.external_remote``): exact across workers. Across EPP replicas nothing is shared: with
+``spillover.replicas: R`` each replica holds ``1/R`` of every limit (rounded down), so R active replicas
+together never pass a limit (with leader election only the leader serves: leave it at 1).
 
 **Passive health.** External endpoints get the pool's outlier detection (:mod:`picker.state.health`,
 the same ``outlier-detector`` plugin settings, hot-reloaded), in a detector of their own: every spilled
@@ -47,18 +41,19 @@ nothing else is open on it), whose outcome reinstates or re-ejects it. ``maxEjec
 the external endpoints as a group (one may always be ejected). When every external endpoint is ejected
 the request stays in the pool (an objective that asked counts ``ejected``).
 
-Why one module: the endpoints' order, their budgets, their health and the tickets that settle them are one
-decision made per request over the same accounts (a ticket settles the account its endpoint was chosen
-by; health gates the same order the limits do); ``/debug/explain``'s wording of it is apart
-(``spill.py``).
+The tickets that settle a reservation (from the endpoint that served) are in ``external_tickets.py``, the
+spill decision and ``/debug/explain``'s wording of it in ``spill.py``, the ``--workers`` link in
+``external_remote.py``.
+
+Why one module: the endpoints' order, their budgets and their health are one decision made per request
+over the same accounts (health gates the same order the limits do).
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
@@ -66,6 +61,13 @@ from numpy.typing import NDArray
 
 from picker.config.costs import ExternalEndpointConfig, SpilloverConfig
 from picker.routing.avoid import FailoverReason, Level
+from picker.routing.external_tickets import (
+    ExternalEndpoint,
+    ExternalLease,
+    ExternalTicket,
+    JointReservation,
+    SpillTicket,
+)
 from picker.state.health import FailureKind, Health, OutlierDetector, OutlierPolicy
 from picker.state.outcomes import FAILURE_INDEX, OK, Outcome, classify
 from picker.tenants.ledger import (
@@ -74,45 +76,27 @@ from picker.tenants.ledger import (
     Account,
     Limits,
     Vector,
-    actual_vector,
     now_wall,
     reservation_vector,
     window_ids,
 )
 from picker.tenants.policy import compile_limits
 from scoring import EndpointMatrix, Scheduler
-from scoring.types import PickRequest
 
-__all__ = ["ExternalCapacity", "ExternalEndpoint", "ExternalLease", "ExternalTicket", "JointReservation"]
+__all__ = [
+    "ExternalBudget",
+    "ExternalCapacity",
+    "ExternalEndpoint",
+    "ExternalLease",
+    "ExternalTicket",
+    "JointReservation",
+    "SpillCheck",
+    "SpillTicket",
+]
 
 _UNLIMITED: Final[Limits] = (None, None, None, None, None, None)
 #: outcome kind index -> failure kind (``picker.state.outcomes``)
 _FAILURE_KINDS: Final = {index: kind for kind, index in FAILURE_INDEX.items()}
-
-
-class _Usage(Protocol):
-    @property
-    def prompt_tokens(self) -> int: ...
-
-    @property
-    def completion_tokens(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ExternalEndpoint:
-    """One ``externalEndpoints`` entry, compiled: prices in nano-units per million tokens, limits as the
-    ledger's six meters (already scaled to this process's share)."""
-
-    name: str
-    address: str
-    priority: int
-    price_in: float
-    price_out: float
-    limits: Limits
-
-    def cost_nano(self, input_tokens: int, output_tokens: int) -> int:
-        """What ``input_tokens`` + ``output_tokens`` cost here, in nano-units (rounded up)."""
-        return math.ceil((input_tokens * self.price_in + output_tokens * self.price_out) * 1000.0)
 
 
 def _scaled(limits: Limits, share: float) -> Limits:
@@ -121,173 +105,11 @@ def _scaled(limits: Limits, share: float) -> Limits:
     return tuple(None if v is None else int(v * share) for v in limits)  # type: ignore[return-value]
 
 
-class ExternalTicket:
-    """One request's reservation on an external endpoint (the stream drives it as it drives a tenant's
-    ticket: ``picker.routing.types.Reservation``). Not thread-safe (one stream)."""
+class ExternalBudget(Protocol):
+    """Budgets held elsewhere (the ``--workers`` supervisor's): a reservation is a round trip whose
+    answer is a ``picker.routing.external_remote.Grant``."""
 
-    __slots__ = (
-        "_account",
-        "_clock",
-        "_observe",
-        "amounts",
-        "done",
-        "endpoint",
-        "input_tokens",
-        "output_tokens",
-        "sent",
-        "served_elsewhere",
-    )
-
-    def __init__(
-        self,
-        account: Account,
-        endpoint: ExternalEndpoint,
-        *,
-        amounts: Vector,
-        input_tokens: int,
-        output_tokens: int,
-        clock: Callable[[], float],
-        observe: Callable[[str, Outcome], None] | None = None,
-    ) -> None:
-        self._account = account
-        self._clock = clock
-        self._observe = observe
-        self.endpoint = endpoint
-        self.amounts = amounts
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-        self.sent = False
-        self.done = False
-        #: the gateway reported another endpoint (the pool's fallback) as the one that served
-        self.served_elsewhere = False
-
-    def response_headers(self) -> list[tuple[str, bytes]]:
-        return []
-
-    def chunk(self, chunk: bytes) -> None:
-        pass
-
-    def served_by(self, address: str) -> None:
-        """The gateway's served endpoint, at the response headers: another one than ours (its retry landed
-        on the pool's fallback) settles now as one request without tokens or cost (module docstring)."""
-        if self.done or address == self.endpoint.address:
-            return
-        self.served_elsewhere = True
-        self.sent = True
-        self._settle(0, 0)
-
-    def complete(self, usage: _Usage | None, *, status_ok: bool, body: bytes | None = None) -> None:  # noqa: ARG002 - Reservation protocol
-        """Settle with the response's usage; without one, with the whole reservation."""
-        if self.done:
-            return
-        tokens = cost = 0
-        if usage is not None:
-            prompt, completion = usage.prompt_tokens, usage.completion_tokens
-            tokens = prompt + completion
-            cost = self.endpoint.cost_nano(prompt, completion)
-        if tokens <= 0:
-            self._settle(self.amounts[0], self.amounts[4])
-        else:
-            self._settle(tokens, cost)
-
-    def release(self) -> None:
-        """Stream end: a request never sent gives everything back; one that was sent and did not
-        complete is counted as the whole reservation. Idempotent."""
-        if self.done:
-            return
-        if self.sent:
-            self._settle(self.amounts[0], self.amounts[4])
-        else:
-            self.done = True
-            self._account.settle(self.amounts, actual_vector(0, 0, counted=False), window_ids(self._clock()))
-
-    def report(self, outcome: Outcome) -> None:
-        """What the request came to, for the external endpoints' passive health (:class:`ExternalLease`)."""
-        observe = self._observe
-        if observe is not None:
-            self._observe = None
-            observe(self.endpoint.address, outcome)
-
-    def _settle(self, tokens: int, cost_nano: int) -> None:
-        self.done = True
-        self._account.settle(self.amounts, actual_vector(tokens, cost_nano), window_ids(self._clock()))
-
-
-class ExternalLease:
-    """The lease of a request sent to an external endpoint first (``Dispatch.lease``): it holds nothing of
-    the pool's load (the pool's endpoints are only its fallback list); its outcome goes to the external
-    endpoints' passive health through the ticket."""
-
-    __slots__ = ("_ticket",)
-
-    def __init__(self, ticket: ExternalTicket) -> None:
-        self._ticket = ticket
-
-    def first_byte(self) -> None:
-        pass
-
-    def report(self, outcome: Outcome, /) -> None:
-        self._ticket.report(outcome)
-
-    def release(self) -> None:
-        pass
-
-
-class _Reservation(Protocol):
-    sent: bool
-
-    def response_headers(self) -> list[tuple[str, bytes]]: ...
-
-    def chunk(self, chunk: bytes) -> None: ...
-
-    def served_by(self, address: str) -> None: ...
-
-    def complete(self, usage: Any, *, status_ok: bool, body: bytes | None = None) -> None: ...
-
-    def release(self) -> None: ...
-
-
-class JointReservation:
-    """A tenant's ticket and an external endpoint's, driven as one by the stream (the tenant's headers)."""
-
-    __slots__ = ("external", "tenant")
-
-    def __init__(self, tenant: _Reservation, external: ExternalTicket) -> None:
-        self.tenant = tenant
-        self.external = external
-
-    @property
-    def sent(self) -> bool:
-        return self.tenant.sent
-
-    @sent.setter
-    def sent(self, value: bool) -> None:
-        self.tenant.sent = value
-        self.external.sent = value
-
-    def response_headers(self) -> list[tuple[str, bytes]]:
-        return self.tenant.response_headers()
-
-    def chunk(self, chunk: bytes) -> None:
-        self.tenant.chunk(chunk)
-
-    def served_by(self, address: str) -> None:
-        try:
-            self.tenant.served_by(address)
-        finally:
-            self.external.served_by(address)
-
-    def complete(self, usage: Any, *, status_ok: bool, body: bytes | None = None) -> None:
-        try:
-            self.tenant.complete(usage, status_ok=status_ok, body=body)
-        finally:
-            self.external.complete(usage, status_ok=status_ok)
-
-    def release(self) -> None:
-        try:
-            self.tenant.release()
-        finally:
-            self.external.release()
+    def reserve(self, input_tokens: int, max_tokens: int | None) -> asyncio.Future[Any]: ...
 
 
 class SpillCheck(NamedTuple):
@@ -317,15 +139,16 @@ class ExternalCapacity:
     def __init__(
         self,
         *,
-        share: float = 1.0,
         clock: Callable[[], float] = now_wall,
         monotonic: Callable[[], float] = time.monotonic,
+        remote: ExternalBudget | None = None,
     ) -> None:
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"share must be in (0, 1], got {share}")
-        self._share = share
+        """``remote``: a ``--workers`` worker's link to the supervisor's budgets
+        (``picker.routing.external_remote.ExternalClient``); then this object only follows the config and
+        decides when a request wants an external endpoint, and the supervisor reserves."""
         self._clock = clock
         self._monotonic = monotonic
+        self.remote = remote
         self._source: tuple[ExternalEndpointConfig, ...] | None = None
         self.endpoints: tuple[ExternalEndpoint, ...] = ()
         self.spill = SpilloverConfig()
@@ -358,7 +181,9 @@ class ExternalCapacity:
                     priority=e.priority,
                     price_in=e.price.input_per1_m,
                     price_out=e.price.output_per1_m,
-                    limits=_UNLIMITED if e.limits is None else _scaled(compile_limits(e.limits), self._share),
+                    limits=_UNLIMITED
+                    if e.limits is None
+                    else _scaled(compile_limits(e.limits), 1.0 / spill.replicas),
                 )
                 for e in endpoints
             )
@@ -385,9 +210,10 @@ class ExternalCapacity:
         now: Callable[[], float],
         pressed: bool = False,
     ) -> SpillCheck:
-        """Should the request go external first: its objective asks, or the pool is empty, every candidate
-        ejected, probing or draining (``levels``: ``picker.routing.avoid``; stale metrics alone are no
-        reason, the scraper is the likelier fault) or saturated (the profile's detector at
+        """Should the request go external first (then :meth:`reserve`, or the supervisor's under
+        ``--workers``; ``picker.routing.spill.decide``): its objective asks, or the pool is empty, every
+        candidate ejected, probing or draining (``levels``: ``picker.routing.avoid``; stale metrics
+        alone are no reason, the scraper is the likelier fault) or saturated (the profile's detector at
         ``spillover.saturationThreshold``; ``pressed``: flow control would queue the request, which is the
         pool being saturated too). Reserves nothing."""
         if self.asks(objective):
@@ -403,40 +229,6 @@ class ExternalCapacity:
         if pressed or saturation >= self.spill.saturation_threshold:
             return SpillCheck(True, False, FailoverReason.SATURATED, saturation)
         return SpillCheck(False, False, None, saturation)
-
-    def choose(
-        self,
-        m: EndpointMatrix,
-        mask: NDArray[np.bool_] | None,
-        scheduler: Scheduler,
-        req: PickRequest,
-        *,
-        levels: Callable[[], NDArray[np.uint8] | None],
-        objective: str,
-        saturation: float | None,
-        empty: bool,
-        now: Callable[[], float],
-        pressed: bool = False,
-    ) -> tuple[ExternalTicket | None, str | None]:
-        """``(reservation on an external endpoint or None, ai_failover_total reason or None)``:
-        :meth:`wants`, then :meth:`reserve` when it does."""
-        check = self.wants(
-            m,
-            mask,
-            scheduler,
-            levels=levels,
-            objective=objective,
-            saturation=saturation,
-            empty=empty,
-            now=now,
-            pressed=pressed,
-        )
-        if not check.wanted:
-            return None, None
-        ticket = self.reserve(req.prompt_tokens_estimate, req.output_tokens_estimate or None)
-        if ticket is None:
-            return None, self.refusal().value if check.asked else None
-        return ticket, None if check.reason is None else check.reason.value
 
     def asks(self, objective: str) -> bool:
         """The request's objective asks for external capacity first."""

@@ -18,18 +18,22 @@ which limit by how much, ejected by passive health and for how long, probing).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from picker.routing.avoid import FailoverReason
-from picker.routing.external import ExternalCapacity, ExternalTicket, SpillCheck
+from picker.routing.external import ExternalCapacity, ExternalTicket, SpillCheck, SpillTicket
 
-__all__ = ["NO_SPILL", "SpillDecision", "decide", "explain_spill", "explain_spill_off"]
+if TYPE_CHECKING:
+    from picker.routing.external_remote import Grant
+
+__all__ = ["NO_SPILL", "RemoteAsk", "SpillDecision", "decide", "explain_spill", "explain_spill_off"]
 
 
 class SpillDecision(NamedTuple):
     #: the reservation of a live request sent to an external endpoint first
-    ticket: ExternalTicket | None
+    ticket: SpillTicket | None
     #: the address the request goes to first (or, explained, would go to); None: the pool's primary
     first: str | None
     #: the ``ai_failover_total`` reason of the spill (or of a refusal the objective asked for)
@@ -39,6 +43,23 @@ class SpillDecision(NamedTuple):
 
 
 NO_SPILL = SpillDecision(None, None, None, None)
+
+
+class RemoteAsk(NamedTuple):
+    """A ``--workers`` worker's request that wants an external endpoint: the supervisor's answer is on
+    its way (``picker.routing.external_remote``); :meth:`decided` turns it into the decision."""
+
+    check: SpillCheck
+    future: asyncio.Future[Grant]
+
+    def decided(self, grant: Grant) -> SpillDecision:
+        ticket = grant.ticket
+        if ticket is not None:
+            reason = self.check.reason
+            return SpillDecision(
+                ticket, ticket.endpoint.address, None if reason is None else reason.value, None
+            )
+        return SpillDecision(None, None, grant.refusal if self.check.asked else None, None)
 
 
 def decide(
@@ -51,9 +72,13 @@ def decide(
     pressed: bool,
     shed: bool,
     explain: bool,
-) -> SpillDecision:
+) -> SpillDecision | RemoteAsk:
     """Reserve on the first external endpoint that takes the request when ``check`` wants it (a live
-    request), or explain what would happen (``explain``: nothing reserved)."""
+    request), or explain what would happen (``explain``: nothing reserved). A ``--workers`` worker asks
+    the supervisor: a :class:`RemoteAsk` comes back."""
+    remote = external.remote
+    if remote is not None and check.wanted and not explain:
+        return RemoteAsk(check, remote.reserve(prompt_tokens, max_tokens))
     ticket: ExternalTicket | None = None
     first: str | None = None
     doc: Mapping[str, Any] | None = None

@@ -179,19 +179,30 @@ class PendingRoute:
     ``extend_s``: the wait may outlast the proxy's per-message timer, so the stream first asks the proxy to
     restart that timer with this many seconds (``override_message_timeout``); None asks nothing."""
 
-    __slots__ = ("_coro", "extend_s")
+    __slots__ = ("_coro", "_on_cancel", "extend_s")
 
-    def __init__(self, coro: Coroutine[object, object, Dispatch], *, extend_s: float | None = None) -> None:
+    def __init__(
+        self,
+        coro: Coroutine[object, object, Dispatch],
+        *,
+        extend_s: float | None = None,
+        on_cancel: Callable[[], object] | None = None,
+    ) -> None:
+        """``on_cancel``: what :meth:`cancel` must undo besides the coroutine (a question already sent,
+        whose answer would otherwise hold a reservation nobody releases)."""
         self._coro = coro
         self.extend_s = extend_s
+        self._on_cancel = on_cancel
 
     async def wait(self) -> Dispatch:
         return await self._coro
 
     def cancel(self) -> None:
         """The stream ended before waiting: close the coroutine (nothing was reserved yet, or its
-        reservation is given back by the ticket's own cleanup)."""
+        reservation is given back by the ticket's own cleanup, or by ``on_cancel``)."""
         self._coro.close()
+        if self._on_cancel is not None:
+            self._on_cancel()
 
 
 class Router(Protocol):

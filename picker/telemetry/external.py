@@ -48,7 +48,7 @@ class ExternalCollector(Collector):
         )
         limit = GaugeMetricFamily(
             "picker_external_limit",
-            "The limits of an external endpoint this process holds (1/N each with --workers N).",
+            "The limits of an external endpoint this EPP replica holds (1/R each with spillover.replicas R).",
             labels=["pool", "endpoint", "meter"],
         )
         ejected = GaugeMetricFamily(

@@ -1,6 +1,7 @@
 """``picker serve --workers 2`` as a real process tree: both workers serve streams on one port, in-flight
 totals add up across them, request metrics of both reach /metrics, a killed worker is replaced with its
-streams released, and the workers go away with the supervisor."""
+streams released, the workers go away with the supervisor, and tenants' and external endpoints' budgets
+are one across the workers."""
 
 from __future__ import annotations
 
@@ -307,23 +308,7 @@ async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
     """The memory backend's budget lives in the supervisor: a concurrency limit of 3 holds across both
     workers, and a worker that dies gives its tenants' reservations back."""
     async with _start_tree("--config-text", TENANTS) as t:
-        # one client per worker: connect until a held (tenant-less) stream shows on each worker
-        by_worker: dict[int, EnvoyClient] = {}
-        for _ in range(64):
-            client = await t.new_client()
-            before = {w["index"]: w["inflight"] for w in await t.workers()}
-            stream, kind = await _first_reply_kind(client, "probe")
-            after = {w["index"]: w["inflight"] for w in await t.workers()}
-            (index,) = [i for i in after if after[i] > before[i]]
-            stream.cancel()
-            await eventually(
-                functools.partial(_settled, t, index, before[index]), "the probe's stream released"
-            )
-            by_worker.setdefault(index, client)
-            if len(by_worker) == 2:
-                break
-        assert len(by_worker) == 2, "connections never reached both workers"
-        a, b = by_worker[0], by_worker[1]
+        a, b = await _client_per_worker(t)
         held = []
         for _ in range(3):
             stream, kind = await _first_reply_kind(a, "shared")
@@ -346,6 +331,80 @@ async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
             return bool(rows) and rows[0]["meters"]["concurrent"]["reserved"] == 0
 
         await eventually(released, "the reservations given back")
+
+
+async def _client_per_worker(t: Tree) -> tuple[EnvoyClient, EnvoyClient]:
+    """One client connected to each worker: connect until a held stream shows on each worker."""
+    by_worker: dict[int, EnvoyClient] = {}
+    for _ in range(64):
+        client = await t.new_client()
+        before = {w["index"]: w["inflight"] for w in await t.workers()}
+        stream, _kind = await _first_reply_kind(client, "probe")
+        after = {w["index"]: w["inflight"] for w in await t.workers()}
+        (index,) = [i for i in after if after[i] > before[i]]
+        stream.cancel()
+        await eventually(functools.partial(_settled, t, index, before[index]), "the probe's stream released")
+        by_worker.setdefault(index, client)
+        if len(by_worker) == 2:
+            break
+    assert len(by_worker) == 2, "connections never reached both workers"
+    return by_worker[0], by_worker[1]
+
+
+EXTERNAL = """\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+objectives: [{name: offload, priority: 0}]
+externalEndpoints:
+- {name: managed, address: '127.0.0.9:9', price: {inputPer1M: 1, outputPer1M: 4}, limits: {concurrent: 3}}
+spillover: {objectives: [offload]}
+"""
+
+
+async def _destination(client: EnvoyClient) -> tuple[RawStream, str]:
+    """A request whose objective asks for the external endpoint, held open: where it was sent first."""
+    stream = client.stream()
+    request = HttpRequest(body=BODY, headers=[("x-gateway-inference-objective", "offload")])
+    for message in request.messages():
+        await stream.send(message)
+    reply = await stream.recv()
+    assert reply is not None, await stream.status()
+    assert reply.WhichOneof("response") == "request_headers", reply
+    mutation = reply.request_headers.response.header_mutation
+    headers = {
+        o.header.key.lower(): (o.header.raw_value or o.header.value.encode()).decode()
+        for o in mutation.set_headers
+    }
+    assert await stream.recv() is not None  # the body reply
+    return stream, headers["x-gateway-destination-endpoint"].split(",")[0]
+
+
+async def test_workers_share_the_external_endpoints_budget_through_the_supervisor() -> None:
+    """External endpoints' limits are the supervisor's: ``concurrent: 3`` is reached from both workers
+    (a 1/N split would stop at one each) and never passed; a finished request frees its slot for the other
+    worker; /debug/external shows the one budget."""
+    async with _start_tree("--config-text", EXTERNAL) as t:
+        a, b = await _client_per_worker(t)
+        held = [await _destination(c) for c in (a, a, b, b)]
+        firsts = [where for _, where in held]
+        assert firsts[:3] == ["127.0.0.9:9"] * 3, firsts
+        assert firsts[3] != "127.0.0.9:9", "the limit is used: the fourth goes to the pool"
+        (row,) = (await t.get("/debug/external"))["external"]
+        assert row["limits"] == {"concurrent": 3}
+        assert row["reserved"]["concurrent"] == 3
+        await finish(held[0][0])  # worker a's request ends: its slot is free for worker b
+        stream, where = await _destination(b)
+        assert where == "127.0.0.9:9"
+        for s in (stream, *(s for s, _ in held[1:])):
+            s.cancel()
+
+        async def released() -> bool:
+            (row,) = (await t.get("/debug/external"))["external"]
+            return bool(row["reserved"]["concurrent"] == 0)
+
+        await eventually(released, "every reservation settled")
+        (row,) = (await t.get("/debug/external"))["external"]
+        assert row["dispatched"] == 4
 
 
 async def _settled(t: Tree, index: int, inflight: float) -> bool:

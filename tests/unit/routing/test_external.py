@@ -65,7 +65,7 @@ class Clock:
         return self.t
 
 
-def director(st: State, text: str | None = None, share: float = 1.0) -> tuple[Director, Observer, Clock]:
+def director(st: State, text: str | None = None) -> tuple[Director, Observer, Clock]:
     observer = Observer()
     wall = Clock()
     d = Director(
@@ -74,7 +74,7 @@ def director(st: State, text: str | None = None, share: float = 1.0) -> tuple[Di
         rng=np.random.default_rng(0),
         clock=lambda: 0.0,  # metrics scraped "now": fresh for the saturation detector
         observer=observer,
-        external=ExternalCapacity(share=share, clock=wall),
+        external=ExternalCapacity(clock=wall),
     )
     return d, observer, wall
 
@@ -268,11 +268,11 @@ def test_explain_says_why_not() -> None:
 
 
 # ------------------------------------------------------------------------------------------ budgets
-def capacity(limits: str = "{requestsPerMinute: 3}", share: float = 1.0) -> tuple[ExternalCapacity, Clock]:
+def capacity(limits: str = "{requestsPerMinute: 3}", extra: str = "") -> tuple[ExternalCapacity, Clock]:
     """Both endpoints with ``limits``."""
     wall = Clock()
-    cap = ExternalCapacity(share=share, clock=wall)
-    settings = load_config_text(picker_doc(limits, backup=limits)).settings
+    cap = ExternalCapacity(clock=wall)
+    settings = load_config_text(picker_doc(limits, extra=extra, backup=limits)).settings
     assert cap.sync(settings.external_endpoints, settings.spillover)
     return cap, wall
 
@@ -312,8 +312,8 @@ def test_a_response_without_usage_settles_its_whole_reservation() -> None:
     assert cap.stats()[0]["used"]["tokensPerMinute"] == 400
 
 
-def test_workers_share_the_limits() -> None:
-    cap, _ = capacity("{requestsPerMinute: 5}", share=0.5)
+def test_replicas_share_the_limits() -> None:
+    cap, _ = capacity("{requestsPerMinute: 5}", extra=", replicas: 2")
     assert [cap.reserve(1, 1) is not None and cap.stats()[0]["dispatched"] for _ in range(3)] == [1, 2, 2]
     assert cap.stats()[0]["limits"] == {"requestsPerMinute": 2}
 
