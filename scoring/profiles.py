@@ -16,10 +16,12 @@ detector is shared (one per configuration, as in the reference).
    a rule with no condition matches every request;
 3. ``defaultProfile`` (default: the first profile).
 
-Each choice also carries an :class:`ExternalPolicy`: whether the request may go to external endpoints
-(capacity outside the pool, declared in the service's configuration). A rule may set it (``external``);
-otherwise it follows the priority: ``WhenSaturated`` for priority >= 0, ``Never`` for sheddable requests
-(priority < 0), which are shed rather than sent to paid capacity.
+Each choice also carries the :class:`ExternalPolicy` its rule sets (``external``), or None: whether the
+request may go to external endpoints (capacity outside the pool, declared in the service's configuration:
+``picker.routing.external``). ``Never`` keeps it in the pool, ``Prefer`` sends it to external capacity
+first (the pool as fallback), ``WhenSaturated`` only when the pool cannot take it; None (no rule says) lets
+the service's ``spillover`` settings decide (by default: ``WhenSaturated`` for priority >= 0, never for
+sheddable requests, which are shed rather than sent to paid capacity).
 """
 
 from __future__ import annotations
@@ -64,17 +66,13 @@ class ExternalPolicy(enum.StrEnum):
     PREFER = "Prefer"
 
 
-def default_external(priority: int) -> ExternalPolicy:
-    """The policy of a request no rule sets one for: sheddable requests are never spilled."""
-    return ExternalPolicy.NEVER if priority < 0 else ExternalPolicy.WHEN_SATURATED
-
-
 @dataclass(frozen=True, slots=True)
 class ProfileChoice:
     """The profile chosen for a request, its external policy, and why (``/debug/explain``)."""
 
     scheduler: Scheduler
-    external: ExternalPolicy
+    #: the rule's ``external``; None: no rule set it (the service's ``spillover`` settings decide)
+    external: ExternalPolicy | None
     #: ``header``, ``rule <n>``, ``default`` or ``single``
     reason: str
 
@@ -285,14 +283,12 @@ class Profiles:
         self.saturation_detector = saturation_detector
         #: the header the handler reads ("" = none)
         self.header = handler.header
-        self._choices: dict[tuple[str, str, ExternalPolicy], ProfileChoice] = {}
+        self._choices: dict[tuple[str, str, ExternalPolicy | None], ProfileChoice] = {}
         #: with the single-profile handler the choice depends on the priority's sign only: built once
         self._single: tuple[ProfileChoice, ProfileChoice] | None = None
         if isinstance(handler, SingleProfileHandler):
-            self._single = (
-                ProfileChoice(self.default, ExternalPolicy.WHEN_SATURATED, "single"),
-                ProfileChoice(self.default, ExternalPolicy.NEVER, "single"),
-            )
+            single = ProfileChoice(self.default, None, "single")
+            self._single = (single, single)
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -310,7 +306,7 @@ class Profiles:
         if scheduler is None:  # a header naming no profile: as if absent
             name, reason, external = self.handler.choose(objective, priority, None)
             scheduler = self.by_name[name] if name is not None else self.default
-        policy = external if external is not None else default_external(priority)
+        policy = external
         key = (scheduler.profile_name, reason, policy)
         choice = self._choices.get(key)
         if choice is None:

@@ -76,7 +76,7 @@ from picker.tenants.flow import FlowController
 from scoring import EndpointMatrix, NoEndpointsAvailable, Scheduler, subset_mask
 from scoring.matrix import LoadCharge
 from scoring.prefix import CHARS_PER_TOKEN
-from scoring.profiles import ProfileChoice
+from scoring.profiles import ExternalPolicy, ProfileChoice
 from scoring.types import PickRequest, PickResult, PrefixMatch
 
 HDR_REWRITE = "x-gateway-model-name-rewrite"
@@ -284,13 +284,24 @@ class Director:
         endpoint that takes it serves it now, the queue is for requests none takes. Sheddable requests
         are never queued (shed or spilled by :meth:`_schedule` as without flow control)."""
         assert self._flow is not None
-        settings = self._config.active.config.settings
-        external = self.external
-        if resolved.priority < 0 or not external.sync(settings.external_endpoints, settings.spillover):
+        if resolved.priority < 0:
             return None
-        if resolved.priority < external.spill.min_priority or not self._flow.would_queue():
+        choice = self._config.active.profiles.choose(resolved.objective, resolved.priority, request.headers)
+        if self._external_for(resolved.priority, choice) is None or not self._flow.would_queue():
             return None
         return self._admitted(ticket, request, resolved, pressed=True)
+
+    def _external_for(self, priority: int, choice: ProfileChoice) -> ExternalCapacity | None:
+        """The external endpoints a request may use, or None: the profile rule's ``external`` (``Never``:
+        none; ``WhenSaturated`` / ``Prefer``: allowed), else ``spillover.minPriority``."""
+        settings = self._config.active.config.settings
+        external = self.external
+        if not external.sync(settings.external_endpoints, settings.spillover):
+            return None
+        policy = choice.external
+        if policy is ExternalPolicy.NEVER or (policy is None and priority < external.spill.min_priority):
+            return None
+        return external
 
     async def _later(
         self,
@@ -411,14 +422,10 @@ class Director:
         mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
         empty = len(m) == 0 or (mask is not None and not mask.any())
         active = self._config.active
-        settings = active.config.settings
-        external: ExternalCapacity | None = None
-        if self.external.sync(settings.external_endpoints, settings.spillover):
-            external = self.external if priority >= self.external.spill.min_priority else None
+        choice = active.profiles.choose(objective, priority, request.headers)
+        external = self._external_for(priority, choice)
         if empty and external is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
-        headers = request.headers
-        choice = active.profiles.choose(objective, priority, headers)
         scheduler = choice.scheduler
         saturation: float | None = None
         shed = False
@@ -444,6 +451,7 @@ class Director:
                 empty=empty,
                 now=self._clock,
                 pressed=pressed or shed,
+                prefer=choice.external is ExternalPolicy.PREFER,
             )
             estimate = (info.prompt_chars // 4) if info is not None else 0
             max_tokens = (info.max_tokens or None) if info is not None else None
@@ -461,7 +469,7 @@ class Director:
                 return decision
             spill = decision
         elif explain:
-            spill = SpillDecision(None, None, None, explain_spill_off(self.external, priority))
+            spill = SpillDecision(None, None, None, explain_spill_off(self.external, priority, choice))
         if spill.first is None and shed:
             raise ResourceExhausted(MSG_SHED)
         if spill.first is None and pressed and not explain:

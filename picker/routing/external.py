@@ -209,14 +209,16 @@ class ExternalCapacity:
         empty: bool,
         now: Callable[[], float],
         pressed: bool = False,
+        prefer: bool = False,
     ) -> SpillCheck:
         """Should the request go external first (then :meth:`reserve`, or the supervisor's under
         ``--workers``; ``picker.routing.spill.decide``): its objective asks, or the pool is empty, every
         candidate ejected, probing or draining (``levels``: ``picker.routing.avoid``; stale metrics
         alone are no reason, the scraper is the likelier fault) or saturated (the profile's detector at
         ``spillover.saturationThreshold``; ``pressed``: flow control would queue the request, which is the
-        pool being saturated too). Reserves nothing."""
-        if self.asks(objective):
+        pool being saturated too). ``prefer``: the profile rule says ``external: Prefer`` (asks, as a
+        listed objective does). Reserves nothing."""
+        if prefer or self.asks(objective):
             return SpillCheck(True, True, None, saturation)
         if empty:
             return SpillCheck(True, False, FailoverReason.UNAVAILABLE, saturation)

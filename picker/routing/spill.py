@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from picker.routing.avoid import FailoverReason
 from picker.routing.external import ExternalCapacity, ExternalTicket, SpillCheck, SpillTicket
+from scoring.profiles import ExternalPolicy, ProfileChoice
 
 if TYPE_CHECKING:
     from picker.routing.external_remote import Grant
@@ -110,7 +111,9 @@ def explain_spill(
 ) -> tuple[str | None, Mapping[str, Any]]:
     """``(name of the endpoint the request would go to or None, the explanation)``."""
     threshold = external.spill.saturation_threshold
-    why = _why(check, objective, threshold, pressed=pressed, shed=shed)
+    why = _why(
+        check, objective, threshold, pressed=pressed, shed=shed, external_objectives=external.spill.objectives
+    )
     if not check.wanted:
         return None, {"would_spill": False, "endpoint": None, "why": why, "endpoints": []}
     name, rows = external.preview(prompt_tokens, max_tokens)
@@ -120,21 +123,33 @@ def explain_spill(
     return name, {"would_spill": name is not None, "endpoint": name, "why": why, "endpoints": rows}
 
 
-def explain_spill_off(external: ExternalCapacity, priority: int) -> Mapping[str, Any]:
+def explain_spill_off(external: ExternalCapacity, priority: int, choice: ProfileChoice) -> Mapping[str, Any]:
     """The explanation when external endpoints are not considered at all for the request."""
     if not external.active:
         why = "no externalEndpoints configured"
+    elif choice.external is ExternalPolicy.NEVER:
+        why = f"the profile handler's {choice.reason} says external: Never"
     else:
         why = f"priority {priority} is below spillover.minPriority {external.spill.min_priority}"
     return {"would_spill": False, "endpoint": None, "why": why, "endpoints": []}
 
 
-def _why(check: SpillCheck, objective: str, threshold: float, *, pressed: bool, shed: bool) -> str:
+def _why(
+    check: SpillCheck,
+    objective: str,
+    threshold: float,
+    *,
+    pressed: bool,
+    shed: bool,
+    external_objectives: tuple[str, ...],
+) -> str:
     if check.asked:
-        return (
-            f"the objective {objective!r} is in spillover.objectives: external capacity first, the pool "
-            "as fallback"
+        by = (
+            f"the objective {objective!r} is in spillover.objectives"
+            if objective in external_objectives
+            else "the profile handler's rule says external: Prefer"
         )
+        return f"{by}: external capacity first, the pool as fallback"
     reason = check.reason
     if reason is FailoverReason.UNAVAILABLE:
         return "the pool has no candidate for the request"

@@ -256,3 +256,55 @@ def test_a_sheddable_request_allowed_to_spill_spills_instead_of_being_shed() -> 
     with pytest.raises(ResourceExhausted, match="sheddable request dropped"):
         route(d, request("sheddable"))  # no budget left: shed as without external endpoints
     assert obs.failovers == Counter({"saturated": 1})
+
+
+# ------------------------------------------------------------------------------------ profile rules
+def ruled(rules: str) -> str:
+    """Managed only, with an ``objective-profile-handler`` whose rules set ``external``."""
+    rest = only_managed().split("---\n", 1)[1]
+    return (
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
+        "- {type: queue-scorer}\n- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}\n"
+        f"- {{type: objective-profile-handler, parameters: {{rules: [{rules}]}}}}\n"
+        "schedulingProfiles:\n- name: default\n"
+        "  plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]\n"
+        f"---\n{rest}"
+    )
+
+
+RULES = (
+    "{objective: private, profile: default, external: Never}, "
+    "{objective: overflow, profile: default, external: Prefer}, "
+    "{objective: sheddable, profile: default, external: WhenSaturated}"
+)
+
+
+def test_a_profile_rule_never_keeps_a_request_in_a_saturated_pool() -> None:
+    d, obs, _, _ = director(pool(waiting=10.0), ruled(RULES))
+    decision = route(d, request("private"))
+    assert decision.endpoints == POOL
+    assert obs.failovers == Counter()
+    explained = d.explain(request("private"))
+    assert explained.spill is not None
+    assert explained.spill["why"] == "the profile handler's rule 0 says external: Never"
+    assert route(d).external == "managed", "a request no rule covers spills as configured"
+
+
+def test_a_profile_rule_prefer_sends_a_request_external_first_from_an_idle_pool() -> None:
+    d, obs, _, _ = director(pool(waiting=0.0), ruled(RULES))
+    decision = route(d, request("overflow"))
+    assert decision.endpoints == (MANAGED, *POOL)
+    assert decision.failover is None, "asked for, not a failover"
+    explained = d.explain(request("overflow"))
+    assert explained.spill is not None
+    assert explained.spill["why"].startswith("the profile handler's rule says external: Prefer")
+    assert route(d).external == "", "an idle pool keeps the others"
+    assert obs.failovers == Counter()
+
+
+def test_a_profile_rule_lets_a_sheddable_request_spill_below_min_priority() -> None:
+    d, _, _, _ = director(pool(waiting=10.0), ruled(RULES))
+    assert route(d, request("sheddable")).external == "managed", "the rule overrides minPriority 0"
+    d, _, _, _ = director(pool(waiting=10.0), only_managed())
+    with pytest.raises(ResourceExhausted, match="sheddable request dropped"):
+        route(d, request("sheddable"))

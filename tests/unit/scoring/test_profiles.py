@@ -13,7 +13,6 @@ from scoring import (
     ConfigurationError,
     EndpointMatrix,
     EndpointRow,
-    ExternalPolicy,
     PickRequest,
     PluginSpec,
     ProfileSpec,
@@ -43,7 +42,7 @@ def handler(**params: Any) -> PluginSpec:
 RULES: list[dict[str, Any]] = [
     {"objective": "critical", "profile": "latency"},
     {"minPriority": 10, "profile": "latency"},
-    {"maxPriority": -1, "profile": "cost"},
+    {"maxPriority": -1, "profile": "cost", "external": "Never"},
     {"objective": "overflow", "profile": "balanced", "external": "Prefer"},
 ]
 
@@ -57,12 +56,8 @@ def test_single_profile_handler_is_the_default_and_needs_one_profile() -> None:
     assert len(p) == 1
     assert p.handler.type_name == "single-profile-handler"
     choice = p.choose("anything", 5)
-    assert (choice.profile, choice.reason, choice.external) == (
-        "latency",
-        "single",
-        ExternalPolicy.WHEN_SATURATED,
-    )
-    assert p.choose("", -1).external is ExternalPolicy.NEVER  # sheddable requests never spill
+    assert (choice.profile, choice.reason, choice.external) == ("latency", "single", None)
+    assert p.choose("", -1).external is None  # no rule: the service's spillover settings decide
     with pytest.raises(
         ConfigurationError, match="single-profile-handler needs exactly one scheduling profile"
     ):
@@ -74,25 +69,26 @@ def test_single_profile_handler_is_the_default_and_needs_one_profile() -> None:
 @pytest.mark.parametrize(
     ("objective", "priority", "headers", "profile", "reason", "external"),
     [
-        ("critical", 0, {}, "latency", "rule 0", "WhenSaturated"),
-        ("", 10, {}, "latency", "rule 1", "WhenSaturated"),
-        ("", 50, {}, "latency", "rule 1", "WhenSaturated"),
+        ("critical", 0, {}, "latency", "rule 0", None),
+        ("", 10, {}, "latency", "rule 1", None),
+        ("", 50, {}, "latency", "rule 1", None),
         ("batch", -1, {}, "cost", "rule 2", "Never"),
         ("overflow", 0, {}, "balanced", "rule 3", "Prefer"),
-        ("", 0, {}, "balanced", "default", "WhenSaturated"),  # the first profile
-        ("", 9, {}, "balanced", "default", "WhenSaturated"),
+        ("", 0, {}, "balanced", "default", None),  # the first profile
+        ("", 9, {}, "balanced", "default", None),
         # the header names a profile directly, before any rule
-        ("critical", 0, {PROFILE_HEADER: "cost"}, "cost", "header", "WhenSaturated"),
-        ("batch", -1, {PROFILE_HEADER: "latency"}, "latency", "header", "Never"),
+        ("critical", 0, {PROFILE_HEADER: "cost"}, "cost", "header", None),
+        ("batch", -1, {PROFILE_HEADER: "latency"}, "latency", "header", None),
         # a header naming no profile is ignored
-        ("critical", 0, {PROFILE_HEADER: "nope"}, "latency", "rule 0", "WhenSaturated"),
+        ("critical", 0, {PROFILE_HEADER: "nope"}, "latency", "rule 0", None),
     ],
 )
 def test_objective_profile_handler_order(  # noqa: PLR0917 - parametrized test
-    objective: str, priority: int, headers: dict[str, str], profile: str, reason: str, external: str
+    objective: str, priority: int, headers: dict[str, str], profile: str, reason: str, external: str | None
 ) -> None:
     choice = profiles(rules=RULES).choose(objective, priority, headers)
-    assert (choice.profile, choice.reason, choice.external.value) == (profile, reason, external)
+    policy = None if choice.external is None else choice.external.value
+    assert (choice.profile, choice.reason, policy) == (profile, reason, external)
     # asked again: the same answer (memoized)
     assert profiles(rules=RULES).choose(objective, priority, headers).profile == profile
 
