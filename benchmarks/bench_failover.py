@@ -17,7 +17,9 @@ phase one fault is injected into server 0 for ``--fault`` seconds, then removed:
   from that), once with the default profile and once with ``latency-scorer`` added (weight 1);
 * ``saturated`` — every pool server runs 8x slower (``saturate_slowdown``), nowhere else to go (the
   baseline of the next); ``external-saturated`` — the same with a fifth fake server configured as an
-  external endpoint (a price ten times the pool's, requests- and tokens-per-minute limits).
+  external endpoint (a price ten times the pool's, requests- and tokens-per-minute limits);
+  ``external-503`` — the same, but the external endpoint answers 503 during the fault: the gateway's
+  retry lands on the pool's fallback, and passive health ejects the external endpoint.
 
 Per fault: client-visible errors (before, during, after; streams in flight on the killed server that broke
 off are counted apart: no router can save them); requests that reached the bad server after the onset (any
@@ -62,13 +64,22 @@ from typing import Any
 import numpy as np
 
 from benchmarks.live.external import external_document, external_markdown, external_summary, poll_external
+from benchmarks.live.faults import inject
 from benchmarks.live.processes import Processes, http_ok, wait_until
 from picker.testing.net import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PATH = "/v1/completions"
-FAULTS = ("killed", "error-503", "slow", "slow+latency-scorer", "saturated", "external-saturated")
+FAULTS = (
+    "killed",
+    "error-503",
+    "slow",
+    "slow+latency-scorer",
+    "saturated",
+    "external-saturated",
+    "external-503",
+)
 #: the consecutive-failure threshold of the outlier detector's defaults
 EJECTION_FAILURES = 5
 STARTUP_TIMEOUT_S = 40.0
@@ -198,12 +209,6 @@ class Fleet:
         await self._procs.stop(f"server-{i}", grace_s=0.0)
 
 
-async def _control(session: Any, address: str, doc: dict[str, Any]) -> None:
-    async with session.post(f"http://{address}/_fake/control", json=doc) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"control of {address} failed: {resp.status} {await resp.text()}")
-
-
 async def _metric_values(session: Any, admin: str) -> dict[str, float]:
     """``ai_failover_total`` and ``picker_endpoint_ejections_total`` summed by name{reason}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -228,7 +233,7 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
     from picker.testing.envoy import EnvoyClient
     from picker.testing.gateway import MiniGateway
 
-    spill = fault == "external-saturated"
+    spill = fault in ("external-saturated", "external-503")
     fleet = Fleet(procs, cfg.servers + spill, cfg.seed)
     for i in range(len(fleet.ports)):
         await fleet.start(i)
@@ -276,7 +281,7 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             gw = MiniGateway(epp, timeout_s=120.0, retries=1, upstream_timeout_s=cfg.per_try_timeout_s)
             try:
                 t0 = time.monotonic()
-                injector = asyncio.ensure_future(_inject(fault, cfg, fleet, session, t0=t0, events=events))
+                injector = asyncio.ensure_future(inject(fault, cfg, fleet, session, t0=t0, events=events))
                 poller = asyncio.ensure_future(poll_external(session, debug, peaks)) if spill else None
                 records = await _replay(gw, workload(cfg), t0)
                 await injector
@@ -303,42 +308,22 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
             prices=(cfg.external_price, cfg.pool_price),
             limits=(cfg.external_rpm, cfg.external_tpm),
         )
-        row["targets"] = {
-            "within_rpm": peaks.get("requestsPerMinute", 0) <= cfg.external_rpm,
-            "within_tpm": peaks.get("tokensPerMinute", 0) <= cfg.external_tpm,
-            "none_before_fault": row["external"]["share"]["before"] == 0.0,
-            "every_spill_while_saturated": counters.get("ai_failover_total{saturated}", 0.0)
-            == row["external"]["sent"],
+        failing = {  # external-503: the failing external endpoint is ejected, the client sees no error
+            **row["targets"],
+            "external_ejected": counters.get("picker_endpoint_ejections_total{consecutive_5xx}", 0.0) >= 1,
         }
+        row["targets"] = (
+            failing
+            if fault == "external-503"
+            else {
+                "within_rpm": peaks.get("requestsPerMinute", 0) <= cfg.external_rpm,
+                "within_tpm": peaks.get("tokensPerMinute", 0) <= cfg.external_tpm,
+                "none_before_fault": row["external"]["share"]["before"] == 0.0,
+                "every_spill_while_saturated": counters.get("ai_failover_total{saturated}", 0.0)
+                == row["external"]["sent"],
+            }
+        )
     return row
-
-
-async def _inject(
-    fault: str, cfg: FailoverConfig, fleet: Fleet, session: Any, *, t0: float, events: dict[str, float]
-) -> None:
-    bad = fleet.addresses[0]
-    await asyncio.sleep(max(0.0, t0 + cfg.before_s - time.monotonic()))
-    events["fault_s"] = time.monotonic() - t0
-    if fault == "killed":
-        await fleet.kill(0)
-    elif fault == "error-503":
-        await _control(session, bad, {"fault": "error-503"})
-    elif fault in ("saturated", "external-saturated"):
-        for address in fleet.addresses[: cfg.servers]:
-            await _control(session, address, {"slowdown": cfg.saturate_slowdown})
-    else:
-        await _control(session, bad, {"slowdown": cfg.slowdown})
-    await asyncio.sleep(max(0.0, t0 + cfg.before_s + cfg.fault_s - time.monotonic()))
-    events["recovered_s"] = time.monotonic() - t0
-    if fault == "killed":
-        await fleet.start(0)
-    elif fault == "error-503":
-        await _control(session, bad, {"fault": "none"})
-    elif fault in ("saturated", "external-saturated"):
-        for address in fleet.addresses[: cfg.servers]:
-            await _control(session, address, {"slowdown": 1.0})
-    else:
-        await _control(session, bad, {"slowdown": 1.0})
 
 
 async def _replay(gw: Any, requests: Sequence[tuple[float, bytes]], t0: float) -> list[Record]:
@@ -467,7 +452,7 @@ def _shares(records: Sequence[Record], bad: str, start: float) -> dict[str, Any]
 
 
 def _targets(fault: str, row: dict[str, Any]) -> dict[str, bool | None]:
-    if fault in ("killed", "error-503"):
+    if fault in ("killed", "error-503", "external-503"):
         share = row["share_reaching_bad_after_first_failures"]
         return {
             "zero_client_errors": row["errors"]["during"] == 0 and row["errors"]["after"] == 0,

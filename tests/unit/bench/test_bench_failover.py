@@ -74,3 +74,15 @@ def test_the_external_endpoints_summary() -> None:
     # the same tokens at the pool's price: (0.3 + 1.2) / (3 + 15) of it
     assert got["cost_at_pool_price"] == pytest.approx(2.0 * 1.5 / 18.0)
     assert got["peak_per_minute"] == {"requestsPerMinute": 10, "tokensPerMinute": 4000}
+
+
+def test_a_failing_external_endpoint_is_judged_as_a_failing_pod() -> None:
+    ext = "127.0.0.1:9"
+    records = [rec(t / 10, GOOD) for t in range(100)]
+    records += [rec(10.0 + k * 0.01, ext, GOOD) for k in range(5)]  # five retried past it, then ejected
+    records += [rec(10.1 + k * 0.04, GOOD) for k in range(195)]
+    row = summarize(
+        "external-503", CFG, records, ext, counters={}, events={"fault_s": 10.0, "recovered_s": 20.0}
+    )
+    assert row["reached_bad_after_fault"] == 5
+    assert row["targets"] == {"zero_client_errors": True, "under_1pct_after_first_failures": True}
