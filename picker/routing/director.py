@@ -284,8 +284,9 @@ class Director:
         endpoint that takes it serves it now, the queue is for requests none takes. Sheddable requests
         are never queued (shed or spilled by :meth:`_schedule` as without flow control)."""
         assert self._flow is not None
-        if resolved.priority < 0:
-            return None
+        settings = self._config.active.config.settings
+        if resolved.priority < 0 or not self.external.sync(settings.external_endpoints, settings.spillover):
+            return None  # (most requests: no external endpoints, no profile lookup)
         choice = self._config.active.profiles.choose(resolved.objective, resolved.priority, request.headers)
         if self._external_for(resolved.priority, choice) is None or not self._flow.would_queue():
             return None
