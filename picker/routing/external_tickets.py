@@ -100,12 +100,16 @@ class ExternalTicket:
 
     def served_by(self, address: str) -> None:
         """The gateway's served endpoint, at the response headers: another one than ours (its retry landed
-        on the pool's fallback) settles now as one request without tokens or cost (module docstring)."""
+        on the pool's fallback) settles now as one request without tokens or cost (module docstring), and
+        counts as a failure of ours for passive health now, not at the stream's end: a fallback's answer
+        may stream for a long time, and every request spilled meanwhile would go to a failing endpoint."""
         if self.done or address == self.endpoint.address:
             return
         self.served_elsewhere = True
         self.sent = True
         self._settle(0, 0)
+        ours = self.endpoint.address
+        self.report(Outcome(endpoints=(ours, address), served=address, status=200))
 
     def complete(self, usage: _Usage | None, *, status_ok: bool, body: bytes | None = None) -> None:  # noqa: ARG002 - Reservation protocol
         """Settle with the response's usage; without one, with the whole reservation."""
@@ -133,7 +137,8 @@ class ExternalTicket:
             self._account.settle(self.amounts, actual_vector(0, 0, counted=False), window_ids(self._clock()))
 
     def report(self, outcome: Outcome) -> None:
-        """What the request came to, for the external endpoints' passive health (:class:`ExternalLease`)."""
+        """What the request came to, for the external endpoints' passive health (:class:`ExternalLease`);
+        once (a request served elsewhere was reported at :meth:`served_by`)."""
         observe = self._observe
         if observe is not None:
             self._observe = None

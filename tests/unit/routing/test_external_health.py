@@ -171,13 +171,14 @@ def test_the_fallback_serving_settles_one_request_without_tokens_and_counts_a_fa
     assert row["used"]["requestsPerMinute"] == 1
     assert row["used"]["tokensPerMinute"] == 0
     assert row["used"]["costPerDay"] == 0
+    assert health(external)["consecutive_failures"] == 1, "a failure at once, not at the stream's end"
     ticket.complete(Usage(prompt_tokens=100, completion_tokens=50), status_ok=True)  # the pool's usage
     decision.lease.report(Outcome(endpoints=decision.endpoints, served=POOL[0], status=200))
     ticket.release()
     (row,) = [s for s in external.stats() if s["name"] == "managed"]
     assert row["used"]["tokensPerMinute"] == 0, "the pool's usage is not the external endpoint's"
     assert health(external)["last_failure"] == "retried"
-    assert health(external)["consecutive_failures"] == 1
+    assert health(external)["consecutive_failures"] == 1, "counted once"
 
 
 def test_the_external_endpoint_serving_settles_with_its_usage() -> None:
