@@ -7,7 +7,9 @@ where the EPP says and retrying once on its fallback.
 * with the pool saturated (every pool server holding a request, ``concurrency-detector`` at 1), new
   requests spill to the external endpoint within its limit, counted as ``saturated`` failovers;
 * an external endpoint answering 503 is retried past by the gateway (the client sees the pool's answer),
-  settled as requests without tokens, and ejected by passive health.
+  settled as requests without tokens, and ejected by passive health;
+* with flow control, a saturated pool's next request spills at once and only one no external endpoint
+  takes waits in the queue.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet, Fault
 from picker.testing.gateway import GatewayResult, MiniGateway
-from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample
+from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample, samples
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +175,66 @@ async def test_a_failing_external_endpoint_is_ejected_and_settled_from_the_pool_
         spill = explained[1]["spill"]
         assert spill["would_spill"] is False
         assert spill["endpoints"][0]["verdict"].startswith("ejected by passive health (consecutive_5xx")
+
+
+FLOW = (
+    f"{EPP}featureGates: [flowControl]\nplugins:\n- {{type: queue-scorer}}\n"
+    "- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}\n"
+    "- {type: concurrency-detector, parameters: {maxConcurrency: 1}}\n"
+    "saturationDetector: {pluginRef: concurrency-detector}\n"
+    "flowControl: {defaultRequestTTL: 60s}\n"
+    "---\napiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
+    "externalEndpoints:\n"
+    "- {name: managed, address: '%s', price: {inputPer1M: 3, outputPer1M: 15}, limits: {concurrent: 1}}\n"
+)
+
+
+async def test_flow_control_spills_first_and_queues_what_no_external_endpoint_takes(
+    start_service: StartService,
+) -> None:
+    """Flow control on, the pool saturated: the next request goes to the external endpoint at once (not
+    into the queue); with the external endpoint's one concurrent slot taken, the one after it waits in the
+    queue; it is dispatched to the pool when a pool request ends."""
+    async with FakeFleet.uniform(3, "vllm", time_scale=0.01) as fleet:
+        pool, external = fleet.addresses[:2], fleet.addresses[2]
+        svc = await start(start_service, fleet, pool, FLOW % external)
+        for server in fleet.servers:
+            server.set_slowdown(2000.0)  # every request stays in flight until the test lets it go
+        gw = MiniGateway(svc.client, timeout_s=60.0, upstream_timeout_s=60.0)
+        tasks: list[asyncio.Task[GatewayResult]] = []
+        pool_name = svc.service.settings.effective_pool_name
+
+        async def external_reserved() -> bool:
+            (stats,) = (await svc.get_json("/debug/external"))["external"]
+            return bool(stats["reserved"]["concurrent"] == 1)
+
+        async def queued() -> bool:
+            text = await svc.metrics()
+            return sum(v for _, v in samples(text, "inference_extension_flow_control_queue_size")) == 1.0
+
+        try:
+            tasks += [asyncio.create_task(gw.send("/v1/completions", body(64))) for _ in range(2)]
+
+            async def pool_full() -> bool:
+                return sum((await svc.inflight()).values()) >= 2
+
+            await eventually(pool_full, what="a request in flight on each pool server")
+            tasks.append(asyncio.create_task(gw.send("/v1/completions", body())))
+            await eventually(external_reserved, what="the next request sent to the external endpoint")
+            text = await svc.metrics()
+            assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") == 1.0
+            tasks.append(asyncio.create_task(gw.send("/v1/completions", body())))
+            await eventually(queued, what="the request after it waiting in the queue")
+            (stats,) = (await svc.get_json("/debug/external"))["external"]
+            assert stats["dispatched"] == 1, "the queued request did not go external: no room there"
+            for server in fleet.servers[:2]:
+                server.set_slowdown(1.0)  # new requests are quick again
+            tasks[0].cancel()  # a pool request ends: the queue dispatches the waiting one to the pool
+            late = await asyncio.wait_for(tasks[-1], 60.0)
+            assert late.ok, late.error
+            assert late.endpoint in pool
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await gw.close()
