@@ -48,6 +48,7 @@ from picker.scaler.ports import (
     PoolSignals,
     ReplicaActuator,
     ScalerObserver,
+    TickReport,
     WorkloadView,
 )
 from picker.scaler.victim import PodView, ordinal_of
@@ -390,18 +391,20 @@ class Scaler:
         self._saved_gpu_hours += saved
         if self._observer is not None:
             self._observer.tick(
-                current=workload.replicas,
-                desired=d.desired,
-                ready=workload.ready,
-                max_replicas=hi,
-                demand_rps=obs.demand_rps,
-                forecast_rps=obs.forecast_rps,
-                capacity_rps=self._planner.capacity.rps if self._planner is not None else math.nan,
-                saturated=obs.saturated,
-                held=obs.held,
-                dry_run=cfg.dry_run,
-                hpa=workload.hpa is not None,
-                gpu_hours_saved=saved,
+                TickReport(
+                    current=workload.replicas,
+                    desired=d.desired,
+                    ready=workload.ready,
+                    max_replicas=hi,
+                    demand_rps=obs.demand_rps,
+                    forecast_rps=obs.forecast_rps,
+                    capacity_rps=self._planner.capacity.rps if self._planner is not None else math.nan,
+                    saturated=obs.saturated,
+                    held=obs.held,
+                    dry_run=cfg.dry_run,
+                    hpa=workload.hpa is not None,
+                    gpu_hours_saved=saved,
+                )
             )
         self._last = {
             "at": obs.now,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from picker.scaler.decision import Decision
+from picker.scaler.ports import TickReport
 
 #: drains last from seconds (a pod with no streams) to the drain timeout (minutes)
 DRAIN_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -68,37 +69,22 @@ class ScalerMetrics:
             registry=registry,
         )
 
-    def tick(
-        self,
-        *,
-        current: int,
-        desired: int,
-        ready: int,
-        max_replicas: int,
-        demand_rps: float,
-        forecast_rps: float | None,
-        capacity_rps: float,
-        saturated: bool,
-        held: int,
-        dry_run: bool,
-        hpa: bool,
-        gpu_hours_saved: float,
-    ) -> None:
+    def tick(self, r: TickReport) -> None:
         self.active.set(1)
-        self.hpa.set(1 if hpa else 0)
-        self.dry_run.set(1 if dry_run else 0)
-        self.current.set(current)
-        self.desired.set(desired)
-        self.ready.set(ready)
-        self.max_replicas.set(max_replicas)
-        self.demand.set(demand_rps)
-        self.forecast.set(float("nan") if forecast_rps is None else forecast_rps)
-        self.capacity.set(capacity_rps)
-        self.saturated.set(1 if saturated else 0)
+        self.hpa.set(1 if r.hpa else 0)
+        self.dry_run.set(1 if r.dry_run else 0)
+        self.current.set(r.current)
+        self.desired.set(r.desired)
+        self.ready.set(r.ready)
+        self.max_replicas.set(r.max_replicas)
+        self.demand.set(r.demand_rps)
+        self.forecast.set(float("nan") if r.forecast_rps is None else r.forecast_rps)
+        self.capacity.set(r.capacity_rps)
+        self.saturated.set(1 if r.saturated else 0)
         if not self._live_held:
-            self.held.set(held)
-        if gpu_hours_saved > 0:
-            self.gpu_hours_saved.inc(gpu_hours_saved)
+            self.held.set(r.held)
+        if r.gpu_hours_saved > 0:
+            self.gpu_hours_saved.inc(r.gpu_hours_saved)
 
     def inactive(self) -> None:
         self.active.set(0)

@@ -6,7 +6,8 @@
   reads the datastore, the saturation detector and the held-request count).
 * :class:`DrainMarker` — where the draining mark goes (the datastore: no new picks, last-resort fallback).
 * :class:`HistorySource` — demand history for the forecast (:class:`picker.scaler.history.PrometheusHistory`).
-* :class:`ScalerObserver` — metrics (:class:`picker.telemetry.scaler.ScalerMetrics`).
+* :class:`ScalerObserver` — metrics (:class:`picker.scaler.metrics.ScalerMetrics`): one
+  :class:`TickReport` per tick, the decisions, drain durations and failures.
 
 Errors cross as :class:`picker.errors.PickerError` (the actuator's ``KubeError`` is one); ``transient`` says
 whether the next tick may succeed.
@@ -114,23 +115,26 @@ class HistorySource(Protocol):
     async def fetch(self, now: float, *, horizon_s: float) -> DemandHistory: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one tick saw and decided, for the observer (metrics): built once by the controller."""
+
+    current: int  #: the workload's spec.replicas
+    desired: int  #: the replica count the scaler wants
+    ready: int
+    max_replicas: int  #: the maximum in force (schedule window)
+    demand_rps: float
+    forecast_rps: float | None
+    capacity_rps: float  #: per-replica capacity at the SLO in use (configured or learned)
+    saturated: bool
+    held: int
+    dry_run: bool
+    hpa: bool  #: an HPA targets the workload (its bounds are moved instead of the count)
+    gpu_hours_saved: float  #: this tick's estimate against the schedule's maximum
+
+
 class ScalerObserver(Protocol):
-    def tick(
-        self,
-        *,
-        current: int,
-        desired: int,
-        ready: int,
-        max_replicas: int,
-        demand_rps: float,
-        forecast_rps: float | None,
-        capacity_rps: float,
-        saturated: bool,
-        held: int,
-        dry_run: bool,
-        hpa: bool,
-        gpu_hours_saved: float,
-    ) -> None: ...
+    def tick(self, report: TickReport) -> None: ...
 
     def inactive(self) -> None: ...
 

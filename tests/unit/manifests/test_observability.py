@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from picker.scaler.decision import Action, Decision
 from picker.scaler.metrics import ScalerMetrics
+from picker.scaler.ports import TickReport
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.metrics import EndpointMetrics
@@ -71,18 +72,20 @@ def _series_names() -> set[str]:
     # drain and one failed API call
     scaler = ScalerMetrics(telemetry.registry)
     scaler.tick(
-        current=3,
-        desired=2,
-        ready=3,
-        max_replicas=4,
-        demand_rps=1.0,
-        forecast_rps=2.0,
-        capacity_rps=10.0,
-        saturated=False,
-        held=0,
-        dry_run=False,
-        hpa=False,
-        gpu_hours_saved=0.01,
+        TickReport(
+            current=3,
+            desired=2,
+            ready=3,
+            max_replicas=4,
+            demand_rps=1.0,
+            forecast_rps=2.0,
+            capacity_rps=10.0,
+            saturated=False,
+            held=0,
+            dry_run=False,
+            hpa=False,
+            gpu_hours_saved=0.01,
+        )
     )
     scaler.decided(
         Decision(

@@ -17,7 +17,7 @@ from picker.scaler.controller import Scaler
 from picker.scaler.forecast import WEEK_S, DemandHistory
 from picker.scaler.metrics import ScalerMetrics
 from picker.scaler.plan import Action
-from picker.scaler.ports import PodSignal, PoolSample
+from picker.scaler.ports import PodSignal, PoolSample, TickReport
 
 T0 = 1_736_121_600.0
 
@@ -360,7 +360,7 @@ def test_the_held_requests_gauge_is_read_live_when_a_source_is_given() -> None:
     metrics = ScalerMetrics(registry, held=lambda: held[0])
     held[0] = 3  # no tick since: the scrape still sees it
     assert registry.get_sample_value("picker_scaler_held_requests") == 3
-    metrics.tick(
+    report = TickReport(
         current=0,
         desired=1,
         ready=0,
@@ -374,23 +374,10 @@ def test_the_held_requests_gauge_is_read_live_when_a_source_is_given() -> None:
         hpa=False,
         gpu_hours_saved=0.0,
     )
+    metrics.tick(report)
     held[0] = 0
     assert registry.get_sample_value("picker_scaler_held_requests") == 0
     # without a source, the last tick's count
     fallback = CollectorRegistry()
-    tick_only = ScalerMetrics(fallback)
-    tick_only.tick(
-        current=0,
-        desired=1,
-        ready=0,
-        max_replicas=2,
-        demand_rps=0.0,
-        forecast_rps=None,
-        capacity_rps=10.0,
-        saturated=False,
-        held=7,
-        dry_run=False,
-        hpa=False,
-        gpu_hours_saved=0.0,
-    )
+    ScalerMetrics(fallback).tick(report)
     assert fallback.get_sample_value("picker_scaler_held_requests") == 7
