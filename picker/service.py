@@ -28,6 +28,7 @@ from picker.admin import build_admin_app, build_metrics_app
 from picker.admin.auth import MetricsAuth
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig
+from picker.config.scaling import ScalingConfig
 from picker.errors import PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
 from picker.extproc.protocol import ResponseSkip
@@ -437,7 +438,6 @@ class Service:
         from picker.kube.configmap import EventRecorder
         from picker.kube.scale import ScaleTargetClient
         from picker.scaler.controller import Scaler
-        from picker.scaler.history import PrometheusHistory
         from picker.scaler.metrics import ScalerMetrics
         from picker.scaler.signals import DatastoreSignals
 
@@ -453,12 +453,22 @@ class Service:
                 self.config_store,
                 staleness_s=lambda: self.telemetry.staleness_s,
                 held=self.held_requests,
+                tokens=self.telemetry.tokens_served,
             ),
             marker=self.datastore,
-            history_for=lambda cfg: None if cfg.forecast is None else PrometheusHistory(cfg.forecast),
+            history_for=self._history_for,
             observer=ScalerMetrics(self.telemetry.registry, held=self.held_requests),
             is_leader=lambda: kube.is_leader,
         )
+
+    @staticmethod
+    def _history_for(cfg: ScalingConfig) -> Any:
+        """The scaler's demand history: Prometheus, the token rate too when the sizing counts tokens."""
+        from picker.scaler.history import PrometheusHistory
+
+        if cfg.forecast is None:
+            return None
+        return PrometheusHistory(cfg.forecast, tokens=cfg.replica_capacity.tokens_per_second is not None)
 
     def _reviewer(self) -> Any:
         from picker.kube.review import AccessReviewer

@@ -653,7 +653,7 @@ async def _supervise(settings: Settings) -> None:
             debug_workers=lambda: pool_ref[0].stats() if pool_ref else [],
         )
         merged = MergedRequestMetrics((*service.telemetry.request_metrics(), *service.flow.request_metrics()))
-        service.telemetry.registry.register(merged)
+        service.telemetry.merge_workers(merged)
         tenants = service.tenants
         budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected, relay=tenants)
         held = service.held_elsewhere

@@ -38,6 +38,13 @@ TARGET_KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 #: our own request counter, summed over every EPP replica (a standby routes nothing, so it adds nothing)
 DEFAULT_FORECAST_QUERY = "sum(rate(inference_objective_request_total[5m]))"
+_PROMPT_TOKENS = "sum(rate(inference_objective_input_tokens_sum[5m]))"
+_COMPLETION_TOKENS = "sum(rate(inference_objective_output_tokens_sum[5m]))"
+#: our own token counters (the ``_sum`` of the prompt and completion token histograms, fed by the model
+#: servers' ``usage``), summed over every EPP replica. Summed per name first: ``rate()`` drops the name, so
+#: one selector over both would hold two series with the same labels. The ``or`` keeps a pool that never
+#: reported completion tokens (embeddings) or prompt tokens on one series, and a gap in the data a gap.
+DEFAULT_TOKEN_QUERY = f"({_PROMPT_TOKENS} + {_COMPLETION_TOKENS}) or {_PROMPT_TOKENS} or {_COMPLETION_TOKENS}"
 
 
 #: the longest duration of any field unless it says otherwise (every delay and period here is minutes)
@@ -80,9 +87,17 @@ class ReplicaCapacity(StrictModel):
     #: the SLO, or ``benchmarks/bench_scaling.py``'s calibration for a simulated server); with ``learn`` it
     #: is only the starting value.
     requests_per_second: float = Field(gt=0, le=1e6)
+    #: tokens per second (prompt + completion, as the model servers report them in ``usage``) one replica
+    #: serves while meeting the SLO. Set, a replica's worth of demand is whichever budget binds:
+    #: max(requests/s / requestsPerSecond, tokens/s / tokensPerSecond), so a shift toward longer prompts or
+    #: answers adds replicas that a request count would miss. Unset (the default): sizing on requests only.
+    #: Measure it with the same load test (the token rate at the SLO); ``learn`` adapts it like the request
+    #: figure.
+    tokens_per_second: float | None = Field(default=None, gt=0, le=1e9)
     #: adapt the capacity to observed saturation: each tick where the pool is saturated below the estimate
-    #: pulls it toward demand / ready replicas, each tick served unsaturated above it pushes it up; at most
-    #: a factor 4 away from ``requestsPerSecond`` either way (see ``picker/scaler/README.md``)
+    #: pulls it toward demand / ready replicas (with tokens: the figure that binds), each tick served
+    #: unsaturated above it pushes it up; at most a factor 4 away from the configured value either way
+    #: (see ``picker/scaler/README.md``)
     learn: bool = False
 
 
@@ -176,7 +191,11 @@ class ForecastConfig(StrictModel):
     #: PromQL returning the pool's demand in requests per second (several series are summed). The default
     #: sums our own request counter over every EPP replica; add a ``namespace``/``job`` matcher when one
     #: Prometheus sees several pools.
-    query: str = DEFAULT_FORECAST_QUERY
+    query: str = Field(default=DEFAULT_FORECAST_QUERY, min_length=1, max_length=4096)
+    #: PromQL returning the pool's demand in tokens per second (prompt + completion); read only when
+    #: ``replicaCapacity.tokensPerSecond`` is set. The default sums our own token counters over every EPP
+    #: replica, the same counters the live token rate comes from.
+    token_query: str = Field(default=DEFAULT_TOKEN_QUERY, min_length=1, max_length=4096)
     #: weeks of history averaged (1..8)
     weeks: int = Field(default=2, ge=1, le=8)
     #: resolution of the history read (Prometheus ``step``)

@@ -5,8 +5,9 @@ Each tick (:meth:`Scaler.tick`):
 1. the ``scaling`` section in force (hot-reloaded: a new target starts over, other changes keep the
    history); none, or not the leader → any drain in progress is given up (un-drained, mark removed);
 2. read the workload (replicas, readiness, its HPA) and sample the pool (per-pod load, requests sent,
-   saturation, staleness, held requests); demand = requests sent since the previous tick / its length
-   (the first tick has none and decides nothing, unless a request is held: then demand counts as 0);
+   saturation, staleness, held requests, tokens served); demand = requests (and tokens) sent since the
+   previous tick / its length (the first tick has none and decides nothing, unless a request is held:
+   then demand counts as 0);
 3. the forecast from the last history read (refreshed every ``forecast.refresh`` in the background: a slow
    Prometheus never delays a tick);
 4. :meth:`picker.scaler.plan.Planner.step`, then carry the decision out — unless ``dryRun``:
@@ -39,7 +40,7 @@ from typing import Any
 
 from picker.config.scaling import ScaleTarget, ScalingConfig
 from picker.errors import PickerError
-from picker.scaler.forecast import DemandHistory, Forecast, forecast
+from picker.scaler.forecast import Forecast, PoolHistory, forecast
 from picker.scaler.plan import Action, Decision, Observation, Planner
 from picker.scaler.ports import (
     DrainMarker,
@@ -133,7 +134,7 @@ class Scaler:
         self._drain_started: dict[str, float] = {}
         self._pods = _PodMemory()
         self._prev: tuple[float, PoolSample] | None = None
-        self._history: DemandHistory | None = None
+        self._history: PoolHistory | None = None
         self._history_at = -math.inf
         self._history_task: asyncio.Task[None] | None = None
         self._history_error = ""
@@ -195,13 +196,15 @@ class Scaler:
         planner.ordered_removal = workload.ordered_removal
         now, mono = self._wall(), self._clock()
         sample = self._pool.sample()
-        demand = self._demand(mono, sample)
+        measured = self._demand(mono, sample)
         self._pods.update(sample, now)
-        if demand is None:
+        if measured is None:
             if sample.held == 0:
                 return None  # the first sample: demand needs two
-            demand = 0.0  # a request held by an empty pool needs a replica now, not one interval later
-        fc = self._forecast(cfg, now)
+            # a request held by an empty pool needs a replica now, not one interval later
+            measured = (0.0, None)
+        demand, tokens = measured
+        fc, fc_tokens = self._forecast(cfg, now)
         existing = None
         if planner.removal is not None:
             try:
@@ -220,12 +223,14 @@ class Scaler:
             held=sample.held,
             queue=sample.queue,
             forecast_rps=None if fc is None else fc.rps,
+            demand_tps=tokens,
+            forecast_tps=None if fc_tokens is None else fc_tokens.rps,
             existing=existing,
             hpa_floor=None if hpa is None else hpa.min_replicas,
         )
         decision = planner.step(obs)
         await self._carry_out(decision, workload, cfg)
-        self._record(decision, obs, workload, fc, cfg)
+        self._record(decision, obs, workload, (fc, fc_tokens), cfg)
         return decision
 
     # ------------------------------------------------------------------------------------ inputs
@@ -248,13 +253,18 @@ class Scaler:
             "scaler: managing %s (%s)", self._actuator.description, "dry run" if cfg.dry_run else "enabled"
         )
 
-    def _demand(self, mono: float, sample: PoolSample) -> float | None:
+    def _demand(self, mono: float, sample: PoolSample) -> tuple[float, float | None] | None:
+        """(requests/s, tokens/s or None) since the previous sample; None for the first."""
         prev, self._prev = self._prev, (mono, sample)
         if prev is None or mono <= prev[0]:
             return None
+        elapsed = mono - prev[0]
         before = prev[1].sent
         grown = sum(max(0.0, v - before[k]) for k, v in sample.sent.items() if k in before)
-        return grown / (mono - prev[0])
+        was, now = prev[1].tokens, sample.tokens
+        # a counter that went down (a --workers worker replaced before its totals were merged) reads as 0
+        tokens = None if was is None or now is None else max(0.0, now - was) / elapsed
+        return grown / elapsed, tokens
 
     def _pod_views(self, sample: PoolSample, *, ordered: bool) -> tuple[PodView, ...]:
         mem = self._pods
@@ -276,9 +286,10 @@ class Scaler:
             for p in sample.pods
         )
 
-    def _forecast(self, cfg: ScalingConfig, now: float) -> Forecast | None:
+    def _forecast(self, cfg: ScalingConfig, now: float) -> tuple[Forecast | None, Forecast | None]:
+        """The request and the token forecast (each None without usable history)."""
         if cfg.forecast is None or self._history_for is None:
-            return None
+            return None, None
         horizon = cfg.warmup + 2 * cfg.interval
         due = now - self._history_at >= cfg.forecast.refresh
         if due and (self._history_task is None or self._history_task.done()):
@@ -287,9 +298,15 @@ class Scaler:
                 self._history_task = asyncio.create_task(
                     self._refresh(source, now, horizon), name="scaler:history"
                 )
-        if self._history is None:
-            return None
-        return forecast(self._history, now, horizon, weeks=cfg.forecast.weeks, trend=cfg.forecast.trend)
+        history = self._history
+        if history is None:
+            return None, None
+        weeks, trend = cfg.forecast.weeks, cfg.forecast.trend
+        requests = forecast(history.requests, now, horizon, weeks=weeks, trend=trend)
+        tokens = None
+        if history.tokens is not None and cfg.replica_capacity.tokens_per_second is not None:
+            tokens = forecast(history.tokens, now, horizon, weeks=weeks, trend=trend)
+        return requests, tokens
 
     async def _refresh(self, source: HistorySource, now: float, horizon: float) -> None:
         try:
@@ -381,8 +398,15 @@ class Scaler:
 
     # ------------------------------------------------------------------------------------ reporting
     def _record(
-        self, d: Decision, obs: Observation, workload: WorkloadView, fc: Forecast | None, cfg: ScalingConfig
+        self,
+        d: Decision,
+        obs: Observation,
+        workload: WorkloadView,
+        forecasts: tuple[Forecast | None, Forecast | None],
+        cfg: ScalingConfig,
     ) -> None:
+        fc, fc_tokens = forecasts
+        capacity = self._planner.capacity if self._planner is not None else None
         bounds = d.bounds
         hi = bounds.hi if bounds is not None else cfg.max_replicas
         # against the schedule's maximum in force (not read ahead): what the pool would cost without us
@@ -398,7 +422,10 @@ class Scaler:
                     max_replicas=hi,
                     demand_rps=obs.demand_rps,
                     forecast_rps=obs.forecast_rps,
-                    capacity_rps=self._planner.capacity.rps if self._planner is not None else math.nan,
+                    capacity_rps=capacity.rps if capacity is not None else math.nan,
+                    demand_tps=obs.demand_tps,
+                    forecast_tps=obs.forecast_tps,
+                    capacity_tps=capacity.tps if capacity is not None else None,
                     saturated=obs.saturated,
                     held=obs.held,
                     dry_run=cfg.dry_run,
@@ -418,6 +445,7 @@ class Scaler:
                 "max": workload.hpa.max_replicas,
             },
             "demandRps": round(obs.demand_rps, 4),
+            "demandTps": None if obs.demand_tps is None else round(obs.demand_tps, 2),
             "queue": obs.queue,
             "saturated": obs.saturated,
             "stale": obs.stale,
@@ -428,6 +456,14 @@ class Scaler:
             "forecast": None
             if fc is None
             else {"rps": fc.rps, "baseRps": fc.base_rps, "trend": fc.trend, "weeklyPeaks": list(fc.peaks)},
+            "tokenForecast": None
+            if fc_tokens is None
+            else {
+                "tps": fc_tokens.rps,
+                "baseTps": fc_tokens.base_rps,
+                "trend": fc_tokens.trend,
+                "weeklyPeaks": list(fc_tokens.peaks),
+            },
             "forecastError": self._history_error or None,
             "desired": d.desired,
             "gpuHoursSavedSinceStart": round(self._saved_gpu_hours, 3),

@@ -39,6 +39,11 @@ class Observation:
     held: int = 0  #: requests held waiting for a first replica
     queue: float = 0.0  #: requests waiting in the model servers' queues (sum over the pool)
     forecast_rps: float | None = None  #: forecast peak over the next warm-up (None: no forecast)
+    #: tokens per second (prompt + completion, from the model servers' usage) over the last tick(s); None:
+    #: not measured (the sizing then uses requests only)
+    demand_tps: float | None = None
+    #: forecast peak token rate over the next warm-up (None: no token forecast)
+    forecast_tps: float | None = None
     #: non-terminating pods of the workload; listed by the controller only while a removal is verified
     existing: frozenset[str] | None = None
     #: an HPA targets the workload and this is its ``minReplicas``: the scaler moves that floor instead of

@@ -1,8 +1,10 @@
 """Demand forecast from history: the same time of week over the last weeks (pure; no I/O).
 
-Input: a :class:`DemandHistory` — demand samples (epoch seconds, requests per second), from Prometheus
-(:mod:`picker.scaler.history`) or from memory (tests, the benchmark). Output: the largest demand expected
-within the coming ``horizon`` seconds, so the sizing rule can have capacity Ready before a ramp.
+Input: a :class:`DemandHistory` — demand samples (epoch seconds, requests or tokens per second), from
+Prometheus (:mod:`picker.scaler.history`) or from memory (tests, the benchmark); a :class:`PoolHistory`
+holds the request series and, when the sizing counts tokens, the token series, each forecast alike.
+Output: the largest demand expected within the coming ``horizon`` seconds, so the sizing rule can have
+capacity Ready before a ramp.
 
 Formula, for ``now`` = t, horizon H, period P = one week, weeks k = 1..K with data::
 
@@ -72,6 +74,15 @@ class DemandHistory:
     def merged(self, other: DemandHistory) -> DemandHistory:
         """Both sample sets; ``other`` wins where timestamps coincide."""
         return DemandHistory.from_samples(np.append(self.t, other.t), np.append(self.rps, other.rps))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PoolHistory:
+    """What the forecast reads: the request rate, and the token rate when the sizing counts tokens (each
+    series is forecast on its own, by the same rule)."""
+
+    requests: DemandHistory
+    tokens: DemandHistory | None = None
 
 
 @dataclass(frozen=True, slots=True)

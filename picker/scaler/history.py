@@ -1,7 +1,8 @@
 """Demand history from Prometheus for the forecast (``prometheus-api-client``, off the event loop).
 
 What is read, per :meth:`PrometheusHistory.fetch`: the configured PromQL (``forecast.query``, requests per
-second of the pool) as a range query at ``forecast.step`` resolution over, for each of the last ``weeks``
+second of the pool; and ``forecast.tokenQuery``, its tokens per second, when the sizing counts tokens) as a
+range query at ``forecast.step`` resolution over, for each of the last ``weeks``
 weeks, the stretch the forecast needs around the same time of week (an hour before it, for the trend
 factor, up to the forecast horizon plus one refresh period after it), plus the last hour of this week.
 A handful of short queries instead of one over weeks: Prometheus caps a range query at 11,000 points,
@@ -31,7 +32,7 @@ from urllib3.util import Retry
 
 from picker.config.scaling import ForecastConfig
 from picker.errors import PickerError
-from picker.scaler.forecast import TREND_WINDOW_S, WEEK_S, DemandHistory
+from picker.scaler.forecast import TREND_WINDOW_S, WEEK_S, DemandHistory, PoolHistory
 
 
 class HistoryUnavailableError(PickerError):
@@ -70,8 +71,10 @@ def samples_from_matrix(result: Iterable[Mapping[str, Any]]) -> tuple[list[float
 class PrometheusHistory:
     """Reads demand history for the forecast. Constructing it does no I/O."""
 
-    def __init__(self, cfg: ForecastConfig, *, verify_tls: bool = True) -> None:
+    def __init__(self, cfg: ForecastConfig, *, tokens: bool = False, verify_tls: bool = True) -> None:
+        """``tokens``: read the token rate too (the sizing counts tokens)."""
         self.cfg = cfg
+        self._queries = (cfg.query, cfg.token_query) if tokens else (cfg.query,)
         self._verify_tls = verify_tls
 
     def make_client(self) -> PrometheusConnect:
@@ -83,18 +86,28 @@ class PrometheusHistory:
             timeout=self.cfg.timeout,
         )
 
-    async def fetch(self, now: float, *, horizon_s: float) -> DemandHistory:
+    async def fetch(self, now: float, *, horizon_s: float) -> PoolHistory:
         """The history the forecast at ``now`` (and until the next refresh) needs."""
         spans = windows(now, weeks=self.cfg.weeks, step=self.cfg.step, horizon_s=horizon_s + self.cfg.refresh)
+        queries = len(spans) * len(self._queries)
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._read, spans), timeout=self.cfg.timeout * (len(spans) + 1)
+                asyncio.to_thread(self._read, spans), timeout=self.cfg.timeout * (queries + 1)
             )
         except TimeoutError as exc:
             raise HistoryUnavailableError(f"Prometheus history query timed out: {exc}") from exc
 
-    def _read(self, spans: Sequence[tuple[float, float]]) -> DemandHistory:
+    def _read(self, spans: Sequence[tuple[float, float]]) -> PoolHistory:
         client = self.make_client()
+        try:
+            series = [self._series(client, query, spans) for query in self._queries]
+        finally:
+            client.close()
+        return PoolHistory(series[0], series[1] if len(series) > 1 else None)
+
+    def _series(
+        self, client: PrometheusConnect, query: str, spans: Sequence[tuple[float, float]]
+    ) -> DemandHistory:
         times: list[float] = []
         values: list[float] = []
         # whole seconds: Prometheus durations take no fractions
@@ -102,7 +115,7 @@ class PrometheusHistory:
         try:
             for start, end in spans:
                 result = client.custom_query_range(
-                    self.cfg.query,
+                    query,
                     start_time=dt.datetime.fromtimestamp(start, tz=dt.UTC),
                     end_time=dt.datetime.fromtimestamp(end, tz=dt.UTC),
                     step=step,
@@ -115,6 +128,4 @@ class PrometheusHistory:
         except (OSError, PrometheusApiClientException, ValueError, KeyError, TypeError) as exc:
             message = f"Prometheus history query failed: {type(exc).__name__}: {exc}"
             raise HistoryUnavailableError(message) from exc
-        finally:
-            client.close()
         return DemandHistory.from_samples(times, values)

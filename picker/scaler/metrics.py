@@ -7,6 +7,7 @@ the section removed or on a standby they keep their last values, except ``picker
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +38,17 @@ class ScalerMetrics:
             "picker_scaler_forecast_rps", "Forecast peak demand over the next warm-up (NaN: no forecast)."
         )
         self.capacity = gauge("picker_scaler_capacity_rps", "Per-replica capacity at the SLO in use.")
+        self.demand_tokens = gauge(
+            "picker_scaler_demand_tps",
+            "Tokens per second (prompt + completion) served by the pool, last tick (NaN: not measured).",
+        )
+        self.forecast_tokens = gauge(
+            "picker_scaler_forecast_tps", "Forecast peak token rate over the next warm-up (NaN: no forecast)."
+        )
+        self.capacity_tokens = gauge(
+            "picker_scaler_capacity_tps",
+            "Per-replica token capacity at the SLO in use (NaN: sizing on requests only).",
+        )
         self.saturated = gauge(
             "picker_scaler_saturated", "1 while the saturation detector says the pool is full."
         )
@@ -78,8 +90,11 @@ class ScalerMetrics:
         self.ready.set(r.ready)
         self.max_replicas.set(r.max_replicas)
         self.demand.set(r.demand_rps)
-        self.forecast.set(float("nan") if r.forecast_rps is None else r.forecast_rps)
+        self.forecast.set(_or_nan(r.forecast_rps))
         self.capacity.set(r.capacity_rps)
+        self.demand_tokens.set(_or_nan(r.demand_tps))
+        self.forecast_tokens.set(_or_nan(r.forecast_tps))
+        self.capacity_tokens.set(_or_nan(r.capacity_tps))
         self.saturated.set(1 if r.saturated else 0)
         if not self._live_held:
             self.held.set(r.held)
@@ -97,3 +112,7 @@ class ScalerMetrics:
 
     def failed(self, operation: str) -> None:
         self.errors.labels(operation).inc()
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value

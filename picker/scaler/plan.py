@@ -1,14 +1,19 @@
 """The scale decision, one tick at a time: pure and deterministic (time comes in the observation).
 
-Sizing (``need``), with demand d (requests/s), capacity c per replica at the SLO, headroom h::
+Sizing (``need``), with demand d = (r requests/s, k tokens/s), capacity per replica at the SLO c_req
+requests/s and (optionally) c_tok tokens/s, headroom h::
 
-    need(d, h)  = ceil(d x (1 + h) / c)
-    backlog     = queue + max(0, d - ready x c) x warmup        (what piles up until new replicas serve)
-    load        = d + backlog / backlogClear
-    up          = clamp(max(need(load, h), need(forecast, h)), lo, hi)
-    trigger     = clamp(max(need(load, h/2), need(forecast, h)), lo, hi)
-    down        = clamp(max(largest need(1-minute mean of d, h) over the stabilization window,
-                            need(forecast, h)), lo, hi)
+    u(d)        = max(r / c_req, k / c_tok)           replicas' worth of work (no c_tok: r / c_req)
+    need(u, h)  = ceil(u x (1 + h))
+    backlog     = queue x u(d) / r + max(0, u(d) - ready) x warmup    (replica-seconds until new ones serve)
+    load        = u(d) + backlog / backlogClear
+    up          = clamp(max(need(load, h), need(u(forecast), h)), lo, hi)
+    trigger     = clamp(max(need(load, h/2), need(u(forecast), h)), lo, hi)
+    down        = clamp(max(largest need(u(1-minute mean of d), h) over the stabilization window,
+                            need(u(forecast), h)), lo, hi)
+
+The queue (requests) is converted at the current mix, ``u(d) / r`` (1 / c_req with no demand). Why the max
+of two budgets and not one weighted unit: :mod:`.capacity`.
 
 ``lo``/``hi`` come from the schedule (the minimum read a warm-up ahead, see :mod:`.schedule`). A request
 held for scale-from-zero counts as a need of one replica. Why each term:
@@ -18,8 +23,7 @@ held for scale-from-zero counts as a need of one replica. Why each term:
   SLOs after every jump in the replay). Sized to clear it within ``backlogClear`` instead.
 * the **trigger** at half the headroom is hysteresis: demand noise around a boundary would otherwise add
   a replica that the next stabilization window removes again (each such pair pays a warm-up for nothing).
-* the **1-minute mean** in the down window: the largest of many noisy per-tick samples would keep a replica
-  too many.
+* the **1-minute mean** in the down window: the largest of noisy per-tick samples would keep one too many.
 
 Up fast: when ``replicas < trigger`` the count is raised to ``up`` at once (bounded only by
 ``scaleUp.maxReplicasPerHour``). When the pool is saturated although the sizing says it is big enough
@@ -68,7 +72,7 @@ HYSTERESIS = 0.5
 @dataclass(slots=True)
 class _History:
     needs: deque[tuple[float, int]] = field(default_factory=deque)
-    demand: deque[tuple[float, float]] = field(default_factory=deque)
+    demand: deque[tuple[float, float, float]] = field(default_factory=deque)
     ups: deque[tuple[float, int]] = field(default_factory=deque)
     downs: deque[tuple[float, int]] = field(default_factory=deque)
     first: float | None = None
@@ -86,7 +90,9 @@ class Planner:
         self.schedule = Schedule(cfg)
         self.ordered_removal = ordered_removal
         cap = cfg.replica_capacity
-        self.capacity = capacity or CapacityEstimate(cap.requests_per_second, learn=cap.learn)
+        self.capacity = capacity or CapacityEstimate(
+            cap.requests_per_second, learn=cap.learn, configured_tps=cap.tokens_per_second
+        )
         self.drain: Drain | None = None
         self.removal: Removal | None = None
         self.last_ranking: list[Candidate] = []
@@ -97,8 +103,11 @@ class Planner:
         self.cfg = cfg
         self.schedule = Schedule(cfg)
         cap = cfg.replica_capacity
-        if (cap.requests_per_second, cap.learn) != (self.capacity.configured, self.capacity.learn):
-            self.capacity = CapacityEstimate(cap.requests_per_second, learn=cap.learn)
+        now = (self.capacity.configured, self.capacity.configured_tps, self.capacity.learn)
+        if (cap.requests_per_second, cap.tokens_per_second, cap.learn) != now:
+            self.capacity = CapacityEstimate(
+                cap.requests_per_second, learn=cap.learn, configured_tps=cap.tokens_per_second
+            )
 
     def abort(self) -> str | None:
         """Forget a drain or removal in progress (leadership lost, section removed); returns the pod to
@@ -109,29 +118,37 @@ class Planner:
         return victim
 
     # ------------------------------------------------------------------------------------ sizing
-    def need(self, rps: float | None, *, headroom: float | None = None) -> int:
-        """Replicas for ``rps`` requests per second with headroom (0 for no demand)."""
-        if rps is None or rps <= 0:
+    def need(self, rps: float | None, tps: float | None = None, *, headroom: float | None = None) -> int:
+        """Replicas for ``rps`` requests and ``tps`` tokens per second with headroom (0 for no demand)."""
+        return self._need(self.capacity.replicas(rps or 0.0, tps), headroom)
+
+    def _need(self, work: float, headroom: float | None = None) -> int:
+        """Replicas for ``work`` replicas' worth of demand (:meth:`CapacityEstimate.replicas`)."""
+        if work <= 0:
             return 0
         h = self.cfg.headroom if headroom is None else headroom
-        return math.ceil(rps * (1.0 + h) / self.capacity.rps - 1e-9)
+        return math.ceil(work * (1.0 + h) - 1e-9)
 
     def _load(self, obs: Observation) -> float:
-        """Demand plus the backlog to clear (module doc). With no replica ready there is no serving capacity
-        to compare with (scale from zero): demand alone."""
-        backlog = obs.queue
+        """Demand plus the backlog to clear, in replicas' worth of work (module doc). With no replica ready
+        there is no serving capacity to compare with (scale from zero): demand alone."""
+        cap = self.capacity
+        work = cap.replicas(obs.demand_rps, obs.demand_tps)
+        per_request = work / obs.demand_rps if obs.demand_rps > 0 else 1.0 / cap.rps
+        backlog = obs.queue * per_request
         if obs.ready > 0:
-            backlog += max(0.0, obs.demand_rps - obs.ready * self.capacity.rps) * self.cfg.warmup
-        return obs.demand_rps + backlog / self.cfg.scale_up.backlog_clear
+            backlog += max(0.0, work - obs.ready) * self.cfg.warmup
+        return work + backlog / self.cfg.scale_up.backlog_clear
 
-    def _window_need(self, now: float, demand: float) -> int:
+    def _window_need(self, now: float, rps: float, tps: float | None) -> int:
         """The largest need over the stabilization window, each sample the mean demand of the last minute
         (a single tick's count is noisy; its maximum over a long window would keep a replica too many)."""
         h = self._h
-        h.demand.append((now, demand))
+        h.demand.append((now, rps, tps or 0.0))
         while h.demand and h.demand[0][0] <= now - SMOOTHING_S:
             h.demand.popleft()
-        need_now = self.need(sum(d for _, d in h.demand) / len(h.demand))
+        count = len(h.demand)
+        need_now = self.need(sum(d[1] for d in h.demand) / count, sum(d[2] for d in h.demand) / count)
         h.needs.append((now, need_now))
         horizon = now - self.cfg.scale_down.stabilization
         while h.needs and h.needs[0][0] < horizon:
@@ -152,17 +169,22 @@ class Planner:
             h.first = now
         steady = obs.ready >= obs.replicas > 0 and not obs.stale
         self.capacity.observe(
-            demand_rps=obs.demand_rps, ready=obs.ready, saturated=obs.saturated, steady=steady
+            demand_rps=obs.demand_rps,
+            demand_tps=obs.demand_tps,
+            ready=obs.ready,
+            saturated=obs.saturated,
+            steady=steady,
         )
         bounds = self.schedule.bounds(now)
         if obs.hpa_floor is not None and bounds.lo < 1:
             bounds = Bounds(lo=1, hi=max(bounds.hi, 1), window=bounds.window, ahead=bounds.ahead)
         load = self._load(obs)
-        need_now = self.need(load)
-        need_fc = self.need(obs.forecast_rps)
+        need_now = self._need(load)
+        need_fc = self.need(obs.forecast_rps, obs.forecast_tps)
         floor = 1 if obs.held > 0 else 0
         up = min(max(need_now, need_fc, floor, bounds.lo), bounds.hi)
-        down = min(max(self._window_need(now, obs.demand_rps), need_fc, floor, bounds.lo), bounds.hi)
+        window = self._window_need(now, obs.demand_rps, obs.demand_tps)
+        down = min(max(window, need_fc, floor, bounds.lo), bounds.hi)
         ctx = _Ctx(obs, bounds, need_now, need_fc, up, down, self)
         if self.removal is not None:
             verdict = self._verify(ctx)
@@ -170,7 +192,7 @@ class Planner:
                 return verdict
         if self.drain is not None:
             return self._drain_step(ctx)
-        trigger = self.need(load, headroom=HYSTERESIS * self.cfg.headroom)
+        trigger = self._need(load, HYSTERESIS * self.cfg.headroom)
         if obs.replicas < min(max(trigger, need_fc, floor, bounds.lo), bounds.hi):
             return self._scale_up(ctx, up, ctx.up_reason())
         if (
@@ -345,13 +367,21 @@ class _Ctx:
         note: str = "",
     ) -> Decision:
         obs, b, p = self.obs, self.bounds, self.planner
+        cap = p.capacity
         fc = "none" if obs.forecast_rps is None else f"{obs.forecast_rps:.3g}"
         window = f" (window {b.window})" if b.window else ""
         ahead = f", floor raised by {b.ahead} ahead" if b.ahead else ""
+        demand, forecast, capacity = f"{obs.demand_rps:.3g} rps", f"{fc} rps", f"{cap.rps:.3g} rps"
+        if cap.tps is not None:  # the token figures follow the request ones ("none": not measured)
+            now, ahead = ("none" if v is None else f"{v:.0f}" for v in (obs.demand_tps, obs.forecast_tps))
+            binds = " (tokens bind)" if cap.token_bound(obs.demand_rps, obs.demand_tps) else ""
+            demand += f" / {now} tps{binds}"
+            forecast += f" / {ahead} tps"
+            capacity += f" / {cap.tps:.0f} tps"
         message = (
             f"{action} {obs.replicas}->{desired} ({reason}{': ' + note if note else ''}"
-            f"{', pod ' + victim if victim else ''}): demand {obs.demand_rps:.3g} rps, forecast {fc} rps, "
-            f"capacity {p.capacity.rps:.3g} rps/replica, headroom {p.cfg.headroom:.0%} -> need "
+            f"{', pod ' + victim if victim else ''}): demand {demand}, forecast {forecast}, "
+            f"capacity {capacity}/replica, headroom {p.cfg.headroom:.0%} -> need "
             f"{self.need_now} now / {self.need_fc} forecast; bounds [{b.lo}, {b.hi}]{window}{ahead}; "
             f"ready {obs.ready}"
         )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from picker.scaler.decision import Decision
-from picker.scaler.forecast import DemandHistory
+from picker.scaler.forecast import PoolHistory
 
 
 class HpaView(Protocol):
@@ -101,6 +101,9 @@ class PoolSample:
     held: int = 0
     #: requests waiting in the model servers' queues (sum over the pool)
     queue: float = 0.0
+    #: prompt + completion tokens served in all (the model servers' usage reports, every ext_proc process),
+    #: None when not metered: the token rate is its growth, like demand from ``sent``
+    tokens: float | None = None
 
 
 class PoolSignals(Protocol):
@@ -112,7 +115,7 @@ class DrainMarker(Protocol):
 
 
 class HistorySource(Protocol):
-    async def fetch(self, now: float, *, horizon_s: float) -> DemandHistory: ...
+    async def fetch(self, now: float, *, horizon_s: float) -> PoolHistory: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,9 @@ class TickReport:
     demand_rps: float
     forecast_rps: float | None
     capacity_rps: float  #: per-replica capacity at the SLO in use (configured or learned)
+    demand_tps: float | None  #: tokens per second (None: not measured)
+    forecast_tps: float | None
+    capacity_tps: float | None  #: None: sizing on requests only
     saturated: bool
     held: int
     dry_run: bool

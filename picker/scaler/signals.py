@@ -10,6 +10,8 @@
 * **Stale**: some member's metrics are older than the staleness threshold (a scale-down never happens then).
 * **Queue**: the sum of the scraped queues (unknown queues count as empty).
 * **Held**: requests waiting for a first replica (scale from zero), from the ext_proc side.
+* **Tokens**: prompt + completion tokens served in all (``tokens()``: our token counters, fed by the model
+  servers' ``usage`` at each response's end, every ``--workers`` process included), when given.
 * **Cache value** (the victim rule's seam): ``cache_value(pod)`` when a prefix index is wired, else None.
 """
 
@@ -55,6 +57,7 @@ class DatastoreSignals:
         *,
         staleness_s: Callable[[], float],
         held: Callable[[], int] = lambda: 0,
+        tokens: Callable[[], float] | None = None,
         cache_value: Callable[[str], float | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,6 +65,7 @@ class DatastoreSignals:
         self._config = config
         self._staleness_s = staleness_s
         self._held = held
+        self._tokens = tokens
         self._cache_value = cache_value
         self._clock = clock
 
@@ -85,6 +89,7 @@ class DatastoreSignals:
             stale=stale,
             held=self._held(),
             queue=float(waiting.sum()) if waiting.size else 0.0,
+            tokens=None if self._tokens is None else self._tokens(),
         )
 
     def _pod(self, m: EndpointMatrix, pod: str, idx: list[int], vocab: list[tuple[str, int]]) -> PodSignal:

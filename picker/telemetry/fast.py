@@ -165,6 +165,10 @@ class FastHistogram(FastFamily):
             raise ValueError(f"{self._name} has labels: observe through labels(...)")
         only.observe(amount)
 
+    def total_sum(self) -> float:
+        """The ``_sum`` over every label set (what was observed in all)."""
+        return float(sum(child.sum for child in list(self._children.values())))
+
     def _samples(self, metric: Metric, labels: dict[str, str], child: _HistogramChild) -> None:
         total = 0
         bucket = self._name + "_bucket"

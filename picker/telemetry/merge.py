@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -61,6 +61,16 @@ class MergedRequestMetrics(Collector):
             if typ == "gauge":
                 continue
             _merge_into(self._retired.setdefault(name, {}), samples)
+
+    def sample_sum(self, names: Collection[str]) -> float:
+        """The samples called ``names`` (every label set) summed over the workers, live and retired."""
+        total = 0.0
+        for retired in self._retired.values():
+            total += sum(v for (sample, _labels), v in retired.items() if sample in names)
+        for families in list(self._live.values()):
+            for _name, _doc, _typ, _unit, samples in families:
+                total += sum(v for sample, _labels, v in samples if sample in names)
+        return total
 
     def collect(self) -> Iterator[Metric]:
         live = list(self._live.values())

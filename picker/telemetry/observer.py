@@ -39,6 +39,7 @@ from picker.telemetry.buckets import (
     SCHEDULER_BUCKETS,
 )
 from picker.telemetry.fast import FastCounter, FastFamily, FastGauge, FastHistogram
+from picker.telemetry.merge import MergedRequestMetrics
 from picker.telemetry.pool import EjectionCounts, HealthCollector, PoolCollector, SnapshotSource
 from picker.telemetry.prefix import (
     HIT_BYTES_HELP,
@@ -49,6 +50,10 @@ from picker.telemetry.prefix import (
 )
 
 MAX_MODEL_LABELS = MAX_LABEL_VALUES
+#: the token counters' samples: the scaler's token demand (``DEFAULT_TOKEN_QUERY`` reads them in Prometheus)
+TOKEN_SUM_SAMPLES = frozenset(
+    {"inference_objective_input_tokens_sum", "inference_objective_output_tokens_sum"}
+)
 
 
 class _Decision(Protocol):
@@ -310,9 +315,26 @@ class Telemetry:
         for family in self.request_metrics():
             if isinstance(family, FastFamily):
                 family.before_collect = self.flush
+        #: the workers' request-path metrics (the ``--workers`` supervisor), see :meth:`merge_workers`
+        self._merged: MergedRequestMetrics | None = None
 
     def pool_name(self) -> str:
         return self._pool_name()
+
+    def merge_workers(self, merged: MergedRequestMetrics) -> None:
+        """The ``--workers`` supervisor: export the workers' merged request-path metrics, and count their
+        tokens in :meth:`tokens_served` (this process routes nothing itself)."""
+        self.registry.register(merged)
+        self._merged = merged
+
+    def tokens_served(self) -> float:
+        """Prompt + completion tokens the model servers reported (``usage``) in all, every ``--workers``
+        process included: the ``_sum`` of ``inference_objective_input_tokens`` and ``_output_tokens``, the
+        counters the scaler's token forecast reads in Prometheus. Its growth is the live token rate."""
+        if self._merged is not None:
+            return self._merged.sample_sum(TOKEN_SUM_SAMPLES)
+        self.flush()
+        return self.input_tokens.total_sum() + self.output_tokens.total_sum()
 
     def request_metrics(self) -> tuple[Any, ...]:
         """The metrics observed on the request path (by ext_proc streams and the director), in

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from picker.config.scaling import ScaleTarget, ScalingConfig
 from picker.errors import PickerError
 from picker.scaler.controller import Scaler
-from picker.scaler.forecast import WEEK_S, DemandHistory
+from picker.scaler.forecast import WEEK_S, DemandHistory, PoolHistory
 from picker.scaler.metrics import ScalerMetrics
 from picker.scaler.plan import Action
 from picker.scaler.ports import PodSignal, PoolSample, TickReport
@@ -84,6 +85,7 @@ class Pool:
     def __init__(self, pods: int) -> None:
         self.inflight = {f"p{i}": 1.0 for i in range(pods)}
         self.sent = 0.0
+        self.tokens: float | None = None
         self.saturated = False
         self.held = 0
 
@@ -93,6 +95,7 @@ class Pool:
             sent={"all": self.sent},
             saturated=self.saturated,
             held=self.held,
+            tokens=self.tokens,
         )
 
 
@@ -156,8 +159,10 @@ class Rig:
             **kw,
         )
 
-    async def tick(self, rps: float, seconds: float = 15.0) -> Any:
+    async def tick(self, rps: float, seconds: float = 15.0, *, tps: float | None = None) -> Any:
         self.pool.sent += rps * seconds
+        if tps is not None:
+            self.pool.tokens = (self.pool.tokens or 0.0) + tps * seconds
         self.clock.now += seconds
         d = await self.scaler.tick()
         await asyncio.sleep(0)  # let the Event tasks run
@@ -299,9 +304,9 @@ async def test_forecast_history_is_read_in_the_background_and_used() -> None:
         def __init__(self) -> None:
             self.calls = 0
 
-        async def fetch(self, now: float, *, horizon_s: float) -> DemandHistory:
+        async def fetch(self, now: float, *, horizon_s: float) -> PoolHistory:
             self.calls += 1
-            return DemandHistory.from_samples([now - WEEK_S], [48.0])
+            return PoolHistory(DemandHistory.from_samples([now - WEEK_S], [48.0]))
 
     history = History()
     rig = Rig(
@@ -316,6 +321,53 @@ async def test_forecast_history_is_read_in_the_background_and_used() -> None:
     assert (d.action, d.reason, d.desired) == (Action.SCALE_UP, "forecast", 5)
     assert history.calls == 1
     assert rig.metric("picker_scaler_forecast_rps") == 48.0
+
+
+async def test_token_demand_is_the_growth_of_the_token_counter_and_sizes_with_its_forecast() -> None:
+    class History:
+        async def fetch(self, now: float, *, horizon_s: float) -> PoolHistory:
+            return PoolHistory(
+                DemandHistory.from_samples([now - WEEK_S], [10.0]),
+                DemandHistory.from_samples([now - WEEK_S], [52_000.0]),
+            )
+
+    capacity = {"requestsPerSecond": 10, "tokensPerSecond": 10_000}
+    rig = Rig(section(replicaCapacity=capacity), replicas=4)
+    await rig.tick(0, tps=0.0)
+    # 20 rps need 2 replicas; 36,000 tokens/s need 4 (no scale-down, whatever the requests say)
+    for _ in range(8):
+        d = await rig.tick(20.0, tps=36_000.0)
+        assert d.action is Action.HOLD
+    assert rig.metric("picker_scaler_demand_tps") == pytest.approx(36_000.0)
+    assert rig.metric("picker_scaler_capacity_tps") == 10_000.0
+    assert rig.scaler.debug()["last"]["demandTps"] == pytest.approx(36_000.0)
+    # the token forecast (only read with tokensPerSecond set) brings capacity back ahead of a ramp
+    forecasting = Rig(
+        section(replicaCapacity=capacity, forecast={"prometheusUrl": "http://p:9090", "weeks": 1}),
+        history_for=lambda c: History(),
+    )
+    await forecasting.tick(0, tps=0.0)
+    await forecasting.tick(10.0, tps=10_000.0)
+    await asyncio.sleep(0)
+    d = await forecasting.tick(10.0, tps=10_000.0)
+    assert (d.action, d.reason, d.desired) == (Action.SCALE_UP, "forecast", 6)
+    assert forecasting.metric("picker_scaler_forecast_tps") == 52_000.0
+    assert forecasting.scaler.debug()["last"]["tokenForecast"]["tps"] == 52_000.0
+
+
+async def test_without_a_token_meter_or_token_capacity_the_sizing_counts_requests() -> None:
+    rig = Rig(section(), replicas=4)  # no tokensPerSecond: the token rate is shown, not used
+    await rig.tick(0, tps=0.0)
+    d = await rig.tick(20.0, tps=90_000.0)
+    assert rig.metric("picker_scaler_demand_tps") == pytest.approx(90_000.0)
+    assert d.desired == 4
+    assert math.isnan(rig.metric("picker_scaler_capacity_tps") or 0.0)
+    unmetered = Rig(section(replicaCapacity={"requestsPerSecond": 10, "tokensPerSecond": 10_000}))
+    await unmetered.tick(0)
+    d = await unmetered.tick(45.0)  # tokens: None (no meter): requests alone
+    assert (d.action, d.desired) == (Action.SCALE_UP, 8)  # ceil(4.5 + 0.5 x 180 s / 30 s)
+    assert "none tps" in d.message
+    assert math.isnan(unmetered.metric("picker_scaler_demand_tps") or 0.0)
 
 
 async def test_wake_runs_a_tick_without_waiting_for_the_interval() -> None:
@@ -368,6 +420,9 @@ def test_the_held_requests_gauge_is_read_live_when_a_source_is_given() -> None:
         demand_rps=0.0,
         forecast_rps=None,
         capacity_rps=10.0,
+        demand_tps=None,
+        forecast_tps=None,
+        capacity_tps=None,
         saturated=False,
         held=7,  # the tick's sample does not override the live count
         dry_run=False,

@@ -322,3 +322,91 @@ def test_learned_capacity_moves_toward_observed_saturation_within_bounds() -> No
     fixed = Planner(config(), ordered_removal=False)
     Clock(fixed).run(600, 4, 20.0, saturated=True)
     assert fixed.capacity.rps == 10.0
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+def token_config(**over: object) -> ScalingConfig:
+    """10 requests/s or 10,000 tokens/s per replica: the budgets agree at 1,000 tokens per request."""
+    return config(replicaCapacity={"requestsPerSecond": 10, "tokensPerSecond": 10_000, **over})
+
+
+def test_need_is_the_larger_of_the_request_and_the_token_budget() -> None:
+    p = Planner(token_config(), ordered_removal=False)
+    assert p.need(20.0, 20_000.0) == 2  # the mix the capacity was measured on: both say 2
+    assert p.need(20.0, 45_000.0) == 5  # longer requests: tokens bind
+    assert p.need(45.0, 20_000.0) == 5  # shorter ones: requests bind
+    assert p.need(20.0, None) == p.need(20.0) == 2  # no token measurement: requests alone
+    assert p.need(None, 30_000.0) == 3
+    # without tokensPerSecond the token rate is ignored
+    assert Planner(config(), ordered_removal=False).need(20.0, 45_000.0) == 2
+
+
+def test_token_demand_scales_up_what_the_request_rate_would_not() -> None:
+    c = Clock(Planner(token_config(), ordered_removal=False))
+    assert c.tick(3, 25.0, demand_tps=25_000.0).action is Action.HOLD
+    # the same request rate with longer answers: 35,000 tokens/s is 3.5 replicas' work; 3 ready serve 3, so
+    # half a replica's work piles up for the 180 s warm-up (90 replica-seconds), cleared within 30 s (+3)
+    d = c.tick(3, 25.0, demand_tps=35_000.0)
+    assert (d.action, d.reason, d.desired) == (Action.SCALE_UP, "demand", 7)
+    assert "tokens bind" in d.message
+    assert "35000 tps" in d.message
+
+
+def test_the_queue_is_weighed_at_the_current_token_mix() -> None:
+    # 3 ready, 25 rps at 2,000 tokens each = 5 replicas' work per second; 300 queued requests are
+    # 300 x 5 / 25 = 60 replica-seconds: +2 within 30 s; (5 - 3) x 180 s of warm-up backlog: +12
+    capacity = {"requestsPerSecond": 10, "tokensPerSecond": 10_000}
+    c = Clock(Planner(config(maxReplicas=32, replicaCapacity=capacity), ordered_removal=False))
+    assert c.tick(3, 25.0, demand_tps=50_000.0, queue=300.0).desired == 5 + 2 + 12
+    # requests only: 300 queued are 30 replica-seconds at 10 rps each
+    c2 = Clock(Planner(config(maxReplicas=32), ordered_removal=False))
+    assert c2.tick(3, 25.0, demand_tps=50_000.0, queue=300.0).desired == 4  # ceil(2.5 + 30 / 30)
+
+
+def test_a_token_forecast_brings_capacity_back_before_the_ramp() -> None:
+    c = Clock(Planner(token_config(), ordered_removal=False))
+    d = c.tick(2, 15.0, demand_tps=15_000.0, forecast_rps=15.0, forecast_tps=48_000.0)
+    assert (d.action, d.reason, d.desired) == (Action.SCALE_UP, "forecast", 5)
+
+
+def test_token_demand_inside_the_window_holds_the_scale_down() -> None:
+    c = Clock(Planner(token_config(), ordered_removal=False))
+    # requests alone would allow 2 of 4 replicas; the tokens need all 4 (no scale-down), then 2
+    decisions = c.run(1200, 4, 15.0, demand_tps=35_000.0)
+    assert {d.action for d in decisions} == {Action.HOLD}
+    decisions = c.run(615, 4, 15.0, demand_tps=15_000.0)
+    assert decisions[-1].action is Action.DRAIN
+
+
+def test_learned_token_capacity_moves_only_when_tokens_bind() -> None:
+    c = Clock(Planner(token_config(learn=True), ordered_removal=False))
+    for _ in range(200):  # saturated at 5 rps and 10,000 tokens/s per replica: tokens bind
+        c.tick(4, 20.0, demand_tps=40_000.0, saturated=True)
+    assert c.p.capacity.tps == pytest.approx(10_000.0)  # served = estimate: nothing to learn
+    assert c.p.capacity.rps == 10.0  # requests did not run out: untouched
+    for _ in range(200):  # saturated at 4 rps and 5,000 tokens/s per replica: tokens still bind
+        c.tick(4, 16.0, demand_tps=20_000.0, saturated=True)
+    assert c.p.capacity.tps == pytest.approx(5_000.0, rel=0.01)
+    assert c.p.capacity.rps == 10.0
+    for _ in range(400):  # unsaturated far above both: each capped at 4x its configured value
+        c.tick(4, 400.0, ready=4, demand_tps=400_000.0)
+    assert c.p.capacity.rps == pytest.approx(40.0)
+    assert c.p.capacity.tps == pytest.approx(40_000.0)
+    assert c.p.to_dict()["capacity"] == {
+        "requestsPerSecond": 40.0,
+        "configured": 10.0,
+        "tokensPerSecond": 40_000.0,
+        "configuredTokensPerSecond": 10_000.0,
+        "mode": "learned",
+        "updates": c.p.capacity.updates,
+    }
+
+
+def test_reconfiguring_the_token_capacity_starts_a_new_estimate() -> None:
+    p = Planner(token_config(), ordered_removal=False)
+    assert p.need(20.0, 45_000.0) == 5
+    p.reconfigure(token_config(tokensPerSecond=5_000))
+    assert p.need(20.0, 45_000.0) == 9
+    p.reconfigure(config())
+    assert p.capacity.tps is None
+    assert p.need(20.0, 45_000.0) == 2

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from picker.config.scaling import ScalingConfig
+from picker.config.scaling import DEFAULT_TOKEN_QUERY, ForecastConfig, ScalingConfig
 from picker.scaler.forecast import WEEK_S, DemandHistory, forecast
 from picker.scaler.schedule import Schedule
+from picker.telemetry.observer import TOKEN_SUM_SAMPLES
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 
@@ -154,6 +155,8 @@ def test_minimum_is_read_a_warmup_ahead_but_maximum_is_not() -> None:
         ("target", {"kind": "ReplicaSet", "name": "x"}, "Deployment"),
         ("target", {"kind": "Deployment", "name": "Not_A_Name"}, "valid object name"),
         ("forecast", {"prometheusUrl": "prometheus:9090"}, "http(s) URL"),
+        ("replicaCapacity", {"requestsPerSecond": 10, "tokensPerSecond": 0}, "greater than 0"),
+        ("forecast", {"prometheusUrl": "http://p:9090", "tokenQuery": ""}, "at least 1 character"),
     ],
 )
 def test_invalid_sections_are_rejected_with_a_reason(field: str, value: object, message: str) -> None:
@@ -229,3 +232,10 @@ def test_history_cleans_its_input() -> None:
     assert h.rps.tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="length"):
         DemandHistory.from_samples([1.0], [1.0, 2.0])
+
+
+def test_the_default_token_query_reads_the_counters_the_live_token_rate_comes_from() -> None:
+    # the live rate: Telemetry.tokens_served over these samples; the history: this query in Prometheus
+    for name in TOKEN_SUM_SAMPLES:
+        assert f"rate({name}[5m])" in DEFAULT_TOKEN_QUERY
+    assert ForecastConfig(prometheus_url="http://p:9090").token_query == DEFAULT_TOKEN_QUERY

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker.extproc.usage import Usage
 from picker.routing.types import Dispatch
 from picker.state.accounting import NullLease
 from picker.state.datastore import Datastore
@@ -40,7 +41,7 @@ def worker_telemetry() -> Telemetry:
 def supervisor() -> tuple[Telemetry, MergedRequestMetrics]:
     sup = Telemetry(Datastore(), registry=CollectorRegistry(), request_registry=CollectorRegistry())
     merged = MergedRequestMetrics(sup.request_metrics())
-    sup.registry.register(merged)
+    sup.merge_workers(merged)
     return sup, merged
 
 
@@ -108,3 +109,40 @@ def test_a_newer_snapshot_replaces_the_previous_one() -> None:
     w.routed(decision(), 100)
     merged.update(0, export_families(w.request_metrics()))
     assert sum(samples(sup.registry, "inference_objective_request_total").values()) == 2.0
+
+
+def test_tokens_served_sums_prompt_and_completion_tokens_in_one_process_and_over_workers() -> None:
+    """The scaler's token meter: the ``_sum`` of both token histograms, the series its Prometheus query
+    reads; under ``--workers`` the supervisor's figure is the workers' (live and retired), it routes none."""
+    single = worker_telemetry()
+    assert single.tokens_served() == 0.0
+    for prompt, completion in ((7, 3), (100, 0), (0, 0)):  # zero means "not reported": not observed
+        d = decision()
+        single.routed(d, 10)
+        single.response_complete(
+            d,
+            latency_s=0.2,
+            response_bytes=10,
+            usage=Usage(prompt, completion, prompt + completion, 0),
+            status_ok=True,
+        )
+    assert single.tokens_served() == 110.0  # read without a scrape: the queued facts are applied first
+    assert (
+        sum(
+            samples(single.registry, f"inference_objective_{k}_tokens_sum")[
+                (("model_name", "m"), ("target_model_name", "m"))
+            ]
+            for k in ("input", "output")
+        )
+        == 110.0
+    )
+    sup, merged = supervisor()
+    other = worker_telemetry()
+    d = decision()
+    other.routed(d, 10)
+    other.response_complete(d, latency_s=0.2, response_bytes=10, usage=Usage(5, 5, 10, 0), status_ok=True)
+    merged.update(0, export_families(single.request_metrics()))
+    merged.update(1, export_families(other.request_metrics()))
+    assert sup.tokens_served() == 120.0
+    merged.retire(1)  # a replaced worker's tokens stay counted
+    assert sup.tokens_served() == 120.0
