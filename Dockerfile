@@ -34,8 +34,12 @@ RUN python -m venv /opt/build \
 # the hashes in requirements-image.lock, which pins the versions of requirements.lock. Then the wheel built
 # above, and `pip check` proves the environment complete. pip compiles the bytecode here, so nothing needs to
 # be written next to the sources at run time. Then pip itself leaves the environment: nothing installs
-# packages in the running container.
+# packages in the running container. xds-protos ships an old copy of opentelemetry-proto's modules at the
+# same paths (grpc/grpc#42926) and the install order decides whose files stay, so opentelemetry-proto's lock
+# entry (with its hashes) is installed once more, alone and last: --tracing's OTLP exporter needs its files.
 RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements-image.lock \
+ && sed -n '/^opentelemetry-proto==/,/# via/p' requirements-image.lock > /tmp/otel-proto.txt \
+ && /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --force-reinstall -r /tmp/otel-proto.txt \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/dist/picker-*.whl \
  && /opt/venv/bin/pip check \
  && /opt/venv/bin/pip uninstall --yes pip setuptools

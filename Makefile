@@ -17,16 +17,22 @@ all: test
 # The lock's versions as plain constraints: pip treats hashes in a constraints file as a demand to hash-check
 # everything, which an editable install of this checkout cannot satisfy (the image build checks the hashes).
 PINS   := $(VENV)/pins.txt
+# xds-protos ships an old copy of opentelemetry-proto's modules at the same paths (grpc/grpc#42926), and the
+# install order decides whose files stay: the pinned opentelemetry-proto is installed once more, alone and
+# last, so --tracing's OTLP exporter gets the current ones (the Dockerfile does the same).
+OTEL_PROTO_LAST = $(PIP) install --no-deps --force-reinstall "$$(grep -m1 '^opentelemetry-proto==' $(PINS))"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=25.1"
 	sed -e '/^[[:space:]]*--hash=/d' -e 's/[[:space:]]*\\$$//' requirements.lock > $(PINS)
 	$(PIP) install -c $(PINS) -e . --group test --group lint
+	$(OTEL_PROTO_LAST)
 	touch $@
 
 $(BSTAMP): $(STAMP)
 	$(PIP) install -c $(PINS) -e . --group bench
+	$(OTEL_PROTO_LAST)
 	touch $@
 
 demo: $(STAMP)  ## local fake fleet + the EPP + traffic, printed as a table

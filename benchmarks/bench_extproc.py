@@ -4,6 +4,7 @@
     python -m benchmarks.bench_extproc --quick --json    # < 60 s: one short run; RSS extrapolated
     python -m benchmarks.bench_extproc --rss-streams 200000 --json
     python -m benchmarks.bench_extproc --header-only --json   # ~4 min: header-only mode and both floors
+    python -m benchmarks.bench_extproc --tracing --json       # ~4 min: --tracing off / 0 / 1 / 100 %
 
 Servers (each its own process, all started once and measured in turn):
 
@@ -311,19 +312,35 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the cost of tenant metering and a limit instead (benchmarks/bench_tenants.py)",
     )
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="the cost of --tracing off, at 0, 1 and 100 %% sampling instead (benchmarks/bench_tracing.py)",
+    )
     p.add_argument("--serve-null", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--serve-collector", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_null is not None:
         return serve_null(args.serve_null)
     if args.load:
         return load_main()
+    if args.serve_collector:
+        from benchmarks.bench_tracing import serve_collector
+
+        return serve_collector()
     command = "python -m benchmarks.bench_extproc " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.tenants:
         from benchmarks import bench_tenants
 
         doc = bench_tenants.run(args.quick, args.runs, command)
         print(json.dumps(doc, indent=2) if args.json else bench_tenants.summary(doc))
+        return 0
+    if args.tracing:
+        from benchmarks import bench_tracing
+
+        doc = bench_tracing.run(args.quick, args.runs, command)
+        print(json.dumps(doc, indent=2) if args.json else bench_tracing.summary(doc))
         return 0
     if args.header_only:
         doc = run_header_only(args.quick, args.runs, command)

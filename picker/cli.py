@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from picker.logs import escape_controls
-from picker.settings import Settings
+from picker.settings import Settings, TracingSettings
 from scoring.durations import parse_duration
 
 log = logging.getLogger("picker")
@@ -53,7 +53,6 @@ IGNORED_VALUE_FLAGS = (
 IGNORED_BOOL_FLAGS = (
     "--model-server-metrics-https-insecure-skip-verify",
     "--enable-pprof",
-    "--tracing",
     "--zap-devel",
 )
 
@@ -293,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1, help="ext_proc worker processes (SO_REUSEPORT)")
     g.add_argument("-v", "--v", dest="verbosity", type=int, default=2, help="log level: 2 info, 4 debug")
     _bool_flag(g, "--log-json", False, "JSON log lines")
+    _bool_flag(
+        g,
+        "--tracing",
+        False,
+        "OpenTelemetry span per routed request, OTLP/gRPC as the OTEL_* variables say (the reference's "
+        "default is true)",
+    )
     g.add_argument("--seed", type=int, default=None, help="seed tie-breaks and weighted draws")
     g = s.add_argument_group("reference flags accepted without effect")
     for flag in IGNORED_VALUE_FLAGS:
@@ -453,6 +459,15 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
         kwargs["standalone_name"] = standalone_name_from_pod(env.get("POD_NAME", ""))
     if not kwargs["kubeconfig"]:
         kwargs["kubeconfig"] = env.get("KUBECONFIG", "")
+    if ns.tracing:
+        kwargs["tracing"] = TracingSettings.from_environment(env)  # ValueError: a one-line exit 2
+        if kwargs["tracing"] is None:
+            log.info("--tracing with OTEL_TRACES_EXPORTER=none: no spans are recorded")
+        else:
+            from picker.tracing import exporter_problem
+
+            if (problem := exporter_problem()) is not None:
+                raise ValueError(f"--tracing: {problem}")
     settings = Settings(**kwargs)
     if settings.enable_cert_reload and not (settings.cert_path and settings.secure_serving):
         log.warning("--enable-cert-reload has no effect without --cert-path and --secure-serving")

@@ -51,6 +51,7 @@ from picker.state.prices import PriceBook
 from picker.telemetry import ExternalCollector, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.service import TenantService
+from picker.tracing import Tracing
 from picker.wiring import (
     BuildInfo,
     bind_server,
@@ -200,6 +201,12 @@ class Service:
                 cert_path=Path(settings.cert_path) if settings.cert_path else None,
                 reload=settings.enable_cert_reload,
             )
+        #: ``--tracing``: spans of this process's requests (the ``--workers`` supervisor serves none)
+        self.tracing = (
+            Tracing(settings.tracing, pool=self.telemetry.pool_name)
+            if settings.tracing is not None and serve_extproc
+            else None
+        )
         self.extproc = (
             ExtProcServer(
                 self.director,
@@ -215,6 +222,7 @@ class Service:
                 stream_config=stream_config_rule(self.config_store),
                 keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
                 max_buffered_bytes=body_budget(config, settings),
+                tracer=self.tracing,
             )
             if serve_extproc
             else None
@@ -529,6 +537,8 @@ class Service:
             from picker.kube.client import load_api_client
 
             self._api_client = load_api_client(s.kubeconfig or None)
+        if self.tracing is not None:
+            self.tracing.start()
         if self.extproc is not None:
             await bind_server("--grpc-port", s.host, s.grpc_port, self.extproc.start())
         await bind_server("--grpc-health-port", s.host, s.grpc_health_port, self.health_server.start())
@@ -646,6 +656,8 @@ class Service:
         if self.extproc is not None:
             self.hold.close()
             await self.extproc.stop(grace=5.0)
+        if self.tracing is not None:
+            await self.tracing.close()
         await self.health_server.stop(grace=None)
         if self._scaler is not None:
             await self._scaler.close()

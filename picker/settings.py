@@ -7,9 +7,90 @@ thresholds, objectives, rewrites, engine metric names) lives in the scoring docu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from picker.headers import header_name
+
+#: ``OTEL_TRACES_SAMPLER`` values (the OpenTelemetry specification's built-in samplers)
+Sampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+_RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
+
+
+class TracingSettings(BaseModel):
+    """``--tracing``: where spans go and which are kept, from the standard OpenTelemetry variables
+    (:meth:`from_environment`, read by the CLI). Defaults are the reference EPP's: OTLP over gRPC to
+    ``http://localhost:4317``, ``parentbased_traceidratio`` at 0.1. The exporter's other standard
+    variables (``OTEL_EXPORTER_OTLP_HEADERS``, ``_CERTIFICATE``, ``_TIMEOUT``, ``_COMPRESSION``), the batch
+    processor's (``OTEL_BSP_*``) and ``OTEL_RESOURCE_ATTRIBUTES`` are read by the OpenTelemetry SDK itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: ``OTEL_SERVICE_NAME``: the ``service.name`` of every span
+    service_name: str = Field("picker", min_length=1, max_length=256)
+    #: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``: the collector's OTLP/gRPC
+    #: endpoint, ``http://`` (plaintext) or ``https://`` (TLS)
+    endpoint: str = "http://localhost:4317"
+    #: ``OTEL_TRACES_SAMPLER``
+    sampler: Sampler = "parentbased_traceidratio"
+    #: ``OTEL_TRACES_SAMPLER_ARG``: the fraction of new traces kept by the ratio samplers
+    ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+    @property
+    def insecure(self) -> bool:
+        """Plaintext gRPC to the collector (an ``http://`` endpoint)."""
+        return self.endpoint.startswith("http://")
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> TracingSettings | None:
+        """The settings the variables give; None for ``OTEL_TRACES_EXPORTER=none`` (no spans at all).
+        Raises ValueError naming the variable for a value that is not supported (never a silent default)."""
+        exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "otlp"
+        if exporter == "none":
+            return None
+        if exporter != "otlp":
+            raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r}: picker exports otlp (over gRPC) or none")
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        if protocol and protocol.strip().lower() != "grpc":
+            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: picker exports over grpc only")
+        name = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        endpoint = env.get(name, "").strip()
+        if not endpoint:
+            name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+            endpoint = env.get(name, "").strip() or "http://localhost:4317"
+        try:
+            url = urlsplit(endpoint)
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+        except ValueError as exc:
+            raise ValueError(f"{name}={endpoint!r}: {exc}") from None
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            raise ValueError(f"{name}={endpoint!r}: expected http://host:port or https://host:port")
+        sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_traceidratio"
+        if sampler not in get_args(Sampler):
+            raise ValueError(
+                f"OTEL_TRACES_SAMPLER={sampler!r}: one of {', '.join(get_args(Sampler))} (no sampler plugins)"
+            )
+        ratio = 0.1
+        arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+        if arg and sampler in _RATIO_SAMPLERS:
+            try:
+                ratio = float(arg)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:  # also NaN
+                raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={arg!r}: a ratio from 0 to 1")
+        service = env.get("OTEL_SERVICE_NAME", "").strip() or "picker"
+        return cls(service_name=service, endpoint=endpoint, sampler=sampler, ratio=ratio)
 
 
 class Settings(BaseModel):
@@ -130,6 +211,9 @@ class Settings(BaseModel):
     log_json: bool = False
     #: seed for tie-breaks and weighted draws; None = from OS entropy
     seed: int | None = None
+    #: ``--tracing``: a span per routed request, exported over OTLP/gRPC (:mod:`picker.tracing`); None = off,
+    #: the default (the reference's flag defaults to on, its chart to off: README "Tracing")
+    tracing: TracingSettings | None = None
 
     @field_validator("model_header")
     @classmethod

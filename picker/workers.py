@@ -89,6 +89,7 @@ from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 from picker.tenants.flow import FlowController, flow_limits
 from picker.tenants.remote import USAGE, VERDICT, BudgetHost, SupervisorBackend
 from picker.tenants.service import TenantService
+from picker.tracing import Tracing
 from picker.wiring import (
     BuildInfo,
     body_budget,
@@ -196,6 +197,12 @@ class _Worker:
         self.external = ExternalClient(lambda _message: None)
         #: requests waiting for a first replica (set in run())
         self.hold: EmptyPoolHold | None = None
+        #: ``--tracing``: each worker records and exports the spans of its own streams
+        self.tracing = (
+            Tracing(settings.tracing, pool=lambda: self.view.pool.name if self.view.pool else "")
+            if settings.tracing is not None
+            else None
+        )
 
     async def _first_state(self) -> None:
         deadline = time.monotonic() + 30.0
@@ -252,6 +259,7 @@ class _Worker:
             stream_config=stream_config_rule(store),
             keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
             max_buffered_bytes=body_budget(config, s),
+            tracer=self.tracing,
         )
 
     async def run(self, sock: socket.socket) -> None:
@@ -310,6 +318,8 @@ class _Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if self.tracing is not None:
+            self.tracing.start()
         await server.start()
         freeze_startup_objects()
         channel.send(["serving", os.getpid()])
@@ -336,6 +346,8 @@ class _Worker:
             if self.hold is not None:
                 self.hold.close()
             await server.stop(grace=DRAIN_S)
+            if self.tracing is not None:
+                await self.tracing.close()
             channel.send(["metrics", export_families(telemetry.request_metrics())])
             if (usage := tenants.export()) is not None:
                 channel.send([USAGE, *usage])

@@ -1,5 +1,9 @@
 """The orchestration: servers started once (the fake fleet, the floor, variants of ours), load processes,
-measured phases taking turns server by server, the RSS soak, per-run results kept for the report."""
+measured phases taking turns server by server, the RSS soak, per-run results kept for the report.
+
+Why one module: every phase (fixed rate, closed loop, h2load, soak) runs against the same started servers
+and records into the same per-run results; split, each part would need the whole :class:`Run`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,7 @@ def start_picker(
     workers: int = 1,
     config_file: str | None = None,
     extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Server, subprocess.Popen[bytes]]:
     port = free_port()
     args = [
@@ -88,7 +93,7 @@ def start_picker(
         args += ["--config-file", config_file]
     args += list(extra)
     with (logs / f"{name}.log").open("wb") as log:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=env)
     return Server(name, f"127.0.0.1:{port}", proc.pid), proc
 
 
@@ -259,9 +264,10 @@ class Run:
         procs: list[Child],
         tmp: Path,
         variants: list[tuple[str, int, Path | None, list[str]]] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """Start the fleet, the floor and ``variants`` of ours ((name, workers, config file, extra flags);
-        default: ours, ours_skip, ours_w2, ours_noscrape and the header-only ones)."""
+        default: ours, ours_skip, ours_w2, ours_noscrape and the header-only ones; ``env`` by name)."""
         skip_config = tmp / "skip.yaml"
         skip_config.write_text(SKIP_CONFIG, encoding="utf-8")
         fleet = spawn_json(["-m", "benchmarks.fleet_proc", "--count", str(ENDPOINTS)], timeout=60)
@@ -289,6 +295,7 @@ class Run:
                 workers=workers,
                 config_file=str(config) if config else None,
                 extra=extra,
+                env=(env or {}).get(name),
             )
             servers[name] = server
             started.append((server, proc))

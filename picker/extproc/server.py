@@ -28,6 +28,7 @@ from picker.extproc.budget import DEFAULT_BODY_BUDGET, BodyBudget
 from picker.extproc.health import HealthService
 from picker.extproc.observer import StreamObserver
 from picker.extproc.protocol import ResponseSkip
+from picker.extproc.spans import RequestTracer
 from picker.extproc.stream import SUSPENDED, ExtProcStream, StreamAbortError
 from picker.extproc.tls import TLSConfig, server_credentials
 from picker.logs import peer_text
@@ -66,6 +67,9 @@ class ExtProcServer:
     ``keepalive_s`` is ``(ping interval, ping timeout)`` in seconds: every connection is pinged at that
     interval and closed when a ping is not answered within the timeout, which ends its streams (and
     releases their in-flight counts) when a proxy froze or vanished without closing the TCP connection.
+
+    ``tracer`` (``--tracing``) gives every stream a span and puts its trace context into the headers set
+    for the upstream request (:mod:`picker.extproc.spans`); None: no tracing, nothing added.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class ExtProcServer:
         stream_config: Callable[[], tuple[int, bool, bool]] | None = None,
         keepalive_s: tuple[float, float] = (30.0, 10.0),
         max_buffered_bytes: int = DEFAULT_BODY_BUDGET,
+        tracer: RequestTracer | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
@@ -100,6 +105,7 @@ class ExtProcServer:
         self._skip_response = skip_response
         self._stream_config = stream_config
         self._keepalive = keepalive_s
+        self._tracer = tracer
         #: the budget every stream's buffered bodies draw from; ``limit`` may be changed at any time
         self.body_budget = BodyBudget(max_buffered_bytes)
         self._server: Any = None
@@ -187,6 +193,7 @@ class ExtProcServer:
             skip_response=self._skip_response,
             header_only=header_only,
             budget=self.body_budget,
+            tracer=self._tracer,
         )
         read = context.read
         write = context.write

@@ -35,13 +35,12 @@ from picker.extproc import wire
 from picker.extproc.budget import BodyBudget
 from picker.extproc.metadata import served_address, served_endpoint, subset_hint
 from picker.extproc.observer import StreamObserver
-from picker.extproc.protocol import (
-    SYSTEM_HEADERS,
-    ResponseSkip,
-)
+from picker.extproc.protocol import ResponseSkip
 from picker.extproc.request_body import RequestBody, declared_length
 from picker.extproc.request_head import read_request_head
 from picker.extproc.response import NO_TIMING, ResponseBody
+from picker.extproc.response_head import read_response_head
+from picker.extproc.spans import RequestSpan, RequestTracer
 from picker.logs import peer_text
 from picker.routing.types import Dispatch, PendingRoute, Resolved, Router, RoutingRequest
 from picker.state.outcomes import Outcome
@@ -115,11 +114,13 @@ class ExtProcStream:
         "_served",
         "_served_verifier",
         "_skip_response",
+        "_span",
         "_started",
         "_status",
         "_status_ok",
         "_subset",
         "_timing",
+        "_tracer",
     )
 
     def __init__(
@@ -133,8 +134,12 @@ class ExtProcStream:
         skip_response: Callable[[Dispatch], ResponseSkip] | None = None,
         header_only: bool = False,
         budget: BodyBudget | None = None,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self._router = router
+        #: ``--tracing``: the tracer, and the span of this request while it is recorded
+        self._tracer = tracer
+        self._span: RequestSpan | None = None
         self._header_only = header_only
         #: the process-wide budget of buffered body bytes; the request body while it is buffered
         self._budget = budget if budget is not None else BodyBudget(1 << 62)
@@ -254,6 +259,8 @@ class ExtProcStream:
             self._observer.stream_closed(dispatch)
         except Exception:
             logger.exception("observer.stream_closed failed, request_id=%s", peer_text(self._request_id))
+        if self._span is not None:
+            self._span.end(self._status)
 
     # ------------------------------------------------------------------------------------------ request
     def _on_unknown(self, request: ProcessingRequest) -> Replies:
@@ -268,6 +275,8 @@ class ExtProcStream:
         message = request.request_headers
         head = read_request_head(message, echo=not self._header_only)
         self._headers, self._echo, self._request_id, self._path = head
+        if self._tracer is not None:
+            self._span = self._tracer.begin(self._headers, self._echo)
         if self._header_only:
             return self._route_by_header(end_of_stream=message.end_of_stream)
         if message.end_of_stream:
@@ -403,6 +412,8 @@ class ExtProcStream:
         self._phase = Phase.ROUTED
         self._echo = []
         self._observer.routed(dispatch, request_bytes)
+        if self._span is not None:
+            self._span.routed(dispatch)
 
     # ------------------------------------------------------------------------------------------ response
     def _on_response_headers(self, request: ProcessingRequest) -> Replies:
@@ -418,20 +429,7 @@ class ExtProcStream:
             )
         dispatch = self._dispatch
         message = request.response_headers
-        echo: list[tuple[str, bytes]] = []
-        status = b""
-        content_type = b""
-        system = SYSTEM_HEADERS
-        for header in message.headers.headers:
-            original = header.key
-            key = original.lower()
-            raw = header.raw_value or header.value.encode()
-            if key in {":status", "status"}:
-                status = raw
-            elif key == "content-type":
-                content_type = raw.lower()
-            if key not in system:
-                echo.append((original, raw))
+        echo, status, content_type = read_response_head(message)
         if dispatch is not None and dispatch.ticket is not None:
             echo.extend(dispatch.ticket.response_headers())
         self._status_ok = status in {b"", b"200"}
@@ -560,6 +558,8 @@ class ExtProcStream:
             self._observer.failed(code, incoming, target)
         except Exception:
             logger.exception("observer.failed raised, request_id=%s", peer_text(self._request_id))
+        if self._span is not None:
+            self._span.failed(code, incoming)
 
     # ------------------------------------------------------------------------------------------ entry
     #: ``ProcessingRequest.request`` (a oneof) → its handler; anything else is a protocol violation

@@ -7,7 +7,9 @@ translated (192.168.1.<i+1> → 127.0.0.<i+2>). Deliberate differences, as docum
   rewritten one is compact JSON in the client's key order (the reference sorts keys);
 * objectives and the model rewrite come from our PickerConfig document (standalone mode has no CRDs);
   the reference reads InferenceObjective / InferenceModelRewrite objects. Rows 9, 13 and 14 depend on them.
-* the reference's tracing spans (row 1) are not implemented.
+* the reference's tracing spans (row 1): ``gateway.request`` is recorded with ``--tracing`` (checked in
+  ``tests/integration/cli/test_tracing.py``); the director's child span ``gateway.request_orchestration``
+  is not: the decision is an event and attributes of the one span.
 """
 
 from __future__ import annotations

@@ -106,6 +106,12 @@ def test_build_installs_runtime_deps_with_hashes(stages: list[list[tuple[str, st
         assert "--group" not in args, "no dependency groups in the image"
         assert "[" not in args, "no extras in the image"
         assert "requirements.lock" not in args, "requirements.lock also lists test and bench tools"
+    # opentelemetry-proto's lock entry installed again after the lock (xds-protos overwrites its modules)
+    assert re.search(
+        r"-r requirements-image\.lock .*sed -n '/\^opentelemetry-proto==/,/# via/p' requirements-image\.lock"
+        r" > (\S+) .*--require-hashes --no-deps --force-reinstall -r \1",
+        runs,
+    ), runs
     # The wheel is built by the pinned backend, not by one fetched into an isolated build environment.
     assert re.search(r"pip wheel [^&]*--no-build-isolation", runs), runs
     assert "pip check" in runs

@@ -66,6 +66,7 @@ EXPECTED_BUILDS: dict[str, dict[tuple[str, str], int]] = {
         ("ClusterRoleBinding", "picker-metrics-reader"): 1,
         ("NetworkPolicy", "picker"): 1,
     },
+    "examples/tracing": STACK,
     "observability": {
         ("ServiceMonitor", "picker"): 1,
         ("PrometheusRule", "picker"): 1,

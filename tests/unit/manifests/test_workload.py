@@ -10,10 +10,18 @@ from typing import Any
 import pytest
 
 from picker.cli import build_parser, settings_from_args
+from picker.settings import TracingSettings
 
 Doc = dict[str, Any]
 
-EPP_BUILDS = ("base", "examples", "examples/ha", "examples/secure", "examples/configmap-watch")
+EPP_BUILDS = (
+    "base",
+    "examples",
+    "examples/ha",
+    "examples/secure",
+    "examples/configmap-watch",
+    "examples/tracing",
+)
 
 #: Flags `picker serve` accepts: the reference EPP's (gie-epp.md section 3.11) plus picker's own.
 #: Kept here until the test can ask the CLI; test_args_parse_with_the_cli cross-checks with picker.cli.
@@ -224,6 +232,24 @@ def test_args_parse_with_the_cli(builds: dict[str, Any], build: str) -> None:
     # the admin API (/config, /debug/*) stays on the Pod's loopback in every build
     assert (settings.admin_bind, settings.admin_port) == ("127.0.0.1", 9091)
     assert settings.metrics_auth is (build == "examples/secure")
+
+
+def test_the_tracing_component_turns_tracing_on_with_the_reference_charts_variables(
+    builds: dict[str, Any],
+) -> None:
+    container = _container(_epp(builds, "examples/tracing"))
+    args = [a.replace("$(NAMESPACE)", "inference") for a in container["args"]]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+    settings = settings_from_args(build_parser().parse_args(args), env)
+    assert settings.tracing == TracingSettings(
+        service_name="picker",
+        endpoint="http://localhost:4317",
+        sampler="parentbased_traceidratio",
+        ratio=0.1,
+    )
+    assert settings_from_args(build_parser().parse_args(args[:-1]), env).tracing is None  # the base's
+    assert "--tracing" not in _flags(_container(_epp(builds, "examples")))
 
 
 @pytest.mark.parametrize("build", EPP_BUILDS)
