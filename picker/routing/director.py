@@ -70,6 +70,7 @@ from picker.routing.types import Dispatch, Lease, PendingRoute, RequestInfo, Res
 from picker.state.accounting import NullLease
 from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.state.outcomes import Outcome
 from picker.state.prefix import PrefixCacheState
 from picker.tenants import FAIRNESS_HEADER, Tenancy, Ticket
 from picker.tenants.flow import FlowController
@@ -107,6 +108,9 @@ class RoutingState(Protocol):
     def snapshot(self) -> EndpointMatrix: ...
 
     def acquire(self, name: str, charge: LoadCharge = ..., /) -> Lease: ...
+
+    def report(self, outcome: Outcome, /) -> None:
+        """What a request sent to an external endpoint first came to, for the pool's fallbacks."""
 
 
 class DirectorObserver(Protocol):
@@ -560,7 +564,7 @@ class Director:
         if first is not None:
             # the pool's pick is the fallback list (a gateway retries there); nothing is charged to it
             endpoints = (first, *(a for a in pool if a != first))
-            lease = NullLease() if ticket is None else ExternalLease(ticket)
+            lease = NullLease() if ticket is None else ExternalLease(ticket, self._ds.report)
         else:
             assert result is not None
             endpoints = pool

@@ -182,18 +182,25 @@ class SpillTicket(Protocol):
 class ExternalLease:
     """The lease of a request sent to an external endpoint first (``Dispatch.lease``): it holds nothing of
     the pool's load (the pool's endpoints are only its fallback list); its outcome goes to the external
-    endpoints' passive health through the ticket."""
+    endpoints' passive health through the ticket, and to the pool's (``pool``: the pool endpoints the
+    gateway's retry reached, when it did, learn their part as for any request)."""
 
-    __slots__ = ("_ticket",)
+    __slots__ = ("_pool", "_ticket")
 
-    def __init__(self, ticket: SpillTicket) -> None:
+    def __init__(self, ticket: SpillTicket, pool: Callable[[Outcome], None] | None = None) -> None:
         self._ticket = ticket
+        self._pool = pool
 
     def first_byte(self) -> None:
         pass
 
     def report(self, outcome: Outcome, /) -> None:
-        self._ticket.report(outcome)
+        try:
+            self._ticket.report(outcome)
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool(outcome)
 
     def release(self) -> None:
         pass

@@ -54,7 +54,15 @@ from picker.state.health import EndpointHealthView, FailureKind, Health, Outlier
 from picker.state.latency import LATENCY_COLUMNS, LatencySettings, LatencySignal, LatencyTracker
 from picker.state.metrics import EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
-from picker.state.outcomes import FAILURE_INDEX, LATENCY, OK, OutcomeLedger, OutcomeRows, OutcomeWriter
+from picker.state.outcomes import (
+    FAILURE_INDEX,
+    LATENCY,
+    OK,
+    Outcome,
+    OutcomeLedger,
+    OutcomeRows,
+    OutcomeWriter,
+)
 from picker.state.prices import NO_PRICES, PriceBook, Priced
 from picker.state.publisher import SharedPublisher, StaticParts
 from picker.state.signals import SignalStore
@@ -586,6 +594,11 @@ class Datastore:
         ``first_byte()`` at the first response body byte, ``report()`` with what the request came to and
         ``release()`` when the stream ends. Raises KeyError for a name not in the pool."""
         return self._counters.acquire(self._status[name].slot, charge, self._outcome_writer)
+
+    def report(self, outcome: Outcome) -> None:
+        """What a request the pool only backed came to (sent to an external endpoint first, the pool's
+        pick its fallback list: no lease of ours): the pool endpoints it names learn their part."""
+        self._outcome_writer.write(outcome)
 
     def inflight_total(self) -> float:
         """Streams in flight through this EPP (every process with ``--workers``)."""

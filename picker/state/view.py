@@ -18,7 +18,7 @@ from picker.state.codec import HealthInputs, StaticState, decode_static
 from picker.state.columns import LoraColumns, lora_columns, snapshot_matrix
 from picker.state.endpoints import PoolInfo
 from picker.state.objectives import ObjectiveStore, RewriteStore
-from picker.state.outcomes import OutcomeRows, OutcomeWriter
+from picker.state.outcomes import Outcome, OutcomeRows, OutcomeWriter
 from picker.state.segment import ENGINE_COLUMN, SharedSegment
 from scoring.matrix import EndpointMatrix, LoadCharge, split_host_port
 
@@ -153,6 +153,10 @@ class SharedView:
         if slot is None:
             raise KeyError(f"endpoint {name!r} is not in this worker's view")
         return self._counters.acquire(slot, charge, self._outcomes)
+
+    def report(self, outcome: Outcome) -> None:
+        """What a request the pool only backed came to (``Datastore.report``), in this worker's rows."""
+        self._outcomes.write(outcome)
 
     def _slot_of(self, address: str) -> int | None:
         return self._slot_by_address.get(address)

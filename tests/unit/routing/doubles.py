@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from picker.state.accounting import NullLease
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.state.outcomes import Outcome
 from scoring import EndpointMatrix
 from scoring.matrix import LoadCharge
 
@@ -20,6 +21,8 @@ class State:
     objectives: ObjectiveStore = field(default_factory=ObjectiveStore)
     rewrites: RewriteStore = field(default_factory=RewriteStore)
     acquired: list[str] = field(default_factory=list)
+    #: outcomes of requests sent to an external endpoint first (the pool was their fallback)
+    reported: list[Outcome] = field(default_factory=list)
 
     def snapshot(self) -> EndpointMatrix:
         return self.matrix
@@ -27,6 +30,9 @@ class State:
     def acquire(self, name: str, charge: LoadCharge = LoadCharge(0.0, 0.0), /) -> NullLease:  # noqa: B008
         self.acquired.append(name)
         return NullLease()
+
+    def report(self, outcome: Outcome, /) -> None:
+        self.reported.append(outcome)
 
 
 @dataclass

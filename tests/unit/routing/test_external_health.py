@@ -309,3 +309,13 @@ def test_a_profile_rule_lets_a_sheddable_request_spill_below_min_priority() -> N
     d, _, _, _ = director(pool(waiting=10.0), only_managed())
     with pytest.raises(ResourceExhausted, match="sheddable request dropped"):
         route(d, request("sheddable"))
+
+
+def test_the_pools_fallback_learns_its_part_of_a_spilled_request() -> None:
+    st = pool(waiting=10.0)
+    d, _, _, _ = director(st, only_managed())
+    decision = route(d)
+    finish(decision, 503, served=POOL[0])  # the external endpoint failed, the pool's fallback answered 503
+    (outcome,) = st.reported
+    assert outcome.endpoints == decision.endpoints
+    assert (outcome.served, outcome.status) == (POOL[0], 503), "the pool's passive health hears of it"
