@@ -13,10 +13,6 @@ REASON = "Why one module"
 #: Modules being reshaped right now, with why they may exceed the rules until then. An entry whose module
 #: meets the rules again fails the test, so the list cannot go stale.
 EXEMPT = {
-    "picker/service.py": "the one-process composition, over 600 lines since external endpoints and the "
-    "prometheus-scorer joined it; the scaler's and the signals' wiring are next to leave it (issue 11)",
-    "picker/workers.py": "the --workers supervisor, over 600 lines since the hardening; its pipe protocol "
-    "is next to leave it (issue 11)",
     "picker/state/datastore.py": "being reduced to one accounting model (issue 11)",
     "picker/routing/director.py": "over 600 lines since spill-first flow control and the --workers "
     "external reservations joined the admission waits; those waits (tenant budget, flow-control queue, "
