@@ -24,6 +24,8 @@ async def _main(settings: Settings) -> None:
 
 def run_serve(settings: Settings) -> int:
     """Entry point of ``picker serve``. Returns the process exit code."""
+    if len(settings.pools) == 1:  # one --pool is --pool-name with its port and document
+        settings = settings.for_pool(settings.pools[0])
     if settings.workers > 1:
         return run_workers(settings)
     return run_main(_main(settings))

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from picker.logs import escape_controls
-from picker.settings import Settings, TracingSettings
+from picker.settings import PoolSpec, Settings, TracingSettings
 from scoring.durations import parse_duration
 
 log = logging.getLogger("picker")
@@ -92,6 +92,17 @@ def _ports(text: str) -> tuple[int, ...]:
     if any(not 0 < p < 65536 for p in ports):
         raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
     return ports
+
+
+def _pool(text: str) -> PoolSpec:
+    try:
+        return PoolSpec.parse(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(
+            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        ) from exc
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _bool_flag(
@@ -239,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the endpoint picker (ext_proc, health, metrics/admin)")
     g = s.add_argument_group("ports")
-    g.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
+    g.add_argument("--grpc-port", type=int, default=None, help="ext_proc gRPC port (default 9002)")
     g.add_argument("--grpc-health-port", type=int, default=9003, help="gRPC health port (default 9003)")
     g.add_argument(
         "--metrics-port", type=int, default=9090, help="/metrics, /healthz, /readyz (default 9090)"
@@ -261,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = s.add_argument_group("pool")
     g.add_argument("--pool-name", default="", help="InferencePool to serve")
+    g.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        type=_pool,
+        default=[],
+        metavar="NAME=PORT[,config-file=PATH|,config-configmap=CM[,config-configmap-key=KEY]]",
+        help="serve this InferencePool (in --pool-namespace) on its own ext_proc PORT, the port its "
+        "endpointPickerRef names; repeatable: one process, several pools (instead of --pool-name and "
+        "--grpc-port)",
+    )
     g.add_argument("--pool-namespace", default="", help="pool namespace (default: $NAMESPACE, else default)")
     g.add_argument(
         "--pool-group",
@@ -407,7 +429,6 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
     kwargs: dict[str, Any] = {
         name: getattr(ns, name)
         for name in (
-            "grpc_port",
             "grpc_health_port",
             "metrics_port",
             "admin_port",
@@ -454,6 +475,10 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "seed",
         )
     }
+    if ns.pools and ns.grpc_port is not None:
+        raise ValueError("--grpc-port: with --pool each pool's ext_proc port is in its --pool value")
+    kwargs["grpc_port"] = 9002 if ns.grpc_port is None else ns.grpc_port
+    kwargs["pools"] = tuple(ns.pools)
     kwargs["pool_namespace"] = ns.pool_namespace or env.get("NAMESPACE") or "default"
     if ns.endpoint_selector and not ns.pool_name:
         kwargs["standalone_name"] = standalone_name_from_pod(env.get("POD_NAME", ""))

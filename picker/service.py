@@ -7,6 +7,15 @@ the environment); the constructor reads no file and no environment and starts no
 metrics and admin servers, the Kubernetes API client, and the start and shutdown order. Long-running parts
 are named tasks in one ``asyncio.TaskGroup``: if one crashes or returns, the group cancels the rest and the
 process exits non-zero, so Kubernetes restarts it loudly instead of it limping on with a dead scraper.
+
+Several pools (``--pool``): a :class:`~picker.pool.ServedPool` each, on its own ext_proc port (the port a
+gateway dials is the pool's ``endpointPickerRef.port``, the only pool identity every gateway carries; see
+``manifests/README.md``), with its own metric registry merged into ``/metrics`` under a ``pool`` label
+(:mod:`picker.telemetry.pools`) and its admin API under ``/pools/<name>/`` (:mod:`picker.admin.pools`).
+
+Why one module: it is the process's composition (the pools next to the servers they share) and the start
+and shutdown order across them; the properties at the top keep the one-pool surface (``service.datastore``
+and the like, the first pool's) that tests and the ``--workers`` supervisor use.
 """
 
 from __future__ import annotations
@@ -14,17 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from picker.admin import build_admin_app, build_metrics_app
 from picker.admin.auth import MetricsAuth
+from picker.admin.pools import build_pools_admin_app
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig
-from picker.errors import PickerError, StartupError
+from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
 from picker.extproc.protocol import ResponseSkip
 from picker.extproc.server import ExtProcServer
@@ -37,7 +47,7 @@ from picker.settings import Settings
 from picker.state.config_store import ConfigStore
 from picker.state.datastore import Datastore
 from picker.state.prefix import PrefixCacheState
-from picker.telemetry import ProcessMetrics, Telemetry
+from picker.telemetry import PoolLabelled, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController
 from picker.tenants.service import TenantService
 from picker.wiring import BuildInfo, bind_server, listen_server, load_initial_config
@@ -53,6 +63,8 @@ class Ports:
     health: int
     metrics: int
     admin: int
+    #: each pool's ext_proc port by pool name (``grpc`` is the first pool's)
+    pools: Mapping[str, int] = field(default_factory=dict)
 
 
 class Service:
@@ -72,6 +84,7 @@ class Service:
         request_registry: CollectorRegistry | None = None,
         debug_workers: Callable[[], list[dict[str, Any]]] | None = None,
         prefix: PrefixCacheState | None = None,
+        documents: Sequence[tuple[PickerConfig, str, str]] = (),
     ) -> None:
         """Builds every part from what it is given; reads no file and no environment (see :meth:`load`).
         ``config_text``/``config_source``: the document ``config`` was loaded from and where (``/config``,
@@ -79,25 +92,37 @@ class Service:
         are for the ``--workers`` supervisor (:mod:`picker.workers`): its datastore publishes to shared
         memory, it serves no ext_proc itself, keeps its own (unused) request-path metrics out of
         ``/metrics``, answers ``/debug/workers`` and holds the replica of the prefix index its workers'
-        records reach."""
+        records reach. With several pools (``--pool``), ``config``/``config_text``/``config_source`` are
+        the first pool's start document and ``documents`` the others', in ``--pool`` order."""
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        #: the pools this process serves (one today: ``--pool-name``, ``--endpoint-selector`` or
-        #: ``--static-endpoints``)
-        self.pools: tuple[ServedPool, ...] = (
+        pool_settings = settings.pool_settings()
+        starts = [(config, config_text, config_source), *documents]
+        if len(starts) != len(pool_settings):
+            raise ValueError(f"{len(pool_settings)} pools but {len(starts)} start documents")
+        several = len(pool_settings) > 1
+        if several and (datastore is not None or prefix is not None or not serve_extproc):
+            raise ValueError("a shared datastore or prefix index (--workers) serves one pool")
+        #: the pools this process serves: one (``--pool-name``, ``--endpoint-selector``,
+        #: ``--static-endpoints``), or one per ``--pool``, each on its own ext_proc port
+        self.pools: tuple[ServedPool, ...] = tuple(
             ServedPool(
-                settings,
-                config,
-                registry=self.registry,
-                config_text=config_text,
-                config_source=config_source,
+                ps,
+                cfg,
+                # several pools: a registry each, one /metrics with a ``pool`` label (picker.telemetry.pools)
+                registry=CollectorRegistry() if several else self.registry,
+                config_text=text,
+                config_source=source,
                 build=build,
                 datastore=datastore,
                 serve_extproc=serve_extproc,
                 request_registry=request_registry,
                 prefix=prefix,
-            ),
+            )
+            for ps, (cfg, text, source) in zip(pool_settings, starts, strict=True)
         )
+        if several:
+            self.registry.register(PoolLabelled([(p.name, p.telemetry.registry) for p in self.pools]))
         #: extra conditions for readiness and gRPC health (the supervisor adds "all workers serving")
         self.readiness_checks: list[Callable[[], bool]] = []
         # Standard process_* series (RSS, CPU seconds, open fds, start time) of this process, as every
@@ -124,22 +149,12 @@ class Service:
             port=settings.metrics_port,
             name="metrics",
         )
-        pool = self.pool
+        apps = {p.name: self._pool_admin_app(p, debug_workers) for p in self.pools}
         #: /config, /debug/*: its own port, on loopback unless --admin-bind says otherwise
         self.admin_server = HttpServer(
-            build_admin_app(
-                datastore=pool.datastore,
-                router=pool.director,
-                config=pool.config_store,
-                staleness_s=lambda: pool.telemetry.staleness_s,
-                workers=debug_workers,
-                tenants=pool.tenants.describe,
-                scaler=lambda: pool.scaler.debug() if pool.scaler is not None else None,
-                max_body_bytes=settings.admin_max_body_bytes,
-                prefix=pool.prefix,
-                # with --workers the budgets are the supervisor's too (picker.routing.external_remote)
-                external=pool.external.stats,
-            ),
+            build_pools_admin_app(apps, self.describe_pools, max_body_bytes=settings.admin_max_body_bytes)
+            if several
+            else apps[self.pool.name],
             host=settings.admin_bind,
             port=settings.admin_port,
             name="admin",
@@ -149,12 +164,59 @@ class Service:
 
     @classmethod
     def load(cls, settings: Settings, **options: Any) -> Service:
-        """The service of a process that starts from ``settings``: the config from ``--config-file``,
-        ``--config-text`` or the built-in default (:class:`~picker.errors.ConfigError` when it is
-        invalid), the build identity from the environment; ``options`` as for the constructor."""
-        config, text, source = load_initial_config(settings)
+        """The service of a process that starts from ``settings``: each pool's config from its
+        ``--config-file``, ``--config-text`` or the built-in default (:class:`~picker.errors.ConfigError`
+        when it is invalid, naming the pool when there are several), the build identity from the
+        environment; ``options`` as for the constructor."""
+        starts = []
+        several = len(settings.pools) > 1
+        for ps in settings.pool_settings():
+            try:
+                starts.append(load_initial_config(ps))
+            except ConfigError as exc:
+                if not several:
+                    raise
+                raise ConfigError(f"pool {ps.pool_name}: {exc.message}") from exc
+        (config, text, source), *others = starts
         build = BuildInfo.from_environment()
-        return cls(settings, config, config_text=text, config_source=source, build=build, **options)
+        return cls(
+            settings, config, config_text=text, config_source=source, build=build, documents=others, **options
+        )
+
+    def _pool_admin_app(self, pool: ServedPool, workers: Callable[[], list[dict[str, Any]]] | None) -> Any:
+        """One pool's admin API (the whole admin API of a one-pool process)."""
+        return build_admin_app(
+            datastore=pool.datastore,
+            router=pool.director,
+            config=pool.config_store,
+            staleness_s=lambda: pool.telemetry.staleness_s,
+            workers=workers,
+            tenants=pool.tenants.describe,
+            scaler=lambda: pool.scaler.debug() if pool.scaler is not None else None,
+            max_body_bytes=self.settings.admin_max_body_bytes,
+            prefix=pool.prefix,
+            # with --workers the budgets are the supervisor's too (picker.routing.external_remote)
+            external=pool.external.stats,
+        )
+
+    def describe_pools(self) -> list[dict[str, Any]]:
+        """``/debug/pools``: per pool its name, ext_proc port, endpoints, readiness and config."""
+        rows = []
+        for p in self.pools:
+            state = p.health_state()
+            active = p.config_store.active
+            rows.append(
+                {
+                    "name": p.name,
+                    "namespace": p.settings.pool_namespace,
+                    "grpc_port": p.extproc.bound_port if p.extproc is not None else p.settings.grpc_port,
+                    "endpoints": len(p.datastore),
+                    "synced": state.synced,
+                    "leader": state.leader,
+                    "config": {"source": active.source, "digest": active.digest},
+                }
+            )
+        return rows
 
     # ------------------------------------------------------------------- the first (only) pool's parts
     @property
@@ -274,15 +336,28 @@ class Service:
     async def start(self) -> Ports:
         """Start every pool (its source, its ext_proc port), bind the process's ports; returns them."""
         s = self.settings
-        grpc_ports = [await pool.start(self._api) for pool in self.pools]
+        grpc_ports = {}
+        for pool in self.pools:
+            bound = await pool.start(self._api)
+            grpc_ports[pool.name] = bound if bound is not None else pool.settings.grpc_port
+        self._share_leadership()
         if self.metrics_auth is not None:
             self._api()
         await bind_server("--grpc-health-port", s.host, s.grpc_health_port, self.health_server.start())
         metrics_port = listen_server("--metrics-port", s.host, s.metrics_port, self.metrics_server)
         admin_port = listen_server("--admin-port", s.admin_bind, s.admin_port, self.admin_server)
-        grpc_port = grpc_ports[0] if grpc_ports[0] is not None else s.grpc_port
-        self.ports = Ports(grpc_port, self.health_server.bound_port, metrics_port, admin_port)
+        grpc_port = grpc_ports[self.pool.name]
+        self.ports = Ports(grpc_port, self.health_server.bound_port, metrics_port, admin_port, grpc_ports)
         return self.ports
+
+    def _share_leadership(self) -> None:
+        """With leader election and several pools, the process is one candidate: the first pool's
+        sources hold the Lease (``epp-<namespace>-<first pool>``) and every other pool loads and unloads
+        with it, so a replica is ready for all its pools or for none (one readiness per Pod)."""
+        first = self.pool.kube
+        for pool in self.pools[1:]:
+            if first is not None and pool.kube is not None:
+                pool.kube.follow(first)
 
     async def run(
         self,
@@ -300,15 +375,17 @@ class Service:
         if on_started is not None:
             on_started(ports)
         log.info(
-            "picker serving: ext_proc :%d (%s), health :%d, metrics :%d, admin %s:%d, pool %s, %d endpoints",
+            "picker serving: ext_proc :%d (%s), health :%d, metrics :%d, admin %s:%d, %s, %d endpoints",
             ports.grpc,
             "TLS" if self.settings.secure_serving else "plaintext",
             ports.health,
             ports.metrics,
             self.settings.admin_bind,
             ports.admin,
-            self.settings.effective_pool_name,
-            len(self.datastore),
+            f"pool {self.pool.name}"
+            if len(self.pools) == 1
+            else "pools " + " ".join(f"{name}:{port}" for name, port in ports.pools.items()),
+            sum(len(p.datastore) for p in self.pools),
         )
         self._log_metrics_auth(ports.metrics)
         tasks: dict[str, Coroutine[Any, Any, None]] = {

@@ -7,6 +7,7 @@ thresholds, objectives, rewrites, engine metric names) lives in the scoring docu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Literal, get_args
 from urllib.parse import urlsplit
@@ -93,6 +94,67 @@ class TracingSettings(BaseModel):
         return cls(service_name=service, endpoint=endpoint, sampler=sampler, ratio=ratio)
 
 
+#: an InferencePool's name: a Kubernetes object name (RFC 1123 subdomain)
+_POOL_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+#: pools one process may serve (``--pool``): each has its own ext_proc server, scrape loop and watches
+MAX_POOLS = 64
+
+
+class PoolSpec(BaseModel):
+    """One ``--pool NAME=PORT[,config-file=PATH][,config-configmap=NAME][,config-configmap-key=KEY]``: an
+    InferencePool (in ``--pool-namespace``) served on its own ext_proc port, with its own scoring document.
+    A pool that names no document takes the process's ``--config-file`` / ``--config-text`` /
+    ``--config-configmap``; one that names either takes only its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    #: the ext_proc port the pool's ``endpointPickerRef.port`` names (how the EPP tells pools apart)
+    port: int = Field(ge=1, le=65535)
+    config_file: str = ""
+    config_configmap: str = ""
+    config_configmap_key: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _POOL_NAME.fullmatch(v):
+            raise ValueError(f"pool name {v!r} is not a Kubernetes object name (lowercase RFC 1123)")
+        return v
+
+    @property
+    def names_a_document(self) -> bool:
+        return bool(self.config_file or self.config_configmap)
+
+    @classmethod
+    def parse(cls, text: str) -> PoolSpec:
+        """``NAME=PORT[,key=value...]`` (keys: ``config-file``, ``config-configmap``,
+        ``config-configmap-key``); ValueError with the reason otherwise."""
+        head, _, rest = text.partition(",")
+        name, sep, port = head.partition("=")
+        if not sep or not port.strip().isdigit() or not port.strip().isascii():
+            raise ValueError(f"{text!r} is not NAME=PORT[,config-file=PATH|,config-configmap=NAME...]")
+        fields: dict[str, object] = {"name": name.strip(), "port": int(port)}
+        for item in rest.split(",") if rest else ():
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if key not in _POOL_KEYS or not sep or not value.strip():
+                raise ValueError(
+                    f"{text!r}: {key!r} is not KEY=VALUE with a key among {', '.join(sorted(_POOL_KEYS))}"
+                )
+            if _POOL_KEYS[key] in fields:
+                raise ValueError(f"{text!r}: {key} given twice")
+            fields[_POOL_KEYS[key]] = value.strip()
+        return cls.model_validate(fields)
+
+
+_POOL_KEYS = {
+    "config-file": "config_file",
+    "config-configmap": "config_configmap",
+    "config-configmap-key": "config_configmap_key",
+}
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -131,6 +193,9 @@ class Settings(BaseModel):
 
     # ---------------------------------------------------------------------------------- pool
     pool_name: str = ""
+    #: ``--pool`` (repeatable): several InferencePools in one process, each on its own ext_proc port; the
+    #: other pool flags (namespace, group, scraping, leader election...) apply to every one of them
+    pools: tuple[PoolSpec, ...] = ()
     #: "" → env NAMESPACE → "default" (resolved by the CLI)
     pool_namespace: str = "default"
     pool_group: str = "inference.networking.k8s.io"
@@ -223,10 +288,14 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _one_pool_source(self) -> Settings:
         sources = [bool(self.pool_name), bool(self.endpoint_selector), bool(self.static_endpoints)]
-        if sum(sources) > 1 and not (self.pool_name and self.static_endpoints):
+        if self.pools:
+            self._check_pools()
+        elif sum(sources) > 1 and not (self.pool_name and self.static_endpoints):
             raise ValueError("set only one of --pool-name, --endpoint-selector, --static-endpoints")
-        if not any(sources):
-            raise ValueError("one of --pool-name, --endpoint-selector or --static-endpoints is required")
+        elif not any(sources):
+            raise ValueError(
+                "one of --pool-name, --pool, --endpoint-selector or --static-endpoints is required"
+            )
         if self.endpoint_selector and not self.endpoint_target_ports:
             raise ValueError("--endpoint-selector needs --endpoint-target-ports")
         if not 0 < len(self.endpoint_target_ports) <= 8 and self.endpoint_target_ports:
@@ -242,6 +311,58 @@ class Settings(BaseModel):
             )
         return self
 
+    def _check_pools(self) -> None:
+        """``--pool``: the combinations that cannot mean what they say, each refused with its reason."""
+        if self.pool_name or self.endpoint_selector or self.static_endpoints:
+            raise ValueError(
+                "--pool names every pool this process serves: leave out --pool-name, --endpoint-selector "
+                "and --static-endpoints"
+            )
+        if len(self.pools) > MAX_POOLS:
+            raise ValueError(
+                f"at most {MAX_POOLS} --pool per process (each has its own ext_proc server, "
+                "scrape loop and watches); split the pools over several EPP Deployments"
+            )
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--pool: pool {_first_repeat(names)!r} is named twice")
+        ports = [p.port for p in self.pools]
+        if len(set(ports)) != len(ports):
+            raise ValueError(
+                f"--pool: port {_first_repeat(ports)} is given to two pools; the port is how the EPP "
+                "tells pools apart (each InferencePool's endpointPickerRef names its own)"
+            )
+        taken = {self.grpc_health_port: "--grpc-health-port", self.metrics_port: "--metrics-port"}
+        taken[self.admin_port] = "--admin-port"
+        for p in self.pools:
+            if p.port in taken:
+                raise ValueError(f"--pool {p.name}: port {p.port} is also {taken[p.port]}")
+        if self.workers > 1 and len(self.pools) > 1:
+            raise ValueError(
+                "--workers with several --pool is not supported: the workers share one pool's state "
+                "through one shared-memory segment and one port; run one picker serve per pool with "
+                "--workers, or serve the pools from one process without --workers"
+            )
+
+    def pool_settings(self) -> tuple[Settings, ...]:
+        """The settings of each pool this process serves: itself without ``--pool``, else one per
+        ``--pool`` (its name, port and scoring document; everything else as given)."""
+        if not self.pools:
+            return (self,)
+        return tuple(self.for_pool(p) for p in self.pools)
+
+    def for_pool(self, spec: PoolSpec) -> Settings:
+        """This process's settings for the pool ``spec`` (validated already: a copy, not re-validated)."""
+        update: dict[str, object] = {"pool_name": spec.name, "grpc_port": spec.port, "pools": ()}
+        if spec.names_a_document:
+            update |= {
+                "config_file": spec.config_file,
+                "config_text": "",
+                "config_configmap": spec.config_configmap,
+                "config_configmap_key": spec.config_configmap_key or self.config_configmap_key,
+            }
+        return self.model_copy(update=update)
+
     @property
     def standalone(self) -> bool:
         """No InferencePool CRD: static endpoints or a plain pod selector."""
@@ -250,7 +371,7 @@ class Settings(BaseModel):
     @property
     def kubernetes_mode(self) -> bool:
         """Endpoints come from the API server (an InferencePool or a pod selector)."""
-        return not self.static_endpoints and bool(self.pool_name or self.endpoint_selector)
+        return not self.static_endpoints and bool(self.pool_name or self.endpoint_selector or self.pools)
 
     @property
     def metrics_auth(self) -> bool:
@@ -261,4 +382,15 @@ class Settings(BaseModel):
 
     @property
     def effective_pool_name(self) -> str:
+        if self.pools:
+            return ",".join(p.name for p in self.pools)
         return self.pool_name or ("static" if self.static_endpoints else self.standalone_name)
+
+
+def _first_repeat(values: list[str] | list[int]) -> object:
+    seen: set[object] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None

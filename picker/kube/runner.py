@@ -11,7 +11,9 @@ What runs, by mode:
   replica leads. On losing the lease they stop and the pool is unloaded (datastore cleared,
   ``on_synced(False)``), so readiness is NOT_SERVING on standbys — the reference's behaviour, where
   reconcilers run on the leader only and a standby never loads the pool. The ConfigMap watcher runs on
-  every replica: it is cheap and keeps a standby's config current for an instant takeover.
+  every replica: it is cheap and keeps a standby's config current for an instant takeover. With several
+  pools in one process (``--pool``) only the first pool's sources elect; the others :meth:`KubeSources.follow`
+  them, so the process leads all its pools or none.
 
 Health wiring for the app (§1.12): liveness is always SERVING; readiness = ``datastore.synced`` and, with
 leader election, ``is_leader``. ``on_synced`` and ``on_leader_change`` report the transitions so the app
@@ -186,6 +188,9 @@ class KubeSources:
             "backoff": backoff,
         }
         self._elector: LeaderElector | None = None
+        #: whose lease this pool follows instead of electing on its own (:meth:`follow`)
+        self._lease_of: KubeSources | None = None
+        self._followers: list[Callable[[bool], None]] = []
         self._leading = asyncio.Event()
         self._following = asyncio.Event()
         self._closed = asyncio.Event()
@@ -196,7 +201,19 @@ class KubeSources:
     @property
     def is_leader(self) -> bool:
         """True when this replica may serve: always without leader election, else while it holds the lease."""
+        if self._lease_of is not None:
+            return self._lease_of.is_leader
         return not self._leader_election or (self._elector is not None and self._elector.is_leader)
+
+    def follow(self, leader: KubeSources) -> None:
+        """Load and unload this pool with ``leader``'s leadership instead of electing on a Lease of its
+        own: several pools in one process are one candidate, so a replica leads all of them or none (its
+        readiness is one per Pod). Call before :meth:`run`; without leader election it changes nothing."""
+        if self._started:
+            raise RuntimeError("KubeSources.follow() after run()")
+        if self._leader_election and leader is not self:
+            self._lease_of = leader
+            leader._followers.append(self._leader_changed)
 
     def engine_label_changed(self) -> None:
         """The engine label key was reloaded: recompute the endpoints of the pods already known."""
@@ -225,7 +242,11 @@ class KubeSources:
                         **self._watch,
                     )
                     tg.create_task(_run_until(cm, self._closed), name="kube:configmap")
-                if self._leader_election:
+                if self._lease_of is not None:
+                    if self._lease_of.is_leader:  # it was elected before this pool started
+                        self._leader_changed(True)
+                    tg.create_task(self._follow_leadership(), name="kube:pool-while-leading")
+                elif self._leader_election:
                     duration, deadline, period = self._lease_timings
                     self._elector = LeaderElector(
                         self._api,
@@ -277,6 +298,8 @@ class KubeSources:
             self._following.set()
         if self._on_leader_change is not None:
             self._on_leader_change(leader)
+        for follower in self._followers:
+            follower(leader)
 
     async def _follow_leadership(self) -> None:
         """Run the pool sources during each leadership term; between terms the pool stays unloaded."""

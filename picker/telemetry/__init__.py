@@ -9,6 +9,7 @@ The public surface is this package; its modules hold one concern each:
 * :mod:`~picker.telemetry.pool` - pool and per-endpoint gauges computed from the datastore at scrape time;
 * :mod:`~picker.telemetry.external` - external endpoints' requests, window usage and limits at scrape time;
 * :mod:`~picker.telemetry.merge` - ``--workers``: worker exports merged for the supervisor;
+* :mod:`~picker.telemetry.pools` - ``--pool``: every pool's registry on one ``/metrics``, labelled ``pool``;
 * :mod:`~picker.telemetry.exposition` - what ``/metrics`` renders (no ``*_created`` series);
 * :mod:`~picker.telemetry.process` - the standard ``process_*`` series, ``/proc`` read when collected;
 * :mod:`~picker.telemetry.buckets` - the reference's bucket boundaries.
@@ -31,6 +32,7 @@ from picker.telemetry.fast import FastCounter, FastGauge, FastHistogram
 from picker.telemetry.merge import FamilyData, MergedRequestMetrics, export_families
 from picker.telemetry.observer import MAX_MODEL_LABELS, Telemetry
 from picker.telemetry.pool import SnapshotSource
+from picker.telemetry.pools import PoolLabelled
 from picker.telemetry.process import ProcessMetrics
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "FastGauge",
     "FastHistogram",
     "MergedRequestMetrics",
+    "PoolLabelled",
     "ProcessMetrics",
     "SnapshotSource",
     "Telemetry",

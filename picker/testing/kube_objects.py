@@ -24,12 +24,14 @@ def inference_pool(
     ports: Sequence[int] = (8000,),
     app_protocol: str | None = None,
     epp_service: str = "epp",
+    epp_port: int = 9002,
 ) -> JsonObj:
-    """An InferencePool ``inference.networking.k8s.io/v1``."""
+    """An InferencePool ``inference.networking.k8s.io/v1``; ``epp_port``: the EPP Service port its gateway
+    dials (one EPP serving several pools tells them apart by it)."""
     spec: JsonObj = {
         "selector": {"matchLabels": dict(selector)},
         "targetPorts": [{"number": p} for p in ports],
-        "endpointPickerRef": {"name": epp_service, "kind": "Service", "port": {"number": 9002}},
+        "endpointPickerRef": {"name": epp_service, "kind": "Service", "port": {"number": epp_port}},
     }
     if app_protocol is not None:
         spec["appProtocol"] = app_protocol

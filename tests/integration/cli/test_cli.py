@@ -144,7 +144,9 @@ async def test_bad_flags_fail_with_a_clear_error(spawn: Spawn, argv: list[str], 
     ("argv", "message"),
     [
         pytest.param(
-            [], "one of --pool-name, --endpoint-selector or --static-endpoints is required", id="neither"
+            [],
+            "one of --pool-name, --pool, --endpoint-selector or --static-endpoints is required",
+            id="neither",
         ),
         pytest.param(
             ["--pool-name=pool", "--endpoint-selector=app=vllm", "--endpoint-target-ports=8000"],

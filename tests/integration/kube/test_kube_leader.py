@@ -188,3 +188,58 @@ async def test_only_the_leading_replica_loads_the_pool(emulator, api, eventually
         for src, _, _, task in replicas:
             await src.close()
             await asyncio.wait_for(task, 5)
+
+
+async def test_several_pools_of_one_replica_lead_and_hand_over_together(emulator, api, eventually):
+    """``--pool`` with leader election: the first pool's sources hold the one Lease, the other pool follows
+    them, so a replica loads both pools or neither (a Pod has one readiness)."""
+    for name in (POOL, "llama"):
+        emulator.create(inference_pool(name, NS, selector={"app": name}))
+        emulator.create(pod(f"{name}-1", NS, labels={"app": name}))
+    replicas = []
+    for identity in ("epp-a", "epp-b"):
+        pools = []
+        for name in (POOL, "llama"):
+            ds = Datastore()
+            src = KubeSources(
+                api,
+                ds,
+                namespace=NS,
+                pool_name=name,
+                leader_election=True,
+                identity=identity,
+                watch_timeout_s=3.0,
+                backoff=lambda: Backoff(initial=0.05, cap=0.3),
+                **SHORT,
+            )
+            pools.append((src, ds))
+        pools[1][0].follow(pools[0][0])
+        replicas.append([(src, ds, asyncio.create_task(src.run())) for src, ds in pools])
+
+    def loaded(replica: list[Any]) -> list[bool]:
+        return [ds.synced and len(ds) == 1 for _, ds, _ in replica]
+
+    try:
+        await eventually(lambda: sorted(loaded(r) for r in replicas) == [[False, False], [True, True]])
+        leader, standby = (replicas[0], replicas[1]) if loaded(replicas[0])[0] else (replicas[1], replicas[0])
+        assert [src.is_leader for src, _, _ in leader] == [True, True]
+        assert [src.is_leader for src, _, _ in standby] == [False, False]
+        leases = {
+            lease["metadata"]["name"]
+            for lease in emulator.list_objects("coordination.k8s.io/v1", "Lease", NS)
+        }
+        assert leases == {LEASE}, "one Lease, the first pool's"
+
+        for src, _, task in reversed(
+            leader
+        ):  # the leader stops: its lease is released, the standby loads both
+            await src.close()
+            await asyncio.wait_for(task, 5)
+        assert loaded(leader) == [False, False]
+        await eventually(lambda: loaded(standby) == [True, True])
+        assert [src.is_leader for src, _, _ in standby] == [True, True]
+    finally:
+        for replica in replicas:
+            for src, _, task in replica:
+                await src.close()
+                await asyncio.wait_for(task, 5)

@@ -1,0 +1,308 @@
+"""One ``picker serve`` process serving three InferencePools (``--pool NAME=PORT,...``), as a cluster runs it.
+
+Each pool points its ``endpointPickerRef`` at its own port of the one EPP Service, which is the only pool
+identity every gateway carries (``manifests/README.md``): the Envoy-like client dials each pool's port and
+every request must land on a pod of that pool. The pools differ in what makes mistakes visible: alpha's
+scoring document (a ConfigMap) weighs the queue, beta's (another ConfigMap) the KV cache, and each has one
+pod that wins under each weighting, so a pool routed with the other's document or endpoints goes to the
+wrong pod; gamma has no document of its own and takes the built-in default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.service import Ports
+from picker.testing.envoy import EnvoyClient, HttpRequest
+from picker.testing.kube_api import KubeApiEmulator
+from picker.testing.kube_objects import config_map, inference_pool
+from picker.testing.net import free_port
+from tests.integration.kube_e2e.conftest import (
+    NS,
+    SERVING,
+    Admin,
+    FakePod,
+    FakePods,
+    Gauges,
+    completion,
+    eventually,
+    health_check,
+)
+
+pytestmark = pytest.mark.integration
+
+KEY = "config.yaml"
+_SERVING = re.compile(
+    r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+), pools ((?:[a-z]+:\d+ ?)+)"
+)
+
+
+def weights(*, queue: int, kv: int, scorer: str = "kv-cache-utilization-scorer") -> str:
+    """A scoring document whose winner between a short queue and a free KV cache is its weights'."""
+    return f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {{type: queue-scorer}}
+- {{type: {scorer}}}
+- {{type: max-score-picker}}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {{pluginRef: queue-scorer, weight: {queue}}}
+  - {{pluginRef: {scorer}, weight: {kv}}}
+  - {{pluginRef: max-score-picker}}
+"""
+
+
+@dataclass
+class Pool:
+    """One InferencePool: its pods (model servers on their own loopback addresses) and its EPP port."""
+
+    name: str
+    port: int
+    pods: FakePods
+    members: dict[str, FakePod] = field(default_factory=dict)
+    client: EnvoyClient | None = None
+    sent: int = 0
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {"app": f"vllm-{self.name}"}
+
+    def addresses(self, *names: str) -> set[str]:
+        return {self.members[n].address for n in names or self.members}
+
+    async def add(self, emulator: KubeApiEmulator, name: str, **gauges: Any) -> FakePod:
+        member = await self.pods.add(name, gauges=Gauges(**gauges))
+        self.members[name] = member
+        emulator.create(member.manifest(labels=self.selector))
+        return member
+
+    async def destinations(self, count: int) -> set[str]:
+        """Send ``count`` requests to this pool's port; where they went (a refusal fails the test)."""
+        assert self.client is not None
+        seen = set()
+        for _ in range(count):
+            self.sent += 1
+            body = completion(prompt=f"{self.name} request {self.sent}")
+            r = await self.client.exchange(HttpRequest(body=body))
+            assert r.immediate is None, f"pool {self.name} refused a request: {r.immediate}"
+            seen.add(str(r.destination))
+        return seen
+
+
+@pytest.fixture
+async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:
+    made = {}
+    for i, name in enumerate(("alpha", "beta", "gamma")):
+        pods = FakePods()
+        pods._next_ip = 2 + 20 * i  # distinct loopback addresses per pool: no pod is in two pools
+        made[name] = Pool(name, free_port(), pods)
+    try:
+        yield made
+    finally:
+        for pool in made.values():
+            if pool.client is not None:
+                await pool.client.close()
+            await pool.pods.close()
+
+
+def samples(page: str, metric: str, /, **labels: str) -> list[float]:
+    return [
+        float(s.value)
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+        if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+async def test_three_pools_one_process_each_routed_by_its_port(
+    emulator: KubeApiEmulator, pools: dict[str, Pool], kubeconfig: Path, tmp_path: Path
+) -> None:
+    alpha, beta, gamma = pools["alpha"], pools["beta"], pools["gamma"]
+    # alpha and beta: a short queue with a full KV cache against a long queue with a free one
+    for pool in (alpha, beta):
+        await pool.add(emulator, f"{pool.name}-short-queue", waiting=0, kv_usage=0.9)
+        await pool.add(emulator, f"{pool.name}-free-kv", waiting=1000, kv_usage=0.1)
+    await gamma.add(emulator, "gamma-1")
+    await gamma.add(emulator, "gamma-2")
+    for pool in pools.values():
+        emulator.create(
+            inference_pool(pool.name, NS, selector=pool.selector, ports=(pool.pods.port,), epp_port=pool.port)
+        )
+    emulator.create(config_map("alpha-epp", NS, data={KEY: weights(queue=10, kv=1)}))
+    emulator.create(config_map("beta-epp", NS, data={KEY: weights(queue=1, kv=10)}))
+
+    log = tmp_path / "epp.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "picker",
+            "serve",
+            f"--pool=alpha={alpha.port},config-configmap=alpha-epp",
+            f"--pool=beta={beta.port},config-configmap=beta-epp",
+            f"--pool=gamma={gamma.port}",
+            f"--pool-namespace={NS}",
+            f"--kubeconfig={kubeconfig}",
+            "--grpc-health-port=0",
+            "--metrics-port=0",
+            "--admin-port=0",
+            "--host=127.0.0.1",
+            "--secure-serving=false",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    admin: Admin | None = None
+    try:
+
+        def bound() -> re.Match[str] | None:
+            if proc.returncode is not None:
+                raise AssertionError(
+                    f"picker serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
+            return _SERVING.search(log.read_text(errors="replace"))
+
+        m = await eventually(bound, within=60, what="picker serve listening")
+        ports = Ports(*(int(g) for g in m.groups()[:4]))
+        assert dict(p.split(":") for p in m.group(5).split()) == {
+            name: str(pool.port) for name, pool in pools.items()
+        }
+        admin = Admin(ports.metrics, ports.admin)
+        for pool in pools.values():
+            pool.client = EnvoyClient(f"127.0.0.1:{pool.port}", timeout=10.0)
+            await pool.client.connect()
+
+        async def ready() -> bool:
+            assert admin is not None
+            return await health_check(ports.health, "readiness") == SERVING and await admin.readyz() == 200
+
+        await eventually(ready, within=30, what="ready for all three pools")
+        listed = await admin.json("/debug/pools")
+        assert {(p["name"], p["grpc_port"], p["admin"]) for p in listed["pools"]} == {
+            (name, pool.port, f"/pools/{name}/") for name, pool in pools.items()
+        }
+
+        async def endpoints(pool: Pool) -> set[str]:
+            assert admin is not None
+            return {
+                e["address"] for e in (await admin.json(f"/pools/{pool.name}/debug/endpoints"))["endpoints"]
+            }
+
+        async def config(pool: Pool) -> dict[str, Any]:
+            assert admin is not None
+            doc: dict[str, Any] = await admin.json(f"/pools/{pool.name}/config")
+            return doc
+
+        for pool in pools.values():
+            want = pool.addresses()
+            await eventually(lambda p=pool, w=want: _equals(endpoints(p), w), what=f"{pool.name}'s endpoints")
+        for pool, source in ((alpha, "alpha-epp"), (beta, "beta-epp")):
+            await eventually(
+                lambda p=pool, s=source: _source_is(config(p), f"configmap/{NS}/{s}"),
+                what=f"{pool.name}'s ConfigMap loaded",
+            )
+        assert (await config(gamma))["source"] == "default"
+
+        # Each pool's requests reach its own pods, chosen by its own document: alpha weighs the queue,
+        # beta the KV cache (once the gauges were scraped, every request goes to that pod).
+        async def only(pool: Pool, address: str) -> bool:
+            return await pool.destinations(6) == {address}
+
+        await eventually(lambda: only(alpha, alpha.members["alpha-short-queue"].address), what="alpha")
+        await eventually(lambda: only(beta, beta.members["beta-free-kv"].address), what="beta")
+        assert await gamma.destinations(10) <= gamma.addresses()
+
+        # One /metrics: each pool's series under its pool label (the reference's own label kept)
+        status, body = await admin._get("/metrics")
+        assert status == 200
+        page = body.decode()
+        for pool in pools.values():
+            assert sum(samples(page, "inference_objective_request_total", pool=pool.name)) == pool.sent
+        assert len(samples(page, "inference_extension_info")) == 1
+
+        async def ready_pods() -> dict[str, list[float]]:
+            assert admin is not None
+            page = (await admin._get("/metrics"))[1].decode()
+            return {n: samples(page, "inference_pool_ready_pods", name=n, pool=n) for n in pools}
+
+        async def two_ready_each() -> bool:  # fresh pods only: a scrape may be late on a loaded machine
+            return await ready_pods() == {n: [2.0] for n in pools}
+
+        await eventually(two_ready_each, what="inference_pool_ready_pods{name, pool} 2 per pool")
+
+        # A pod change in gamma: gamma follows, alpha and beta do not notice
+        await gamma.add(emulator, "gamma-3")
+        emulator.delete("v1", "Pod", NS, "gamma-1")
+        await eventually(
+            lambda: _equals(endpoints(gamma), gamma.addresses("gamma-2", "gamma-3")),
+            what="gamma's pod change",
+        )
+
+        async def gamma_routes_to_new_set() -> bool:
+            return await gamma.destinations(12) <= gamma.addresses("gamma-2", "gamma-3")
+
+        await eventually(gamma_routes_to_new_set, what="gamma routing to its new pods only")
+        assert await endpoints(alpha) == alpha.addresses()
+        assert await endpoints(beta) == beta.addresses()
+        assert await alpha.destinations(10) == {alpha.members["alpha-short-queue"].address}
+        assert await beta.destinations(10) == {beta.members["beta-free-kv"].address}
+
+        # A bad document for alpha is rejected for alpha only: alpha keeps its document and its routing
+        before = {name: (await config(pool))["digest"] for name, pool in pools.items()}
+        emulator.patch(
+            "v1", "ConfigMap", NS, "alpha-epp", {"data": {KEY: weights(queue=1, kv=10, scorer="no-such")}}
+        )
+
+        async def alpha_rejected() -> bool:
+            assert admin is not None
+            return await admin.metric("picker_config_reload_total", result="rejected", pool="alpha") >= 1
+
+        await eventually(alpha_rejected, what="alpha's bad document rejected")
+        after = await config(alpha)
+        assert after["digest"] == before["alpha"]
+        assert after["last_reload"]["result"] == "rejected"
+        assert "no-such" in after["last_reload"]["message"]
+        for pool in (beta, gamma):
+            assert (await config(pool))["digest"] == before[pool.name]
+            assert await admin.metric("picker_config_reload_total", result="rejected", pool=pool.name) == 0
+        assert await alpha.destinations(10) == {alpha.members["alpha-short-queue"].address}
+        assert await beta.destinations(10) == {beta.members["beta-free-kv"].address}
+
+        # A one-pool path on a several-pool admin API says where the pools are instead of picking one
+        status, body = await admin._get("/debug/endpoints")
+        assert status == 404
+        assert set(json.loads(body)["error"]["pools"]) == {f"/pools/{name}/" for name in pools}
+    finally:
+        if admin is not None:
+            await admin.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 20)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+async def _equals(got: Any, want: set[str]) -> bool:
+    return bool(await got == want)
+
+
+async def _source_is(got: Any, source: str) -> bool:
+    return bool((await got)["source"] == source)
