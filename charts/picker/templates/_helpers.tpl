@@ -33,6 +33,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The pools this release's EPP serves, as a YAML list: the release's own pool first, then extraPools (ours),
+each with its ext_proc port (the one its endpointPickerRef names), the name of that port in the Pod and the
+Service, its scoring document, model-server labels and target ports.
+*/}}
+{{- define "picker.pools" -}}
+{{- $ie := .Values.inferenceExtension -}}
+- name: {{ include "picker.poolName" . }}
+  port: {{ int $ie.extProcPort }}
+  portName: grpc-ext-proc
+  configFile: {{ $ie.pluginsConfigFile | quote }}
+  matchLabels: {{ toJson .Values.inferencePool.modelServers.matchLabels }}
+  targetPorts: {{ toJson .Values.inferencePool.targetPorts }}
+{{- range $i, $p := .Values.extraPools }}
+- name: {{ $p.name | quote }}
+  port: {{ int $p.extProcPort }}
+  portName: {{ printf "ext-proc-%d" (add1 $i) }}
+  configFile: {{ default $ie.pluginsConfigFile $p.pluginsConfigFile | quote }}
+  matchLabels: {{ toJson (($p.modelServers | default dict).matchLabels | default dict) }}
+  targetPorts: {{ toJson (default $.Values.inferencePool.targetPorts $p.targetPorts) }}
+{{- end }}
+{{- end -}}
+
 {{/* The InferencePool API group from inferencePool.apiVersion ("group/version"). */}}
 {{- define "picker.poolGroup" -}}
 {{- (split "/" .Values.inferencePool.apiVersion)._0 -}}
@@ -68,9 +91,44 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{- if and (ne $config "config.yaml") (not (hasKey (.Values.inferenceExtension.pluginsCustomConfig | default dict) $config)) -}}
 {{- fail (printf "inferenceExtension.pluginsConfigFile %q is neither config.yaml nor a key of inferenceExtension.pluginsCustomConfig" $config) -}}
 {{- end -}}
+{{- include "picker.validatePools" . -}}
 {{- range $flag, $_ := .Values.inferenceExtension.flags -}}
-{{- if has $flag (list "pool-name" "pool-namespace" "pool-group" "config-file" "grpc-port" "grpc-health-port" "metrics-port" "metrics-endpoint-auth" "ha-enable-leader-election" "tracing" "model-header") -}}
+{{- if has $flag (list "pool" "pool-name" "pool-namespace" "pool-group" "config-file" "grpc-port" "grpc-health-port" "metrics-port" "metrics-endpoint-auth" "ha-enable-leader-election" "tracing" "model-header") -}}
 {{- fail (printf "inferenceExtension.flags.%s is set by the chart from other values; set those instead" $flag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+
+{{/* extraPools: every pool named once, on a port of its own, with its model-server labels and document. */}}
+{{- define "picker.validatePools" -}}
+{{- $ie := .Values.inferenceExtension -}}
+{{- $names := list (include "picker.poolName" .) -}}
+{{- $ports := list (int $ie.extProcPort) 9003 9090 9091 -}}
+{{- if gt (len (.Values.extraPools | default list)) 63 -}}
+{{- fail "extraPools: at most 63 (64 pools per EPP); split them over several releases" -}}
+{{- end -}}
+{{- range $i, $p := .Values.extraPools | default list -}}
+{{- if not (and $p.name (regexMatch "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" (toString $p.name))) -}}
+{{- fail (printf "extraPools[%d].name must be a Kubernetes object name (got %q)" $i (toString $p.name)) -}}
+{{- end -}}
+{{- if has $p.name $names -}}
+{{- fail (printf "extraPools[%d].name %q is the release's pool or another extra pool" $i $p.name) -}}
+{{- end -}}
+{{- $names = append $names $p.name -}}
+{{- if not $p.extProcPort -}}
+{{- fail (printf "extraPools[%d].extProcPort is required: the EPP tells pools apart by the port their endpointPickerRef names" $i) -}}
+{{- end -}}
+{{- if has (int $p.extProcPort) $ports -}}
+{{- fail (printf "extraPools[%d].extProcPort %d is already taken (another pool's, or the health/metrics/admin port)" $i (int $p.extProcPort)) -}}
+{{- end -}}
+{{- $ports = append $ports (int $p.extProcPort) -}}
+{{- if not (and $p.modelServers $p.modelServers.matchLabels) -}}
+{{- fail (printf "extraPools[%d].modelServers.matchLabels is required: the labels of that pool's model-server Pods" $i) -}}
+{{- end -}}
+{{- $config := default $ie.pluginsConfigFile $p.pluginsConfigFile -}}
+{{- if and (ne $config "config.yaml") (not (hasKey ($ie.pluginsCustomConfig | default dict) $config)) -}}
+{{- fail (printf "extraPools[%d].pluginsConfigFile %q is neither config.yaml nor a key of inferenceExtension.pluginsCustomConfig" $i $config) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -582,3 +582,96 @@ def test_metrics_auth_rbac_and_scrape_credentials(
     assert not [d for d in off if d["kind"].startswith("Cluster") or d["kind"] == "Secret"]
     (endpoint,) = _one(off, "ServiceMonitor")["spec"]["endpoints"]
     assert "authorization" not in endpoint
+
+
+# ---------------------------------------------------------------------------------------- several pools
+
+QWEN_LABELS = {"app": "vllm-qwen3-32b"}
+EXTRA_POOLS: Doc = {
+    "extraPools": [
+        {"name": "qwen3-32b", "extProcPort": 9004, "modelServers": {"matchLabels": QWEN_LABELS},
+         "pluginsConfigFile": "qwen.yaml"},
+        {"name": "mistral", "extProcPort": 9005, "modelServers": {"matchLabels": {"app": "vllm-mistral"}},
+         "targetPorts": [{"number": 8001}]},
+    ],
+    "inferenceExtension": {
+        "pluginsCustomConfig": {
+            "qwen.yaml": "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        }
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", ["none", "istio"])
+def test_extra_pools_share_one_epp_on_a_port_each(
+    render: Callable[..., list[Doc]], crd_validator: Any, provider: str
+) -> None:
+    from picker import cli
+
+    docs = render({**EXTRA_POOLS, "provider": {"name": provider}})
+    _validate_all(docs, crd_validator)
+    pools = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "InferencePool"}
+    assert set(pools) == {"llama", "qwen3-32b", "mistral"}
+    service = _one(docs, "Service")
+    by_port = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
+    container = _container(docs)
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    ports = {}
+    for name, spec in pools.items():
+        ref = spec["endpointPickerRef"]
+        assert ref["name"] == service["metadata"]["name"], name
+        ports[name] = ref["port"]["number"]
+        # the Service forwards the pool's port to the container port of the same number
+        assert container_ports[by_port[ports[name]]] == ports[name], name
+    assert ports == {"llama": 9002, "qwen3-32b": 9004, "mistral": 9005}
+    assert pools["qwen3-32b"]["selector"]["matchLabels"] == QWEN_LABELS
+    assert pools["mistral"]["targetPorts"] == [{"number": 8001}]
+    assert pools["qwen3-32b"]["targetPorts"] == pools["llama"]["targetPorts"]
+    # the EPP's flags, read by its own CLI: one --pool per pool, each with its port and document
+    args = [a.replace("$(NAMESPACE)", "inference") for a in container["args"]]
+    settings = cli.settings_from_args(cli.build_parser().parse_args(args), {})
+    assert [(p.pool_name, p.grpc_port, p.config_file) for p in settings.pool_settings()] == [
+        ("llama", 9002, "/config/config.yaml"),
+        ("qwen3-32b", 9004, "/config/qwen.yaml"),
+        ("mistral", 9005, "/config/config.yaml"),
+    ]
+    assert {p.pool_namespace for p in settings.pool_settings()} == {"inference"}
+
+
+def test_extra_pools_get_their_gke_policies(render: Callable[..., list[Doc]]) -> None:
+    docs = render({**EXTRA_POOLS, "provider": {"name": "gke"}})
+    for kind in ("HealthCheckPolicy", "GCPBackendPolicy"):
+        targets = {d["spec"]["targetRef"]["name"] for d in docs if d["kind"] == kind}
+        assert targets == {"llama", "qwen3-32b", "mistral"}, kind
+    checks = {d["metadata"]["name"]: d["spec"]["default"]["config"]["httpHealthCheck"]["port"]
+              for d in docs if d["kind"] == "HealthCheckPolicy"}  # fmt: skip
+    assert checks == {"llama": 8000, "qwen3-32b": 8000, "mistral": 8001}
+
+
+def test_without_extra_pools_the_flags_are_the_one_pool_flags(render: Callable[..., list[Doc]]) -> None:
+    flags = _flags(_container(render()))
+    assert "--pool" not in flags
+    assert (flags["--pool-name"], flags["--grpc-port"]) == ("llama", "9002")
+
+
+def _extra(**pool: Any) -> list[Doc]:
+    return [{"modelServers": {"matchLabels": QWEN_LABELS}, **pool}]
+
+
+@pytest.mark.parametrize(
+    ("pools", "message"),
+    [
+        (_extra(extProcPort=9004), "must be a Kubernetes object name"),
+        (_extra(name="Qwen", extProcPort=9004), "must be a Kubernetes object name"),
+        (_extra(name="llama", extProcPort=9004), "the release's pool"),
+        (_extra(name="qwen"), "extProcPort is required"),
+        (_extra(name="qwen", extProcPort=9002), "already taken"),
+        (_extra(name="qwen", extProcPort=9090), "already taken"),
+        ([{"name": "qwen", "extProcPort": 9004}], "matchLabels is required"),
+        (_extra(name="qwen", extProcPort=9004, pluginsConfigFile="nope.yaml"), "pluginsConfigFile"),
+        (_extra(name="a", extProcPort=9004) + _extra(name="a", extProcPort=9005), "another extra pool"),
+    ],
+)
+def test_bad_extra_pools_are_refused_with_a_reason(chart: Any, pools: list[Doc], message: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(_merge(BASE_VALUES, {"extraPools": pools}), name="llama", namespace="inference")
