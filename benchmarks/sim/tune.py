@@ -65,29 +65,52 @@ PROBES = (1.1, 1.25)
 MIN_SPAN_S = 120.0
 #: candidates that get a full capacity search
 VERIFY = 3
+#: replays a capacity search is planned at (a bracket of two or three, then five bisections from x 1.5 to
+#: within 2 %); one that runs longer grows the progress bar's total as it goes
+SEARCH_REPLAYS = 8
 
 
 # ------------------------------------------------------------------------------------------------ running
 class Progress:
-    """A one-line progress bar on a terminal stream (stdlib only: the service has no tqdm)."""
+    """A one-line progress bar on a terminal stream (stdlib only: the service has no tqdm).
 
-    def __init__(self, total: int, stream: TextIO, *, enabled: bool = True) -> None:
-        self.total = max(1, total)
+    The number of replays is not known in advance (a capacity search stops when its bracket is within
+    2 %, and one that finds no capacity runs to its limit), so the total is a plan that the stages correct
+    as they go: :meth:`plan` adds the replays a stage expects, :meth:`unplan` removes those it will not
+    run, and a stage that runs longer than planned grows the total with every extra replay. The bar
+    therefore never claims more done than there is, and ends at exactly the replays that ran.
+    """
+
+    def __init__(self, stream: TextIO, *, enabled: bool = True) -> None:
+        self.total = 0
         self.done = 0
         self.stream = stream
         self.enabled = enabled
         self.t0 = time.perf_counter()
         self.note = ""
 
+    def plan(self, n: int) -> None:
+        """``n`` more replays are expected."""
+        self.total += max(0, n)
+
+    def unplan(self, n: int) -> None:
+        """``n`` planned replays will not run (never below what is done)."""
+        self.total = max(self.done, self.total - max(0, n))
+
     def step(self, n: int = 1, note: str | None = None) -> None:
-        self.done = min(self.total, self.done + n)
+        self.done += n
+        self.total = max(self.total, self.done)
         if note is not None:
             self.note = note
+        self._draw()
+
+    def _draw(self) -> None:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        bar = "#" * (30 * self.done // self.total)
+        total = max(1, self.total)
+        eta = elapsed / self.done * (total - self.done) if self.done else 0.0
+        bar = "#" * (30 * self.done // total)
         self.stream.write(
             f"\rtune [{bar:<30}] {self.done}/{self.total} replays, {_mmss(elapsed)} elapsed, "
             f"~{_mmss(eta)} left  {self.note[:60]:<60}"
@@ -95,6 +118,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        self.total = self.done  # whatever was planned and did not run
+        self._draw()
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
@@ -123,12 +148,39 @@ class Tuner:
     def capacity(
         self, docs: Sequence[Mapping[str, Any]], w: Workload, start: float, label: str
     ) -> CapacityResult:
+        """Capacity of ``docs`` on ``w`` (a search planned at :data:`SEARCH_REPLAYS` by the caller, whose
+        plan this corrects when the search ran fewer)."""
+        before = self.evaluations
+
         def on_eval(e: Any) -> None:
             self.evaluations += 1
+            if self.evaluations - before > SEARCH_REPLAYS:
+                self.progress.plan(1)
             self.progress.step(note=f"{label}: {e.rate_rps:.2f} req/s, {e.attainment:.0%} met")
 
         ev = evaluator(w, self._policy(docs), self.cfg, self.slo)
-        return find_capacity(ev, start, name=label, on_eval=on_eval)
+        result = find_capacity(ev, start, name=label, on_eval=on_eval)
+        self.progress.unplan(SEARCH_REPLAYS - (self.evaluations - before))
+        return result
+
+    def verify(
+        self,
+        best: Sequence[Setting],
+        base_docs: Sequence[Mapping[str, Any]],
+        base: Setting,
+        base_cap: CapacityResult,
+        start: float,
+    ) -> tuple[Setting, CapacityResult]:
+        """The full capacity search of the ``best`` candidates on the tuning half (the current one is known
+        already): the best capacity, if it beats the current configuration's."""
+        out = (base, base_cap)
+        others = [s for s in best if s != base]
+        self.progress.unplan(SEARCH_REPLAYS * (VERIFY - len(others)))
+        for s in others:
+            res = self.capacity(apply_setting(base_docs, s), self.tune_half, start, "candidate")
+            if res.capacity_rps > out[1].capacity_rps:
+                out = (s, res)
+        return out
 
     def probe(self, docs: Sequence[Mapping[str, Any]], rates: Sequence[float]) -> float:
         """Sum of SLO attainment at the probe rates on the tuning half (higher is better)."""
@@ -166,8 +218,10 @@ def tune(
     ks = knobs(base, base_docs, prefix=workload.has_prefixes)
     defaults = {(k.plugin, k.param): param_default(base_docs, k) for k in ks if k.param}
     n_random = max(1, trials // 2)
-    # replays: baseline ~8, probes 2 per trial, verification ~8 per candidate, held-out 2 x ~8
-    bar = Progress(8 + len(PROBES) * trials + 8 * VERIFY + 16, stream, enabled=progress)
+    bar = Progress(stream, enabled=progress)
+    # the plan: the current configuration's search, the probes of it and of every candidate, the searches
+    # of the best few, and the two held-out searches (each stage corrects it; see Progress)
+    bar.plan(SEARCH_REPLAYS + len(PROBES) * (trials + 1) + SEARCH_REPLAYS * VERIFY + 2 * SEARCH_REPLAYS)
     tuner = Tuner(a, b, cfg, slo, bar)
     t0 = time.perf_counter()
     nominal = server_capacity_rps(a, prof, seed=seed) * servers
@@ -196,20 +250,21 @@ def tune(
         tried.add(s)
         scored.append((tuner.probe(apply_setting(base_docs, s), rates), order, s))
         order += 1
+    bar.unplan(len(PROBES) * (trials + 1 - len(tried)))  # candidates the search did not get to
     ranked = sorted(scored, key=lambda x: (-x[0], x[1]))
-    best_setting, best_cap = base, base_cap
-    for _, _, s in ranked[:VERIFY]:
-        if s == base:
-            continue
-        res = tuner.capacity(apply_setting(base_docs, s), a, start, "candidate")
-        if res.capacity_rps > best_cap.capacity_rps:
-            best_setting, best_cap = s, res
+    best_setting, best_cap = tuner.verify(
+        [s for _, _, s in ranked[:VERIFY]], base_docs, base, base_cap, start
+    )
     tuned_docs = apply_setting(base_docs, best_setting)
     validate(dump(tuned_docs))
     nominal_b = server_capacity_rps(b, prof, seed=seed) * servers
     base_b = tuner.capacity(base_docs, b, 0.6 * nominal_b, "current, held-out")
     start_b = base_b.capacity_rps if base_b.found else 0.3 * nominal_b
-    tuned_b = base_b if best_setting == base else tuner.capacity(tuned_docs, b, start_b, "tuned, held-out")
+    if best_setting == base:
+        bar.unplan(SEARCH_REPLAYS)
+        tuned_b = base_b
+    else:
+        tuned_b = tuner.capacity(tuned_docs, b, start_b, "tuned, held-out")
     bar.close()
     return {
         "requests": len(workload),

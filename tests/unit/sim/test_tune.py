@@ -207,3 +207,42 @@ def test_the_report_warns_when_no_configuration_has_a_capacity(
     text = report_text(r, Path("tuned.yaml"))
     assert ("the SLO is out of reach on this trace" in text) is warned
     assert text.endswith("wrote tuned.yaml")
+
+
+def test_the_progress_plan_grows_with_a_longer_stage_and_shrinks_with_a_skipped_one() -> None:
+    import io
+
+    from benchmarks.sim.tune import Progress
+
+    stream = io.StringIO()
+    bar = Progress(stream)
+    bar.plan(4)
+    for _ in range(6):  # a stage that runs longer than planned
+        bar.step()
+        assert bar.done <= bar.total
+    assert (bar.done, bar.total) == (6, 6)
+    bar.plan(5)
+    bar.unplan(3)  # a stage that will not run
+    assert bar.total == 8
+    bar.unplan(100)
+    assert bar.total == bar.done == 6, "never below what is done"
+    bar.plan(2)
+    bar.close()
+    assert stream.getvalue().rstrip("\n").split("\r")[-1].startswith(f"tune [{'#' * 30}] 6/6 replays")
+
+
+@pytest.mark.parametrize("slo_ttft", ["1", "0.0001"])  # the second one no configuration meets
+def test_the_progress_bar_counts_every_replay_and_ends_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], slo_ttft: str
+) -> None:
+    trace = write_trace(tmp_path / "trace.jsonl")
+    argv = ["tune", "--trace", str(trace), "--out", str(tmp_path / "o.yaml"), "--servers", "4"]
+    assert cli.main([*argv, "--trials", "1", "--requests", "200", "--slo-ttft", slo_ttft, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    frames = [f for f in captured.err.split("\r") if f.startswith("tune [")]
+    counts = [tuple(map(int, f.split("] ", 1)[1].split(" ", 1)[0].split("/"))) for f in frames]
+    assert all(done <= total for done, total in counts)
+    assert [done for done, _ in counts[:-1]] == list(range(1, len(counts)))
+    assert counts[-1] == (report["replays"], report["replays"])
+    assert frames[-1].startswith(f"tune [{'#' * 30}]")
