@@ -2,6 +2,8 @@
 
     python -m benchmarks.sim.capacity_sweep --workers 2            # seeds 0-2, every workload
     python -m benchmarks.sim.capacity_sweep --quick                # 1 seed, shorter traces
+    python -m benchmarks.sim.capacity_sweep --quick --seeds 0,1,2 --workloads lora \
+        --add-runs benchmarks/results/capacity-sweep-quick.json    # only the seeds not in that file
 
 For each workload and seed :func:`benchmarks.sim.capacity.compare` measures every policy of
 ``CAPACITY_POLICIES`` (16 servers of ``llama3-8b-h100``); per policy the report gives the geometric mean
@@ -25,7 +27,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,42 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
         "evaluations": evaluations_section(c),
         "wall_s": time.perf_counter() - t0,
     }
+
+
+def earlier_runs(
+    path: Path, cases: Sequence[Case], seeds: Sequence[int], policies: Sequence[str], *, quick: bool
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """The runs of ``cases`` x ``seeds`` in an earlier sweep's JSON that measured every one of ``policies``
+    under the same SLO on as many requests as this sweep would (anything else is simulated again)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        workloads = doc["workloads"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--add-runs {path}: not a capacity sweep's JSON ({exc})") from None
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for c in cases:
+        w = workloads.get(c.label)
+        if not isinstance(w, dict) or w.get("slo") != slo_dict(c.slo):
+            continue
+        n = c.quick_requests if quick else c.requests
+        for seed in seeds:
+            run = w.get("runs", {}).get(str(seed))
+            if (
+                isinstance(run, dict)
+                and run.get("requests") == n
+                and all(p in run.get("capacity", {}) for p in policies)
+            ):
+                out.setdefault(c.label, {})[seed] = run
+    return out
+
+
+def _run_all(jobs: Sequence[Job], workers: int) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """The jobs' results in order: in this process with one worker, else in a pool of ``workers``."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(run_job, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(run_job, jobs)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -244,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (one workload and seed each)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--add-runs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="runs of an earlier sweep (its JSON) to report with this one's: a (workload, seed) found there "
+        "is not simulated again (seeds run separately, or on several machines, give one report)",
+    )
     args = p.parse_args(argv)
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     wanted = [w.strip() for w in args.workloads.split(",")] if args.workloads else None
@@ -252,13 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(c.label for c in CASES)
         raise SystemExit(f"unknown workload in {args.workloads!r}; known: {known}")
     policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
-    jobs = [Job(c, s, args.quick, policies) for c in cases for s in seeds]
     wall0 = time.perf_counter()
     results: dict[str, dict[int, dict[str, Any]]] = {c.label: {} for c in cases}
-    with ProcessPoolExecutor(args.workers) as pool:
-        for job, run in pool.map(run_job, jobs):
-            results[job.case.label][job.seed] = run
-            print(f"{job.case.label} seed {job.seed}: {run['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    for path in args.add_runs:
+        earlier = earlier_runs(path, cases, seeds, policies, quick=args.quick)
+        for label, runs in earlier.items():
+            results[label].update(runs)
+    jobs = [Job(c, s, args.quick, policies) for c in cases for s in seeds if s not in results[c.label]]
+    for job, run in _run_all(jobs, args.workers):
+        results[job.case.label][job.seed] = run
+        print(f"{job.case.label} seed {job.seed}: {run['wall_s']:.0f} s", file=sys.stderr, flush=True)
     command = "python -m benchmarks.sim.capacity_sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
     rows = targets(results)
     shown = [p for p in CAPACITY_POLICIES if p in policies] + [

@@ -12,7 +12,7 @@ from benchmarks import bench_quality
 from benchmarks.sim import capacity_sweep
 from benchmarks.sim.capacity import Evaluation, compare, find_capacity
 from benchmarks.sim.fleet import FleetConfig
-from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, summarize
+from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict, summarize
 from benchmarks.sim.policies import ScoringPolicy, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.traces import Workload
@@ -204,3 +204,45 @@ def test_sweep_targets_are_evaluated_for_each_of_our_profiles_that_ran() -> None
     }
     assert "azure-conv | capacity vs the reference profile | 1.20x [1.20-1.20] | ≥ 1.0x | met |" in lines
     assert "mooncake-conv | capacity vs round-robin | n/a (no capacity) | ≥ 1.6x | **not met** |" in lines
+
+
+def test_sweep_reports_runs_of_earlier_sweeps_without_simulating_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policies = ("round-robin", "default")
+    case = next(c for c in capacity_sweep.CASES if c.label == "lora")
+
+    def run(rr: float, ours: float, requests: int = case.quick_requests) -> dict[str, object]:
+        caps = {"round-robin": rr, "default": ours}
+        return {
+            "requests": requests,
+            "capacity": {p: {"capacity_rps": c, "prefix_hit_rate": None} for p, c in caps.items()},
+        }
+
+    def sweep(runs: dict[str, object], name: str) -> Path:
+        doc = {"workloads": {"lora": {"slo": slo_dict(case.slo), "runs": runs}}}
+        path = tmp_path / name
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        return path
+
+    first = sweep({"0": run(10.0, 20.0)}, "first.json")
+    # seed 1 ran on another trace length, seed 2 on this one
+    second = sweep({"1": run(10.0, 99.0, requests=5), "2": run(10.0, 40.0)}, "second.json")
+    simulated: list[tuple[str, int]] = []
+
+    def fake_job(job: capacity_sweep.Job) -> tuple[capacity_sweep.Job, dict[str, object]]:
+        simulated.append((job.case.label, job.seed))
+        return job, {**run(10.0, 30.0), "wall_s": 0.0}
+
+    monkeypatch.setattr(capacity_sweep, "run_job", fake_job)
+    monkeypatch.setattr(capacity_sweep, "plot_capacity_bars", lambda *a, **k: None)  # matplotlib: bench group
+    argv = ["--quick", "--seeds", "0,1,2", "--workloads", "lora", "--policies", ",".join(policies)]
+    argv += ["--add-runs", str(first), "--add-runs", str(second), "--out", str(tmp_path / "out")]
+    assert capacity_sweep.main(argv) == 0
+    assert simulated == [("lora", 1)], "only the seed no earlier sweep measured on this trace length"
+    doc = json.loads((tmp_path / "out" / "capacity-sweep-quick.json").read_text(encoding="utf-8"))
+    caps = {s: r["capacity"]["default"]["capacity_rps"] for s, r in doc["workloads"]["lora"]["runs"].items()}
+    assert caps == {"0": 20.0, "1": 30.0, "2": 40.0}
+    assert "2.88x [2.00-4.00]" in capsys.readouterr().out  # the geometric mean of 2, 3 and 4
+    with pytest.raises(SystemExit, match="not a capacity sweep"):
+        capacity_sweep.main([*argv[:7], "--add-runs", str(tmp_path / "missing.json"), "--no-write"])
