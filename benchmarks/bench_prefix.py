@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_prefix --json          # about a minute
     python -m benchmarks.bench_prefix --quick --json  # about 20 s
+    python -m benchmarks.bench_prefix --quick --parts  # and the CPU of each stage on its own
 
 Each request runs the director's routing steps as the service does, twice, on the same snapshot of 1,000
 endpoints and the same 200 KB chat body:
@@ -159,7 +160,9 @@ def _release(m: EndpointMatrix) -> None:
         column[:] = 0.0
 
 
-def measure(workload: str, runs: int, calls: int) -> dict[str, float]:
+def setup(workload: str) -> tuple[EndpointMatrix, Router, Router, Callable[[int], bytes]]:
+    """The pool, the routers without and with prefix scoring (its index filled for ``workload``) and the
+    ``i -> body`` of the workload's timed requests."""
     m = pool()
     rng = np.random.default_rng(7)
     plain = Router(m, profile(False), None, rng)
@@ -192,6 +195,12 @@ def measure(workload: str, runs: int, calls: int) -> dict[str, float]:
             return fresh(i)
 
     _release(m)
+    return m, plain, with_prefix, make
+
+
+def measure(workload: str, runs: int, calls: int) -> dict[str, float]:
+    m, plain, with_prefix, make = setup(workload)
+    assert with_prefix.cache is not None
     with_runs, without_runs = [], []
     for r in range(runs):
         bodies = [make(r * calls + i) for i in range(calls)]
@@ -203,15 +212,81 @@ def measure(workload: str, runs: int, calls: int) -> dict[str, float]:
         "with_us": round(with_us, 1),
         "without_us": round(without_us, 1),
         "added_us": round(with_us - without_us, 1),
-        "index_entries": len(cache.index),
+        "index_entries": len(with_prefix.cache.index),
     }
 
 
-def run(quick: bool, command: str) -> dict[str, Any]:
+#: the stages of a request with prefix scoring that :func:`parts` times one by one
+STAGES = ("parse_window", "hash", "match", "schedule", "record")
+
+
+def parts(workload: str, calls: int) -> dict[str, float]:
+    """Where the added CPU goes: per stage of the ``with`` request, the median CPU µs of this thread, and
+    for the two stages both requests have (parse, schedule) the ``without`` request's figure beside it.
+    Each stage is timed on its own (a few hundred ns of timer per stage on top of :func:`measure`)."""
+    m, plain, with_prefix, make = setup(workload)
+    cache = with_prefix.cache
+    assert cache is not None
+    times: dict[str, list[float]] = {k: [] for k in (*STAGES, "parse_plain", "schedule_plain")}
+    clock = time.thread_time_ns
+
+    def lap(stage: str, t0: int) -> int:
+        t1 = clock()
+        times[stage].append((t1 - t0) / 1000.0)
+        return clock()
+
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(calls):
+            body = make(10**5 + i)
+            t = clock()
+            info = parse_request(PATH, body, prefix_window=cache.window)
+            t = lap("parse_window", t)
+            hashes = cache.hashes("m", info.cache_salt, info.prefix_input)
+            t = lap("hash", t)
+            match = cache.match(hashes, m, now=NOW)
+            t = lap("match", t)
+            req = PickRequest(
+                target_model="m",
+                prompt_tokens_estimate=info.prompt_chars // 4,
+                stream=info.stream,
+                prefix=match,
+            )
+            row = with_prefix.scheduler.schedule(m, req, now=NOW, rng=with_prefix.rng).primary
+            t = lap("schedule", t)
+            if match is not None:
+                cache.record(m, row, match)
+            lap("record", t)
+            _release(m)
+            t = clock()
+            plain_info = parse_request(PATH, body, prefix_window=0)
+            t = lap("parse_plain", t)
+            plain_req = PickRequest(
+                target_model="m",
+                prompt_tokens_estimate=plain_info.prompt_chars // 4,
+                stream=plain_info.stream,
+            )
+            plain.scheduler.schedule(m, plain_req, now=NOW, rng=plain.rng)
+            lap("schedule_plain", t)
+            _release(m)
+    finally:
+        if gc_was:
+            gc.enable()
+    return {k: round(statistics.median(v), 1) for k, v in times.items()}
+
+
+WORKLOADS = ("conversation", "shared_prefix", "fresh")
+
+
+def run(quick: bool, command: str, *, stages: bool = False) -> dict[str, Any]:
     runs, calls = (3, 60) if quick else (7, 150)
     load = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
-    results = {w: measure(w, runs, calls) for w in ("conversation", "shared_prefix", "fresh")}
+    results: dict[str, dict[str, Any]] = {w: dict(measure(w, runs, calls)) for w in WORKLOADS}
+    if stages:
+        for w in WORKLOADS:
+            results[w]["stages_us"] = parts(w, runs * calls)
     return {
         "benchmark": "bench_prefix",
         "command": command,
@@ -240,15 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="3 shorter runs per figure")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--parts", action="store_true", help="also time each stage of the request on its own (where it goes)"
+    )
     args = p.parse_args(argv)
     command = "python -m benchmarks.bench_prefix " + shlex.join(sys.argv[1:] if argv is None else argv)
-    doc = run(args.quick, command)
+    doc = run(args.quick, command, stages=args.parts)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         for w, r in doc["workloads"].items():
             with_us, without_us, added = r["with_us"], r["without_us"], r["added_us"]
             print(f"{w:>14}: with {with_us:>7} µs, without {without_us:>7} µs, added {added} µs")
+            if "stages_us" in r:
+                print(" " * 16 + ", ".join(f"{k} {v}" for k, v in r["stages_us"].items()))
     return 0
 
 

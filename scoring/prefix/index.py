@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from itertools import islice
+from itertools import islice, repeat
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -249,22 +249,20 @@ class PrefixIndex:
         self._size += len(lru) - before
 
     def _add_holder(self, slot: int, hashes: Sequence[int]) -> None:
-        """Add ``slot`` to the holders of ``hashes``. Most of them are usually new to the whole index (a
-        new prompt's tail), so they are stored in one C-level update; the few already held elsewhere (a
-        shared prefix) are merged one by one."""
+        """Add ``slot`` to the holders of ``hashes`` (none of which it holds yet). One C-level pass of
+        ``setdefault`` stores the usual case, hashes new to the whole index (a new prompt's tail), and
+        returns what the others held; the few already held elsewhere (a shared prefix) are then merged
+        one by one. One probe of the reverse map per hash: on a full index each probe is a cache miss, so
+        their number is the cost (a membership pass and then an update made two)."""
         holders = self._holders
-        shared = holders.keys() & hashes
-        if not shared:
-            holders.update(dict.fromkeys(hashes, ~slot))
+        enc = ~slot
+        old = list(map(holders.setdefault, hashes, repeat(enc)))
+        if old.count(enc) == len(old):
             return
-        old = [(h, holders[h]) for h in shared]
-        holders.update(dict.fromkeys(hashes, ~slot))
         bit = 1 << slot
-        for h, v in old:
-            if v < 0:
-                holders[h] = v if v == ~slot else (1 << ~v) | bit
-            else:
-                holders[h] = v | bit
+        for h, v in zip(hashes, old, strict=True):
+            if v != enc:
+                holders[h] = (1 << ~v) | bit if v < 0 else v | bit
 
     def _evict(self, slot: int, count: int) -> None:
         lru = self._lru[slot]
@@ -273,19 +271,17 @@ class PrefixIndex:
         self._drop_holder(slot, victims)
 
     def _drop_holder(self, slot: int, hashes: Sequence[int]) -> None:
-        """Remove ``slot`` from the holders of ``hashes`` (all of which it holds). Hashes only this slot
-        holds (the usual case for an evicted tail) are deleted in one C-level pass."""
+        """Remove ``slot`` from the holders of ``hashes`` (all of which it holds). Every hash is popped in
+        one C-level pass (one probe each); those other endpoints hold too (rare for an evicted tail) are
+        put back without this slot."""
         holders = self._holders
-        values = list(map(holders.__getitem__, hashes))
         enc = ~slot
+        values = list(map(holders.pop, hashes))
         if values.count(enc) == len(values):
-            _drain(map(holders.__delitem__, hashes))
             return
         keep = ~(1 << slot)
         for h, v in zip(hashes, values, strict=True):
-            if v < 0:
-                del holders[h]
-            else:
+            if v >= 0:
                 rest = v & keep
                 holders[h] = ~(rest.bit_length() - 1) if rest & (rest - 1) == 0 else rest
 
