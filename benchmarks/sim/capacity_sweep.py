@@ -258,8 +258,8 @@ def targets(results: Runs) -> list[dict[str, Any]]:
 
 def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
-        "| policy | workload | target | measured (geomean [range]) | goal | met |",
-        "|---|---|---|---|---|---|",
+        "| policy | workload | target | measured (geomean [range]) | seeds | goal | met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         measured = "n/a (no capacity)" if not r["seeds"] else f"{r['measured']:.2f}x"
@@ -267,7 +267,8 @@ def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
             measured += f" [{r['range'][0]:.2f}-{r['range'][1]:.2f}]"
         met = "met" if r["met"] else "**not met**"
         policy = r.get("policy", OURS[0])
-        lines.append(f"| {policy} | {r['workload']} | {r['target']} | {measured} | ≥ {r['goal']}x | {met} |")
+        cells = (policy, r["workload"], r["target"], measured, str(r["seeds"]), f"≥ {r['goal']}x", met)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -291,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of an earlier sweep (its JSON) to report with this one's: a (workload, seed) found there "
         "is not simulated again (seeds run separately, or on several machines, give one report)",
     )
+    p.add_argument(
+        "--no-simulate",
+        action="store_true",
+        help="report only the runs of --add-runs (a workload and seed none of them has is left out, and the "
+        "targets table says on how many seeds each figure rests)",
+    )
     args = p.parse_args(argv)
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     wanted = [w.strip() for w in args.workloads.split(",")] if args.workloads else None
@@ -306,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, runs in earlier.items():
             results[label].update(runs)
     jobs = [Job(c, s, args.quick, policies) for c in cases for s in seeds if s not in results[c.label]]
+    if args.no_simulate:
+        jobs = []
+        results = {label: runs for label, runs in results.items() if runs}
+        cases = [c for c in cases if c.label in results]
     for job, run in _run_all(jobs, args.workers):
         results[job.case.label][job.seed] = run
         print(f"{job.case.label} seed {job.seed}: {run['wall_s']:.0f} s", file=sys.stderr, flush=True)
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             c.label: {
                 "trace": c.trace,
                 "slo": slo_dict(c.slo),
-                "runs": {str(s): results[c.label][s] for s in seeds},
+                "runs": {str(s): run for s, run in sorted(results[c.label].items())},
             }
             for c in cases
         },

@@ -202,8 +202,8 @@ def test_sweep_targets_are_evaluated_for_each_of_our_profiles_that_ran() -> None
     lines = {
         line.split(" | ", 1)[1] for line in table.splitlines()[2:] if line.startswith("| default-prefix")
     }
-    assert "azure-conv | capacity vs the reference profile | 1.20x [1.20-1.20] | ≥ 1.0x | met |" in lines
-    assert "mooncake-conv | capacity vs round-robin | n/a (no capacity) | ≥ 1.6x | **not met** |" in lines
+    assert "azure-conv | capacity vs the reference profile | 1.20x [1.20-1.20] | 1 | ≥ 1.0x | met |" in lines
+    assert "mooncake-conv | capacity vs round-robin | n/a (no capacity) | 0 | ≥ 1.6x | **not met** |" in lines
 
 
 def test_sweep_reports_runs_of_earlier_sweeps_without_simulating_them_again(
@@ -244,5 +244,12 @@ def test_sweep_reports_runs_of_earlier_sweeps_without_simulating_them_again(
     caps = {s: r["capacity"]["default"]["capacity_rps"] for s, r in doc["workloads"]["lora"]["runs"].items()}
     assert caps == {"0": 20.0, "1": 30.0, "2": 40.0}
     assert "2.88x [2.00-4.00]" in capsys.readouterr().out  # the geometric mean of 2, 3 and 4
+    # report only: seed 1 is left out, nothing runs
+    simulated.clear()
+    assert capacity_sweep.main([*argv, "--no-simulate"]) == 0
+    assert simulated == []
+    doc = json.loads((tmp_path / "out" / "capacity-sweep-quick.json").read_text(encoding="utf-8"))
+    assert set(doc["workloads"]["lora"]["runs"]) == {"0", "2"}
+    assert "2.83x [2.00-4.00]" in capsys.readouterr().out  # the geometric mean of 2 and 4
     with pytest.raises(SystemExit, match="not a capacity sweep"):
         capacity_sweep.main([*argv[:7], "--add-runs", str(tmp_path / "missing.json"), "--no-write"])
