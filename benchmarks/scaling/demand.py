@@ -9,6 +9,11 @@ The rate file sums 162 clients of one production model per 10-minute window (see
   (:data:`EPOCH`), so cron schedules and the weekly forecast have a calendar to refer to.
 * **Arrivals inside a tick** are Poisson at the window's rate (the per-client burstiness ServeGen fitted is
   not in the summed file).
+* **Tokens**: the file has request rates only. Each request is taken to carry the prompt + output tokens of
+  a request drawn from the Azure conversation trace (:class:`TokenMix`), the length mix the per-replica
+  capacity is calibrated on; so the token rate is the request rate times the mix's mean, with the sampling
+  noise of the tick's draws. The mix never shifts: the replay shows what counting tokens costs when it
+  cannot help, not what it catches when answers grow.
 
 Scaling: every rate is multiplied by one factor chosen so that the highest window of the whole series needs
 exactly ``peak_replicas`` replicas at the per-replica capacity at SLO (:mod:`.calibration`).
@@ -68,9 +73,28 @@ class DemandSeries:
         out[inside] = self.rps[i[inside]]
         return out
 
-    def history(self, until: float) -> DemandHistory:
+    def history(self, until: float | None = None, *, scale: float = 1.0) -> DemandHistory:
         """What Prometheus would hold at ``until``: each window's mean, stamped at the window's end and only
         once that end has passed (no peeking into the window in progress)."""
         stamps = self.start + self.window_s
-        keep = stamps <= until
-        return DemandHistory(stamps[keep], self.rps[keep])
+        keep = stamps <= (np.inf if until is None else until)
+        return DemandHistory(stamps[keep], self.rps[keep] * scale)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenMix:
+    """Prompt + output tokens per request, drawn from a length trace (the module doc's assumption)."""
+
+    tokens: NDArray[np.int64]
+
+    @classmethod
+    def of(cls, prompt: NDArray[np.int64], output: NDArray[np.int64]) -> TokenMix:
+        return cls(np.asarray(prompt, dtype=np.int64) + np.asarray(output, dtype=np.int64))
+
+    @property
+    def mean(self) -> float:
+        return float(self.tokens.mean())
+
+    def draw(self, rng: np.random.Generator, requests: int) -> float:
+        """The tokens of ``requests`` requests drawn from the mix."""
+        return float(self.tokens[rng.integers(0, len(self.tokens), requests)].sum()) if requests > 0 else 0.0

@@ -11,8 +11,9 @@
 * ``oracle``: knows the demand of the tick, scales instantly (no warm-up, no drops): the smallest replica
   count whose steady-state attainment is >= 99 %. The ceiling of what any scaler can save.
 * ``ours``: :class:`picker.scaler.plan.Planner` — the code the EPP runs — on the demand measured over the
-  last tick, the forecast from the history so far (:mod:`picker.scaler.forecast`), the model's saturation
-  verdict, with its drain protocol.
+  last tick (requests, and tokens when its section sets ``tokensPerSecond``), the forecast from the history
+  so far (:mod:`picker.scaler.forecast`; none in week 1, which has no week before it), the model's
+  saturation verdict, with its drain protocol.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from benchmarks.scaling.calibration import AttainmentTable
 from benchmarks.scaling.demand import DemandSeries
 from benchmarks.scaling.model import Fleet
 from picker.config.scaling import ScalingConfig
-from picker.scaler.forecast import DemandHistory, forecast
+from picker.scaler.forecast import PoolHistory, forecast
 from picker.scaler.plan import Action, Observation, Planner
 from picker.scaler.schedule import Schedule
 from picker.scaler.victim import PodView
@@ -45,6 +46,7 @@ class Signals:
     true_rps: float  #: the tick's actual rate (the oracle only)
     saturated: bool  #: the model's saturation verdict on the last tick
     backlog: float  #: requests queued beyond the steady state
+    measured_tps: float | None = None  #: tokens of the last tick's requests / its length (None: not metered)
 
 
 class ScalingPolicy(Protocol):
@@ -183,7 +185,7 @@ class Oracle:
 
 
 class Ours:
-    def __init__(self, cfg: ScalingConfig, history: DemandHistory) -> None:
+    def __init__(self, cfg: ScalingConfig, history: PoolHistory) -> None:
         self.name = "ours"
         self.cfg = cfg
         self.planner = Planner(cfg, ordered_removal=False)
@@ -196,12 +198,14 @@ class Ours:
         fleet.add(t, self.cfg.max_replicas, warmup_s=0.0)
 
     def act(self, fleet: Fleet, s: Signals) -> None:
-        fc = None
+        fc = fc_tokens = None
         if self.cfg.forecast is not None:
-            f = forecast(
-                self.history, s.t, self.horizon, weeks=self.cfg.forecast.weeks, trend=self.cfg.forecast.trend
-            )
+            weeks, trend = self.cfg.forecast.weeks, self.cfg.forecast.trend
+            f = forecast(self.history.requests, s.t, self.horizon, weeks=weeks, trend=trend)
             fc = None if f is None else f.rps
+            if self.history.tokens is not None and self.cfg.replica_capacity.tokens_per_second is not None:
+                ft = forecast(self.history.tokens, s.t, self.horizon, weeks=weeks, trend=trend)
+                fc_tokens = None if ft is None else ft.rps
         inflight = fleet.inflight_per_pod()
         pods = tuple(
             PodView(
@@ -225,13 +229,15 @@ class Ours:
             saturated=s.saturated,
             queue=s.backlog,
             forecast_rps=fc,
+            demand_tps=s.measured_tps,
+            forecast_tps=fc_tokens,
             existing=frozenset(p.name for p in fleet.live) if removal else None,
         )
         d = self.planner.step(obs)
         if d.action is not Action.HOLD:
             key = f"{d.action}:{d.reason}"
             self.decisions[key] = self.decisions.get(key, 0) + 1
-        if fc is not None and self.planner.need(fc) > self.planner.need(s.measured_rps):
+        if self.planner.need(fc, fc_tokens) > self.planner.need(s.measured_rps, s.measured_tps):
             self.forecast_used += 1
         if d.action is Action.SCALE_UP:
             fleet.add(s.t, d.desired - obs.replicas)
@@ -241,6 +247,21 @@ class Ours:
             fleet.cancel_drain(d.victim)
         elif d.action is Action.REMOVE and d.victim:
             fleet.remove(s.t, d.victim)
+
+
+def iso_cost_reactive(
+    target_gpu_hours: float, run: Any, lo: float = 0.3, hi: float = 0.99, steps: int = 9
+) -> tuple[float, Fleet]:
+    """The highest utilisation target whose GPU-hours are still >= ``target_gpu_hours`` (bisection)."""
+    best_u, best = lo, run(lo)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        fleet = run(mid)
+        if fleet.totals.gpu_s / 3600 >= target_gpu_hours:
+            best_u, best, lo = mid, fleet, mid
+        else:
+            hi = mid
+    return best_u, best
 
 
 def measured(rng: np.random.Generator, lam: float, dt: float) -> float:
