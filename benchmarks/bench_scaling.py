@@ -79,6 +79,9 @@ TICK_S = 15.0
 POLICIES = ("static", "schedule-only", "reactive", "oracle", "ours")
 #: the reactive policy's default utilisation target (a common HPA setting for GPU servers)
 REACTIVE_TARGET = 0.7
+#: schedule-only's spare capacity over last week's block peaks: fixed at the value the replay used before
+#: ours' settings were chosen on week 1 (a baseline must not move with what ours picks)
+SCHEDULE_HEADROOM = 0.1
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -271,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             series,
             test_start=start,
             capacity_rps=capacity,
-            headroom=headroom,
+            headroom=SCHEDULE_HEADROOM,
             peak=args.peak_replicas,
             warmup_s=args.warmup_s,
         ),
@@ -348,6 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rate_scale": factor,
             "ours": cfg.model_dump(by_alias=True, mode="json", exclude={"target", "forecast"}),
             "reactive_target": REACTIVE_TARGET,
+            "schedule_headroom": SCHEDULE_HEADROOM,
         },
         "selection": selection,
         "week1": {
