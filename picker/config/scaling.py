@@ -204,7 +204,7 @@ class ForecastConfig(StrictModel):
     refresh: float = 600.0
     #: scale last weeks' values by how today's last hour compares with theirs (growth, holidays), within
     #: 0.5x..2x. Off by default: on the two-week replay (``benchmarks/bench_scaling.py``) the correction
-    #: mostly followed dips and cost SLO attainment; turn it on for steadily growing traffic.
+    #: mostly followed dips and never bought SLO attainment; turn it on for steadily growing traffic.
     trend: bool = False
     #: timeout of one Prometheus query
     timeout: float = 10.0
