@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from scoring.prefix import PrefixHasher, hashing
+from scoring.prefix import PrefixHasher
 from scoring.prefix.hashing import _MAX_SEEDS
 
 
@@ -94,41 +93,6 @@ def test_a_repeated_full_window_reuses_its_chain_and_the_memo_is_bounded() -> No
     assert len(h._memo) == MEMO_ENTRIES
 
 
-def chain_one_block_at_a_time(h: PrefixHasher, seed: int, data: bytes) -> tuple[int, ...]:
-    """The recurrence the vectorised chain computes in closed form, block by block in Python ints:
-    ``s_k = Σ_c fmix64(w_c ^ K) P^(W-1-c)`` (+ a mark of a partial block's length),
-    ``H_k = H_(k-1) Q + s_k``."""
-    mask = (1 << 64) - 1
-    step = h.block_bytes
-    word = 8 if step % 8 == 0 else 4
-    q = pow(hashing.P, step // word, 1 << 64)
-    out, value = [], seed
-    for start in range(0, min(len(data), h.window), step):
-        block = data[start : start + step]
-        size = len(block)
-        block += bytes(step - size)
-        s = 0
-        for c in range(0, step, word):
-            w = int.from_bytes(block[c : c + word], "little")
-            s = (s * hashing.P + hashing.fmix64(w ^ hashing._KEY)) & mask
-        if size < step:
-            s = (s + hashing.fmix64(size | 1 << 63)) & mask
-        value = (value * q + s) & mask
-        out.append(value)
-    return tuple(out)
-
-
-@pytest.mark.parametrize(("tokens", "blocks"), [(16, 256), (16, 3), (1, 4), (3, 5), (2, 7)])
-def test_the_vectorised_chain_equals_the_block_by_block_recurrence(tokens: int, blocks: int) -> None:
-    h = PrefixHasher(tokens, blocks)
-    rng = np.random.default_rng(tokens * 1000 + blocks)
-    step = h.block_bytes
-    for size in (step, step + 1, 3 * step - 5, h.window - 1, h.window, h.window + 9):
-        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-        seed = h.seed("m", "salt")
-        assert h.hashes("m", "salt", data) == chain_one_block_at_a_time(h, seed, data), size
-
-
 def test_a_tail_differs_from_the_same_tail_padded_with_zero_bytes() -> None:
     h = PrefixHasher()
     head = b"a" * 64
@@ -138,7 +102,8 @@ def test_a_tail_differs_from_the_same_tail_padded_with_zero_bytes() -> None:
 
 
 def test_structured_differences_in_the_top_bytes_of_two_words_do_not_collide() -> None:
-    """Without the per-word finaliser a polynomial modulo 2^64 lets such variants collide 1 time in 256."""
+    """A cheap linear chain (a polynomial modulo 2^64 over raw 64-bit words) lets such variants collide 1
+    time in 256: a product carries a difference only upwards. Any replacement of xxHash64 must pass this."""
     h = PrefixHasher()
     base = bytearray(b"The quick brown fox jumps over the lazy dog. " * 3)[:128]
     seen = set()
