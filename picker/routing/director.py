@@ -41,30 +41,33 @@ returned, so a failure in ``route`` is labelled with the models it resolved (the
 Everything here is synchronous and allocation-light: it runs once per request on the event loop, except
 the waits a :class:`PendingRoute` carries (a remote budget, a flow-control queue, an empty pool).
 
-Why one module: the steps are one sequence over one request's state (its models, its budget reservation,
-the config in force when it arrived, its prefix match), and every refusal after a reservation (a tenant's,
-an external endpoint's) must give it back; the pieces that stand alone are already elsewhere (``avoid.py``,
-``hold.py``, ``external.py``, ``openai.py``, the tenants' budget and queues, the scheduler itself).
+Steps 4-5's waits and reservations (the empty pool's hold, the tenant's budget, flow control and
+spill-first) are :class:`picker.routing.admission.Admission`, which calls :meth:`Director.schedule` once
+the request is admitted.
+
+Why one module: the steps left here are one sequence over one request's state (its models, the config in
+force when it arrived, its prefix match, an external reservation), and every refusal after a reservation
+must give it back; the pieces that stand alone are already elsewhere (``admission.py``, ``avoid.py``,
+``hold.py``, ``external.py``, ``spill.py``, ``openai.py``, the tenants' budget and queues, the scheduler).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from picker.errors import BadRequest, Internal, PickerError, ResourceExhausted, ServiceUnavailable
+from picker.errors import BadRequest, Internal, ResourceExhausted, ServiceUnavailable
+from picker.routing.admission import Admission
 from picker.routing.avoid import Avoidance, FailoverReason
-from picker.routing.external import ExternalCapacity, ExternalLease, ExternalTicket, JointReservation
-from picker.routing.external_remote import RemoteTicket, give_back
+from picker.routing.external import ExternalCapacity, ExternalLease
 from picker.routing.header_only import HDR_OBJECTIVE, body_less_dispatch, resolve_headers
-from picker.routing.hold import HOLD_MARGIN_S, EmptyPoolHold
-from picker.routing.openai import ModelRestorer, parse_request, prompt_text, rewrite_model
+from picker.routing.hold import EmptyPoolHold
+from picker.routing.openai import ModelRestorer, parse_request, rewrite_model
 from picker.routing.spill import NO_SPILL, RemoteAsk, SpillDecision, decide, explain_spill_off
 from picker.routing.types import Dispatch, Lease, PendingRoute, RequestInfo, Resolved, RoutingRequest
 from picker.state.accounting import NullLease
@@ -72,7 +75,7 @@ from picker.state.config_store import ActiveConfig, ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from picker.state.outcomes import Outcome
 from picker.state.prefix import PrefixCacheState
-from picker.tenants import FAIRNESS_HEADER, Tenancy, Ticket
+from picker.tenants import Tenancy
 from picker.tenants.flow import FlowController
 from scoring import EndpointMatrix, NoEndpointsAvailable, Scheduler, subset_mask
 from scoring.matrix import LoadCharge
@@ -86,10 +89,6 @@ HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 MSG_NO_PODS = "no pods available in datastore"
 MSG_SHED = "system saturated, sheddable request dropped"
-MSG_HOLD_FULL = "no model-server replica is running and too many requests already wait for one"
-MSG_HOLD_TIMEOUT = "no model-server replica became ready within the hold timeout ({:g}s)"
-#: the reference's flow id of a request without a fairness id (used without a tenants section)
-DEFAULT_FLOW = "default-flow"
 
 #: the headers plugins see when the request has none of theirs (shared, so no dict per request)
 _NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -164,6 +163,8 @@ class Director:
         self._prefix = prefix
         #: the config's external endpoints and their budgets (``picker.routing.external``)
         self.external = external if external is not None else ExternalCapacity()
+        #: the waits and reservations before the pick (hold, tenant budget, flow control)
+        self.admission = Admission(self, config, datastore, tenancy=tenancy, flow=flow, hold=hold)
 
     # ------------------------------------------------------------------------------------- routing
     def resolve(self, request: RoutingRequest, *, explain: bool = False) -> Resolved:
@@ -190,63 +191,10 @@ class Director:
         return Resolved(incoming, target, self._ds.objectives.priority(objective), objective, info)
 
     def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
-        """Steps 4-7: the tenant's admission, flow control, candidates, shedding, scheduling, accounting.
-        A :class:`PendingRoute` when admission, a flow-control queue or an empty pool's first replica
-        needs waiting first."""
-        return self._hold_if_empty(request, resolved) or self._admit(request, resolved)
-
-    def _hold_if_empty(self, request: RoutingRequest, resolved: Resolved) -> PendingRoute | None:
-        """Scale from zero: the wait for a first replica when the pool is empty and the config holds."""
-        hold = self._config.active.hold_empty_pool
-        if hold is None or self._hold is None or len(self._ds.snapshot()) > 0:
-            return None
-        if self._hold.full(hold.max_held_requests):
-            raise ServiceUnavailable(MSG_HOLD_FULL)
-        extend = hold.hold_timeout + HOLD_MARGIN_S
-        return PendingRoute(self._held(request, resolved, hold.hold_timeout), extend_s=extend)
-
-    def _admit(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
-        """Tenant budget and flow control, then scheduling (now or after a wait)."""
-        ticket: Ticket | None = None
-        tenancy = self._tenancy
-        if tenancy is not None and tenancy.active:
-            info = resolved.info
-            admitted = tenancy.admit(
-                request.headers,
-                model=resolved.target_model,
-                prompt_chars=info.prompt_chars if info is not None else len(request.body),
-                max_tokens=info.max_tokens if info is not None else None,
-                text=(lambda: _prompt_text(request)) if info is not None else None,
-            )
-            if not isinstance(admitted, Ticket):
-                return PendingRoute(self._later(request, resolved, None, admitted))
-            ticket = admitted
-        if self._flow is not None and self._flow.enabled:
-            spilled = self._spill_first(request, resolved, ticket)
-            if spilled is not None:
-                return spilled
-            try:
-                waiting = self._enqueue(request, resolved, ticket)
-            except PickerError:
-                if ticket is not None:
-                    ticket.release()
-                raise
-            if waiting is not None:
-                # the queue may hold it up to the TTL: ask the proxy's message timer to wait as long (the
-                # margin lets our own 503 at the TTL arrive first); no TTL: the operator's timer decides
-                ttl = self._flow.limits.ttl_s
-                extend = ttl + HOLD_MARGIN_S if ttl is not None else None
-                return PendingRoute(self._later(request, resolved, ticket, None, waiting), extend_s=extend)
-        return self._scheduled(ticket, request, resolved)
-
-    async def _held(self, request: RoutingRequest, resolved: Resolved, hold_s: float) -> Dispatch:
-        """Scale from zero: wait for a first replica, then admit and schedule as usual; 503 after
-        ``hold_s`` seconds."""
-        assert self._hold is not None
-        if not await self._hold.wait(hold_s):
-            raise ServiceUnavailable(MSG_HOLD_TIMEOUT.format(hold_s))
-        routed = self._admit(request, resolved)
-        return await routed.wait() if isinstance(routed, PendingRoute) else routed
+        """Steps 4-7: the tenant's admission, flow control, candidates, shedding, scheduling, accounting
+        (:class:`picker.routing.admission.Admission`, then :meth:`schedule`). A :class:`PendingRoute`
+        when admission, a flow-control queue or an empty pool's first replica needs waiting first."""
+        return self.admission.route(request, resolved)
 
     def explain(self, request: RoutingRequest) -> Dispatch:
         """:class:`picker.routing.types.Explainer`: the decision with its per-scorer record; nothing is
@@ -258,45 +206,11 @@ class Director:
                 return self.route_headers_only(request)
         else:
             resolved = self.resolve(request, explain=True)
-        dispatch = self._schedule(request, resolved, explain=True)
+        dispatch = self.schedule(request, resolved, explain=True)
         assert isinstance(dispatch, Dispatch)  # an explained schedule neither declines nor asks
         return dispatch
 
-    def _enqueue(
-        self, request: RoutingRequest, resolved: Resolved, ticket: Ticket | None
-    ) -> tuple[asyncio.Future[None], str, int] | None:
-        """Flow control: None to schedule now, or the queue position to wait on (sheddable requests are
-        not queued: they are shed by saturation as without flow control)."""
-        flow = self._flow
-        assert flow is not None
-        priority = resolved.priority
-        if priority < 0:
-            return None
-        if ticket is not None:
-            fairness_id = ticket.tenant
-        elif self._tenancy is not None:
-            fairness_id = self._tenancy.ids.resolve(request.headers)
-        else:
-            fairness_id = request.headers.get(FAIRNESS_HEADER) or DEFAULT_FLOW
-        future = flow.admit(fairness_id, priority, len(request.body))
-        return None if future is None else (future, fairness_id, priority)
-
-    def _spill_first(
-        self, request: RoutingRequest, resolved: Resolved, ticket: Ticket | None
-    ) -> Dispatch | PendingRoute | None:
-        """Flow control would queue the request (the pool is saturated, or others wait): an external
-        endpoint that takes it serves it now, the queue is for requests none takes. Sheddable requests
-        are never queued (shed or spilled by :meth:`_schedule` as without flow control)."""
-        assert self._flow is not None
-        settings = self._config.active.config.settings
-        if resolved.priority < 0 or not self.external.sync(settings.external_endpoints, settings.spillover):
-            return None  # (most requests: no external endpoints, no profile lookup)
-        choice = self._config.active.profiles.choose(resolved.objective, resolved.priority, request.headers)
-        if self._external_for(resolved.priority, choice) is None or not self._flow.would_queue():
-            return None
-        return self._admitted(ticket, request, resolved, pressed=True)
-
-    def _external_for(self, priority: int, choice: ProfileChoice) -> ExternalCapacity | None:
+    def external_for(self, priority: int, choice: ProfileChoice) -> ExternalCapacity | None:
         """The external endpoints a request may use, or None: the profile rule's ``external`` (``Never``:
         none; ``WhenSaturated`` / ``Prefer``: allowed), else ``spillover.minPriority``."""
         settings = self._config.active.config.settings
@@ -308,106 +222,7 @@ class Director:
             return None
         return external
 
-    async def _later(
-        self,
-        request: RoutingRequest,
-        resolved: Resolved,
-        ticket: Ticket | None,
-        pending: Awaitable[Ticket] | None,
-        waiting: tuple[asyncio.Future[None], str, int] | None = None,
-    ) -> Dispatch:
-        """The rest of :meth:`route` after I/O: a remote reservation, a wait in a flow-control queue."""
-        try:
-            if pending is not None:
-                ticket = await pending
-                if self._flow is not None and self._flow.enabled:
-                    spilled = self._spill_first(request, resolved, ticket)
-                    if spilled is not None:
-                        return await _arrived(spilled)
-                    waiting = self._enqueue(request, resolved, ticket)
-            if waiting is not None:
-                assert self._flow is not None
-                await self._flow.wait(*waiting)
-                try:
-                    return await _arrived(self._scheduled(ticket, request, resolved))
-                finally:
-                    self._flow.poke()  # its load is counted now: the next one may go
-            return await _arrived(self._scheduled(ticket, request, resolved))
-        except BaseException:
-            if ticket is not None:
-                ticket.release()
-            raise
-
-    async def _asked(
-        self,
-        ticket: Ticket | None,
-        request: RoutingRequest,
-        resolved: Resolved,
-        ask: RemoteAsk,
-        *,
-        pressed: bool,
-    ) -> Dispatch:
-        """A ``--workers`` worker's request that wants an external endpoint, once the supervisor answered:
-        sent there, or (none took it) queued when flow control pressed, else scheduled in the pool."""
-        try:
-            decided = ask.decided(await ask.future)
-            if decided.first is None and pressed:
-                waiting = self._enqueue(request, resolved, ticket)
-                if waiting is not None:
-                    return await self._later(request, resolved, ticket, None, waiting)
-                pressed = False  # the pool took a turn while we asked: no queue
-            routed = self._admitted(ticket, request, resolved, pressed=pressed, decided=decided)
-        except BaseException:
-            if ticket is not None:
-                ticket.release()
-            raise
-        assert isinstance(routed, Dispatch)  # decided: nothing more to ask, nothing to decline
-        return routed
-
-    def _scheduled(
-        self, ticket: Ticket | None, request: RoutingRequest, resolved: Resolved
-    ) -> Dispatch | PendingRoute:
-        routed = self._admitted(ticket, request, resolved)
-        assert routed is not None  # only a pressed schedule may decline
-        return routed
-
-    def _admitted(
-        self,
-        ticket: Ticket | None,
-        request: RoutingRequest,
-        resolved: Resolved,
-        *,
-        pressed: bool = False,
-        decided: SpillDecision | None = None,
-    ) -> Dispatch | PendingRoute | None:
-        """Schedule a request (holding a reservation or not); a refusal from here on gives it back. None:
-        a pressed schedule no external endpoint took (the caller queues it, reservation and all). A
-        PendingRoute: a worker asks the supervisor for an external endpoint first (:meth:`_asked`)."""
-        try:
-            routed = self._schedule(request, resolved, explain=False, pressed=pressed, decided=decided)
-        except BaseException:
-            if ticket is not None:
-                ticket.release()
-            if decided is not None and decided.ticket is not None:
-                decided.ticket.release()
-            raise
-        if isinstance(routed, RemoteAsk):
-            queue_ttl = self._flow.limits.ttl_s if pressed and self._flow is not None else None
-            return PendingRoute(
-                self._asked(ticket, request, resolved, routed, pressed=pressed),
-                extend_s=None if queue_ttl is None else queue_ttl + HOLD_MARGIN_S,
-                on_cancel=lambda: give_back(routed.future),
-            )
-        if routed is not None and ticket is not None:
-            spilled = routed.ticket
-            routed.ticket = (
-                ticket
-                if not isinstance(spilled, (ExternalTicket, RemoteTicket))
-                else JointReservation(ticket, spilled)
-            )
-        return routed
-
-    def _schedule(
+    def schedule(
         self,
         request: RoutingRequest,
         resolved: Resolved,
@@ -428,7 +243,7 @@ class Director:
         empty = len(m) == 0 or (mask is not None and not mask.any())
         active = self._config.active
         choice = active.profiles.choose(objective, priority, request.headers)
-        external = self._external_for(priority, choice)
+        external = self.external_for(priority, choice)
         if empty and external is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
         scheduler = choice.scheduler
@@ -486,7 +301,7 @@ class Director:
                 spill.ticket.release()
             raise
 
-    def _finish(  # noqa: PLR0917 - the pick's inputs, computed once by _schedule
+    def _finish(  # noqa: PLR0917 - the pick's inputs, computed once by schedule
         self,
         request: RoutingRequest,
         resolved: Resolved,
@@ -664,12 +479,3 @@ class Director:
         rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), self._stale_after()))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
         return body_less_dispatch(m.addresses[i])
-
-
-async def _arrived(routed: Dispatch | PendingRoute) -> Dispatch:
-    return await routed.wait() if isinstance(routed, PendingRoute) else routed
-
-
-def _prompt_text(request: RoutingRequest) -> str:
-    """The prompt's canonical text, for a model with a configured tokenizer (a second parse)."""
-    return prompt_text(request.path, request.body)

@@ -3,7 +3,7 @@
 Single writer, many readers, one event loop. Writers are the watchers (membership), the scraper
 (metrics) and the ext_proc streams (load accounting). Readers take :meth:`Datastore.snapshot`, an
 :class:`~scoring.matrix.EndpointMatrix` whose signal columns are read-only copies, so a pick sees one
-consistent view and never locks.
+consistent view and never locks. Why one module: that consistency; what stands alone is beside it.
 
 Why columns are kept here and copied on read instead of rebuilding rows: with hundreds of endpoints
 scraped every 50 ms there are thousands of metric updates per second. Each update writes a few floats
@@ -40,14 +40,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from picker.state.accounting import (
-    DEFAULT_CAPACITY,
-    NO_CHARGE,
-    CounterRows,
-    Lease,
-    LoadColumns,
-    LoadLedger,
-)
+from picker.state.accounting import DEFAULT_CAPACITY, NO_CHARGE, CounterRows, Lease, LoadColumns, LoadLedger
 from picker.state.columns import FLOAT_COLUMNS, LoraColumns, lora_columns, snapshot_matrix
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.health import EndpointHealthView, FailureKind, Health, OutlierDetector, OutlierPolicy

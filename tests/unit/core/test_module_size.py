@@ -12,12 +12,7 @@ REASON = "Why one module"
 
 #: Modules being reshaped right now, with why they may exceed the rules until then. An entry whose module
 #: meets the rules again fails the test, so the list cannot go stale.
-EXEMPT = {
-    "picker/state/datastore.py": "being reduced to one accounting model (issue 11)",
-    "picker/routing/director.py": "over 600 lines since spill-first flow control and the --workers "
-    "external reservations joined the admission waits; those waits (tenant budget, flow-control queue, "
-    "empty-pool hold, the supervisor's answer) are next to leave it for a module of their own (issue 14)",
-}
+EXEMPT: dict[str, str] = {}
 
 
 def _modules() -> list[Path]:

@@ -202,7 +202,7 @@ async def test_a_tenant_ticket_joins_the_remote_one() -> None:
             self.released += 1
 
     tenant = Tenant()
-    routed = d._admitted(tenant, request(), d.resolve(request()))  # type: ignore[arg-type]
+    routed = d.admission.admitted(tenant, request(), d.resolve(request()))  # type: ignore[arg-type]
     assert isinstance(routed, PendingRoute)
     dispatch = await routed.wait()
     assert isinstance(dispatch, Dispatch)
