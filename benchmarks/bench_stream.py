@@ -26,27 +26,37 @@ the final ``close()``. Reports the median over ``--repeat`` blocks of streams:
 
 ``--header-only``: the same for header-only mode (``--model-header x-ai-eg-model``, its default profile):
 one ``request_headers`` message (with the model and prompt-token headers) and ``close``.
+
+``--tracing``: warm streams without a tracer and with ``--tracing``'s at 0, 1 and 100 % sampling
+(``parentbased_traceidratio``; the messages carry no ``traceparent``), exporting over OTLP/gRPC to a
+collector endpoint in another process (``picker.testing.otlp``), blocks alternating between the four.
+Time is the process's CPU time (``time.process_time_ns``), so the SDK's export thread is counted:
+``tracing_us_per_stream`` per variant, ``tracing_added_us`` over the block without a tracer before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import json
 import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from benchmarks.extproc.workload import FULL, HEADER_ONLY, MODEL_HEADER, SMALL_BODY, Workload
-from benchmarks.harness import machine_info
+from benchmarks.harness import machine_info, spawn_json
+from picker.extproc.spans import RequestTracer
 from picker.extproc.stream import ExtProcStream
 from picker.service import Service
-from picker.settings import Settings
+from picker.settings import Settings, TracingSettings
 from picker.state.endpoints import PoolInfo, parse_static_endpoints
+from picker.tracing import Tracing
 from picker.wiring import skip_response_rule
 
 #: bytes summed before each message in the cold measurement (see the module doc)
@@ -70,7 +80,9 @@ def build_service(*, header_only: bool = False) -> Service:
 
 
 class _Streams:
-    def __init__(self, service: Service, *, header_only: bool = False) -> None:
+    def __init__(
+        self, service: Service, *, header_only: bool = False, tracer: RequestTracer | None = None
+    ) -> None:
         work = Workload.build(SMALL_BODY, HEADER_ONLY if header_only else FULL)
         self.messages = work.request + work.response
         self.names = HEADER_ONLY_MESSAGES if header_only else MESSAGES
@@ -79,6 +91,7 @@ class _Streams:
         self.service = service
         self.skip_response = skip_response_rule(service.config_store)  # as the server wires it
         self.evict = np.ones(EVICT_BYTES // 8)
+        self.tracer = tracer
 
     def _stream(self) -> ExtProcStream:
         return ExtProcStream(
@@ -87,11 +100,11 @@ class _Streams:
             max_body_bytes=16 << 20,
             skip_response=self.skip_response,
             header_only=self.header_only,
+            tracer=self.tracer,
         )
 
-    def warm(self, count: int) -> float:
-        """CPU µs per stream, streams back to back."""
-        clock = time.thread_time_ns
+    def warm(self, count: int, clock: Callable[[], int] = time.thread_time_ns) -> float:
+        """CPU µs per stream, streams back to back (``clock``: this thread's CPU time by default)."""
         t0 = clock()
         for _ in range(count):
             stream = self._stream()
@@ -150,6 +163,55 @@ def run(
     }
 
 
+def run_tracing(*, quick: bool, repeat: int) -> dict[str, Any]:
+    """``--tracing`` (see the module doc)."""
+    collector = spawn_json(["-m", "benchmarks.bench_extproc", "--serve-collector"], timeout=60)
+    try:
+        service = build_service()
+        endpoint = f"http://127.0.0.1:{collector.ready['port']}"
+        tracers: dict[str, Tracing | None] = {"off": None}
+        for name, ratio in (("0%", 0.0), ("1%", 0.01), ("100%", 1.0)):
+            settings = TracingSettings(endpoint=endpoint, sampler="parentbased_traceidratio", ratio=ratio)
+            tracers[name] = Tracing(settings, pool=lambda: "bench")
+        variants = {name: _Streams(service, tracer=tracer) for name, tracer in tracers.items()}
+        for tracer in tracers.values():
+            if tracer is not None:
+                tracer.start()
+        count = 2000 if quick else 10_000
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for streams in variants.values():
+            streams.warm(min(1000, count))
+        for _ in range(repeat):
+            for name, streams in variants.items():
+                results[name].append(streams.warm(count, time.process_time_ns))
+
+        async def close() -> None:
+            for tracer in tracers.values():
+                if tracer is not None:
+                    await tracer.close()
+
+        asyncio.run(close())
+    finally:
+        collector.stop()
+    per_stream = {name: round(statistics.median(values), 1) for name, values in results.items()}
+    added = {
+        name: round(statistics.median(v - off for v, off in zip(values, results["off"], strict=True)), 1)
+        for name, values in results.items()
+        if name != "off"
+    }
+    return {
+        "benchmark": "bench_stream --tracing",
+        "command": "python -m benchmarks.bench_stream " + " ".join(sys.argv[1:]),
+        "quick": quick,
+        "machine": machine_info(),
+        "repeat": repeat,
+        "streams_per_block": count,
+        "tracing_us_per_stream": per_stream,
+        "tracing_added_us": added,
+        "per_block_us": {name: [round(v, 1) for v in values] for name, values in results.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -157,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5, help="blocks of streams; figures are medians")
     p.add_argument("--header-only", action="store_true", help="header-only mode's one-message streams")
     p.add_argument("--profile", action="store_true", help="cProfile the warm loop instead (top 25)")
+    p.add_argument("--tracing", action="store_true", help="warm streams with --tracing off, 0, 1, 100 %%")
     args = p.parse_args(argv)
+    if args.tracing:
+        print(json.dumps(run_tracing(quick=args.quick, repeat=max(1, args.repeat)), indent=2))
+        return 0
     if args.profile:
         streams = _Streams(build_service(header_only=args.header_only), header_only=args.header_only)
         streams.warm(1000)
