@@ -61,6 +61,14 @@ Service, its scoring document, model-server labels and target ports.
 {{- (split "/" .Values.inferencePool.apiVersion)._0 -}}
 {{- end -}}
 
+{{/* A scrape configured by the chart needs the reader ServiceAccount's token: the ServiceMonitor's, or GKE
+managed Prometheus' PodMonitoring (provider gke), while --metrics-endpoint-auth is on. */}}
+{{- define "picker.scrapeWithToken" -}}
+{{- $mon := .Values.inferenceExtension.monitoring -}}
+{{- $gke := and (eq (.Values.provider.name | lower) "gke") $mon.gke.enabled -}}
+{{- if and $mon.prometheus.auth.enabled (or $mon.prometheus.enabled $gke) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Leader election: on for more than one replica, as in the upstream chart. */}}
 {{- define "picker.leaderElection" -}}
 {{- if gt (int .Values.inferenceExtension.replicas) 1 -}}true{{- end -}}

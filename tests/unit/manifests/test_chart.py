@@ -243,6 +243,59 @@ def test_provider_gke(render: Callable[..., list[Doc]], crd_validator: Any) -> N
     assert "timeouts" not in _one(route, "HTTPRoute")["spec"]["rules"][0]
 
 
+def _secret_reader(docs: list[Doc], kind: str) -> Doc:
+    (found,) = [
+        d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith("-metrics-secret-reader")
+    ]
+    return found
+
+
+def test_gke_managed_prometheus_scrapes_with_the_reader_token(render: Callable[..., list[Doc]]) -> None:
+    """/metrics needs a token by default (--metrics-endpoint-auth): GKE's PodMonitoring sends the reader
+    ServiceAccount's, and managed collection's collector may read that one Secret (gmp-system, or
+    gke-gmp-system on Autopilot); with the auth off, neither."""
+    values = {"provider": {"name": "gke"}, "inferenceExtension": {"monitoring": {"gke": {"enabled": True}}}}
+    docs = render(values)
+    (endpoint,) = _one(docs, "PodMonitoring")["spec"]["endpoints"]
+    secret = endpoint["authorization"]["credentials"]["secret"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert secret["key"] == "token"
+    token = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == secret["name"])
+    assert token["type"] == "kubernetes.io/service-account-token"
+    reader = token["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == reader for d in docs)
+    binding = next(
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"].endswith("metrics-reader")
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": reader, "namespace": token["metadata"]["namespace"]}
+    ]
+    role = _secret_reader(docs, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [secret["name"]],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    (subject,) = _secret_reader(docs, "RoleBinding")["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": "collector", "namespace": "gmp-system"}
+    autopilot = render({**values, "provider": {"name": "gke", "gke": {"autopilot": True}}})
+    (subject,) = _secret_reader(autopilot, "RoleBinding")["subjects"]
+    assert subject["namespace"] == "gke-gmp-system"
+    off = {
+        "inferenceExtension": {
+            "monitoring": {"gke": {"enabled": True}, "prometheus": {"auth": {"enabled": False}}}
+        }
+    }
+    open_docs = render({**values, **off})
+    assert "authorization" not in _one(open_docs, "PodMonitoring")["spec"]["endpoints"][0]
+    assert not [d for d in open_docs if d["metadata"]["name"].endswith("metrics-secret-reader")]
+
+
 def test_foreign_shape_checks_catch_mistakes(render: Callable[..., list[Doc]]) -> None:
     docs = render({"provider": {"name": "istio"}})
     rule = copy.deepcopy(_one(docs, "DestinationRule"))
