@@ -64,7 +64,7 @@ from numpy.typing import NDArray
 from picker.errors import BadRequest, Internal, ResourceExhausted, ServiceUnavailable
 from picker.routing.admission import Admission
 from picker.routing.avoid import Avoidance, FailoverReason
-from picker.routing.external import ExternalCapacity, ExternalLease
+from picker.routing.external import ExternalCapacity, ExternalLease, SpillCheck
 from picker.routing.header_only import HDR_OBJECTIVE, body_less_dispatch, resolve_headers
 from picker.routing.hold import EmptyPoolHold
 from picker.routing.openai import ModelRestorer, parse_request, rewrite_model
@@ -92,6 +92,8 @@ MSG_SHED = "system saturated, sheddable request dropped"
 
 #: the headers plugins see when the request has none of theirs (shared, so no dict per request)
 _NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
+#: why a request whose pool candidates the filters all removed goes external (a worker's ask)
+_UNAVAILABLE = SpillCheck(wanted=True, asked=False, reason=FailoverReason.UNAVAILABLE, saturation=None)
 
 
 class RoutingState(Protocol):
@@ -295,7 +297,19 @@ class Director:
         if spill.first is None and pressed and not explain:
             return None
         try:
-            return self._finish(request, resolved, m, mask, choice, started, spill, external, explain=explain)
+            answered = decided is not None
+            return self._finish(
+                request,
+                resolved,
+                m,
+                mask,
+                choice,
+                started,
+                spill,
+                external,
+                explain=explain,
+                answered=answered,
+            )
         except BaseException:
             if spill.ticket is not None:
                 spill.ticket.release()
@@ -313,9 +327,11 @@ class Director:
         external: ExternalCapacity | None,
         *,
         explain: bool,
-    ) -> Dispatch:
+        answered: bool = False,
+    ) -> Dispatch | RemoteAsk:
         """The pool's pick (the primary, or the fallback list of a request sent external first), the
-        accounting and the Dispatch."""
+        accounting and the Dispatch. A RemoteAsk: the filters left no pool candidate and a ``--workers``
+        worker asks the supervisor for an external endpoint (the schedule runs again with its answer)."""
         incoming, target, priority, objective, info = resolved
         active = self._config.active
         selection = request.headers.get(HDR_TEST_SELECTION)
@@ -348,18 +364,11 @@ class Director:
                 )
             except NoEndpointsAvailable as exc:
                 # the filters left nothing: the pool has no candidate for this request
-                if (
-                    first is None
-                    and external is not None
-                    and external.remote is None
-                    and failover is None
-                    and not explain
-                ):
-                    ticket = external.reserve(
-                        pick_req.prompt_tokens_estimate, pick_req.output_tokens_estimate or None
-                    )
-                    if ticket is not None:
-                        first, failover = ticket.endpoint.address, FailoverReason.UNAVAILABLE.value
+                if first is None and external is not None and failover is None and not explain:
+                    outside = self._outside(external, pick_req, answered=answered)
+                    if isinstance(outside, RemoteAsk):
+                        return outside
+                    ticket, first, failover, _ = outside
                 if first is None:
                     raise ResourceExhausted(str(exc)) from exc
             else:
@@ -406,6 +415,21 @@ class Director:
             dispatch.external = ticket.endpoint.name
             dispatch.ticket = ticket
         return dispatch
+
+    @staticmethod
+    def _outside(
+        external: ExternalCapacity, req: PickRequest, *, answered: bool
+    ) -> SpillDecision | RemoteAsk:
+        """An external endpoint for a request the filters left no pool candidate: a reservation in one
+        process, an ask to the supervisor from a ``--workers`` worker (``answered``: the supervisor
+        already answered this request, there is nothing more to ask)."""
+        estimate, most = req.prompt_tokens_estimate, req.output_tokens_estimate or None
+        if external.remote is not None:
+            return NO_SPILL if answered else RemoteAsk(_UNAVAILABLE, external.remote.reserve(estimate, most))
+        ticket = external.reserve(estimate, most)
+        if ticket is None:
+            return NO_SPILL
+        return SpillDecision(ticket, ticket.endpoint.address, FailoverReason.UNAVAILABLE.value, None)
 
     def _pick(
         self,

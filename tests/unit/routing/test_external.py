@@ -176,6 +176,19 @@ def test_an_empty_pool_spills_as_unavailable() -> None:
     assert obs.failovers == Counter({"unavailable": 1})
 
 
+def test_a_request_the_filters_leave_no_pool_candidate_spills_as_unavailable() -> None:
+    text = picker_doc().replace(
+        "- {type: queue-scorer}\n", "- {type: queue-scorer}\n- {type: header-based-testing-filter}\n", 1
+    )
+    d, obs, _ = director(pool(waiting=0.0), text)
+    body = orjson.dumps({"model": "m", "prompt": "x" * 400, "max_tokens": 100})
+    req = RoutingRequest("r", {"test-epp-endpoint-selection": "10.9.9.9:8000"}, "/v1/completions", body)
+    decision = route(d, req)
+    assert decision.endpoints == (MANAGED,)
+    assert decision.failover == "unavailable"
+    assert obs.failovers == Counter({"unavailable": 1})
+
+
 def test_an_empty_pool_without_external_endpoints_is_still_503() -> None:
     st = State(EndpointMatrix.from_rows([]))
     text = f"{EPP}plugins:\n- {{type: queue-scorer}}\n"

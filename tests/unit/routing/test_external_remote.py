@@ -10,12 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
+from picker.errors import ResourceExhausted
 from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity, JointReservation
 from picker.routing.external_remote import GRANT, ExternalClient, ExternalHost, Grant, RemoteTicket
-from picker.routing.types import Dispatch, PendingRoute
+from picker.routing.types import Dispatch, PendingRoute, RoutingRequest
 from picker.state.outcomes import Outcome
 from picker.tenants.flow import FlowController, FlowLimits
 from tests.unit.routing.doubles import State
@@ -149,6 +152,44 @@ async def test_a_worker_waits_for_the_supervisor_then_spills_or_stays_in_the_poo
     assert all(isinstance(g.ticket, RemoteTicket) for g in got[:3])
     assert got[0].failover == "saturated"
     assert sup.row()["dispatched"] == 3
+
+
+FILTERED = picker_doc(limits="{concurrent: 3}", backup="{requestsPerMinute: 0}").replace(
+    "- {type: queue-scorer}\n", "- {type: queue-scorer}\n- {type: header-based-testing-filter}\n", 1
+)
+
+
+def filtered_out() -> RoutingRequest:
+    """A request whose profile's filter leaves no pool candidate (it names an address not in the pool)."""
+    body = orjson.dumps({"model": "m", "prompt": "x" * 400, "max_tokens": 100})
+    headers = {"test-epp-endpoint-selection": "10.9.9.9:8000"}
+    return RoutingRequest("r", headers, "/v1/completions", body)
+
+
+async def test_a_request_the_filters_leave_no_pool_candidate_spills_from_a_worker_too() -> None:
+    """As in one process (``test_external``): the worker asks the supervisor, and the answer sends it
+    external as unavailable; once the limit is used, the next one gets the filter's 429."""
+    sup = Supervisor(FILTERED)
+    d = Director(
+        pool(waiting=0.0),
+        store(FILTERED),
+        rng=np.random.default_rng(0),
+        clock=lambda: 0.0,
+        external=ExternalCapacity(remote=sup.worker(0)),
+    )
+    got = []
+    for _ in range(3):
+        routed = d.route(filtered_out(), d.resolve(filtered_out()))
+        assert isinstance(routed, PendingRoute), "the worker asks the supervisor"
+        got.append(await routed.wait())
+    assert [g.endpoints for g in got] == [(MANAGED,)] * 3
+    assert {g.failover for g in got} == {"unavailable"}
+    assert sup.row()["reserved"]["concurrent"] == 3
+    routed = d.route(filtered_out(), d.resolve(filtered_out()))
+    assert isinstance(routed, PendingRoute)
+    with pytest.raises(ResourceExhausted):
+        await routed.wait()
+    assert sup.row()["reserved"]["concurrent"] == 3, "the refused ask reserved nothing"
 
 
 async def test_a_pending_ask_cancelled_before_its_wait_gives_the_reservation_back() -> None:
