@@ -459,13 +459,15 @@ DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
         "kv-cache-utilization-scorer": 2.0,
         "lora-affinity-scorer": 2.0,
         "gpu-utilization-scorer": 0.5,
+        "prefix-cache-scorer": 3.0,
     }
 )
 
 
 def default_specs() -> tuple[list[PluginSpec], list[ProfileSpec]]:
     """Our default configuration: pending prefill tokens, the queue with the dispatched-load estimate, KV
-    usage, LoRA affinity and GPU utilization, with a max-score picker (every plugin at its defaults)."""
+    usage, LoRA affinity, GPU utilization and the prompt's cached prefix (the reference's weight 3, its
+    load guard on), with a max-score picker (every plugin at its defaults)."""
     plugins = [PluginSpec(t, t) for t in DEFAULT_WEIGHTS]
     plugins.append(PluginSpec("max-score-picker", "max-score-picker"))
     refs: list[tuple[str, float | None]] = list(DEFAULT_WEIGHTS.items())

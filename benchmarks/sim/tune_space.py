@@ -209,7 +209,7 @@ def knobs(base: Setting, docs: Sequence[Mapping[str, Any]], *, prefix: bool) -> 
     out = [
         Knob(n, None, 0.0, max(8.0, w * SPREAD))
         for n, w in base.weights
-        if types.get(n, n) in SIMULATED_SCORERS
+        if types.get(n, n) in SIMULATED_SCORERS and (prefix or types.get(n, n) != PREFIX_SCORER)
     ]
     if prefix and PREFIX_SCORER not in dict(base.weights):
         out.append(Knob(PREFIX_SCORER, None, 0.0, 8.0))

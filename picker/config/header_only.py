@@ -56,6 +56,8 @@ BODY_OR_RESPONSE_PLUGINS: Final[Mapping[str, str]] = {
     SERVED_VERIFIER: f"it echoes the served endpoint of the response, and {_NEEDS} responses",
 }
 _MOVED_WEIGHT_FROM, _MOVED_WEIGHT_TO = "prefill-queue-scorer", "queue-scorer"
+#: the built-in profile's prefix scorer, dropped in this mode (it hashes the prompt)
+_DROPPED = "prefix-cache-scorer"
 
 
 def header_only_problems(
@@ -94,14 +96,16 @@ def header_only_problems(
 
 
 def header_only_default_specs() -> tuple[list[PluginSpec], list[ProfileSpec]]:
-    """The built-in default profile without ``prefill-queue-scorer`` (see the module docstring)."""
+    """The built-in default profile without ``prefill-queue-scorer`` and ``prefix-cache-scorer`` (see the
+    module docstring): the prompt is never seen in this mode."""
     plugins, profiles = default_specs()
     moved = 0.0
     refs: list[tuple[str, float | None]] = []
     for ref, weight in profiles[0].plugins:
         if ref == _MOVED_WEIGHT_FROM:
             moved = weight or 0.0
-        else:
+        elif ref != _DROPPED:
             refs.append((ref, weight))
     refs = [(ref, (w or 0.0) + moved if ref == _MOVED_WEIGHT_TO else w) for ref, w in refs]
-    return [p for p in plugins if p.type != _MOVED_WEIGHT_FROM], [ProfileSpec(profiles[0].name, refs)]
+    kept = [p for p in plugins if p.type not in {_MOVED_WEIGHT_FROM, _DROPPED}]
+    return kept, [ProfileSpec(profiles[0].name, refs)]

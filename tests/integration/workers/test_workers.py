@@ -215,8 +215,11 @@ async def test_both_workers_serve_and_in_flight_adds_up(tree: Tree) -> None:
     assert [w["serving"] for w in workers] == [True, True]
     assert sum(w["inflight"] for w in workers) == len(held)
     assert await tree.endpoint_inflight() == len(held)
-    # every worker's token charges, summed in shared memory: 100 tokens per open stream
-    assert await tree.endpoint_tokens() == (100.0 * len(held), 100.0 * len(held))
+    # every worker's token charges, summed in shared memory: 100 tokens per open stream (the prefill part
+    # of a stream whose prompt the chosen endpoint likely holds is discounted by the prefix scorer)
+    prefill, inflight = await tree.endpoint_tokens()
+    assert inflight == 100.0 * len(held)
+    assert 100.0 <= prefill <= inflight
 
     half = len(held) // 2
     await asyncio.gather(*(finish(s) for s in held[:half]))

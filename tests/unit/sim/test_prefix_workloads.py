@@ -158,7 +158,7 @@ def test_a_profile_with_the_prefix_scorer_routes_on_the_real_index() -> None:
     from benchmarks.sim.policies import make_policy
     from benchmarks.sim.prefix import prefix_config_of
 
-    assert prefix_config_of(make_policy("default")) is None
+    assert prefix_config_of(make_policy("least-in-flight")) is None
     ref = make_policy("reference-default")  # queue 2, KV 2, prefix 3
     assert prefix_config_of(ref) is not None
     w = prefix_workload(600, rate=20.0, seed=2, groups=40)

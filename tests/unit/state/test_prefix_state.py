@@ -11,8 +11,15 @@ from picker.state.prefix import (
     encode_records,
     prefix_config_of,
 )
-from scoring import EndpointMatrix, EndpointRow, PluginSpec, ProfileSpec, build_scheduler, default_scheduler
+from scoring import EndpointMatrix, EndpointRow, PluginSpec, ProfileSpec, build_scheduler
 from scoring.scheduler import Scheduler
+
+
+def plain() -> Scheduler:
+    """A profile without the prefix scorer."""
+    plugins = [PluginSpec("queue-scorer", "queue-scorer"), PluginSpec("max-score-picker", "max-score-picker")]
+    refs: list[tuple[str, float | None]] = [("queue-scorer", 1.0), ("max-score-picker", None)]
+    return build_scheduler(plugins, [ProfileSpec("default", refs)])
 
 
 def profile(weight: float = 3.0, **params: object) -> Scheduler:
@@ -26,7 +33,7 @@ def pool(*names: str) -> EndpointMatrix:
 
 def test_the_index_follows_the_profile_and_survives_reloads_with_the_same_parameters() -> None:
     state = PrefixCacheState()
-    assert state.for_profiles(default_scheduler()) is None  # no prefix scorer in our default profile
+    assert state.for_profiles(plain()) is None  # a profile without the prefix scorer
     assert prefix_config_of(profile(weight=0.0)) is None
     first = state.for_profiles(profile())
     assert first is not None
@@ -40,7 +47,7 @@ def test_the_index_follows_the_profile_and_survives_reloads_with_the_same_parame
     assert state.for_profiles(profile(queuedRequestTokens=5)) is first
     assert state.size() == 10
     # a profile without the scorer turns hashing off but keeps the index for read-only views
-    assert state.for_profiles(default_scheduler()) is None
+    assert state.for_profiles(plain()) is None
     assert state.cache is first
     # other index parameters: an empty index
     other = state.for_profiles(profile(blockSizeTokens=32))
