@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks.extproc.run import CPU_RATE, Plan, Run, median, summarize
 from benchmarks.extproc.workload import SMALL_BODY
-from benchmarks.harness import children, machine_info
+from benchmarks.harness import children
 from picker.testing.redis_server import RedisServer
 
 __all__ = ["run", "summary"]
@@ -51,22 +51,8 @@ REDIS = """\
 
 
 def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
-    plan = Plan(
-        runs=runs or (1 if quick else 3),
-        max_s=0.0,
-        rate_s=2.0 if quick else 6.0,
-        half_s=0.0,
-        idle_s=3.0 if quick else 8.0,
-        soak_s=0.0,
-        rss_streams=0,
-    )
-    doc: dict[str, Any] = {
-        "benchmark": "bench_extproc --tenants",
-        "command": command,
-        "quick": quick,
-        "machine": machine_info(),
-        "runs": plan.runs,
-    }
+    plan = Plan.side_by_side(quick, runs)
+    doc = plan.document("bench_extproc --tenants", command, quick=quick)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-tenants-") as tmp, children() as procs:
         workdir = Path(tmp)

@@ -37,7 +37,7 @@ from typing import Any
 
 from benchmarks.extproc.run import CPU_RATE, Plan, Run, median, summarize
 from benchmarks.extproc.workload import SMALL_BODY
-from benchmarks.harness import children, machine_info, spawn_json
+from benchmarks.harness import children, spawn_json
 
 __all__ = ["run", "serve_collector", "summary"]
 
@@ -63,22 +63,8 @@ def serve_collector() -> int:
 
 
 def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
-    plan = Plan(
-        runs=runs or (1 if quick else 3),
-        max_s=0.0,
-        rate_s=2.0 if quick else 6.0,
-        half_s=0.0,
-        idle_s=3.0 if quick else 8.0,
-        soak_s=0.0,
-        rss_streams=0,
-    )
-    doc: dict[str, Any] = {
-        "benchmark": "bench_extproc --tracing",
-        "command": command,
-        "quick": quick,
-        "machine": machine_info(),
-        "runs": plan.runs,
-    }
+    plan = Plan.side_by_side(quick, runs)
+    doc = plan.document("bench_extproc --tracing", command, quick=quick)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-tracing-") as tmp, children() as procs:
         collector = spawn_json(["-m", "benchmarks.bench_extproc", "--serve-collector"], timeout=60)

@@ -22,7 +22,7 @@ from typing import Any
 from benchmarks.extproc.h2load import H2_FIGURES, H2LOAD_PROBE_STREAMS, h2load
 from benchmarks.extproc.load import MAX_CONCURRENCY_PER_PROC
 from benchmarks.extproc.workload import FULL, MODEL, MODEL_HEADER, SMALL_BODY, SSE_BODY, chat_body
-from benchmarks.harness import ROOT, Child, CpuMeter, percentile, rss_bytes, spawn_json
+from benchmarks.harness import ROOT, Child, CpuMeter, machine_info, percentile, rss_bytes, spawn_json
 from picker.testing.net import free_port
 
 ENDPOINTS = 16
@@ -244,6 +244,30 @@ class Plan:
     idle_s: float
     soak_s: float
     rss_streams: int
+
+    @classmethod
+    def side_by_side(cls, quick: bool, runs: int | None) -> Plan:
+        """The plan of a feature's cost against ``ours`` in the same windows (``--tenants``, ``--tracing``):
+        side-by-side CPU phases and idle CPU only, no maximum, half-max or soak phase."""
+        return cls(
+            runs=runs or (1 if quick else 3),
+            max_s=0.0,
+            rate_s=2.0 if quick else 6.0,
+            half_s=0.0,
+            idle_s=3.0 if quick else 8.0,
+            soak_s=0.0,
+            rss_streams=0,
+        )
+
+    def document(self, benchmark: str, command: str, *, quick: bool) -> dict[str, Any]:
+        """The head every result document starts with (the machine is read now)."""
+        return {
+            "benchmark": benchmark,
+            "command": command,
+            "quick": quick,
+            "machine": machine_info(),
+            "runs": self.runs,
+        }
 
 
 class Run:
