@@ -25,7 +25,8 @@ Accepted: every count- and gauge-based scorer, filter, picker, profile handler a
 counts 0 tokens, see README); flow control (it queues on headers alone). The parser is not used.
 
 Without a reference document the built-in default profile is used minus ``prefill-queue-scorer``, its
-weight moved to ``queue-scorer`` (the load share of the profile kept; not re-tuned in the simulator).
+weight moved to ``queue-scorer`` (the load share of the profile kept; not re-tuned in the simulator), and
+minus ``prefix-cache-scorer`` (no prompt to hash).
 """
 
 from __future__ import annotations
