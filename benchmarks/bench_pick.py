@@ -19,6 +19,8 @@ Figures (microseconds; each is the median over runs of a per-run statistic):
   24 endpoints the default scores with Python floats, bit-identical and cheaper than numpy calls there;
 - ``pick_new_snapshot_p50_us``: the same when every pick sees a new snapshot (nothing cached);
 - ``pick_reference_p50_us``: the reference default profile (queue 2, KV 2, prefix 3);
+- ``pick_timed_p50_us``: our default profile asked for per-plugin timings (``timings=[]``), as a traced
+  request's pick is: every plugin timed, each scorer also scored on its own;
 - ``loop_p50_us``: the baseline - our default profile written as a Python loop over endpoint objects
   (same imputation, formulas, weights and tie-break), measured in the same run; ``speedup`` = loop / pick;
 - ``batch64_1000_us``: :meth:`Scheduler.schedule_batch` of 64 requests over 1,000 endpoints, and
@@ -193,7 +195,7 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
 
     charges = [LoadCharge.for_request(r) for r in reqs]
 
-    def scheduler_p50(s: Scheduler, *, new_snapshot: bool) -> float:
+    def scheduler_p50(s: Scheduler, *, new_snapshot: bool, timed: bool = False) -> float:
         snapshots = [EndpointMatrix.from_rows(rows) for _ in range(8 if new_snapshot else 1)]
         rng = np.random.default_rng(2)
         state: dict[str, Any] = {"m": snapshots[0]}
@@ -210,7 +212,12 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
             primary = s.schedule(m, reqs[i], now=NOW, rng=rng).primary
             charges[i].add(m, primary)
 
-        return statistics.median(_per_call(calls, setup, body))
+        def timed_body(i: int) -> None:  # a traced request's pick: a fresh list of timings each
+            m = state["m"]
+            primary = s.schedule(m, reqs[i], now=NOW, rng=rng, timings=[]).primary
+            charges[i].add(m, primary)
+
+        return statistics.median(_per_call(calls, setup, timed_body if timed else body))
 
     def loop_p50() -> float:
         rng = np.random.default_rng(2)
@@ -230,6 +237,7 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
     vectorized = _median_of_runs(runs, lambda: scheduler_p50(numpy_only, new_snapshot=False))
     cold = _median_of_runs(runs, lambda: scheduler_p50(ours, new_snapshot=True))
     ref = _median_of_runs(runs, lambda: scheduler_p50(reference, new_snapshot=False))
+    timed = _median_of_runs(runs, lambda: scheduler_p50(ours, new_snapshot=False, timed=True))
     base = _median_of_runs(runs, loop_p50)
     checked = reqs[: 64 if n <= 1000 else 8]  # the loop is slow at 10,000: fewer requests suffice
     return {
@@ -237,6 +245,7 @@ def bench_size(n: int, runs: int, calls: int, loop_calls: int) -> dict[str, Any]
         "numpy": vectorized,
         "cold": cold,
         "reference": ref,
+        "timed": timed,
         "loop": base,
         "agree": agreement(rows, checked),
     }
@@ -322,6 +331,7 @@ def run(quick: bool, command: str) -> dict[str, Any]:
         "pick_numpy_path_p50_us": column("numpy"),
         "pick_new_snapshot_p50_us": column("cold"),
         "pick_reference_p50_us": column("reference"),
+        "pick_timed_p50_us": column("timed"),
         "loop_agrees": {k: v["agree"] for k, v in per_size.items()},
         **{k: round(v, 1) for k, v in batch.items()},
     }

@@ -11,6 +11,12 @@ How a pick is computed (``scoring/README.md`` has the long version), in :meth:`S
    floats - the one place that choice is made is :meth:`Scheduler.schedule`;
 4. the picker turns the totals into the primary and fallbacks.
 
+Per-plugin timings (``timings=``, asked for a traced request only, so an untraced pick pays one ``is
+None`` test per step): each filter's ``keep`` and the picker are timed as they run; each scorer is timed
+scoring this pick's candidates on its own after the pick (the pick itself adds terms that are cached per
+snapshot and per request key, which would time as nothing), so the figures say what each plugin costs on
+this request's candidates, and the decision is the one an untraced request gets.
+
 :meth:`Scheduler.schedule_batch` (:mod:`scoring.batch`) makes K picks with their load charges at once and
 returns exactly what K sequential picks would.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from time import perf_counter_ns
 from types import MappingProxyType
 from typing import Any
 
@@ -31,7 +38,15 @@ from scoring.errors import ConfigurationError, NoEndpointsAvailable
 from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Filter, Picker, Plugin, SaturationDetector, Scorer, View
 from scoring.terms import SMALL_POOL, ProfileTerms, WeightedScorer
-from scoring.types import Decision, FilterRecord, PickRequest, PickResult, PrefixRecord, ScorerRecord
+from scoring.types import (
+    Decision,
+    FilterRecord,
+    PickRequest,
+    PickResult,
+    PluginTiming,
+    PrefixRecord,
+    ScorerRecord,
+)
 
 __all__ = ["SMALL_POOL", "Scheduler", "WeightedScorer"]
 
@@ -129,27 +144,36 @@ class Scheduler:
         rng: np.random.Generator,
         candidates: NDArray[np.bool_] | None = None,
         explain: bool = False,
+        timings: list[PluginTiming] | None = None,
     ) -> PickResult:
         """Pick the primary endpoint and fallbacks for one request.
 
         ``now`` is on the clock of ``m.scraped_at`` (monotonic seconds). ``candidates`` (a mask over the
         matrix rows, e.g. from the subset hint) restricts the pick before the profile's filters run.
         ``explain=True`` also returns a :class:`~scoring.types.Decision`; otherwise nothing beyond the
-        pick itself is computed. Raises :class:`NoEndpointsAvailable` when no endpoint is left.
+        pick itself is computed. ``timings``: each plugin's :class:`~scoring.types.PluginTiming` is
+        appended to it (module docstring); the pick is the same. Raises :class:`NoEndpointsAvailable`
+        when no endpoint is left.
         """
         start = self.candidates_view(m, candidates)
         records: list[FilterRecord] | None = [] if explain else None
-        v = self.run_filters(start, req, now, records)
+        v = self.run_filters(start, req, now, records, timings)
         prepared = self._cache.get(m, v)
         dispatched = v.take(m.dispatched)
         # the one choice between the two forms of the same totals (see scoring.terms): Python floats for a
         # small pool, unless the caller wants the explanation, which reads the arrays
         totals: F64 | None = None
         if records is None and v.n <= self.small_pool:
-            positions = self.picker.pick_floats(self.terms.floats(v, prepared, req, dispatched), rng)
+            floats = self.terms.floats(v, prepared, req, dispatched)
+            picked = perf_counter_ns() if timings is not None else 0
+            positions = self.picker.pick_floats(floats, rng)
         else:
             totals = self.terms.arrays(v, prepared, req, dispatched)
+            picked = perf_counter_ns() if timings is not None else 0
             positions = self.picker.pick(totals, rng)
+        if timings is not None:
+            timings.append(PluginTiming("picker", self.picker.name, perf_counter_ns() - picked))
+            self._time_scorers(v, prepared, req, dispatched, timings)
         rows = v.rows
         indices = tuple(positions) if rows is None else tuple(int(rows[p]) for p in positions)
         if records is None:
@@ -219,11 +243,24 @@ class Scheduler:
             raise NoEndpointsAvailable("no candidate endpoints")
         return v
 
-    def run_filters(self, v: View, req: PickRequest, now: float, records: list[FilterRecord] | None) -> View:
+    def run_filters(
+        self,
+        v: View,
+        req: PickRequest,
+        now: float,
+        records: list[FilterRecord] | None,
+        timings: list[PluginTiming] | None = None,
+    ) -> View:
         """The profile's filters in order over ``v``; each one's outcome is appended to ``records`` (None:
-        not recorded). Raises NoEndpointsAvailable when a filter that is not fail-open removes every row."""
+        not recorded), its duration to ``timings`` (None: not timed). Raises NoEndpointsAvailable when a
+        filter that is not fail-open removes every row."""
         for f in self.filters:
-            keep = f.keep(v, req, now)
+            if timings is None:
+                keep = f.keep(v, req, now)
+            else:
+                began = perf_counter_ns()
+                keep = f.keep(v, req, now)
+                timings.append(PluginTiming("filter", f.name, perf_counter_ns() - began))
             if keep.all():
                 if records is not None:
                     records.append(FilterRecord(f.name, f.type_name, (), f.reason()))
@@ -247,6 +284,15 @@ class Scheduler:
     def prepared(self, m: EndpointMatrix, v: View) -> Prepared:
         """The prepared state for the view (cached while the snapshot and the view's rows are unchanged)."""
         return self._cache.get(m, v)
+
+    def _time_scorers(
+        self, v: View, prepared: Prepared, req: PickRequest, dispatched: F64, timings: list[PluginTiming]
+    ) -> None:
+        """Each scorer's ``score`` over the pick's candidates, timed on its own (module docstring)."""
+        for ws, state in zip(self.scorers, prepared.states, strict=True):
+            began = perf_counter_ns()
+            ws.scorer.score(v, state, req, dispatched)
+            timings.append(PluginTiming("scorer", ws.scorer.name, perf_counter_ns() - began))
 
     # ------------------------------------------------------------------------------------ explaining
     def _decision(

@@ -116,6 +116,17 @@ class Decision:
     prefix: PrefixRecord | None = None
 
 
+class PluginTiming(NamedTuple):
+    """How long one plugin took in one pick (``Scheduler.schedule(timings=...)``, asked for a traced
+    request only). ``point`` is the extension point: ``filter``, ``scorer``, ``picker`` (the service adds
+    ``prepare`` for the prefix index's match)."""
+
+    point: str
+    #: the plugin's configured name (from the configuration document, never from a request)
+    name: str
+    duration_ns: int
+
+
 class PickResult(NamedTuple):
     """Chosen endpoints (row indices into the matrix), primary first, then distinct fallbacks.
 

@@ -7,7 +7,9 @@ so ext_proc does not import the OpenTelemetry SDK. With tracing off the stream h
 The stream calls :meth:`RequestTracer.begin` with the request headers as the request-headers message
 arrives; the tracer starts the span (its parent is the incoming W3C ``traceparent``, if any) and puts the
 span's context into the headers the EPP sets for the upstream request, so the model server's spans join the
-trace. :class:`RequestSpan` is then told the decision (:meth:`~RequestSpan.routed`), a failure
+trace. The stream hands the span's :attr:`RequestSpan.timings` to routing with the request, and the pick
+appends each plugin's duration to it (an untraced request hands None: nothing is timed).
+:class:`RequestSpan` is then told the decision (:meth:`~RequestSpan.routed`), a failure
 (:meth:`~RequestSpan.failed`) and the end of the stream (:meth:`~RequestSpan.end`, from ``close``). Every
 call happens on the event loop; implementations must be cheap and must never raise.
 """
@@ -18,12 +20,16 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from picker.routing.types import Dispatch
+from scoring.types import PluginTiming
 
 __all__ = ["RequestSpan", "RequestTracer"]
 
 
 class RequestSpan(Protocol):
     """The span of one request that is being recorded (a sampled one)."""
+
+    #: the pick's per-plugin timings (``scoring.types.PluginTiming``), filled by routing before ``routed``
+    timings: list[PluginTiming]
 
     def routed(self, dispatch: Dispatch) -> None:
         """The routing decision: pool, endpoints, profile, models, objective (never prompt text)."""

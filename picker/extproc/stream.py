@@ -341,6 +341,7 @@ class ExtProcStream:
             body=body,
             subset=self._subset,
             headers_only=headers_only,
+            timings=None if self._span is None else self._span.timings,
         )
 
     def _dispatched(

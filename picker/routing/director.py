@@ -81,7 +81,7 @@ from scoring import EndpointMatrix, NoEndpointsAvailable, Scheduler, subset_mask
 from scoring.matrix import LoadCharge
 from scoring.prefix import CHARS_PER_TOKEN
 from scoring.profiles import ExternalPolicy, ProfileChoice
-from scoring.types import PickRequest, PickResult, PrefixMatch
+from scoring.types import PickRequest, PickResult, PluginTiming, PrefixMatch
 
 HDR_REWRITE = "x-gateway-model-name-rewrite"
 HDR_TEST_SELECTION = "test-epp-endpoint-selection"
@@ -89,6 +89,8 @@ HDR_TEST_SELECTION = "test-epp-endpoint-selection"
 MSG_NO_CANDIDATES = "failed to find endpoint candidates for serving the request"
 MSG_NO_PODS = "no pods available in datastore"
 MSG_SHED = "system saturated, sheddable request dropped"
+#: the prefix index's match before the pick, in a traced request's timings (the reference's plugin type)
+PREFIX_MATCH_TIMING = "approx-prefix-cache-producer"
 
 #: the headers plugins see when the request has none of theirs (shared, so no dict per request)
 _NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -336,8 +338,9 @@ class Director:
         active = self._config.active
         selection = request.headers.get(HDR_TEST_SELECTION)
         prefix = None
+        timings = request.timings
         if info is not None and info.prefix_input:
-            prefix = self._match_prefix(info, active, target, m, started)
+            prefix = self._match_prefix(info, active, target, m, started, timings)
         pick_req = PickRequest(
             target_model=target,
             incoming_model=incoming,
@@ -360,7 +363,7 @@ class Director:
         if len(m) and (mask is None or mask.any()):
             try:
                 result, avoided, pool_failover = self._pick(
-                    m, pick_req, choice.scheduler, mask, started, explain=explain
+                    m, pick_req, choice.scheduler, mask, started, explain=explain, timings=timings
                 )
             except NoEndpointsAvailable as exc:
                 # the filters left nothing: the pool has no candidate for this request
@@ -440,17 +443,23 @@ class Director:
         now: float,
         *,
         explain: bool,
+        timings: list[PluginTiming] | None = None,
     ) -> tuple[PickResult, Mapping[str, str] | None, str | None]:
         """The pick with avoided endpoints (``picker.routing.avoid``) left out while others remain, and
         put back as last-resort fallbacks. Returns the result, the avoided candidates (name → why; None
-        when none) and the failover reason when the scorer would have chosen an avoided endpoint."""
+        when none) and the failover reason when the scorer would have chosen an avoided endpoint.
+        ``timings``: the pick's per-plugin timings (not those of the unconstrained comparison pick)."""
         levels = self._avoidance.levels(m, now, self._stale_after())
         split = None if levels is None else Avoidance.split(mask, levels)
         if levels is None or split is None:
-            result = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=mask, explain=explain)
+            result = scheduler.schedule(
+                m, req, now=now, rng=self._rng, candidates=mask, explain=explain, timings=timings
+            )
             return result, None, None
         preferred, out = split
-        result = scheduler.schedule(m, req, now=now, rng=self._rng, candidates=preferred, explain=explain)
+        result = scheduler.schedule(
+            m, req, now=now, rng=self._rng, candidates=preferred, explain=explain, timings=timings
+        )
         indices = Avoidance.last_resort(levels, out, result.indices, scheduler.max_endpoints)
         # what the scorer would have chosen with every candidate in: an avoided one is a failover
         try:
@@ -475,16 +484,28 @@ class Director:
             return None
         return config.staleness_threshold or self._default_staleness
 
-    def _match_prefix(
-        self, info: RequestInfo, active: ActiveConfig, target: str, m: EndpointMatrix, now: float
+    def _match_prefix(  # noqa: PLR0917 - the request's parts the match reads
+        self,
+        info: RequestInfo,
+        active: ActiveConfig,
+        target: str,
+        m: EndpointMatrix,
+        now: float,
+        timings: list[PluginTiming] | None,
     ) -> PrefixMatch | None:
-        """Hash the prompt window the parser extracted (then drop it) and match it against ``m``."""
+        """Hash the prompt window the parser extracted (then drop it) and match it against ``m``; a traced
+        request's ``timings`` get the hashing and matching as the prefix producer's time."""
         data = info.prefix_input
         info.prefix_input = b""  # no prompt text outlives routing
         cache = self._prefix.for_profiles(active.profiles) if self._prefix is not None else None
         if cache is None:
             return None
-        return cache.match(cache.hashes(target, info.cache_salt, data), m, now=now)
+        if timings is None:
+            return cache.match(cache.hashes(target, info.cache_salt, data), m, now=now)
+        began = time.perf_counter_ns()
+        match = cache.match(cache.hashes(target, info.cache_salt, data), m, now=now)
+        timings.append(PluginTiming("prepare", PREFIX_MATCH_TIMING, time.perf_counter_ns() - began))
+        return match
 
     def _record_prefix(self, m: EndpointMatrix, row: int, prefix: PrefixMatch) -> None:
         """The primary now holds the prompt (index update after the pick, reference) + hit metrics."""

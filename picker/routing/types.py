@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from picker.state.outcomes import Outcome
-from scoring.types import Decision
+from scoring.types import Decision, PluginTiming
 
 #: OpenAI API families, told apart by the request path suffix (reference ``openai-parser``).
 API_COMPLETIONS = "completions"
@@ -68,6 +68,8 @@ class RoutingRequest:
     subset: tuple[str, ...] | None = None
     #: no body (request headers carried end_of_stream)
     headers_only: bool = False
+    #: a traced request's per-plugin timings, appended to by the pick (None: not timed, the common case)
+    timings: list[PluginTiming] | None = None
 
 
 class Lease(Protocol):

@@ -23,8 +23,16 @@ exporter's own retries, bounded by ``OTEL_EXPORTER_OTLP_TIMEOUT``), never held.
 the scheduling profile and why it was chosen, the incoming and target model, the objective and its
 priority, failover and external spill-over when they happened, an event at the moment of the decision, the
 failure code and the response status. Never prompt or response text; model names and the request id come
-from the request and are cut to :data:`MAX_ATTRIBUTE_CHARS`. Per-plugin timings are not recorded: the
-scheduler scores every plugin in one vectorized pass, and timing each would cost every request.
+from the request and are cut to :data:`MAX_ATTRIBUTE_CHARS`.
+
+**Per-plugin timings** are attributes, one per plugin that ran in the pick,
+``picker.plugin.<point>.<name>.duration_ns`` (an integer; ``point`` is ``prepare`` for the prefix index's
+match, ``filter``, ``scorer``, ``picker``; ``name`` the plugin's configured name, from the configuration
+document). Attributes rather than one event per plugin: a backend can query and aggregate them
+(``span.picker.plugin.scorer.queue-scorer.duration_ns > 20000``), an event per plugin would add timestamps
+nobody reads to every sampled span, and a span's attributes are one flat map the SDK already holds. Only a
+recorded span asks for them (``RoutingRequest.timings``): an unsampled request is not timed at all. How
+each is measured (a scorer is timed on its own over the pick's candidates): ``scoring.scheduler``.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from picker.errors import MODEL_SERVER_ERROR
 from picker.logs import peer_text
 from picker.routing.types import Dispatch
 from picker.settings import TracingSettings
+from scoring.types import PluginTiming
 
 __all__ = ["MAX_ATTRIBUTE_CHARS", "SPAN_NAME", "Tracing", "exporter_problem"]
 
@@ -158,12 +167,13 @@ class _ReportingExporter(SpanExporter):
 class _RequestSpan:
     """:class:`picker.extproc.spans.RequestSpan` over a recording SDK span."""
 
-    __slots__ = ("_error", "_pool", "_span")
+    __slots__ = ("_error", "_pool", "_span", "timings")
 
     def __init__(self, span: Span, pool: str) -> None:
         self._span = span
         self._pool = pool
         self._error = ""
+        self.timings: list[PluginTiming] = []
 
     def routed(self, dispatch: Dispatch) -> None:
         span = self._span
@@ -187,6 +197,8 @@ class _RequestSpan:
             attributes["picker.failover"] = dispatch.failover
         if dispatch.external:
             attributes["picker.external"] = dispatch.external
+        for point, name, duration_ns in self.timings:
+            attributes[f"picker.plugin.{point}.{name}.duration_ns"] = duration_ns
         span.set_attributes(attributes)
 
     def failed(self, error_code: str, incoming_model: str) -> None:

@@ -136,12 +136,62 @@ async def test_a_sampled_request_is_one_span_under_the_incoming_trace_and_the_up
     assert attributes["picker.request_id"]
     assert span.events == ("routed",)
     assert span.status_code == 0  # unset: a success
+    # the built-in profile's plugins, each timed (their durations: the test below)
+    assert "picker.plugin.prepare.approx-prefix-cache-producer.duration_ns" in attributes
+    assert "picker.plugin.scorer.queue-scorer.duration_ns" in attributes
+    assert "picker.plugin.picker.max-score-picker.duration_ns" in attributes
     error = by_trace[failed_trace]
     assert error.parent_span_id == failed_parent
     assert error.attributes["error.type"] == "BadRequest"
     assert error.status_code == 2  # ERROR
     assert "picker.endpoint" not in error.attributes
     _no_prompt(spans)
+
+
+TIMED_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {name: room-for-adapters, type: lora-capacity-filter}
+- {name: short-queue, type: queue-scorer}
+- {name: cool-cache, type: kv-cache-utilization-scorer}
+- {name: best, type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: room-for-adapters}
+  - {pluginRef: short-queue, weight: 2}
+  - {pluginRef: cool-cache}
+  - {pluginRef: best}
+"""
+
+
+async def test_a_sampled_span_carries_each_plugins_duration_and_an_unsampled_one_nothing(
+    spawn: Spawn, cli_env: dict[str, str], receiver: OtlpReceiver
+) -> None:
+    _otel_env(cli_env, receiver.endpoint)
+    process, ports = await _serve(spawn, "--tracing", "--config-text", TIMED_CONFIG)
+
+    trace_id, _, header = _traceparent(sampled=True)
+    assert (await _send(ports, [("traceparent", header)])).destination == ENDPOINT
+    _, _, unsampled = _traceparent(sampled=False)
+    assert (await _send(ports, [("traceparent", unsampled)])).destination == ENDPOINT
+
+    await receiver.wait_for(1)
+    assert await process.stop() == 0
+    assert [s.trace_id for s in receiver.spans] == [trace_id]  # the unsampled request: no span at all
+    attributes = receiver.spans[0].attributes
+    timings = {key: value for key, value in attributes.items() if key.startswith("picker.plugin.")}
+    # one per plugin of the profile, under its configured name and its extension point (no prefix
+    # scorer in this profile: no prefix match to time)
+    assert set(timings) == {
+        "picker.plugin.filter.room-for-adapters.duration_ns",
+        "picker.plugin.scorer.short-queue.duration_ns",
+        "picker.plugin.scorer.cool-cache.duration_ns",
+        "picker.plugin.picker.best.duration_ns",
+    }
+    assert all(isinstance(value, int) and value >= 0 for value in timings.values())
+    assert attributes["picker.endpoint"] == ENDPOINT
 
 
 async def test_header_only_mode_under_workers_each_worker_exports_its_own_spans(

@@ -14,6 +14,7 @@ from scoring import (
     NoEndpointsAvailable,
     PickRequest,
     PluginSpec,
+    PluginTiming,
     ProfileSpec,
     Scheduler,
     build_scheduler,
@@ -393,3 +394,41 @@ def test_saturation_over_candidates() -> None:
     assert s.saturation(m, now=NOW) == pytest.approx(1.0)
     assert s.saturation(m, now=NOW, candidates=np.array([True, False])) == pytest.approx(2.0)
     assert s.saturation(m, now=NOW, candidates=np.array([False, False])) == 1.0
+
+
+# ------------------------------------------------------------------------------------ plugin timings
+@pytest.mark.parametrize("small_pool", [0, 64], ids=["arrays", "floats"])
+def test_a_timed_pick_times_each_plugin_in_order_and_picks_what_an_untimed_one_does(small_pool: int) -> None:
+    s = profile(
+        ("stale", "metrics-staleness-filter", None, {"threshold": "150ms"}),
+        ("q", "queue-scorer", 2.0, None),
+        ("kv", "kv-cache-utilization-scorer", 1.0, None),
+        ("best", "max-score-picker", None, None),
+    )
+    s.small_pool = small_pool
+    m = fleet(6, waiting={1: 0.0, 2: 5.0}, kv_usage={3: 0.9}, scraped_at={5: NOW - 1.0})
+    timings: list[PluginTiming] = []
+    timed = s.schedule(m, PickRequest(), now=NOW, rng=np.random.default_rng(1), timings=timings)
+    untimed = s.schedule(m, PickRequest(), now=NOW, rng=np.random.default_rng(1))
+    assert timed == untimed
+    assert [(t.point, t.name) for t in timings] == [
+        ("filter", "stale"),
+        ("picker", "best"),
+        ("scorer", "q"),
+        ("scorer", "kv"),
+    ]
+    assert all(t.duration_ns >= 0 for t in timings)
+
+
+def test_a_filter_that_removes_everything_is_timed_before_the_pick_fails() -> None:
+    s = profile(("stale", "metrics-staleness-filter", None, {"threshold": "150ms", "failOpen": False}))
+    timings: list[PluginTiming] = []
+    with pytest.raises(NoEndpointsAvailable):
+        s.schedule(
+            fleet(2, scraped_at={0: 0.0, 1: 0.0}),
+            PickRequest(),
+            now=NOW,
+            rng=np.random.default_rng(),
+            timings=timings,
+        )
+    assert [(t.point, t.name) for t in timings] == [("filter", "stale")]
