@@ -200,6 +200,11 @@ class ForecastConfig(StrictModel):
     weeks: int = Field(default=2, ge=1, le=8)
     #: resolution of the history read (Prometheus ``step``)
     step: float = 300.0
+    #: the window each history sample averages over, ending at its timestamp: the range of the queries'
+    #: ``rate()`` (5m in the defaults; 0 for an instantaneous gauge). The forecast reads the samples up to
+    #: this long after the horizon, which is where last week's demand of the horizon is recorded; without it
+    #: every rise of last week is seen this late (``picker/scaler/README.md``, Forecast)
+    sample_window: float = 300.0
     #: how often the history is read again
     refresh: float = 600.0
     #: scale last weeks' values by how today's last hour compares with theirs (growth, holidays), within
@@ -220,6 +225,11 @@ class ForecastConfig(StrictModel):
     @classmethod
     def _duration(cls, v: object) -> float:
         return _seconds(v, minimum=1.0)
+
+    @field_validator("sample_window", mode="before")
+    @classmethod
+    def _window(cls, v: object) -> float:
+        return _seconds(v, maximum=6 * 3600.0)
 
     @field_validator("timeout", mode="before")
     @classmethod

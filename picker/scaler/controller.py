@@ -301,11 +301,11 @@ class Scaler:
         history = self._history
         if history is None:
             return None, None
-        weeks, trend = cfg.forecast.weeks, cfg.forecast.trend
-        requests = forecast(history.requests, now, horizon, weeks=weeks, trend=trend)
+        weeks, trend, lookback = cfg.forecast.weeks, cfg.forecast.trend, cfg.forecast.sample_window
+        requests = forecast(history.requests, now, horizon, weeks=weeks, trend=trend, lookback_s=lookback)
         tokens = None
         if history.tokens is not None and cfg.replica_capacity.tokens_per_second is not None:
-            tokens = forecast(history.tokens, now, horizon, weeks=weeks, trend=trend)
+            tokens = forecast(history.tokens, now, horizon, weeks=weeks, trend=trend, lookback_s=lookback)
         return requests, tokens
 
     async def _refresh(self, source: HistorySource, now: float, horizon: float) -> None:

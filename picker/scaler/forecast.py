@@ -8,12 +8,20 @@ capacity Ready before a ramp.
 
 Formula, for ``now`` = t, horizon H, period P = one week, weeks k = 1..K with data::
 
-    peak_k   = max  of the samples in [t - kP, t - kP + H]
+    peak_k   = max  of the samples stamped in (t - kP, t - kP + H + L]
     base     = mean over k of peak_k
     level_k  = mean of the samples in [t - kP - W, t - kP]      (W = one hour: "today so far" vs then)
     recent   = mean of the samples in [t - W, t]
     trend    = clamp(recent / mean_k level_k, 0.5, 2)            (1 when disabled or not computable)
     forecast = base x trend
+
+L is the samples' averaging window (``lookback_s``; ``forecast.sampleWindow``): a sample stamped T is
+the mean demand over [T - L, T] (what ``rate(x[5m])`` at T is, with L = 5 minutes), so the demand of
+[t - kP, t - kP + H] is in the samples stamped up to L after it. Reading only up to t - kP + H would see
+each rise L late: with 10-minute samples and a 3-minute horizon, a jump of last week was seen 7 minutes
+*after* its time of week, and the forecast never put capacity back before a ramp (the replay's
+misses sat in the minutes after each jump). With L = 0 (an instantaneous gauge) the window is
+[t - kP, t - kP + H].
 
 Why a seasonal-naive forecast: LLM demand is dominated by the daily and weekly cycle; a model with more
 parameters needs more history than most pools keep and fails in ways an operator cannot predict. The max
@@ -105,15 +113,19 @@ def forecast(
     weeks: int,
     trend: bool = True,
     period_s: float = WEEK_S,
+    lookback_s: float = 0.0,
 ) -> Forecast | None:
-    """The peak demand expected in ``[now, now + horizon_s]`` (module doc), or None without usable history."""
-    if horizon_s < 0 or weeks < 1:
-        raise ValueError("horizon must be >= 0 and weeks >= 1")
+    """The peak demand expected in ``[now, now + horizon_s]`` (module doc), or None without usable history.
+    ``lookback_s``: each sample's averaging window (module doc, L)."""
+    if horizon_s < 0 or weeks < 1 or lookback_s < 0:
+        raise ValueError("horizon and lookback must be >= 0 and weeks >= 1")
     peaks: list[float] = []
     levels: list[float] = []
     for k in range(1, weeks + 1):
         then = now - k * period_s
-        window = history.between(then, then + horizon_s)
+        # a sample stamped at `then` averages [then - L, then]: before the horizon when L > 0
+        first = then if lookback_s == 0 else float(np.nextafter(then, math.inf))
+        window = history.between(first, then + horizon_s + lookback_s)
         if len(window) == 0:
             # no sample inside a short window: the last one before it still describes the start
             i = int(np.searchsorted(history.t, then, side="right")) - 1

@@ -4,7 +4,8 @@ What is read, per :meth:`PrometheusHistory.fetch`: the configured PromQL (``fore
 second of the pool; and ``forecast.tokenQuery``, its tokens per second, when the sizing counts tokens) as a
 range query at ``forecast.step`` resolution over, for each of the last ``weeks``
 weeks, the stretch the forecast needs around the same time of week (an hour before it, for the trend
-factor, up to the forecast horizon plus one refresh period after it), plus the last hour of this week.
+factor, up to the forecast horizon plus the samples' averaging window, ``forecast.sampleWindow``, and one
+refresh period after it), plus the last hour of this week.
 A handful of short queries instead of one over weeks: Prometheus caps a range query at 11,000 points,
 which ``weeks`` of 1-minute steps would exceed.
 
@@ -88,7 +89,8 @@ class PrometheusHistory:
 
     async def fetch(self, now: float, *, horizon_s: float) -> PoolHistory:
         """The history the forecast at ``now`` (and until the next refresh) needs."""
-        spans = windows(now, weeks=self.cfg.weeks, step=self.cfg.step, horizon_s=horizon_s + self.cfg.refresh)
+        ahead = horizon_s + self.cfg.sample_window + self.cfg.refresh
+        spans = windows(now, weeks=self.cfg.weeks, step=self.cfg.step, horizon_s=ahead)
         queries = len(spans) * len(self._queries)
         try:
             return await asyncio.wait_for(

@@ -161,14 +161,16 @@ async def test_forecast_from_prometheus_matches_the_in_memory_series(
             assert set(read.t.tolist()) <= set(
                 memory.t.tolist()
             )  # the samples themselves, not interpolations
-            expected = forecast(memory, now, horizon, weeks=2, trend=trend)
-            got = forecast(read, now, horizon, weeks=2, trend=trend)
-            assert expected is not None
-            assert got is not None
-            assert got.rps == pytest.approx(expected.rps, rel=1e-9)
-            assert got.peaks == pytest.approx(expected.peaks, rel=1e-9, nan_ok=True)
-            assert not any(math.isnan(p) for p in got.peaks)
-            assert got.trend == pytest.approx(expected.trend, rel=1e-9)
+            # with each sample's averaging window too: the read reaches that far past the horizon
+            for lookback in (0.0, cfg.sample_window):
+                expected = forecast(memory, now, horizon, weeks=2, trend=trend, lookback_s=lookback)
+                got = forecast(read, now, horizon, weeks=2, trend=trend, lookback_s=lookback)
+                assert expected is not None
+                assert got is not None
+                assert got.rps == pytest.approx(expected.rps, rel=1e-9)
+                assert got.peaks == pytest.approx(expected.peaks, rel=1e-9, nan_ok=True)
+                assert not any(math.isnan(p) for p in got.peaks)
+                assert got.trend == pytest.approx(expected.trend, rel=1e-9)
     # the trend factor sees this week's growth
     trended = forecast(memory, end, horizon, weeks=2, trend=True)
     assert trended is not None

@@ -257,6 +257,11 @@ SCALING_CASES = [
         {"forecast": {"prometheusUrl": "http://p", "refresh": "25h"}},
     ),
     (
+        "forecast.sampleWindow",
+        {"forecast": {"prometheusUrl": "http://p", "sampleWindow": "6h"}},
+        {"forecast": {"prometheusUrl": "http://p", "sampleWindow": "6h1s"}},
+    ),
+    (
         "schedules.duration",
         {
             "schedules": [

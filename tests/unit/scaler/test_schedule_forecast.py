@@ -226,6 +226,40 @@ def test_a_short_horizon_between_samples_uses_the_sample_before() -> None:
     assert f.rps == 7.0
 
 
+def test_samples_averaging_the_time_after_the_horizon_are_read_with_their_window() -> None:
+    # 10-minute means stamped at their window's end: [0, 600) at 5, [600, 1200) at 5, [1200, 1800) at 20
+    hist = DemandHistory.from_samples([600.0, 1200.0, 1800.0], [5.0, 5.0, 20.0])
+    now = WEEK_S + 1000.0  # the horizon [1000, 1210] of last week reaches into the window of 20
+    # read as instantaneous values the rise is missed: only the sample at 1200 is inside the horizon
+    blind = forecast(hist, now, 210.0, weeks=1, trend=False)
+    assert blind is not None
+    assert blind.rps == 5.0
+    # read with their 10-minute window, the sample at 1800 covers [1200, 1800]: the rise is seen
+    seen = forecast(hist, now, 210.0, weeks=1, trend=False, lookback_s=600.0)
+    assert seen is not None
+    assert seen.rps == 20.0
+    # early in the window nothing of the rise is inside the horizon, and the sample stamped at the horizon's
+    # start (the mean of the window before it) is not read
+    early = DemandHistory.from_samples([600.0, 1200.0, 1800.0], [30.0, 5.0, 20.0])
+    f = forecast(early, WEEK_S + 600.0, 210.0, weeks=1, trend=False, lookback_s=600.0)
+    assert f is not None
+    assert f.rps == 5.0
+    with pytest.raises(ValueError, match="lookback"):
+        forecast(hist, now, 210.0, weeks=1, lookback_s=-1.0)
+
+
+def test_the_sample_window_defaults_to_the_range_of_the_default_queries() -> None:
+    c = cfg(forecast={"prometheusUrl": "http://p:9090"})
+    assert c.forecast is not None
+    assert c.forecast.sample_window == 300.0
+    assert "[5m]" in c.forecast.query
+    c = cfg(forecast={"prometheusUrl": "http://p:9090", "sampleWindow": "0s"})
+    assert c.forecast is not None
+    assert c.forecast.sample_window == 0.0
+    with pytest.raises(ValidationError, match="at most"):
+        cfg(forecast={"prometheusUrl": "http://p:9090", "sampleWindow": "7h"})
+
+
 def test_history_cleans_its_input() -> None:
     h = DemandHistory.from_samples([3.0, 1.0, 2.0, 2.0, 4.0, 5.0], [3.0, 1.0, 9.0, 2.0, float("nan"), -1.0])
     assert h.t.tolist() == [1.0, 2.0, 3.0]
