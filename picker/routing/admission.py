@@ -16,7 +16,6 @@ the pick over one snapshot; the two meet in :meth:`Admission.admitted` (schedule
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import Protocol
 
 from picker.errors import PickerError, ServiceUnavailable
@@ -27,7 +26,7 @@ from picker.routing.openai import prompt_text
 from picker.routing.spill import RemoteAsk, SpillDecision
 from picker.routing.types import Dispatch, PendingRoute, Resolved, RoutingRequest
 from picker.state.config_store import ConfigStore
-from picker.tenants import FAIRNESS_HEADER, Tenancy, Ticket
+from picker.tenants import FAIRNESS_HEADER, PendingTicket, Tenancy, Ticket
 from picker.tenants.flow import FlowController
 from scoring import EndpointMatrix
 from scoring.profiles import ProfileChoice
@@ -111,7 +110,7 @@ class Admission:
                 text=(lambda: _prompt_text(request)) if info is not None else None,
             )
             if not isinstance(admitted, Ticket):
-                return PendingRoute(self._later(request, resolved, None, admitted))
+                return PendingRoute(self._later(request, resolved, None, admitted), on_cancel=admitted.cancel)
             ticket = admitted
         if self._flow is not None and self._flow.enabled:
             spilled = self._spill_first(request, resolved, ticket)
@@ -128,7 +127,11 @@ class Admission:
                 # margin lets our own 503 at the TTL arrive first); no TTL: the operator's timer decides
                 ttl = self._flow.limits.ttl_s
                 extend = ttl + HOLD_MARGIN_S if ttl is not None else None
-                return PendingRoute(self._later(request, resolved, ticket, None, waiting), extend_s=extend)
+                return PendingRoute(
+                    self._later(request, resolved, ticket, None, waiting),
+                    extend_s=extend,
+                    on_cancel=lambda: _withdraw(self._flow, waiting, ticket),
+                )
         return self._scheduled(ticket, request, resolved)
 
     async def _held(self, request: RoutingRequest, resolved: Resolved, hold_s: float) -> Dispatch:
@@ -181,7 +184,7 @@ class Admission:
         request: RoutingRequest,
         resolved: Resolved,
         ticket: Ticket | None,
-        pending: Awaitable[Ticket] | None,
+        pending: PendingTicket | None,
         waiting: tuple[asyncio.Future[None], str, int] | None = None,
     ) -> Dispatch:
         """The rest of :meth:`route` after I/O: a remote reservation, a wait in a flow-control queue."""
@@ -276,6 +279,16 @@ class Admission:
                 else JointReservation(ticket, spilled)
             )
         return routed
+
+
+def _withdraw(
+    flow: FlowController | None, waiting: tuple[asyncio.Future[None], str, int], ticket: Ticket | None
+) -> None:
+    """A queued request whose stream ended before it waited: out of the queue, its reservation back."""
+    if flow is not None:
+        flow.withdraw(waiting[0])
+    if ticket is not None:
+        ticket.release()
 
 
 async def _arrived(routed: Dispatch | PendingRoute) -> Dispatch:

@@ -17,7 +17,7 @@ from picker.tenants.backend import (
 )
 from picker.tenants.estimate import TokenEstimator, load_tokenizer
 from picker.tenants.identity import FAIRNESS_HEADER, OTHER, TenantIds
-from picker.tenants.meter import Tenancy, Ticket
+from picker.tenants.meter import PendingTicket, Tenancy, Ticket
 from picker.tenants.metrics import TenantMetrics
 from picker.tenants.policy import Price, TenantsPolicy
 
@@ -28,6 +28,7 @@ __all__ = [
     "Backend",
     "MemoryBackend",
     "NullSink",
+    "PendingTicket",
     "Price",
     "Settlement",
     "Tenancy",

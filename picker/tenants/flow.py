@@ -179,9 +179,8 @@ class FlowController:
         return bool(self._count) or self._saturation() >= 1.0
 
     def admit(self, fairness_id: str, priority: int, size: int) -> asyncio.Future[None] | None:
-        """None: go ahead now. Else a future that completes when the request may be scheduled, or raises
-        429 (pushed out of a full queue) or 503 (waited its bound); :meth:`wait` awaits it with the bound.
-        Raises 429 at once when the queue is full of the request's own flow."""
+        """None: go ahead now. Else a future for :meth:`wait`: done when the request may be scheduled, or
+        429 (pushed out of a full queue), 503 (waited its bound). 429 at once if its own flow fills it."""
         if not self._count and self._saturation() < 1.0:
             return None
         flow = (fairness_id, priority)
@@ -222,6 +221,11 @@ class FlowController:
         except asyncio.CancelledError:
             self._remove(future, "cancelled")
             raise
+
+    def withdraw(self, future: asyncio.Future[None]) -> None:
+        """A request whose stream ended before it waited leaves the queue (or, let through, its turn)."""
+        self._remove(future, "cancelled")
+        self.poke()
 
     def _full(self, priority: int, size: int) -> bool:
         limits = self.limits

@@ -24,11 +24,12 @@ invariants (what was reserved is settled or given back exactly once) would span 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, Final, Protocol
 
 from picker.errors import TenantRefused
@@ -50,7 +51,7 @@ from picker.tenants.ledger import (
 )
 from picker.tenants.policy import TenantsPolicy
 
-__all__ = ["Tenancy", "Ticket", "UsageCounts", "format_reset"]
+__all__ = ["PendingTicket", "Tenancy", "Ticket", "UsageCounts", "format_reset"]
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +216,9 @@ class Tenancy:
         prompt_chars: int,
         max_tokens: int | None,
         text: Callable[[], str] | None = None,
-    ) -> Ticket | Awaitable[Ticket]:
+    ) -> Ticket | PendingTicket:
         """Reserve a request's share of its tenant's budget. Raises TenantRefused (429) when it does not
-        fit; returns an awaitable only when the backend is remote."""
+        fit; returns a :class:`PendingTicket` only when the backend must be asked over I/O."""
         policy = self.policy
         assert policy is not None, "admit() while tenancy is off"
         tenant = self.ids.resolve(headers)
@@ -231,7 +232,7 @@ class Tenancy:
         verdict = self.backend.reserve(tenant, limits, amounts)
         if isinstance(verdict, Verdict):
             return ticket.decided(verdict)
-        return ticket.decide_later(verdict)
+        return PendingTicket(ticket, verdict)
 
     def refuse(self, ticket: Ticket, denial: Denial, verdict: Verdict) -> TenantRefused:
         """The 429 for a denied reservation."""
@@ -330,9 +331,6 @@ class Ticket:
             raise self._tenancy.refuse(self, verdict.denial, verdict)
         return self
 
-    async def decide_later(self, pending: Awaitable[Verdict]) -> Ticket:
-        return self.decided(await pending)
-
     def response_headers(self) -> list[tuple[str, bytes]]:
         """The remaining budget as ``x-ratelimit-*`` response headers (none for an unlimited tenant)."""
         headers = self._headers
@@ -410,3 +408,29 @@ class Ticket:
 
     def describe(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "model": self.model, "reserved": list(self.amounts)}
+
+
+class PendingTicket:
+    """A reservation the backend answers over I/O (Redis, the ``--workers`` supervisor): await it for the
+    :class:`Ticket` (or the refusal). :meth:`cancel` is for a request that goes away before anyone awaited
+    it: the question is withdrawn (an unstarted script call is closed, a question already sent to the
+    supervisor is cancelled, so its answer's hold is given back), so nothing stays reserved."""
+
+    __slots__ = ("_ticket", "_verdict")
+
+    def __init__(self, ticket: Ticket, verdict: Awaitable[Verdict]) -> None:
+        self._ticket = ticket
+        self._verdict = verdict
+
+    def __await__(self) -> Generator[Any, None, Ticket]:
+        return self._decide().__await__()
+
+    async def _decide(self) -> Ticket:
+        return self._ticket.decided(await self._verdict)
+
+    def cancel(self) -> None:
+        verdict = self._verdict
+        if isinstance(verdict, Coroutine):
+            verdict.close()
+        elif isinstance(verdict, asyncio.Future):
+            verdict.cancel()

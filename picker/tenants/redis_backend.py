@@ -68,6 +68,7 @@ MAX_SEEN: Final = 100_000
 PROBE_S: Final = 1.0
 ACCOUNT_TTL_S: Final = 40 * 86400
 RESERVATION_TTL_S: Final = 900.0
+_ZERO: Final = (0, 0, 0, 0, 0, 0)
 
 # Shared by both scripts: load the meters (rolled to the current windows) and drop expired reservations.
 _LOAD: Final = """
@@ -277,11 +278,17 @@ class RedisBackend:
             now + self._reservation_ttl,
             ACCOUNT_TTL_S,
         ]
+        call = asyncio.ensure_future(self._call(self._reserve_script_or_connect(), self._keys(tenant), args))
         try:
-            reply = await self._call(self._reserve_script_or_connect(), self._keys(tenant), args)
+            reply = await asyncio.shield(call)
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark(False, exc)
             return self._degraded(tenant)
+        except asyncio.CancelledError:
+            # the request went away while Redis answered: the call goes on (shielded), and if it granted,
+            # the writer gives the hold back instead of leaving it to its 15-minute expiry
+            call.add_done_callback(lambda done: self._give_back(done, tenant, hold))
+            raise
         self._mark(True)
         granted, meter = reply[0], reply[1]
         used = tuple(reply[2:8])
@@ -300,6 +307,10 @@ class RedisBackend:
         )
         return Verdict(denial, remaining, ids)
 
+    def _give_back(self, call: asyncio.Future[list[int]], tenant: str, hold: str) -> None:
+        if not call.cancelled() and call.exception() is None and call.result()[0]:
+            self._queue(Settlement(tenant, "", _ZERO, _ZERO, 0, 0, 0, hold=hold))
+
     def _reserve_script_or_connect(self) -> Any:
         self._connect()
         return self._reserve_script
@@ -317,6 +328,9 @@ class RedisBackend:
     def settle(self, s: Settlement) -> None:
         """Queue the settlement for the writer (never blocks the stream); counted locally at once."""
         self._sink.settled(s)
+        self._queue(s)
+
+    def _queue(self, s: Settlement) -> None:
         if len(self._pending) >= MAX_PENDING:
             self._pending.popleft()
             log.warning(

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from picker.config.tenants import RedisConfig
@@ -179,4 +180,32 @@ async def test_fail_closed_refuses_with_503(redis_server: RedisServer) -> None:
             r.reserve("acme", LIMITS, reservation_vector(1, 0))  # type: ignore[arg-type]
         assert metrics(r).backend_failures.labels("closed")._value.get() == 2
     finally:
+        await r.close()
+
+
+async def test_a_reservation_cancelled_while_redis_answers_is_given_back(redis_server: RedisServer) -> None:
+    """The request goes away while its script is in flight (Redis paused: the command is sent, the
+    answer is not back): the script runs anyway, and its hold is given back by the writer, not left
+    to its 15-minute expiry."""
+    r = backend(redis_server)
+    writer = asyncio.create_task(r.run())
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert (await reserve(r, "warm-up", reservation_vector(1, 0))).granted  # connected, scripts loaded
+        await admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        asking = asyncio.ensure_future(reserve(r, "acme", reservation_vector(10, 0)))
+        await asyncio.sleep(0.05)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        for _ in range(400):
+            if not r.pending() and await admin.hlen("t:{acme}:h") == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await admin.exists("t:{acme}:m"), "the script ran after the request had gone"
+        assert int(await admin.hget("t:{acme}:m", "r3") or 0) == 0, "the concurrency slot came back"
+        assert await admin.hlen("t:{acme}:h") == 0
+    finally:
+        writer.cancel()
+        await admin.aclose()
         await r.close()
