@@ -52,6 +52,7 @@ import numpy as np
 
 from benchmarks.extproc.workload import FULL, HEADER_ONLY, MODEL_HEADER, SMALL_BODY, Workload
 from benchmarks.harness import machine_info, spawn_json
+from picker.extproc.budget import BodyBudget
 from picker.extproc.spans import RequestTracer
 from picker.extproc.stream import ExtProcStream
 from picker.service import Service
@@ -90,17 +91,21 @@ class _Streams:
         assert len(self.messages) == len(self.names) - 1, "one message per phase"
         self.header_only = header_only
         self.service = service
+        # what the server holds once and hands to every stream
+        self.router, self.observer = service.director, service.telemetry
+        self.budget = BodyBudget()
         self.skip_response = skip_response_rule(service.config_store)  # as the server wires it
         self.evict = np.ones(EVICT_BYTES // 8)
         self.tracer = tracer
 
     def _stream(self) -> ExtProcStream:
         return ExtProcStream(
-            self.service.director,
-            self.service.telemetry,
+            self.router,
+            self.observer,
             max_body_bytes=16 << 20,
             skip_response=self.skip_response,
             header_only=self.header_only,
+            budget=self.budget,
             tracer=self.tracer,
         )
 

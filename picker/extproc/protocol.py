@@ -1,6 +1,7 @@
 """Names and limits of the Endpoint Picker Protocol (reference §1.5-§1.10): header keys, metadata
-namespaces, the headers never echoed back, the body chunk size. Read by the stream, the wire encoder and
-the readable reply builders tests check the encoder against (:mod:`picker.testing.replies`)."""
+namespaces, the headers never echoed back, the body chunk size, and the error that ends a stream with a
+gRPC status. Read by the stream, the server, the wire encoder and the readable reply builders tests check
+the encoder against (:mod:`picker.testing.replies`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ __all__ = [
     "SUBSET_NAMESPACE",
     "SYSTEM_HEADERS",
     "ResponseSkip",
+    "StreamAbortError",
 ]
 
 #: Largest ``streamed_response`` chunk: below Envoy's 64 KiB per-chunk limit, as the reference uses.
@@ -60,3 +62,13 @@ class ResponseSkip(enum.IntEnum):
     BODY = 2
     #: everything after the request headers (header-only mode)
     AFTER_REQUEST_HEADERS = 3
+
+
+class StreamAbortError(Exception):
+    """End the RPC with a gRPC error (raised by the stream, mapped by the server). ``internal`` = our bug;
+    otherwise the proxy broke the protocol."""
+
+    def __init__(self, details: str, *, internal: bool) -> None:
+        super().__init__(details)
+        self.details = details
+        self.internal = internal

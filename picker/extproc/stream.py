@@ -35,7 +35,7 @@ from picker.extproc import wire
 from picker.extproc.budget import BodyBudget
 from picker.extproc.metadata import served_address, served_endpoint, subset_hint
 from picker.extproc.observer import StreamObserver
-from picker.extproc.protocol import ResponseSkip
+from picker.extproc.protocol import ResponseSkip, StreamAbortError
 from picker.extproc.request_body import RequestBody, declared_length
 from picker.extproc.request_head import read_request_head
 from picker.extproc.response import NO_TIMING, ResponseBody
@@ -74,15 +74,6 @@ class _Suspended(tuple[bytes, ...]):
 
 #: what :meth:`ExtProcStream.handle` returns when routing waits for I/O: no replies yet; await resume()
 SUSPENDED: Final = _Suspended()
-
-
-class StreamAbortError(Exception):
-    """End the RPC with a gRPC error. ``internal`` = our bug; otherwise the proxy broke the protocol."""
-
-    def __init__(self, details: str, *, internal: bool) -> None:
-        super().__init__(details)
-        self.details = details
-        self.internal = internal
 
 
 class _ProtocolViolationError(Exception):
@@ -141,9 +132,9 @@ class ExtProcStream:
         self._tracer = tracer
         self._span: RequestSpan | None = None
         self._header_only = header_only
-        #: the process-wide budget of buffered body bytes; the request body while it is buffered
+        #: the process-wide budget of buffered body bytes; the request body once one is announced
         self._budget = budget if budget is not None else BodyBudget(1 << 62)
-        self._request_body = RequestBody(max_body_bytes, self._budget)
+        self._request_body: RequestBody | None = None
         self._observer = observer
         self._max_body = max_body_bytes
         self._served_verifier = served_verifier
@@ -281,7 +272,8 @@ class ExtProcStream:
             return self._route_by_header(end_of_stream=message.end_of_stream)
         if message.end_of_stream:
             return self._route_headers_only()
-        self._request_body.declared(self._headers.get("content-length", ""))
+        body = self._request_body = RequestBody(self._max_body, self._budget)
+        body.declared(self._headers.get("content-length", ""))
         self._phase = Phase.REQUEST_BODY
         return _NO_REPLIES
 
@@ -299,6 +291,7 @@ class ExtProcStream:
             )
         message = request.request_body
         if message.body:
+            assert self._request_body is not None  # made with the phase
             self._request_body.add(message.body)
         if not message.end_of_stream:
             return _NO_REPLIES
@@ -321,6 +314,7 @@ class ExtProcStream:
         return replies
 
     def _route(self, *, end_of_stream: bool) -> list[bytes] | _Suspended:
+        assert self._request_body is not None  # made with the phase
         request = self._request(self._request_body.take())  # handed on: the replies carry it
         return self._dispatched(request, self._router.resolve(request), end_of_stream)
 
@@ -542,7 +536,8 @@ class ExtProcStream:
     def _give_back(self) -> None:
         """Return what this stream holds of the body budget (its buffered bytes were handed on or
         dropped), of the request body and of the response body."""
-        self._request_body.release()
+        if self._request_body is not None:
+            self._request_body.release()
         if self._body is not None:
             self._body.release()
 

@@ -84,7 +84,18 @@ class Admission:
     def route(self, request: RoutingRequest, resolved: Resolved) -> Dispatch | PendingRoute:
         """An empty pool's hold, the tenant's budget, flow control (or spill-first), then the director's
         schedule: a Dispatch now, or a :class:`PendingRoute` when one of them needs waiting first."""
-        return self._hold_if_empty(request, resolved) or self._admit(request, resolved)
+        if self._hold is not None:
+            held = self._hold_if_empty(request, resolved)
+            if held is not None:
+                return held
+        tenancy, flow = self._tenancy, self._flow
+        if (tenancy is None or not tenancy.active) and (flow is None or not flow.enabled):
+            # nothing to reserve or queue (most requests): the pick now, one call in (a request's path is
+            # priced by the code it touches with cold caches, see benchmarks/bench_stream.py)
+            routed = self.admitted(None, request, resolved)
+            assert routed is not None  # only a pressed schedule may decline
+            return routed
+        return self._admit(request, resolved)
 
     def _hold_if_empty(self, request: RoutingRequest, resolved: Resolved) -> PendingRoute | None:
         """Scale from zero: the wait for a first replica when the pool is empty and the config holds."""

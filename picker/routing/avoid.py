@@ -25,7 +25,9 @@ fleet, is the likelier fault). Levels rather than one avoided/not flag keep pass
 scraping is down: with every endpoint stale, an ejected one is still not primary.
 
 The per-pick cost when nothing is avoided is one identity comparison with the last snapshot and one with
-its oldest scrape time.
+its oldest scrape time. The same holds when every row is equally avoided for staleness alone (a pool
+whose scrapes stopped, or were never made): a comparison with its newest scrape time, and no levels, since
+a level that every row shares leaves the pick as it is (:meth:`Avoidance.levels`).
 
 Other "not primary" marks (an external endpoint over its limits) belong here as further
 reasons, so there is one rule and one place that explains it.
@@ -91,28 +93,35 @@ class FailoverReason(enum.StrEnum):
 class Avoidance:
     """Which rows of a snapshot are avoided right now, and why (see the module docstring)."""
 
-    __slots__ = ("_last", "_oldest", "_watch")
+    __slots__ = ("_last", "_newest", "_oldest", "_watch")
 
     def __init__(self) -> None:
         self._last: EndpointMatrix | None = None
         #: rows of the last snapshot whose health is not "healthy"; None when there are none
         self._watch: NDArray[np.intp] | None = None
-        #: the oldest successful scrape of the last snapshot (``inf`` when it is empty)
+        #: the oldest and the newest successful scrape of the last snapshot (``inf`` when it is empty;
+        #: the newest ignores NaN, and is NaN when every row's is)
         self._oldest = math.inf
+        self._newest = math.inf
 
     def levels(self, m: EndpointMatrix, now: float, stale_after: float | None) -> Levels | None:
-        """The avoidance level of every row of ``m`` at ``now``, or None when no row is avoided (the
-        common case). ``stale_after``: the staleness threshold in seconds; None = staleness is no reason."""
+        """The avoidance level of every row of ``m`` at ``now``, or None when no row is avoided more than
+        another: none is avoided (the common case), or every row is stale and none has a health reason (a
+        level every candidate shares changes no pick: :meth:`split` and :meth:`preferred_rows` keep them
+        all, and staleness alone sends nothing external). ``stale_after``: the staleness threshold in
+        seconds; None = staleness is no reason."""
         if m is not self._last:
             self._last = m
             rows = np.flatnonzero(m.health != 0.0)
             self._watch = rows if rows.size else None
-            self._oldest = float(m.scraped_at.min()) if len(m) else math.inf
+            scraped = m.scraped_at
+            self._oldest = float(scraped.min()) if len(m) else math.inf
+            self._newest = float(np.fmax.reduce(scraped)) if len(m) else math.inf
         watch = self._watch
         horizon = -math.inf if stale_after is None else now - stale_after
         # NaN-safe: "not fresh" rather than "older"
         any_stale = not self._oldest >= horizon
-        if watch is None and not any_stale:
+        if watch is None and (not any_stale or not self._newest >= horizon):
             return None
         out = np.zeros(len(m), dtype=np.uint8)
         if any_stale:

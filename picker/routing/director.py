@@ -56,7 +56,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,7 +65,7 @@ from picker.errors import BadRequest, Internal, ResourceExhausted, ServiceUnavai
 from picker.routing.admission import Admission
 from picker.routing.avoid import Avoidance, FailoverReason
 from picker.routing.external import ExternalCapacity, ExternalLease, SpillCheck
-from picker.routing.header_only import HDR_OBJECTIVE, body_less_dispatch, resolve_headers
+from picker.routing.header_only import HDR_OBJECTIVE, body_less_dispatch, header_request_info
 from picker.routing.hold import EmptyPoolHold
 from picker.routing.openai import ModelRestorer, parse_request, rewrite_model
 from picker.routing.spill import NO_SPILL, RemoteAsk, SpillDecision, decide, explain_spill_off
@@ -96,6 +96,16 @@ PREFIX_MATCH_TIMING = "approx-prefix-cache-producer"
 _NO_PLUGIN_HEADERS: Mapping[str, str] = MappingProxyType({})
 #: why a request whose pool candidates the filters all removed goes external (a worker's ask)
 _UNAVAILABLE = SpillCheck(wanted=True, asked=False, reason=FailoverReason.UNAVAILABLE, saturation=None)
+
+
+class _InForce(NamedTuple):
+    """What the director derives from one active config, once per config rather than per request."""
+
+    active: ActiveConfig
+    #: the staleness threshold that makes an endpoint avoided, or None with ``staleEndpoints: Allow``
+    stale_after: float | None
+    #: the config has external endpoints (``externalEndpoints``)
+    external: bool
 
 
 class RoutingState(Protocol):
@@ -169,6 +179,7 @@ class Director:
         self.external = external if external is not None else ExternalCapacity()
         #: the waits and reservations before the pick (hold, tenant budget, flow control)
         self.admission = Admission(self, config, datastore, tenancy=tenancy, flow=flow, hold=hold)
+        self._in_force: _InForce | None = None
 
     # ------------------------------------------------------------------------------------- routing
     def resolve(self, request: RoutingRequest, *, explain: bool = False) -> Resolved:
@@ -246,8 +257,9 @@ class Director:
         mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
         empty = len(m) == 0 or (mask is not None and not mask.any())
         active = self._config.active
+        in_force = self._derived(active)
         choice = active.profiles.choose(objective, priority, request.headers)
-        external = self.external_for(priority, choice)
+        external = self.external_for(priority, choice) if in_force.external else None
         if empty and external is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
         scheduler = choice.scheduler
@@ -269,7 +281,7 @@ class Director:
                 m,
                 mask,
                 scheduler,
-                levels=lambda: self._avoidance.levels(m, started, self._stale_after()),
+                levels=lambda: self._avoidance.levels(m, started, in_force.stale_after),
                 objective=objective,
                 saturation=saturation,
                 empty=empty,
@@ -309,6 +321,7 @@ class Director:
                 started,
                 spill,
                 external,
+                in_force,
                 explain=explain,
                 answered=answered,
             )
@@ -327,6 +340,7 @@ class Director:
         started: float,
         spill: SpillDecision,
         external: ExternalCapacity | None,
+        in_force: _InForce,
         *,
         explain: bool,
         answered: bool = False,
@@ -335,12 +349,11 @@ class Director:
         accounting and the Dispatch. A RemoteAsk: the filters left no pool candidate and a ``--workers``
         worker asks the supervisor for an external endpoint (the schedule runs again with its answer)."""
         incoming, target, priority, objective, info = resolved
-        active = self._config.active
         selection = request.headers.get(HDR_TEST_SELECTION)
         prefix = None
         timings = request.timings
         if info is not None and info.prefix_input:
-            prefix = self._match_prefix(info, active, target, m, started, timings)
+            prefix = self._match_prefix(info, in_force.active, target, m, started, timings)
         pick_req = PickRequest(
             target_model=target,
             incoming_model=incoming,
@@ -363,7 +376,14 @@ class Director:
         if len(m) and (mask is None or mask.any()):
             try:
                 result, avoided, pool_failover = self._pick(
-                    m, pick_req, choice.scheduler, mask, started, explain=explain, timings=timings
+                    m,
+                    pick_req,
+                    choice.scheduler,
+                    mask,
+                    started,
+                    stale_after=in_force.stale_after,
+                    explain=explain,
+                    timings=timings,
                 )
             except NoEndpointsAvailable as exc:
                 # the filters left nothing: the pool has no candidate for this request
@@ -386,7 +406,7 @@ class Director:
             # the pool's primary serves it (a spilled request's prefix goes to the external endpoint)
             self._record_prefix(m, result.primary, prefix)
         addresses = m.addresses
-        pool = () if result is None else tuple(addresses[i] for i in result.indices)
+        pool = () if result is None else tuple(map(addresses.__getitem__, result.indices))
         lease: Lease
         if first is not None:
             # the pool's pick is the fallback list (a gateway retries there); nothing is charged to it
@@ -442,6 +462,7 @@ class Director:
         mask: NDArray[np.bool_] | None,
         now: float,
         *,
+        stale_after: float | None,
         explain: bool,
         timings: list[PluginTiming] | None = None,
     ) -> tuple[PickResult, Mapping[str, str] | None, str | None]:
@@ -449,7 +470,7 @@ class Director:
         put back as last-resort fallbacks. Returns the result, the avoided candidates (name → why; None
         when none) and the failover reason when the scorer would have chosen an avoided endpoint.
         ``timings``: the pick's per-plugin timings (not those of the unconstrained comparison pick)."""
-        levels = self._avoidance.levels(m, now, self._stale_after())
+        levels = self._avoidance.levels(m, now, stale_after)
         split = None if levels is None else Avoidance.split(mask, levels)
         if levels is None or split is None:
             result = scheduler.schedule(
@@ -473,16 +494,37 @@ class Director:
         return PickResult(indices, result.decision), reasons, failover
 
     def resolve_by_header(self, request: RoutingRequest) -> Resolved | None:
-        """Header-only mode: steps 1-3 from the headers (``header_only.resolve_headers``)."""
-        active = self._config.active
-        return resolve_headers(request, active.model_header, active.prompt_tokens_header, self._ds.objectives)
+        """Header-only mode (``picker.config.header_only``): steps 1-3 from the headers, the model from the
+        configured header and the prompt-token estimate from its header
+        (:func:`~picker.routing.header_only.header_request_info`); :meth:`route` does the rest as for a
+        body. None for a request without a body and without the model header (``GET /v1/models``): it
+        routes as a body-less request always does (:meth:`route_headers_only`).
 
-    def _stale_after(self) -> float | None:
-        """The staleness threshold that makes an endpoint avoided, or None with ``staleEndpoints: Allow``."""
-        config = self._config.active.config
-        if not config.avoid_stale_endpoints:
+        No rewrite is applied (neither InferenceModelRewrites nor ``x-gateway-model-name-rewrite``): the
+        body the server receives is not ours to change, so routing follows the model it names. Tenants are
+        rejected at config load in this mode. Raises BadRequest for a missing or invalid model header.
+        """
+        active = self._config.active
+        headers = request.headers
+        if request.headers_only and not headers.get(active.model_header):
             return None
-        return config.staleness_threshold or self._default_staleness
+        info = header_request_info(headers, active.model_header, active.prompt_tokens_header)
+        model = info.model or ""
+        objective = headers.get(HDR_OBJECTIVE, "")
+        return Resolved(model, model, self._ds.objectives.priority(objective), objective, info)
+
+    def _derived(self, active: ActiveConfig) -> _InForce:
+        """What the director derives from ``active`` (computed when the active config changes)."""
+        in_force = self._in_force
+        if in_force is None or in_force.active is not active:
+            config = active.config
+            stale_after = None
+            if config.avoid_stale_endpoints:
+                stale_after = config.staleness_threshold or self._default_staleness
+            settings = config.settings
+            external = self.external.sync(settings.external_endpoints, settings.spillover)
+            in_force = self._in_force = _InForce(active, stale_after, external)
+        return in_force
 
     def _match_prefix(  # noqa: PLR0917 - the request's parts the match reads
         self,
@@ -521,6 +563,7 @@ class Director:
         m = self._ds.snapshot()
         if len(m) == 0:
             raise Internal(MSG_NO_PODS)
-        rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), self._stale_after()))
+        stale_after = self._derived(self._config.active).stale_after
+        rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), stale_after))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
         return body_less_dispatch(m.addresses[i])

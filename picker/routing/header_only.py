@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from picker.errors import BadRequest
-from picker.routing.types import Dispatch, RequestInfo, Resolved, RoutingRequest
+from picker.routing.types import Dispatch, RequestInfo
 from picker.state.accounting import NullLease
-from picker.state.objectives import ObjectiveStore
 
 __all__ = [
     "HDR_OBJECTIVE",
@@ -21,7 +20,6 @@ __all__ = [
     "MAX_TOKEN_ESTIMATE",
     "body_less_dispatch",
     "header_request_info",
-    "resolve_headers",
 ]
 
 HDR_OBJECTIVE = "x-gateway-inference-objective"
@@ -55,26 +53,6 @@ def header_request_info(headers: Mapping[str, str], model_header: str, tokens_he
             )
         tokens = min(int(value), MAX_TOKEN_ESTIMATE)
     return RequestInfo(api="", model=model, prompt_chars=tokens * 4)
-
-
-def resolve_headers(
-    request: RoutingRequest, model_header: str, tokens_header: str, objectives: ObjectiveStore
-) -> Resolved | None:
-    """Header-only mode (``picker.config.header_only``): steps 1-3 from the headers, the model from the
-    configured header and the prompt-token estimate from its header; the director's ``route`` does the
-    rest as for a body. None for a request without a body and without the model header (``GET
-    /v1/models``): it routes as a body-less request always does (:func:`body_less_dispatch`).
-
-    No rewrite is applied (neither InferenceModelRewrites nor ``x-gateway-model-name-rewrite``): the
-    body the server receives is not ours to change, so routing follows the model it names. Tenants are
-    rejected at config load in this mode. Raises BadRequest for a missing or invalid model header.
-    """
-    if request.headers_only and not request.headers.get(model_header):
-        return None
-    info = header_request_info(request.headers, model_header, tokens_header)
-    model = info.model or ""
-    objective = request.headers.get(HDR_OBJECTIVE, "")
-    return Resolved(model, model, objectives.priority(objective), objective, info)
 
 
 def body_less_dispatch(address: str) -> Dispatch:

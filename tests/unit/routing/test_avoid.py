@@ -199,6 +199,28 @@ def test_when_every_endpoint_is_stale_the_pick_uses_them_all() -> None:
     assert (decision.avoided, decision.failover, obs.failovers) == (None, None, Counter())
 
 
+@pytest.mark.parametrize(
+    ("scraped_at", "stale_rows"),
+    [
+        ([OLD, OLD, NEVER, OLD], None),  # every row equally avoided: no levels, as when none is
+        ([OLD, float("nan"), NEVER, OLD], None),
+        ([float("nan")] * 4, None),
+        ([OLD, float("nan"), FRESH, NEVER], [0, 1, 3]),  # NaN is "not fresh"
+        ([FRESH, FRESH, FRESH, OLD], [3]),
+    ],
+)
+def test_levels_are_none_unless_some_row_is_avoided_more_than_another(
+    scraped_at: list[float], stale_rows: list[int] | None
+) -> None:
+    st = state([0.0] * 4, scraped_at=scraped_at)
+    levels = Avoidance().levels(st.matrix, NOW, STALE_S)
+    if stale_rows is None:
+        assert levels is None
+    else:
+        assert levels is not None
+        assert np.flatnonzero(levels).tolist() == stale_rows
+
+
 def test_with_every_endpoint_stale_an_ejected_one_is_still_avoided() -> None:
     # scraping down everywhere must not switch passive health off
     st = state([1.0, 0.0, 0.0, 0.0], scraped_at=[OLD] * 4)
