@@ -103,6 +103,8 @@ class SnapshotCache:
         are unchanged (the steady state between two scrapes, also when a filter removes the same
         endpoints every time)."""
         memo = self._pool if v.rows is None else self._subset
+        if memo is not None and memo.matrix is m and v.rows is None:
+            return memo.prepared  # the same snapshot's whole pool (most picks): nothing to compare
         if memo is not None and memo.matches(m, v.rows):
             if memo.matrix is not m:
                 memo = _Memo(m, memo.columns, memo.rows, memo.prepared)

@@ -61,7 +61,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -148,8 +148,7 @@ _NO_SIGNALS: Mapping[str, NDArray[np.float64]] = MappingProxyType({})
 MAX_CHARGE_TOKENS = 1 << 30
 
 
-@dataclass(frozen=True, slots=True)
-class LoadCharge:
+class LoadCharge(NamedTuple):
     """What one routed request adds to the owner-maintained columns of its primary endpoint, and when it
     gives it back. The service (datastore + ext_proc) and the fleet simulator both follow this, so the
     columns a scorer reads mean the same thing in both.
@@ -187,6 +186,9 @@ class LoadCharge:
     reference profile's, while "do not count" kept it between 11 % worse and 14 % better, and better than
     "count until the end" at every streaming share and load (``benchmarks/results/quality-tuning.md``).
     The request still counts in ``inflight_tokens`` and, through the scraped gauges, in the queue scorers.
+
+    A NamedTuple for the reason given at :class:`~scoring.types.PickRequest`: one is built per routed
+    request.
 
     ``dispatched`` and its scrape mark are documented in ``scoring/README.md`` ("Load estimate"). A
     request whose primary endpoint leaves the pool is dropped with the endpoint's row.

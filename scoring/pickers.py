@@ -95,8 +95,11 @@ class MaxScorePicker(Picker):
             return [totals.index(best)]
         if count == len(totals):  # all equal (an idle pool): the draw is the position
             return [draw_index(rng, count)]
-        tied = [i for i, value in enumerate(totals) if value == best]
-        return [tied[draw_index(rng, count)]]
+        # the draw-th of the equal maxima, found in C (no per-pick list of them)
+        i = totals.index(best)
+        for _ in range(draw_index(rng, count)):
+            i = totals.index(best, i + 1)
+        return [i]
 
 
 class RandomPicker(Picker):

@@ -157,7 +157,7 @@ class Scheduler:
         """
         start = self.candidates_view(m, candidates)
         records: list[FilterRecord] | None = [] if explain else None
-        v = self.run_filters(start, req, now, records, timings)
+        v = self.run_filters(start, req, now, records, timings) if self.filters else start
         prepared = self._cache.get(m, v)
         dispatched = v.take(m.dispatched)
         # the one choice between the two forms of the same totals (see scoring.terms): Python floats for a

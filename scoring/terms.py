@@ -22,7 +22,7 @@ products in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from operator import add
 from typing import Any
@@ -67,6 +67,7 @@ class ProfileTerms:
         "float_loads",
         "load_terms",
         "min_max_loads",
+        "request_key",
         "request_scorers",
         "request_terms",
         "scorers",
@@ -93,6 +94,15 @@ class ProfileTerms:
             for i, w in self.load_terms
         )
         self.request_scorers = tuple(self.scorers[i].scorer for i, _ in self.request_terms)
+        #: what the request terms depend on: requests with equal keys have equal static totals. The one
+        #: request scorer's own method when there is one (the usual case: no wrapper call per pick)
+        self.request_key: Callable[[PickRequest], Hashable] = (
+            _no_key
+            if not self.request_scorers
+            else self.request_scorers[0].request_key
+            if len(self.request_scorers) == 1
+            else self._request_keys
+        )
 
     # ------------------------------------------------------------------------------- per snapshot
     def prepare(self, v: View) -> Prepared:
@@ -109,14 +119,9 @@ class ProfileTerms:
         return Prepared(states, total)
 
     # -------------------------------------------------------------------------------- per request
-    def request_key(self, req: PickRequest) -> Hashable:
-        """What the request terms depend on: requests with equal keys have equal static totals."""
-        scorers = self.request_scorers
-        if not scorers:
-            return None
-        if len(scorers) == 1:
-            return scorers[0].request_key(req)
-        return tuple(s.request_key(req) for s in scorers)
+    def _request_keys(self, req: PickRequest) -> Hashable:
+        """:attr:`request_key` with several request scorers."""
+        return tuple(s.request_key(req) for s in self.request_scorers)
 
     def static(self, v: View, prepared: Prepared, req: PickRequest, dispatched: F64) -> F64 | None:
         """Σ snapshot terms + Σ request terms (read-only), cached per request key on the prepared state."""
@@ -203,6 +208,11 @@ class ProfileTerms:
         if static is None:
             return dynamic
         return list(map(add, static, dynamic))
+
+
+def _no_key(_req: PickRequest) -> Hashable:
+    """:attr:`ProfileTerms.request_key` without request scorers."""
+    return None
 
 
 def _term(score: F64, weight: float) -> F64:

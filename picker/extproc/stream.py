@@ -228,7 +228,8 @@ class ExtProcStream:
         if self._closed:
             return
         self._closed = True
-        self._give_back()
+        if self._request_body is not None or self._body is not None:
+            self._give_back()
         if self._pending is not None:
             self._pending[0].cancel()
             self._pending = None
@@ -321,7 +322,9 @@ class ExtProcStream:
     def _route_by_header(self, *, end_of_stream: bool) -> Replies:
         """Header-only mode: route now, from the headers, and ask the proxy to skip everything after. A
         request without a body and without the model header routes as any body-less request."""
-        request = self._request(b"", headers_only=end_of_stream)
+        request = RoutingRequest(
+            self._request_id, self._headers, self._path, b"", self._subset, headers_only=end_of_stream
+        )
         resolved = self._router.resolve_by_header(request)
         if resolved is None:
             return self._routed_replies(self._router.route_headers_only(request), end_of_stream)
@@ -363,7 +366,7 @@ class ExtProcStream:
                     dispatch.destination, echo, None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS
                 )
                 if echo
-                else wire.header_only_reply(dispatch.destination)
+                else wire.header_only_reply(dispatch.endpoints)
             )
             self._routed(dispatch, declared_length(self._headers.get("content-length", "")) or 0)
             return [reply]

@@ -272,12 +272,14 @@ def request_headers_reply(
 
 
 @functools.lru_cache(maxsize=4096)
-def header_only_reply(destination: str) -> bytes:
+def header_only_reply(endpoints: tuple[str, ...]) -> bytes:
     """Header-only mode's reply when nothing is echoed: :func:`request_headers_reply` with no headers, no
     content length and :attr:`~picker.extproc.protocol.ResponseSkip.AFTER_REQUEST_HEADERS`. It depends on
     the destination alone, of which a pool has few (each endpoint, and each primary-fallback pair), so it
     is encoded once per destination and remembered (bounded): a lookup instead of about 40 µs of encoding
-    with the cold caches every request meets in the server (``bench_stream --header-only``)."""
+    with the cold caches every request meets in the server (``bench_stream --header-only``). Keyed by
+    the dispatch's endpoints (primary first), so a remembered reply costs no join either."""
+    destination = ",".join(endpoints)
     return request_headers_reply(destination, (), None, skip_response=ResponseSkip.AFTER_REQUEST_HEADERS)
 
 

@@ -404,7 +404,7 @@ class Director:
                 self._observer.failover(failover)
         if prefix is not None and not explain and first is None and result is not None:
             # the pool's primary serves it (a spilled request's prefix goes to the external endpoint)
-            self._record_prefix(m, result.primary, prefix)
+            self._record_prefix(m, result.indices[0], prefix)
         addresses = m.addresses
         pool = () if result is None else tuple(map(addresses.__getitem__, result.indices))
         lease: Lease
@@ -415,8 +415,9 @@ class Director:
         else:
             assert result is not None
             endpoints = pool
-            charge = LoadCharge.for_request(pick_req, result.primary)
-            lease = NullLease() if explain else self._ds.acquire(m.names[result.primary], charge)
+            primary = result.indices[0]
+            charge = LoadCharge.for_request(pick_req, primary)
+            lease = NullLease() if explain else self._ds.acquire(m.names[primary], charge)
         dispatch = Dispatch(
             endpoints=endpoints,
             body=body,
@@ -428,7 +429,7 @@ class Director:
             objective=objective,
             info=info,
             decision=None if result is None else result.decision,
-            profile=choice.profile,
+            profile=choice.scheduler.profile_name,
             profile_reason=choice.reason,
             avoided=avoided,
             failover=failover,
