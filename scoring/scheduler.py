@@ -155,7 +155,9 @@ class Scheduler:
         appended to it (module docstring); the pick is the same. Raises :class:`NoEndpointsAvailable`
         when no endpoint is left.
         """
-        start = self.candidates_view(m, candidates)
+        start = View(m) if candidates is None else self.candidates_view(m, candidates)
+        if start.n == 0:
+            raise NoEndpointsAvailable("no candidate endpoints")
         records: list[FilterRecord] | None = [] if explain else None
         v = self.run_filters(start, req, now, records, timings) if self.filters else start
         prepared = self._cache.get(m, v)

@@ -92,7 +92,9 @@ class Admission:
         if (tenancy is None or not tenancy.active) and (flow is None or not flow.enabled):
             # nothing to reserve or queue (most requests): the pick now, one call in (a request's path is
             # priced by the code it touches with cold caches, see benchmarks/bench_stream.py)
-            routed = self.admitted(None, request, resolved)
+            routed = self._director.schedule(request, resolved, explain=False)
+            if isinstance(routed, RemoteAsk):
+                return self._ask(None, request, resolved, routed, pressed=False)
             assert routed is not None  # only a pressed schedule may decline
             return routed
         return self._admit(request, resolved)
@@ -276,12 +278,7 @@ class Admission:
                 decided.ticket.release()
             raise
         if isinstance(routed, RemoteAsk):
-            queue_ttl = self._flow.limits.ttl_s if pressed and self._flow is not None else None
-            return PendingRoute(
-                self._asked(ticket, request, resolved, routed, pressed=pressed),
-                extend_s=None if queue_ttl is None else queue_ttl + HOLD_MARGIN_S,
-                on_cancel=lambda: give_back(routed.future),
-            )
+            return self._ask(ticket, request, resolved, routed, pressed=pressed)
         if routed is not None and ticket is not None:
             spilled = routed.ticket
             routed.ticket = (
@@ -290,6 +287,23 @@ class Admission:
                 else JointReservation(ticket, spilled)
             )
         return routed
+
+    def _ask(
+        self,
+        ticket: Ticket | None,
+        request: RoutingRequest,
+        resolved: Resolved,
+        ask: RemoteAsk,
+        *,
+        pressed: bool,
+    ) -> PendingRoute:
+        """A ``--workers`` worker asks the supervisor for an external endpoint first (:meth:`_asked`)."""
+        queue_ttl = self._flow.limits.ttl_s if pressed and self._flow is not None else None
+        return PendingRoute(
+            self._asked(ticket, request, resolved, ask, pressed=pressed),
+            extend_s=None if queue_ttl is None else queue_ttl + HOLD_MARGIN_S,
+            on_cancel=lambda: give_back(ask.future),
+        )
 
 
 def _withdraw(
