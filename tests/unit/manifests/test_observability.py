@@ -364,6 +364,18 @@ def test_dashboard_uses_only_exported_metrics(
 REQUIRED_PANELS = {
     "scaler replicas": {"picker_scaler_desired_replicas", "picker_scaler_ready_replicas"},
     "scaler demand": {"picker_scaler_demand_rps", "picker_scaler_forecast_rps"},
+    "scaler token demand": {
+        "picker_scaler_demand_tps",
+        "picker_scaler_forecast_tps",
+        "picker_scaler_capacity_tps",
+        "picker_scaler_ready_replicas",
+    },
+    "scaler demand replicas requests tokens": {
+        "picker_scaler_demand_rps",
+        "picker_scaler_capacity_rps",
+        "picker_scaler_demand_tps",
+        "picker_scaler_capacity_tps",
+    },
     "scaler decisions": {"picker_scaler_decisions_total"},
     "scaler saved": {"picker_scaler_gpu_hours_saved_total"},
     "scaler drain": {"picker_scaler_drain_duration_seconds_bucket"},
