@@ -1,6 +1,10 @@
 """The scaler end to end: the whole EPP against the API-server emulator's Deployment controller, requests
 through the mini gateway (ext_proc with the Envoy-like client, then the real HTTP forward).
 
+Sizing on tokens: at an unchanged low request rate, long prompts (their ``usage`` counted by our token
+counters) make the token budget bind, and the scaler adds a replica through the scale subresource, saying
+so in ``/debug/scaler`` and the token gauges; the same rate of short prompts adds nothing.
+
 With streams in flight on every pod, a scale-down removes exactly the pod it chose, only after that pod's
 streams ended, and no request is routed to it after the draining mark. The decision, the drain and the
 removal are visible where an operator looks: ``/debug/scaler``, ``/metrics`` and Events on the Deployment.
@@ -294,5 +298,107 @@ async def test_a_request_to_an_empty_pool_is_held_while_one_replica_comes_up_the
         assert "ScaleUp" in reasons
         await patient.close()
         await strict.close()
+    finally:
+        controller.close()
+
+
+def token_sizing_doc() -> str:
+    """Requests alone would need one replica (100 requests/s each); the tokens of long prompts need two."""
+    return (
+        f"{EPP_DOC}---\napiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
+        "scaling:\n"
+        "  target: {kind: Deployment, name: vllm}\n"
+        "  dryRun: false\n"
+        "  minReplicas: 1\n"
+        "  maxReplicas: 2\n"
+        "  replicaCapacity: {requestsPerSecond: 100, tokensPerSecond: 1000}\n"
+        "  headroom: 0\n"
+        "  warmup: 0s\n"
+        "  interval: 1s\n"
+        "  scaleDown: {stabilization: 1h}\n"
+    )
+
+
+#: a prompt of 2,000 tokens for the fake servers (4 characters a token): at one request per second that is
+#: 2.0 replicas' worth of tokens at 1,000 tokens/s each, and 0.01 of requests at 100 requests/s each
+LONG_PROMPT = "x" * (4 * 2000)
+
+
+async def test_long_prompts_at_a_low_request_rate_add_a_replica_through_the_token_budget(
+    emulator: KubeApiEmulator, fake_pods: FakePods, start_epp: StartEpp, tmp_path: Path
+) -> None:
+    pods = [await fake_pods.add(f"slot-{i}") for i in range(2)]
+    controller = WorkloadController(emulator, ips=[p.ip for p in pods])
+    try:
+        create_pool(emulator, fake_pods)
+        emulator.create(deployment("vllm", NS, labels=SEL, replicas=1))
+        await eventually(lambda: len(emulator.list_objects("v1", "Pod", NS)) == 1, what="one pod")
+        config = tmp_path / "config.yaml"
+        config.write_text(token_sizing_doc())
+        epp = await start_epp(config_file=str(config))
+        await wait_serving(epp)
+        await eventually(lambda: len(epp.addresses()) == 1, what="one endpoint")
+        gateway = MiniGateway(epp.client, timeout_s=60)
+        sent: list[GatewayResult] = []
+
+        async def traffic(prompt: str, stop: asyncio.Event) -> None:
+            """About two requests a second, one at a time, until stopped."""
+            while not stop.is_set():
+                sent.append(await gateway.send("/v1/completions", completion(prompt=prompt, max_tokens=8)))
+                await asyncio.sleep(0.5)
+
+        async def last() -> dict[str, Any]:
+            doc = await epp.admin.json("/debug/scaler")
+            return doc["last"] or {}  # type: ignore[no-any-return]
+
+        async def scale_ups() -> list[dict[str, Any]]:
+            doc = await epp.admin.json("/debug/scaler")
+            return [d for d in doc["decisions"] if d["action"] == "scale-up"]
+
+        # short prompts at that rate: a few tokens a second, measured, and one replica is enough
+        stop = asyncio.Event()
+        task = asyncio.create_task(traffic("hello", stop))
+
+        async def short_measured() -> bool:
+            tick = await last()
+            return bool(tick.get("demandRps")) and tick.get("demandTps") is not None and tick["demandTps"] > 0
+
+        await eventually(short_measured, within=30, what="the short requests' token rate measured")
+        await eventually(short_measured, within=30, what="measured on a second tick")
+        tick = await last()
+        assert tick["demandTps"] < 500, tick  # a handful of tokens per request: well under one replica's
+        assert await scale_ups() == []
+        stop.set()
+        await task
+
+        # the same request rate with 2,000-token prompts: the token budget binds and a replica is added
+        # through the scale subresource
+        stop = asyncio.Event()
+        task = asyncio.create_task(traffic(LONG_PROMPT, stop))
+        ups = await eventually(scale_ups, within=60, what="a scale-up")
+        stop.set()
+        await task
+        assert all(r.status == 200 for r in sent), [r for r in sent if r.status != 200]
+        (up,) = ups
+        assert up["reason"] == "demand"
+        assert (up["current"], up["desired"]) == (1, 2)
+        assert "(tokens bind)" in up["message"], up["message"]
+        scaled = [
+            r
+            for r in emulator.requests
+            if r.plural == "deployments" and r.subresource == "scale" and r.verb in ("patch", "update")
+        ]
+        assert scaled, "the count changed through the scale subresource"
+        await eventually(
+            lambda: emulator.get("apps/v1", "Deployment", NS, "vllm")["spec"]["replicas"] == 2,  # type: ignore[index]
+            what="two replicas",
+        )
+        await eventually(lambda: len(epp.addresses()) == 2, what="the new replica routed to")
+        # the token side is where operators look too: /debug/scaler and the gauges
+        doc = await epp.admin.json("/debug/scaler")
+        assert doc["plan"]["capacity"]["tokensPerSecond"] == 1000.0, doc["plan"]["capacity"]
+        assert await epp.admin.metric("picker_scaler_capacity_tps") == 1000.0
+        assert await epp.admin.metric("picker_scaler_decisions_total", direction="up", reason="demand") == 1
+        await gateway.close()
     finally:
         controller.close()
