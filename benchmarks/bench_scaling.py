@@ -13,7 +13,8 @@ times the length mix's mean tokens per request, see :mod:`benchmarks.scaling.dem
 
 Ours' settings (headroom, scale-down stabilization) are **chosen on week 1** and only then replayed on
 week 2 (:mod:`benchmarks.scaling.selection`: the cheapest of a grid whose week-1 SLO attainment is at
-least 99 % of static's, ours running there without a forecast: no week precedes it). Week 1's
+least 99 % of static's over the week and on each of its days, ours running there without a forecast: no
+week precedes it). Week 1's
 numbers are reported too, for the policies that need no history (static, reactive, oracle, ours without
 forecast); schedule-only needs the week before and is not run there. ``--headroom``/``--stabilization-s``
 skip the selection.
@@ -52,9 +53,10 @@ from benchmarks.scaling.calibration import (
     AttainmentTable,
     steady_state,
 )
-from benchmarks.scaling.demand import DATA, WEEK_S, DemandSeries, TokenMix
+from benchmarks.scaling.demand import DATA, WEEK_S, WINDOW_S, DemandSeries, TokenMix
 from benchmarks.scaling.model import Fleet
 from benchmarks.scaling.policies import (
+    OURS_VARIANTS,
     Oracle,
     Ours,
     Reactive,
@@ -119,9 +121,11 @@ def ours_config(
     stabilization_s: float,
     forecast: bool = True,
     trend: bool = False,
+    sample_window_s: float = WINDOW_S,
 ) -> ScalingConfig:
     """Ours as replayed: the section an operator would write (no schedule windows: bounds [1, peak]); the
-    token capacity is the request capacity at the mix's mean tokens per request (one load test gives both)."""
+    token capacity is the request capacity at the mix's mean tokens per request (one load test gives both);
+    ``sample_window_s``: what each history sample averages over (the rate file's window)."""
     capacity: dict[str, float] = {"requestsPerSecond": capacity_rps}
     if tokens_per_request is not None:
         capacity["tokensPerSecond"] = capacity_rps * tokens_per_request
@@ -137,17 +141,9 @@ def ours_config(
         "scaleDown": {"stabilization": stabilization_s},
     }
     if forecast:
-        doc["forecast"] = {"prometheusUrl": "http://replay.invalid", "weeks": 1, "trend": trend}
+        url = "http://replay.invalid"
+        doc["forecast"] = {"prometheusUrl": url, "weeks": 1, "trend": trend, "sampleWindow": sample_window_s}
     return ScalingConfig.model_validate(doc)
-
-
-#: ours with other settings: the section's defaults, and one ingredient changed at a time
-VARIANTS: dict[str, dict[str, Any]] = {
-    "section-defaults (headroom 0.2, stabilization 15m)": {"headroom": 0.2, "stabilization_s": 900.0},
-    "no forecast": {"forecast": False},
-    "forecast with trend": {"trend": True},
-    "requests only (no tokensPerSecond)": {"tokens": False},
-}
 
 
 def replay(
@@ -243,6 +239,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def ours(headroom: float, stabilization_s: float, **changes: Any) -> tuple[Ours, TokenMix | None]:
         use_tokens = changes.pop("tokens", True)
+        # the history's samples are the windows' means, stamped at each window's end
+        changes.setdefault("sample_window_s", series.window_s)
         cfg = ours_config(
             args,
             capacity,
@@ -259,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "oracle": Oracle(table, args.peak_replicas),
     }
     fleets1, selection = history_week(
-        args, baselines, ours, lambda p, **kw: replay(p, series, table, slo, **first, **kw), say
+        args, baselines, ours, lambda p, **kw: replay(p, series, table, slo, **first, **kw), say, start=week1
     )
     chosen = selection["chosen"]
     headroom, stabilization = chosen["headroom"], chosen["stabilization_s"]
@@ -303,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return replay(Reactive(table, u, args.peak_replicas, TICK_S), series, table, slo, **common)
 
     variants = {}
-    for label, changes in VARIANTS.items():
+    for label, changes in OURS_VARIANTS.items():
         policy, tokens = ours(**{"headroom": headroom, "stabilization_s": stabilization, **changes})
         fleet = replay(policy, series, table, slo, tokens=tokens, **common)
         variants[label] = summary(fleet, hours, tick_s=TICK_S)

@@ -184,6 +184,17 @@ class Oracle:
         fleet.scale_to(s.t, self.need(s.true_rps), warmup_s=0.0)
 
 
+#: ours with other settings (keywords of ``bench_scaling.ours_config``, ``tokens``: False for requests
+#: only): the section's defaults, and one ingredient changed at a time
+OURS_VARIANTS: dict[str, dict[str, Any]] = {
+    "section-defaults (headroom 0.2, stabilization 15m)": {"headroom": 0.2, "stabilization_s": 900.0},
+    "no forecast": {"forecast": False},
+    "forecast with trend": {"trend": True},
+    "forecast without the sample window (samples read as instants, as before)": {"sample_window_s": 0.0},
+    "requests only (no tokensPerSecond)": {"tokens": False},
+}
+
+
 class Ours:
     def __init__(self, cfg: ScalingConfig, history: PoolHistory) -> None:
         self.name = "ours"
@@ -200,11 +211,16 @@ class Ours:
     def act(self, fleet: Fleet, s: Signals) -> None:
         fc = fc_tokens = None
         if self.cfg.forecast is not None:
-            weeks, trend = self.cfg.forecast.weeks, self.cfg.forecast.trend
-            f = forecast(self.history.requests, s.t, self.horizon, weeks=weeks, trend=trend)
+            fcfg = self.cfg.forecast
+            weeks, trend, lookback = fcfg.weeks, fcfg.trend, fcfg.sample_window
+            f = forecast(
+                self.history.requests, s.t, self.horizon, weeks=weeks, trend=trend, lookback_s=lookback
+            )
             fc = None if f is None else f.rps
             if self.history.tokens is not None and self.cfg.replica_capacity.tokens_per_second is not None:
-                ft = forecast(self.history.tokens, s.t, self.horizon, weeks=weeks, trend=trend)
+                ft = forecast(
+                    self.history.tokens, s.t, self.horizon, weeks=weeks, trend=trend, lookback_s=lookback
+                )
                 fc_tokens = None if ft is None else ft.rps
         inflight = fleet.inflight_per_pod()
         pods = tuple(
