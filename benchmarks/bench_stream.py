@@ -178,8 +178,11 @@ def run_tracing(*, quick: bool, repeat: int) -> dict[str, Any]:
         tracers: dict[str, Tracing | None] = {"off": None}
         for name, ratio in (("0%", 0.0), ("1%", 0.01), ("100%", 1.0)):
             settings = TracingSettings(endpoint=endpoint, sampler="parentbased_traceidratio", ratio=ratio)
-            tracers[name] = Tracing(settings, pool=lambda: "bench")
-        variants = {name: _Streams(service, tracer=tracer) for name, tracer in tracers.items()}
+            tracers[name] = Tracing(settings)
+        variants = {
+            name: _Streams(service, tracer=None if tracer is None else tracer.for_pool(lambda: "bench"))
+            for name, tracer in tracers.items()
+        }
         for tracer in tracers.values():
             if tracer is not None:
                 tracer.start()

@@ -87,10 +87,12 @@ class ServedPool:
         serve_extproc: bool = True,
         request_registry: CollectorRegistry | None = None,
         prefix: PrefixCacheState | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``settings`` are this pool's (its name, source, ext_proc port, config file); ``registry`` is
-        where its metrics register. ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix``
-        are for the ``--workers`` supervisor, as in :class:`picker.service.Service`."""
+        where its metrics register; ``tracing``: the process's (``--tracing``; started and closed by the
+        service). ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix`` are for the
+        ``--workers`` supervisor, as in :class:`picker.service.Service`."""
         self.settings = settings
         build = build or BuildInfo()
         self.datastore = (
@@ -173,12 +175,8 @@ class ServedPool:
                 cert_path=Path(settings.cert_path) if settings.cert_path else None,
                 reload=settings.enable_cert_reload,
             )
-        #: ``--tracing``: spans of this pool's requests (the ``--workers`` supervisor serves none)
-        self.tracing = (
-            Tracing(settings.tracing, pool=self.telemetry.pool_name)
-            if settings.tracing is not None and serve_extproc
-            else None
-        )
+        #: ``--tracing``: this pool's tracer over the process's one exporter (the service's ``tracing``)
+        self.tracer = tracing.for_pool(self.telemetry.pool_name) if tracing is not None else None
         self.extproc = (
             ExtProcServer(
                 self.director,
@@ -194,7 +192,7 @@ class ServedPool:
                 stream_config=stream_config_rule(self.config_store),
                 keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
                 max_buffered_bytes=body_budget(config, settings),
-                tracer=self.tracing,
+                tracer=self.tracer,
             )
             if serve_extproc
             else None
@@ -457,8 +455,6 @@ class ServedPool:
             self.scaler = self._build_scaler(self.kube, client)
         self._check_scaling(initial)
         self._gpu = self._gpu_source()
-        if self.tracing is not None:
-            self.tracing.start()
         if self.extproc is None:
             return None
         await bind_server("--grpc-port", s.host, s.grpc_port, self.extproc.start())
@@ -487,8 +483,6 @@ class ServedPool:
         if self.extproc is not None:
             self.hold.close()
             await self.extproc.stop(grace=5.0)
-        if self.tracing is not None:
-            await self.tracing.close()
 
     async def close(self) -> None:
         """Close the sources and the scraper (after :meth:`stop_serving`)."""

@@ -4,7 +4,8 @@
 the environment); the constructor reads no file and no environment and starts nothing. What is per pool
 (datastore, scoring document, router, ext_proc listener, scrape loop, Kubernetes sources, scaler) is a
 :class:`picker.pool.ServedPool`; the service holds what the process has once: the gRPC health port, the
-metrics and admin servers, the Kubernetes API client, and the start and shutdown order. Long-running parts
+metrics and admin servers, the Kubernetes API client, the tracer provider (``--tracing``: one OTLP exporter
+per process, each pool's spans naming it), and the start and shutdown order. Long-running parts
 are named tasks in one ``asyncio.TaskGroup``: if one crashes or returns, the group cancels the rest and the
 process exits non-zero, so Kubernetes restarts it loudly instead of it limping on with a dead scraper.
 
@@ -50,6 +51,7 @@ from picker.state.prefix import PrefixCacheState
 from picker.telemetry import PoolLabelled, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController
 from picker.tenants.service import TenantService
+from picker.tracing import Tracing
 from picker.wiring import BuildInfo, bind_server, listen_server, load_initial_config
 
 log = logging.getLogger("picker")
@@ -103,6 +105,9 @@ class Service:
         several = len(pool_settings) > 1
         if several and (datastore is not None or prefix is not None or not serve_extproc):
             raise ValueError("a shared datastore or prefix index (--workers) serves one pool")
+        #: ``--tracing``: one tracer provider and OTLP exporter for the process, whatever the pools (the
+        #: ``--workers`` supervisor serves no ext_proc and traces nothing)
+        self.tracing = Tracing(settings.tracing) if settings.tracing is not None and serve_extproc else None
         #: the pools this process serves: one (``--pool-name``, ``--endpoint-selector``,
         #: ``--static-endpoints``), or one per ``--pool``, each on its own ext_proc port
         self.pools: tuple[ServedPool, ...] = tuple(
@@ -118,6 +123,7 @@ class Service:
                 serve_extproc=serve_extproc,
                 request_registry=request_registry,
                 prefix=prefix,
+                tracing=self.tracing,
             )
             for ps, (cfg, text, source) in zip(pool_settings, starts, strict=True)
         )
@@ -337,6 +343,8 @@ class Service:
         """Start every pool (its source, its ext_proc port), bind the process's ports; returns them."""
         s = self.settings
         grpc_ports = {}
+        if self.tracing is not None:
+            self.tracing.start()
         for pool in self.pools:
             bound = await pool.start(self._api)
             grpc_ports[pool.name] = bound if bound is not None else pool.settings.grpc_port
@@ -423,6 +431,8 @@ class Service:
         self.admin_server.stop()
         for pool in self.pools:
             await pool.stop_serving()
+        if self.tracing is not None:
+            await self.tracing.close()
         await self.health_server.stop(grace=None)
         for pool in self.pools:
             await pool.close()

@@ -11,7 +11,10 @@ non-recording span: its context is still propagated (sampled flag off) and nothi
 Sampling is the standard set (``OTEL_TRACES_SAMPLER``; default ``parentbased_traceidratio`` at 0.1, the
 reference's): a request whose ``traceparent`` says "sampled" is recorded under a parent-based sampler
 whatever the ratio. Spans go through the SDK's batch processor (one export thread per process, started by
-:meth:`Tracing.start`, never by the constructor) to the OTLP/gRPC exporter.
+:meth:`Tracing.start`, never by the constructor) to the OTLP/gRPC exporter. A process serving several
+pools has one :class:`Tracing` (one provider, one exporter, one connection to the collector); each pool's
+streams begin their spans through a :class:`PoolTracer`, which names the pool in ``picker.pool`` (an
+attribute, not the resource: the resource is the provider's, shared by the pools).
 
 **Quiet when no collector listens.** The exporter logs a warning per retry and an error per dropped batch;
 with no collector that is a line every second or so for as long as the process runs. Those lines are
@@ -68,7 +71,7 @@ from picker.routing.types import Dispatch
 from picker.settings import TracingSettings
 from scoring.types import PluginTiming
 
-__all__ = ["MAX_ATTRIBUTE_CHARS", "SPAN_NAME", "Tracing", "exporter_problem"]
+__all__ = ["MAX_ATTRIBUTE_CHARS", "SPAN_NAME", "PoolTracer", "Tracing", "exporter_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +221,35 @@ class _RequestSpan:
         span.end()
 
 
-class Tracing:
-    """The process's tracing: a tracer provider with the OTLP/gRPC exporter, and the per-request spans
-    (:class:`picker.extproc.spans.RequestTracer`). Constructing it starts nothing; :meth:`start` builds
-    the provider and its export thread, :meth:`close` flushes and stops them. Before :meth:`start` and
-    after :meth:`close`, :meth:`begin` does nothing (None, headers untouched)."""
+def _no_pool() -> str:
+    return ""
 
-    def __init__(
-        self, settings: TracingSettings, *, pool: Callable[[], str], exporter: SpanExporter | None = None
-    ) -> None:
-        """``pool``: the pool's name, read per span; ``exporter``: for tests of this module (default: the
-        OTLP/gRPC exporter to ``settings.endpoint``)."""
-        self.settings = settings
+
+class PoolTracer:
+    """One pool's :class:`picker.extproc.spans.RequestTracer` over the process's :class:`Tracing`: its
+    spans carry the pool's name (``picker.pool``), read per recorded span."""
+
+    __slots__ = ("_pool", "_tracing")
+
+    def __init__(self, tracing: Tracing, pool: Callable[[], str]) -> None:
+        self._tracing = tracing
         self._pool = pool
+
+    def begin(self, headers: Mapping[str, str], echo: list[tuple[str, bytes]]) -> _RequestSpan | None:
+        return self._tracing.begin(headers, echo, self._pool)
+
+
+class Tracing:
+    """The process's tracing: one tracer provider with one OTLP/gRPC exporter and its export thread, however
+    many pools the process serves (each pool's streams get a :class:`PoolTracer` from :meth:`for_pool`),
+    and the per-request spans. Constructing it starts nothing; :meth:`start` builds the provider and its
+    export thread, :meth:`close` flushes and stops them. Before :meth:`start` and after :meth:`close`,
+    :meth:`begin` does nothing (None, headers untouched)."""
+
+    def __init__(self, settings: TracingSettings, *, exporter: SpanExporter | None = None) -> None:
+        """``exporter``: for tests of this module (default: the OTLP/gRPC exporter to
+        ``settings.endpoint``)."""
+        self.settings = settings
         self._given_exporter = exporter
         self._tracecontext = TraceContextTextMapPropagator()
         self._propagator = CompositePropagator([self._tracecontext, W3CBaggagePropagator()])
@@ -302,7 +321,14 @@ class Tracing:
         if self._owns_filter:
             logging.getLogger(_EXPORTER_LOGGER).removeFilter(self._export_log)
 
-    def begin(self, headers: Mapping[str, str], echo: list[tuple[str, bytes]]) -> _RequestSpan | None:
+    def for_pool(self, pool: Callable[[], str]) -> PoolTracer:
+        """The tracer of one pool's streams (``pool``: its name, read per recorded span)."""
+        return PoolTracer(self, pool)
+
+    def begin(
+        self, headers: Mapping[str, str], echo: list[tuple[str, bytes]], pool: Callable[[], str] = _no_pool
+    ) -> _RequestSpan | None:
+        """:meth:`picker.extproc.spans.RequestTracer.begin`, the span's ``picker.pool`` from ``pool``."""
         tracer = self._tracer
         if tracer is None:
             return None
@@ -327,4 +353,4 @@ class Tracing:
         if not span.is_recording():
             return None
         span.set_attribute("picker.request_id", _cut(headers.get("x-request-id", "")))
-        return _RequestSpan(span, self._pool())
+        return _RequestSpan(span, pool())

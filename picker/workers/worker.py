@@ -85,11 +85,7 @@ class _Worker:
         #: requests waiting for a first replica (set in run())
         self.hold: EmptyPoolHold | None = None
         #: ``--tracing``: each worker records and exports the spans of its own streams
-        self.tracing = (
-            Tracing(settings.tracing, pool=lambda: self.view.pool.name if self.view.pool else "")
-            if settings.tracing is not None
-            else None
-        )
+        self.tracing = Tracing(settings.tracing) if settings.tracing is not None else None
 
     async def _first_state(self) -> None:
         deadline = time.monotonic() + 30.0
@@ -146,7 +142,9 @@ class _Worker:
             stream_config=stream_config_rule(store),
             keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
             max_buffered_bytes=body_budget(config, s),
-            tracer=self.tracing,
+            tracer=None
+            if self.tracing is None
+            else self.tracing.for_pool(lambda: self.view.pool.name if self.view.pool else ""),
         )
 
     async def run(self, sock: socket.socket) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -29,6 +31,7 @@ from picker.testing.envoy import EnvoyClient, HttpRequest
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, inference_pool
 from picker.testing.net import free_port
+from picker.testing.otlp import OtlpReceiver
 from tests.integration.kube_e2e.conftest import (
     NS,
     SERVING,
@@ -105,6 +108,27 @@ class Pool:
 
 
 @pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    r = OtlpReceiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def _tracing_env(receiver: OtlpReceiver) -> dict[str, str]:
+    """Only requests whose traceparent says "sampled" are recorded, and spans are exported only when the
+    process flushes at shutdown (a 10-minute batch delay), so the Export calls count the exporters."""
+    return {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "5",
+    }
+
+
+@pytest.fixture
 async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:
     made = {}
     for i, name in enumerate(("alpha", "beta", "gamma")):
@@ -129,8 +153,14 @@ def samples(page: str, metric: str, /, **labels: str) -> list[float]:
     ]
 
 
-async def test_three_pools_one_process_each_routed_by_its_port(
-    emulator: KubeApiEmulator, pools: dict[str, Pool], kubeconfig: Path, tmp_path: Path
+@pytest.mark.parametrize("workers", [1])
+async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917 - fixtures and the parameter
+    emulator: KubeApiEmulator,
+    pools: dict[str, Pool],
+    kubeconfig: Path,
+    tmp_path: Path,
+    receiver: OtlpReceiver,
+    workers: int,
 ) -> None:
     alpha, beta, gamma = pools["alpha"], pools["beta"], pools["gamma"]
     # alpha and beta: a short queue with a full KV cache against a long queue with a free one
@@ -163,7 +193,10 @@ async def test_three_pools_one_process_each_routed_by_its_port(
             "--admin-port=0",
             "--host=127.0.0.1",
             "--secure-serving=false",
+            "--tracing",
+            f"--workers={workers}",
             stdin=asyncio.subprocess.DEVNULL,
+            env=_tracing_env(receiver),
             stdout=sink,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -227,13 +260,30 @@ async def test_three_pools_one_process_each_routed_by_its_port(
         await eventually(lambda: only(beta, beta.members["beta-free-kv"].address), what="beta")
         assert await gamma.destinations(10) <= gamma.addresses()
 
-        # One /metrics: each pool's series under its pool label (the reference's own label kept)
-        status, body = await admin._get("/metrics")
-        assert status == 200
-        page = body.decode()
+        # One /metrics: each pool's series under its pool label (the reference's own label kept), each
+        # request counted once (under --workers the workers' counts reach the supervisor within a second)
+        async def counted() -> bool:
+            assert admin is not None
+            status, body = await admin._get("/metrics")
+            assert status == 200
+            page = body.decode()
+            assert len(samples(page, "inference_extension_info")) == 1
+            return all(
+                sum(samples(page, "inference_objective_request_total", pool=pool.name)) == pool.sent
+                for pool in pools.values()
+            )
+
+        await eventually(counted, what="each pool's requests counted once under its pool label")
+
+        # --tracing: one sampled request per pool, each span naming its pool (checked after the exit)
+        traced = {}
         for pool in pools.values():
-            assert sum(samples(page, "inference_objective_request_total", pool=pool.name)) == pool.sent
-        assert len(samples(page, "inference_extension_info")) == 1
+            trace_id = secrets.token_hex(16)
+            assert pool.client is not None
+            headers = [("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")]
+            r = await pool.client.exchange(HttpRequest(body=completion(prompt="traced"), headers=headers))
+            assert str(r.destination) in pool.addresses()
+            traced[trace_id] = pool.name
 
         async def ready_pods() -> dict[str, list[float]]:
             assert admin is not None
@@ -298,6 +348,12 @@ async def test_three_pools_one_process_each_routed_by_its_port(
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, log.read_text()[-3000:]
+    # one exporter per process (not one per pool), flushed once at shutdown: one Export call per process
+    # that recorded a span, each carrying the spans of every pool it served
+    spans = await receiver.wait_for(len(traced))
+    assert {s.trace_id: s.attributes["picker.pool"] for s in spans} == traced
+    assert 1 <= receiver.exports <= workers
+    assert all("picker.plugin.picker.max-score-picker.duration_ns" in s.attributes for s in spans)
 
 
 async def _equals(got: Any, want: set[str]) -> bool:

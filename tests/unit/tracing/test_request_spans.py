@@ -44,7 +44,7 @@ def _dispatch() -> Dispatch:
 async def traced() -> AsyncIterator[tuple[Tracing, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     settings = TracingSettings(sampler="parentbased_traceidratio", ratio=0.0)
-    tracing = Tracing(settings, pool=lambda: "pool-a", exporter=exporter)
+    tracing = Tracing(settings, exporter=exporter)
     tracing.start()
     yield tracing, exporter
     await tracing.close()
@@ -57,7 +57,7 @@ async def test_a_sampled_parent_gets_a_recorded_child_whose_context_replaces_the
     incoming = f"00-{TRACE}-{PARENT}-01"
     headers = {"traceparent": incoming, "x-request-id": "r-1", "baggage": "team=a"}
     echo = [("Traceparent", incoming.encode()), ("x-request-id", b"r-1"), ("baggage", b"team=a")]
-    span = tracing.begin(headers, echo)
+    span = tracing.for_pool(lambda: "pool-a").begin(headers, echo)
     assert span is not None
     names = [key.lower() for key, _ in echo]
     assert names.count("traceparent") == 1
@@ -103,7 +103,7 @@ async def test_a_dropped_request_still_propagates_and_records_nothing(
 
 
 async def test_before_start_and_after_close_nothing_is_touched() -> None:
-    tracing = Tracing(TracingSettings(), pool=lambda: "p", exporter=InMemorySpanExporter())
+    tracing = Tracing(TracingSettings(), exporter=InMemorySpanExporter())
     echo = [("traceparent", b"x")]
     assert tracing.begin({"traceparent": "x"}, echo) is None
     tracing.start()
