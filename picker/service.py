@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,30 +82,30 @@ class Service:
         config_source: str = "default",
         build: BuildInfo | None = None,
         registry: CollectorRegistry | None = None,
-        datastore: Datastore | None = None,
+        datastores: Sequence[Datastore] = (),
         serve_extproc: bool = True,
-        request_registry: CollectorRegistry | None = None,
-        debug_workers: Callable[[], list[dict[str, Any]]] | None = None,
-        prefix: PrefixCacheState | None = None,
+        debug_workers: Callable[[int], list[dict[str, Any]]] | None = None,
         documents: Sequence[tuple[PickerConfig, str, str]] = (),
     ) -> None:
         """Builds every part from what it is given; reads no file and no environment (see :meth:`load`).
         ``config_text``/``config_source``: the document ``config`` was loaded from and where (``/config``,
-        the file watcher's baseline); ``build``: what ``inference_extension_info`` reports. The last five
-        are for the ``--workers`` supervisor (:mod:`picker.workers`): its datastore publishes to shared
-        memory, it serves no ext_proc itself, keeps its own (unused) request-path metrics out of
-        ``/metrics``, answers ``/debug/workers`` and holds the replica of the prefix index its workers'
-        records reach. With several pools (``--pool``), ``config``/``config_text``/``config_source`` are
-        the first pool's start document and ``documents`` the others', in ``--pool`` order."""
+        the file watcher's baseline); ``build``: what ``inference_extension_info`` reports. With several
+        pools (``--pool``), ``config``/``config_text``/``config_source`` are the first pool's start
+        document and ``documents`` the others', in ``--pool`` order. ``datastores`` (one per pool, in
+        order), ``serve_extproc`` and ``debug_workers`` are for the ``--workers`` supervisor
+        (:mod:`picker.workers`): each pool's datastore publishes to its shared memory, the supervisor
+        serves no ext_proc itself, keeps its own (unused) request-path metrics out of ``/metrics``
+        (a throwaway registry per pool), and answers each pool's ``/debug/workers``
+        (``debug_workers(pool index)``)."""
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         pool_settings = settings.pool_settings()
         starts = [(config, config_text, config_source), *documents]
         if len(starts) != len(pool_settings):
             raise ValueError(f"{len(pool_settings)} pools but {len(starts)} start documents")
+        if datastores and len(datastores) != len(pool_settings):
+            raise ValueError(f"{len(pool_settings)} pools but {len(datastores)} datastores")
         several = len(pool_settings) > 1
-        if several and (datastore is not None or prefix is not None or not serve_extproc):
-            raise ValueError("a shared datastore or prefix index (--workers) serves one pool")
         #: ``--tracing``: one tracer provider and OTLP exporter for the process, whatever the pools (the
         #: ``--workers`` supervisor serves no ext_proc and traces nothing)
         self.tracing = Tracing(settings.tracing) if settings.tracing is not None and serve_extproc else None
@@ -119,13 +120,12 @@ class Service:
                 config_text=text,
                 config_source=source,
                 build=build,
-                datastore=datastore,
+                datastore=datastores[i] if datastores else None,
                 serve_extproc=serve_extproc,
-                request_registry=request_registry,
-                prefix=prefix,
+                request_registry=None if serve_extproc else CollectorRegistry(),
                 tracing=self.tracing,
             )
-            for ps, (cfg, text, source) in zip(pool_settings, starts, strict=True)
+            for i, (ps, (cfg, text, source)) in enumerate(zip(pool_settings, starts, strict=True))
         )
         if several:
             self.registry.register(PoolLabelled([(p.name, p.telemetry.registry) for p in self.pools]))
@@ -155,7 +155,12 @@ class Service:
             port=settings.metrics_port,
             name="metrics",
         )
-        apps = {p.name: self._pool_admin_app(p, debug_workers) for p in self.pools}
+        apps = {
+            p.name: self._pool_admin_app(
+                p, None if debug_workers is None else functools.partial(debug_workers, i)
+            )
+            for i, p in enumerate(self.pools)
+        }
         #: /config, /debug/*: its own port, on loopback unless --admin-bind says otherwise
         self.admin_server = HttpServer(
             build_pools_admin_app(apps, self.describe_pools, max_body_bytes=settings.admin_max_body_bytes)

@@ -337,12 +337,6 @@ class Settings(BaseModel):
         for p in self.pools:
             if p.port in taken:
                 raise ValueError(f"--pool {p.name}: port {p.port} is also {taken[p.port]}")
-        if self.workers > 1 and len(self.pools) > 1:
-            raise ValueError(
-                "--workers with several --pool is not supported: the workers share one pool's state "
-                "through one shared-memory segment and one port; run one picker serve per pool with "
-                "--workers, or serve the pools from one process without --workers"
-            )
 
     def pool_settings(self) -> tuple[Settings, ...]:
         """The settings of each pool this process serves: itself without ``--pool``, else one per

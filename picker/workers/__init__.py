@@ -43,8 +43,15 @@ The port: ``--grpc-port 0`` picks a free port, reserved by a socket the supervis
 ``SO_REUSEPORT`` (never listening, so it takes no connections); a fixed port is reserved the same way, so a
 port held by an unrelated process fails at start.
 
+Several pools (``--pool``): every worker serves every pool's port (``SO_REUSEPORT`` on each) and the
+supervisor holds each pool's state as it holds one pool's: a segment, a publishing datastore, merged
+metrics, budgets, held counts and a prefix replica per pool (:class:`picker.workers.hosts.PoolHost`); the
+pipe carries what concerns a pool wrapped with its index (:mod:`.channel`), so nothing of one pool reaches
+another's. One tracer provider per worker serves all its pools (``--tracing``).
+
 The package: :mod:`.channel` is the pipe protocol (every message either side sends), :mod:`.worker` the
-worker process, :mod:`.supervisor` the supervisor's side (the worker pool, the port reservation, start-up).
+worker process, :mod:`.supervisor` the supervisor's side (the worker pool, the port reservations, start-up),
+:mod:`.hosts` the supervisor's state of one pool for the workers.
 """
 
 from picker.workers.supervisor import WorkerPool, run_workers

@@ -1,14 +1,20 @@
 """The pipe between the ``--workers`` supervisor and each worker: length-prefixed JSON messages over one
 end of a socket pair, and the vocabulary both sides speak.
 
-Messages are lists whose first item names them. Worker → supervisor: ``["serving", pid]`` (its ext_proc
-port is bound), ``["metrics", families]`` (its request-path metrics, :func:`picker.telemetry.export_families`,
-about every :data:`METRICS_INTERVAL_S`), ``["prefix", records]`` (its new prefix-index records, forwarded
-to the other workers), ``[HELD, n]`` (its requests held for a first replica), ``["tenants.*", ...]``
-(budget reservations and, with Redis, usage counts: :mod:`picker.tenants.remote`), ``["external.*", ...]``
-(external endpoints' reservations, :mod:`picker.routing.external_remote`). Supervisor → worker:
-``["stop"]``, ``["prefix", records]`` (another worker's), budget verdicts
-(``picker.tenants.remote.VERDICT``) and external grants (``picker.routing.external_remote.GRANT``).
+Messages are lists whose first item names them. What concerns one pool travels wrapped as
+``[POOL, pool index, message]`` (the index in ``--pool`` order; 0 without ``--pool``), so a worker serving
+several pools speaks to each pool's host in the supervisor (:mod:`picker.workers.hosts`) over one pipe;
+``serving`` and ``stop`` concern the process.
+
+Worker → supervisor: ``["serving", pid]`` (its ext_proc ports are bound), and per pool
+``["metrics", families]`` (its request-path metrics, :func:`picker.telemetry.export_families`, about every
+:data:`METRICS_INTERVAL_S`), ``["prefix", records]`` (its new prefix-index records, forwarded to the other
+workers), ``[HELD, n]`` (its requests held for a first replica), ``["tenants.*", ...]`` (budget
+reservations and, with Redis, usage counts: :mod:`picker.tenants.remote`), ``["external.*", ...]``
+(external endpoints' reservations, :mod:`picker.routing.external_remote`).
+
+Supervisor → worker: ``["stop"]``, and per pool ``["prefix", records]`` (another worker's), budget
+verdicts (``picker.tenants.remote.VERDICT``) and external grants (``picker.routing.external_remote.GRANT``).
 
 JSON rather than pickle: the supervisor never unpickles what another process wrote.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -28,6 +35,8 @@ METRICS_INTERVAL_S = 1.0
 DRAIN_S = 5.0
 #: worker → supervisor: ``[HELD, n]``, the worker's requests now held for a first replica (scale from zero)
 HELD = "held"
+#: either way: ``[POOL, index, message]``, a message about the pool at ``index`` (in ``--pool`` order)
+POOL = "pool"
 
 
 class Channel:
@@ -62,6 +71,14 @@ class Channel:
             return None
         message: list[Any] = orjson.loads(data)
         return message
+
+    def for_pool(self, index: int) -> Callable[[list[Any]], None]:
+        """A ``send`` for messages about the pool at ``index`` (wrapped as ``[POOL, index, message]``)."""
+
+        def send(message: list[Any]) -> None:
+            self.send([POOL, index, message])
+
+        return send
 
     def close(self) -> None:
         self._writer.close()

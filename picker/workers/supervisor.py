@@ -1,6 +1,7 @@
 """The ``--workers`` supervisor: starts, watches and restarts the worker processes (:class:`WorkerPool`),
-reserves the shared port, and runs the ordinary :class:`picker.service.Service` with a datastore that
-publishes to shared memory (see :mod:`picker.workers`)."""
+reserves each pool's shared port, and runs the ordinary :class:`picker.service.Service` with, per pool, a
+datastore that publishes to that pool's shared memory (:class:`picker.workers.hosts.PoolHost`; see
+:mod:`picker.workers`)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,19 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
+from picker.config import PickerConfig
+from picker.errors import ConfigError
 from picker.extproc.tls import generate_self_signed
-from picker.routing.external_remote import ExternalHost
 from picker.service import Service
 from picker.settings import Settings
 from picker.state.codec import HealthInputs
 from picker.state.datastore import Datastore
 from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
-from picker.telemetry import MergedRequestMetrics
-from picker.tenants.remote import BudgetHost
 from picker.wiring import (
     BuildInfo,
     freeze_startup_objects,
@@ -35,7 +33,8 @@ from picker.wiring import (
     run_main,
     snapshot_interval,
 )
-from picker.workers.channel import DRAIN_S, HELD, Channel
+from picker.workers.channel import DRAIN_S, POOL, Channel
+from picker.workers.hosts import PoolHost
 from picker.workers.worker import worker_main
 
 log = logging.getLogger("picker.workers")
@@ -62,32 +61,13 @@ class WorkerPool:
     """Starts, watches and restarts the worker processes. ``run()`` until cancelled."""
 
     def __init__(
-        self,
-        settings: Settings,
-        segment: SharedSegment,
-        datastore: Datastore,
-        merged: MergedRequestMetrics,
-        *,
-        key_pair: tuple[bytes, bytes] | None,
-        budget: BudgetHost | None = None,
-        external: ExternalHost | None = None,
-        held: Callable[[object, int], None] | None = None,
-        prefix: Callable[[object], object] | None = None,
+        self, settings: Settings, hosts: Sequence[PoolHost], *, key_pair: tuple[bytes, bytes] | None
     ) -> None:
-        """``budget``: answers the workers' tenant reservations from the supervisor's memory backend;
-        ``held``: told each worker's count of requests held for a first replica
-        (``Service.held_elsewhere``); ``prefix``: applies a batch of a worker's prefix records to the
-        supervisor's replica."""
+        """``hosts``: each pool's segment, datastore and answers to the workers (in ``--pool`` order);
+        every worker serves every pool."""
         self.settings = settings
-        self.budget = budget
-        #: answers the workers' external-endpoint reservations from the supervisor's budgets
-        self.external = external
-        self._held = held
-        self.segment = segment
-        self.datastore = datastore
-        self.merged = merged
+        self.hosts = tuple(hosts)
         self._key_pair = key_pair
-        self._prefix = prefix
         self._slots = [_Slot() for _ in range(settings.workers)]
         self._restarts: deque[float] = deque()
         self._ctx = multiprocessing.get_context("spawn")
@@ -100,11 +80,13 @@ class WorkerPool:
     def all_serving(self) -> bool:
         return all(slot.serving for slot in self._slots)
 
-    def stats(self) -> list[dict[str, Any]]:
-        """``/debug/workers``: per worker index, its pid, whether it serves, picks and open streams."""
+    def stats(self, pool: int = 0) -> list[dict[str, Any]]:
+        """``/debug/workers`` of the pool at index ``pool``: per worker index, its pid, whether it serves,
+        the pool's picks and open streams in it."""
         out = []
+        ledger = self.hosts[pool].datastore.ledger
         for i, slot in enumerate(self._slots):
-            picks, inflight = self.datastore.ledger.row_stats(i)  # worker i writes counter row i
+            picks, inflight = ledger.row_stats(i)  # worker i writes counter row i of every pool
             out.append(
                 {
                     "index": i,
@@ -121,7 +103,8 @@ class WorkerPool:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._failed = loop.create_future()
-        self.datastore.publish()  # workers read their first state right after they start
+        for host in self.hosts:
+            host.datastore.publish()  # workers read their first state right after they start
         try:
             for i in range(len(self._slots)):
                 await self._start(i)
@@ -134,7 +117,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.settings, self.segment.name, index, child, self._key_pair),
+            args=(self.settings, [h.segment.name for h in self.hosts], index, child, self._key_pair),
             name=f"picker-worker-{index}",
             daemon=False,
         )
@@ -152,25 +135,18 @@ class WorkerPool:
         """Read one worker's messages until its end closes, then handle its exit."""
         slot = self._slots[index]
         while (message := await channel.recv()) is not None:
-            if message[0] == "metrics":
-                self.merged.update(index, [tuple(f) for f in message[1]])
-            elif message[0] == "prefix" and len(message) == 2:  # to every other worker, and applied here
-                for other in (s for i, s in enumerate(self._slots) if i != index and s.channel is not None):
-                    other.channel.send(message)  # type: ignore[union-attr]
-                if self._prefix is not None:
-                    self._prefix(message[1])
+            if message[0] == POOL and len(message) == 3 and 0 <= message[1] < len(self.hosts):
+                pool, inner = message[1], message[2]
+                if inner[0] == "prefix":  # to every other worker, and applied here
+                    for other in (
+                        s for i, s in enumerate(self._slots) if i != index and s.channel is not None
+                    ):
+                        other.channel.send(message)  # type: ignore[union-attr]
+                reply = self.hosts[pool].handle(index, inner)
+                if reply is not None:
+                    channel.send([POOL, pool, reply])
             elif message[0] == "serving":
                 slot.serving = True
-            elif message[0] == HELD and self._held is not None:
-                self._held(index, int(message[1]))
-            elif message[0].startswith("tenants.") and self.budget is not None:
-                reply = self.budget.handle(index, message)
-                if reply is not None:
-                    channel.send(reply)
-            elif message[0].startswith("external.") and self.external is not None:
-                reply = self.external.handle(index, message)
-                if reply is not None:
-                    channel.send(reply)
         channel.close()
         slot.serving = False
         # the socket closes when the process exits; wait for the exit itself (kill a process that
@@ -185,14 +161,7 @@ class WorkerPool:
     def _exited(self, index: int, process: BaseProcess) -> None:
         slot = self._slots[index]
         slot.process, slot.channel, slot.reader = None, None, None
-        released = self.datastore.ledger.settle_row(index)
-        if self._held is not None:
-            self._held(index, 0)
-        self.merged.retire(index)
-        if self.budget is not None:
-            self.budget.retire(index)
-        if self.external is not None:
-            self.external.retire(index)
+        released = sum(host.retire(index) for host in self.hosts)
         if all(s.process is None for s in self._slots):
             self._none_running.set()
         if self._stopping:
@@ -259,75 +228,81 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _start_documents(settings: Settings) -> list[tuple[PickerConfig, str, str]]:
+    """Each pool's start document, as :meth:`picker.service.Service.load` reads them (ConfigError naming
+    the pool when there are several)."""
+    several = len(settings.pools) > 1
+    starts = []
+    for ps in settings.pool_settings():
+        try:
+            starts.append(load_initial_config(ps))
+        except ConfigError as exc:
+            if not several:
+                raise
+            raise ConfigError(f"pool {ps.pool_name}: {exc.message}") from exc
+    return starts
+
+
 async def _supervise(settings: Settings) -> None:
-    config, text, source = load_initial_config(settings)  # ConfigError before anything starts
-    reservation = _reserve_port(settings.host, settings.grpc_port)
-    port: int = reservation.getsockname()[1]
-    settings = settings.model_copy(update={"grpc_port": port})
-    key_pair = None
-    if settings.secure_serving and not settings.cert_path:
-        key_pair = generate_self_signed(("localhost", "127.0.0.1"))
-    segment = SharedSegment.create(SharedLayout(workers=settings.workers))
-    #: metric updates reach the workers this often, as they reach the snapshot in one process
-    interval = snapshot_interval(settings)
+    starts = _start_documents(settings)  # ConfigError before anything starts
+    reservations: list[socket.socket] = []
+    segments: list[SharedSegment] = []
     service: Service | None = None
-
-    def health() -> HealthInputs:
-        if service is None:
-            return HealthInputs()
-        h = service.health_state()
-        return HealthInputs(h.synced, h.leader, h.protocol_ok, h.leader_election)
-
-    def active_config() -> tuple[str, str, str]:
-        if service is None:
-            return text, source, ""
-        active = service.config_store.active
-        return active.text, active.source, active.digest
-
     try:
-        datastore = Datastore(
-            min_publish_interval_s=interval,
-            publisher=SharedPublisher(segment, health=health, config=active_config),
-        )
+        reservations.extend(_reserve_port(settings.host, ps.grpc_port) for ps in settings.pool_settings())
+        if not settings.pools:  # --grpc-port 0: the port the reservation got (a --pool names its port)
+            settings = settings.model_copy(update={"grpc_port": reservations[0].getsockname()[1]})
+        key_pair = None
+        if settings.secure_serving and not settings.cert_path:
+            key_pair = generate_self_signed(("localhost", "127.0.0.1"))
+        #: metric updates reach the workers this often, as they reach the snapshot in one process
+        interval = snapshot_interval(settings)
+        hosts: list[PoolHost] = []
+        for i, (_, text, source) in enumerate(starts):
+            segment = SharedSegment.create(SharedLayout(workers=settings.workers))
+            segments.append(segment)
+
+            def health(i: int = i) -> HealthInputs:
+                if service is None:
+                    return HealthInputs()
+                h = service.pools[i].health_state()
+                ready = all(check() for check in service.readiness_checks)
+                return HealthInputs(h.synced and ready, h.leader, h.protocol_ok, h.leader_election)
+
+            def active_config(i: int = i, text: str = text, source: str = source) -> tuple[str, str, str]:
+                if service is None:
+                    return text, source, ""
+                active = service.pools[i].config_store.active
+                return active.text, active.source, active.digest
+
+            datastore = Datastore(
+                min_publish_interval_s=interval,
+                publisher=SharedPublisher(segment, health=health, config=active_config),
+            )
+            hosts.append(PoolHost(segment, datastore))
         pool_ref: list[WorkerPool] = []
+        (config, text, source), *others = starts
         service = Service(
             settings,
             config,
             config_text=text,
             config_source=source,
+            documents=others,
             build=BuildInfo.from_environment(),
-            datastore=datastore,
+            datastores=[h.datastore for h in hosts],
             serve_extproc=False,
-            request_registry=CollectorRegistry(),
-            debug_workers=lambda: pool_ref[0].stats() if pool_ref else [],
+            debug_workers=lambda pool: pool_ref[0].stats(pool) if pool_ref else [],
         )
-        merged = MergedRequestMetrics((*service.telemetry.request_metrics(), *service.flow.request_metrics()))
-        service.telemetry.merge_workers(merged)
-        tenants = service.tenants
-        budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected, relay=tenants)
-        held = service.held_elsewhere
-        store, prefix = service.config_store, service.prefix
-
-        def share_prefix(payload: object) -> None:
-            prefix.receive(payload, store.active.profiles, datastore.snapshot(), time.monotonic())
-
-        pool = WorkerPool(
-            settings,
-            segment,
-            datastore,
-            merged,
-            key_pair=key_pair,
-            budget=budget,
-            external=ExternalHost(service.external),
-            held=held,
-            prefix=share_prefix,
-        )
+        for host, served in zip(hosts, service.pools, strict=True):
+            host.attach(served)
+        pool = WorkerPool(settings, hosts, key_pair=key_pair)
         pool_ref.append(pool)
         service.readiness_checks.append(pool.all_serving)
 
         async def publisher() -> None:
             while True:
-                datastore.publish()
+                for host in hosts:
+                    host.datastore.publish()
                 await asyncio.sleep(interval)
 
         loop = asyncio.get_running_loop()
@@ -338,9 +313,11 @@ async def _supervise(settings: Settings) -> None:
             extra_tasks={"shared-publisher": publisher, "workers": pool.run},
         )
     finally:
-        reservation.close()
-        segment.close()
-        segment.unlink()
+        for reservation in reservations:
+            reservation.close()
+        for segment in segments:
+            segment.close()
+            segment.unlink()
 
 
 def run_workers(settings: Settings) -> int:

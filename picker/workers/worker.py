@@ -1,6 +1,7 @@
-"""The ``--workers`` worker process: an ext_proc server on the shared port, a router over the supervisor's
-shared-memory state (:class:`picker.state.view.SharedView`), its own request metrics shipped to the
-supervisor (see :mod:`picker.workers`)."""
+"""The ``--workers`` worker process: per pool (one, or each ``--pool``) an ext_proc server on the pool's
+shared port, a router over the supervisor's shared-memory state of that pool
+(:class:`picker.state.view.SharedView`), its own request metrics shipped to the supervisor's host of that
+pool (see :mod:`picker.workers`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,143 +44,99 @@ from picker.wiring import (
     skip_response_rule,
     stream_config_rule,
 )
-from picker.workers.channel import DRAIN_S, HELD, METRICS_INTERVAL_S, Channel
+from picker.workers.channel import DRAIN_S, HELD, METRICS_INTERVAL_S, POOL, Channel
 
 log = logging.getLogger("picker.workers")
 
 
 def worker_main(
     settings: Settings,
-    segment_name: str,
+    segment_names: Sequence[str],
     index: int,
     sock: socket.socket,
     key_pair: tuple[bytes, bytes] | None,
 ) -> None:
-    """Entry point of a worker process (spawned by :class:`WorkerPool`)."""
+    """Entry point of a worker process (spawned by :class:`WorkerPool`): ``segment_names`` are each pool's
+    shared memory, in the order of ``settings.pool_settings()``."""
     from picker.logs import configure_logging
 
     configure_logging(verbosity=settings.verbosity, as_json=settings.log_json)
     install_uvloop()
     try:
-        asyncio.run(_Worker(settings, segment_name, index, key_pair).run(sock))
+        asyncio.run(_Worker(settings, segment_names, index, key_pair).run(sock))
     except Exception:
         log.exception("worker %d failed", index)
         raise SystemExit(1) from None
 
 
-class _Worker:
+class _PoolWorker:
+    """One pool in a worker: its shared view, prefix replica, config store, router and ext_proc server on
+    the pool's port (``SO_REUSEPORT``), metrics, tenants and flow control; what it sends the supervisor
+    goes to that pool's host (``send``)."""
+
     def __init__(
-        self, settings: Settings, segment_name: str, index: int, key_pair: tuple[bytes, bytes] | None
+        self,
+        settings: Settings,
+        segment_name: str,
+        index: int,
+        pool: int,
+        send: Callable[[list[Any]], None],
     ) -> None:
+        """``settings``: this pool's (its ext_proc port, name); ``index``: the worker's (its counter row);
+        ``pool``: the pool's index in ``--pool`` order."""
         self.settings = settings
         self.index = index
+        self.pool = pool
+        self.send = send
         self.segment = SharedSegment.attach(segment_name)
         self.view = SharedView(self.segment, index)
         #: this worker's replica of the prefix index; its own records are queued for the supervisor
         self.prefix = PrefixCacheState(replicate=True)
-        self._key_pair = key_pair
-        self._stop = asyncio.Event()
-        #: the supervisor's tenant budget, reached over the pipe (set in run())
-        self.budget = SupervisorBackend(lambda _message: None)
-        #: the supervisor's external endpoints' budgets, reached over the pipe (set in run())
-        self.external = ExternalClient(lambda _message: None)
-        #: requests waiting for a first replica (set in run())
+        #: the supervisor's tenant budget and external endpoints' budgets, reached over the pipe
+        self.budget = SupervisorBackend(send)
+        self.external = ExternalClient(send)
+        #: requests waiting for a first replica (set in build())
         self.hold: EmptyPoolHold | None = None
-        #: ``--tracing``: each worker records and exports the spans of its own streams
-        self.tracing = Tracing(settings.tracing) if settings.tracing is not None else None
+        self.store: ConfigStore | None = None
+        self.telemetry: Telemetry | None = None
+        self.tenants: TenantService | None = None
+        self.flow: FlowController | None = None
+        self.server: ExtProcServer | None = None
 
-    async def _first_state(self) -> None:
-        deadline = time.monotonic() + 30.0
-        while not self.view.refresh():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the supervisor published no state within 30 s")
-            await asyncio.sleep(0.01)
+    def pool_name(self) -> str:
+        return self.view.pool.name if self.view.pool else ""
 
-    def _server(
-        self,
-        store: ConfigStore,
-        telemetry: Telemetry,
-        tenants: TenantService,
-        flow: FlowController,
-        channel: Channel,
-    ) -> ExtProcServer:
+    def build(self, key_pair: tuple[bytes, bytes] | None, tracing: Tracing | None) -> ExtProcServer:
+        """Every part, from the supervisor's first published state (which :meth:`_Worker.run` awaited)."""
         s = self.settings
-        config = store.active.config
-        # scale from zero: the supervisor's scaler counts this worker's held requests and wakes on a new one
-        self.hold = EmptyPoolHold(self.view.snapshot, on_change=lambda n: channel.send([HELD, n]))
-        # external endpoints' budgets and health are the supervisor's, asked over the pipe (exact limits)
-        external = ExternalCapacity(remote=self.external)
-        director = Director(
-            self.view,
-            store,
-            rng=np.random.default_rng(None if s.seed is None else s.seed + 1 + self.index),
-            disable_subset_filter=s.disable_endpoint_subset_filter,
-            observer=telemetry,
-            tenancy=tenants.tenancy,
-            flow=flow,
-            hold=None if s.static_endpoints else self.hold,
-            staleness_s=s.metrics_staleness_threshold,
-            prefix=self.prefix,
-            external=external,
-        )
-        tls = None
-        if s.secure_serving:
-            tls = TLSConfig(
-                cert_path=Path(s.cert_path) if s.cert_path else None,
-                key_pair=self._key_pair,
-                reload=s.enable_cert_reload,
-            )
-        return ExtProcServer(
-            director,
-            telemetry,
-            port=s.grpc_port,
-            host=s.host,
-            tls=tls,
-            max_body_bytes=config.max_body_bytes,
-            served_verifier=config.served_verifier_enabled,
-            health=HealthService(self._health) if s.health_checking else None,
-            reuse_port=True,
-            skip_response=skip_response_rule(store),
-            stream_config=stream_config_rule(store),
-            keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
-            max_buffered_bytes=body_budget(config, s),
-            tracer=None
-            if self.tracing is None
-            else self.tracing.for_pool(lambda: self.view.pool.name if self.view.pool else ""),
-        )
-
-    async def run(self, sock: socket.socket) -> None:
-        channel = await Channel.open(sock)
-        await self._first_state()
         static = self.view.static
         assert static is not None
-        header = self.settings.model_header
+        header = s.model_header
         config = (
             load_config_text(static.config_text, model_header=header)
             if static.config_text
             else default_config(model_header=header)
         )
-        store = ConfigStore(config, source=static.config_source, text=static.config_text, model_header=header)
-        telemetry = Telemetry(
+        store = self.store = ConfigStore(
+            config, source=static.config_source, text=static.config_text, model_header=header
+        )
+        telemetry = self.telemetry = Telemetry(
             self.view,
             registry=CollectorRegistry(),
-            label_values=self.settings.metrics_label_max_values,
-            label_length=self.settings.metrics_label_max_length,
+            label_values=s.metrics_label_max_values,
+            label_length=s.metrics_label_max_length,
         )
         # Tenants: the memory backend's budget is the supervisor's, asked over the pipe (one budget for all
         # workers), Redis is shared as ever. Flow-control queues are per worker.
-        self.budget = SupervisorBackend(channel.send)
-        self.external = ExternalClient(channel.send)
-        label_values = self.settings.metrics_label_max_values
-        label_length = self.settings.metrics_label_max_length
-        tenants = TenantService(
+        label_values, label_length = s.metrics_label_max_values, s.metrics_label_max_length
+        tenants = self.tenants = TenantService(
             telemetry.registry, shared=self.budget, label_values=label_values, label_length=label_length
         )
         tenants.apply(config.settings.tenants)
-        flow = FlowController(
+        flow = self.flow = FlowController(
             lambda: store.active.scheduler.saturation(self.view.snapshot(), now=time.monotonic()),
             registry=telemetry.registry,
-            pool=lambda: self.view.pool.name if self.view.pool else "",
+            pool=self.pool_name,
             label_values=label_values,
             label_length=label_length,
         )
@@ -193,33 +151,197 @@ class _Worker:
 
         follow_config(ReloadResult("start", True, "applied", "", "", 0.0), store.active)
         store.add_listener(follow_config)
-        server = self._server(store, telemetry, tenants, flow, channel)
+        # scale from zero: the supervisor's scaler counts this worker's held requests and wakes on a new one
+        self.hold = EmptyPoolHold(self.view.snapshot, on_change=lambda n: self.send([HELD, n]))
+        director = Director(
+            self.view,
+            store,
+            rng=np.random.default_rng(None if s.seed is None else s.seed + 1 + self.index),
+            disable_subset_filter=s.disable_endpoint_subset_filter,
+            observer=telemetry,
+            tenancy=tenants.tenancy,
+            flow=flow,
+            hold=None if s.static_endpoints else self.hold,
+            staleness_s=s.metrics_staleness_threshold,
+            prefix=self.prefix,
+            # external endpoints' budgets and health are the supervisor's, asked over the pipe
+            external=ExternalCapacity(remote=self.external),
+        )
+        tls = None
+        if s.secure_serving:
+            tls = TLSConfig(
+                cert_path=Path(s.cert_path) if s.cert_path else None,
+                key_pair=key_pair,
+                reload=s.enable_cert_reload,
+            )
+        server = self.server = ExtProcServer(
+            director,
+            telemetry,
+            port=s.grpc_port,
+            host=s.host,
+            tls=tls,
+            max_body_bytes=config.max_body_bytes,
+            served_verifier=config.served_verifier_enabled,
+            health=HealthService(self._health) if s.health_checking else None,
+            reuse_port=True,
+            skip_response=skip_response_rule(store),
+            stream_config=stream_config_rule(store),
+            keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
+            max_buffered_bytes=body_budget(config, s),
+            tracer=None if tracing is None else tracing.for_pool(self.pool_name),
+        )
         budget = server.body_budget
 
         def rebudget(_result: ReloadResult, active: ActiveConfig) -> None:
-            budget.limit = body_budget(active.config, self.settings)
+            budget.limit = body_budget(active.config, s)
 
         store.add_listener(rebudget)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        if self.tracing is not None:
-            self.tracing.start()
-        await server.start()
-        freeze_startup_objects()
-        channel.send(["serving", os.getpid()])
-        log.info("worker %d serving ext_proc on port %d (pid %d)", self.index, server.bound_port, os.getpid())
-        tasks = [
-            asyncio.create_task(self._listen(channel, store), name="supervisor"),
-            asyncio.create_task(
-                self._follow(
-                    store, (*telemetry.request_metrics(), *flow.request_metrics()), tenants, channel
-                ),
-                name="follow",
-            ),
-            asyncio.create_task(tenants.run(), name="tenants"),
-            asyncio.create_task(flow.run(), name="flow-control"),
+        return server
+
+    def shipped(self) -> tuple[Any, ...]:
+        """The request-path metrics sent to the supervisor."""
+        assert self.telemetry is not None
+        assert self.flow is not None
+        return (*self.telemetry.request_metrics(), *self.flow.request_metrics())
+
+    def _health(self) -> HealthState:
+        h = self.view.health
+        return HealthState(h.synced, h.leader, h.protocol_ok, h.leader_election)
+
+    def deliver(self, message: list[Any]) -> None:
+        """A message from this pool's host: budget verdicts, grants, other workers' prefix records."""
+        if message[0] == VERDICT:
+            self.budget.deliver(message)
+        elif message[0] == GRANT:
+            self.external.deliver(message)
+        elif message[0] == "prefix" and len(message) == 2 and self.store is not None:
+            now = time.monotonic()
+            self.prefix.receive(message[1], self.store.active.profiles, self.view.snapshot(), now)
+
+    async def follow(self, metrics_due: bool) -> None:
+        """Apply a config document the supervisor published; send prefix records, and when
+        ``metrics_due`` the metrics and what the tenants' Redis backend counted."""
+        assert self.store is not None
+        assert self.tenants is not None
+        store = self.store
+        self.view.refresh()
+        static = self.view.static
+        if static is not None and static.config_text and static.config_digest != store.active.digest:
+            # parsed in a thread: a 1 MiB document must not stall this worker's streams
+            result = await store.apply_text_off_loop(static.config_text, source=static.config_source)
+            if not result.ok:  # the supervisor applied it, so this is a bug worth a loud line
+                log.error(
+                    "worker %d could not apply pool %s's config: %s",
+                    self.index,
+                    self.pool_name(),
+                    result.message,
+                )
+        if (records := self.prefix.outgoing()) is not None:
+            self.send(["prefix", records])
+        if metrics_due:
+            self.send(["metrics", export_families(self.shipped())])
+            if (usage := self.tenants.export()) is not None:
+                self.send([USAGE, *usage])
+
+    def abandon(self) -> None:
+        self.budget.abandon()
+        self.external.abandon()
+
+    def final_report(self) -> None:
+        """The last metrics and tenant usage, at the worker's exit."""
+        if self.telemetry is None or self.tenants is None:
+            return
+        self.send(["metrics", export_families(self.shipped())])
+        if (usage := self.tenants.export()) is not None:
+            self.send([USAGE, *usage])
+
+    def close(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
+        del self.view
+        self.segment.close()
+
+
+class _Worker:
+    """The worker process: one :class:`_PoolWorker` per pool, every pool's ext_proc port served, one
+    tracer provider (``--tracing``) for all of them, one pipe to the supervisor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        segment_names: Sequence[str],
+        index: int,
+        key_pair: tuple[bytes, bytes] | None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self._segment_names = tuple(segment_names)
+        self._key_pair = key_pair
+        self._stop = asyncio.Event()
+        self.pools: list[_PoolWorker] = []
+        #: ``--tracing``: each worker records and exports the spans of its own streams, every pool's
+        self.tracing = Tracing(settings.tracing) if settings.tracing is not None else None
+
+    async def _first_state(self) -> None:
+        deadline = time.monotonic() + 30.0
+        for pool in self.pools:
+            while not pool.view.refresh():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the supervisor published no state within 30 s")
+                await asyncio.sleep(0.01)
+
+    async def run(self, sock: socket.socket) -> None:
+        channel = await Channel.open(sock)
+        pool_settings = self.settings.pool_settings()
+        if len(pool_settings) != len(self._segment_names):
+            raise RuntimeError(f"{len(pool_settings)} pools but {len(self._segment_names)} segments")
+        self.pools = [
+            _PoolWorker(ps, name, self.index, i, channel.for_pool(i))
+            for i, (ps, name) in enumerate(zip(pool_settings, self._segment_names, strict=True))
         ]
+        servers: list[ExtProcServer] = []
+        try:
+            await self._first_state()
+            servers = [pool.build(self._key_pair, self.tracing) for pool in self.pools]
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            if self.tracing is not None:
+                self.tracing.start()
+            for server in servers:
+                await server.start()
+            freeze_startup_objects()
+            channel.send(["serving", os.getpid()])
+            log.info(
+                "worker %d serving ext_proc on port%s %s (pid %d)",
+                self.index,
+                "s" if len(servers) > 1 else "",
+                ", ".join(str(server.bound_port) for server in servers),
+                os.getpid(),
+            )
+            await self._serve(channel)
+        finally:
+            for server in servers:
+                await server.stop(grace=DRAIN_S)
+            if self.tracing is not None:
+                await self.tracing.close()
+            for pool in self.pools:
+                pool.final_report()
+            await channel.drain()
+            channel.close()
+            for pool in self.pools:
+                pool.close()
+
+    async def _serve(self, channel: Channel) -> None:
+        tasks = [
+            asyncio.create_task(self._listen(channel), name="supervisor"),
+            asyncio.create_task(self._follow(channel), name="follow"),
+        ]
+        for pool in self.pools:
+            assert pool.tenants is not None
+            assert pool.flow is not None
+            tasks.append(asyncio.create_task(pool.tenants.run(), name=f"tenants-{pool.pool}"))
+            tasks.append(asyncio.create_task(pool.flow.run(), name=f"flow-control-{pool.pool}"))
         try:
             await self._stop.wait()
         finally:
@@ -228,65 +350,33 @@ class _Worker:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if self.hold is not None:
-                self.hold.close()
-            await server.stop(grace=DRAIN_S)
-            if self.tracing is not None:
-                await self.tracing.close()
-            channel.send(["metrics", export_families(telemetry.request_metrics())])
-            if (usage := tenants.export()) is not None:
-                channel.send([USAGE, *usage])
-            await channel.drain()
-            channel.close()
-            del self.view
-            self.segment.close()
 
-    def _health(self) -> HealthState:
-        h = self.view.health
-        return HealthState(h.synced, h.leader, h.protocol_ok, h.leader_election)
-
-    async def _listen(self, channel: Channel, store: ConfigStore) -> None:
-        """Budget verdicts, other workers' prefix records; stop on "stop" or when the supervisor is gone."""
+    async def _listen(self, channel: Channel) -> None:
+        """Each pool's messages to its pool; stop on "stop" or when the supervisor is gone."""
         while True:
             message = await channel.recv()
             if message is None:
                 log.warning("worker %d: the supervisor is gone, stopping", self.index)
-                self.budget.abandon()
-                self.external.abandon()
+                for pool in self.pools:
+                    pool.abandon()
                 self._stop.set()
                 return
-            if message[0] == VERDICT:
-                self.budget.deliver(message)
-            elif message[0] == GRANT:
-                self.external.deliver(message)
-            elif message[0] == "prefix" and len(message) == 2:
-                now = time.monotonic()
-                self.prefix.receive(message[1], store.active.profiles, self.view.snapshot(), now)
+            if message[0] == POOL and len(message) == 3 and 0 <= message[1] < len(self.pools):
+                self.pools[message[1]].deliver(message[2])
             elif message[0] == "stop":
                 self._stop.set()
                 return
 
-    async def _follow(
-        self, store: ConfigStore, shipped: tuple[Any, ...], tenants: TenantService, channel: Channel
-    ) -> None:
-        """Apply config documents the supervisor publishes; send prefix records, snapshots of the
-        ``shipped`` metrics and what the tenants' Redis backend counted."""
+    async def _follow(self, channel: Channel) -> None:
+        """Every pool's config documents, prefix records and (about every second) metrics."""
         next_metrics = time.monotonic()
         while True:
-            self.view.refresh()
-            static = self.view.static
-            if static is not None and static.config_text and static.config_digest != store.active.digest:
-                # parsed in a thread: a 1 MiB document must not stall this worker's streams
-                result = await store.apply_text_off_loop(static.config_text, source=static.config_source)
-                if not result.ok:  # the supervisor applied it, so this is a bug worth a loud line
-                    log.error("worker %d could not apply the config: %s", self.index, result.message)
-            if (records := self.prefix.outgoing()) is not None:
-                channel.send(["prefix", records])
             now = time.monotonic()
-            if now >= next_metrics:
+            due = now >= next_metrics
+            if due:
                 next_metrics = now + METRICS_INTERVAL_S
-                channel.send(["metrics", export_families(shipped)])
-                if (usage := tenants.export()) is not None:
-                    channel.send([USAGE, *usage])
+            for pool in self.pools:
+                await pool.follow(due)
+            if due:
                 await channel.drain()
             await asyncio.sleep(0.05)

@@ -1,4 +1,6 @@
-"""One ``picker serve`` process serving three InferencePools (``--pool NAME=PORT,...``), as a cluster runs it.
+"""One ``picker serve`` process serving three InferencePools (``--pool NAME=PORT,...``), as a cluster runs it,
+alone and as ``--workers 2`` (every worker serving every pool's port, the supervisor holding each pool's
+state), with ``--tracing`` to a real OTLP endpoint.
 
 Each pool points its ``endpointPickerRef`` at its own port of the one EPP Service, which is the only pool
 identity every gateway carries (``manifests/README.md``): the Envoy-like client dials each pool's port and
@@ -153,7 +155,7 @@ def samples(page: str, metric: str, /, **labels: str) -> list[float]:
     ]
 
 
-@pytest.mark.parametrize("workers", [1])
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917 - fixtures and the parameter
     emulator: KubeApiEmulator,
     pools: dict[str, Pool],
@@ -224,7 +226,8 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
             assert admin is not None
             return await health_check(ports.health, "readiness") == SERVING and await admin.readyz() == 200
 
-        await eventually(ready, within=30, what="ready for all three pools")
+        # (--workers: every worker spawns a fresh interpreter, slow on a loaded machine)
+        await eventually(ready, within=120, what="ready for all three pools")
         listed = await admin.json("/debug/pools")
         assert {(p["name"], p["grpc_port"], p["admin"]) for p in listed["pools"]} == {
             (name, pool.port, f"/pools/{name}/") for name, pool in pools.items()
@@ -274,6 +277,12 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
             )
 
         await eventually(counted, what="each pool's requests counted once under its pool label")
+
+        if workers > 1:  # every worker serves every pool, each pool's picks counted in that pool's rows
+            for pool in pools.values():
+                rows = (await admin.json(f"/pools/{pool.name}/debug/workers"))["workers"]
+                assert [(w["index"], w["serving"]) for w in rows] == [(i, True) for i in range(workers)]
+                assert sum(w["picks"] for w in rows) == pool.sent
 
         # --tracing: one sampled request per pool, each span naming its pool (checked after the exit)
         traced = {}

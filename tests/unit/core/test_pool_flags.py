@@ -92,7 +92,6 @@ def test_a_bad_pool_value_is_refused_with_its_reason(
         (["--pool=a=9100", "--static-endpoints=127.0.0.2:8000"], "leave out --pool-name"),
         (["--pool=a=9100", "--grpc-port=9100"], "with --pool each pool's ext_proc port is in its --pool"),
         (["--pool=a=9090"], "port 9090 is also --metrics-port"),
-        (["--pool=a=9100", "--pool=b=9101", "--workers=2"], "--workers with several --pool is not supported"),
     ],
 )
 def test_a_bad_combination_is_refused_with_its_reason(
@@ -105,6 +104,13 @@ def test_workers_with_one_pool_is_the_one_pool_process() -> None:
     s = settings("--pool=a=9100,config-file=/etc/a.yaml", "--workers=2")
     (one,) = s.pool_settings()
     assert (one.pool_name, one.grpc_port, one.config_file, one.workers) == ("a", 9100, "/etc/a.yaml", 2)
+
+
+def test_workers_with_several_pools_serve_every_pool_in_each_worker() -> None:
+    s = settings("--pool=a=9100", "--pool=b=9101,config-file=/etc/b.yaml", "--workers=2")
+    a, b = s.pool_settings()
+    assert (a.pool_name, a.grpc_port, a.workers) == ("a", 9100, 2)
+    assert (b.pool_name, b.grpc_port, b.config_file, b.workers) == ("b", 9101, "/etc/b.yaml", 2)
 
 
 def test_pool_spec_parse_round_trip() -> None:
