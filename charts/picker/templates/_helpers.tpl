@@ -46,6 +46,7 @@ Service, its scoring document, model-server labels and target ports.
   configFile: {{ $ie.pluginsConfigFile | quote }}
   matchLabels: {{ toJson .Values.inferencePool.modelServers.matchLabels }}
   targetPorts: {{ toJson .Values.inferencePool.targetPorts }}
+  headerMatches: {{ toJson (.Values.experimentalHttpRoute.headerMatches | default dict) }}
 {{- range $i, $p := .Values.extraPools }}
 - name: {{ $p.name | quote }}
   port: {{ int $p.extProcPort }}
@@ -53,6 +54,7 @@ Service, its scoring document, model-server labels and target ports.
   configFile: {{ default $ie.pluginsConfigFile $p.pluginsConfigFile | quote }}
   matchLabels: {{ toJson (($p.modelServers | default dict).matchLabels | default dict) }}
   targetPorts: {{ toJson (default $.Values.inferencePool.targetPorts $p.targetPorts) }}
+  headerMatches: {{ toJson ($p.headerMatches | default dict) }}
 {{- end }}
 {{- end -}}
 
@@ -113,6 +115,7 @@ managed Prometheus' PodMonitoring (provider gke), while --metrics-endpoint-auth 
 {{- $ie := .Values.inferenceExtension -}}
 {{- $names := list (include "picker.poolName" .) -}}
 {{- $ports := list (int $ie.extProcPort) 9003 9090 9091 -}}
+{{- $matches := list (toJson (.Values.experimentalHttpRoute.headerMatches | default dict)) -}}
 {{- if gt (len (.Values.extraPools | default list)) 63 -}}
 {{- fail "extraPools: at most 63 (64 pools per EPP); split them over several releases" -}}
 {{- end -}}
@@ -137,6 +140,15 @@ managed Prometheus' PodMonitoring (provider gke), while --metrics-endpoint-auth 
 {{- $config := default $ie.pluginsConfigFile $p.pluginsConfigFile -}}
 {{- if and (ne $config "config.yaml") (not (hasKey ($ie.pluginsCustomConfig | default dict) $config)) -}}
 {{- fail (printf "extraPools[%d].pluginsConfigFile %q is neither config.yaml nor a key of inferenceExtension.pluginsCustomConfig" $i $config) -}}
+{{- end -}}
+{{- if $.Values.experimentalHttpRoute.enabled -}}
+{{- if not $p.headerMatches -}}
+{{- fail (printf "extraPools[%d].headerMatches is required with experimentalHttpRoute.enabled: each pool's HTTPRoute needs matches of its own (for example x-gateway-model-name: <model>), or one route shadows the other" $i) -}}
+{{- end -}}
+{{- if has (toJson $p.headerMatches) $matches -}}
+{{- fail (printf "extraPools[%d].headerMatches are those of another pool's HTTPRoute: the Gateway would send that traffic to one of them only" $i) -}}
+{{- end -}}
+{{- $matches = append $matches (toJson $p.headerMatches) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -110,7 +110,7 @@ def _check_destination_rule(doc: Doc, docs: list[Doc]) -> None:
 
 
 def _check_pool_policy(doc: Doc, docs: list[Doc]) -> None:
-    pool = _one(docs, "InferencePool")
+    pool = _one(docs, "InferencePool", doc["spec"]["targetRef"]["name"])
     assert doc["spec"]["targetRef"] == {
         "group": pool["apiVersion"].split("/")[0],
         "kind": "InferencePool",
@@ -143,9 +143,9 @@ def _check_scrape(doc: Doc, docs: list[Doc]) -> None:
 
 
 def _check_httproute(doc: Doc, docs: list[Doc]) -> None:
-    pool = _one(docs, "InferencePool")
     (rule,) = doc["spec"]["rules"]
     (backend,) = rule["backendRefs"]
+    pool = _one(docs, "InferencePool", backend["name"])
     assert backend == {
         "group": pool["apiVersion"].split("/")[0],
         "kind": "InferencePool",
@@ -689,6 +689,80 @@ def test_extra_pools_share_one_epp_on_a_port_each(
         ("mistral", 9005, "/config/config.yaml"),
     ]
     assert {p.pool_namespace for p in settings.pool_settings()} == {"inference"}
+
+
+ROUTED_POOLS: Doc = _merge(
+    EXTRA_POOLS,
+    {
+        "experimentalHttpRoute": {"enabled": True, "headerMatches": {"x-gateway-model-name": "llama"}},
+        "extraPools": [
+            {**pool, "headerMatches": {"x-gateway-model-name": model}}
+            for pool, model in zip(EXTRA_POOLS["extraPools"], ("Qwen/Qwen3-32B", "mistral"), strict=True)
+        ],
+    },
+)
+
+
+@pytest.mark.parametrize("provider", ["none", "istio", "gke"])
+def test_every_pool_gets_its_httproute_with_its_own_matches(
+    render: Callable[..., list[Doc]], crd_validator: Any, provider: str
+) -> None:
+    docs = render({**ROUTED_POOLS, "provider": {"name": provider}})
+    _validate_all(docs, crd_validator)  # each route's backend is one of the rendered pools
+    routes = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "HTTPRoute"}
+    assert set(routes) == {d["metadata"]["name"] for d in docs if d["kind"] == "InferencePool"}
+    headers = {}
+    for name, spec in routes.items():
+        (rule,) = spec["rules"]
+        assert rule["backendRefs"][0]["name"] == name
+        ((match,),) = [rule["matches"]]
+        headers[name] = {h["name"]: h["value"] for h in match["headers"]}
+        assert spec["parentRefs"][0]["name"] == "inference-gateway"
+        # GKE takes the backend timeout from the GCPBackendPolicy of each pool
+        assert ("timeouts" in rule) == (provider != "gke"), name
+    assert headers == {
+        "llama": {"x-gateway-model-name": "llama"},
+        "qwen3-32b": {"x-gateway-model-name": "Qwen/Qwen3-32B"},
+        "mistral": {"x-gateway-model-name": "mistral"},
+    }
+
+
+def test_without_routes_extra_pools_need_no_matches(render: Callable[..., list[Doc]]) -> None:
+    docs = render(EXTRA_POOLS)
+    assert not [d for d in docs if d["kind"] == "HTTPRoute"]
+
+
+@pytest.mark.parametrize(
+    ("matches", "message"),
+    [
+        ((None, {"x-gateway-model-name": "m"}), r"extraPools\[0\].headerMatches is required"),
+        (
+            ({"x-gateway-model-name": "m"}, {"x-gateway-model-name": "m"}),
+            r"extraPools\[1\].headerMatches are those",
+        ),
+        (
+            ({"x-gateway-model-name": "llama"}, {"x-gateway-model-name": "m"}),
+            r"extraPools\[0\].headerMatches are those",
+        ),
+    ],
+)
+def test_routes_that_would_shadow_each_other_are_refused(
+    chart: Any, matches: tuple[Doc | None, Doc], message: str
+) -> None:
+    pools = [
+        {**pool, **({"headerMatches": m} if m is not None else {})}
+        for pool, m in zip(EXTRA_POOLS["extraPools"], matches, strict=True)
+    ]
+    values = _merge(
+        BASE_VALUES,
+        {
+            **EXTRA_POOLS,
+            "extraPools": pools,
+            "experimentalHttpRoute": {"enabled": True, "headerMatches": {"x-gateway-model-name": "llama"}},
+        },
+    )
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values, name="llama", namespace="inference")
 
 
 def test_extra_pools_get_their_gke_policies(render: Callable[..., list[Doc]]) -> None:

@@ -168,3 +168,49 @@ def test_rewrite_is_a_90_10_canary_of_the_pool(builds: dict[str, Any], build: st
     assert weights == [10, 90]
     assert len({t["modelRewrite"] for t in rule["targets"]}) == 2
     assert match["model"]["value"] not in {t["modelRewrite"] for t in rule["targets"]}
+
+
+def test_one_epp_serves_each_pool_of_the_pools_example_on_the_port_its_pool_names(
+    builds: dict[str, Any],
+) -> None:
+    """examples/pools: the EPP's --pool flags (read by picker's own CLI), each InferencePool's
+    endpointPickerRef, the Service's ports and the container's ports agree pool by pool; each pool has its
+    HTTPRoute with matches of its own, and each document the flags name is in the mounted ConfigMap and
+    loads."""
+    from picker import cli
+    from picker.config import load_config_text
+
+    b = builds["examples/pools"]
+    epp = b.get("Deployment", "picker")
+    (container,) = epp["spec"]["template"]["spec"]["containers"]
+    args = [a.replace("$(NAMESPACE)", "inference") for a in container["args"]]
+    settings = cli.settings_from_args(cli.build_parser().parse_args(args), {})
+    flags = {p.pool_name: (p.grpc_port, p.config_file) for p in settings.pool_settings()}
+    assert flags == {"qwen": (9002, "/config/config.yaml"), "llama": (9004, "/config/llama.yaml")}
+    service = b.get("Service", "picker")
+    by_port = {p["port"]: p for p in service["spec"]["ports"]}
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    pools = {d["metadata"]["name"]: d for d in b.of_kind("InferencePool")}
+    assert set(pools) == set(flags)
+    for name, pool in pools.items():
+        ref = pool["spec"]["endpointPickerRef"]
+        assert (ref["kind"], ref["name"], ref["failureMode"]) == ("Service", "picker", "FailOpen"), name
+        port = ref["port"]["number"]
+        assert port == flags[name][0], name
+        assert by_port[port]["appProtocol"] == "grpc", name
+        assert container_ports[by_port[port]["targetPort"]] == port, name
+    routes = {d["metadata"]["name"]: d for d in b.of_kind("HTTPRoute")}
+    matches = set()
+    for name, route in routes.items():
+        assert _httproute_problems(route) == [], name
+        (rule,) = route["spec"]["rules"]
+        assert [r["name"] for r in rule["backendRefs"]] == [name]
+        matches.add(repr(rule["matches"]))
+    assert set(routes) == set(pools)
+    assert len(matches) == len(routes), "two routes with the same matches: one would shadow the other"
+    (config,) = [d for d in b.of_kind("ConfigMap") if d["metadata"]["name"] == "picker-config"]
+    (volume,) = [v for v in epp["spec"]["template"]["spec"]["volumes"] if v.get("configMap")]
+    assert volume["configMap"]["name"] == "picker-config"
+    for _, path in flags.values():
+        key = path.removeprefix("/config/")
+        load_config_text(config["data"][key])  # raises on a bad document

@@ -67,6 +67,13 @@ EXPECTED_BUILDS: dict[str, dict[tuple[str, str], int]] = {
         ("NetworkPolicy", "picker"): 1,
     },
     "examples/tracing": STACK,
+    "examples/pools": {
+        **EPP,
+        ("InferencePool", "qwen"): 1,
+        ("InferencePool", "llama"): 1,
+        ("HTTPRoute", "qwen"): 1,
+        ("HTTPRoute", "llama"): 1,
+    },
     "observability": {
         ("ServiceMonitor", "picker"): 1,
         ("PrometheusRule", "picker"): 1,
