@@ -1,13 +1,18 @@
 """Properties of the approximate prefix index under any sequence of records, capacity changes and removals.
 
-The linear greedy walk below (per endpoint, count the leading hashes it holds) is the reference's lookup;
-the index bisects instead, which is exact because the holder sets along a prompt are nested. These
-properties check that the index keeps them nested and that both lookups agree.
+The index (per-endpoint ``OrderedDict`` LRUs, a reverse map of holder sets and a bisecting lookup, see
+``scoring/prefix/index.py``) must answer exactly like the plain model below: per endpoint an LRU of
+hashes (a prompt added tail first, so its head is the most recent; least recent evicted beyond the
+endpoint's capacity), and the reference's greedy walk (per endpoint, count the leading hashes it holds)
+for a lookup. Entries, exclusive entries, hit blocks, capacities and every hash's holders are compared
+after every operation.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections import OrderedDict
 
 import numpy as np
 import xxhash
@@ -16,11 +21,75 @@ from hypothesis import strategies as st
 
 from scoring import EndpointMatrix, EndpointRow, PickRequest, reference_default_scheduler
 from scoring.matrix import LoadCharge
-from scoring.prefix import PrefixIndex
+from scoring.prefix import MAX_CAPACITY, PrefixIndex
 from scoring.types import PrefixMatch
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAMES = tuple(f"e{i}" for i in range(6))
+
+
+class Model:
+    """The reference's per-endpoint LRU, written the obvious way."""
+
+    def __init__(self, capacity: int) -> None:
+        self.default = capacity
+        self.lru: dict[str, OrderedDict[int, None]] = {}
+        self.capacity: dict[str, int] = {}
+        self.hits: dict[str, int] = {}
+
+    def record(self, name: str, hashes: tuple[int, ...], capacity: int | None, hit: int) -> None:
+        if not hashes:
+            return
+        lru = self.lru.setdefault(name, OrderedDict())
+        self.capacity.setdefault(name, self.default)
+        self.hits.setdefault(name, 0)
+        if capacity is not None:
+            self.capacity[name] = max(1, min(capacity, MAX_CAPACITY))
+        self.hits[name] += max(0, hit)
+        for h in reversed(hashes):
+            lru[h] = None
+            lru.move_to_end(h)
+        while len(lru) > self.capacity[name]:
+            lru.popitem(last=False)
+
+    def forget(self, name: str) -> None:
+        for d in (self.lru, self.capacity, self.hits):
+            d.pop(name, None)
+
+    def holders(self, h: int) -> frozenset[str]:
+        return frozenset(n for n, lru in self.lru.items() if h in lru)
+
+    def walk(self, hashes: tuple[int, ...], names: tuple[str, ...]) -> list[float]:
+        out = []
+        for name in names:
+            lru = self.lru.get(name, {})
+            count = 0
+            for h in hashes:
+                if h not in lru:
+                    break
+                count += 1
+            out.append(float(count))
+        return out
+
+
+def check_same(index: PrefixIndex, model: Model, universe: set[int], probes: list[tuple[int, ...]]) -> None:
+    assert set(index.endpoints()) == set(model.lru)
+    assert len(index) == sum(len(lru) for lru in model.lru.values())
+    for name, lru in model.lru.items():
+        assert index.entries(name) == len(lru)
+        stats = index.stats(name)
+        assert stats is not None
+        exclusive = sum(1 for h in lru if model.holders(h) == {name})
+        assert stats == (len(lru), exclusive, model.hits[name], model.capacity[name])
+    for h in universe:
+        assert index.holders(h) == model.holders(h)
+    m = pool()
+    for hashes in probes:
+        result = index.match(hashes, m, 16)
+        expected = model.walk(hashes, NAMES)
+        got = [0.0] * len(NAMES) if result.matched is None else result.matched.tolist()
+        assert got == expected
+        assert result.best == int(max(expected))
 
 
 def chain(path: tuple[int, ...]) -> tuple[int, ...]:
@@ -29,7 +98,8 @@ def chain(path: tuple[int, ...]) -> tuple[int, ...]:
 
 
 paths = st.lists(st.integers(0, 2), min_size=1, max_size=12).map(tuple)
-record = st.tuples(st.just("record"), st.sampled_from(NAMES), paths, st.sampled_from([None, 2, 3, 5, 40]))
+capacities = st.sampled_from([None, 1, 2, 3, 5, 40])
+record = st.tuples(st.just("record"), st.sampled_from(NAMES), paths, capacities)
 forget = st.tuples(st.just("forget"), st.sampled_from(NAMES), st.just(()), st.just(None))
 operations = st.lists(st.one_of(record, record, record, forget), min_size=1, max_size=40)
 
@@ -41,59 +111,55 @@ def pool(names: tuple[str, ...] = NAMES) -> EndpointMatrix:
     )
 
 
-def greedy_walk(index: PrefixIndex, hashes: tuple[int, ...], names: tuple[str, ...]) -> list[float]:
-    out = []
-    for name in names:
-        count = 0
-        for h in hashes:
-            if name not in index.holders(h):
-                break
-            count += 1
-        out.append(float(count))
-    return out
-
-
-def check_invariants(index: PrefixIndex, universe: set[tuple[int, ...]]) -> None:
-    lrus = {name: index._lru[slot] for name, slot in index._slots.items()}
-    total = 0
-    for name, lru in lrus.items():
-        slot = index._slots[name]
-        assert len(lru) <= index._capacity[slot]
-        total += len(lru)
-    assert len(index) == total
-    every_hash = {h for lru in lrus.values() for h in lru} | set(index._holders)
-    for h in every_hash:
-        assert index.holders(h) == {name for name, lru in lrus.items() if h in lru}
-    for hashes in universe:
-        for lru in lrus.values():
-            held = [h in lru for h in hashes]
-            # prefix-closed: once a block is missing, no later block of the prompt is held
-            assert held == sorted(held, reverse=True)
-
-
 @SETTINGS
-@given(ops=operations, probes=st.lists(paths, min_size=1, max_size=5))
-def test_index_invariants_and_bisection_equals_greedy_walk(
-    ops: list[tuple[str, str, tuple[int, ...], int | None]], probes: list[tuple[int, ...]]
+@given(ops=operations, probes=st.lists(paths, min_size=1, max_size=5), hit=st.integers(0, 3))
+def test_index_answers_like_the_reference_model(
+    ops: list[tuple[str, str, tuple[int, ...], int | None]], probes: list[tuple[int, ...]], hit: int
 ) -> None:
     index = PrefixIndex(capacity=8)
-    universe: set[tuple[int, ...]] = set()
-    m = pool()
+    model = Model(8)
+    universe: set[int] = set()
+    chains = [chain(p) for p in probes]
     for op, name, path, capacity in ops:
         if op == "record":
             hashes = chain(path)
-            universe.add(hashes)
-            index.record(name, hashes, capacity=capacity)
+            universe.update(hashes)
+            index.record(name, hashes, capacity=capacity, hit=hit)
+            model.record(name, hashes, capacity, hit)
         else:
             index.forget(name)
-        check_invariants(index, universe)
-    for path in probes:
-        hashes = chain(path)
-        result = index.match(hashes, m, 16)
-        expected = greedy_walk(index, hashes, NAMES)
-        got = [0.0] * len(NAMES) if result.matched is None else result.matched.tolist()
-        assert got == expected
-        assert result.best == int(max(expected))
+            model.forget(name)
+        check_same(index, model, universe, chains)
+
+
+def test_long_random_sequences_answer_like_the_model() -> None:
+    """Seeded, longer than the examples above: endpoints fill and evict, shared hashes go back to one
+    holder, capacities shrink and grow, endpoints leave and their slots are reused."""
+    for seed in range(4):
+        rng = random.Random(seed)
+        index = PrefixIndex(capacity=50)
+        model = Model(50)
+        universe: set[int] = set()
+        roots = [rng.getrandbits(63) for _ in range(5)]
+        for step in range(600):
+            name = rng.choice(NAMES)
+            r = rng.random()
+            if r < 0.03:
+                index.forget(name)
+                model.forget(name)
+                continue
+            # a shared head (system prompt), a conversation or a fresh tail
+            root = rng.choice(roots)
+            head = [root + i for i in range(rng.randrange(0, 20))]
+            tail = [rng.getrandbits(64) for _ in range(rng.randrange(1, 90))]
+            hashes = tuple(head + tail)
+            capacity = rng.choice([None, None, None, 10, 50, 120])
+            universe.update(hashes)
+            index.record(name, hashes, capacity=capacity, hit=step % 3)
+            model.record(name, hashes, capacity, step % 3)
+            if step % 50 == 0:
+                check_same(index, model, universe, [hashes, hashes[:5], tuple(head)])
+        check_same(index, model, universe, [])
 
 
 @SETTINGS
