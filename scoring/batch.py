@@ -41,7 +41,7 @@ def schedule_batch(
     if not reqs:
         return []
     mm = m.with_load_copies()
-    if not scheduler.batchable:
+    if not scheduler.batchable or (scheduler.terms.request_loads and any(_matched(r) for r in reqs)):
         results = []
         for req in reqs:
             result = scheduler.schedule(mm, req, now=now, rng=rng, candidates=candidates)
@@ -75,6 +75,11 @@ def schedule_batch(
         if tracks:
             _bump(tracks, totals, positions[0], [float(c[primary]) for c in columns])
     return results
+
+
+def _matched(req: PickRequest) -> bool:
+    """The request has a prefix match (a load term's own part then differs per candidate)."""
+    return req.prefix is not None and req.prefix.matched is not None
 
 
 def _bump(tracks: Sequence[LoadTrack], totals: _KeyedTotals, position: int, values: Sequence[float]) -> None:

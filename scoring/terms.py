@@ -68,6 +68,7 @@ class ProfileTerms:
         "load_terms",
         "min_max_loads",
         "request_key",
+        "request_loads",
         "request_scorers",
         "request_terms",
         "scorers",
@@ -87,6 +88,13 @@ class ProfileTerms:
         #: every load term is a min-max scorer: the batch's O(1) updates apply
         self.min_max_loads = all(
             isinstance(self.scorers[i].scorer, MinMaxLoadScorer) for i, _ in self.load_terms
+        )
+        #: some min-max load term counts the request's own part per candidate (``MinMaxLoadScorer.own``:
+        #: ``prefill-queue-scorer`` with a prefix match), which the batch's O(1) updates do not replay
+        self.request_loads = any(
+            type(s).own is not MinMaxLoadScorer.own
+            for i, _ in self.load_terms
+            if isinstance(s := self.scorers[i].scorer, MinMaxLoadScorer)
         )
         #: the load terms for the float path: (position, weight, the scorer if it is min-max else None)
         self.float_loads = tuple(
@@ -152,7 +160,7 @@ class ProfileTerms:
                 continue
             if isinstance(scorer, MinMaxLoadScorer):
                 term = weighted_min_max(
-                    prepared.states[i] + scorer.accounted(v, dispatched), weight, scorer.floor
+                    scorer.loads(v, prepared.states[i], req, dispatched), weight, scorer.floor
                 )
             else:
                 term = np.multiply(scorer.score(v, prepared.states[i], req, dispatched), weight)
@@ -192,7 +200,12 @@ class ProfileTerms:
                 scores = scorer.score(v, prepared.states[i], req, dispatched).tolist()
                 terms.append([x * weight for x in scores])
                 continue
-            load = list(map(add, base, minmax.accounted(v, dispatched).tolist()))
+            accounted = minmax.accounted(v, dispatched)
+            own = minmax.own(v, req)
+            if own is not None:  # the same operations as MinMaxLoadScorer.loads, in the same order
+                own += accounted
+                accounted = own
+            load = list(map(add, base, accounted.tolist()))
             terms.append(weighted_min_max_floats(load, weight, minmax.floor))
         # the grouping of arrays(), static + (t0 + t1 + ...), in as few passes as the common shapes allow
         if len(terms) == 2:

@@ -150,12 +150,28 @@ class MinMaxLoadScorer(Scorer[F64]):
         column: F64 = getattr(v.m, self.accounting)
         return v.take(column)
 
+    def own(self, _v: View, _req: PickRequest, /) -> F64 | None:
+        """The request's own part of ``L`` per candidate (a new array), or None where it would be the same
+        for every candidate (min-max ignores a constant). None here: a request counts as one request
+        everywhere."""
+        return None
+
+    def loads(self, v: View, state: F64, req: PickRequest, dispatched: F64, /) -> F64:
+        """``L`` per candidate: the prepared gauge + the accounting column (+ :meth:`own`), a new array.
+        The one place the terms (:mod:`scoring.terms`, array and float paths) and :meth:`score` add them."""
+        accounted = self.accounted(v, dispatched)
+        own = self.own(v, req)
+        if own is not None:
+            own += accounted
+            accounted = own
+        return state + accounted
+
     def charge(self, _req: PickRequest, /) -> float:
         """What routing ``req`` adds to :attr:`accounting` on its primary endpoint (one request)."""
         return 1.0
 
-    def score(self, v: View, state: F64, _req: PickRequest, dispatched: F64, /) -> F64:
-        return weighted_min_max(state + self.accounted(v, dispatched), 1.0, self.floor)
+    def score(self, v: View, state: F64, req: PickRequest, dispatched: F64, /) -> F64:
+        return weighted_min_max(self.loads(v, state, req, dispatched), 1.0, self.floor)
 
 
 class QueueScorer(MinMaxLoadScorer):

@@ -15,7 +15,7 @@ from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.prefix.producer import PrefixConfig
 from scoring.scorers._impute import impute
 from scoring.scorers.load import MAX_LOAD
-from scoring.types import PickRequest
+from scoring.types import PickRequest, PrefixMatch
 
 #: Default of ``queuedRequestTokens``: prefill tokens assumed per request in an endpoint's scraped queue
 #: (a typical chat prompt; SGLang's least-load policy assumes 1,024 too).
@@ -50,7 +50,10 @@ class PrefixCacheScorer(Scorer[F64]):
     produced a first byte yet (exact for our streaming traffic, instant; ``scoring.matrix.LoadCharge``);
     the scraped queue times an assumed prompt size covers traffic we did not route and non-streaming
     requests (``max``, not a sum: both estimate the same backlog, and our own requests show in both).
-    With equal backlogs this is the reference's score. A hot prefix's holder keeps its credit while the
+    With equal backlogs this is the reference's score. How it adds up with the load terms: the guard
+    shrinks the credit by the holder's extra backlog, and ``prefill-queue-scorer`` counts the same
+    backlog less the prefill the hit saves (:func:`prefill_saving`, one definition for both), so the
+    backlog a saving pays for is not charged twice. A hot prefix's holder keeps its credit while the
     wait it adds is smaller than the prefill it saves (at equal prefill speed, while it still gives the
     earlier first token); past that point the credit is gone, the load terms decide, the prefix spreads to
     another endpoint (which then holds it too) and comes back to the first holder as its backlog drains.
@@ -124,24 +127,36 @@ class PrefixCacheScorer(Scorer[F64]):
                 backlog[holders],
                 floor=floor,
                 total=total,
-                block=match.block_tokens,
+                match=match,
                 req=req,
             )
             return out
-        return _guarded(matched, backlog, floor=floor, total=total, block=match.block_tokens, req=req)
+        return _guarded(matched, backlog, floor=floor, total=total, match=match, req=req)
 
 
-def _guarded(matched: F64, backlog: F64, *, floor: float, total: float, block: int, req: PickRequest) -> F64:
+def prefill_saving(match: PrefixMatch, matched: F64, prompt_tokens: float) -> F64:
+    """Prompt tokens of prefill a hit would save, per entry of ``matched`` (a slice of ``match.matched``):
+    the matched blocks in tokens, or the whole prompt (``prompt_tokens``, the parser's estimate) where the
+    whole hashed window matched and the prompt is longer than it (the index sees only the first
+    ``maxPrefixBlocksToMatch`` blocks; a full match there is, in a conversation, the whole history). A new
+    array. The load guard here and ``prefill-queue-scorer`` (``tokens.py``) both read it."""
+    total = float(len(match.hashes))
+    out: F64 = matched * float(match.block_tokens)
+    if prompt_tokens > total * match.block_tokens:
+        np.copyto(out, prompt_tokens, where=matched >= total)
+    return out
+
+
+def _guarded(
+    matched: F64, backlog: F64, *, floor: float, total: float, match: PrefixMatch, req: PickRequest
+) -> F64:
     """``(matched / total) x clip(1 - extra / saving, 0, 1)`` (see :class:`PrefixCacheScorer`), computed in
     ``backlog``'s buffer, which must be the caller's own."""
     backlog -= floor
     np.maximum(backlog, 0.0, out=backlog)
-    # the prefill a hit saves: the matched blocks, or the whole prompt when its whole window matched
-    saving = matched * float(block)
-    prompt = float(req.prompt_tokens_estimate)
-    if prompt > total * block:
-        np.copyto(saving, prompt, where=matched >= total)
-    np.maximum(saving, block, out=saving)  # rows that match nothing score 0 below, whatever this is
+    saving = prefill_saving(match, matched, float(req.prompt_tokens_estimate))
+    # rows that match nothing score 0 below, whatever this is
+    np.maximum(saving, match.block_tokens, out=saving)
     backlog /= saving
     np.subtract(1.0, backlog, out=backlog)
     np.maximum(backlog, 0.0, out=backlog)  # <= 1 already: the extra backlog is >= 0

@@ -18,6 +18,7 @@ from scoring._params import Params
 from scoring.matrix import F64, LoadCharge
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.scorers.load import MinMaxLoadScorer
+from scoring.scorers.prefix import prefill_saving
 from scoring.types import PickRequest
 
 #: Default ``minRangeTokens`` of ``prefill-queue-scorer``: two engine steps of prefill at vLLM's default
@@ -36,13 +37,18 @@ class PrefillQueueScorer(MinMaxLoadScorer):
 
     Formula: ``(top - L) / (top - min(L))`` over the candidates with ``top = max(max(L), min(L) + f)``,
     1.0 when all are equal; ``f`` = ``minRangeTokens`` (default 16,384; 0 gives plain min-max as in
-    ``queue-scorer``). ``L = prefill_tokens`` = estimated prompt tokens of the streaming requests we routed
-    to the endpoint that have not produced their first response byte yet (queued or being prefilled).
+    ``queue-scorer``). ``L = prefill_tokens - saving`` where ``prefill_tokens`` = estimated prompt tokens
+    of the streaming requests we routed to the endpoint that have not produced their first response byte
+    yet (queued or being prefilled), and ``saving`` = the prompt tokens a prefix-cache hit there saves this
+    request (:func:`~scoring.scorers.prefix.prefill_saving`: the blocks the endpoint is believed to hold,
+    or the whole prompt when the whole hashed window matched; 0 without a prefix match, i.e. whenever the
+    profile has no ``prefix-cache-scorer``). Up to a constant (the request's prompt) ``L`` is the prefill
+    ahead of the request's first token at the endpoint, its own uncached part included.
     A spread of ``L`` below ``f`` shades the scores proportionally instead of using the whole [0, 1] range,
     so estimate noise of a few hundred tokens cannot outweigh affinity or KV terms.
     Inputs: ``prefill_tokens`` (owner-maintained, never NaN; a matrix without it reads zeros, so the scorer
-    gives every endpoint 1.0 and changes no pick). Category: distribution. Output in [0, 1] by
-    construction (no clamp needed: ``min(L) <= L <= top``).
+    gives every endpoint 1.0 and changes no pick), ``PickRequest.prefix`` and ``prompt_tokens_estimate``.
+    Category: distribution. Output in [0, 1] by construction (no clamp needed: ``min(L) <= L <= top``).
 
     Why: the time to first token of a new request is, to first order, the prefill work ahead of it in the
     engine's first-come-first-served queue divided by the engine's prefill rate (``max_num_batched_tokens``
@@ -56,9 +62,18 @@ class PrefillQueueScorer(MinMaxLoadScorer):
     The same min-max arithmetic as the other load scorers (:func:`~scoring.scorers.load.weighted_min_max`),
     so the batch replays it incrementally: after each pick the chosen endpoint's ``prefill_tokens`` grows by
     the request's :class:`~scoring.matrix.LoadCharge` prefill (:meth:`charge`), exactly as the owner does.
+    Why the saving: a holder of the request's prefix prefills less, so its first token comes sooner by
+    the saving. Without it this term charged a holder for its whole backlog while the prefix scorer's load
+    guard discounted its credit for the same backlog: the backlog counted twice, and with our default
+    weights a holder of a fully cached 7,200-token prompt lost the request at about 3,700 extra pending
+    tokens, about half its break-even; on the long-question many-system-prompt benchmark shape the profile
+    kept 40 % prefix hits against the reference profile's 46 % and served 0.95x its capacity. With the
+    saving counted here the holder keeps it up to about 5,300 tokens (the count-based ``queue-scorer``
+    still charges the extra request) and never past the break-even (``benchmarks/RESULTS.md``, "Prefix-cache
+    affinity"; ``tests/unit/scoring/test_prefix_scorer.py``). A per-request part of ``L`` is not
+    replayed by the batch's O(1) updates: a batch with prefix matches is picked one by one (same results).
     Limits: only our own traffic is counted (another router's requests, or another EPP replica's, are not),
-    prefix-cache hits are counted as work (the prefix scorer is the place that credits them), and
-    non-streaming requests are not counted (their prefill end is never seen; see ``LoadCharge``).
+    and non-streaming requests are not counted (their prefill end is never seen; see ``LoadCharge``).
     """
 
     type_name: ClassVar[str] = "prefill-queue-scorer"
@@ -69,6 +84,16 @@ class PrefillQueueScorer(MinMaxLoadScorer):
         params = Params(name, self.type_name, parameters, ("minRangeTokens",))
         self.floor = params.number("minRangeTokens", DEFAULT_MIN_RANGE_TOKENS, minimum=0.0, maximum=1e9)
         Scorer.__init__(self, name, params.effective)
+
+    def own(self, v: View, req: PickRequest, /) -> F64 | None:
+        """Minus the prefill a prefix hit saves the request at each candidate (``prefix.prefill_saving``);
+        None without a prefix match (the request's own prefill is then the same everywhere)."""
+        match = req.prefix
+        if match is None or match.matched is None:
+            return None
+        saving = prefill_saving(match, v.take(match.matched), float(req.prompt_tokens_estimate))
+        np.negative(saving, out=saving)
+        return saving
 
     def charge(self, req: PickRequest, /) -> float:
         return LoadCharge.for_request(req).prefill

@@ -26,6 +26,7 @@ from scoring.matrix import LoadCharge
 from scoring.scorers import PrefillQueueScorer, TokenLoadScorer
 from scoring.scorers.load import weighted_min_max, weighted_min_max_floats
 from scoring.terms import SMALL_POOL
+from scoring.types import PrefixMatch
 
 NOW = 10.0
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -253,3 +254,52 @@ def test_small_pool_totals_are_the_numpy_totals_bit_for_bit(
     floats = scheduler.terms.floats(v, prepared, req, dispatched)
     arrays = scheduler.terms.arrays(v, prepared, req, dispatched)
     assert np.array(floats, dtype=np.float64).tobytes() == arrays.tobytes()
+
+
+@st.composite
+def with_prefix_matches(draw: st.DrawFn) -> tuple[EndpointMatrix, list[PickRequest]]:
+    """A small pool and requests with prefix matches against it (any blocks held per endpoint)."""
+    m = draw(matrices(max_size=SMALL_POOL))
+    reqs = []
+    for _ in range(draw(st.integers(1, 8))):
+        total = draw(st.integers(1, 300))
+        held = draw(st.lists(st.integers(0, total), min_size=len(m), max_size=len(m)))
+        matched = np.array(held, dtype=np.float64)
+        matched.flags.writeable = False
+        match = PrefixMatch(tuple(range(total)), matched if max(held) else None, max(held), 16)
+        reqs.append(
+            PickRequest(
+                target_model="base",
+                prefix=match,
+                prompt_tokens_estimate=draw(estimate),
+                stream=draw(st.booleans()),
+            )
+        )
+    return m, reqs
+
+
+@SETTINGS
+@given(case=with_prefix_matches(), profile=st.sampled_from(["ours", "floored, one endpoint, a request term"]))
+def test_a_prefix_hit_in_the_prefill_term_keeps_floats_numpy_and_batch_identical(
+    case: tuple[EndpointMatrix, list[PickRequest]], profile: str
+) -> None:
+    """``prefill-queue-scorer`` counts what a hit saves the request: the float and numpy totals stay the
+    same bits, and a batch picks what sequential picks (each charged its uncached prompt) pick."""
+    m, reqs = case
+    scheduler = SMALL_POOL_PROFILES[profile]()
+    v = scheduler.candidates_view(m, None)
+    prepared = scheduler.prepared(m, v)
+    dispatched = v.take(m.dispatched)
+    for req in reqs:
+        floats = scheduler.terms.floats(v, prepared, req, dispatched)
+        arrays = scheduler.terms.arrays(v, prepared, req, dispatched)
+        assert np.array(floats, dtype=np.float64).tobytes() == arrays.tobytes()
+    copy = m.with_load_copies()
+    rng = np.random.default_rng(5)
+    expected = []
+    for req in reqs:
+        row = scheduler.schedule(copy, req, now=NOW, rng=rng).primary
+        LoadCharge.for_request(req, row).add(copy, row)
+        expected.append(row)
+    got = [r.indices[0] for r in scheduler.schedule_batch(m, reqs, now=NOW, rng=np.random.default_rng(5))]
+    assert got == expected

@@ -81,6 +81,35 @@ def test_guard_discounts_the_holder_by_its_extra_backlog_in_tokens() -> None:
     assert score(s, far, PickRequest(prefix=prefix([10.0, 5.0, 0.0], 10))) == [0.0, 0.5, 0.0]
 
 
+def test_our_default_profile_follows_a_cached_prompt_while_the_holder_is_the_faster_choice() -> None:
+    """How prefix credit and load interact in the built-in profile. A repeated 7,200-token prompt; its
+    holder has one more request in flight than three idle endpoints and ``extra`` more prefill tokens
+    pending. The holder gives the first token sooner while ``extra`` < 7,200 (waiting vs. recomputing the
+    prompt). ``prefill-queue-scorer`` counts the prefill the hit saves (it compares the prefill ahead of
+    the request's first token, its own included), so the load terms no longer charge the holder for the
+    backlog its saving pays for, on top of the guard's discount: the holder keeps the request up to about
+    5,300 tokens (the count-based ``queue-scorer`` still charges it one request), where the earlier
+    rule gave it away from about 3,700. Past the break-even it never keeps it."""
+    from scoring import default_scheduler
+
+    scheduler = default_scheduler()
+    rng = np.random.default_rng(0)
+    # the whole 256-block window matched at e0: the saving is the whole prompt
+    req = PickRequest(
+        target_model="model", prefix=prefix([256.0, 0.0, 0.0, 0.0], 256), prompt_tokens_estimate=7_200
+    )
+
+    def pick(extra: float) -> int:
+        m = matrix(
+            4, waiting=[0.0] * 4, running=[2.0] * 4, kv_usage=[0.3] * 4, prefill_tokens=[extra, 0, 0, 0]
+        )
+        m.dispatched[0] = 1.0
+        return scheduler.schedule(m, req, now=0.0, rng=rng).primary
+
+    assert [pick(x) for x in (0.0, 2_000.0, 3_500.0, 4_000.0, 4_500.0, 5_000.0)] == [0] * 6
+    assert all(pick(x) != 0 for x in (5_600.0, 7_300.0, 9_000.0, 20_000.0))
+
+
 def test_scores_stay_in_unit_interval_with_junk_gauges() -> None:
     s = PrefixCacheScorer("p")
     m = matrix(4, waiting=[np.nan, np.inf, -5.0, 1e300], prefill_tokens=[0.0, 0.0, 0.0, 0.0])

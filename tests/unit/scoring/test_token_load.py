@@ -31,6 +31,7 @@ from scoring.plugin import Category, Dependence
 from scoring.scorers import PrefillQueueScorer, TokenLoadScorer
 from scoring.scorers.load import LoadTrack, weighted_min_max
 from scoring.scorers.tokens import DEFAULT_MIN_RANGE_TOKENS, DEFAULT_QUEUE_THRESHOLD_TOKENS
+from scoring.types import PrefixMatch
 
 NOW = 5.0
 
@@ -181,6 +182,61 @@ def test_prefill_queue_scorer_ignores_request_counts_and_gauges() -> None:
     """One 40k-token prompt outweighs ten short ones; the scraped queue plays no part."""
     m = fleet(2, prefill_tokens=[40_000.0, 10 * 150.0], waiting=[0.0, 10.0], dispatched=[1.0, 10.0])
     assert scores(PrefillQueueScorer("p"), m) == pytest.approx([0.0, 1.0])
+
+
+def hit(matched: list[float], total: int, block_tokens: int = 16) -> PrefixMatch:
+    arr = np.array(matched)
+    arr.flags.writeable = False
+    return PrefixMatch(tuple(range(total)), arr, int(max(matched)), block_tokens)
+
+
+def test_prefill_queue_scorer_counts_the_prefill_a_prefix_hit_saves_the_request() -> None:
+    """With a prefix match, ``L`` is the pending prefill minus what a hit saves the request there, i.e.
+    (up to a constant) the prefill ahead of its first token including its own: a holder of the whole
+    7,200-token prompt with 5,000 tokens pending is 2,200 tokens sooner than an idle endpoint."""
+    s = PrefillQueueScorer("p")  # minRangeTokens 16,384
+    m = fleet(3, prefill_tokens=[5_000.0, 0.0, 3_000.0])
+    v = View(m)
+    # 256 blocks hashed (4,096 tokens); e0 holds them all (the whole 7,200-token prompt), e2 64 blocks
+    req = PickRequest(prefix=hit([256.0, 0.0, 64.0], 256), prompt_tokens_estimate=7_200)
+    got = s.score(v, s.prepare(v), req, m.dispatched).tolist()
+    # L = [5,000 - 7,200, 0, 3,000 - 1,024] = [-2,200, 0, 1,976]; top = min + 16,384
+    assert got == pytest.approx([1.0, 1 - 2_200 / 16_384, 1 - 4_176 / 16_384])
+    # without a match the request's own prefill is the same everywhere: the scores of the plain formula
+    plain = s.score(v, s.prepare(v), PickRequest(prompt_tokens_estimate=7_200), m.dispatched).tolist()
+    assert plain == pytest.approx([1 - 5_000 / 16_384, 1.0, 1 - 3_000 / 16_384])
+    # a holder waiting longer than the hit saves is behind: the saving is no licence to pile up
+    busy = fleet(2, prefill_tokens=[9_000.0, 0.0])
+    bv = View(busy)
+    req2 = PickRequest(prefix=hit([256.0, 0.0], 256), prompt_tokens_estimate=7_200)
+    assert s.score(bv, s.prepare(bv), req2, busy.dispatched).tolist() == pytest.approx(
+        [1 - 1_800 / 16_384, 1.0]
+    )
+
+
+def test_a_batch_of_requests_with_prefix_matches_equals_sequential_picks() -> None:
+    """The batch's O(1) load updates cannot replay a per-request part of ``L``; such a batch is picked
+    one by one (same results as sequential picks, each charged its uncached prompt)."""
+    s = profile(("queue-scorer", 1.0, {}), ("prefill-queue-scorer", 2.0, {}))
+    assert s.batchable
+    assert s.terms.request_loads
+    m = fleet(4, prefill_tokens=[4_000.0, 0.0, 1_000.0, 0.0])
+    reqs = [
+        PickRequest(
+            prefix=hit([64.0, 0.0, 64.0 * (k % 2), 0.0], 64), prompt_tokens_estimate=1_100, stream=True
+        )
+        for k in range(12)
+    ]
+    copy = m.with_load_copies()
+    rng = np.random.default_rng(3)
+    expected = []
+    for req in reqs:
+        row = s.schedule(copy, req, now=NOW, rng=rng).primary
+        LoadCharge.for_request(req, row).add(copy, row)
+        expected.append(row)
+    got = [r.indices[0] for r in s.schedule_batch(m, reqs, now=NOW, rng=np.random.default_rng(3))]
+    assert got == expected
+    assert 0 in got  # the holder's saving beats its head start of pending prefill at least once
 
 
 @pytest.mark.parametrize("bad", [-1.0, "8k", math.inf, True])
