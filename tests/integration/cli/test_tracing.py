@@ -52,7 +52,8 @@ async def _serve(spawn: Spawn, *args: str) -> tuple[Process, Ports]:
     process = await spawn(
         [PICKER, "serve", f"--static-endpoints={ENDPOINT}", *LOCAL, "--secure-serving=false", *args]
     )
-    return process, await serving_ports(process)
+    # a bounded wait for the "serving" line: on a loaded machine a --workers supervisor has taken over 30 s
+    return process, await serving_ports(process, deadline_s=90.0)
 
 
 def _traceparent(sampled: bool) -> tuple[str, str, str]:
