@@ -257,7 +257,9 @@ class Director:
         mask = None if request.subset is None or self._disable_subset else subset_mask(m, request.subset)
         empty = len(m) == 0 or (mask is not None and not mask.any())
         active = self._config.active
-        in_force = self._derived(active)
+        in_force = self._in_force
+        if in_force is None or in_force.active is not active:  # a new config (rare): derive once
+            in_force = self._derive(active)
         choice = active.profiles.choose(objective, priority, request.headers)
         external = self.external_for(priority, choice) if in_force.external else None
         if empty and external is None:
@@ -514,18 +516,16 @@ class Director:
         objective = headers.get(HDR_OBJECTIVE, "")
         return Resolved(model, model, self._ds.objectives.priority(objective), objective, info)
 
-    def _derived(self, active: ActiveConfig) -> _InForce:
-        """What the director derives from ``active`` (computed when the active config changes)."""
-        in_force = self._in_force
-        if in_force is None or in_force.active is not active:
-            config = active.config
-            stale_after = None
-            if config.avoid_stale_endpoints:
-                stale_after = config.staleness_threshold or self._default_staleness
-            settings = config.settings
-            external = self.external.sync(settings.external_endpoints, settings.spillover)
-            in_force = self._in_force = _InForce(active, stale_after, external)
-        return in_force
+    def _derive(self, active: ActiveConfig) -> _InForce:
+        """What the director derives from ``active``, remembered until the active config changes."""
+        config = active.config
+        stale_after = None
+        if config.avoid_stale_endpoints:
+            stale_after = config.staleness_threshold or self._default_staleness
+        settings = config.settings
+        external = self.external.sync(settings.external_endpoints, settings.spillover)
+        self._in_force = _InForce(active, stale_after, external)
+        return self._in_force
 
     def _match_prefix(  # noqa: PLR0917 - the request's parts the match reads
         self,
@@ -564,7 +564,7 @@ class Director:
         m = self._ds.snapshot()
         if len(m) == 0:
             raise Internal(MSG_NO_PODS)
-        stale_after = self._derived(self._config.active).stale_after
+        stale_after = self._derive(self._config.active).stale_after  # (a rare path: derived afresh)
         rows = Avoidance.preferred_rows(self._avoidance.levels(m, self._clock(), stale_after))
         i = int(self._rng.integers(len(m))) if rows is None else int(rows[self._rng.integers(rows.size)])
         return body_less_dispatch(m.addresses[i])
