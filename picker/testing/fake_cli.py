@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from picker.testing.fake_load import LoadParams
-from picker.testing.fake_server import DEFAULT_MODEL, run_fake_server
+from picker.testing.fake_server import DEFAULT_MODEL, FakeServer, run_fake_server
 
 
 def load_params_from_args(ns: argparse.Namespace) -> LoadParams:
@@ -25,8 +25,8 @@ def load_params_from_args(ns: argparse.Namespace) -> LoadParams:
 
 
 def run_fake_server_cli(ns: argparse.Namespace) -> int:
-    coro = run_fake_server(
-        engine=ns.engine,
+    server = FakeServer(
+        ns.engine,
         port=ns.port,
         host=ns.host,
         models=tuple(ns.model or (DEFAULT_MODEL,)),
@@ -35,7 +35,7 @@ def run_fake_server_cli(ns: argparse.Namespace) -> int:
         time_scale=ns.time_scale,
         seed=ns.seed,
     )
-    asyncio.run(_until_signalled(coro))
+    asyncio.run(_until_signalled(run_fake_server(server)))
     return 0
 
 

@@ -633,35 +633,9 @@ class FakeFleet:
         return self.servers[index]
 
 
-async def run_fake_server(
-    *,
-    engine: str,
-    port: int,
-    host: str = "127.0.0.1",
-    models: Sequence[str] = (DEFAULT_MODEL,),
-    lora_adapters: Sequence[str] = (),
-    load: LoadParams | LoadModel | None = None,
-    time_scale: float = 1.0,
-    seed: int = 0,
-    default_max_tokens: int = 16,
-    max_tokens_cap: int = 4096,
-    gzip_metrics: bool = True,
-) -> None:
-    """Serve one fake model server until cancelled (``picker fake-server``). See the module docstring for the
-    recommended command-line options; each keyword is the :class:`FakeServer` one."""
-    server = FakeServer(
-        engine,
-        host=host,
-        port=port,
-        models=models,
-        lora_adapters=lora_adapters,
-        load=load,
-        time_scale=time_scale,
-        seed=seed,
-        default_max_tokens=default_max_tokens,
-        max_tokens_cap=max_tokens_cap,
-        gzip_metrics=gzip_metrics,
-    )
+async def run_fake_server(server: FakeServer) -> None:
+    """Serve ``server`` (constructed, not started) until cancelled, then stop it (``picker fake-server``).
+    See the module docstring for the recommended command-line options."""
     await server.start()
     logger.info("fake %s server on %s serving %s", server.engine, server.url, ", ".join(server.models))
     try:

@@ -142,7 +142,7 @@ async def test_run_fake_server_serves_until_cancelled(http: aiohttp.ClientSessio
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    task = asyncio.create_task(run_fake_server(engine="sglang", port=port))
+    task = asyncio.create_task(run_fake_server(FakeServer("sglang", port=port)))
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
