@@ -22,7 +22,7 @@ from picker.kube.leader import LeaderElector, default_identity, lease_name
 from picker.kube.objectives import ObjectiveWatcher, RewriteWatcher
 from picker.kube.pods import PodWatcher, parse_selector, pod_endpoints, standalone_pool
 from picker.kube.pool import PoolWatcher, parse_pool
-from picker.kube.reflector import Backoff, EventType, Reflector, WatchEvent
+from picker.kube.reflector import Backoff, EventType, Reflector, WatchEvent, WatchSettings
 from picker.kube.runner import KubeSources
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Reflector",
     "RewriteWatcher",
     "WatchEvent",
+    "WatchSettings",
     "default_identity",
     "lease_name",
     "load_api_client",

@@ -26,7 +26,7 @@ from kubernetes import client as k8s_client
 
 from picker.kube._threads import run_in_thread
 from picker.kube.client import KubeError, call_json
-from picker.kube.reflector import CONFIGMAPS, Backoff, EventType, ListWatch, Reflector, WatchEvent
+from picker.kube.reflector import CONFIGMAPS, DEFAULT_WATCH, EventType, ListWatch, WatchEvent, WatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,7 @@ class ConfigMapWatcher:
         name: str,
         key: str = DEFAULT_KEY,
         recorder: EventRecorder | None = None,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
+        watch: WatchSettings = DEFAULT_WATCH,
     ) -> None:
         if not name:
             raise ValueError("the ConfigMap name is empty")
@@ -145,13 +143,7 @@ class ConfigMapWatcher:
         self._source = f"configmap/{namespace}/{name}"
         self._recorder = recorder if recorder is not None else EventRecorder(api)
         source = ListWatch(api, CONFIGMAPS, namespace, field_selector=f"metadata.name={name}")
-        self._reflector = Reflector(
-            source,
-            self._handle,
-            watch_timeout_s=watch_timeout_s,
-            inactivity_timeout_s=inactivity_timeout_s,
-            backoff=backoff(),
-        )
+        self._reflector = watch.reflector(source, self._handle)
         #: (uid, resourceVersion) of the last version we reacted to: relists never repeat an Event
         self._seen: tuple[str, str] | None = None
         self._missing_logged = False

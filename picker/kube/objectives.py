@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from kubernetes import client as k8s_client
 
 from picker.kube.reflector import (
+    DEFAULT_WATCH,
     INFERENCE_MODEL_REWRITES,
     INFERENCE_OBJECTIVES,
     POOL_GROUP_V1,
-    Backoff,
     EventType,
     ListWatch,
-    Reflector,
     Resource,
     WatchEvent,
+    WatchSettings,
 )
 from picker.state.datastore import Datastore
 from picker.state.objectives import (
@@ -141,9 +141,7 @@ class _PoolScopedWatcher(Generic[T]):
         namespace: str,
         pool_name: str,
         pool_group: str = POOL_GROUP_V1,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
+        watch: WatchSettings = DEFAULT_WATCH,
     ) -> None:
         self._ds = datastore
         self._kind = self.resource.kind
@@ -152,13 +150,7 @@ class _PoolScopedWatcher(Generic[T]):
         self._pool_group = pool_group
         self._matched: dict[str, T] = {}
         self._bad: dict[str, str] = {}
-        self._reflector = Reflector(
-            ListWatch(api, self.resource, namespace),
-            self._handle,
-            watch_timeout_s=watch_timeout_s,
-            inactivity_timeout_s=inactivity_timeout_s,
-            backoff=backoff(),
-        )
+        self._reflector = watch.reflector(ListWatch(api, self.resource, namespace), self._handle)
 
     def _store_for(self, datastore: Datastore) -> _Store[T]:
         raise NotImplementedError

@@ -29,7 +29,15 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 
-from picker.kube.reflector import PODS, Backoff, EventType, ListWatch, Reflector, WatchEvent
+from picker.kube.reflector import (
+    DEFAULT_WATCH,
+    PODS,
+    EventType,
+    ListWatch,
+    Reflector,
+    WatchEvent,
+    WatchSettings,
+)
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo
 
@@ -176,9 +184,7 @@ class PodWatcher:
         metrics_port: int | None = None,
         on_synced: Callable[[bool], None] | None = None,
         engine_label: Callable[[], str] = lambda: ENGINE_LABEL,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
+        watch: WatchSettings = DEFAULT_WATCH,
     ) -> None:
         self._api = api
         self._ds = datastore
@@ -187,9 +193,7 @@ class PodWatcher:
         self._on_synced = on_synced
         #: read each time pods are turned into endpoints, so a reloaded ``engineLabelKey`` applies
         self._engine_label = engine_label
-        self._watch_timeout = watch_timeout_s
-        self._inactivity = inactivity_timeout_s
-        self._backoff = backoff
+        self._watch_settings = watch
         self._target: PoolInfo | None = None
         self._active: PoolInfo | None = None
         self._by_pod: dict[str, tuple[Endpoint, ...]] = {}
@@ -272,13 +276,7 @@ class PodWatcher:
                 self._on_event(event, generation)
 
         source = ListWatch(self._api, PODS, self._namespace, label_selector=format_selector(selector))
-        reflector = Reflector(
-            source,
-            handle,
-            watch_timeout_s=self._watch_timeout,
-            inactivity_timeout_s=self._inactivity,
-            backoff=self._backoff(),
-        )
+        reflector = self._watch_settings.reflector(source, handle)
         self._reflector, self._selector = reflector, selector
         task = asyncio.create_task(reflector.run(), name=f"pods:{source.description}")
         waiter = asyncio.create_task(self._until_selector_changes(selector))

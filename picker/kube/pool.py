@@ -16,7 +16,7 @@ and ignored: the last good pool stays in force, as it would with an invalid Conf
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -24,16 +24,16 @@ from kubernetes import client as k8s_client
 
 from picker.kube.pods import PodWatcher, check_target_ports
 from picker.kube.reflector import (
+    DEFAULT_WATCH,
     INFERENCE_POOLS_V1,
     INFERENCE_POOLS_V1ALPHA2,
     POOL_GROUP_V1,
     POOL_GROUP_V1ALPHA2,
-    Backoff,
     EventType,
     ListWatch,
-    Reflector,
     Resource,
     WatchEvent,
+    WatchSettings,
 )
 from picker.state.endpoints import PoolInfo
 
@@ -106,9 +106,7 @@ class PoolWatcher:
         namespace: str,
         name: str,
         group: str = POOL_GROUP_V1,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
+        watch: WatchSettings = DEFAULT_WATCH,
     ) -> None:
         if not name:
             raise ValueError("the pool name is empty")
@@ -117,13 +115,7 @@ class PoolWatcher:
         self._namespace = namespace
         self._group = group
         source = ListWatch(api, pool_resource(group), namespace, field_selector=f"metadata.name={name}")
-        self._reflector = Reflector(
-            source,
-            self._handle,
-            watch_timeout_s=watch_timeout_s,
-            inactivity_timeout_s=inactivity_timeout_s,
-            backoff=backoff(),
-        )
+        self._reflector = watch.reflector(source, self._handle)
         self._current: PoolInfo | None = None
         self._bad_rv: str | None = None
         self._waiting_logged = False

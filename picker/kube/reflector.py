@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import urllib3
 from kubernetes import client as k8s_client
@@ -502,3 +502,31 @@ class Reflector:
             self._cache[name] = obj
         await self._handler(WatchEvent(EventType(type_), name, obj))
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """How every watcher of one process times its watches, passed once to each watcher.
+
+    ``watch_timeout_s`` is the server-side ``timeoutSeconds`` of one watch (jittered up by 25 %);
+    ``inactivity_timeout_s`` the client-side read timeout that drops a silent (half-open) connection (default:
+    that watch's timeout + 30 s); ``backoff`` makes each reflector's own :class:`Backoff`.
+    """
+
+    watch_timeout_s: float = 290.0
+    inactivity_timeout_s: float | None = None
+    backoff: Callable[[], Backoff] = Backoff
+
+    def reflector(self, source: Source, handler: Handler) -> Reflector:
+        """A :class:`Reflector` of ``source`` timed by these settings (it starts nothing)."""
+        return Reflector(
+            source,
+            handler,
+            watch_timeout_s=self.watch_timeout_s,
+            inactivity_timeout_s=self.inactivity_timeout_s,
+            backoff=self.backoff(),
+        )
+
+
+#: the settings of a watcher given none
+DEFAULT_WATCH: Final = WatchSettings()

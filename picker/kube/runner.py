@@ -34,7 +34,7 @@ from picker.kube.leader import LeaderElector, default_identity, lease_name
 from picker.kube.objectives import ObjectiveWatcher, RewriteWatcher
 from picker.kube.pods import ENGINE_LABEL, PodWatcher, standalone_pool
 from picker.kube.pool import PoolWatcher, pool_resource
-from picker.kube.reflector import POOL_GROUP_V1, Backoff
+from picker.kube.reflector import DEFAULT_WATCH, POOL_GROUP_V1, WatchSettings
 from picker.state.datastore import Datastore
 from picker.state.endpoints import PoolInfo
 
@@ -73,7 +73,7 @@ class _PoolTerm:
         standalone: PoolInfo | None,
         metrics_port: int | None,
         on_synced: Callable[[bool], None] | None,
-        watch: Mapping[str, Any],
+        watch: WatchSettings,
         engine_label: Callable[[], str],
     ) -> None:
         self._on_synced = on_synced
@@ -85,20 +85,25 @@ class _PoolTerm:
             metrics_port=metrics_port,
             on_synced=self._synced_changed,
             engine_label=engine_label,
-            **watch,
+            watch=watch,
         )
         self._scoped: list[ObjectiveWatcher | RewriteWatcher] = []
         self._sources: list[_Runnable] = [self.pods]
         if standalone is None:
             self._scoped = [
-                ObjectiveWatcher(
-                    api, datastore, namespace=namespace, pool_name=pool_name, pool_group=pool_group, **watch
-                ),
-                RewriteWatcher(
-                    api, datastore, namespace=namespace, pool_name=pool_name, pool_group=pool_group, **watch
-                ),
+                kind(
+                    api,
+                    datastore,
+                    namespace=namespace,
+                    pool_name=pool_name,
+                    pool_group=pool_group,
+                    watch=watch,
+                )
+                for kind in (ObjectiveWatcher, RewriteWatcher)
             ]
-            pool = PoolWatcher(api, self.pods, namespace=namespace, name=pool_name, group=pool_group, **watch)
+            pool = PoolWatcher(
+                api, self.pods, namespace=namespace, name=pool_name, group=pool_group, watch=watch
+            )
             self._sources += [pool, *self._scoped]
 
     async def run(self) -> None:
@@ -148,9 +153,7 @@ class KubeSources:
         retry_period: float = 2.0,
         on_leader_change: Callable[[bool], None] | None = None,
         on_synced: Callable[[bool], None] | None = None,
-        watch_timeout_s: float = 290.0,
-        inactivity_timeout_s: float | None = None,
-        backoff: Callable[[], Backoff] = Backoff,
+        watch: WatchSettings = DEFAULT_WATCH,
         engine_label: Callable[[], str] = lambda: ENGINE_LABEL,
     ) -> None:
         """``engine_label`` gives the pod label naming the engine (``engineLabelKey``), read whenever pods
@@ -182,11 +185,7 @@ class KubeSources:
         self._on_synced = on_synced
         self._engine_label = engine_label
         self._terms: list[_PoolTerm] = []
-        self._watch: dict[str, Any] = {
-            "watch_timeout_s": watch_timeout_s,
-            "inactivity_timeout_s": inactivity_timeout_s,
-            "backoff": backoff,
-        }
+        self._watch = watch
         self._elector: LeaderElector | None = None
         #: whose lease this pool follows instead of electing on its own (:meth:`follow`)
         self._lease_of: KubeSources | None = None
@@ -239,7 +238,7 @@ class KubeSources:
                         name=self._configmap,
                         key=self._configmap_key,
                         recorder=EventRecorder(self._api, instance=self.identity),
-                        **self._watch,
+                        watch=self._watch,
                     )
                     tg.create_task(_run_until(cm, self._closed), name="kube:configmap")
                 if self._lease_of is not None:

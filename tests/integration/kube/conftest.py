@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from picker.kube import load_api_client
+from picker.kube import Backoff, WatchSettings, load_api_client
 from picker.testing.kube_api import KubeApiEmulator
 
 pytestmark = pytest.mark.integration
 
 NS = "inference"
+#: watches that rotate every few seconds and retry within a third of a second
+FAST_WATCH = WatchSettings(watch_timeout_s=3.0, backoff=lambda: Backoff(initial=0.05, cap=0.3))
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import pytest
 from kubernetes import client as k8s_client
 
 from picker.config import default_config
-from picker.kube import Backoff, KubeSources
+from picker.kube import KubeSources
 from picker.state.config_store import ConfigStore
 from picker.state.datastore import Datastore
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, pod
+from tests.integration.kube.conftest import FAST_WATCH
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,7 @@ async def store(
         target_ports=(8000,),
         configmap=CM,
         identity="epp-0",
-        watch_timeout_s=3.0,
-        backoff=lambda: Backoff(initial=0.05, cap=0.3),
+        watch=FAST_WATCH,
     )
     task = asyncio.create_task(sources.run())
     await eventually(lambda: config_store.active.source == f"configmap/{NS}/{CM}")

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from picker.kube import Backoff, KubeSources, LeaderElector, lease_name
+from picker.kube import KubeSources, LeaderElector, lease_name
 from picker.state.datastore import Datastore
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool, pod
+from tests.integration.kube.conftest import FAST_WATCH
 
 pytestmark = pytest.mark.integration
 
@@ -161,8 +162,7 @@ async def test_only_the_leading_replica_loads_the_pool(emulator, api, eventually
             leader_election=True,
             identity=name,
             on_leader_change=changes.append,
-            watch_timeout_s=3.0,
-            backoff=lambda: Backoff(initial=0.05, cap=0.3),
+            watch=FAST_WATCH,
             **SHORT,
         )
         replicas.append((src, ds, changes, asyncio.create_task(src.run())))
@@ -208,8 +208,7 @@ async def test_several_pools_of_one_replica_lead_and_hand_over_together(emulator
                 pool_name=name,
                 leader_election=True,
                 identity=identity,
-                watch_timeout_s=3.0,
-                backoff=lambda: Backoff(initial=0.05, cap=0.3),
+                watch=FAST_WATCH,
                 **SHORT,
             )
             pools.append((src, ds))

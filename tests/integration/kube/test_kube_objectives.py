@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from picker.kube import Backoff, KubeSources
+from picker.kube import KubeSources
 from picker.state.datastore import Datastore
 from picker.state.objectives import Objective
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_model_rewrite, inference_objective, inference_pool, pod
+from tests.integration.kube.conftest import FAST_WATCH
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +36,7 @@ async def ds(
         store,
         namespace=NS,
         pool_name=POOL,
-        watch_timeout_s=3.0,
-        backoff=lambda: Backoff(initial=0.05, cap=0.3),
+        watch=FAST_WATCH,
     )
     task = asyncio.create_task(sources.run())
     await eventually(lambda: store.synced)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from picker.kube import Backoff, KubeSources
+from picker.kube import KubeSources
 from picker.state.datastore import Datastore
 from picker.state.objectives import Objective
 from picker.testing.kube_api import KubeApiEmulator
@@ -21,6 +22,7 @@ from picker.testing.kube_objects import (
     pod,
     ready_patch,
 )
+from tests.integration.kube.conftest import FAST_WATCH
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,6 @@ NS = "inference"
 POOL = "qwen"
 SEL = {"app": "vllm-qwen"}
 POOL_API = "inference.networking.k8s.io/v1"
-FAST: dict[str, Any] = {"watch_timeout_s": 3.0, "backoff": lambda: Backoff(initial=0.05, cap=0.3)}
 
 
 class Harness:
@@ -38,7 +39,7 @@ class Harness:
         self.ds = Datastore()
         self.synced_calls: list[bool] = []
         self.sources = KubeSources(
-            api, self.ds, namespace=NS, on_synced=self.synced_calls.append, **{**FAST, **kw}
+            api, self.ds, namespace=NS, on_synced=self.synced_calls.append, **{"watch": FAST_WATCH, **kw}
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -245,7 +246,8 @@ async def test_watch_expiry_and_api_server_restart_lose_no_endpoint(emulator, ha
     emulator.create(inference_pool(POOL, NS, selector=SEL))
     for i in range(1, 4):
         emulator.create(_pod(f"p{i}", f"10.0.0.{i}"))
-    h = harness(pool_name=POOL, watch_timeout_s=60.0)  # no rotation mid-test
+    no_rotation = dataclasses.replace(FAST_WATCH, watch_timeout_s=60.0)  # no watch ends mid-test
+    h = harness(pool_name=POOL, watch=no_rotation)
     await eventually(lambda: len(h.ds) == 3)
     seen: list[set[str]] = []
     h.ds.add_listener(lambda: seen.append(h.names()))
