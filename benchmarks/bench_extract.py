@@ -22,10 +22,8 @@ both methods return the same fields. The target is a speedup of at least 30x on 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
-import math
 import os
 import platform
 import shlex
@@ -37,92 +35,19 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from picker.scrape import BUILTIN_ENGINES, DEFAULT_ENGINE, EngineSpec, Extractor, MetricSpec, detect_engine
+from benchmarks.harness import cpu_model
+from picker.scrape import BUILTIN_ENGINES, DEFAULT_ENGINE, EngineSpec, Extractor, detect_engine
 from picker.state.metrics import EndpointMetrics
+from picker.testing.extract_oracle import comparable, oracle
 
 PAGES_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "metrics"
 TARGET_SPEEDUP = 30.0
 
 
 def baseline(page: bytes, spec: EngineSpec) -> EndpointMetrics:
-    """Full parse with prometheus_client, then the README's selection rules on the parsed samples."""
-    samples = [
-        s for fam in text_string_to_metric_families(page.decode("utf-8", "replace")) for s in fam.samples
-    ]
-
-    def matching(ms: MetricSpec) -> list[Any]:
-        return [
-            s for s in samples if s.name == ms.name and all(s.labels.get(k, "") == v for k, v in ms.labels)
-        ]
-
-    def stamp(s: Any) -> float:
-        return -math.inf if s.timestamp is None else float(s.timestamp)
-
-    def values(ms: MetricSpec) -> list[float]:
-        newest: dict[frozenset[tuple[str, str]], Any] = {}
-        for s in matching(ms):
-            key = frozenset(s.labels.items())
-            if key not in newest or stamp(s) > stamp(newest[key]):
-                newest[key] = s
-        return [s.value for s in newest.values()]
-
-    def first(specs: tuple[MetricSpec, ...], reduce: Callable[[list[float]], float]) -> float:
-        for ms in specs:
-            vs = values(ms)
-            if vs and all(0 <= v < math.inf for v in vs):
-                return reduce(vs)
-        return math.nan
-
-    def whole(raw: str | None, minimum: float) -> float:
-        try:
-            v = float(raw) if raw else math.nan
-        except ValueError:
-            return math.nan
-        return v if minimum <= v < math.inf and v.is_integer() else math.nan
-
-    def gauge(specs: tuple[MetricSpec, ...]) -> float:
-        for ms in specs:
-            found = matching(ms)
-            if found:
-                v = float(max(found, key=stamp).value)
-                return v if 1 <= v < math.inf else math.nan
-        return math.nan
-
-    def names(raw: str) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(a.strip() for a in raw.split(",") if a.strip()))
-
-    kv = first(spec.kv_usage, lambda vs: sum(min(v, 1.0) for v in vs) / len(vs))
-    if math.isnan(kv) and spec.max_batch_total_tokens:
-        kv = min(first(spec.kv_tokens, sum) / spec.max_batch_total_tokens, 1.0)
-    lora: dict[str, Any] = {}
-    for ms in spec.lora:
-        finite = [s for s in matching(ms) if math.isfinite(s.value)]
-        if finite:
-            labels = max(finite, key=lambda s: s.value).labels
-            lora = {
-                "lora_active": names(labels.get("running_lora_adapters", "")),
-                "lora_waiting": names(labels.get("waiting_lora_adapters", "")),
-                "max_lora": whole(labels.get("max_lora"), 0),
-            }
-            break
-    block_size = num_blocks = math.nan
-    for ms in spec.cache_info:
-        found = matching(ms)
-        if found:
-            labels = max(found, key=stamp).labels
-            block_size = whole(labels.get(spec.cache_block_size_label), 1)
-            num_blocks = whole(labels.get(spec.cache_num_blocks_label), 1)
-            break
-    return EndpointMetrics(
-        waiting=first(spec.queued, sum),
-        running=first(spec.running, sum),
-        kv_usage=kv,
-        block_size=gauge(spec.cache_block_size) if math.isnan(block_size) else block_size,
-        num_blocks=gauge(spec.cache_num_blocks) if math.isnan(num_blocks) else num_blocks,
-        **lora,
-    )
+    """Decode, full parse with prometheus_client, then the README's selection rules on the parsed samples
+    (the extraction tests' oracle)."""
+    return oracle(page.decode("utf-8", "replace"), spec)
 
 
 def _family(line: bytes) -> bytes:
@@ -137,12 +62,6 @@ def only_wanted(page: bytes, wanted: tuple[str, ...]) -> bytes:
     """The page as a prometheus_client server sends it for ``?name[]=<wanted>``."""
     names = {w.encode() for w in wanted}
     return b"\n".join(line for line in page.splitlines() if _family(line) in names) + b"\n"
-
-
-def _fields(m: EndpointMetrics) -> dict[str, Any]:
-    """Comparable form (NaN != NaN): NaN → None."""
-    values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
 
 
 def time_calls(fns: dict[str, Callable[[], object]], runs: int, seconds: float) -> dict[str, list[float]]:
@@ -179,16 +98,6 @@ def time_calls(fns: dict[str, Callable[[], object]], runs: int, seconds: float) 
         if not gc_was_enabled:
             gc.disable()
     return samples
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(quick: bool, command: str) -> dict[str, Any]:
@@ -240,7 +149,7 @@ def run(quick: bool, command: str) -> dict[str, Any]:
         )
         doc["extract_filtered_us"][name] = round(statistics.median(t["filtered"]), 2)
         doc["detect_us"][name] = round(statistics.median(t["detect"]), 2)
-        doc["agree"][name] = _fields(x.extract(page)) == _fields(baseline(page, spec))
+        doc["agree"][name] = comparable(x.extract(page)) == comparable(baseline(page, spec))
     vllm = [n for n, info in doc["pages"].items() if info["detected"] == "vllm"]
     doc["vllm_pages"] = vllm
     doc["vllm_min_speedup"] = min(doc["speedup"][n] for n in vllm)
@@ -250,7 +159,7 @@ def run(quick: bool, command: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "prometheus_client": version("prometheus-client"),
     }

@@ -44,11 +44,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import cpu_model
 from scoring import EndpointMatrix, EndpointRow, PickRequest, Scheduler, default_scheduler
 from scoring.matrix import LoadCharge
 from scoring.registry import DEFAULT_WEIGHTS, reference_default_scheduler
@@ -297,16 +297,6 @@ def bench_batch(runs: int, calls: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run(quick: bool, command: str) -> dict[str, Any]:
     runs = 3 if quick else 7
     load_at_start = round(os.getloadavg()[0], 2)
@@ -345,7 +335,7 @@ def run(quick: bool, command: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         # other processes compete for the same cores; a high value here means inflated figures
         "load_average_1m_at_start": load_at_start,

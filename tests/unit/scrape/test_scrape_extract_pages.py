@@ -9,16 +9,15 @@ line is read among its neighbours (``_by_reason``, v0/v1 twins, other request ty
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor, MetricSpec
+from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor
 from picker.state.metrics import EndpointMetrics
+from picker.testing.extract_oracle import comparable, oracle
 
 V0 = "vllm-v0-aibrix-runtime-doc.txt"
 MIXED = "vllm-mixed-v0-v1-datadog-fixture.txt"
@@ -67,106 +66,6 @@ def extract(engine: str | EngineSpec, page: bytes) -> EndpointMetrics:
     return Extractor(spec).extract(page)
 
 
-# ----------------------------------------------------------------------------------------- the oracle
-
-
-def oracle(text: str, spec: EngineSpec) -> EndpointMetrics:
-    """The documented rules applied to prometheus_client's complete parse of the page."""
-    samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
-
-    def matching(ms: MetricSpec) -> list[Any]:
-        return [
-            s for s in samples if s.name == ms.name and all(s.labels.get(k, "") == v for k, v in ms.labels)
-        ]
-
-    def stamp(s: Any) -> float:
-        return -math.inf if s.timestamp is None else float(s.timestamp)
-
-    def distinct(ss: list[Any]) -> list[Any]:
-        best: dict[frozenset[tuple[str, str]], Any] = {}
-        for s in ss:
-            key = frozenset(s.labels.items())
-            if key not in best or stamp(s) > stamp(best[key]):
-                best[key] = s
-        return list(best.values())
-
-    def valid(vs: list[float]) -> bool:
-        return bool(vs) and all(0 <= v < math.inf for v in vs)
-
-    def first(specs: tuple[MetricSpec, ...], reduce: Callable[[list[float]], float]) -> float:
-        for ms in specs:
-            values = [s.value for s in distinct(matching(ms))]
-            if valid(values):
-                return reduce(values)
-        return math.nan
-
-    def newest(specs: tuple[MetricSpec, ...]) -> float:
-        for ms in specs:
-            ss = matching(ms)
-            if ss:
-                v = max(ss, key=stamp).value  # max() keeps the first of equal keys
-                if 1 <= v < math.inf:
-                    return float(v)
-        return math.nan
-
-    def whole(raw: str | None, minimum: float) -> float:
-        try:
-            v = float(raw) if raw else math.nan
-        except ValueError:
-            return math.nan
-        return v if minimum <= v < math.inf and v.is_integer() else math.nan
-
-    def names(raw: str) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(a.strip() for a in raw.split(",") if a.strip()))
-
-    kv = first(spec.kv_usage, lambda vs: sum(min(v, 1.0) for v in vs) / len(vs))
-    if math.isnan(kv) and spec.max_batch_total_tokens:
-        kv = min(first(spec.kv_tokens, sum) / spec.max_batch_total_tokens, 1.0)
-    lora: dict[str, Any] = {"lora_active": None, "lora_waiting": None, "max_lora": math.nan}
-    for ms in spec.lora:
-        finite = [s for s in matching(ms) if math.isfinite(s.value)]
-        if finite:
-            best = max(finite, key=lambda s: s.value)
-            lora = {
-                "lora_active": names(best.labels.get("running_lora_adapters", "")),
-                "lora_waiting": names(best.labels.get("waiting_lora_adapters", "")),
-                "max_lora": whole(best.labels.get("max_lora"), 0),
-            }
-            break
-    block_size = num_blocks = math.nan
-    for ms in spec.cache_info:
-        ss = matching(ms)
-        if ss:
-            labels = max(ss, key=stamp).labels
-            block_size = whole(labels.get(spec.cache_block_size_label), 1)
-            num_blocks = whole(labels.get(spec.cache_num_blocks_label), 1)
-            break
-    if math.isnan(block_size):
-        block_size = newest(spec.cache_block_size)
-    if math.isnan(num_blocks):
-        num_blocks = newest(spec.cache_num_blocks)
-    served: dict[str, None] = {}
-    for ms in (*spec.queued, *spec.running):
-        for s in matching(ms):
-            if s.labels.get("model_name") and len(served) < 16:
-                served[s.labels["model_name"]] = None
-    return EndpointMetrics(
-        waiting=first(spec.queued, sum),
-        running=first(spec.running, sum),
-        kv_usage=kv,
-        block_size=block_size,
-        num_blocks=num_blocks,
-        models=tuple(served) or None,
-        **lora,
-    )
-
-
-def as_dict(m: EndpointMetrics) -> dict[str, Any]:
-    """Comparable form: NaN → None."""
-    d = dataclasses.asdict(m)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-
-
 # ----------------------------------------------------------------------------------------- helpers
 
 
@@ -199,7 +98,7 @@ def test_real_page_hand_read_values(name: str, pages: dict[str, bytes], expect: 
 def test_every_page_with_every_engine_agrees_with_the_oracle(engine: str, pages: dict[str, bytes]) -> None:
     spec = BUILTIN_ENGINES[engine]
     for name, page in pages.items():
-        assert as_dict(extract(spec, page)) == as_dict(oracle(page.decode(), spec)), name
+        assert comparable(extract(spec, page)) == comparable(oracle(page.decode(), spec)), name
 
 
 def test_tgi_page_with_max_batch_total_tokens(pages: dict[str, bytes], expect: Callable[..., None]) -> None:
@@ -209,7 +108,7 @@ def test_tgi_page_with_max_batch_total_tokens(pages: dict[str, bytes], expect: C
     busy = set_value(busy, b"tgi_queue_size", b"3")
     busy = set_value(busy, b"tgi_batch_current_size", b"12")
     expect(extract(spec, busy), waiting=3.0, running=12.0, kv_usage=0.25)
-    assert as_dict(extract(spec, busy)) == as_dict(oracle(busy.decode(), spec))
+    assert comparable(extract(spec, busy)) == comparable(oracle(busy.decode(), spec))
 
 
 def test_v0_page_is_truncated_mid_histogram_and_still_read(pages: dict[str, bytes]) -> None:
@@ -247,7 +146,7 @@ def test_v1_page_with_two_engines_is_aggregated(pages: dict[str, bytes], expect:
         page = set_value(page, start, v0)
         page = duplicate_line(page, start, b'engine="0"', b'engine="1"', v1)
     expect(extract("vllm", page), waiting=7.0, running=9.0, kv_usage=0.4, block_size=4.0, num_blocks=15998.0)
-    assert as_dict(extract("vllm", page)) == as_dict(oracle(page.decode(), BUILTIN_ENGINES["vllm"]))
+    assert comparable(extract("vllm", page)) == comparable(oracle(page.decode(), BUILTIN_ENGINES["vllm"]))
 
 
 def test_mixed_page_prefers_the_v1_kv_gauge_then_falls_back(
@@ -310,7 +209,7 @@ def test_triton_page_two_models_are_summed(pages: dict[str, bytes], expect: Call
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_crlf_line_ends_change_nothing(name: str, pages: dict[str, bytes]) -> None:
     engine = EXPECTED[name][0]
-    assert as_dict(extract(engine, pages[name].replace(b"\n", b"\r\n"))) == as_dict(
+    assert comparable(extract(engine, pages[name].replace(b"\n", b"\r\n"))) == comparable(
         extract(engine, pages[name])
     )
 
@@ -327,17 +226,17 @@ def test_invalid_utf8_elsewhere_changes_nothing(name: str, pages: dict[str, byte
             dirty.append(line.replace(b'="', b'="\x80\xbf', 1))
         else:
             dirty.append(line)
-    assert as_dict(extract(engine, b"\n".join(dirty))) == as_dict(extract(engine, pages[name]))
+    assert comparable(extract(engine, b"\n".join(dirty))) == comparable(extract(engine, pages[name]))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_str_and_bytes_like_pages_read_the_same(name: str, pages: dict[str, bytes]) -> None:
     engine = EXPECTED[name][0]
-    want = as_dict(extract(engine, pages[name]))
+    want = comparable(extract(engine, pages[name]))
     x = Extractor(BUILTIN_ENGINES[engine])
-    assert as_dict(x.extract(pages[name].decode())) == want
-    assert as_dict(x.extract(bytearray(pages[name]))) == want
-    assert as_dict(x.extract(memoryview(pages[name]))) == want
+    assert comparable(x.extract(pages[name].decode())) == want
+    assert comparable(x.extract(bytearray(pages[name]))) == want
+    assert comparable(x.extract(memoryview(pages[name]))) == want
 
 
 def _sample_name(line: bytes) -> str:
@@ -359,7 +258,7 @@ def test_a_page_filtered_to_wanted_families_reads_the_same(name: str, pages: dic
     x = Extractor(BUILTIN_ENGINES[engine])
     filtered = _only_wanted(pages[name], x.wanted_families())
     assert len(filtered) < len(pages[name])
-    assert as_dict(x.extract(filtered)) == as_dict(x.extract(pages[name]))
+    assert comparable(x.extract(filtered)) == comparable(x.extract(pages[name]))
 
 
 def test_wanted_families() -> None:
