@@ -5,77 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from picker.scrape.client import ScrapeError
 from picker.scrape.http import LeanFetcher
 from picker.testing.fake_server import FakeServer
+from picker.testing.raw_http import RawHttpServer, Respond, fixed
 
 pytestmark = pytest.mark.integration
 
 PAGE = b"".join(b'vllm:num_requests_waiting{model_name="m"} %d\n' % i for i in range(200))
 
-Respond = Callable[[asyncio.StreamWriter], Awaitable[bool]]
-
-
-class RawServer:
-    """An HTTP/1.1 server answering by path with hand-written bytes; counts connections and requests."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.routes: dict[str, Respond] = {}
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                self.requests.append(head)
-                path = head.split(b" ", 2)[1].decode().split("?")[0]
-                keep_open = await self.routes[path](writer)
-                await writer.drain()
-                if not keep_open:
-                    return
-        finally:
-            writer.close()
-
-
-def fixed(body: bytes, *, status: bytes = b"200 OK", extra: bytes = b"") -> Respond:
-    async def respond(writer: asyncio.StreamWriter) -> bool:
-        writer.write(
-            b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n" % len(body) + extra + b"\r\n" + body
-        )
-        return True
-
-    return respond
-
 
 @pytest.fixture
-async def server() -> AsyncIterator[RawServer]:
-    s = RawServer()
-    await s.start()
-    yield s
-    await s.stop()
+async def server() -> AsyncIterator[RawHttpServer]:
+    async with RawHttpServer() as s:
+        yield s
 
 
 @pytest.fixture
@@ -85,7 +32,7 @@ async def fetcher() -> AsyncIterator[LeanFetcher]:
     await f.close()
 
 
-async def test_content_length_pages_reuse_one_connection(server: RawServer, fetcher: LeanFetcher) -> None:
+async def test_content_length_pages_reuse_one_connection(server: RawHttpServer, fetcher: LeanFetcher) -> None:
     server.routes["/metrics"] = fixed(PAGE, extra=b"Content-Type: text/plain\r\n")
     for _ in range(5):
         assert await fetcher.fetch(server.url("/metrics"), timeout_s=2.0) == PAGE
@@ -96,13 +43,15 @@ async def test_content_length_pages_reuse_one_connection(server: RawServer, fetc
     assert b"Accept-Encoding: identity" in head
 
 
-async def test_query_strings_are_sent_as_given(server: RawServer, fetcher: LeanFetcher) -> None:
+async def test_query_strings_are_sent_as_given(server: RawHttpServer, fetcher: LeanFetcher) -> None:
     server.routes["/metrics"] = fixed(b"ok")
     await fetcher.fetch(server.url("/metrics?name[]=vllm%3Anum_requests_waiting"), timeout_s=2.0)
     assert server.requests[-1].startswith(b"GET /metrics?name[]=vllm%3Anum_requests_waiting HTTP/1.1")
 
 
-async def test_chunked_pages_with_extensions_and_trailers(server: RawServer, fetcher: LeanFetcher) -> None:
+async def test_chunked_pages_with_extensions_and_trailers(
+    server: RawHttpServer, fetcher: LeanFetcher
+) -> None:
     async def chunked(writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         for at in range(0, len(PAGE), 1000):
@@ -119,7 +68,7 @@ async def test_chunked_pages_with_extensions_and_trailers(server: RawServer, fet
     assert server.connections == 1
 
 
-async def test_close_delimited_pages(server: RawServer, fetcher: LeanFetcher) -> None:
+async def test_close_delimited_pages(server: RawHttpServer, fetcher: LeanFetcher) -> None:
     async def close(writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + PAGE)
         return False
@@ -131,14 +80,14 @@ async def test_close_delimited_pages(server: RawServer, fetcher: LeanFetcher) ->
 
 
 async def test_gzip_is_decoded_even_though_identity_was_asked(
-    server: RawServer, fetcher: LeanFetcher
+    server: RawHttpServer, fetcher: LeanFetcher
 ) -> None:
     server.routes["/gz"] = fixed(gzip.compress(PAGE), extra=b"Content-Encoding: gzip\r\n")
     assert await fetcher.fetch(server.url("/gz"), timeout_s=2.0) == PAGE
 
 
 async def test_a_server_closing_idle_connections_costs_no_failure(
-    server: RawServer, fetcher: LeanFetcher
+    server: RawHttpServer, fetcher: LeanFetcher
 ) -> None:
     async def once(writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -163,7 +112,7 @@ async def test_a_server_closing_idle_connections_costs_no_failure(
     ids=["500", "redirect", "too-large", "gzip-bomb", "bad-gzip"],
 )
 async def test_bad_answers_are_scrape_errors(
-    server: RawServer, fetcher: LeanFetcher, route: Respond, message: str
+    server: RawHttpServer, fetcher: LeanFetcher, route: Respond, message: str
 ) -> None:
     server.routes["/bad"] = route
     with pytest.raises(ScrapeError, match=message):
@@ -172,7 +121,7 @@ async def test_bad_answers_are_scrape_errors(
     assert await fetcher.fetch(server.url("/good"), timeout_s=2.0) == b"ok"  # the client is still usable
 
 
-async def test_malformed_and_truncated_responses(server: RawServer, fetcher: LeanFetcher) -> None:
+async def test_malformed_and_truncated_responses(server: RawHttpServer, fetcher: LeanFetcher) -> None:
     async def garbage(writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HELLO THERE\r\n\r\n")
         return True
@@ -197,7 +146,7 @@ async def test_malformed_and_truncated_responses(server: RawServer, fetcher: Lea
 
 
 async def test_a_hanging_server_times_out_and_its_connection_is_dropped(
-    server: RawServer, fetcher: LeanFetcher
+    server: RawHttpServer, fetcher: LeanFetcher
 ) -> None:
     release = asyncio.Event()
 

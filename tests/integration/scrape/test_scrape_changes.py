@@ -15,6 +15,7 @@ from picker.scrape.http import LeanFetcher
 from picker.scrape.scraper import Scraper
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
+from picker.testing.raw_http import RawHttpServer, fixed
 
 pytestmark = pytest.mark.integration
 
@@ -23,37 +24,16 @@ VLLM = (DATA / "vllm-v1-lmswitch-spec-decode.txt").read_bytes()
 SGLANG = (DATA / "sglang-docs-production-metrics.txt").read_bytes()
 
 
-class SwitchingServer:
-    """Answers every request with ``answer(n)`` (n = request number): ``(status, page)``."""
+def switching(answer: Callable[[int], tuple[int, bytes]]) -> RawHttpServer:
+    """A server answering request number n (from 0) of ``/metrics`` with ``answer(n)``: ``(status, page)``."""
+    server = RawHttpServer()
 
-    def __init__(self, answer: Callable[[int], tuple[int, bytes]]) -> None:
-        self.answer = answer
-        self.requests = 0
-        self._server: asyncio.Server | None = None
-        self.port = 0
+    async def respond(writer: asyncio.StreamWriter) -> bool:
+        status, page = answer(len(server.requests) - 1)
+        return await fixed(page, status=b"%d X" % status)(writer)
 
-    async def __aenter__(self) -> SwitchingServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                status, page = self.answer(self.requests)
-                self.requests += 1
-                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(page)) + page)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    server.routes["/metrics"] = respond
+    return server
 
 
 async def run_until(scraper: Scraper, check: Callable[[], bool], what: str) -> None:
@@ -73,7 +53,7 @@ async def run_until(scraper: Scraper, check: Callable[[], bool], what: str) -> N
 
 async def test_a_pod_reused_with_another_engine_is_detected_again() -> None:
     page = {"now": VLLM}
-    async with SwitchingServer(lambda _n: (200, page["now"])) as server:
+    async with switching(lambda _n: (200, page["now"])) as server:
         ds = Datastore()
         ds.replace_endpoints([Endpoint(name="pod-a-rank-0", ip="127.0.0.1", port=server.port, pod="pod-a")])
         scraper = Scraper(ds, LeanFetcher(), engines=engine_specs(), interval_s=0.01, timeout_s=1.0)
@@ -94,11 +74,11 @@ async def test_a_pod_reused_with_another_engine_is_detected_again() -> None:
 
 
 async def test_a_flapping_endpoint_logs_a_bounded_number_of_lines(caplog: pytest.LogCaptureFixture) -> None:
-    async with SwitchingServer(lambda n: (200, VLLM) if n % 2 == 0 else (500, b"down")) as server:
+    async with switching(lambda n: (200, VLLM) if n % 2 == 0 else (500, b"down")) as server:
         ds = Datastore()
         ds.replace_endpoints([Endpoint(name="pod-a-rank-0", ip="127.0.0.1", port=server.port, pod="pod-a")])
         scraper = Scraper(ds, LeanFetcher(), engines=engine_specs(), interval_s=0.005, timeout_s=1.0)
         with caplog.at_level(logging.INFO, logger="picker.scrape.scraper"):
-            await run_until(scraper, lambda: server.requests >= 60, "60 scrapes")
+            await run_until(scraper, lambda: len(server.requests) >= 60, "60 scrapes")
     lines = [r for r in caplog.records if r.name == "picker.scrape.scraper"]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # ~30 transitions happened
