@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as ssl_module
+import sys
 import tempfile
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["MODES", "HostileMetricsServer", "self_signed_context"]
+__all__ = ["MODES", "HostileMetricsServer", "hostile_process", "self_signed_context"]
 
 MODES: Final = (
     "endless-chunk",
@@ -205,8 +207,6 @@ class HostileMetricsServer:
 
 
 async def _serve_forever(mode: str, total: int, chunk: int, tls: bool) -> None:
-    import sys
-
     context = self_signed_context() if tls else None
     async with HostileMetricsServer(mode, total=total, chunk=chunk, ssl=context) as server:
         print(server.port, flush=True)  # noqa: T201 - the parent reads the port from stdout
@@ -214,11 +214,33 @@ async def _serve_forever(mode: str, total: int, chunk: int, tls: bool) -> None:
         await asyncio.to_thread(sys.stdin.buffer.read)
 
 
+@contextlib.asynccontextmanager
+async def hostile_process(mode: str, total: int, chunk: int, *, tls: bool = False) -> AsyncIterator[str]:
+    """This module's server in a child process (so its memory is not the test's); yields its ``host:port``
+    and kills it on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "picker.testing.hostile",
+        mode,
+        str(total),
+        str(chunk),
+        *(["tls"] if tls else []),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        yield f"127.0.0.1:{int(line)}"
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m picker.testing.hostile MODE [TOTAL [CHUNK [tls]]]``: prints the port, serves until
     stdin closes."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     mode = args[0] if args else "endless-chunk"
     total = int(args[1]) if len(args) > 1 else 64 << 20

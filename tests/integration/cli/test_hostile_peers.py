@@ -9,15 +9,13 @@ the cap-while-reading it grows by hundreds of MiB a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import sys
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from picker.testing.envoy import EnvoyClient, request_body, request_headers
+from picker.testing.hostile import hostile_process
 from tests.integration.cli.conftest import LOCAL, PICKER, PeakRss, Spawn, rss, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,26 +25,6 @@ RSS_BOUND = 96 << 20
 #: what may stay resident once the hostile peer is gone (allocator caches, not pages)
 RETURNED_BOUND = 32 << 20
 SAMPLE_S = 4.0
-
-
-@contextlib.asynccontextmanager
-async def hostile(mode: str, total: int = 1 << 30, chunk: int = 1 << 20) -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "picker.testing.hostile",
-        mode,
-        str(total),
-        str(chunk),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        yield f"127.0.0.1:{int(await asyncio.wait_for(proc.stdout.readline(), 30))}"
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 async def peak_rss(pid: int, seconds: float) -> int:
@@ -63,7 +41,7 @@ async def peak_rss(pid: int, seconds: float) -> int:
 async def test_memory_stays_bounded_while_a_model_server_sends_an_endless_page(
     spawn: Spawn, mode: str
 ) -> None:
-    async with hostile(mode) as address:
+    async with hostile_process(mode, 1 << 30, 1 << 20) as address:
         process = await spawn(
             [PICKER, "serve", *LOCAL, "--secure-serving=false", f"--static-endpoints={address}@vllm"]
         )

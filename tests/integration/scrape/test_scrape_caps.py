@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import sys
 import tracemalloc
 from collections.abc import AsyncIterator
 
@@ -18,7 +17,7 @@ import pytest
 
 from picker.scrape.client import ScrapeError
 from picker.scrape.http import LeanFetcher
-from picker.testing.hostile import HostileMetricsServer, self_signed_context
+from picker.testing.hostile import HostileMetricsServer, hostile_process, self_signed_context
 
 pytestmark = pytest.mark.integration
 
@@ -37,31 +36,6 @@ async def fetcher() -> AsyncIterator[LeanFetcher]:
     f = LeanFetcher(max_page_bytes=CAP)
     yield f
     await f.close()
-
-
-@contextlib.asynccontextmanager
-async def hostile_process(
-    mode: str, total: int, chunk: int = 256 * 1024, *, tls: bool = False
-) -> AsyncIterator[str]:
-    """``picker.testing.hostile`` in a child process; yields its ``host:port``."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "picker.testing.hostile",
-        mode,
-        str(total),
-        str(chunk),
-        *(["tls"] if tls else []),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        yield f"127.0.0.1:{int(line)}"
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 HOSTILE = [
@@ -99,7 +73,7 @@ async def _refused_within_the_cap(
     fetcher: LeanFetcher, mode: str, total: int, message: str | None, *, tls: bool
 ) -> None:
     scheme = "https" if tls else "http"
-    async with hostile_process(mode, total, tls=tls) as address:
+    async with hostile_process(mode, total, 256 * 1024, tls=tls) as address:
         # the TLS session and aiohttp's connection pool are set up before tracing starts
         with contextlib.suppress(ScrapeError):
             await fetcher.fetch(f"{scheme}://{address}/metrics", timeout_s=10.0)
