@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from picker.config import PickerConfig
 from picker.config.scaling import ScalingConfig
 from picker.errors import StartupError
+from picker.extproc.budget import BodyBudget
 from picker.extproc.health import HealthService, HealthState
 from picker.extproc.protocol import ResponseSkip
 from picker.extproc.server import ExtProcServer
@@ -88,11 +89,13 @@ class ServedPool:
         request_registry: CollectorRegistry | None = None,
         prefix: PrefixCacheState | None = None,
         tracing: Tracing | None = None,
+        shared_budget: BodyBudget | None = None,
     ) -> None:
         """``settings`` are this pool's (its name, source, ext_proc port, config file); ``registry`` is
         where its metrics register; ``tracing``: the process's (``--tracing``; started and closed by the
-        service). ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix`` are for the
-        ``--workers`` supervisor, as in :class:`picker.service.Service`."""
+        service); ``shared_budget``: the process's body budget when it serves several pools (this pool's
+        budget draws from it too). ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix``
+        are for the ``--workers`` supervisor, as in :class:`picker.service.Service`."""
         self.settings = settings
         build = build or BuildInfo()
         self.datastore = (
@@ -192,6 +195,7 @@ class ServedPool:
                 stream_config=stream_config_rule(self.config_store),
                 keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
                 max_buffered_bytes=body_budget(config, settings),
+                shared_budget=shared_budget,
                 tracer=self.tracer,
             )
             if serve_extproc

@@ -53,7 +53,7 @@ from picker.telemetry import PoolLabelled, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController
 from picker.tenants.service import TenantService
 from picker.tracing import Tracing
-from picker.wiring import BuildInfo, bind_server, listen_server, load_initial_config
+from picker.wiring import BuildInfo, bind_server, listen_server, load_initial_config, shared_body_budget
 
 log = logging.getLogger("picker")
 
@@ -109,6 +109,8 @@ class Service:
         #: ``--tracing``: one tracer provider and OTLP exporter for the process, whatever the pools (the
         #: ``--workers`` supervisor serves no ext_proc and traces nothing)
         self.tracing = Tracing(settings.tracing) if settings.tracing is not None and serve_extproc else None
+        #: several pools: one budget of buffered bodies for the process, each pool's drawing from it
+        shared_budget = shared_body_budget(settings, len(pool_settings)) if serve_extproc else None
         #: the pools this process serves: one (``--pool-name``, ``--endpoint-selector``,
         #: ``--static-endpoints``), or one per ``--pool``, each on its own ext_proc port
         self.pools: tuple[ServedPool, ...] = tuple(
@@ -124,6 +126,7 @@ class Service:
                 serve_extproc=serve_extproc,
                 request_registry=None if serve_extproc else CollectorRegistry(),
                 tracing=self.tracing,
+                shared_budget=shared_budget,
             )
             for i, (ps, (cfg, text, source)) in enumerate(zip(pool_settings, starts, strict=True))
         )

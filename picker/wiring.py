@@ -19,6 +19,7 @@ from typing import Any
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
+from picker.extproc.budget import BodyBudget
 from picker.extproc.protocol import ResponseSkip
 from picker.routing.external import ExternalCapacity
 from picker.routing.types import Dispatch
@@ -138,6 +139,15 @@ def stream_config_rule(config: ConfigStore) -> Callable[[], tuple[int, bool, boo
         return active.max_body_bytes, active.served_verifier, bool(active.model_header)
 
     return current
+
+
+def shared_body_budget(settings: Settings, pools: int) -> BodyBudget | None:
+    """The process-wide body budget the pools' budgets draw from when one process serves several pools
+    (``--max-buffered-body-bytes``, divided among ``--workers``); None with one pool, whose own budget is
+    the process's (see :mod:`picker.extproc.budget`)."""
+    if pools <= 1:
+        return None
+    return BodyBudget(max(1, settings.max_buffered_body_bytes // settings.workers))
 
 
 def body_budget(cfg: PickerConfig, settings: Settings) -> int:

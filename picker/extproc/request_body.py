@@ -50,9 +50,10 @@ class RequestBody:
             return
         if size > self._max_body:
             raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {self._max_body} bytes")
-        if size > self._budget.limit:
+        capacity = self._budget.capacity
+        if size > capacity:
             raise PayloadTooLarge(
-                f"request body of {size} bytes exceeds the body buffer budget of {self._budget.limit} bytes"
+                f"request body of {size} bytes exceeds the body buffer budget of {capacity} bytes"
             )
         if size > self._budget.available:
             raise ServiceUnavailable(MSG_BUDGET)

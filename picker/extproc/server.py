@@ -89,6 +89,7 @@ class ExtProcServer:
         stream_config: Callable[[], tuple[int, bool, bool]] | None = None,
         keepalive_s: tuple[float, float] = (30.0, 10.0),
         max_buffered_bytes: int = DEFAULT_BODY_BUDGET,
+        shared_budget: BodyBudget | None = None,
         tracer: RequestTracer | None = None,
     ) -> None:
         if max_body_bytes <= 0:
@@ -106,8 +107,9 @@ class ExtProcServer:
         self._stream_config = stream_config
         self._keepalive = keepalive_s
         self._tracer = tracer
-        #: the budget every stream's buffered bodies draw from; ``limit`` may be changed at any time
-        self.body_budget = BodyBudget(max_buffered_bytes)
+        #: the budget every stream's buffered bodies draw from; ``limit`` may be changed at any time. With
+        #: ``shared_budget`` (the process's, when it serves several pools) each take is also taken there.
+        self.body_budget = BodyBudget(max_buffered_bytes, parent=shared_budget)
         self._server: Any = None
         self._port = 0
 

@@ -20,6 +20,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from picker.config import default_config, load_config_text
+from picker.extproc.budget import BodyBudget
 from picker.extproc.health import HealthService, HealthState
 from picker.extproc.server import ExtProcServer
 from picker.extproc.tls import TLSConfig
@@ -41,6 +42,7 @@ from picker.wiring import (
     body_budget,
     freeze_startup_objects,
     install_uvloop,
+    shared_body_budget,
     skip_response_rule,
     stream_config_rule,
 )
@@ -106,8 +108,14 @@ class _PoolWorker:
     def pool_name(self) -> str:
         return self.view.pool.name if self.view.pool else ""
 
-    def build(self, key_pair: tuple[bytes, bytes] | None, tracing: Tracing | None) -> ExtProcServer:
-        """Every part, from the supervisor's first published state (which :meth:`_Worker.run` awaited)."""
+    def build(
+        self,
+        key_pair: tuple[bytes, bytes] | None,
+        tracing: Tracing | None,
+        shared_budget: BodyBudget | None = None,
+    ) -> ExtProcServer:
+        """Every part, from the supervisor's first published state (which :meth:`_Worker.run` awaited);
+        ``shared_budget``: the worker's body budget when it serves several pools."""
         s = self.settings
         static = self.view.static
         assert static is not None
@@ -188,6 +196,7 @@ class _PoolWorker:
             stream_config=stream_config_rule(store),
             keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
             max_buffered_bytes=body_budget(config, s),
+            shared_budget=shared_budget,
             tracer=None if tracing is None else tracing.for_pool(self.pool_name),
         )
         budget = server.body_budget
@@ -302,7 +311,8 @@ class _Worker:
         servers: list[ExtProcServer] = []
         try:
             await self._first_state()
-            servers = [pool.build(self._key_pair, self.tracing) for pool in self.pools]
+            shared = shared_body_budget(self.settings, len(self.pools))
+            servers = [pool.build(self._key_pair, self.tracing, shared) for pool in self.pools]
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)

@@ -1,0 +1,62 @@
+"""The body budget's chain: with several pools each pool's budget draws from one process-wide budget, so the
+process's buffered bodies stay within ``--max-buffered-body-bytes`` whatever the pools' documents allow."""
+
+from __future__ import annotations
+
+import pytest
+
+from picker.cli import build_parser, settings_from_args
+from picker.config import default_config
+from picker.extproc.budget import BodyBudget
+from picker.service import Service
+
+MIB = 1 << 20
+
+
+def test_a_take_needs_room_in_the_pool_and_in_the_process() -> None:
+    process = BodyBudget(10 * MIB)
+    a = BodyBudget(8 * MIB, parent=process)
+    b = BodyBudget(8 * MIB, parent=process)
+    assert a.take(6 * MIB)
+    assert (a.available, b.available) == (2 * MIB, 4 * MIB)  # b's own 8 MiB, but the process has 4 left
+    assert not b.take(5 * MIB)  # room in b, none in the process
+    assert (b.used, process.used) == (0, 6 * MIB)  # a refused take reserves nothing anywhere
+    assert b.take(4 * MIB)
+    assert not a.take(1)  # the process is full
+    a.give(6 * MIB)
+    assert (a.used, process.used, b.available) == (0, 4 * MIB, 4 * MIB)
+    assert not a.take(9 * MIB)  # over a's own limit, with room in the process
+    assert process.used == 4 * MIB
+
+
+def test_what_could_ever_fit_is_the_smallest_limit_up_the_chain() -> None:
+    process = BodyBudget(10 * MIB)
+    assert BodyBudget(16 * MIB, parent=process).capacity == 10 * MIB  # a document may not raise it
+    assert BodyBudget(4 * MIB, parent=process).capacity == 4 * MIB  # but may lower its own share
+    assert BodyBudget(16 * MIB).capacity == 16 * MIB
+
+
+def _service(*argv: str) -> Service:
+    settings = settings_from_args(build_parser().parse_args(["serve", *argv]), environ={})
+    pools = len(settings.pool_settings())
+    config = default_config()
+    return Service(settings, config, documents=[(config, "", "default")] * (pools - 1))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_several_pools_share_one_process_budget(workers: int) -> None:
+    svc = _service("--pool=a=9100", "--pool=b=9101", "--max-buffered-body-bytes=64Mi", f"--workers={workers}")
+    a, b = (pool.extproc.body_budget for pool in svc.pools if pool.extproc is not None)
+    assert a.parent is not None
+    assert a.parent is b.parent
+    assert a.parent.limit == 64 * MIB // workers
+    assert a.take(40 * MIB // workers)
+    assert not b.take(40 * MIB // workers)  # b's own budget has room; the process's does not
+
+
+def test_one_pool_is_its_process_budget() -> None:
+    svc = _service("--static-endpoints=127.0.0.1:1", "--max-buffered-body-bytes=64Mi")
+    (pool,) = svc.pools
+    assert pool.extproc is not None
+    assert pool.extproc.body_budget.parent is None
+    assert pool.extproc.body_budget.limit == 64 * MIB
