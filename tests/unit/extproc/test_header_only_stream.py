@@ -12,24 +12,9 @@ from picker.extproc import NullObserver
 from picker.extproc.stream import SUSPENDED, ExtProcStream
 from picker.routing.types import Dispatch, PendingRoute, Resolved, RoutingRequest
 from picker.testing import envoy
+from tests.unit.extproc.conftest import Lease
 
 HEADERS = [(":path", "/v1/chat/completions"), ("x-ai-eg-model", "m"), ("x-request-id", "r")]
-
-
-@dataclass
-class Lease:
-    first_bytes: int = 0
-    releases: int = 0
-    reports: int = 0
-
-    def first_byte(self) -> None:
-        self.first_bytes += 1
-
-    def report(self, _outcome: object) -> None:
-        self.reports += 1
-
-    def release(self) -> None:
-        self.releases += 1
 
 
 @dataclass

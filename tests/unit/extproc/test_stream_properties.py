@@ -16,22 +16,7 @@ from picker.extproc.stream import ExtProcStream, StreamAbortError
 from picker.routing.openai import parse_request
 from picker.routing.types import Dispatch, Resolved, RoutingRequest
 from picker.testing import envoy
-
-
-@dataclass
-class Lease:
-    releases: int = 0
-    first_bytes: int = 0
-    reports: int = 0
-
-    def first_byte(self) -> None:
-        self.first_bytes += 1
-
-    def report(self, _outcome: object) -> None:
-        self.reports += 1
-
-    def release(self) -> None:
-        self.releases += 1
+from tests.unit.extproc.conftest import Lease
 
 
 @dataclass
