@@ -6,22 +6,14 @@ that sends the body anyway still gets it forwarded unchanged."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from picker.config import load_config_text
-from picker.service import Ports, Service
-from picker.settings import Settings
-from picker.testing.envoy import EnvoyClient, HttpRequest, UpstreamResponse
+from picker.testing.envoy import HttpRequest
+from tests.integration.mode_override.conftest import BODY, ENDPOINTS, RESPONSE, Start
 
 pytestmark = pytest.mark.integration
 
-ENDPOINTS = ("127.0.0.2:8000", "127.0.0.3:8000")
 HEADER = "x-ai-eg-model"
 CONFIG = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -34,86 +26,11 @@ schedulingProfiles:
 - name: default
   plugins: [{pluginRef: queue-scorer}, {pluginRef: token-load-scorer}, {pluginRef: max-score-picker}]
 """
-BODY = b'{"model":"m","prompt":"hello"}'
-RESPONSE = UpstreamResponse(
-    headers=(("content-type", "application/json"),),
-    chunks=(b'{"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}',),
-)
 
 
-class Running:
-    def __init__(self, service: Service, ports: Ports, http: aiohttp.ClientSession) -> None:
-        self.service = service
-        self.ports = ports
-        self.http = http
-        self.clients: list[EnvoyClient] = []
-
-    async def client(self, request_body_mode: str = "NONE") -> EnvoyClient:
-        client = EnvoyClient(
-            f"127.0.0.1:{self.ports.grpc}", timeout=30.0, request_body_mode=request_body_mode
-        )
-        await client.connect()
-        self.clients.append(client)
-        return client
-
-    async def sample(self, name: str, **labels: str) -> float:
-        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/metrics") as resp:
-            text = await resp.text()
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return float(s.value)
-        return 0.0
-
-    async def endpoints(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"http://127.0.0.1:{self.ports.admin}/debug/endpoints") as resp:
-            doc: dict[str, Any] = await resp.json()
-        return list(doc["endpoints"])
-
-    async def total(self, column: str) -> float:
-        return float(sum(row[column] for row in await self.endpoints()))
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    running: list[tuple[Running, asyncio.Task[None]]] = []
-
-    async def _start(config: str = CONFIG) -> Running:
-        settings = Settings(
-            grpc_port=0,
-            grpc_health_port=0,
-            metrics_port=0,
-            admin_port=0,
-            host="127.0.0.1",
-            static_endpoints=",".join(ENDPOINTS),
-            secure_serving=False,
-            refresh_metrics_interval=1.0,
-            model_header=HEADER,
-        )
-        cfg = load_config_text(config, model_header=HEADER)
-        service = Service(settings, cfg, config_text=config, config_source="test")
-        started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(service.run(on_started=started.set_result))
-        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            await task
-        r = Running(service, started.result(), aiohttp.ClientSession())
-        running.append((r, task))
-        return r
-
-    yield _start
-    for r, task in running:
-        for client in r.clients:
-            await client.close()
-        await r.http.close()
-        r.service.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=15)
-
-
-async def test_one_message_per_request(start: Callable[..., Awaitable[Running]]) -> None:
-    svc = await start()
-    client = await svc.client()
+async def test_one_message_per_request(start: Start) -> None:
+    svc = await start(CONFIG, model_header=HEADER)
+    client = await svc.client("NONE")
     request = HttpRequest(
         body=BODY, request_id="r-1", headers=[(HEADER, "m"), ("x-picker-prompt-tokens", "500")]
     )
@@ -143,10 +60,10 @@ async def test_one_message_per_request(start: Callable[..., Awaitable[Running]])
 
 
 async def test_in_flight_and_the_token_estimate_last_until_the_proxy_closes_the_stream(
-    start: Callable[..., Awaitable[Running]],
+    start: Start,
 ) -> None:
-    svc = await start()
-    client = await svc.client()
+    svc = await start(CONFIG, model_header=HEADER)
+    client = await svc.client("NONE")
     stream = client.stream()
     request = HttpRequest(body=BODY, headers=[(HEADER, "m"), ("x-picker-prompt-tokens", "500")])
     (message,) = request.messages(send_body=False)
@@ -187,10 +104,10 @@ async def test_in_flight_and_the_token_estimate_last_until_the_proxy_closes_the_
     ],
 )
 async def test_a_missing_or_invalid_header_is_a_400(
-    start: Callable[..., Awaitable[Running]], headers: list[tuple[str, str]], message: bytes
+    start: Start, headers: list[tuple[str, str]], message: bytes
 ) -> None:
-    svc = await start()
-    client = await svc.client()
+    svc = await start(CONFIG, model_header=HEADER)
+    client = await svc.client("NONE")
     result = await client.exchange(HttpRequest(body=BODY, headers=headers), RESPONSE)
     assert result.immediate is not None
     assert (result.immediate.status, result.immediate.body) == (400, message)
@@ -199,10 +116,10 @@ async def test_a_missing_or_invalid_header_is_a_400(
 
 
 async def test_a_request_without_body_or_model_header_goes_to_a_pool_endpoint(
-    start: Callable[..., Awaitable[Running]],
+    start: Start,
 ) -> None:
-    svc = await start()
-    client = await svc.client()
+    svc = await start(CONFIG, model_header=HEADER)
+    client = await svc.client("NONE")
     result = await client.exchange(HttpRequest(method="GET", path="/v1/models", body=None), RESPONSE)
     assert [r.WhichOneof("response") for r in result.replies] == ["request_headers"]
     assert result.destination in ENDPOINTS
@@ -213,11 +130,11 @@ async def test_a_request_without_body_or_model_header_goes_to_a_pool_endpoint(
 
 
 async def test_a_proxy_that_still_sends_the_body_gets_it_back_unchanged(
-    start: Callable[..., Awaitable[Running]],
+    start: Start,
 ) -> None:
     """A proxy left on FULL_DUPLEX_STREAMED (which an override cannot lower) and ignoring the override:
     routed at the headers all the same, each body chunk echoed as it comes, the response handled."""
-    svc = await start()
+    svc = await start(CONFIG, model_header=HEADER)
     client = await svc.client("FULL_DUPLEX_STREAMED")
     body = BODY + b" " * 100
     result = await client.exchange(
@@ -232,9 +149,9 @@ async def test_a_proxy_that_still_sends_the_body_gets_it_back_unchanged(
 
 
 async def test_explain_shows_what_a_header_only_stream_would_get(
-    start: Callable[..., Awaitable[Running]],
+    start: Start,
 ) -> None:
-    svc = await start()
+    svc = await start(CONFIG, model_header=HEADER)
     url = f"http://127.0.0.1:{svc.ports.admin}/debug/explain"
     payload = {"path": "/v1/chat/completions", "headers": {"X-AI-EG-Model": "m"}, "body": ""}
     async with svc.http.post(url, json=payload) as resp:

@@ -6,22 +6,14 @@ a rewritten model always keeps its response; in-flight accounting ends when the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from picker.config import load_config_text
-from picker.service import Ports, Service
-from picker.settings import Settings
-from picker.testing.envoy import EnvoyClient, HttpRequest, UpstreamResponse
+from picker.testing.envoy import HttpRequest, UpstreamResponse
+from tests.integration.mode_override.conftest import BODY, ENDPOINTS, RESPONSE, Start
 
 pytestmark = pytest.mark.integration
 
-ENDPOINTS = ("127.0.0.2:8000", "127.0.0.3:8000")
 WHEN_NEEDED = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -37,79 +29,14 @@ responseProcessing: WhenNeeded
 """
 #: the same with passive health on (its default): the response headers are still needed
 WITH_HEALTH = WHEN_NEEDED.replace("- {type: outlier-detector, parameters: {enabled: false}}\n", "")
-BODY = b'{"model":"m","prompt":"hello"}'
-RESPONSE = UpstreamResponse(
-    headers=(("content-type", "application/json"),),
-    chunks=(b'{"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}',),
-)
-
-
-class Running:
-    def __init__(
-        self, service: Service, ports: Ports, client: EnvoyClient, http: aiohttp.ClientSession
-    ) -> None:
-        self.service = service
-        self.ports = ports
-        self.client = client
-        self.http = http
-
-    async def sample(self, name: str, **labels: str) -> float:
-        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/metrics") as resp:
-            text = await resp.text()
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return float(s.value)
-        return 0.0
-
-    async def inflight(self) -> float:
-        async with self.http.get(f"http://127.0.0.1:{self.ports.admin}/debug/endpoints") as resp:
-            doc: dict[str, Any] = await resp.json()
-        return float(sum(row["inflight"] for row in doc["endpoints"]))
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[[str], Awaitable[Running]]]:
-    running: list[tuple[Running, asyncio.Task[None]]] = []
-
-    async def _start(config: str) -> Running:
-        settings = Settings(
-            grpc_port=0,
-            grpc_health_port=0,
-            metrics_port=0,
-            admin_port=0,
-            host="127.0.0.1",
-            static_endpoints=",".join(ENDPOINTS),
-            secure_serving=False,
-            refresh_metrics_interval=1.0,
-        )
-        service = Service(settings, load_config_text(config), config_text=config, config_source="test")
-        started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(service.run(on_started=started.set_result))
-        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            await task
-        ports = started.result()
-        client = EnvoyClient(f"127.0.0.1:{ports.grpc}", timeout=30.0)
-        await client.connect()
-        r = Running(service, ports, client, aiohttp.ClientSession())
-        running.append((r, task))
-        return r
-
-    yield _start
-    for r, task in running:
-        await r.client.close()
-        await r.http.close()
-        r.service.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=15)
 
 
 async def test_a_proxy_honouring_the_override_skips_the_response(
-    start: Callable[[str], Awaitable[Running]],
+    start: Start,
 ) -> None:
     svc = await start(WHEN_NEEDED)
-    result = await svc.client.exchange(HttpRequest(body=BODY), RESPONSE)
+    client = await svc.client()
+    result = await client.exchange(HttpRequest(body=BODY), RESPONSE)
     assert result.destination in ENDPOINTS
     assert result.mode_override is not None
     mode = result.mode_override
@@ -124,14 +51,15 @@ async def test_a_proxy_honouring_the_override_skips_the_response(
     # the trade-off: no response-side metrics for a skipped response
     assert await svc.sample("inference_objective_request_duration_seconds_count", model_name="m") == 0.0
     assert await svc.sample("inference_objective_output_tokens_count", model_name="m") == 0.0
-    assert await svc.inflight() == 0.0
+    assert await svc.total("inflight") == 0.0
 
 
 async def test_with_passive_health_only_the_body_is_skipped(
-    start: Callable[[str], Awaitable[Running]],
+    start: Start,
 ) -> None:
     svc = await start(WITH_HEALTH)
-    result = await svc.client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
+    client = await svc.client()
+    result = await client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
     mode = result.mode_override
     assert mode is not None
     assert (mode.response_header_mode, mode.response_body_mode, mode.response_trailer_mode) == (
@@ -141,9 +69,9 @@ async def test_with_passive_health_only_the_body_is_skipped(
     )
     assert result.response_set_headers is not None, "the headers still come: the status is known"
     assert not result.response_body_chunks
-    assert await svc.inflight() == 0.0
+    assert await svc.total("inflight") == 0.0
     for _ in range(4):
-        await svc.client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
+        await client.exchange(HttpRequest(body=BODY), UpstreamResponse(status=503, chunks=(b"{}",)))
     # five 503s from the endpoints picked: passive health saw them through the headers alone
     async with svc.http.get(f"http://127.0.0.1:{svc.ports.admin}/debug/endpoints") as resp:
         rows = (await resp.json())["endpoints"]
@@ -152,10 +80,11 @@ async def test_with_passive_health_only_the_body_is_skipped(
 
 
 async def test_a_proxy_ignoring_the_override_gets_the_full_behaviour(
-    start: Callable[[str], Awaitable[Running]],
+    start: Start,
 ) -> None:
     svc = await start(WHEN_NEEDED)
-    result = await svc.client.exchange(HttpRequest(body=BODY), RESPONSE, honor_mode_override=False)
+    client = await svc.client()
+    result = await client.exchange(HttpRequest(body=BODY), RESPONSE, honor_mode_override=False)
     assert result.mode_override is not None
     assert result.response_set_headers is not None
     assert result.response_body == RESPONSE.chunks[0]
@@ -163,9 +92,10 @@ async def test_a_proxy_ignoring_the_override_gets_the_full_behaviour(
     assert await svc.sample("inference_objective_output_tokens_sum", model_name="m") == 5.0
 
 
-async def test_a_rewritten_model_keeps_its_response(start: Callable[[str], Awaitable[Running]]) -> None:
+async def test_a_rewritten_model_keeps_its_response(start: Start) -> None:
     svc = await start(WHEN_NEEDED)
-    result = await svc.client.exchange(
+    client = await svc.client()
+    result = await client.exchange(
         HttpRequest(body=BODY, headers=[("x-gateway-model-name-rewrite", "m-v2")]), RESPONSE
     )
     assert result.mode_override is None
@@ -173,20 +103,22 @@ async def test_a_rewritten_model_keeps_its_response(start: Callable[[str], Await
     assert await svc.sample("inference_objective_request_duration_seconds_count", model_name="m") == 1.0
 
 
-async def test_the_default_config_never_skips(start: Callable[[str], Awaitable[Running]]) -> None:
+async def test_the_default_config_never_skips(start: Start) -> None:
     svc = await start(WHEN_NEEDED.replace("responseProcessing: WhenNeeded", "responseProcessing: Always"))
-    result = await svc.client.exchange(HttpRequest(body=BODY), RESPONSE)
+    client = await svc.client()
+    result = await client.exchange(HttpRequest(body=BODY), RESPONSE)
     assert result.mode_override is None
     assert result.response_body == RESPONSE.chunks[0]
 
 
 async def test_a_skipped_stream_stays_in_flight_until_the_proxy_closes_it(
-    start: Callable[[str], Awaitable[Running]],
+    start: Start,
 ) -> None:
     """Envoy closes the ext_proc stream when the HTTP exchange ends, also when the response is skipped:
     the endpoint's in-flight count covers the whole exchange, not just the request phase."""
     svc = await start(WHEN_NEEDED)
-    stream = svc.client.stream()
+    client = await svc.client()
+    stream = client.stream()
     for message in HttpRequest(body=BODY).messages():
         await stream.send(message)
     kinds = []
@@ -195,23 +127,24 @@ async def test_a_skipped_stream_stays_in_flight_until_the_proxy_closes_it(
         assert reply is not None
         kinds.append(reply.WhichOneof("response"))
     assert kinds == ["request_headers", "request_body"]
-    assert await svc.inflight() == 1.0
+    assert await svc.total("inflight") == 1.0
     await stream.half_close()
     assert await stream.recv() is None
     for _ in range(200):
-        if await svc.inflight() == 0.0:
+        if await svc.total("inflight") == 0.0:
             break
         await asyncio.sleep(0.01)
-    assert await svc.inflight() == 0.0
+    assert await svc.total("inflight") == 0.0
 
 
 async def test_a_skipped_response_gives_its_prefill_charge_back_at_once(
-    start: Callable[[str], Awaitable[Running]],
+    start: Start,
 ) -> None:
     """No response body will be seen, so the end of prefill cannot be: the prefill part of the charge is
     not held until the stream ends; the in-flight tokens are."""
     svc = await start(WHEN_NEEDED)
-    stream = svc.client.stream()
+    client = await svc.client()
+    stream = client.stream()
     body = b'{"model":"m","stream":true,"prompt":"' + b"p" * 2000 + b'"}'
     for message in HttpRequest(body=body).messages():
         await stream.send(message)

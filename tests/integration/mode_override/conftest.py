@@ -1,0 +1,103 @@
+"""The whole service in-process for the mode-override and header-only tests: two static endpoints nobody
+listens on (the Envoy-like client plays the upstream), plaintext gRPC, and readers of /metrics and
+/debug/endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.config import load_config_text
+from picker.service import Ports, Service
+from picker.settings import Settings
+from picker.testing.envoy import EnvoyClient, UpstreamResponse
+
+pytestmark = pytest.mark.integration
+
+ENDPOINTS = ("127.0.0.2:8000", "127.0.0.3:8000")
+BODY = b'{"model":"m","prompt":"hello"}'
+RESPONSE = UpstreamResponse(
+    headers=(("content-type", "application/json"),),
+    chunks=(b'{"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}',),
+)
+
+
+class Running:
+    def __init__(self, service: Service, ports: Ports, http: aiohttp.ClientSession) -> None:
+        self.service = service
+        self.ports = ports
+        self.http = http
+        self.clients: list[EnvoyClient] = []
+
+    async def client(self, request_body_mode: str = "FULL_DUPLEX_STREAMED") -> EnvoyClient:
+        """A new connection to the ext_proc port (closed by the fixture)."""
+        client = EnvoyClient(
+            f"127.0.0.1:{self.ports.grpc}", timeout=30.0, request_body_mode=request_body_mode
+        )
+        await client.connect()
+        self.clients.append(client)
+        return client
+
+    async def sample(self, name: str, **labels: str) -> float:
+        async with self.http.get(f"http://127.0.0.1:{self.ports.metrics}/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0
+
+    async def endpoints(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"http://127.0.0.1:{self.ports.admin}/debug/endpoints") as resp:
+            doc: dict[str, Any] = await resp.json()
+        return list(doc["endpoints"])
+
+    async def total(self, column: str) -> float:
+        return float(sum(row[column] for row in await self.endpoints()))
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """``start(config, model_header="")``: the service on ephemeral ports with the document ``config``."""
+    running: list[tuple[Running, asyncio.Task[None]]] = []
+
+    async def _start(config: str, *, model_header: str = "") -> Running:
+        settings = Settings(
+            grpc_port=0,
+            grpc_health_port=0,
+            metrics_port=0,
+            admin_port=0,
+            host="127.0.0.1",
+            static_endpoints=",".join(ENDPOINTS),
+            secure_serving=False,
+            refresh_metrics_interval=1.0,
+            model_header=model_header,
+        )
+        cfg = load_config_text(config, model_header=model_header)
+        service = Service(settings, cfg, config_text=config, config_source="test")
+        started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(service.run(on_started=started.set_result))
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            await task
+        r = Running(service, started.result(), aiohttp.ClientSession())
+        running.append((r, task))
+        return r
+
+    yield _start
+    for r, task in running:
+        for client in r.clients:
+            await client.close()
+        await r.http.close()
+        r.service.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=15)
