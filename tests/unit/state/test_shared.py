@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from picker.state.codec import HealthInputs
+from picker.state.columns import FLOAT_COLUMNS
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint, PoolInfo, parse_static_endpoints
 from picker.state.health import OutlierPolicy
@@ -111,17 +112,7 @@ def test_a_worker_snapshot_matches_the_supervisor_snapshot(segment: SharedSegmen
     assert got.addresses == want.addresses
     assert got.ips == want.ips
     assert got.price_in.tolist() == [0.1, 0.1, 0.05]
-    for column in (
-        "waiting",
-        "running",
-        "kv_usage",
-        "gpu_util",
-        "scraped_at",
-        "max_lora",
-        "block_size",
-        "price_in",
-        "price_out",
-    ):
+    for column in FLOAT_COLUMNS:
         np.testing.assert_array_equal(getattr(got, column), getattr(want, column), err_msg=column)
     np.testing.assert_array_equal(got.engine, want.engine)
     assert dict(got.lora_vocab) == dict(want.lora_vocab)
