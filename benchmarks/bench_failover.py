@@ -65,7 +65,7 @@ import numpy as np
 
 from benchmarks.live.external import external_document, external_markdown, external_summary, poll_external
 from benchmarks.live.faults import inject
-from benchmarks.live.processes import Processes, http_ok, wait_until
+from benchmarks.live.processes import Processes, epp_argv, http_ok, wait_until
 from picker.testing.net import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -241,31 +241,16 @@ async def run_fault(fault: str, cfg: FailoverConfig, procs: Processes) -> dict[s
     grpc_port, health_port, admin_port, debug_port = free_port(), free_port(), free_port(), free_port()
     await procs.start(
         "epp",
-        [
-            sys.executable,
-            "-m",
-            "picker",
-            "serve",
-            "--static-endpoints",
-            ",".join(f"{a}@vllm" for a in pool),
-            "--secure-serving=false",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            str(health_port),
-            "--metrics-port",
-            str(admin_port),
-            "--admin-port",  # /debug/external for the external-endpoint fault
-            str(debug_port),
-            "--pool-name",
-            "bench-failover",
-            "--seed",
-            str(cfg.seed),
-            "--config-text",
-            epp_config(latency_scorer=fault == "slow+latency-scorer", external=external, cfg=cfg),
-        ],
+        epp_argv(
+            pool,
+            grpc_port=grpc_port,
+            health_port=health_port,
+            metrics_port=admin_port,
+            admin_port=debug_port,  # /debug/external for the external-endpoint fault
+            pool_name="bench-failover",
+            seed=cfg.seed,
+            config_text=epp_config(latency_scorer=fault == "slow+latency-scorer", external=external, cfg=cfg),
+        ),
     )
     admin, debug = f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{debug_port}"
     bad = external if external is not None else fleet.addresses[0]

@@ -73,6 +73,45 @@ class Processes:
             await self.stop(name)
 
 
+def epp_argv(
+    addresses: Sequence[str],
+    *,
+    grpc_port: int,
+    health_port: int,
+    metrics_port: int,
+    admin_port: int,
+    pool_name: str,
+    seed: int,
+    config_text: str | None = None,
+) -> list[str]:
+    """``picker serve`` over ``addresses`` (vLLM fake servers) in plaintext on 127.0.0.1; ``admin_port`` 0
+    is an ephemeral admin API; ``config_text`` None keeps the built-in scoring document."""
+    argv = [
+        sys.executable,
+        "-m",
+        "picker",
+        "serve",
+        "--static-endpoints",
+        ",".join(f"{a}@vllm" for a in addresses),
+        "--secure-serving=false",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        str(health_port),
+        "--metrics-port",
+        str(metrics_port),
+        "--admin-port",
+        str(admin_port),
+        "--pool-name",
+        pool_name,
+        "--seed",
+        str(seed),
+    ]
+    return argv if config_text is None else [*argv, "--config-text", config_text]
+
+
 async def http_ok(session: Any, url: str) -> bool:
     import aiohttp
 

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.live.processes import STARTUP_TIMEOUT_S, Fleet, Processes, http_ok, wait_until
+from benchmarks.live.processes import STARTUP_TIMEOUT_S, Fleet, Processes, epp_argv, http_ok, wait_until
 from benchmarks.live.workload import PATH, LiveConfig, LiveRequest, Record
 from picker.testing.net import free_port
 
@@ -242,32 +242,17 @@ async def _run_epp(  # noqa: PLR0917 - one call site, all positional by role
     from picker.testing.gateway import MiniGateway
 
     grpc_port, health_port, admin_port = free_port(), free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "picker",
-        "serve",
-        "--static-endpoints",
-        ",".join(f"{a}@vllm" for a in addresses),
-        "--secure-serving=false",
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--grpc-health-port",
-        str(health_port),
-        "--metrics-port",
-        str(admin_port),
+    argv = epp_argv(
+        addresses,
+        grpc_port=grpc_port,
+        health_port=health_port,
+        metrics_port=admin_port,
         # the admin API is not used here: an ephemeral port, so runs side by side never collide
-        "--admin-port",
-        "0",
-        "--pool-name",
-        "bench-live",
-        "--seed",
-        str(cfg.seed),
-    ]
-    if EPP_CONFIGS[name]:
-        argv += ["--config-text", EPP_CONFIGS[name]]
+        admin_port=0,
+        pool_name="bench-live",
+        seed=cfg.seed,
+        config_text=EPP_CONFIGS[name] or None,
+    )
     await procs.start("epp", argv)
     admin = f"http://127.0.0.1:{admin_port}"
     try:
