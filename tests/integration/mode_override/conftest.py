@@ -61,6 +61,14 @@ class Running:
     async def total(self, column: str) -> float:
         return float(sum(row[column] for row in await self.endpoints()))
 
+    async def until_total(self, column: str, value: float, *, within_s: float = 10.0) -> None:
+        """Wait until ``column`` sums to ``value`` over the endpoints (an ended stream is settled a moment
+        after the proxy sees its end); fail after ``within_s``."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while await self.total(column) != value:
+            assert asyncio.get_running_loop().time() < deadline, f"{column} never summed to {value}"
+            await asyncio.sleep(0.01)
+
 
 Start = Callable[..., Awaitable[Running]]
 

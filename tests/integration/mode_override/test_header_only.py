@@ -5,8 +5,6 @@ that sends the body anyway still gets it forwarded unchanged."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from picker.testing.envoy import HttpRequest
@@ -77,11 +75,7 @@ async def test_in_flight_and_the_token_estimate_last_until_the_proxy_closes_the_
     assert await svc.total("prefill_tokens") == 0.0  # no first response byte will be seen
     await stream.half_close()
     assert await stream.recv() is None
-    for _ in range(200):
-        if await svc.total("inflight") == 0.0:
-            break
-        await asyncio.sleep(0.01)
-    assert await svc.total("inflight") == 0.0
+    await svc.until_total("inflight", 0.0)
     assert await svc.total("inflight_tokens") == 0.0
 
 

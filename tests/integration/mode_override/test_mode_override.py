@@ -5,8 +5,6 @@ a rewritten model always keeps its response; in-flight accounting ends when the 
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from picker.testing.envoy import HttpRequest, UpstreamResponse
@@ -130,11 +128,7 @@ async def test_a_skipped_stream_stays_in_flight_until_the_proxy_closes_it(
     assert await svc.total("inflight") == 1.0
     await stream.half_close()
     assert await stream.recv() is None
-    for _ in range(200):
-        if await svc.total("inflight") == 0.0:
-            break
-        await asyncio.sleep(0.01)
-    assert await svc.total("inflight") == 0.0
+    await svc.until_total("inflight", 0.0)
 
 
 async def test_a_skipped_response_gives_its_prefill_charge_back_at_once(
