@@ -48,8 +48,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import platform
 import random
 import shlex
 import sys
@@ -63,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import machine_info
 from benchmarks.live.external import external_document, external_markdown, external_summary, poll_external
 from benchmarks.live.faults import inject
 from benchmarks.live.processes import Processes, epp_argv, http_ok, wait_until
@@ -503,7 +502,7 @@ def markdown_report(doc: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ command
 async def run(cfg: FailoverConfig, faults: Sequence[str], command: str) -> dict[str, Any]:
     wall0 = time.monotonic()
-    load_at_start = round(os.getloadavg()[0], 2)
+    machine = machine_info()  # the load average before this run adds its own
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         procs = Processes(Path(tmp))
@@ -518,12 +517,7 @@ async def run(cfg: FailoverConfig, faults: Sequence[str], command: str) -> dict[
         "command": command,
         "config": asdict(cfg),
         "faults": rows,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_1m_at_start": load_at_start,
-        },
+        "machine": machine,
         "wall_s": time.monotonic() - wall0,
     }
 

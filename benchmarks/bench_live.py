@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import machine_info
 from benchmarks.live.processes import Processes, fleet_main
 from benchmarks.live.report import markdown_report, summarize_live
 from benchmarks.live.routers import run_router
@@ -134,7 +133,7 @@ def plan(cfg: LiveConfig) -> tuple[list[LiveRequest], dict[str, float]]:
 
 async def run(cfg: LiveConfig, routers: Sequence[str], command: str) -> dict[str, Any]:
     wall0 = time.monotonic()
-    load_at_start = round(os.getloadavg()[0], 2)
+    machine = machine_info()  # the load average before this run adds its own
     requests, rates = plan(cfg)
     rows: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
@@ -163,12 +162,7 @@ async def run(cfg: LiveConfig, routers: Sequence[str], command: str) -> dict[str
         "engine": asdict(load_params()),
         "routers": rows,
         "unavailable": unavailable,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_1m_at_start": load_at_start,
-        },
+        "machine": machine,
         "wall_s": time.monotonic() - wall0,
     }
 
