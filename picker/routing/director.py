@@ -127,8 +127,6 @@ class RoutingState(Protocol):
 
 
 class DirectorObserver(Protocol):
-    def scheduled(self, duration_s: float) -> None: ...
-
     def failover(self, reason: str) -> None:
         """A request went elsewhere than the scorer's choice (``picker.routing.avoid.FailoverReason``)."""
 
@@ -400,10 +398,10 @@ class Director:
                 failover = pool_failover if first is None and failover is None else failover
         if first is None and result is None:
             raise ServiceUnavailable(MSG_NO_CANDIDATES)
-        if self._observer is not None and not explain:
-            self._observer.scheduled(self._clock() - started)
-            if failover is not None:
-                self._observer.failover(failover)
+        # the scheduling time travels with the dispatch, observed with its routed metrics (one fact)
+        scheduled_s = None if explain else self._clock() - started
+        if self._observer is not None and not explain and failover is not None:
+            self._observer.failover(failover)
         if prefix is not None and not explain and first is None and result is not None:
             # the pool's primary serves it (a spilled request's prefix goes to the external endpoint)
             self._record_prefix(m, result.indices[0], prefix)
@@ -436,6 +434,7 @@ class Director:
             avoided=avoided,
             failover=failover,
             spill=spill.doc,
+            scheduled_s=scheduled_s,
         )
         if ticket is not None:
             dispatch.external = ticket.endpoint.name

@@ -160,6 +160,9 @@ class Dispatch:
     #: filled only by :meth:`Explainer.explain`: whether the request would go to an external endpoint
     #: first, and why or why not (``picker.routing.spill``); None for a live request
     spill: Mapping[str, Any] | None = None
+    #: seconds the director's schedule took (the scheduler e2e metric, observed when the request is
+    #: routed); None when nothing was scheduled (a body-less request, an explanation)
+    scheduled_s: float | None = None
 
     @property
     def destination(self) -> str:

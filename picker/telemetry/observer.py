@@ -68,6 +68,9 @@ class _Decision(Protocol):
     @property
     def priority(self) -> int: ...
 
+    @property
+    def scheduled_s(self) -> float | None: ...
+
 
 class _Usage(Protocol):
     @property
@@ -310,7 +313,6 @@ class Telemetry:
         self._on_routed = self._apply_routed
         self._on_complete = self._apply_complete
         self._on_closed = self._apply_closed
-        self._on_scheduled = self._apply_scheduled
         self._on_prefix = self._apply_prefix
         for family in self.request_metrics():
             if isinstance(family, FastFamily):
@@ -387,6 +389,7 @@ class Telemetry:
                 decision.priority,
                 request_bytes,
                 id(decision),
+                decision.scheduled_s,
             )
         )
 
@@ -415,9 +418,6 @@ class Telemetry:
         if decision is not None:
             self._queue((self._on_closed, decision.incoming_model, decision.target_model, id(decision)))
 
-    def scheduled(self, duration_s: float) -> None:
-        self._queue((self._on_scheduled, duration_s))
-
     def failover(self, reason: str) -> None:
         """A request went elsewhere than the scorer's choice (``picker.routing.avoid.FailoverReason``: a
         bounded set, so the label cannot grow without bound)."""
@@ -433,7 +433,17 @@ class Telemetry:
         collected, so exports and scrapes include every stream reported so far."""
         self._facts.flush()
 
-    def _apply_routed(self, incoming: str, target: str, priority: int, request_bytes: int, key: int) -> None:
+    def _apply_routed(  # noqa: PLR0917 - one queued fact's fields
+        self,
+        incoming: str,
+        target: str,
+        priority: int,
+        request_bytes: int,
+        key: int,
+        scheduled_s: float | None,
+    ) -> None:
+        if scheduled_s is not None:  # the director's schedule, carried by the dispatch (one fact per stream)
+            self.scheduler_e2e.observe(scheduled_s)
         c = self._pair(incoming, target)
         c.total(priority).inc()
         c.request_sizes.observe(request_bytes)
@@ -465,9 +475,6 @@ class Telemetry:
         if key in self._running:
             self._running.discard(key)
             self._pair(incoming, target).running.dec()
-
-    def _apply_scheduled(self, duration_s: float) -> None:
-        self.scheduler_e2e.observe(duration_s)
 
     def _apply_prefix(self, matched_bytes: int, total_bytes: int) -> None:
         self.prefix_hit_ratio.observe(matched_bytes / total_bytes)

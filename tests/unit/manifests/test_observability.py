@@ -33,6 +33,7 @@ class _Decision:
     incoming_model: str = "m"
     target_model: str = "m-lora"
     priority: int = 0
+    scheduled_s: float | None = 0.001
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,6 @@ def _series_names() -> set[str]:
     telemetry = Telemetry(datastore, registry=CollectorRegistry(), pool_name="pool")
     decision = _Decision()
     telemetry.routed(decision, 128)
-    telemetry.scheduled(0.001)
     telemetry.rewrite_decision("rewrite", "m", "m-lora")
     telemetry.response_complete(decision, latency_s=0.5, response_bytes=64, usage=_Usage(), status_ok=False)
     telemetry.stream_closed(decision)

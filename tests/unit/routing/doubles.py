@@ -39,9 +39,6 @@ class State:
 class Observer:
     failovers: Counter[str] = field(default_factory=Counter)
 
-    def scheduled(self, duration_s: float) -> None:
-        pass
-
     def rewrite_decision(self, rewrite_name: str, model: str, target: str) -> None:
         pass
 

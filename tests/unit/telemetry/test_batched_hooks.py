@@ -27,6 +27,7 @@ def decision() -> Dispatch:
         body=b"",
         lease=NullLease(),
         restore=None,
+        scheduled_s=0.0002,
     )
 
 
@@ -40,7 +41,6 @@ def scrape(t: Telemetry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def stream(t: Telemetry, *, close: bool = True) -> Dispatch:
     d = decision()
-    t.scheduled(0.0002)
     t.routed(d, 1000)
     t.response_complete(d, latency_s=0.3, response_bytes=50, usage=Usage(7, 3, 10, 0), status_ok=True)
     if close:

@@ -13,7 +13,7 @@ from picker.state.datastore import Datastore
 from picker.telemetry import MergedRequestMetrics, Telemetry, export_families
 
 
-def decision(model: str = "m") -> Dispatch:
+def decision(model: str = "m", scheduled_s: float | None = None) -> Dispatch:
     return Dispatch(
         endpoints=("10.0.0.1:8000",),
         incoming_model=model,
@@ -22,6 +22,7 @@ def decision(model: str = "m") -> Dispatch:
         body=b"",
         lease=NullLease(),
         restore=None,
+        scheduled_s=scheduled_s,
     )
 
 
@@ -59,12 +60,11 @@ def test_workers_are_summed_and_created_is_the_earliest() -> None:
     sup, merged = supervisor()
     a, b = worker_telemetry(), worker_telemetry()
     for t, n in ((a, 3), (b, 2)):
-        for _ in range(n):
-            d = decision()
+        for i in range(n):
+            d = decision(scheduled_s=0.0003 if i == 0 else None)  # one scheduled per worker
             t.routed(d, 1000)
             t.response_complete(d, latency_s=0.2, response_bytes=10, usage=None, status_ok=True)
             t.stream_closed(d)
-        t.scheduled(0.0003)
     held = decision()
     b.routed(held, 10)  # still running on worker b
     merged.update(0, export_families(a.request_metrics()))
