@@ -224,7 +224,8 @@ async def test_the_default_queries_over_our_counters_give_back_the_request_and_t
         fc_t = forecast(read.tokens, now, horizon, weeks=2, trend=False)
         assert fc_r is not None
         assert fc_t is not None
-        assert 600 <= fc_t.rps / fc_r.rps <= 1400
+        # (at the day's turning points the ratio is the bound itself, up to rounding)
+        assert fc_t.rps / fc_r.rps == pytest.approx(1000, abs=400 + 1e-6)
     # a pool whose servers never reported one of the two (embeddings: no completion tokens) keeps a series
     prompt_only = cfg.model_copy(
         update={"token_query": DEFAULT_TOKEN_QUERY.replace("output_tokens_sum", "absent_tokens_sum")}
