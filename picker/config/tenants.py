@@ -37,6 +37,7 @@ from scoring.durations import parse_duration
 __all__ = [
     "BackendConfig",
     "EstimationConfig",
+    "LeaseConfig",
     "LimitsConfig",
     "PriceConfig",
     "RedisConfig",
@@ -136,6 +137,56 @@ class EstimationConfig(_Model):
         return v
 
 
+def _seconds(v: object, low: float, high: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise ValueError(f"must be a duration such as 1s, got {v!r}")  # noqa: TRY004 - pydantic wants ValueError
+    seconds = parse_duration(v)
+    if not low <= seconds <= high:
+        raise ValueError(f"must be between {low:g}s and {high:g}s")
+    return seconds
+
+
+class LeaseConfig(_Model):
+    """Admission without a Redis round trip: each replica leases a share of each active tenant's budget
+    from Redis and admits against it locally (``picker/tenants/README.md``, "Leases")."""
+
+    #: share of each limit a lease asks for at a time (capped near the limit at the room left / the
+    #: replicas holding leases, and at least one request); 0 = no leases, every admission asks Redis
+    fraction: float = Field(default=0.05, ge=0, le=0.5)
+    #: a lease its replica has not renewed for this long is given back by Redis (a dead replica's share
+    #: comes back after it); renewed every quarter of it, used locally for at most half of it unrenewed
+    ttl: float = 30.0
+    #: settled usage is reported to Redis (and the lease refilled) at least this often
+    report: float = 1.0
+    #: a lease unused for this long is given back
+    idle: float = 10.0
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: object) -> float:
+        return _seconds(v, 2, 3600)
+
+    @field_validator("report", mode="before")
+    @classmethod
+    def _report(cls, v: object) -> float:
+        return _seconds(v, 0.01, 60)
+
+    @field_validator("idle", mode="before")
+    @classmethod
+    def _idle(cls, v: object) -> float:
+        return _seconds(v, 0.1, 3600)
+
+    @model_validator(mode="after")
+    def _order(self) -> LeaseConfig:
+        if self.report * 4 > self.ttl:
+            raise ValueError("report must be at most a quarter of ttl (leases are renewed in time)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0
+
+
 class RedisConfig(_Model):
     """A Redis server shared by every EPP replica (budgets across replicas)."""
 
@@ -149,6 +200,8 @@ class RedisConfig(_Model):
     timeout: float = 0.05
     #: Redis down: ``open`` admits (metered locally, limits not enforced) or ``closed`` refuses with 503
     fail_mode: Literal["open", "closed"] = "open"
+    #: per-replica leases of each tenant's budget (``fraction: 0`` turns them off)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
 
     @field_validator("timeout", mode="before")
     @classmethod

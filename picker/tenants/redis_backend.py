@@ -16,6 +16,15 @@ Redis Cluster slot):
   time (``reservationTtl`` after admission, 15 min). A replica that dies with streams open cannot leak
   their reservations: every admission first releases expired ones. A settlement subtracts its reservation
   only if it is still held, so an expired one is never given back twice.
+* ``<prefix>{<tenant>}:l`` - the replicas' leases of the tenant and their expiry (the lease TTL, 30 s,
+  renewed by every sync): how many replicas share what is left.
+
+Leases (``lease``, on by default; :mod:`picker.tenants.lease`): a request its replica's lease covers is
+admitted without I/O; the LEASE script refills the lease below its low-water mark, reports settled usage
+(every ``lease.report``), gives an idle lease back, all in :meth:`RedisBackend.run`'s background. A request
+the lease does not cover is reserved by RESERVE as without leases, giving the lease's free part back in the
+same script. Redis down: a lease keeps admitting until half its TTL passes without a sync, then the fail
+mode applies.
 
 Failures: a command that fails or takes longer than ``timeout`` marks Redis down. Then ``failMode: open``
 admits requests unchecked (their usage is still counted locally and queued, up to
@@ -24,9 +33,9 @@ change of state logs one line saying which, and ``picker_tenant_backend_up`` /
 ``picker_tenant_backend_failures_total{fail_mode}`` count it. While down, a probe pings every
 :data:`PROBE_S`; redis-py reconnects, and scripts are reloaded if the server lost them (a restart).
 
-Why one module: the Lua scripts and the client code that packs their arguments and reads their replies
-share one positional layout (a field added to a reply, like the version, is read three places below);
-split, neither half can be read or changed without the other open.
+Why one module: the client side of the three scripts (:mod:`picker.tenants.redis_scripts`: packing their
+arguments, reading their replies, the writer and the lease loop that call them) shares one connection, one
+up/down state and one view of each tenant's meters; split, each half would reach into the other's state.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,9 +54,10 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from picker.config.tenants import RedisConfig
+from picker.config.tenants import LeaseConfig, RedisConfig
 from picker.errors import ConfigError, TenantUnavailable
 from picker.tenants.backend import AccountView, NullSink, Settlement, UsageSink, Verdict
+from picker.tenants.lease import LEASED, Lease, LeasePlan, vector
 from picker.tenants.ledger import (
     COST_MONTH,
     N_METERS,
@@ -57,6 +68,7 @@ from picker.tenants.ledger import (
     window_end,
     window_ids,
 )
+from picker.tenants.redis_scripts import LEASE, REPLY_HAD, REPLY_HOLD, REPLY_REPLICAS, RESERVE, SETTLE
 
 __all__ = ["MAX_PENDING", "PROBE_S", "RedisBackend"]
 
@@ -69,101 +81,7 @@ PROBE_S: Final = 1.0
 ACCOUNT_TTL_S: Final = 40 * 86400
 RESERVATION_TTL_S: Final = 900.0
 _ZERO: Final = (0, 0, 0, 0, 0, 0)
-
-# Shared by both scripts: load the meters (rolled to the current windows) and drop expired reservations.
-_LOAD: Final = """
-local m, h, z = KEYS[1], KEYS[2], KEYS[3]
-local A = {}
-for x in string.gmatch(ARGV[1], '[^,]+') do A[#A + 1] = x end
-local now = tonumber(A[1])
-local w, u, r = {}, {}, {}
-local raw = redis.call('HMGET', m, 'w0','u0','r0','w1','u1','r1','w2','u2','r2',
-                                   'w3','u3','r3','w4','u4','r4','w5','u5','r5')
-for i = 1, 6 do
-  w[i] = tonumber(raw[3*i-2]) or -1
-  u[i] = tonumber(raw[3*i-1]) or 0
-  r[i] = tonumber(raw[3*i]) or 0
-  local id = tonumber(A[1 + i])
-  if w[i] ~= id then w[i] = id; u[i] = 0 end
-end
-local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-for _, hold in ipairs(expired) do
-  local amounts = redis.call('HGET', h, hold)
-  if amounts then
-    local i = 1
-    for a in string.gmatch(amounts, '[^,]+') do r[i] = math.max(0, r[i] - tonumber(a)); i = i + 1 end
-    redis.call('HDEL', h, hold)
-  end
-  redis.call('ZREM', z, hold)
-end
-local version = 0
-local function save(ttl)
-  local args = {}
-  for i = 1, 6 do
-    local k = i - 1
-    table.insert(args, 'w'..k); table.insert(args, w[i])
-    table.insert(args, 'u'..k); table.insert(args, u[i])
-    table.insert(args, 'r'..k); table.insert(args, r[i])
-  end
-  redis.call('HSET', m, unpack(args))
-  version = redis.call('HINCRBY', m, 'v', 1)
-  redis.call('EXPIRE', m, ttl)
-end
-local function state(code, meter)
-  local out = {code, meter}
-  for i = 1, 6 do out[#out + 1] = string.format('%d', u[i]) end
-  for i = 1, 6 do out[#out + 1] = string.format('%d', r[i]) end
-  out[#out + 1] = string.format('%d', version)
-  return table.concat(out, ',')
-end
-"""
-
-#: KEYS m h z; ARGV[1] = "now,ids[6],amounts[6],limits[6] (-1 = none),hold id,hold expiry,ttl"
-_RESERVE: Final = (
-    _LOAD
-    + """
-local a, limit = {}, {}
-for i = 1, 6 do
-  a[i] = tonumber(A[7 + i])
-  limit[i] = tonumber(A[13 + i])
-end
-for i = 1, 6 do
-  if limit[i] >= 0 and u[i] + r[i] + a[i] > limit[i] then
-    save(tonumber(A[22]))
-    return state(0, i - 1)
-  end
-end
-local amounts = {}
-for i = 1, 6 do r[i] = r[i] + a[i]; amounts[i] = a[i] end
-redis.call('HSET', h, A[20], table.concat(amounts, ','))
-redis.call('ZADD', z, tonumber(A[21]), A[20])
-redis.call('EXPIRE', h, tonumber(A[22]))
-redis.call('EXPIRE', z, tonumber(A[22]))
-save(tonumber(A[22]))
-return state(1, -1)
-"""
-)
-
-#: KEYS m h z; ARGV[1] = "now,ids[6],actual[6],hold id (- = nothing held),ttl"
-_SETTLE: Final = (
-    _LOAD
-    + """
-local hold = A[14]
-if hold ~= '-' then
-  local amounts = redis.call('HGET', h, hold)
-  if amounts then
-    local i = 1
-    for x in string.gmatch(amounts, '[^,]+') do r[i] = math.max(0, r[i] - tonumber(x)); i = i + 1 end
-    redis.call('HDEL', h, hold)
-    redis.call('ZREM', z, hold)
-  end
-end
-for i = 1, 6 do u[i] = u[i] + tonumber(A[7 + i]) end
-save(tonumber(A[15]))
-return state(1, -1)
-"""
-)
-
+_NONE: Final = (None, None, None, None, None, None)
 
 #: used, reserved, limits, window ids, and the version of the account the script reply showed
 _Seen = tuple[tuple[int, ...], tuple[int, ...], Limits | None, tuple[int, ...], int]
@@ -179,10 +97,22 @@ class RedisBackend:
         *,
         sink: UsageSink | None = None,
         clock: Callable[[], float] = now_wall,
+        monotonic: Callable[[], float] = time.monotonic,
         reservation_ttl_s: float = RESERVATION_TTL_S,
     ) -> None:
         self._cfg = cfg
         self._clock = clock
+        self._monotonic = monotonic
+        self._lease_cfg = cfg.lease if cfg.lease.enabled else None
+        #: this replica's lease of each active tenant's budget (:mod:`picker.tenants.lease`)
+        self._leases: dict[str, Lease] = {}
+        self._lease_wake = asyncio.Event()
+        #: tenants whose lease the request path wants synced soon
+        self._lease_due: set[str] = set()
+        self._lease_script: Any = None
+        #: admissions on a lease, and those that asked Redis (fallback or leases off)
+        self.local_admissions = 0
+        self.remote_admissions = 0
         self._sink: UsageSink = sink if sink is not None else NullSink()
         self._reservation_ttl = reservation_ttl_s
         self._client: Any = None
@@ -193,6 +123,8 @@ class RedisBackend:
         self._up = True
         self._ids = itertools.count()
         self._replica = f"{os.getpid():x}{id(self) & 0xFFFF:x}"
+        #: the id of this replica's leases (one per tenant, each in its tenant's keys)
+        self._lease_id = f"L{self._replica}"
         #: the meters of each tenant as the last script reply showed them
         self._seen: dict[str, _Seen] = {}
         #: tenants whose entry in ``_seen`` changed since :meth:`take_changed`
@@ -218,13 +150,14 @@ class RedisBackend:
                 socket_connect_timeout=self._cfg.timeout,
                 health_check_interval=0,
             )
-            self._reserve_script = self._client.register_script(_RESERVE)
-            self._settle_script = self._client.register_script(_SETTLE)
+            self._reserve_script = self._client.register_script(RESERVE)
+            self._settle_script = self._client.register_script(SETTLE)
+            self._lease_script = self._client.register_script(LEASE)
         return self._client
 
     def _keys(self, tenant: str) -> list[str]:
         base = f"{self._cfg.key_prefix}{{{tenant}}}"
-        return [f"{base}:m", f"{base}:h", f"{base}:z"]
+        return [f"{base}:m", f"{base}:h", f"{base}:z", f"{base}:l"]
 
     def _mark(self, up: bool, error: BaseException | None = None) -> None:
         if up == self._up:
@@ -241,6 +174,11 @@ class RedisBackend:
                 else ("refusing requests with 503 (failMode closed)")
             )
             log.error("tenants: Redis %s is unavailable (%s); %s", self._cfg.url, type(error).__name__, what)
+
+    @property
+    def lease_config(self) -> LeaseConfig | None:
+        """The leases' settings; None when leases are off (every admission asks Redis)."""
+        return self._lease_cfg
 
     @property
     def up(self) -> bool:
@@ -261,11 +199,56 @@ class RedisBackend:
 
     # ------------------------------------------------------------------------------------- backend
     def reserve(self, tenant: str, limits: Limits | None, amounts: Vector) -> Verdict | Any:
+        """On this replica's lease when it covers the request (no I/O); else one RESERVE script (which
+        gives the lease's free part back), awaited; Redis down: the fail mode."""
+        lease_cfg = self._lease_cfg
+        give_back: Vector | None = None
+        if lease_cfg is not None:
+            lease = self._leases.get(tenant)
+            now = self._monotonic()
+            if lease is None:
+                if len(self._leases) < MAX_SEEN:
+                    lease = self._leases[tenant] = Lease(limits, now, lease_cfg.fraction)
+            elif lease.limits != limits:
+                lease.change_limits(limits)
+            if lease is not None:
+                if lease.admit(amounts, now):
+                    self.local_admissions += 1
+                    if lease.limited and lease.low():
+                        self._lease_due.add(tenant)
+                        self._lease_wake.set()
+                    return self._leased(tenant, lease, limits)
+                self._lease_due.add(tenant)
+                self._lease_wake.set()
+                if not lease.syncing and any(lease.granted):
+                    lease.syncing = True  # one change of the lease's hold at a time
+                    give_back = lease.take_free()
         if not self._up:
+            if give_back is not None:
+                self._leases[tenant].syncing = False  # nothing was sent: the hold is as it was
             return self._degraded(tenant)
-        return self._reserve(tenant, limits, amounts)
+        self.remote_admissions += 1
+        return self._reserve(tenant, limits, amounts, give_back)
 
-    async def _reserve(self, tenant: str, limits: Limits | None, amounts: Vector) -> Verdict:
+    def _leased(self, tenant: str, lease: Lease, limits: Limits | None) -> Verdict:
+        """The verdict of a request admitted on the lease: the room left as the last reply showed it, plus
+        the lease's free part (stale by up to a report interval)."""
+        ids = window_ids(self._clock())
+        if limits is None:
+            return Verdict(None, _NONE, ids, hold=LEASED)
+        seen = self._seen.get(tenant)
+        free = lease.free()
+        remaining: list[int | None] = [None] * N_METERS
+        for i in lease.limited:
+            limit = limits[i]
+            assert limit is not None
+            outside = 0 if seen is None else max(0, limit - seen[0][i] - seen[1][i])
+            remaining[i] = outside + free[i]
+        return Verdict(None, tuple(remaining), ids, hold=LEASED)
+
+    async def _reserve(
+        self, tenant: str, limits: Limits | None, amounts: Vector, give_back: Vector | None = None
+    ) -> Verdict:
         now = self._clock()
         ids = window_ids(now)
         hold = f"{self._replica}:{next(self._ids)}"
@@ -277,19 +260,23 @@ class RedisBackend:
             hold,
             now + self._reservation_ttl,
             ACCOUNT_TTL_S,
+            self._lease_id if give_back is not None else "-",
+            *(give_back or _ZERO),
         ]
         call = asyncio.ensure_future(self._call(self._reserve_script_or_connect(), self._keys(tenant), args))
         try:
             reply = await asyncio.shield(call)
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark(False, exc)
+            self._gave_back(tenant, give_back, None)
             return self._degraded(tenant)
         except asyncio.CancelledError:
             # the request went away while Redis answered: the call goes on (shielded), and if it granted,
             # the writer gives the hold back instead of leaving it to its 15-minute expiry
-            call.add_done_callback(lambda done: self._give_back(done, tenant, hold))
+            call.add_done_callback(lambda done: self._give_back(done, tenant, hold, give_back))
             raise
         self._mark(True)
+        self._gave_back(tenant, give_back, reply)
         granted, meter = reply[0], reply[1]
         used = tuple(reply[2:8])
         reserved = tuple(reply[8:14])
@@ -307,8 +294,24 @@ class RedisBackend:
         )
         return Verdict(denial, remaining, ids)
 
-    def _give_back(self, call: asyncio.Future[list[int]], tenant: str, hold: str) -> None:
-        if not call.cancelled() and call.exception() is None and call.result()[0]:
+    def _gave_back(self, tenant: str, give_back: Vector | None, reply: list[int] | None) -> None:
+        """A RESERVE that gave the lease's free part back was answered (or failed: then the hold is as it
+        was, and the free part stays unused until the lease's next sync)."""
+        if give_back is None:
+            return
+        lease = self._leases.get(tenant)
+        if lease is None:
+            return
+        lease.syncing = False
+        if reply is not None:
+            lease.gave_back(vector(reply[REPLY_HOLD]))
+
+    def _give_back(
+        self, call: asyncio.Future[list[int]], tenant: str, hold: str, give_back: Vector | None
+    ) -> None:
+        failed = call.cancelled() or call.exception() is not None
+        self._gave_back(tenant, give_back, None if failed else call.result())
+        if not failed and call.result()[0]:
             self._queue(Settlement(tenant, "", _ZERO, _ZERO, 0, 0, 0, hold=hold))
 
     def _reserve_script_or_connect(self) -> Any:
@@ -326,8 +329,15 @@ class RedisBackend:
         return Verdict(None, (None,) * N_METERS, window_ids(self._clock()), degraded=True)
 
     def settle(self, s: Settlement) -> None:
-        """Queue the settlement for the writer (never blocks the stream); counted locally at once."""
+        """Queue the settlement for the writer (never blocks the stream); counted locally at once. A
+        request admitted on the lease settles on it (reported with the lease's next sync)."""
         self._sink.settled(s)
+        if s.hold == LEASED:
+            lease = self._leases.get(s.tenant)
+            if lease is not None:
+                lease.settle(s.reserved, s.actual)
+                return
+            s = s._replace(hold="")  # (cannot happen: a lease with a running request is kept)
         self._queue(s)
 
     def _queue(self, s: Settlement) -> None:
@@ -390,34 +400,124 @@ class RedisBackend:
 
     # ------------------------------------------------------------------------------------- tasks
     async def run(self) -> None:
-        """Write queued settlements; while Redis is down, probe it. Runs until cancelled."""
+        """Write queued settlements (while Redis is down, probe it) and keep the leases synced. Runs until
+        cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._write(), name="tenants-redis-writer")
+            if self._lease_cfg is not None:
+                tasks.create_task(self._lease_loop(self._lease_cfg), name="tenants-redis-leases")
+
+    async def _lease_loop(self, cfg: LeaseConfig) -> None:
+        """Sync the leases that need it: those the request path flagged (below the low-water mark, or
+        not covering a request) at once, all of them every half report interval."""
+        tick = cfg.report / 2
+        while True:
+            everything = False
+            if not self._lease_due:
+                self._lease_wake.clear()
+                try:
+                    async with asyncio.timeout(tick):
+                        await self._lease_wake.wait()
+                except TimeoutError:
+                    everything = True
+            if not self._up:
+                self._lease_due.clear()
+                await asyncio.sleep(tick)
+                continue
+            if everything:
+                tenants = list(self._leases)
+                self._lease_due.clear()
+            else:
+                tenants = list(self._lease_due)
+                self._lease_due.clear()
+            now = self._monotonic()
+            for tenant in tenants:
+                lease = self._leases.get(tenant)
+                if lease is None:
+                    continue
+                plan = lease.plan(now, report_s=cfg.report, ttl_s=cfg.ttl, idle_s=cfg.idle)
+                if plan is None:
+                    if lease.idle() and now - lease.last_used >= cfg.idle:
+                        del self._leases[tenant]
+                    continue
+                synced = await self._sync(tenant, lease, plan, cfg)
+                _stop_if_cancelled()
+                if not synced:
+                    break
+
+    async def _sync(self, tenant: str, lease: Lease, plan: LeasePlan, cfg: LeaseConfig) -> bool:
+        """One LEASE script for one lease; False when Redis did not answer (usage stays to report)."""
+        wall = self._clock()
+        ids = window_ids(wall)
+        limits = lease.limits
+        args: list[Any] = [
+            wall,
+            *ids,
+            *plan.spent,
+            *plan.give_back,
+            *plan.want,
+            *plan.need,
+            *(-1 if x is None else x for x in (limits or _NONE)),
+            self._lease_id,
+            wall + cfg.ttl,
+            ACCOUNT_TTL_S,
+        ]
+        lease.syncing = True
+        try:
+            self._connect()
+            reply = await self._call(self._lease_script, self._keys(tenant), args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark(False, exc)
+            return False
+        finally:
+            lease.syncing = False
+        self._mark(True)
+        lease.applied(
+            plan,
+            vector(reply[REPLY_HOLD]),
+            reply[REPLY_REPLICAS],
+            ok=bool(reply[0]),
+            had=bool(reply[REPLY_HAD]),
+            ttl_s=cfg.ttl,
+        )
+        self._remember(tenant, tuple(reply[2:8]), tuple(reply[8:14]), limits, ids, version=reply[14])
+        return True
+
+    async def _write(self) -> None:
         while True:
             if not self._up:
                 await self._probe()
+                _stop_if_cancelled()
                 continue
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            s = self._pending[0]
-            now = self._clock()
-            args: list[Any] = [now, *window_ids(now), *s.actual, s.hold or "-", ACCOUNT_TTL_S]
-            try:
-                self._connect()
-                reply = await self._call(self._settle_script, self._keys(s.tenant), args)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._mark(False, exc)
-                continue
-            self._pending.popleft()
-            seen = self._seen.get(s.tenant)
-            self._remember(
-                s.tenant,
-                tuple(reply[2:8]),
-                tuple(reply[8:14]),
-                seen[2] if seen else None,
-                window_ids(now),
-                version=reply[14],
-            )
+            await self._write_one()
+            _stop_if_cancelled()
+
+    async def _write_one(self) -> bool:
+        """Write the oldest queued settlement; False when Redis did not answer (it stays queued)."""
+        s = self._pending[0]
+        now = self._clock()
+        args: list[Any] = [now, *window_ids(now), *s.actual, s.hold or "-", ACCOUNT_TTL_S]
+        try:
+            self._connect()
+            reply = await self._call(self._settle_script, self._keys(s.tenant), args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark(False, exc)
+            return False
+        self._pending.popleft()
+        seen = self._seen.get(s.tenant)
+        self._remember(
+            s.tenant,
+            tuple(reply[2:8]),
+            tuple(reply[8:14]),
+            seen[2] if seen else None,
+            window_ids(now),
+            version=reply[14],
+        )
+        return True
 
     async def _probe(self) -> None:
         await asyncio.sleep(PROBE_S)
@@ -439,7 +539,38 @@ class RedisBackend:
         self._mark(True)
         return True
 
+    def lease_views(self) -> dict[str, dict[str, Any]]:
+        """``/debug/tenants``: this replica's lease of each tenant (:meth:`Lease.view`)."""
+        now = self._monotonic()
+        return {tenant: lease.view(now) for tenant, lease in list(self._leases.items())}
+
+    async def give_back_leases(self) -> None:
+        """Shutdown: report what the leases' requests used and give their free parts back, so the other
+        replicas need not wait for the leases' TTL (best effort, bounded by the command timeout)."""
+        cfg = self._lease_cfg
+        if cfg is None or self._client is None or not self._up:
+            return
+        now = self._monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._cfg.timeout * 4):
+                for tenant, lease in list(self._leases.items()):
+                    if lease.syncing:
+                        continue
+                    plan = LeasePlan(vector(lease.spent), lease.take_free(), _ZERO, _ZERO, now, False)
+                    if (any(plan.spent) or any(plan.give_back)) and not await self._sync(
+                        tenant, lease, plan, cfg
+                    ):
+                        return
+
     async def close(self) -> None:
+        """Flush what is queued for Redis and give the leases back (best effort, bounded by the command
+        timeout; :meth:`run` must have stopped), then disconnect."""
+        if self._client is not None and self._up:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._cfg.timeout * 4):
+                    while self._pending and await self._write_one():
+                        pass
+        await self.give_back_leases()
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -447,3 +578,12 @@ class RedisBackend:
 
     def pending(self) -> int:
         return len(self._pending)
+
+
+def _stop_if_cancelled() -> None:
+    """A background loop was cancelled while redis-py answered: redis-py may turn the cancellation into
+    a connection error (its own handling of a cancelled read), which the loop would take for Redis being
+    down and go on; the task's pending cancellation is honoured here instead."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

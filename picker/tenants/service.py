@@ -144,6 +144,7 @@ class TenantService:
             return {"enabled": False, "tenants": []}
         now = self._clock()
         redis = self.redis if self.tenancy.backend is self.redis else None
+        leases = redis.lease_views() if redis is not None else {}
         out = []
         for view in sorted(self.accounts(), key=lambda v: v.tenant):
             meters = {}
@@ -160,8 +161,15 @@ class TenantService:
                     else max(0, limit - view.used[i] - view.reserved[i]) / scale,
                     "resetsInSeconds": None if end == float("inf") else round(end - now, 3),
                 }
-            out.append({"tenant": view.tenant, "limited": view.limits is not None, "meters": meters})
-        return {
+            row: dict[str, Any] = {
+                "tenant": view.tenant,
+                "limited": view.limits is not None,
+                "meters": meters,
+            }
+            if view.tenant in leases:
+                row["lease"] = leases.pop(view.tenant)
+            out.append(row)
+        doc: dict[str, Any] = {
             "enabled": True,
             "backend": "redis" if redis is not None else "memory",
             "backendUp": redis.up and all(self._workers_up.values()) if redis is not None else True,
@@ -169,6 +177,17 @@ class TenantService:
             "trackedIds": self.tenancy.ids.tracked(),
             "tenants": out,
         }
+        if redis is not None and redis.lease_config is not None:
+            cfg = redis.lease_config
+            doc["leases"] = {
+                "fraction": cfg.fraction,
+                "ttlSeconds": cfg.ttl,
+                "reportSeconds": cfg.report,
+                "idleSeconds": cfg.idle,
+                "admittedLocally": redis.local_admissions,
+                "askedRedis": redis.remote_admissions,
+            }
+        return doc
 
     # ------------------------------------------------------------------------ --workers and Redis
     # A worker's Redis backend counts into the worker's TenantMetrics, which no /metrics serves; the

@@ -1,4 +1,7 @@
-"""The Redis backend on a real redis-server: the memory backend's decisions, shared, surviving a restart."""
+"""The Redis backend on a real redis-server: the memory backend's decisions, shared, surviving a restart.
+
+These tests ask Redis for every admission (leases off, ``lease.fraction: 0``): the per-request path, which
+is also the fallback of a replica whose lease does not cover a request. Leases: ``test_redis_leases.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from picker.config.tenants import RedisConfig
+from picker.config.tenants import LeaseConfig, RedisConfig
 from picker.errors import TenantUnavailable
 from picker.tenants.backend import MemoryBackend, Settlement, Verdict
 from picker.tenants.ledger import actual_vector, reservation_vector
@@ -24,7 +27,9 @@ LIMITS = (1000, None, 10, 3, None, 5_000)
 
 def backend(server: RedisServer, *, fail_mode: str = "open", prefix: str = "t:") -> RedisBackend:
     # generous: the suite shares two cores; a slow answer would count as Redis being down
-    cfg = RedisConfig(url=server.url, fail_mode=fail_mode, key_prefix=prefix, timeout=5.0)
+    cfg = RedisConfig(
+        url=server.url, fail_mode=fail_mode, key_prefix=prefix, timeout=5.0, lease=LeaseConfig(fraction=0)
+    )
     return RedisBackend(cfg, sink=TenantMetrics(CollectorRegistry(), list))
 
 
@@ -121,7 +126,7 @@ async def test_two_clients_share_one_budget_without_double_spending(redis_server
 
 
 async def test_expired_reservations_of_a_dead_replica_are_given_back(redis_server: RedisServer) -> None:
-    cfg = RedisConfig(url=redis_server.url, key_prefix="t:", timeout=2.0)
+    cfg = RedisConfig(url=redis_server.url, key_prefix="t:", timeout=2.0, lease=LeaseConfig(fraction=0))
     dead = RedisBackend(cfg, reservation_ttl_s=0.2)
     alive = backend(redis_server)
     try:

@@ -40,8 +40,12 @@ tenants:
   tiers: [{{name: shared, limits: {{tokensPerHour: 1000}}}}]
   backend:
     type: redis
-    redis: {{url: "{url}", timeout: 2s, failMode: open}}
+    redis: {{url: "{url}", timeout: 2s, failMode: open, lease: {lease}}}
 """
+#: every admission asks Redis: the exact per-request arithmetic
+PER_REQUEST = "{fraction: 0}"
+#: leases (the default), refilled and reported often so that the test's few requests use them
+LEASES = "{fraction: 0.2, report: 50ms, idle: 5s}"
 # 4 characters of prompt = 1 token, plus max_tokens 100: 101 tokens reserved and (by the answer) used
 BODY = json.dumps({"model": "m", "prompt": "abcd", "max_tokens": 100}).encode()
 ANSWER = json.dumps(
@@ -101,13 +105,15 @@ class Epp:
         await self.reader
 
 
-@pytest.fixture
-async def two_epps(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Epp, Epp]]:
+@pytest.fixture(params=[PER_REQUEST])
+async def two_epps(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[RedisServer, Epp, Epp]]:
     tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
     redis = RedisServer(tmp_path)
     redis.start()
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(url=redis.url), encoding="utf-8")
+    config.write_text(CONFIG.format(url=redis.url, lease=request.param), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "PICKER_"))}
     env["PYTHONUNBUFFERED"] = "1"
     epps = []
@@ -185,3 +191,35 @@ async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
         result = await (a if i % 2 == 0 else b).request("t2")
         statuses.append(result.immediate.status if result.immediate is not None else 200)
     assert statuses.count(200) == 5, statuses  # (1000 - 404) // 101 = 5
+
+
+@pytest.mark.parametrize("two_epps", [LEASES], indirect=True)
+async def test_two_epps_with_leases_never_pass_the_shared_budget(
+    two_epps: tuple[RedisServer, Epp, Epp],
+) -> None:
+    redis, a, b = two_epps
+    left = 3600 - time.time() % 3600  # the budget is per UTC hour: do not straddle its end
+    if left < 45:
+        await asyncio.sleep(left + 0.5)
+    statuses = []
+    for i in range(14):
+        result = await (a if i % 2 == 0 else b).request()
+        statuses.append(result.immediate.status if result.immediate is not None else 200)
+        await asyncio.sleep(0.1)  # the leases refill between requests
+    admitted = statuses.count(200)
+    assert 7 <= admitted <= 9, statuses  # never past 1,000 tokens; at most a lease parked per process
+    async with aiohttp.ClientSession() as http:
+        docs = [await epp.debug(http) for epp in (a, b)]
+    assert sum(d["leases"]["admittedLocally"] for d in docs) > 0, "some requests were admitted on a lease"
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        for _ in range(300):
+            used = int(await client.hget("picker:tenants:{t}:m", "u1") or 0)
+            if used == 101 * admitted:
+                break
+            await asyncio.sleep(0.05)
+        assert used == 101 * admitted, "the leases reported every admitted request's usage"
+        reserved = int(await client.hget("picker:tenants:{t}:m", "r1") or 0)
+        assert used + reserved <= 1000
+    finally:
+        await client.aclose()

@@ -1,0 +1,216 @@
+"""Leases on a real redis-server: admission without a round trip, the budget still never passed.
+
+Each backend is one replica; its lease loop runs (``run()``), so leases are granted, refilled, reported
+and given back in the background as in a serving EPP. Requests use exactly what they reserve (the
+arithmetic is exact): whatever the interleaving, Redis's ``used + reserved`` stays within every limit and
+the requests admitted fit the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from picker.config.tenants import LeaseConfig, RedisConfig
+from picker.tenants.backend import Settlement, Verdict
+from picker.tenants.lease import LEASED
+from picker.tenants.ledger import Limits, Vector, actual_vector, reservation_vector
+from picker.tenants.redis_backend import RedisBackend
+from picker.testing.redis_server import RedisServer
+
+pytestmark = [pytest.mark.integration]
+
+PREFIX = "t:"
+
+
+def config(server: RedisServer, **lease: float) -> RedisConfig:
+    settings = {"fraction": 0.1, "report": 0.05, "ttl": 2.0, "idle": 5.0} | lease
+    return RedisConfig(url=server.url, key_prefix=PREFIX, timeout=5.0, lease=LeaseConfig(**settings))
+
+
+@pytest.fixture
+async def replicas(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisBackend]]:
+    made: list[tuple[RedisBackend, asyncio.Task[None]]] = []
+
+    def make(**lease: float) -> RedisBackend:
+        b = RedisBackend(config(redis_server, **lease))
+        made.append((b, asyncio.create_task(b.run())))
+        return b
+
+    yield make
+    for b, task in made:
+        await stop(task)
+        await b.close()
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def verdict(v: Verdict | Awaitable[Verdict]) -> tuple[Verdict, bool]:
+    """The verdict, and whether it came without waiting (on the lease)."""
+    if isinstance(v, Verdict):
+        return v, True
+    return await v, False
+
+
+async def meters(server: RedisServer, tenant: str) -> tuple[list[int], list[int]]:
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        raw = await client.hgetall(f"{PREFIX}{{{tenant}}}:m")
+    finally:
+        await client.aclose()
+    used = [int(raw.get(f"u{i}".encode(), 0)) for i in range(6)]
+    reserved = [int(raw.get(f"r{i}".encode(), 0)) for i in range(6)]
+    return used, reserved
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(1000):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+def settlement(tenant: str, amounts: Vector, hold: str) -> Settlement:
+    return Settlement(
+        tenant, "m", amounts, actual_vector(amounts[0], amounts[4]), 1, 1, amounts[4], hold=hold
+    )
+
+
+async def test_after_the_first_request_admission_does_not_wait_for_redis(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    b = replicas()
+    limits: Limits = (100_000, None, None, None, None, None)
+    amounts = reservation_vector(100, 0)
+    first, at_once = await verdict(b.reserve("acme", limits, amounts))
+    assert first.granted
+    assert not at_once, "no lease yet: asked Redis, and a lease was asked for in the background"
+    await until(lambda: _true(b._leases["acme"].free()[0] >= 100), "a lease")
+    results = [await verdict(b.reserve("acme", limits, amounts)) for _ in range(50)]
+    assert all(v.granted and v.hold == LEASED for v, _ in results)
+    assert sum(at_once for _, at_once in results) >= 45, "refills run ahead of the requests"
+    for v, _ in results:
+        b.settle(settlement("acme", amounts, v.hold))
+    # settled usage reaches Redis in the background
+    await until(lambda: _eq(meters(redis_server, "acme"), 5000), "usage reported")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _eq(pair: Awaitable[tuple[list[int], list[int]]], used: int) -> bool:
+    return (await pair)[0][0] == used
+
+
+async def test_one_replica_reaches_the_limit_exactly(replicas: Callable[..., RedisBackend]) -> None:
+    """Near the limit the lease shrinks to one request, then stops; a request the lease cannot cover gives
+    the lease's free part back in its own reservation: one replica admits exactly what fits."""
+    b = replicas()
+    limits: Limits = (1000, None, None, None, None, None)
+    amounts = reservation_vector(101, 0)
+    granted = 0
+    for _ in range(15):
+        v, _ = await verdict(b.reserve("acme", limits, amounts))
+        if v.granted:
+            granted += 1
+            b.settle(settlement("acme", amounts, v.hold))
+        await asyncio.sleep(0.02)  # the lease loop runs between requests
+    assert granted == 9  # 9 x 101 <= 1000 < 10 x 101
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_three_replicas_never_pass_the_limit_together(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend], seed: int
+) -> None:
+    """Random requests, settlements and pauses on three replicas sharing a tenant: Redis's used + reserved
+    (leases included) stays within each limit at every check, and everything admitted fits the limit."""
+    left = 3600 - time.time() % 3600  # the token budget is per UTC hour: do not straddle its end
+    if left < 15:
+        await asyncio.sleep(left + 0.5)
+    rng = random.Random(seed)
+    backends = [replicas(idle=0.3) for _ in range(3)]
+    limits: Limits = (None, 20_000, 400, 12, 50_000, None)
+    running: list[tuple[RedisBackend, Vector, str]] = []
+    admitted_tokens = 0
+    admitted_cost = 0
+    for step in range(300):
+        b = rng.choice(backends)
+        roll = rng.random()
+        if roll < 0.55:
+            amounts = reservation_vector(rng.randint(10, 400), rng.randint(0, 800))
+            v, _ = await verdict(b.reserve("shared", limits, amounts))
+            if v.granted:
+                running.append((b, amounts, v.hold))
+                admitted_tokens += amounts[0]
+                admitted_cost += amounts[4]
+        elif running and roll < 0.9:
+            owner, amounts, hold = running.pop(rng.randrange(len(running)))
+            owner.settle(settlement("shared", amounts, hold))
+        else:
+            await asyncio.sleep(rng.choice([0.0, 0.01, 0.06]))
+        if step % 10 == 0:
+            used, reserved = await meters(redis_server, "shared")
+            for i, limit in enumerate(limits):
+                if limit is not None:
+                    assert used[i] + reserved[i] <= limit, (step, i, used, reserved)
+    assert admitted_tokens <= 20_000
+    assert admitted_cost <= 50_000
+    assert sum(b.local_admissions for b in backends) > 0
+    for owner, amounts, hold in running:
+        owner.settle(settlement("shared", amounts, hold))
+
+    async def settled_and_given_back() -> bool:
+        used, reserved = await meters(redis_server, "shared")
+        return used[1] == admitted_tokens and reserved == [0] * 6
+
+    await until(settled_and_given_back, "usage reported and idle leases given back")
+
+
+async def test_a_dead_replicas_lease_comes_back_after_its_ttl(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    limits: Limits = (None, None, None, 4, None, None)
+    amounts = reservation_vector(1, 0)
+    dead = RedisBackend(config(redis_server, fraction=0.5))
+    writer = asyncio.create_task(dead.run())
+    await verdict(dead.reserve("t", limits, amounts))
+    await until(lambda: _true(sum(dead._leases["t"].granted) >= 2), "the dead replica's lease")
+    await stop(writer)  # it stops syncing (dies) holding a lease of 2 slots and 1 running request
+    client, dead._client = dead._client, None  # no give-back at close: as a killed process
+    await client.aclose()
+    alive = replicas()
+    granted = [(await verdict(alive.reserve("t", limits, amounts)))[0].granted for _ in range(4)]
+    assert granted.count(True) == 1, "3 of the 4 slots are the dead replica's"
+    await asyncio.sleep(2.2)  # the lease's TTL (2 s); the running request's hold stays (15 min)
+    later = [(await verdict(alive.reserve("t", limits, amounts)))[0].granted for _ in range(3)]
+    assert later.count(True) == 2, "the lease's 2 slots came back"
+
+
+async def test_a_replica_that_stops_gives_its_lease_back(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    limits: Limits = (10_000, None, None, None, None, None)
+    b = RedisBackend(config(redis_server))
+    writer = asyncio.create_task(b.run())
+    v, _ = await verdict(b.reserve("t", limits, reservation_vector(100, 0)))
+    b.settle(settlement("t", reservation_vector(100, 0), v.hold))
+    await until(lambda: _true(b._leases["t"].free()[0] >= 100), "a lease")
+    v, at_once = await verdict(b.reserve("t", limits, reservation_vector(100, 0)))
+    assert at_once
+    b.settle(settlement("t", reservation_vector(100, 0), v.hold))
+    await stop(writer)
+    await b.close()
+    used, reserved = await meters(redis_server, "t")
+    assert (used[0], reserved[0]) == (200, 0)
