@@ -11,13 +11,16 @@ load processes, server CPU from schedstat minus idle):
   sends no tenant header, so every request is the ``anonymous`` tenant of the default tier: tokens per
   minute and cost per day, high enough never to refuse), memory backend: each stream is resolved,
   estimated, reserved, its SSE usage settled, metered;
-- ``ours_tenants_redis``: the same with the Redis backend on a local ``redis-server`` (one Lua script per
-  admission on the request path; settlements written in the background).
+- ``ours_tenants_redis``: the same with the Redis backend on a local ``redis-server``, with leases (the
+  default): requests admitted on the replica's lease, which is refilled and reported in the background;
+- ``ours_tenants_redis_per_request``: the Redis backend with leases off (``lease: {fraction: 0}``): one
+  Lua script per admission on the request path, settlements written in the background (answer time only).
 
 Phases, each ``--runs`` times: side by side at 200/s (``ours`` with each tenants server, in one window:
 ``tenants_cpu_ratio`` = median of per-run CPU-per-stream ratios, target <= 1.10 for the memory backend);
 one server at a time at 100/s for the EPP's answer time (request headers to the last request-body reply):
-``redis_added_p50_ms`` = p50(redis) - p50(memory), target <= 0.3 ms.
+``redis_added_p50_ms`` = p50(redis) - p50(memory), target <= 0.3 ms (``redis_per_request_added_p50_ms``:
+the same without leases, the baseline of the same run).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from picker.testing.redis_server import RedisServer
 __all__ = ["run", "summary"]
 
 TARGETS = {"tenants_cpu_ratio_max": 1.10, "redis_added_p50_ms_max": 0.3}
+#: the servers of the answer-time phase, one at a time
+ANSWER_TIME = ("ours", "ours_tenants", "ours_tenants_redis", "ours_tenants_redis_per_request")
 TENANTS = """\
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig
@@ -46,8 +51,10 @@ tenants:
 REDIS = """\
   backend:
     type: redis
-    redis: {{url: "{url}", timeout: 1s}}
+    redis: {{url: "{url}", timeout: 1s{lease}}}
 """
+#: the Redis backend asking Redis for every admission (leases off): the per-request path, as before leases
+PER_REQUEST = ", lease: {fraction: 0}"
 
 
 def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
@@ -62,7 +69,9 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
             memory = workdir / "tenants.yaml"
             memory.write_text(TENANTS, encoding="utf-8")
             shared = workdir / "tenants-redis.yaml"
-            shared.write_text(TENANTS + REDIS.format(url=redis.url), encoding="utf-8")
+            shared.write_text(TENANTS + REDIS.format(url=redis.url, lease=""), encoding="utf-8")
+            per_request = workdir / "tenants-redis-per-request.yaml"
+            per_request.write_text(TENANTS + REDIS.format(url=redis.url, lease=PER_REQUEST), encoding="utf-8")
             r = Run(plan, doc)
             r.start(
                 procs,
@@ -71,10 +80,11 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
                     ("ours", 1, None, []),
                     ("ours_tenants", 1, memory, []),
                     ("ours_tenants_redis", 1, shared, []),
+                    ("ours_tenants_redis_per_request", 1, per_request, []),
                 ],
             )
             for _ in range(plan.runs):
-                for server in ("ours", "ours_tenants", "ours_tenants_redis"):
+                for server in ANSWER_TIME:
                     r.measure("100/s", [server], mode="open", duration=plan.rate_s, rate=100.0)
                 for label, other in (("cpu_memory", "ours_tenants"), ("cpu_redis", "ours_tenants_redis")):
                     r.measure(
@@ -109,8 +119,24 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
     }
     doc["tenants_cpu_ratio"] = ratio("cpu_memory", "ours_tenants", "ours")
     doc["tenants_redis_cpu_ratio"] = ratio("cpu_redis", "ours_tenants_redis", "ours")
-    doc["request_p50_ms_at_100"] = {s: p50(s) for s in ("ours", "ours_tenants", "ours_tenants_redis")}
+    doc["request_p50_ms_at_100"] = {s: p50(s) for s in ANSWER_TIME}
     doc["redis_added_p50_ms"] = round(p50("ours_tenants_redis") - p50("ours_tenants"), 3)
+    doc["redis_per_request_added_p50_ms"] = round(
+        p50("ours_tenants_redis_per_request") - p50("ours_tenants"), 3
+    )
+
+    def added_per_run(server: str) -> list[float]:
+        return [
+            round(x - y, 3)
+            for x, y in zip(
+                per_run("100/s", server, "request_p50_ms"),
+                per_run("100/s", "ours_tenants", "request_p50_ms"),
+                strict=False,
+            )
+        ]
+
+    doc["redis_added_p50_ms_per_run"] = added_per_run("ours_tenants_redis")
+    doc["redis_per_request_added_p50_ms_per_run"] = added_per_run("ours_tenants_redis_per_request")
     doc["targets"] = {
         "tenants_cpu_le_1.10x": doc["tenants_cpu_ratio"] <= TARGETS["tenants_cpu_ratio_max"],
         "redis_adds_le_0.3ms_p50": doc["redis_added_p50_ms"] <= TARGETS["redis_added_p50_ms_max"],
@@ -128,7 +154,12 @@ def summary(doc: dict[str, Any]) -> str:
                 f"tenants (memory) / none: {doc['tenants_cpu_ratio']}; tenants (redis) / none: "
                 f"{doc['tenants_redis_cpu_ratio']}"
             ),
-            f"EPP answer p50 at 100/s (ms): {p50}; Redis adds {doc['redis_added_p50_ms']} ms",
+            f"EPP answer p50 at 100/s (ms): {p50}",
+            (
+                f"Redis adds {doc['redis_added_p50_ms']} ms (per run {doc['redis_added_p50_ms_per_run']}); "
+                f"asking Redis for every admission: {doc['redis_per_request_added_p50_ms']} ms "
+                f"(per run {doc['redis_per_request_added_p50_ms_per_run']})"
+            ),
             "targets: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in doc["targets"].items()),
         ]
     )

@@ -214,3 +214,32 @@ async def test_a_replica_that_stops_gives_its_lease_back(
     await b.close()
     used, reserved = await meters(redis_server, "t")
     assert (used[0], reserved[0]) == (200, 0)
+
+
+async def test_a_lease_admits_while_redis_restarts_and_is_leased_again(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    """Redis goes away: the lease still admits (for up to half its TTL); Redis comes back empty (no
+    persistence): the lease's hold is gone (counted as lost), a new one is granted, and the usage settled
+    meanwhile is reported."""
+    b = replicas()
+    limits: Limits = (10_000, None, None, None, None, None)
+    amounts = reservation_vector(100, 0)
+    first, _ = await verdict(b.reserve("t", limits, amounts))
+    b.settle(settlement("t", amounts, first.hold))
+    await until(lambda: _true(b._leases["t"].free()[0] >= 200), "a lease")
+    redis_server.stop()
+    during, at_once = await verdict(b.reserve("t", limits, amounts))
+    assert at_once
+    assert during.hold == LEASED, "admitted on the lease without Redis"
+    b.settle(settlement("t", amounts, during.hold))
+    redis_server.start()
+    await until(lambda: _true(b.up and b._leases["t"].lost == 1), "the lost lease noticed")
+
+    async def reported() -> bool:
+        used, reserved = await meters(redis_server, "t")
+        return used[0] == 100 and reserved[0] > 0  # the request admitted meanwhile, and a new lease
+
+    await until(reported, "usage reported and a new lease")
+    again, _ = await verdict(b.reserve("t", limits, amounts))
+    assert again.granted
