@@ -193,10 +193,11 @@ class Lease:
         for i in range(N_METERS):
             self.spent[i] -= plan.spent[i]
         self.last_sync = plan.at
-        self.valid_until = plan.at + ttl_s / 2 if self.limited else math.inf
         self.replicas = replicas
         if plan.retarget:
             self.retarget = False
+        if not self.retarget:  # (limits changed while this sync ran: not valid before the give-back)
+            self.valid_until = plan.at + ttl_s / 2 if self.limited else math.inf
         if not ok and any(plan.want):
             self.short_until = plan.at + ttl_s / 8
 
