@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util import Retry
+
+from picker.scrape.promql import QueryFailedError, instant_query, prometheus_client
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,8 @@ class GpuUtilizationSource:
         self.polls = 0
 
     def make_client(self) -> PrometheusConnect:
-        """The client ``run()`` uses (the caller closes it).
-
-        No retries inside it: the next poll is the retry, and the library's default (3 retries with
-        backoff, also on 503) would multiply the time it takes to notice that Prometheus is gone.
-        """
-        return PrometheusConnect(
-            url=self._url, disable_ssl=not self._verify_tls, retry=Retry(total=0), timeout=self._timeout
-        )
+        """The client ``run()`` uses (the caller closes it): see :func:`prometheus_client`."""
+        return prometheus_client(self._url, timeout_s=self._timeout, verify_tls=self._verify_tls)
 
     async def run(self) -> None:
         client = self.make_client()
@@ -155,22 +149,12 @@ class GpuUtilizationSource:
 
     async def poll_once(self, client: PrometheusConnect) -> bool:
         """Query once and update the sink; True when the signal is available."""
-        # Prometheus durations take no fractions ("1.5s" is a 400): whole milliseconds
-        params = {"timeout": f"{max(1, round(self._timeout * 1000))}ms"}
         self.polls += 1
         try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(client.custom_query, self.query, params=params),
-                # the HTTP timeout applies per socket operation; this bounds the whole call
-                timeout=self._timeout * 2,
-            )
-        except (OSError, TimeoutError, PrometheusApiClientException, ValueError, KeyError, TypeError) as exc:
-            self._unavailable(f"{type(exc).__name__}: {exc}")
+            samples = await instant_query(client, self.query, timeout_s=self._timeout)
+        except QueryFailedError as exc:
+            self._unavailable(str(exc))
             return False
-        if not isinstance(result, list):
-            self._unavailable(f"unexpected result type {type(result).__name__}")
-            return False
-        samples: list[Mapping[str, Any]] = [s for s in result if isinstance(s, Mapping)]
         values, above_one = utilization_by_pod(
             samples,
             namespace=self._namespace,

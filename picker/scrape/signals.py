@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util import Retry
 
+from picker.scrape.promql import QueryFailedError, instant_query, prometheus_client
 from scoring.scorers.signal import PrometheusScorer
 
 __all__ = ["PrometheusSignals", "SignalQuery", "queries_of", "values_by_pod"]
@@ -152,8 +151,8 @@ class PrometheusSignals:
         self.configure(queries_of(scorers))
 
     def make_client(self) -> PrometheusConnect:
-        """No retries inside: the next refresh is the retry (as for the GPU signal)."""
-        return PrometheusConnect(url=self._url, retry=Retry(total=0), timeout=self._timeout)
+        """The client ``run()`` uses (the caller closes it): see :func:`prometheus_client`."""
+        return prometheus_client(self._url, timeout_s=self._timeout)
 
     async def run(self) -> None:
         client = self.make_client()
@@ -180,28 +179,21 @@ class PrometheusSignals:
         started = self._clock()
         state.due = started + q.refresh_s
         self.polls += 1
-        params = {"timeout": f"{max(1, round(self._timeout * 1000))}ms"}
         ok = False
         try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(client.custom_query, q.query, params=params), timeout=self._timeout * 2
-            )
-        except (OSError, TimeoutError, PrometheusApiClientException, ValueError, KeyError, TypeError) as exc:
-            self._failing(q, state, f"{type(exc).__name__}: {exc}")
+            samples = await instant_query(client, q.query, timeout_s=self._timeout)
+        except QueryFailedError as exc:
+            self._failing(q, state, str(exc))
         else:
-            if isinstance(result, list):
-                samples = [s for s in result if isinstance(s, Mapping)]
-                now = self._clock()
-                for pod, value in values_by_pod(
-                    samples, pod_label=q.pod_label, namespace=self._namespace
-                ).items():
-                    state.seen[pod] = (value, now)
-                if state.failing:
-                    log.info("prometheus-scorer query %r answers again", q.query)
-                state.failing = False
-                ok = True
-            else:
-                self._failing(q, state, f"unexpected result type {type(result).__name__}")
+            now = self._clock()
+            for pod, value in values_by_pod(
+                samples, pod_label=q.pod_label, namespace=self._namespace
+            ).items():
+                state.seen[pod] = (value, now)
+            if state.failing:
+                log.info("prometheus-scorer query %r answers again", q.query)
+            state.failing = False
+            ok = True
         if q.key not in self._queries:
             return ok  # removed by a reload while the query ran
         horizon = self._clock() - FRESH_INTERVALS * q.refresh_s
