@@ -466,6 +466,13 @@ class KubeApiEmulator:
         return copy.deepcopy(self._delete(r, namespace, name))
 
     # ------------------------------------------------------------------------------ storage core
+    def _existing(self, r: ResourceType, ns: str, name: str) -> JsonObj:
+        """The stored object, or the API server's 404."""
+        obj = self._objects[r].get((ns, name))
+        if obj is None:
+            raise _StatusError(404, "NotFound", f'{r.plural} "{name}" not found')
+        return obj
+
     def _bump(self) -> int:
         self._rv += 1
         return self._rv
@@ -503,9 +510,7 @@ class KubeApiEmulator:
         return obj
 
     def _update(self, r: ResourceType, ns: str, name: str, obj: JsonObj) -> JsonObj:
-        old = self._objects[r].get((ns, name))
-        if old is None:
-            raise _StatusError(404, "NotFound", f'{r.plural} "{name}" not found')
+        old = self._existing(r, ns, name)
         meta = obj.setdefault("metadata", {})
         sent_rv = meta.get("resourceVersion")
         if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
@@ -530,18 +535,14 @@ class KubeApiEmulator:
         return obj
 
     def _patch(self, r: ResourceType, ns: str, name: str, patch: JsonObj) -> JsonObj:
-        old = self._objects[r].get((ns, name))
-        if old is None:
-            raise _StatusError(404, "NotFound", f'{r.plural} "{name}" not found')
+        old = self._existing(r, ns, name)
         merged = merge_patch(old, patch)
         if "resourceVersion" not in patch.get("metadata", {}):
             merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         return self._update(r, ns, name, merged)
 
     def _delete(self, r: ResourceType, ns: str, name: str) -> JsonObj:
-        obj = self._objects[r].get((ns, name))
-        if obj is None:
-            raise _StatusError(404, "NotFound", f'{r.plural} "{name}" not found')
+        obj = self._existing(r, ns, name)
         if obj["metadata"].get("finalizers"):
             if obj["metadata"].get("deletionTimestamp"):
                 return obj
@@ -653,10 +654,7 @@ class KubeApiEmulator:
             return web.json_response(self._list_body(r, ns, query))
         if verb == "get":
             assert name is not None
-            obj = self._objects[r].get((ns_key, name))
-            if obj is None:
-                raise _StatusError(404, "NotFound", f'{r.plural} "{name}" not found')
-            return web.json_response(obj)
+            return web.json_response(self._existing(r, ns_key, name))
         if verb == "delete":
             assert name is not None
             return web.json_response(self._delete(r, ns_key, name))
