@@ -168,6 +168,15 @@ class Rig:
         await asyncio.sleep(0)  # let the Event tasks run
         return d
 
+    async def until_drain(self) -> Any:
+        """Tick at a low demand (15 requests/s) until the scaler starts a drain (a minute of low demand,
+        then the cooldown); the DRAIN decision."""
+        for _ in range(8):
+            d = await self.tick(15.0)
+            if d.action is Action.DRAIN:
+                return d
+        raise AssertionError("no drain after 8 ticks of low demand")
+
     def metric(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)
 
@@ -189,14 +198,7 @@ async def test_dry_run_decides_posts_events_once_and_changes_nothing() -> None:
 async def test_scale_down_drains_marks_removes_and_verifies() -> None:
     rig = Rig(section())
     await rig.tick(0)
-    d = None
-    for _ in range(8):  # a minute of low demand, then the cooldown
-        d = await rig.tick(15.0)
-        if d.action is Action.DRAIN:
-            break
-    assert d is not None
-    assert d.action is Action.DRAIN
-    victim = d.victim
+    victim = (await rig.until_drain()).victim
     assert victim is not None
     assert rig.marker.draining == {victim}
     assert await rig.tick(15.0) is not None
@@ -219,10 +221,7 @@ async def test_scale_down_drains_marks_removes_and_verifies() -> None:
 async def test_a_failed_removal_gives_the_drain_up() -> None:
     rig = Rig(section())
     await rig.tick(0)
-    for _ in range(8):
-        d = await rig.tick(15.0)
-        if d.action is Action.DRAIN:
-            break
+    await rig.until_drain()
     rig.pool.inflight = dict.fromkeys(rig.pool.inflight, 0.0)
     rig.actuator.fail.add("scale")
     d = await rig.tick(15.0)
@@ -253,10 +252,7 @@ async def test_hpa_floor_is_moved_instead_of_the_count() -> None:
 async def test_losing_leadership_or_the_section_stands_down_and_undrains() -> None:
     rig = Rig(section())
     await rig.tick(0)
-    for _ in range(8):
-        d = await rig.tick(15.0)
-        if d.action is Action.DRAIN:
-            break
+    await rig.until_drain()
     assert rig.marker.draining
     rig.leader = False
     assert await rig.tick(15.0) is None
