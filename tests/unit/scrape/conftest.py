@@ -1,4 +1,5 @@
-"""Fixtures for the extraction tests: the real pages (read from tests/data/metrics) and a checker."""
+"""Fixtures for the extraction tests: the real pages (read from tests/data/metrics), a checker and a
+one-call extraction."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from typing import Any
 
 import pytest
 
+from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor
 from picker.state.metrics import EndpointMetrics
 
 METRICS_DIR = Path(__file__).resolve().parents[2] / "data" / "metrics"
 
 _FLOATS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
 _TUPLES = ("lora_active", "lora_waiting")
+
+
+def extract(engine: str | EngineSpec, page: bytes | str) -> EndpointMetrics:
+    """``page`` read as the scraper reads it with ``engine`` (a built-in engine's name, or a spec)."""
+    spec = BUILTIN_ENGINES[engine] if isinstance(engine, str) else engine
+    return Extractor(spec).extract(page)
 
 
 @pytest.fixture(scope="session")

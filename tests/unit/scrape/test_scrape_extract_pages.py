@@ -18,6 +18,7 @@ import pytest
 from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor
 from picker.state.metrics import EndpointMetrics
 from picker.testing.extract_oracle import comparable, oracle
+from tests.unit.scrape.conftest import extract
 
 V0 = "vllm-v0-aibrix-runtime-doc.txt"
 MIXED = "vllm-mixed-v0-v1-datadog-fixture.txt"
@@ -59,11 +60,6 @@ EXPECTED: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 _FIELDS = [f.name for f in dataclasses.fields(EndpointMetrics)]
-
-
-def extract(engine: str | EngineSpec, page: bytes) -> EndpointMetrics:
-    spec = BUILTIN_ENGINES[engine] if isinstance(engine, str) else engine
-    return Extractor(spec).extract(page)
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -11,7 +11,7 @@ import pytest
 
 from picker.config import EngineConfig
 from picker.scrape import BUILTIN_ENGINES, EngineSpec, Extractor
-from picker.state.metrics import EndpointMetrics
+from tests.unit.scrape.conftest import extract
 
 
 def engine(params: dict[str, Any]) -> EngineSpec:
@@ -20,11 +20,6 @@ def engine(params: dict[str, Any]) -> EngineSpec:
 
 
 Expect = Callable[..., None]
-
-
-def extract(engine: str | EngineSpec, page: bytes | str) -> EndpointMetrics:
-    spec = BUILTIN_ENGINES[engine] if isinstance(engine, str) else engine
-    return Extractor(spec).extract(page)
 
 
 def tgi(max_tokens: float | None) -> EngineSpec:
