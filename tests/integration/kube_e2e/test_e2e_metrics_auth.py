@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import aiohttp
 import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
-from picker.testing.net import free_port
+from picker.testing.prometheus_server import PrometheusServer
 from picker.testing.tools import tool
 from tests.integration.kube_e2e.conftest import SCRAPER_TOKEN, SCRAPER_USER, StartEpp, eventually
 
@@ -128,35 +127,20 @@ async def test_a_real_prometheus_scrapes_with_its_token_and_is_refused_without(
 ) -> None:
     """Debian's Prometheus scrapes the EPP twice: with the scraper's bearer token (``authorization`` in
     the scrape config, as a ServiceMonitor renders it) the target is up, without it down (401)."""
-    binary = tool("prometheus", apt="prometheus")  # skips, or fails under PICKER_REQUIRE_TOOLS
+    tool("prometheus", apt="prometheus")  # skips, or fails under PICKER_REQUIRE_TOOLS
     epp = await start_epp()
     target = f"127.0.0.1:{epp.ports.metrics}"
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
+    prometheus = PrometheusServer(
+        tmp_path,
         f"- job_name: with-token\n  authorization: {{credentials: {SCRAPER_TOKEN}}}\n"
         f"  static_configs: [{{targets: ['{target}']}}]\n"
-        f"- job_name: without-token\n  static_configs: [{{targets: ['{target}']}}]\n"
-    )
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a child that runs alongside the test, stopped below
-        [
-            str(binary),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        f"- job_name: without-token\n  static_configs: [{{targets: ['{target}']}}]\n",
+    ).start()
     try:
-        url = f"http://127.0.0.1:{port}"
 
         async def both_scraped() -> bool:
             try:
-                up = await asyncio.to_thread(_prometheus_up, url)
+                up = await asyncio.to_thread(_prometheus_up, prometheus.url)
             except OSError:
                 return False
             return set(up) == {"with-token", "without-token"} and up == {
@@ -166,9 +150,4 @@ async def test_a_real_prometheus_scrapes_with_its_token_and_is_refused_without(
 
         await eventually(both_scraped, within=60, what="Prometheus: up with the token, down without")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        prometheus.stop()
