@@ -36,7 +36,7 @@ from picker.admin.auth import MetricsAuth
 from picker.admin.pools import build_pools_admin_app
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig
-from picker.errors import ConfigError, PickerError, StartupError
+from picker.errors import PickerError, StartupError
 from picker.extproc.health import HealthServer, HealthService, HealthState
 from picker.extproc.protocol import ResponseSkip
 from picker.extproc.server import ExtProcServer
@@ -53,7 +53,7 @@ from picker.telemetry import PoolLabelled, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController
 from picker.tenants.service import TenantService
 from picker.tracing import Tracing
-from picker.wiring import BuildInfo, bind_server, listen_server, load_initial_config, shared_body_budget
+from picker.wiring import BuildInfo, bind_server, listen_server, shared_body_budget, start_documents
 
 log = logging.getLogger("picker")
 
@@ -182,16 +182,7 @@ class Service:
         ``--config-file``, ``--config-text`` or the built-in default (:class:`~picker.errors.ConfigError`
         when it is invalid, naming the pool when there are several), the build identity from the
         environment; ``options`` as for the constructor."""
-        starts = []
-        several = len(settings.pools) > 1
-        for ps in settings.pool_settings():
-            try:
-                starts.append(load_initial_config(ps))
-            except ConfigError as exc:
-                if not several:
-                    raise
-                raise ConfigError(f"pool {ps.pool_name}: {exc.message}") from exc
-        (config, text, source), *others = starts
+        (config, text, source), *others = start_documents(settings)
         build = BuildInfo.from_environment()
         return cls(
             settings, config, config_text=text, config_source=source, build=build, documents=others, **options

@@ -48,6 +48,21 @@ def load_initial_config(settings: Settings) -> tuple[PickerConfig, str, str]:
     return default_config(model_header=settings.model_header), "", "default"
 
 
+def start_documents(settings: Settings) -> list[tuple[PickerConfig, str, str]]:
+    """Each pool's start document (:func:`load_initial_config`), in ``--pool`` order; a ConfigError names
+    the pool when there are several."""
+    several = len(settings.pools) > 1
+    starts = []
+    for ps in settings.pool_settings():
+        try:
+            starts.append(load_initial_config(ps))
+        except ConfigError as exc:
+            if not several:
+                raise
+            raise ConfigError(f"pool {ps.pool_name}: {exc.message}") from exc
+    return starts
+
+
 def config_objectives(cfg: PickerConfig) -> list[Objective]:
     return [Objective(o.name, o.priority) for o in cfg.objectives]
 

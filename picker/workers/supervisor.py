@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from picker.config import PickerConfig
-from picker.errors import ConfigError
 from picker.extproc.tls import generate_self_signed
 from picker.service import Service
 from picker.settings import Settings
@@ -29,9 +27,9 @@ from picker.state.segment import SharedLayout, SharedSegment
 from picker.wiring import (
     BuildInfo,
     freeze_startup_objects,
-    load_initial_config,
     run_main,
     snapshot_interval,
+    start_documents,
 )
 from picker.workers.channel import DRAIN_S, POOL, Channel
 from picker.workers.hosts import PoolHost
@@ -228,23 +226,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _start_documents(settings: Settings) -> list[tuple[PickerConfig, str, str]]:
-    """Each pool's start document, as :meth:`picker.service.Service.load` reads them (ConfigError naming
-    the pool when there are several)."""
-    several = len(settings.pools) > 1
-    starts = []
-    for ps in settings.pool_settings():
-        try:
-            starts.append(load_initial_config(ps))
-        except ConfigError as exc:
-            if not several:
-                raise
-            raise ConfigError(f"pool {ps.pool_name}: {exc.message}") from exc
-    return starts
-
-
 async def _supervise(settings: Settings) -> None:
-    starts = _start_documents(settings)  # ConfigError before anything starts
+    starts = start_documents(settings)  # ConfigError before anything starts
     reservations: list[socket.socket] = []
     segments: list[SharedSegment] = []
     service: Service | None = None
