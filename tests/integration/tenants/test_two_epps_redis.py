@@ -136,17 +136,30 @@ async def two_epps(
         redis.stop()
 
 
+async def _clear_of_the_hour() -> None:
+    """The budget is per UTC hour: do not let a test straddle its end."""
+    left = 3600 - time.time() % 3600
+    if left < 45:
+        await asyncio.sleep(left + 0.5)
+
+
+async def _alternate(a: Epp, b: Epp, n: int, *, tenant: str = "t", pause_s: float = 0.0) -> list[int]:
+    """``n`` requests of ``tenant``, alternating between the two EPPs; each one's status (200: routed)."""
+    statuses = []
+    for i in range(n):
+        result = await (a if i % 2 == 0 else b).request(tenant)
+        statuses.append(result.immediate.status if result.immediate is not None else 200)
+        if pause_s:
+            await asyncio.sleep(pause_s)
+    return statuses
+
+
 async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
     two_epps: tuple[RedisServer, Epp, Epp],
 ) -> None:
     redis, a, b = two_epps
-    left = 3600 - time.time() % 3600  # the budget is per UTC hour: do not straddle its end
-    if left < 45:
-        await asyncio.sleep(left + 0.5)
-    statuses = []
-    for i in range(14):
-        result = await (a if i % 2 == 0 else b).request()
-        statuses.append(result.immediate.status if result.immediate is not None else 200)
+    await _clear_of_the_hour()
+    statuses = await _alternate(a, b, 14)
     assert statuses.count(200) == 9, statuses  # 9 x 101 <= 1000 < 10 x 101, across both processes
     assert set(statuses[9:]) == {429}
     async with aiohttp.ClientSession() as http:
@@ -186,10 +199,7 @@ async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
         finally:
             await client.aclose()
     # usage queued while Redis was down was replayed: t2 used 4 x 101 of its 1,000 already
-    statuses = []
-    for i in range(8):
-        result = await (a if i % 2 == 0 else b).request("t2")
-        statuses.append(result.immediate.status if result.immediate is not None else 200)
+    statuses = await _alternate(a, b, 8, tenant="t2")
     assert statuses.count(200) == 5, statuses  # (1000 - 404) // 101 = 5
 
 
@@ -198,14 +208,8 @@ async def test_two_epps_with_leases_never_pass_the_shared_budget(
     two_epps: tuple[RedisServer, Epp, Epp],
 ) -> None:
     redis, a, b = two_epps
-    left = 3600 - time.time() % 3600  # the budget is per UTC hour: do not straddle its end
-    if left < 45:
-        await asyncio.sleep(left + 0.5)
-    statuses = []
-    for i in range(14):
-        result = await (a if i % 2 == 0 else b).request()
-        statuses.append(result.immediate.status if result.immediate is not None else 200)
-        await asyncio.sleep(0.1)  # the leases refill between requests
+    await _clear_of_the_hour()
+    statuses = await _alternate(a, b, 14, pause_s=0.1)  # the leases refill between requests
     admitted = statuses.count(200)
     assert 7 <= admitted <= 9, statuses  # never past 1,000 tokens; at most a lease parked per process
     async with aiohttp.ClientSession() as http:
