@@ -53,6 +53,7 @@ from picker.wiring import (
     BuildInfo,
     bind_server,
     body_budget,
+    body_budget_caveat,
     config_objectives,
     config_rewrites,
     configure_health,
@@ -90,13 +91,17 @@ class ServedPool:
         prefix: PrefixCacheState | None = None,
         tracing: Tracing | None = None,
         shared_budget: BodyBudget | None = None,
+        several_pools: bool = False,
     ) -> None:
         """``settings`` are this pool's (its name, source, ext_proc port, config file); ``registry`` is
         where its metrics register; ``tracing``: the process's (``--tracing``; started and closed by the
         service); ``shared_budget``: the process's body budget when it serves several pools (this pool's
-        budget draws from it too). ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix``
-        are for the ``--workers`` supervisor, as in :class:`picker.service.Service`."""
+        budget draws from it too); ``several_pools``: this process serves several pools (a ``--workers``
+        supervisor too, which has no body budget of its own but says when a document's is capped).
+        ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix`` are for the ``--workers``
+        supervisor, as in :class:`picker.service.Service`."""
         self.settings = settings
+        self._several_pools = several_pools
         build = build or BuildInfo()
         self.datastore = (
             datastore
@@ -194,7 +199,7 @@ class ServedPool:
                 skip_response=self._skip_response,
                 stream_config=stream_config_rule(self.config_store),
                 keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
-                max_buffered_bytes=body_budget(config, settings),
+                max_buffered_bytes=body_budget(config, settings, several_pools=several_pools),
                 shared_budget=shared_budget,
                 tracer=self.tracer,
             )
@@ -281,7 +286,9 @@ class ServedPool:
             return
         cfg = active.config
         if self.extproc is not None:
-            self.extproc.body_budget.limit = body_budget(cfg, self.settings)
+            several = self._several_pools
+            self.extproc.body_budget.limit = body_budget(cfg, self.settings, several_pools=several)
+        self._check_body_budget(cfg)
         if self.kube is not None and cfg.metrics_extractor.engine_label_key != self._engine_label:
             self._engine_label = cfg.metrics_extractor.engine_label_key
             self.kube.engine_label_changed()
@@ -307,6 +314,12 @@ class ServedPool:
                 "the config has a scaling section, but scaling needs a Kubernetes pool (--pool-name or "
                 "--endpoint-selector): ignored with --static-endpoints"
             )
+
+    def _check_body_budget(self, cfg: PickerConfig) -> None:
+        """Several pools: a document asking for more buffered bodies than the flag gets the flag (see
+        :func:`picker.wiring.body_budget`), said at start and at every reload that still asks."""
+        if self._several_pools and (caveat := body_budget_caveat(cfg, self.settings, self.name)) is not None:
+            log.warning("%s", caveat)
 
     def _configure_signals(self, active: ActiveConfig) -> None:
         """The ``prometheus-scorer`` queries of the active config (picker/scrape/signals.py)."""
@@ -458,6 +471,7 @@ class ServedPool:
             self.kube = self._kube_sources(client)
             self.scaler = self._build_scaler(self.kube, client)
         self._check_scaling(initial)
+        self._check_body_budget(initial)
         self._gpu = self._gpu_source()
         if self.extproc is None:
             return None

@@ -127,6 +127,7 @@ class Service:
                 request_registry=None if serve_extproc else CollectorRegistry(),
                 tracing=self.tracing,
                 shared_budget=shared_budget,
+                several_pools=several,
             )
             for i, (ps, (cfg, text, source)) in enumerate(zip(pool_settings, starts, strict=True))
         )

@@ -165,11 +165,31 @@ def shared_body_budget(settings: Settings, pools: int) -> BodyBudget | None:
     return BodyBudget(max(1, settings.max_buffered_body_bytes // settings.workers))
 
 
-def body_budget(cfg: PickerConfig, settings: Settings) -> int:
-    """Bytes of bodies this process's streams may buffer at once: the config's
-    ``request.maxBufferedBytes``, else ``--max-buffered-body-bytes``, divided among ``--workers``."""
-    total = cfg.settings.request.max_buffered_bytes or settings.max_buffered_body_bytes
+def body_budget(cfg: PickerConfig, settings: Settings, *, several_pools: bool = False) -> int:
+    """Bytes of bodies this process's streams (of one pool, with ``several_pools``) may buffer at once:
+    the config's ``request.maxBufferedBytes``, else ``--max-buffered-body-bytes``, divided among
+    ``--workers``. With several pools the flag bounds the process, so a pool's document may lower its
+    share but not raise it: a larger value is capped at the flag (and :func:`body_budget_caveat` says so)."""
+    flag = settings.max_buffered_body_bytes
+    total = cfg.settings.request.max_buffered_bytes or flag
+    if several_pools:
+        total = min(total, flag)
     return max(1, total // settings.workers)
+
+
+def body_budget_caveat(cfg: PickerConfig, settings: Settings, pool: str) -> str | None:
+    """Why pool ``pool``'s ``request.maxBufferedBytes`` is not what its document says, for a warning: a
+    process serving several pools caps each pool's share at ``--max-buffered-body-bytes`` (the budget of
+    all its pools together, :mod:`picker.extproc.budget`); None when the document is within it."""
+    asked = cfg.settings.request.max_buffered_bytes
+    flag = settings.max_buffered_body_bytes
+    if asked is None or asked <= flag:
+        return None
+    return (
+        f"pool {pool}: request.maxBufferedBytes ({asked} bytes) is above --max-buffered-body-bytes "
+        f"({flag} bytes), which bounds the buffered bodies of every pool of this process together: "
+        f"this pool's share is capped at {flag} bytes (lower the document's value or raise the flag)"
+    )
 
 
 def install_uvloop() -> None:

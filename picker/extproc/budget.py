@@ -10,7 +10,8 @@ through unbuffered instead (as when it outgrows the per-stream cap), so no memor
 With several pools (``--pool``) each pool's streams draw from the pool's budget (its document's
 ``request.maxBufferedBytes``, else the flag) and, through it, from one process-wide budget
 (``--max-buffered-body-bytes``): a take succeeds only when both have room, so the process's buffered bodies
-stay within the flag whatever the pools' documents say.
+stay within the flag whatever the pools' documents say; a document asking for more than the flag has its
+pool's own limit capped at the flag too, with a warning (``picker.wiring.body_budget``).
 
 Single-threaded (the event loop), so plain integers: no lock.
 """

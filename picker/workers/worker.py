@@ -117,6 +117,7 @@ class _PoolWorker:
         """Every part, from the supervisor's first published state (which :meth:`_Worker.run` awaited);
         ``shared_budget``: the worker's body budget when it serves several pools."""
         s = self.settings
+        several = shared_budget is not None
         static = self.view.static
         assert static is not None
         header = s.model_header
@@ -195,14 +196,14 @@ class _PoolWorker:
             skip_response=skip_response_rule(store),
             stream_config=stream_config_rule(store),
             keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
-            max_buffered_bytes=body_budget(config, s),
+            max_buffered_bytes=body_budget(config, s, several_pools=several),
             shared_budget=shared_budget,
             tracer=None if tracing is None else tracing.for_pool(self.pool_name),
         )
         budget = server.body_budget
 
         def rebudget(_result: ReloadResult, active: ActiveConfig) -> None:
-            budget.limit = body_budget(active.config, s)
+            budget.limit = body_budget(active.config, s, several_pools=several)
 
         store.add_listener(rebudget)
         return server

@@ -36,11 +36,12 @@ def test_what_could_ever_fit_is_the_smallest_limit_up_the_chain() -> None:
     assert BodyBudget(16 * MIB).capacity == 16 * MIB
 
 
-def _service(*argv: str) -> Service:
+def _service(*argv: str, serve_extproc: bool = True) -> Service:
     settings = settings_from_args(build_parser().parse_args(["serve", *argv]), environ={})
     pools = len(settings.pool_settings())
     config = default_config()
-    return Service(settings, config, documents=[(config, "", "default")] * (pools - 1))
+    documents = [(config, "", "default")] * (pools - 1)
+    return Service(settings, config, documents=documents, serve_extproc=serve_extproc)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -60,3 +61,57 @@ def test_one_pool_is_its_process_budget() -> None:
     assert pool.extproc is not None
     assert pool.extproc.body_budget.parent is None
     assert pool.extproc.body_budget.limit == 64 * MIB
+
+
+def _document(buffered: str) -> str:
+    return f"""\
+apiVersion: picker.dev/v1alpha1
+kind: PickerConfig
+request: {{maxBufferedBytes: {buffered}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("workers", "serve_extproc"),
+    [(1, True), (2, True), (2, False)],
+    ids=["one-process", "a-worker's-share", "the-supervisor"],
+)
+def test_a_pool_document_may_lower_its_share_but_not_raise_it(
+    workers: int, serve_extproc: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several pools: a document asking for more than the flag gets the flag, and a warning says why and
+    which pool; one asking for less gets what it asks, silently. The ``--workers`` supervisor serves no
+    ext_proc but is the one that says it (it applies every document before its workers do)."""
+    flags = ("--pool=a=9100", "--pool=b=9101", "--max-buffered-body-bytes=64Mi", f"--workers={workers}")
+    svc = _service(*flags, serve_extproc=serve_extproc)
+    a, b = svc.pools
+    budget = a.extproc.body_budget if a.extproc is not None else None
+    with caplog.at_level("WARNING", logger="picker"):
+        assert a.config_store.apply_text(_document("512Mi"), source="test").ok
+    (record,) = [r for r in caplog.records if "maxBufferedBytes" in r.getMessage()]
+    message = record.getMessage()
+    assert record.levelname == "WARNING"
+    assert message.startswith("pool a: request.maxBufferedBytes (536870912 bytes) is above")
+    assert "--max-buffered-body-bytes (67108864 bytes)" in message
+    assert "capped at 67108864 bytes" in message
+    if budget is not None:  # the cap is the pool's own limit too, not only the process's through it
+        assert budget.limit == 64 * MIB // workers
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="picker"):
+        assert b.config_store.apply_text(_document("16Mi"), source="test").ok
+        assert a.config_store.apply_text(_document("32Mi"), source="test").ok
+    assert not [r for r in caplog.records if "maxBufferedBytes" in r.getMessage()]
+    if budget is not None:
+        assert budget.limit == 32 * MIB // workers
+        b_budget = b.extproc.body_budget if b.extproc is not None else None
+        assert b_budget is not None
+        assert b_budget.limit == 16 * MIB // workers
+
+
+def test_one_pool_document_sets_the_process_budget() -> None:
+    """One pool: the document's value is the process's budget, above the flag too (as documented)."""
+    svc = _service("--static-endpoints=127.0.0.1:1", "--max-buffered-body-bytes=64Mi")
+    (pool,) = svc.pools
+    assert pool.config_store.apply_text(_document("512Mi"), source="test").ok
+    assert pool.extproc is not None
+    assert pool.extproc.body_budget.limit == 512 * MIB
