@@ -11,11 +11,13 @@ six meters of one tenant atomically, which the supervisor's single event loop gi
 * :class:`BudgetHost` (supervisor side) answers them from the supervisor's
   :class:`~picker.tenants.backend.MemoryBackend` (whose sink counts the usage metrics, so ``/metrics`` and
   ``/debug/tenants`` of the supervisor show every worker's tenants) with ``["tenants.verdict", id, ...]``,
-  and remembers each worker's open reservations: when a worker dies they are given back.
+  and remembers each worker's open reservations: when a worker dies they are given back, and
+  ``/debug/tenants`` shows each worker's share of a tenant's reservations (:meth:`BudgetHost.holdings`).
 * With the Redis backend the workers talk to Redis themselves; about once a second each sends
-  ``["tenants.usage", rows, failures, up, meters]`` (``TenantService.export``): what it counted since the
-  last one and the meters its script replies showed, which the supervisor's ``TenantService.merge_worker``
-  adds to (counters) or keeps the newest of (meters) for its ``/metrics`` and ``/debug/tenants``.
+  ``["tenants.usage", rows, failures, up, meters, leases]`` (``TenantService.export``): what it counted
+  since the last one, the meters its script replies showed and its leases, which the supervisor's
+  ``TenantService.merge_worker`` adds to (counters), keeps the newest of (meters) or keeps per worker
+  (leases) for its ``/metrics`` and ``/debug/tenants``.
 
 Messages are JSON lists (the workers' channel); integers and None only, no peer text but tenant ids and
 model labels, which the worker already bounded.
@@ -172,6 +174,18 @@ class BudgetHost:
             self._relay.merge_worker(worker, message[1:])
         return None
 
+    def holdings(self) -> dict[str, dict[int, tuple[int, Vector]]]:
+        """``/debug/tenants``: per tenant, per worker holding any, its open reservations' count and their
+        sum (what that worker's running requests hold of the tenant's budget). Walks every open
+        reservation: for the admin page, never the request path."""
+        out: dict[str, dict[int, tuple[int, Vector]]] = {}
+        for worker, holds in self._holds.items():
+            for tenant, reserved in holds.values():
+                per = out.setdefault(tenant, {})
+                count, total = per.get(worker, (0, _ZERO))
+                per[worker] = (count + 1, _add(total, reserved))
+        return out
+
     def retire(self, worker: int) -> int:
         """The worker is gone: give back every reservation it still held (its streams died with it)."""
         if self._relay is not None:
@@ -181,3 +195,7 @@ class BudgetHost:
         for tenant, reserved in holds.values():
             backend.settle(Settlement(tenant, "", reserved, actual_vector(0, 0, counted=False), 0, 0, 0))
         return len(holds)
+
+
+def _add(a: Vector, b: Vector) -> Vector:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5])

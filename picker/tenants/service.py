@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
@@ -22,7 +23,7 @@ from picker.errors import ConfigError
 from picker.labels import MAX_LABEL_LENGTH, MAX_LABEL_VALUES
 from picker.tenants.backend import AccountView, MemoryBackend
 from picker.tenants.estimate import TokenEstimator, Tokenizer, load_tokenizer
-from picker.tenants.ledger import COST, LIMIT_NAMES, METERS, now_wall, window_end
+from picker.tenants.ledger import COST, LIMIT_NAMES, METERS, Vector, now_wall, window_end
 from picker.tenants.meter import Tenancy
 from picker.tenants.metrics import TenantMetrics
 from picker.tenants.policy import NANO, TenantsPolicy
@@ -43,6 +44,7 @@ class TenantService:
         registry: CollectorRegistry,
         *,
         clock: Callable[[], float] = now_wall,
+        monotonic: Callable[[], float] = time.monotonic,
         shared: SupervisorBackend | None = None,
         label_values: int = MAX_LABEL_VALUES,
         label_length: int = MAX_LABEL_LENGTH,
@@ -51,6 +53,7 @@ class TenantService:
         backend of its own (:mod:`picker.tenants.remote`). ``label_values`` / ``label_length``: the bound
         of the ``tenant`` metric label (``--metrics-label-max-*``, :mod:`picker.labels`)."""
         self._clock = clock
+        self._monotonic = monotonic
         self._shared = shared
         self.metrics = TenantMetrics(
             registry, self.accounts, label_values=label_values, label_length=label_length
@@ -67,6 +70,10 @@ class TenantService:
         self._retired: list[RedisBackend] = []
         #: ``--workers`` supervisor: whether each worker's Redis backend answers (:meth:`merge_worker`)
         self._workers_up: dict[int, bool] = {}
+        #: ``--workers`` supervisor, Redis: each worker's leases as it last reported them, and when
+        self._worker_leases: dict[int, tuple[float, dict[str, Any]]] = {}
+        #: ``--workers`` supervisor, memory: what each worker's running requests hold (:meth:`show_workers`)
+        self._worker_holds: Callable[[], Mapping[str, Mapping[int, tuple[int, Vector]]]] | None = None
 
     @property
     def active(self) -> bool:
@@ -117,6 +124,7 @@ class TenantService:
                 if self.redis is not None:
                     self._retired.append(self.redis)
                 self._workers_up.clear()
+                self._worker_leases.clear()
                 self.redis = RedisBackend(cfg.backend.redis, sink=self.metrics, clock=self._clock)
                 self._redis_cfg = cfg.backend.redis
                 self._changed.set()
@@ -126,6 +134,7 @@ class TenantService:
                 self._retired.append(self.redis)
                 self.redis, self._redis_cfg = None, None
                 self._workers_up.clear()
+                self._worker_leases.clear()
                 self._changed.set()
             self.tenancy.backend = self._shared if self._shared is not None else self.memory
         self.tenancy.apply(TenantsPolicy.from_config(cfg))
@@ -137,20 +146,28 @@ class TenantService:
         except ConfigError as exc:
             log.error("tenants section not applied: %s", exc.message)
 
+    def show_workers(self, holdings: Callable[[], Mapping[str, Mapping[int, tuple[int, Vector]]]]) -> None:
+        """``--workers`` supervisor: ``/debug/tenants`` shows, next to the memory backend's shared meters,
+        what each worker's running requests hold (``picker.tenants.remote.BudgetHost.holdings``)."""
+        self._worker_holds = holdings
+
     def describe(self) -> dict[str, Any]:
-        """``/debug/tenants``: per tenant, every meter's limit, used, reserved, remaining and reset time."""
+        """``/debug/tenants``: per tenant, every meter's limit, used, reserved, remaining and reset time;
+        this process's lease of it (Redis), and under ``--workers`` each worker's holding (``workers``)."""
         policy = self.tenancy.policy
         if policy is None:
             return {"enabled": False, "tenants": []}
         now = self._clock()
         redis = self.redis if self.tenancy.backend is self.redis else None
         leases = redis.lease_views() if redis is not None else {}
+        holds = self._worker_holds() if redis is None and self._worker_holds is not None else {}
+        worker_leases = sorted(self._worker_leases.items()) if redis is not None else []
         out = []
         for view in sorted(self.accounts(), key=lambda v: v.tenant):
             meters = {}
             for i, name in enumerate(LIMIT_NAMES):
                 limit = view.limits[i] if view.limits is not None else None
-                scale = NANO if METERS[i] == COST else 1
+                scale = _scale(i)
                 end = window_end(i, view.windows[i])
                 meters[name] = {
                     "limit": None if limit is None else limit / scale,
@@ -167,7 +184,26 @@ class TenantService:
                 "meters": meters,
             }
             if view.tenant in leases:
-                row["lease"] = leases.pop(view.tenant)
+                row["lease"] = _lease_in_units(leases.pop(view.tenant))
+            if redis is None and self._worker_holds is not None:
+                row["workers"] = [
+                    {
+                        "worker": worker,
+                        "requests": count,
+                        "reserved": {name: held[i] / _scale(i) for i, name in enumerate(LIMIT_NAMES)},
+                    }
+                    for worker, (count, held) in sorted(holds.get(view.tenant, {}).items())
+                ]
+            elif worker_leases:
+                row["workers"] = [
+                    {
+                        "worker": worker,
+                        "lease": _lease_in_units(part["leases"][view.tenant]),
+                        "reportedSecondsAgo": round(max(0.0, self._monotonic() - at), 3),
+                    }
+                    for worker, (at, part) in worker_leases
+                    if view.tenant in part["leases"]
+                ]
             out.append(row)
         doc: dict[str, Any] = {
             "enabled": True,
@@ -179,14 +215,25 @@ class TenantService:
         }
         if redis is not None and redis.lease_config is not None:
             cfg = redis.lease_config
+            by_worker = [
+                {
+                    "worker": worker,
+                    "leases": len(part["leases"]),
+                    "admittedLocally": part["admittedLocally"],
+                    "askedRedis": part["askedRedis"],
+                }
+                for worker, (_at, part) in worker_leases
+            ]
             doc["leases"] = {
                 "fraction": cfg.fraction,
                 "ttlSeconds": cfg.ttl,
                 "reportSeconds": cfg.report,
                 "idleSeconds": cfg.idle,
-                "admittedLocally": redis.local_admissions,
-                "askedRedis": redis.remote_admissions,
+                "admittedLocally": redis.local_admissions + sum(w["admittedLocally"] for w in by_worker),
+                "askedRedis": redis.remote_admissions + sum(w["askedRedis"] for w in by_worker),
             }
+            if by_worker:
+                doc["leases"]["workers"] = by_worker
         return doc
 
     # ------------------------------------------------------------------------ --workers and Redis
@@ -197,26 +244,37 @@ class TenantService:
 
     def export(self) -> list[Any] | None:
         """A worker's message for the supervisor's :meth:`merge_worker` (about once a second), or None
-        when there is nothing to pass on: ``[usage rows, failures, backend up, changed meters]``."""
+        when there is nothing to pass on: ``[usage rows, failures, backend up, changed meters, leases]``;
+        ``leases`` (Redis): ``{"leases": {tenant: Lease.view}, "admittedLocally": n, "askedRedis": n}``,
+        every lease this worker holds (one per tenant active within ``lease.idle``), or None."""
         rows, failures = self.metrics.take_counts()
         redis = self.redis if self.tenancy.backend is self.redis else None
-        if redis is None and not rows and not failures:
-            return None
-        views = redis.take_changed() if redis is not None else []
-        return [rows, failures, redis.up if redis is not None else True, views]
+        if redis is None:
+            return [rows, failures, True, [], None] if rows or failures else None
+        leases = {
+            "leases": redis.lease_views(),
+            "admittedLocally": redis.local_admissions,
+            "askedRedis": redis.remote_admissions,
+        }
+        return [rows, failures, redis.up, redis.take_changed(), leases]
 
     def merge_worker(self, worker: int, export: list[Any]) -> None:
         """The supervisor's side of :meth:`export`: counts added, the backend up only while every worker
-        says so, the newest meters kept."""
-        rows, failures, up, views = export
+        says so, the newest meters kept, each worker's leases kept for ``/debug/tenants``."""
+        rows, failures, up, views, leases = export
         self.metrics.add_counts(rows, failures)
         if self.redis is not None and self.tenancy.backend is self.redis:  # else: sent before a reload
             self._workers_up[worker] = bool(up)
             self.metrics.backend_up(up=all(self._workers_up.values()))
             self.redis.observe(views)
+            if leases is not None:
+                self._worker_leases[worker] = (self._monotonic(), leases)
 
     def retire_worker(self, worker: int) -> None:
-        """The worker is gone: its backend state no longer counts (its counts stay added)."""
+        """The worker is gone: its backend state no longer counts (its counts stay added), its leases are
+        no longer shown (Redis gives them back after ``lease.ttl``; until then the shared meters count them as
+        reserved)."""
+        self._worker_leases.pop(worker, None)
         if self._workers_up.pop(worker, None) is not None:
             self.metrics.backend_up(up=all(self._workers_up.values()))
 
@@ -260,3 +318,19 @@ class TenantService:
                     await task
             if self.redis is not None:
                 await self.redis.close()
+
+
+def _scale(i: int) -> int:
+    """Meter ``i``'s integer units per displayed unit (cost is kept in nano-units)."""
+    return NANO if METERS[i] == COST else 1
+
+
+def _lease_in_units(view: dict[str, Any]) -> dict[str, Any]:
+    """A :meth:`picker.tenants.lease.Lease.view` with its cost meters in currency units, as the meters."""
+    meters = {
+        name: {k: v / _scale(LIMIT_NAMES.index(name)) for k, v in amounts.items()}
+        if METERS[LIMIT_NAMES.index(name)] == COST
+        else amounts
+        for name, amounts in view["meters"].items()
+    }
+    return {**view, "meters": meters}

@@ -32,6 +32,8 @@ with the memory backend the budget is the supervisor's and so are its counts; wi
 sends, with its snapshot, the tenants' usage and backend failures it counted since the last one (added
 up by the supervisor) and the meters its Redis replies showed (the newest kept, never added: they are one
 shared state), ``picker.tenants.remote``. A worker killed outright loses up to a second of those counts.
+``/debug/tenants`` shows each worker's share next to the shared meters: its running requests' reservations
+(memory) or its lease as last reported (Redis).
 
 Lifecycle: a worker exits when its pipe to the supervisor closes (the supervisor died, however), and
 drains for 5 s on SIGTERM/SIGINT or a stop message. The supervisor restarts a worker that dies (its open

@@ -45,6 +45,7 @@ class PoolHost:
         pool.telemetry.merge_workers(self.merged)
         tenants = pool.tenants
         self.budget = BudgetHost(lambda: tenants.memory, tenants.metrics.rejected, relay=tenants)
+        tenants.show_workers(self.budget.holdings)  # /debug/tenants: each worker's share next to the meters
         self.external = ExternalHost(pool.external)
         self._held = pool.held_elsewhere
         store, prefix, datastore = pool.config_store, pool.prefix, self.datastore

@@ -309,19 +309,27 @@ async def _first_reply_kind(client: EnvoyClient, tenant: str) -> tuple[RawStream
 
 async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
     """The memory backend's budget lives in the supervisor: a concurrency limit of 3 holds across both
-    workers, and a worker that dies gives its tenants' reservations back."""
+    workers, /debug/tenants shows each worker's share of it next to the shared meter, and a worker that
+    dies gives its tenants' reservations back."""
     async with _start_tree("--config-text", TENANTS) as t:
         a, b = await _client_per_worker(t)
         held = []
-        for _ in range(3):
-            stream, kind = await _first_reply_kind(a, "shared")
+        for client in (a, a, b):
+            stream, kind = await _first_reply_kind(client, "shared")
             assert kind == "request_headers"
             held.append(stream)
-        _stream, kind = await _first_reply_kind(b, "shared")  # the other worker: the same budget
-        assert kind == "immediate_response"
+        for client in (a, b):  # either worker: the same budget
+            _stream, kind = await _first_reply_kind(client, "shared")
+            assert kind == "immediate_response"
         doc = await t.get("/debug/tenants")
         (row,) = [r for r in doc["tenants"] if r["tenant"] == "shared"]
         assert row["meters"]["concurrent"]["reserved"] == 3
+        assert row["meters"]["concurrent"]["remaining"] == 0
+        # where the budget is: worker 0 (client a) holds two of the three, worker 1 one
+        shares = {w["worker"]: (w["requests"], w["reserved"]["concurrent"]) for w in row["workers"]}
+        assert shares == {0: (2, 2), 1: (1, 1)}
+        tokens = sum(w["reserved"]["tokensPerHour"] for w in row["workers"])
+        assert tokens == row["meters"]["tokensPerHour"]["reserved"] > 0
         for stream in held:
             await finish(stream)
         stream, kind = await _first_reply_kind(b, "shared")
@@ -331,7 +339,9 @@ async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
         async def released() -> bool:
             doc = await t.get("/debug/tenants")
             rows = [r for r in doc["tenants"] if r["tenant"] == "shared"]
-            return bool(rows) and rows[0]["meters"]["concurrent"]["reserved"] == 0
+            return (
+                bool(rows) and rows[0]["meters"]["concurrent"]["reserved"] == 0 and rows[0]["workers"] == []
+            )
 
         await eventually(released, "the reservations given back")
 

@@ -10,6 +10,7 @@ server's answer is played by the client (usage = the reservation), so every numb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,13 @@ import redis.asyncio as aioredis
 from picker.testing.envoy import HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
 from picker.testing.tools import tool
-from tests.integration.workers.test_workers import Tree, _samples, _start_tree, eventually
+from tests.integration.workers.test_workers import (
+    Tree,
+    _client_per_worker,
+    _samples,
+    _start_tree,
+    eventually,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,16 +58,30 @@ ANSWER = UpstreamResponse(
 COST = (1 * 1000 + 100 * 2000) / 1e6  # per request, currency units
 
 
-@pytest.fixture
-async def redis_tree(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Tree]]:
+@contextlib.asynccontextmanager
+async def _with_redis(tmp_path: Path, config: str) -> AsyncIterator[tuple[RedisServer, Tree]]:
+    """A real redis-server and ``--workers 2`` whose tenants section (``config``) uses it."""
     tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
     redis = RedisServer(tmp_path)
     redis.start()
     try:
-        async with _start_tree("--config-text", CONFIG.format(url=redis.url)) as t:
+        async with _start_tree("--config-text", config.format(url=redis.url)) as t:
             yield redis, t
     finally:
         redis.stop()
+
+
+@pytest.fixture
+async def redis_tree(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Tree]]:
+    async with _with_redis(tmp_path, CONFIG) as started:
+        yield started
+
+
+async def _clear_of_the_hour() -> None:
+    """The hour's and day's windows: do not straddle their end."""
+    left = 3600 - time.time() % 3600
+    if left < 30:
+        await asyncio.sleep(left + 0.5)
 
 
 async def _status(t: Tree, tenant: str, body: bytes = BODY) -> int:
@@ -79,9 +100,7 @@ async def test_tenant_metrics_of_redis_workers_are_counted_once(
     redis_tree: tuple[RedisServer, Tree],
 ) -> None:
     redis, t = redis_tree
-    left = 3600 - time.time() % 3600  # the hour's and day's windows: do not straddle their end
-    if left < 30:
-        await asyncio.sleep(left + 0.5)
+    await _clear_of_the_hour()
     sent = 0
     while sent < 64:
         assert await _status(t, "acme") == 200
@@ -141,3 +160,50 @@ async def test_tenant_metrics_of_redis_workers_are_counted_once(
         return await _value(t, "picker_tenant_backend_up") == [1.0]
 
     await eventually(up, "every worker's backend up again")
+
+
+async def test_each_workers_lease_is_shown_next_to_the_shared_meter(tmp_path: Path) -> None:
+    """Each worker leases a share of the tenant's budget from Redis; the supervisor's /debug/tenants shows
+    the shared meter (leases counted as reserved) and, next to it, what each worker leases, holds and has
+    not reported yet, and how many admissions each made on its lease or by asking Redis."""
+    async with _with_redis(tmp_path, CONFIG.replace("idle: 1s", "idle: 1h")) as (_redis, t):
+        await _clear_of_the_hour()
+        a, b = await _client_per_worker(t)  # worker 0, worker 1
+        sent = 0
+        for client in (a, b, a, b, a, b):
+            result = await client.exchange(HttpRequest(body=BODY, headers=[("x-tenant-id", "acme")]), ANSWER)
+            assert result.immediate is None, result.immediate
+            sent += 1
+        seen: dict[str, object] = {}
+
+        async def where() -> bool:
+            doc = await t.get("/debug/tenants")
+            rows = [r for r in doc["tenants"] if r["tenant"] == "acme"]
+            if not rows:
+                return False
+            meter = rows[0]["meters"]["tokensPerHour"]
+            leases = {w["worker"]: w["lease"]["meters"]["tokensPerHour"] for w in rows[0].get("workers", [])}
+            counts = doc["leases"]
+            seen.update(meter=meter, leases=leases, counts=counts)
+            return (
+                set(leases) == {0, 1}
+                # every request ended and was reported: what Redis holds is the two leases, nothing else
+                and all(x["held"] == 0 and x["unreported"] == 0 and x["leased"] > 0 for x in leases.values())
+                and meter["used"] == 101 * sent
+                and meter["reserved"] == sum(x["leased"] for x in leases.values())
+                # (the probes that found a client per worker were admitted too, as tenant "probe")
+                and counts["admittedLocally"] + counts["askedRedis"] >= sent
+                and [w["worker"] for w in counts["workers"]] == [0, 1]
+                and counts["admittedLocally"] == sum(w["admittedLocally"] for w in counts["workers"])
+            )
+
+        with contextlib.suppress(AssertionError):
+            await eventually(where, "each worker's lease next to the shared meter")
+        assert await where(), json.dumps(seen)
+        doc = await t.get("/debug/tenants")
+        (row,) = [r for r in doc["tenants"] if r["tenant"] == "acme"]
+        for held in row["workers"]:
+            assert held["lease"]["replicas"] == 2  # the two workers lease the tenant
+            assert held["reportedSecondsAgo"] < 30
+            assert held["lease"]["meters"]["costPerDay"]["leased"] > 0  # in currency units, as the meter
+        assert doc["leases"]["admittedLocally"] >= sent - 2  # each worker's first acme request asked Redis
