@@ -25,6 +25,7 @@ as the "p99 TTFT at the rate where round-robin reaches its capacity" figure.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,12 +160,19 @@ class Comparison:
     baseline: str
     nominal_rps: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the baseline's capacity when it was measured earlier and not searched here (0: it had none)
+    baseline_rps: float | None = None
+    #: simulator wall time per policy searched here (s)
+    wall_s: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> dict[str, dict[str, float | None]]:
         """The issue's per-policy figures: capacity, ratio to the baseline's, the prefix hit rate at the
         policy's own capacity, and p99 TTFT at the baseline's capacity rate."""
         base = self.results.get(self.baseline)
-        base_cap = base.capacity_rps if base is not None and base.found else None
+        if base is not None:
+            base_cap = base.capacity_rps if base.found else None
+        else:
+            base_cap = self.baseline_rps or None
         out: dict[str, dict[str, float | None]] = {}
         for name, res in self.results.items():
             at_cap = res.at_capacity
@@ -188,6 +196,7 @@ def compare(
     baseline: str = "round-robin",
     rel_tol: float = REL_TOL,
     on_eval: Callable[[str, Evaluation], None] | None = None,
+    baseline_rps: float | None = None,
 ) -> Comparison:
     """:func:`find_capacity` for ``baseline`` and then every other policy, as the module docstring says.
 
@@ -195,11 +204,19 @@ def compare(
     (:func:`server_capacity_rps` x servers); the others from the baseline's capacity, which they are
     therefore all evaluated at. Policies other than the baseline missing the SLO there still get a
     capacity below it.
+
+    ``baseline_rps``: the baseline's capacity from an earlier search on the same workload, fleet and SLO
+    (0 if it had none). The baseline is then not searched again and the others start where they would
+    have (the searches are deterministic), so policies measured separately give the figures of one
+    comparison of all of them (up to the 5 digits a sweep's JSON keeps of the baseline's capacity).
     """
     nominal = server_capacity_rps(workload, cfg.profile, seed=cfg.seed) * cfg.n_servers
-    names = [baseline, *(p for p in policies if p != baseline)]
+    names = [p for p in policies if p != baseline]
+    if baseline_rps is None:
+        names.insert(0, baseline)
     results: dict[str, CapacityResult] = {}
-    start = 0.6 * nominal
+    wall: dict[str, float] = {}
+    start = baseline_rps or 0.6 * nominal
     for name in names:
 
         def report(e: Evaluation, _name: str = name) -> None:
@@ -207,7 +224,9 @@ def compare(
                 on_eval(_name, e)
 
         ev = evaluator(workload, lambda _n=name: make(_n), cfg, slo)
+        t0 = time.perf_counter()
         results[name] = find_capacity(ev, start, name=name, rel_tol=rel_tol, on_eval=report)
+        wall[name] = time.perf_counter() - t0
         if name == baseline and results[name].found:
             start = results[name].capacity_rps
-    return Comparison(results, baseline, nominal)
+    return Comparison(results, baseline, nominal, baseline_rps=baseline_rps, wall_s=wall)

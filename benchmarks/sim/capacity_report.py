@@ -3,8 +3,8 @@
 One run (one trace, one seed; ``bench_quality --capacity``) gives :func:`capacity_section` (the issue's
 ``{"capacity": {policy: {...}}}`` figures) and :func:`evaluations_section` (every rate the search tried);
 :func:`plot_attainment` draws attainment against offered rate with each policy's capacity marked. The
-multi-seed sweep (:mod:`benchmarks.sim.capacity_sweep`) aggregates runs with :func:`geomean` and draws
-:func:`plot_capacity_bars`.
+multi-seed sweep (:mod:`benchmarks.sim.capacity_sweep`) aggregates runs with :func:`ratios` and
+:func:`geomean` into :func:`capacity_table` and :func:`hit_table`, and draws :func:`plot_capacity_bars`.
 """
 
 from __future__ import annotations
@@ -158,3 +158,65 @@ def plot_capacity_bars(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+#: case label -> seed -> run document (:mod:`benchmarks.sim.capacity_sweep`)
+SweepRuns = Mapping[str, Mapping[int, Mapping[str, Any]]]
+
+
+def ratios(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -> list[float]:
+    """Per seed: ``policy``'s capacity / ``other``'s (seeds where both are positive)."""
+    out = []
+    for run in runs.values():
+        a = run["capacity"].get(policy, {}).get("capacity_rps")
+        b = run["capacity"].get(other, {}).get("capacity_rps")
+        if a and b:
+            out.append(a / b)
+    return out
+
+
+def _fmt_ratio(xs: Sequence[float], n_seeds: int) -> str:
+    if not xs:
+        return "n/a"
+    cell = f"{geomean(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]"
+    return cell if len(xs) == n_seeds else cell + f" ({len(xs)} of {n_seeds} seeds)"
+
+
+def capacity_table(results: SweepRuns, policies: Sequence[str]) -> str:
+    """Per workload: mean capacity (req/s) per policy, then each policy's ratio to round-robin."""
+    head = ["workload", *(f"{p} (req/s; vs RR)" for p in policies)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in results.items():
+        cells = [label]
+        for p in policies:
+            caps = [r["capacity"][p]["capacity_rps"] for r in runs.values() if p in r["capacity"]]
+            mean = sum(caps) / len(caps) if caps else math.nan
+            cells.append(f"{mean:.1f}; {_fmt_ratio(ratios(runs, p, 'round-robin'), len(runs))}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hit_table(results: SweepRuns, policies: Sequence[str]) -> str:
+    """Mean prefix hit rate at each policy's own capacity."""
+    head = ["workload", *policies]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in results.items():
+        cells = [label]
+        for p in policies:
+            hs = [r["capacity"][p]["prefix_hit_rate"] for r in runs.values() if p in r["capacity"]]
+            hs = [h for h in hs if h is not None]
+            cells.append(f"{100 * sum(hs) / len(hs):.1f} %" if hs else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hit_ratios(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -> list[float]:
+    """Per seed: ``policy``'s prefix hit rate / ``other``'s (seeds where both are known)."""
+    out = []
+    for run in runs.values():
+        a = run["capacity"].get(policy, {}).get("prefix_hit_rate")
+        b = run["capacity"].get(other, {}).get("prefix_hit_rate")
+        if a is not None and b:
+            out.append(a / b)
+    return out

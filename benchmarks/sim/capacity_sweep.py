@@ -3,7 +3,7 @@
     python -m benchmarks.sim.capacity_sweep --workers 2            # seeds 0-2, every workload
     python -m benchmarks.sim.capacity_sweep --quick                # 1 seed, shorter traces
     python -m benchmarks.sim.capacity_sweep --quick --seeds 0,1,2 --workloads lora \
-        --add-runs benchmarks/results/capacity-sweep-quick.json    # only the seeds not in that file
+        --add-runs benchmarks/results/capacity-sweep-quick.json    # only what is not in that file
 
 For each workload and seed :func:`benchmarks.sim.capacity.compare` measures every policy of
 ``CAPACITY_POLICIES`` (16 servers of ``llama3-8b-h100``); per policy the report gives the geometric mean
@@ -15,6 +15,12 @@ Workloads: the Mooncake conversation trace under the issue's SLO and under the l
 prompts even on an idle fleet), the four ``shared_prefix`` shapes, the Azure conversation trace and the
 multi-LoRA workload. The seed moves scrape phases, tie-breaks, prompt-size estimates, SGLang's tenant
 order, and the generated workloads themselves (``shared_prefix``, LoRA).
+
+Runs of earlier sweeps (``--add-runs``) are reported with this one's, per policy: a (workload, seed) whose
+round-robin search ran already is not searched again, only the policies it lacks, from round-robin's
+capacity as in one comparison (:func:`benchmarks.sim.capacity.compare`, ``baseline_rps``). So seeds,
+workloads and policies can run in separate processes, at separate times, and give one report. Each run
+records the simulator's wall time per policy (``policy_wall_s``), to plan a longer sweep from a shorter one.
 """
 
 from __future__ import annotations
@@ -34,7 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.sim.capacity import Comparison, compare
-from benchmarks.sim.capacity_report import capacity_section, evaluations_section, geomean, plot_capacity_bars
+from benchmarks.sim.capacity_report import (
+    capacity_section,
+    capacity_table,
+    evaluations_section,
+    geomean,
+    hit_ratios,
+    hit_table,
+    plot_capacity_bars,
+    ratios,
+)
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict
 from benchmarks.sim.policies import CAPACITY_POLICIES, make_policy
@@ -69,16 +84,22 @@ CASES: tuple[Case, ...] = (
 )
 
 
+#: every run's first search, which the others start from
+BASELINE = "round-robin"
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     case: Case
     seed: int
     quick: bool
     policies: tuple[str, ...]
+    #: round-robin's capacity from an earlier run of this workload and seed (it is not searched again)
+    baseline_rps: float | None = None
 
 
 def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
-    """One workload and seed, every policy (in a worker process)."""
+    """One workload and seed, every policy of the job (in a worker process)."""
     t0 = time.perf_counter()
     w = named_trace(job.case.trace, seed=job.seed)
     n = job.case.quick_requests if job.quick else job.case.requests
@@ -90,21 +111,35 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
     def make(name: str) -> Any:
         return make_policy(name, lora=lora, seed=job.seed, slo=slo)
 
-    c: Comparison = compare(w, job.policies, make, cfg, slo)
+    c: Comparison = compare(w, job.policies, make, cfg, slo, baseline=BASELINE, baseline_rps=job.baseline_rps)
     return job, {
         "requests": len(w),
         "nominal_capacity_rps": c.nominal_rps,
         "capacity": capacity_section(c),
         "evaluations": evaluations_section(c),
+        "policy_wall_s": {p: round(s, 1) for p, s in c.wall_s.items()},
         "wall_s": time.perf_counter() - t0,
     }
 
 
+def merge_run(into: dict[str, Any] | None, run: Mapping[str, Any]) -> dict[str, Any]:
+    """One (workload, seed)'s run with the policies of ``run`` added to those of ``into`` (``run``'s
+    figures win where both measured a policy; the wall times add up)."""
+    if into is None:
+        return {**run, **{k: dict(run.get(k, {})) for k in ("capacity", "evaluations", "policy_wall_s")}}
+    out = dict(into)
+    for key in ("capacity", "evaluations", "policy_wall_s"):
+        out[key] = {**into.get(key, {}), **run.get(key, {})}
+    out["wall_s"] = float(into.get("wall_s", 0.0)) + float(run.get("wall_s", 0.0))
+    return out
+
+
 def earlier_runs(
-    path: Path, cases: Sequence[Case], seeds: Sequence[int], policies: Sequence[str], *, quick: bool
+    path: Path, cases: Sequence[Case], seeds: Sequence[int], *, quick: bool
 ) -> dict[str, dict[int, dict[str, Any]]]:
-    """The runs of ``cases`` x ``seeds`` in an earlier sweep's JSON that measured every one of ``policies``
-    under the same SLO on as many requests as this sweep would (anything else is simulated again)."""
+    """The runs of ``cases`` x ``seeds`` in an earlier sweep's JSON under the same SLO on as many requests
+    as this sweep would, that searched round-robin (the start of every other search; a run without it is
+    simulated again). The policies a run lacks are simulated by :func:`main`."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         workloads = doc["workloads"]
@@ -118,13 +153,33 @@ def earlier_runs(
         n = c.quick_requests if quick else c.requests
         for seed in seeds:
             run = w.get("runs", {}).get(str(seed))
-            if (
-                isinstance(run, dict)
-                and run.get("requests") == n
-                and all(p in run.get("capacity", {}) for p in policies)
-            ):
+            if isinstance(run, dict) and run.get("requests") == n and BASELINE in run.get("capacity", {}):
                 out.setdefault(c.label, {})[seed] = run
     return out
+
+
+def plan_jobs(
+    cases: Sequence[Case],
+    seeds: Sequence[int],
+    policies: Sequence[str],
+    earlier: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    *,
+    quick: bool,
+) -> list[Job]:
+    """What is left to simulate: per workload and seed, the policies no earlier run measured (all of
+    them, round-robin first, where none did)."""
+    jobs = []
+    for c in cases:
+        for s in seeds:
+            run = earlier.get(c.label, {}).get(s)
+            if run is None:
+                jobs.append(Job(c, s, quick, tuple(policies)))
+                continue
+            missing = tuple(p for p in policies if p not in run["capacity"])
+            if missing:
+                base = float(run["capacity"][BASELINE]["capacity_rps"] or 0.0)
+                jobs.append(Job(c, s, quick, missing, baseline_rps=base))
+    return jobs
 
 
 def _run_all(jobs: Sequence[Job], workers: int) -> Iterator[tuple[Job, dict[str, Any]]]:
@@ -138,62 +193,6 @@ def _run_all(jobs: Sequence[Job], workers: int) -> Iterator[tuple[Job, dict[str,
 
 # ------------------------------------------------------------------------------------------------ report
 Runs = Mapping[str, Mapping[int, Mapping[str, Any]]]  # case label -> seed -> run document
-
-
-def ratios(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -> list[float]:
-    """Per seed: ``policy``'s capacity / ``other``'s (seeds where both are positive)."""
-    out = []
-    for run in runs.values():
-        a = run["capacity"].get(policy, {}).get("capacity_rps")
-        b = run["capacity"].get(other, {}).get("capacity_rps")
-        if a and b:
-            out.append(a / b)
-    return out
-
-
-def _fmt_ratio(xs: Sequence[float], n_seeds: int) -> str:
-    if not xs:
-        return "n/a"
-    cell = f"{geomean(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]"
-    return cell if len(xs) == n_seeds else cell + f" ({len(xs)} of {n_seeds} seeds)"
-
-
-def capacity_table(results: Runs, policies: Sequence[str]) -> str:
-    """Per workload: mean capacity (req/s) per policy, then each policy's ratio to round-robin."""
-    head = ["workload", *(f"{p} (req/s; vs RR)" for p in policies)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, runs in results.items():
-        cells = [label]
-        for p in policies:
-            caps = [r["capacity"][p]["capacity_rps"] for r in runs.values() if p in r["capacity"]]
-            mean = sum(caps) / len(caps) if caps else math.nan
-            cells.append(f"{mean:.1f}; {_fmt_ratio(ratios(runs, p, 'round-robin'), len(runs))}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def hit_table(results: Runs, policies: Sequence[str]) -> str:
-    """Mean prefix hit rate at each policy's own capacity."""
-    head = ["workload", *policies]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, runs in results.items():
-        cells = [label]
-        for p in policies:
-            hs = [r["capacity"][p]["prefix_hit_rate"] for r in runs.values() if p in r["capacity"]]
-            hs = [h for h in hs if h is not None]
-            cells.append(f"{100 * sum(hs) / len(hs):.1f} %" if hs else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _hit_ratio(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -> list[float]:
-    out = []
-    for run in runs.values():
-        a = run["capacity"].get(policy, {}).get("prefix_hit_rate")
-        b = run["capacity"].get(other, {}).get("prefix_hit_rate")
-        if a is not None and b:
-            out.append(a / b)
-    return out
 
 
 def targets(results: Runs) -> list[dict[str, Any]]:
@@ -231,7 +230,7 @@ def targets(results: Runs) -> list[dict[str, Any]]:
                     ratios(runs, ours, "sglang-cache-aware"),
                     1.1,
                 )
-                add(ours, "prefix hit rate vs the oracle's", case, _hit_ratio(runs, ours, "oracle"), 0.9)
+                add(ours, "prefix hit rate vs the oracle's", case, hit_ratios(runs, ours, "oracle"), 0.9)
         for s in SHARED_PREFIX_SHAPES:
             case = SHARED_PREFIX + s
             if case in results:
@@ -309,17 +308,24 @@ def main(argv: list[str] | None = None) -> int:
     wall0 = time.perf_counter()
     results: dict[str, dict[int, dict[str, Any]]] = {c.label: {} for c in cases}
     for path in args.add_runs:
-        earlier = earlier_runs(path, cases, seeds, policies, quick=args.quick)
+        earlier = earlier_runs(path, cases, seeds, quick=args.quick)
         for label, runs in earlier.items():
-            results[label].update(runs)
-    jobs = [Job(c, s, args.quick, policies) for c in cases for s in seeds if s not in results[c.label]]
+            for seed, run in runs.items():
+                results[label][seed] = merge_run(results[label].get(seed), run)
+    jobs = plan_jobs(cases, seeds, policies, results, quick=args.quick)
     if args.no_simulate:
         jobs = []
         results = {label: runs for label, runs in results.items() if runs}
         cases = [c for c in cases if c.label in results]
     for job, run in _run_all(jobs, args.workers):
-        results[job.case.label][job.seed] = run
-        print(f"{job.case.label} seed {job.seed}: {run['wall_s']:.0f} s", file=sys.stderr, flush=True)
+        results[job.case.label][job.seed] = merge_run(results[job.case.label].get(job.seed), run)
+        print(
+            f"{job.case.label} seed {job.seed}: {run['wall_s']:.0f} s ("
+            + ", ".join(f"{p} {t:.0f} s" for p, t in run.get("policy_wall_s", {}).items())
+            + ")",
+            file=sys.stderr,
+            flush=True,
+        )
     command = "python -m benchmarks.sim.capacity_sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
     rows = targets(results)
     shown = [p for p in CAPACITY_POLICIES if p in policies] + [

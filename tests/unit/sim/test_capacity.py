@@ -104,6 +104,23 @@ def test_compare_measures_every_policy_against_round_robin_at_its_capacity() -> 
         assert 0.0 <= rows[name]["prefix_hit_rate"] <= 1.0  # type: ignore[operator]
 
 
+def test_policies_compared_separately_from_round_robins_capacity_get_the_same_searches() -> None:
+    cfg = FleetConfig(LLAMA3_8B_H100, n_servers=4)
+    w = small_workload(200)
+    whole = compare(w, ["least-in-flight"], make_policy, cfg)
+    base = whole.results["round-robin"].capacity_rps
+    part = compare(w, ["round-robin", "least-in-flight"], make_policy, cfg, baseline_rps=base)
+    assert list(part.results) == ["least-in-flight"], "round-robin is not searched again"
+    assert part.results["least-in-flight"] == whole.results["least-in-flight"]
+    assert part.rows()["least-in-flight"] == whole.rows()["least-in-flight"]
+    assert set(part.wall_s) == {"least-in-flight"}
+    assert set(whole.wall_s) == {"round-robin", "least-in-flight"}
+    # round-robin had no capacity earlier: the others start where they would have, 60 % of nominal
+    none = compare(w, ["least-in-flight"], make_policy, cfg, baseline_rps=0.0)
+    assert none.rows()["least-in-flight"]["vs_round_robin"] is None
+    assert none.results["least-in-flight"].evaluations[0].rate_rps == pytest.approx(0.6 * whole.nominal_rps)
+
+
 def test_long_prompt_slo_scales_the_ttft_objective_with_the_prompt() -> None:
     slo = LONG_PROMPT_SLO
     bounds = slo.ttft_bound(np.asarray([100, 10_000, 30_000]))
@@ -255,3 +272,60 @@ def test_sweep_reports_runs_of_earlier_sweeps_without_simulating_them_again(
     assert "2.83x [2.00-4.00]" in capsys.readouterr().out  # the geometric mean of 2 and 4
     with pytest.raises(SystemExit, match="not a capacity sweep"):
         capacity_sweep.main([*argv[:7], "--add-runs", str(tmp_path / "missing.json"), "--no-write"])
+
+
+def test_sweep_simulates_only_the_policies_earlier_runs_lack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = next(c for c in capacity_sweep.CASES if c.label == "lora")
+
+    def run(caps: dict[str, float], wall: float) -> dict[str, object]:
+        return {
+            "requests": case.quick_requests,
+            "capacity": {p: {"capacity_rps": c, "prefix_hit_rate": None} for p, c in caps.items()},
+            "evaluations": {p: [] for p in caps},
+            "policy_wall_s": dict.fromkeys(caps, wall),
+            "wall_s": wall * len(caps),
+        }
+
+    # seed 0: round-robin and ours in one file, the oracle in another; seed 1: ours only (no round-robin)
+    runs = {"0": run({"round-robin": 10.0, "default": 20.0}, 1.0), "1": run({"default": 99.0}, 1.0)}
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"workloads": {"lora": {"slo": slo_dict(case.slo), "runs": runs}}}), "utf-8")
+    second = tmp_path / "second.json"
+    doc2 = {
+        "lora": {"slo": slo_dict(case.slo), "runs": {"0": run({"round-robin": 10.0, "oracle": 15.0}, 2.0)}}
+    }
+    second.write_text(json.dumps({"workloads": doc2}), "utf-8")
+    jobs: list[capacity_sweep.Job] = []
+
+    def fake_job(job: capacity_sweep.Job) -> tuple[capacity_sweep.Job, dict[str, object]]:
+        jobs.append(job)
+        caps = {"round-robin": 12.0, "default": 30.0, "oracle": 33.0, "least-in-flight": 11.0}
+        return job, run(
+            {p: caps[p] for p in job.policies if p != "round-robin" or job.baseline_rps is None}, 3.0
+        )
+
+    monkeypatch.setattr(capacity_sweep, "run_job", fake_job)
+    monkeypatch.setattr(capacity_sweep, "plot_capacity_bars", lambda *a, **k: None)  # matplotlib: bench group
+    policies = "round-robin,least-in-flight,default,oracle"
+    argv = ["--quick", "--seeds", "0,1", "--workloads", "lora", "--policies", policies]
+    argv += ["--add-runs", str(first), "--add-runs", str(second), "--out", str(tmp_path / "out")]
+    assert capacity_sweep.main(argv) == 0
+    planned = {(j.seed, j.policies, j.baseline_rps) for j in jobs}
+    assert planned == {
+        (0, ("least-in-flight",), 10.0),  # from the earlier round-robin's capacity
+        (1, ("round-robin", "least-in-flight", "default", "oracle"), None),  # no round-robin to start from
+    }
+    out = json.loads((tmp_path / "out" / "capacity-sweep-quick.json").read_text(encoding="utf-8"))
+    seed0 = out["workloads"]["lora"]["runs"]["0"]
+    caps = {p: r["capacity_rps"] for p, r in seed0["capacity"].items()}
+    assert caps == {"round-robin": 10.0, "default": 20.0, "oracle": 15.0, "least-in-flight": 11.0}
+    assert seed0["policy_wall_s"] == {
+        "round-robin": 2.0,
+        "default": 1.0,
+        "oracle": 2.0,
+        "least-in-flight": 3.0,
+    }
+    assert seed0["wall_s"] == pytest.approx(2.0 + 4.0 + 3.0)
+    assert out["workloads"]["lora"]["runs"]["1"]["capacity"]["default"]["capacity_rps"] == 30.0
