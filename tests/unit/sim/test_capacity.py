@@ -13,7 +13,7 @@ from benchmarks.sim import capacity_sweep
 from benchmarks.sim.capacity import Evaluation, compare, find_capacity
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict, summarize
-from benchmarks.sim.policies import ScoringPolicy, make_policy
+from benchmarks.sim.policies import CAPACITY_POLICIES, ScoringPolicy, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.traces import Workload
 
@@ -196,6 +196,18 @@ def test_default_prefix_is_our_default_profile() -> None:
     ours, prefixed = weights("default"), weights("default-prefix")
     assert prefixed["prefix-cache-scorer"] == 3.0
     assert prefixed == ours
+
+
+def test_the_sweeps_policies_are_distinct_profiles() -> None:
+    """Every policy a sweep searches by default is a different router (one searched twice is wasted)."""
+    scoring = []
+    for name in CAPACITY_POLICIES:
+        policy = make_policy(name)
+        if isinstance(policy, ScoringPolicy):
+            scoring.append(tuple(sorted((w.scorer.type_name, w.weight) for w in policy.scheduler.scorers)))
+        else:
+            scoring.append((type(policy).__name__,))
+    assert len(set(scoring)) == len(CAPACITY_POLICIES), dict(zip(CAPACITY_POLICIES, scoring, strict=True))
 
 
 def test_sweep_targets_are_evaluated_for_each_of_our_profiles_that_ran() -> None:
