@@ -231,7 +231,11 @@ async def hostile_process(mode: str, total: int, chunk: int, *, tls: bool = Fals
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        # no deadline of our own: a loaded machine may take many seconds to start Python; the line comes,
+        # or EOF when the child died (its traceback is on stderr)
+        line = await proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the hostile server did not start (exit code {await proc.wait()})")
         yield f"127.0.0.1:{int(line)}"
     finally:
         proc.kill()
