@@ -22,10 +22,14 @@ def write_trace(path: Path, n: int = 400, seed: int = 3) -> Path:
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             g = int(rng.integers(0, 8))
-            blocks = [g * 100 + j for j in range(4)] + [10_000 + i]
+            length = int(rng.integers(1800, 2500))
+            # two shared blocks, then the request's own: a finite capacity (a trace cached all through
+            # meets the SLO at any rate, and every capacity search then runs to its evaluation budget)
+            own = [10_000 + 8 * i + j for j in range(-(-length // 512) - 2)]
+            blocks = [g * 100 + j for j in range(2)] + own
             rec = {
                 "timestamp": int(t[i] * 1000),
-                "input_length": int(rng.integers(1800, 2500)),
+                "input_length": length,
                 "output_length": int(rng.integers(20, 120)),
                 "hash_ids": blocks,
             }
