@@ -115,7 +115,6 @@ from benchmarks.extproc.run import (
     LOAD_PROCS,
     Plan,
     Run,
-    summarize,
 )
 from benchmarks.extproc.workload import HEADER_ONLY, LARGE_BODY, SMALL_BODY
 from benchmarks.harness import children, machine_info
@@ -151,15 +150,16 @@ def measure_header_only(r: Run, plan: Plan, tmp: Path) -> None:
             ("cpu_header_only", HEADER_SERVERS),
             ("cpu_header_only_request_path", ["floor", "ours_header_noscrape"]),
         ):
-            r.measure(
-                label,
-                servers,
-                together=True,
-                mode="open",
-                duration=plan.rate_s,
-                rate=HEADER_CPU_RATE,
-                shape=HEADER_ONLY,
-            )
+            r.side_by_side(label, servers, rate=HEADER_CPU_RATE, shape=HEADER_ONLY)
+
+
+def report(r: Run, doc: dict[str, Any], started: float) -> None:
+    """The run's phases, paired ratios and h2load figures into ``doc``, with the time it took."""
+    doc["phases"] = r.phases()
+    doc["paired"] = paired(r.results)
+    if r.h2load:
+        doc["h2load"] = h2load_summary(r.h2load)
+    doc["elapsed_s"] = round(time.monotonic() - started, 1)
 
 
 def run_header_only(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
@@ -195,15 +195,8 @@ def run_header_only(quick: bool, runs: int | None, command: str) -> dict[str, An
         measure_header_only(r, plan, Path(tmp))
         for _ in range(plan.runs):
             # the full-stream floor, alone (ours is not started in this run)
-            r.measure("cpu", ["floor"], together=True, mode="open", duration=plan.rate_s, rate=CPU_RATE)
-    doc["phases"] = {
-        label: {server: summarize(results) for server, results in per.items()}
-        for label, per in r.results.items()
-    }
-    doc["paired"] = paired(r.results)
-    if r.h2load:
-        doc["h2load"] = h2load_summary(r.h2load)
-    doc["elapsed_s"] = round(time.monotonic() - started, 1)
+            r.side_by_side("cpu", ["floor"])
+    report(r, doc, started)
     header_only_headline(doc)
     return doc
 
@@ -268,24 +261,9 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
             for label, rate, seconds, servers in one_at_a_time:
                 r.measure(label, servers, mode="open", duration=seconds, rate=rate)
             for label, rate, body, servers in side_by_side:
-                r.measure(
-                    label,
-                    servers,
-                    together=True,
-                    mode="open",
-                    duration=plan.rate_s,
-                    rate=rate,
-                    body_bytes=body,
-                )
+                r.side_by_side(label, servers, rate=rate, body_bytes=body)
         r.soak(max(r.streams_per_s("max", "ours"), 1.0))
-    doc["phases"] = {
-        label: {server: summarize(results) for server, results in per.items()}
-        for label, per in r.results.items()
-    }
-    doc["paired"] = paired(r.results)
-    if r.h2load:
-        doc["h2load"] = h2load_summary(r.h2load)
-    doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    report(r, doc, started)
     headline(doc)
     return doc
 

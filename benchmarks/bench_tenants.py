@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extproc.run import CPU_RATE, Plan, Run, median, summarize
-from benchmarks.extproc.workload import SMALL_BODY
+from benchmarks.extproc.run import CPU_RATE, Plan, Run, per_run, ratio
 from benchmarks.harness import children
 from picker.testing.redis_server import RedisServer
 
@@ -87,25 +86,10 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
                 for server in ANSWER_TIME:
                     r.measure("100/s", [server], mode="open", duration=plan.rate_s, rate=100.0)
                 for label, other in (("cpu_memory", "ours_tenants"), ("cpu_redis", "ours_tenants_redis")):
-                    r.measure(
-                        label,
-                        ["ours", other],
-                        together=True,
-                        mode="open",
-                        duration=plan.rate_s,
-                        rate=CPU_RATE,
-                        body_bytes=SMALL_BODY,
-                    )
+                    r.side_by_side(label, ["ours", other])
         finally:
             redis.stop()
-    phases = {label: {s: summarize(res) for s, res in per.items()} for label, per in r.results.items()}
-    doc["phases"] = phases
-
-    def per_run(label: str, server: str, key: str = "cpu_us_per_stream") -> list[float]:
-        return [x[key] for x in r.results.get(label, {}).get(server, [])]
-
-    def ratio(label: str, a: str, b: str) -> float:
-        return median([x / y for x, y in zip(per_run(label, a), per_run(label, b), strict=False) if y])
+    phases = doc["phases"] = r.phases()
 
     def p50(server: str) -> float:
         return float(phases.get("100/s", {}).get(server, {}).get("request_p50_ms", float("nan")))
@@ -117,8 +101,8 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
         .get("ours_tenants_redis", {})
         .get("cpu_us_per_stream"),
     }
-    doc["tenants_cpu_ratio"] = ratio("cpu_memory", "ours_tenants", "ours")
-    doc["tenants_redis_cpu_ratio"] = ratio("cpu_redis", "ours_tenants_redis", "ours")
+    doc["tenants_cpu_ratio"] = ratio(r.results, "cpu_memory", "ours_tenants", "ours")
+    doc["tenants_redis_cpu_ratio"] = ratio(r.results, "cpu_redis", "ours_tenants_redis", "ours")
     doc["request_p50_ms_at_100"] = {s: p50(s) for s in ANSWER_TIME}
     doc["redis_added_p50_ms"] = round(p50("ours_tenants_redis") - p50("ours_tenants"), 3)
     doc["redis_per_request_added_p50_ms"] = round(
@@ -129,8 +113,8 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
         return [
             round(x - y, 3)
             for x, y in zip(
-                per_run("100/s", server, "request_p50_ms"),
-                per_run("100/s", "ours_tenants", "request_p50_ms"),
+                per_run(r.results, "100/s", server, "request_p50_ms"),
+                per_run(r.results, "100/s", "ours_tenants", "request_p50_ms"),
                 strict=False,
             )
         ]

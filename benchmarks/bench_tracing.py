@@ -35,8 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extproc.run import CPU_RATE, Plan, Run, median, summarize
-from benchmarks.extproc.workload import SMALL_BODY
+from benchmarks.extproc.run import CPU_RATE, Plan, Run, ratio
 from benchmarks.harness import children, spawn_json
 
 __all__ = ["run", "serve_collector", "summary"]
@@ -86,30 +85,13 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
         )
         for _ in range(plan.runs):
             for label, other in PAIRS:
-                r.measure(
-                    label,
-                    ["ours", other],
-                    together=True,
-                    mode="open",
-                    duration=plan.rate_s,
-                    rate=CPU_RATE,
-                    body_bytes=SMALL_BODY,
-                )
-    phases = {label: {s: summarize(res) for s, res in per.items()} for label, per in r.results.items()}
-    doc["phases"] = phases
-
-    def per_run(label: str, server: str) -> list[float]:
-        return [x["cpu_us_per_stream"] for x in r.results.get(label, {}).get(server, [])]
-
-    def ratio(label: str, other: str) -> float:
-        pairs = zip(per_run(label, other), per_run(label, "ours"), strict=False)
-        return round(median([x / y for x, y in pairs if y]), 3)
-
+                r.side_by_side(label, ["ours", other])
+    phases = doc["phases"] = r.phases()
     doc["cpu_us_per_stream"] = {
         label: {s: phases.get(label, {}).get(s, {}).get("cpu_us_per_stream") for s in ("ours", other)}
         for label, other in PAIRS
     }
-    doc["cpu_ratio"] = {other: ratio(label, other) for label, other in PAIRS}
+    doc["cpu_ratio"] = {other: ratio(r.results, label, other, "ours") for label, other in PAIRS}
     limit = TARGETS["trace1_cpu_ratio_max"]
     doc["targets"] = {"trace1_cpu_le_1.03x": doc["cpu_ratio"]["ours_trace1"] <= limit}
     doc["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 from benchmarks.extproc.h2load import H2_FIGURES, H2LOAD_CONNECTIONS, H2LOAD_STREAMS_PER_CONNECTION
-from benchmarks.extproc.run import CPU_RATE, HEADER_CPU_RATE, median
+from benchmarks.extproc.run import CPU_RATE, HEADER_CPU_RATE, Results, median, per_run
+from benchmarks.extproc.run import ratio as run_ratio
 
 TARGETS = {
     # header-only mode (issue 18): the Rust routers' full-proxy CPU per 1 KB request measured here
@@ -45,19 +46,15 @@ def h2load_summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def paired(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+def paired(results: Results) -> dict[str, Any]:
     """Per-run ratios and differences between servers measured in the same window, then medians."""
 
-    def per_run(label: str, server: str, key: str = "cpu_us_per_stream") -> list[float]:
-        return [x[key] for x in results.get(label, {}).get(server, [])]
-
     def ratio(label: str, a: str, b: str, key: str = "cpu_us_per_stream") -> float:
-        return median(
-            [x / y for x, y in zip(per_run(label, a, key), per_run(label, b, key), strict=False) if y]
-        )
+        return run_ratio(results, label, a, b, key)
 
     def diff(label: str, a: str, b: str) -> list[float]:
-        return [x - y for x, y in zip(per_run(label, a), per_run(label, b), strict=False)]
+        pairs = zip(per_run(results, label, a), per_run(results, label, b), strict=False)
+        return [x - y for x, y in pairs]
 
     big, small = diff("body_200k", "ours", "floor"), diff("body_1k", "ours", "floor")
     return {

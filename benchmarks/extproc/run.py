@@ -209,6 +209,22 @@ def median(values: list[float]) -> float:
     return round(statistics.median(clean), 3) if clean else float("nan")
 
 
+#: raw phase results, as :attr:`Run.results` keeps them: phase label -> server -> one result per run
+Results = Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]
+
+
+def per_run(results: Results, label: str, server: str, key: str = "cpu_us_per_stream") -> list[float]:
+    """``key`` of ``server`` in phase ``label``, run by run (empty if it was not measured)."""
+    return [x[key] for x in results.get(label, {}).get(server, [])]
+
+
+def ratio(results: Results, label: str, a: str, b: str, key: str = "cpu_us_per_stream") -> float:
+    """The median of the per-run ratios ``a`` / ``b`` in phase ``label``: servers measured in the same
+    window, so a slow drift in the machine's load cancels."""
+    pairs = zip(per_run(results, label, a, key), per_run(results, label, b, key), strict=False)
+    return median([x / y for x, y in pairs if y])
+
+
 SUMMARY_KEYS = (
     "streams_per_s",
     "server_cores",
@@ -393,8 +409,34 @@ class Run:
                 result["streams_per_s"] = float("nan")
             self.h2load.setdefault(name + suffix, []).append(result)
 
+    def side_by_side(
+        self,
+        label: str,
+        servers: list[str],
+        *,
+        rate: float = CPU_RATE,
+        body_bytes: int = SMALL_BODY,
+        shape: str = FULL,
+    ) -> None:
+        """A side-by-side CPU phase: ``servers`` driven together at ``rate`` streams/s each for the plan's
+        ``rate_s``, so their CPU per stream is measured in one window."""
+        self.measure(
+            label,
+            servers,
+            together=True,
+            mode="open",
+            duration=self.plan.rate_s,
+            rate=rate,
+            body_bytes=body_bytes,
+            shape=shape,
+        )
+
+    def phases(self) -> dict[str, dict[str, Any]]:
+        """Every phase's results summarized per server (medians over runs, see :func:`summarize`)."""
+        return {label: {s: summarize(res) for s, res in per.items()} for label, per in self.results.items()}
+
     def streams_per_s(self, label: str, server: str) -> float:
-        return median([r["streams_per_s"] for r in self.results.get(label, {}).get(server, [])])
+        return median(per_run(self.results, label, server, "streams_per_s"))
 
     def soak(self, rate_hint: float) -> None:
         """RSS of ours after every phase above (the warm-up) and after the soak."""

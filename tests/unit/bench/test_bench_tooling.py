@@ -243,3 +243,18 @@ def test_the_header_only_headline_and_its_targets() -> None:
         "header_only_cpu_le_1.25x_one_message_floor": False,
         "header_only_p99_le_2ms_at_half_max": True,
     }
+
+
+def test_paired_ratios_are_medians_of_per_run_ratios() -> None:
+    from benchmarks.extproc.run import per_run, ratio
+
+    def runs(*cpu: float) -> list[dict[str, float]]:
+        return [{"cpu_us_per_stream": c, "streams_per_s": 2 * c} for c in cpu]
+
+    results = {"cpu": {"ours": runs(110.0, 300.0, 120.0), "floor": runs(100.0, 100.0, 0.0)}}
+    assert per_run(results, "cpu", "ours") == [110.0, 300.0, 120.0]
+    assert per_run(results, "cpu", "nobody") == []
+    # run by run 1.1 and 3.0; the third run's zero baseline is left out, not divided by
+    assert ratio(results, "cpu", "ours", "floor") == 2.05
+    assert ratio(results, "cpu", "ours", "floor", "streams_per_s") == 2.05
+    assert math.isnan(ratio(results, "max", "ours", "floor"))
