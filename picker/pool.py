@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +26,8 @@ from picker.config import PickerConfig
 from picker.config.scaling import ScalingConfig
 from picker.errors import StartupError
 from picker.extproc.budget import BodyBudget
-from picker.extproc.health import HealthService, HealthState
+from picker.extproc.health import HealthState
 from picker.extproc.protocol import ResponseSkip
-from picker.extproc.server import ExtProcServer
-from picker.extproc.tls import TLSConfig
 from picker.reload import ConfigFileWatcher
 from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity
@@ -52,14 +49,13 @@ from picker.tracing import Tracing
 from picker.wiring import (
     BuildInfo,
     bind_server,
-    body_budget,
     body_budget_caveat,
     config_objectives,
     config_rewrites,
     configure_health,
+    extproc_server,
     skip_response_rule,
     snapshot_interval,
-    stream_config_rule,
 )
 from scoring.scorers import PrometheusScorer
 
@@ -177,29 +173,17 @@ class ServedPool:
         self.scaler: Any = None
         self._engine_label = config.metrics_extractor.engine_label_key
         self._gpu: Any = None
-        tls = None
-        if settings.secure_serving:
-            tls = TLSConfig(
-                cert_path=Path(settings.cert_path) if settings.cert_path else None,
-                reload=settings.enable_cert_reload,
-            )
         #: ``--tracing``: this pool's tracer over the process's one exporter (the service's ``tracing``)
         self.tracer = tracing.for_pool(self.telemetry.pool_name) if tracing is not None else None
         self.extproc = (
-            ExtProcServer(
+            extproc_server(
                 self.director,
                 self.telemetry,
-                port=settings.grpc_port,
-                host=settings.host,
-                tls=tls,
-                max_body_bytes=config.max_body_bytes,
-                served_verifier=config.served_verifier_enabled,
-                health=HealthService(self.health_state) if settings.health_checking else None,
+                settings,
+                self.config_store,
+                health=self.health_state,
                 reuse_port=settings.workers > 1,
-                skip_response=self._skip_response,
-                stream_config=stream_config_rule(self.config_store),
-                keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
-                max_buffered_bytes=body_budget(config, settings, several_pools=several_pools),
+                several_pools=several_pools,
                 shared_budget=shared_budget,
                 tracer=self.tracer,
             )
@@ -285,9 +269,6 @@ class ServedPool:
         if result.result != "applied":
             return
         cfg = active.config
-        if self.extproc is not None:
-            several = self._several_pools
-            self.extproc.body_budget.limit = body_budget(cfg, self.settings, several_pools=several)
         self._check_body_budget(cfg)
         if self.kube is not None and cfg.metrics_extractor.engine_label_key != self._engine_label:
             self._engine_label = cfg.metrics_extractor.engine_label_key

@@ -14,17 +14,23 @@ import os
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.budget import BodyBudget
+from picker.extproc.health import HealthService, HealthState
+from picker.extproc.observer import StreamObserver
 from picker.extproc.protocol import ResponseSkip
+from picker.extproc.server import ExtProcServer
+from picker.extproc.spans import RequestTracer
+from picker.extproc.tls import TLSConfig
 from picker.routing.external import ExternalCapacity
-from picker.routing.types import Dispatch
+from picker.routing.types import Dispatch, Router
 from picker.settings import Settings
-from picker.state.config_store import ActiveConfig, ConfigStore
+from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
 from picker.state.datastore import Datastore
 from picker.state.health import OutlierPolicy
 from picker.state.latency import LatencySettings
@@ -190,6 +196,60 @@ def body_budget_caveat(cfg: PickerConfig, settings: Settings, pool: str) -> str 
         f"({flag} bytes), which bounds the buffered bodies of every pool of this process together: "
         f"this pool's share is capped at {flag} bytes (lower the document's value or raise the flag)"
     )
+
+
+def extproc_server(
+    router: Router,
+    observer: StreamObserver,
+    settings: Settings,
+    config: ConfigStore,
+    *,
+    health: Callable[[], HealthState],
+    reuse_port: bool,
+    several_pools: bool,
+    shared_budget: BodyBudget | None,
+    tracer: RequestTracer | None,
+    key_pair: tuple[bytes, bytes] | None = None,
+) -> ExtProcServer:
+    """A pool's ext_proc server, as the service and each ``--workers`` worker serve it: its listener, TLS
+    and keepalive from the pool's ``settings``, its per-request rules read from the ``config`` store
+    (:func:`skip_response_rule`, :func:`stream_config_rule`), the health service with ``health`` (with
+    ``--health-checking``), and a body budget (:func:`body_budget`) that follows every applied reload.
+    ``key_pair``: the self-signed certificate a ``--workers`` supervisor made once so that every worker
+    presents the same one (None: the server makes its own at start, or reads ``--cert-path``)."""
+    cfg = config.active.config
+    tls = None
+    if settings.secure_serving:
+        tls = TLSConfig(
+            cert_path=Path(settings.cert_path) if settings.cert_path else None,
+            key_pair=key_pair,
+            reload=settings.enable_cert_reload,
+        )
+    server = ExtProcServer(
+        router,
+        observer,
+        port=settings.grpc_port,
+        host=settings.host,
+        tls=tls,
+        max_body_bytes=cfg.max_body_bytes,
+        served_verifier=cfg.served_verifier_enabled,
+        health=HealthService(health) if settings.health_checking else None,
+        reuse_port=reuse_port,
+        skip_response=skip_response_rule(config),
+        stream_config=stream_config_rule(config),
+        keepalive_s=(settings.grpc_keepalive_time, settings.grpc_keepalive_timeout),
+        max_buffered_bytes=body_budget(cfg, settings, several_pools=several_pools),
+        shared_budget=shared_budget,
+        tracer=tracer,
+    )
+    budget = server.body_budget
+
+    def rebudget(result: ReloadResult, active: ActiveConfig) -> None:
+        if result.result == "applied":
+            budget.limit = body_budget(active.config, settings, several_pools=several_pools)
+
+    config.add_listener(rebudget)
+    return server
 
 
 def install_uvloop() -> None:

@@ -13,7 +13,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from picker.config import default_config, load_config_text
 from picker.extproc.budget import BodyBudget
-from picker.extproc.health import HealthService, HealthState
+from picker.extproc.health import HealthState
 from picker.extproc.server import ExtProcServer
-from picker.extproc.tls import TLSConfig
 from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity
 from picker.routing.external_remote import GRANT, ExternalClient
@@ -39,12 +37,10 @@ from picker.tenants.remote import USAGE, VERDICT, SupervisorBackend
 from picker.tenants.service import TenantService
 from picker.tracing import Tracing
 from picker.wiring import (
-    body_budget,
+    extproc_server,
     freeze_startup_objects,
     install_uvloop,
     shared_body_budget,
-    skip_response_rule,
-    stream_config_rule,
 )
 from picker.workers.channel import DRAIN_S, HELD, METRICS_INTERVAL_S, POOL, Channel
 
@@ -176,36 +172,18 @@ class _PoolWorker:
             # external endpoints' budgets and health are the supervisor's, asked over the pipe
             external=ExternalCapacity(remote=self.external),
         )
-        tls = None
-        if s.secure_serving:
-            tls = TLSConfig(
-                cert_path=Path(s.cert_path) if s.cert_path else None,
-                key_pair=key_pair,
-                reload=s.enable_cert_reload,
-            )
-        server = self.server = ExtProcServer(
+        server = self.server = extproc_server(
             director,
             telemetry,
-            port=s.grpc_port,
-            host=s.host,
-            tls=tls,
-            max_body_bytes=config.max_body_bytes,
-            served_verifier=config.served_verifier_enabled,
-            health=HealthService(self._health) if s.health_checking else None,
+            s,
+            store,
+            health=self._health,
             reuse_port=True,
-            skip_response=skip_response_rule(store),
-            stream_config=stream_config_rule(store),
-            keepalive_s=(s.grpc_keepalive_time, s.grpc_keepalive_timeout),
-            max_buffered_bytes=body_budget(config, s, several_pools=several),
+            several_pools=several,
             shared_budget=shared_budget,
             tracer=None if tracing is None else tracing.for_pool(self.pool_name),
+            key_pair=key_pair,
         )
-        budget = server.body_budget
-
-        def rebudget(_result: ReloadResult, active: ActiveConfig) -> None:
-            budget.limit = body_budget(active.config, s, several_pools=several)
-
-        store.add_listener(rebudget)
         return server
 
     def shipped(self) -> tuple[Any, ...]:
