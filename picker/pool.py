@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from picker.config import PickerConfig
@@ -29,7 +28,6 @@ from picker.extproc.budget import BodyBudget
 from picker.extproc.health import HealthState
 from picker.extproc.protocol import ResponseSkip
 from picker.reload import ConfigFileWatcher
-from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity
 from picker.routing.hold import EmptyPoolHold
 from picker.routing.types import Dispatch
@@ -54,6 +52,7 @@ from picker.wiring import (
     config_rewrites,
     configure_health,
     extproc_server,
+    pool_director,
     skip_response_rule,
     snapshot_interval,
 )
@@ -155,16 +154,14 @@ class ServedPool:
             self.signals = PrometheusSignals(
                 self.datastore, url=settings.prometheus_url, namespace=settings.pool_namespace
             )
-        self.director = Director(
+        self.director = pool_director(
             self.datastore,
             self.config_store,
-            rng=np.random.default_rng(settings.seed),
-            disable_subset_filter=settings.disable_endpoint_subset_filter,
+            settings,
             observer=self.telemetry,
             tenancy=self.tenants.tenancy,
             flow=self.flow,
-            hold=None if settings.static_endpoints else self.hold,  # a static list has nothing to scale
-            staleness_s=settings.metrics_staleness_threshold,
+            hold=self.hold,
             prefix=self.prefix,
             external=self.external,
         )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
@@ -27,7 +29,9 @@ from picker.extproc.protocol import ResponseSkip
 from picker.extproc.server import ExtProcServer
 from picker.extproc.spans import RequestTracer
 from picker.extproc.tls import TLSConfig
+from picker.routing.director import Director, DirectorObserver, RoutingState
 from picker.routing.external import ExternalCapacity
+from picker.routing.hold import EmptyPoolHold
 from picker.routing.types import Dispatch, Router
 from picker.settings import Settings
 from picker.state.config_store import ActiveConfig, ConfigStore, ReloadResult
@@ -35,6 +39,9 @@ from picker.state.datastore import Datastore
 from picker.state.health import OutlierPolicy
 from picker.state.latency import LatencySettings
 from picker.state.objectives import ModelRewrite, Objective, RewriteRule, RewriteTarget
+from picker.state.prefix import PrefixCacheState
+from picker.tenants import Tenancy
+from picker.tenants.flow import FlowController
 from scoring.scorers import LatencyScorer
 
 log = logging.getLogger("picker")
@@ -195,6 +202,39 @@ def body_budget_caveat(cfg: PickerConfig, settings: Settings, pool: str) -> str 
         f"pool {pool}: request.maxBufferedBytes ({asked} bytes) is above --max-buffered-body-bytes "
         f"({flag} bytes), which bounds the buffered bodies of every pool of this process together: "
         f"this pool's share is capped at {flag} bytes (lower the document's value or raise the flag)"
+    )
+
+
+def pool_director(
+    state: RoutingState,
+    config: ConfigStore,
+    settings: Settings,
+    *,
+    stream: int = 0,
+    observer: DirectorObserver,
+    tenancy: Tenancy | None,
+    flow: FlowController,
+    hold: EmptyPoolHold,
+    prefix: PrefixCacheState,
+    external: ExternalCapacity,
+) -> Director:
+    """A pool's director, as the service and each ``--workers`` worker route with it: the process flags it
+    reads (``--disable-endpoint-subset-filter``, ``--metrics-staleness-threshold``), no hold for a static
+    endpoint list (nothing scales it from zero), and its random picks seeded from ``--seed`` plus
+    ``stream`` (a worker's own stream, so workers do not pick in lockstep; unseeded without ``--seed``)."""
+    seed = None if settings.seed is None else settings.seed + stream
+    return Director(
+        state,
+        config,
+        rng=np.random.default_rng(seed),
+        disable_subset_filter=settings.disable_endpoint_subset_filter,
+        observer=observer,
+        tenancy=tenancy,
+        flow=flow,
+        hold=None if settings.static_endpoints else hold,
+        staleness_s=settings.metrics_staleness_threshold,
+        prefix=prefix,
+        external=external,
     )
 
 

@@ -15,14 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from picker.config import default_config, load_config_text
 from picker.extproc.budget import BodyBudget
 from picker.extproc.health import HealthState
 from picker.extproc.server import ExtProcServer
-from picker.routing.director import Director
 from picker.routing.external import ExternalCapacity
 from picker.routing.external_remote import GRANT, ExternalClient
 from picker.routing.hold import EmptyPoolHold
@@ -40,6 +38,7 @@ from picker.wiring import (
     extproc_server,
     freeze_startup_objects,
     install_uvloop,
+    pool_director,
     shared_body_budget,
 )
 from picker.workers.channel import DRAIN_S, HELD, METRICS_INTERVAL_S, POOL, Channel
@@ -158,16 +157,15 @@ class _PoolWorker:
         store.add_listener(follow_config)
         # scale from zero: the supervisor's scaler counts this worker's held requests and wakes on a new one
         self.hold = EmptyPoolHold(self.view.snapshot, on_change=lambda n: self.send([HELD, n]))
-        director = Director(
+        director = pool_director(
             self.view,
             store,
-            rng=np.random.default_rng(None if s.seed is None else s.seed + 1 + self.index),
-            disable_subset_filter=s.disable_endpoint_subset_filter,
+            s,
+            stream=1 + self.index,
             observer=telemetry,
             tenancy=tenants.tenancy,
             flow=flow,
-            hold=None if s.static_endpoints else self.hold,
-            staleness_s=s.metrics_staleness_threshold,
+            hold=self.hold,
             prefix=self.prefix,
             # external endpoints' budgets and health are the supervisor's, asked over the pipe
             external=ExternalCapacity(remote=self.external),
