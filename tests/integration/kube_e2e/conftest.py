@@ -1,11 +1,12 @@
 """The whole EPP against the Kubernetes API-server emulator, driven like Envoy drives it.
 
-Every test runs the production wiring: ``picker.service.Service`` (in-process) or ``picker serve`` (child
-processes, when two replicas are needed) with a kubeconfig pointing at a fresh
-:class:`~picker.testing.kube_api.KubeApiEmulator`, so pool, pods, objectives, rewrites, the scoring
-ConfigMap and the Lease all travel through the official ``kubernetes`` client and real HTTP watches.
-Requests go through :class:`~picker.testing.envoy.EnvoyClient` (real gRPC ext_proc); health through the
-real ``grpc.health.v1`` port and the admin ``/readyz``.
+Every test runs the production wiring: ``picker.service.Service`` (in-process) or ``picker serve`` (a
+child process started by :func:`launch_epp`, when two replicas or ``--workers`` are needed) with a
+kubeconfig pointing at a fresh :class:`~picker.testing.kube_api.KubeApiEmulator`, so pool, pods,
+objectives, rewrites, the scoring ConfigMap and the Lease all travel through the official
+``kubernetes`` client and real HTTP watches. Requests go through
+:class:`~picker.testing.envoy.EnvoyClient` (real gRPC ext_proc); health through the real
+``grpc.health.v1`` port and the admin ``/readyz``.
 
 Pods are real HTTP servers: each fake pod is a :class:`~picker.testing.fake_server.FakeServer` on its own
 loopback address (``127.0.0.2``, ``127.0.0.3``, ...), all on one port, because an InferencePool's target
@@ -23,9 +24,12 @@ import contextlib
 import dataclasses
 import errno
 import json
+import re
+import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from signal import SIGTERM, Signals
 from typing import Any
 
 import aiohttp
@@ -307,6 +311,113 @@ class InProcessEpp(Epp):
         if not self.task.done():
             self.service.stop()
         await asyncio.wait_for(self.task, 15)
+
+
+#: ``picker serve``'s serving line: its ports, then with several pools each pool's ext_proc port
+SERVING_LINE = re.compile(
+    r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)"
+    r"(?:, pools ((?:[a-z]+:\d+ ?)+))?"
+)
+#: how long ``picker serve`` may take to log that line: the wait ends as soon as it does (or the process
+#: exits); a --workers supervisor starting fresh interpreters took over a minute on a machine loaded to
+#: ten times its cores
+SERVE_START_S = 100.0
+
+
+def serve_flags(kubeconfig: Path) -> list[str]:
+    """``picker serve`` flags for pool ``inference/qwen`` through the emulator, on loopback, ephemeral
+    ports, plaintext."""
+    return [
+        f"--pool-name={POOL}",
+        f"--pool-namespace={NS}",
+        f"--kubeconfig={kubeconfig}",
+        "--grpc-port=0",
+        "--grpc-health-port=0",
+        "--metrics-port=0",
+        "--admin-port=0",
+        "--host=127.0.0.1",
+        "--secure-serving=false",
+    ]
+
+
+class EppProcess(Epp):
+    """``picker serve`` as a child process, as a cluster runs it (:func:`launch_epp`); its output goes to a
+    file the test reads (``output``)."""
+
+    def __init__(
+        self, name: str, proc: asyncio.subprocess.Process, log: Path, serving: re.Match[str]
+    ) -> None:
+        grpc, health, metrics, admin = (int(g) for g in serving.groups()[:4])
+        listed = (p.split(":") for p in (serving.group(5) or "").split())
+        super().__init__(Ports(grpc, health, metrics, admin, {name: int(port) for name, port in listed}))
+        self.name = name
+        self.proc = proc
+        self.log = log
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def readiness(self) -> int | None:
+        """``readiness`` status, or None when the process is gone."""
+        if self.proc.returncode is not None:
+            return None
+        return await self.health("readiness")
+
+    def signal(self, sig: Signals) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+
+    async def exited(self, within: float = 15) -> int:
+        """The exit code (awaited on the loop: the API server the process talks to runs there too)."""
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+    async def stop(self, sig: Signals = SIGTERM, within: float = 20) -> int | None:
+        """Close the clients, send ``sig``, and the exit code; None when it had to be killed after
+        ``within`` seconds."""
+        await self.close()
+        self.signal(sig)
+        try:
+            return await self.exited(within)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            return None
+
+
+async def launch_epp(
+    name: str, args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None
+) -> EppProcess:
+    """``python -m picker serve ARGS`` with its output in ``log``, its ext_proc client connected, once it
+    logged its serving line; fails with the log's tail if the process exits first."""
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "picker",
+            "serve",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+
+    def serving() -> re.Match[str] | None:
+        if proc.returncode is not None:
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return SERVING_LINE.search(log.read_text(errors="replace"))
+
+    try:
+        line = await eventually(serving, within=SERVE_START_S, what=f"{name} serving")
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    epp = EppProcess(name, proc, log, line)
+    await epp.client.connect()
+    return epp
 
 
 StartEpp = Callable[..., Awaitable[InProcessEpp]]

@@ -7,8 +7,6 @@ them: gRPC health per service name, ``/readyz``, where ext_proc requests go, and
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import signal
 import subprocess
@@ -19,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from picker.service import Ports
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool
 from tests.integration.kube_e2e.conftest import (
@@ -29,9 +26,11 @@ from tests.integration.kube_e2e.conftest import (
     SEL,
     SERVICE_UNKNOWN,
     SERVING,
-    Epp,
+    EppProcess,
     FakePods,
     eventually,
+    launch_epp,
+    serve_flags,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,63 +46,13 @@ LEASE_FLAGS = ("--leader-lease-duration=4s", "--leader-renew-deadline=3s", "--le
 #: has a server behind it here, so successful scrapes prove --model-server-metrics-port took effect
 SERVING_PORT = 8000
 
-_PORTS = re.compile(r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)")
 _ACQUIRED = re.compile(r"leader election: (\S+) acquired lease")
 
 
-class EppProcess(Epp):
-    """``picker serve`` as a child process; its log goes to a file the test reads."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path, ports: Ports) -> None:
-        super().__init__(ports)
-        self.name = name
-        self.proc = proc
-        self.log = log
-
-    @property
-    def identity(self) -> str | None:
-        """The Lease holder identity this replica logged when it acquired the lease."""
-        found = _ACQUIRED.findall(self.log.read_text(errors="replace"))
-        return found[-1] if found else None
-
-    async def readiness(self) -> int | None:
-        """``readiness`` status, or None when the process is gone."""
-        if self.proc.returncode is not None:
-            return None
-        return await self.health("readiness")
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-
-    async def exited(self, within: float = 15) -> int:
-        """The exit code (awaited on the loop: the API server the process talks to runs there too)."""
-        return await asyncio.wait_for(self.proc.wait(), within)
-
-
-async def _launch(name: str, args: list[str], log: Path) -> EppProcess:
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "picker",
-            "serve",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-
-    def bound() -> Ports | None:
-        if proc.returncode is not None:
-            raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        m = _PORTS.search(log.read_text(errors="replace"))
-        return Ports(*(int(g) for g in m.groups())) if m else None
-
-    ports = await eventually(bound, within=30, what=f"{name} listening")
-    epp = EppProcess(name, proc, log, ports)
-    await epp.client.connect()
-    return epp
+def identity(epp: EppProcess) -> str | None:
+    """The Lease holder identity this replica logged when it acquired the lease."""
+    found = _ACQUIRED.findall(epp.output)
+    return found[-1] if found else None
 
 
 @pytest.fixture
@@ -111,30 +60,14 @@ async def launch(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Callable[...
     started: list[EppProcess] = []
 
     async def start(name: str, *extra: str) -> EppProcess:
-        args = [
-            f"--pool-name={POOL}",
-            f"--pool-namespace={NS}",
-            f"--kubeconfig={kubeconfig}",
-            "--grpc-port=0",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
-            "--admin-port=0",
-            "--host=127.0.0.1",
-            "--secure-serving=false",
-            "--ha-enable-leader-election",
-            *LEASE_FLAGS,
-            *extra,
-        ]
-        epp = await _launch(name, args, tmp_path / f"{name}.log")
+        args = [*serve_flags(kubeconfig), "--ha-enable-leader-election", *LEASE_FLAGS, *extra]
+        epp = await launch_epp(name, args, tmp_path / f"{name}.log")
         started.append(epp)
         return epp
 
     yield start
     for epp in started:
-        await epp.close()
-        epp.signal(signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await epp.exited(10)
+        await epp.stop(signal.SIGKILL, within=10)
 
 
 class Readiness:
@@ -175,9 +108,9 @@ async def test_two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_
     # exactly one replica becomes ready: the one holding the Lease
     leader = await eventually(watch.one_leader, within=30, what="one leader")
     standby = next(r for r in replicas if r is not leader)
-    assert lease(emulator)["spec"]["holderIdentity"] == leader.identity
+    assert lease(emulator)["spec"]["holderIdentity"] == identity(leader)
     assert lease(emulator)["spec"]["leaseDurationSeconds"] == 4, "--leader-lease-duration applied"
-    assert standby.identity is None, "the standby never acquired the lease"
+    assert identity(standby) is None, "the standby never acquired the lease"
 
     # ... and stays the only one through several renewals
     renewed = int(lease(emulator)["metadata"]["resourceVersion"])
@@ -211,7 +144,7 @@ async def test_two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_
     await eventually(lambda: _is(watch.one_leader(), standby), within=30, what="standby took over")
     assert watch.most_serving == 1, "two replicas were ready at the same time"
     spec = lease(emulator)["spec"]
-    assert spec["holderIdentity"] == standby.identity
+    assert spec["holderIdentity"] == identity(standby)
     assert spec["leaseTransitions"] == transitions + 1
     assert await standby.admin.readyz() == 200
     await eventually(lambda: scraped(standby), what="new leader scrapes the pods")
@@ -219,7 +152,7 @@ async def test_two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_
 
     # a graceful stop releases the lease for the next replica and exits cleanly
     standby.signal(signal.SIGTERM)
-    assert await standby.exited() == 0, standby.log.read_text()[-3000:]
+    assert await standby.exited() == 0, standby.output[-3000:]
     assert lease(emulator)["spec"]["holderIdentity"] in {"", None}
 
 

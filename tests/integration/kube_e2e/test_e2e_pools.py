@@ -12,14 +12,9 @@ wrong pod; gamma has no document of its own and takes the built-in default.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import re
 import secrets
-import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +23,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.service import Ports
 from picker.testing.envoy import EnvoyClient, HttpRequest
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, inference_pool
@@ -37,21 +31,18 @@ from picker.testing.otlp import OtlpReceiver
 from tests.integration.kube_e2e.conftest import (
     NS,
     SERVING,
-    Admin,
     FakePod,
     FakePods,
     Gauges,
     completion,
     eventually,
     health_check,
+    launch_epp,
 )
 
 pytestmark = pytest.mark.integration
 
 KEY = "config.yaml"
-_SERVING = re.compile(
-    r"ext_proc :(\d+) \(\w+\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+), pools ((?:[a-z]+:\d+ ?)+)"
-)
 
 
 def weights(*, queue: int, kv: int, scorer: str = "kv-cache-utilization-scorer") -> str:
@@ -178,52 +169,29 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
     emulator.create(config_map("alpha-epp", NS, data={KEY: weights(queue=10, kv=1)}))
     emulator.create(config_map("beta-epp", NS, data={KEY: weights(queue=1, kv=10)}))
 
-    log = tmp_path / "epp.log"
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "picker",
-            "serve",
-            f"--pool=alpha={alpha.port},config-configmap=alpha-epp",
-            f"--pool=beta={beta.port},config-configmap=beta-epp",
-            f"--pool=gamma={gamma.port}",
-            f"--pool-namespace={NS}",
-            f"--kubeconfig={kubeconfig}",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
-            "--admin-port=0",
-            "--host=127.0.0.1",
-            "--secure-serving=false",
-            "--tracing",
-            f"--workers={workers}",
-            stdin=asyncio.subprocess.DEVNULL,
-            env=_tracing_env(receiver),
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    admin: Admin | None = None
+    args = [
+        f"--pool=alpha={alpha.port},config-configmap=alpha-epp",
+        f"--pool=beta={beta.port},config-configmap=beta-epp",
+        f"--pool=gamma={gamma.port}",
+        f"--pool-namespace={NS}",
+        f"--kubeconfig={kubeconfig}",
+        "--grpc-health-port=0",
+        "--metrics-port=0",
+        "--admin-port=0",
+        "--host=127.0.0.1",
+        "--secure-serving=false",
+        "--tracing",
+        f"--workers={workers}",
+    ]
+    epp = await launch_epp("picker serve", args, tmp_path / "epp.log", env=_tracing_env(receiver))
     try:
-
-        def bound() -> re.Match[str] | None:
-            if proc.returncode is not None:
-                raise AssertionError(
-                    f"picker serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            return _SERVING.search(log.read_text(errors="replace"))
-
-        m = await eventually(bound, within=60, what="picker serve listening")
-        ports = Ports(*(int(g) for g in m.groups()[:4]))
-        assert dict(p.split(":") for p in m.group(5).split()) == {
-            name: str(pool.port) for name, pool in pools.items()
-        }
-        admin = Admin(ports.metrics, ports.admin)
+        ports, admin = epp.ports, epp.admin
+        assert ports.pools == {name: pool.port for name, pool in pools.items()}
         for pool in pools.values():
             pool.client = EnvoyClient(f"127.0.0.1:{pool.port}", timeout=10.0)
             await pool.client.connect()
 
         async def ready() -> bool:
-            assert admin is not None
             return await health_check(ports.health, "readiness") == SERVING and await admin.readyz() == 200
 
         # (--workers: every worker spawns a fresh interpreter, slow on a loaded machine)
@@ -234,13 +202,11 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
         }
 
         async def endpoints(pool: Pool) -> set[str]:
-            assert admin is not None
             return {
                 e["address"] for e in (await admin.json(f"/pools/{pool.name}/debug/endpoints"))["endpoints"]
             }
 
         async def config(pool: Pool) -> dict[str, Any]:
-            assert admin is not None
             doc: dict[str, Any] = await admin.json(f"/pools/{pool.name}/config")
             return doc
 
@@ -266,7 +232,6 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
         # One /metrics: each pool's series under its pool label (the reference's own label kept), each
         # request counted once (under --workers the workers' counts reach the supervisor within a second)
         async def counted() -> bool:
-            assert admin is not None
             status, body = await admin._get("/metrics")
             assert status == 200
             page = body.decode()
@@ -295,7 +260,6 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
             traced[trace_id] = pool.name
 
         async def ready_pods() -> dict[str, list[float]]:
-            assert admin is not None
             page = (await admin._get("/metrics"))[1].decode()
             return {n: samples(page, "inference_pool_ready_pods", name=n, pool=n) for n in pools}
 
@@ -328,7 +292,6 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
         )
 
         async def alpha_rejected() -> bool:
-            assert admin is not None
             return await admin.metric("picker_config_reload_total", result="rejected", pool="alpha") >= 1
 
         await eventually(alpha_rejected, what="alpha's bad document rejected")
@@ -347,16 +310,8 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
         assert status == 404
         assert set(json.loads(body)["error"]["pools"]) == {f"/pools/{name}/" for name in pools}
     finally:
-        if admin is not None:
-            await admin.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 20)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, log.read_text()[-3000:]
+        code = await epp.stop()
+    assert code == 0, epp.output[-3000:]
     # one exporter per process (not one per pool), flushed once at shutdown: one Export call per process
     # that recorded a span, each carrying the spans of every pool it served
     spans = await receiver.wait_for(len(traced))
