@@ -1,5 +1,6 @@
-"""What the composition roots share: the config a process starts with, the rules the ext_proc server reads
-per request from the active config, and the process-level set-up (uvloop, the start-up freeze, exit codes).
+"""What the composition roots share: the config a process starts with, a pool's director and ext_proc server
+(:func:`pool_director`, :func:`extproc_server`) with the rules the server reads per request from the active
+config, and the process-level set-up (uvloop, the start-up freeze, exit codes).
 
 Used by :mod:`picker.service` (one process) and :mod:`picker.workers` (the ``--workers`` supervisor and
 its workers), so neither imports the other's wiring, and nothing imports :mod:`picker.app`.
