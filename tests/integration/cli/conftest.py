@@ -1,100 +1,19 @@
 """Run the command line as a user does: the ``picker`` console script and ``python -m picker``, as
-subprocesses, with no Kubernetes configuration in their environment."""
+subprocesses, with no Kubernetes configuration in their environment (the ``spawn`` fixture and
+:class:`~tests.integration.conftest.Process` are the integration folder's, shared with other folders)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
+from tests.integration.conftest import PICKER, Spawn
 
-BIN = Path(sys.executable).parent
-PICKER = str(BIN / "picker")
 #: both ways the issue names to start the CLI
 LAUNCHERS = {"console-script": [PICKER], "python-m": [sys.executable, "-m", "picker"]}
-#: ports 0 (ephemeral), loopback, plaintext: what every serving test passes unless it tests these flags
-LOCAL = ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--admin-port=0", "--host=127.0.0.1"]
-SERVING = re.compile(
-    r"picker serving: ext_proc :(\d+) \((TLS|plaintext)\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)"
-)
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment: no KUBECONFIG, a HOME without ~/.kube, no in-cluster service account."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "PICKER_", "POD_", "NAMESPACE"))}
-    env["HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@dataclass
-class Process:
-    """A running CLI process whose stderr is collected line by line."""
-
-    proc: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self.lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    async def wait_for(self, pattern: re.Pattern[str], deadline_s: float = 90.0) -> re.Match[str]:
-        """The first output line matching ``pattern``; fails if the process exits or the deadline passes."""
-        end = time.monotonic() + deadline_s
-        while True:
-            for line in self.lines:
-                if m := pattern.search(line):
-                    return m
-            if self.proc.returncode is not None or time.monotonic() > end:
-                raise AssertionError(f"no line matching {pattern.pattern!r}; output:\n{self.output}")
-            await asyncio.sleep(0.02)
-
-    async def stop(self, sig: int = signal.SIGTERM, deadline_s: float = 60.0) -> int:
-        """Send ``sig`` and return the exit code (fails if the process does not exit in time)."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), deadline_s)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            raise AssertionError(f"process ignored signal {sig}; output:\n{self.output}") from None
-        if self.reader is not None:
-            await self.reader
-        return code
-
-
-@dataclass(frozen=True)
-class Ports:
-    grpc: int
-    tls: bool
-    health: int
-    metrics: int
-    admin: int
-
-
-async def serving_ports(process: Process, deadline_s: float = 30.0) -> Ports:
-    m = await process.wait_for(SERVING, deadline_s)
-    return Ports(int(m[1]), m[2] == "TLS", int(m[3]), int(m[4]), int(m[5]))
-
-
-Spawn = Callable[[Sequence[str]], Awaitable[Process]]
 
 
 def rss(pid: int) -> int:
@@ -135,35 +54,6 @@ class PeakRss:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.sample()
-
-
-@pytest.fixture
-async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
-    """Start a CLI process (killed at teardown if a test left it running)."""
-    started: list[Process] = []
-
-    async def _spawn(argv: Sequence[str]) -> Process:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=cli_env,
-        )
-        process = Process(proc)
-        assert proc.stderr is not None
-        process.reader = asyncio.create_task(process._read(proc.stderr))
-        started.append(process)
-        return process
-
-    yield _spawn
-    for process in started:
-        if process.proc.returncode is None:
-            process.proc.kill()
-            await process.proc.wait()
-        if process.reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await process.reader
 
 
 async def run_to_exit(spawn: Spawn, argv: Sequence[str], deadline_s: float = 90.0) -> tuple[int, str]:

@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from picker.cli import build_parser, settings_from_args
 from picker.testing.envoy import EnvoyClient, HttpRequest
 from picker.testing.net import free_port
-from tests.integration.cli.conftest import LAUNCHERS, LOCAL, PICKER, Ports, Spawn, run_to_exit, serving_ports
+from tests.integration.cli.conftest import LAUNCHERS, run_to_exit
+from tests.integration.conftest import LOCAL, PICKER, Ports, Spawn, serving_ports
 
 pytestmark = pytest.mark.integration
 

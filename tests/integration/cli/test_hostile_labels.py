@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from picker.testing.envoy import EnvoyClient, HttpRequest, UpstreamResponse
-from tests.integration.cli.conftest import LOCAL, PICKER, PeakRss, Spawn, rss, serving_ports
+from tests.integration.cli.conftest import PeakRss, rss
+from tests.integration.conftest import LOCAL, PICKER, Spawn, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,7 +17,8 @@ import pytest
 
 from picker.testing.envoy import EnvoyClient, request_body, request_headers
 from picker.testing.hostile import hostile_process
-from tests.integration.cli.conftest import LOCAL, PICKER, PeakRss, Spawn, rss, serving_ports
+from tests.integration.cli.conftest import PeakRss, rss
+from tests.integration.conftest import LOCAL, PICKER, Spawn, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import pytest
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
 from picker.testing.net import free_port
 from picker.testing.otlp import OtlpReceiver, ReceivedSpan
-from tests.integration.cli.conftest import LOCAL, PICKER, Ports, Process, Spawn, serving_ports
+from tests.integration.conftest import LOCAL, PICKER, Ports, Process, Spawn, serving_ports
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,12 +22,10 @@ import redis.asyncio as aioredis
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
 from picker.testing.tools import tool
+from tests.integration.conftest import LOCAL, PICKER, Process, Spawn, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SERVING = re.compile(
-    r"picker serving: ext_proc :(\d+) \((?:TLS|plaintext)\), health :\d+, metrics :\d+, admin [^ ]+:(\d+)"
-)
 CONFIG = """\
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig
@@ -54,32 +49,22 @@ ANSWER = json.dumps(
 
 
 class Epp:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.reader = asyncio.ensure_future(self._read())
-        self.grpc = 0
+    """One ``picker serve`` process (:class:`~tests.integration.conftest.Process`) and its ext_proc client."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
         self.admin = 0
         self.client: EnvoyClient | None = None
 
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.lines.append(line.decode(errors="replace").rstrip())
+    @property
+    def lines(self) -> list[str]:
+        return self.process.lines
 
-    async def serving(self, deadline_s: float = 60.0) -> None:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            for line in self.lines:
-                if m := SERVING.search(line):
-                    self.grpc, self.admin = int(m.group(1)), int(m.group(2))
-                    self.client = EnvoyClient(f"127.0.0.1:{self.grpc}", timeout=30.0)
-                    await self.client.connect()
-                    return
-            if self.proc.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-        raise AssertionError("EPP did not start:\n" + "\n".join(self.lines[-30:]))
+    async def serving(self) -> None:
+        ports = await serving_ports(self.process, deadline_s=120.0)
+        self.admin = ports.admin
+        self.client = EnvoyClient(f"127.0.0.1:{ports.grpc}", timeout=30.0)
+        await self.client.connect()
 
     async def request(self, tenant: str = "t") -> ExchangeResult:
         assert self.client is not None
@@ -95,37 +80,32 @@ class Epp:
     async def stop(self) -> None:
         if self.client is not None:
             await self.client.close()
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        await self.reader
+        await self.process.stop()
 
 
 @pytest.fixture(params=[PER_REQUEST])
 async def two_epps(
-    tmp_path: Path, request: pytest.FixtureRequest
+    spawn: Spawn, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[RedisServer, Epp, Epp]]:
     tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
     redis = RedisServer(tmp_path)
     redis.start()
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(url=redis.url, lease=request.param), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "PICKER_"))}
-    env["PYTHONUNBUFFERED"] = "1"
     epps = []
     for _ in range(2):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "picker", "serve",
-            "--static-endpoints", "127.0.0.1:9",  # never contacted: the client plays the model server
-            "--secure-serving=false", "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0",
-            "--admin-port=0", "--host=127.0.0.1", "--refresh-metrics-interval=1h", f"--config-file={config}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-        )  # fmt: skip
-        epps.append(Epp(proc))
+        process = await spawn(
+            [
+                PICKER,
+                "serve",
+                *LOCAL,
+                "--static-endpoints=127.0.0.1:9",  # never contacted: the client plays the model server
+                "--secure-serving=false",
+                "--refresh-metrics-interval=1h",
+                f"--config-file={config}",
+            ]
+        )
+        epps.append(Epp(process))
     try:
         for epp in epps:
             await epp.serving()
