@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import functools
 import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +28,12 @@ from picker.testing.envoy import (
 )
 from picker.testing.fake_server import FakeFleet
 from picker.testing.net import free_port
+from tests.integration.conftest import LOCAL, PICKER, Spawn, serving_ports
 from tests.integration.service.test_flow_control import CONFIG as FLOW_CONTROL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BODY = b'{"model":"m","stream":true,"prompt":"' + b"w" * 400 + b'"}'  # a streamed 100-token prompt
-SERVING = re.compile(rb"metrics :(\d+), admin [^ ]+:(\d+)")
 
 
 @dataclass
@@ -95,49 +93,29 @@ async def eventually(check: Any, what: str, within: float = 30.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _start_tree(*extra: str) -> AsyncIterator[Tree]:
+async def _start_tree(spawn: Spawn, *extra: str) -> AsyncIterator[Tree]:
     async with FakeFleet.uniform(4, "vllm") as fleet:
         grpc_port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "picker",
-            "serve",
-            "--workers",
-            "2",
-            "--static-endpoints",
-            ",".join(fleet.addresses),
-            "--secure-serving=false",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--refresh-metrics-interval",
-            "200ms",
-            *extra,
-            stderr=asyncio.subprocess.PIPE,
+        process = await spawn(
+            [
+                PICKER,
+                "serve",
+                *LOCAL,
+                "--workers=2",
+                f"--static-endpoints={','.join(fleet.addresses)}",
+                "--secure-serving=false",
+                f"--grpc-port={grpc_port}",  # after LOCAL's 0: one port the workers share
+                "--refresh-metrics-interval=200ms",
+                *extra,
+            ]
         )
-        assert proc.stderr is not None
-        metrics_port = admin_port = 0
-        while not admin_port:
-            line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
-            assert line, "the supervisor exited before serving"
-            m = SERVING.search(line)
-            if m:
-                metrics_port, admin_port = int(m[1]), int(m[2])
-        drain = asyncio.create_task(_drain(proc.stderr))
+        ports = await serving_ports(process, deadline_s=120.0)
         http = aiohttp.ClientSession()
         t = Tree(
-            proc,
+            process.proc,
             f"127.0.0.1:{grpc_port}",
-            f"http://127.0.0.1:{metrics_port}",
-            f"http://127.0.0.1:{admin_port}",
+            f"http://127.0.0.1:{ports.metrics}",
+            f"http://127.0.0.1:{ports.admin}",
             http,
         )
 
@@ -154,25 +132,13 @@ async def _start_tree(*extra: str) -> AsyncIterator[Tree]:
             for client in t.clients:
                 await client.close()
             await http.close()
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), timeout=30)
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            drain.cancel()
+            await process.stop()
 
 
 @pytest.fixture
-async def tree() -> AsyncIterator[Tree]:
-    async with _start_tree() as t:
+async def tree(spawn: Spawn) -> AsyncIterator[Tree]:
+    async with _start_tree(spawn) as t:
         yield t
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 async def hold(client: EnvoyClient) -> RawStream:
@@ -307,11 +273,11 @@ async def _first_reply_kind(client: EnvoyClient, tenant: str) -> tuple[RawStream
     return stream, str(kind)
 
 
-async def test_workers_share_one_tenant_budget_through_the_supervisor() -> None:
+async def test_workers_share_one_tenant_budget_through_the_supervisor(spawn: Spawn) -> None:
     """The memory backend's budget lives in the supervisor: a concurrency limit of 3 holds across both
     workers, /debug/tenants shows each worker's share of it next to the shared meter, and a worker that
     dies gives its tenants' reservations back."""
-    async with _start_tree("--config-text", TENANTS) as t:
+    async with _start_tree(spawn, "--config-text", TENANTS) as t:
         a, b = await _client_per_worker(t)
         held = []
         for client in (a, a, b):
@@ -392,11 +358,11 @@ async def _destination(client: EnvoyClient) -> tuple[RawStream, str]:
     return stream, headers["x-gateway-destination-endpoint"].split(",")[0]
 
 
-async def test_workers_share_the_external_endpoints_budget_through_the_supervisor() -> None:
+async def test_workers_share_the_external_endpoints_budget_through_the_supervisor(spawn: Spawn) -> None:
     """External endpoints' limits are the supervisor's: ``concurrent: 3`` is reached from both workers
     (a 1/N split would stop at one each) and never passed; a finished request frees its slot for the other
     worker; /debug/external shows the one budget."""
-    async with _start_tree("--config-text", EXTERNAL) as t:
+    async with _start_tree(spawn, "--config-text", EXTERNAL) as t:
         a, b = await _client_per_worker(t)
         held = [await _destination(c) for c in (a, a, b, b)]
         firsts = [where for _, where in held]
@@ -424,10 +390,10 @@ async def _settled(t: Tree, index: int, inflight: float) -> bool:
     return any(w["index"] == index and w["inflight"] <= inflight for w in await t.workers())
 
 
-async def test_header_only_mode_on_both_workers() -> None:
+async def test_header_only_mode_on_both_workers(spawn: Spawn) -> None:
     """``--model-header`` reaches every worker: each answers at the request headers, one message, and the
     supervisor's accounting sees the stream until the proxy closes it."""
-    async with _start_tree("--model-header", "x-ai-eg-model") as t:
+    async with _start_tree(spawn, "--model-header", "x-ai-eg-model") as t:
         client = EnvoyClient(
             t.grpc, timeout=30.0, options=[("grpc.use_local_subchannel_pool", 1)], request_body_mode="NONE"
         )
@@ -470,10 +436,10 @@ async def _samples(t: Tree, name: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
-async def test_flow_control_metrics_of_the_workers_are_the_supervisors() -> None:
+async def test_flow_control_metrics_of_the_workers_are_the_supervisors(spawn: Spawn) -> None:
     """Requests queue in the workers; the supervisor's /metrics shows their queue and its queue-time
     histogram (summed over workers), and the pool's saturation once."""
-    async with _start_tree("--config-text", FLOW) as t:
+    async with _start_tree(spawn, "--config-text", FLOW) as t:
         held = [await hold(await t.new_client()) for _ in range(4)]  # one per endpoint: saturated
 
         async def four_in_flight() -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.live.routers import EPP_CONFIGS
 from picker.testing.envoy import HttpRequest
+from tests.integration.conftest import Spawn
 from tests.integration.workers.test_workers import Tree, _start_tree, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,8 +24,8 @@ CONFIG = EPP_CONFIGS["epp-reference"]  # the reference profile: queue 2, KV 2, p
 
 
 @pytest.fixture
-async def prefix_tree() -> AsyncIterator[Tree]:
-    async with _start_tree("--config-text", CONFIG) as t:
+async def prefix_tree(spawn: Spawn) -> AsyncIterator[Tree]:
+    async with _start_tree(spawn, "--config-text", CONFIG) as t:
         yield t
 
 

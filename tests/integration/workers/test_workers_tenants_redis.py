@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from picker.testing.envoy import HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
 from picker.testing.tools import tool
+from tests.integration.conftest import Spawn
 from tests.integration.workers.test_workers import (
     Tree,
     _client_per_worker,
@@ -59,21 +60,21 @@ COST = (1 * 1000 + 100 * 2000) / 1e6  # per request, currency units
 
 
 @contextlib.asynccontextmanager
-async def _with_redis(tmp_path: Path, config: str) -> AsyncIterator[tuple[RedisServer, Tree]]:
+async def _with_redis(spawn: Spawn, tmp_path: Path, config: str) -> AsyncIterator[tuple[RedisServer, Tree]]:
     """A real redis-server and ``--workers 2`` whose tenants section (``config``) uses it."""
     tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
     redis = RedisServer(tmp_path)
     redis.start()
     try:
-        async with _start_tree("--config-text", config.format(url=redis.url)) as t:
+        async with _start_tree(spawn, "--config-text", config.format(url=redis.url)) as t:
             yield redis, t
     finally:
         redis.stop()
 
 
 @pytest.fixture
-async def redis_tree(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Tree]]:
-    async with _with_redis(tmp_path, CONFIG) as started:
+async def redis_tree(spawn: Spawn, tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Tree]]:
+    async with _with_redis(spawn, tmp_path, CONFIG) as started:
         yield started
 
 
@@ -162,11 +163,11 @@ async def test_tenant_metrics_of_redis_workers_are_counted_once(
     await eventually(up, "every worker's backend up again")
 
 
-async def test_each_workers_lease_is_shown_next_to_the_shared_meter(tmp_path: Path) -> None:
+async def test_each_workers_lease_is_shown_next_to_the_shared_meter(spawn: Spawn, tmp_path: Path) -> None:
     """Each worker leases a share of the tenant's budget from Redis; the supervisor's /debug/tenants shows
     the shared meter (leases counted as reserved) and, next to it, what each worker leases, holds and has
     not reported yet, and how many admissions each made on its lease or by asking Redis."""
-    async with _with_redis(tmp_path, CONFIG.replace("idle: 1s", "idle: 1h")) as (_redis, t):
+    async with _with_redis(spawn, tmp_path, CONFIG.replace("idle: 1s", "idle: 1h")) as (_redis, t):
         await _clear_of_the_hour()
         a, b = await _client_per_worker(t)  # worker 0, worker 1
         sent = 0
