@@ -40,7 +40,12 @@ DEFAULT_FLOW = "default-flow"
 
 
 class Scheduling(Protocol):
-    """The director's side: the pick once admitted, and which external endpoints a request may use."""
+    """The director's side: the pick once admitted, and which external endpoints a request may use.
+
+    It restates :meth:`~picker.routing.director.Director.schedule`'s signature on purpose: the director
+    imports this module (an :class:`Admission` is its step 4-5), so this module cannot import the
+    director; the Protocol is what admission needs of it, and mypy checks that the director satisfies it
+    where the director passes itself in."""
 
     external: ExternalCapacity
 
