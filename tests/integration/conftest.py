@@ -11,9 +11,10 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -108,7 +109,12 @@ async def serving_ports(process: Process, deadline_s: float = 30.0) -> Ports:
     return Ports(int(m[1]), m[2] == "TLS", int(m[3]), int(m[4]), int(m[5]))
 
 
-Spawn = Callable[[Sequence[str]], Awaitable[Process]]
+class Spawn(Protocol):
+    """Start ``argv`` in the clean environment (plus ``env``) as a :class:`Process`."""
+
+    def __call__(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> Awaitable[Process]: ...
 
 
 @pytest.fixture
@@ -116,13 +122,13 @@ async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
     """Start a CLI process (killed at teardown if a test left it running)."""
     started: list[Process] = []
 
-    async def _spawn(argv: Sequence[str]) -> Process:
+    async def _spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Process:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            env=cli_env,
+            env={**cli_env, **(env or {})},
         )
         process = Process(proc)
         assert proc.stderr is not None

@@ -25,7 +25,6 @@ import dataclasses
 import errno
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from picker.testing.fake_load import LoadHandle, LoadRejectedError, LoadRequest,
 from picker.testing.fake_server import FakeServer
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool, pod
+from tests.integration.conftest import PICKER, Process, Spawn
 
 pytestmark = pytest.mark.integration
 
@@ -341,81 +341,47 @@ def serve_flags(kubeconfig: Path) -> list[str]:
 
 
 class EppProcess(Epp):
-    """``picker serve`` as a child process, as a cluster runs it (:func:`launch_epp`); its output goes to a
-    file the test reads (``output``)."""
+    """``picker serve`` as a child process, as a cluster runs it (:func:`launch_epp`): a
+    :class:`~tests.integration.conftest.Process` whose ports are read from its serving line."""
 
-    def __init__(
-        self, name: str, proc: asyncio.subprocess.Process, log: Path, serving: re.Match[str]
-    ) -> None:
+    def __init__(self, name: str, process: Process, serving: re.Match[str]) -> None:
         grpc, health, metrics, admin = (int(g) for g in serving.groups()[:4])
         listed = (p.split(":") for p in (serving.group(5) or "").split())
         super().__init__(Ports(grpc, health, metrics, admin, {name: int(port) for name, port in listed}))
         self.name = name
-        self.proc = proc
-        self.log = log
+        self.process = process
 
     @property
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.process.output
 
     async def readiness(self) -> int | None:
         """``readiness`` status, or None when the process is gone."""
-        if self.proc.returncode is not None:
+        if self.process.proc.returncode is not None:
             return None
         return await self.health("readiness")
 
     def signal(self, sig: Signals) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+        if self.process.proc.returncode is None:
+            self.process.proc.send_signal(sig)
 
     async def exited(self, within: float = 15) -> int:
         """The exit code (awaited on the loop: the API server the process talks to runs there too)."""
-        return await asyncio.wait_for(self.proc.wait(), within)
+        return await asyncio.wait_for(self.process.proc.wait(), within)
 
-    async def stop(self, sig: Signals = SIGTERM, within: float = 20) -> int | None:
-        """Close the clients, send ``sig``, and the exit code; None when it had to be killed after
-        ``within`` seconds."""
+    async def stop(self, sig: Signals = SIGTERM, within: float = 20) -> int:
+        """Close the clients, send ``sig``, and the exit code (fails if the process ignores it)."""
         await self.close()
-        self.signal(sig)
-        try:
-            return await self.exited(within)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            return None
+        return await self.process.stop(sig, within)
 
 
 async def launch_epp(
-    name: str, args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None
+    spawn: Spawn, name: str, args: Sequence[str], *, env: Mapping[str, str] | None = None
 ) -> EppProcess:
-    """``python -m picker serve ARGS`` with its output in ``log``, its ext_proc client connected, once it
-    logged its serving line; fails with the log's tail if the process exits first."""
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "picker",
-            "serve",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-
-    def serving() -> re.Match[str] | None:
-        if proc.returncode is not None:
-            raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        return SERVING_LINE.search(log.read_text(errors="replace"))
-
-    try:
-        line = await eventually(serving, within=SERVE_START_S, what=f"{name} serving")
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    epp = EppProcess(name, proc, log, line)
+    """``picker serve ARGS`` (``env`` added to the clean environment), its ext_proc client connected, once
+    it logged its serving line; fails with its output if the process exits first."""
+    process = await spawn([PICKER, "serve", *args], env=env)
+    epp = EppProcess(name, process, await process.wait_for(SERVING_LINE, SERVE_START_S))
     await epp.client.connect()
     return epp
 

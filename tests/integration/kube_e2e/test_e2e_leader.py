@@ -19,6 +19,7 @@ import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool
+from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import (
     NOT_SERVING,
     NS,
@@ -56,12 +57,12 @@ def identity(epp: EppProcess) -> str | None:
 
 
 @pytest.fixture
-async def launch(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def launch(spawn: Spawn, kubeconfig: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[EppProcess] = []
 
     async def start(name: str, *extra: str) -> EppProcess:
         args = [*serve_flags(kubeconfig), "--ha-enable-leader-election", *LEASE_FLAGS, *extra]
-        epp = await launch_epp(name, args, tmp_path / f"{name}.log")
+        epp = await launch_epp(spawn, name, args)
         started.append(epp)
         return epp
 

@@ -13,7 +13,6 @@ wrong pod; gamma has no document of its own and takes the built-in default.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, inference_pool
 from picker.testing.net import free_port
 from picker.testing.otlp import OtlpReceiver
+from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import (
     NS,
     SERVING,
@@ -112,7 +112,6 @@ def _tracing_env(receiver: OtlpReceiver) -> dict[str, str]:
     """Only requests whose traceparent says "sampled" are recorded, and spans are exported only when the
     process flushes at shutdown (a 10-minute batch delay), so the Export calls count the exporters."""
     return {
-        **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0",
@@ -151,9 +150,9 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
     emulator: KubeApiEmulator,
     pools: dict[str, Pool],
     kubeconfig: Path,
-    tmp_path: Path,
     receiver: OtlpReceiver,
     workers: int,
+    spawn: Spawn,
 ) -> None:
     alpha, beta, gamma = pools["alpha"], pools["beta"], pools["gamma"]
     # alpha and beta: a short queue with a full KV cache against a long queue with a free one
@@ -183,7 +182,7 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
         "--tracing",
         f"--workers={workers}",
     ]
-    epp = await launch_epp("picker serve", args, tmp_path / "epp.log", env=_tracing_env(receiver))
+    epp = await launch_epp(spawn, "picker serve", args, env=_tracing_env(receiver))
     try:
         ports, admin = epp.ports, epp.admin
         assert ports.pools == {name: pool.port for name, pool in pools.items()}

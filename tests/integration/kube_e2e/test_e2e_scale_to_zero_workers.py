@@ -15,6 +15,7 @@ from picker.testing.gateway import MiniGateway
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment
 from picker.testing.kube_workloads import WorkloadController
+from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import (
     NS,
     SEL,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_worker_holds_the_request_while_the_supervisors_scaler_brings_a_replica_up(
-    emulator: KubeApiEmulator, fake_pods: FakePods, kubeconfig: Path, tmp_path: Path
+    emulator: KubeApiEmulator, fake_pods: FakePods, kubeconfig: Path, tmp_path: Path, spawn: Spawn
 ) -> None:
     pod = await fake_pods.add("slot-0")
     controller = WorkloadController(emulator, ips=[pod.ip], warmup_s=2.0)
@@ -42,7 +43,7 @@ async def test_a_worker_holds_the_request_while_the_supervisors_scaler_brings_a_
         config = tmp_path / "config.yaml"
         config.write_text(scale_to_zero_doc())
         args = [*serve_flags(kubeconfig), f"--config-file={config}", "--workers=2"]
-        epp = served = await launch_epp("the EPP", args, tmp_path / "epp.log")
+        epp = served = await launch_epp(spawn, "the EPP", args)
 
         async def ready() -> bool:
             return await served.admin.readyz() == 200
