@@ -121,7 +121,9 @@ class Router:
         if cache is not None:
             data = info.prefix_input
             info.prefix_input = b""
-            match = cache.match(cache.hashes("m", info.cache_salt, data), self.m, now=NOW)
+            match = cache.match(
+                cache.hashes("m", info.cache_salt, data), self.m, now=NOW, blocks=cache.blocks(len(data))
+            )
         req = PickRequest(
             target_model="m", prompt_tokens_estimate=info.prompt_chars // 4, stream=info.stream, prefix=match
         )
@@ -242,7 +244,7 @@ def parts(workload: str, runs: int, calls: int) -> dict[str, float]:
         t = lap("parse_window", t)
         hashes = cache.hashes("m", info.cache_salt, info.prefix_input)
         t = lap("hash", t)
-        match = cache.match(hashes, m, now=NOW)
+        match = cache.match(hashes, m, now=NOW, blocks=cache.blocks(len(info.prefix_input)))
         t = lap("match", t)
         req = PickRequest(
             target_model="m", prompt_tokens_estimate=info.prompt_chars // 4, stream=info.stream, prefix=match

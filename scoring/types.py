@@ -17,6 +17,9 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 class PrefixMatch(NamedTuple):
     """A prompt's chained block hashes and how many leading blocks each endpoint is believed to hold.
 
+    ``hashes`` are the index entries; each covers one block, or ``blocksPerEntry`` blocks (the last one
+    possibly fewer), in which case ``blocks`` gives the prompt's block count.
+
     Built by the prefix index (``scoring.prefix``) against one matrix before the pick, read by
     ``prefix-cache-scorer``, and handed back to the index after the pick so the chosen endpoint records
     the prompt. ``matched`` is aligned with the rows of the matrix it was computed for (read-only) and is
@@ -30,11 +33,14 @@ class PrefixMatch(NamedTuple):
     best: int
     #: tokens per block of the hasher that built ``hashes`` (the scorer's load guard converts with it)
     block_tokens: int
+    #: blocks of the prompt when a hash covers several (``blocksPerEntry`` > 1); 0: one block per hash
+    blocks: int = 0
 
     @property
     def total(self) -> int:
-        """Blocks of the prompt (the score's denominator)."""
-        return len(self.hashes)
+        """Blocks of the prompt (the score's denominator). ``matched`` and ``best`` count blocks too,
+        whatever the number of blocks per hash."""
+        return self.blocks or len(self.hashes)
 
 
 class PickRequest(NamedTuple):

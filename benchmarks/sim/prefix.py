@@ -38,7 +38,7 @@ class Picking:
     policy's profile scores prefixes (:mod:`benchmarks.sim.prefix`): hashes matched against the snapshot
     before, the chosen endpoint recorded after. Policies that see more than a picker get ``bind`` first."""
 
-    __slots__ = ("_cache", "_hashes", "_policy", "_requests")
+    __slots__ = ("_blocks", "_cache", "_hashes", "_policy", "_requests")
 
     def __init__(self, policy: Policy, ctx: SimContext, requests: list[PickRequest]) -> None:
         self._policy = policy
@@ -49,7 +49,9 @@ class Picking:
         config = prefix_config_of(policy)
         self._cache = ApproxPrefixCache(config) if config is not None else None
         models = [r.target_model for r in requests]
-        self._hashes = prompt_hashes(ctx.workload, models, config) if config is not None else ()
+        self._hashes, self._blocks = (
+            prompt_chains(ctx.workload, models, config) if config is not None else ((), ())
+        )
 
     def pick(
         self, m: EndpointMatrix, k: int, now: float, rng: np.random.Generator
@@ -59,7 +61,7 @@ class Picking:
         cache = self._cache
         if cache is None:
             return self._policy.pick(m, req, now, rng), req
-        match = cache.match(self._hashes[k], m, now=now)
+        match = cache.match(self._hashes[k], m, now=now, blocks=self._blocks[k])
         req = req._replace(prefix=match)
         i = self._policy.pick(m, req, now, rng)
         if match is not None:
@@ -82,6 +84,14 @@ def prompt_hashes(
     workload: Workload, models: Sequence[str], config: PrefixConfig
 ) -> tuple[tuple[int, ...], ...]:
     """Every request's block hashes (``models[k]`` is request ``k``'s target model, the hash seed)."""
+    return prompt_chains(workload, models, config)[0]
+
+
+def prompt_chains(
+    workload: Workload, models: Sequence[str], config: PrefixConfig
+) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Every request's block hashes and its prompt's block count (what ``ApproxPrefixCache.match`` takes
+    as ``blocks``; with ``blocksPerEntry`` > 1 the last hash may cover fewer blocks than the others)."""
     return _hashes(
         workload.units,
         prompts=workload.prompt_tokens.astype(np.int64).tobytes(),
@@ -89,6 +99,7 @@ def prompt_hashes(
         models=tuple(models),
         block_tokens=config.block_size_tokens,
         max_blocks=config.max_blocks,
+        blocks_per_entry=config.blocks_per_entry,
     )
 
 
@@ -101,11 +112,14 @@ def _hashes(
     models: tuple[str, ...],
     block_tokens: int,
     max_blocks: int,
-) -> tuple[tuple[int, ...], ...]:
-    hasher = PrefixHasher(block_tokens, max_blocks)
+    blocks_per_entry: int,
+) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    hasher = PrefixHasher(block_tokens, max_blocks, blocks_per_entry)
     tokens = np.frombuffer(prompts, dtype=np.int64)
     out = []
+    blocks = []
     for k, u in enumerate(units):
-        text = prompt_text(u, int(tokens[k]), unit_tokens, request=k, max_chars=hasher.window)
-        out.append(hasher.hashes(models[k], "", text.encode()))
-    return tuple(out)
+        data = prompt_text(u, int(tokens[k]), unit_tokens, request=k, max_chars=hasher.window).encode()
+        out.append(hasher.hashes(models[k], "", data))
+        blocks.append(hasher.blocks(len(data)))
+    return tuple(out), tuple(blocks)

@@ -542,10 +542,11 @@ class Director:
         cache = self._prefix.for_profiles(active.profiles) if self._prefix is not None else None
         if cache is None:
             return None
+        blocks = cache.blocks(len(data))  # the last hash may cover fewer blocks than the others
         if timings is None:
-            return cache.match(cache.hashes(target, info.cache_salt, data), m, now=now)
+            return cache.match(cache.hashes(target, info.cache_salt, data), m, now=now, blocks=blocks)
         began = time.perf_counter_ns()
-        match = cache.match(cache.hashes(target, info.cache_salt, data), m, now=now)
+        match = cache.match(cache.hashes(target, info.cache_salt, data), m, now=now, blocks=blocks)
         timings.append(PluginTiming("prepare", PREFIX_MATCH_TIMING, time.perf_counter_ns() - began))
         return match
 

@@ -19,6 +19,14 @@ often repeats exactly: every later turn of a conversation whose history passed 1
 behind a shared system prompt of 16 KB or more. Such chains are memoized under a 128-bit fingerprint of
 the window (xxh3, about a microsecond for 16 KB) and the seed, in a small LRU (:data:`MEMO_ENTRIES`
 chains); a fingerprint collision would need 2^64 distinct windows.
+
+**Coarser entries** (``blocks_per_entry`` = *s*, our parameter ``blocksPerEntry``; 1 is the reference).
+The block stays the unit of size and of the window, but one hash covers *s* consecutive blocks: the chain
+is ``h[i] = xxh64(segment_i, seed=h[i-1])`` over segments of ``s x block_bytes`` bytes, so a full window
+costs ``max_blocks / s`` calls and gives as many index entries, and the trailing partial segment is
+hashed like the reference's trailing partial block (a repeated prompt still matches to its last byte).
+Hash *i* then identifies the first ``min((i + 1) x s, blocks)`` blocks; :meth:`PrefixHasher.blocks`
+gives a prompt's block count (the score's denominator), which the hashes alone no longer tell.
 """
 
 from __future__ import annotations
@@ -45,17 +53,29 @@ class PrefixHasher:
 
     ``window`` is the number of leading bytes that can matter (``block_bytes x max_blocks``): a parser
     only needs to hand over that much of the prompt. Inputs shorter than one block give no hashes (a
-    model server caches nothing shorter than a block either; reference behaviour).
+    model server caches nothing shorter than a block either; reference behaviour). Each hash covers
+    ``blocks_per_entry`` blocks (the last one possibly fewer; see the module docstring).
     """
 
-    __slots__ = ("_memo", "_seeds", "block_bytes", "block_size_tokens", "max_blocks", "window")
+    __slots__ = (
+        "_memo",
+        "_seeds",
+        "block_bytes",
+        "block_size_tokens",
+        "blocks_per_entry",
+        "entry_bytes",
+        "max_blocks",
+        "window",
+    )
 
-    def __init__(self, block_size_tokens: int = 16, max_blocks: int = 256) -> None:
-        if block_size_tokens < 1 or max_blocks < 1:
-            raise ValueError("block_size_tokens and max_blocks must be >= 1")
+    def __init__(self, block_size_tokens: int = 16, max_blocks: int = 256, blocks_per_entry: int = 1) -> None:
+        if block_size_tokens < 1 or max_blocks < 1 or blocks_per_entry < 1:
+            raise ValueError("block_size_tokens, max_blocks and blocks_per_entry must be >= 1")
         self.block_size_tokens = block_size_tokens
         self.block_bytes = block_size_tokens * CHARS_PER_TOKEN
         self.max_blocks = max_blocks
+        self.blocks_per_entry = blocks_per_entry
+        self.entry_bytes = self.block_bytes * blocks_per_entry
         self.window = self.block_bytes * max_blocks
         self._seeds: dict[tuple[str, str], int] = {}
         self._memo: OrderedDict[tuple[int, int], tuple[int, ...]] = OrderedDict()
@@ -73,21 +93,30 @@ class PrefixHasher:
             self._seeds[key] = seed
         return seed
 
+    def blocks(self, size: int) -> int:
+        """Blocks of a prompt of ``size`` bytes within the window, a trailing partial block included (0 when
+        shorter than one block): what its hashes cover, the score's denominator."""
+        step = self.block_bytes
+        if size < step:
+            return 0
+        return -(-min(size, self.window) // step)
+
     def hashes(self, model: str, salt: str, data: bytes | bytearray | memoryview) -> tuple[int, ...]:
-        """Chained hashes of the first ``window`` bytes of ``data``: one per block, the last may be partial.
+        """Chained hashes of the first ``window`` bytes of ``data``: one per ``blocks_per_entry`` blocks, the
+        last may be partial.
 
         Empty when ``data`` is shorter than one block.
         """
         size = len(data)
-        step = self.block_bytes
-        if size < step:
+        if size < self.block_bytes:
             return ()
+        step = self.entry_bytes
         end = min(size, self.window)
-        view = memoryview(data)
+        view = memoryview(data)[:end]  # a last segment cut by the window ends there
         h = self.seed(model, salt)
         key = None
         if end == self.window:
-            key = (h, _xxh128(view[:end]))
+            key = (h, _xxh128(view))
             memo = self._memo
             cached = memo.get(key)
             if cached is not None:

@@ -24,7 +24,9 @@ so an LRU evicts them later). The holder sets along a prompt's hashes are theref
 ``holders(h0) ⊇ holders(h1) ⊇ ...``, and the reference's greedy walk (count, per endpoint, the leading
 hashes it holds) equals counting the runs of equal holder sets, which a bisection finds with a few
 lookups per run instead of one per block. ``tests/property/scoring/test_prefix_index.py`` checks it against
-the block-by-block walk.
+the block-by-block walk. With entries of several blocks (``blocksPerEntry``) a "block" above is an entry:
+the index sees opaque hashes, a prompt's entries are still recorded whole and head first, so the argument
+is unchanged; :meth:`PrefixIndex.match` turns entry counts into blocks.
 
 **Memory bound.** Per endpoint at most ``capacity`` entries, each costing at most :data:`BYTES_PER_ENTRY`
 bytes when no other endpoint shares it (the endpoint's dict slot, the reverse-map slot, the hash's int
@@ -138,17 +140,30 @@ class PrefixIndex:
             return frozenset()
         return frozenset(self._names[s] or "" for s in _slots_of(value))
 
-    def match(self, hashes: Sequence[int], m: EndpointMatrix, block_tokens: int) -> PrefixMatch:
+    def match(
+        self,
+        hashes: Sequence[int],
+        m: EndpointMatrix,
+        block_tokens: int,
+        *,
+        blocks_per_entry: int = 1,
+        blocks: int = 0,
+    ) -> PrefixMatch:
         """Matched leading blocks of ``hashes`` per row of ``m`` (greedy consecutive match, reference).
 
         ``block_tokens`` is the hasher's block size in tokens (carried in the result for the scorer).
-        Endpoints of ``m`` the index does not know match 0; endpoints the index knows but ``m`` lacks are
-        ignored.
+        Each hash covers ``blocks_per_entry`` blocks, the last one possibly fewer: ``blocks`` is the
+        prompt's block count (0: every hash whole). The walk counts leading entries; the result is in
+        blocks (``min(entries x blocks_per_entry, blocks)``). Endpoints of ``m`` the index does not know
+        match 0; endpoints the index knows but ``m`` lacks are ignored.
         """
         holders = self._holders
         first = holders.get(hashes[0]) if hashes else None
+        total = 0
+        if blocks_per_entry != 1:
+            total = blocks or len(hashes) * blocks_per_entry
         if first is None:
-            return PrefixMatch(tuple(hashes), None, 0, block_tokens)
+            return PrefixMatch(tuple(hashes), None, 0, block_tokens, total)
         runs = self._runs(hashes, first)
         nslots = len(self._names)
         counts = np.zeros(nslots + 1)
@@ -164,11 +179,14 @@ class PrefixIndex:
                 )
                 counts[:nslots] += bits * float(length)
         matched = counts[self._rows(m)]
+        if total:
+            matched *= blocks_per_entry
+            np.minimum(matched, total, out=matched)
         best = int(matched.max()) if len(matched) else 0
         if best == 0:
-            return PrefixMatch(tuple(hashes), None, 0, block_tokens)
+            return PrefixMatch(tuple(hashes), None, 0, block_tokens, total)
         matched.flags.writeable = False
-        return PrefixMatch(tuple(hashes), matched, best, block_tokens)
+        return PrefixMatch(tuple(hashes), matched, best, block_tokens, total)
 
     def _runs(self, hashes: Sequence[int], first: int) -> list[tuple[int, int]]:
         """Runs ``(holder value, length)`` of equal holder sets along ``hashes``, in order, up to the first

@@ -45,6 +45,8 @@ PREFIX_PARAMETERS = (
     "lruCapacityPerServer",
     "blockSize",
 )
+#: Our parameters beside the reference's (``blocksPerEntry``: see :class:`PrefixConfig`).
+OUR_PREFIX_PARAMETERS = ("blocksPerEntry",)
 #: Seconds an endpoint may be missing from the pool before its entries are forgotten (reference: purge
 #: every 2 minutes).
 PURGE_AFTER_S = 120.0
@@ -63,6 +65,15 @@ class PrefixConfig:
     capacity: int = DEFAULT_CAPACITY
     #: capacity per endpoint from its scraped KV-cache size (``autoTune``, default true)
     auto_tune: bool = True
+    #: blocks one index entry (one hash) covers (ours, ``blocksPerEntry``; 1 = the reference). The block
+    #: stays the unit of the window, of capacities and of matches; entries of *s* blocks divide hashing,
+    #: recording and memory by about *s* and coarsen the match to *s* blocks (``README.md``, "Coarser
+    #: entries")
+    blocks_per_entry: int = 1
+
+    def entries(self, blocks: int) -> int:
+        """Index entries that hold ``blocks`` blocks of capacity (at least 1)."""
+        return max(1, -(-blocks // self.blocks_per_entry))
 
     @classmethod
     def from_params(
@@ -75,7 +86,9 @@ class PrefixConfig:
         """Validate the reference parameters (plus ``extra`` keys the caller reads itself from the returned
         :class:`~scoring._params.Params`). ``blockSize`` (characters, deprecated) is accepted only together
         with ``blockSizeTokens``, which wins, as in the reference."""
-        params = Params(plugin_name, plugin_type, parameters, PREFIX_PARAMETERS + extra)
+        params = Params(
+            plugin_name, plugin_type, parameters, PREFIX_PARAMETERS + OUR_PREFIX_PARAMETERS + extra
+        )
         auto_tune = params.boolean("autoTune", True)
         block_tokens = params.integer("blockSizeTokens", 16, minimum=1)
         max_blocks = params.integer("maxPrefixBlocksToMatch", 256, minimum=1)
@@ -105,7 +118,13 @@ class PrefixConfig:
                 f"plugin {plugin_name!r} (type {plugin_type!r}): at most 8192 prefix blocks can be matched, "
                 f"got {max_blocks}"
             )
-        return cls(block_tokens, max_blocks, capacity, auto_tune), params
+        per_entry = params.integer("blocksPerEntry", 1, minimum=1)
+        if per_entry > max_blocks:
+            raise ConfigurationError(
+                f"plugin {plugin_name!r} (type {plugin_type!r}): parameter 'blocksPerEntry' must be <= the "
+                f"blocks matched (maxPrefixBlocksToMatch, {max_blocks}), got {per_entry}"
+            )
+        return cls(block_tokens, max_blocks, capacity, auto_tune, per_entry), params
 
 
 class ApproxPrefixCache:
@@ -117,8 +136,9 @@ class ApproxPrefixCache:
 
     def __init__(self, config: PrefixConfig | None = None, *, purge_after: float = PURGE_AFTER_S) -> None:
         self.config = config if config is not None else PrefixConfig()
-        self.hasher = PrefixHasher(self.config.block_size_tokens, self.config.max_blocks)
-        self.index = PrefixIndex(self.config.capacity)
+        cfg = self.config
+        self.hasher = PrefixHasher(cfg.block_size_tokens, cfg.max_blocks, cfg.blocks_per_entry)
+        self.index = PrefixIndex(cfg.entries(cfg.capacity))
         self.purge_after = purge_after
         self._names: tuple[str, ...] | None = None
         self._missing_since: dict[str, float] = {}
@@ -130,18 +150,31 @@ class ApproxPrefixCache:
         return self.hasher.window
 
     def hashes(self, model: str, salt: str, data: bytes | bytearray | memoryview) -> tuple[int, ...]:
-        """The prompt's chained block hashes (seeded with the target model and the cache salt)."""
+        """The prompt's chained block hashes (seeded with the target model and the cache salt), one per
+        ``blocksPerEntry`` blocks."""
         return self.hasher.hashes(model, salt, data)
 
-    def match(self, hashes: tuple[int, ...], m: EndpointMatrix, *, now: float) -> PrefixMatch | None:
-        """The match of a hashed prompt against the snapshot ``m`` (None for a prompt without blocks).
+    def blocks(self, size: int) -> int:
+        """Blocks of a prompt of ``size`` bytes (within the window, a partial block counting as one)."""
+        return self.hasher.blocks(size)
+
+    def match(
+        self, hashes: tuple[int, ...], m: EndpointMatrix, *, now: float, blocks: int = 0
+    ) -> PrefixMatch | None:
+        """The match of a hashed prompt against the snapshot ``m`` (None for a prompt without blocks), in
+        blocks. ``blocks`` is the prompt's block count (:meth:`blocks` of its byte length); it matters only
+        with ``blocksPerEntry`` > 1, where the last hash may cover fewer blocks than the others (0: assume
+        it covers them all).
 
         Also the moment the producer notices endpoints leaving the pool (see the module docstring).
         """
         self.observe(m, now)
         if not hashes:
             return None
-        return self.index.match(hashes, m, self.config.block_size_tokens)
+        cfg = self.config
+        return self.index.match(
+            hashes, m, cfg.block_size_tokens, blocks_per_entry=cfg.blocks_per_entry, blocks=blocks
+        )
 
     def record(self, m: EndpointMatrix, row: int, match: PrefixMatch) -> None:
         """The request was routed to row ``row`` of ``m``: that endpoint now holds the prompt."""
@@ -155,15 +188,15 @@ class ApproxPrefixCache:
 
     def capacity_of(self, m: EndpointMatrix, row: int) -> int:
         """Index entries for one endpoint: its KV cache in blocks of ``blockSizeTokens`` (autoTune) or the
-        configured ``lruCapacityPerServer``."""
+        configured ``lruCapacityPerServer`` (blocks), in entries of ``blocksPerEntry`` blocks."""
         cfg = self.config
         if cfg.auto_tune:
             blocks = float(m.num_blocks[row])
             size = float(m.block_size[row])
             if math.isfinite(blocks) and math.isfinite(size) and blocks > 0 and size > 0:
                 tokens = blocks * size
-                return max(1, min(int(tokens // cfg.block_size_tokens), MAX_CAPACITY))
-        return cfg.capacity
+                return cfg.entries(max(1, min(int(tokens // cfg.block_size_tokens), MAX_CAPACITY)))
+        return cfg.entries(cfg.capacity)
 
     def observe(self, m: EndpointMatrix, now: float) -> None:
         """Forget endpoints absent from the pool for ``purge_after`` seconds (checked when the membership

@@ -112,7 +112,7 @@ class PrefixCacheScorer(Scorer[F64]):
                 "another snapshot"
             )
         matched = v.take(match.matched)
-        total = float(len(match.hashes))
+        total = float(match.total)
         if not self.load_guard:
             scores: F64 = matched / total
             return scores
@@ -140,7 +140,7 @@ def prefill_saving(match: PrefixMatch, matched: F64, prompt_tokens: float) -> F6
     whole hashed window matched and the prompt is longer than it (the index sees only the first
     ``maxPrefixBlocksToMatch`` blocks; a full match there is, in a conversation, the whole history). A new
     array. The load guard here and ``prefill-queue-scorer`` (``tokens.py``) both read it."""
-    total = float(len(match.hashes))
+    total = float(match.total)
     out: F64 = matched * float(match.block_tokens)
     if prompt_tokens > total * match.block_tokens:
         np.copyto(out, prompt_tokens, where=matched >= total)

@@ -227,3 +227,71 @@ def test_prefix_terms_in_unit_interval_and_small_pool_totals_bit_identical(
     charge = LoadCharge.for_request(req, pick[0])
     assert 0.0 <= charge.prefill <= charge.tokens
     assert isinstance(match, PrefixMatch)
+
+
+# ------------------------------------------------------------------------------------ entries of s blocks
+def segment_hashes(seed: int, data: bytes, s: int, window: int) -> tuple[int, ...]:
+    """The chain over segments of ``s`` 64-byte blocks, written the obvious way (the last one partial)."""
+    data = data[:window]
+    if len(data) < 64:
+        return ()
+    out, h = [], seed
+    for start in range(0, len(data), 64 * s):
+        h = xxhash.xxh64_intdigest(data[start : start + 64 * s], h)
+        out.append(h)
+    return tuple(out)
+
+
+def prompt_bytes(path: tuple[int, ...], cut: int) -> bytes:
+    """A prompt of one 64-byte block per element of ``path`` (blocks drawn from a tree of shared
+    prefixes), its last block cut short by ``cut`` bytes."""
+    blocks = [xxhash.xxh64_digest(bytes(path[: i + 1])) * 8 for i in range(len(path))]
+    data = b"".join(blocks)
+    return data[: len(data) - cut] if len(path) > 1 else data
+
+
+segmented = st.tuples(st.sampled_from(NAMES), paths, st.integers(0, 63), st.sampled_from([None, 1, 2, 6, 40]))
+
+
+@SETTINGS
+@given(
+    s=st.sampled_from([1, 2, 3, 4]),
+    max_blocks=st.sampled_from([5, 8, 12]),
+    ops=st.lists(segmented, min_size=1, max_size=30),
+    probes=st.lists(st.tuples(paths, st.integers(0, 63)), min_size=1, max_size=4),
+)
+def test_entries_of_s_blocks_answer_like_the_walk_over_segment_hashes(
+    s: int,
+    max_blocks: int,
+    ops: list[tuple[str, tuple[int, ...], int, int | None]],
+    probes: list[tuple[tuple[int, ...], int]],
+) -> None:
+    """The producer with ``blocksPerEntry`` s against the oracle: segment hashes written the obvious
+    way, the plain LRU model over them, the block-by-block greedy walk, and the entry count turned into
+    blocks (``min(entries x s, blocks of the prompt)``)."""
+    from scoring.prefix import ApproxPrefixCache, PrefixConfig
+
+    cache = ApproxPrefixCache(PrefixConfig(max_blocks=max_blocks, capacity=8 * s, blocks_per_entry=s))
+    model = Model(8)
+    seed = cache.hasher.seed("m")
+    window = 64 * max_blocks
+    m = pool()
+    for name, path, cut, capacity in ops:
+        data = prompt_bytes(path, cut)
+        hashes = cache.hashes("m", "", data)
+        assert hashes == segment_hashes(seed, data, s, window)
+        cache.index.record(name, hashes, capacity=capacity)
+        model.record(name, hashes, capacity, 0)
+    for path, cut in probes:
+        data = prompt_bytes(path, cut)
+        hashes = cache.hashes("m", "", data)
+        blocks = -(-min(len(data), window) // 64)
+        match = cache.match(hashes, m, now=0.0, blocks=cache.blocks(len(data)))
+        assert match is not None
+        assert match.total == blocks
+        expected = [min(count * s, blocks) for count in model.walk(hashes, NAMES)]
+        got = [0.0] * len(NAMES) if match.matched is None else match.matched.tolist()
+        assert got == expected
+        assert match.best == max(expected)
+    for name, lru in model.lru.items():
+        assert cache.index.entries(name) == len(lru)
