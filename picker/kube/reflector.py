@@ -455,6 +455,9 @@ class Reflector:
                 post(_End(exc))
                 return
             if not call.attach(resp):
+                # closed between the response headers and here: close the connection (as _pump_stream
+                # does after an abort), else it goes back to the pool with the watch still being served
+                resp.close()
                 resp.release_conn()
                 post(_End(None))
                 return
