@@ -62,6 +62,14 @@ class Setting:
     def weight(self, name: str) -> float:
         return dict(self.weights).get(name, 0.0)
 
+    def normalized(self) -> Setting:
+        """The same configuration without parameters of scorers that are off: :func:`apply_setting` drops
+        such a plugin, so they change nothing, and two settings that differ only there are one document
+        (the search would replay it twice, and :meth:`describe` would name a parameter the document
+        lacks)."""
+        params = tuple(x for x in self.params if self.weight(x[0]) > 0)
+        return self if params == self.params else replace(self, params=params)
+
     def describe(self) -> str:
         parts = [f"{n} {_num(w)}" for n, w in self.weights if w]
         parts += [f"{n}.{p} {_num(v)}" for n, p, v in self.params]
@@ -267,14 +275,17 @@ def random_candidates(
                 v = float(math.exp(rng.uniform(math.log(low), math.log(k.high))))
             s = _set(s, k, v)
         if any(w > 0 for _, w in s.weights):
-            out.append(s)
+            out.append(s.normalized())
     return out
 
 
 def neighbours(s: Setting, ks: Sequence[Knob], defaults: Mapping[tuple[str, str], float]) -> list[Setting]:
-    """One knob at a time: halved, doubled, switched off (weights) or on at 1 (an absent scorer)."""
+    """One knob at a time: halved, doubled, switched off (weights) or on at 1 (an absent scorer); the
+    parameters of a scorer that is off are not moved (:meth:`Setting.normalized`)."""
     out = []
     for k in ks:
+        if k.param is not None and s.weight(k.plugin) <= 0:
+            continue
         cur = _current(s, k, defaults)
         if k.param is None:
             values = [cur * 0.5, min(cur * 2.0, k.high), 0.0] if cur > 0 else [1.0, 3.0]
@@ -284,7 +295,7 @@ def neighbours(s: Setting, ks: Sequence[Knob], defaults: Mapping[tuple[str, str]
             values = [k.high / 16, k.high / 4]
         for v in values:
             if v != cur:
-                t = _set(s, k, v)
+                t = _set(s, k, v).normalized()
                 if any(w > 0 for _, w in t.weights):
                     out.append(t)
     return out

@@ -94,6 +94,33 @@ def test_candidates_depend_on_the_seed_only() -> None:
         assert s.weight("gpu-utilization-scorer") == base.weight("gpu-utilization-scorer")
 
 
+def test_no_two_candidates_are_the_same_document() -> None:
+    """A parameter of a scorer that is off changes nothing in the written document: the search neither
+    moves it (a wasted replay of a configuration it has) nor names it in the report."""
+    docs = space.default_document()
+    base = space.read_setting(docs)
+    ks = space.knobs(base, docs, prefix=True)
+    defaults = {(k.plugin, k.param): space.param_default(docs, k) for k in ks if k.param}
+    off = dict(base.weights)
+    off["prefill-queue-scorer"] = 0.0
+    params = (
+        ("prefill-queue-scorer", "minRangeTokens", 4220.0),
+        (space.PREFIX_SCORER, "queuedRequestTokens", 3230.0),
+    )
+    best = space.Setting(tuple(off.items()), params).normalized()
+    assert "minRangeTokens" not in best.describe()
+    assert "queuedRequestTokens 3230" in best.describe()
+    candidates = [best, *space.neighbours(best, ks, defaults)]
+    candidates += space.random_candidates(base, ks, 40, np.random.default_rng(0), defaults)
+    for s in candidates:
+        text = space.dump(space.apply_setting(docs, s))
+        for name, key, _ in s.params:  # every parameter described is in the document
+            plugin = next((p for p in yaml.safe_load(text)["plugins"] if p["type"] == name), {})
+            assert key in plugin.get("parameters", {}), (s.describe(), name, key)
+    settings = {s: space.dump(space.apply_setting(docs, s)) for s in candidates}
+    assert len(set(settings.values())) == len(settings), "two settings, one document"
+
+
 def run_cli(tmp_path: Path, trace: Path, out: Path, *extra: str) -> dict[str, object]:
     argv = ["tune", "--trace", str(trace), "--out", str(out), "--servers", "4", "--trials", "3"]
     assert cli.main([*argv, "--no-progress", "--json", *extra]) == 0
