@@ -183,6 +183,15 @@ def _fmt_ratio(xs: Sequence[float], n_seeds: int) -> str:
     return cell if len(xs) == n_seeds else cell + f" ({len(xs)} of {n_seeds} seeds)"
 
 
+def covered(results: SweepRuns, seeds: Sequence[int], workloads: Sequence[str]) -> str:
+    """What a sweep's report covers: "every workload, seeds ..." only when each of ``workloads`` ran every
+    seed, else each workload with its seeds (a report of some runs must not read as the whole sweep)."""
+    ran = {label: sorted(runs) for label, runs in results.items() if runs}
+    if set(ran) == set(workloads) and all(s == sorted(seeds) for s in ran.values()):
+        return "every workload, seeds " + ", ".join(map(str, seeds))
+    return "; ".join(f"{w}: seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for w, s in ran.items())
+
+
 def capacity_table(results: SweepRuns, policies: Sequence[str]) -> str:
     """Per workload: mean capacity (req/s) per policy, then each policy's ratio to round-robin."""
     head = ["workload", *(f"{p} (req/s; vs RR)" for p in policies)]

@@ -43,6 +43,7 @@ from benchmarks.sim.capacity import Comparison, compare
 from benchmarks.sim.capacity_report import (
     capacity_section,
     capacity_table,
+    covered,
     evaluations_section,
     geomean,
     hit_ratios,
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(
         [
-            "# Capacity at SLO — every workload, seeds " + ", ".join(map(str, seeds)),
+            "# Capacity at SLO — " + covered(results, seeds, [c.label for c in CASES]),
             "",
             f"Command: `{command}`  ",
             (

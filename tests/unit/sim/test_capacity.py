@@ -11,6 +11,7 @@ import pytest
 from benchmarks import bench_quality
 from benchmarks.sim import capacity_sweep
 from benchmarks.sim.capacity import Evaluation, compare, find_capacity
+from benchmarks.sim.capacity_report import covered
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict, summarize
 from benchmarks.sim.policies import CAPACITY_POLICIES, ScoringPolicy, make_policy
@@ -341,3 +342,7 @@ def test_sweep_simulates_only_the_policies_earlier_runs_lack(
     }
     assert seed0["wall_s"] == pytest.approx(2.0 + 4.0 + 3.0)
     assert out["workloads"]["lora"]["runs"]["1"]["capacity"]["default"]["capacity_rps"] == 30.0
+    title = (tmp_path / "out" / "capacity-sweep-quick.md").read_text(encoding="utf-8").splitlines()[0]
+    assert title == "# Capacity at SLO — lora: seeds 0, 1", "one workload of the sweep, not every workload"
+    whole = {c.label: {seed: {} for seed in (0, 1, 2)} for c in capacity_sweep.CASES}
+    assert covered(whole, [0, 1, 2], list(whole)) == "every workload, seeds 0, 1, 2"
