@@ -45,6 +45,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -122,7 +123,9 @@ class RedisBackend:
         self._wake = asyncio.Event()
         self._up = True
         self._ids = itertools.count()
-        self._replica = f"{os.getpid():x}{id(self) & 0xFFFF:x}"
+        # random, not the pid and address: in identical containers the workers' pids are the same, and
+        # the low bits of an address repeat with the allocation order, so two replicas would share ids
+        self._replica = f"{os.getpid():x}{secrets.token_hex(6)}"
         #: the id of this replica's leases (one per tenant, each in its tenant's keys)
         self._lease_id = f"L{self._replica}"
         #: the meters of each tenant as the last script reply showed them
