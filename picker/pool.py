@@ -131,6 +131,7 @@ class ServedPool:
             registry,
             label_values=settings.metrics_label_max_values,
             label_length=settings.metrics_label_max_length,
+            redis_scope=self.name if several_pools else "",
         )
         self.config_store.add_check(lambda cfg: self.tenants.prepare(cfg.settings.tenants))
         #: flow control (the ``flowControl`` feature gate): fair queues while the pool is saturated

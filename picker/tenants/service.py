@@ -48,11 +48,14 @@ class TenantService:
         shared: SupervisorBackend | None = None,
         label_values: int = MAX_LABEL_VALUES,
         label_length: int = MAX_LABEL_LENGTH,
+        redis_scope: str = "",
     ) -> None:
         """``shared``: a ``--workers`` worker's link to the supervisor's budget, used instead of a memory
         backend of its own (:mod:`picker.tenants.remote`). ``label_values`` / ``label_length``: the bound
-        of the ``tenant`` metric label (``--metrics-label-max-*``, :mod:`picker.labels`)."""
+        of the ``tenant`` metric label (``--metrics-label-max-*``, :mod:`picker.labels`). ``redis_scope``:
+        the pool's name when the process serves several pools (:meth:`redis_config`)."""
         self._clock = clock
+        self._redis_scope = redis_scope
         self._monotonic = monotonic
         self._shared = shared
         self.metrics = TenantMetrics(
@@ -120,13 +123,14 @@ class TenantService:
         self.metrics.pin_tenants([cfg.anonymous, *(t.id for t in cfg.tenants)])
         if cfg.backend.type == "redis":
             assert cfg.backend.redis is not None
-            if cfg.backend.redis != self._redis_cfg or self.redis is None:
+            redis_cfg = self.redis_config(cfg.backend.redis)
+            if redis_cfg != self._redis_cfg or self.redis is None:
                 if self.redis is not None:
                     self._retired.append(self.redis)
                 self._workers_up.clear()
                 self._worker_leases.clear()
-                self.redis = RedisBackend(cfg.backend.redis, sink=self.metrics, clock=self._clock)
-                self._redis_cfg = cfg.backend.redis
+                self.redis = RedisBackend(redis_cfg, sink=self.metrics, clock=self._clock)
+                self._redis_cfg = redis_cfg
                 self._changed.set()
             self.tenancy.backend = self.redis
         else:
@@ -138,6 +142,16 @@ class TenantService:
                 self._changed.set()
             self.tenancy.backend = self._shared if self._shared is not None else self.memory
         self.tenancy.apply(TenantsPolicy.from_config(cfg))
+
+    def redis_config(self, cfg: RedisConfig) -> RedisConfig:
+        """The Redis section as used: with several pools in one process (``redis_scope``, the pool's name)
+        a ``keyPrefix`` the document leaves at its default gets the pool's name (``picker:tenants:<pool>:``),
+        so each pool's budgets are its own in Redis as they are in memory, and the replicas serving the
+        pool share them; a ``keyPrefix`` the document writes is used as written (the same one in two
+        pools' documents makes their tenants' budgets one)."""
+        if not self._redis_scope or "key_prefix" in cfg.model_fields_set:
+            return cfg
+        return cfg.model_copy(update={"key_prefix": f"{cfg.key_prefix}{self._redis_scope}:"})
 
     def apply_logged(self, cfg: TenantsConfig | None) -> None:
         """:meth:`apply` from a config listener: a failure is one error line, the last state kept."""

@@ -134,7 +134,12 @@ class _PoolWorker:
         # workers), Redis is shared as ever. Flow-control queues are per worker.
         label_values, label_length = s.metrics_label_max_values, s.metrics_label_max_length
         tenants = self.tenants = TenantService(
-            telemetry.registry, shared=self.budget, label_values=label_values, label_length=label_length
+            telemetry.registry,
+            shared=self.budget,
+            label_values=label_values,
+            label_length=label_length,
+            # the supervisor's pool uses the same scope (picker.pool.ServedPool): one budget per pool
+            redis_scope=s.effective_pool_name if several else "",
         )
         tenants.apply(config.settings.tenants)
         flow = self.flow = FlowController(
