@@ -73,6 +73,8 @@ class Pool:
     members: dict[str, FakePod] = field(default_factory=dict)
     client: EnvoyClient | None = None
     sent: int = 0
+    #: more clients of this pool's port a test opened (closed with the pool)
+    extra: list[EnvoyClient] = field(default_factory=list)
 
     @property
     def selector(self) -> dict[str, str]:

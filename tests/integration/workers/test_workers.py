@@ -10,7 +10,7 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,15 +314,27 @@ async def test_workers_share_one_tenant_budget_through_the_supervisor(spawn: Spa
 
 async def _client_per_worker(t: Tree) -> tuple[EnvoyClient, EnvoyClient]:
     """One client connected to each worker: connect until a held stream shows on each worker."""
+    return await client_per_worker(t.new_client, t.workers)
+
+
+async def client_per_worker(
+    new_client: Callable[[], Awaitable[EnvoyClient]], workers: Callable[[], Awaitable[list[dict[str, Any]]]]
+) -> tuple[EnvoyClient, EnvoyClient]:
+    """Clients of worker 0 and worker 1: connect (``new_client``, a connection of its own each) until a
+    held stream shows on each worker in ``workers()`` (a ``/debug/workers`` list)."""
     by_worker: dict[int, EnvoyClient] = {}
+
+    async def settled(index: int, inflight: float) -> bool:
+        return any(w["index"] == index and w["inflight"] <= inflight for w in await workers())
+
     for _ in range(64):
-        client = await t.new_client()
-        before = {w["index"]: w["inflight"] for w in await t.workers()}
+        client = await new_client()
+        before = {w["index"]: w["inflight"] for w in await workers()}
         stream, _kind = await _first_reply_kind(client, "probe")
-        after = {w["index"]: w["inflight"] for w in await t.workers()}
+        after = {w["index"]: w["inflight"] for w in await workers()}
         (index,) = [i for i in after if after[i] > before[i]]
         stream.cancel()
-        await eventually(functools.partial(_settled, t, index, before[index]), "the probe's stream released")
+        await eventually(functools.partial(settled, index, before[index]), "the probe's stream released")
         by_worker.setdefault(index, client)
         if len(by_worker) == 2:
             break
@@ -384,10 +396,6 @@ async def test_workers_share_the_external_endpoints_budget_through_the_superviso
         await eventually(released, "every reservation settled")
         (row,) = (await t.get("/debug/external"))["external"]
         assert row["dispatched"] == 4
-
-
-async def _settled(t: Tree, index: int, inflight: float) -> bool:
-    return any(w["index"] == index and w["inflight"] <= inflight for w in await t.workers())
 
 
 async def test_header_only_mode_on_both_workers(spawn: Spawn) -> None:
