@@ -209,16 +209,22 @@ class LoadCharge(NamedTuple):
         """The charge of a scheduled request (its estimate and whether it streams), routed to ``row``.
 
         With a prefix match (``req.prefix``) and the row it was routed to, the prefill part counts only
-        the prompt tokens the endpoint is not believed to hold already: ``max(0, tokens - matched[row] x
-        block_tokens)``. A cache hit is prefill the server does not do, so it must not make the endpoint
-        look busy (the prefix scorer's load guard and ``prefill-queue-scorer`` read this column).
-        ``tokens`` (the KV footprint) keeps the whole prompt.
+        the prompt tokens the endpoint is not believed to hold already: ``max(0, tokens - saving)`` with
+        the saving the prefix scorer's load guard and ``prefill-queue-scorer`` credit the same hit
+        (:meth:`~scoring.types.PrefixMatch.saving`: the matched blocks in tokens, or the whole prompt
+        when the whole hashed window matched and the prompt is longer). A cache hit is prefill the server
+        does not do, so it must not make the endpoint look busy. Why the same saving: charging a history
+        held beyond the hashed window as uncached (as this did before, ``tokens - matched x
+        block_tokens``) made a conversation's holder look busy with prefill it never did — on the
+        Mooncake trace our column then read about twice the holders' true extra backlog, and turns were
+        sent away from the server holding their history (``benchmarks/RESULTS.md``, "Prefix-cache
+        affinity"). ``tokens`` (the KV footprint) keeps the whole prompt.
         """
         charge = cls.of(req.prompt_tokens_estimate, stream=req.stream)
         match = req.prefix
         if row is None or match is None or match.matched is None or not charge.prefill:
             return charge
-        cached = float(match.matched[row]) * match.block_tokens
+        cached = float(match.saving(match.matched[row : row + 1], charge.tokens)[0])
         return cls(charge.tokens, max(0.0, charge.prefill - cached))
 
     def add(self, m: EndpointMatrix, i: int) -> None:

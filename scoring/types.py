@@ -42,6 +42,20 @@ class PrefixMatch(NamedTuple):
         whatever the number of blocks per hash."""
         return self.blocks or len(self.hashes)
 
+    def saving(self, matched: NDArray[np.float64], prompt_tokens: float) -> NDArray[np.float64]:
+        """Prompt tokens of prefill a hit would save, per entry of ``matched`` (a slice of ``matched``):
+        the matched blocks in tokens, or the whole prompt (``prompt_tokens``, the parser's estimate) where
+        the whole hashed window matched and the prompt is longer than it (the index sees only the first
+        ``maxPrefixBlocksToMatch`` blocks; a full match there is, in a conversation, the history the
+        server holds). A new array. One rule for everything that weighs a hit: the prefix scorer's load
+        guard, ``prefill-queue-scorer``, and the prefill a routed request is charged
+        (``scoring.matrix.LoadCharge.for_request``)."""
+        total = self.total
+        out = matched * float(self.block_tokens)
+        if prompt_tokens > total * self.block_tokens:
+            out[matched >= total] = prompt_tokens
+        return out
+
 
 class PickRequest(NamedTuple):
     """What the scheduler needs to know about one request. No prompt text: only derived values.

@@ -52,7 +52,7 @@ class PrefixCacheScorer(Scorer[F64]):
     requests (``max``, not a sum: both estimate the same backlog, and our own requests show in both).
     With equal backlogs this is the reference's score. How it adds up with the load terms: the guard
     shrinks the credit by the holder's extra backlog, and ``prefill-queue-scorer`` counts the same
-    backlog less the prefill the hit saves (:func:`prefill_saving`, one definition for both), so the
+    backlog less the prefill the hit saves (:meth:`PrefixMatch.saving`, one definition for both), so the
     backlog a saving pays for is not charged twice. A hot prefix's holder keeps its credit while the
     wait it adds is smaller than the prefill it saves (at equal prefill speed, while it still gives the
     earlier first token); past that point the credit is gone, the load terms decide, the prefix spreads to
@@ -134,19 +134,6 @@ class PrefixCacheScorer(Scorer[F64]):
         return _guarded(matched, backlog, floor=floor, total=total, match=match, req=req)
 
 
-def prefill_saving(match: PrefixMatch, matched: F64, prompt_tokens: float) -> F64:
-    """Prompt tokens of prefill a hit would save, per entry of ``matched`` (a slice of ``match.matched``):
-    the matched blocks in tokens, or the whole prompt (``prompt_tokens``, the parser's estimate) where the
-    whole hashed window matched and the prompt is longer than it (the index sees only the first
-    ``maxPrefixBlocksToMatch`` blocks; a full match there is, in a conversation, the whole history). A new
-    array. The load guard here and ``prefill-queue-scorer`` (``tokens.py``) both read it."""
-    total = float(match.total)
-    out: F64 = matched * float(match.block_tokens)
-    if prompt_tokens > total * match.block_tokens:
-        np.copyto(out, prompt_tokens, where=matched >= total)
-    return out
-
-
 def _guarded(
     matched: F64, backlog: F64, *, floor: float, total: float, match: PrefixMatch, req: PickRequest
 ) -> F64:
@@ -154,7 +141,7 @@ def _guarded(
     ``backlog``'s buffer, which must be the caller's own."""
     backlog -= floor
     np.maximum(backlog, 0.0, out=backlog)
-    saving = prefill_saving(match, matched, float(req.prompt_tokens_estimate))
+    saving = match.saving(matched, float(req.prompt_tokens_estimate))
     # rows that match nothing score 0 below, whatever this is
     np.maximum(saving, match.block_tokens, out=saving)
     backlog /= saving

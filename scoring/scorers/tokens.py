@@ -18,7 +18,6 @@ from scoring._params import Params
 from scoring.matrix import F64, LoadCharge
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.scorers.load import MinMaxLoadScorer
-from scoring.scorers.prefix import prefill_saving
 from scoring.types import PickRequest
 
 #: Default ``minRangeTokens`` of ``prefill-queue-scorer``: two engine steps of prefill at vLLM's default
@@ -40,7 +39,7 @@ class PrefillQueueScorer(MinMaxLoadScorer):
     ``queue-scorer``). ``L = prefill_tokens - saving`` where ``prefill_tokens`` = estimated prompt tokens
     of the streaming requests we routed to the endpoint that have not produced their first response byte
     yet (queued or being prefilled), and ``saving`` = the prompt tokens a prefix-cache hit there saves this
-    request (:func:`~scoring.scorers.prefix.prefill_saving`: the blocks the endpoint is believed to hold,
+    request (:meth:`~scoring.types.PrefixMatch.saving`: the blocks the endpoint is believed to hold,
     or the whole prompt when the whole hashed window matched; 0 without a prefix match, i.e. whenever the
     profile has no ``prefix-cache-scorer``). Up to a constant (the request's prompt) ``L`` is the prefill
     ahead of the request's first token at the endpoint, its own uncached part included.
@@ -86,12 +85,12 @@ class PrefillQueueScorer(MinMaxLoadScorer):
         Scorer.__init__(self, name, params.effective)
 
     def own(self, v: View, req: PickRequest, /) -> F64 | None:
-        """Minus the prefill a prefix hit saves the request at each candidate (``prefix.prefill_saving``);
+        """Minus the prefill a prefix hit saves the request at each candidate (``PrefixMatch.saving``);
         None without a prefix match (the request's own prefill is then the same everywhere)."""
         match = req.prefix
         if match is None or match.matched is None:
             return None
-        saving = prefill_saving(match, v.take(match.matched), float(req.prompt_tokens_estimate))
+        saving = match.saving(v.take(match.matched), float(req.prompt_tokens_estimate))
         np.negative(saving, out=saving)
         return saving
 

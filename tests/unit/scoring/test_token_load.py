@@ -214,6 +214,30 @@ def test_prefill_queue_scorer_counts_the_prefill_a_prefix_hit_saves_the_request(
     )
 
 
+def test_a_routed_request_is_charged_the_prefill_its_hit_does_not_save() -> None:
+    """The charge credits the hit exactly as the guard and the prefill term weigh it (one rule,
+    ``PrefixMatch.saving``): a history held beyond the hashed window is not charged as pending prefill
+    (it was: ``estimate - 4,096``, which made a conversation's holder look busy with prefill it never
+    did)."""
+    # 256 blocks hashed (4,096 tokens) of a 7,200-token prompt: e0 holds the whole window, e1 none, e2 64
+    match = hit([256.0, 0.0, 64.0], 256)
+    req = PickRequest(prefix=match, prompt_tokens_estimate=7_200)
+    assert [LoadCharge.for_request(req, row) for row in range(3)] == [
+        LoadCharge(7_200.0, 0.0),
+        LoadCharge(7_200.0, 7_200.0),
+        LoadCharge(7_200.0, 7_200.0 - 1_024.0),
+    ]
+    assert match.matched is not None
+    uncached = (7_200.0 - match.saving(match.matched, 7_200.0)).clip(0)
+    assert [LoadCharge.for_request(req, row).prefill for row in range(3)] == uncached.tolist()
+    # a prompt within the window: the matched blocks in tokens, never below 0
+    short = PickRequest(prefix=hit([4.0, 2.0], 4), prompt_tokens_estimate=60)
+    assert [LoadCharge.for_request(short, row).prefill for row in range(2)] == [0.0, 28.0]
+    # no row (the batch's own estimate) or a non-streaming request: the plain charge
+    assert LoadCharge.for_request(req) == LoadCharge(7_200.0, 7_200.0)
+    assert LoadCharge.for_request(req._replace(stream=False), 0) == LoadCharge(7_200.0, 0.0)
+
+
 def test_a_batch_of_requests_with_prefix_matches_equals_sequential_picks() -> None:
     """The batch's O(1) load updates cannot replay a per-request part of ``L``; such a batch is picked
     one by one (same results as sequential picks, each charged its uncached prompt)."""
