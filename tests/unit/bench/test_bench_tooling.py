@@ -210,6 +210,31 @@ def test_bench_stream_header_only_routes_each_request_in_one_message() -> None:
     assert 'inference_objective_request_total{model_name="meta-llama/Llama-3.1-8B-Instruct"' in text
 
 
+def test_bench_stream_fresh_every_publishes_a_new_snapshot_for_every_kth_stream() -> None:
+    from benchmarks.bench_stream import build_service
+    from benchmarks.bench_stream import run as run_stream
+
+    service = build_service(header_only=True)
+    datastore = service.datastore
+    built: list[object] = []
+    publish = datastore.publish
+
+    def counting_publish() -> bool:
+        wrote = publish()
+        built.append(datastore.snapshot())
+        return wrote
+
+    datastore.publish = counting_publish  # type: ignore[method-assign]
+    doc = run_stream(quick=True, repeat=1, counts=(40, 4), service=service, header_only=True, fresh_every=4)
+    assert doc["fresh_every"] == 4
+    # the first scrape of every endpoint, then warm-up (40), one warm block (40) and one cold block (4)
+    # with a landed scrape every 4th stream: each a new snapshot
+    assert len(built) == 1 + 10 + 10 + 1
+    assert len({id(m) for m in built}) == len(built)
+    assert datastore.inflight_total() == 0
+    assert not any(math.isnan(w) for w in datastore.snapshot().waiting)
+
+
 def test_the_header_only_headline_and_its_targets() -> None:
     from benchmarks.extproc.report import header_only_headline
 
