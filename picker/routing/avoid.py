@@ -111,11 +111,13 @@ class Avoidance:
         all, and staleness alone sends nothing external). ``stale_after``: the staleness threshold in
         seconds; None = staleness is no reason."""
         if m is not self._last:
+            # once per snapshot (after every scrape under load): the ufuncs' own reductions, not the
+            # ndarray methods' Python wrappers, and no index array while every row is healthy
             self._last = m
-            rows = np.flatnonzero(m.health != 0.0)
-            self._watch = rows if rows.size else None
+            health = m.health
+            self._watch = np.flatnonzero(health) if np.count_nonzero(health) else None
             scraped = m.scraped_at
-            self._oldest = float(scraped.min()) if len(m) else math.inf
+            self._oldest = float(np.minimum.reduce(scraped)) if len(m) else math.inf
             self._newest = float(np.fmax.reduce(scraped)) if len(m) else math.inf
         watch = self._watch
         horizon = -math.inf if stale_after is None else now - stale_after

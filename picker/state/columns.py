@@ -69,6 +69,8 @@ def lora_columns(
 
 
 _NO_SIGNALS: Mapping[str, np.ndarray] = MappingProxyType({})
+#: each float column's row in ``cols`` (looked up once here, not per snapshot)
+_ROW: Final = {name: k for k, name in enumerate(FLOAT_COLUMNS)}
 
 
 def snapshot_matrix(
@@ -87,18 +89,17 @@ def snapshot_matrix(
     rows after them are ignored), the live load columns ``(dispatched, inflight, prefill_tokens,
     inflight_tokens)`` (:class:`picker.state.accounting.LoadColumns`), the LoRA columns of
     :func:`lora_columns`, engine codes and the address index."""
-    k = FLOAT_COLUMNS.index
     vocab, active, waiting, count, model_vocab, served = lora
     dispatched, inflight, prefill, tokens = load
     return EndpointMatrix(
         names=names,
         addresses=addresses,
         ips=ips,
-        waiting=cols[k("waiting")],
-        running=cols[k("running")],
-        kv_usage=cols[k("kv_usage")],
-        gpu_util=cols[k("gpu_util")],
-        scraped_at=cols[k("scraped_at")],
+        waiting=cols[_ROW["waiting"]],
+        running=cols[_ROW["running"]],
+        kv_usage=cols[_ROW["kv_usage"]],
+        gpu_util=cols[_ROW["gpu_util"]],
+        scraped_at=cols[_ROW["scraped_at"]],
         dispatched=dispatched,
         inflight=inflight,
         prefill_tokens=prefill,
@@ -109,17 +110,17 @@ def snapshot_matrix(
         lora_count=count,
         model_vocab=model_vocab,
         served_models=served,
-        max_lora=cols[k("max_lora")],
-        block_size=cols[k("block_size")],
-        num_blocks=cols[k("num_blocks")],
-        price_in=cols[k("price_in")],
-        price_out=cols[k("price_out")],
+        max_lora=cols[_ROW["max_lora"]],
+        block_size=cols[_ROW["block_size"]],
+        num_blocks=cols[_ROW["num_blocks"]],
+        price_in=cols[_ROW["price_in"]],
+        price_out=cols[_ROW["price_out"]],
         engine=engine,
         engine_names=ENGINE_NAMES,
-        ttft_per_1k=cols[k("ttft_per_1k")],
-        tpot=cols[k("tpot")],
-        ntpot=cols[k("ntpot")],
-        health=cols[k("health")],
+        ttft_per_1k=cols[_ROW["ttft_per_1k"]],
+        tpot=cols[_ROW["tpot"]],
+        ntpot=cols[_ROW["ntpot"]],
+        health=cols[_ROW["health"]],
         signals=signals or _NO_SIGNALS,
         _address_index=address_index,
     )

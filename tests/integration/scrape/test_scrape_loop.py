@@ -61,3 +61,51 @@ async def test_pages_land_and_later_scrapes_ask_for_the_wanted_families_only() -
             with pytest.raises(asyncio.CancelledError):
                 await task
             await scraper.close()
+
+
+class _HeldFetcher:
+    """A fetcher whose pages wait until released, counting the fetches in flight at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most = 0
+        self.fetched = 0
+        self.release = asyncio.Semaphore(0)
+
+    async def fetch(self, url: str, *, timeout_s: float) -> bytes:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await self.release.acquire()
+        finally:
+            self.in_flight -= 1
+        self.fetched += 1
+        return PAGE
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("endpoints", "bound"), [(5, 2), (5, 5), (3, 8)])
+async def test_scrapes_in_flight_never_exceed_the_concurrency_bound(endpoints: int, bound: int) -> None:
+    ds = Datastore()
+    ds.replace_endpoints([Endpoint(name=f"pod-{i}", ip="127.0.0.1", port=9000 + i) for i in range(endpoints)])
+    fetcher = _HeldFetcher()
+    scraper = Scraper(
+        ds, fetcher, engines=engine_specs(), interval_s=0.01, timeout_s=60.0, max_concurrency=bound
+    )
+    task = asyncio.create_task(scraper.run())
+    try:
+        expected = min(endpoints, bound)
+        await eventually(lambda: fetcher.in_flight == expected, f"{expected} scrapes in flight")
+        for done in range(1, 3 * endpoints + 1):  # one page at a time: a waiting endpoint takes its place
+            fetcher.release.release()
+            await eventually(lambda: fetcher.fetched == done, f"page {done}")  # noqa: B023 - awaited here
+            await eventually(lambda: fetcher.in_flight == expected, f"{expected} in flight again")
+        assert fetcher.most == expected
+        assert all(getattr(ds.status(f"pod-{i}"), "scrapes_ok", 0) >= 1 for i in range(endpoints))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await scraper.close()
