@@ -58,7 +58,7 @@ bench-quality: $(BSTAMP)  ## full routing-quality sweep with plots under benchma
 		$(BIN)/python -m benchmarks.bench_quality --trace $$trace --sweep --plots || exit 1; \
 	done
 
-bench-capacity: $(BSTAMP)  ## capacity at SLO per policy, every workload, seeds 0-2 (the routing yardstick; an hour or more)
+bench-capacity: $(BSTAMP)  ## capacity at SLO per policy, every workload, seeds 0-2 (the routing yardstick; 1.2-3.4 CPU-hours: benchmarks/RESULTS.md)
 	$(BIN)/python -m benchmarks.sim.capacity_sweep --workers 2
 
 lock:  ## refresh the three locks from one resolve, with hashes for every file on the index (uv resolves)
