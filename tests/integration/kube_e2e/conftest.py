@@ -290,6 +290,16 @@ class Epp:
     async def health(self, service: str = "") -> int:
         return await health_check(self.ports.health, service)
 
+    async def ready(self) -> bool:
+        """gRPC ``readiness`` SERVING and ``/readyz`` 200. A health call that gets no answer in time is
+        "not ready yet", not a failure: a ``--workers`` supervisor spawning its workers on a machine
+        loaded many times over its cores can miss the call's 5 s deadline."""
+        try:
+            serving = await self.health("readiness") == SERVING
+        except grpc.aio.AioRpcError:
+            return False
+        return serving and await self.admin.readyz() == 200
+
     async def close(self) -> None:
         await self.client.close()
         await self.admin.close()
@@ -429,12 +439,8 @@ async def start_epp(kubeconfig: Path) -> AsyncIterator[StartEpp]:
 
 
 async def wait_serving(epp: Epp, *, within: float = 15.0) -> None:
-    """Readiness through both probes: gRPC health SERVING and ``/readyz`` 200."""
-
-    async def ready() -> bool:
-        return await epp.health("readiness") == SERVING and await epp.admin.readyz() == 200
-
-    await eventually(ready, within=within, what="EPP ready")
+    """Readiness through both probes: gRPC health SERVING and ``/readyz`` 200 (:meth:`Epp.ready`)."""
+    await eventually(epp.ready, within=within, what="EPP ready")
 
 
 async def wait_routing_to(epp: Epp, addresses: set[str], *, within: float = 15.0, **kw: Any) -> None:

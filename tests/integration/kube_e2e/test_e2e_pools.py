@@ -30,13 +30,11 @@ from picker.testing.otlp import OtlpReceiver
 from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import (
     NS,
-    SERVING,
     FakePod,
     FakePods,
     Gauges,
     completion,
     eventually,
-    health_check,
     launch_epp,
 )
 
@@ -192,11 +190,8 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
             pool.client = EnvoyClient(f"127.0.0.1:{pool.port}", timeout=10.0)
             await pool.client.connect()
 
-        async def ready() -> bool:
-            return await health_check(ports.health, "readiness") == SERVING and await admin.readyz() == 200
-
         # (--workers: every worker spawns a fresh interpreter, slow on a loaded machine)
-        await eventually(ready, within=120, what="ready for all three pools")
+        await eventually(epp.ready, within=120, what="ready for all three pools")
         listed = await admin.json("/debug/pools")
         assert {(p["name"], p["grpc_port"], p["admin"]) for p in listed["pools"]} == {
             (name, pool.port, f"/pools/{name}/") for name, pool in pools.items()

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import redis.asyncio as aioredis
 
@@ -32,7 +31,7 @@ from picker.testing.net import free_port
 from picker.testing.redis_server import RedisServer
 from picker.testing.tools import tool
 from tests.integration.conftest import Spawn
-from tests.integration.kube_e2e.conftest import NS, SERVING, Admin, FakePods, eventually, launch_epp
+from tests.integration.kube_e2e.conftest import NS, Admin, FakePods, eventually, launch_epp
 from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool
 from tests.integration.workers.test_workers import _destination, _first_reply_kind, client_per_worker, finish
 
@@ -159,14 +158,7 @@ async def test_each_pools_budgets_are_its_own_across_both_workers(
     try:
         admin = epp.admin
 
-        async def ready() -> bool:
-            try:
-                serving = await epp.health("readiness") == SERVING
-            except grpc.aio.AioRpcError:  # a supervisor busy spawning its workers on a loaded machine
-                return False
-            return serving and await admin.readyz() == 200
-
-        await eventually(ready, within=120, what="ready for both pools")
+        await eventually(epp.ready, within=120, what="ready for both pools")
 
         async def loaded() -> bool:
             for name in pools:
