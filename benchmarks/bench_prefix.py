@@ -3,6 +3,7 @@
     python -m benchmarks.bench_prefix --json          # about a minute
     python -m benchmarks.bench_prefix --quick --json  # about 20 s
     python -m benchmarks.bench_prefix --quick --parts  # and the CPU of each stage on its own
+    python -m benchmarks.bench_prefix --quick --json --parts --blocks-per-entry 1,2,4,8  # side by side
 
 Each request runs the director's routing steps as the service does, twice, on the same snapshot of 1,000
 endpoints and the same 200 KB chat body:
@@ -25,11 +26,18 @@ the caches). Three workloads:
   pre-filled), so each record also evicts 256 entries: the worst case for the index update.
 
 The target (issue 13): ``added_us`` <= 150 µs for every workload.
+
+``--blocks-per-entry 1,2,4,8`` measures the index with entries of that many blocks (``blocksPerEntry``)
+side by side: every value gets its own pool and index (capacities stay in blocks: 1,024 or 31,250 blocks
+per endpoint, so 1,024 / s entries in the fresh case), and each run times them in turn, the order
+rotating from run to run, so all of them meet the same machine. The JSON then has one result per value
+under ``blocks_per_entry``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -46,9 +54,10 @@ import numpy as np
 import orjson
 
 from picker.routing.openai import parse_request
+from picker.state.prefix import prefix_config_of
 from scoring import EndpointMatrix, PickRequest, PluginSpec, ProfileSpec, Scheduler, build_scheduler
 from scoring.matrix import LoadCharge
-from scoring.prefix import ApproxPrefixCache, PrefixConfig
+from scoring.prefix import ApproxPrefixCache
 
 ENDPOINTS = 1000
 PROMPT_BYTES = 200_000
@@ -90,11 +99,13 @@ def fresh(k: int) -> bytes:
     return _body([{"role": "user", "content": _text(2 * 10**6 + k, PROMPT_BYTES)}])
 
 
-def profile(with_prefix: bool) -> Scheduler:
+def profile(with_prefix: bool, per_entry: int | None = None) -> Scheduler:
+    """Queue 2, KV 2 and (``with_prefix``) prefix 3 with its defaults, or ``blocksPerEntry`` ``per_entry``."""
     plugins = [PluginSpec("queue-scorer", "queue-scorer"), PluginSpec("kv", "kv-cache-utilization-scorer")]
     refs: list[tuple[str, float | None]] = [("queue-scorer", 2.0), ("kv", 2.0)]
     if with_prefix:
-        plugins.append(PluginSpec("prefix", "prefix-cache-scorer"))
+        params = {} if per_entry is None else {"blocksPerEntry": per_entry}
+        plugins.append(PluginSpec("prefix", "prefix-cache-scorer", params))
         refs.append(("prefix", 3.0))
     return build_scheduler(plugins, [ProfileSpec("default", refs)])
 
@@ -162,14 +173,21 @@ def _release(m: EndpointMatrix) -> None:
         column[:] = 0.0
 
 
-def setup(workload: str) -> tuple[EndpointMatrix, Router, Router, Callable[[int], bytes]]:
-    """The pool, the routers without and with prefix scoring (its index filled for ``workload``) and the
-    ``i -> body`` of the workload's timed requests."""
+def setup(
+    workload: str, per_entry: int | None = None
+) -> tuple[EndpointMatrix, Router, Router, Callable[[int], bytes]]:
+    """The pool, the routers without and with prefix scoring (its index filled for ``workload``; entries
+    of ``per_entry`` blocks, or the scorer's default) and the ``i -> body`` of the workload's timed
+    requests."""
     m = pool()
     rng = np.random.default_rng(7)
     plain = Router(m, profile(False), None, rng)
-    capacity = 1024 if workload == "fresh" else 31_250
-    with_prefix = Router(m, profile(True), ApproxPrefixCache(PrefixConfig(capacity=capacity)), rng)
+    capacity = 1024 if workload == "fresh" else 31_250  # blocks per endpoint
+    scheduler = profile(True, per_entry)
+    config = prefix_config_of(scheduler)
+    assert config is not None
+    config = dataclasses.replace(config, capacity=capacity)
+    with_prefix = Router(m, scheduler, ApproxPrefixCache(config), rng)
     cache = with_prefix.cache
     assert cache is not None
     system = _text(99, 20_000)
@@ -181,7 +199,8 @@ def setup(workload: str) -> tuple[EndpointMatrix, Router, Router, Callable[[int]
             return conversation(i % 500, 25)
 
     elif workload == "shared_prefix":
-        probe = cache.match(cache.hashes("m", "", b"system\n" + system.encode()), m, now=NOW)
+        head = b"system\n" + system.encode()
+        probe = cache.match(cache.hashes("m", "", head), m, now=NOW, blocks=cache.blocks(len(head)))
         assert probe is not None
         for row in range(ENDPOINTS):  # every endpoint holds the system prompt
             cache.record(m, row, probe)
@@ -200,34 +219,48 @@ def setup(workload: str) -> tuple[EndpointMatrix, Router, Router, Callable[[int]
     return m, plain, with_prefix, make
 
 
-def measure(workload: str, runs: int, calls: int) -> dict[str, float]:
-    m, plain, with_prefix, make = setup(workload)
-    assert with_prefix.cache is not None
-    with_runs, without_runs = [], []
+def measure(
+    workload: str, runs: int, calls: int, per_entry: tuple[int | None, ...] = (None,)
+) -> dict[int | None, dict[str, float]]:
+    """Per value of ``per_entry``: the medians over ``runs`` of the per-request CPU with and without prefix
+    scoring (the values take turns within each run, in an order that rotates from run to run)."""
+    setups = {s: setup(workload, s) for s in per_entry}
+    with_runs: dict[int | None, list[float]] = {s: [] for s in per_entry}
+    without_runs: dict[int | None, list[float]] = {s: [] for s in per_entry}
     for r in range(runs):
-        bodies = [make(r * calls + i) for i in range(calls)]
-        after = lambda: _release(m)  # noqa: E731 - a one-line callback
-        with_runs.append(statistics.median(_cpu_us(calls, bodies.__getitem__, with_prefix.route, after)))
-        without_runs.append(statistics.median(_cpu_us(calls, bodies.__getitem__, plain.route, after)))
-    with_us, without_us = statistics.median(with_runs), statistics.median(without_runs)
-    return {
-        "with_us": round(with_us, 1),
-        "without_us": round(without_us, 1),
-        "added_us": round(with_us - without_us, 1),
-        "index_entries": len(with_prefix.cache.index),
-    }
+        bodies = [setups[per_entry[0]][3](r * calls + i) for i in range(calls)]
+        for k in range(len(per_entry)):
+            s = per_entry[(r + k) % len(per_entry)]
+            m, plain, with_prefix, _ = setups[s]
+            after = lambda m=m: _release(m)  # noqa: E731 - a one-line callback
+            with_runs[s].append(
+                statistics.median(_cpu_us(calls, bodies.__getitem__, with_prefix.route, after))
+            )
+            without_runs[s].append(statistics.median(_cpu_us(calls, bodies.__getitem__, plain.route, after)))
+    out = {}
+    for s in per_entry:
+        with_us, without_us = statistics.median(with_runs[s]), statistics.median(without_runs[s])
+        cache = setups[s][2].cache
+        assert cache is not None
+        out[s] = {
+            "with_us": round(with_us, 1),
+            "without_us": round(without_us, 1),
+            "added_us": round(with_us - without_us, 1),
+            "index_entries": len(cache.index),
+        }
+    return out
 
 
 #: the stages of a request with prefix scoring that :func:`parts` times one by one
 STAGES = ("parse_window", "hash", "match", "schedule", "record")
 
 
-def parts(workload: str, runs: int, calls: int) -> dict[str, float]:
+def parts(workload: str, runs: int, calls: int, per_entry: int | None = None) -> dict[str, float]:
     """Where the added CPU goes: per stage of the ``with`` request, the median CPU µs of this thread, and
     for the two stages both requests have (parse, schedule) the ``without`` request's figure beside it.
     As in :func:`measure`, the bodies of a run are made first and the two kinds of request run one after
     the other (each stage timed on its own adds about a µs of timer per stage)."""
-    m, plain, with_prefix, make = setup(workload)
+    m, plain, with_prefix, make = setup(workload, per_entry)
     cache = with_prefix.cache
     assert cache is not None
     times: dict[str, list[float]] = {k: [] for k in (*STAGES, "parse_plain", "schedule_plain")}
@@ -245,6 +278,7 @@ def parts(workload: str, runs: int, calls: int) -> dict[str, float]:
         hashes = cache.hashes("m", info.cache_salt, info.prefix_input)
         t = lap("hash", t)
         match = cache.match(hashes, m, now=NOW, blocks=cache.blocks(len(info.prefix_input)))
+        info.prefix_input = b""
         t = lap("match", t)
         req = PickRequest(
             target_model="m", prompt_tokens_estimate=info.prompt_chars // 4, stream=info.stream, prefix=match
@@ -283,14 +317,27 @@ def parts(workload: str, runs: int, calls: int) -> dict[str, float]:
 WORKLOADS = ("conversation", "shared_prefix", "fresh")
 
 
-def run(quick: bool, command: str, *, stages: bool = False) -> dict[str, Any]:
+def run(
+    quick: bool, command: str, *, stages: bool = False, per_entry: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """The document ``--json`` prints; with ``per_entry`` one result per ``blocksPerEntry`` value."""
     runs, calls = (3, 60) if quick else (7, 150)
     load = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {w: dict(measure(w, runs, calls)) for w in WORKLOADS}
-    if stages:
-        for w in WORKLOADS:
-            results[w]["stages_us"] = parts(w, runs, calls)
+    values: tuple[int | None, ...] = per_entry or (None,)
+    results: dict[str, dict[str, Any]] = {}
+    for w in WORKLOADS:
+        by_value: dict[int | None, dict[str, Any]] = dict(measure(w, runs, calls, values))
+        if stages:
+            for v in values:
+                by_value[v]["stages_us"] = parts(w, runs, calls, v)
+        results[w] = (
+            by_value[None] if not per_entry else {"blocks_per_entry": {str(v): by_value[v] for v in values}}
+        )
+    met = {
+        w: all(r["added_us"] <= TARGET_US for r in (res["blocks_per_entry"].values() if per_entry else [res]))
+        for w, res in results.items()
+    }
     return {
         "benchmark": "bench_prefix",
         "command": command,
@@ -300,7 +347,7 @@ def run(quick: bool, command: str, *, stages: bool = False) -> dict[str, Any]:
         "calls_per_run": calls,
         "workloads": results,
         "target_added_us": TARGET_US,
-        "targets_met": {w: r["added_us"] <= TARGET_US for w, r in results.items()},
+        "targets_met": met,
         "machine": {
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -322,17 +369,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parts", action="store_true", help="also time each stage of the request on its own (where it goes)"
     )
+    p.add_argument(
+        "--blocks-per-entry",
+        type=str,
+        default="",
+        metavar="S,S,...",
+        help="measure the index with entries of each of these many blocks side by side (blocksPerEntry; "
+        "default: the scorer's default only)",
+    )
     args = p.parse_args(argv)
     command = "python -m benchmarks.bench_prefix " + shlex.join(sys.argv[1:] if argv is None else argv)
-    doc = run(args.quick, command, stages=args.parts)
+    try:
+        per_entry = tuple(int(x) for x in args.blocks_per_entry.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--blocks-per-entry: comma-separated integers, got {args.blocks_per_entry!r}")
+    if any(v < 1 for v in per_entry) or len(set(per_entry)) != len(per_entry):
+        p.error(f"--blocks-per-entry: distinct integers >= 1, got {args.blocks_per_entry!r}")
+    doc = run(args.quick, command, stages=args.parts, per_entry=per_entry)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        for w, r in doc["workloads"].items():
-            with_us, without_us, added = r["with_us"], r["without_us"], r["added_us"]
-            print(f"{w:>14}: with {with_us:>7} µs, without {without_us:>7} µs, added {added} µs")
-            if "stages_us" in r:
-                print(" " * 16 + ", ".join(f"{k} {v}" for k, v in r["stages_us"].items()))
+        for w, res in doc["workloads"].items():
+            rows = res["blocks_per_entry"].items() if per_entry else [("", res)]
+            for v, r in rows:
+                with_us, without_us, added = r["with_us"], r["without_us"], r["added_us"]
+                label = f"{w} s={v}" if v else w
+                print(f"{label:>18}: with {with_us:>7} µs, without {without_us:>7} µs, added {added} µs")
+                if "stages_us" in r:
+                    print(" " * 20 + ", ".join(f"{k} {x}" for k, x in r["stages_us"].items()))
     return 0
 
 
