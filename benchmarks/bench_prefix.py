@@ -9,8 +9,9 @@ Each request runs the director's routing steps as the service does, twice, on th
 endpoints and the same 200 KB chat body:
 
 * **with**: parse with the prefix window (the first 16 KB of the canonical prompt), hash it (256 blocks of
-  64 bytes, the default limit), match it against the snapshot, schedule with the reference default
-  profile (queue 2, KV 2, prefix 3, load guard on), record the prompt for the primary, charge the load;
+  64 bytes, the default limit, in entries of 8 blocks: our default profile's ``blocksPerEntry``), match it
+  against the snapshot, schedule with the reference default profile's weights (queue 2, KV 2, prefix 3,
+  load guard on), record the prompt for the primary, charge the load;
 * **without**: parse without the window, schedule with the same profile minus the prefix scorer (queue 2,
   KV 2), charge the load.
 
@@ -22,16 +23,17 @@ the caches). Three workloads:
   already fills the 16 KB window and is recorded on one endpoint: every block matches there;
 * ``shared_prefix``: a 20 KB system prompt that every one of the 1,000 endpoints holds, then a question:
   the lookup resolves a 1,000-endpoint holder set;
-* ``fresh``: a prompt nobody has seen, on an index whose endpoints are full (capacity 1,024 entries each,
-  pre-filled), so each record also evicts 256 entries: the worst case for the index update.
+* ``fresh``: a prompt nobody has seen, on an index whose endpoints are full (capacity 1,024 blocks each,
+  pre-filled), so each record also evicts a window's worth of entries (256 / ``blocksPerEntry``): the
+  worst case for the index update.
 
 The target (issue 13): ``added_us`` <= 150 µs for every workload.
 
-``--blocks-per-entry 1,2,4,8`` measures the index with entries of that many blocks (``blocksPerEntry``)
-side by side: every value gets its own pool and index (capacities stay in blocks: 1,024 or 31,250 blocks
-per endpoint, so 1,024 / s entries in the fresh case), and each run times them in turn, the order
-rotating from run to run, so all of them meet the same machine. The JSON then has one result per value
-under ``blocks_per_entry``.
+``--blocks-per-entry 1,2,4,8`` measures the index with entries of that many blocks (``blocksPerEntry``;
+1 is the reference's index) side by side: every value gets its own pool and index (capacities stay in
+blocks: 1,024 or 31,250 blocks per endpoint, so 1,024 / s entries in the fresh case), and each run times
+them in turn, the order rotating from run to run, so all of them meet the same machine. The JSON then
+has one result per value under ``blocks_per_entry``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from picker.state.prefix import prefix_config_of
 from scoring import EndpointMatrix, PickRequest, PluginSpec, ProfileSpec, Scheduler, build_scheduler
 from scoring.matrix import LoadCharge
 from scoring.prefix import ApproxPrefixCache
+from scoring.registry import DEFAULT_PARAMETERS
 
 ENDPOINTS = 1000
 PROMPT_BYTES = 200_000
@@ -100,11 +103,14 @@ def fresh(k: int) -> bytes:
 
 
 def profile(with_prefix: bool, per_entry: int | None = None) -> Scheduler:
-    """Queue 2, KV 2 and (``with_prefix``) prefix 3 with its defaults, or ``blocksPerEntry`` ``per_entry``."""
+    """Queue 2, KV 2 and (``with_prefix``) prefix 3 with our default profile's parameters (entries of 8
+    blocks), or entries of ``per_entry`` blocks."""
     plugins = [PluginSpec("queue-scorer", "queue-scorer"), PluginSpec("kv", "kv-cache-utilization-scorer")]
     refs: list[tuple[str, float | None]] = [("queue-scorer", 2.0), ("kv", 2.0)]
     if with_prefix:
-        params = {} if per_entry is None else {"blocksPerEntry": per_entry}
+        params = dict(DEFAULT_PARAMETERS["prefix-cache-scorer"])
+        if per_entry is not None:
+            params["blocksPerEntry"] = per_entry
         plugins.append(PluginSpec("prefix", "prefix-cache-scorer", params))
         refs.append(("prefix", 3.0))
     return build_scheduler(plugins, [ProfileSpec("default", refs)])
@@ -369,22 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parts", action="store_true", help="also time each stage of the request on its own (where it goes)"
     )
-    p.add_argument(
-        "--blocks-per-entry",
-        type=str,
-        default="",
-        metavar="S,S,...",
-        help="measure the index with entries of each of these many blocks side by side (blocksPerEntry; "
-        "default: the scorer's default only)",
-    )
+    p.add_argument("--blocks-per-entry", default="", metavar="S,S,...", help="entries of these many blocks")
     args = p.parse_args(argv)
     command = "python -m benchmarks.bench_prefix " + shlex.join(sys.argv[1:] if argv is None else argv)
-    try:
-        per_entry = tuple(int(x) for x in args.blocks_per_entry.split(",") if x.strip())
-    except ValueError:
-        p.error(f"--blocks-per-entry: comma-separated integers, got {args.blocks_per_entry!r}")
-    if any(v < 1 for v in per_entry) or len(set(per_entry)) != len(per_entry):
-        p.error(f"--blocks-per-entry: distinct integers >= 1, got {args.blocks_per_entry!r}")
+    per_entry = tuple(int(x) for x in args.blocks_per_entry.split(",") if x.strip().isdigit())
+    if len(per_entry) != len([x for x in args.blocks_per_entry.split(",") if x.strip()]) or 0 in per_entry:
+        p.error(f"--blocks-per-entry: comma-separated integers >= 1, got {args.blocks_per_entry!r}")
     doc = run(args.quick, command, stages=args.parts, per_entry=per_entry)
     if args.json:
         print(json.dumps(doc, indent=2))

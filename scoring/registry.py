@@ -464,11 +464,21 @@ DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
 )
 
 
+#: Our default profile's plugin parameters where they differ from the plugin's defaults: prefix index
+#: entries of 8 blocks (``scoring/prefix/README.md``, "Coarser entries": a never-seen prompt's hashing,
+#: index update and memory divided by 8, no capacity lost in the simulator; the reference's 1 stays the
+#: parameter's default, so a configuration that names ``prefix-cache-scorer`` gets the reference's index).
+DEFAULT_PARAMETERS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {"prefix-cache-scorer": MappingProxyType({"blocksPerEntry": 8})}
+)
+
+
 def default_specs() -> tuple[list[PluginSpec], list[ProfileSpec]]:
     """Our default configuration: pending prefill tokens, the queue with the dispatched-load estimate, KV
     usage, LoRA affinity, GPU utilization and the prompt's cached prefix (the reference's weight 3, its
-    load guard on), with a max-score picker (every plugin at its defaults)."""
-    plugins = [PluginSpec(t, t) for t in DEFAULT_WEIGHTS]
+    load guard on, index entries of 8 blocks), with a max-score picker (every other parameter at its
+    default)."""
+    plugins = [PluginSpec(t, t, DEFAULT_PARAMETERS.get(t, MappingProxyType({}))) for t in DEFAULT_WEIGHTS]
     plugins.append(PluginSpec("max-score-picker", "max-score-picker"))
     refs: list[tuple[str, float | None]] = list(DEFAULT_WEIGHTS.items())
     refs.append(("max-score-picker", None))

@@ -57,7 +57,9 @@ MAX_CAPACITY: Final = 1 << 20
 #: Upper bound of the bytes one unshared entry costs: its int key (40), a slot in the endpoint's
 #: OrderedDict (its dict entry and index, 2-4x over-allocated after growth, plus the linked-list node:
 #: about 100-170) and one in the reverse map (60-120), a slot int (up to 32). Measured 176-356 at capacities
-#: from 1,000 to 60,000, about 270 at the default (8.4 MB per full endpoint; bound 12.5 MB).
+#: from 1,000 to 60,000, about 270 at the default (8.4 MB per full endpoint; bound 12.5 MB). An entry covers
+#: ``blocksPerEntry`` blocks, so per block of capacity the bound is this / ``blocksPerEntry`` (our default
+#: profile's 8: 1.6 MB per endpoint of 31,250 blocks, 0.99 MB measured).
 BYTES_PER_ENTRY: Final = 400
 
 

@@ -251,3 +251,19 @@ def test_an_index_of_coarse_entries_is_still_a_plain_index() -> None:
     assert q.index.entries("a") == p.index.entries("a") == 8
     assert isinstance(q.index, PrefixIndex)
     assert route(q, m, 0, data) == [30.0]
+
+
+def _prefix_config(sched: object) -> PrefixConfig:
+    scorer = next(ws.scorer for ws in sched.scorers if isinstance(ws.scorer, PrefixCacheScorer))  # type: ignore[attr-defined]
+    config: PrefixConfig = scorer.prefix_config
+    return config
+
+
+def test_our_default_profile_uses_entries_of_8_blocks_and_the_reference_profile_keeps_1() -> None:
+    from picker.config import default_config, reference_default_config
+    from scoring import default_scheduler, reference_default_scheduler
+
+    assert _prefix_config(default_scheduler()).blocks_per_entry == 8
+    assert _prefix_config(default_config().build_scheduler()).blocks_per_entry == 8
+    assert _prefix_config(reference_default_scheduler()).blocks_per_entry == 1
+    assert _prefix_config(reference_default_config().build_scheduler()).blocks_per_entry == 1
