@@ -201,8 +201,12 @@ class Lease:
         if not ok and any(plan.want):
             self.short_until = plan.at + ttl_s / 8
 
-    def gave_back(self, hold: Vector) -> None:
-        """A fallback reservation gave the free part back (:meth:`take_free`); Redis's hold is ``hold``."""
+    def gave_back(self, hold: Vector, *, had: bool) -> None:
+        """A fallback reservation gave the free part back (:meth:`take_free`); Redis's hold is ``hold``.
+        ``had`` False: the hold was gone (it is sent only while ``granted`` is not zero): counted as lost,
+        as :meth:`applied` counts it, or a lapse a request finds first would show nowhere."""
+        if not had:
+            self.lost += 1
         self.granted = list(hold)
 
     def idle(self) -> bool:

@@ -307,7 +307,7 @@ class RedisBackend:
             return
         lease.syncing = False
         if reply is not None:
-            lease.gave_back(vector(reply[REPLY_HOLD]))
+            lease.gave_back(vector(reply[REPLY_HOLD]), had=bool(reply[REPLY_HAD]))
 
     def _give_back(
         self, call: asyncio.Future[list[int]], tenant: str, hold: str, give_back: Vector | None

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from picker.config.tenants import LeaseConfig, RedisConfig
 from picker.tenants.backend import Settlement, Verdict
-from picker.tenants.lease import LEASED
+from picker.tenants.lease import LEASED, Lease
 from picker.tenants.ledger import Limits, Vector, actual_vector, reservation_vector
 from picker.tenants.redis_backend import RedisBackend
 from picker.testing.redis_server import RedisServer
@@ -216,6 +216,41 @@ async def test_a_dead_replicas_lease_comes_back_after_its_ttl(
     await asyncio.sleep(2.2)  # the lease's TTL (2 s); the running request's hold stays (15 min)
     later = [(await verdict(alive.reserve("t", limits, amounts)))[0].granted for _ in range(3)]
     assert later.count(True) == 2, "the lease's 2 slots came back"
+
+
+async def test_a_lapsed_lease_a_request_finds_first_counts_as_lost(
+    redis_server: RedisServer, clock: Callable[[], float]
+) -> None:
+    """The replica's wall clock jumps past its lease's TTL (as when its event loop was starved that long)
+    and a request the lease does not cover reaches Redis before the lease's next sync: RESERVE finds the
+    hold gone, and ``lost`` counts it (the unreported usage it covered is outside Redis's count)."""
+    jump = 0.0
+    b = RedisBackend(config(redis_server), clock=lambda: clock() + jump)
+    writer = asyncio.create_task(b.run())
+    try:
+        limits: Limits = (None, 10_000, None, None, None, None)
+        amounts = reservation_vector(100, 0)
+        v, _ = await verdict(b.reserve("t", limits, amounts))
+        b.settle(settlement("t", amounts, v.hold))
+        lease = await _lease(b, "t")
+        await until(lambda: _true(lease.free()[1] >= 100 and not lease.syncing), "a lease, not syncing")
+        v, at_once = await verdict(b.reserve("t", limits, amounts))
+        assert at_once
+        b.settle(settlement("t", amounts, v.hold))  # 100 settled on the lease, not reported yet
+        jump = 2.5  # past the 2 s TTL before the lease loop runs again
+        big = reservation_vector(lease.free()[1] + 1, 0)
+        v, at_once = await verdict(b.reserve("t", limits, big))
+        assert not at_once
+        assert lease.lost == 1
+        assert b.lease_views()["t"]["lost"] == 1
+    finally:
+        await stop(writer)
+        await b.close()
+
+
+async def _lease(b: RedisBackend, tenant: str) -> Lease:
+    await until(lambda: _true(tenant in b._leases), "a lease object")
+    return b._leases[tenant]
 
 
 async def test_a_replica_that_stops_gives_its_lease_back(

@@ -147,9 +147,10 @@ def test_leases_and_usage_never_pass_a_limit(  # noqa: PLR0912 - one interleavin
                 give_back = lease.take_free() if any(lease.granted) else None
                 serial += 1
                 hid = f"{r}:{serial}"
+                had = lid in store.holds
                 ok, hold = store.reserve(amounts, hid, lid, give_back)
                 if give_back is not None:
-                    lease.gave_back(tuple(hold))  # type: ignore[arg-type]
+                    lease.gave_back(tuple(hold), had=had)  # type: ignore[arg-type]
                 if ok:
                     running.append((r, amounts, hid))
         elif op == "settle" and running:
