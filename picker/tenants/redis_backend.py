@@ -412,28 +412,29 @@ class RedisBackend:
 
     async def _lease_loop(self, cfg: LeaseConfig) -> None:
         """Sync the leases that need it: those the request path flagged (below the low-water mark, or
-        not covering a request) at once, all of them every half report interval."""
+        not covering a request) at once, all of them every half report interval. The round of all is
+        timed, not run on a quiet tick: a tenant at its limit flags its lease at every request, and
+        woken that often the loop would never renew the other tenants' leases, which then lapse with
+        the running requests and unreported usage they cover."""
         tick = cfg.report / 2
+        last_round = self._monotonic()
         while True:
-            everything = False
             if not self._lease_due:
                 self._lease_wake.clear()
-                try:
-                    async with asyncio.timeout(tick):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, last_round + tick - self._monotonic())):
                         await self._lease_wake.wait()
-                except TimeoutError:
-                    everything = True
             if not self._up:
                 self._lease_due.clear()
                 await asyncio.sleep(tick)
                 continue
-            if everything:
+            now = self._monotonic()
+            if now - last_round >= tick:
+                last_round = now
                 tenants = list(self._leases)
-                self._lease_due.clear()
             else:
                 tenants = list(self._lease_due)
-                self._lease_due.clear()
-            now = self._monotonic()
+            self._lease_due.clear()
             for tenant in tenants:
                 lease = self._leases.get(tenant)
                 if lease is None:

@@ -298,3 +298,32 @@ async def test_a_lease_admits_while_redis_restarts_and_is_leased_again(
     await until(reported, "usage reported and a new lease")
     again, _ = await verdict(b.reserve("t", limits, amounts))
     assert again.granted
+
+
+async def test_a_tenant_at_its_limit_does_not_starve_other_leases_renewals(
+    replicas: Callable[..., RedisBackend],
+) -> None:
+    """A tenant at its limit sends every request to RESERVE, and each flags its lease for a sync, so the
+    lease loop is woken far more often than its tick: the other tenants' leases are still renewed (every
+    ``ttl / 4``), or they would lapse with the running requests they cover."""
+    b = replicas(report=2.0, ttl=8.0)  # the loop's round of all leases every 1 s, a renewal every 2 s
+    quiet: Limits = (None, 10_000, None, None, None, None)
+    amounts = reservation_vector(100, 0)
+    v, _ = await verdict(b.reserve("quiet", quiet, amounts))
+    b.settle(settlement("quiet", amounts, v.hold))
+    lease = await _lease(b, "quiet")
+    await until(lambda: _true(lease.free()[1] >= 100 and not lease.syncing), "a lease")
+    running, at_once = await verdict(b.reserve("quiet", quiet, amounts))
+    assert at_once  # a request running on the lease: only the lease's hold covers it
+    busy: Limits = (None, 100, None, None, None, None)
+    synced = lease.last_sync
+    refused = 0
+    for _ in range(3000):  # "busy" at its limit, a request every 2 ms or so; bounded (6 s and more)
+        if lease.last_sync != synced:
+            break
+        v, _ = await verdict(b.reserve("busy", busy, amounts))
+        refused += not v.granted
+        await asyncio.sleep(0.002)
+    assert lease.last_sync != synced, "the quiet lease was renewed"
+    assert refused > 0
+    b.settle(settlement("quiet", amounts, running.hold))
