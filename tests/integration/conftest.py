@@ -1,6 +1,6 @@
-"""Fixtures shared by more than one integration folder: the Kubernetes API emulator, and the command line
-run as a user runs it (the ``picker`` console script as a subprocess, with no Kubernetes configuration in
-its environment, its stderr collected line by line)."""
+"""Fixtures shared by more than one integration folder: the Kubernetes API emulator, a real redis-server,
+and the command line run as a user runs it (the ``picker`` console script as a subprocess, with no
+Kubernetes configuration in its environment, its stderr collected line by line)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +19,8 @@ from typing import Protocol
 import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
+from picker.testing.redis_server import RedisServer
+from picker.testing.tools import tool
 
 
 @pytest.fixture
@@ -40,6 +42,19 @@ LOCAL = ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--admin-p
 SERVING = re.compile(
     r"picker serving: ext_proc :(\d+) \((TLS|plaintext)\), health :(\d+), metrics :(\d+), admin [^ ]+:(\d+)"
 )
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server per test (installed by .ci/run, which fails when it is missing; skipped
+    elsewhere)."""
+    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

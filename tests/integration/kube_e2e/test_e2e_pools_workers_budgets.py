@@ -29,7 +29,6 @@ from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, inference_pool
 from picker.testing.net import free_port
 from picker.testing.redis_server import RedisServer
-from picker.testing.tools import tool
 from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import NS, Admin, FakePods, eventually, launch_epp
 from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool
@@ -113,18 +112,12 @@ async def _tenant_row(admin: Admin, pool: str, tenant: str) -> dict[str, Any] | 
 
 
 @pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer | None]:
+def backend(request: pytest.FixtureRequest) -> Iterator[RedisServer | None]:
     """The tenants' backend: None for memory, else a running redis-server."""
     if request.param == "memory":
         yield None
         return
-    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield request.getfixturevalue("redis_server")
 
 
 async def test_each_pools_budgets_are_its_own_across_both_workers(

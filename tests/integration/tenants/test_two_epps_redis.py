@@ -21,7 +21,6 @@ import redis.asyncio as aioredis
 
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
-from picker.testing.tools import tool
 from tests.integration.conftest import LOCAL, PICKER, Process, Spawn, serving_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -85,11 +84,9 @@ class Epp:
 
 @pytest.fixture(params=[PER_REQUEST])
 async def two_epps(
-    spawn: Spawn, tmp_path: Path, request: pytest.FixtureRequest
+    spawn: Spawn, tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[RedisServer, Epp, Epp]]:
-    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
-    redis = RedisServer(tmp_path)
-    redis.start()
+    redis = redis_server
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(url=redis.url, lease=request.param), encoding="utf-8")
     epps = []
@@ -113,7 +110,6 @@ async def two_epps(
     finally:
         for epp in epps:
             await epp.stop()
-        redis.stop()
 
 
 async def _clear_of_the_hour() -> None:

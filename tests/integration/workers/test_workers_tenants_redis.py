@@ -14,7 +14,6 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +21,6 @@ import redis.asyncio as aioredis
 
 from picker.testing.envoy import HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
-from picker.testing.tools import tool
 from tests.integration.conftest import Spawn
 from tests.integration.workers.test_workers import (
     Tree,
@@ -60,21 +58,17 @@ COST = (1 * 1000 + 100 * 2000) / 1e6  # per request, currency units
 
 
 @contextlib.asynccontextmanager
-async def _with_redis(spawn: Spawn, tmp_path: Path, config: str) -> AsyncIterator[tuple[RedisServer, Tree]]:
-    """A real redis-server and ``--workers 2`` whose tenants section (``config``) uses it."""
-    tool("redis-server", apt="redis-server")  # skips, or fails under PICKER_REQUIRE_TOOLS
-    redis = RedisServer(tmp_path)
-    redis.start()
-    try:
-        async with _start_tree(spawn, "--config-text", config.format(url=redis.url)) as t:
-            yield redis, t
-    finally:
-        redis.stop()
+async def _with_redis(
+    spawn: Spawn, redis: RedisServer, config: str
+) -> AsyncIterator[tuple[RedisServer, Tree]]:
+    """``--workers 2`` whose tenants section (``config``) uses the real redis-server ``redis``."""
+    async with _start_tree(spawn, "--config-text", config.format(url=redis.url)) as t:
+        yield redis, t
 
 
 @pytest.fixture
-async def redis_tree(spawn: Spawn, tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Tree]]:
-    async with _with_redis(spawn, tmp_path, CONFIG) as started:
+async def redis_tree(spawn: Spawn, redis_server: RedisServer) -> AsyncIterator[tuple[RedisServer, Tree]]:
+    async with _with_redis(spawn, redis_server, CONFIG) as started:
         yield started
 
 
@@ -163,11 +157,13 @@ async def test_tenant_metrics_of_redis_workers_are_counted_once(
     await eventually(up, "every worker's backend up again")
 
 
-async def test_each_workers_lease_is_shown_next_to_the_shared_meter(spawn: Spawn, tmp_path: Path) -> None:
+async def test_each_workers_lease_is_shown_next_to_the_shared_meter(
+    spawn: Spawn, redis_server: RedisServer
+) -> None:
     """Each worker leases a share of the tenant's budget from Redis; the supervisor's /debug/tenants shows
     the shared meter (leases counted as reserved) and, next to it, what each worker leases, holds and has
     not reported yet, and how many admissions each made on its lease or by asking Redis."""
-    async with _with_redis(spawn, tmp_path, CONFIG.replace("idle: 1s", "idle: 1h")) as (_redis, t):
+    async with _with_redis(spawn, redis_server, CONFIG.replace("idle: 1s", "idle: 1h")) as (_redis, t):
         await _clear_of_the_hour()
         a, b = await _client_per_worker(t)  # worker 0, worker 1
         sent = 0
