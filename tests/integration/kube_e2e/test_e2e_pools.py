@@ -12,9 +12,10 @@ wrong pod; gamma has no document of its own and takes the built-in default.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,12 @@ def _tracing_env(receiver: OtlpReceiver) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:
+@contextlib.asynccontextmanager
+async def open_pools(names: Iterable[str]) -> AsyncIterator[dict[str, Pool]]:
+    """One :class:`Pool` per name, each on its own EPP port and loopback addresses; their clients and pods
+    closed at the end."""
     made = {}
-    for i, name in enumerate(("alpha", "beta", "gamma")):
+    for i, name in enumerate(names):
         pods = FakePods()
         pods._next_ip = 2 + 20 * i  # distinct loopback addresses per pool: no pod is in two pools
         made[name] = Pool(name, free_port(), pods)
@@ -131,9 +134,32 @@ async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:
         yield made
     finally:
         for pool in made.values():
-            if pool.client is not None:
-                await pool.client.close()
+            for client in (pool.client, *pool.extra):
+                if client is not None:
+                    await client.close()
             await pool.pods.close()
+
+
+def serve_args(pool_flags: Iterable[str], kubeconfig: Path, *extra: str) -> list[str]:
+    """``picker serve``'s arguments for several ``--pool`` watched through the emulator: every other port
+    ephemeral, plaintext, on loopback."""
+    return [
+        *pool_flags,
+        f"--pool-namespace={NS}",
+        f"--kubeconfig={kubeconfig}",
+        "--grpc-health-port=0",
+        "--metrics-port=0",
+        "--admin-port=0",
+        "--host=127.0.0.1",
+        "--secure-serving=false",
+        *extra,
+    ]
+
+
+@pytest.fixture
+async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:  # closed before the emulator
+    async with open_pools(("alpha", "beta", "gamma")) as made:
+        yield made
 
 
 def samples(page: str, metric: str, /, **labels: str) -> list[float]:
@@ -168,20 +194,12 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
     emulator.create(config_map("alpha-epp", NS, data={KEY: weights(queue=10, kv=1)}))
     emulator.create(config_map("beta-epp", NS, data={KEY: weights(queue=1, kv=10)}))
 
-    args = [
+    pool_flags = (
         f"--pool=alpha={alpha.port},config-configmap=alpha-epp",
         f"--pool=beta={beta.port},config-configmap=beta-epp",
         f"--pool=gamma={gamma.port}",
-        f"--pool-namespace={NS}",
-        f"--kubeconfig={kubeconfig}",
-        "--grpc-health-port=0",
-        "--metrics-port=0",
-        "--admin-port=0",
-        "--host=127.0.0.1",
-        "--secure-serving=false",
-        "--tracing",
-        f"--workers={workers}",
-    ]
+    )
+    args = serve_args(pool_flags, kubeconfig, "--tracing", f"--workers={workers}")
     epp = await launch_epp(spawn, "picker serve", args, env=_tracing_env(receiver))
     try:
         ports, admin = epp.ports, epp.admin

@@ -27,11 +27,10 @@ import redis.asyncio as aioredis
 from picker.testing.envoy import EnvoyClient, RawStream
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, inference_pool
-from picker.testing.net import free_port
 from picker.testing.redis_server import RedisServer
 from tests.integration.conftest import Spawn
-from tests.integration.kube_e2e.conftest import NS, Admin, FakePods, eventually, launch_epp
-from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool
+from tests.integration.kube_e2e.conftest import NS, Admin, eventually, launch_epp
+from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool, open_pools, serve_args
 from tests.integration.workers.test_workers import _destination, _first_reply_kind, client_per_worker, finish
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -60,21 +59,9 @@ LIMITS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture
-async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:
-    made = {}
-    for i, name in enumerate(LIMITS):
-        pods = FakePods()
-        pods._next_ip = 2 + 20 * i  # distinct loopback addresses per pool
-        made[name] = Pool(name, free_port(), pods)
-    try:
+async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:  # closed before the emulator
+    async with open_pools(LIMITS) as made:
         yield made
-    finally:
-        for pool in made.values():
-            if pool.client is not None:
-                await pool.client.close()
-            for client in pool.extra:
-                await client.close()
-            await pool.pods.close()
 
 
 async def _reserved(admin: Admin, pool: str, requests: int) -> bool:
@@ -136,17 +123,8 @@ async def test_each_pools_budgets_are_its_own_across_both_workers(
         if backend is not None:
             document += REDIS.format(url=backend.url)
         emulator.create(config_map(f"{pool.name}-epp", NS, data={KEY: document}))
-    args = [
-        *(f"--pool={name}={pool.port},config-configmap={name}-epp" for name, pool in pools.items()),
-        f"--pool-namespace={NS}",
-        f"--kubeconfig={kubeconfig}",
-        "--grpc-health-port=0",
-        "--metrics-port=0",
-        "--admin-port=0",
-        "--host=127.0.0.1",
-        "--secure-serving=false",
-        "--workers=2",
-    ]
+    pool_flags = (f"--pool={name}={pool.port},config-configmap={name}-epp" for name, pool in pools.items())
+    args = serve_args(pool_flags, kubeconfig, "--workers=2")
     epp = await launch_epp(spawn, "picker serve", args)
     try:
         admin = epp.admin
