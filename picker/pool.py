@@ -42,6 +42,7 @@ from picker.state.prefix import PrefixCacheState
 from picker.state.prices import PriceBook
 from picker.telemetry import ExternalCollector, Telemetry
 from picker.tenants.flow import FlowController, flow_limits
+from picker.tenants.ledger import now_wall
 from picker.tenants.service import TenantService
 from picker.tracing import Tracing
 from picker.wiring import (
@@ -87,12 +88,15 @@ class ServedPool:
         tracing: Tracing | None = None,
         shared_budget: BodyBudget | None = None,
         several_pools: bool = False,
+        wall_clock: Callable[[], float] = now_wall,
     ) -> None:
         """``settings`` are this pool's (its name, source, ext_proc port, config file); ``registry`` is
         where its metrics register; ``tracing``: the process's (``--tracing``; started and closed by the
         service); ``shared_budget``: the process's body budget when it serves several pools (this pool's
         budget draws from it too); ``several_pools``: this process serves several pools (a ``--workers``
-        supervisor too, which has no body budget of its own but says when a document's is capped).
+        supervisor too, which has no body budget of its own but says when a document's is capped);
+        ``wall_clock``: the UTC epoch seconds the tenants' and external endpoints' budget windows (minute,
+        hour, day, month) are measured on (tests stand it still, so that no window ends mid-test).
         ``datastore``, ``serve_extproc``, ``request_registry`` and ``prefix`` are for the ``--workers``
         supervisor, as in :class:`picker.service.Service`."""
         self.settings = settings
@@ -111,7 +115,7 @@ class ServedPool:
         self.prefix.for_profiles(self.config_store.active.profiles)
         self._skip_response = skip_response_rule(self.config_store)
         #: the config's external endpoints: budgets and passive health (``picker.routing.external``)
-        self.external = ExternalCapacity()
+        self.external = ExternalCapacity(clock=wall_clock)
         self.telemetry = Telemetry(
             self.datastore,
             registry=registry,
@@ -132,6 +136,7 @@ class ServedPool:
             label_values=settings.metrics_label_max_values,
             label_length=settings.metrics_label_max_length,
             redis_scope=self.name if several_pools else "",
+            clock=wall_clock,
         )
         self.config_store.add_check(lambda cfg: self.tenants.prepare(cfg.settings.tenants))
         #: flow control (the ``flowControl`` feature gate): fair queues while the pool is saturated

@@ -51,6 +51,7 @@ from picker.state.datastore import Datastore
 from picker.state.prefix import PrefixCacheState
 from picker.telemetry import PoolLabelled, ProcessMetrics, Telemetry
 from picker.tenants.flow import FlowController
+from picker.tenants.ledger import now_wall
 from picker.tenants.service import TenantService
 from picker.tracing import Tracing
 from picker.wiring import BuildInfo, bind_server, listen_server, shared_body_budget, start_documents
@@ -86,6 +87,7 @@ class Service:
         serve_extproc: bool = True,
         debug_workers: Callable[[int], list[dict[str, Any]]] | None = None,
         documents: Sequence[tuple[PickerConfig, str, str]] = (),
+        wall_clock: Callable[[], float] = now_wall,
     ) -> None:
         """Builds every part from what it is given; reads no file and no environment (see :meth:`load`).
         ``config_text``/``config_source``: the document ``config`` was loaded from and where (``/config``,
@@ -96,7 +98,8 @@ class Service:
         (:mod:`picker.workers`): each pool's datastore publishes to its shared memory, the supervisor
         serves no ext_proc itself, keeps its own (unused) request-path metrics out of ``/metrics``
         (a throwaway registry per pool), and answers each pool's ``/debug/workers``
-        (``debug_workers(pool index)``)."""
+        (``debug_workers(pool index)``). ``wall_clock``: what every pool's budget windows are measured on
+        (:class:`picker.pool.ServedPool`)."""
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         pool_settings = settings.pool_settings()
@@ -128,6 +131,7 @@ class Service:
                 tracing=self.tracing,
                 shared_budget=shared_budget,
                 several_pools=several,
+                wall_clock=wall_clock,
             )
             for i, (ps, (cfg, text, source)) in enumerate(zip(pool_settings, starts, strict=True))
         )

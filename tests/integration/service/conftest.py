@@ -31,6 +31,7 @@ from picker.config import load_config_text
 from picker.service import Ports, Service
 from picker.settings import Settings
 from picker.state.metrics import EndpointMetrics
+from picker.testing.clocks import standing_still
 from picker.testing.envoy import (
     EnvoyClient,
     ExchangeResult,
@@ -334,7 +335,10 @@ StartService = Callable[..., Awaitable[ServiceHarness]]
 async def start_service() -> AsyncIterator[StartService]:
     """Start a Service (ephemeral ports, plaintext unless ``secure_serving=True``) with a connected
     Envoy-like client. ``pods`` endpoints, or ``endpoints`` verbatim (``host:port[@engine]``); other
-    keywords go to Settings. ``config`` is the document text (None: ``config_file`` or the default)."""
+    keywords go to Settings. ``config`` is the document text (None: ``config_file`` or the default).
+    ``wall_clock``: what the budgets' UTC windows are measured on; by default one standing still mid-window
+    (:func:`picker.testing.clocks.standing_still`), so that no test sees a count restart at a minute's or
+    an hour's turn."""
     running: list[tuple[ServiceHarness, asyncio.Task[None]]] = []
 
     async def _start(
@@ -342,6 +346,7 @@ async def start_service() -> AsyncIterator[StartService]:
         *,
         config: str | None = REFERENCE_CONFIG,
         endpoints: Sequence[str] | None = None,
+        wall_clock: Callable[[], float] | None = None,
         **settings: Any,
     ) -> ServiceHarness:
         static = tuple(endpoints) if endpoints is not None else tuple(pod(i) for i in range(pods))
@@ -362,10 +367,13 @@ async def start_service() -> AsyncIterator[StartService]:
             **settings,
         }
         s = Settings(**options)
+        clock = wall_clock or standing_still()
         if config is not None and not s.config_file:
-            service = Service(s, load_config_text(config), config_text=config, config_source="test")
+            service = Service(
+                s, load_config_text(config), config_text=config, config_source="test", wall_clock=clock
+            )
         else:
-            service = Service.load(s)
+            service = Service.load(s, wall_clock=clock)
         started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(service.run(on_started=started.set_result))
         await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)

@@ -15,7 +15,6 @@ where the EPP says and retrying once on its fallback.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import orjson
@@ -59,10 +58,6 @@ async def start(start_service: StartService, fleet: FakeFleet, pool: list[str], 
         return all(r["scrapes_ok"] > 0 for r in (await svc.endpoint_rows()).values())
 
     await eventually(scraped, what="every pool server scraped")
-    # The limits' windows are UTC minutes: a test straddling one would see its count restart (``used`` 0
-    # and one request more let out). The budgets' clock stands still in the middle of a minute instead.
-    minute_middle = (time.time() // 60) * 60 + 30
-    svc.service.pool.external._clock = lambda: minute_middle
     return svc
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import orjson
@@ -43,15 +42,6 @@ def chat(tenant: str, body: bytes = CHAT) -> HttpRequest:
 
 def sse_response() -> UpstreamResponse:
     return UpstreamResponse(headers=[("content-type", "text/event-stream")], chunks=[SSE[:300], SSE[300:]])
-
-
-@pytest.fixture(autouse=True)
-async def _not_at_the_end_of_an_hour() -> None:
-    """The budgets here are per UTC hour: a test must not straddle the boundary (once in a few hundred
-    runs this waits up to 30 s for the next hour)."""
-    left = 3600 - time.time() % 3600
-    if left < 30:
-        await asyncio.sleep(left + 0.5)
 
 
 async def start(start_service: StartService, limit: int = 10_000) -> ServiceHarness:

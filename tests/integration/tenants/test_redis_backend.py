@@ -1,12 +1,15 @@
 """The Redis backend on a real redis-server: the memory backend's decisions, shared, surviving a restart.
 
 These tests ask Redis for every admission (leases off, ``lease.fraction: 0``): the per-request path, which
-is also the fallback of a replica whose lease does not cover a request. Leases: ``test_redis_leases.py``."""
+is also the fallback of a replica whose lease does not cover a request. Leases: ``test_redis_leases.py``.
+Every backend's wall clock starts at the current UTC day's start (``from_the_day_start``): the per-minute
+limits' counts must not restart mid-test, and both backends of a comparison must see the same windows."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,19 +21,24 @@ from picker.tenants.backend import MemoryBackend, Settlement, Verdict
 from picker.tenants.ledger import actual_vector, reservation_vector
 from picker.tenants.metrics import TenantMetrics
 from picker.tenants.redis_backend import RedisBackend
+from picker.testing.clocks import from_the_day_start
 from picker.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration]
 
 LIMITS = (1000, None, 10, 3, None, 5_000)
+Wall = Callable[[], float]
 
 
-def backend(server: RedisServer, *, fail_mode: str = "open", prefix: str = "t:") -> RedisBackend:
+def backend(
+    server: RedisServer, *, fail_mode: str = "open", prefix: str = "t:", clock: Wall | None = None
+) -> RedisBackend:
     # generous: the suite shares two cores; a slow answer would count as Redis being down
     cfg = RedisConfig(
         url=server.url, fail_mode=fail_mode, key_prefix=prefix, timeout=5.0, lease=LeaseConfig(fraction=0)
     )
-    return RedisBackend(cfg, sink=TenantMetrics(CollectorRegistry(), list))
+    sink = TenantMetrics(CollectorRegistry(), list)
+    return RedisBackend(cfg, sink=sink, clock=clock or from_the_day_start())
 
 
 def metrics(b: RedisBackend) -> TenantMetrics:
@@ -45,8 +53,9 @@ async def reserve(b: RedisBackend, tenant: str, amounts: tuple[int, ...]) -> Ver
 
 
 async def test_redis_and_memory_backends_agree_on_every_decision(redis_server: RedisServer) -> None:
-    r = backend(redis_server)
-    m = MemoryBackend()
+    clock = from_the_day_start()
+    r = backend(redis_server, clock=clock)
+    m = MemoryBackend(clock=clock)
     writer = asyncio.create_task(r.run())
     try:
         held = []
@@ -127,7 +136,7 @@ async def test_two_clients_share_one_budget_without_double_spending(redis_server
 
 async def test_expired_reservations_of_a_dead_replica_are_given_back(redis_server: RedisServer) -> None:
     cfg = RedisConfig(url=redis_server.url, key_prefix="t:", timeout=2.0, lease=LeaseConfig(fraction=0))
-    dead = RedisBackend(cfg, reservation_ttl_s=0.2)
+    dead = RedisBackend(cfg, reservation_ttl_s=0.2, clock=from_the_day_start())
     alive = backend(redis_server)
     try:
         for _ in range(3):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -29,6 +28,7 @@ from picker.tenants.backend import Settlement, Verdict
 from picker.tenants.lease import LEASED, Lease
 from picker.tenants.ledger import Limits, Vector, actual_vector, reservation_vector
 from picker.tenants.redis_backend import RedisBackend
+from picker.testing.clocks import from_the_day_start
 from picker.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration]
@@ -38,16 +38,9 @@ PREFIX = "t:"
 LIMIT_TTL = 30.0
 
 
-def day_start_clock() -> Callable[[], float]:
-    """Wall time shifted back to the start of the current UTC day (the month stays the same): every
-    budget window is fresh, and none ends within the test's minute."""
-    offset = time.time() % 86400
-    return lambda: time.time() - offset
-
-
 @pytest.fixture
 def clock() -> Callable[[], float]:
-    return day_start_clock()
+    return from_the_day_start()
 
 
 def config(server: RedisServer, **lease: float) -> RedisConfig:

@@ -19,11 +19,16 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from picker.testing.clocks import clear_of_the_hour
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
 from tests.integration.conftest import LOCAL, PICKER, Process, Spawn, serving_ports
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+#: the budgets count per UTC hour (and day) in ``picker serve`` processes, on the real clock: each test starts
+#: with this much of the hour left (about 10x what it takes on a quiet machine), waiting for the next hour
+#: in 1 run of 60; the timeout leaves room for that wait on top of the usual 120 s
+CLEAR_S = 60.0
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120 + CLEAR_S)]
 
 CONFIG = """\
 apiVersion: picker.dev/v1alpha1
@@ -112,13 +117,6 @@ async def two_epps(
             await epp.stop()
 
 
-async def _clear_of_the_hour() -> None:
-    """The budget is per UTC hour: do not let a test straddle its end."""
-    left = 3600 - time.time() % 3600
-    if left < 45:
-        await asyncio.sleep(left + 0.5)
-
-
 async def _alternate(a: Epp, b: Epp, n: int, *, tenant: str = "t", pause_s: float = 0.0) -> list[int]:
     """``n`` requests of ``tenant``, alternating between the two EPPs; each one's status (200: routed)."""
     statuses = []
@@ -134,7 +132,7 @@ async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
     two_epps: tuple[RedisServer, Epp, Epp],
 ) -> None:
     redis, a, b = two_epps
-    await _clear_of_the_hour()
+    await clear_of_the_hour(CLEAR_S)
     statuses = await _alternate(a, b, 14)
     assert statuses.count(200) == 9, statuses  # 9 x 101 <= 1000 < 10 x 101, across both processes
     assert set(statuses[9:]) == {429}
@@ -184,7 +182,7 @@ async def test_two_epps_with_leases_never_pass_the_shared_budget(
     two_epps: tuple[RedisServer, Epp, Epp],
 ) -> None:
     redis, a, b = two_epps
-    await _clear_of_the_hour()
+    await clear_of_the_hour(CLEAR_S)
     statuses = await _alternate(a, b, 14, pause_s=0.1)  # the leases refill between requests
     admitted = statuses.count(200)
     assert 7 <= admitted <= 9, statuses  # never past 1,000 tokens; at most a lease parked per process
