@@ -9,7 +9,7 @@ production :class:`picker.scrape.Scraper` writing into a real :class:`picker.sta
 so that its CPU time is its own. Each fetcher (the HTTP client of the scrape loop) runs in turn:
 
 - ``lean``: :class:`picker.scrape.http.LeanFetcher`, asyncio-protocol keep-alive HTTP/1.1 (the default);
-- ``aiohttp``: :class:`picker.scrape.client.AiohttpFetcher`, the https fallback.
+- ``aiohttp``: :class:`benchmarks.aiohttp_fetcher.AiohttpFetcher`, aiohttp's client.
 
 Figures, per fetcher (median over runs):
 
@@ -52,7 +52,8 @@ CADENCE_SLACK = 0.10
 
 # ------------------------------------------------------------------------------------------- child process
 async def _scrape_child(spec: dict[str, Any]) -> dict[str, Any]:
-    from picker.scrape.client import AiohttpFetcher, MetricsFetcher
+    from benchmarks.aiohttp_fetcher import AiohttpFetcher
+    from picker.scrape.client import MetricsFetcher
     from picker.scrape.engines import engine_specs
     from picker.scrape.http import LeanFetcher
     from picker.scrape.scraper import Scraper

@@ -14,8 +14,10 @@ the whole response. Redirects are not followed (a 3xx is a failed scrape, as wit
 A GET on a reused connection that the server had already closed is retried once on a new connection
 (GET is idempotent; the race is a normal part of keep-alive).
 
-``https://`` URLs go to :class:`picker.scrape.client.AiohttpFetcher` (created on first use): TLS
-scraping is rare in pools and not worth a second TLS stack here.
+``https://`` pages take the same path over asyncio's TLS transport (the ``ssl`` module, as aiohttp uses it),
+so the cap and the framing limits hold over TLS exactly as over plain http, and a refused TLS connection is
+aborted at once. (They went through aiohttp before: a framing error aiohttp's parser found after the
+headers failed the connection but never the body being read, which then waited for the scrape timeout.)
 
 Why one module of this size: the connection protocol, the response parser it feeds from ``data_received``
 and the per-host pool share one connection's state machine (a parser completes the GET's future and decides
@@ -25,16 +27,19 @@ whether the connection is reusable); split, that state would cross module bounda
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
-from picker.scrape.client import AiohttpFetcher, CappedBody, ScrapeError
+from picker.scrape.client import CappedBody, ScrapeError
 
 __all__ = ["LeanFetcher"]
 
 _MAX_HEAD: Final = 64 * 1024
 _MAX_URL_CACHE: Final = 8192
+#: a pooled connection's identity: scheme, host, port
+_Key = tuple[str, str, int]
 
 
 class _StaleConnectionError(Exception):
@@ -67,7 +72,7 @@ class _Connection(asyncio.Protocol):
     endless close-delimited body or a huge declared chunk is refused at the cap, holding at most the cap.
     """
 
-    def __init__(self, key: tuple[str, int], max_body: int, on_lost: Callable[[_Connection], None]) -> None:
+    def __init__(self, key: _Key, max_body: int, on_lost: Callable[[_Connection], None]) -> None:
         self.key = key
         self._max_body = max_body
         self._on_lost = on_lost
@@ -318,21 +323,22 @@ def _expire(waiter: asyncio.Future[_Response]) -> None:
 
 
 class _Target:
-    """A parsed http URL: where to connect and the request bytes to send."""
+    """A parsed http(s) URL: where to connect, over TLS or not, and the request bytes to send."""
 
-    __slots__ = ("host", "key", "port", "raw")
+    __slots__ = ("host", "key", "port", "raw", "tls")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ScrapeError(f"unsupported URL {url!r}")
+        self.tls = parts.scheme == "https"
         try:
-            port = parts.port or 80
+            port = parts.port or (443 if self.tls else 80)
         except ValueError:
             raise ScrapeError(f"bad port in URL {url!r}") from None
         self.host = parts.hostname
         self.port = port
-        self.key = (self.host, port)
+        self.key = (parts.scheme, self.host, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = f"[{self.host}]" if ":" in self.host else self.host
         if parts.port is not None:
@@ -346,7 +352,8 @@ class _Target:
 class LeanFetcher:
     """:class:`picker.scrape.client.MetricsFetcher` over keep-alive HTTP/1.1 connections.
 
-    ``max_page_bytes`` caps a page (decoded); ``insecure_skip_verify`` applies to the https fallback;
+    ``max_page_bytes`` caps a page (decoded); ``insecure_skip_verify``: https pages' certificates are not
+    verified (the reference's default: model servers serve self-signed ones if any);
     ``max_idle_per_host`` bounds the idle connections kept per ``host:port`` (the scraper has one request
     in flight per endpoint, so one is used; the reference keeps two).
     """
@@ -361,18 +368,14 @@ class LeanFetcher:
         self._max = max_page_bytes
         self._insecure = insecure_skip_verify
         self._max_idle = max_idle_per_host
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[_Key, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
         self._targets: dict[str, _Target] = {}
-        self._https: AiohttpFetcher | None = None
+        self._tls: ssl.SSLContext | None = None  # built on the first https page
         self._closed = False
 
     async def fetch(self, url: str, *, timeout_s: float) -> bytes:
         """The page at ``url``; raises :class:`ScrapeError` (message safe to log) on any failure."""
-        if url.startswith("https://"):
-            if self._https is None:
-                self._https = AiohttpFetcher(max_page_bytes=self._max, insecure_skip_verify=self._insecure)
-            return await self._https.fetch(url, timeout_s=timeout_s)
         target = self._targets.get(url)
         if target is None:
             target = _Target(url)
@@ -401,7 +404,7 @@ class LeanFetcher:
         except _StaleConnectionError as exc:  # pragma: no cover - a new connection is never "reused"
             raise ScrapeError("connection closed by the server") from exc
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -414,11 +417,24 @@ class LeanFetcher:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
-                lambda: _Connection(target.key, self._max, self._forget), target.host, target.port
+                lambda: _Connection(target.key, self._max, self._forget),
+                target.host,
+                target.port,
+                ssl=self._tls_context() if target.tls else None,
             )
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError (a failed handshake) too
             raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            ctx = ssl.create_default_context()
+            if self._insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._tls = ctx
+        return self._tls
 
     async def _exchange(self, conn: _Connection, target: _Target, deadline: float) -> _Response:
         self._busy.add(conn)
@@ -451,7 +467,7 @@ class LeanFetcher:
             idle.remove(conn)
 
     async def close(self) -> None:
-        """Close every connection (idle and in use) and the https fallback."""
+        """Close every connection (idle and in use)."""
         self._closed = True
         for idle in list(self._idle.values()):
             for conn in list(idle):
@@ -460,6 +476,3 @@ class LeanFetcher:
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()
-        if self._https is not None:
-            await self._https.close()
-            self._https = None
