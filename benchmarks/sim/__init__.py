@@ -10,7 +10,10 @@ Public surface (everything else is internal):
 * :mod:`~benchmarks.sim.policies` — baselines and the real ``scoring`` schedulers;
 * :mod:`~benchmarks.sim.metrics` / :mod:`~benchmarks.sim.report` — figures, tables, plots;
 * :mod:`~benchmarks.sim.tuning` — the multi-seed, multi-trace comparison behind the default profile
-  (``python -m benchmarks.sim.tuning``).
+  (``python -m benchmarks.sim.tuning``);
+* :mod:`~benchmarks.sim.reuse` / :mod:`~benchmarks.sim.hit_losses` — a trace's prefix-reuse ceilings (an
+  infinite cache, the fleet's cache size, affinity alone) and where a policy's hits are lost against the
+  servers' true caches, pick by pick (``python -m benchmarks.sim.reuse``, ``... hit_losses --rate R``).
 """
 
 from benchmarks.sim.fleet import FleetConfig, SimResult, server_capacity_rps, simulate
