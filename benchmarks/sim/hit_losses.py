@@ -22,6 +22,8 @@ loss is put in one class (shares of all prompt tokens, so the classes add up to 
   window (the index's LRU dropped entries the server kept, or never recorded them).
 * ``past_window``: both looked the same to the index (the whole hashed window matched on both) and the
   holders differed only beyond it (``maxPrefixBlocksToMatch`` x ``blockSizeTokens`` tokens).
+* ``no_index``: the policy has no prefix index of ours (round-robin, SGLang's own tree, the oracle): its
+  every token lost at the pick (for the oracle, given up to meet the objective elsewhere).
 * ``after_pick``: the chosen server's true prefix at the pick minus what the request found at admission
   (the cache changed while it queued).
 
@@ -54,6 +56,7 @@ CLASSES = (
     "index_stale",
     "index_forgot",
     "past_window",
+    "no_index",
     "after_pick",
 )
 
@@ -70,6 +73,7 @@ class Audit:
         self._servers: tuple[Any, ...] = ()
         self._rate = 1.0
         self.rows: dict[int, tuple[Any, ...]] = {}
+        self.indexed = prefix_config_of(policy) is not None
 
     def bind(self, ctx: SimContext) -> None:
         self._servers = ctx.servers
@@ -110,6 +114,9 @@ class Audit:
             lost = best - true[i]
             if lost <= 0:
                 continue
+            if not self.indexed:
+                out["no_index"] += lost
+                continue
             holders = np.flatnonzero(true == best)
             b = int(holders[np.argmax(believed[holders])])
             if believed[b] > believed[i]:
@@ -142,7 +149,7 @@ def audit_run(w: Workload, policy: Policy, cfg: FleetConfig, slo: Slo) -> dict[s
     """One replay of ``w`` (arrivals as given) through ``policy``, audited: the loss classes."""
     a = Audit(policy, slo)
     res = simulate(w, a, cfg)
-    config = prefix_config_of(a)
+    config = prefix_config_of(policy)
     window = config.max_blocks * config.block_size_tokens if config is not None else 0
     return a.losses(res.prompt_tokens.tolist(), res.cached_tokens.tolist(), window)
 
