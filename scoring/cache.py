@@ -4,14 +4,16 @@ Two levels, both bounded:
 
 * per snapshot and view (:class:`SnapshotCache`): each scorer's prepared state and the sum of the
   snapshot-only terms, for the whole pool and for one subset (a candidate mask or a filter that removed
-  endpoints), each entry replaced as a whole when the scraped columns or the view's rows change;
+  endpoints). A new snapshot of the same rows keeps each scorer's state while that scorer's inputs
+  (:meth:`~scoring.plugin.Scorer.inputs`) hold the same bits, and the sum and the static totals while
+  no snapshot or request scorer changed; other rows prepare everything anew;
 * per request key, inside a prepared state (:class:`Prepared`): the static part of the total (snapshot +
   request terms), so repeated requests for the same model cost nothing until the next scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from scoring.matrix import F64, EndpointMatrix
-from scoring.plugin import View
+from scoring.plugin import Scorer, View
 
 #: Distinct request keys (e.g. target models) whose static totals are kept per snapshot; bounds memory
 #: at this many arrays of N floats when requests name ever new models.
@@ -40,48 +42,51 @@ class Prepared:
     floats: dict[Hashable, Any] = field(default_factory=dict)
 
 
-def _columns(m: EndpointMatrix) -> tuple[object, ...]:
-    """The immutable columns scorers read; a snapshot is "the same" when all of them are the same objects.
+def _same(a: object, b: object) -> bool:
+    """Whether an input of a new snapshot holds what it held on the last one: the same object, an array
+    with the same shape, dtype and bits (NaN included; -0.0 and 0.0 differ, which only costs a
+    preparation), a mapping with the same keys and such values, or an equal plain value (names)."""
+    if a is b:
+        return True
+    if type(a) is np.ndarray:
+        return (
+            type(b) is np.ndarray and a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        )
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and a.keys() == b.keys()
+            and all(_same(value, b[key]) for key, value in a.items())
+        )
+    return type(a) is type(b) and a == b
 
-    ``with_load`` copies share them, so a batch working on a copy of ``dispatched`` still hits the cache.
-    """
-    return (
-        m.names,
-        m.waiting,
-        m.running,
-        m.kv_usage,
-        m.gpu_util,
-        m.lora_vocab,
-        m.lora_active,
-        m.lora_waiting,
-        m.lora_count,
-        m.max_lora,
-        m.ttft_per_1k,
-        m.tpot,
-        m.ntpot,
-        m.model_vocab,
-        m.served_models,
-        m.price_in,
-        m.price_out,
-        m.signals,
-    )
+
+def _kept(new: tuple[object, ...], old: tuple[object, ...]) -> bool:
+    """Whether one scorer's inputs (:meth:`~scoring.plugin.Scorer.inputs`, as many each time) are
+    unchanged."""
+    for a, b in zip(new, old, strict=False):  # noqa: SIM110 - a loop: no call for an identical input
+        if a is not b and not _same(a, b):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
 class _Memo:
     matrix: EndpointMatrix
-    columns: tuple[object, ...]
+    #: each scorer's inputs on ``matrix``
+    inputs: tuple[tuple[object, ...], ...]
     #: None for the whole pool, else the matrix rows the state was prepared for
     rows: NDArray[np.intp] | None
+    #: the view's size (a state of no inputs, e.g. zeros, still has one per row)
+    n: int
     prepared: Prepared
 
-    def matches(self, m: EndpointMatrix, rows: NDArray[np.intp] | None) -> bool:
-        if rows is None:
-            if self.rows is not None:
-                return False
-        elif self.rows is None or not np.array_equal(rows, self.rows):
+    def same_rows(self, v: View) -> bool:
+        if v.n != self.n:
             return False
-        return self.matrix is m or all(a is b for a, b in zip(_columns(m), self.columns, strict=True))
+        if v.rows is None:
+            return self.rows is None
+        return self.rows is not None and np.array_equal(v.rows, self.rows)
 
 
 class SnapshotCache:
@@ -91,31 +96,38 @@ class SnapshotCache:
     state twice.
     """
 
-    __slots__ = ("_pool", "_prepare", "_subset")
+    __slots__ = ("_pool", "_prepare", "_scorers", "_subset")
 
-    def __init__(self, prepare: Callable[[View], Prepared]) -> None:
+    def __init__(
+        self,
+        scorers: Sequence[Scorer[Any]],
+        prepare: Callable[[View, Prepared | None, tuple[bool, ...]], Prepared],
+    ) -> None:
+        self._scorers = tuple(scorers)
+        #: ``prepare(view, previous, kept)``: the state for ``view``, reusing ``previous``'s per scorer
+        #: where ``kept`` says its inputs are unchanged (``previous`` None: nothing to reuse)
         self._prepare = prepare
         self._pool: _Memo | None = None
         self._subset: _Memo | None = None
 
     def get(self, m: EndpointMatrix, v: View) -> Prepared:
-        """Prepared state for the view, reused while the snapshot's scraped columns and the view's rows
-        are unchanged (the steady state between two scrapes, also when a filter removes the same
-        endpoints every time)."""
-        memo = self._pool if v.rows is None else self._subset
-        if memo is not None and memo.matrix is m and v.rows is None:
-            return memo.prepared  # the same snapshot's whole pool (most picks): nothing to compare
-        if memo is not None and memo.matches(m, v.rows):
-            if memo.matrix is not m:
-                memo = _Memo(m, memo.columns, memo.rows, memo.prepared)
-                self._remember(memo)
-            return memo.prepared
-        prepared = self._prepare(v)
-        self._remember(_Memo(m, _columns(m), v.rows, prepared))
-        return prepared
-
-    def _remember(self, memo: _Memo) -> None:
-        if memo.rows is None:
+        """Prepared state for the view: reused whole while the view's rows and every scorer's inputs
+        are unchanged (between two scrapes, also when a filter removes the same endpoints every time, or
+        when new scrapes brought the same values), and per scorer while that scorer's inputs are (a
+        scrape moved the queue and KV gauges: the LoRA, price, latency and GPU states are kept)."""
+        rows = v.rows
+        memo = self._pool if rows is None else self._subset
+        if memo is not None and memo.matrix is m and (rows is None or memo.same_rows(v)):
+            return memo.prepared  # the same snapshot (most picks): nothing to compare
+        inputs = tuple([s.inputs(m) for s in self._scorers])
+        if memo is None or not memo.same_rows(v):
+            prepared = self._prepare(v, None, ())
+        else:
+            kept = tuple(map(_kept, inputs, memo.inputs))
+            prepared = memo.prepared if all(kept) else self._prepare(v, memo.prepared, kept)
+        memo = _Memo(m, inputs, rows, v.n, prepared)
+        if rows is None:
             self._pool = memo
         else:
             self._subset = memo
+        return prepared

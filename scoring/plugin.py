@@ -126,6 +126,20 @@ class Scorer(Plugin, Generic[StateT]):
         """Scores in [0, 1] over the view. ``dispatched`` is the view's slice of the in-flight column."""
         raise NotImplementedError
 
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        """What of the matrix :meth:`prepare` and :meth:`score` read, besides the request and the four
+        live accounting columns (``dispatched``, ``inflight``, ``prefill_tokens``, ``inflight_tokens``,
+        which no prepared state may hold).
+
+        The scheduler keeps this scorer's prepared state, and the terms cached from it, on a new snapshot
+        of the same rows while every input holds the same bits as on the last one (:mod:`scoring.cache`):
+        the queue and KV gauges move with every scrape, the LoRA tables, the prices or a GPU exporter's
+        column seldom. This default names every read-only column of the matrix, so a scorer that does not
+        override it is prepared again whenever anything changed; one that overrides it must name all it
+        reads (a scorer that names too little would be scored with stale state).
+        """
+        return scraped_columns(m)
+
     def request_key(self, _req: PickRequest, /) -> Hashable:
         """Requests with equal keys get equal scores (lets a batch score each distinct request once)."""
         return None
@@ -135,6 +149,36 @@ class Scorer(Plugin, Generic[StateT]):
         term out of the total (adding 0.0 changes no float), saving the per-pick work. The prefix scorer
         skips requests without a match."""
         return False
+
+
+def scraped_columns(m: EndpointMatrix) -> tuple[object, ...]:
+    """Every read-only column of the matrix (the owner publishes new arrays when they change): the
+    default :meth:`Scorer.inputs`. ``with_load`` copies share them."""
+    return (
+        m.names,
+        m.waiting,
+        m.running,
+        m.kv_usage,
+        m.gpu_util,
+        m.scraped_at,
+        m.lora_vocab,
+        m.lora_active,
+        m.lora_waiting,
+        m.lora_count,
+        m.max_lora,
+        m.block_size,
+        m.num_blocks,
+        m.engine,
+        m.ttft_per_1k,
+        m.tpot,
+        m.ntpot,
+        m.health,
+        m.model_vocab,
+        m.served_models,
+        m.price_in,
+        m.price_out,
+        m.signals,
+    )
 
 
 class Filter(Plugin):

@@ -4,8 +4,8 @@ How a pick is computed (``scoring/README.md`` has the long version), in :meth:`S
 
 1. the view = the caller's candidate mask, then each filter in order (an empty result raises
    :class:`~scoring.errors.NoEndpointsAvailable` unless the filter is fail-open);
-2. the prepared state for the view's snapshot, reused while the snapshot is unchanged
-   (:mod:`scoring.cache`);
+2. the prepared state for the view's snapshot, reused while the snapshot is unchanged, and per scorer
+   on a new snapshot while that scorer's inputs are (:mod:`scoring.cache`);
 3. total = static (Σ snapshot + request terms, cached) + Σ load terms (:mod:`scoring.terms`), as numpy
    arrays or, for a pool of at most :attr:`Scheduler.small_pool` endpoints, as the same sum in Python
    floats - the one place that choice is made is :meth:`Scheduler.schedule`;
@@ -91,7 +91,7 @@ class Scheduler:
         #: same order, same bits as the arrays, several times cheaper below a few dozen endpoints). Tests
         #: and benchmarks set 0 to compare the two.
         self.small_pool = SMALL_POOL
-        self._cache = SnapshotCache(self.terms.prepare)
+        self._cache = SnapshotCache([ws.scorer for ws in self.scorers], self.terms.prepare)
 
     # ------------------------------------------------------------------------------------ introspection
     @property
@@ -284,7 +284,8 @@ class Scheduler:
         return v
 
     def prepared(self, m: EndpointMatrix, v: View) -> Prepared:
-        """The prepared state for the view (cached while the snapshot and the view's rows are unchanged)."""
+        """The prepared state for the view (cached while the view's rows and the scorers' inputs are
+        unchanged, per scorer on a new snapshot: :mod:`scoring.cache`)."""
         return self._cache.get(m, v)
 
     def _time_scorers(

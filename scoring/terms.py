@@ -72,7 +72,9 @@ class ProfileTerms:
         "request_scorers",
         "request_terms",
         "scorers",
+        "snapshot_positions",
         "snapshot_terms",
+        "static_positions",
     )
 
     def __init__(self, scorers: Sequence[WeightedScorer]) -> None:
@@ -102,6 +104,9 @@ class ProfileTerms:
             for i, w in self.load_terms
         )
         self.request_scorers = tuple(self.scorers[i].scorer for i, _ in self.request_terms)
+        #: the scorers the static part of a total is made of (:meth:`prepare` keeps it while they are kept)
+        self.static_positions = tuple(i for i, _ in (*self.snapshot_terms, *self.request_terms))
+        self.snapshot_positions = tuple(i for i, _ in self.snapshot_terms)
         #: what the request terms depend on: requests with equal keys have equal static totals. The one
         #: request scorer's own method when there is one (the usual case: no wrapper call per pick)
         self.request_key: Callable[[PickRequest], Hashable] = (
@@ -113,9 +118,27 @@ class ProfileTerms:
         )
 
     # ------------------------------------------------------------------------------- per snapshot
-    def prepare(self, v: View) -> Prepared:
-        """Every scorer's prepared state for the view, and the sum of the snapshot terms."""
-        states = tuple(ws.scorer.prepare(v) for ws in self.scorers)
+    def prepare(self, v: View, previous: Prepared | None = None, kept: Sequence[bool] = ()) -> Prepared:
+        """Every scorer's prepared state for the view, and the sum of the snapshot terms.
+
+        ``previous``: the state prepared for the same rows of an earlier snapshot, and ``kept`` per scorer
+        whether its inputs are unchanged since (:class:`~scoring.cache.SnapshotCache` decides): a kept
+        scorer's state is reused, the sum too when every snapshot term's scorer is kept, and the static
+        totals cached per request key too when every snapshot and request term's is (only load gauges
+        moved). The same arrays as preparing anew, so the totals keep their bits.
+        """
+        if previous is None:
+            states = tuple(ws.scorer.prepare(v) for ws in self.scorers)
+        else:
+            states = tuple(
+                old if keep else ws.scorer.prepare(v)
+                for ws, old, keep in zip(self.scorers, previous.states, kept, strict=True)
+            )
+            if all(map(kept.__getitem__, self.static_positions)):
+                floats = {key: x for key, x in previous.floats.items() if key is not LOAD_STATES}
+                return Prepared(states, previous.snapshot_sum, previous.statics, floats)
+            if all(map(kept.__getitem__, self.snapshot_positions)):
+                return Prepared(states, previous.snapshot_sum)
         total: F64 | None = None
         if self.snapshot_terms:
             unused_load = np.zeros(v.n)

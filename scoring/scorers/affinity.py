@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scoring._params import Params
-from scoring.matrix import F64, BoolArray
+from scoring.matrix import F64, BoolArray, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.types import PickRequest
 
@@ -81,3 +81,14 @@ class LoraAffinityScorer(Scorer[_LoraState]):
 
     def request_key(self, req: PickRequest, /) -> Hashable:
         return req.target_model
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return (
+            m.lora_count,
+            m.max_lora,
+            m.served_models,
+            m.model_vocab,
+            m.lora_vocab,
+            m.lora_active,
+            m.lora_waiting,
+        )

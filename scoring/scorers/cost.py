@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scoring._params import Params
-from scoring.matrix import F64
+from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.scorers._impute import impute
 from scoring.types import PickRequest
@@ -75,6 +75,9 @@ class CostScorer(Scorer[tuple[F64, F64]]):
 
     def request_key(self, req: PickRequest, /) -> Hashable:
         return output_share(req, self.default_output_tokens)
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return (m.price_in, m.price_out)
 
     def score(self, _v: View, state: tuple[F64, F64], req: PickRequest, _dispatched: F64, /) -> F64:
         price_in, price_out = state

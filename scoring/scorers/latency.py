@@ -12,7 +12,7 @@ import numpy as np
 
 from scoring._params import Params
 from scoring.errors import ConfigurationError
-from scoring.matrix import F64
+from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.types import PickRequest
 
@@ -91,3 +91,6 @@ class LatencyScorer(Scorer[F64]):
 
     def score(self, _v: View, state: F64, _req: PickRequest, _dispatched: F64, /) -> F64:
         return state
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return tuple(getattr(m, column) for column, _ in self.signal_weights)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scoring._params import Params
-from scoring.matrix import F64
+from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.scorers._impute import impute
 from scoring.types import PickRequest
@@ -138,6 +138,9 @@ class MinMaxLoadScorer(Scorer[F64]):
             out.flags.writeable = False
             return out
         return impute(v.take(getattr(v.m, self.column)), lo=0.0, hi=MAX_LOAD, fallback=0.0)
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return (getattr(m, self.column),) if self.column else ()
 
     def accounted(self, v: View, dispatched: F64, /) -> F64:
         """The view's slice of :attr:`accounting` (``dispatched`` is already that slice for its column).

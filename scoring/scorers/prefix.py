@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from scoring.matrix import F64
+from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.prefix.producer import PrefixConfig
 from scoring.scorers._impute import impute
@@ -94,6 +94,9 @@ class PrefixCacheScorer(Scorer[F64]):
     def skips(self, req: PickRequest, /) -> bool:
         match = req.prefix
         return match is None or match.matched is None
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return (m.waiting,)  # the match and the prefill backlog are the request's and the live columns
 
     def prepare(self, v: View, /) -> F64:
         """The scraped queue in prefill tokens (mean-imputed when missing), once per snapshot."""

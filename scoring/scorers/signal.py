@@ -16,7 +16,7 @@ import numpy as np
 
 from scoring._params import Params
 from scoring.errors import ConfigurationError
-from scoring.matrix import F64
+from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.types import PickRequest
 
@@ -107,3 +107,6 @@ class PrometheusScorer(Scorer[F64]):
 
     def score(self, _v: View, state: F64, _req: PickRequest, _dispatched: F64, /) -> F64:
         return state
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return (m.signals.get(self.key),)

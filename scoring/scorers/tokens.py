@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from scoring._params import Params
-from scoring.matrix import F64, LoadCharge
+from scoring.matrix import F64, EndpointMatrix, LoadCharge
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.scorers.load import MinMaxLoadScorer
 from scoring.types import PickRequest
@@ -130,6 +130,9 @@ class TokenLoadScorer(Scorer[None]):
 
     def prepare(self, _v: View, /) -> None:
         return None
+
+    def inputs(self, _m: EndpointMatrix, /) -> tuple[object, ...]:
+        return ()  # the live inflight_tokens column only
 
     def score(self, v: View, _state: None, req: PickRequest, _dispatched: F64, /) -> F64:
         load = v.take(v.m.inflight_tokens) + LoadCharge.for_request(req).tokens

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from scoring._params import Params
-from scoring.matrix import F64
+from scoring.matrix import F64, EndpointMatrix
 from scoring.plugin import Category, Dependence, Scorer, View
 from scoring.scorers._impute import impute
 from scoring.types import PickRequest
@@ -36,6 +36,9 @@ class _OneMinusScorer(Scorer[F64]):
 
     def score(self, _v: View, state: F64, _req: PickRequest, _dispatched: F64, /) -> F64:
         return state
+
+    def inputs(self, m: EndpointMatrix, /) -> tuple[object, ...]:
+        return (getattr(m, self.column),)
 
 
 class KvCacheUtilizationScorer(_OneMinusScorer):

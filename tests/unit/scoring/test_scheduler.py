@@ -21,8 +21,10 @@ from scoring import (
     default_scheduler,
     reference_default_scheduler,
 )
+from scoring.cache import Prepared
 from scoring.filters import MetricsStalenessFilter
 from scoring.pickers import MaxScorePicker
+from scoring.plugin import Scorer, View
 from scoring.scorers import QueueScorer
 
 NOW = 50.0
@@ -342,6 +344,58 @@ def test_subset_cache_follows_what_a_filter_removes() -> None:
     again = s.schedule(m, PickRequest(), now=NOW, rng=rng, explain=True)
     assert again.decision is not None
     assert again.decision.scorers[0].scores == pytest.approx({"e1": 0.2, "e2": 0.2})
+
+
+def test_a_new_snapshot_keeps_the_state_of_each_scorer_whose_inputs_did_not_change() -> None:
+    """A scrape moves the queue and KV gauges: the LoRA and GPU states (and, while KV holds, the sum
+    of the snapshot terms and the static totals) are kept; every snapshot is built anew, as the
+    datastore publishes them, so "unchanged" means the same values, not the same arrays."""
+    s = default_scheduler()
+    position = {ws.scorer.type_name: i for i, ws in enumerate(s.scorers)}
+    req = PickRequest(target_model="m")
+    rng = np.random.default_rng(0)
+
+    def prepared(m: EndpointMatrix) -> Prepared:
+        s.schedule(m, req, now=NOW, rng=rng)
+        return s.prepared(m, View(m))
+
+    first = prepared(fleet(3, waiting={0: 1.0}))
+    queue_moved = prepared(fleet(3, waiting={0: 2.0}))
+    kept = [a is b for a, b in zip(first.states, queue_moved.states, strict=True)]
+    assert not kept[position["queue-scorer"]]
+    assert kept[position["kv-cache-utilization-scorer"]]
+    assert kept[position["lora-affinity-scorer"]]
+    assert kept[position["gpu-utilization-scorer"]]
+    assert queue_moved.snapshot_sum is first.snapshot_sum
+    assert queue_moved.statics is first.statics
+    kv_moved = prepared(fleet(3, waiting={0: 2.0}, kv_usage={1: 0.9}))
+    kv, lora = position["kv-cache-utilization-scorer"], position["lora-affinity-scorer"]
+    assert kv_moved.states[kv] is not first.states[kv]
+    assert kv_moved.states[lora] is first.states[lora]
+    assert kv_moved.snapshot_sum is not first.snapshot_sum
+    assert kv_moved.statics is not first.statics
+    same_values = fleet(3, waiting={0: 2.0}, kv_usage={1: 0.9})
+    assert prepared(same_values) is kv_moved
+    # the kept state scores the new snapshot: e1's KV moved to 0.9, so e2 wins where e1 and e2 tied
+    assert s.schedule(same_values, req, now=NOW, rng=rng).primary == 2
+
+
+def test_a_scorer_that_names_no_inputs_is_prepared_again_when_any_column_changes() -> None:
+    class Plain(QueueScorer):
+        inputs = Scorer.inputs  # the default: every read-only column
+
+    reference = reference_default_scheduler()
+    s = Scheduler(
+        profile_name="p",
+        filters=(),
+        scorers=[(Plain("q"), 1.0)],
+        picker=reference.picker,
+        saturation_detector=reference.saturation_detector,
+    )
+    first, moved = fleet(2), fleet(2, gpu_util={0: 0.9})
+    state = s.prepared(first, View(first)).states[0]
+    assert s.prepared(fleet(2), View(first)).states[0] is state  # the same values: kept
+    assert s.prepared(moved, View(moved)).states[0] is not state
 
 
 # ------------------------------------------------------------------------------------ construction
