@@ -60,7 +60,6 @@ from picker.errors import ConfigError, TenantUnavailable
 from picker.tenants.backend import AccountView, NullSink, Settlement, UsageSink, Verdict
 from picker.tenants.lease import LEASED, Lease, LeasePlan, vector
 from picker.tenants.ledger import (
-    COST_MONTH,
     N_METERS,
     Denial,
     Limits,
@@ -69,6 +68,7 @@ from picker.tenants.ledger import (
     window_end,
     window_ids,
 )
+from picker.tenants.redis_meters import MAX_SEEN, SeenMeters
 from picker.tenants.redis_scripts import LEASE, REPLY_HAD, REPLY_HOLD, REPLY_REPLICAS, RESERVE, SETTLE
 
 __all__ = ["MAX_PENDING", "PROBE_S", "RedisBackend"]
@@ -76,16 +76,11 @@ __all__ = ["MAX_PENDING", "PROBE_S", "RedisBackend"]
 log = logging.getLogger(__name__)
 
 MAX_PENDING: Final = 10_000
-#: tenants whose last seen meters are kept (``/debug/tenants`` and the window gauges)
-MAX_SEEN: Final = 100_000
 PROBE_S: Final = 1.0
 ACCOUNT_TTL_S: Final = 40 * 86400
 RESERVATION_TTL_S: Final = 900.0
 _ZERO: Final = (0, 0, 0, 0, 0, 0)
 _NONE: Final = (None, None, None, None, None, None)
-
-#: used, reserved, limits, window ids, and the version of the account the script reply showed
-_Seen = tuple[tuple[int, ...], tuple[int, ...], Limits | None, tuple[int, ...], int]
 
 
 class RedisBackend:
@@ -129,9 +124,7 @@ class RedisBackend:
         #: the id of this replica's leases (one per tenant, each in its tenant's keys)
         self._lease_id = f"L{self._replica}"
         #: the meters of each tenant as the last script reply showed them
-        self._seen: dict[str, _Seen] = {}
-        #: tenants whose entry in ``_seen`` changed since :meth:`take_changed`
-        self._changed: set[str] = set()
+        self._seen = SeenMeters(clock)
         self._sink.backend_up(up=True)
 
     # ------------------------------------------------------------------------------------- plumbing
@@ -283,7 +276,7 @@ class RedisBackend:
         granted, meter = reply[0], reply[1]
         used = tuple(reply[2:8])
         reserved = tuple(reply[8:14])
-        self._remember(tenant, used, reserved, limits, ids, version=reply[14])
+        self._seen.remember(tenant, used, reserved, limits, ids, version=reply[14])
         remaining = tuple(
             None if limits is None or limits[i] is None else max(0, limits[i] - used[i] - reserved[i])  # type: ignore[operator]
             for i in range(N_METERS)
@@ -355,51 +348,17 @@ class RedisBackend:
     def rejected(self, tenant: str, reason: str) -> None:
         self._sink.rejected(tenant, reason)
 
-    def _remember(
-        self,
-        tenant: str,
-        used: tuple[int, ...],
-        reserved: tuple[int, ...],
-        limits: Limits | None,
-        ids: Vector,
-        *,
-        version: int,
-    ) -> None:
-        if tenant in self._seen or len(self._seen) < MAX_SEEN:
-            self._seen[tenant] = (used, reserved, limits, ids, version)
-            self._changed.add(tenant)
-
     def accounts(self) -> Iterator[AccountView]:
         """Each tenant's meters as the last script reply showed them (Redis is not read at scrape time)."""
-        ids = window_ids(self._clock())
-        for tenant, (used, reserved, limits, seen_ids, _version) in self._seen.items():
-            current = tuple(u if seen_ids[i] == ids[i] else 0 for i, u in enumerate(used))
-            yield AccountView(tenant, current, reserved, limits, ids)
+        return self._seen.accounts()
 
     def take_changed(self) -> list[list[Any]]:
-        """The meters of every tenant whose script reply changed them since the last call, as plain data
-        for :meth:`observe` in another process: ``[tenant, used, reserved, limits, windows, version]``."""
-        out = []
-        for tenant in self._changed:
-            seen = self._seen.get(tenant)
-            if seen is not None:
-                used, reserved, limits, ids, version = seen
-                plain_limits = None if limits is None else list(limits)
-                out.append([tenant, list(used), list(reserved), plain_limits, list(ids), version])
-        self._changed.clear()
-        return out
+        """:meth:`SeenMeters.take_changed`: what a ``--workers`` worker passes to the supervisor."""
+        return self._seen.take_changed()
 
     def observe(self, views: list[list[Any]]) -> None:
-        """Meters another process's replies showed (a ``--workers`` worker's :meth:`take_changed`), kept
-        where they are newer than what this backend saw. Redis holds one state per tenant and every reply
-        shows all of it, so the newest reply of any process is the whole truth and nothing is added up.
-        Newest: the later month, then the higher version (the account's change count in Redis; it
-        restarts when an idle account expires, 40 days on, by when the month has changed)."""
-        for tenant, used, reserved, limits, ids, version in views:
-            seen = self._seen.get(tenant)
-            if seen is None or (seen[3][COST_MONTH], seen[4]) <= (ids[COST_MONTH], version):
-                lim = None if limits is None else tuple(limits)
-                self._remember(tenant, tuple(used), tuple(reserved), lim, tuple(ids), version=int(version))
+        """:meth:`SeenMeters.observe`: the meters a ``--workers`` worker passed on."""
+        self._seen.observe(views)
 
     # ------------------------------------------------------------------------------------- tasks
     async def run(self) -> None:
@@ -484,7 +443,7 @@ class RedisBackend:
             had=bool(reply[REPLY_HAD]),
             ttl_s=cfg.ttl,
         )
-        self._remember(tenant, tuple(reply[2:8]), tuple(reply[8:14]), limits, ids, version=reply[14])
+        self._seen.remember(tenant, tuple(reply[2:8]), tuple(reply[8:14]), limits, ids, version=reply[14])
         return True
 
     async def _write(self) -> None:
@@ -513,7 +472,7 @@ class RedisBackend:
             return False
         self._pending.popleft()
         seen = self._seen.get(s.tenant)
-        self._remember(
+        self._seen.remember(
             s.tenant,
             tuple(reply[2:8]),
             tuple(reply[8:14]),
