@@ -16,13 +16,16 @@ Rules:
 
 * **Admit** ``a`` locally iff the lease is valid and for every limited meter
   ``held[i] + spent[i] + a[i] <= granted[i]``; then ``held += a``. Otherwise the request is reserved in
-  Redis as before (the fallback; it gives the lease's free part back in the same script, so budget parked
-  in this replica's lease never refuses this replica's request).
+  Redis as before (the fallback; it gives the lease's free part back in the same script, and a fallback
+  that raced a change of the lease tries again: budget parked in this replica's lease never refuses this
+  replica's request; ``picker/tenants/README.md``, "Leases").
 * **Settle** locally: ``held -= a``, ``spent += actual``.
 * **Sync** (background, one at a time per lease): report ``S = spent`` (Redis: ``used += S``, the hold
   shrinks by ``S``), give back ``R`` (idle, limits changed), ask ``W`` more with a minimum ``N`` (one
-  request): Redis grants ``g[i] = min(W[i], floor(room[i] / replicas))`` on every limited meter, or nothing
-  if any ``g[i] < N[i]``. The reply's hold is the new ``granted``; ``spent -= S``.
+  request): Redis grants ``g[i] = min(W[i], floor((room[i] - L[i]) / replicas))`` on every limited meter,
+  or nothing if any ``g[i] < N[i]``, where ``L`` is what the replica's requests are asking Redis for right
+  now (a refill never takes the room of its own replica's requests). The reply's hold is the new
+  ``granted``; ``spent -= S``.
 
 Why the sum never passes a limit: Redis grants only from ``room = limit - used - reserved``, and the lease
 stays in ``reserved`` until its usage moves to ``used``. Locally, admissions stay within ``granted``, and

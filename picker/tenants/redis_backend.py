@@ -23,8 +23,8 @@ Leases (``lease``, on by default; :mod:`picker.tenants.lease`): a request its re
 admitted without I/O; the LEASE script refills the lease below its low-water mark, reports settled usage
 (every ``lease.report``), gives an idle lease back, all in :meth:`RedisBackend.run`'s background. A request
 the lease does not cover is reserved by RESERVE as without leases, giving the lease's free part back in the
-same script. Redis down: a lease keeps admitting until half its TTL passes without a sync, then the fail
-mode applies.
+same script; a lease never refuses its own replica's request (:meth:`RedisBackend._reserve`). Redis
+down: a lease keeps admitting until half its TTL passes without a sync, then the fail mode applies.
 
 Failures: a command that fails or takes longer than ``timeout`` marks Redis down. Then ``failMode: open``
 admits requests unchecked (their usage is still counted locally and queued, up to
@@ -58,6 +58,7 @@ from redis.exceptions import NoScriptError, RedisError
 from picker.config.tenants import LeaseConfig, RedisConfig
 from picker.errors import ConfigError, TenantUnavailable
 from picker.tenants.backend import AccountView, NullSink, Settlement, UsageSink, Verdict
+from picker.tenants.inflight import Inflight
 from picker.tenants.lease import LEASED, Lease, LeasePlan, vector
 from picker.tenants.ledger import (
     N_METERS,
@@ -106,6 +107,8 @@ class RedisBackend:
         #: tenants whose lease the request path wants synced soon
         self._lease_due: set[str] = set()
         self._lease_script: Any = None
+        #: RESERVEs in flight per tenant (a sync leaves their room), requests waiting for a lease's hold
+        self._inflight = Inflight()
         #: admissions on a lease, and those that asked Redis (fallback or leases off)
         self.local_admissions = 0
         self.remote_admissions = 0
@@ -198,7 +201,7 @@ class RedisBackend:
         """On this replica's lease when it covers the request (no I/O); else one RESERVE script (which
         gives the lease's free part back), awaited; Redis down: the fail mode."""
         lease_cfg = self._lease_cfg
-        give_back: Vector | None = None
+        lease: Lease | None = None
         if lease_cfg is not None:
             lease = self._leases.get(tenant)
             now = self._monotonic()
@@ -216,35 +219,56 @@ class RedisBackend:
                     return self._leased(tenant, lease, limits)
                 self._lease_due.add(tenant)
                 self._lease_wake.set()
-                if not lease.syncing and any(lease.granted):
-                    lease.syncing = True  # one change of the lease's hold at a time
-                    give_back = lease.take_free()
         if not self._up:
-            if give_back is not None:
-                self._leases[tenant].syncing = False  # nothing was sent: the hold is as it was
             return self._degraded(tenant)
         self.remote_admissions += 1
-        return self._reserve(tenant, limits, amounts, give_back)
+        return self._reserve(tenant, limits, amounts, lease)
 
     def _leased(self, tenant: str, lease: Lease, limits: Limits | None) -> Verdict:
-        """The verdict of a request admitted on the lease: the room left as the last reply showed it, plus
-        the lease's free part (stale by up to a report interval)."""
+        """The verdict of a request admitted on the lease (:meth:`SeenMeters.remaining`)."""
         ids = window_ids(self._clock())
         if limits is None:
             return Verdict(None, _NONE, ids, hold=LEASED)
-        seen = self._seen.get(tenant)
-        free = lease.free()
-        remaining: list[int | None] = [None] * N_METERS
-        for i in lease.limited:
-            limit = limits[i]
-            assert limit is not None
-            outside = 0 if seen is None else max(0, limit - seen[0][i] - seen[1][i])
-            remaining[i] = outside + free[i]
-        return Verdict(None, tuple(remaining), ids, hold=LEASED)
+        return Verdict(None, self._seen.remaining(tenant, limits, lease), ids, hold=LEASED)
 
     async def _reserve(
-        self, tenant: str, limits: Limits | None, amounts: Vector, give_back: Vector | None = None
+        self, tenant: str, limits: Limits | None, amounts: Vector, lease: Lease | None, *, again: bool = True
     ) -> Verdict:
+        """The fallback, decided when it starts (the request may have waited since :meth:`reserve`, and a
+        coroutine closed before it starts must have taken nothing): on the lease if a refill made it cover
+        the request meanwhile, else one RESERVE, which gives the lease's free part back unless another
+        change of the lease's hold is in flight (one at a time). A RESERVE refused while such a change was
+        in flight (a sync, another request's give-back) may have looked while the room was in the lease (a
+        sync Redis ran first took it) or on its way out: once the change is answered the request tries all
+        this once more. So a request is refused only when what it asks is neither free in Redis nor free in
+        its replica's lease. (A sync sent while this RESERVE is in flight leaves room for it: ``_sync``.)"""
+        give_back: Vector | None = None
+        if lease is not None:
+            if lease.admit(amounts, self._monotonic()):
+                return self._leased(tenant, lease, limits)
+            if not lease.syncing and any(lease.granted):
+                lease.syncing = True
+                give_back = lease.take_free()
+        raced = lease is not None and give_back is None and lease.syncing
+        verdict = await self._ask(tenant, limits, amounts, lease, give_back)
+        if lease is None or not raced or not again or verdict.granted or verdict.degraded:
+            return verdict
+        settled = await self._inflight.settled(tenant, lease, self._cfg.timeout * 4)
+        if not settled or self._leases.get(tenant) is not lease:
+            return verdict
+        return await self._reserve(tenant, limits, amounts, lease, again=False)
+
+    async def _ask(
+        self,
+        tenant: str,
+        limits: Limits | None,
+        amounts: Vector,
+        lease: Lease | None,
+        give_back: Vector | None,
+    ) -> Verdict:
+        """One RESERVE; with ``give_back``, the free part of ``lease`` it gives back (the lease's change of
+        its hold, ended when answered)."""
+        turn = lease if give_back is not None else None
         now = self._clock()
         ids = window_ids(now)
         hold = f"{self._replica}:{next(self._ids)}"
@@ -260,19 +284,21 @@ class RedisBackend:
             *(give_back or _ZERO),
         ]
         call = asyncio.ensure_future(self._call(self._reserve_script_or_connect(), self._keys(tenant), args))
+        self._inflight.add(tenant, amounts, 1)
+        call.add_done_callback(lambda _done: self._inflight.add(tenant, amounts, -1))
         try:
             reply = await asyncio.shield(call)
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark(False, exc)
-            self._gave_back(tenant, give_back, None)
+            self._gave_back(tenant, turn, give_back, None)
             return self._degraded(tenant)
         except asyncio.CancelledError:
             # the request went away while Redis answered: the call goes on (shielded), and if it granted,
             # the writer gives the hold back instead of leaving it to its 15-minute expiry
-            call.add_done_callback(lambda done: self._give_back(done, tenant, hold, give_back))
+            call.add_done_callback(lambda done: self._give_back(done, tenant, hold, turn, give_back))
             raise
         self._mark(True)
-        self._gave_back(tenant, give_back, reply)
+        self._gave_back(tenant, turn, give_back, reply)
         granted, meter = reply[0], reply[1]
         used = tuple(reply[2:8])
         reserved = tuple(reply[8:14])
@@ -290,23 +316,27 @@ class RedisBackend:
         )
         return Verdict(denial, remaining, ids)
 
-    def _gave_back(self, tenant: str, give_back: Vector | None, reply: list[int] | None) -> None:
+    def _gave_back(
+        self, tenant: str, turn: Lease | None, give_back: Vector | None, reply: list[int] | None
+    ) -> None:
         """A RESERVE that gave the lease's free part back was answered (or failed: then the hold is as it
         was, and the free part stays unused until the lease's next sync)."""
-        if give_back is None:
+        if turn is None:
             return
-        lease = self._leases.get(tenant)
-        if lease is None:
-            return
-        lease.syncing = False
-        if reply is not None:
-            lease.gave_back(vector(reply[REPLY_HOLD]), had=bool(reply[REPLY_HAD]))
+        if reply is not None and give_back is not None:
+            turn.gave_back(vector(reply[REPLY_HOLD]), had=bool(reply[REPLY_HAD]))
+        self._inflight.changed(tenant, turn)
 
     def _give_back(
-        self, call: asyncio.Future[list[int]], tenant: str, hold: str, give_back: Vector | None
+        self,
+        call: asyncio.Future[list[int]],
+        tenant: str,
+        hold: str,
+        turn: Lease | None,
+        give_back: Vector | None,
     ) -> None:
         failed = call.cancelled() or call.exception() is not None
-        self._gave_back(tenant, give_back, None if failed else call.result())
+        self._gave_back(tenant, turn, give_back, None if failed else call.result())
         if not failed and call.result()[0]:
             self._queue(Settlement(tenant, "", _ZERO, _ZERO, 0, 0, 0, hold=hold))
 
@@ -424,6 +454,7 @@ class RedisBackend:
             self._lease_id,
             wall + cfg.ttl,
             ACCOUNT_TTL_S,
+            *self._inflight.asking(tenant),
         ]
         lease.syncing = True
         try:
@@ -433,7 +464,7 @@ class RedisBackend:
             self._mark(False, exc)
             return False
         finally:
-            lease.syncing = False
+            self._inflight.changed(tenant, lease)
         self._mark(True)
         lease.applied(
             plan,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from picker.tenants.backend import AccountView
-from picker.tenants.ledger import COST_MONTH, Limits, Vector, window_ids
+from picker.tenants.lease import Lease
+from picker.tenants.ledger import COST_MONTH, N_METERS, Limits, Vector, window_ids
 
 __all__ = ["MAX_SEEN", "Seen", "SeenMeters"]
 
@@ -50,6 +51,19 @@ class SeenMeters:
         if tenant in self._seen or len(self._seen) < MAX_SEEN:
             self._seen[tenant] = (used, reserved, limits, ids, version)
             self._changed.add(tenant)
+
+    def remaining(self, tenant: str, limits: Limits, lease: Lease) -> tuple[int | None, ...]:
+        """The room left for a request admitted on ``lease``: what the last reply showed outside the
+        leases, plus the lease's free part (stale by up to a report interval)."""
+        seen = self._seen.get(tenant)
+        free = lease.free()
+        remaining: list[int | None] = [None] * N_METERS
+        for i in lease.limited:
+            limit = limits[i]
+            assert limit is not None
+            outside = 0 if seen is None else max(0, limit - seen[0][i] - seen[1][i])
+            remaining[i] = outside + free[i]
+        return tuple(remaining)
 
     def accounts(self) -> Iterator[AccountView]:
         """Each tenant's meters as the last script reply showed them, ``used`` of past windows as 0."""

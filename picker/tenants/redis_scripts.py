@@ -153,10 +153,12 @@ return reply(1, -1, 0, {0, 0, 0, 0, 0, 0}, 0)
 )
 
 #: ARGV[1] = "now, ids[6], spent[6], give-back[6], want[6], need[6], limits[6] (-1 = none), lease id,
-#: lease expiry, ttl". Usage ``spent`` moves from the lease into ``used``; ``give-back`` leaves the lease;
-#: then, on every limited meter asked for, ``g = min(want, floor((limit - used - reserved) / replicas))``
-#: is added to it, unless some ``g < need`` (then nothing is: the budget is too near its limit to lease
-#: one more request, and requests go to RESERVE one by one).
+#: lease expiry, ttl, leave[6]". Usage ``spent`` moves from the lease into ``used``; ``give-back`` leaves
+#: the lease; then, on every limited meter asked for,
+#: ``g = min(want, floor((limit - used - reserved - leave) / replicas))`` is added to it, unless some
+#: ``g < need`` (then nothing is: the budget is too near its limit to lease one more request, and requests
+#: go to RESERVE one by one). ``leave``: what the replica's RESERVEs in flight ask, so a lease that Redis
+#: runs first does not take the room of the requests its replica sent to Redis.
 LEASE: Final = (
     _LOAD
     + """
@@ -177,7 +179,7 @@ local g = {0, 0, 0, 0, 0, 0}
 for i = 1, 6 do
   local limit, want = tonumber(A[31 + i]), tonumber(A[19 + i])
   if limit >= 0 and want > 0 then
-    g[i] = math.max(0, math.min(want, math.floor((limit - u[i] - r[i]) / n)))
+    g[i] = math.max(0, math.min(want, math.floor((limit - u[i] - r[i] - tonumber(A[40 + i])) / n)))
     if g[i] < tonumber(A[25 + i]) then ok = 0 end
   end
 end

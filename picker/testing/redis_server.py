@@ -7,6 +7,7 @@ chosen up front so that a restart comes back on the same address (what an EPP's 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -65,9 +66,20 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s:g} s")
 
+    def pause(self) -> None:
+        """Stop the server's process (SIGSTOP): commands sent meanwhile wait, unanswered, in its sockets
+        until :meth:`resume` (a test's way to decide which of two clients' commands Redis runs first)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # (a paused server would not act on SIGTERM)
             proc.terminate()
             try:
                 proc.wait(5)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from picker.config.tenants import LeaseConfig, RedisConfig
@@ -320,3 +322,194 @@ async def test_a_tenant_at_its_limit_does_not_starve_other_leases_renewals(
     assert lease.last_sync != synced, "the quiet lease was renewed"
     assert refused > 0
     b.settle(settlement("quiet", amounts, running.hold))
+
+
+# ------------------------------------------------------------------------------ a lease never refuses its own
+async def test_a_request_the_store_has_room_for_is_admitted_though_its_lease_was_empty(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    """A tenant's first request finds no lease and asks Redis (RESERVE), and flags its lease for a refill
+    sized for at least that request, which the lease loop sends at once: whichever script Redis runs
+    first, the refill leaves the room of the RESERVE its replica has in flight, and the request is
+    admitted. (It was refused: the refill ran first and took the room.) Redis is paused while both are
+    written, so it finds both waiting when it resumes, as on a busy server."""
+    b = replicas(ttl=LIMIT_TTL)
+    warm, _ = await verdict(b.reserve("other", (None, None, None, 4, None, None), reservation_vector(1, 0)))
+    assert warm.granted  # the scripts are loaded and a connection is open: no first-call delays
+    limits: Limits = (1000, None, None, None, None, None)
+    amounts = reservation_vector(600, 0)
+    redis_server.pause()
+    try:
+        request = asyncio.create_task(verdict(b.reserve("acme", limits, amounts)))
+        await asyncio.sleep(0.05)  # the RESERVE and the refill it flagged are written, unanswered
+        assert b._leases["acme"].syncing, "the refill is on its way"
+    finally:
+        redis_server.resume()
+    v, at_once = await request
+    assert not at_once
+    assert v.granted, "600 of 1000 free: the request's own lease must not take its room"
+
+
+async def test_a_request_refused_while_its_lease_was_refilled_is_admitted_on_the_refill(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    """The refill was sent before the request fell back, so it could not leave the request's room, and
+    Redis runs it first: RESERVE finds no room. The request waits for the refill's answer and is admitted
+    on the lease it filled. Order made certain: Redis is paused while the refill is written, so it is the
+    only command Redis has when it resumes; the event loop is then held (a blocking wait, no await) until
+    Redis has run it, so the request falls back with the refill's answer still unread."""
+    b = replicas(ttl=600.0, report=60.0)  # the lease loop's own rounds: every 30 s, none in the test
+    warm, _ = await verdict(b.reserve("other", (None, None, None, 4, None, None), reservation_vector(1, 0)))
+    assert warm.granted
+    cfg = b.lease_config
+    assert cfg is not None
+    limits: Limits = (1000, None, None, None, None, None)
+    amounts = reservation_vector(600, 0)
+    lease = b._leases["acme"] = Lease(limits, time.monotonic(), cfg.fraction)
+    lease.last_request = amounts  # as after a request the lease could not cover: a refill of >= 600
+    plan = lease.plan(time.monotonic(), report_s=cfg.report, ttl_s=cfg.ttl, idle_s=cfg.idle)
+    assert plan is not None
+    assert plan.want[0] == 600
+    redis_server.pause()
+    try:
+        refill = asyncio.create_task(b._sync("acme", lease, plan, cfg))
+        await asyncio.sleep(0.05)  # written, unanswered
+        assert lease.syncing
+    finally:
+        redis_server.resume()
+    _hold_until_leased(redis_server, "acme", b._lease_id)  # Redis ran the refill: 600 of 1000 leased
+    v, at_once = await verdict(b.reserve("acme", limits, amounts))
+    assert not at_once
+    assert await refill
+    assert v.granted, "the room RESERVE missed is in the request's own lease"
+    assert v.hold == LEASED
+    used, reserved = await meters(redis_server, "acme")
+    assert used[0] + reserved[0] == 600, "admitted once: on the lease, not also by RESERVE"
+
+
+def _hold_until_leased(server: RedisServer, tenant: str, lease_id: str) -> None:
+    """Block the calling thread (and so the event loop) until the lease's hold is in Redis (bounded)."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        for _ in range(2000):
+            if client.hexists(f"{PREFIX}{{{tenant}}}:h", lease_id):
+                return
+            time.sleep(0.005)
+    finally:
+        client.close()
+    raise AssertionError("Redis never ran the refill")
+
+
+async def test_a_request_that_waits_before_asking_redis_is_admitted_on_the_refill_meanwhile(
+    replicas: Callable[..., RedisBackend],
+) -> None:
+    """The request path may wait between the lease's no and the RESERVE (the stream sends its waiting
+    replies first): the refill the request flagged runs meanwhile and takes the room, and the request is
+    admitted on it instead of being refused by RESERVE."""
+    b = replicas(ttl=LIMIT_TTL)
+    limits: Limits = (1000, None, None, None, None, None)
+    amounts = reservation_vector(600, 0)
+    pending = b.reserve("acme", limits, amounts)
+    assert not isinstance(pending, Verdict)
+    lease = b._leases["acme"]
+    await until(lambda: _true(lease.granted[0] >= 600 and not lease.syncing), "the refill")
+    v = await pending
+    assert v.granted
+    assert v.hold == LEASED
+
+
+async def test_a_fallback_closed_before_it_started_leaves_its_lease_as_it_was(
+    replicas: Callable[..., RedisBackend],
+) -> None:
+    """A request that goes away before its RESERVE starts (``PendingTicket.cancel`` closes the coroutine)
+    took nothing: its lease keeps its free part and goes on syncing. (The give-back was taken when the
+    request fell back, so the lease stayed 'syncing' for good: never renewed, its free part out of use.)"""
+    b = replicas(ttl=LIMIT_TTL)
+    limits: Limits = (10_000, None, None, None, None, None)
+    small = reservation_vector(100, 0)
+    v, _ = await verdict(b.reserve("acme", limits, small))
+    b.settle(settlement("acme", small, v.hold))
+    lease = await _lease(b, "acme")
+    await until(lambda: _true(lease.free()[0] >= 100 and not lease.syncing), "a lease")
+    free = lease.free()[0]
+    pending = b.reserve("acme", limits, reservation_vector(free + 1, 0))
+    assert isinstance(pending, Coroutine)
+    pending.close()
+    assert not lease.syncing
+    assert lease.free()[0] == free
+    v, at_once = await verdict(b.reserve("acme", limits, small))
+    assert at_once
+    assert v.hold == LEASED
+    b.settle(settlement("acme", small, v.hold))
+
+
+async def test_one_replica_admits_exactly_what_fits_under_concurrent_requests(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend]
+) -> None:
+    """Waves of concurrent requests on one replica, its lease refilled, given back and raced in the
+    background: every request asks the same, so exactly floor(limit / ask) are admitted, no more (the
+    limit) and no fewer (a request is refused only when its room is neither in Redis nor in the lease)."""
+    rng = random.Random(7)
+    b = replicas(ttl=LIMIT_TTL, fraction=0.2)
+    limits: Limits = (None, 2000, None, None, None, None)
+    amounts = reservation_vector(97, 0)
+    running: list[Verdict] = []
+    refused = 0
+    for _ in range(12):
+        wave = await asyncio.gather(*(verdict(b.reserve("acme", limits, amounts)) for _ in range(5)))
+        for v, _ in wave:
+            if v.granted:
+                running.append(v)
+            else:
+                refused += 1
+        for v in rng.sample(running, k=len(running) // 3):  # some end, using what they reserved
+            running.remove(v)
+            b.settle(settlement("acme", amounts, v.hold))
+        await asyncio.sleep(rng.choice([0.0, 0.005, 0.03]))
+    admitted = 60 - refused
+    assert admitted == 2000 // 97
+    for v in running:
+        b.settle(settlement("acme", amounts, v.hold))
+
+    async def all_reported() -> bool:
+        used, _ = await meters(redis_server, "acme")
+        return used[1] == admitted * 97
+
+    await until(all_reported, "usage reported")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+async def test_three_replicas_with_concurrent_requests_never_pass_the_limit(
+    redis_server: RedisServer, replicas: Callable[..., RedisBackend], seed: int
+) -> None:
+    """Waves of concurrent requests on three replicas (fallbacks racing refills, give-backs and each
+    other): what is admitted never passes a limit, and Redis's used + reserved stays within it."""
+    rng = random.Random(seed)
+    backends = [replicas(idle=0.3, ttl=LIMIT_TTL) for _ in range(3)]
+    limits: Limits = (None, 6000, None, 10, 20_000, None)
+    running: list[tuple[RedisBackend, Vector, str]] = []
+    admitted_tokens = admitted_cost = 0
+    for _ in range(15):
+        asks = [
+            (rng.choice(backends), reservation_vector(rng.randint(10, 500), rng.randint(0, 1500)))
+            for _ in range(rng.randint(1, 8))
+        ]
+        wave = await asyncio.gather(*(verdict(b.reserve("shared", limits, a)) for b, a in asks))
+        for (b, a), (v, _) in zip(asks, wave, strict=True):
+            if v.granted:
+                running.append((b, a, v.hold))
+                admitted_tokens += a[1]
+                admitted_cost += a[4]
+        assert sum(1 for _ in running) <= 10
+        for owner, a, hold in rng.sample(running, k=rng.randint(0, len(running))):
+            running.remove((owner, a, hold))
+            owner.settle(settlement("shared", a, hold))
+        used, reserved = await meters(redis_server, "shared")
+        for i, limit in enumerate(limits):
+            if limit is not None:
+                assert used[i] + reserved[i] <= limit, (i, used, reserved)
+        await asyncio.sleep(rng.choice([0.0, 0.01, 0.05]))
+    assert admitted_tokens <= 6000
+    assert admitted_cost <= 20_000
+    for owner, a, hold in running:
+        owner.settle(settlement("shared", a, hold))
