@@ -108,7 +108,7 @@ def settlement(tenant: str, amounts: Vector, hold: str) -> Settlement:
 async def test_after_the_first_request_admission_does_not_wait_for_redis(
     redis_server: RedisServer, replicas: Callable[..., RedisBackend]
 ) -> None:
-    b = replicas()
+    b = replicas(ttl=LIMIT_TTL)  # a 2 s lease lapses when a loaded machine starves its renewals
     limits: Limits = (100_000, None, None, None, None, None)
     amounts = reservation_vector(100, 0)
     first, at_once = await verdict(b.reserve("acme", limits, amounts))
@@ -334,8 +334,7 @@ async def test_a_request_the_store_has_room_for_is_admitted_though_its_lease_was
     admitted. (It was refused: the refill ran first and took the room.) Redis is paused while both are
     written, so it finds both waiting when it resumes, as on a busy server."""
     b = replicas(ttl=LIMIT_TTL)
-    warm, _ = await verdict(b.reserve("other", (None, None, None, 4, None, None), reservation_vector(1, 0)))
-    assert warm.granted  # the scripts are loaded and a connection is open: no first-call delays
+    await warm_up(b)
     limits: Limits = (1000, None, None, None, None, None)
     amounts = reservation_vector(600, 0)
     redis_server.pause()
@@ -359,8 +358,7 @@ async def test_a_request_refused_while_its_lease_was_refilled_is_admitted_on_the
     only command Redis has when it resumes; the event loop is then held (a blocking wait, no await) until
     Redis has run it, so the request falls back with the refill's answer still unread."""
     b = replicas(ttl=600.0, report=60.0)  # the lease loop's own rounds: every 30 s, none in the test
-    warm, _ = await verdict(b.reserve("other", (None, None, None, 4, None, None), reservation_vector(1, 0)))
-    assert warm.granted
+    await warm_up(b)
     cfg = b.lease_config
     assert cfg is not None
     limits: Limits = (1000, None, None, None, None, None)
@@ -373,7 +371,8 @@ async def test_a_request_refused_while_its_lease_was_refilled_is_admitted_on_the
     redis_server.pause()
     try:
         refill = asyncio.create_task(b._sync("acme", lease, plan, cfg))
-        await asyncio.sleep(0.05)  # written, unanswered
+        for _ in range(10):
+            await asyncio.sleep(0.01)  # written on an open connection, unanswered
         assert lease.syncing
     finally:
         redis_server.resume()
@@ -387,11 +386,25 @@ async def test_a_request_refused_while_its_lease_was_refilled_is_admitted_on_the
     assert used[0] + reserved[0] == 600, "admitted once: on the lease, not also by RESERVE"
 
 
+async def warm_up(b: RedisBackend) -> None:
+    """Scripts loaded and connections open, idle: a command sent while Redis is paused is written at
+    once (a new connection's handshake would wait for Redis), and no lease of the warm-up is syncing."""
+    warm = await asyncio.gather(
+        *(
+            verdict(b.reserve(f"warm{i}", (None, None, None, 4, None, None), reservation_vector(1, 0)))
+            for i in range(4)
+        )
+    )
+    assert all(v.granted for v, _ in warm)
+    await until(lambda: _true(not any(lease.syncing for lease in b._leases.values())), "warm leases synced")
+
+
 def _hold_until_leased(server: RedisServer, tenant: str, lease_id: str) -> None:
-    """Block the calling thread (and so the event loop) until the lease's hold is in Redis (bounded)."""
+    """Block the calling thread (and so the event loop) until the lease's hold is in Redis (bounded, well
+    below the command timeout)."""
     client = redis.Redis.from_url(server.url)
     try:
-        for _ in range(2000):
+        for _ in range(600):
             if client.hexists(f"{PREFIX}{{{tenant}}}:h", lease_id):
                 return
             time.sleep(0.005)
