@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -132,9 +133,18 @@ class Spawn(Protocol):
     ) -> Awaitable[Process]: ...
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads: the process and whatever it started (``--workers``)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 @pytest.fixture
-async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
-    """Start a CLI process (killed at teardown if a test left it running)."""
+async def spawn(cli_env: dict[str, str], request: pytest.FixtureRequest) -> AsyncIterator[Spawn]:
+    """Start a CLI process, in a process group of its own, killed with everything it started (a
+    ``--workers`` supervisor's workers) at teardown, however the test ended: passed, failed, or stopped by
+    its timeout. The group is killed first, before anything that could fail or wait, and once more by a
+    plain finalizer, which runs even when the event loop cannot run this fixture's teardown."""
     started: list[Process] = []
 
     async def _spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Process:
@@ -144,18 +154,22 @@ async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env={**cli_env, **(env or {})},
+            start_new_session=True,
         )
+        request.addfinalizer(functools.partial(_kill_group, proc.pid))
         process = Process(proc)
         assert proc.stderr is not None
         process.reader = asyncio.create_task(process._read(proc.stderr))
         started.append(process)
         return process
 
-    yield _spawn
-    for process in started:
-        if process.proc.returncode is None:
-            process.proc.kill()
+    try:
+        yield _spawn
+    finally:
+        for process in started:
+            _kill_group(process.proc.pid)  # a no-op for a group already gone
+        for process in started:
             await process.proc.wait()
-        if process.reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await process.reader
+            if process.reader is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await process.reader
