@@ -11,7 +11,7 @@ import signal
 from picker.service import Service
 from picker.settings import Settings
 from picker.wiring import freeze_startup_objects, run_main
-from picker.workers import run_workers
+from picker.workers.supervisor import run_workers
 
 
 async def _main(settings: Settings) -> None:

@@ -31,8 +31,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from picker.admin import build_admin_app, build_metrics_app
+from picker.admin.app import build_admin_app
 from picker.admin.auth import MetricsAuth
+from picker.admin.metrics import build_metrics_app
 from picker.admin.pools import build_pools_admin_app
 from picker.admin.server import HttpServer
 from picker.config import PickerConfig

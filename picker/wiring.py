@@ -16,11 +16,10 @@ import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from picker.admin.server import HttpServer
 from picker.config import PickerConfig, default_config, load_config_text, read_config_file
 from picker.errors import ConfigError, PickerError, StartupError
 from picker.extproc.budget import BodyBudget
@@ -44,6 +43,9 @@ from picker.state.prefix import PrefixCacheState
 from picker.tenants import Tenancy
 from picker.tenants.flow import FlowController
 from scoring.scorers import LatencyScorer
+
+if TYPE_CHECKING:
+    from picker.admin.server import HttpServer  # the type only: a worker never loads the web server
 
 log = logging.getLogger("picker")
 

@@ -1,7 +1,8 @@
 """The EPP's HTTP surfaces: the metrics port (/metrics, /healthz, /readyz; ``build_metrics_app``) and the
-localhost admin port (/config, /debug/*; ``build_admin_app``)."""
+localhost admin port (/config, /debug/*; ``build_admin_app``, :mod:`picker.admin.app`), each served by
+:mod:`picker.admin.server`.
 
-from picker.admin.app import build_admin_app
-from picker.admin.metrics import build_metrics_app
-
-__all__ = ["build_admin_app", "build_metrics_app"]
+The package imports none of its modules itself: a ``--workers`` worker serves no HTTP, and importing the
+package for :class:`picker.admin.server.HttpServer`'s name would load the web framework (more than half a
+second of CPU on every worker start).
+"""

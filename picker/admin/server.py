@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class _QuietServer(uvicorn.Server):

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry
 
@@ -27,8 +27,10 @@ from picker.tenants.ledger import COST, LIMIT_NAMES, METERS, Vector, now_wall, w
 from picker.tenants.meter import Tenancy
 from picker.tenants.metrics import TenantMetrics
 from picker.tenants.policy import NANO, TenantsPolicy
-from picker.tenants.redis_backend import RedisBackend
 from picker.tenants.remote import SupervisorBackend
+
+if TYPE_CHECKING:
+    from picker.tenants.redis_backend import RedisBackend
 
 __all__ = ["TenantService"]
 
@@ -129,6 +131,8 @@ class TenantService:
                     self._retired.append(self.redis)
                 self._workers_up.clear()
                 self._worker_leases.clear()
+                from picker.tenants.redis_backend import RedisBackend  # the client: only when configured
+
                 self.redis = RedisBackend(redis_cfg, sink=self.metrics, clock=self._clock)
                 self._redis_cfg = redis_cfg
                 self._changed.set()

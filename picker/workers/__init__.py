@@ -54,9 +54,8 @@ another's. One tracer provider per worker serves all its pools (``--tracing``).
 The package: :mod:`.channel` is the pipe protocol (every message either side sends), :mod:`.worker` the
 worker process, :mod:`.supervisor` the supervisor's side (the worker pool, the port reservations, start-up),
 :mod:`.hosts` the supervisor's state of one pool for the workers.
+
+The package imports neither side itself: a worker is a fresh interpreter (the ``spawn`` start method) that
+imports :mod:`.worker` by name, and through the package it would load the supervisor's side too (the whole
+service and its admin API's web framework) on every worker start.
 """
-
-from picker.workers.supervisor import WorkerPool, run_workers
-from picker.workers.worker import worker_main
-
-__all__ = ["WorkerPool", "run_workers", "worker_main"]
