@@ -5,12 +5,17 @@ One run (one trace, one seed; ``bench_quality --capacity``) gives :func:`capacit
 :func:`plot_attainment` draws attainment against offered rate with each policy's capacity marked. The
 multi-seed sweep (:mod:`benchmarks.sim.capacity_sweep`) aggregates runs with :func:`ratios` and
 :func:`geomean` into :func:`capacity_table` and :func:`hit_table`, and draws :func:`plot_capacity_bars`.
+
+The plots need matplotlib, from the ``bench`` dependency group (``make bench-capacity`` installs it): without
+it a plot is skipped with a message on stderr, after the JSON and Markdown are written, instead of failing a
+sweep that may have taken hours at its last step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +100,29 @@ def markdown_capacity(doc: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot_attainment(doc: Mapping[str, Any], path: Path) -> Path:
-    """SLO attainment against offered rate per policy (every evaluation), capacities marked."""
-    import matplotlib
-
+def _pyplot(path: Path) -> Any:
+    """matplotlib's pyplot on the file-only backend, or None (saying that ``path`` is not drawn and why)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(
+            f"no plot {path}: matplotlib is not installed (the bench dependency group has it: "
+            "make bench-capacity, or pip install --group bench)",
+            file=sys.stderr,
+        )
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_attainment(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """SLO attainment against offered rate per policy (every evaluation), capacities marked; None when
+    matplotlib is missing."""
+    plt = _pyplot(path)
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
     for name, evs in doc["evaluations"].items():
         pts = sorted((e["rate_rps"], e["slo_attainment"]) for e in evs)
@@ -132,13 +153,12 @@ def geomean(xs: Sequence[float]) -> float:
 
 def plot_capacity_bars(
     table: Mapping[str, Mapping[str, float]], policies: Sequence[str], path: Path, *, title: str
-) -> Path:
-    """Grouped bars: per workload (``table`` key), each policy's capacity relative to round-robin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+) -> Path | None:
+    """Grouped bars: per workload (``table`` key), each policy's capacity relative to round-robin; None
+    when matplotlib is missing."""
+    plt = _pyplot(path)
+    if plt is None:
+        return None
     workloads = list(table)
     width = 0.8 / max(1, len(policies))
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(workloads)), 4), dpi=80)
@@ -229,3 +249,31 @@ def hit_ratios(runs: Mapping[int, Mapping[str, Any]], policy: str, other: str) -
         if a is not None and b:
             out.append(a / b)
     return out
+
+
+def wall_time_note(
+    simulated: Collection[tuple[str, int]],
+    results: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    *,
+    wall_s: float,
+    workers: int,
+    cpus: int | None,
+) -> str:
+    """What a sweep's report says of its time: the wall time of the runs simulated now (``simulated``: their
+    workloads and seeds; on how many workers and CPUs), and how many runs came from earlier sweeps
+    (``--add-runs``) with the simulator time they recorded; with ``--no-simulate`` only the latter (the
+    report itself takes no time worth stating)."""
+    earlier = [r for label, runs in results.items() for s, r in runs.items() if (label, s) not in simulated]
+    earlier_s = sum(float(run.get("wall_s", 0.0)) for run in earlier)
+    parts = []
+    if simulated:
+        parts.append(
+            f"Wall time {wall_s:.0f} s for the {len(simulated)} run(s) simulated now, with {workers} "
+            f"worker(s) on {cpus} CPUs (shared machine)."
+        )
+    if earlier:
+        parts.append(
+            f"{len(earlier)} run(s) from earlier sweeps (--add-runs), {earlier_s:.0f} s of simulator time as "
+            "they recorded it."
+        )
+    return " ".join(parts) or "No run simulated or reported."

@@ -50,6 +50,7 @@ from benchmarks.sim.capacity_report import (
     hit_table,
     plot_capacity_bars,
     ratios,
+    wall_time_note,
 )
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict
@@ -328,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     command = "python -m benchmarks.sim.capacity_sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
+    simulated = {(j.case.label, j.seed) for j in jobs}
+    timing = wall_time_note(
+        simulated, results, wall_s=time.perf_counter() - wall0, workers=args.workers, cpus=os.cpu_count()
+    )
     rows = targets(results)
     shown = [p for p in CAPACITY_POLICIES if p in policies] + [
         p for p in policies if p not in CAPACITY_POLICIES
@@ -341,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                 "16 x `llama3-8b-h100`; capacity = the highest offered rate (the trace's arrivals "
                 "time-scaled) at which ≥ 90 % of requests meet TTFT ≤ 1 s and TPOT ≤ 0.1 s (long-prompt "
                 "SLO: TTFT ≤ max(1 s, 0.1 ms x prompt tokens)), by bisection to within 2 %. Ratios: "
-                "geometric mean over seeds [min-max]. "
-                f"Wall time {time.perf_counter() - wall0:.0f} s with {args.workers} worker(s) on "
-                f"{os.cpu_count()} CPUs (shared machine)."
+                "geometric mean over seeds [min-max]. " + timing
             ),
             "",
             "## Targets",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from benchmarks import bench_quality
 from benchmarks.sim import capacity_sweep
 from benchmarks.sim.capacity import Evaluation, compare, find_capacity
-from benchmarks.sim.capacity_report import covered
+from benchmarks.sim.capacity_report import covered, plot_capacity_bars
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict, summarize
 from benchmarks.sim.policies import CAPACITY_POLICIES, ScoringPolicy, make_policy
@@ -275,14 +276,20 @@ def test_sweep_reports_runs_of_earlier_sweeps_without_simulating_them_again(
     doc = json.loads((tmp_path / "out" / "capacity-sweep-quick.json").read_text(encoding="utf-8"))
     caps = {s: r["capacity"]["default"]["capacity_rps"] for s, r in doc["workloads"]["lora"]["runs"].items()}
     assert caps == {"0": 20.0, "1": 30.0, "2": 40.0}
-    assert "2.88x [2.00-4.00]" in capsys.readouterr().out  # the geometric mean of 2, 3 and 4
+    out = capsys.readouterr().out
+    assert "2.88x [2.00-4.00]" in out  # the geometric mean of 2, 3 and 4
+    assert "s for the 1 run(s) simulated now, with 1 worker(s)" in out
+    assert "2 run(s) from earlier sweeps (--add-runs)" in out
     # report only: seed 1 is left out, nothing runs
     simulated.clear()
     assert capacity_sweep.main([*argv, "--no-simulate"]) == 0
     assert simulated == []
     doc = json.loads((tmp_path / "out" / "capacity-sweep-quick.json").read_text(encoding="utf-8"))
     assert set(doc["workloads"]["lora"]["runs"]) == {"0", "2"}
-    assert "2.83x [2.00-4.00]" in capsys.readouterr().out  # the geometric mean of 2 and 4
+    out = capsys.readouterr().out
+    assert "2.83x [2.00-4.00]" in out  # the geometric mean of 2 and 4
+    assert "Wall time" not in out, "nothing was simulated: no wall time of 0 s"
+    assert "2 run(s) from earlier sweeps (--add-runs), 0 s of simulator time as they recorded it" in out
     with pytest.raises(SystemExit, match="not a capacity sweep"):
         capacity_sweep.main([*argv[:7], "--add-runs", str(tmp_path / "missing.json"), "--no-write"])
 
@@ -346,3 +353,16 @@ def test_sweep_simulates_only_the_policies_earlier_runs_lack(
     assert title == "# Capacity at SLO — lora: seeds 0, 1", "one workload of the sweep, not every workload"
     whole = {c.label: {seed: {} for seed in (0, 1, 2)} for c in capacity_sweep.CASES}
     assert covered(whole, [0, 1, 2], list(whole)) == "every workload, seeds 0, 1, 2"
+
+
+def test_without_matplotlib_a_plot_is_skipped_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep's JSON and Markdown are written before its plot: without matplotlib (it is in the bench
+    dependency group) the plot is left out with a reason, and the sweep does not fail at its last step."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it imports
+    path = tmp_path / "bars.png"
+    table = {"lora": {"round-robin": 1.0, "default": 2.0}}
+    assert plot_capacity_bars(table, ["round-robin", "default"], path, title="t") is None
+    assert not path.exists()
+    assert f"no plot {path}: matplotlib is not installed" in capsys.readouterr().err
