@@ -165,26 +165,18 @@ class FuzzRig:
 
     async def _start(self) -> None:
         from picker.service import Service
-        from picker.settings import Settings
+        from picker.testing.local import local_settings, run_started
 
         await self._metrics.start()
-        settings = Settings(
-            grpc_port=0,
-            grpc_health_port=0,
-            metrics_port=0,
-            admin_port=0,
-            host="127.0.0.1",
+        settings = local_settings(
             static_endpoints=f"{self._metrics.address}@vllm",
-            secure_serving=False,
             seed=1,
             refresh_metrics_interval=0.02,
             scrape_timeout=0.5,
             max_buffered_body_bytes=1 << 20,
         )
         self._service = Service.load(settings)
-        started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._service.run(on_started=started.set_result))
-        ports = await started
+        ports, self._task = await run_started(self._service)
         self._client = EnvoyClient(f"127.0.0.1:{ports.grpc}", tls=False, timeout=20.0)
         await self._client.connect()
 

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.config import load_config_text
 from picker.service import Ports, Service
-from picker.settings import Settings
 from picker.testing.envoy import EnvoyClient, UpstreamResponse
+from picker.testing.local import local_settings, run_started
 
 pytestmark = pytest.mark.integration
 
@@ -79,25 +79,13 @@ async def start() -> AsyncIterator[Start]:
     running: list[tuple[Running, asyncio.Task[None]]] = []
 
     async def _start(config: str, *, model_header: str = "") -> Running:
-        settings = Settings(
-            grpc_port=0,
-            grpc_health_port=0,
-            metrics_port=0,
-            admin_port=0,
-            host="127.0.0.1",
-            static_endpoints=",".join(ENDPOINTS),
-            secure_serving=False,
-            refresh_metrics_interval=1.0,
-            model_header=model_header,
+        settings = local_settings(
+            static_endpoints=",".join(ENDPOINTS), refresh_metrics_interval=1.0, model_header=model_header
         )
         cfg = load_config_text(config, model_header=model_header)
         service = Service(settings, cfg, config_text=config, config_source="test")
-        started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(service.run(on_started=started.set_result))
-        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            await task
-        r = Running(service, started.result(), aiohttp.ClientSession())
+        ports, task = await run_started(service)
+        r = Running(service, ports, aiohttp.ClientSession())
         running.append((r, task))
         return r
 

@@ -29,7 +29,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.config import load_config_text
 from picker.service import Ports, Service
-from picker.settings import Settings
 from picker.state.metrics import EndpointMetrics
 from picker.testing.clocks import standing_still
 from picker.testing.envoy import (
@@ -41,6 +40,7 @@ from picker.testing.envoy import (
     response_body,
     response_headers,
 )
+from picker.testing.local import local_settings, run_started
 
 pytestmark = pytest.mark.integration
 
@@ -352,13 +352,7 @@ async def start_service() -> AsyncIterator[StartService]:
         static = tuple(endpoints) if endpoints is not None else tuple(pod(i) for i in range(pods))
         addresses = tuple(e.partition("@")[0] for e in static)  # "host:port@engine" → "host:port"
         options: dict[str, Any] = {
-            "grpc_port": 0,
-            "grpc_health_port": 0,
-            "metrics_port": 0,
-            "admin_port": 0,
-            "host": "127.0.0.1",
             "static_endpoints": ",".join(static),
-            "secure_serving": False,
             "seed": 1,
             # unreachable endpoints: one scrape a second is plenty, and keeps two cores free for the tests
             "refresh_metrics_interval": 1.0,
@@ -366,7 +360,7 @@ async def start_service() -> AsyncIterator[StartService]:
             "metrics_staleness_threshold": 60.0,
             **settings,
         }
-        s = Settings(**options)
+        s = local_settings(**options)
         clock = wall_clock or standing_still()
         if config is not None and not s.config_file:
             service = Service(
@@ -374,13 +368,7 @@ async def start_service() -> AsyncIterator[StartService]:
             )
         else:
             service = Service.load(s, wall_clock=clock)
-        started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(service.run(on_started=started.set_result))
-        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            await task  # raises what made the service fail
-            raise AssertionError("service ended before it started")
-        ports = started.result()
+        ports, task = await run_started(service)
         client = EnvoyClient(f"127.0.0.1:{ports.grpc}", tls=s.secure_serving, timeout=30.0)
         http = aiohttp.ClientSession()
         harness = ServiceHarness(service, ports, client, http, addresses, s.secure_serving)
