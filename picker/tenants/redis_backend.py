@@ -284,8 +284,9 @@ class RedisBackend:
             *(give_back or _ZERO),
         ]
         call = asyncio.ensure_future(self._call(self._reserve_script_or_connect(), self._keys(tenant), args))
-        self._inflight.add(tenant, amounts, 1)
-        call.add_done_callback(lambda _done: self._inflight.add(tenant, amounts, -1))
+        if lease is not None:  # (leases off: no LEASE to leave room, nothing to count)
+            self._inflight.add(tenant, amounts, 1)
+            call.add_done_callback(lambda _done: self._inflight.add(tenant, amounts, -1))
         try:
             reply = await asyncio.shield(call)
         except (RedisError, OSError, TimeoutError) as exc:
