@@ -117,8 +117,9 @@ class Scorer(Plugin, Generic[StateT]):
     def prepare(self, v: View, /) -> StateT:
         """Everything derived from the scraped columns alone (imputed gauges, static scores).
 
-        Called once per snapshot for the whole pool and cached by the scheduler, so expensive steps such
-        as NaN imputation belong here rather than in :meth:`score`.
+        Called once per snapshot for the whole pool and cached by the scheduler (kept on later snapshots
+        while :meth:`inputs` are unchanged), so expensive steps such as NaN imputation belong here rather
+        than in :meth:`score`.
         """
         raise NotImplementedError
 
