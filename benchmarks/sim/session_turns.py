@@ -17,8 +17,8 @@ the start of every round of sessions, so no later turn lands on its session's se
 ``short-q-few-sys-chat`` shape with 16 servers plain round-robin sends every later turn back to its
 session's server, because the shape's 6,000 sessions are a multiple of 16 (request ``i`` is round
 ``i // 6000`` of session ``i mod 6000`` and goes to server ``i mod 16``); ``rotation-shifted`` measures
-rotation without that coincidence (``benchmarks/RESULTS.md``, "Prefix-cache affinity", the short-q few-sys
-paragraph).
+rotation without that coincidence; so does ``--servers 17`` (``benchmarks/RESULTS.md``,
+"Prefix-cache affinity", the short-q few-sys paragraph).
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated: policy names, config YAML paths, or {SHIFTED}",
     )
     ap.add_argument("--requests", type=int, default=None, help="default: the shape's full length")
+    ap.add_argument("--servers", type=int, default=16, help="fleet size (16 in the capacity sweep)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -185,12 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rates: not a list of numbers: {args.rates!r}")
     if not rates or min(rates) <= 0:
         ap.error("--rates: give at least one positive rate")
+    if args.servers <= 0:
+        ap.error("--servers: give a positive number of servers")
     reports = run(
         SHAPES[args.shape],
         [p for p in args.policies.split(",") if p],
         rates,
         seed=args.seed,
         requests=args.requests,
+        n_servers=args.servers,
     )
     if args.json:
         json.dump([asdict(r) for r in reports], sys.stdout, indent=1)

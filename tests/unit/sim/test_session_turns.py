@@ -44,5 +44,9 @@ def test_cli_prints_a_table_and_rejects_bad_rates(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "| round-robin | 50 |" in out
     assert f"| {SHIFTED} | 50 |" in out
+    assert main(["--requests", "40", "--rates", "50", "--policies", "round-robin", "--servers", "3"]) == 0
+    assert "| round-robin | 50 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--rates", "0"])
+    with pytest.raises(SystemExit):
+        main(["--servers", "0"])
