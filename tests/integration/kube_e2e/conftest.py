@@ -38,12 +38,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.service import Ports, Service
-from picker.settings import Settings
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest
 from picker.testing.fake_load import LoadHandle, LoadRejectedError, LoadRequest, LoadSnapshot
 from picker.testing.fake_server import FakeServer
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool, pod
+from picker.testing.local import local_settings, run_started
 from tests.integration.conftest import PICKER, Process, Spawn
 
 pytestmark = pytest.mark.integration
@@ -408,28 +408,11 @@ async def start_epp(kubeconfig: Path) -> AsyncIterator[StartEpp]:
     stack = contextlib.AsyncExitStack()
 
     async def start(**overrides: Any) -> InProcessEpp:
-        settings: dict[str, Any] = {
-            "pool_name": POOL,
-            "pool_namespace": NS,
-            "kubeconfig": str(kubeconfig),
-            "grpc_port": 0,
-            "grpc_health_port": 0,
-            "metrics_port": 0,
-            "admin_port": 0,
-            "host": "127.0.0.1",
-            "secure_serving": False,
-            "seed": 7,
-            **overrides,
-        }
-        service = Service.load(Settings(**settings))
-        bound: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(service.run(on_started=bound.set_result), name="epp")
-        waiting: set[asyncio.Future[Any]] = {bound, task}
-        done, _ = await asyncio.wait(waiting, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # raises what stopped it
-        assert bound in done, "the EPP did not bind its ports"
-        epp = InProcessEpp(service, task, bound.result())
+        settings = {"pool_name": POOL, "pool_namespace": NS, "kubeconfig": str(kubeconfig), "seed": 7}
+        service = Service.load(local_settings(**{**settings, **overrides}))
+        # no deadline of its own (a loaded machine took more than 15 s): the test's timeout bounds it
+        ports, task = await run_started(service)
+        epp = InProcessEpp(service, task, ports)
         stack.push_async_callback(epp.stop)
         await epp.client.connect()
         return epp
