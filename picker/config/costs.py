@@ -155,12 +155,14 @@ class SpilloverConfig(_Model):
     min_priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     #: EPP replicas serving at once that share the external endpoints' limits: each holds 1/replicas of
     #: every limit (rounded down), so together they never pass it (budgets are per replica; ``--workers``
-    #: of one replica share its budget exactly). With leader election only the leader serves: leave 1.
+    #: of one replica share its budget exactly); a limit above 0 that leaves each replica 0 is rejected.
+    #: With leader election only the leader serves: leave 1.
     replicas: int = Field(default=1, ge=1, le=1000)
 
 
-def check_external(endpoints: tuple[ExternalEndpointConfig, ...]) -> None:
-    """Names and addresses unique, at most :data:`MAX_EXTERNAL_ENDPOINTS`; ValueError otherwise."""
+def check_external(endpoints: tuple[ExternalEndpointConfig, ...], replicas: int = 1) -> None:
+    """Names and addresses unique, at most :data:`MAX_EXTERNAL_ENDPOINTS`, and no limit that
+    ``spillover.replicas`` splits to nothing per replica; ValueError otherwise."""
     if len(endpoints) > MAX_EXTERNAL_ENDPOINTS:
         raise ValueError(f"at most {MAX_EXTERNAL_ENDPOINTS} external endpoints, got {len(endpoints)}")
     for what, values in (
@@ -170,3 +172,23 @@ def check_external(endpoints: tuple[ExternalEndpointConfig, ...]) -> None:
         duplicates = sorted({v for v in values if values.count(v) > 1})
         if duplicates:
             raise ValueError(f"externalEndpoints: duplicate {what}(s) {', '.join(duplicates)}")
+    for e in endpoints:
+        _check_share(e, replicas)
+
+
+def _check_share(e: ExternalEndpointConfig, replicas: int) -> None:
+    """A limit above 0 that ``replicas`` splits to 0 per replica would refuse every request on every
+    replica though the endpoint has room: rejected with what to change (a limit of 0 says "nothing", and
+    is kept)."""
+    if e.limits is None or replicas == 1:
+        return
+    for field, value in e.limits.model_dump(by_alias=True).items():
+        if value is None:
+            continue
+        units = value * 1e9 if field.startswith("cost") else value  # costs are split in nano-units
+        if 0 < units < replicas:
+            raise ValueError(
+                f"externalEndpoints {e.name}: limits.{field} {value} split over spillover.replicas "
+                f"{replicas} leaves each replica 0, so the endpoint would take no request: raise the "
+                "limit or lower spillover.replicas"
+            )

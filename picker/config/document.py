@@ -185,5 +185,5 @@ class PickerSettingsDocument(StrictModel):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"{what}: duplicate name(s) {', '.join(duplicates)}")
-        check_external(self.external_endpoints)
+        check_external(self.external_endpoints, self.spillover.replicas)
         return self

@@ -28,8 +28,9 @@ without ``max_tokens``). At the end the reservation is settled with the response
 with the whole reservation when the response reported none or the stream broke off (we cannot know what
 the provider counted, so we assume the most). With ``--workers N`` the budgets are the supervisor's
 (``picker.routing.external_remote``): exact across workers. Across EPP replicas nothing is shared: with
-``spillover.replicas: R`` each replica holds ``1/R`` of every limit (rounded down), so R active replicas
-together never pass a limit (with leader election only the leader serves: leave it at 1).
+``spillover.replicas: R`` each replica holds ``limit // R`` of every limit, so R active replicas together
+never pass a limit (with leader election only the leader serves: leave it at 1); a limit above 0 that
+leaves each replica 0 is rejected with the document (``picker.config.costs.check_external``).
 
 **Passive health.** External endpoints get the pool's outlier detection (:mod:`picker.state.health`,
 the same ``outlier-detector`` plugin settings, hot-reloaded), in a detector of their own: every spilled
@@ -99,10 +100,12 @@ _UNLIMITED: Final[Limits] = (None, None, None, None, None, None)
 _FAILURE_KINDS: Final = {index: kind for kind, index in FAILURE_INDEX.items()}
 
 
-def _scaled(limits: Limits, share: float) -> Limits:
-    if share >= 1.0:
+def _scaled(limits: Limits, replicas: int) -> Limits:
+    """This replica's share: every limit // ``replicas`` (integers: ``int(v * (1 / replicas))`` lost one
+    unit at some exact multiples, 49 / 49 -> 0)."""
+    if replicas == 1:
         return limits
-    return tuple(None if v is None else int(v * share) for v in limits)  # type: ignore[return-value]
+    return tuple(None if v is None else v // replicas for v in limits)  # type: ignore[return-value]
 
 
 class ExternalBudget(Protocol):
@@ -183,7 +186,7 @@ class ExternalCapacity:
                     price_out=e.price.output_per1_m,
                     limits=_UNLIMITED
                     if e.limits is None
-                    else _scaled(compile_limits(e.limits), 1.0 / spill.replicas),
+                    else _scaled(compile_limits(e.limits), spill.replicas),
                 )
                 for e in endpoints
             )

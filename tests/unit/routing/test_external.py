@@ -331,6 +331,30 @@ def test_replicas_share_the_limits() -> None:
     assert cap.stats()[0]["limits"] == {"requestsPerMinute": 2}
 
 
+def test_a_share_is_the_exact_integer_division() -> None:
+    """49 // 49 is 1: ``int(49 * (1 / 49))`` was 0, and the endpoint took nothing."""
+    cap, _ = capacity("{concurrent: 49, requestsPerMinute: 98}", extra=", replicas: 49")
+    assert cap.stats()[0]["limits"] == {"requestsPerMinute": 2, "concurrent": 1}
+    assert cap.reserve(1, 1) is not None
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ("{concurrent: 1}", "concurrent"),
+        ("{requestsPerMinute: 60, tokensPerMinute: 2}", "tokensPerMinute"),
+        ("{costPerDay: 0.000000002}", "costPerDay"),
+    ],
+)
+def test_a_limit_the_replicas_split_to_nothing_is_rejected(limits: str, field: str) -> None:
+    """Each of 3 replicas would hold 0 of the limit and refuse every request though the endpoint has
+    room: the document is rejected with what to change (0 itself, "nothing", is kept)."""
+    with pytest.raises(Exception, match=rf"limits\.{field} .* spillover\.replicas 3 leaves each replica 0"):
+        load_config_text(picker_doc(limits, extra=", replicas: 3"))
+    assert load_config_text(picker_doc(limits)).settings.spillover.replicas == 1
+    assert load_config_text(picker_doc("{concurrent: 0}", extra=", replicas: 3")) is not None
+
+
 def test_a_reload_keeps_the_minutes_count() -> None:
     cap, _ = capacity("{requestsPerMinute: 1}")
     assert cap.reserve(1, 1) is not None
