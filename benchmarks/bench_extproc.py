@@ -110,6 +110,7 @@ from benchmarks.extproc.report import (
 from benchmarks.extproc.run import (
     BODY_RATE,
     CPU_RATE,
+    FLEET_RPS,
     HEADER_CPU_RATE,
     HEADER_VARIANTS,
     LOAD_PROCS,
@@ -162,7 +163,9 @@ def report(r: Run, doc: dict[str, Any], started: float) -> None:
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
 
 
-def run_header_only(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
+def run_header_only(
+    quick: bool, runs: int | None, command: str, fleet_rps: float = FLEET_RPS
+) -> dict[str, Any]:
     """Header-only mode against both floors, alone (``--header-only``)."""
     plan = Plan(
         runs=runs or (1 if quick else 3),
@@ -189,7 +192,7 @@ def run_header_only(quick: bool, runs: int | None, command: str) -> dict[str, An
     started = time.monotonic()
     r = Run(plan, doc)
     with tempfile.TemporaryDirectory(prefix="bench-extproc-") as tmp, children() as procs:
-        r.start(procs, Path(tmp), variants=HEADER_VARIANTS)
+        r.start(procs, Path(tmp), variants=HEADER_VARIANTS, fleet_rps=fleet_rps)
         for _ in range(plan.runs):
             r.measure("max", ["floor"], mode="closed", duration=plan.max_s)
         measure_header_only(r, plan, Path(tmp))
@@ -201,7 +204,9 @@ def run_header_only(quick: bool, runs: int | None, command: str) -> dict[str, An
     return doc
 
 
-def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) -> dict[str, Any]:
+def run(
+    quick: bool, runs: int | None, rss_streams: int | None, command: str, fleet_rps: float = FLEET_RPS
+) -> dict[str, Any]:
     plan = Plan(
         runs=runs or (1 if quick else 3),
         max_s=2.0 if quick else 6.0,
@@ -228,7 +233,7 @@ def run(quick: bool, runs: int | None, rss_streams: int | None, command: str) ->
     started = time.monotonic()
     r = Run(plan, doc)
     with tempfile.TemporaryDirectory(prefix="bench-extproc-") as tmp, children() as procs:
-        r.start(procs, Path(tmp))
+        r.start(procs, Path(tmp), fleet_rps=fleet_rps)
         for _ in range(plan.runs):
             r.measure("max", ALL, mode="closed", duration=plan.max_s)
         if shutil.which("h2load"):
@@ -295,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the cost of --tracing off, at 0, 1 and 100 %% sampling instead (benchmarks/bench_tracing.py)",
     )
+    p.add_argument(
+        "--fleet-rps",
+        type=float,
+        default=FLEET_RPS,
+        help="unattended requests a second the 16 fake servers serve, so their gauges move as a serving "
+        "fleet's do (default %(default)g; 0: pages that never change, as sittings before 2026-12-07 had)",
+    )
     p.add_argument("--serve-null", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--serve-collector", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
@@ -321,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2) if args.json else bench_tracing.summary(doc))
         return 0
     if args.header_only:
-        doc = run_header_only(args.quick, args.runs, command)
+        doc = run_header_only(args.quick, args.runs, command, args.fleet_rps)
         print(json.dumps(doc, indent=2) if args.json else header_only_summary(doc))
         return 0
-    doc = run(args.quick, args.runs, args.rss_streams, command)
+    doc = run(args.quick, args.runs, args.rss_streams, command, args.fleet_rps)
     print(json.dumps(doc, indent=2) if args.json else summary(doc))
     return 0
 

@@ -26,6 +26,9 @@ from benchmarks.harness import ROOT, Child, CpuMeter, machine_info, percentile, 
 from picker.testing.net import free_port
 
 ENDPOINTS = 16
+#: unattended requests a second the fleet serves (``benchmarks.fleet_proc --busy-rps``): about three running
+#: per server, so every scraped page shows new running/KV gauges, as a serving fleet's do
+FLEET_RPS = 24.0
 LOAD_PROCS = 2
 #: streams/s per server in the side-by-side CPU phases (1 KB bodies; servers driven at the same time)
 CPU_RATE = 200.0
@@ -305,12 +308,17 @@ class Run:
         tmp: Path,
         variants: list[tuple[str, int, Path | None, list[str]]] | None = None,
         env: Mapping[str, Mapping[str, str]] | None = None,
+        fleet_rps: float = FLEET_RPS,
     ) -> None:
         """Start the fleet, the floor and ``variants`` of ours ((name, workers, config file, extra flags);
-        default: ours, ours_skip, ours_w2, ours_noscrape and the header-only ones; ``env`` by name)."""
+        default: ours, ours_skip, ours_w2, ours_noscrape and the header-only ones; ``env`` by name).
+        ``fleet_rps``: unattended requests a second the fleet serves so its gauges move (0: pages that
+        never change, the cheapest case for ours' new snapshots)."""
         skip_config = tmp / "skip.yaml"
         skip_config.write_text(SKIP_CONFIG, encoding="utf-8")
-        fleet = spawn_json(["-m", "benchmarks.fleet_proc", "--count", str(ENDPOINTS)], timeout=60)
+        busy = ["--busy-rps", f"{fleet_rps:g}", "--time-scale", "1"] if fleet_rps > 0 else []
+        self.doc["fleet_rps"] = fleet_rps
+        fleet = spawn_json(["-m", "benchmarks.fleet_proc", "--count", str(ENDPOINTS), *busy], timeout=60)
         procs.append(fleet)
         addresses = fleet.ready["addresses"]
         null_port = free_port()

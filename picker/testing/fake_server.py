@@ -319,6 +319,14 @@ class FakeServer:
         self._timer = loop.call_at(when, self._on_timer, nxt)
         self._timer_when = when
 
+    def admit_unattended(self, prompt_tokens: int, output_tokens: int) -> None:
+        """Admit a request that no client waits for: its tokens run through the load model and the
+        ``/metrics`` gauges (running, waiting, KV usage) move as under real traffic, without the HTTP cost.
+        A benchmark's busy fleet (``benchmarks.fleet_proc --busy-rps``) uses it so that the EPP it
+        measures scrapes pages that change, as a serving fleet's do."""
+        self._model.admit(LoadRequest(prompt_tokens, output_tokens, FINISH_LENGTH, None, ()), self._now())
+        self._schedule()
+
     def _on_timer(self, due: float) -> None:
         self._timer = None
         # the loop's clock may read a hair before the due time after the scale round trip

@@ -144,3 +144,25 @@ async def test_metrics_requests_are_counted(http: aiohttp.ClientSession) -> None
         for _ in range(3):
             await scrape(http, server)
         assert server.served["metrics"] == 3
+
+
+async def test_unattended_requests_move_the_gauges_and_finish(http: aiohttp.ClientSession) -> None:
+    """``admit_unattended`` (a benchmark's busy fleet): the requests show on the page as running and waiting
+    with their KV blocks, though no client holds a connection, and leave it when their tokens are done."""
+    params = LoadParams(max_num_seqs=1, max_batched_tokens=64)
+    async with FakeServer("vllm", load=params, time_scale=0.01) as server:
+        running_name, waiting_name, kv_name = KEYS["vllm"]
+        for _ in range(3):
+            server.admit_unattended(prompt_tokens=40, output_tokens=100)
+        text = await scrape(http, server)
+        assert values(text, running_name) == [1.0]
+        assert values(text, waiting_name) == [2.0]
+        assert values(text, kv_name)[0] > 0.0
+        for _ in range(200):  # 3 x 100 tokens at 0.01 wall s per model s: well under 10 s
+            text = await scrape(http, server)
+            if values(text, running_name) == [0.0]:
+                break
+            await asyncio.sleep(0.05)
+        assert values(text, running_name) == [0.0]
+        assert values(text, waiting_name) == [0.0]
+        assert values(text, kv_name) == [0.0]
