@@ -15,7 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.cli import build_parser, settings_from_args
 from picker.testing.envoy import EnvoyClient, HttpRequest
-from picker.testing.net import free_port
 from tests.integration.cli.conftest import LAUNCHERS, run_to_exit
 from tests.integration.conftest import LOCAL, PICKER, Ports, Spawn, serving_ports
 
@@ -255,15 +254,16 @@ DETECTED = {"vllm": "vllm", "sglang": "sglang", "tgi": "tgi", "trtllm": "triton-
 async def test_fake_servers_of_each_engine_serve_and_the_epp_detects_their_engines(spawn: Spawn) -> None:
     """``picker fake-server`` per engine, then ``picker serve`` over all four with no engine given and no
     Kubernetes: the engine of each endpoint is detected from its metrics page."""
-    ports = {engine: free_port() for engine in ENGINE_MARKERS}
+    # each binds an ephemeral port and prints it (a port picked here could be taken by then: EADDRINUSE)
     fakes = {
-        engine: await spawn([PICKER, "fake-server", "--port", str(port), "--engine", engine])
-        for engine, port in ports.items()
+        engine: await spawn([PICKER, "fake-server", "--port", "0", "--engine", engine])
+        for engine in ENGINE_MARKERS
     }
     listening = re.compile(r"fake \S+ server on http://127\.0\.0\.1:(\d+)")
+    ports: dict[str, int] = {}
     async with aiohttp.ClientSession() as http:
         for engine, process in fakes.items():
-            assert int((await process.wait_for(listening))[1]) == ports[engine]
+            ports[engine] = int((await process.wait_for(listening))[1])
             base = f"http://127.0.0.1:{ports[engine]}"
             async with http.get(f"{base}/metrics") as resp:
                 assert resp.status == 200
