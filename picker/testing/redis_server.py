@@ -20,8 +20,15 @@ __all__ = ["REDIS_SERVER", "RedisServer"]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+class _PortTakenError(RuntimeError):
+    pass
+
+
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
+        #: a port picked here (``port`` None) may be taken by another process before the server binds it:
+        #: :meth:`start` then picks another
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._workdir = workdir
@@ -32,6 +39,19 @@ class RedisServer:
         return Path(REDIS_SERVER).exists()
 
     def start(self, timeout_s: float = 10.0) -> None:
+        for _ in range(3):
+            try:
+                self._start(timeout_s)
+            except _PortTakenError:
+                if self._fixed_port:
+                    raise
+                self.port = free_port()
+                self.url = f"redis://127.0.0.1:{self.port}/0"
+            else:
+                return
+        self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> None:
         log = (self._workdir / f"redis-{self.port}.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: S603 - the Debian binary, fixed arguments
             [
@@ -56,6 +76,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "Address already in use" in self._log_text():
+                    raise _PortTakenError(f"port {self.port} taken before redis-server bound it")
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
@@ -65,6 +87,10 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s:g} s")
+
+    def _log_text(self) -> str:
+        path = self._workdir / f"redis-{self.port}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def pause(self) -> None:
         """Stop the server's process (SIGSTOP): commands sent meanwhile wait, unanswered, in its sockets

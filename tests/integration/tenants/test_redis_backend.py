@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,7 +24,9 @@ from picker.tenants.ledger import actual_vector, reservation_vector
 from picker.tenants.metrics import TenantMetrics
 from picker.tenants.redis_backend import RedisBackend
 from picker.testing.clocks import from_the_day_start
+from picker.testing.net import free_port
 from picker.testing.redis_server import RedisServer
+from picker.testing.tools import tool
 
 pytestmark = [pytest.mark.integration]
 
@@ -223,3 +227,28 @@ async def test_a_reservation_cancelled_while_redis_answers_is_given_back(redis_s
         writer.cancel()
         await admin.aclose()
         await r.close()
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port a RedisServer picks up front can be bound by another process before redis-server starts
+    (other tests run in parallel): it starts on a new port instead of failing the test."""
+    tool("redis-server", apt="redis-server")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr("picker.testing.redis_server.free_port", lambda: next(picks, None) or free_port())
+        server = RedisServer(tmp_path)
+        assert server.port == taken
+        server.start()
+        try:
+            assert server.port != taken
+            assert server.url == f"redis://127.0.0.1:{server.port}/0"
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"PING\r\n")
+                assert sock.recv(16).startswith(b"+PONG")
+        finally:
+            server.stop()
