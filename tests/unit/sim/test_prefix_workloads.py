@@ -13,6 +13,7 @@ from benchmarks.sim.server import RequestTable, SimServer
 from benchmarks.sim.shared_prefix import SHAPES, UNIT_TOKENS, workload
 from benchmarks.sim.text import CHARS_PER_TOKEN, prompt_text, unit_block
 from benchmarks.sim.traces import SHARED_PREFIX_SHAPES, TRACE_NAMES, Workload, named_trace
+from tests.unit.sim.workloads import prefix_workload
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -90,22 +91,6 @@ def test_generated_workloads_depend_on_the_seed_only() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ oracle
-def prefix_workload(n: int, rate: float, seed: int, groups: int = 4) -> Workload:
-    """``n`` requests over ``groups`` system prompts of 32 units (2,048 tokens) plus a private tail."""
-    rng = np.random.default_rng(seed)
-    g = rng.integers(0, groups, n)
-    units = tuple((*range(int(x) * 1000, int(x) * 1000 + 32), 100_000 + i) for i, x in enumerate(g))
-    return Workload(
-        name="groups",
-        arrival_s=np.cumsum(rng.exponential(1.0 / rate, n)),
-        prompt_tokens=np.full(n, 33 * 64 - 20),
-        output_tokens=rng.integers(10, 100, n),
-        units=units,
-        unit_tokens=64,
-        adapter=np.full(n, -1, dtype=np.int64),
-    )
-
-
 def test_the_oracle_keeps_prefixes_where_they_are_and_beats_round_robin_on_hits() -> None:
     # 40 system prompts of 2,048 tokens do not fit one server's 32,000-token cache; 10 do
     w = prefix_workload(600, rate=20.0, seed=2, groups=40)

@@ -15,6 +15,7 @@ from benchmarks.sim.policies import RoundRobin, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.reuse import reuse
 from benchmarks.sim.traces import Workload
+from tests.unit.sim.workloads import prefix_workload
 
 
 def units_workload(units: Sequence[tuple[int, ...]], unit_tokens: int = 64, rate: float = 1.0) -> Workload:
@@ -57,23 +58,8 @@ def test_a_cache_smaller_than_the_reuse_distance_evicts_what_would_hit() -> None
     assert 0.0 < big["affinity_lru"] <= big["fleet_lru"]
 
 
-def grouped(n: int, rate: float, groups: int, seed: int) -> Workload:
-    rng = np.random.default_rng(seed)
-    g = rng.integers(0, groups, n)
-    units = tuple((*range(int(x) * 1000, int(x) * 1000 + 32), 100_000 + i) for i, x in enumerate(g))
-    return Workload(
-        name="groups",
-        arrival_s=np.cumsum(rng.exponential(1.0 / rate, n)),
-        prompt_tokens=np.full(n, 33 * 64 - 20),
-        output_tokens=rng.integers(10, 100, n),
-        units=units,
-        unit_tokens=64,
-        adapter=np.full(n, -1, dtype=np.int64),
-    )
-
-
 def test_the_audit_puts_every_lost_token_in_one_class() -> None:
-    w = grouped(300, rate=40.0, groups=12, seed=3)
+    w = prefix_workload(300, rate=40.0, seed=3, groups=12)
     cfg = FleetConfig(LLAMA3_8B_H100.with_overrides(num_blocks=2000), n_servers=4, seed=3)
     for policy in (RoundRobin(), make_policy("default", seed=3), Oracle()):
         out = audit_run(w, policy, cfg, Slo())
@@ -89,7 +75,7 @@ def test_the_audit_puts_every_lost_token_in_one_class() -> None:
 
 
 def test_the_audit_sees_our_index_follow_the_holders_where_round_robin_does_not() -> None:
-    w = grouped(300, rate=40.0, groups=12, seed=4)
+    w = prefix_workload(300, rate=40.0, seed=4, groups=12)
     cfg = FleetConfig(LLAMA3_8B_H100.with_overrides(num_blocks=2000), n_servers=4, seed=4)
     rr = audit_run(w, RoundRobin(), cfg, Slo())
     ours = audit_run(w, make_policy("default", seed=4), cfg, Slo())
