@@ -64,7 +64,7 @@ RUNAWAY = "weekend-loop"
 #: many of its requests may run at once (what keeps a tenant from crowding the others out before its
 #: budget is gone)
 RUNAWAY_RATE = 80.0
-RUNAWAY_BUDGET = 0.05
+RUNAWAY_BUDGET = 0.03
 RUNAWAY_CONCURRENT = 4
 PRICE_INPUT_PER_1M, PRICE_OUTPUT_PER_1M = 3.0, 15.0
 #: multi-turn chats in each run: conversations, turns each
@@ -327,11 +327,11 @@ def _weekend_report(weekend: _Phase, before: _Phase, costs: dict[str, float]) ->
     if served and sent and weekend.wall_s > 0:
         projected = spent / served * sent
         weekend_cost = projected / weekend.wall_s * 60 * 3600
+        held = f"held to {RUNAWAY_CONCURRENT} at once and stayed under its budget"  # a very slow machine
+        cut = "cut at its budget" if weekend.over_budget[RUNAWAY] else held
+        lines.append(f"  The loop was {cut}: ${spent:.4f} for {served} of its {sent} requests. Without the")
         lines.append(
-            f"  The loop was cut at its budget: ${spent:.4f} for {served} of its {sent} requests. Without the"
-        )
-        lines.append(
-            f"  limit: ${projected:.4f} (projected from its served requests), ${weekend_cost:,.0f} over a "
+            f"  limits: ${projected:.4f} (projected from its served requests), ${weekend_cost:,.0f} over a "
             "60-hour weekend."
         )
     for err, count in weekend.errors.most_common(3):
