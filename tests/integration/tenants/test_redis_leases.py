@@ -225,10 +225,7 @@ async def test_a_lapsed_lease_a_request_finds_first_counts_as_lost(
     try:
         limits: Limits = (None, 10_000, None, None, None, None)
         amounts = reservation_vector(100, 0)
-        v, _ = await verdict(b.reserve("t", limits, amounts))
-        b.settle(settlement("t", amounts, v.hold))
-        lease = await _lease(b, "t")
-        await until(lambda: _true(lease.free()[1] >= 100 and not lease.syncing), "a lease, not syncing")
+        lease = await _warm_lease(b, "t", limits, amounts, 1)
         v, at_once = await verdict(b.reserve("t", limits, amounts))
         assert at_once
         b.settle(settlement("t", amounts, v.hold))  # 100 settled on the lease, not reported yet
@@ -246,6 +243,17 @@ async def test_a_lapsed_lease_a_request_finds_first_counts_as_lost(
 async def _lease(b: RedisBackend, tenant: str) -> Lease:
     await until(lambda: _true(tenant in b._leases), "a lease object")
     return b._leases[tenant]
+
+
+async def _warm_lease(b: RedisBackend, tenant: str, limits: Limits, amounts: Vector, meter: int) -> Lease:
+    """One request reserved through Redis and settled, then the tenant's lease once it holds at least that
+    much free on ``meter`` and no sync is in flight: the next such request is admitted on it."""
+    v, _ = await verdict(b.reserve(tenant, limits, amounts))
+    b.settle(settlement(tenant, amounts, v.hold))
+    lease = await _lease(b, tenant)
+    need = amounts[meter]
+    await until(lambda: _true(lease.free()[meter] >= need and not lease.syncing), "a lease, not syncing")
+    return lease
 
 
 async def test_a_replica_that_stops_gives_its_lease_back(
@@ -304,10 +312,7 @@ async def test_a_tenant_at_its_limit_does_not_starve_other_leases_renewals(
     b = replicas(report=2.0, ttl=8.0)  # the loop's round of all leases every 1 s, a renewal every 2 s
     quiet: Limits = (None, 10_000, None, None, None, None)
     amounts = reservation_vector(100, 0)
-    v, _ = await verdict(b.reserve("quiet", quiet, amounts))
-    b.settle(settlement("quiet", amounts, v.hold))
-    lease = await _lease(b, "quiet")
-    await until(lambda: _true(lease.free()[1] >= 100 and not lease.syncing), "a lease")
+    lease = await _warm_lease(b, "quiet", quiet, amounts, 1)
     running, at_once = await verdict(b.reserve("quiet", quiet, amounts))
     assert at_once  # a request running on the lease: only the lease's hold covers it
     busy: Limits = (None, 100, None, None, None, None)
@@ -440,10 +445,7 @@ async def test_a_fallback_closed_before_it_started_leaves_its_lease_as_it_was(
     b = replicas(ttl=LIMIT_TTL)
     limits: Limits = (10_000, None, None, None, None, None)
     small = reservation_vector(100, 0)
-    v, _ = await verdict(b.reserve("acme", limits, small))
-    b.settle(settlement("acme", small, v.hold))
-    lease = await _lease(b, "acme")
-    await until(lambda: _true(lease.free()[0] >= 100 and not lease.syncing), "a lease")
+    lease = await _warm_lease(b, "acme", limits, small, 0)
     free = lease.free()[0]
     pending = b.reserve("acme", limits, reservation_vector(free + 1, 0))
     assert isinstance(pending, Coroutine)
