@@ -42,7 +42,8 @@ LENGTHS = {"mooncake-conv": (2000, 6000)}
 
 
 def unit_keys(w: Workload, r: int, bs: int) -> list[tuple[int, int, int]]:
-    """(key, blocks, tokens) of the units covering request ``r``'s prompt, as ``SimServer._unit_keys``."""
+    """(key, blocks, tokens) of the units covering request ``r``'s prompt, keyed as ``SimServer._admit`` keys
+    its prefix cache (kept inline there: it runs once per admitted request in the sweep's hot loop)."""
     ut = w.unit_tokens
     prompt = int(w.prompt_tokens[r])
     out = []
