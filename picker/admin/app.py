@@ -233,8 +233,11 @@ def build_admin_app(
 
         @app.get("/debug/workers")
         def debug_workers() -> Response:
-            """``--workers``: each ext_proc worker process, its picks and its streams in flight."""
-            return _orjson({"workers": workers()})
+            """``--workers``: each ext_proc worker process, its picks, its streams in flight and the
+            entries of its prefix-index replica, next to this process's (the supervisor's) replica: equal
+            numbers say the index is shared."""
+            entries = prefix.size() if prefix is not None else 0
+            return _orjson({"workers": workers(), "prefix_entries": entries})
 
     if tenants is not None:
 

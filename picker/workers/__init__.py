@@ -24,6 +24,8 @@ sums over the rows, so every worker sees every other worker's streams at its nex
 
 Prefix index: a replica per process (:mod:`picker.state.prefix`); a worker's records go to the
 supervisor every 50 ms (``["prefix", records]``), which applies them and forwards them to the others.
+Each worker also reports its replica's entries when they change, so ``/debug/workers`` shows every replica's
+size next to the supervisor's.
 
 Metrics: request-path metrics are recorded in each worker and sent to the supervisor about once a second
 over the worker's pipe (:class:`picker.telemetry.MergedRequestMetrics` sums them), so ``/metrics`` lags by

@@ -9,7 +9,8 @@ several pools speaks to each pool's host in the supervisor (:mod:`picker.workers
 Worker → supervisor: ``["serving", pid]`` (its ext_proc ports are bound), and per pool
 ``["metrics", families]`` (its request-path metrics, :func:`picker.telemetry.export_families`, about every
 :data:`METRICS_INTERVAL_S`), ``["prefix", records]`` (its new prefix-index records, forwarded to the other
-workers), ``[HELD, n]`` (its requests held for a first replica), ``["tenants.*", ...]`` (budget
+workers), ``[PREFIX_ENTRIES, n]`` (its replica's entries, when they changed: ``/debug/workers``),
+``[HELD, n]`` (its requests held for a first replica), ``["tenants.*", ...]`` (budget
 reservations and, with Redis, usage counts: :mod:`picker.tenants.remote`), ``["external.*", ...]``
 (external endpoints' reservations, :mod:`picker.routing.external_remote`).
 
@@ -35,6 +36,9 @@ METRICS_INTERVAL_S = 1.0
 DRAIN_S = 5.0
 #: worker → supervisor: ``[HELD, n]``, the worker's requests now held for a first replica (scale from zero)
 HELD = "held"
+#: worker → supervisor: ``[PREFIX_ENTRIES, n]``, the entries of the worker's prefix-index replica, sent
+#: when they changed (at most every 50 ms): ``/debug/workers`` shows that the replicas agree
+PREFIX_ENTRIES = "prefix.entries"
 #: either way: ``[POOL, index, message]``, a message about the pool at ``index`` (in ``--pool`` order)
 POOL = "pool"
 

@@ -20,7 +20,7 @@ from picker.state.datastore import Datastore
 from picker.state.segment import SharedSegment
 from picker.telemetry import MergedRequestMetrics
 from picker.tenants.remote import BudgetHost
-from picker.workers.channel import HELD
+from picker.workers.channel import HELD, PREFIX_ENTRIES
 
 __all__ = ["PoolHost"]
 
@@ -37,6 +37,8 @@ class PoolHost:
         self.external: ExternalHost | None = None
         self._held: Callable[[object, int], None] | None = None
         self._prefix: Callable[[object], None] | None = None
+        #: per worker index, the entries of its prefix-index replica as it last reported them
+        self._prefix_entries: dict[int, int] = {}
 
     def attach(self, pool: ServedPool) -> None:
         """Export the workers' request metrics under this pool, answer their budget and external
@@ -63,6 +65,8 @@ class PoolHost:
             self.merged.update(index, [tuple(f) for f in message[1]])
         elif kind == "prefix" and len(message) == 2 and self._prefix is not None:
             self._prefix(message[1])
+        elif kind == PREFIX_ENTRIES and len(message) == 2 and isinstance(message[1], int):
+            self._prefix_entries[index] = message[1]
         elif kind == HELD and self._held is not None:
             self._held(index, int(message[1]))
         elif kind.startswith("tenants.") and self.budget is not None:
@@ -71,10 +75,16 @@ class PoolHost:
             return self.external.handle(index, message)
         return None
 
+    def prefix_entries(self, index: int) -> int | None:
+        """The entries of worker ``index``'s prefix-index replica as it last reported them (None: not yet
+        reported since it started)."""
+        return self._prefix_entries.get(index)
+
     def retire(self, index: int) -> float:
         """Worker ``index`` exited: settle its open streams in the accounting and forget what it held;
         returns the streams released."""
         released = float(self.datastore.ledger.settle_row(index))
+        self._prefix_entries.pop(index, None)  # a restarted worker starts an empty replica
         if self._held is not None:
             self._held(index, 0)
         if self.merged is not None:

@@ -80,9 +80,11 @@ class WorkerPool:
 
     def stats(self, pool: int = 0) -> list[dict[str, Any]]:
         """``/debug/workers`` of the pool at index ``pool``: per worker index, its pid, whether it serves,
-        the pool's picks and open streams in it."""
+        the pool's picks and open streams in it, and the entries of its replica of the pool's prefix index
+        (None until it reported them)."""
         out = []
-        ledger = self.hosts[pool].datastore.ledger
+        host = self.hosts[pool]
+        ledger = host.datastore.ledger
         for i, slot in enumerate(self._slots):
             picks, inflight = ledger.row_stats(i)  # worker i writes counter row i of every pool
             out.append(
@@ -93,6 +95,7 @@ class WorkerPool:
                     "serving": slot.serving,
                     "picks": picks,
                     "inflight": inflight,
+                    "prefix_entries": host.prefix_entries(i),
                 }
             )
         return out

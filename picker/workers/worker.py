@@ -41,7 +41,7 @@ from picker.wiring import (
     pool_director,
     shared_body_budget,
 )
-from picker.workers.channel import DRAIN_S, HELD, METRICS_INTERVAL_S, POOL, Channel
+from picker.workers.channel import DRAIN_S, HELD, METRICS_INTERVAL_S, POOL, PREFIX_ENTRIES, Channel
 
 log = logging.getLogger("picker.workers")
 
@@ -89,6 +89,8 @@ class _PoolWorker:
         self.view = SharedView(self.segment, index)
         #: this worker's replica of the prefix index; its own records are queued for the supervisor
         self.prefix = PrefixCacheState(replicate=True)
+        #: the replica's entries as last sent to the supervisor (-1: not yet sent)
+        self._entries_sent = -1
         #: the supervisor's tenant budget and external endpoints' budgets, reached over the pipe
         self.budget = SupervisorBackend(send)
         self.external = ExternalClient(send)
@@ -210,8 +212,9 @@ class _PoolWorker:
             self.prefix.receive(message[1], self.store.active.profiles, self.view.snapshot(), now)
 
     async def follow(self, metrics_due: bool) -> None:
-        """Apply a config document the supervisor published; send prefix records, and when
-        ``metrics_due`` the metrics and what the tenants' Redis backend counted."""
+        """Apply a config document the supervisor published; send prefix records and the replica's
+        entries when they changed, and when ``metrics_due`` the metrics and what the tenants' Redis
+        backend counted."""
         assert self.store is not None
         assert self.tenants is not None
         store = self.store
@@ -229,6 +232,9 @@ class _PoolWorker:
                 )
         if (records := self.prefix.outgoing()) is not None:
             self.send(["prefix", records])
+        if (entries := self.prefix.size()) != self._entries_sent:
+            self.send([PREFIX_ENTRIES, entries])
+            self._entries_sent = entries
         if metrics_due:
             self.send(["metrics", export_families(self.shipped())])
             if (usage := self.tenants.export()) is not None:

@@ -82,14 +82,14 @@ class Tree:
         return client
 
 
-async def eventually(check: Any, what: str, within: float = 30.0) -> None:
+async def eventually(check: Any, what: str, within: float = 30.0, interval: float = 0.1) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while True:
         if await check():
             return
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager

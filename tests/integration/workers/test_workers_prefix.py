@@ -6,7 +6,6 @@ turn routed by one worker and the next turn routed by the other must land on the
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,15 +65,16 @@ async def on_worker(tree: Tree, request: HttpRequest, wanted: int | None) -> tup
 async def test_the_next_turn_finds_its_prefix_on_the_other_worker(prefix_tree: Tree) -> None:
     tree = prefix_tree
     for conversation in range(4):
-        before = int((await tree.get("/debug/prefix"))["size"])
+        before = int((await tree.get("/debug/workers"))["prefix_entries"])
         worker, home = await on_worker(tree, turn(conversation, 1), None)
 
         async def replicated(before: int = before) -> bool:
-            return int((await tree.get("/debug/prefix"))["size"]) > before
+            # the supervisor applied the turn's record and every worker's replica holds as many entries
+            doc = await tree.get("/debug/workers")
+            entries = int(doc["prefix_entries"])
+            return entries > before and all(w["prefix_entries"] == entries for w in doc["workers"])
 
-        await eventually(replicated, "the record at the supervisor")
-        # the supervisor forwarded the record before applying it; give the other worker's loop a moment
-        await asyncio.sleep(0.3)
+        await eventually(replicated, "the record in every replica", interval=0.02)
         other, destination = await on_worker(tree, turn(conversation, 2), 1 - worker)
         assert other == 1 - worker
         assert destination == home, conversation
