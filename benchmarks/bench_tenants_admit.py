@@ -71,6 +71,7 @@ async def _measure(url: str, rounds: int, n: int) -> dict[str, Any]:
                 await asyncio.sleep(0.2)  # the writer drains between blocks
         for name, b in variants.items():
             out[name]["admitted_on_lease"] = b.local_admissions
+            out[name]["admitted_after_refill"] = b.refill_admissions
             out[name]["asked_redis"] = b.remote_admissions
     finally:
         for t in tasks:

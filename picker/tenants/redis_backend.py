@@ -109,8 +109,12 @@ class RedisBackend:
         self._lease_script: Any = None
         #: RESERVEs in flight per tenant (a sync leaves their room), requests waiting for a lease's hold
         self._inflight = Inflight()
-        #: admissions on a lease, and those that asked Redis (fallback or leases off)
+        #: requests admitted on their lease at once; on it once their fallback started (a refill, or a
+        #: settlement, made it cover them meanwhile: no RESERVE); and those that sent a RESERVE (the
+        #: fallback, or leases off; counted once when a refused one is tried again). A request is in one at
+        #: most (in none: admitted unchecked while Redis was down, or gone before its fallback started).
         self.local_admissions = 0
+        self.refill_admissions = 0
         self.remote_admissions = 0
         self._sink: UsageSink = sink if sink is not None else NullSink()
         self._reservation_ttl = reservation_ttl_s
@@ -221,7 +225,6 @@ class RedisBackend:
                 self._lease_wake.set()
         if not self._up:
             return self._degraded(tenant)
-        self.remote_admissions += 1
         return self._reserve(tenant, limits, amounts, lease)
 
     def _leased(self, tenant: str, lease: Lease, limits: Limits | None) -> Verdict:
@@ -245,11 +248,15 @@ class RedisBackend:
         give_back: Vector | None = None
         if lease is not None:
             if lease.admit(amounts, self._monotonic()):
+                if again:  # (else: counted when its first RESERVE was sent)
+                    self.refill_admissions += 1
                 return self._leased(tenant, lease, limits)
             if not lease.syncing and any(lease.granted):
                 lease.syncing = True
                 give_back = lease.take_free()
         raced = lease is not None and give_back is None and lease.syncing
+        if again:
+            self.remote_admissions += 1
         verdict = await self._ask(tenant, limits, amounts, lease, give_back)
         if lease is None or not raced or not again or verdict.granted or verdict.degraded:
             return verdict

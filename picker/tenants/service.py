@@ -238,6 +238,7 @@ class TenantService:
                     "worker": worker,
                     "leases": len(part["leases"]),
                     "admittedLocally": part["admittedLocally"],
+                    "admittedAfterRefill": part["admittedAfterRefill"],
                     "askedRedis": part["askedRedis"],
                 }
                 for worker, (_at, part) in worker_leases
@@ -248,6 +249,8 @@ class TenantService:
                 "reportSeconds": cfg.report,
                 "idleSeconds": cfg.idle,
                 "admittedLocally": redis.local_admissions + sum(w["admittedLocally"] for w in by_worker),
+                "admittedAfterRefill": redis.refill_admissions
+                + sum(w["admittedAfterRefill"] for w in by_worker),
                 "askedRedis": redis.remote_admissions + sum(w["askedRedis"] for w in by_worker),
             }
             if by_worker:
@@ -263,7 +266,8 @@ class TenantService:
     def export(self) -> list[Any] | None:
         """A worker's message for the supervisor's :meth:`merge_worker` (about once a second), or None
         when there is nothing to pass on: ``[usage rows, failures, backend up, changed meters, leases]``;
-        ``leases`` (Redis): ``{"leases": {tenant: Lease.view}, "admittedLocally": n, "askedRedis": n}``,
+        ``leases`` (Redis): ``{"leases": {tenant: Lease.view}, "admittedLocally": n,
+        "admittedAfterRefill": n, "askedRedis": n}`` (:class:`RedisBackend`'s counters),
         every lease this worker holds (one per tenant active within ``lease.idle``), or None."""
         rows, failures = self.metrics.take_counts()
         redis = self.redis if self.tenancy.backend is self.redis else None
@@ -272,6 +276,7 @@ class TenantService:
         leases = {
             "leases": redis.lease_views(),
             "admittedLocally": redis.local_admissions,
+            "admittedAfterRefill": redis.refill_admissions,
             "askedRedis": redis.remote_admissions,
         }
         return [rows, failures, redis.up, redis.take_changed(), leases]

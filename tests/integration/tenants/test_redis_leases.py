@@ -364,6 +364,7 @@ async def test_a_request_refused_while_its_lease_was_refilled_is_admitted_on_the
     Redis has run it, so the request falls back with the refill's answer still unread."""
     b = replicas(ttl=600.0, report=60.0)  # the lease loop's own rounds: every 30 s, none in the test
     await warm_up(b)
+    before = counts(b)
     cfg = b.lease_config
     assert cfg is not None
     limits: Limits = (1000, None, None, None, None, None)
@@ -389,6 +390,8 @@ async def test_a_request_refused_while_its_lease_was_refilled_is_admitted_on_the
     assert v.hold == LEASED
     used, reserved = await meters(redis_server, "acme")
     assert used[0] + reserved[0] == 600, "admitted once: on the lease, not also by RESERVE"
+    asked_once = (before[0], before[1], before[2] + 1)
+    assert counts(b) == asked_once, "it asked Redis (once), then its lease admitted it"
 
 
 async def warm_up(b: RedisBackend) -> None:
@@ -434,6 +437,46 @@ async def test_a_request_that_waits_before_asking_redis_is_admitted_on_the_refil
     v = await pending
     assert v.granted
     assert v.hold == LEASED
+
+
+def counts(b: RedisBackend) -> tuple[int, int, int]:
+    """How the backend's requests were admitted: on the lease at once, on it after a refill, by RESERVE."""
+    return b.local_admissions, b.refill_admissions, b.remote_admissions
+
+
+async def test_the_counts_say_how_each_request_was_admitted(replicas: Callable[..., RedisBackend]) -> None:
+    """``/debug/tenants`` ``leases``: a request its lease covers at once, one a refill covered by the time
+    its fallback started (no RESERVE sent: it was counted as asking Redis), one that asked Redis, and one
+    that went away before its fallback started (it asked nothing: it was counted as asking Redis)."""
+    b = replicas(ttl=LIMIT_TTL)
+    limits: Limits = (10_000, None, None, None, None, None)
+    small = reservation_vector(100, 0)
+    first, at_once = await verdict(b.reserve("acme", limits, small))  # no lease yet
+    assert first.granted
+    assert not at_once
+    assert first.hold != LEASED
+    assert counts(b) == (0, 0, 1)
+    lease = b._leases["acme"]
+    await until(lambda: _true(lease.free()[0] >= 100 and not lease.syncing), "a lease")
+    hit, at_once = await verdict(b.reserve("acme", limits, small))
+    assert at_once
+    assert hit.hold == LEASED
+    assert counts(b) == (1, 0, 1)
+    # more than twice the lease's free 900: below its low-water mark for this request, so it is refilled
+    big = reservation_vector(2000, 0)
+    gone = b.reserve("acme", limits, big)
+    assert isinstance(gone, Coroutine)
+    gone.close()
+    assert counts(b) == (1, 0, 1)
+    pending = b.reserve("acme", limits, big)  # the lease's no flags a refill sized for this request
+    assert isinstance(pending, Coroutine)
+    await until(lambda: _true(lease.free()[0] >= big[0] and not lease.syncing), "the refill")
+    refilled = await pending
+    assert refilled.granted
+    assert refilled.hold == LEASED
+    assert counts(b) == (1, 1, 1)
+    for v, amounts in ((first, small), (hit, small), (refilled, big)):
+        b.settle(settlement("acme", amounts, v.hold))
 
 
 async def test_a_fallback_closed_before_it_started_leaves_its_lease_as_it_was(

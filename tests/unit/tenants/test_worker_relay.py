@@ -119,9 +119,11 @@ def test_each_workers_lease_is_shown_next_to_the_shared_meters() -> None:
     lease.granted[1], lease.held[1], lease.spent[1] = 300, 100, 50
     lease.granted[4], lease.held[4] = 2 * NANO, NANO // 2
     lease.valid_until = 115.0
-    part = {"leases": {"a": lease.view(100.0)}, "admittedLocally": 7, "askedRedis": 2}
+    counted = {"admittedLocally": 7, "admittedAfterRefill": 4, "askedRedis": 2}
+    part = {"leases": {"a": lease.view(100.0)}, **counted}
     supervisor.merge_worker(0, [[], {}, True, [meters(clock, 300, version=12)], part])
-    supervisor.merge_worker(1, [[], {}, True, [], {"leases": {}, "admittedLocally": 1, "askedRedis": 1}])
+    idle = {"leases": {}, "admittedLocally": 1, "admittedAfterRefill": 0, "askedRedis": 1}
+    supervisor.merge_worker(1, [[], {}, True, [], idle])
     monotonic.now += 0.5
     doc = supervisor.describe()
     (row,) = doc["tenants"]
@@ -135,10 +137,11 @@ def test_each_workers_lease_is_shown_next_to_the_shared_meters() -> None:
     }
     assert held["lease"]["validForSeconds"] == 15.0
     assert doc["leases"]["admittedLocally"] == 8  # the workers' (the supervisor admits nothing itself)
+    assert doc["leases"]["admittedAfterRefill"] == 4
     assert doc["leases"]["askedRedis"] == 3
     assert doc["leases"]["workers"] == [
-        {"worker": 0, "leases": 1, "admittedLocally": 7, "askedRedis": 2},
-        {"worker": 1, "leases": 0, "admittedLocally": 1, "askedRedis": 1},
+        {"worker": 0, "leases": 1, "admittedLocally": 7, "admittedAfterRefill": 4, "askedRedis": 2},
+        {"worker": 1, "leases": 0, "admittedLocally": 1, "admittedAfterRefill": 0, "askedRedis": 1},
     ]
     supervisor.retire_worker(0)  # its lease goes back to Redis after its TTL; no longer shown as its
     (row,) = supervisor.describe()["tenants"]
