@@ -29,6 +29,7 @@ from picker.testing.kube_workloads import WorkloadController
 from tests.integration.kube_e2e.conftest import (
     NS,
     SEL,
+    Epp,
     FakePods,
     StartEpp,
     completion,
@@ -105,6 +106,20 @@ class HeldLoad:
         self._snap = dataclasses.replace(self._snap, version=self._snap.version + 1, running=len(self.open))
 
 
+async def scaler_ticks(epp: Epp, n: int) -> None:
+    """Wait until the scaler has decided ``n`` more times (each tick's time in ``/debug/scaler``)."""
+    start = (await epp.admin.json("/debug/scaler"))["last"].get("at")
+    seen: set[float] = set()
+
+    async def ticked() -> bool:
+        at = (await epp.admin.json("/debug/scaler"))["last"].get("at")
+        if at is not None and at != start:
+            seen.add(at)
+        return len(seen) >= n
+
+    await eventually(ticked, within=30, what=f"{n} scaler ticks")
+
+
 def scaling_doc(min_replicas: int) -> str:
     return (
         f"{EPP_DOC}---\napiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
@@ -173,7 +188,7 @@ async def test_scale_down_removes_the_chosen_pod_after_its_streams_and_routes_no
         after_mark = [await epp.send() for _ in range(30)]
         assert all(r.immediate is None for r in after_mark)
         assert victim_address not in {r.destination for r in after_mark}
-        await asyncio.sleep(2.5)  # a few scaler ticks
+        await scaler_ticks(epp, 2)  # the victim still has its streams at each of them
         scale = emulator.get("apps/v1", "Deployment", NS, "vllm")
         assert scale is not None
         assert scale["spec"]["replicas"] == 3, "scaled while the victim had streams"

@@ -146,8 +146,12 @@ async def test_expired_reservations_of_a_dead_replica_are_given_back(redis_serve
         for _ in range(3):
             assert (await reserve(dead, "t", reservation_vector(10, 0))).granted
         assert not (await reserve(alive, "t", reservation_vector(10, 0))).granted  # 3 concurrent held
-        await asyncio.sleep(1.1)
-        assert (await reserve(alive, "t", reservation_vector(10, 0))).granted
+        for _ in range(200):  # their 0.2 s expiry passes (a refused request holds nothing); bounded: 10 s
+            if (await reserve(alive, "t", reservation_vector(10, 0))).granted:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the dead replica's reservations never expired")
     finally:
         await dead.close()
         await alive.close()
@@ -211,8 +215,13 @@ async def test_a_reservation_cancelled_while_redis_answers_is_given_back(redis_s
     try:
         assert (await reserve(r, "warm-up", reservation_vector(1, 0))).granted  # connected, scripts loaded
         await admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        asked = r.remote_admissions
         asking = asyncio.ensure_future(reserve(r, "acme", reservation_vector(10, 0)))
-        await asyncio.sleep(0.05)
+        for _ in range(400):  # counted in the step that sends the RESERVE (bounded: 2 s)
+            if r.remote_admissions > asked:
+                break
+            await asyncio.sleep(0.005)
+        assert r.remote_admissions > asked, "the RESERVE was never sent"
         asking.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asking
