@@ -41,7 +41,7 @@ demo: $(STAMP)  ## local fake fleet + the EPP + traffic, printed as a table
 test: $(STAMP)  ## the whole suite (what CI runs)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check picker scoring tests benchmarks
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=20  # the slowest tests: the suite must stay under 10 minutes
 
 check: $(STAMP)  ## static checks: lint, format, types, layers, Dockerfile
 	$(BIN)/ruff check picker scoring tests benchmarks
