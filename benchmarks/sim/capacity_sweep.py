@@ -20,12 +20,15 @@ Runs of earlier sweeps (``--add-runs``) are reported with this one's, per policy
 round-robin search ran already is not searched again, only the policies it lacks, from round-robin's
 capacity as in one comparison (:func:`benchmarks.sim.capacity.compare`, ``baseline_rps``). So seeds,
 workloads and policies can run in separate processes, at separate times, and give one report. Each run
-records the simulator's wall time per policy (``policy_wall_s``), to plan a longer sweep from a shorter one.
+records the simulator's wall time per policy (``policy_wall_s``), to plan a longer sweep from a shorter one,
+and when landed scrapes reached its picks (``publish``: ``--publish-interval``, ``--scrape-rounds``;
+:mod:`benchmarks.sim.publish`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -98,6 +101,9 @@ class Job:
     policies: tuple[str, ...]
     #: round-robin's capacity from an earlier run of this workload and seed (it is not searched again)
     baseline_rps: float | None = None
+    #: when landed scrapes reach the picks (``FleetConfig``; None: its default, the service's)
+    publish_interval_s: float | None = None
+    scrape_rounds: bool = False
 
 
 def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
@@ -107,7 +113,9 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
     n = job.case.quick_requests if job.quick else job.case.requests
     w = w.head(n) if len(w) > n else w
     lora = bool(w.adapter_names)
-    cfg = FleetConfig(LLAMA3_8B_H100, n_servers=16, seed=job.seed)
+    cfg = FleetConfig(LLAMA3_8B_H100, n_servers=16, seed=job.seed, scrape_rounds=job.scrape_rounds)
+    if job.publish_interval_s is not None:
+        cfg = dataclasses.replace(cfg, publish_interval_s=job.publish_interval_s)
     slo = job.case.slo
 
     def make(name: str) -> Any:
@@ -121,6 +129,7 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
         "evaluations": evaluations_section(c),
         "policy_wall_s": {p: round(s, 1) for p, s in c.wall_s.items()},
         "wall_s": time.perf_counter() - t0,
+        "publish": {"interval_s": cfg.publish_interval_s, "scrape_rounds": cfg.scrape_rounds},
     }
 
 
@@ -283,6 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", type=str, default=",".join(CAPACITY_POLICIES))
     p.add_argument("--workers", type=int, default=1, help="worker processes (one workload and seed each)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--publish-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="landed scrapes reach the picks at most this often (default: the service's, FleetConfig)",
+    )
+    p.add_argument(
+        "--scrape-rounds",
+        action="store_true",
+        help="what-if: every server scraped at the same instants, each round published once it has landed",
+    )
     p.add_argument("--no-write", action="store_true")
     p.add_argument(
         "--add-runs",
@@ -314,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         for label, runs in earlier.items():
             for seed, run in runs.items():
                 results[label][seed] = merge_run(results[label].get(seed), run)
-    jobs = plan_jobs(cases, seeds, policies, results, quick=args.quick)
+    jobs = [
+        dataclasses.replace(j, publish_interval_s=args.publish_interval, scrape_rounds=args.scrape_rounds)
+        for j in plan_jobs(cases, seeds, policies, results, quick=args.quick)
+    ]
+    if args.publish_interval is not None and args.publish_interval < 0:
+        raise SystemExit(f"--publish-interval must be >= 0, not {args.publish_interval}")
     if args.no_simulate:
         jobs = []
         results = {label: runs for label, runs in results.items() if runs}

@@ -7,9 +7,11 @@ time; each arrival advances all of them so completions (and so ``inflight``) are
 The picker's view is maintained exactly as the service will maintain it:
 
 * a scrape that *starts* at ``t`` reads the server's page as of ``t`` and remembers how many requests we had
-  dispatched to it since the previous scrape; when it *completes* (``t + scrape_latency_s``) the gauges are
-  published, ``scraped_at`` is set, and ``dispatched`` drops by the remembered count (those requests are now
-  inside the scraped gauges; newer ones are not);
+  sent to it so far; it *lands* at ``t + scrape_latency_s``, and the next publish (the first pick at
+  least ``publish_interval_s`` after the previous one, as the service's datastore does;
+  :mod:`benchmarks.sim.publish`) shows its gauges, sets ``scraped_at`` to the landing time, and drops
+  ``dispatched`` by what the scrape saw (those requests are now inside the published gauges; newer ones
+  are not);
 * a pick charges the chosen row exactly as the service does (:class:`scoring.matrix.LoadCharge`):
   ``dispatched`` and ``inflight`` + 1, ``inflight_tokens`` + the request's prompt-token *estimate*, and
   ``prefill_tokens`` + the same for a streaming request (a non-streaming one charges none: its first body
@@ -22,7 +24,7 @@ The estimate is what the service can know: the prompt's length in characters / 4
 simulator has only token counts, so it draws ``estimate = round(tokens x exp(sigma x Z))``, Z standard normal,
 ``sigma = FleetConfig.prompt_estimate_sigma`` (same draws for every policy of a comparison).
 
-Scrape results are published as a new matrix snapshot (new arrays for the scraped columns, the same four
+Published scrapes make a new matrix snapshot (new arrays for the scraped columns, the same four
 accounting arrays), built lazily at the next pick so a burst of scrapes costs one build.
 """
 
@@ -42,6 +44,7 @@ from numpy.typing import NDArray
 from benchmarks.sim.policies import Policy
 from benchmarks.sim.prefix import Picking
 from benchmarks.sim.profiles import ServerProfile
+from benchmarks.sim.publish import Landings
 from benchmarks.sim.server import FIRST_TOKEN, RequestTable, SimServer, Snapshot
 from benchmarks.sim.traces import Workload
 from scoring.matrix import EndpointMatrix, EndpointRow, LoadCharge
@@ -57,7 +60,13 @@ class FleetConfig:
     profile: ServerProfile
     n_servers: int = 16
     scrape_interval_s: float = 0.05  # reference EPP --refresh-metrics-interval default
-    scrape_latency_s: float = 0.002  # time from the poll starting to its values being published
+    scrape_latency_s: float = 0.002  # time from the poll starting to its page landing
+    #: landed pages reach the picks at the first pick at least this long after the previous publish
+    #: (``benchmarks.sim.publish``); the service's ``picker.wiring.snapshot_interval`` for 50 ms scraping
+    publish_interval_s: float = 0.02
+    #: what-if, not the service's rule: every server polled at the same instants (one random phase for
+    #: the fleet) and the pages published once the whole round has landed, whatever ``publish_interval_s``
+    scrape_rounds: bool = False
     prefix_cache: bool = True
     seed: int = 0
     #: log-normal spread of the picker's prompt-token estimate around the true count. An assumption, not a
@@ -244,13 +253,14 @@ def simulate(
     last_arrival = arrivals[-1] if n_req else 0.0
     interval = cfg.scrape_interval_s
     latency = cfg.scrape_latency_s
+    landings = Landings(dispatched, interval_s=cfg.publish_interval_s, rounds=cfg.scrape_rounds)
     # (time, kind, server): kind 0 = a poll starts, 1 = it completes. Start one interval before t=0 so the
     # picker has a first page for every server when traffic begins (an EPP that has been running a while).
+    phases = phase_rng.uniform(0.0, interval, size=1 if cfg.scrape_rounds else n)
     scrapes: list[tuple[float, int, int]] = [
-        (float(ph) - interval, 0, i) for i, ph in enumerate(phase_rng.uniform(0.0, interval, size=n))
+        (float(phases[0 if cfg.scrape_rounds else i]) - interval, 0, i) for i in range(n)
     ]
     heapq.heapify(scrapes)
-    pending: dict[int, tuple[Snapshot, float]] = {}
     picks_s = 0.0
     k = 0
     report_every = max(1, n_req // 100)
@@ -261,20 +271,19 @@ def simulate(
             if kind == 0:
                 srv = servers[i]
                 srv.advance(t)
-                pending[i] = (srv.snapshot(), float(dispatched[i]))
+                landings.begin(i, srv.snapshot())
                 heapq.heappush(scrapes, (t + latency, 1, i))
                 nxt = _next_poll(srv, t, ta, interval)
                 if nxt <= last_arrival:
                     heapq.heappush(scrapes, (nxt, 0, i))
             else:
-                snap, seen = pending.pop(i)
-                view.publish(i, snap, t)
-                dispatched[i] -= seen
+                landings.land(i, t)
             continue
         for srv in servers:
             if srv.busy_until <= ta and (srv.running or srv.n_waiting):
                 srv.advance(ta)
         ledger.observe(ta)
+        landings.due(ta, view.publish)
         p0 = time.perf_counter()
         i, req = picking.pick(view.current(), k, ta, rng)
         picks_s += time.perf_counter() - p0
