@@ -277,3 +277,19 @@ def wall_time_note(
             "they recorded it."
         )
     return " ".join(parts) or "No run simulated or reported."
+
+
+def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "| policy | workload | target | measured (geomean [range]) | seeds | goal | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        measured = "n/a (no capacity)" if not r["seeds"] else f"{r['measured']:.2f}x"
+        if r["range"]:
+            measured += f" [{r['range'][0]:.2f}-{r['range'][1]:.2f}]"
+        met = "met" if r["met"] else "**not met**"
+        policy = r.get("policy", "default")  # documents from before the column: ours
+        cells = (policy, r["workload"], r["target"], measured, str(r["seeds"]), f"≥ {r['goal']}x", met)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -21,8 +21,7 @@ round-robin search ran already is not searched again, only the policies it lacks
 capacity as in one comparison (:func:`benchmarks.sim.capacity.compare`, ``baseline_rps``). So seeds,
 workloads and policies can run in separate processes, at separate times, and give one report. Each run
 records the simulator's wall time per policy (``policy_wall_s``), to plan a longer sweep from a shorter one,
-and when landed scrapes reached its picks (``publish``: ``--publish-interval``, ``--scrape-rounds``;
-:mod:`benchmarks.sim.publish`).
+and when landed scrapes reached its picks (``publish``; ``--publish``, :mod:`benchmarks.sim.publish`).
 """
 
 from __future__ import annotations
@@ -53,12 +52,14 @@ from benchmarks.sim.capacity_report import (
     hit_table,
     plot_capacity_bars,
     ratios,
+    targets_table,
     wall_time_note,
 )
 from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict
 from benchmarks.sim.policies import CAPACITY_POLICIES, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
+from benchmarks.sim.publish import publish_config
 from benchmarks.sim.traces import SHARED_PREFIX, SHARED_PREFIX_SHAPES, named_trace
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -101,9 +102,8 @@ class Job:
     policies: tuple[str, ...]
     #: round-robin's capacity from an earlier run of this workload and seed (it is not searched again)
     baseline_rps: float | None = None
-    #: when landed scrapes reach the picks (``FleetConfig``; None: its default, the service's)
-    publish_interval_s: float | None = None
-    scrape_rounds: bool = False
+    #: when landed scrapes reach the picks: an interval (s) or "rounds" (``--publish``); None: the service's
+    publish: str | None = None
 
 
 def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
@@ -113,9 +113,7 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
     n = job.case.quick_requests if job.quick else job.case.requests
     w = w.head(n) if len(w) > n else w
     lora = bool(w.adapter_names)
-    cfg = FleetConfig(LLAMA3_8B_H100, n_servers=16, seed=job.seed, scrape_rounds=job.scrape_rounds)
-    if job.publish_interval_s is not None:
-        cfg = dataclasses.replace(cfg, publish_interval_s=job.publish_interval_s)
+    cfg = publish_config(FleetConfig(LLAMA3_8B_H100, n_servers=16, seed=job.seed), job.publish)
     slo = job.case.slo
 
     def make(name: str) -> Any:
@@ -266,22 +264,6 @@ def targets(results: Runs) -> list[dict[str, Any]]:
     return rows
 
 
-def targets_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = [
-        "| policy | workload | target | measured (geomean [range]) | seeds | goal | met |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        measured = "n/a (no capacity)" if not r["seeds"] else f"{r['measured']:.2f}x"
-        if r["range"]:
-            measured += f" [{r['range'][0]:.2f}-{r['range'][1]:.2f}]"
-        met = "met" if r["met"] else "**not met**"
-        policy = r.get("policy", OURS[0])
-        cells = (policy, r["workload"], r["target"], measured, str(r["seeds"]), f"≥ {r['goal']}x", met)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.sim.capacity_sweep", description=__doc__.split("\n")[0]
@@ -292,18 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", type=str, default=",".join(CAPACITY_POLICIES))
     p.add_argument("--workers", type=int, default=1, help="worker processes (one workload and seed each)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument(
-        "--publish-interval",
-        type=float,
-        default=None,
-        metavar="S",
-        help="landed scrapes reach the picks at most this often (default: the service's, FleetConfig)",
-    )
-    p.add_argument(
-        "--scrape-rounds",
-        action="store_true",
-        help="what-if: every server scraped at the same instants, each round published once it has landed",
-    )
+    p.add_argument("--publish", metavar="S|rounds", help="publish interval (s) or scrape rounds: sim.publish")
     p.add_argument("--no-write", action="store_true")
     p.add_argument(
         "--add-runs",
@@ -335,12 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, runs in earlier.items():
             for seed, run in runs.items():
                 results[label][seed] = merge_run(results[label].get(seed), run)
-    jobs = [
-        dataclasses.replace(j, publish_interval_s=args.publish_interval, scrape_rounds=args.scrape_rounds)
-        for j in plan_jobs(cases, seeds, policies, results, quick=args.quick)
-    ]
-    if args.publish_interval is not None and args.publish_interval < 0:
-        raise SystemExit(f"--publish-interval must be >= 0, not {args.publish_interval}")
+    publish_config(FleetConfig(LLAMA3_8B_H100), args.publish)  # a bad --publish fails before any run
+    jobs = plan_jobs(cases, seeds, policies, results, quick=args.quick)
+    jobs = [dataclasses.replace(j, publish=args.publish) for j in jobs]
     if args.no_simulate:
         jobs = []
         results = {label: runs for label, runs in results.items() if runs}

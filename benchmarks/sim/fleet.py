@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from numpy.typing import NDArray
 from benchmarks.sim.policies import Policy
 from benchmarks.sim.prefix import Picking
 from benchmarks.sim.profiles import ServerProfile
-from benchmarks.sim.publish import Landings
+from benchmarks.sim.publish import Landings, next_poll
 from benchmarks.sim.server import FIRST_TOKEN, RequestTable, SimServer, Snapshot
 from benchmarks.sim.traces import Workload
 from scoring.matrix import EndpointMatrix, EndpointRow, LoadCharge
@@ -61,11 +60,10 @@ class FleetConfig:
     n_servers: int = 16
     scrape_interval_s: float = 0.05  # reference EPP --refresh-metrics-interval default
     scrape_latency_s: float = 0.002  # time from the poll starting to its page landing
-    #: landed pages reach the picks at the first pick at least this long after the previous publish
-    #: (``benchmarks.sim.publish``); the service's ``picker.wiring.snapshot_interval`` for 50 ms scraping
+    #: landed pages reach the picks at the first pick this long after the previous publish (sim.publish;
+    #: the service's ``snapshot_interval``); ``scrape_rounds``: all servers polled at one phase, each
+    #: round published once it has landed (a what-if: the interval does not apply)
     publish_interval_s: float = 0.02
-    #: what-if, not the service's rule: every server polled at the same instants (one random phase for
-    #: the fleet) and the pages published once the whole round has landed, whatever ``publish_interval_s``
     scrape_rounds: bool = False
     prefix_cache: bool = True
     seed: int = 0
@@ -273,7 +271,7 @@ def simulate(
                 srv.advance(t)
                 landings.begin(i, srv.snapshot())
                 heapq.heappush(scrapes, (t + latency, 1, i))
-                nxt = _next_poll(srv, t, ta, interval)
+                nxt = next_poll(srv.has_work(), t, ta, interval)
                 if nxt <= last_arrival:
                     heapq.heappush(scrapes, (nxt, 0, i))
             else:
@@ -313,15 +311,6 @@ def simulate(
         wall_s=time.perf_counter() - wall0,
         picks_s=picks_s,
     )
-
-
-def _next_poll(srv: SimServer, t: float, next_arrival: float, interval: float) -> float:
-    """When the poll after the one at ``t`` starts: ``t + interval``, except that a server idle until the
-    next arrival shows every poll the same page, so only the last two before the arrival matter (what they
-    publish, ``scraped_at``): skipping the rest makes idle gaps cheap and changes nothing the picker sees."""
-    if srv.has_work():
-        return t + interval
-    return t + max(1, math.ceil((next_arrival - t) / interval) - 2) * interval
 
 
 class _Ledger:

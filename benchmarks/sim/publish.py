@@ -1,4 +1,4 @@
-"""When landed scrapes reach the picks: the service's publish interval, or whole scrape rounds.
+"""When polls start and when landed scrapes reach the picks: the publish interval, or whole scrape rounds.
 
 The service does not show a page to the picks when it lands: ``Datastore.record_scrape`` writes it into
 working columns and the next snapshot folds every page landed so far, built at the first pick at least
@@ -19,14 +19,30 @@ published once no poll of the round is in flight instead of on the interval.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.sim.server import Snapshot
 
+if TYPE_CHECKING:
+    from benchmarks.sim.fleet import FleetConfig
+
 #: what :meth:`Landings.due` calls per landed page: ``(server, snapshot, landed at)``
 Publish = Callable[[int, Snapshot, float], None]
+
+
+def next_poll(busy: bool, t: float, next_arrival: float, interval: float) -> float:
+    """When the poll after the one at ``t`` starts: ``t + interval``, except that a server idle (not
+    ``busy``) until the next arrival shows every poll the same page, so only the last two before the
+    arrival matter (what they publish, ``scraped_at``): skipping the rest makes idle gaps cheap and changes
+    nothing the picker sees. The polls stay on the server's phase grid, so scrape rounds stay aligned."""
+    if busy:
+        return t + interval
+    return t + max(1, math.ceil((next_arrival - t) / interval) - 2) * interval
 
 
 class Landings:
@@ -81,3 +97,19 @@ class Landings:
         self._landed.clear()
         self._published_at = now
         return True
+
+
+def publish_config(cfg: FleetConfig, spec: str | None) -> FleetConfig:
+    """``cfg`` with the publish rule of a command line's ``--publish``: an interval in seconds (>= 0), or
+    ``rounds``; None keeps ``cfg``'s. A bad value raises ``SystemExit`` with what is accepted."""
+    if spec is None:
+        return cfg
+    if spec == "rounds":
+        return dataclasses.replace(cfg, scrape_rounds=True)
+    try:
+        interval = float(spec)
+    except ValueError:
+        interval = -1.0
+    if not 0.0 <= interval < float("inf"):
+        raise SystemExit(f"--publish takes an interval in seconds (>= 0) or 'rounds', not {spec!r}")
+    return dataclasses.replace(cfg, publish_interval_s=interval, scrape_rounds=False)

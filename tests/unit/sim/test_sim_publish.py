@@ -8,7 +8,7 @@ import pytest
 from benchmarks.sim.fleet import FleetConfig, simulate
 from benchmarks.sim.policies import LeastInFlight
 from benchmarks.sim.profiles import LLAMA3_8B_H100
-from benchmarks.sim.publish import Landings
+from benchmarks.sim.publish import Landings, publish_config
 from benchmarks.sim.server import Snapshot
 from benchmarks.sim.traces import Workload
 from picker.settings import Settings
@@ -164,3 +164,13 @@ def test_scrape_rounds_show_every_server_scraped_at_one_instant() -> None:
     rounds = [at for _, at in watch.published if np.isfinite(at).all()]
     assert len(rounds) > 20, "one publish per round, the interval ignored"
     assert all(np.ptp(at) == 0.0 for at in rounds), "a round is published whole"
+
+
+def test_the_sweeps_publish_option() -> None:
+    cfg = FleetConfig(LLAMA3_8B_H100)
+    assert publish_config(cfg, None) is cfg
+    assert publish_config(cfg, "0.05").publish_interval_s == 0.05
+    assert publish_config(cfg, "rounds").scrape_rounds
+    for bad in ("-0.01", "soon", "nan", "inf"):
+        with pytest.raises(SystemExit, match="interval in seconds"):
+            publish_config(cfg, bad)
