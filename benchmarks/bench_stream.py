@@ -33,9 +33,10 @@ the requests. Every endpoint first gets a scraped page's gauges; then before eve
 land (as 16 endpoints scraped every 50 ms do in 20 ms; untimed, the idle scrape loop pays them too, and
 every endpoint stays fresh) and the snapshot is published (``Datastore.publish``, timed with that
 stream's first message), so that stream's pick prepares the new snapshot. Under load the service folds
-landed scrapes into a new snapshot at most every 20 ms, the first pick after it paying for the snapshot
-and its preparation: at 400 requests/s that is every 8th request (``K = 8``); an idle server builds none,
-so ``bench_extproc``'s idle subtraction does not remove it. ``K = 1``: a new snapshot for every stream.
+landed scrapes into a new snapshot at most once per scrape period (50 ms; 20 ms before issue 18's
+cadence change), the first pick after it paying for the snapshot and its preparation: at 400 requests/s
+that is every 20th request (``K = 20``; ``K = 8`` for 20 ms); an idle server builds none, so
+``bench_extproc``'s idle subtraction does not remove it. ``K = 1``: a new snapshot for every stream.
 
 ``--tracing``: warm streams without a tracer and with ``--tracing``'s at 0, 1 and 100 % sampling
 (``parentbased_traceidratio``; the messages carry no ``traceparent``), exporting over OTLP/gRPC to a

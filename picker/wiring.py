@@ -98,17 +98,20 @@ def config_rewrites(cfg: PickerConfig) -> list[ModelRewrite]:
 
 
 def snapshot_interval(settings: Settings) -> float:
-    """How often landed scrapes are folded into a new snapshot: 20 ms, or less with faster scraping.
+    """How often landed scrapes are folded into a new snapshot: once per scrape period, at most 50 ms.
 
-    Every new snapshot costs a rebuild plus the scheduler's per-snapshot preparation (measured in
-    process for 16 endpoints: about 11 µs and 50 µs, against about 30 µs for a pick on a known snapshot),
-    and with 16 endpoints scraped every 50 ms a scrape lands every 3 ms: at the former 5 ms interval
-    nearly every request at 200 requests/s paid for a new snapshot. Gauges are 0-50 ms
-    old when they land anyway; publishing them within 20 ms keeps them fresh on that scale, and our own
-    accounting (``dispatched``, ``inflight``) is live regardless. The interval never exceeds 40 % of the
-    scrape period, so faster scraping still reaches the picks.
+    So a pick sees the gauges as of the last publish: at the default 50 ms scraping an endpoint's newest page
+    is 0-50 ms old (endpoints are scraped on staggered timers, so one lands every few ms) and reaches the
+    picks within the next 50 ms: gauges up to about 100 ms old at the pick, about 50 on average. Our own
+    accounting (``dispatched``, ``inflight``, the token charges) is live regardless, and a passive-health
+    change is published at once. With ``--workers`` the supervisor publishes to the workers on the same
+    cadence. Why not fresher: every new snapshot costs a rebuild and the scheduler's per-snapshot preparation,
+    and a busy server pays it for every publish (at 20 ms, every 8th request at 400 requests/s), while the
+    simulator, which models this publish (``benchmarks.sim.publish``), finds no capacity at SLO lost at 50 ms
+    against 20 ms, nor won by phase-aligned scrape rounds (``benchmarks/RESULTS.md``, issue 18). The interval
+    never exceeds the scrape period, so faster scraping still reaches the picks as often as it lands.
     """
-    return min(0.02, settings.refresh_metrics_interval * 0.4)
+    return min(0.05, settings.refresh_metrics_interval)
 
 
 def configure_health(

@@ -63,7 +63,7 @@ class FleetConfig:
     #: landed pages reach the picks at the first pick this long after the previous publish (sim.publish;
     #: the service's ``snapshot_interval``); ``scrape_rounds``: all servers polled at one phase, each
     #: round published once it has landed (a what-if: the interval does not apply)
-    publish_interval_s: float = 0.02
+    publish_interval_s: float = 0.05
     scrape_rounds: bool = False
     prefix_cache: bool = True
     seed: int = 0

@@ -374,10 +374,11 @@ class Datastore:
     def snapshot(self) -> EndpointMatrix:
         """The current pool as a matrix; cached until the next change.
 
-        Metric updates are folded in at most every ``min_publish_interval_s`` (a few milliseconds in the
-        service): with hundreds of endpoints scraped every 50 ms nearly every pick would otherwise pay
-        for a fresh snapshot and the scheduler's per-snapshot preparation. The load columns are live
-        (see :mod:`picker.state.accounting`), so our own accounting is never delayed.
+        Metric updates are folded in at most every ``min_publish_interval_s`` (in the service one scrape
+        period, at most 50 ms: ``picker.wiring.snapshot_interval``): with hundreds of endpoints scraped
+        every 50 ms nearly every pick would otherwise pay for a fresh snapshot and the scheduler's
+        per-snapshot preparation. The load columns are live (see :mod:`picker.state.accounting`), so our
+        own accounting is never delayed.
         """
         now = self._clock()
         self._ingest(now)

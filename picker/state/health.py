@@ -18,8 +18,8 @@ Semantics (Envoy's outlier detection, ``arch_overview/upstream/outlier``; differ
   Envoy's default mode, where locally originated errors share the 5xx bucket.
 * **Consecutive failures** (Envoy ``consecutive_5xx``, default 5): that many failures with no success in
   between eject the endpoint at once. Outcomes may arrive in batches (``--workers``: summed per publish
-  interval over all workers, ~20 ms); a batch with any success resets the run (the order inside a batch is
-  unknown, and a partly succeeding endpoint is the failure-percentage rule's case).
+  interval over all workers, 50 ms at the default scraping); a batch with any success resets the run (the
+  order inside a batch is unknown, and a partly succeeding endpoint is the failure-percentage rule's case).
 * **Failure percentage** (Envoy ``failure_percentage_*``): at every ``interval``, an endpoint with at
   least ``minimumRequests`` outcomes in that interval and at least ``failurePercentage`` % of them failed
   is ejected. *Ours*: on by default (Envoy's ``enforcing_failure_percentage`` defaults to 0), threshold
