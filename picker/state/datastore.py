@@ -45,7 +45,7 @@ from picker.state.columns import FLOAT_COLUMNS, LoraColumns, lora_columns, snaps
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.health import EndpointHealthView, FailureKind, Health, OutlierDetector, OutlierPolicy
 from picker.state.latency import LATENCY_COLUMNS, LatencySettings, LatencySignal, LatencyTracker
-from picker.state.metrics import EndpointMetrics
+from picker.state.metrics import GAUGE_FIELDS, EndpointMetrics
 from picker.state.objectives import ObjectiveStore, RewriteStore
 from picker.state.outcomes import (
     FAILURE_INDEX,
@@ -63,7 +63,6 @@ from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, engine_code, split
 
 __all__ = ["Datastore", "EndpointStatus"]
 
-_METRIC_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
 #: the latency columns are rewritten at least this often (seconds), so averages age out (``maxAge``)
 _LATENCY_REFRESH_S = 1.0
 #: the ``health`` column's value for an endpoint of a pod the scaler drains
@@ -305,8 +304,7 @@ class Datastore:
             return
         i = self._index[name]
         cols = self._cols
-        for f in _METRIC_FIELDS:
-            v = getattr(metrics, f)
+        for f, v in zip(GAUGE_FIELDS, metrics.gauges(), strict=True):
             if not math.isnan(v):
                 cols[f][i] = v
         cols["scraped_at"][i] = self._clock() if at is None else at

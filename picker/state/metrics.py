@@ -36,15 +36,22 @@ class EndpointMetrics:
 
     def reported_fields(self) -> int:
         """How many fields this scrape actually reported (0 = the page had nothing we know)."""
-        n = sum(
-            not math.isnan(v)
-            for v in (
-                self.waiting,
-                self.running,
-                self.kv_usage,
-                self.max_lora,
-                self.block_size,
-                self.num_blocks,
-            )
+        # ``v == v`` is False only for NaN (unreported): no call per field on a path run for every page
+        return (
+            (self.waiting == self.waiting)
+            + (self.running == self.running)
+            + (self.kv_usage == self.kv_usage)
+            + (self.max_lora == self.max_lora)
+            + (self.block_size == self.block_size)
+            + (self.num_blocks == self.num_blocks)
+            + (self.lora_active is not None)
+            + (self.lora_waiting is not None)
         )
-        return n + (self.lora_active is not None) + (self.lora_waiting is not None)
+
+    def gauges(self) -> tuple[float, float, float, float, float, float]:
+        """The float fields in :data:`GAUGE_FIELDS` order (NaN: not reported)."""
+        return (self.waiting, self.running, self.kv_usage, self.max_lora, self.block_size, self.num_blocks)
+
+
+#: the float fields of :class:`EndpointMetrics`, the order of :meth:`EndpointMetrics.gauges`
+GAUGE_FIELDS = ("waiting", "running", "kv_usage", "max_lora", "block_size", "num_blocks")
