@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from benchmarks.sim.capacity_sweep import merge_run
 from benchmarks.sim.fleet import FleetConfig, simulate
 from benchmarks.sim.policies import LeastInFlight
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.publish import Landings, publish_config
 from benchmarks.sim.server import Snapshot
 from benchmarks.sim.traces import Workload
+from picker.config import load_config_file
+from picker.config.header_only import header_only_default_specs
 from picker.settings import Settings
 from picker.wiring import snapshot_interval
 from scoring.matrix import EndpointMatrix
@@ -174,3 +179,23 @@ def test_the_sweeps_publish_option() -> None:
     for bad in ("-0.01", "soon", "nan", "inf"):
         with pytest.raises(SystemExit, match="interval in seconds"):
             publish_config(cfg, bad)
+
+
+def test_a_sweeps_merged_run_keeps_the_newer_runs_publish_rule() -> None:
+    earlier = {"capacity": {"round-robin": {"capacity_rps": 10.0}}, "evaluations": {}, "wall_s": 1.0}
+    rule = {"interval_s": 0.05, "scrape_rounds": False}
+    newer = {"capacity": {"default": {"capacity_rps": 12.0}}, "wall_s": 2.0, "publish": rule}
+    merged = merge_run(earlier, newer)
+    assert merged["publish"] == rule
+    assert set(merged["capacity"]) == {"round-robin", "default"}
+
+
+def test_header_only_modes_profile_in_the_simulator_is_the_services() -> None:
+    # benchmarks/sim/configs/header-only.yaml: the profile the publish-interval sweep measured for this mode
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "sim" / "configs" / "header-only.yaml"
+    doc = load_config_file(path).endpoint_picker
+    plugins, profiles = header_only_default_specs()
+    service = [(p.type, dict(p.parameters)) for p in plugins]
+    assert [(p.type, dict(p.parameters)) for p in doc.plugins] == service
+    ours = [(r.plugin_ref, r.weight) for r in doc.scheduling_profiles[0].plugins]
+    assert ours == [(ref, w) for ref, w in profiles[0].plugins]
