@@ -5,6 +5,7 @@
     python -m benchmarks.bench_extproc --rss-streams 200000 --json
     python -m benchmarks.bench_extproc --header-only --json   # ~4 min: header-only mode and both floors
     python -m benchmarks.bench_extproc --tracing --json       # ~4 min: --tracing off / 0 / 1 / 100 %
+    python -m benchmarks.bench_extproc --stream-window --json # ~6 min: --grpc-stream-window, 200 KB bodies
 
 Servers (each its own process, all started once and measured in turn):
 
@@ -301,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the cost of --tracing off, at 0, 1 and 100 %% sampling instead (benchmarks/bench_tracing.py)",
     )
     p.add_argument(
+        "--stream-window",
+        action="store_true",
+        help="the cost of --grpc-stream-window for 200 KB bodies and what it bounds instead "
+        "(benchmarks/bench_window.py)",
+    )
+    p.add_argument(
         "--fleet-rps",
         type=float,
         default=FLEET_RPS,
@@ -331,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
 
         doc = bench_tracing.run(args.quick, args.runs, command)
         print(json.dumps(doc, indent=2) if args.json else bench_tracing.summary(doc))
+        return 0
+    if args.stream_window:
+        from benchmarks import bench_window
+
+        doc = bench_window.run(args.quick, args.runs, command)
+        print(json.dumps(doc, indent=2) if args.json else bench_window.summary(doc))
         return 0
     if args.header_only:
         doc = run_header_only(args.quick, args.runs, command, args.fleet_rps)

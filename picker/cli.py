@@ -270,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="close a connection whose ping is unanswered this long (default 10s)",
     )
+    g.add_argument(
+        "--grpc-stream-window",
+        type=_quantity,
+        default=0,
+        help="HTTP/2 receive window of each ext_proc stream: bytes gRPC holds for a stream before it is "
+        "read (0: gRPC's automatic window; default 0)",
+    )
     g = s.add_argument_group("pool")
     g.add_argument("--pool-name", default="", help="InferencePool to serve")
     g.add_argument(
@@ -441,6 +448,7 @@ def settings_from_args(ns: argparse.Namespace, environ: dict[str, str] | None = 
             "metrics_label_max_length",
             "grpc_keepalive_time",
             "grpc_keepalive_timeout",
+            "grpc_stream_window",
             "pool_name",
             "pool_group",
             "endpoint_selector",

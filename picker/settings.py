@@ -190,6 +190,16 @@ class Settings(BaseModel):
     #: time + timeout instead of gRPC's default of two hours
     grpc_keepalive_time: float = Field(30.0, gt=0, le=7200)
     grpc_keepalive_timeout: float = Field(10.0, gt=0, le=3600)
+    #: HTTP/2 receive window of each ext_proc stream, bytes: what gRPC holds of a stream before its handler
+    #: reads it (README "Limits"); 0: gRPC's automatic window (4 MiB or more a stream, its probe grows it)
+    grpc_stream_window: int = Field(0, ge=0, le=1 << 30)
+
+    @field_validator("grpc_stream_window")
+    @classmethod
+    def _window_not_tiny(cls, v: int) -> int:
+        if 0 < v < 16 << 10:
+            raise ValueError("must be 0 (automatic) or at least 16Ki (one HTTP/2 frame)")
+        return v
 
     # ---------------------------------------------------------------------------------- pool
     pool_name: str = ""

@@ -287,6 +287,7 @@ def extproc_server(
         max_buffered_bytes=body_budget(cfg, settings, several_pools=several_pools),
         shared_budget=shared_budget,
         tracer=tracer,
+        stream_window=settings.grpc_stream_window,
     )
     budget = server.body_budget
 

@@ -44,6 +44,8 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Room for protobuf framing around a body chunk as large as the cap, so an over-cap body reaches our
 #: 413 path instead of gRPC's own message-size error.
 _FRAME_SLACK = 1024 * 1024
+#: 0 as ``stream_window``: gRPC's own receive windows, grown by its bandwidth-delay probe
+AUTO_STREAM_WINDOW = 0
 _UNDECODABLE = "message is not a ProcessingRequest"
 
 
@@ -68,6 +70,17 @@ class ExtProcServer:
     interval and closed when a ping is not answered within the timeout, which ends its streams (and
     releases their in-flight counts) when a proxy froze or vanished without closing the TCP connection.
 
+    ``stream_window`` (``--grpc-stream-window``) is the HTTP/2 receive window of every stream, in bytes:
+    how much of a stream's messages gRPC accepts from the proxy before the stream's handler reads them.
+    Bytes the handler has not read yet are outside the body budget; gRPC's default grows each stream's
+    window with its bandwidth-delay probe (BDP) to 4 MiB or more, so a peer whose streams are not being
+    read (the handler waits on a write the peer does not read, or the event loop is late) could park
+    everything it sends. With a fixed window the probe is off and a stream holds at most ``stream_window``
+    unread bytes plus the one message its handler is waiting for (gRPC opens the window to that message's
+    length; at most ``max_body_bytes`` + framing). gRPC's connection-level window is replenished as bytes
+    arrive, not as they are read, so it bounds nothing here: a connection holds at most its streams times
+    that. ``AUTO_STREAM_WINDOW`` (0) keeps gRPC's automatic window.
+
     ``tracer`` (``--tracing``) gives every stream a span and puts its trace context into the headers set
     for the upstream request (:mod:`picker.extproc.spans`); None: no tracing, nothing added.
     """
@@ -91,9 +104,12 @@ class ExtProcServer:
         max_buffered_bytes: int = DEFAULT_BODY_BUDGET,
         shared_budget: BodyBudget | None = None,
         tracer: RequestTracer | None = None,
+        stream_window: int = AUTO_STREAM_WINDOW,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        if stream_window < 0:
+            raise ValueError(f"stream_window must be 0 (automatic) or positive, got {stream_window}")
         self._router = router
         self._observer = observer
         self._address = f"{host}:{port}"
@@ -107,6 +123,8 @@ class ExtProcServer:
         self._stream_config = stream_config
         self._keepalive = keepalive_s
         self._tracer = tracer
+        #: the HTTP/2 receive window of each stream, fixed at :meth:`start` (0: gRPC's automatic window)
+        self.stream_window = stream_window
         #: the budget every stream's buffered bodies draw from; ``limit`` may be changed at any time. With
         #: ``shared_budget`` (the process's, when it serves several pools) each take is also taken there.
         self.body_budget = BodyBudget(max_buffered_bytes, parent=shared_budget)
@@ -123,8 +141,14 @@ class ExtProcServer:
         if self._server is not None:
             raise RuntimeError("ext_proc server already started")
         ping_every, ping_timeout = self._keepalive
+        window: list[tuple[str, int]] = []
+        if self.stream_window != AUTO_STREAM_WINDOW:
+            # a fixed receive window per stream: the probe off (it would resize the window), the window
+            # announced in SETTINGS_INITIAL_WINDOW_SIZE (see the class docstring)
+            window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", self.stream_window)]
         server = grpc.aio.server(
             options=[
+                *window,
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_receive_message_length", self._max_body + _FRAME_SLACK),
                 # A proxy that freezes (TCP up, nothing moving) would pin its streams, their leases and

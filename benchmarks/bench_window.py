@@ -1,0 +1,161 @@
+"""What ``--grpc-stream-window`` costs honest traffic with 200 KB bodies, and what it bounds
+(``bench_extproc --stream-window``).
+
+    python -m benchmarks.bench_extproc --stream-window --json           # 3 runs, ~6 min
+    python -m benchmarks.bench_extproc --stream-window --quick --json   # 1 short run
+
+Servers (``bench_extproc``'s harness: real ``picker serve`` processes over 16 fake vLLM servers, Envoy-like
+load processes in two processes with four connections each, full streams: request headers, the chat body in
+64 KiB chunks, response headers, an SSE chunk):
+
+- ``auto``: ``--grpc-stream-window=0``, gRPC's own receive windows (its bandwidth-delay probe grows each
+  stream's to 4 MiB or more);
+- ``w64k``, ``w256k``, ``w1m``: a fixed window of 64 KiB, 256 KiB, 1 MiB per stream (the probe off).
+
+Phases, each ``--runs`` times, the servers' order rotated from run to run (A/B alternation on a shared
+machine): ``max_200k`` = closed loop with 200 KB bodies, one server at a time (streams/s, and p50/p99 of
+the request phase as the proxy sees it: from writing the request headers to the last request-body reply);
+``rate_200k`` = 100 streams/s with 200 KB bodies, one server at a time (p50/p99 at a fixed rate);
+``cpu_200k_<variant>`` = ``auto`` and the variant side by side at 100/s each (CPU per stream, from
+schedstat minus idle): ``cpu_ratio`` = median of the per-run ratios to ``auto``.
+
+Then the **hostile peer** (:func:`hostile_growth`), once per server: ``HOSTILE_STREAMS`` streams on one
+connection each start at SSE response headers and send one 64 KiB chunk whose echo the client never reads
+(its own window is 16 KiB, probe off), so each stream's handler waits on that write and reads nothing more;
+each stream then offers ``HOSTILE_CHUNKS`` more 64 KiB chunks (2 MiB). What gRPC accepts of them sits in its
+buffers: ``rss_growth_mib`` (the server's resident set, peak minus before) and ``accepted_chunks``
+(sends completed per stream, at most): deterministic, whatever the machine's load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.extproc.run import BODY_RATE, Plan, Run, median, per_run, ratio
+from benchmarks.extproc.workload import LARGE_BODY
+from benchmarks.harness import children, rss_bytes
+
+__all__ = ["hostile_growth", "run", "summary"]
+
+VARIANTS = (("auto", "0"), ("w64k", "64Ki"), ("w256k", "256Ki"), ("w1m", "1Mi"))
+HOSTILE_STREAMS = 64
+HOSTILE_CHUNKS = 32
+HOSTILE_CHUNK = 64 << 10
+#: the hostile client's own receive window: the echo of its first chunk never fits
+CLIENT_WINDOW = 16 << 10
+#: the senders are done, or none progressed for this long (each sent what the server's windows take)
+QUIET_S = 2.0
+
+
+async def hostile_growth(target: str, pid: int) -> dict[str, Any]:
+    """The non-reading peer against the server at ``target`` (process ``pid``); see the module docstring."""
+    from picker.testing.envoy import EnvoyClient, response_body, response_headers
+
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", CLIENT_WINDOW)]
+    headers = response_headers([(":status", "200"), ("content-type", "text/event-stream")])
+    first = response_body(b"d" * HOSTILE_CHUNK)
+    chunk = response_body(b"x" * HOSTILE_CHUNK)
+    sent = [0] * HOSTILE_STREAMS
+    async with EnvoyClient(target, timeout=600, options=options) as client:
+        warm = client.stream()
+        await warm.send(headers)
+        await warm.send(response_body(b"x", end_of_stream=True))
+        while await warm.recv() is not None:
+            pass
+        before = peak = rss_bytes(pid)
+        streams = [client.stream() for _ in range(HOSTILE_STREAMS)]
+
+        async def offer(i: int) -> None:
+            await streams[i].send(headers)
+            await streams[i].send(first)
+            for _ in range(HOSTILE_CHUNKS):
+                await streams[i].send(chunk)
+                sent[i] += 1
+
+        tasks = [asyncio.create_task(offer(i)) for i in range(HOSTILE_STREAMS)]
+        loop = asyncio.get_running_loop()
+        last, quiet_since, t0 = -1, loop.time(), loop.time()
+        while not all(t.done() for t in tasks) and loop.time() - quiet_since < QUIET_S:
+            await asyncio.sleep(0.05)
+            peak = max(peak, rss_bytes(pid))
+            if sum(sent) != last:
+                last, quiet_since = sum(sent), loop.time()
+        await asyncio.sleep(0.3)  # what was written last reaches the server
+        peak = max(peak, rss_bytes(pid))
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.cancel()
+    return {
+        "rss_growth_mib": round((peak - before) / (1 << 20), 1),
+        "accepted_chunks": max(sent),
+        "offered_mib": HOSTILE_STREAMS * HOSTILE_CHUNKS * HOSTILE_CHUNK >> 20,
+        "seconds": round(loop.time() - t0, 1),
+    }
+
+
+def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
+    plan = Plan(
+        runs=runs or (1 if quick else 3),
+        max_s=2.0 if quick else 5.0,
+        rate_s=2.0 if quick else 5.0,
+        half_s=0.0,
+        idle_s=3.0 if quick else 8.0,
+        soak_s=0.0,
+        rss_streams=0,
+    )
+    doc = plan.document("bench_extproc --stream-window", command, quick=quick)
+    names = [name for name, _ in VARIANTS]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp, children() as procs:
+        r = Run(plan, doc)
+        r.start(
+            procs,
+            Path(tmp),
+            variants=[(name, 1, None, [f"--grpc-stream-window={w}"]) for name, w in VARIANTS],
+        )
+        for i in range(plan.runs):
+            order = names[i % len(names) :] + names[: i % len(names)]
+            r.measure("max_200k", order, mode="closed", duration=plan.max_s, body_bytes=LARGE_BODY)
+            r.measure(
+                "rate_200k", order, mode="open", duration=plan.rate_s, rate=BODY_RATE, body_bytes=LARGE_BODY
+            )
+            for name in names[1:]:
+                r.side_by_side(f"cpu_200k_{name}", ["auto", name], rate=BODY_RATE, body_bytes=LARGE_BODY)
+        doc["hostile"] = {
+            name: asyncio.run(hostile_growth(r.live[name].target, r.live[name].pid))
+            for name in names
+            if name in r.live
+        }
+    doc["phases"] = r.phases()
+    doc["max_streams_per_s"] = {n: median(per_run(r.results, "max_200k", n, "streams_per_s")) for n in names}
+    for phase in ("max_200k", "rate_200k"):
+        for key in ("request_p50_ms", "request_p99_ms"):
+            doc[f"{phase}_{key}"] = {n: median(per_run(r.results, phase, n, key)) for n in names}
+    doc["max_ratio_to_auto"] = {
+        n: ratio(r.results, "max_200k", n, "auto", "streams_per_s") for n in names[1:]
+    }
+    doc["cpu_ratio_to_auto"] = {n: ratio(r.results, f"cpu_200k_{n}", n, "auto") for n in names[1:]}
+    doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    return doc
+
+
+def summary(doc: dict[str, Any]) -> str:
+    keys = (
+        "max_streams_per_s",
+        "max_ratio_to_auto",
+        "max_200k_request_p50_ms",
+        "max_200k_request_p99_ms",
+        "rate_200k_request_p50_ms",
+        "rate_200k_request_p99_ms",
+        "cpu_ratio_to_auto",
+    )
+    lines = [f"200 KB bodies; machine {doc['machine']}"]
+    lines.extend(f"  {key}: {json.dumps(doc[key])}" for key in keys)
+    lines.append("hostile peer (streams not read): " + json.dumps(doc["hostile"]))
+    return "\n".join(lines)
