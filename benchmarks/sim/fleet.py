@@ -26,12 +26,16 @@ simulator has only token counts, so it draws ``estimate = round(tokens x exp(sig
 
 Published scrapes make a new matrix snapshot (new arrays for the scraped columns, the same four
 accounting arrays), built lazily at the next pick so a burst of scrapes costs one build.
+
+A request that waits for another's response (``Workload.after``: a session's next round) is held until that
+response ends and sent then; its ``arrival`` in the result is when it was sent (:mod:`benchmarks.sim.waits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +44,15 @@ from types import MappingProxyType
 import numpy as np
 from numpy.typing import NDArray
 
+from benchmarks.sim.ledger import Ledger
 from benchmarks.sim.policies import Policy
 from benchmarks.sim.prefix import Picking
 from benchmarks.sim.profiles import ServerProfile
 from benchmarks.sim.publish import Landings, next_poll
-from benchmarks.sim.server import FIRST_TOKEN, RequestTable, SimServer, Snapshot
+from benchmarks.sim.server import RequestTable, SimServer, Snapshot
 from benchmarks.sim.traces import Workload
-from scoring.matrix import EndpointMatrix, EndpointRow, LoadCharge
+from benchmarks.sim.waits import Waits, advance_in_order
+from scoring.matrix import EndpointMatrix, EndpointRow
 from scoring.types import PickRequest
 
 F64 = NDArray[np.float64]
@@ -225,7 +231,7 @@ def _requests(
     return out
 
 
-def simulate(
+def simulate(  # noqa: PLR0915 - one event loop: arrivals, held rounds, scrapes, picks in time order
     workload: Workload,
     policy: Policy,
     cfg: FleetConfig,
@@ -244,11 +250,12 @@ def simulate(
     phase_rng = np.random.default_rng([cfg.seed, 1])
     streaming = streaming_flags(workload, cfg)
     requests = _requests(workload, cfg.profile.model, prompt_estimates(workload, cfg), streaming)
-    ledger = _Ledger(view.current(), table, streaming, until_end=cfg.nonstreaming_prefill == "until-end")
+    ledger = Ledger(view.current(), table, streaming, until_end=cfg.nonstreaming_prefill == "until-end")
     picking = Picking(policy, SimContext(workload, tuple(servers), table), requests)
     arrivals = table.arrival
     n_req = table.n
     last_arrival = arrivals[-1] if n_req else 0.0
+    waits = Waits(workload.after, table)
     interval = cfg.scrape_interval_s
     latency = cfg.scrape_latency_s
     landings = Landings(dispatched, interval_s=cfg.publish_interval_s, rounds=cfg.scrape_rounds)
@@ -262,8 +269,15 @@ def simulate(
     picks_s = 0.0
     k = 0
     report_every = max(1, n_req // 100)
-    while k < n_req:
-        ta = arrivals[k]
+    sent = 0
+    while k < n_req or waits.outstanding:
+        ta = arrivals[k] if k < n_req else math.inf
+        ready = waits.next_due()
+        ta = min(ta, ready)
+        if waits.held:
+            t_event = min(ta, scrapes[0][0]) if scrapes else ta
+            if advance_in_order(servers, t_event, waits) < t_event:
+                continue  # a response ended and released its follower before that event
         if scrapes and scrapes[0][0] < ta:
             t, kind, i = heapq.heappop(scrapes)
             if kind == 0:
@@ -271,8 +285,8 @@ def simulate(
                 srv.advance(t)
                 landings.begin(i, srv.snapshot())
                 heapq.heappush(scrapes, (t + latency, 1, i))
-                nxt = next_poll(srv.has_work(), t, ta, interval)
-                if nxt <= last_arrival:
+                nxt = next_poll(srv.has_work() or waits.held, t, ta, interval)
+                if nxt <= last_arrival or waits.outstanding:
                     heapq.heappush(scrapes, (nxt, 0, i))
             else:
                 landings.land(i, t)
@@ -280,15 +294,23 @@ def simulate(
         for srv in servers:
             if srv.busy_until <= ta and (srv.running or srv.n_waiting):
                 srv.advance(ta)
+        if ready == ta:
+            r = waits.pop()
+            arrivals[r] = ta  # sent now: its latency counts from here
+        else:
+            r = k
+            k += 1
+            if waits.hold(r):
+                continue
         ledger.observe(ta)
         landings.due(ta, view.publish)
         p0 = time.perf_counter()
-        i, req = picking.pick(view.current(), k, ta, rng)
+        i, req = picking.pick(view.current(), r, ta, rng)
         picks_s += time.perf_counter() - p0
-        ledger.charge(k, i, req)
-        servers[i].enqueue(k, ta)
-        k += 1
-        if on_progress is not None and k % report_every == 0:
+        ledger.charge(r, i, req)
+        servers[i].enqueue(r, ta)
+        sent += 1
+        if on_progress is not None and sent % report_every == 0:
             on_progress(report_every)
     for srv in servers:
         srv.advance(float("inf"))
@@ -311,57 +333,6 @@ def simulate(
         wall_s=time.perf_counter() - wall0,
         picks_s=picks_s,
     )
-
-
-class _Ledger:
-    """The service's load accounting (``scoring.matrix.LoadCharge``) driven by what a proxy observes.
-
-    ``m`` is any snapshot of the fleet view (all share the four accounting arrays). Requests are charged
-    at their pick (a non-streaming one charges no prefill tokens); :meth:`observe` applies the first-token
-    and end-of-response events the servers have recorded up to a time, in time order, releasing each
-    charge exactly as the service will: ``prefill_tokens`` at a stream's first token (or its end if no
-    token came), ``inflight`` and ``inflight_tokens`` at the end.
-    """
-
-    __slots__ = ("_charges", "_events", "_m", "_pending", "_server", "_streaming", "_until_end")
-
-    def __init__(
-        self, m: EndpointMatrix, table: RequestTable, streaming: NDArray[np.bool_], *, until_end: bool = False
-    ) -> None:
-        self._m = m
-        self._until_end = until_end
-        self._events = table.events
-        self._server = table.server
-        self._streaming: list[bool] = streaming.tolist()
-        self._charges: list[LoadCharge] = []
-        self._pending = [False] * table.n
-
-    def charge(self, r: int, i: int, req: PickRequest) -> None:
-        """Request ``r`` (the next in arrival order) was routed to row ``i``; its prefix match, if any, is
-        credited as the service does (pending prefill = the uncached part)."""
-        charge = LoadCharge.for_request(req, i)
-        if self._until_end and not req.stream:
-            charge = LoadCharge(charge.tokens, charge.tokens)  # the what-if rule (FleetConfig)
-        charge.add(self._m, i)
-        self._charges.append(charge)
-        self._pending[r] = True
-
-    def observe(self, until: float) -> None:
-        """Apply every recorded event at or before ``until``."""
-        events = self._events
-        m = self._m
-        while events and events[0][0] <= until:
-            _, kind, r = heapq.heappop(events)
-            if kind == FIRST_TOKEN and not self._streaming[r]:
-                continue  # a non-streaming response shows nothing before its end
-            i = self._server[r]
-            charge = self._charges[r]
-            if self._pending[r]:
-                self._pending[r] = False
-                m.prefill_tokens[i] -= charge.prefill
-            if kind != FIRST_TOKEN:
-                m.inflight[i] -= 1.0
-                m.inflight_tokens[i] -= charge.tokens
 
 
 def server_capacity_rps(

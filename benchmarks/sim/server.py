@@ -17,6 +17,15 @@ The model follows the vLLM V1 scheduler closely enough for routing to matter the
   (vLLM keeps freed hashed blocks in its free queue the same way). A new request skips prefill for the leading
   units it finds resident. Units in use by a running request are pinned. As in vLLM, cached-but-free blocks
   count as *free* in the reported KV usage.
+* **Responses cached.** When the trace says what a response shares (``Workload.response_units``: a
+  conversation's next prompt repeats this one and its answer), the whole units of prompt + generated tokens
+  stay cached when the request finishes, the response's before the prompt's in eviction order. That is what
+  the engines do: vLLM V1 hashes every full block a request computes, generated ones included
+  (``vllm/v1/core/kv_cache_manager.py``, ``allocate_slots`` caches up to ``request.num_tokens`` = prompt +
+  output tokens at each step) and frees a finished request's blocks tail first "so that the tail blocks are
+  evicted first" (``free``); SGLang's radix cache inserts ``origin_input_ids + output_ids`` on finish
+  (``RadixCache.cache_finished_req``). Here they become resident at the finish (vLLM: as each block fills),
+  which is the same for a conversation whose next round waits for the answer.
 * **LoRA.** ``max_lora`` GPU slots. A request whose adapter is not in a slot can be admitted only if a slot is
   free or holds an adapter no running request uses (evicted LRU); loading costs ``lora_load_s`` added to that
   step. A request that cannot get a slot is skipped and later requests may go first (vLLM V1 does this).
@@ -70,6 +79,7 @@ class RequestTable:
         self.adapter: list[int] = workload.adapter.tolist()
         self.units = workload.units
         self.unit_tokens = workload.unit_tokens
+        self.response_units = workload.response_units
         # outcomes
         self.first_token: list[float] = [_NAN] * n
         self.finish: list[float] = [_NAN] * n
@@ -92,6 +102,8 @@ class RequestTable:
         # produces it, which may be before the event's time; the fleet pops events as simulated time
         # passes them, so its picker never learns anything early.
         self.events: list[tuple[float, int, int]] = []
+        # requests in the order their responses ended (the fleet releases the requests waiting for them)
+        self.done: list[int] = []
 
 
 class PrefixCache:
@@ -514,10 +526,43 @@ class SimServer:
 
     def _finish(self, r: int, now: float, kv_tokens: int) -> None:
         self._release(r, kv_tokens)
-        self.t.finish[r] = now
-        heapq.heappush(self.t.events, (now, FINISHED, r))
+        t = self.t
+        if self.cache is not None and t.response_units:
+            self._keep_response(r, kv_tokens)
+        t.finish[r] = now
+        heapq.heappush(t.events, (now, FINISHED, r))
+        t.done.append(r)
         self.completed += 1
         self.finished[self.index] += 1
+
+    def _keep_response(self, r: int, kv_tokens: int) -> None:
+        """Request ``r`` finished with ``kv_tokens`` in KV: its response's whole units join the cache as
+        free-but-cached blocks, older than its prompt's (module docstring: vLLM frees tail first)."""
+        cache = self.cache
+        assert cache is not None
+        t = self.t
+        ut = t.unit_tokens
+        bs = self.bs
+        lru = cache.lru
+        whole = -(-ut // bs)
+        new = []
+        for i, u in enumerate(t.response_units[r]):
+            if (i + 1) * ut > kv_tokens:
+                break
+            key = (u << 6) | whole
+            if key not in cache.ref:
+                new.append(key)
+        if not new:
+            return
+        mine = [key for key in self._unit_keys(r) if cache.ref.get(key) == 0]
+        for key in reversed(new):  # the tail first: evicted first
+            cache.ref[key] = 0
+            cache.blocks[key] = whole
+            cache.evictable += whole
+            lru[key] = None
+        for key in mine:  # the prompt's units, just unpinned, stay the most recent
+            lru.move_to_end(key)
+        self._evict()
 
     def _preempt(self, r: int, s_now: int) -> None:
         """Recompute-mode preemption: free everything, back to the front of the queue."""

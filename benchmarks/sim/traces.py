@@ -45,6 +45,16 @@ class Workload:
 
     ``units[i]`` is the tuple of prefix-unit ids of request ``i`` (empty when the trace has none);
     ``adapter[i]`` indexes ``adapter_names`` (-1 = the base model).
+
+    Two optional columns make a closed-loop conversation (:mod:`benchmarks.sim.shared_prefix`'s multi-turn
+    shapes; every other workload leaves them empty and replays exactly as before):
+
+    * ``after[i]`` is the request whose response request ``i`` waits for (-1: none): it is sent at
+      ``max(arrival_s[i], finish of after[i])``, and its latency is measured from then (the client sends the
+      next round of a session only once the previous one has come back). ``after[i] < i`` always.
+    * ``response_units[i]`` are the prefix units of request ``i``'s prompt *and* response (a whole
+      conversation context: ``units[i]``'s whole units, then the response's): the serving engine keeps
+      those blocks cached when the request finishes. Empty: the trace does not say what the response shares.
     """
 
     name: str
@@ -55,6 +65,8 @@ class Workload:
     unit_tokens: int
     adapter: I64
     adapter_names: tuple[str, ...] = ()
+    after: I64 | None = None
+    response_units: tuple[tuple[int, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -85,6 +97,11 @@ class Workload:
         return replace(w, arrival_s=w.arrival_s - w.arrival_s[0])
 
     def _take(self, idx: slice) -> Workload:
+        after = self.after
+        if after is not None:  # re-index; a request whose predecessor is cut off waits for nothing
+            start = idx.start or 0
+            after = after[idx]
+            after = np.where(after >= start, after - start, -1)
         return replace(
             self,
             arrival_s=self.arrival_s[idx],
@@ -92,6 +109,8 @@ class Workload:
             output_tokens=self.output_tokens[idx],
             units=self.units[idx],
             adapter=self.adapter[idx],
+            after=after,
+            response_units=self.response_units[idx],
         )
 
     def with_rate(self, rate: float) -> Workload:
