@@ -84,7 +84,8 @@ CASES: tuple[Case, ...] = (
     Case("mooncake-conv", "mooncake-conv", 6000, 2000),
     Case("mooncake-conv (long-prompt SLO)", "mooncake-conv", 6000, 2000, LONG_PROMPT_SLO),
     *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 3000, 1500) for s in SHARED_PREFIX_SHAPES[:2]),
-    *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 8000, 2500) for s in SHARED_PREFIX_SHAPES[2:]),
+    # the multi-turn shapes: every session two rounds (full), half of them (quick); shared_prefix's docstring
+    *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 12000, 9000) for s in SHARED_PREFIX_SHAPES[2:]),
     Case("azure-conv", "azure-conv", 10000, 3000),
     Case("lora", "lora", 10000, 3000),
 )

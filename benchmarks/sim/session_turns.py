@@ -15,10 +15,14 @@ per request, what the capacity figure hides:
 ``rotation-shifted`` is a diagnostic baseline, not a peer's policy: round-robin that moves one server on at
 the start of every round of sessions, so no later turn lands on its session's server by arithmetic. On the
 ``short-q-few-sys-chat`` shape with 16 servers plain round-robin sends every later turn back to its
-session's server, because the shape's 6,000 sessions are a multiple of 16 (request ``i`` is round
-``i // 6000`` of session ``i mod 6000`` and goes to server ``i mod 16``); ``rotation-shifted`` measures
-rotation without that coincidence; so does ``--servers 17`` (``benchmarks/RESULTS.md``,
-"Prefix-cache affinity", the short-q few-sys paragraph).
+session's server when the rounds go out in request order, because the shape's 6,000 sessions are a
+multiple of 16 (request ``i`` is round ``i // 6000`` of session ``i mod 6000`` and is the ``i``-th
+dispatch, to server ``i mod 16``); ``rotation-shifted`` measures rotation without that coincidence; so does
+``--servers 17`` (``benchmarks/RESULTS.md``, "Prefix-cache affinity", the short-q few-sys paragraph). A
+round that waits for its session's previous answer (the shapes' default, :mod:`benchmarks.sim.shared_prefix`)
+is sent when that answer ends, out of request order, and rotation then loses the coincidence.
+``--open-rounds`` sends every round at its scheduled time and ``--prompts-only`` caches prompts but not
+answers: the replay of this module's first version, to compare.
 """
 
 from __future__ import annotations
@@ -127,10 +131,14 @@ def run(
     requests: int | None = None,
     n_servers: int = 16,
     slo: Slo | None = None,
+    wait_for_answers: bool = True,
+    cache_answers: bool = True,
 ) -> list[TurnReport]:
     """One replay per policy and rate (the capacity sweep's fleet: ``llama3-8b-h100``, seeded like it)."""
     objective = slo or Slo()
-    w = workload(shape, seed=seed, requests=requests)
+    w = workload(
+        shape, seed=seed, requests=requests, wait_for_answers=wait_for_answers, cache_answers=cache_answers
+    )
     users = sessions(shape)
     cfg = FleetConfig(LLAMA3_8B_H100, n_servers=n_servers, seed=seed)
 
@@ -178,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--requests", type=int, default=None, help="default: the shape's full length")
     ap.add_argument("--servers", type=int, default=16, help="fleet size (16 in the capacity sweep)")
+    ap.add_argument("--open-rounds", action="store_true", help="send rounds at their scheduled times")
+    ap.add_argument("--prompts-only", action="store_true", help="servers cache prompts, not answers")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -195,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         requests=args.requests,
         n_servers=args.servers,
+        wait_for_answers=not args.open_rounds,
+        cache_answers=not args.prompts_only,
     )
     if args.json:
         json.dump([asdict(r) for r in reports], sys.stdout, indent=1)

@@ -21,10 +21,38 @@ How inference-perf builds the requests (``inference_perf/datagen/shared_prefix_d
   ``i`` sends prompt ``i mod len(list)`` — a run longer than the list repeats whole prompts;
 * multi-turn ("multi-chat"): one user session per (group, prompt), sessions shuffled; request ``i`` is round
   ``i // users`` of session ``i mod users``; a session's context starts as its group's system prompt and
-  after each round becomes ``prompt + response``, so round ``r`` sends ``context + question`` and shares
-  the previous round's whole prompt as a prefix. (inference-perf also holds a round until the session's
-  previous one returns; at the rates measured here a session's rounds are ``users / rate`` seconds apart,
-  far longer than any response, so arrival order alone keeps that order.)
+  after each round becomes ``prompt + " " + response`` (``UserSessionCompletionAPIData.process_response``),
+  so round ``r`` sends ``context + question`` and shares the previous round's prompt *and answer* as a
+  prefix;
+* a round waits for the previous one: ``LocalUserSession.get_context`` blocks round ``r + 1`` until
+  ``update_context`` (called when round ``r``'s response has been read) releases it, and the client's
+  clock starts only after that wait (``openAIModelServerClientSession.process_request``: ``start =
+  time.perf_counter()`` after ``await data.to_payload(...)``, TTFT = first token - ``start``). So here
+  request ``i >= users`` waits for request ``i - users`` (``Workload.after``) and its latency counts from
+  when it is sent. Rounds are ``users / rate`` seconds apart on the schedule (18 s at 338 req/s) while an
+  answer of 1,000 tokens takes about a minute at those rates: most later rounds are sent when the answer
+  arrives, not when scheduled, and the router sees them in that order (a rotation counts dispatches, so
+  it loses the "6,000 sessions are a multiple of 16 servers" coincidence wherever the rounds wait);
+* the answer is cached where it was generated: vLLM caches every full block a request computes, generated
+  ones included, and SGLang's radix cache inserts prompt + output on finish (:mod:`benchmarks.sim.server`),
+  so at the server that answered round ``r`` the whole of round ``r + 1``'s context (system prompt,
+  earlier questions and answers) is warm, elsewhere only the system prompt (``Workload.response_units``).
+
+``workload(wait_for_answers=False, cache_answers=False)`` gives this module's earlier replay (rounds at
+their scheduled times, prompts cached only), to compare.
+
+How long a run is. The reference's shipped prefix-cache benchmark values (GIE ``benchmarking/prefix-cache-
+aware/{high,low}-cache-values.yaml``, run by its GKE prefix-cache workflow) are stages of 30 s at 100 to
+800 req/s (``worker_max_concurrency`` 1000): 3,000-24,000 requests a stage, 9,000-27,000 for the high-cache
+file's three stages, and the sessions' contexts carry over from stage to stage (one session object per
+user for the whole run). With 6,000 sessions that is 0.5-4 rounds a session per stage. The multi-turn shapes
+here send **12,000 requests: every session two rounds**, so every session's second round finds (or misses)
+its first answer, which is what the shape measures, at 1.5x the replay cost of the earlier 8,000 (where
+only a third of the sessions had a second round). A third round (18,000 requests) keeps 6,000 sessions'
+growing contexts in flight for three answers in a row: on short-q few-sys, seed 0, round-robin then meets
+the objective for 0.35-0.59 of the requests at 100-3,000 req/s and our default for 0.43-0.56 at 300-3,000
+(all of them at 30 req/s, where the sessions seldom overlap), so the run measures the fleet's KV cache
+rather than the routing (``benchmarks/RESULTS.md``, "Prefix-cache affinity").
 
 Arrivals: the benchmark's load is Poisson stages; here a Poisson process (the trace is time-scaled to each
 measured rate anyway), seeded like the rest.
@@ -68,9 +96,11 @@ SHAPES: dict[str, SharedPrefixShape] = {
     for s in (
         SharedPrefixShape("short-q-many-sys", 150, 5, 6000, 1200, 0, 1000, multi_turn=False, requests=3000),
         SharedPrefixShape("long-q-many-sys", 150, 5, 1000, 6200, 0, 1000, multi_turn=False, requests=3000),
-        SharedPrefixShape("short-q-few-sys-chat", 6, 1000, 1000, 30, 0, 1000, multi_turn=True, requests=8000),
         SharedPrefixShape(
-            "long-q-few-sys-chat", 6, 1000, 1000, 3000, 900, 1000, multi_turn=True, requests=8000
+            "short-q-few-sys-chat", 6, 1000, 1000, 30, 0, 1000, multi_turn=True, requests=12000
+        ),
+        SharedPrefixShape(
+            "long-q-few-sys-chat", 6, 1000, 1000, 3000, 900, 1000, multi_turn=True, requests=12000
         ),
     )
 }
@@ -96,8 +126,21 @@ def _units_for(shared: tuple[int, ...], shared_tokens: int, total_tokens: int, i
     return shared[:keep] + ids.take(max(0, n_total - keep))
 
 
-def workload(shape: SharedPrefixShape | str, *, seed: int = 0, requests: int | None = None) -> Workload:
-    """``requests`` requests (default: the shape's) of this shape, Poisson arrivals at 1 req/s."""
+def workload(
+    shape: SharedPrefixShape | str,
+    *,
+    seed: int = 0,
+    requests: int | None = None,
+    wait_for_answers: bool = True,
+    cache_answers: bool = True,
+) -> Workload:
+    """``requests`` requests (default: the shape's) of this shape, Poisson arrivals at 1 req/s.
+
+    Multi-turn shapes only: ``wait_for_answers`` sends a session's round only once its previous round's
+    answer is back (``Workload.after``), ``cache_answers`` lets the server that answered keep the answer
+    cached (``Workload.response_units``); both as inference-perf and vLLM do (module docstring). Turned
+    off, the rounds go at their scheduled times and only prompts are cached (this module before 2026-12).
+    """
     s = SHAPES[shape] if isinstance(shape, str) else shape
     n = s.requests if requests is None else requests
     rng = np.random.default_rng([seed, 17])
@@ -109,6 +152,7 @@ def workload(shape: SharedPrefixShape | str, *, seed: int = 0, requests: int | N
     order = rng.permutation(s.groups * s.prompts_per_group)
     prompt_tokens = np.zeros(n, dtype=np.int64)
     units: list[tuple[int, ...]] = []
+    answers: list[tuple[int, ...]] = []
     if s.multi_turn:
         # session k (after the shuffle) = (group, prompt); its context grows round by round
         ctx_units = [per_group_system[int(k) // s.prompts_per_group] for k in order]
@@ -121,9 +165,9 @@ def workload(shape: SharedPrefixShape | str, *, seed: int = 0, requests: int | N
             prompt_tokens[i] = total
             units.append(u)
             # the next round's context: this prompt + the response (its own units beyond this prompt)
-            ctx_units[k] = u
             ctx_tokens[k] = total + s.output_tokens
             ctx_units[k] = _units_for(u, total, ctx_tokens[k], ids)
+            answers.append(ctx_units[k])
     else:
         prompts: list[tuple[tuple[int, ...], int]] = []
         for k in order:
@@ -136,6 +180,8 @@ def workload(shape: SharedPrefixShape | str, *, seed: int = 0, requests: int | N
             prompt_tokens[i] = total
     gaps = rng.exponential(1.0, size=n)
     arrival = np.cumsum(gaps) - gaps[0]
+    users = len(order)
+    waits = s.multi_turn and wait_for_answers and n > users
     return Workload(
         name=s.name,
         arrival_s=arrival,
@@ -144,4 +190,6 @@ def workload(shape: SharedPrefixShape | str, *, seed: int = 0, requests: int | N
         units=tuple(units),
         unit_tokens=UNIT_TOKENS,
         adapter=np.full(n, -1, dtype=np.int64),
+        after=np.where(np.arange(n) >= users, np.arange(n) - users, -1).astype(np.int64) if waits else None,
+        response_units=tuple(answers) if s.multi_turn and cache_answers else (),
     )
