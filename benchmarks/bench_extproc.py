@@ -5,7 +5,7 @@
     python -m benchmarks.bench_extproc --rss-streams 200000 --json
     python -m benchmarks.bench_extproc --header-only --json   # ~4 min: header-only mode and both floors
     python -m benchmarks.bench_extproc --tracing --json       # ~4 min: --tracing off / 0 / 1 / 100 %
-    python -m benchmarks.bench_extproc --stream-window --json # ~6 min: --grpc-stream-window, 200 KB bodies
+    python -m benchmarks.bench_extproc --stream-window --json # ~4 min: --grpc-stream-window, 200 KB bodies
 
 Servers (each its own process, all started once and measured in turn):
 

@@ -1,7 +1,7 @@
 """What ``--grpc-stream-window`` costs honest traffic with 200 KB bodies, and what it bounds
 (``bench_extproc --stream-window``).
 
-    python -m benchmarks.bench_extproc --stream-window --json           # 3 runs, ~6 min
+    python -m benchmarks.bench_extproc --stream-window --json           # 3 runs, ~4 min
     python -m benchmarks.bench_extproc --stream-window --quick --json   # 1 short run
 
 Servers (``bench_extproc``'s harness: real ``picker serve`` processes over 16 fake vLLM servers, Envoy-like
@@ -12,12 +12,12 @@ load processes in two processes with four connections each, full streams: reques
   stream's to 4 MiB or more);
 - ``w64k``, ``w256k``, ``w1m``: a fixed window of 64 KiB, 256 KiB, 1 MiB per stream (the probe off).
 
-Phases, each ``--runs`` times, the servers' order rotated from run to run (A/B alternation on a shared
-machine): ``max_200k`` = closed loop with 200 KB bodies, one server at a time (streams/s, and p50/p99 of
-the request phase as the proxy sees it: from writing the request headers to the last request-body reply);
-``rate_200k`` = 100 streams/s with 200 KB bodies, one server at a time (p50/p99 at a fixed rate);
-``cpu_200k_<variant>`` = ``auto`` and the variant side by side at 100/s each (CPU per stream, from
-schedstat minus idle): ``cpu_ratio`` = median of the per-run ratios to ``auto``.
+Phases, each ``--runs`` times, every variant **side by side with** ``auto`` (both driven at once by the same
+load processes, so they share the machine's conditions; the pairs' order rotates from run to run):
+``max_200k_<variant>`` = closed loop with 200 KB bodies, 8 streams in flight per load process and server:
+``max_ratio_to_auto`` = median of the per-run streams/s ratios; ``cpu_200k_<variant>`` = 100 streams/s each
+with 200 KB bodies: ``cpu_ratio_to_auto`` (CPU per stream, from schedstat minus idle) and the request
+phase's p50/p99 as the proxy sees it (from writing the request headers to the last request-body reply).
 
 Then the **hostile peer** (:func:`hostile_growth`), once per server: ``HOSTILE_STREAMS`` streams on one
 connection each start at SSE response headers and send one 64 KiB chunk whose echo the client never reads
@@ -119,28 +119,51 @@ def run(quick: bool, runs: int | None, command: str) -> dict[str, Any]:
             Path(tmp),
             variants=[(name, 1, None, [f"--grpc-stream-window={w}"]) for name, w in VARIANTS],
         )
+        others = names[1:]
         for i in range(plan.runs):
-            order = names[i % len(names) :] + names[: i % len(names)]
-            r.measure("max_200k", order, mode="closed", duration=plan.max_s, body_bytes=LARGE_BODY)
-            r.measure(
-                "rate_200k", order, mode="open", duration=plan.rate_s, rate=BODY_RATE, body_bytes=LARGE_BODY
-            )
-            for name in names[1:]:
-                r.side_by_side(f"cpu_200k_{name}", ["auto", name], rate=BODY_RATE, body_bytes=LARGE_BODY)
+            for name in others[i % len(others) :] + others[: i % len(others)]:
+                pair = ["auto", name]
+                r.measure(
+                    f"max_200k_{name}",
+                    pair,
+                    together=True,
+                    mode="closed",
+                    duration=plan.max_s,
+                    body_bytes=LARGE_BODY,
+                )
+                r.side_by_side(f"cpu_200k_{name}", pair, rate=BODY_RATE, body_bytes=LARGE_BODY)
         doc["hostile"] = {
             name: asyncio.run(hostile_growth(r.live[name].target, r.live[name].pid))
             for name in names
             if name in r.live
         }
     doc["phases"] = r.phases()
-    doc["max_streams_per_s"] = {n: median(per_run(r.results, "max_200k", n, "streams_per_s")) for n in names}
-    for phase in ("max_200k", "rate_200k"):
-        for key in ("request_p50_ms", "request_p99_ms"):
-            doc[f"{phase}_{key}"] = {n: median(per_run(r.results, phase, n, key)) for n in names}
-    doc["max_ratio_to_auto"] = {
-        n: ratio(r.results, "max_200k", n, "auto", "streams_per_s") for n in names[1:]
+    pairs = {n: (f"max_200k_{n}", f"cpu_200k_{n}") for n in names[1:]}
+    doc["max_streams_per_s"] = {
+        n: {s: median(per_run(r.results, top, s, "streams_per_s")) for s in ("auto", n)}
+        for n, (top, _) in pairs.items()
     }
-    doc["cpu_ratio_to_auto"] = {n: ratio(r.results, f"cpu_200k_{n}", n, "auto") for n in names[1:]}
+    doc["max_ratio_to_auto"] = {
+        n: ratio(r.results, top, n, "auto", "streams_per_s") for n, (top, _) in pairs.items()
+    }
+    doc["cpu_ratio_to_auto"] = {n: ratio(r.results, cpu, n, "auto") for n, (_, cpu) in pairs.items()}
+
+    def per_run_ratios(phase: str, name: str, key: str) -> list[float | None]:
+        ours, auto = per_run(r.results, phase, name, key), per_run(r.results, phase, "auto", key)
+        return [round(x / y, 3) if y else None for x, y in zip(ours, auto, strict=True)]
+
+    doc["per_run_ratios"] = {
+        n: {
+            "streams_per_s": per_run_ratios(top, n, "streams_per_s"),
+            "cpu": per_run_ratios(cpu, n, "cpu_us_per_stream"),
+        }
+        for n, (top, cpu) in pairs.items()
+    }
+    for key in ("request_p50_ms", "request_p99_ms"):
+        doc[f"rate_200k_{key}"] = {
+            n: {s: median(per_run(r.results, cpu, s, key)) for s in ("auto", n)}
+            for n, (_, cpu) in pairs.items()
+        }
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     return doc
 
@@ -149,11 +172,10 @@ def summary(doc: dict[str, Any]) -> str:
     keys = (
         "max_streams_per_s",
         "max_ratio_to_auto",
-        "max_200k_request_p50_ms",
-        "max_200k_request_p99_ms",
+        "cpu_ratio_to_auto",
+        "per_run_ratios",
         "rate_200k_request_p50_ms",
         "rate_200k_request_p99_ms",
-        "cpu_ratio_to_auto",
     )
     lines = [f"200 KB bodies; machine {doc['machine']}"]
     lines.extend(f"  {key}: {json.dumps(doc[key])}" for key in keys)

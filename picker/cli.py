@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--grpc-stream-window",
         type=_quantity,
-        default=0,
+        default=256 << 10,
         help="HTTP/2 receive window of each ext_proc stream: bytes gRPC holds for a stream before it is "
-        "read (0: gRPC's automatic window; default 0)",
+        "read (0: gRPC's automatic window, 4 MiB or more a stream; default 256Ki)",
     )
     g = s.add_argument_group("pool")
     g.add_argument("--pool-name", default="", help="InferencePool to serve")

@@ -192,7 +192,7 @@ class Settings(BaseModel):
     grpc_keepalive_timeout: float = Field(10.0, gt=0, le=3600)
     #: HTTP/2 receive window of each ext_proc stream, bytes: what gRPC holds of a stream before its handler
     #: reads it (README "Limits"); 0: gRPC's automatic window (4 MiB or more a stream, its probe grows it)
-    grpc_stream_window: int = Field(0, ge=0, le=1 << 30)
+    grpc_stream_window: int = Field(256 << 10, ge=0, le=1 << 30)
 
     @field_validator("grpc_stream_window")
     @classmethod

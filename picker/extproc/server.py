@@ -34,7 +34,13 @@ from picker.extproc.tls import TLSConfig, server_credentials
 from picker.logs import peer_text
 from picker.routing.types import Dispatch, Router
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "SERVICE_NAME", "ExtProcServer"]
+__all__ = [
+    "AUTO_STREAM_WINDOW",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_STREAM_WINDOW",
+    "SERVICE_NAME",
+    "ExtProcServer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,10 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _FRAME_SLACK = 1024 * 1024
 #: 0 as ``stream_window``: gRPC's own receive windows, grown by its bandwidth-delay probe
 AUTO_STREAM_WINDOW = 0
+#: 256 KiB: a 200 KB prompt fits in one window (no window update mid-body), while a stream nobody reads
+#: parks at most this much instead of the 4 MiB or more of gRPC's probe (``benchmarks/RESULTS.md``,
+#: "ext_proc streams nobody reads")
+DEFAULT_STREAM_WINDOW = 256 << 10
 _UNDECODABLE = "message is not a ProcessingRequest"
 
 
@@ -104,7 +114,7 @@ class ExtProcServer:
         max_buffered_bytes: int = DEFAULT_BODY_BUDGET,
         shared_budget: BodyBudget | None = None,
         tracer: RequestTracer | None = None,
-        stream_window: int = AUTO_STREAM_WINDOW,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")

@@ -15,7 +15,14 @@ import aiohttp
 import grpc
 import pytest
 
-from picker.testing.envoy import EnvoyClient, request_body, request_headers
+from picker.extproc.server import DEFAULT_STREAM_WINDOW
+from picker.testing.envoy import (
+    EnvoyClient,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+)
 from picker.testing.hostile import hostile_process
 from tests.integration.cli.conftest import PeakRss, rss
 from tests.integration.conftest import LOCAL, PICKER, Spawn, serving_ports
@@ -181,19 +188,34 @@ async def test_an_oversized_admin_body_is_refused_while_reading(spawn: Spawn, de
     assert await process.stop() == 0
 
 
-#: --max-buffered-body-bytes for the body test, and what the process may grow by beyond it (gRPC's own
-#: buffers of the messages in flight, allocator slack). Measured growth with 96 streams (384 MiB offered):
-#: 81-86 MiB with the budget on a machine loaded 10x its cores, 416-621 MiB without it; with 48 streams up to
-#: 170 MiB at a load average of 40 (the event loop reads later, so more of the offered messages sit in
-#: gRPC's transport buffers). The bound, 192 MiB, sits between the two.
+#: what gRPC holds of a stream its handler has not read (yet): the stream's receive window
+#: (``--grpc-stream-window``, README "Limits") and the one message the handler waits for
+STREAM_WINDOW = DEFAULT_STREAM_WINDOW
+#: the memory those window's bytes may take: gRPC keeps the frames it holds in the read buffers they
+#: arrived in, which it sizes ahead of each read (measured 1.3x the bytes held with a 1 MiB window)
+WINDOW_MEMORY = 2 * STREAM_WINDOW
+#: what the process may grow by beyond the stated per-stream bounds, whatever the streams: its own
+#: allocations while serving (measured 8 MiB for 64 streams that each hold a 64 KiB chunk and its echo) and
+#: the allocator's arenas
+FIXED_SLACK = 24 << 20
+#: the chunk size of both tests: what Envoy sends a streamed body in
+CHUNK = 64 << 10
+#: --max-buffered-body-bytes for the body test
 BODY_BUDGET = 16 << 20
-BODY_SLACK = 176 << 20
 BODY_STREAMS = 96
+#: 4 MiB offered per stream: 384 MiB in all
+BODY_CHUNKS = 64
+#: per unfinished body beyond the budget: its unread bytes (the window, in gRPC's read buffers), the message
+#: its handler waits for, and that message's copy while the handler takes it
+BODY_PER_STREAM = WINDOW_MEMORY + 2 * CHUNK
 
 
 async def test_memory_stays_bounded_while_clients_send_unfinished_bodies(spawn: Spawn) -> None:
     """96 streams each offer 4 MiB of a body that never ends (384 MiB in all): the process-wide budget
-    refuses what does not fit at once, so the resident set grows by at most the budget plus slack."""
+    refuses what does not fit at once, and what no handler has read yet is bounded by each stream's
+    window, however late the event loop reads (gRPC's automatic window grew to 4 MiB or more a stream: growth
+    measured 81-86 MiB at a load of 10x the cores, 217 MiB once at more). Bound: the budget plus
+    :data:`BODY_PER_STREAM` a stream plus :data:`FIXED_SLACK`."""
     process = await spawn(
         [
             PICKER,
@@ -206,21 +228,23 @@ async def test_memory_stays_bounded_while_clients_send_unfinished_bodies(spawn: 
     )
     ports = await serving_ports(process, deadline_s=120.0)
     baseline = rss(process.proc.pid)
-    chunk = request_body(b"x" * (1 << 20), end_of_stream=False)
+    chunk = request_body(b"x" * CHUNK, end_of_stream=False)
     headers = request_headers([(":method", "POST"), (":path", "/v1/completions")])
     peak = baseline
     refused = 0
+    #: streams the server answered and closed while we were still sending (their 503 may be lost with it)
+    closed: set[int] = set()
     async with EnvoyClient(f"127.0.0.1:{ports.grpc}", tls=False) as client:
         streams = []
-        for _ in range(BODY_STREAMS):
+        for i in range(BODY_STREAMS):
             stream = client.stream()
             streams.append(stream)
             try:
                 await stream.send(headers)
-                for _ in range(4):
+                for _ in range(BODY_CHUNKS):
                     await stream.send(chunk)
-            except grpc.aio.AioRpcError:  # answered and closed while we were still sending: refused
-                pass
+            except grpc.aio.AioRpcError:
+                closed.add(i)
             peak = max(peak, rss(process.proc.pid))
         # four streams fill the budget; every other one is answered 503 at once (a bounded wait on that)
         replies = [asyncio.create_task(stream.recv()) for stream in streams]
@@ -231,20 +255,84 @@ async def test_memory_stays_bounded_while_clients_send_unfinished_bodies(spawn: 
             peak = max(peak, rss(process.proc.pid))
         # a stream whose send failed was answered and closed already (its reply may be lost with it)
         buffered = len(pending)
-        for task in replies:
+        for i, task in enumerate(replies):
             reply = task.result() if task.done() and not task.exception() else None
             if reply is not None:
                 assert reply.HasField("immediate_response"), reply
                 assert reply.immediate_response.status.code == 503
+            if reply is not None or i in closed:
                 refused += 1
         for task in pending:
             task.cancel()
         for stream in streams:
             stream.cancel()
     assert buffered == 4, f"{buffered} of {BODY_STREAMS} unfinished bodies buffered, expected the 4 that fit"
-    assert refused > 0
-    assert peak - baseline < BODY_BUDGET + BODY_SLACK, (
-        f"RSS grew by {(peak - baseline) >> 20} MiB (bound {(BODY_BUDGET + BODY_SLACK) >> 20} MiB)"
+    assert refused == BODY_STREAMS - 4, f"{refused} refused, expected every stream but the 4 buffered"
+    bound = BODY_BUDGET + BODY_STREAMS * BODY_PER_STREAM + FIXED_SLACK
+    assert peak - baseline < bound, f"RSS grew by {(peak - baseline) >> 20} MiB (bound {bound >> 20} MiB)"
+    assert process.proc.returncode is None, process.output
+    assert await process.stop() == 0
+
+
+#: the peer that reads none of our replies: its streams, and the chunks each offers once its handler waits
+UNREAD_STREAMS = 64
+UNREAD_CHUNKS = 32
+#: the peer's own receive window (gRPC's probe off): the echo of its first chunk does not fit
+PEER_WINDOW = 16 << 10
+#: per stream beyond the window: the chunk whose echo waits, and the echo
+UNREAD_PER_STREAM = WINDOW_MEMORY + 2 * CHUNK
+#: the senders are done, or none progressed for this long: each sent what the server's windows take
+QUIET_S = 1.0
+
+
+async def test_memory_stays_bounded_while_a_client_sends_what_no_handler_reads(spawn: Spawn) -> None:
+    """64 streams start at SSE response headers (a proxy that skips the request phase) and send one 64 KiB
+    chunk; the client never reads the echo, so each stream's handler waits on that write and reads nothing
+    more. Each stream then offers 2 MiB more (128 MiB in all): gRPC takes at most the stream's window of it
+    (with its automatic window it took everything: growth 147 MiB, every chunk accepted). Deterministic:
+    the handlers cannot read, whatever the machine's load."""
+    process = await spawn(
+        [PICKER, "serve", *LOCAL, "--secure-serving=false", "--static-endpoints=127.0.0.1:1"]
     )
+    ports = await serving_ports(process, deadline_s=120.0)
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", PEER_WINDOW)]
+    headers = response_headers([(":status", "200"), ("content-type", "text/event-stream")])
+    first = response_body(b"d" * CHUNK)
+    chunk = response_body(b"x" * CHUNK)
+    sent = [0] * UNREAD_STREAMS
+    async with EnvoyClient(f"127.0.0.1:{ports.grpc}", timeout=300, options=options) as client:
+        # the first stream's imports and allocations
+        warm = await client.raw([headers, response_body(b"x", end_of_stream=True)])
+        assert warm.code == grpc.StatusCode.OK, warm
+        pid = process.proc.pid
+        baseline = rss(pid)
+        streams = [client.stream() for _ in range(UNREAD_STREAMS)]
+
+        async def offer(i: int) -> None:
+            await streams[i].send(headers)
+            await streams[i].send(first)
+            for _ in range(UNREAD_CHUNKS):
+                await streams[i].send(chunk)
+                sent[i] += 1
+
+        async with PeakRss(pid) as peak:
+            senders = [asyncio.create_task(offer(i)) for i in range(UNREAD_STREAMS)]
+            loop = asyncio.get_running_loop()
+            progress, quiet_since = -1, loop.time()
+            for _ in range(1200):  # bounded: 60 s
+                if all(s.done() for s in senders) or loop.time() - quiet_since > QUIET_S:
+                    break
+                await asyncio.sleep(0.05)
+                if sum(sent) != progress:
+                    progress, quiet_since = sum(sent), loop.time()
+        for sender in senders:
+            sender.cancel()
+        for stream in streams:
+            stream.cancel()
+    accepted = max(sent)
+    assert accepted <= STREAM_WINDOW // CHUNK + 1, f"{accepted} unread chunks accepted on a stream"
+    bound = UNREAD_STREAMS * UNREAD_PER_STREAM + FIXED_SLACK
+    grown = peak.peak - baseline
+    assert grown < bound, f"RSS grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
     assert process.proc.returncode is None, process.output
     assert await process.stop() == 0

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from picker.cli import build_parser, settings_from_args
 from picker.config import default_config
+from picker.extproc.server import DEFAULT_STREAM_WINDOW
 from picker.service import Service
 from picker.settings import Settings
 
@@ -26,6 +27,11 @@ def test_the_flag_is_the_window_of_every_pool_server(flag: str, window: int) -> 
     servers = [pool.extproc for pool in svc.pools if pool.extproc is not None]
     assert len(servers) == 2
     assert all(server.stream_window == window for server in servers)
+
+
+def test_the_default_is_a_fixed_window() -> None:
+    settings = _settings("--static-endpoints=127.0.0.1:1")
+    assert settings.grpc_stream_window == DEFAULT_STREAM_WINDOW == 256 << 10
 
 
 @pytest.mark.parametrize("window", [1, 16383, -1, (1 << 30) + 1])
