@@ -27,7 +27,7 @@ class _PortTakenError(RuntimeError):
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         #: a port picked here (``port`` None) may be taken by another process before the server binds it:
-        #: :meth:`start` then picks another
+        #: the first :meth:`start` then picks another; a restart never moves (it fails, saying so)
         self._fixed_port = port is not None
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -48,8 +48,10 @@ class RedisServer:
                 self.port = free_port()
                 self.url = f"redis://127.0.0.1:{self.port}/0"
             else:
+                self._fixed_port = True  # a restart comes back here: its clients know this address
                 return
         self._start(timeout_s)
+        self._fixed_port = True
 
     def _start(self, timeout_s: float) -> None:
         log = (self._workdir / f"redis-{self.port}.log").open("ab")

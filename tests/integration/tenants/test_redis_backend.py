@@ -261,3 +261,21 @@ def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(
                 assert sock.recv(16).startswith(b"+PONG")
         finally:
             server.stop()
+
+
+def test_a_restart_whose_port_was_taken_meanwhile_fails_saying_so(tmp_path: Path) -> None:
+    """A restart comes back on the same address or not at all: its clients (an EPP given its URL) know
+    only that one, so moving to another port would leave them waiting on the old one for good."""
+    tool("redis-server", apt="redis-server")
+    server = RedisServer(tmp_path)
+    server.start()
+    port, url = server.port, server.url
+    server.stop()
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        with pytest.raises(RuntimeError, match=f"port {port} taken"):
+            server.start()
+    server.stop()
+    assert (server.port, server.url) == (port, url)
