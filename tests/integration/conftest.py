@@ -86,14 +86,22 @@ class Process:
             self.lines.append(line.decode(errors="replace").rstrip("\n"))
 
     async def wait_for(self, pattern: re.Pattern[str], deadline_s: float = 90.0) -> re.Match[str]:
-        """The first output line matching ``pattern``; fails if the process exits or the deadline passes."""
+        """The first output line matching ``pattern``; fails if the process exits or the deadline passes.
+
+        A process that exited is read to its end first: its last lines (why it exited) may still be in
+        the pipe when its exit is noticed, and they belong in the failure, as does the exit code."""
         end = time.monotonic() + deadline_s
         while True:
+            exited = self.proc.returncode is not None
+            if exited and self.reader is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.reader), 10.0)
             for line in self.lines:
                 if m := pattern.search(line):
                     return m
-            if self.proc.returncode is not None or time.monotonic() > end:
-                raise AssertionError(f"no line matching {pattern.pattern!r}; output:\n{self.output}")
+            if exited or time.monotonic() > end:
+                how = f"exited with {self.proc.returncode}" if exited else f"running after {deadline_s:g} s"
+                raise AssertionError(f"no line matching {pattern.pattern!r} ({how}); output:\n{self.output}")
             await asyncio.sleep(0.02)
 
     async def stop(self, sig: int = signal.SIGTERM, deadline_s: float = 60.0) -> int:

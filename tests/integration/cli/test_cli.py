@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -361,3 +362,16 @@ async def test_version(spawn: Spawn) -> None:
     code, output = await run_to_exit(spawn, [PICKER, "--version"])
     assert code == 0
     assert output == "" or output.startswith("picker ")  # printed on stdout
+
+
+async def test_a_wait_for_a_line_of_a_process_that_exited_fails_with_its_last_lines(spawn: Spawn) -> None:
+    """A child that exits before the line a test waits for fails the wait with everything it wrote, its
+    last line (why it exited) included, and its exit code: its pipe is read to the end first (the exit is
+    often noticed while a pipe's worth of lines is still unread)."""
+    script = "import sys; sys.stderr.write('filler line\\n' * 20000 + 'the reason\\n'); sys.exit(3)"
+    process = await spawn([sys.executable, "-c", script])
+    with pytest.raises(AssertionError) as failed:
+        await process.wait_for(re.compile("never written"))
+    message = str(failed.value)
+    assert "(exited with 3)" in message
+    assert message.endswith("filler line\nthe reason")

@@ -27,7 +27,6 @@ from picker.testing.envoy import (
     response_headers,
 )
 from picker.testing.fake_server import FakeFleet
-from picker.testing.net import free_port
 from tests.integration.conftest import LOCAL, PICKER, Spawn, serving_ports
 from tests.integration.service.test_flow_control import CONFIG as FLOW_CONTROL
 
@@ -95,16 +94,14 @@ async def eventually(check: Any, what: str, within: float = 30.0, interval: floa
 @contextlib.asynccontextmanager
 async def _start_tree(spawn: Spawn, *extra: str) -> AsyncIterator[Tree]:
     async with FakeFleet.uniform(4, "vllm") as fleet:
-        grpc_port = free_port()
         process = await spawn(
             [
                 PICKER,
                 "serve",
-                *LOCAL,
+                *LOCAL,  # --grpc-port=0: the supervisor reserves the port its workers share and logs it
                 "--workers=2",
                 f"--static-endpoints={','.join(fleet.addresses)}",
                 "--secure-serving=false",
-                f"--grpc-port={grpc_port}",  # after LOCAL's 0: one port the workers share
                 "--refresh-metrics-interval=200ms",
                 *extra,
             ]
@@ -113,7 +110,7 @@ async def _start_tree(spawn: Spawn, *extra: str) -> AsyncIterator[Tree]:
         http = aiohttp.ClientSession()
         t = Tree(
             process.proc,
-            f"127.0.0.1:{grpc_port}",
+            f"127.0.0.1:{ports.grpc}",
             f"http://127.0.0.1:{ports.metrics}",
             f"http://127.0.0.1:{ports.admin}",
             http,
