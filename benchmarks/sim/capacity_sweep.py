@@ -84,8 +84,11 @@ CASES: tuple[Case, ...] = (
     Case("mooncake-conv", "mooncake-conv", 6000, 2000),
     Case("mooncake-conv (long-prompt SLO)", "mooncake-conv", 6000, 2000, LONG_PROMPT_SLO),
     *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 3000, 1500) for s in SHARED_PREFIX_SHAPES[:2]),
-    # the multi-turn shapes: every session two rounds (full), half of them (quick); shared_prefix's docstring
-    *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 12000, 9000) for s in SHARED_PREFIX_SHAPES[2:]),
+    # the multi-turn shapes: every session two rounds (shared_prefix's docstring), quick or not. With half of
+    # the sessions' second rounds (9,000) short-q few-sys meets the objective at every low rate and the
+    # search climbs into the closed-loop regime, where offered rate is not throughput (round-robin
+    # "2,227 req/s", ours "4,092": benchmarks/RESULTS.md, the multi-turn shapes)
+    *(Case(SHARED_PREFIX + s, SHARED_PREFIX + s, 12000, 12000) for s in SHARED_PREFIX_SHAPES[2:]),
     Case("azure-conv", "azure-conv", 10000, 3000),
     Case("lora", "lora", 10000, 3000),
 )
