@@ -128,7 +128,10 @@ class Ports:
     admin: int
 
 
-async def serving_ports(process: Process, deadline_s: float = 30.0) -> Ports:
+async def serving_ports(process: Process, deadline_s: float = 90.0) -> Ports:
+    """The ports of the serving line. The wait ends at that line or at the process's exit; the deadline
+    only catches a process hung before it, so it is :meth:`Process.wait_for`'s (it was 30 s, which a
+    ``picker serve --workers`` start passed on a loaded machine, failing a test whose process was fine)."""
     m = await process.wait_for(SERVING, deadline_s)
     return Ports(int(m[1]), m[2] == "TLS", int(m[3]), int(m[4]), int(m[5]))
 
