@@ -6,6 +6,7 @@ turn routed by one worker and the next turn routed by the other must land on the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,9 +41,19 @@ def turn(conversation: int, n: int) -> HttpRequest:
     return HttpRequest(path="/v1/chat/completions", body=body)
 
 
+async def fleet_idle(tree: Tree) -> bool:
+    """Nothing of ours counts as load on any endpoint: every stream released (``inflight``) and every
+    request dispatched so far covered by a scrape that began after it (``dispatched_since_scrape``, which
+    the queue scorer adds to an endpoint's queue). Our requests never reach the fake servers, so their
+    gauges stay equal: the load scorers tie and the prefix decides."""
+    rows = (await tree.get("/debug/endpoints"))["endpoints"]
+    return all(r["dispatched_since_scrape"] == 0 and r["inflight"] == 0 for r in rows)
+
+
 async def on_worker(tree: Tree, request: HttpRequest, wanted: int | None) -> tuple[int, str]:
-    """Route ``request`` over new connections until one lands on worker ``wanted`` (None: any); returns
-    the worker and the destination. A connection is pinned to one worker; its picks count tells which."""
+    """Route ``request`` over new connections until one lands on worker ``wanted`` (None: any), once the
+    fleet is idle (:func:`fleet_idle`); returns the worker and the destination. A connection is pinned to
+    one worker; its picks count tells which."""
     for _ in range(64):
         client = await tree.new_client()
         before = [w["picks"] for w in await tree.workers()]
@@ -54,6 +65,8 @@ async def on_worker(tree: Tree, request: HttpRequest, wanted: int | None) -> tup
             worker = next(i for i, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
             if worker != wanted:
                 continue
+        # the scores then differ by the prefix alone: no earlier turn or probe still counts as load
+        await eventually(functools.partial(fleet_idle, tree), "the fleet idle in the snapshot", interval=0.02)
         result = await client.exchange(request)
         assert result.destination is not None
         after = [w["picks"] for w in await tree.workers()]
