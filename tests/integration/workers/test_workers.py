@@ -381,6 +381,14 @@ async def test_workers_share_the_external_endpoints_budget_through_the_superviso
         assert row["limits"] == {"concurrent": 3}
         assert row["reserved"]["concurrent"] == 3
         await finish(held[0][0])  # worker a's request ends: its slot is free for worker b
+
+        async def freed() -> bool:
+            # worker a gives the slot back over its own pipe, worker b asks over another: the supervisor
+            # reads the two in no set order, so b asks once the release has been applied
+            (row,) = (await t.get("/debug/external"))["external"]
+            return bool(row["reserved"]["concurrent"] == 2)
+
+        await eventually(freed, "worker a's slot given back to the supervisor")
         stream, where = await _destination(b)
         assert where == "127.0.0.9:9"
         for s in (stream, *(s for s, _ in held[1:])):
