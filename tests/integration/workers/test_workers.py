@@ -318,7 +318,9 @@ async def client_per_worker(
     new_client: Callable[[], Awaitable[EnvoyClient]], workers: Callable[[], Awaitable[list[dict[str, Any]]]]
 ) -> tuple[EnvoyClient, EnvoyClient]:
     """Clients of worker 0 and worker 1: connect (``new_client``, a connection of its own each) until a
-    held stream shows on each worker in ``workers()`` (a ``/debug/workers`` list)."""
+    held stream shows on each worker in ``workers()`` (a ``/debug/workers`` list). The probes carry no
+    objective and must be routed to the pool: with external endpoints, keep them from spilling
+    (``spillover.minPriority`` above 0, as :data:`EXTERNAL`), or a pool not scraped yet sends them out."""
     by_worker: dict[int, EnvoyClient] = {}
 
     async def settled(index: int, inflight: float) -> bool:
@@ -327,9 +329,11 @@ async def client_per_worker(
     for _ in range(64):
         client = await new_client()
         before = {w["index"]: w["inflight"] for w in await workers()}
-        stream, _kind = await _first_reply_kind(client, "probe")
+        stream, kind = await _first_reply_kind(client, "probe")
         after = {w["index"]: w["inflight"] for w in await workers()}
-        (index,) = [i for i in after if after[i] > before[i]]
+        moved = [i for i in after if after[i] > before[i]]
+        assert len(moved) == 1, f"a probe routed to the pool shows on one worker: {kind}, {before} -> {after}"
+        (index,) = moved
         stream.cancel()
         await eventually(functools.partial(settled, index, before[index]), "the probe's stream released")
         by_worker.setdefault(index, client)
@@ -339,13 +343,16 @@ async def client_per_worker(
     return by_worker[0], by_worker[1]
 
 
+#: ``minPriority: 1`` keeps requests without an objective (priority 0: :func:`client_per_worker`'s probes)
+#: in the pool: a pool not scraped yet counts as saturated, and a probe spilled there holds no stream a
+#: worker's in-flight count shows
 EXTERNAL = """\
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig
-objectives: [{name: offload, priority: 0}]
+objectives: [{name: offload, priority: 1}]
 externalEndpoints:
 - {name: managed, address: '127.0.0.9:9', price: {inputPer1M: 1, outputPer1M: 4}, limits: {concurrent: 3}}
-spillover: {objectives: [offload]}
+spillover: {objectives: [offload], minPriority: 1}
 """
 
 
