@@ -139,6 +139,17 @@ async def test_each_pools_budgets_are_its_own_across_both_workers(
             return True
 
         await eventually(loaded, within=30, what="each pool's ConfigMap applied")
+
+        async def scraped() -> bool:
+            # until its pod's metrics land a pool counts as saturated, and a request without an objective
+            # (client_per_worker's probe) spills to the external endpoint: no worker would show it
+            for name in pools:
+                rows = (await admin.json(f"/pools/{name}/debug/endpoints"))["endpoints"]
+                if not rows or any(row["stale"] for row in rows):
+                    return False
+            return True
+
+        await eventually(scraped, within=30, what="each pool's pod scraped")
         # a client of each worker on each pool's port
         clients: dict[str, tuple[EnvoyClient, EnvoyClient]] = {}
         for name, pool in pools.items():
