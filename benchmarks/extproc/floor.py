@@ -17,7 +17,12 @@ def serve_null(port: int) -> int:
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-    from picker.extproc.server import _FRAME_SLACK, DEFAULT_MAX_BODY_BYTES
+    from picker.extproc.server import (
+        _FRAME_SLACK,
+        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_STREAM_WINDOW,
+        window_options,
+    )
 
     request_headers_reply = pb.ProcessingResponse()
     request_headers_reply.request_headers.SetInParent()
@@ -58,6 +63,8 @@ def serve_null(port: int) -> int:
     async def main() -> None:
         server = grpc.aio.server(
             options=[
+                # the same transport settings as ``picker serve`` by default (its fixed stream window)
+                *window_options(DEFAULT_STREAM_WINDOW),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", DEFAULT_MAX_BODY_BYTES + _FRAME_SLACK),
             ]

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_STREAM_WINDOW",
     "SERVICE_NAME",
     "ExtProcServer",
+    "window_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,17 @@ AUTO_STREAM_WINDOW = 0
 #: "ext_proc streams nobody reads")
 DEFAULT_STREAM_WINDOW = 256 << 10
 _UNDECODABLE = "message is not a ProcessingRequest"
+
+
+def window_options(stream_window: int) -> list[tuple[str, int]]:
+    """gRPC server options for a fixed receive window of ``stream_window`` bytes per stream: the
+    bandwidth-delay probe off (it would resize the window) and the window announced in
+    SETTINGS_INITIAL_WINDOW_SIZE (see :class:`ExtProcServer`); none for ``AUTO_STREAM_WINDOW``.
+    ``benchmarks/extproc/floor.py`` serves its null handler with the same options, so the floor
+    pays the same transport settings as we do."""
+    if stream_window == AUTO_STREAM_WINDOW:
+        return []
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", stream_window)]
 
 
 class ExtProcServer:
@@ -151,14 +163,9 @@ class ExtProcServer:
         if self._server is not None:
             raise RuntimeError("ext_proc server already started")
         ping_every, ping_timeout = self._keepalive
-        window: list[tuple[str, int]] = []
-        if self.stream_window != AUTO_STREAM_WINDOW:
-            # a fixed receive window per stream: the probe off (it would resize the window), the window
-            # announced in SETTINGS_INITIAL_WINDOW_SIZE (see the class docstring)
-            window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", self.stream_window)]
         server = grpc.aio.server(
             options=[
-                *window,
+                *window_options(self.stream_window),
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_receive_message_length", self._max_body + _FRAME_SLACK),
                 # A proxy that freezes (TCP up, nothing moving) would pin its streams, their leases and

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from picker.cli import build_parser, settings_from_args
 from picker.config import default_config
-from picker.extproc.server import DEFAULT_STREAM_WINDOW
+from picker.extproc.server import AUTO_STREAM_WINDOW, DEFAULT_STREAM_WINDOW, window_options
 from picker.service import Service
 from picker.settings import Settings
 
@@ -38,3 +38,12 @@ def test_the_default_is_a_fixed_window() -> None:
 def test_a_window_that_cannot_carry_a_frame_is_refused(window: int) -> None:
     with pytest.raises(ValidationError, match="grpc_stream_window"):
         Settings(grpc_stream_window=window)
+
+
+def test_a_fixed_window_turns_the_probe_off_and_announces_the_window() -> None:
+    # the same options serve ExtProcServer and the benchmark's null handler (its floor)
+    assert window_options(AUTO_STREAM_WINDOW) == []
+    assert dict(window_options(DEFAULT_STREAM_WINDOW)) == {
+        "grpc.http2.bdp_probe": 0,
+        "grpc.http2.lookahead_bytes": DEFAULT_STREAM_WINDOW,
+    }
