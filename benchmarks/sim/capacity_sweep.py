@@ -21,7 +21,9 @@ round-robin search ran already is not searched again, only the policies it lacks
 capacity as in one comparison (:func:`benchmarks.sim.capacity.compare`, ``baseline_rps``). So seeds,
 workloads and policies can run in separate processes, at separate times, and give one report. Each run
 records the simulator's wall time per policy (``policy_wall_s``), to plan a longer sweep from a shorter one,
-and when landed scrapes reached its picks (``publish``; ``--publish``, :mod:`benchmarks.sim.publish`).
+and when landed scrapes reached its picks (``publish``; ``--publish``, :mod:`benchmarks.sim.publish`): only
+runs under this sweep's publish rule are taken (:mod:`benchmarks.sim.sweep_runs`; runs recorded before the
+publish was modelled saw every page at once, which is ``--publish 0``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict
 from benchmarks.sim.policies import CAPACITY_POLICIES, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.publish import publish_config
+from benchmarks.sim.sweep_runs import BASELINE, earlier_runs, merge_run, publish_rule
 from benchmarks.sim.traces import SHARED_PREFIX, SHARED_PREFIX_SHAPES, named_trace
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -95,7 +98,6 @@ CASES: tuple[Case, ...] = (
 
 
 #: every run's first search, which the others start from
-BASELINE = "round-robin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,46 +133,8 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
         "evaluations": evaluations_section(c),
         "policy_wall_s": {p: round(s, 1) for p, s in c.wall_s.items()},
         "wall_s": time.perf_counter() - t0,
-        "publish": {"interval_s": cfg.publish_interval_s, "scrape_rounds": cfg.scrape_rounds},
+        "publish": publish_rule(cfg),
     }
-
-
-def merge_run(into: dict[str, Any] | None, run: Mapping[str, Any]) -> dict[str, Any]:
-    """One (workload, seed)'s run with the policies of ``run`` added to those of ``into`` (``run``'s
-    figures win where both measured a policy; the wall times add up)."""
-    if into is None:
-        return {**run, **{k: dict(run.get(k, {})) for k in ("capacity", "evaluations", "policy_wall_s")}}
-    out = dict(into)
-    for key in ("capacity", "evaluations", "policy_wall_s"):
-        out[key] = {**into.get(key, {}), **run.get(key, {})}
-    out["wall_s"] = float(into.get("wall_s", 0.0)) + float(run.get("wall_s", 0.0))
-    if "publish" in run:  # the newer run's publish rule (round-robin reads no gauge: alike under any)
-        out["publish"] = run["publish"]
-    return out
-
-
-def earlier_runs(
-    path: Path, cases: Sequence[Case], seeds: Sequence[int], *, quick: bool
-) -> dict[str, dict[int, dict[str, Any]]]:
-    """The runs of ``cases`` x ``seeds`` in an earlier sweep's JSON under the same SLO on as many requests
-    as this sweep would, that searched round-robin (the start of every other search; a run without it is
-    simulated again). The policies a run lacks are simulated by :func:`main`."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        workloads = doc["workloads"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"--add-runs {path}: not a capacity sweep's JSON ({exc})") from None
-    out: dict[str, dict[int, dict[str, Any]]] = {}
-    for c in cases:
-        w = workloads.get(c.label)
-        if not isinstance(w, dict) or w.get("slo") != slo_dict(c.slo):
-            continue
-        n = c.quick_requests if quick else c.requests
-        for seed in seeds:
-            run = w.get("runs", {}).get(str(seed))
-            if isinstance(run, dict) and run.get("requests") == n and BASELINE in run.get("capacity", {}):
-                out.setdefault(c.label, {})[seed] = run
-    return out
 
 
 def plan_jobs(
@@ -289,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="JSON",
         help="runs of an earlier sweep (its JSON) to report with this one's: a (workload, seed) found there "
-        "is not simulated again (seeds run separately, or on several machines, give one report)",
+        "on the same trace length, SLO and publish rule is not simulated again (seeds run separately, or on "
+        "several machines, give one report)",
     )
     p.add_argument(
         "--no-simulate",
@@ -307,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
     wall0 = time.perf_counter()
     results: dict[str, dict[int, dict[str, Any]]] = {c.label: {} for c in cases}
+    rule = publish_rule(publish_config(FleetConfig(LLAMA3_8B_H100), args.publish))  # a bad one fails here
     for path in args.add_runs:
-        earlier = earlier_runs(path, cases, seeds, quick=args.quick)
+        earlier = earlier_runs(path, cases, seeds, quick=args.quick, publish=rule)
         for label, runs in earlier.items():
             for seed, run in runs.items():
                 results[label][seed] = merge_run(results[label].get(seed), run)
-    publish_config(FleetConfig(LLAMA3_8B_H100), args.publish)  # a bad --publish fails before any run
     jobs = plan_jobs(cases, seeds, policies, results, quick=args.quick)
     jobs = [dataclasses.replace(j, publish=args.publish) for j in jobs]
     if args.no_simulate:

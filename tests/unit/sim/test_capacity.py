@@ -17,7 +17,12 @@ from benchmarks.sim.fleet import FleetConfig
 from benchmarks.sim.metrics import LONG_PROMPT_SLO, Slo, slo_dict, summarize
 from benchmarks.sim.policies import CAPACITY_POLICIES, ScoringPolicy, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
+from benchmarks.sim.publish import publish_config
+from benchmarks.sim.sweep_runs import UNMODELLED_PUBLISH, publish_rule
 from benchmarks.sim.traces import Workload
+
+#: the publish rule a sweep runs under by default (the service's cadence)
+SERVICE_PUBLISH = publish_rule(publish_config(FleetConfig(LLAMA3_8B_H100), None))
 
 
 def step_curve(knee: float, calls: list[float]) -> object:
@@ -250,6 +255,7 @@ def test_sweep_reports_runs_of_earlier_sweeps_without_simulating_them_again(
         return {
             "requests": requests,
             "capacity": {p: {"capacity_rps": c, "prefix_hit_rate": None} for p, c in caps.items()},
+            "publish": SERVICE_PUBLISH,
         }
 
     def sweep(runs: dict[str, object], name: str) -> Path:
@@ -306,6 +312,7 @@ def test_sweep_simulates_only_the_policies_earlier_runs_lack(
             "evaluations": {p: [] for p in caps},
             "policy_wall_s": dict.fromkeys(caps, wall),
             "wall_s": wall * len(caps),
+            "publish": SERVICE_PUBLISH,
         }
 
     # seed 0: round-robin and ours in one file, the oracle in another; seed 1: ours only (no round-robin)
@@ -366,3 +373,22 @@ def test_without_matplotlib_a_plot_is_skipped_with_a_message(
     assert plot_capacity_bars(table, ["round-robin", "default"], path, title="t") is None
     assert not path.exists()
     assert f"no plot {path}: matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_earlier_runs_under_another_publish_rule_are_simulated_again(tmp_path: Path) -> None:
+    case = next(c for c in capacity_sweep.CASES if c.label == "lora")
+    now = SERVICE_PUBLISH
+
+    def run(**extra: object) -> dict[str, object]:
+        caps = {"round-robin": {"capacity_rps": 10.0, "prefix_hit_rate": None}}
+        return {"requests": case.quick_requests, "capacity": caps, **extra}
+
+    # seed 0 under today's rule, seed 1 recorded before the publish was modelled, seed 2 at another interval
+    runs = {"0": run(publish=now), "1": run(), "2": run(publish={**now, "interval_s": 0.02})}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"workloads": {"lora": {"slo": slo_dict(case.slo), "runs": runs}}}), "utf-8")
+    got = capacity_sweep.earlier_runs(path, [case], [0, 1, 2], quick=True, publish=now)
+    assert set(got["lora"]) == {0}
+    unmodelled = capacity_sweep.earlier_runs(path, [case], [0, 1, 2], quick=True, publish=UNMODELLED_PUBLISH)
+    assert set(unmodelled["lora"]) == {1}
+    assert set(capacity_sweep.earlier_runs(path, [case], [0, 1, 2], quick=True)["lora"]) == {0, 1, 2}
