@@ -53,49 +53,27 @@ QUIET_S = 2.0
 
 
 async def hostile_growth(target: str, pid: int) -> dict[str, Any]:
-    """The non-reading peer against the server at ``target`` (process ``pid``); see the module docstring."""
-    from picker.testing.envoy import EnvoyClient, response_body, response_headers
+    """The non-reading peer (:func:`picker.testing.unread_peer.offer_unread`, the one the hardening test
+    bounds) against the server at ``target`` (process ``pid``); see the module docstring."""
+    from picker.testing.unread_peer import offer_unread
 
-    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", CLIENT_WINDOW)]
-    headers = response_headers([(":status", "200"), ("content-type", "text/event-stream")])
-    first = response_body(b"d" * HOSTILE_CHUNK)
-    chunk = response_body(b"x" * HOSTILE_CHUNK)
-    sent = [0] * HOSTILE_STREAMS
-    async with EnvoyClient(target, timeout=600, options=options) as client:
-        warm = client.stream()
-        await warm.send(headers)
-        await warm.send(response_body(b"x", end_of_stream=True))
-        while await warm.recv() is not None:
-            pass
-        before = peak = rss_bytes(pid)
-        streams = [client.stream() for _ in range(HOSTILE_STREAMS)]
-
-        async def offer(i: int) -> None:
-            await streams[i].send(headers)
-            await streams[i].send(first)
-            for _ in range(HOSTILE_CHUNKS):
-                await streams[i].send(chunk)
-                sent[i] += 1
-
-        tasks = [asyncio.create_task(offer(i)) for i in range(HOSTILE_STREAMS)]
-        loop = asyncio.get_running_loop()
-        last, quiet_since, t0 = -1, loop.time(), loop.time()
-        while not all(t.done() for t in tasks) and loop.time() - quiet_since < QUIET_S:
-            await asyncio.sleep(0.05)
-            peak = max(peak, rss_bytes(pid))
-            if sum(sent) != last:
-                last, quiet_since = sum(sent), loop.time()
-        await asyncio.sleep(0.3)  # what was written last reaches the server
-        peak = max(peak, rss_bytes(pid))
-        for task in tasks:
-            task.cancel()
-        for stream in streams:
-            stream.cancel()
+    outcome = await offer_unread(
+        target,
+        lambda: rss_bytes(pid),
+        streams=HOSTILE_STREAMS,
+        chunks=HOSTILE_CHUNKS,
+        chunk=HOSTILE_CHUNK,
+        client_window=CLIENT_WINDOW,
+        quiet_s=QUIET_S,
+        sample_s=0.05,
+        settle_s=0.3,  # what was written last reaches the server
+        rpc_timeout_s=600,
+    )
     return {
-        "rss_growth_mib": round((peak - before) / (1 << 20), 1),
-        "accepted_chunks": max(sent),
+        "rss_growth_mib": round(outcome.growth / (1 << 20), 1),
+        "accepted_chunks": outcome.accepted,
         "offered_mib": HOSTILE_STREAMS * HOSTILE_CHUNKS * HOSTILE_CHUNK >> 20,
-        "seconds": round(loop.time() - t0, 1),
+        "seconds": round(outcome.seconds, 1),
     }
 
 

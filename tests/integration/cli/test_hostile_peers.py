@@ -20,10 +20,9 @@ from picker.testing.envoy import (
     EnvoyClient,
     request_body,
     request_headers,
-    response_body,
-    response_headers,
 )
 from picker.testing.hostile import hostile_process
+from picker.testing.unread_peer import offer_unread
 from tests.integration.cli.conftest import PeakRss, rss
 from tests.integration.conftest import LOCAL, PICKER, Spawn, serving_ports
 
@@ -295,44 +294,21 @@ async def test_memory_stays_bounded_while_a_client_sends_what_no_handler_reads(s
         [PICKER, "serve", *LOCAL, "--secure-serving=false", "--static-endpoints=127.0.0.1:1"]
     )
     ports = await serving_ports(process, deadline_s=120.0)
-    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", PEER_WINDOW)]
-    headers = response_headers([(":status", "200"), ("content-type", "text/event-stream")])
-    first = response_body(b"d" * CHUNK)
-    chunk = response_body(b"x" * CHUNK)
-    sent = [0] * UNREAD_STREAMS
-    async with EnvoyClient(f"127.0.0.1:{ports.grpc}", timeout=300, options=options) as client:
-        # the first stream's imports and allocations
-        warm = await client.raw([headers, response_body(b"x", end_of_stream=True)])
-        assert warm.code == grpc.StatusCode.OK, warm
-        pid = process.proc.pid
-        baseline = rss(pid)
-        streams = [client.stream() for _ in range(UNREAD_STREAMS)]
-
-        async def offer(i: int) -> None:
-            await streams[i].send(headers)
-            await streams[i].send(first)
-            for _ in range(UNREAD_CHUNKS):
-                await streams[i].send(chunk)
-                sent[i] += 1
-
-        async with PeakRss(pid) as peak:
-            senders = [asyncio.create_task(offer(i)) for i in range(UNREAD_STREAMS)]
-            loop = asyncio.get_running_loop()
-            progress, quiet_since = -1, loop.time()
-            for _ in range(1200):  # bounded: 60 s
-                if all(s.done() for s in senders) or loop.time() - quiet_since > QUIET_S:
-                    break
-                await asyncio.sleep(0.05)
-                if sum(sent) != progress:
-                    progress, quiet_since = sum(sent), loop.time()
-        for sender in senders:
-            sender.cancel()
-        for stream in streams:
-            stream.cancel()
-    accepted = max(sent)
+    pid = process.proc.pid
+    outcome = await offer_unread(
+        f"127.0.0.1:{ports.grpc}",
+        lambda: rss(pid),
+        streams=UNREAD_STREAMS,
+        chunks=UNREAD_CHUNKS,
+        chunk=CHUNK,
+        client_window=PEER_WINDOW,
+        quiet_s=QUIET_S,
+        sample_s=0.02,
+    )
+    accepted = outcome.accepted
     assert accepted <= STREAM_WINDOW // CHUNK + 1, f"{accepted} unread chunks accepted on a stream"
     bound = UNREAD_STREAMS * UNREAD_PER_STREAM + FIXED_SLACK
-    grown = peak.peak - baseline
+    grown = outcome.growth
     assert grown < bound, f"RSS grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
     assert process.proc.returncode is None, process.output
     assert await process.stop() == 0
