@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,11 +22,15 @@ from picker.testing.clocks import clear_of_the_hour
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
 from picker.testing.redis_server import RedisServer
 from tests.integration.conftest import LOCAL, PICKER, Process, Spawn, serving_ports
+from tests.integration.tenants.conftest import observed_until
 
 #: the budgets count per UTC hour (and day) in ``picker serve`` processes, on the real clock: each test starts
 #: with this much of the hour left (about 10x what it takes on a quiet machine), waiting for the next hour
 #: in 1 run of 60; the timeout leaves room for that wait on top of the usual 120 s
 CLEAR_S = 60.0
+#: Redis back after a restart: each EPP's backend pings it within 1 s and then writes what it queued, a
+#: second or two on a quiet machine; a bound far above that that still leaves the hour's CLEAR_S room
+RECOVERY_S = 30.0
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120 + CLEAR_S)]
 
 CONFIG = """\
@@ -151,25 +154,24 @@ async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
                 "admitting requests without enforcing budgets (failMode open)" in line for line in epp.lines
             )
 
-        # back (empty: no persistence): both reconnect, reload the scripts and enforce again
+        # back (empty: no persistence): both reconnect, reload the scripts and enforce again, and the
+        # usage both counted while Redis was down is written back: 4 x 101 tokens of tenant t2
         redis.start()
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            docs = [await epp.debug(http) for epp in (a, b)]
-            if all(d["backendUp"] for d in docs):
-                break
-            await asyncio.sleep(0.1)
-        assert all(d["backendUp"] for d in docs), [epp.lines[-5:] for epp in (a, b)]
-        # the usage both counted while Redis was down is written back: 4 x 101 tokens of tenant t2
         client = aioredis.Redis.from_url(redis.url)
+
+        async def recovery() -> dict[str, object]:
+            docs = [await epp.debug(http) for epp in (a, b)]
+            used = await client.hget("picker:tenants:{t2}:m", "u1")
+            return {"backendUp": [d["backendUp"] for d in docs], "t2 used": used and int(used)}
+
         try:
-            for _ in range(300):
-                used = await client.hget("picker:tenants:{t2}:m", "u1")
-                if used is not None and int(used) == 404:
-                    break
-                await asyncio.sleep(0.05)
-            assert used is not None
-            assert int(used) == 404
+            await observed_until(
+                recovery,
+                lambda seen: seen == {"backendUp": [True, True], "t2 used": 404},
+                within_s=RECOVERY_S,
+                what="both EPPs enforcing again, t2's usage while Redis was down written back",
+                explain=lambda: f"the EPPs' last lines: {[epp.lines[-5:] for epp in (a, b)]}",
+            )
         finally:
             await client.aclose()
     # usage queued while Redis was down was replayed: t2 used 4 x 101 of its 1,000 already
