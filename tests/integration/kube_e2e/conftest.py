@@ -390,7 +390,12 @@ async def launch_epp(
 ) -> EppProcess:
     """``picker serve ARGS`` (``env`` added to the clean environment), its ext_proc client connected, once
     it logged its serving line; fails with its output if the process exits first."""
-    process = await spawn([PICKER, "serve", *args], env=env)
+    return await started_epp(await spawn([PICKER, "serve", *args], env=env), name)
+
+
+async def started_epp(process: Process, name: str) -> EppProcess:
+    """A ``picker serve`` process spawned already, its ext_proc client connected, once it logged its
+    serving line; fails with its output if the process exits first (``process`` then says why)."""
     epp = EppProcess(name, process, await process.wait_for(SERVING_LINE, SERVE_START_S))
     await epp.client.connect()
     return epp

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
-from collections.abc import AsyncIterator, Iterable
+import socket
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.testing.envoy import EnvoyClient, HttpRequest
 from picker.testing.kube_api import KubeApiEmulator
-from picker.testing.kube_objects import config_map, inference_pool
+from picker.testing.kube_objects import POOL_V1, config_map, inference_pool
 from picker.testing.net import free_port
 from picker.testing.otlp import OtlpReceiver
-from tests.integration.conftest import Spawn
+from tests.integration.conftest import PICKER, Spawn
 from tests.integration.kube_e2e.conftest import (
     NS,
+    EppProcess,
     FakePod,
     FakePods,
     Gauges,
     completion,
     eventually,
-    launch_epp,
+    started_epp,
 )
 
 pytestmark = pytest.mark.integration
@@ -156,6 +159,56 @@ def serve_args(pool_flags: Iterable[str], kubeconfig: Path, *extra: str) -> list
     ]
 
 
+#: starts of ``picker serve`` with fresh ports after a pool's port was taken (see :func:`launch_pools`)
+PORT_ATTEMPTS = 3
+#: the exit of a process that could not bind a port (its one ``cannot start`` line, with or without
+#: ``--workers``)
+PORT_TAKEN = re.compile(r"cannot start: .*Address already in use")
+
+
+async def launch_pools(
+    spawn: Spawn,
+    emulator: KubeApiEmulator,
+    pools: Mapping[str, Pool],
+    kubeconfig: Path,
+    *extra: str,
+    documents: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> EppProcess:
+    """``picker serve`` serving ``pools`` (each ``--pool NAME=PORT``, with ``config-configmap=`` its entry
+    in ``documents``), each pool's InferencePool naming its port, once it logged its serving line.
+
+    The ports are picked before the process binds them (the InferencePool must name each, and ``--pool``
+    takes no port 0), so another process may take one first: the process then exits saying a port is in
+    use, and the pools are given fresh ports, their InferencePools updated, and the process started again
+    (:data:`PORT_ATTEMPTS` in all). Its health, metrics and admin ports are ephemeral: an address in use is
+    one of the pools'."""
+    documents = documents or {}
+    attempt = 1
+    while True:
+        for pool in pools.values():
+            emulator.apply(
+                inference_pool(
+                    pool.name, NS, selector=pool.selector, ports=(pool.pods.port,), epp_port=pool.port
+                )
+            )
+        flags = [
+            f"--pool={name}={pool.port}"
+            + (f",config-configmap={documents[name]}" if name in documents else "")
+            for name, pool in pools.items()
+        ]
+        process = await spawn([PICKER, "serve", *serve_args(flags, kubeconfig, *extra)], env=env)
+        try:
+            return await started_epp(process, "picker serve")
+        except AssertionError:
+            taken = process.proc.returncode is not None and any(PORT_TAKEN.search(x) for x in process.lines)
+            if attempt == PORT_ATTEMPTS or not taken:
+                raise
+        attempt += 1
+        for pool in pools.values():
+            pool.port = free_port()
+
+
 @pytest.fixture
 async def pools(emulator: KubeApiEmulator) -> AsyncIterator[dict[str, Pool]]:  # closed before the emulator
     async with open_pools(("alpha", "beta", "gamma")) as made:
@@ -187,20 +240,18 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
         await pool.add(emulator, f"{pool.name}-free-kv", waiting=1000, kv_usage=0.1)
     await gamma.add(emulator, "gamma-1")
     await gamma.add(emulator, "gamma-2")
-    for pool in pools.values():
-        emulator.create(
-            inference_pool(pool.name, NS, selector=pool.selector, ports=(pool.pods.port,), epp_port=pool.port)
-        )
     emulator.create(config_map("alpha-epp", NS, data={KEY: weights(queue=10, kv=1)}))
     emulator.create(config_map("beta-epp", NS, data={KEY: weights(queue=1, kv=10)}))
-
-    pool_flags = (
-        f"--pool=alpha={alpha.port},config-configmap=alpha-epp",
-        f"--pool=beta={beta.port},config-configmap=beta-epp",
-        f"--pool=gamma={gamma.port}",
+    epp = await launch_pools(
+        spawn,
+        emulator,
+        pools,
+        kubeconfig,
+        "--tracing",
+        f"--workers={workers}",
+        documents={"alpha": "alpha-epp", "beta": "beta-epp"},
+        env=_tracing_env(receiver),
     )
-    args = serve_args(pool_flags, kubeconfig, "--tracing", f"--workers={workers}")
-    epp = await launch_epp(spawn, "picker serve", args, env=_tracing_env(receiver))
     try:
         ports, admin = epp.ports, epp.admin
         assert ports.pools == {name: pool.port for name, pool in pools.items()}
@@ -332,6 +383,36 @@ async def test_three_pools_one_process_each_routed_by_its_port(  # noqa: PLR0917
     assert {s.trace_id: s.attributes["picker.pool"] for s in spans} == traced
     assert 1 <= receiver.exports <= workers
     assert all("picker.plugin.picker.max-score-picker.duration_ns" in s.attributes for s in spans)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_pool_port_taken_before_the_process_binds_it_is_picked_again(
+    emulator: KubeApiEmulator, kubeconfig: Path, spawn: Spawn, workers: int
+) -> None:
+    """The race :func:`launch_pools` exists for, forced: alpha's port is bound by another socket when the
+    process starts, which exits saying so (alone, or its ``--workers`` supervisor reserving the port); it
+    is started again on a fresh port, which alpha's InferencePool names, and serves alpha there."""
+    async with open_pools(("alpha",)) as made:
+        alpha = made["alpha"]
+        await alpha.add(emulator, "alpha-1")
+        with socket.socket() as blocker:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            taken = alpha.port = blocker.getsockname()[1]
+            epp = await launch_pools(spawn, emulator, made, kubeconfig, f"--workers={workers}")
+        try:
+            assert alpha.port != taken
+            assert epp.ports.grpc == alpha.port  # (one pool: the serving line names no "pools")
+            stored = emulator.get(POOL_V1, "InferencePool", NS, "alpha")
+            assert stored is not None
+            assert stored["spec"]["endpointPickerRef"]["port"]["number"] == alpha.port
+            alpha.client = EnvoyClient(f"127.0.0.1:{alpha.port}", timeout=10.0)
+            await alpha.client.connect()
+            await eventually(epp.ready, within=120, what="ready for alpha")
+            assert await alpha.destinations(3) == alpha.addresses()
+        finally:
+            code = await epp.stop()
+    assert code == 0, epp.output[-3000:]
 
 
 async def _equals(got: Any, want: set[str]) -> bool:

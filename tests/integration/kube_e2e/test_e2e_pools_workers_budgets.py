@@ -26,11 +26,11 @@ import redis.asyncio as aioredis
 
 from picker.testing.envoy import EnvoyClient, RawStream
 from picker.testing.kube_api import KubeApiEmulator
-from picker.testing.kube_objects import config_map, inference_pool
+from picker.testing.kube_objects import config_map
 from picker.testing.redis_server import RedisServer
 from tests.integration.conftest import Spawn
-from tests.integration.kube_e2e.conftest import NS, Admin, eventually, launch_epp
-from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool, open_pools, serve_args
+from tests.integration.kube_e2e.conftest import NS, Admin, eventually
+from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool, launch_pools, open_pools
 from tests.integration.workers.test_workers import _destination, _first_reply_kind, client_per_worker, finish
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -116,16 +116,12 @@ async def test_each_pools_budgets_are_its_own_across_both_workers(
 ) -> None:
     for pool in pools.values():
         await pool.add(emulator, f"{pool.name}-1")
-        emulator.create(
-            inference_pool(pool.name, NS, selector=pool.selector, ports=(pool.pods.port,), epp_port=pool.port)
-        )
         document = DOCUMENT.format(**LIMITS[pool.name])
         if backend is not None:
             document += REDIS.format(url=backend.url)
         emulator.create(config_map(f"{pool.name}-epp", NS, data={KEY: document}))
-    pool_flags = (f"--pool={name}={pool.port},config-configmap={name}-epp" for name, pool in pools.items())
-    args = serve_args(pool_flags, kubeconfig, "--workers=2")
-    epp = await launch_epp(spawn, "picker serve", args)
+    documents = {name: f"{name}-epp" for name in pools}
+    epp = await launch_pools(spawn, emulator, pools, kubeconfig, "--workers=2", documents=documents)
     try:
         admin = epp.admin
 
