@@ -130,6 +130,7 @@ class ConcurrencyDetector(Filter, SaturationDetector):
     """
 
     type_name: ClassVar[str] = "concurrency-detector"
+    reads_scrapes: ClassVar[bool] = False
 
     def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         params = Params(

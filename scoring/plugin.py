@@ -202,6 +202,12 @@ class Filter(Plugin):
 class SaturationDetector(Plugin):
     """Estimates how saturated a set of endpoints is: ≥ 1.0 means saturated (sheddable requests shed)."""
 
+    #: the reading rests on scraped gauges, so an endpoint never scraped reads as saturated (the reference's
+    #: rule for missing metrics). The spill decision (``picker.routing.external``) leaves such endpoints out:
+    #: unknown load right after a start is no reason to pay for external capacity. A detector that reads
+    #: only our own accounting (``concurrency-detector``) sets it False: scrapes do not change its reading.
+    reads_scrapes: ClassVar[bool] = True
+
     def saturation(self, v: View, now: float, /) -> float:
         raise NotImplementedError
 

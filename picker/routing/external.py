@@ -83,6 +83,7 @@ from picker.tenants.ledger import (
 )
 from picker.tenants.policy import compile_limits
 from scoring import EndpointMatrix, Scheduler
+from scoring.matrix import NEVER
 
 __all__ = [
     "ExternalBudget",
@@ -125,8 +126,11 @@ class SpillCheck(NamedTuple):
     asked: bool
     #: why the pool cannot take it (``ai_failover_total`` reason); None when it can, or when asked
     reason: FailoverReason | None
-    #: the saturation the check read (None when it did not need to)
+    #: the saturation the check read (None when it did not need to, or when no candidate was ever scraped)
     saturation: float | None
+    #: candidates left out of the saturation because they were never scraped (a detector that reads
+    #: scrapes only); every candidate left out: the pool is not saturated for spilling
+    unscraped: int = 0
 
 
 class ExternalCapacity:
@@ -220,7 +224,16 @@ class ExternalCapacity:
         alone are no reason, the scraper is the likelier fault) or saturated (the profile's detector at
         ``spillover.saturationThreshold``; ``pressed``: flow control would queue the request, which is the
         pool being saturated too). ``prefer``: the profile rule says ``external: Prefer`` (asks, as a
-        listed objective does). Reserves nothing."""
+        listed objective does). Reserves nothing.
+
+        Saturation here is read over the candidates scraped at least once (:meth:`_scraped`): the
+        detector counts a never-scraped endpoint as saturated, which right after a start (or a rollout of
+        the EPP) would send every request to paid capacity until the first scrapes land. With no candidate
+        scraped yet the pool is not saturated for spilling, and neither is ``pressed`` a reason (flow
+        control's reading rests on the same missing metrics: the request queues, or is shed, as the
+        reference does). A never-scraped candidate is not primary while a scraped one remains
+        (``picker.routing.avoid``), so in a mixed pool the scraped ones are where the request would go:
+        their reading decides. An empty or entirely ejected pool still spills: that is an outage, known."""
         if prefer or self.asks(objective):
             return SpillCheck(True, True, None, saturation)
         if empty:
@@ -229,11 +242,32 @@ class ExternalCapacity:
         candidates = None if lv is None else (lv if mask is None else lv[mask])
         if candidates is not None and candidates.size and (candidates >= Level.PROBING).all():
             return SpillCheck(True, False, FailoverReason.EJECTED, saturation)
-        if saturation is None:
+        scraped, unscraped = self._scraped(m, mask, scheduler)
+        if unscraped:
+            if scraped is None:
+                return SpillCheck(False, False, None, None, unscraped)
+            saturation = scheduler.saturation(m, now=now(), candidates=scraped)
+        elif saturation is None:
             saturation = scheduler.saturation(m, now=now(), candidates=mask)
         if pressed or saturation >= self.spill.saturation_threshold:
-            return SpillCheck(True, False, FailoverReason.SATURATED, saturation)
-        return SpillCheck(False, False, None, saturation)
+            return SpillCheck(True, False, FailoverReason.SATURATED, saturation, unscraped)
+        return SpillCheck(False, False, None, saturation, unscraped)
+
+    @staticmethod
+    def _scraped(
+        m: EndpointMatrix, mask: NDArray[np.bool_] | None, scheduler: Scheduler
+    ) -> tuple[NDArray[np.bool_] | None, int]:
+        """``(the candidates scraped at least once, how many candidates never were)``; the first is None
+        when none was. A detector that does not read scrapes (``concurrency-detector``): every candidate
+        counts, ``(mask, 0)``."""
+        if not scheduler.saturation_detector.reads_scrapes:
+            return mask, 0
+        seen = m.scraped_at > NEVER  # -inf: never scraped (NaN, never written, counts as never too)
+        if mask is not None:
+            seen &= mask
+        n = int(np.count_nonzero(seen))
+        total = len(m) if mask is None else int(np.count_nonzero(mask))
+        return (seen if n else None), total - n
 
     def asks(self, objective: str) -> bool:
         """The request's objective asks for external capacity first."""

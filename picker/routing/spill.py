@@ -12,8 +12,9 @@ The explanation::
        {"name": "backup", ..., "verdict": "over requestsPerMinute: 60 in use + 1 asked > limit 60"}]}
 
 ``why`` names the rule of :meth:`picker.routing.external.ExternalCapacity.wants` that applied (or that
-none did), ``endpoints`` each endpoint in the order they are tried with its verdict (``admits``, over
-which limit by how much, ejected by passive health and for how long, probing).
+none did: the pool can take it, or no candidate has been scraped yet), ``endpoints`` each endpoint in the
+order they are tried with its verdict (``admits``, over which limit by how much, ejected by passive health
+and for how long, probing).
 """
 
 from __future__ import annotations
@@ -155,7 +156,15 @@ def _why(
         return "the pool has no candidate for the request"
     if reason is FailoverReason.EJECTED:
         return "every pool candidate is ejected, probing or draining"
+    if check.unscraped and check.saturation is None:
+        then = "flow control queues it" if pressed else "the pool takes it"
+        return (
+            f"no candidate scraped yet ({check.unscraped} never scraped): their load is unknown, which is "
+            f"no reason to spill; {then}"
+        )
     reading = "" if check.saturation is None else f"{check.saturation:.3g}"
+    if check.unscraped:
+        reading = f"{reading} over the candidates scraped ({check.unscraped} never scraped, left out)"
     if reason is FailoverReason.SATURATED:
         if shed:
             return f"the request is sheddable and the pool is saturated ({reading}): external capacity or 429"
