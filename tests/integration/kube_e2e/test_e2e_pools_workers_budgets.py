@@ -137,8 +137,9 @@ async def test_each_pools_budgets_are_its_own_across_both_workers(
         await eventually(loaded, within=30, what="each pool's ConfigMap applied")
 
         async def scraped() -> bool:
-            # until its pod's metrics land a pool counts as saturated, and a request without an objective
-            # (client_per_worker's probe) spills to the external endpoint: no worker would show it
+            # client_per_worker's probes (no objective) must stay in the pool, or no worker shows them;
+            # they do before the pod's first scrape (a pool never scraped does not spill:
+            # picker.routing.external) and after it (idle); the wait starts them on settled pools
             for name in pools:
                 rows = (await admin.json(f"/pools/{name}/debug/endpoints"))["endpoints"]
                 if not rows or any(row["stale"] for row in rows):

@@ -320,7 +320,8 @@ async def client_per_worker(
     """Clients of worker 0 and worker 1: connect (``new_client``, a connection of its own each) until a
     held stream shows on each worker in ``workers()`` (a ``/debug/workers`` list). The probes carry no
     objective and must be routed to the pool: with external endpoints, keep them from spilling
-    (``spillover.minPriority`` above 0, as :data:`EXTERNAL`), or a pool not scraped yet sends them out."""
+    (``spillover.minPriority`` above 0, as :data:`EXTERNAL`), or a pool that reads saturated sends them
+    out (a pool not scraped yet no longer does: ``picker.routing.external``)."""
     by_worker: dict[int, EnvoyClient] = {}
 
     async def settled(index: int, inflight: float) -> bool:
@@ -344,8 +345,8 @@ async def client_per_worker(
 
 
 #: ``minPriority: 1`` keeps requests without an objective (priority 0: :func:`client_per_worker`'s probes)
-#: in the pool: a pool not scraped yet counts as saturated, and a probe spilled there holds no stream a
-#: worker's in-flight count shows
+#: in the pool whatever the pool's saturation reads: a probe spilled to the external endpoint holds no
+#: stream a worker's in-flight count shows
 EXTERNAL = """\
 apiVersion: picker.dev/v1alpha1
 kind: PickerConfig

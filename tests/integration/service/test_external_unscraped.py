@@ -1,0 +1,196 @@
+"""No spill to a paid external endpoint before the pool was scraped, through the whole service: fake model
+servers as the pool (their ``/metrics`` failing on purpose until a test lets the scrapes land), one more as
+the external endpoint, the default ``utilization-detector`` (which reads a never-scraped endpoint as
+saturated) and the Envoy-like gateway.
+
+* no scrape landed yet: a request that does not ask for external capacity goes to the pool, the external
+  endpoint sees nothing; once scrapes land that show the pool saturated, the same request spills;
+* a mixed pool (one endpoint scraped, one whose scrapes keep failing): the scraped one's reading decides;
+* a pool whose every scrape and request fails (a crashed engine): requests go to it until passive health
+  ejects it, then spill as ``ejected``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+from picker.testing.fake_load import LoadParams
+from picker.testing.fake_server import FakeFleet, FakeServer, Fault
+from picker.testing.gateway import MiniGateway
+from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample
+from tests.integration.service.test_external_endpoints import EPP, body
+
+pytestmark = pytest.mark.integration
+
+
+def config(external: str, threshold: float = 1.0) -> str:
+    """The default detector, its staleness long enough that only "never scraped" is ever in question."""
+    return (
+        f"{EPP}plugins:\n- {{type: queue-scorer}}\n"
+        "- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}\n"
+        "- {type: utilization-detector, parameters: {metricsStalenessThreshold: 60s}}\n"
+        "saturationDetector: {pluginRef: utilization-detector}\n"
+        "---\napiVersion: picker.dev/v1alpha1\nkind: PickerConfig\n"
+        "externalEndpoints:\n"
+        f"- {{name: managed, address: '{external}', price: {{inputPer1M: 3, outputPer1M: 15}}, "
+        "limits: {requestsPerMinute: 100}}\n"
+        f"spillover: {{saturationThreshold: {threshold}}}\n"
+    )
+
+
+def fleet() -> FakeFleet:
+    """Two pool servers and the external one; one sequence at a time, so queued requests show as
+    ``waiting`` on the metrics page."""
+    return FakeFleet.uniform(3, "vllm", time_scale=0.01, load=LoadParams(max_num_seqs=1))
+
+
+async def start(start_service: StartService, pool: Sequence[str], text: str) -> ServiceHarness:
+    return await start_service(
+        endpoints=[f"{a}@vllm" for a in pool], config=text, refresh_metrics_interval=0.05
+    )
+
+
+async def scrapes(svc: ServiceHarness, *, ok: Sequence[str] = (), failing: Sequence[str] = ()) -> None:
+    """Wait until each of ``ok`` has been scraped and each of ``failing`` has had a scrape fail with no
+    success yet."""
+
+    async def seen() -> bool:
+        rows = await svc.endpoint_rows()
+        return all(rows[a]["scrapes_ok"] > 0 for a in ok) and all(
+            rows[a]["scrapes_failed"] > 0 and rows[a]["scrapes_ok"] == 0 for a in failing
+        )
+
+    await eventually(seen, what=f"scrapes landed on {list(ok)} and failed on {list(failing)}")
+
+
+def saturate(server: FakeServer) -> None:
+    """Eight requests nobody waits for on a one-sequence engine slowed to a crawl: seven queued,
+    7 / queueDepthThreshold 5 = 1.4 on the next metrics page."""
+    server.set_slowdown(2000.0)
+    for _ in range(8):
+        server.admit_unattended(64, 1024)
+
+
+async def explain(svc: ServiceHarness) -> dict[str, object]:
+    status, doc = await svc.post_json(
+        "/debug/explain", {"path": "/v1/completions", "body": orjson.loads(body())}
+    )
+    assert status == 200, doc
+    spill: dict[str, object] = doc["spill"]
+    return spill
+
+
+async def spills(svc: ServiceHarness) -> None:
+    async def would() -> bool:
+        return (await explain(svc))["would_spill"] is True
+
+    await eventually(would, what="the request would spill")
+
+
+async def test_no_spill_before_the_first_scrape_then_a_spill_once_scrapes_show_the_pool_saturated(
+    start_service: StartService,
+) -> None:
+    async with fleet() as servers:
+        pool, external = servers.addresses[:2], servers.addresses[2]
+        for server in servers.servers[:2]:
+            server.fault = Fault.METRICS_500  # the scrapes fail: nothing lands until the test says so
+        svc = await start(start_service, pool, config(external))
+        gw = MiniGateway(svc.client, timeout_s=30.0)
+        pool_name = svc.service.settings.effective_pool_name
+        try:
+            await scrapes(svc, failing=pool)
+            spill = await explain(svc)
+            assert spill["would_spill"] is False
+            assert spill["why"] == (
+                "no candidate scraped yet (2 never scraped): their load is unknown, which is no reason to "
+                "spill; the pool takes it"
+            )
+            first = await gw.send("/v1/completions", body())
+            assert first.ok, first.error
+            assert first.endpoint in pool
+            assert servers.servers[2].served["completions"] == 0, "the external endpoint saw nothing"
+            (stats,) = (await svc.get_json("/debug/external"))["external"]
+            assert stats["dispatched"] == 0
+            assert (
+                sample(await svc.metrics(), "ai_failover_total", pool=pool_name, reason="saturated") is None
+            )
+
+            for server in servers.servers[:2]:
+                saturate(server)
+                server.fault = Fault.NONE  # the scrapes land, showing the queues
+            await scrapes(svc, ok=pool)
+            await spills(svc)
+            spilled = await gw.send("/v1/completions", body())
+        finally:
+            await gw.close()
+        assert spilled.ok, spilled.error
+        assert spilled.endpoint == external
+        assert servers.servers[2].served["completions"] == 1
+        assert sample(await svc.metrics(), "ai_failover_total", pool=pool_name, reason="saturated") == 1.0
+
+
+async def test_in_a_mixed_pool_the_scraped_endpoints_reading_decides(start_service: StartService) -> None:
+    """One endpoint scraped and idle, the other's scrapes failing: counted as saturated (the detector's
+    own reading) the never-scraped one would make the pool 0.5 saturated and spill at threshold 0.5; it is
+    left out, so the request goes to the scraped endpoint. Once that one's scrapes show it saturated, the
+    request spills: the never-scraped one is not primary while a scraped one remains, so the saturated
+    one is where the request would go."""
+    async with fleet() as servers:
+        pool, external = servers.addresses[:2], servers.addresses[2]
+        servers.servers[1].fault = Fault.METRICS_500
+        svc = await start(start_service, pool, config(external, threshold=0.5))
+        gw = MiniGateway(svc.client, timeout_s=30.0)
+        try:
+            await scrapes(svc, ok=pool[:1], failing=pool[1:])
+            spill = await explain(svc)
+            assert spill["would_spill"] is False
+            assert str(spill["why"]).startswith(
+                "the pool can take it: the saturation detector reads 0 over the candidates scraped (1 never "
+                "scraped, left out)"
+            )
+            kept = await gw.send("/v1/completions", body())
+            assert kept.ok, kept.error
+            assert kept.endpoint == pool[0]
+            assert servers.servers[2].served["completions"] == 0
+
+            saturate(servers.servers[0])
+            await spills(svc)
+            spilled = await gw.send("/v1/completions", body())
+        finally:
+            await gw.close()
+        assert spilled.ok, spilled.error
+        assert spilled.endpoint == external
+        assert servers.servers[2].served["completions"] == 1
+
+
+async def test_a_pool_whose_scrapes_and_requests_fail_spills_once_passive_health_ejects_it(
+    start_service: StartService,
+) -> None:
+    """A crashed engine behind a live HTTP front: every scrape and every request answers 500, so it is
+    never scraped and never counts as saturated. The first requests go to it and fail (the gateway has no
+    other pool endpoint to retry on); after ``consecutive5xx`` (5) failures passive health ejects it, the
+    pool is entirely ejected, and the next request spills as ``ejected``."""
+    async with fleet() as servers:
+        pool, external = servers.addresses[:1], servers.addresses[2]
+        servers.servers[0].fault = Fault.ERROR_500
+        svc = await start(start_service, pool, config(external))
+        gw = MiniGateway(svc.client, timeout_s=30.0)
+        pool_name = svc.service.settings.effective_pool_name
+        try:
+            await scrapes(svc, failing=pool)
+            failed = [await gw.send("/v1/completions", body()) for _ in range(5)]
+            await spills(svc)
+            assert (await explain(svc))["why"] == "every pool candidate is ejected, probing or draining"
+            spilled = await gw.send("/v1/completions", body())
+        finally:
+            await gw.close()
+        assert [(r.endpoint, r.status) for r in failed] == [(pool[0], 500)] * 5
+        assert servers.servers[2].served["completions"] == 1
+        assert spilled.ok, spilled.error
+        assert spilled.endpoint == external
+        text = await svc.metrics()
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="ejected") == 1.0
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") is None
