@@ -7,11 +7,13 @@ saturated) and the Envoy-like gateway.
   endpoint sees nothing; once scrapes land that show the pool saturated, the same request spills;
 * a mixed pool (one endpoint scraped, one whose scrapes keep failing): the scraped one's reading decides;
 * a pool whose every scrape and request fails (a crashed engine): requests go to it until passive health
-  ejects it, then spill as ``ejected``.
+  ejects it, then spill as ``ejected``;
+* with flow control, a request at a pool never scraped waits in the queue rather than spill.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import orjson
@@ -20,7 +22,7 @@ import pytest
 from picker.testing.fake_load import LoadParams
 from picker.testing.fake_server import FakeFleet, FakeServer, Fault
 from picker.testing.gateway import MiniGateway
-from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample
+from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample, samples
 from tests.integration.service.test_external_endpoints import EPP, body
 
 pytestmark = pytest.mark.integration
@@ -194,3 +196,42 @@ async def test_a_pool_whose_scrapes_and_requests_fail_spills_once_passive_health
         text = await svc.metrics()
         assert sample(text, "ai_failover_total", pool=pool_name, reason="ejected") == 1.0
         assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") is None
+
+
+async def test_with_flow_control_a_pool_never_scraped_queues_the_request_rather_than_spill_it(
+    start_service: StartService,
+) -> None:
+    """Flow control reads the same missing metrics as saturation and would queue the request; spill-first
+    would send it external at once. Not before the first scrape: it waits in the queue (the reference's
+    flow control), and goes to the pool when the scrapes land and show it idle."""
+    gate = "featureGates: [flowControl]\nflowControl: {defaultRequestTTL: 60s}\nplugins:\n"
+    async with fleet() as servers:
+        pool, external = servers.addresses[:2], servers.addresses[2]
+        for server in servers.servers[:2]:
+            server.fault = Fault.METRICS_500
+        svc = await start(start_service, pool, config(external).replace("plugins:\n", gate, 1))
+        gw = MiniGateway(svc.client, timeout_s=60.0)
+
+        async def waiting() -> float:
+            found = samples(await svc.metrics(), "inference_extension_flow_control_queue_size")
+            return sum(v for _, v in found)
+
+        async def queued_or_spilled() -> bool:
+            return await waiting() > 0 or servers.servers[2].served["completions"] > 0
+
+        try:
+            await scrapes(svc, failing=pool)
+            task = asyncio.create_task(gw.send("/v1/completions", body()))
+            await eventually(queued_or_spilled, what="the request queued (or spilled)")
+            assert servers.servers[2].served["completions"] == 0, "not spilled"
+            assert await waiting() == 1.0
+            for server in servers.servers[:2]:
+                server.fault = Fault.NONE
+            late = await asyncio.wait_for(task, 60.0)
+        finally:
+            await gw.close()
+        assert late.ok, late.error
+        assert late.endpoint in pool
+        assert servers.servers[2].served["completions"] == 0
+        (stats,) = (await svc.get_json("/debug/external"))["external"]
+        assert stats["dispatched"] == 0
