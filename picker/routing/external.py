@@ -166,6 +166,9 @@ class ExternalCapacity:
         self.dispatched: dict[str, int] = {}
         #: passive health of the external endpoints (``outlier-detector`` settings: :meth:`set_health_policy`)
         self.health = OutlierDetector()
+        #: the last snapshot :meth:`_scraped` read without a subset, and its answer
+        self._seen_in: EndpointMatrix | None = None
+        self._seen: tuple[NDArray[np.bool_] | None, int] = (None, 0)
         #: a response came back through the gateway from an external endpoint (see
         #: ``picker.state.outcomes.OutcomeWriter``: before that, a stream without response headers is no
         #: evidence against the endpoint)
@@ -253,21 +256,28 @@ class ExternalCapacity:
             return SpillCheck(True, False, FailoverReason.SATURATED, saturation, unscraped)
         return SpillCheck(False, False, None, saturation, unscraped)
 
-    @staticmethod
     def _scraped(
-        m: EndpointMatrix, mask: NDArray[np.bool_] | None, scheduler: Scheduler
+        self, m: EndpointMatrix, mask: NDArray[np.bool_] | None, scheduler: Scheduler
     ) -> tuple[NDArray[np.bool_] | None, int]:
-        """``(the candidates scraped at least once, how many candidates never were)``; the first is None
-        when none was. A detector that does not read scrapes (``concurrency-detector``): every candidate
-        counts, ``(mask, 0)``."""
+        """``(the candidates to read saturation over, how many candidates were never scraped)``: with
+        some never scraped, the mask of those scraped at least once, None when none was; with every one
+        scraped, ``mask`` itself. A detector that does not read scrapes (``concurrency-detector``):
+        every candidate counts, ``(mask, 0)``. Without a subset the answer is kept for the snapshot (a
+        few µs a request otherwise; a snapshot serves every pick until the next scrape lands)."""
         if not scheduler.saturation_detector.reads_scrapes:
             return mask, 0
+        if mask is None and m is self._seen_in:
+            return self._seen
         seen = m.scraped_at > NEVER  # -inf: never scraped (NaN, never written, counts as never too)
         if mask is not None:
             seen &= mask
         n = int(np.count_nonzero(seen))
         total = len(m) if mask is None else int(np.count_nonzero(mask))
-        return (seen if n else None), total - n
+        # every candidate scraped (the steady state): the mask as given, as the detector would read it
+        answer = (None if n == 0 else mask if n == total else seen), total - n
+        if mask is None:
+            self._seen_in, self._seen = m, answer
+        return answer
 
     def asks(self, objective: str) -> bool:
         """The request's objective asks for external capacity first."""

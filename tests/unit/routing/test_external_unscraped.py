@@ -7,6 +7,7 @@ spills, and a detector that does not read scrapes (``concurrency-detector``) is 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -148,3 +149,15 @@ def test_a_detector_that_does_not_read_scrapes_spills_a_never_scraped_pool_it_fi
     assert obs.failovers == Counter({"saturated": 1})
     d, _, _ = director(pool_of(None, None), CONCURRENCY)
     assert route(d).external == "", "idle by its count"
+
+
+def test_the_subset_hint_decides_which_candidates_count() -> None:
+    """The same mixed pool (one endpoint scraped and saturated, one never scraped): a subset hint naming
+    only the never-scraped one leaves no candidate scraped, so no spill; naming the scraped one, it
+    spills. The pool-wide answer kept for the snapshot does not leak into either."""
+    d, _, _ = director(pool_of((10.0, 0.0), None))
+    assert route(d).external == "managed", "no hint: the scraped candidate's reading"
+    unscraped = replace(request(), subset=(POOL[1].partition(":")[0],))
+    assert route(d, unscraped).external == ""
+    scraped = replace(request(), subset=(POOL[0].partition(":")[0],))
+    assert route(d, scraped).external == "managed"
