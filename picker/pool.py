@@ -459,7 +459,7 @@ class ServedPool:
         self._gpu = self._gpu_source()
         if self.extproc is None:
             return None
-        await bind_server("--grpc-port", s.host, s.grpc_port, self.extproc.start())
+        await bind_server(s.grpc_port_flag, s.host, s.grpc_port, self.extproc.start())
         return self.extproc.bound_port
 
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:

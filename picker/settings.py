@@ -161,6 +161,9 @@ class Settings(BaseModel):
     # --------------------------------------------------------------------------------- ports
     #: ext_proc gRPC port (reference default 9002)
     grpc_port: int = Field(9002, ge=0, le=65535)
+    #: what gave ``grpc_port``, named by the error when the port cannot be bound: ``--grpc-port``, or
+    #: ``--pool NAME`` in a pool's settings (:meth:`for_pool`); not a flag
+    grpc_port_flag: str = "--grpc-port"
     #: gRPC health port, plaintext (reference default 9003)
     grpc_health_port: int = Field(9003, ge=0, le=65535)
     #: HTTP port of /metrics, /healthz and /readyz (reference default 9090)
@@ -357,7 +360,12 @@ class Settings(BaseModel):
 
     def for_pool(self, spec: PoolSpec) -> Settings:
         """This process's settings for the pool ``spec`` (validated already: a copy, not re-validated)."""
-        update: dict[str, object] = {"pool_name": spec.name, "grpc_port": spec.port, "pools": ()}
+        update: dict[str, object] = {
+            "pool_name": spec.name,
+            "grpc_port": spec.port,
+            "grpc_port_flag": f"--pool {spec.name}",
+            "pools": (),
+        }
         if spec.names_a_document:
             update |= {
                 "config_file": spec.config_file,

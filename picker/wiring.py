@@ -367,7 +367,7 @@ async def bind_server(flag: str, host: str, port: int, start: Coroutine[Any, Any
                 probe.bind((host, port))
             except OSError as exc:
                 start.close()
-                raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+                raise cannot_listen(flag, host, port, exc) from exc
     try:
         await start
     except (RuntimeError, OSError) as exc:
@@ -380,4 +380,13 @@ def listen_server(flag: str, host: str, port: int, server: HttpServer) -> int:
     try:
         return server.bind()
     except OSError as exc:
-        raise StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise cannot_listen(flag, host, port, exc) from exc
+
+
+def cannot_listen(flag: str, host: str, port: int, exc: OSError) -> StartupError:
+    """The error for a port that cannot be bound, in one format for every listener (the ext_proc port of
+    each pool, health, metrics, admin, and the ``--workers`` supervisor's reservation of the ext_proc
+    ports): ``FLAG: cannot listen on HOST:PORT: REASON``. ``flag`` is what the operator gave the port
+    with (``--grpc-port``, ``--pool NAME``...), so the exit line says which setting to change; the reason
+    is the system's ("Address already in use"), which scripts that retry on a taken port look for."""
+    return StartupError(f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}")

@@ -45,7 +45,8 @@ and the gRPC health port) requires every worker to be serving.
 
 The port: ``--grpc-port 0`` picks a free port, reserved by a socket the supervisor keeps bound with
 ``SO_REUSEPORT`` (never listening, so it takes no connections); a fixed port is reserved the same way, so a
-port held by an unrelated process fails at start.
+port held by an unrelated process fails at start, with the one-process error (``cannot start: --grpc-port:
+cannot listen on ...``, or ``--pool NAME`` for a pool's port).
 
 Several pools (``--pool``): every worker serves every pool's port (``SO_REUSEPORT`` on each) and the
 supervisor holds each pool's state as it holds one pool's: a segment, a publishing datastore, merged

@@ -26,6 +26,7 @@ from picker.state.publisher import SharedPublisher
 from picker.state.segment import SharedLayout, SharedSegment
 from picker.wiring import (
     BuildInfo,
+    cannot_listen,
     freeze_startup_objects,
     run_main,
     snapshot_interval,
@@ -216,16 +217,17 @@ class WorkerPool:
                 slot.reader.cancel()
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
+def _reserve_port(flag: str, host: str, port: int) -> socket.socket:
     """Bind (never listen) ``host:port`` with SO_REUSEPORT so the workers can share it; port 0 → a free
-    port, read from the socket."""
+    port, read from the socket. A port taken by another process is a :class:`StartupError` naming
+    ``flag`` (``--grpc-port`` or the pool's ``--pool NAME``), as in one process."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise cannot_listen(flag, host, port, exc) from exc
     return sock
 
 
@@ -235,7 +237,9 @@ async def _supervise(settings: Settings) -> None:
     segments: list[SharedSegment] = []
     service: Service | None = None
     try:
-        reservations.extend(_reserve_port(settings.host, ps.grpc_port) for ps in settings.pool_settings())
+        reservations.extend(
+            _reserve_port(ps.grpc_port_flag, settings.host, ps.grpc_port) for ps in settings.pool_settings()
+        )
         if not settings.pools:  # --grpc-port 0: the port the reservation got (a --pool names its port)
             settings = settings.model_copy(update={"grpc_port": reservations[0].getsockname()[1]})
         key_pair = None

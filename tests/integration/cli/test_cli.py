@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker.cli import build_parser, settings_from_args
 from picker.testing.envoy import EnvoyClient, HttpRequest
+from picker.testing.kube_api import KubeApiEmulator
+from picker.testing.net import free_port
 from tests.integration.cli.conftest import LAUNCHERS, run_to_exit
 from tests.integration.conftest import LOCAL, PICKER, Ports, Spawn, serving_ports
 
@@ -334,8 +336,11 @@ async def test_operator_errors_are_one_line_with_exit_2(spawn: Spawn, argv: list
     assert len([line for line in output.splitlines() if "error" in line.lower()]) == 1, output
 
 
-@pytest.mark.parametrize("flag", ["--grpc-port", "--grpc-health-port", "--metrics-port"])
-async def test_a_busy_port_names_the_flag(spawn: Spawn, flag: str) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("flag", ["--grpc-port", "--grpc-health-port", "--metrics-port", "--admin-port"])
+async def test_a_busy_port_names_the_flag(spawn: Spawn, flag: str, workers: int) -> None:
+    """Every port ``picker serve`` listens on, in one process and under ``--workers`` (whose supervisor
+    reserves the ext_proc port for its workers before anything else binds)."""
     sock, port = _busy_port()
     try:
         code, output = await run_to_exit(
@@ -346,11 +351,57 @@ async def test_a_busy_port_names_the_flag(spawn: Spawn, flag: str) -> None:
                 "--static-endpoints=127.0.0.2:1",
                 "--secure-serving=false",
                 *LOCAL,
+                f"--workers={workers}",
                 f"{flag}={port}",
             ],
         )
     finally:
         sock.close()  # type: ignore[attr-defined]
+    _assert_one_busy_port_line(code, output, flag, port)
+
+
+#: fresh ports for the other pool when another process took its port first (see the test below)
+POOL_PORT_ATTEMPTS = 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("several", [False, True], ids=["one-pool", "second-of-two-pools"])
+async def test_a_busy_pool_port_names_the_pool(
+    spawn: Spawn, emulator: KubeApiEmulator, tmp_path: Path, several: bool, workers: int
+) -> None:
+    """A ``--pool`` port in use is named as that pool's, not as ``--grpc-port``: alone (one ``--pool`` is
+    served as ``--pool-name``) and as the second of two pools (the first bound, or reserved, before it).
+
+    The first pool's port is only free when picked: if another process takes it before ``picker serve``
+    binds it, the exit names that port instead, and the test starts again on a fresh one."""
+    kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+    sock, port = _busy_port()
+    try:
+        for attempt in range(1, POOL_PORT_ATTEMPTS + 1):
+            first = free_port()
+            pools = [f"--pool=alpha={first}", f"--pool=beta={port}"] if several else [f"--pool=beta={port}"]
+            code, output = await run_to_exit(
+                spawn,
+                [
+                    PICKER,
+                    "serve",
+                    *pools,
+                    f"--kubeconfig={kubeconfig}",
+                    "--secure-serving=false",
+                    *(flag for flag in LOCAL if not flag.startswith("--grpc-port=")),  # --pool gives it
+                    f"--workers={workers}",
+                ],
+            )
+            if not several or f":{first}:" not in output or attempt == POOL_PORT_ATTEMPTS:
+                break
+    finally:
+        sock.close()  # type: ignore[attr-defined]
+    _assert_one_busy_port_line(code, output, "--pool beta", port)
+
+
+def _assert_one_busy_port_line(code: int, output: str, flag: str, port: int) -> None:
+    """The process exited 2 with one line about ``port``: ``cannot start``, naming ``flag`` and the port,
+    and keeping the system's reason (what scripts that retry on a taken port look for)."""
     assert code == 2, output
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if str(port) in line]
