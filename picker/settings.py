@@ -3,6 +3,9 @@
 Everything here is fixed for the life of the process. What operators tune at run time (weights,
 thresholds, objectives, rewrites, engine metric names) lives in the scoring document instead
 (:mod:`picker.config`), which is hot-reloaded.
+
+Why one module: :class:`Settings` is the one list of what the flags set, each field with its unit, default
+and reason, read top to bottom; split over modules, the fields of one process would be too.
 """
 
 from __future__ import annotations
