@@ -8,7 +8,6 @@ out, so tests can check that each lease is released exactly once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from picker.routing.openai import ModelRestorer, Parser, parse_request, rewrite_
 from picker.routing.types import Dispatch, Resolved, RoutingRequest
 from picker.state.outcomes import Outcome
 from picker.testing.envoy import EnvoyClient
+from picker.testing.poll import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -169,11 +169,7 @@ class RecordingObserver:
 
     async def wait_closed(self, count: int) -> None:
         """Wait until ``count`` streams were closed server-side (a cancel is noticed asynchronously)."""
-        for _ in range(1000):
-            if self.closed >= count:
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"only {self.closed} of {count} streams closed")
+        await eventually(lambda: self.closed, f"{count} streams closed", done=lambda closed: closed >= count)
 
 
 class StepClock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from picker.scrape.gpu import GpuUtilizationSource
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
 from picker.testing.dcgm import FakeDcgmExporter
+from picker.testing.poll import eventually
 from picker.testing.prometheus_server import PrometheusServer
 from picker.testing.tools import tool
 
@@ -50,15 +51,6 @@ def prometheus(exporter: FakeDcgmExporter, tmp_path: Path) -> Iterator[Prometheu
         server.stop()
 
 
-async def _until(check: Callable[[], object], within: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.1)
-
-
 def gpu_by_endpoint(ds: Datastore) -> dict[str, float]:
     snap = ds.snapshot()
     return dict(zip(snap.names, (float(v) for v in snap.gpu_util), strict=True))
@@ -77,27 +69,37 @@ async def test_dcgm_utilization_reaches_the_datastore_and_goes_unknown_without_p
     exporter.set_utilization("vllm-1", NS, [20, 60])  # two GPUs: the pod's mean
     exporter.set_utilization("vllm-2", "someone-else", 99)  # same pod name, other namespace: not ours
 
-    await _until(prometheus.ready, 30, f"Prometheus ready; its log: {prometheus.log()}")
+    await eventually(
+        prometheus.ready, f"Prometheus ready; its log: {prometheus.log()}", within=30, interval=0.1
+    )
     source = GpuUtilizationSource(ds, url=prometheus.url, namespace=NS, interval_s=0.5, timeout_s=1.0)
     task = asyncio.create_task(source.run())
     try:
-        await _until(lambda: gpu_by_endpoint(ds)["vllm-0-rank-0"] == pytest.approx(0.5), 20, "first values")
+        await eventually(
+            lambda: gpu_by_endpoint(ds)["vllm-0-rank-0"] == pytest.approx(0.5),
+            "first values",
+            within=20,
+            interval=0.1,
+        )
         values = gpu_by_endpoint(ds)
         assert values["vllm-1-rank-0"] == pytest.approx(0.4)
         assert math.isnan(values["vllm-2-rank-0"])
 
         exporter.set_utilization("vllm-0", NS, 90)
-        await _until(
-            lambda: gpu_by_endpoint(ds)["vllm-0-rank-0"] == pytest.approx(0.9), 20, "a changed value"
+        await eventually(
+            lambda: gpu_by_endpoint(ds)["vllm-0-rank-0"] == pytest.approx(0.9),
+            "a changed value",
+            within=20,
+            interval=0.1,
         )
         assert exporter.scrapes >= 2
 
         prometheus.stop()
-        await _until(lambda: source.available is False, 10, "Prometheus gone")
+        await eventually(lambda: source.available is False, "Prometheus gone", within=10, interval=0.1)
         assert all(math.isnan(v) for v in gpu_by_endpoint(ds).values()), "the signal is unknown, not stale"
         assert len(ds) == 3, "routing continues on the same endpoints"
         failed_at = source.polls
-        await _until(lambda: source.polls >= failed_at + 2, 10, "more failed polls")
+        await eventually(lambda: source.polls >= failed_at + 2, "more failed polls", within=10, interval=0.1)
         gone = [r for r in caplog.records if "unavailable" in r.getMessage()]  # one line per transition
         assert len(gone) == 1
         assert gone[0].levelno == logging.WARNING

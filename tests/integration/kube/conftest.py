@@ -8,7 +8,6 @@ several watch rotations in a second or two; nothing asserts on durations — wai
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from picker.kube import Backoff, WatchSettings, load_api_client
+from picker.testing import poll
 from picker.testing.kube_api import KubeApiEmulator
 
 pytestmark = pytest.mark.integration
@@ -35,27 +35,7 @@ def api(emulator: KubeApiEmulator, tmp_path: Path) -> Iterator[k8s_client.ApiCli
         client.close()
 
 
-Check = Callable[[], object]
-
-
-async def _eventually(check: Check, *, within: float = 10.0, what: str = "") -> None:
-    """Poll ``check`` (truthy, or not raising AssertionError) until it holds; fail after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last: AssertionError | None = None
-    while True:
-        try:
-            if check():
-                return
-            last = None
-        except AssertionError as exc:
-            last = exc
-        if loop.time() > deadline:
-            message = f"condition not met within {within}s: {what or check}"
-            raise AssertionError(message) from last
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 def eventually() -> Callable[..., Any]:
-    return _eventually
+    """:func:`picker.testing.poll.eventually`, for the tests that take it as a fixture."""
+    return poll.eventually

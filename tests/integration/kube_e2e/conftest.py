@@ -44,6 +44,7 @@ from picker.testing.fake_server import FakeServer
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool, pod
 from picker.testing.local import local_settings, run_started
+from picker.testing.poll import eventually
 from tests.integration.conftest import PICKER, Process, Spawn
 
 pytestmark = pytest.mark.integration
@@ -59,24 +60,6 @@ X_K8S_API = "inference.networking.x-k8s.io/v1alpha2"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-
-
-# ------------------------------------------------------------------------------------------ polling
-async def eventually(check: Callable[[], Any], *, within: float = 15.0, what: str = "") -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; return that. Fail at ``within``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last: Any = None
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        last = value
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within}s: {what or check} (last value: {last!r})")
-        await asyncio.sleep(0.03)
 
 
 # ------------------------------------------------------------------------------------------ fake pods

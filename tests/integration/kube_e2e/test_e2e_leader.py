@@ -19,6 +19,7 @@ import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool
+from picker.testing.poll import eventually
 from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import (
     NOT_SERVING,
@@ -29,7 +30,6 @@ from tests.integration.kube_e2e.conftest import (
     SERVING,
     EppProcess,
     FakePods,
-    eventually,
     launch_epp,
     serve_flags,
     wait_routing_to,

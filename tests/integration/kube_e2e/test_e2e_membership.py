@@ -15,6 +15,7 @@ import pytest
 from picker.testing.gateway import MiniGateway
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import inference_pool, ready_patch
+from picker.testing.poll import eventually
 from tests.integration.kube_e2e.conftest import (
     NOT_SERVING,
     NS,
@@ -26,7 +27,6 @@ from tests.integration.kube_e2e.conftest import (
     StartEpp,
     completion,
     create_pool,
-    eventually,
     wait_routing_to,
     wait_serving,
 )

@@ -14,9 +14,10 @@ import aiohttp
 import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
+from picker.testing.poll import eventually
 from picker.testing.prometheus_server import PrometheusServer
 from picker.testing.tools import tool
-from tests.integration.kube_e2e.conftest import SCRAPER_TOKEN, SCRAPER_USER, StartEpp, eventually
+from tests.integration.kube_e2e.conftest import SCRAPER_TOKEN, SCRAPER_USER, StartEpp
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map, inference_model_rewrite, inference_objective
+from picker.testing.poll import eventually
 from tests.integration.kube_e2e.conftest import (
     MODEL,
     NS,
@@ -21,7 +22,6 @@ from tests.integration.kube_e2e.conftest import (
     Gauges,
     StartEpp,
     create_pool,
-    eventually,
     wait_routing_to,
     wait_serving,
 )

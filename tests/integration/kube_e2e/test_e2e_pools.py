@@ -30,6 +30,7 @@ from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import POOL_V1, config_map, inference_pool
 from picker.testing.net import free_port
 from picker.testing.otlp import OtlpReceiver
+from picker.testing.poll import eventually
 from tests.integration.conftest import PICKER, Spawn
 from tests.integration.kube_e2e.conftest import (
     NS,
@@ -38,7 +39,6 @@ from tests.integration.kube_e2e.conftest import (
     FakePods,
     Gauges,
     completion,
-    eventually,
     started_epp,
 )
 

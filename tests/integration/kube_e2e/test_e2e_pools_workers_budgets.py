@@ -27,9 +27,10 @@ import redis.asyncio as aioredis
 from picker.testing.envoy import EnvoyClient, RawStream
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map
+from picker.testing.poll import eventually
 from picker.testing.redis_server import RedisServer
 from tests.integration.conftest import Spawn
-from tests.integration.kube_e2e.conftest import NS, Admin, eventually
+from tests.integration.kube_e2e.conftest import NS, Admin
 from tests.integration.kube_e2e.test_e2e_pools import KEY, Pool, launch_pools, open_pools
 from tests.integration.workers.test_workers import _destination, _first_reply_kind, client_per_worker, finish
 

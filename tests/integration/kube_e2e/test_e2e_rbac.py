@@ -15,13 +15,13 @@ import pytest
 
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import config_map
+from picker.testing.poll import eventually
 from tests.integration.kube_e2e.conftest import (
     NS,
     SCRAPER_TOKEN,
     FakePods,
     StartEpp,
     create_pool,
-    eventually,
     wait_serving,
 )
 from tests.unit.manifests.conftest import kustomize_build

@@ -15,6 +15,7 @@ from picker.testing.gateway import MiniGateway
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment
 from picker.testing.kube_workloads import WorkloadController
+from picker.testing.poll import eventually
 from tests.integration.conftest import Spawn
 from tests.integration.kube_e2e.conftest import (
     NS,
@@ -22,7 +23,6 @@ from tests.integration.kube_e2e.conftest import (
     FakePods,
     completion,
     create_pool,
-    eventually,
     launch_epp,
     serve_flags,
 )

@@ -26,6 +26,7 @@ from picker.testing.gateway import GatewayResult, MiniGateway
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment
 from picker.testing.kube_workloads import WorkloadController
+from picker.testing.poll import eventually
 from tests.integration.kube_e2e.conftest import (
     NS,
     SEL,
@@ -34,7 +35,6 @@ from tests.integration.kube_e2e.conftest import (
     StartEpp,
     completion,
     create_pool,
-    eventually,
     wait_serving,
 )
 

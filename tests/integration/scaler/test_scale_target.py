@@ -3,10 +3,7 @@ workload controllers: scale subresource, pod-deletion-cost ordering, warm-up, HP
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
@@ -18,17 +15,10 @@ from picker.kube.scale import DELETION_COST_ANNOTATION, VICTIM_DELETION_COST, Sc
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment, hpa, leader_worker_set, statefulset
 from picker.testing.kube_workloads import WorkloadController
+from picker.testing.poll import eventually
 from tests.integration.scaler.conftest import LABELS, NS
 
 pytestmark = pytest.mark.integration
-
-
-async def until(check: Callable[[], Any], within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        assert loop.time() < deadline, f"not met within {within}s"
-        await asyncio.sleep(0.02)
 
 
 def ready_replicas(emu: KubeApiEmulator, name: str = "vllm") -> int:
@@ -50,7 +40,7 @@ async def test_deployment_scales_through_the_subresource_and_deletes_the_marked_
     emu, ctl = cluster
     emu.create(deployment("vllm", NS, labels=LABELS, replicas=3))
     target = ScaleTargetClient(api, namespace=NS, kind="Deployment", name="vllm")
-    await until(lambda: len(pod_names(emu)) == 3)
+    await eventually(lambda: len(pod_names(emu)) == 3)
     status = await target.read()
     assert (status.replicas, status.selector, status.hpa, status.ordered_removal) == (
         3,
@@ -58,7 +48,7 @@ async def test_deployment_scales_through_the_subresource_and_deletes_the_marked_
         None,
         False,
     )
-    await until(lambda: ready_replicas(emu) == 3)
+    await eventually(lambda: ready_replicas(emu) == 3)
     assert (await target.read()).ready == 3
     assert await target.existing_pods(status.selector) == pod_names(emu)
 
@@ -70,18 +60,18 @@ async def test_deployment_scales_through_the_subresource_and_deletes_the_marked_
         == VICTIM_DELETION_COST
     )  # type: ignore[index]
     await target.set_replicas(2)
-    await until(lambda: victim not in pod_names(emu) and len(pod_names(emu)) == 2)
+    await eventually(lambda: victim not in pod_names(emu) and len(pod_names(emu)) == 2)
     assert ctl.deleted == [victim]
     assert [r.subresource for r in emu.requests if r.verb == "patch" and r.plural == "deployments"] == [
         "scale"
     ]
-    await until(lambda: victim not in pod_names(emu, live=False))  # terminated, then gone
+    await eventually(lambda: victim not in pod_names(emu, live=False))  # terminated, then gone
 
     # scale up: new pods are not Ready until their warm-up has passed
     await target.set_replicas(4)
-    await until(lambda: len(pod_names(emu)) == 4)
+    await eventually(lambda: len(pod_names(emu)) == 4)
     assert (await target.read()).ready == 2
-    await until(lambda: ready_replicas(emu) == 4)
+    await eventually(lambda: ready_replicas(emu) == 4)
 
     await target.unmark_victim(min(pod_names(emu)))
     await target.unmark_victim("gone-already")  # no error for a pod that no longer exists
@@ -92,12 +82,12 @@ async def test_without_a_mark_the_newest_ready_pod_goes_first(
 ) -> None:
     emu, ctl = cluster
     emu.create(deployment("vllm", NS, labels=LABELS, replicas=2))
-    await until(lambda: ready_replicas(emu) == 2)
+    await eventually(lambda: ready_replicas(emu) == 2)
     emu.patch("apps/v1", "Deployment", NS, "vllm", {"spec": {"replicas": 3}})
-    await until(lambda: len(pod_names(emu)) == 3)
+    await eventually(lambda: len(pod_names(emu)) == 3)
     newest = max(pod_names(emu))  # names carry a sequence number
     emu.patch("apps/v1", "Deployment", NS, "vllm", {"spec": {"replicas": 2}})
-    await until(lambda: len(pod_names(emu)) == 2)
+    await eventually(lambda: len(pod_names(emu)) == 2)
     assert ctl.deleted == [newest]  # not ready yet: deleted first
 
 
@@ -106,12 +96,12 @@ async def test_statefulset_removes_its_highest_ordinal(
 ) -> None:
     emu, ctl = cluster
     emu.create(statefulset("vllm", NS, labels=LABELS, replicas=3))
-    await until(lambda: pod_names(emu) == {"vllm-0", "vllm-1", "vllm-2"})
+    await eventually(lambda: pod_names(emu) == {"vllm-0", "vllm-1", "vllm-2"})
     target = ScaleTargetClient(api, namespace=NS, kind="StatefulSet", name="vllm")
     assert (await target.read()).ordered_removal
     await target.mark_victim("vllm-0")  # ignored by the StatefulSet controller
     await target.set_replicas(2)
-    await until(lambda: pod_names(emu) == {"vllm-0", "vllm-1"})
+    await eventually(lambda: pod_names(emu) == {"vllm-0", "vllm-1"})
     assert ctl.deleted == ["vllm-2"]
 
 
@@ -120,14 +110,14 @@ async def test_leader_worker_set_scales_groups_when_the_crd_exists(
 ) -> None:
     emu, _ = cluster
     emu.create(leader_worker_set("lws", NS, labels=LABELS, replicas=2, size=2))
-    await until(lambda: pod_names(emu) == {"lws-0", "lws-0-1", "lws-1", "lws-1-1"})
+    await eventually(lambda: pod_names(emu) == {"lws-0", "lws-0-1", "lws-1", "lws-1-1"})
     target = ScaleTargetClient(api, namespace=NS, kind="LeaderWorkerSet", name="lws")
     status = await target.read()
     assert status.replicas == 2
     assert status.ordered_removal
     assert await target.existing_pods(status.selector) == {"lws-0", "lws-1"}  # leaders only
     await target.set_replicas(1)
-    await until(lambda: pod_names(emu) == {"lws-0", "lws-0-1"})
+    await eventually(lambda: pod_names(emu) == {"lws-0", "lws-0-1"})
     # strategic merge on a CRD is refused by the API server; our merge patches are not
     assert not [
         r
@@ -164,9 +154,9 @@ async def test_hpa_is_found_and_its_bounds_are_moved(
         6,
     )
     await target.set_hpa_bounds("vllm", 5, 8)  # the HPA raises the workload to its new minimum
-    await until(lambda: len(pod_names(emu)) == 5)
+    await eventually(lambda: len(pod_names(emu)) == 5)
     await target.set_hpa_bounds("vllm", 1, 2)
-    await until(lambda: len(pod_names(emu)) == 2)
+    await eventually(lambda: len(pod_names(emu)) == 2)
     with pytest.raises(ValueError, match="minReplicas"):
         await target.set_hpa_bounds("vllm", 0, 2)
 

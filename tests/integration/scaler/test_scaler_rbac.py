@@ -26,8 +26,8 @@ from picker.kube.scale import ScaleTargetClient
 from picker.testing.kube_api import KubeApiEmulator
 from picker.testing.kube_objects import deployment, hpa, leader_worker_set, statefulset
 from picker.testing.kube_workloads import WorkloadController
+from picker.testing.poll import eventually
 from tests.integration.scaler.conftest import LABELS, NS
-from tests.integration.scaler.test_scale_target import until
 from tests.unit.manifests.conftest import kustomize_build
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,7 @@ async def test_every_scaler_request_is_granted_and_every_scaler_grant_is_used(
     emu.create(hpa("vllm", NS, target_kind="Deployment", target="vllm", min_replicas=1, max_replicas=4))
     emu.create(statefulset("db", NS, labels={"app": "db"}, replicas=1))
     emu.create(leader_worker_set("lws", NS, labels={"app": "lws"}, replicas=1, size=2))
-    await until(lambda: len(emu.list_objects("v1", "Pod", NS)) == 5)  # 2 + 1 + a group of 2
+    await eventually(lambda: len(emu.list_objects("v1", "Pod", NS)) == 5)  # 2 + 1 + a group of 2
     before = len(emu.requests)
     for kind, name in (("Deployment", "vllm"), ("StatefulSet", "db"), ("LeaderWorkerSet", "lws")):
         await _every_operation(api, kind, name)

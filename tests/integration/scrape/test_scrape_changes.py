@@ -15,6 +15,7 @@ from picker.scrape.http import LeanFetcher
 from picker.scrape.scraper import Scraper
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
+from picker.testing.poll import eventually
 from picker.testing.raw_http import RawHttpServer, fixed
 
 pytestmark = pytest.mark.integration
@@ -39,11 +40,7 @@ def switching(answer: Callable[[int], tuple[int, bytes]]) -> RawHttpServer:
 async def run_until(scraper: Scraper, check: Callable[[], bool], what: str) -> None:
     task = asyncio.create_task(scraper.run())
     try:
-        for _ in range(1000):
-            if check():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"timed out waiting for {what}")
+        await eventually(check, what)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

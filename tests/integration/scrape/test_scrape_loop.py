@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,12 @@ from picker.scrape.http import LeanFetcher
 from picker.scrape.scraper import Scraper
 from picker.state.datastore import Datastore
 from picker.state.endpoints import Endpoint
+from picker.testing.poll import eventually
 from picker.testing.raw_http import RawHttpServer, fixed
 
 pytestmark = pytest.mark.integration
 
 PAGE = (Path(__file__).parents[2] / "data" / "metrics" / "vllm-v1-lmswitch-spec-decode.txt").read_bytes()
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_pages_land_and_later_scrapes_ask_for_the_wanted_families_only() -> None:

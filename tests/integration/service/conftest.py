@@ -41,6 +41,7 @@ from picker.testing.envoy import (
     response_headers,
 )
 from picker.testing.local import local_settings, run_started
+from picker.testing.poll import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -215,19 +216,6 @@ async def finish(stream: RawStream, body: bytes = b'{"object":"text_completion"}
 
 
 # ------------------------------------------------------------------------------------------ harness
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], *, what: str, deadline_s: float = 20.0
-) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` after ``deadline_s`` (a bound, not a timing)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        if await condition():
-            return
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 
 from picker.errors import StartupError
 from picker.testing.envoy import HttpRequest, UpstreamResponse
+from picker.testing.poll import eventually
 from tests.integration.service.conftest import (
     P0,
     P1,
@@ -21,7 +22,6 @@ from tests.integration.service.conftest import (
     StartService,
     completion,
     config_text,
-    eventually,
     req_llm,
     sample,
     samples,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from picker.testing.envoy import HttpRequest, UpstreamResponse, request_body, request_headers
-from tests.integration.service.conftest import P0, StartService, completion, eventually
+from picker.testing.poll import eventually
+from tests.integration.service.conftest import P0, StartService, completion
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,8 @@ import pytest
 
 from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet, Fault
 from picker.testing.gateway import GatewayResult, MiniGateway
-from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample, samples
+from picker.testing.poll import eventually
+from tests.integration.service.conftest import ServiceHarness, StartService, sample, samples
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,8 @@ import pytest
 from picker.testing.fake_load import LoadParams
 from picker.testing.fake_server import FakeFleet, FakeServer, Fault
 from picker.testing.gateway import MiniGateway
-from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample, samples
+from picker.testing.poll import eventually
+from tests.integration.service.conftest import ServiceHarness, StartService, sample, samples
 from tests.integration.service.test_external_endpoints import EPP, body
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from picker.testing.envoy import EnvoyClient, HttpRequest, RawStream
+from picker.testing.poll import eventually
 
 from .conftest import ServiceHarness, StartService, finish, sample
 
@@ -81,14 +82,6 @@ async def queue_sizes(h: ServiceHarness) -> dict[str, float]:
     }
 
 
-async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(2000):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def start(start_service: StartService, ttl: str = "60s", max_requests: int = 100) -> ServiceHarness:
     return await start_service(pods=2, config=CONFIG % (ttl, max_requests))
 
@@ -112,7 +105,7 @@ async def enqueue(h: ServiceHarness, plan: Sequence[tuple[str, int]]) -> list[He
         async def queued(tenant: str = tenant, count: int = count) -> bool:
             return (await queue_sizes(h)).get(tenant) == count
 
-        await until(queued, f"{count} requests of {tenant} queued")
+        await eventually(queued, f"{count} requests of {tenant} queued")
     return out
 
 
@@ -130,7 +123,7 @@ async def test_a_tenant_sending_ten_times_more_gets_its_fair_share_while_saturat
         async def dispatched() -> bool:
             return any(x.task.done() for x in waiting)
 
-        await until(dispatched, "one queued request dispatched")
+        await eventually(dispatched, "one queued request dispatched")
         (winner,) = [x for x in waiting if x.task.done()]
         assert winner.status == 200
         waiting.remove(winner)
@@ -190,7 +183,7 @@ async def test_a_full_queue_pushes_out_the_longest_flow_not_the_newcomer(start_s
     async def evicted() -> bool:
         return any(x.task.done() for x in flood)
 
-    await until(evicted, "the flood's newest request pushed out")
+    await eventually(evicted, "the flood's newest request pushed out")
     assert [x.status for x in flood if x.task.done()] == [429]
     assert flood[-1].task.done()
     assert "evicted" in json.loads(flood[-1].body)["error"]["message"]
@@ -215,7 +208,7 @@ async def test_a_queued_request_asks_the_proxy_to_wait_as_long_as_the_queue_may_
     async def asked() -> bool:
         return bool(waiting.timers)
 
-    await until(asked, "the timer override")
+    await eventually(asked, "the timer override")
     assert waiting.timers == [25.0]
     await finish(running[0].stream)
     await waiting.task

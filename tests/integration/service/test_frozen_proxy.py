@@ -7,7 +7,8 @@ import pytest
 
 from picker.testing.envoy import EnvoyClient, HttpRequest
 from picker.testing.freeze import FreezingProxy
-from tests.integration.service.conftest import P0, StartService, completion, eventually, hold
+from picker.testing.poll import eventually
+from tests.integration.service.conftest import P0, StartService, completion, hold
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ async def test_streams_of_a_frozen_proxy_are_released(start_service: StartServic
         async def released() -> bool:
             return await svc.inflight() == {P0: 0.0}
 
-        await eventually(released, what="the frozen proxy's stream to be released", deadline_s=30.0)
+        await eventually(released, what="the frozen proxy's stream to be released", within=30.0)
         stream.cancel()
     finally:
         await proxy.stop()

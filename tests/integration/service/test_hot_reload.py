@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from picker.testing.envoy import HttpRequest
+from picker.testing.poll import eventually
 from tests.integration.service.conftest import (
     P0,
     P1,
@@ -20,7 +21,6 @@ from tests.integration.service.conftest import (
     StartService,
     completion,
     config_text,
-    eventually,
     req_llm,
     sample,
 )

@@ -10,13 +10,13 @@ from collections import Counter
 import pytest
 
 from picker.testing.envoy import HttpRequest, request_body, request_headers, response_body, response_headers
+from picker.testing.poll import eventually
 from tests.integration.service.conftest import (
     P0,
     Pod,
     ServiceHarness,
     StartService,
     completion,
-    eventually,
     finish,
     hold,
     pod,

@@ -14,7 +14,8 @@ import pytest
 from picker.testing.envoy import HttpRequest
 from picker.testing.fake_load import LoadParams
 from picker.testing.fake_server import FakeFleet, FakeServer
-from tests.integration.service.conftest import StartService, completion, eventually
+from picker.testing.poll import eventually
+from tests.integration.service.conftest import StartService, completion
 
 pytestmark = pytest.mark.integration
 

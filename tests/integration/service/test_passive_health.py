@@ -19,7 +19,8 @@ from picker.config import load_config_text
 from picker.testing.fake_load import LoadParams
 from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet, Fault
 from picker.testing.gateway import MiniGateway
-from tests.integration.service.conftest import ServiceHarness, StartService, eventually, sample
+from picker.testing.poll import eventually
+from tests.integration.service.conftest import ServiceHarness, StartService, sample
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,10 @@ import orjson
 import pytest
 
 from picker.testing.fake_server import DEFAULT_MODEL, FakeFleet
+from picker.testing.poll import eventually
 from picker.testing.prometheus_server import PrometheusServer
 from picker.testing.tools import tool
-from tests.integration.service.conftest import ServiceHarness, StartService, eventually, req_llm
+from tests.integration.service.conftest import ServiceHarness, StartService, req_llm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,7 +62,7 @@ async def test_the_operators_signal_steers_routing_and_a_stale_series_is_neutral
             async def ready() -> bool:
                 return await asyncio.to_thread(prometheus.ready)
 
-            await eventually(ready, what="Prometheus ready", deadline_s=60.0)
+            await eventually(ready, what="Prometheus ready", within=60.0)
             # the busy server has processed prompts, the other two none
             async with aiohttp.ClientSession() as http:
                 payload = {"model": DEFAULT_MODEL, "prompt": "tokens " * 50, "max_tokens": 2}
@@ -79,7 +80,7 @@ async def test_the_operators_signal_steers_routing_and_a_stale_series_is_neutral
                 v = signal(svc)
                 return len(v) == 3 and all(math.isfinite(x) for x in v.values()) and v[busy] > v[idle]
 
-            await eventually(steered, what="the query's values per pod in the snapshot", deadline_s=60.0)
+            await eventually(steered, what="the query's values per pod in the snapshot", within=60.0)
             assert signal(svc)[idle] == signal(svc)[gone] == 0.0
             for _ in range(6):
                 picked = await svc.exchange(req_llm("hello", "", DEFAULT_MODEL))
@@ -92,7 +93,7 @@ async def test_the_operators_signal_steers_routing_and_a_stale_series_is_neutral
             async def dropped() -> bool:
                 return math.isnan(signal(svc).get(gone, 0.0))
 
-            await eventually(dropped, what="the stale series dropped", deadline_s=60.0)
+            await eventually(dropped, what="the stale series dropped", within=60.0)
             status, explained = await svc.post_json(
                 "/debug/explain", {"body": {"model": DEFAULT_MODEL, "prompt": "why"}}
             )

@@ -10,6 +10,7 @@ import pytest
 
 from picker.testing.envoy import HttpRequest
 from picker.testing.fake_server import FakeServer
+from picker.testing.poll import eventually
 from tests.integration.service.conftest import (
     P0,
     P1,
@@ -18,7 +19,6 @@ from tests.integration.service.conftest import (
     StartService,
     completion,
     config_text,
-    eventually,
     finish,
     hold,
     pod,

@@ -16,13 +16,13 @@ import pytest
 from picker.testing.envoy import HttpRequest
 from picker.testing.fake_server import FakeServer, Fault
 from picker.testing.net import free_port
+from picker.testing.poll import eventually
 from tests.integration.service.conftest import (
     PICKER_DOCUMENT,
     ServiceHarness,
     StartService,
     completion,
     epp_document,
-    eventually,
 )
 
 pytestmark = pytest.mark.integration

@@ -25,9 +25,9 @@ from picker.tenants.metrics import TenantMetrics
 from picker.tenants.redis_backend import RedisBackend
 from picker.testing.clocks import from_the_day_start
 from picker.testing.net import free_port
+from picker.testing.poll import eventually
 from picker.testing.redis_server import RedisServer
 from picker.testing.tools import tool
-from tests.integration.tenants.conftest import observed_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -182,10 +182,11 @@ async def test_restart_fails_open_then_recovers_and_replays_settlements(
         assert r.reserve("acme", LIMITS, reservation_vector(1, 0)).degraded  # type: ignore[union-attr]
         redis_server.start()  # empty again: a restart without persistence
         # reconnected (the probe's ping answered) and the queued settlement written back (scripts reloaded)
-        await observed_until(
+        await eventually(
             lambda: {"up": r.up, "queued": r.pending()},
-            lambda seen: seen == {"up": True, "queued": 0},
-            within_s=RECOVERY_S,
+            done=lambda seen: seen == {"up": True, "queued": 0},
+            interval=0.05,
+            within=RECOVERY_S,
             what="the backend up again with the usage queued meanwhile written",
         )
         assert "answers again" in caplog.text

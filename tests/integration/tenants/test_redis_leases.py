@@ -31,6 +31,7 @@ from picker.tenants.lease import LEASED, Lease
 from picker.tenants.ledger import Limits, Vector, actual_vector, reservation_vector
 from picker.tenants.redis_backend import RedisBackend
 from picker.testing.clocks import from_the_day_start
+from picker.testing.poll import eventually
 from picker.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration]
@@ -91,14 +92,6 @@ async def meters(server: RedisServer, tenant: str) -> tuple[list[int], list[int]
     return used, reserved
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(1000):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
-
-
 async def lease_settled(b: RedisBackend, tenant: str) -> None:
     """The sync the request path asked for (if any) ran: the tenant is not due and its lease not syncing.
     (The loop takes a due tenant and marks its lease syncing in one step.)"""
@@ -107,7 +100,7 @@ async def lease_settled(b: RedisBackend, tenant: str) -> None:
         lease = b._leases.get(tenant)
         return tenant not in b._lease_due and (lease is None or not lease.syncing)
 
-    await until(lambda: _true(settled()), f"{tenant}'s lease synced")
+    await eventually(lambda: _true(settled()), f"{tenant}'s lease synced")
 
 
 def settlement(tenant: str, amounts: Vector, hold: str) -> Settlement:
@@ -125,14 +118,14 @@ async def test_after_the_first_request_admission_does_not_wait_for_redis(
     first, at_once = await verdict(b.reserve("acme", limits, amounts))
     assert first.granted
     assert not at_once, "no lease yet: asked Redis, and a lease was asked for in the background"
-    await until(lambda: _true(b._leases["acme"].free()[0] >= 100), "a lease")
+    await eventually(lambda: _true(b._leases["acme"].free()[0] >= 100), "a lease")
     results = [await verdict(b.reserve("acme", limits, amounts)) for _ in range(50)]
     assert all(v.granted and v.hold == LEASED for v, _ in results)
     assert sum(at_once for _, at_once in results) >= 45, "refills run ahead of the requests"
     for v, _ in results:
         b.settle(settlement("acme", amounts, v.hold))
     # settled usage reaches Redis in the background
-    await until(lambda: _eq(meters(redis_server, "acme"), 5000), "usage reported")
+    await eventually(lambda: _eq(meters(redis_server, "acme"), 5000), "usage reported")
 
 
 async def _true(value: bool) -> bool:
@@ -201,7 +194,7 @@ async def test_three_replicas_never_pass_the_limit_together(
         used, reserved = await meters(redis_server, "shared")
         return used[1] == admitted_tokens and reserved == [0] * 6
 
-    await until(settled_and_given_back, "usage reported and idle leases given back")
+    await eventually(settled_and_given_back, "usage reported and idle leases given back")
 
 
 async def test_a_dead_replicas_lease_comes_back_after_its_ttl(
@@ -212,7 +205,7 @@ async def test_a_dead_replicas_lease_comes_back_after_its_ttl(
     dead = RedisBackend(config(redis_server, fraction=0.5), clock=clock)
     writer = asyncio.create_task(dead.run())
     await verdict(dead.reserve("t", limits, amounts))
-    await until(lambda: _true(sum(dead._leases["t"].granted) >= 2), "the dead replica's lease")
+    await eventually(lambda: _true(sum(dead._leases["t"].granted) >= 2), "the dead replica's lease")
     await stop(writer)  # it stops syncing (dies) holding a lease of 2 slots and 1 running request
     client, dead._client = dead._client, None  # no give-back at close: as a killed process
     await client.aclose()
@@ -252,7 +245,7 @@ async def test_a_lapsed_lease_a_request_finds_first_counts_as_lost(
 
 
 async def _lease(b: RedisBackend, tenant: str) -> Lease:
-    await until(lambda: _true(tenant in b._leases), "a lease object")
+    await eventually(lambda: _true(tenant in b._leases), "a lease object")
     return b._leases[tenant]
 
 
@@ -263,7 +256,7 @@ async def _warm_lease(b: RedisBackend, tenant: str, limits: Limits, amounts: Vec
     b.settle(settlement(tenant, amounts, v.hold))
     lease = await _lease(b, tenant)
     need = amounts[meter]
-    await until(lambda: _true(lease.free()[meter] >= need and not lease.syncing), "a lease, not syncing")
+    await eventually(lambda: _true(lease.free()[meter] >= need and not lease.syncing), "a lease, not syncing")
     return lease
 
 
@@ -275,7 +268,7 @@ async def test_a_replica_that_stops_gives_its_lease_back(
     writer = asyncio.create_task(b.run())
     v, _ = await verdict(b.reserve("t", limits, reservation_vector(100, 0)))
     b.settle(settlement("t", reservation_vector(100, 0), v.hold))
-    await until(lambda: _true(b._leases["t"].free()[0] >= 100), "a lease")
+    await eventually(lambda: _true(b._leases["t"].free()[0] >= 100), "a lease")
     v, at_once = await verdict(b.reserve("t", limits, reservation_vector(100, 0)))
     assert at_once
     b.settle(settlement("t", reservation_vector(100, 0), v.hold))
@@ -302,22 +295,22 @@ async def test_a_lease_admits_while_redis_restarts_and_is_leased_again(
     amounts = reservation_vector(100, 0)
     first, _ = await verdict(b.reserve("t", limits, amounts))
     b.settle(settlement("t", amounts, first.hold))  # asked Redis (no lease yet): settled by the writer
-    await until(lambda: _true(b._leases["t"].free()[0] >= 200), "a lease")
+    await eventually(lambda: _true(b._leases["t"].free()[0] >= 200), "a lease")
     # written and answered before the restart (which empties Redis): not replayed after it
-    await until(lambda: _true(not b.pending()), "the first request's usage written")
+    await eventually(lambda: _true(not b.pending()), "the first request's usage written")
     redis_server.stop()
     during, at_once = await verdict(b.reserve("t", limits, amounts))
     assert at_once
     assert during.hold == LEASED, "admitted on the lease without Redis"
     b.settle(settlement("t", amounts, during.hold))
     redis_server.start()
-    await until(lambda: _true(b.up and b._leases["t"].lost == 1), "the lost lease noticed")
+    await eventually(lambda: _true(b.up and b._leases["t"].lost == 1), "the lost lease noticed")
 
     async def reported() -> bool:
         used, reserved = await meters(redis_server, "t")
         return used[0] == 100 and reserved[0] > 0  # the request admitted meanwhile, and a new lease
 
-    await until(reported, "usage reported and a new lease")
+    await eventually(reported, "usage reported and a new lease")
     again, _ = await verdict(b.reserve("t", limits, amounts))
     assert again.granted
 
@@ -423,7 +416,9 @@ async def warm_up(b: RedisBackend) -> None:
         )
     )
     assert all(v.granted for v, _ in warm)
-    await until(lambda: _true(not any(lease.syncing for lease in b._leases.values())), "warm leases synced")
+    await eventually(
+        lambda: _true(not any(lease.syncing for lease in b._leases.values())), "warm leases synced"
+    )
 
 
 def _hold_until_leased(server: RedisServer, tenant: str, lease_id: str) -> None:
@@ -452,7 +447,7 @@ async def test_a_request_that_waits_before_asking_redis_is_admitted_on_the_refil
     pending = b.reserve("acme", limits, amounts)
     assert not isinstance(pending, Verdict)
     lease = b._leases["acme"]
-    await until(lambda: _true(lease.granted[0] >= 600 and not lease.syncing), "the refill")
+    await eventually(lambda: _true(lease.granted[0] >= 600 and not lease.syncing), "the refill")
     v = await pending
     assert v.granted
     assert v.hold == LEASED
@@ -476,7 +471,7 @@ async def test_the_counts_say_how_each_request_was_admitted(replicas: Callable[.
     assert first.hold != LEASED
     assert counts(b) == (0, 0, 1)
     lease = b._leases["acme"]
-    await until(lambda: _true(lease.free()[0] >= 100 and not lease.syncing), "a lease")
+    await eventually(lambda: _true(lease.free()[0] >= 100 and not lease.syncing), "a lease")
     hit, at_once = await verdict(b.reserve("acme", limits, small))
     assert at_once
     assert hit.hold == LEASED
@@ -489,7 +484,7 @@ async def test_the_counts_say_how_each_request_was_admitted(replicas: Callable[.
     assert counts(b) == (1, 0, 1)
     pending = b.reserve("acme", limits, big)  # the lease's no flags a refill sized for this request
     assert isinstance(pending, Coroutine)
-    await until(lambda: _true(lease.free()[0] >= big[0] and not lease.syncing), "the refill")
+    await eventually(lambda: _true(lease.free()[0] >= big[0] and not lease.syncing), "the refill")
     refilled = await pending
     assert refilled.granted
     assert refilled.hold == LEASED
@@ -552,7 +547,7 @@ async def test_one_replica_admits_exactly_what_fits_under_concurrent_requests(
         used, _ = await meters(redis_server, "acme")
         return used[1] == admitted * 97
 
-    await until(all_reported, "usage reported")
+    await eventually(all_reported, "usage reported")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 
 from picker.testing.clocks import clear_of_the_hour
 from picker.testing.envoy import EnvoyClient, ExchangeResult, HttpRequest, UpstreamResponse
+from picker.testing.poll import eventually
 from picker.testing.redis_server import RedisServer
 from tests.integration.conftest import LOCAL, PICKER, Process, Spawn, serving_ports
-from tests.integration.tenants.conftest import observed_until
 
 #: the budgets count per UTC hour (and day) in ``picker serve`` processes, on the real clock: each test starts
 #: with this much of the hour left (about 10x what it takes on a quiet machine), waiting for the next hour
@@ -165,10 +165,11 @@ async def test_two_epps_share_one_budget_and_survive_a_redis_restart(
             return {"backendUp": [d["backendUp"] for d in docs], "t2 used": used and int(used)}
 
         try:
-            await observed_until(
+            await eventually(
                 recovery,
-                lambda seen: seen == {"backendUp": [True, True], "t2 used": 404},
-                within_s=RECOVERY_S,
+                done=lambda seen: seen == {"backendUp": [True, True], "t2 used": 404},
+                interval=0.05,
+                within=RECOVERY_S,
                 what="both EPPs enforcing again, t2's usage while Redis was down written back",
                 explain=lambda: f"the EPPs' last lines: {[epp.lines[-5:] for epp in (a, b)]}",
             )

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker.testing import poll
 from picker.testing.envoy import (
     EnvoyClient,
     HttpRequest,
@@ -81,14 +82,9 @@ class Tree:
         return client
 
 
-async def eventually(check: Any, what: str, within: float = 30.0, interval: float = 0.1) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        if await check():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)
+#: the waits of the workers tests poll the processes over HTTP (the supervisor's ``/metrics`` merges every
+#: worker's): ten times a second, which is plenty for them and keeps the polling off the processes' CPU
+eventually = functools.partial(poll.eventually, interval=0.1)
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from picker.routing.types import Dispatch, PendingRoute, RoutingRequest
 from picker.state.accounting import NullLease
 from picker.state.config_store import ConfigStore
 from picker.state.objectives import ObjectiveStore, RewriteStore
+from picker.testing.poll import eventually
 from scoring import EndpointMatrix, EndpointRow
 from scoring.matrix import LoadCharge
 
@@ -92,21 +93,13 @@ def route(d: Director, req: RoutingRequest) -> Dispatch | PendingRoute:
     return d.route(req, d.resolve(req))
 
 
-async def until(predicate: object, what: str) -> None:
-    for _ in range(2000):  # bounded: 2000 loop turns of 5 ms at most
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_request_to_an_empty_pool_is_held_until_a_replica_is_ready_then_routed() -> None:
     r = rig(config(hold="30s"))
     routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
     assert routed.extend_s == pytest.approx(30.0 + HOLD_MARGIN_S)
     task = asyncio.ensure_future(routed.wait())
-    await until(lambda: r.hold.held == 1, "the request held")
+    await eventually(lambda: r.hold.held == 1, "the request held")
     assert r.wakes == [1]  # the scaler is woken at once
     assert not task.done()
     r.pool.replica_ready()
@@ -135,7 +128,7 @@ async def test_beyond_max_held_requests_the_next_one_is_refused_at_once() -> Non
         routed = route(r.director, request())
         assert isinstance(routed, PendingRoute)
         waits.append(asyncio.ensure_future(routed.wait()))
-    await until(lambda: r.hold.held == 2, "two requests held")
+    await eventually(lambda: r.hold.held == 2, "two requests held")
     with pytest.raises(ServiceUnavailable, match="too many requests already wait"):
         route(r.director, request())
     r.pool.replica_ready()
@@ -148,7 +141,7 @@ async def test_a_cancelled_held_request_is_no_longer_counted() -> None:
     routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
     task = asyncio.ensure_future(routed.wait())
-    await until(lambda: r.hold.held == 1, "the request held")
+    await eventually(lambda: r.hold.held == 1, "the request held")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -160,7 +153,7 @@ async def test_closing_the_hold_lets_waiting_requests_go_now() -> None:
     routed = route(r.director, request())
     assert isinstance(routed, PendingRoute)
     task = asyncio.ensure_future(routed.wait())
-    await until(lambda: r.hold.held == 1, "the request held")
+    await eventually(lambda: r.hold.held == 1, "the request held")
     r.hold.close()
     with pytest.raises(ServiceUnavailable):  # still no endpoint: refused as without holding
         await asyncio.wait_for(task, 10)
@@ -200,7 +193,7 @@ async def test_header_only_mode_holds_too() -> None:
     routed = r.director.route(req, resolved)
     assert isinstance(routed, PendingRoute)
     task = asyncio.ensure_future(routed.wait())
-    await until(lambda: r.hold.held == 1, "the request held")
+    await eventually(lambda: r.hold.held == 1, "the request held")
     r.pool.replica_ready()
     decision = await asyncio.wait_for(task, 10)
     assert decision.endpoints == ("10.0.0.1:8000",)
