@@ -10,6 +10,11 @@ Units and conventions (all columns are ``float64`` of length N unless noted):
 * ``gpu_util`` — GPU utilization, 0..1, ``NaN`` when no exporter reports it.
 * ``scraped_at`` — monotonic time (seconds) of the last *successful* scrape; ``-inf`` = never scraped.
   Age is ``now - scraped_at``; it is computed at pick time so the matrix never goes stale itself.
+* ``scrape_failed`` — 1.0 when the endpoint was never scraped successfully and a scrape attempt of it has
+  failed (its metrics are unreachable, not merely not read yet), else 0.0: before the first attempt ends,
+  and from the first success on (``scraped_at``'s age then says how long failures have lasted). Why a
+  column of its own: ``scraped_at = -inf`` alone cannot tell "just started" from "cannot be scraped", and
+  the spill decision treats them differently (``picker/routing/README.md``). Scorers do not read it.
 * ``dispatched`` — requests *we* sent to the endpoint since the scrape that produced the gauges above
   started. The scraped gauges cannot reflect them yet; scorers add them to the load (see
   ``scoring/README.md``, "Load estimate"). This is the one column the owner mutates in place between
@@ -106,6 +111,7 @@ class EndpointRow:
     kv_usage: float = float("nan")
     gpu_util: float = float("nan")
     scraped_at: float = NEVER
+    scrape_failed: float = 0.0
     dispatched: float = 0.0
     inflight: float = 0.0
     prefill_tokens: float = 0.0
@@ -136,6 +142,7 @@ OPTIONAL_COLUMNS: Mapping[str, float] = MappingProxyType(
         "health": 0.0,
         "price_in": math.nan,
         "price_out": math.nan,
+        "scrape_failed": 0.0,
     }
 )
 
@@ -279,6 +286,8 @@ class EndpointMatrix:
     price_out: F64 = field(default_factory=lambda: _UNSET)
     #: the operator's signals by key (see module doc), read-only columns; omitted → none
     signals: Mapping[str, F64] = field(default_factory=lambda: _NO_SIGNALS)
+    #: never scraped successfully, a scrape attempt failed (see module doc); omitted → 0 (not known to fail)
+    scrape_failed: F64 = field(default_factory=lambda: _UNSET)
     _address_index: dict[str, int] = field(default_factory=dict, repr=False)
     #: ip → rows with that ip (several with data-parallel ranks); built on first use, see ``rows_of_ip``
     _ip_index: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
@@ -365,6 +374,7 @@ class EndpointMatrix:
             price_in=col("price_in"),
             price_out=col("price_out"),
             signals=MappingProxyType(signals) if signals else _NO_SIGNALS,
+            scrape_failed=col("scrape_failed"),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 
@@ -405,6 +415,7 @@ class EndpointMatrix:
             kv_usage=float(self.kv_usage[i]),
             gpu_util=float(self.gpu_util[i]),
             scraped_at=float(self.scraped_at[i]),
+            scrape_failed=float(self.scrape_failed[i]),
             dispatched=float(self.dispatched[i]),
             inflight=float(self.inflight[i]),
             prefill_tokens=float(self.prefill_tokens[i]),
@@ -493,6 +504,7 @@ class EndpointMatrix:
             price_in=_ro(self.price_in[idx]),
             price_out=_ro(self.price_out[idx]),
             signals=MappingProxyType({k: _ro(c[idx]) for k, c in self.signals.items()}),
+            scrape_failed=_ro(self.scrape_failed[idx]),
             _address_index={a: i for i, a in enumerate(addresses)},
         )
 

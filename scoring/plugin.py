@@ -162,6 +162,7 @@ def scraped_columns(m: EndpointMatrix) -> tuple[object, ...]:
         m.kv_usage,
         m.gpu_util,
         m.scraped_at,
+        m.scrape_failed,
         m.lora_vocab,
         m.lora_active,
         m.lora_waiting,

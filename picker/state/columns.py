@@ -3,15 +3,16 @@ kept per endpoint, the LoRA columns, and the :class:`~scoring.matrix.EndpointMat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
 import numpy as np
 
-from scoring.matrix import ENGINE_NAMES, EndpointMatrix
+from scoring.matrix import ENGINE_NAMES, NEVER, EndpointMatrix
 
-__all__ = ["FLOAT_COLUMNS", "LoraColumns", "lora_columns", "snapshot_matrix"]
+__all__ = ["FLOAT_COLUMNS", "LoraColumns", "blank_columns", "lora_columns", "snapshot_matrix"]
 
 #: the float scoring columns kept per endpoint (shared memory mirrors them, in this order)
 FLOAT_COLUMNS: Final = (
@@ -20,6 +21,8 @@ FLOAT_COLUMNS: Final = (
     "kv_usage",
     "gpu_util",
     "scraped_at",
+    # 1.0: never scraped successfully and a scrape attempt failed (scoring/matrix.py, the spill decision)
+    "scrape_failed",
     "max_lora",
     "block_size",
     "num_blocks",
@@ -71,6 +74,17 @@ def lora_columns(
 _NO_SIGNALS: Mapping[str, np.ndarray] = MappingProxyType({})
 #: each float column's row in ``cols`` (looked up once here, not per snapshot)
 _ROW: Final = {name: k for k, name in enumerate(FLOAT_COLUMNS)}
+#: a float column's value before anything was written for the endpoint; the others start NaN (unknown)
+_BLANK: Final = {"scraped_at": NEVER, "health": 0.0, "scrape_failed": 0.0}
+
+
+def blank_columns(n: int) -> np.ndarray:
+    """The float columns (rows in :data:`FLOAT_COLUMNS` order) of ``n`` endpoints nothing was written for
+    yet: never scraped, not known to fail, healthy, every other value unknown."""
+    cols = np.full((len(FLOAT_COLUMNS), n), math.nan)
+    for name, value in _BLANK.items():
+        cols[_ROW[name]] = value
+    return cols
 
 
 def snapshot_matrix(
@@ -100,6 +114,7 @@ def snapshot_matrix(
         kv_usage=cols[_ROW["kv_usage"]],
         gpu_util=cols[_ROW["gpu_util"]],
         scraped_at=cols[_ROW["scraped_at"]],
+        scrape_failed=cols[_ROW["scrape_failed"]],
         dispatched=dispatched,
         inflight=inflight,
         prefill_tokens=prefill,

@@ -41,7 +41,7 @@ from types import MappingProxyType
 import numpy as np
 
 from picker.state.accounting import DEFAULT_CAPACITY, NO_CHARGE, CounterRows, Lease, LoadColumns, LoadLedger
-from picker.state.columns import FLOAT_COLUMNS, LoraColumns, lora_columns, snapshot_matrix
+from picker.state.columns import FLOAT_COLUMNS, LoraColumns, blank_columns, lora_columns, snapshot_matrix
 from picker.state.endpoints import Endpoint, PoolInfo
 from picker.state.health import EndpointHealthView, FailureKind, Health, OutlierDetector, OutlierPolicy
 from picker.state.latency import LATENCY_COLUMNS, LatencySettings, LatencySignal, LatencyTracker
@@ -59,7 +59,7 @@ from picker.state.outcomes import (
 from picker.state.prices import NO_PRICES, PriceBook, Priced
 from picker.state.publisher import SharedPublisher, StaticParts
 from picker.state.signals import SignalStore
-from scoring.matrix import NEVER, EndpointMatrix, LoadCharge, engine_code, split_host_port
+from scoring.matrix import EndpointMatrix, LoadCharge, engine_code, split_host_port
 
 __all__ = ["Datastore", "EndpointStatus"]
 
@@ -245,9 +245,7 @@ class Datastore:
         kept_slots = {self._status[n].slot for n in order if n in self._status}
         self.outcomes.forget([int(x) for x in slots if int(x) not in kept_slots])
         n = len(order)
-        colmat = np.full((len(FLOAT_COLUMNS), n), math.nan)
-        colmat[FLOAT_COLUMNS.index("scraped_at")] = NEVER
-        colmat[FLOAT_COLUMNS.index("health")] = 0.0
+        colmat = blank_columns(n)
         cols = {c: colmat[k] for k, c in enumerate(FLOAT_COLUMNS)}
         engine = np.zeros(n, dtype=np.int8)
         for i, name in enumerate(order):
@@ -308,6 +306,7 @@ class Datastore:
             if not math.isnan(v):
                 cols[f][i] = v
         cols["scraped_at"][i] = self._clock() if at is None else at
+        cols["scrape_failed"][i] = 0.0
         if metrics.lora_active is not None or metrics.lora_waiting is not None:
             active = metrics.lora_active or ()
             waiting = metrics.lora_waiting or ()
@@ -330,12 +329,16 @@ class Datastore:
         self._dirty = True
 
     def record_scrape_failure(self, name: str, error: str) -> None:
-        """A scrape failed: keep last good values and their age; staleness decides, not deletion."""
+        """A scrape failed: keep last good values and their age; staleness decides, not deletion. Never
+        scraped, there is no age: the first failure sets ``scrape_failed`` (unreachable, not unread yet)."""
         st = self._status.get(name)
         if st is not None:
             st.scrapes_failed += 1
             st.last_error = error
             self.ledger.scrape_failed(st.slot)
+            if st.scrapes_failed == 1 and not st.scrapes_ok:  # only that transition publishes
+                self._cols["scrape_failed"][self._index[name]] = 1.0
+                self._dirty = True
 
     def set_gpu_utilization(self, by_pod: Mapping[str, float] | None) -> None:
         """GPU utilization (0..1) per pod name from the optional Prometheus source; None = unknown."""

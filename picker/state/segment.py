@@ -26,7 +26,6 @@ milliseconds old - harmless for scoring. Counters are aligned 8-byte words, read
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import zlib
@@ -37,14 +36,13 @@ from typing import Final
 import numpy as np
 
 from picker.state.accounting import DEFAULT_CAPACITY, KINDS
-from picker.state.columns import FLOAT_COLUMNS
+from picker.state.columns import FLOAT_COLUMNS, blank_columns
 from picker.state.outcomes import OUTCOME_KINDS
-from scoring.matrix import NEVER
 
 __all__ = ["COLUMNS", "ENGINE_COLUMN", "SharedLayout", "SharedSegment"]
 
 _MAGIC: Final = 0x3130726B63697070  # "ppicker01" little-endian-ish tag; guards against attaching garbage
-_LAYOUT_VERSION: Final = 4
+_LAYOUT_VERSION: Final = 5
 _HEADER_WORDS: Final = 16
 
 # header word indices
@@ -151,8 +149,7 @@ class SharedSegment:
         h[_H_BLOB_BYTES] = layout.blob_bytes
         h[_H_VERSION] = _LAYOUT_VERSION
         h[_H_SUPERVISOR_PID] = os.getpid()
-        seg.columns[:] = math.nan
-        seg.columns[COLUMNS.index("scraped_at")] = NEVER
+        seg.columns[:ENGINE_COLUMN] = blank_columns(layout.capacity)
         seg.columns[ENGINE_COLUMN] = 0.0
         h[_H_MAGIC] = _MAGIC  # last: a reader seeing the magic sees the rest
         return seg

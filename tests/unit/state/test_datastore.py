@@ -76,6 +76,31 @@ def test_failure_keeps_values_and_age():
     assert st.scrapes_failed == 1
 
 
+def test_a_failed_scrape_of_an_endpoint_never_scraped_is_published_until_one_lands():
+    """``scrape_failed`` tells "cannot be scraped" from "not scraped yet" (both ``scraped_at = -inf``): 0
+    until an attempt fails, 1 from the first failure of an endpoint with no success, 0 again once a scrape
+    lands, and a failure after a success leaves it 0 (the age of ``scraped_at`` says that one). The
+    first failure publishes a new snapshot; later ones change nothing and reuse it."""
+    ds = Datastore(clock=FakeClock())
+    ds.replace_endpoints([ep(1), ep(2)])
+    before = ds.snapshot()
+    assert before.scrape_failed.tolist() == [0.0, 0.0], "no attempt has ended: not known to fail"
+    ds.record_scrape_failure("pod-1-rank-0", "connection refused")
+    failed = ds.snapshot()
+    assert failed is not before
+    assert failed.scrape_failed.tolist() == [1.0, 0.0]
+    assert np.isneginf(failed.scraped_at).all()
+    ds.record_scrape_failure("pod-1-rank-0", "connection refused")
+    assert ds.snapshot() is failed, "the same state: nothing to publish"
+    ds.replace_endpoints([ep(1), ep(2), ep(3)])
+    assert ds.snapshot().scrape_failed.tolist() == [1.0, 0.0, 0.0], "kept across a membership change"
+    ds.record_scrape("pod-1-rank-0", EndpointMetrics(waiting=1))
+    ds.record_scrape_failure("pod-1-rank-0", "timeout")
+    ds.record_scrape("pod-2-rank-0", EndpointMetrics(waiting=1))
+    ds.record_scrape_failure("pod-2-rank-0", "timeout")
+    assert ds.snapshot().scrape_failed.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_dispatched_counts_only_requests_sent_since_the_scrape_started():
     ds = Datastore(clock=FakeClock())
     ds.replace_endpoints([ep(1)])

@@ -433,6 +433,23 @@ def test_the_scalers_draining_mark_reaches_the_workers(segment: SharedSegment, c
     assert view.snapshot().health.tolist() == [0.0, 0.0, 1.0, 3.0]
 
 
+def test_a_failed_scrape_of_an_endpoint_never_scraped_reaches_the_workers(
+    segment: SharedSegment, clock: Clock
+) -> None:
+    """The spill decision runs in the workers: they must tell an endpoint whose scrapes fail from one not
+    scraped yet, as the supervisor does."""
+    ds = supervisor(segment, clock)
+    ds.publish()
+    view = SharedView(segment, 0)
+    assert view.snapshot().scrape_failed.tolist() == [0.0, 0.0, 0.0]
+    ds.record_scrape_failure("10.0.0.2:8000", "connection refused")
+    assert ds.publish()
+    assert view.snapshot().scrape_failed.tolist() == [0.0, 1.0, 0.0]
+    scrape(ds, "10.0.0.2:8000", 1.0)
+    ds.publish()
+    assert view.snapshot().scrape_failed.tolist() == [0.0, 0.0, 0.0]
+
+
 def test_requests_sent_count_every_workers_picks_per_endpoint(segment: SharedSegment, clock: Clock) -> None:
     ds = supervisor(segment, clock)
     ds.publish()
