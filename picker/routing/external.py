@@ -126,11 +126,23 @@ class SpillCheck(NamedTuple):
     asked: bool
     #: why the pool cannot take it (``ai_failover_total`` reason); None when it can, or when asked
     reason: FailoverReason | None
-    #: the saturation the check read (None when it did not need to, or when no candidate was ever scraped)
+    #: the saturation the check read (None when it did not need to, or when no candidate's scrape has
+    #: answered yet)
     saturation: float | None
     #: candidates left out of the saturation because they were never scraped (a detector that reads
-    #: scrapes only); every candidate left out: the pool is not saturated for spilling
+    #: scrapes only): those whose first scrape has not ended, and, while a candidate was scraped, those
+    #: whose scrapes failed; every candidate left out: the pool is not saturated for spilling
     unscraped: int = 0
+    #: candidates never scraped whose scrapes failed, read as saturated because no candidate was scraped
+    #: (their metrics cannot be read: the pool's are down, not late)
+    failed: int = 0
+
+
+#: what the spill decision reads saturation over (:meth:`ExternalCapacity._scraped`): ``(a mask over the
+#: snapshot, None for every row when nothing is left out or failed, else no candidate whose scrape
+#: answered; the candidates left out (never scraped); the candidates read because their scrapes failed)``.
+#: A plain tuple: built per request with a subset hint, where a NamedTuple's construction costs ~0.3 µs.
+_Over = tuple[NDArray[np.bool_] | None, int, int]
 
 
 class ExternalCapacity:
@@ -168,7 +180,7 @@ class ExternalCapacity:
         self.health = OutlierDetector()
         #: the last snapshot :meth:`_scraped` read without a subset, and its answer
         self._seen_in: EndpointMatrix | None = None
-        self._seen: tuple[NDArray[np.bool_] | None, int] = (None, 0)
+        self._seen: _Over = (None, 0, 0)
         #: a response came back through the gateway from an external endpoint (see
         #: ``picker.state.outcomes.OutcomeWriter``: before that, a stream without response headers is no
         #: evidence against the endpoint)
@@ -231,12 +243,15 @@ class ExternalCapacity:
 
         Saturation here is read over the candidates scraped at least once (:meth:`_scraped`): the
         detector counts a never-scraped endpoint as saturated, which right after a start (or a rollout of
-        the EPP) would send every request to paid capacity until the first scrapes land. With no candidate
-        scraped yet the pool is not saturated for spilling, and neither is ``pressed`` a reason (flow
+        the EPP) would send every request to paid capacity until the first scrapes land. A never-scraped
+        candidate is not primary while a scraped one remains (``picker.routing.avoid``), so in a mixed pool
+        the scraped ones are where the request would go: their reading decides. With no candidate scraped,
+        the ones whose scrapes have failed (the snapshot's ``scrape_failed``) are read, as saturated: their
+        metrics cannot be read, and a pool whose every endpoint is down from the start must spill even
+        when passive health may not eject them all (``maxEjectionPercent``). With no candidate's scrape
+        answered yet the pool is not saturated for spilling, and neither is ``pressed`` a reason (flow
         control's reading rests on the same missing metrics: the request queues, or is shed, as the
-        reference does). A never-scraped candidate is not primary while a scraped one remains
-        (``picker.routing.avoid``), so in a mixed pool the scraped ones are where the request would go:
-        their reading decides. An empty or entirely ejected pool still spills: that is an outage, known."""
+        reference does). An empty or entirely ejected pool still spills: that is an outage, known."""
         if prefer or self.asks(objective):
             return SpillCheck(True, True, None, saturation)
         if empty:
@@ -245,27 +260,33 @@ class ExternalCapacity:
         candidates = None if lv is None else (lv if mask is None else lv[mask])
         if candidates is not None and candidates.size and (candidates >= Level.PROBING).all():
             return SpillCheck(True, False, FailoverReason.EJECTED, saturation)
-        scraped, unscraped = self._scraped(m, mask, scheduler)
-        if unscraped:
-            if scraped is None:
+        over, unscraped, failed = self._scraped(m, mask, scheduler)
+        if unscraped or failed:
+            if over is None:
                 return SpillCheck(False, False, None, None, unscraped)
-            saturation = scheduler.saturation(m, now=now(), candidates=scraped)
+            saturation = scheduler.saturation(m, now=now(), candidates=over)
         elif saturation is None:
             saturation = scheduler.saturation(m, now=now(), candidates=mask)
         if pressed or saturation >= self.spill.saturation_threshold:
-            return SpillCheck(True, False, FailoverReason.SATURATED, saturation, unscraped)
-        return SpillCheck(False, False, None, saturation, unscraped)
+            return SpillCheck(True, False, FailoverReason.SATURATED, saturation, unscraped, failed)
+        return SpillCheck(False, False, None, saturation, unscraped, failed)
 
-    def _scraped(
-        self, m: EndpointMatrix, mask: NDArray[np.bool_] | None, scheduler: Scheduler
-    ) -> tuple[NDArray[np.bool_] | None, int]:
-        """``(the candidates to read saturation over, how many candidates were never scraped)``: with
-        some never scraped, the mask of those scraped at least once, None when none was; with every one
-        scraped, ``mask`` itself. A detector that does not read scrapes (``concurrency-detector``):
-        every candidate counts, ``(mask, 0)``. Without a subset the answer is kept for the snapshot (a
-        few µs a request otherwise; a snapshot serves every pick until the next scrape lands)."""
+    def _scraped(self, m: EndpointMatrix, mask: NDArray[np.bool_] | None, scheduler: Scheduler) -> _Over:
+        """``(the candidates to read saturation over, how many candidates are left out, how many are read
+        because their scrapes failed)``:
+
+        * every candidate scraped at least once (the steady state): ``(mask, 0, 0)``, the mask as given,
+          as the detector would read it;
+        * some scraped: the mask of those, the others left out, ``failed`` 0;
+        * none scraped, some whose scrapes failed (``scrape_failed``): the mask of those, the ones whose
+          first scrape has not ended left out;
+        * no candidate's scrape answered yet: ``(None, every candidate, 0)``.
+
+        A detector that does not read scrapes (``concurrency-detector``): every candidate counts,
+        ``(mask, 0, 0)``. Without a subset the answer is kept for the snapshot (a few µs a request
+        otherwise; a snapshot serves every pick until the next scrape lands)."""
         if not scheduler.saturation_detector.reads_scrapes:
-            return mask, 0
+            return mask, 0, 0
         if mask is None and m is self._seen_in:
             return self._seen
         seen = m.scraped_at > NEVER  # -inf: never scraped (NaN, never written, counts as never too)
@@ -273,8 +294,17 @@ class ExternalCapacity:
             seen &= mask
         n = int(np.count_nonzero(seen))
         total = len(m) if mask is None else int(np.count_nonzero(mask))
-        # every candidate scraped (the steady state): the mask as given, as the detector would read it
-        answer = (None if n == 0 else mask if n == total else seen), total - n
+        if n == total:
+            answer: _Over = (mask, 0, 0)
+        elif n:
+            answer = (seen, total - n, 0)
+        else:
+            # none scraped: the failed ones, if any (> 0 is False for NaN: not known to fail)
+            failed = m.scrape_failed > 0.0
+            if mask is not None:
+                failed &= mask
+            f = int(np.count_nonzero(failed))
+            answer = (failed if f else None, total - f, f)
         if mask is None:
             self._seen_in, self._seen = m, answer
         return answer

@@ -12,9 +12,10 @@ The explanation::
        {"name": "backup", ..., "verdict": "over requestsPerMinute: 60 in use + 1 asked > limit 60"}]}
 
 ``why`` names the rule of :meth:`picker.routing.external.ExternalCapacity.wants` that applied (or that
-none did: the pool can take it, or no candidate has been scraped yet), ``endpoints`` each endpoint in the
-order they are tried with its verdict (``admits``, over which limit by how much, ejected by passive health
-and for how long, probing).
+none did: the pool can take it, or no candidate's scrape has answered yet; with no candidate scraped, the
+reading over those whose scrapes failed says so), ``endpoints`` each endpoint in the order they are tried
+with its verdict (``admits``, over which limit by how much, ejected by passive health and for how long,
+probing).
 """
 
 from __future__ import annotations
@@ -159,11 +160,17 @@ def _why(
     if check.unscraped and check.saturation is None:
         then = "flow control queues it" if pressed else "the pool takes it"
         return (
-            f"no candidate scraped yet ({check.unscraped} never scraped): their load is unknown, which is "
-            f"no reason to spill; {then}"
+            f"no candidate scraped yet ({check.unscraped} whose first scrape has not answered): their load "
+            f"is unknown, which is no reason to spill; {then}"
         )
     reading = "" if check.saturation is None else f"{check.saturation:.3g}"
-    if check.unscraped:
+    if check.failed:
+        pending = f"; {check.unscraped} not answered yet, left out" if check.unscraped else ""
+        reading = (
+            f"{reading} over the candidates whose scrapes failed ({check.failed} never scraped, their "
+            f"metrics unreachable{pending})"
+        )
+    elif check.unscraped:
         reading = f"{reading} over the candidates scraped ({check.unscraped} never scraped, left out)"
     if reason is FailoverReason.SATURATED:
         if shed:
