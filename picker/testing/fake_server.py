@@ -26,7 +26,10 @@ model's numbers, for tests and demos. A client that disconnects aborts its reque
 
 Misbehaving on purpose: :attr:`FakeServer.fault` (settable while running) makes a server a bad pod for scraper
 and failover tests, see :class:`Fault`; :meth:`FakeServer.set_slowdown` makes its engine slower than its
-gauges suggest. Both can be changed from another process through ``POST /_fake/control``. A stopped server
+gauges suggest. Both can be changed from another process through ``POST /_fake/control``.
+:meth:`FakeServer.hold_metrics` leaves ``/metrics`` requests unanswered until
+:meth:`FakeServer.release_metrics` (a scrape attempt that has not ended yet, for as long as a test needs
+one). A stopped server
 refuses connections; :meth:`FakeServer.start` after :meth:`FakeServer.stop` listens on the same port again (a
 restarted pod), with its load state kept.
 
@@ -222,6 +225,8 @@ class FakeServer:
         self._requests = 0
         self._names_cache: dict[str, frozenset[str] | None] = {}
         self._created = int(time.time())
+        #: set while ``/metrics`` requests are held (:meth:`hold_metrics`)
+        self._metrics_gate: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -390,6 +395,25 @@ class FakeServer:
         model.params = self._base_params.slower(factor)
         self.slowdown = factor
 
+    def hold_metrics(self) -> None:
+        """From now on ``/metrics`` requests are read (``served["metrics"]`` counts them as they arrive)
+        and left unanswered until :meth:`release_metrics`: a scrape attempt that has not ended, neither
+        succeeded nor failed, for as long as the test needs (the scraper's timeout permitting). Unlike
+        :attr:`Fault.HANG` the other routes behave, and the held requests are answered later."""
+        if self._metrics_gate is None:
+            self._metrics_gate = asyncio.Event()
+
+    def release_metrics(self) -> None:
+        """Answer the held ``/metrics`` requests (with the page and :attr:`fault` as they are now) and stop
+        holding new ones."""
+        gate, self._metrics_gate = self._metrics_gate, None
+        if gate is not None:
+            gate.set()
+
+    async def _held_metrics(self, gate: asyncio.Event, request: HttpRequest, exchange: HttpExchange) -> None:
+        await gate.wait()
+        self._metrics(request, exchange)
+
     def _control(self, request: HttpRequest, exchange: HttpExchange) -> None:
         """``POST /_fake/control`` with ``{"fault": "<Fault value>", "slowdown": <factor>}`` (either key):
         lets a test or the demo change a fake server in another process. Answers the state as JSON."""
@@ -419,6 +443,9 @@ class FakeServer:
         path = request.path
         if path == "/metrics":
             if self._only(request, exchange, "GET", "metrics"):
+                gate = self._metrics_gate
+                if gate is not None:
+                    return self._held_metrics(gate, request, exchange)
                 self._metrics(request, exchange)
         elif path in ("/v1/completions", "/v1/chat/completions"):
             chat = path == "/v1/chat/completions"

@@ -75,6 +75,47 @@ async def test_metrics_500_then_recovery(http: aiohttp.ClientSession) -> None:
             assert resp.status == 200
 
 
+async def test_held_metrics_are_answered_once_released(http: aiohttp.ClientSession) -> None:
+    """``hold_metrics``: a metrics request arrives (counted) and is not answered while other routes are;
+    ``release_metrics`` answers it with the page as it is then (here the fault set meanwhile), and new
+    requests are answered at once."""
+    async with FakeServer("vllm") as server:
+        server.hold_metrics()
+
+        async def status() -> int:
+            async with http.get(f"{server.url}/metrics") as resp:
+                return resp.status
+
+        held = asyncio.create_task(status())
+        for _ in range(1000):
+            if server.served["metrics"]:
+                break
+            await asyncio.sleep(0.01)
+        assert server.served["metrics"] == 1
+        async with http.get(f"{server.url}/health") as resp:
+            assert resp.status == 200, "the other routes behave"
+        assert not held.done()
+        server.fault = Fault.METRICS_500
+        server.release_metrics()
+        assert await held == 500
+        server.fault = Fault.NONE
+        assert await status() == 200
+
+
+async def test_a_server_holding_metrics_stops(http: aiohttp.ClientSession) -> None:
+    server = FakeServer("vllm")
+    await server.start()
+    server.hold_metrics()
+    held = asyncio.create_task(http.get(f"{server.url}/metrics"))
+    for _ in range(1000):
+        if server.served["metrics"]:
+            break
+        await asyncio.sleep(0.01)
+    await server.stop()
+    with pytest.raises(aiohttp.ClientError):
+        await held
+
+
 async def test_error_500_breaks_every_route(http: aiohttp.ClientSession) -> None:
     async with FakeServer("vllm", fault=Fault.ERROR_500) as server:
         payload = {"model": server.models[0], "prompt": "x"}
