@@ -1,14 +1,17 @@
-"""No spill to a paid external endpoint before the pool was scraped, through the whole service: fake model
-servers as the pool (their ``/metrics`` failing on purpose until a test lets the scrapes land), one more as
-the external endpoint, the default ``utilization-detector`` (which reads a never-scraped endpoint as
-saturated) and the Envoy-like gateway.
+"""No spill to a paid external endpoint before the pool's first scrapes answer, and a spill from a pool whose
+scrapes fail from the start, through the whole service: fake model servers as the pool (their ``/metrics``
+held unanswered, or failing, on purpose until a test lets the scrapes land), one more as the external
+endpoint, the default ``utilization-detector`` (which reads a never-scraped endpoint as saturated) and the
+Envoy-like gateway.
 
-* no scrape landed yet: a request that does not ask for external capacity goes to the pool, the external
-  endpoint sees nothing; once scrapes land that show the pool saturated, the same request spills;
+* no scrape attempt ended yet (the metrics pages hang until released, the scrape timeout far away): a
+  request that does not ask for external capacity goes to the pool, the external endpoint sees nothing;
+  once scrapes land that show the pool saturated, the same request spills;
 * a mixed pool (one endpoint scraped, one whose scrapes keep failing): the scraped one's reading decides;
-* a pool whose every scrape and request fails (a crashed engine): requests go to it until passive health
-  ejects it, then spill as ``ejected``;
-* with flow control, a request at a pool never scraped waits in the queue rather than spill.
+* a pool of two whose every scrape and request fails from the start (crashed engines): once the first
+  scrapes have failed, requests spill, with the default ``maxEjectionPercent`` (which never ejects both);
+* with flow control, a request at a pool whose scrapes have not answered yet waits in the queue rather
+  than spill.
 """
 
 from __future__ import annotations
@@ -51,8 +54,13 @@ def fleet() -> FakeFleet:
 
 
 async def start(start_service: StartService, pool: Sequence[str], text: str) -> ServiceHarness:
+    """The service over ``pool``; a scrape times out after two minutes, so a metrics page held by the
+    test (:meth:`FakeServer.hold_metrics`) keeps its scrape attempt unfinished for the whole test."""
     return await start_service(
-        endpoints=[f"{a}@vllm" for a in pool], config=text, refresh_metrics_interval=0.05
+        endpoints=[f"{a}@vllm" for a in pool],
+        config=text,
+        refresh_metrics_interval=0.05,
+        scrape_timeout=120.0,
     )
 
 
@@ -67,6 +75,20 @@ async def scrapes(svc: ServiceHarness, *, ok: Sequence[str] = (), failing: Seque
         )
 
     await eventually(seen, what=f"scrapes landed on {list(ok)} and failed on {list(failing)}")
+
+
+async def attempts_pending(svc: ServiceHarness, servers: Sequence[FakeServer]) -> None:
+    """Wait until each server holding its metrics page has a scrape request in hand; check that no scrape
+    attempt of any of them has ended (none succeeded, none failed): "not answered yet", for sure."""
+
+    async def asked() -> bool:
+        return all(server.served["metrics"] > 0 for server in servers)
+
+    await eventually(asked, what="a scrape request at every held metrics page")
+    rows = await svc.endpoint_rows()
+    for server in servers:
+        row = rows[server.address]
+        assert (row["scrapes_ok"], row["scrapes_failed"]) == (0, 0), row
 
 
 def saturate(server: FakeServer) -> None:
@@ -99,17 +121,17 @@ async def test_no_spill_before_the_first_scrape_then_a_spill_once_scrapes_show_t
     async with fleet() as servers:
         pool, external = servers.addresses[:2], servers.addresses[2]
         for server in servers.servers[:2]:
-            server.fault = Fault.METRICS_500  # the scrapes fail: nothing lands until the test says so
+            server.hold_metrics()  # the first scrapes neither land nor fail until the test says so
         svc = await start(start_service, pool, config(external))
         gw = MiniGateway(svc.client, timeout_s=30.0)
         pool_name = svc.service.settings.effective_pool_name
         try:
-            await scrapes(svc, failing=pool)
+            await attempts_pending(svc, servers.servers[:2])
             spill = await explain(svc)
             assert spill["would_spill"] is False
             assert spill["why"] == (
-                "no candidate scraped yet (2 never scraped): their load is unknown, which is no reason to "
-                "spill; the pool takes it"
+                "no candidate scraped yet (2 whose first scrape has not answered): their load is unknown, "
+                "which is no reason to spill; the pool takes it"
             )
             first = await gw.send("/v1/completions", body())
             assert first.ok, first.error
@@ -123,7 +145,7 @@ async def test_no_spill_before_the_first_scrape_then_a_spill_once_scrapes_show_t
 
             for server in servers.servers[:2]:
                 saturate(server)
-                server.fault = Fault.NONE  # the scrapes land, showing the queues
+                server.release_metrics()  # the scrapes land, showing the queues
             await scrapes(svc, ok=pool)
             await spills(svc)
             spilled = await gw.send("/v1/completions", body())
@@ -169,47 +191,51 @@ async def test_in_a_mixed_pool_the_scraped_endpoints_reading_decides(start_servi
         assert servers.servers[2].served["completions"] == 1
 
 
-async def test_a_pool_whose_scrapes_and_requests_fail_spills_once_passive_health_ejects_it(
+async def test_a_pool_whose_scrapes_and_requests_fail_from_the_start_spills(
     start_service: StartService,
 ) -> None:
-    """A crashed engine behind a live HTTP front: every scrape and every request answers 500, so it is
-    never scraped and never counts as saturated. The first requests go to it and fail (the gateway has no
-    other pool endpoint to retry on); after ``consecutive5xx`` (5) failures passive health ejects it, the
-    pool is entirely ejected, and the next request spills as ``ejected``."""
+    """Two crashed engines behind live HTTP fronts: every scrape and every request answers 500 from the
+    start, so neither endpoint is ever scraped. Passive health alone cannot spill this pool: at the default
+    ``maxEjectionPercent`` (50) it ejects one of the two, the other keeps taking and failing requests.
+    Once the first scrapes have failed, the endpoints' metrics are known to be unreachable (not merely not
+    read yet): the pool reads as saturated and an objective-less request goes to the external endpoint,
+    the pool its fallback."""
     async with fleet() as servers:
-        pool, external = servers.addresses[:1], servers.addresses[2]
-        servers.servers[0].fault = Fault.ERROR_500
+        pool, external = servers.addresses[:2], servers.addresses[2]
+        for server in servers.servers[:2]:
+            server.fault = Fault.ERROR_500
         svc = await start(start_service, pool, config(external))
         gw = MiniGateway(svc.client, timeout_s=30.0)
         pool_name = svc.service.settings.effective_pool_name
         try:
             await scrapes(svc, failing=pool)
-            failed = [await gw.send("/v1/completions", body()) for _ in range(5)]
-            await spills(svc)
-            assert (await explain(svc))["why"] == "every pool candidate is ejected, probing or draining"
-            spilled = await gw.send("/v1/completions", body())
+            spill = await explain(svc)
+            assert spill["would_spill"] is True
+            assert spill["why"] == (
+                "the pool is saturated: the saturation detector reads 1 over the candidates whose scrapes "
+                "failed (2 never scraped, their metrics unreachable) >= spillover.saturationThreshold 1"
+            )
+            spilled = [await gw.send("/v1/completions", body()) for _ in range(3)]
         finally:
             await gw.close()
-        assert [(r.endpoint, r.status) for r in failed] == [(pool[0], 500)] * 5
-        assert servers.servers[2].served["completions"] == 1
-        assert spilled.ok, spilled.error
-        assert spilled.endpoint == external
+        assert [(r.ok, r.endpoint) for r in spilled] == [(True, external)] * 3, [r.error for r in spilled]
+        assert servers.servers[2].served["completions"] == 3
         text = await svc.metrics()
-        assert sample(text, "ai_failover_total", pool=pool_name, reason="ejected") == 1.0
-        assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") is None
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="saturated") == 3.0
+        assert sample(text, "ai_failover_total", pool=pool_name, reason="ejected") is None
 
 
 async def test_with_flow_control_a_pool_never_scraped_queues_the_request_rather_than_spill_it(
     start_service: StartService,
 ) -> None:
     """Flow control reads the same missing metrics as saturation and would queue the request; spill-first
-    would send it external at once. Not before the first scrape: it waits in the queue (the reference's
-    flow control), and goes to the pool when the scrapes land and show it idle."""
+    would send it external at once. Not before the first scrapes answer: it waits in the queue (the
+    reference's flow control), and goes to the pool when the scrapes land and show it idle."""
     gate = "featureGates: [flowControl]\nflowControl: {defaultRequestTTL: 60s}\nplugins:\n"
     async with fleet() as servers:
         pool, external = servers.addresses[:2], servers.addresses[2]
         for server in servers.servers[:2]:
-            server.fault = Fault.METRICS_500
+            server.hold_metrics()
         svc = await start(start_service, pool, config(external).replace("plugins:\n", gate, 1))
         gw = MiniGateway(svc.client, timeout_s=60.0)
 
@@ -221,13 +247,13 @@ async def test_with_flow_control_a_pool_never_scraped_queues_the_request_rather_
             return await waiting() > 0 or servers.servers[2].served["completions"] > 0
 
         try:
-            await scrapes(svc, failing=pool)
+            await attempts_pending(svc, servers.servers[:2])
             task = asyncio.create_task(gw.send("/v1/completions", body()))
             await eventually(queued_or_spilled, what="the request queued (or spilled)")
             assert servers.servers[2].served["completions"] == 0, "not spilled"
             assert await waiting() == 1.0
             for server in servers.servers[:2]:
-                server.fault = Fault.NONE
+                server.release_metrics()
             late = await asyncio.wait_for(task, 60.0)
         finally:
             await gw.close()
