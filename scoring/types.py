@@ -14,6 +14,24 @@ if TYPE_CHECKING:
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
+class PromptEnd(NamedTuple):
+    """Where a routed prompt ends, for continuation credit (``scoring/prefix/continuations.py``): hashes and
+    sizes only, no prompt text."""
+
+    #: chain hash of the last full index entry before the end (the seed when the end is in entry 0)
+    key: int
+    #: bytes from that entry boundary to the end
+    length: int
+    #: hash of those bytes seeded with ``key`` (``key`` itself when ``length`` is 0)
+    token: int
+    #: the prompt's end, in bytes
+    end: int
+    #: the prompt's last index hash (its server must still list it for the credit)
+    last: int
+    #: the answer's expected size in bytes (0: unknown)
+    answer_bytes: int
+
+
 class PrefixMatch(NamedTuple):
     """A prompt's chained block hashes and how many leading blocks each endpoint is believed to hold.
 
@@ -35,6 +53,8 @@ class PrefixMatch(NamedTuple):
     block_tokens: int
     #: blocks of the prompt when a hash covers several (``blocksPerEntry`` > 1); 0: one block per hash
     blocks: int = 0
+    #: where the prompt ends (continuation credit on and the end known), recorded with the pick
+    end: PromptEnd | None = None
 
     @property
     def total(self) -> int:

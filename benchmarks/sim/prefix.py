@@ -38,11 +38,12 @@ class Picking:
     policy's profile scores prefixes (:mod:`benchmarks.sim.prefix`): hashes matched against the snapshot
     before, the chosen endpoint recorded after. Policies that see more than a picker get ``bind`` first."""
 
-    __slots__ = ("_blocks", "_cache", "_hashes", "_policy", "_requests")
+    __slots__ = ("_blocks", "_cache", "_hashes", "_policy", "_requests", "_workload")
 
     def __init__(self, policy: Policy, ctx: SimContext, requests: list[PickRequest]) -> None:
         self._policy = policy
         self._requests = requests
+        self._workload = ctx.workload
         bind = getattr(policy, "bind", None)
         if bind is not None:
             bind(ctx)
@@ -61,7 +62,27 @@ class Picking:
         cache = self._cache
         if cache is None:
             return self._policy.pick(m, req, now, rng), req
-        match = cache.match(self._hashes[k], m, now=now, blocks=self._blocks[k])
+        if cache.continuations is None:
+            match = cache.match(self._hashes[k], m, now=now, blocks=self._blocks[k])
+        else:  # continuation credit reads the bytes and the answer's length (max_tokens = the output)
+            w = self._workload
+            data = prompt_text(
+                w.units[k],
+                int(w.prompt_tokens[k]),
+                w.unit_tokens,
+                request=k,
+                max_chars=cache.window,
+                heads=w.unit_heads,
+            ).encode()
+            match = cache.match(
+                self._hashes[k],
+                m,
+                now=now,
+                blocks=self._blocks[k],
+                data=data,
+                seed=cache.seed(req.target_model),
+                answer_tokens=int(w.output_tokens[k]),
+            )
         req = req._replace(prefix=match)
         i = self._policy.pick(m, req, now, rng)
         if match is not None:
@@ -100,6 +121,7 @@ def prompt_chains(
         block_tokens=config.block_size_tokens,
         max_blocks=config.max_blocks,
         blocks_per_entry=config.blocks_per_entry,
+        heads=tuple(workload.unit_heads.items()),
     )
 
 
@@ -113,13 +135,17 @@ def _hashes(
     block_tokens: int,
     max_blocks: int,
     blocks_per_entry: int,
+    heads: tuple[tuple[int, tuple[int, int]], ...],
 ) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
     hasher = PrefixHasher(block_tokens, max_blocks, blocks_per_entry)
+    head_map = dict(heads)
     tokens = np.frombuffer(prompts, dtype=np.int64)
     out = []
     blocks = []
     for k, u in enumerate(units):
-        data = prompt_text(u, int(tokens[k]), unit_tokens, request=k, max_chars=hasher.window).encode()
+        data = prompt_text(
+            u, int(tokens[k]), unit_tokens, request=k, max_chars=hasher.window, heads=head_map
+        ).encode()
         out.append(hasher.hashes(models[k], "", data))
         blocks.append(hasher.blocks(len(data)))
     return tuple(out), tuple(blocks)

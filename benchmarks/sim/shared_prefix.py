@@ -69,6 +69,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.sim.text import CHARS_PER_TOKEN
 from benchmarks.sim.traces import Workload
 
 #: tokens per prefix unit of these workloads (four 16-token vLLM blocks; 256 characters of text)
@@ -118,12 +119,23 @@ class _Ids:
         return out
 
 
-def _units_for(shared: tuple[int, ...], shared_tokens: int, total_tokens: int, ids: _Ids) -> tuple[int, ...]:
+def _units_for(
+    shared: tuple[int, ...],
+    shared_tokens: int,
+    total_tokens: int,
+    ids: _Ids,
+    heads: dict[int, tuple[int, int]] | None = None,
+) -> tuple[int, ...]:
     """Units of a prompt whose first ``shared_tokens`` tokens are the content behind ``shared`` (whole units
-    only count as shared) and whose remaining tokens are new."""
+    only count as shared) and whose remaining tokens are new. With ``heads``, a first new unit that goes on
+    from a partial shared unit records that its text starts with that unit's (``Workload.unit_heads``)."""
     keep = min(len(shared), shared_tokens // UNIT_TOKENS)
     n_total = -(-total_tokens // UNIT_TOKENS)
-    return shared[:keep] + ids.take(max(0, n_total - keep))
+    new = ids.take(max(0, n_total - keep))
+    part = shared_tokens - keep * UNIT_TOKENS
+    if heads is not None and new and keep < len(shared) and part > 0:
+        heads[new[0]] = (shared[keep], part * CHARS_PER_TOKEN)
+    return shared[:keep] + new
 
 
 def workload(
@@ -153,6 +165,7 @@ def workload(
     prompt_tokens = np.zeros(n, dtype=np.int64)
     units: list[tuple[int, ...]] = []
     answers: list[tuple[int, ...]] = []
+    heads: dict[int, tuple[int, int]] = {}
     if s.multi_turn:
         # session k (after the shuffle) = (group, prompt); its context grows round by round
         ctx_units = [per_group_system[int(k) // s.prompts_per_group] for k in order]
@@ -161,12 +174,12 @@ def workload(
             k = i % len(order)
             g, p = divmod(int(order[k]), s.prompts_per_group)
             total = ctx_tokens[k] + int(q_len[g, p])
-            u = _units_for(ctx_units[k], ctx_tokens[k], total, ids)
+            u = _units_for(ctx_units[k], ctx_tokens[k], total, ids, heads)
             prompt_tokens[i] = total
             units.append(u)
             # the next round's context: this prompt + the response (its own units beyond this prompt)
             ctx_tokens[k] = total + s.output_tokens
-            ctx_units[k] = _units_for(u, total, ctx_tokens[k], ids)
+            ctx_units[k] = _units_for(u, total, ctx_tokens[k], ids, heads)
             answers.append(ctx_units[k])
     else:
         prompts: list[tuple[tuple[int, ...], int]] = []
@@ -192,4 +205,5 @@ def workload(
         adapter=np.full(n, -1, dtype=np.int64),
         after=np.where(np.arange(n) >= users, np.arange(n) - users, -1).astype(np.int64) if waits else None,
         response_units=tuple(answers) if s.multi_turn and cache_answers else (),
+        unit_heads=heads,
     )

@@ -23,6 +23,7 @@ hundreds of megabytes of prompt text.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from functools import lru_cache
 
 #: Characters per token, the EPP's estimate (and so the text length the simulator gives a token).
@@ -74,6 +75,17 @@ def private_unit(request: int, j: int) -> int:
     return -(request * 65536 + j + 1)
 
 
+def unit_text(unit: int, unit_chars: int, heads: Mapping[int, tuple[int, int]]) -> str:
+    """The text of ``unit``, whose first characters may be an earlier unit's (``heads``: unit ->
+    (earlier unit, characters), ``Workload.unit_heads``); a plain :func:`unit_block` otherwise."""
+    head = heads.get(unit) if heads else None
+    if head is None:
+        return unit_block(unit, unit_chars)
+    earlier, chars = head
+    chars = max(0, min(chars, unit_chars))
+    return unit_text(earlier, unit_chars, heads)[:chars] + unit_block(unit, unit_chars)[chars:]
+
+
 def prompt_text(
     units: tuple[int, ...],
     prompt_tokens: int,
@@ -81,11 +93,14 @@ def prompt_text(
     *,
     request: int,
     max_chars: int = -1,
+    heads: Mapping[int, tuple[int, int]] | None = None,
 ) -> str:
     """The prompt of request number ``request`` with these prefix units and this many tokens, optionally
     cut to ``max_chars`` characters (``-1`` = whole). Units cover the prompt in order, the last possibly
     partial. Tokens the units do not cover (a trace without units, such as Azure's) are private filler
-    units of that request, so unrelated requests never share text."""
+    units of that request, so unrelated requests never share text. ``heads`` (``Workload.unit_heads``)
+    makes a unit's text begin with an earlier unit's, where a prompt goes on from an earlier one's last,
+    partial unit."""
     total = prompt_tokens * CHARS_PER_TOKEN
     limit = total if max_chars < 0 else min(total, max_chars)
     if unit_tokens <= 0:
@@ -96,7 +111,7 @@ def prompt_text(
     for u in units:
         if size >= limit:
             break
-        parts.append(unit_block(u, unit_chars))
+        parts.append(unit_text(u, unit_chars, heads) if heads else unit_block(u, unit_chars))
         size += unit_chars
     j = 0
     while size < limit:

@@ -20,7 +20,8 @@ Formats (see ``benchmarks/data/SOURCES.md`` for provenance):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +56,11 @@ class Workload:
     * ``response_units[i]`` are the prefix units of request ``i``'s prompt *and* response (a whole
       conversation context: ``units[i]``'s whole units, then the response's): the serving engine keeps
       those blocks cached when the request finishes. Empty: the trace does not say what the response shares.
+
+    ``unit_heads`` maps a unit to ``(earlier unit, characters)`` where a unit's text begins with the first
+    characters of another's (:func:`benchmarks.sim.text.prompt_text`): a prompt whose text goes on from an
+    earlier prompt's last, partial unit (a conversation's next round) shares those bytes with it, as the
+    client sends them. Empty: units' texts are unrelated.
     """
 
     name: str
@@ -67,6 +73,7 @@ class Workload:
     adapter_names: tuple[str, ...] = ()
     after: I64 | None = None
     response_units: tuple[tuple[int, ...], ...] = ()
+    unit_heads: Mapping[int, tuple[int, int]] = field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.arrival_s)

@@ -542,12 +542,23 @@ class Director:
         cache = self._prefix.for_profiles(active.profiles) if self._prefix is not None else None
         if cache is None:
             return None
+        began = time.perf_counter_ns() if timings is not None else 0
         blocks = cache.blocks(len(data))  # the last hash may cover fewer blocks than the others
-        if timings is None:
-            return cache.match(cache.hashes(target, info.cache_salt, data), m, now=now, blocks=blocks)
-        began = time.perf_counter_ns()
-        match = cache.match(cache.hashes(target, info.cache_salt, data), m, now=now, blocks=blocks)
-        timings.append(PluginTiming("prepare", PREFIX_MATCH_TIMING, time.perf_counter_ns() - began))
+        hashes = cache.hashes(target, info.cache_salt, data)
+        if cache.continuations is None:
+            match = cache.match(hashes, m, now=now, blocks=blocks)
+        else:  # continuation credit reads the bytes once more, and the answer's expected length
+            match = cache.match(
+                hashes,
+                m,
+                now=now,
+                blocks=blocks,
+                data=data,
+                seed=cache.seed(target, info.cache_salt),
+                answer_tokens=info.max_tokens or 0,
+            )
+        if timings is not None:
+            timings.append(PluginTiming("prepare", PREFIX_MATCH_TIMING, time.perf_counter_ns() - began))
         return match
 
     def _record_prefix(self, m: EndpointMatrix, row: int, prefix: PrefixMatch) -> None:

@@ -33,14 +33,15 @@ from scoring import EndpointMatrix, Scheduler
 from scoring.prefix import ApproxPrefixCache, EndpointPrefixStats, PrefixConfig
 from scoring.profiles import Profiles
 from scoring.scorers import PrefixCacheScorer
-from scoring.types import PrefixMatch
+from scoring.types import PrefixMatch, PromptEnd
 
 __all__ = ["MAX_OUTBOX", "PrefixCacheState", "Record", "decode_records", "encode_records", "prefix_config_of"]
 
 log = logging.getLogger("picker.prefix")
 
-#: one routed prompt: (endpoint name, its capacity, blocks that matched it, the prompt's block hashes)
-Record = tuple[str, int, int, tuple[int, ...]]
+#: one routed prompt: (endpoint name, its capacity, blocks that matched it, the prompt's block hashes, where
+#: it ends when continuation credit is on)
+Record = tuple[str, int, int, tuple[int, ...], PromptEnd | None]
 #: records queued for the supervisor before the oldest are dropped (a stalled channel must not grow
 #: memory without bound; a dropped record only makes the replicas less complete)
 MAX_OUTBOX: Final = 65536
@@ -106,7 +107,7 @@ class PrefixCacheState:
         outbox = self._outbox
         if outbox is not None:
             hit = 0 if match.matched is None else int(match.matched[row])
-            outbox.append((m.names[row], cache.capacity_of(m, row), hit, match.hashes))
+            outbox.append((m.names[row], cache.capacity_of(m, row), hit, match.hashes, match.end))
             if len(outbox) > MAX_OUTBOX:
                 del outbox[: len(outbox) - MAX_OUTBOX]
 
@@ -125,10 +126,9 @@ class PrefixCacheState:
         cache = self._cache
         if cache is None:
             return 0
-        index = cache.index
         applied = 0
-        for name, capacity, hit, hashes in records:
-            index.record(name, hashes, capacity=capacity, hit=hit)
+        for name, capacity, hit, hashes, end in records:
+            cache.record_remote(name, hashes, capacity=capacity, hit=hit, end=end)
             applied += 1
         if m is not None:
             cache.observe(m, now)
@@ -171,11 +171,14 @@ def encode_records(records: Sequence[Record]) -> list[list[Any]]:
     """Records as JSON-ready lists: hashes packed as little-endian 64-bit words in base64 (a third of the
     size of decimal integers, and decoded without parsing 256 numbers)."""
     out: list[list[Any]] = []
-    for name, capacity, hit, hashes in records:
+    for name, capacity, hit, hashes, end in records:
         words = array("Q", hashes)
         if sys.byteorder != "little":
             words.byteswap()
-        out.append([name, capacity, hit, base64.b64encode(words.tobytes()).decode("ascii")])
+        entry: list[Any] = [name, capacity, hit, base64.b64encode(words.tobytes()).decode("ascii")]
+        if end is not None:
+            entry.append(list(end))
+        out.append(entry)
     return out
 
 
@@ -187,15 +190,25 @@ def decode_records(payload: object) -> list[Record]:
         return out
     for entry in payload:
         try:
-            name, capacity, hit, packed = entry
+            name, capacity, hit, packed, *rest = entry
             raw = base64.b64decode(packed, validate=True)
             words = array("Q")
             words.frombytes(raw)
+            end = _decode_end(rest[0]) if rest else None
         except (TypeError, ValueError):
             continue
         if not isinstance(name, str) or not isinstance(capacity, int) or not isinstance(hit, int):
             continue
         if sys.byteorder != "little":
             words.byteswap()
-        out.append((name, max(1, capacity), max(0, hit), tuple(words)))
+        out.append((name, max(1, capacity), max(0, hit), tuple(words), end))
     return out
+
+
+def _decode_end(value: object) -> PromptEnd:
+    """A prompt's end as :func:`encode_records` sends it: six non-negative integers (ValueError else)."""
+    if not isinstance(value, list) or len(value) != len(PromptEnd._fields):
+        raise ValueError("a prompt end is a list of six integers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64 for v in value):
+        raise ValueError("a prompt end is a list of six integers")
+    return PromptEnd(*value)

@@ -142,6 +142,14 @@ class PrefixIndex:
             return frozenset()
         return frozenset(self._names[s] or "" for s in _slots_of(value))
 
+    def holds(self, name: str, h: int) -> bool:
+        """Whether ``name`` lists the hash ``h`` (one lookup in each map)."""
+        slot = self._slots.get(name)
+        value = self._holders.get(h)
+        if slot is None or value is None:
+            return False
+        return value == ~slot if value < 0 else bool(value >> slot & 1)
+
     def match(
         self,
         hashes: Sequence[int],

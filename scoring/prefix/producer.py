@@ -29,12 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from scoring._params import Params
 from scoring.errors import ConfigurationError
 from scoring.matrix import EndpointMatrix
+from scoring.prefix.continuations import Continuation, Continuations, prompt_end
 from scoring.prefix.hashing import PrefixHasher
 from scoring.prefix.index import DEFAULT_CAPACITY, MAX_CAPACITY, EndpointPrefixStats, PrefixIndex
-from scoring.types import PrefixMatch
+from scoring.types import PrefixMatch, PromptEnd
 
 #: The reference parameters shared by ``prefix-cache-scorer`` and ``approx-prefix-cache-producer``.
 PREFIX_PARAMETERS = (
@@ -46,7 +49,7 @@ PREFIX_PARAMETERS = (
     "blockSize",
 )
 #: Our parameters beside the reference's (``blocksPerEntry``: see :class:`PrefixConfig`).
-OUR_PREFIX_PARAMETERS = ("blocksPerEntry",)
+OUR_PREFIX_PARAMETERS = ("blocksPerEntry", "continuationCredit")
 #: Seconds an endpoint may be missing from the pool before its entries are forgotten (reference: purge
 #: every 2 minutes).
 PURGE_AFTER_S = 120.0
@@ -70,6 +73,9 @@ class PrefixConfig:
     #: recording and memory by about *s* and coarsen the match to *s* blocks (``README.md``, "Coarser
     #: entries")
     blocks_per_entry: int = 1
+    #: credit the endpoint that served a prompt a new one extends with that prompt's answer too (ours,
+    #: ``continuationCredit``, default false; ``continuations.py``)
+    continuation_credit: bool = False
 
     def entries(self, blocks: int) -> int:
         """Index entries that hold ``blocks`` blocks of capacity (at least 1)."""
@@ -124,7 +130,8 @@ class PrefixConfig:
                 f"plugin {plugin_name!r} (type {plugin_type!r}): parameter 'blocksPerEntry' must be <= the "
                 f"blocks matched (maxPrefixBlocksToMatch, {max_blocks}), got {per_entry}"
             )
-        return cls(block_tokens, max_blocks, capacity, auto_tune, per_entry), params
+        continuation = params.boolean("continuationCredit", False)
+        return cls(block_tokens, max_blocks, capacity, auto_tune, per_entry, continuation), params
 
 
 class ApproxPrefixCache:
@@ -139,6 +146,8 @@ class ApproxPrefixCache:
         cfg = self.config
         self.hasher = PrefixHasher(cfg.block_size_tokens, cfg.max_blocks, cfg.blocks_per_entry)
         self.index = PrefixIndex(cfg.entries(cfg.capacity))
+        #: where routed prompts ended (continuation credit on), else None
+        self.continuations = Continuations() if cfg.continuation_credit else None
         self.purge_after = purge_after
         self._names: tuple[str, ...] | None = None
         self._missing_since: dict[str, float] = {}
@@ -159,12 +168,25 @@ class ApproxPrefixCache:
         return self.hasher.blocks(size)
 
     def match(
-        self, hashes: tuple[int, ...], m: EndpointMatrix, *, now: float, blocks: int = 0
+        self,
+        hashes: tuple[int, ...],
+        m: EndpointMatrix,
+        *,
+        now: float,
+        blocks: int = 0,
+        data: bytes | bytearray | memoryview | None = None,
+        seed: int = 0,
+        answer_tokens: int = 0,
     ) -> PrefixMatch | None:
         """The match of a hashed prompt against the snapshot ``m`` (None for a prompt without blocks), in
         blocks. ``blocks`` is the prompt's block count (:meth:`blocks` of its byte length); it matters only
         with ``blocksPerEntry`` > 1, where the last hash may cover fewer blocks than the others (0: assume
         it covers them all).
+
+        With continuation credit on, ``data`` (the bytes hashed), ``seed`` (:meth:`seed` of the model and
+        salt they were hashed with) and ``answer_tokens`` (the request's ``max_tokens``, 0 if not given)
+        let the match credit the server of an earlier prompt this one extends, and remember where this
+        one ends for the record (``continuations.py``); without ``data`` the match is the index's alone.
 
         Also the moment the producer notices endpoints leaving the pool (see the module docstring).
         """
@@ -172,19 +194,64 @@ class ApproxPrefixCache:
         if not hashes:
             return None
         cfg = self.config
-        return self.index.match(
+        match = self.index.match(
             hashes, m, cfg.block_size_tokens, blocks_per_entry=cfg.blocks_per_entry, blocks=blocks
         )
+        conts = self.continuations
+        if conts is None or data is None:
+            return match
+        hasher = self.hasher
+        hit = conts.find(seed, hashes, data, hasher.entry_bytes)
+        if hit is not None:
+            match = self._credit(match, hit, m, len(data))
+        end = prompt_end(seed, hashes, data, hasher.entry_bytes, hasher.window, answer_tokens)
+        return match if end is None else match._replace(end=end)
+
+    def seed(self, model: str, salt: str = "") -> int:
+        """The hash chain's seed for a model and cache salt (what :meth:`match` takes as ``seed``)."""
+        return self.hasher.seed(model, salt)
+
+    def _credit(self, match: PrefixMatch, hit: Continuation, m: EndpointMatrix, size: int) -> PrefixMatch:
+        """``match`` with the server of the earlier prompt ``hit`` credited with it and its answer, while
+        the index still lists that prompt for it (``continuations.py``)."""
+        if not self.index.holds(hit.name, hit.last):
+            return match
+        try:
+            row = m.names.index(hit.name)
+        except ValueError:
+            return match
+        reach = size if hit.answer_bytes <= 0 else min(size, hit.end + hit.answer_bytes)
+        credit = min(self.hasher.blocks(reach), match.total)
+        matched = match.matched
+        if credit <= 0 or (matched is not None and matched[row] >= credit):
+            return match
+        out = np.zeros(len(m)) if matched is None else matched.copy()
+        out[row] = credit
+        out.flags.writeable = False
+        return match._replace(matched=out, best=max(match.best, credit))
 
     def record(self, m: EndpointMatrix, row: int, match: PrefixMatch) -> None:
         """The request was routed to row ``row`` of ``m``: that endpoint now holds the prompt."""
         hit = 0 if match.matched is None else int(match.matched[row])
-        self.index.record(m.names[row], match.hashes, capacity=self.capacity_of(m, row), hit=hit)
+        name = m.names[row]
+        self.index.record(name, match.hashes, capacity=self.capacity_of(m, row), hit=hit)
+        if match.end is not None and self.continuations is not None:
+            self.continuations.add(name, match.end)
 
-    def record_remote(self, name: str, hashes: tuple[int, ...]) -> None:
-        """Another process routed a prompt to ``name`` (``--workers`` replicas): same update, with the
-        endpoint's last known capacity."""
-        self.index.record(name, hashes)
+    def record_remote(
+        self,
+        name: str,
+        hashes: tuple[int, ...],
+        *,
+        capacity: int | None = None,
+        hit: int = 0,
+        end: PromptEnd | None = None,
+    ) -> None:
+        """Another process routed a prompt to ``name`` (``--workers`` replicas): the same update, with the
+        capacity and hit count the recording process saw (None: the endpoint's last known capacity)."""
+        self.index.record(name, hashes, capacity=capacity, hit=hit)
+        if end is not None and self.continuations is not None:
+            self.continuations.add(name, end)
 
     def capacity_of(self, m: EndpointMatrix, row: int) -> int:
         """Index entries for one endpoint: its KV cache in blocks of ``blockSizeTokens`` (autoTune) or the
@@ -217,6 +284,8 @@ class ApproxPrefixCache:
         for name, since in tuple(self._missing_since.items()):
             if now - since >= self.purge_after:
                 self.index.forget(name)
+                if self.continuations is not None:
+                    self.continuations.forget(name)
                 del self._missing_since[name]
         self._next_check = now + self.purge_after / 4 if self._missing_since else math.inf
 

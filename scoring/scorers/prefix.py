@@ -68,7 +68,8 @@ class PrefixCacheScorer(Scorer[F64]):
     pick), so the scheduler computes it on every pick and never caches it.
     Parameters: the reference's (``autoTune``, ``blockSizeTokens``, ``maxPrefixBlocksToMatch``,
     ``maxPrefixTokensToMatch``, ``lruCapacityPerServer``, deprecated ``blockSize``; they configure the
-    index, :class:`~scoring.prefix.producer.PrefixConfig`), and ours: ``loadGuard`` (true),
+    index, :class:`~scoring.prefix.producer.PrefixConfig`, with our ``blocksPerEntry`` and
+    ``continuationCredit``), and ours: ``loadGuard`` (true),
     ``queuedRequestTokens`` (1024, ≥ 0), ``backlogToleranceTokens`` (0, ≥ 0).
     """
 

@@ -110,3 +110,35 @@ async def test_without_a_prefix_scorer_nothing_is_hashed(start_service: StartSer
     assert (await svc.get_json("/debug/prefix")) == {"enabled": False, "size": 0, "endpoints": []}
     text = await svc.metrics()
     assert sample(text, "inference_extension_prefix_indexer_hit_ratio_count") == 0.0
+
+
+@pytest.mark.parametrize("credit", [True, False])
+async def test_continuation_credit_sends_the_next_turn_to_the_server_holding_the_answer(
+    start_service: StartService, credit: bool
+) -> None:
+    """Turn 1 is answered by one pod, which then reports a request waiting. Turn 2 is turn 1, its 12 KB
+    answer and a new question: the index alone lists only turn 1's 700 bytes at that pod, a saving smaller
+    than the waiting request's assumed prefill, so the load guard leaves it no credit; with
+    ``continuationCredit`` the pod is credited with the answer too (turn 1's ``max_tokens``), a saving
+    larger than that backlog, and turn 2 goes back to it."""
+    config = config_text(
+        weights={"queue-scorer": 1.0, "kv-cache-utilization-scorer": 2.0, "prefix-cache-scorer": 3.0}
+    ).replace(
+        "- {type: prefix-cache-scorer}",
+        f"- {{type: prefix-cache-scorer, parameters: {{continuationCredit: {str(credit).lower()}}}}}",
+    )
+    assert f"continuationCredit: {str(credit).lower()}" in config
+    svc = await start_service(pods=2, config=config)
+    await svc.set_metrics(Pod(0, 0.1), Pod(0, 0.1))
+    history: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM[:600]},
+        {"role": "user", "content": "Which drill for concrete?"},
+    ]
+    first = await svc.exchange(chat(history, max_tokens=3000))
+    home = first.destination
+    assert home is not None
+    await svc.set_metrics(*(Pod(1, 0.1) if address == home else Pod(0, 0.1) for address in svc.endpoints))
+    answer = "A hammer drill with masonry bits; start slowly and keep the bit cool. " * 170
+    history = [*history, {"role": "assistant", "content": answer}, {"role": "user", "content": "Which bits?"}]
+    second = await svc.exchange(chat(history, max_tokens=3000))
+    assert (second.destination == home) is credit

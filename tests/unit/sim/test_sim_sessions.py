@@ -13,10 +13,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from benchmarks.sim import shared_prefix
 from benchmarks.sim.fleet import FleetConfig, simulate
 from benchmarks.sim.policies import RoundRobin, make_policy
 from benchmarks.sim.profiles import LLAMA3_8B_H100
 from benchmarks.sim.server import RequestTable, SimServer
+from benchmarks.sim.text import prompt_text
 from benchmarks.sim.traces import Workload
 
 
@@ -183,3 +185,38 @@ def test_every_round_of_a_session_finds_its_whole_history_at_home(n_rounds: int)
     assert res.cached_tokens[0] == 0
     for r in range(1, n_rounds):
         assert res.cached_tokens[r] == prompts[r] - 64  # everything but the new question
+
+
+@pytest.mark.parametrize("shape", ["short-q-few-sys-chat", "long-q-few-sys-chat"])
+def test_a_rounds_text_goes_on_from_the_previous_rounds_whole_prompt(shape: str) -> None:
+    """As the client sends it (``prompt + " " + response``): round 2's text begins with all of round 1's,
+    the partial last unit included (``Workload.unit_heads``), so a router that hashes text can tell a
+    continuation; every other session's round 1 shares only the system prompt's whole units."""
+    w = shared_prefix.workload(shape, requests=12000)
+    users = 6000
+    window = 16384
+    for k in (0, 1, 2, 4321):
+        first, second = k, k + users
+        a = prompt_text(
+            w.units[first],
+            int(w.prompt_tokens[first]),
+            64,
+            request=first,
+            max_chars=window,
+            heads=w.unit_heads,
+        )
+        b = prompt_text(
+            w.units[second],
+            int(w.prompt_tokens[second]),
+            64,
+            request=second,
+            max_chars=window,
+            heads=w.unit_heads,
+        )
+        assert len(b) > len(a) or len(a) == window
+        assert b.startswith(a), k
+        plain = prompt_text(
+            w.units[second], int(w.prompt_tokens[second]), 64, request=second, max_chars=window
+        )
+        if len(a) < window and int(w.prompt_tokens[first]) % 64:
+            assert not plain.startswith(a)  # without the heads the partial unit's text would differ

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from picker.state.prefix import (
@@ -13,6 +15,7 @@ from picker.state.prefix import (
 )
 from scoring import EndpointMatrix, EndpointRow, PluginSpec, ProfileSpec, build_scheduler
 from scoring.scheduler import Scheduler
+from scoring.types import PromptEnd
 
 
 def plain() -> Scheduler:
@@ -113,6 +116,11 @@ def test_the_outbox_is_bounded() -> None:
         [[1, 1, 0, ""]],
         [["a", 1]],
         [7],
+        [["a", 1, 0, "", [1, 2, 3]]],  # a prompt end is six integers
+        [["a", 1, 0, "", [1, 2, 3, 4, 5, -6]]],
+        [["a", 1, 0, "", [1, 2, 3, 4, 5, 2**64]]],
+        [["a", 1, 0, "", [1, 2, 3, 4, 5, True]]],
+        [["a", 1, 0, "", "end"]],
     ],
 )
 def test_malformed_records_are_skipped(payload: object) -> None:
@@ -120,5 +128,34 @@ def test_malformed_records_are_skipped(payload: object) -> None:
 
 
 def test_decoding_clamps_capacity_and_hits() -> None:
-    (record,) = decode_records([["a", 0, -5, encode_records([("a", 1, 0, (1, 2**64 - 1))])[0][3]]])
-    assert record == ("a", 1, 0, (1, 2**64 - 1))
+    (record,) = decode_records([["a", 0, -5, encode_records([("a", 1, 0, (1, 2**64 - 1), None)])[0][3]]])
+    assert record == ("a", 1, 0, (1, 2**64 - 1), None)
+
+
+def test_prompt_ends_travel_with_their_records() -> None:
+    """Continuation credit across ``--workers``: a record carries where its prompt ended, and a replica
+    that applies it finds the continuation as the recording process does."""
+    end = PromptEnd(2**64 - 1, 24, 7, 4120, 9, 4000)
+    records = [("a", 10, 3, (1, 2), end), ("b", 10, 0, (3,), None)]
+    assert decode_records(json.loads(json.dumps(encode_records(records)))) == records
+
+    worker, replica = PrefixCacheState(replicate=True), PrefixCacheState()
+    cache = worker.for_profiles(profile(continuationCredit=True))
+    assert cache is not None
+    m = pool("a", "b")
+    turn1 = bytes(range(256)) * 10 + b"question?"
+    match = cache.match(
+        cache.hashes("m", "", turn1), m, now=0.0, data=turn1, seed=cache.seed("m"), answer_tokens=100
+    )
+    assert match is not None
+    assert match.end is not None
+    worker.record(m, 0, match)
+    assert replica.receive(worker.outgoing(), profile(continuationCredit=True), m, 0.0) == 1
+    other = replica.cache
+    assert other is not None
+    turn2 = turn1 + b" answer" * 100
+    got = other.match(other.hashes("m", "", turn2), m, now=0.0, data=turn2, seed=other.seed("m"))
+    assert got is not None
+    assert got.matched is not None
+    assert got.matched[0] == other.blocks(len(turn1) + 400)
+    assert got.matched[1] == 0
