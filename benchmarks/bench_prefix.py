@@ -138,19 +138,9 @@ class Router:
         if cache is not None:
             data = info.prefix_input
             info.prefix_input = b""
-            hashes = cache.hashes("m", info.cache_salt, data)
-            if cache.continuations is None:
-                match = cache.match(hashes, self.m, now=NOW, blocks=cache.blocks(len(data)))
-            else:  # as the director: the bytes, the seed and max_tokens for continuation credit
-                match = cache.match(
-                    hashes,
-                    self.m,
-                    now=NOW,
-                    blocks=cache.blocks(len(data)),
-                    data=data,
-                    seed=cache.seed("m", info.cache_salt),
-                    answer_tokens=info.max_tokens or 0,
-                )
+            match = cache.match_prompt(
+                "m", info.cache_salt, data, self.m, now=NOW, answer_tokens=info.max_tokens or 0
+            )
         req = PickRequest(
             target_model="m", prompt_tokens_estimate=info.prompt_chars // 4, stream=info.stream, prefix=match
         )

@@ -469,7 +469,7 @@ DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
 #: index update and memory divided by 8, no capacity lost in the simulator; the reference's 1 stays the
 #: parameter's default, so a configuration that names ``prefix-cache-scorer`` gets the reference's index).
 DEFAULT_PARAMETERS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {"prefix-cache-scorer": MappingProxyType({"blocksPerEntry": 8})}
+    {"prefix-cache-scorer": MappingProxyType({"blocksPerEntry": 8, "continuationCredit": True})}
 )
 
 

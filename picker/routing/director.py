@@ -543,20 +543,9 @@ class Director:
         if cache is None:
             return None
         began = time.perf_counter_ns() if timings is not None else 0
-        blocks = cache.blocks(len(data))  # the last hash may cover fewer blocks than the others
-        hashes = cache.hashes(target, info.cache_salt, data)
-        if cache.continuations is None:
-            match = cache.match(hashes, m, now=now, blocks=blocks)
-        else:  # continuation credit reads the bytes once more, and the answer's expected length
-            match = cache.match(
-                hashes,
-                m,
-                now=now,
-                blocks=blocks,
-                data=data,
-                seed=cache.seed(target, info.cache_salt),
-                answer_tokens=info.max_tokens or 0,
-            )
+        match = cache.match_prompt(
+            target, info.cache_salt, data, m, now=now, answer_tokens=info.max_tokens or 0
+        )
         if timings is not None:
             timings.append(PluginTiming("prepare", PREFIX_MATCH_TIMING, time.perf_counter_ns() - began))
         return match

@@ -207,6 +207,18 @@ class ApproxPrefixCache:
         end = prompt_end(seed, hashes, data, hasher.entry_bytes, hasher.window, answer_tokens)
         return match if end is None else match._replace(end=end)
 
+    def match_prompt(
+        self, model: str, salt: str, data: bytes, m: EndpointMatrix, *, now: float, answer_tokens: int = 0
+    ) -> PrefixMatch | None:
+        """:meth:`match` of a prompt's hashed bytes (the parser's window) as the service makes it: hashed
+        with the model and salt, with what continuation credit reads (``answer_tokens``: ``max_tokens``)."""
+        hashes = self.hasher.hashes(model, salt, data)
+        seed = self.hasher.seed(model, salt)
+        blocks = self.hasher.blocks(len(data))
+        return self.match(
+            hashes, m, now=now, blocks=blocks, data=data, seed=seed, answer_tokens=answer_tokens
+        )
+
     def seed(self, model: str, salt: str = "") -> int:
         """The hash chain's seed for a model and cache salt (what :meth:`match` takes as ``seed``)."""
         return self.hasher.seed(model, salt)
