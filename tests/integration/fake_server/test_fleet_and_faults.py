@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.testing.fake_load import LoadParams
 from picker.testing.fake_server import FakeFleet, FakeServer, Fault, run_fake_server
+from picker.testing.poll import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -87,10 +88,7 @@ async def test_held_metrics_are_answered_once_released(http: aiohttp.ClientSessi
                 return resp.status
 
         held = asyncio.create_task(status())
-        for _ in range(1000):
-            if server.served["metrics"]:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: server.served["metrics"], "the held metrics request arrived")
         assert server.served["metrics"] == 1
         async with http.get(f"{server.url}/health") as resp:
             assert resp.status == 200, "the other routes behave"
@@ -107,10 +105,7 @@ async def test_a_server_holding_metrics_stops(http: aiohttp.ClientSession) -> No
     await server.start()
     server.hold_metrics()
     held = asyncio.create_task(http.get(f"{server.url}/metrics"))
-    for _ in range(1000):
-        if server.served["metrics"]:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.served["metrics"], "the held metrics request arrived")
     await server.stop()
     with pytest.raises(aiohttp.ClientError):
         await held
