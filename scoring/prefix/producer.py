@@ -202,9 +202,11 @@ class ApproxPrefixCache:
             return match
         hasher = self.hasher
         hit = conts.find(seed, hashes, data, hasher.entry_bytes)
-        if hit is not None:
-            match = self._credit(match, hit, m, len(data))
+        credited = None if hit is None else self._credit(match, hit, m, len(data))
         end = prompt_end(seed, hashes, data, hasher.entry_bytes, hasher.window, answer_tokens)
+        if credited is not None:  # one new tuple for both changes
+            matched, best = credited
+            return PrefixMatch(match.hashes, matched, best, match.block_tokens, match.blocks, end)
         return match if end is None else match._replace(end=end)
 
     def match_prompt(
@@ -223,24 +225,25 @@ class ApproxPrefixCache:
         """The hash chain's seed for a model and cache salt (what :meth:`match` takes as ``seed``)."""
         return self.hasher.seed(model, salt)
 
-    def _credit(self, match: PrefixMatch, hit: Continuation, m: EndpointMatrix, size: int) -> PrefixMatch:
-        """``match`` with the server of the earlier prompt ``hit`` credited with it and its answer, while
-        the index still lists that prompt for it (``continuations.py``)."""
-        if not self.index.holds(hit.name, hit.last):
-            return match
-        try:
-            row = m.names.index(hit.name)
-        except ValueError:
-            return match
+    def _credit(
+        self, match: PrefixMatch, hit: Continuation, m: EndpointMatrix, size: int
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], int] | None:
+        """The matched blocks and best of ``match`` with the server of the earlier prompt ``hit`` credited
+        with it and its answer, while the index still lists that prompt for it (``continuations.py``);
+        None when nothing changes."""
+        index = self.index
+        row = index.row_of(hit.name, m)
+        if row is None or not index.holds(hit.name, hit.last):
+            return None
         reach = size if hit.answer_bytes <= 0 else min(size, hit.end + hit.answer_bytes)
         credit = min(self.hasher.blocks(reach), match.total)
         matched = match.matched
         if credit <= 0 or (matched is not None and matched[row] >= credit):
-            return match
+            return None
         out = np.zeros(len(m)) if matched is None else matched.copy()
         out[row] = credit
         out.flags.writeable = False
-        return match._replace(matched=out, best=max(match.best, credit))
+        return out, max(match.best, credit)
 
     def record(self, m: EndpointMatrix, row: int, match: PrefixMatch) -> None:
         """The request was routed to row ``row`` of ``m``: that endpoint now holds the prompt."""

@@ -224,3 +224,17 @@ def test_np_arrays_of_the_credit_are_read_only() -> None:
     assert got.matched is not None
     assert not got.matched.flags.writeable
     assert got.best == int(np.max(got.matched))
+
+
+def test_the_credit_follows_the_endpoint_when_the_pool_changes() -> None:
+    """The credited row is the endpoint's row in the snapshot being matched, whatever its row was when
+    the earlier prompt was recorded (endpoints come and go between turns)."""
+    p = cache()
+    turn1 = SYSTEM + b" question one?"
+    route(p, pool("a", "b", "c"), 0, turn1, answer_tokens=100)
+    turn2 = turn1 + words(4, 600)
+    later = pool("c", "x", "a")
+    got = match(p, later, turn2)
+    assert got.matched is not None
+    assert got.matched.tolist() == [0.0, 0.0, float(p.blocks(len(turn1) + 400))]
+    assert match(p, pool("b", "c"), turn2).matched is None  # a left: nobody to credit
