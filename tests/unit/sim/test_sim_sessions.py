@@ -191,32 +191,19 @@ def test_every_round_of_a_session_finds_its_whole_history_at_home(n_rounds: int)
 def test_a_rounds_text_goes_on_from_the_previous_rounds_whole_prompt(shape: str) -> None:
     """As the client sends it (``prompt + " " + response``): round 2's text begins with all of round 1's,
     the partial last unit included (``Workload.unit_heads``), so a router that hashes text can tell a
-    continuation; every other session's round 1 shares only the system prompt's whole units."""
+    continuation."""
     w = shared_prefix.workload(shape, requests=12000)
-    users = 6000
-    window = 16384
+    users, window = 6000, 16384
+
+    def text(k: int, heads: bool = True) -> str:
+        h = w.unit_heads if heads else None
+        return prompt_text(w.units[k], int(w.prompt_tokens[k]), 64, request=k, max_chars=window, heads=h)
+
     for k in (0, 1, 2, 4321):
-        first, second = k, k + users
-        a = prompt_text(
-            w.units[first],
-            int(w.prompt_tokens[first]),
-            64,
-            request=first,
-            max_chars=window,
-            heads=w.unit_heads,
-        )
-        b = prompt_text(
-            w.units[second],
-            int(w.prompt_tokens[second]),
-            64,
-            request=second,
-            max_chars=window,
-            heads=w.unit_heads,
-        )
+        a, b = text(k), text(k + users)
         assert len(b) > len(a) or len(a) == window
         assert b.startswith(a), k
-        plain = prompt_text(
-            w.units[second], int(w.prompt_tokens[second]), 64, request=second, max_chars=window
-        )
-        if len(a) < window and int(w.prompt_tokens[first]) % 64:
-            assert not plain.startswith(a)  # without the heads the partial unit's text would differ
+        if len(a) < window and int(w.prompt_tokens[k]) % 64:
+            assert not text(k + users, heads=False).startswith(
+                a
+            )  # without the heads the partial unit differs
