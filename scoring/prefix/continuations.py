@@ -83,7 +83,9 @@ def prompt_end(  # noqa: PLR0917 - the hasher's values and the request's
     i, length = divmod(end, entry_bytes)
     key = hashes[i - 1] if i else seed
     token = _xxh64(data[i * entry_bytes : end], key) if length else key
-    return PromptEnd(key, length, token, end, hashes[-1], max(0, answer_tokens) * _CHARS_PER_TOKEN)
+    # beyond the window nothing more can be credited; the cap also keeps a huge max_tokens within 64 bits
+    answer = min(max(0, answer_tokens) * _CHARS_PER_TOKEN, window)
+    return PromptEnd(key, length, token, end, hashes[-1], answer)
 
 
 class Continuations:
