@@ -146,6 +146,9 @@ def test_prompts_reaching_the_window_have_no_end() -> None:
     assert end is not None
     assert end.end == len(shorter)
     assert end.answer_bytes == 40
+    huge = prompt_end(p.seed("m"), p.hashes("m", "", shorter), shorter, 512, p.window, 2**70)
+    assert huge is not None
+    assert huge.answer_bytes == p.window  # nothing beyond the window can be credited
 
 
 @pytest.mark.parametrize("size", [BLOCK, 8 * BLOCK - 1, 8 * BLOCK, 8 * BLOCK + 1, 17 * BLOCK + 5])
