@@ -285,7 +285,9 @@ class SSEUsageScanner:
     ``response.completed``), so :meth:`feed` only keeps references to the last ``SSE_TAIL_BYTES`` of
     chunks (no copy, no per-chunk parsing: this runs for every streamed token) and :meth:`finish` looks
     for the last ``"usage": {...}`` object in them once. A usage event split across chunks is found as
-    long as it lies in the tail; ``"usage": null`` entries and escaped text are skipped.
+    long as it lies in the tail; ``"usage": null`` entries and escaped text are skipped. A chunk larger
+    than the tail is kept as a copy of its tail: a reference would hold the whole chunk (up to the largest
+    message gRPC accepts, or a flushed buffered body) for as long as the stream lives.
     """
 
     __slots__ = ("_chunks", "_json_body", "_size")
@@ -298,6 +300,8 @@ class SSEUsageScanner:
 
     def feed(self, chunk: bytes) -> None:
         """Keep one response chunk (any split: mid-line, mid-event, several events)."""
+        if len(chunk) > SSE_TAIL_BYTES:
+            chunk = chunk[-SSE_TAIL_BYTES:]
         chunks = self._chunks
         chunks.append(chunk)
         self._size += len(chunk)
