@@ -293,7 +293,7 @@ def extproc_server(
 
     def rebudget(result: ReloadResult, active: ActiveConfig) -> None:
         if result.result == "applied":
-            budget.limit = body_budget(active.config, settings, several_pools=several_pools)
+            budget.resize(body_budget(active.config, settings, several_pools=several_pools))
 
     config.add_listener(rebudget)
     return server

@@ -13,11 +13,24 @@ With several pools (``--pool``) each pool's streams draw from the pool's budget 
 stay within the flag whatever the pools' documents say; a document asking for more than the flag has its
 pool's own limit capped at the flag too, with a warning (``picker.wiring.body_budget``).
 
-Single-threaded (the event loop), so plain integers: no lock.
+**Replies not yet written** draw from the same budget (:meth:`BodyBudget.reserve`, used by
+:mod:`picker.extproc.server`): from the moment a stream hands its replies to gRPC until the writes complete.
+A write completes only once the proxy's HTTP/2 window has taken the reply, so a proxy that does not read
+leaves every stream one reply (the echo of a response chunk, the forwarded request body) in gRPC's send
+path, up to the largest message we accept; unbounded, that was streams x message size of memory the peer
+controls. A reply that does not fit waits for room instead of being refused (the response is already on
+its way): its stream stops reading meanwhile, so HTTP/2 flow control holds the proxy to the stream's
+receive window. A reply larger than the budget's capacity takes the whole capacity (it waits for an
+empty budget), so none waits forever.
+
+Single-threaded (the event loop), so plain integers: no lock. Waiters are few and only while the budget
+is spent; a give wakes them all at the root of the chain (every give reaches it) and each retries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Final
 
 __all__ = ["DEFAULT_BODY_BUDGET", "BodyBudget"]
@@ -30,7 +43,7 @@ class BodyBudget:
     """Bytes of bodies buffered by all streams of a pool (or a process), against ``limit``; with a
     ``parent`` (the process's budget when it serves several pools) every take is also taken there."""
 
-    __slots__ = ("limit", "parent", "used")
+    __slots__ = ("_waiters", "limit", "parent", "used")
 
     def __init__(self, limit: int = DEFAULT_BODY_BUDGET, *, parent: BodyBudget | None = None) -> None:
         if limit <= 0:
@@ -38,6 +51,8 @@ class BodyBudget:
         self.limit = limit
         self.used = 0
         self.parent = parent
+        #: replies waiting for room (:meth:`reserve`); only the root's list is used
+        self._waiters: list[asyncio.Future[None]] = []
 
     def take(self, n: int) -> bool:
         """Reserve ``n`` bytes here and in the parent; False (nothing reserved) when either would exceed
@@ -51,10 +66,53 @@ class BodyBudget:
         return True
 
     def give(self, n: int) -> None:
-        """Return ``n`` bytes reserved with :meth:`take` (to the parent too)."""
+        """Return ``n`` bytes reserved with :meth:`take` or :meth:`reserve` (to the parent too)."""
         self.used -= n
         if self.parent is not None:
             self.parent.give(n)
+        elif self._waiters:
+            self._wake()
+
+    def resize(self, limit: int) -> None:
+        """A new ``limit`` (a reloaded document); replies waiting for room try again."""
+        if limit <= 0:
+            raise ValueError(f"the body budget must be positive, got {limit}")
+        self.limit = limit
+        self._root()._wake()
+
+    async def reserve(self, n: int) -> int:
+        """Take ``n`` bytes, or the whole :attr:`capacity` when ``n`` is larger, waiting until there is
+        room; returns what was taken (to :meth:`give` back). The caller tries :meth:`take` first: this is
+        the slow path."""
+        n = min(n, self.capacity)
+        root = self._root()
+        loop = asyncio.get_running_loop()
+        while not self.take(n):
+            waiter: asyncio.Future[None] = loop.create_future()
+            root._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):  # not woken: cancelled (a woken one was removed)
+                    root._waiters.remove(waiter)
+        return n
+
+    @property
+    def waiting(self) -> int:
+        """Replies waiting for room in this budget's chain."""
+        return len(self._root()._waiters)
+
+    def _root(self) -> BodyBudget:
+        budget = self
+        while budget.parent is not None:
+            budget = budget.parent
+        return budget
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def capacity(self) -> int:

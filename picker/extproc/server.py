@@ -241,6 +241,7 @@ class ExtProcServer:
         read = context.read
         write = context.write
         eof = grpc.aio.EOF
+        budget = self.body_budget
         try:
             while not stream.finished:
                 try:
@@ -266,7 +267,20 @@ class ExtProcServer:
                     code = grpc.StatusCode.INTERNAL if exc.internal else grpc.StatusCode.FAILED_PRECONDITION
                     await context.abort(code, exc.details)
                     return
-                for reply in replies:
-                    await write(reply)
+                if not replies:
+                    continue
+                # The replies count against the body budget until gRPC has written them (a write
+                # completes once the proxy's window took it): a proxy that reads none of them cannot
+                # park an echo per stream beyond the budget. One that does not fit waits for room, and
+                # this stream reads nothing meanwhile (see picker.extproc.budget).
+                del request  # what the replies need of the message they carry: not held twice
+                size = sum(map(len, replies))
+                if not budget.take(size):
+                    size = await budget.reserve(size)
+                try:
+                    for reply in replies:
+                        await write(reply)
+                finally:
+                    budget.give(size)
         finally:
             stream.close()
