@@ -13,15 +13,19 @@ With several pools (``--pool``) each pool's streams draw from the pool's budget 
 stay within the flag whatever the pools' documents say; a document asking for more than the flag has its
 pool's own limit capped at the flag too, with a warning (``picker.wiring.body_budget``).
 
-**Replies not yet written** draw from the same budget (:meth:`BodyBudget.reserve`, used by
-:mod:`picker.extproc.server`): from the moment a stream hands its replies to gRPC until the writes complete.
-A write completes only once the proxy's HTTP/2 window has taken the reply, so a proxy that does not read
-leaves every stream one reply (the echo of a response chunk, the forwarded request body) in gRPC's send
-path, up to the largest message we accept; unbounded, that was streams x message size of memory the peer
-controls. A reply that does not fit waits for room instead of being refused (the response is already on
-its way): its stream stops reading meanwhile, so HTTP/2 flow control holds the proxy to the stream's
-receive window. A reply larger than the budget's capacity takes the whole capacity (it waits for an
-empty budget), so none waits forever.
+**Replies not yet written** have a budget of their own (:attr:`BodyBudget.replies`: the same limit, and
+with several pools the same chain), used by :mod:`picker.extproc.server` from the moment a stream hands its
+replies to gRPC until the writes complete. A write completes only once the proxy's HTTP/2 window has taken
+the reply, so a proxy that does not read left every stream one reply (the echo of a response chunk, the
+forwarded request body) in gRPC's send path, up to the largest message we accept; unbounded, that was
+streams x message size of memory the peer controls. A reply counts twice: it is held twice while gRPC
+writes it (our bytes and gRPC's copy; a forwarded request body, the dispatch's body and the reply chunks).
+A reply that does not fit waits for room instead of being refused (the response is already on its way):
+its stream stops reading meanwhile, so HTTP/2 flow control holds the proxy to the stream's receive window.
+A reply larger than the budget's capacity takes the whole capacity (it waits for an empty budget), so none
+waits forever. Why not the bodies' budget: request bodies that never end may hold all of it, and a reply
+must not wait for them (the 503 that refuses such a body is itself a reply); replies wait only for other
+replies, which the proxy frees by reading.
 
 Single-threaded (the event loop), so plain integers: no lock. Waiters are few and only while the budget
 is spent; a give wakes them all at the root of the chain (every give reaches it) and each retries.
@@ -41,16 +45,26 @@ DEFAULT_BODY_BUDGET: Final = 256 << 20
 
 class BodyBudget:
     """Bytes of bodies buffered by all streams of a pool (or a process), against ``limit``; with a
-    ``parent`` (the process's budget when it serves several pools) every take is also taken there."""
+    ``parent`` (the process's budget when it serves several pools) every take is also taken there.
+    :attr:`replies` is the same for replies not yet written."""
 
-    __slots__ = ("_waiters", "limit", "parent", "used")
+    __slots__ = ("_waiters", "limit", "parent", "replies", "used")
 
-    def __init__(self, limit: int = DEFAULT_BODY_BUDGET, *, parent: BodyBudget | None = None) -> None:
+    def __init__(
+        self, limit: int = DEFAULT_BODY_BUDGET, *, parent: BodyBudget | None = None, of_replies: bool = False
+    ) -> None:
         if limit <= 0:
             raise ValueError(f"the body budget must be positive, got {limit}")
         self.limit = limit
         self.used = 0
         self.parent = parent
+        #: the budget of replies not yet written (see the module doc): the same limit, its parent the
+        #: parent's; a reply budget (``of_replies``) is its own
+        self.replies: BodyBudget = (
+            self
+            if of_replies
+            else BodyBudget(limit, parent=None if parent is None else parent.replies, of_replies=True)
+        )
         #: replies waiting for room (:meth:`reserve`); only the root's list is used
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -78,6 +92,8 @@ class BodyBudget:
         if limit <= 0:
             raise ValueError(f"the body budget must be positive, got {limit}")
         self.limit = limit
+        if self.replies is not self:
+            self.replies.resize(limit)
         self._root()._wake()
 
     async def reserve(self, n: int) -> int:

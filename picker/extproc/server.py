@@ -103,6 +103,12 @@ class ExtProcServer:
     arrive, not as they are read, so it bounds nothing here: a connection holds at most its streams times
     that. ``AUTO_STREAM_WINDOW`` (0) keeps gRPC's automatic window.
 
+    ``max_buffered_bytes`` (``shared_budget``: the process's, which it draws from) bounds the bytes of
+    bodies buffered, and separately those of replies handed to gRPC but not yet written
+    (:mod:`picker.extproc.budget`): a write completes only once the proxy's window took the reply, so
+    without that budget a proxy reading none of them would leave an echo of up to the largest message we
+    accept in every stream.
+
     ``tracer`` (``--tracing``) gives every stream a span and puts its trace context into the headers set
     for the upstream request (:mod:`picker.extproc.spans`); None: no tracing, nothing added.
     """
@@ -241,7 +247,7 @@ class ExtProcServer:
         read = context.read
         write = context.write
         eof = grpc.aio.EOF
-        budget = self.body_budget
+        budget = self.body_budget.replies
         try:
             while not stream.finished:
                 try:
@@ -269,12 +275,12 @@ class ExtProcServer:
                     return
                 if not replies:
                     continue
-                # The replies count against the body budget until gRPC has written them (a write
-                # completes once the proxy's window took it): a proxy that reads none of them cannot
-                # park an echo per stream beyond the budget. One that does not fit waits for room, and
-                # this stream reads nothing meanwhile (see picker.extproc.budget).
+                # The replies count against the reply budget until gRPC has written them (a write
+                # completes once the proxy's window took it), twice (ours and gRPC's copy): a proxy that
+                # reads none of them cannot park an echo per stream beyond the budget. One that does not
+                # fit waits for room, and this stream reads nothing meanwhile (picker.extproc.budget).
                 del request  # what the replies need of the message they carry: not held twice
-                size = sum(map(len, replies))
+                size = 2 * sum(map(len, replies))
                 if not budget.take(size):
                     size = await budget.reserve(size)
                 try:
