@@ -312,3 +312,49 @@ async def test_memory_stays_bounded_while_a_client_sends_what_no_handler_reads(s
     assert grown < bound, f"RSS grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
     assert process.proc.returncode is None, process.output
     assert await process.stop() == 0
+
+
+#: the peer whose response chunks are large and whose echoes it never reads: streams, chunk, the budget
+ECHO_STREAMS = 32
+ECHO_CHUNK = 2 << 20
+ECHO_BUDGET = 16 << 20
+#: per stream outside the budget: its window's bytes, the one chunk whose echo waits for room (held once
+#: while it waits: the server drops the request message and the usage scanner keeps a 64 KiB tail; twice at
+#: the peak, in gRPC's read buffers while the reply is built from it), and that tail
+ECHO_PER_STREAM = WINDOW_MEMORY + 2 * ECHO_CHUNK + (64 << 10)
+
+
+async def test_memory_stays_bounded_while_a_client_reads_no_echo_of_large_chunks(spawn: Spawn) -> None:
+    """32 streams start at SSE response headers and send one 2 MiB chunk each; the client never reads the
+    echoes. The echoes handed to gRPC count against the 16 MiB reply budget (twice each: ours and gRPC's
+    copy), the others wait for room holding their chunk once, and no stream reads more. Before the
+    replies were budgeted each stream held its chunk about four times over (the echo, gRPC's copy, the
+    request message, the usage scanner's reference): 4.5 chunks a stream, 290-305 MiB here."""
+    process = await spawn(
+        [
+            PICKER,
+            "serve",
+            *LOCAL,
+            "--secure-serving=false",
+            "--static-endpoints=127.0.0.1:1",
+            f"--max-buffered-body-bytes={ECHO_BUDGET}",
+        ]
+    )
+    ports = await serving_ports(process, deadline_s=120.0)
+    pid = process.proc.pid
+    outcome = await offer_unread(
+        f"127.0.0.1:{ports.grpc}",
+        lambda: rss(pid),
+        streams=ECHO_STREAMS,
+        chunks=1,
+        chunk=ECHO_CHUNK,
+        client_window=PEER_WINDOW,
+        quiet_s=QUIET_S,
+        sample_s=0.02,
+    )
+    assert outcome.accepted == 0, f"{outcome.accepted} chunks accepted past a waiting echo"
+    bound = ECHO_BUDGET + ECHO_STREAMS * ECHO_PER_STREAM + FIXED_SLACK
+    grown = outcome.growth
+    assert grown < bound, f"RSS grew by {grown >> 20} MiB (bound {bound >> 20} MiB)"
+    assert process.proc.returncode is None, process.output
+    assert await process.stop() == 0
