@@ -192,7 +192,10 @@ def _limit_flags(g: argparse._ArgumentGroup) -> None:
         "--max-buffered-body-bytes",
         type=_quantity,
         default=256 << 20,
-        help="bodies all streams may buffer at once; over it a request gets 503 (default 256Mi)",
+        help=(
+            "bodies all streams may buffer at once (over it a request gets 503), and separately replies "
+            "not yet written (over it a reply waits) (default 256Mi)"
+        ),
     )
     g.add_argument(
         "--metrics-label-max-values",

@@ -186,8 +186,9 @@ class Settings(BaseModel):
     #: bodies, rewrite names); past either, the value is recorded as ``other`` (:mod:`picker.labels`)
     metrics_label_max_values: int = Field(1000, ge=1, le=100_000)
     metrics_label_max_length: int = Field(256, ge=16, le=4096)
-    #: bytes of request/response bodies all streams may buffer at once (``--workers N``: 1/N per worker);
-    #: a request that would exceed it gets 503 at once. The config's ``request.maxBufferedBytes`` overrides.
+    #: bytes of request/response bodies all streams may buffer at once, and separately of replies handed to
+    #: gRPC but not yet written (``--workers N``: 1/N per worker); a request that would exceed it gets 503 at
+    #: once, a reply waits for room. The config's ``request.maxBufferedBytes`` overrides.
     max_buffered_body_bytes: int = Field(256 << 20, ge=1 << 20, le=1 << 40)
     #: cap on an admin API request body (``POST /debug/explain``), bytes; larger → 413 while reading
     admin_max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)

@@ -75,10 +75,11 @@ class RequestConfig(StrictModel):
     #: largest request body we buffer, bytes (or a quantity such as 16Mi); larger → 413. The reference has
     #: no limit; 16Mi is well above long-context prompts (~1M tokens of text is ~4 MB) yet bounds memory.
     max_body_bytes: int = Field(16 * 2**20, le=2**30)
-    #: all bodies buffered at once by the process (bytes or a quantity); a request that would exceed it
-    #: gets 503 at once. Unset → ``--max-buffered-body-bytes`` (256Mi); with ``--workers N`` each worker
-    #: gets 1/N of it. With several pools (``--pool``) the flag bounds the process and this may only lower
-    #: the pool's share: a larger value is capped at the flag with a warning (``picker.wiring.body_budget``).
+    #: all bodies buffered at once by the process, and separately its replies not yet written (bytes or a
+    #: quantity); a request that would exceed it gets 503 at once, a reply waits for room. Unset →
+    #: ``--max-buffered-body-bytes`` (256Mi); with ``--workers N`` each worker gets 1/N of it. With several
+    #: pools (``--pool``) the flag bounds the process and this may only lower the pool's share: a larger
+    #: value is capped at the flag with a warning (``picker.wiring.body_budget``).
     #: See :mod:`picker.extproc.budget`.
     max_buffered_bytes: int | None = Field(None, le=2**40)
     #: header-only mode: the request header that carries the model (e.g. ``x-ai-eg-model``, which Envoy AI
