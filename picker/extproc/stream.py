@@ -377,6 +377,10 @@ class ExtProcStream:
             )
         ]
         replies.extend(wire.request_body_replies(forwarded, end_of_stream=end_of_stream))
+        # The replies carry the body now; nothing reads it after this. The stream keeps its Dispatch
+        # until the response ends (minutes for a long streamed answer), and the body with it would sit
+        # there outside every budget (up to maxBodyBytes per stream).
+        dispatch.body = b""
         self._routed(dispatch, len(forwarded))
         return replies
 
