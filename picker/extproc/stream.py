@@ -377,10 +377,7 @@ class ExtProcStream:
             )
         ]
         replies.extend(wire.request_body_replies(forwarded, end_of_stream=end_of_stream))
-        # The replies carry the body now; nothing reads it after this. The stream keeps its Dispatch
-        # until the response ends (minutes for a long streamed answer), and the body with it would sit
-        # there outside every budget (up to maxBodyBytes per stream).
-        dispatch.body = b""
+        dispatch.body = b""  # the replies carry it; kept with the Dispatch it would outlive every budget
         self._routed(dispatch, len(forwarded))
         return replies
 
