@@ -17,18 +17,17 @@ lookup finds its earlier prompt and the credit is applied: the costly path.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
 import platform
-import random
 import statistics
 import time
 from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_prefix import text_of
 from picker.routing.openai import parse_request
 from scoring import EndpointMatrix
 from scoring.prefix import ApproxPrefixCache, PrefixConfig
@@ -40,37 +39,26 @@ PATH = "/v1/chat/completions"
 NOW = 1000.0
 
 
-def _words(rng: random.Random, size: int) -> str:
-    out = []
-    n = 0
-    while n < size:
-        w = rng.choice(("route", "token", "cache", "queue", "batch", "model", "prefix", "decode", "pool"))
-        out.append(w)
-        n += len(w) + 1
-    return " ".join(out)[:size]
-
-
 def bodies() -> tuple[list[bytes], list[bytes]]:
     """Turn 1 and turn 2 of every conversation, as chat request bodies."""
-    rng = random.Random(13)
-    system = {"role": "system", "content": _words(rng, 2000)}
+    system = {"role": "system", "content": text_of(13, 2000)}
     first, second = [], []
     for c in range(CONVERSATIONS):
-        history = [system, {"role": "user", "content": f"conversation {c}: " + _words(rng, 150)}]
+        history = [system, {"role": "user", "content": text_of(10 * c + 1, 150)}]
         first.append(json.dumps({"model": "m", "messages": history, "max_tokens": 800}).encode())
         history = [
             *history,
-            {"role": "assistant", "content": _words(rng, 3000)},
-            {"role": "user", "content": _words(rng, 200)},
+            {"role": "assistant", "content": text_of(10 * c + 2, 3000)},
+            {"role": "user", "content": text_of(10 * c + 3, 200)},
         ]
         second.append(json.dumps({"model": "m", "messages": history, "max_tokens": 800}).encode())
     return first, second
 
 
 def producer(credit: bool) -> ApproxPrefixCache:
-    params = dict(DEFAULT_PARAMETERS["prefix-cache-scorer"])
-    config, _ = PrefixConfig.from_params("p", "prefix-cache-scorer", params)
-    return ApproxPrefixCache(dataclasses.replace(config, continuation_credit=credit))
+    """Our default profile's index parameters, with or without the credit."""
+    params = {**DEFAULT_PARAMETERS["prefix-cache-scorer"], "continuationCredit": credit}
+    return ApproxPrefixCache(PrefixConfig.from_params("p", "prefix-cache-scorer", params)[0])
 
 
 def route(cache: ApproxPrefixCache, m: EndpointMatrix, body: bytes, row: int) -> None:

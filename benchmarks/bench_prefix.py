@@ -70,7 +70,7 @@ PATH = "/v1/chat/completions"
 WORDS = ("route", "token", "cache", "queue", "batch", "model", "prefix", "decode", "gateway", "pool")
 
 
-def _text(seed: int, size: int) -> str:
+def text_of(seed: int, size: int) -> str:
     """Deterministic words, different for every seed from the first word on."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(WORDS), size=size // 6 + 1)
@@ -83,23 +83,23 @@ def _body(messages: list[dict[str, Any]]) -> bytes:
 
 def conversation(c: int, turn: int) -> bytes:
     """Turn ``turn`` of conversation ``c``: a 2 KB system prompt, then 8 KB turns up to about 200 KB."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": _text(c, 2_000)}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": text_of(c, 2_000)}]
     for t in range(turn):
-        messages.append({"role": "user", "content": _text(c * 1000 + t, 4_000)})
-        messages.append({"role": "assistant", "content": _text(c * 1000 + 500 + t, 4_000)})
+        messages.append({"role": "user", "content": text_of(c * 1000 + t, 4_000)})
+        messages.append({"role": "assistant", "content": text_of(c * 1000 + 500 + t, 4_000)})
     rest = max(1_000, PROMPT_BYTES - len(messages) * 4_000)
-    messages.append({"role": "user", "content": _text(c * 1000 + 999, rest)})
+    messages.append({"role": "user", "content": text_of(c * 1000 + 999, rest)})
     return _body(messages)
 
 
 def shared(k: int, system: str) -> bytes:
     return _body(
-        [{"role": "system", "content": system}, {"role": "user", "content": _text(10**6 + k, PROMPT_BYTES)}]
+        [{"role": "system", "content": system}, {"role": "user", "content": text_of(10**6 + k, PROMPT_BYTES)}]
     )
 
 
 def fresh(k: int) -> bytes:
-    return _body([{"role": "user", "content": _text(2 * 10**6 + k, PROMPT_BYTES)}])
+    return _body([{"role": "user", "content": text_of(2 * 10**6 + k, PROMPT_BYTES)}])
 
 
 def profile(with_prefix: bool, per_entry: int | None = None) -> Scheduler:
@@ -196,7 +196,7 @@ def setup(
     with_prefix = Router(m, scheduler, ApproxPrefixCache(config), rng)
     cache = with_prefix.cache
     assert cache is not None
-    system = _text(99, 20_000)
+    system = text_of(99, 20_000)
     if workload == "conversation":
         for c in range(500):  # every conversation's history recorded on the endpoint its first turn went to
             with_prefix.route(conversation(c, 24))
